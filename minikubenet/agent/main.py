@@ -1,0 +1,189 @@
+"""``minikubenet-agent``: the node daemon, one per node (flannel's flanneld, plus the
+CNI work that flannel leaves to the reference plugins).
+
+Start-up, in order, each step a clear error if it cannot be done:
+
+1. connect to etcd and read the network config (waiting a while for both);
+2. find the node's underlay interface and public IP, and from its MTU the pod MTU
+   (underlay − 50 with VXLAN: 20 IPv4 + 8 UDP + 8 VXLAN + 14 inner Ethernet);
+3. lease a subnet for this node (subnet_lease.py) and keep renewing it;
+4. create the bridge ``cni0`` with the gateway address, enable forwarding, install
+   the masquerade rules;
+5. open the CNI socket, then write ``subnet.env`` (its presence means "ready");
+6. serve CNI requests until SIGTERM; on exit the lease is kept, so a restarted agent
+   gets the same subnet back and its pods keep their addresses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from pyroute2 import IPRoute
+
+from minikubenet import subnet_env
+from minikubenet.agent.cni_handler import CniHandler, NodeState
+from minikubenet.agent.cni_server import CniServer
+from minikubenet.ipam.allocator import PodIPAllocator
+from minikubenet.linux import iptables, sysctl
+from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
+from minikubenet.linux.bridge import BridgeError, ensure_bridge
+from minikubenet.masquerade import JUMPS, render_masquerade
+from minikubenet.network_config import ConfigError
+from minikubenet.pod_network import BRIDGE
+from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles
+from minikubenet.store.keys import KeyLayout
+from minikubenet.subnet_lease import DEFAULT_TTL_S, OutOfSubnets, SubnetLeaser
+
+log = logging.getLogger("minikubenet.agent")
+
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+
+
+class AgentError(Exception):
+    """A start-up failure with a message a person can act on."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minikubenet-agent", description=__doc__.split("\n\n")[0])
+    p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+                   help="comma-separated etcd client URLs")
+    p.add_argument("--etcd-cafile"), p.add_argument("--etcd-certfile"), p.add_argument("--etcd-keyfile")
+    p.add_argument("--etcd-prefix", default="/coreos.com/network", help="flannel's key prefix")
+    p.add_argument("--project-prefix", default="/minikubenet", help="prefix of pod IP records")
+    p.add_argument("--node-name", default=socket.gethostname())
+    p.add_argument("--public-ip", help="this node's address on the underlay (default: from --iface or the default route)")
+    p.add_argument("--iface", help="the underlay interface")
+    p.add_argument("--run-dir", default="/run/minikubenet", help="socket and subnet.env live here")
+    p.add_argument("--subnet-file", help="default: RUN_DIR/subnet.env")
+    p.add_argument("--socket", help="CNI socket path (default: RUN_DIR/agent.sock)")
+    p.add_argument("--subnet-lease-ttl", type=int, default=DEFAULT_TTL_S, help="seconds (default 24 h)")
+    p.add_argument("--no-ip-masq", dest="ip_masq", action="store_false", help="do not masquerade pod traffic")
+    p.add_argument("--startup-timeout", type=float, default=60.0,
+                   help="how long to wait for etcd and the network config")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def wait_for_config(store: EtcdStore, timeout: float):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            config = store.get_config()
+            if config is not None:
+                return config
+            last_error = (f"no network config at {store.layout.config}; "
+                          "write one with `minikubenet network init --network 10.244.0.0/16`")
+        except StoreError as e:
+            last_error = str(e)
+        except ConfigError as e:
+            raise AgentError(f"the network config at {store.layout.config} is invalid: {e}") from None
+        if time.monotonic() >= deadline:
+            raise AgentError(last_error)
+        log.info("waiting: %s", last_error)
+        time.sleep(1.0)
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.subnet_file = args.subnet_file or os.path.join(args.run_dir, "subnet.env")
+        self.socket_path = args.socket or os.path.join(args.run_dir, "agent.sock")
+        self.store: EtcdStore | None = None
+        self.leaser: SubnetLeaser | None = None
+        self.server: CniServer | None = None
+
+    def start(self) -> None:
+        a = self.args
+        try:
+            layout = KeyLayout(a.etcd_prefix, a.project_prefix)
+            self.store = EtcdStore(a.etcd_endpoints.split(","), layout=layout,
+                                   tls=TLSFiles(a.etcd_cafile, a.etcd_certfile, a.etcd_keyfile))
+        except (ValueError, OSError) as e:
+            raise AgentError(f"bad etcd settings: {e}") from None
+        config = wait_for_config(self.store, a.startup_timeout)
+        log.info("network %s, /%d per node, backend %s", config.network, config.subnet_len, config.backend)
+
+        with IPRoute() as ipr:
+            try:
+                underlay = find_underlay(ipr, a.public_ip, a.iface)
+            except UnderlayNotFound as e:
+                raise AgentError(str(e)) from None
+        mtu = underlay.mtu - VXLAN_OVERHEAD if config.backend == "vxlan" else underlay.mtu
+        log.info("underlay %s %s mtu %d -> pod mtu %d", underlay.ifname, underlay.ip, underlay.mtu, mtu)
+
+        previous = subnet_env.read(self.subnet_file)
+        backend_data = {"VNI": config.vni} if config.backend == "vxlan" else {}
+        self.leaser = SubnetLeaser(self.store, config, underlay.ip, config.backend, backend_data,
+                                   ttl=a.subnet_lease_ttl)
+        try:
+            lease = self.leaser.acquire(previous.subnet if previous else None)
+        except OutOfSubnets as e:
+            raise AgentError(str(e)) from None
+        self.leaser.start_renewing()
+
+        gateway = lease.subnet.network_address + 1
+        with IPRoute() as ipr:
+            try:
+                ensure_bridge(ipr, BRIDGE, ipaddress.IPv4Interface(f"{gateway}/{lease.subnet.prefixlen}"), mtu)
+            except BridgeError as e:
+                raise AgentError(str(e)) from None
+        sysctl.write("net.ipv4.ip_forward", 1)
+        try:
+            iptables.restore(render_masquerade(config.network, lease.subnet, ipmasq=a.ip_masq))
+            for table, chain, target, comment in JUMPS:
+                iptables.ensure_jump(table, chain, target, comment)
+        except (iptables.IptablesError, FileNotFoundError) as e:
+            raise AgentError(f"could not install masquerade rules: {e}") from None
+
+        node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
+                         allocator=PodIPAllocator(self.store, lease.subnet),
+                         lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping)
+        self.server = CniServer(self.socket_path, CniHandler(node))
+        subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
+        log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
+
+    def serve(self) -> None:
+        self.server.serve_forever(poll_interval=0.5)
+
+    def stop(self) -> None:
+        if self.leaser:
+            self.leaser.stop()
+        if self.server:
+            self.server.shutdown()
+            self.server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s")
+    agent = Agent(args)
+    try:
+        agent.start()
+    except (AgentError, StoreError) as e:
+        log.error("cannot start: %s", e)
+        return 1
+
+    def on_signal(signum, frame):
+        log.info("signal %d: stopping (the subnet lease is kept for a restart)", signum)
+        threading.Thread(target=agent.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.serve()
+    if agent.server:
+        agent.server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

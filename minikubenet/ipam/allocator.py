@@ -1,0 +1,114 @@
+"""Pod IP allocation over etcd: one key per IP, never two owners.
+
+An IP belongs to whoever created its key ``<project>/ipam/<subnet>/<ip>``; the key is
+created with a compare-and-create transaction (``version == 0``), so of two ADDs that
+race for one address, on one node or on two, exactly one wins and the other moves on
+to the next candidate. The record names its owner (container ID + interface, as
+host-local does, plus node and pod name), so DEL and GC can find it, and release is a
+compare-and-delete on that exact record.
+
+Inside one agent a lock keeps concurrent ADDs from all trying the same candidate
+first; the transaction is what makes it safe, the lock only makes it fast.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass
+
+from minikubenet.ipam import ranges
+from minikubenet.store.etcd import EtcdStore
+
+log = logging.getLogger(__name__)
+
+
+class SubnetFull(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a pod IP. (container_id, ifname) is the identity; the rest is for people."""
+    container_id: str
+    ifname: str
+    node: str = ""
+    network: str = ""
+    netns: str = ""
+    pod_namespace: str = ""
+    pod_name: str = ""
+
+    def to_record(self) -> bytes:
+        doc = {"containerID": self.container_id, "ifname": self.ifname, "node": self.node,
+               "network": self.network, "netns": self.netns}
+        if self.pod_namespace:
+            doc["podNamespace"] = self.pod_namespace
+        if self.pod_name:
+            doc["podName"] = self.pod_name
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def from_record(cls, raw: bytes) -> "Owner | None":
+        try:
+            doc = json.loads(raw)
+            return cls(container_id=doc["containerID"], ifname=doc["ifname"], node=doc.get("node", ""),
+                       network=doc.get("network", ""), netns=doc.get("netns", ""),
+                       pod_namespace=doc.get("podNamespace", ""), pod_name=doc.get("podName", ""))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def same_attachment(self, other: "Owner") -> bool:
+        return (self.container_id, self.ifname) == (other.container_id, other.ifname)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    ip: ipaddress.IPv4Address
+    owner: Owner
+    record: bytes   # exactly what is stored, for the compare-and-delete
+
+
+class PodIPAllocator:
+    def __init__(self, store: EtcdStore, subnet: ipaddress.IPv4Network):
+        self.store = store
+        self.subnet = subnet
+        self._lock = threading.Lock()
+        self._last: ipaddress.IPv4Address | None = None  # round-robin cursor (host-local's last_reserved_ip)
+
+    def list(self) -> list[Allocation]:
+        out = []
+        for ip, raw in sorted(self.store.list_pod_ips(self.subnet).items()):
+            owner = Owner.from_record(raw)
+            if owner:
+                out.append(Allocation(ip, owner, raw))
+        return out
+
+    def find(self, container_id: str, ifname: str) -> Allocation | None:
+        for a in self.list():
+            if (a.owner.container_id, a.owner.ifname) == (container_id, ifname):
+                return a
+        return None
+
+    def allocate(self, owner: Owner) -> tuple[Allocation, bool]:
+        """The IP for ``owner``: its existing one (False) or a newly claimed one (True)."""
+        with self._lock:
+            taken = self.store.list_pod_ips(self.subnet)
+            for ip, raw in taken.items():
+                held = Owner.from_record(raw)
+                if held and held.same_attachment(owner):
+                    return Allocation(ip, held, raw), False
+            record = owner.to_record()
+            for ip in ranges.candidates(self.subnet, after=self._last):
+                if ip in taken:
+                    continue
+                if self.store.create_pod_ip(self.subnet, ip, record):
+                    self._last = ip
+                    return Allocation(ip, owner, record), True
+                log.debug("%s was taken meanwhile; trying the next address", ip)
+            raise SubnetFull(f"no free pod IP in {self.subnet}: all {ranges.pod_capacity(self.subnet)} "
+                             f"addresses are taken")
+
+    def release(self, allocation: Allocation) -> bool:
+        return self.store.delete_pod_ip(self.subnet, allocation.ip, allocation.record)

@@ -1,0 +1,136 @@
+"""Plumb one pod into its node: a veth pair, the pod's address and default route.
+
+``attach`` applies a ``PodAttachment`` plan (pod_network.py) in these steps:
+
+1. remove leftovers of an earlier attempt (same host veth name, same pod interface);
+2. create the veth pair in one netlink request, the peer created directly inside the
+   pod's namespace under its final name (IFLA_NET_NS_FD on the peer), both ends with
+   the overlay MTU;
+3. host end: join the bridge, come up;
+4. pod end: address, up, ``lo`` up, default route via the bridge's address.
+
+It returns the MACs for the CNI result. ``detach`` is best effort and repeatable:
+deleting either end of a veth pair deletes both, and a pod namespace that is gone
+already took its end with it (SPEC §2 DEL: "return success when the resources are
+already gone"). ``inspect`` lists what differs from the plan, for CHECK.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from minikubenet.linux.netns import NetnsNotFound, iproute_in
+from minikubenet.pod_network import PodAttachment
+
+
+@dataclass(frozen=True)
+class AttachedMacs:
+    bridge: str
+    host_veth: str
+    pod: str
+
+
+def _lookup(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _delete(ipr: IPRoute, name: str) -> bool:
+    index = _lookup(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise
+    return True
+
+
+def _mac(ipr: IPRoute, index: int) -> str:
+    return ipr.get_links(index)[0].get("IFLA_ADDRESS")
+
+
+def attach(host: IPRoute, plan: PodAttachment) -> AttachedMacs:
+    pod = iproute_in(plan.netns)
+    try:
+        _delete(host, plan.host_veth)
+        _delete(pod, plan.ifname)
+        bridge_index = _lookup(host, plan.bridge)
+        if bridge_index is None:
+            raise RuntimeError(f"bridge {plan.bridge} does not exist on this node")
+        netns_fd = os.open(plan.netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            host.link("add", ifname=plan.host_veth, kind="veth", mtu=plan.mtu,
+                      peer={"ifname": plan.ifname, "net_ns_fd": netns_fd, "mtu": plan.mtu})
+        finally:
+            os.close(netns_fd)
+        host_index = _lookup(host, plan.host_veth)
+        host.link("set", index=host_index, master=bridge_index, state="up")
+
+        pod_index = _lookup(pod, plan.ifname)
+        pod.addr("add", index=pod_index, address=str(plan.address.ip), prefixlen=plan.address.network.prefixlen)
+        pod.link("set", index=pod_index, state="up")
+        lo = _lookup(pod, "lo")
+        if lo is not None:
+            pod.link("set", index=lo, state="up")
+        pod.route("replace", dst="0.0.0.0/0", gateway=str(plan.gateway), oif=pod_index)
+        return AttachedMacs(bridge=_mac(host, bridge_index), host_veth=_mac(host, host_index),
+                            pod=_mac(pod, pod_index))
+    finally:
+        pod.close()
+
+
+def detach(host: IPRoute, container_id: str, ifname: str, host_veth: str, netns: str | None) -> None:
+    """Remove the pod's veth pair if it is still there. Never fails for missing pieces."""
+    if _delete(host, host_veth):
+        return
+    if netns and os.path.exists(netns):
+        try:
+            pod = iproute_in(netns)
+        except NetnsNotFound:
+            return
+        try:
+            _delete(pod, ifname)
+        finally:
+            pod.close()
+
+
+def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
+    """What is wrong with this attachment now; empty when it matches the plan."""
+    problems = []
+    host_index = _lookup(host, plan.host_veth)
+    bridge_index = _lookup(host, plan.bridge)
+    if bridge_index is None:
+        problems.append(f"bridge {plan.bridge} is missing")
+    if host_index is None:
+        problems.append(f"host veth {plan.host_veth} is missing")
+    elif bridge_index is not None and host.get_links(host_index)[0].get("IFLA_MASTER") != bridge_index:
+        problems.append(f"host veth {plan.host_veth} is not a port of {plan.bridge}")
+    try:
+        pod = iproute_in(plan.netns)
+    except NetnsNotFound:
+        return problems + [f"network namespace {plan.netns} is gone"]
+    try:
+        pod_index = _lookup(pod, plan.ifname)
+        if pod_index is None:
+            return problems + [f"interface {plan.ifname} is missing in {plan.netns}"]
+        link = pod.get_links(pod_index)[0]
+        if link.get("IFLA_MTU") != plan.mtu:
+            problems.append(f"{plan.ifname} has MTU {link.get('IFLA_MTU')}, expected {plan.mtu}")
+        if link.get("IFLA_OPERSTATE") not in ("UP", "UNKNOWN") and not (link["flags"] & 1):
+            problems.append(f"{plan.ifname} is down")
+        addrs = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=pod_index, family=2)}
+        if (str(plan.address.ip), plan.address.network.prefixlen) not in addrs:
+            problems.append(f"{plan.ifname} lacks address {plan.address}")
+        routes = pod.get_routes(family=2, dst_len=0, table=254)
+        if not any(r.get("RTA_GATEWAY") == str(plan.gateway) for r in routes):
+            problems.append(f"no default route via {plan.gateway} in {plan.netns}")
+    finally:
+        pod.close()
+    return problems

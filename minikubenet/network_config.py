@@ -1,0 +1,141 @@
+"""The cluster network config: flannel's ``<prefix>/config`` JSON, parsed and validated.
+
+One document in etcd says which address space pods live in and how nodes reach each
+other: ``{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan",
+"VNI": 1, "Port": 8472}}``. Every agent reads it at start; ``minikubenet network init``
+writes it. Defaults follow flannel (pkg/subnet/config.go): SubnetLen 24, SubnetMin the
+second subnet, SubnetMax the last one. Unlike flannel, a missing Backend means vxlan
+(flannel silently picks "udp").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+
+BACKENDS = ("vxlan", "host-gw")
+DEFAULT_VNI = 1
+DEFAULT_VXLAN_PORT = 8472  # the Linux kernel's historical VXLAN port, flannel's default
+
+
+class ConfigError(ValueError):
+    """The network config is invalid; the message says which value and why."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    network: ipaddress.IPv4Network
+    subnet_len: int = 24
+    subnet_min: ipaddress.IPv4Network | None = None
+    subnet_max: ipaddress.IPv4Network | None = None
+    backend: str = "vxlan"
+    backend_options: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def vni(self) -> int:
+        return int(self.backend_options.get("VNI", DEFAULT_VNI))
+
+    @property
+    def port(self) -> int:
+        return int(self.backend_options.get("Port", DEFAULT_VXLAN_PORT) or DEFAULT_VXLAN_PORT)
+
+    def subnets(self) -> list[ipaddress.IPv4Network]:
+        """All node subnets this network can lease, SubnetMin..SubnetMax."""
+        lo = self.subnet_min or first_leasable(self.network, self.subnet_len)
+        hi = self.subnet_max or list(self.network.subnets(new_prefix=self.subnet_len))[-1]
+        return [s for s in self.network.subnets(new_prefix=self.subnet_len)
+                if lo.network_address <= s.network_address <= hi.network_address]
+
+    def to_json(self) -> str:
+        doc = {"Network": str(self.network), "SubnetLen": self.subnet_len}
+        if self.subnet_min:
+            doc["SubnetMin"] = str(self.subnet_min.network_address)
+        if self.subnet_max:
+            doc["SubnetMax"] = str(self.subnet_max.network_address)
+        doc["Backend"] = {"Type": self.backend, **self.backend_options}
+        return json.dumps(doc)
+
+
+def first_leasable(network: ipaddress.IPv4Network, subnet_len: int) -> ipaddress.IPv4Network:
+    # flannel skips the network's first subnet (SubnetMin = second subnet), so that the
+    # network address of the whole range is never a node's subnet address.
+    subs = network.subnets(new_prefix=subnet_len)
+    next(subs)
+    return next(subs)
+
+
+def make_config(network: str, subnet_len: int = 24, backend: str = "vxlan",
+                vni: int | None = None, port: int | None = None,
+                direct_routing: bool = False) -> NetworkConfig:
+    """Build and validate a config from command-line style values."""
+    options: dict = {}
+    if backend == "vxlan":
+        options = {"VNI": DEFAULT_VNI if vni is None else vni,
+                   "Port": DEFAULT_VXLAN_PORT if port is None else port}
+        if direct_routing:
+            options["DirectRouting"] = True
+    doc = {"Network": network, "SubnetLen": subnet_len, "Backend": {"Type": backend, **options}}
+    return parse_config(json.dumps(doc))
+
+
+def parse_config(text: str | bytes) -> NetworkConfig:
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"network config is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError("network config must be a JSON object")
+    try:
+        network = ipaddress.IPv4Network(doc.get("Network", ""), strict=True)
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as e:
+        raise ConfigError(f"Network {doc.get('Network')!r} is not an IPv4 CIDR with no host bits set: {e}") from None
+    subnet_len = doc.get("SubnetLen", 24)
+    if not isinstance(subnet_len, int) or isinstance(subnet_len, bool):
+        raise ConfigError(f"SubnetLen {subnet_len!r} must be an integer")
+    if not 8 <= subnet_len <= 30:
+        raise ConfigError(f"SubnetLen {subnet_len} must be between 8 and 30 (a node needs room for pods)")
+    if subnet_len <= network.prefixlen:
+        raise ConfigError(
+            f"Network {network} is too small for SubnetLen {subnet_len}: it must be larger than one subnet "
+            f"(at least /{subnet_len - 1})")
+    if subnet_len - network.prefixlen > 16:
+        raise ConfigError(f"Network {network} with SubnetLen {subnet_len} gives more than 65536 subnets; "
+                          "use a longer network prefix or a shorter SubnetLen")
+    bounds = {}
+    for key in ("SubnetMin", "SubnetMax"):
+        if key in doc:
+            try:
+                sub = ipaddress.IPv4Network(f"{doc[key]}/{subnet_len}", strict=True)
+            except ValueError as e:
+                raise ConfigError(f"{key} {doc[key]!r} is not a /{subnet_len} subnet address: {e}") from None
+            if not sub.subnet_of(network):
+                raise ConfigError(f"{key} {sub} lies outside Network {network}")
+            bounds[key] = sub
+    if "SubnetMin" in bounds and "SubnetMax" in bounds and \
+            bounds["SubnetMin"].network_address > bounds["SubnetMax"].network_address:
+        raise ConfigError(f"SubnetMin {bounds['SubnetMin']} is above SubnetMax {bounds['SubnetMax']}")
+    backend_doc = doc.get("Backend", {"Type": "vxlan"})
+    if not isinstance(backend_doc, dict):
+        raise ConfigError("Backend must be an object like {\"Type\": \"vxlan\"}")
+    backend = backend_doc.get("Type", "vxlan")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown Backend.Type {backend!r}; choose one of {', '.join(BACKENDS)}")
+    options = {k: v for k, v in backend_doc.items() if k != "Type"}
+    if backend == "vxlan":
+        vni = options.get("VNI", DEFAULT_VNI)
+        if not isinstance(vni, int) or isinstance(vni, bool) or not 1 <= vni <= 0xFFFFFF:
+            raise ConfigError(f"Backend.VNI {vni!r} is out of range: a VXLAN VNI is 1..16777215 (24 bits)")
+        port = options.get("Port", DEFAULT_VXLAN_PORT)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ConfigError(f"Backend.Port {port!r} is out of range: a UDP port is 1..65535 (0 = 8472)")
+    return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=bounds.get("SubnetMin"),
+                         subnet_max=bounds.get("SubnetMax"), backend=backend, backend_options=options)
+
+
+def check_no_overlap(config: NetworkConfig, others: dict[str, ipaddress.IPv4Network]) -> None:
+    """Refuse a pod network that overlaps another network the user named (e.g. the
+    service network or the node underlay): packets would be routed to the wrong place."""
+    for what, net in others.items():
+        if config.network.overlaps(net):
+            raise ConfigError(f"Network {config.network} overlaps the {what} {net}; choose disjoint ranges")

@@ -1,0 +1,130 @@
+"""A node's subnet lease: which /24 of the cluster network this node hands to its pods.
+
+The mechanism is flannel's (pkg/subnet/etcd/local_manager.go, tryAcquireLease):
+
+1. a lease whose ``PublicIP`` is ours is our own from before a restart: take it again;
+2. else the subnet named in our previous ``subnet.env``, if nobody holds it now;
+3. else a random free subnet (random, so that racing nodes rarely pick the same one);
+4. claim it with a compare-and-create transaction; if another node won the race,
+   start over (at most ``RACE_RETRIES`` times).
+
+The key is attached to an etcd lease with a TTL (default 24 h), renewed well before it
+runs out. A node that vanishes loses its subnet when the TTL expires; a node that comes
+back in time keeps it, and so its pods keep their addresses.
+
+``choose_subnet`` is the pure part; ``SubnetLeaser`` talks to the store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+from dataclasses import dataclass
+
+from minikubenet.network_config import NetworkConfig
+from minikubenet.store.etcd import EtcdStore, StoreError, SubnetLeaseRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 24 * 3600
+RACE_RETRIES = 10
+
+
+class OutOfSubnets(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Choice:
+    subnet: ipaddress.IPv4Network
+    existing: SubnetLeaseRecord | None   # our own lease from before, to be rewritten
+    reason: str
+
+
+def choose_subnet(config: NetworkConfig, leases: list[SubnetLeaseRecord], public_ip: str,
+                  previous: ipaddress.IPv4Network | None, rng: random.Random | None = None) -> Choice:
+    """Decide which subnet this node should hold. Pure: no I/O."""
+    usable = set(config.subnets())
+    for rec in leases:
+        if rec.public_ip == public_ip and rec.subnet in usable:
+            return Choice(rec.subnet, rec, f"our lease for PublicIP {public_ip}")
+    taken = {rec.subnet for rec in leases}
+    if previous is not None and previous in usable and previous not in taken:
+        return Choice(previous, None, "the subnet in our previous subnet.env")
+    free = [s for s in config.subnets() if s not in taken]
+    if not free:
+        raise OutOfSubnets(
+            f"network {config.network} is full: all {len(usable)} /{config.subnet_len} subnets are taken "
+            f"({len(taken & usable)} leases). Remove stale leases under the subnets prefix or use a larger Network.")
+    # Like flannel: pick among the first 100 free ones at random.
+    return Choice((rng or random).choice(free[:100]), None, "a free subnet")
+
+
+class SubnetLeaser:
+    """Acquires this node's lease and keeps it renewed in a background thread."""
+
+    def __init__(self, store: EtcdStore, config: NetworkConfig, public_ip: str,
+                 backend_type: str, backend_data: dict, ttl: int = DEFAULT_TTL_S):
+        self.store = store
+        self.config = config
+        self.public_ip = public_ip
+        self.backend_type = backend_type
+        self.backend_data = backend_data
+        self.ttl = ttl
+        self.record: SubnetLeaseRecord | None = None
+        self.etcd_lease = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.healthy = False
+
+    def acquire(self, previous: ipaddress.IPv4Network | None = None) -> SubnetLeaseRecord:
+        for _ in range(RACE_RETRIES):
+            choice = choose_subnet(self.config, self.store.list_leases(), self.public_ip, previous)
+            rec = SubnetLeaseRecord(choice.subnet, self.public_ip, self.backend_type, self.backend_data)
+            lease = self.store.grant(self.ttl)
+            if choice.existing is not None:
+                got = self.store.replace_lease(SubnetLeaseRecord(
+                    choice.existing.subnet, self.public_ip, self.backend_type, self.backend_data,
+                    raw=choice.existing.raw), lease)
+            else:
+                got = self.store.create_lease(rec, lease)
+            if got:
+                rec.lease_id = lease.id
+                self.record, self.etcd_lease, self.healthy = rec, lease, True
+                log.info("leased subnet %s (%s), TTL %ds", rec.subnet, choice.reason, self.ttl)
+                return rec
+            log.info("lost the race for %s, trying again", choice.subnet)
+            try:
+                self.store.client.revoke_lease(lease.id)
+            except Exception:  # best effort: the unused lease expires anyway
+                pass
+        raise OutOfSubnets(f"could not claim a subnet of {self.config.network} after {RACE_RETRIES} races")
+
+    def renew_interval(self) -> float:
+        # Renew at a third of the TTL, so two renewals can fail before the lease expires.
+        return max(1.0, self.ttl / 3)
+
+    def start_renewing(self) -> None:
+        self._thread = threading.Thread(target=self._renew_loop, name="lease-renew", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _renew_loop(self) -> None:
+        interval = self.renew_interval()
+        while not self._stop.wait(interval):
+            try:
+                ttl = self.store.refresh(self.etcd_lease)
+                if ttl <= 0:
+                    # The lease expired (etcd down for longer than the TTL): claim again.
+                    log.warning("etcd lease for %s expired; claiming the subnet again", self.record.subnet)
+                    self.acquire(previous=self.record.subnet)
+                self.healthy = True
+                interval = self.renew_interval()
+            except (StoreError, OutOfSubnets) as e:
+                self.healthy = False
+                log.warning("could not renew the lease on %s: %s; retrying", self.record.subnet, e)
+                interval = min(10.0, self.renew_interval())
