@@ -1,0 +1,5 @@
+import sys
+
+from minikubenet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,303 @@
+"""The lab: a whole minikubenet cluster built out of network namespaces on one machine.
+
+``Lab.up()`` makes a ``Topology`` (topology.py) real, step by step:
+
+1. the underlay: a switch namespace with a bridge, one veth port per node and for etcd;
+2. etcd (Debian's binary) in its own namespace, and the network config written into it
+   with ``minikubenet network init``, as an operator would;
+3. each node: a namespace with its underlay address, its own run dir and CNI conf dir,
+   and its own ``minikubenet-agent``;
+4. each pod: a namespace attached by executing the real CNI binary exactly as a
+   runtime does (cni/runtime.py), then a tiny HTTP server inside it (podserver.py).
+
+Everything it makes is written to ``<root>/<lab>/state.json`` *before* it is made, and
+every name starts with the lab's name, so ``Lab.down()`` removes exactly the lab —
+also after a crash or a half-finished ``up`` — and nothing else: processes by PID
+(those recorded, and any process still inside one of the lab's namespaces), then the
+namespaces, then the lab's directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+
+from minikubenet.cni.install import install_plugin_binary
+from minikubenet.cni.runtime import CniRuntime
+from minikubenet.lab import daemons, podserver, probes, processes
+from minikubenet.lab.processes import ProcessRecord
+from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, build_topology
+from minikubenet.linux import named_netns
+from minikubenet.linux.named_netns import run
+
+LAB_ROOT = "/run/minikubenet-lab"
+REFERENCE_PLUGIN_DIR = "/usr/lib/cni"
+
+
+class LabError(Exception):
+    pass
+
+
+class Lab:
+    def __init__(self, topo: Topology, root: str = LAB_ROOT, say=print):
+        self.topo = topo
+        self.dir = os.path.join(root, topo.name)
+        self.say = say
+        self.bin_dir = os.path.join(self.dir, "bin")
+        self.pod_ips: dict[str, str] = {}
+        self._state_lock = threading.Lock()  # nodes and pods are built in parallel
+
+    # -- paths and records --------------------------------------------------------------------
+
+    def node_dir(self, node: str) -> str:
+        return os.path.join(self.dir, "nodes", node)
+
+    def run_dir(self, node: str) -> str:
+        return os.path.join(self.node_dir(node), "run")
+
+    def conf_file(self, node: str) -> str:
+        return os.path.join(self.node_dir(node), "net.d", "10-minikubenet.conflist")
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.dir, "state.json")
+
+    def _load_state(self) -> dict:
+        try:
+            with open(self.state_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {"netns": [], "processes": []}
+
+    def _record(self, **kinds) -> None:
+        """Append to the state file before (netns) or right after (PIDs) creating things."""
+        with self._state_lock:
+            state = self._load_state()
+            state.setdefault("params", self.params())
+            for kind, items in kinds.items():
+                state.setdefault(kind, []).extend(items)
+            os.makedirs(self.dir, exist_ok=True)
+            tmp = self.state_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(state, f, indent=1)
+            os.replace(tmp, self.state_file)
+
+    def params(self) -> dict:
+        t = self.topo
+        return {"name": t.name, "nodes": len(t.nodes), "pods_per_node": len(t.nodes[0].pods) if t.nodes else 0,
+                "backend": t.backend, "underlay": str(t.underlay), "pod_network": str(t.pod_network),
+                "mtu": t.mtu}
+
+    @classmethod
+    def existing(cls, name: str, root: str = LAB_ROOT, say=print) -> "Lab":
+        """The lab as recorded on disk (for status, exec and down)."""
+        path = os.path.join(root, name, "state.json")
+        try:
+            with open(path) as f:
+                params = json.load(f)["params"]
+        except (OSError, ValueError, KeyError):
+            raise LabError(f"no lab named {name!r} is up (nothing at {path})") from None
+        return cls(build_topology(**params), root, say)
+
+    def _netns(self, name: str) -> None:
+        self._record(netns=[name])
+        named_netns.add(name)
+
+    def _start(self, netns: str, argv: list[str], log: str, what: str) -> ProcessRecord:
+        rec = processes.start_in_netns(netns, argv, log, what)
+        self._record(processes=[asdict(rec)])
+        return rec
+
+    # -- up -----------------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        t = self.topo
+        if os.path.exists(self.state_file) or named_netns.list_names(f"{t.name}-"):
+            raise LabError(f"lab {t.name!r} already exists (or left pieces behind): "
+                           f"run `minikubenet lab down --name {t.name}` first")
+        for tool in ("ip", "iptables", "etcd", "etcdctl", "ping"):
+            if not shutil.which(tool):
+                raise LabError(f"`{tool}` is not installed: run ./setup.sh (it installs the lab's packages)")
+        started = time.monotonic()
+        self._record()
+        install_plugin_binary(self.bin_dir)
+        self.say(f"lab {t.name}: {len(t.nodes)} nodes, backend {t.backend}, underlay {t.underlay}, "
+                 f"pods {t.pod_network}")
+        self._build_underlay()
+        self._start_etcd()
+        self._network_init()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(self._start_node, t.nodes))
+        self.say(f"  nodes ready: {', '.join(n.name for n in t.nodes)}")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(self._start_pod, t.pods()))
+        self.say(f"  pods ready: {len(t.pods())} ({time.monotonic() - started:.1f}s since start)")
+
+    def _build_underlay(self) -> None:
+        t = self.topo
+        self._netns(t.switch_netns)
+        sw = t.switch_netns
+        run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
+        run(["ip", "-n", sw, "link", "set", "br0", "up"])
+        self._netns(t.etcd_netns)
+        self._plug(t.etcd_netns, "etcd", t.etcd_ip)
+
+    def _plug(self, netns: str, port: str, ip: ipaddress.IPv4Address) -> None:
+        """A veth from the switch (end ``port`` on br0) to ``netns`` (end eth0, with ``ip``)."""
+        t = self.topo
+        sw = t.switch_netns
+        run(["ip", "-n", sw, "link", "add", port, "mtu", str(t.mtu), "type", "veth",
+             "peer", "name", "eth0", "mtu", str(t.mtu), "netns", netns])
+        run(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
+        run(["ip", "-n", netns, "addr", "add", f"{ip}/{t.underlay.prefixlen}", "dev", "eth0"])
+        run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+
+    def _start_etcd(self) -> None:
+        t = self.topo
+        argv_log = os.path.join(self.dir, "logs", "etcd.log")
+        os.makedirs(os.path.dirname(argv_log), exist_ok=True)
+        # start_etcd records nothing itself: record its PID as soon as we have it
+        rec = daemons.start_etcd(t.etcd_netns, os.path.join(self.dir, "etcd"), str(t.etcd_ip), argv_log)
+        self._record(processes=[asdict(rec)])
+        self.say(f"  etcd up at {t.etcd_endpoint} (namespace {t.etcd_netns})")
+
+    def _network_init(self) -> None:
+        t = self.topo
+        argv = ["ip", "netns", "exec", t.etcd_netns, sys.executable, "-m", "minikubenet", "network", "init",
+                "--etcd-endpoints", "http://127.0.0.1:2379", "--network", str(t.pod_network),
+                "--subnet-len", "24", "--backend", t.backend]
+        p = subprocess.run(argv, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise LabError(f"network init failed: {p.stderr.strip() or p.stdout.strip()}")
+
+    def _start_node(self, node: NodeSpec) -> None:
+        self._netns(node.netns)
+        self._plug(node.netns, node.switch_port, node.ip)
+        os.makedirs(os.path.dirname(self.conf_file(node.name)), exist_ok=True)
+        with open(self.conf_file(node.name), "w") as f:
+            json.dump(self.conflist(node.name), f, indent=2)
+        log = os.path.join(self.dir, "logs", f"agent-{node.name}.log")
+        argv = daemons.agent_argv(self.topo.etcd_endpoint, str(node.ip), self.run_dir(node.name), node.name)
+        rec = self._start(node.netns, argv, log, f"agent {node.name}")
+        env_file = os.path.join(self.run_dir(node.name), "subnet.env")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(env_file):
+            if not rec.alive():
+                raise LabError(f"the agent on {node.name} exited; {log} ends with:\n{processes.tail(log)}")
+            if time.monotonic() > deadline:
+                raise LabError(f"the agent on {node.name} is not ready after 60s; {log}:\n{processes.tail(log)}")
+            time.sleep(0.05)
+
+    def conflist(self, node: str) -> dict:
+        return {"cniVersion": "1.0.0", "name": "minikubenet",
+                "plugins": [{"type": "minikubenet", "agentSocket": os.path.join(self.run_dir(node), "agent.sock")}]}
+
+    def runtime(self, node: str) -> CniRuntime:
+        return CniRuntime.from_file(self.conf_file(node), [self.bin_dir, REFERENCE_PLUGIN_DIR],
+                                    node_netns=self.topo.node(node).netns)
+
+    def _start_pod(self, pod: PodSpec) -> None:
+        self._netns(pod.netns)
+        result = self.runtime(pod.node).add(pod.container_id, f"/run/netns/{pod.netns}", "eth0",
+                                            {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": pod.name})
+        ip = result["ips"][0]["address"].split("/")[0]
+        self.pod_ips[pod.name] = ip
+        log = os.path.join(self.dir, "logs", f"pod-{pod.name}.log")
+        # stdlib-only server: the real interpreter with -I -S, no virtualenv needed
+        self._start(pod.netns, [sys.executable, "-I", "-S", podserver.__file__, pod.name, str(POD_PORT)],
+                    log, f"pod {pod.name}")
+        probes.wait_listening(pod.netns, "127.0.0.1", POD_PORT)
+
+    # -- looking at it ------------------------------------------------------------------------------
+
+    def etcd_dump(self, prefix: str = "/") -> list[tuple[str, str]]:
+        out = daemons.etcdctl(self.topo.etcd_netns, "http://127.0.0.1:2379", "get", "--prefix", prefix,
+                              "-w", "json")
+        import base64
+        doc = json.loads(out)
+        return [(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv["value"]).decode())
+                for kv in doc.get("kvs", [])]
+
+    def leases(self) -> dict[str, dict]:
+        """node name -> {"subnet", "public_ip", ...} from etcd."""
+        by_ip = {str(n.ip): n.name for n in self.topo.nodes}
+        out = {}
+        for key, value in self.etcd_dump("/coreos.com/network/subnets/"):
+            doc = json.loads(value)
+            subnet = key.rsplit("/", 1)[1].replace("-", "/")
+            out[by_ip.get(doc.get("PublicIP"), doc.get("PublicIP"))] = {"subnet": subnet, **doc}
+        return out
+
+    def pods(self) -> dict[str, dict]:
+        """pod name -> {"ip", "node", ...} from the pod IP records in etcd."""
+        out = {}
+        for key, value in self.etcd_dump("/minikubenet/ipam/"):
+            doc = json.loads(value)
+            out[doc.get("podName") or doc["containerID"]] = {"ip": key.rsplit("/", 1)[1], **doc}
+        return out
+
+    def report(self) -> str:
+        t = self.topo
+        leases, pods = self.leases(), self.pods()
+        lines = [f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoint}",
+                 "", "NODE   PUBLIC IP      SUBNET            NAMESPACE"]
+        for n in t.nodes:
+            lease = leases.get(n.name, {})
+            lines.append(f"{n.name:<6} {str(n.ip):<14} {lease.get('subnet', '-'):<17} {n.netns}")
+        lines += ["", "POD      IP             NODE   NAMESPACE"]
+        for p in t.pods():
+            rec = pods.get(p.name, {})
+            lines.append(f"{p.name:<8} {rec.get('ip', '-'):<14} {p.node:<6} {p.netns}")
+        lines += ["", "ETCD KEYS"]
+        lines += [f"  {k}" for k, _ in self.etcd_dump("/")]
+        return "\n".join(lines)
+
+    # -- checks ---------------------------------------------------------------------------------------
+
+    def check_same_node(self) -> list[str]:
+        """Pods reach every pod on their node, their node, and the node reaches them.
+        Returns the list of lines it checked; raises LabError on the first failure."""
+        ips = {name: rec["ip"] for name, rec in self.pods().items()}
+        leases = self.leases()
+        done = []
+        for node in self.topo.nodes:
+            gateway = str(ipaddress.IPv4Network(leases[node.name]["subnet"]).network_address + 1)
+            for src in node.pods:
+                for dst in node.pods:
+                    answer = probes.whoami(src.netns, ips[dst.name], POD_PORT)
+                    if answer.get("pod") != dst.name:
+                        raise LabError(f"{src.name} -> {dst.name} ({ips[dst.name]}) answered {answer}")
+                    done.append(f"{src.name} -> {dst.name} {ips[dst.name]} ok")
+                for target in (gateway, str(node.ip)):
+                    if not probes.ping(src.netns, target):
+                        raise LabError(f"{src.name} cannot ping its node {node.name} at {target}")
+                    done.append(f"{src.name} -> node {node.name} {target} ok")
+                answer = probes.whoami(node.netns, ips[src.name], POD_PORT)
+                if answer.get("pod") != src.name:
+                    raise LabError(f"node {node.name} -> {src.name} answered {answer}")
+                done.append(f"node {node.name} -> {src.name} ok")
+        return done
+
+    # -- down ---------------------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove everything this lab made, and nothing else. Safe to run twice."""
+        state = self._load_state()
+        names = sorted(set(state.get("netns", [])) | set(named_netns.list_names(f"{self.topo.name}-")))
+        pids = [r["pid"] for r in state.get("processes", [])
+                if processes.start_time_of(r["pid"]) == r["start_time"]]
+        pids += named_netns.pids_in(names)
+        processes.stop(sorted(set(pids)))
+        # pods first, the switch last (reverse creation order)
+        for name in sorted(names, key=lambda n: (n.count("-"), n), reverse=True):
+            named_netns.delete(name)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return names

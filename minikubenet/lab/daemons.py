@@ -1,0 +1,98 @@
+"""The daemons a lab node runs, started inside its namespace: etcd and the agent.
+
+Shared by the lab, the tests and the benchmarks, so every one of them runs the same
+real etcd (Debian's ``etcd`` binary) and the same real ``minikubenet-agent``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+from minikubenet.lab import processes
+from minikubenet.lab.processes import ProcessRecord
+from minikubenet.linux.netns import path_of, socket_in
+
+
+class DaemonFailed(Exception):
+    pass
+
+
+def etcd_binary() -> str:
+    path = shutil.which("etcd")
+    if not path:
+        raise DaemonFailed("the `etcd` binary is not on PATH: install Debian's etcd-server (./setup.sh does)")
+    return path
+
+
+def start_etcd(netns: str, data_dir: str, client_ip: str, log_path: str, port: int = 2379) -> ProcessRecord:
+    """etcd listening on ``client_ip`` and loopback inside ``netns``."""
+    urls = f"http://{client_ip}:{port}" + (f",http://127.0.0.1:{port}" if client_ip != "127.0.0.1" else "")
+    argv = [etcd_binary(), "--name", "lab", "--data-dir", data_dir,
+            "--listen-client-urls", urls, "--advertise-client-urls", f"http://{client_ip}:{port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{port + 1}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 1}",
+            "--initial-cluster", f"lab=http://127.0.0.1:{port + 1}",
+            # a lab etcd keeps little history; compaction keeps its memory small
+            "--auto-compaction-retention", "1h", "--logger", "zap", "--log-level", "warn"]
+    rec = processes.start_in_netns(netns, argv, log_path, "etcd")
+    wait_tcp(netns, client_ip, port, rec, timeout=20.0)
+    return rec
+
+
+def wait_tcp(netns: str, ip: str, port: int, rec: ProcessRecord, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(0.5)
+        try:
+            s.connect((ip, port))
+            return
+        except OSError:
+            if not rec.alive():
+                raise DaemonFailed(f"{rec.what} exited; its log ({rec.log}) ends with:\n{processes.tail(rec.log)}")
+            if time.monotonic() > deadline:
+                raise DaemonFailed(f"{rec.what} does not listen on {ip}:{port} after {timeout:.0f}s; "
+                                   f"log {rec.log}:\n{processes.tail(rec.log)}")
+            time.sleep(0.1)
+        finally:
+            s.close()
+
+
+def etcdctl(netns: str, endpoint: str, *args: str) -> str:
+    p = subprocess.run(["ip", "netns", "exec", netns, "etcdctl", "--endpoints", endpoint, *args],
+                       capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+    if p.returncode != 0:
+        raise DaemonFailed(f"etcdctl {' '.join(args)}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def agent_argv(etcd_endpoint: str, public_ip: str, run_dir: str, node_name: str, extra=()) -> list[str]:
+    return [sys.executable, "-m", "minikubenet.agent.main", "--etcd-endpoints", etcd_endpoint,
+            "--public-ip", public_ip, "--run-dir", run_dir, "--node-name", node_name, *extra]
+
+
+def start_agent(netns: str, etcd_endpoint: str, public_ip: str, run_dir: str, node_name: str,
+                log_path: str, extra=(), timeout: float = 60.0) -> ProcessRecord:
+    """Start ``minikubenet-agent`` in ``netns`` and wait until it is ready (subnet.env written)."""
+    env_file = os.path.join(run_dir, "subnet.env")
+    try:
+        os.unlink(env_file)   # readiness is "the agent wrote it", not "an old one exists"
+    except FileNotFoundError:
+        pass
+    rec = processes.start_in_netns(netns, agent_argv(etcd_endpoint, public_ip, run_dir, node_name, extra),
+                                   log_path, f"agent {node_name}")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(env_file):
+        if not rec.alive():
+            raise DaemonFailed(f"the agent on {node_name} exited; its log ({log_path}) ends with:\n"
+                               f"{processes.tail(log_path)}")
+        if time.monotonic() > deadline:
+            raise DaemonFailed(f"the agent on {node_name} is not ready after {timeout:.0f}s; log {log_path}:\n"
+                               f"{processes.tail(log_path)}")
+        time.sleep(0.05)
+    return rec

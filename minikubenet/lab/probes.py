@@ -1,0 +1,83 @@
+"""Connectivity probes: does traffic from one namespace reach an address?
+
+HTTP probes open their TCP socket *inside* the source namespace (linux/netns.socket_in)
+and then use it from this process, so a matrix of hundreds of pod-to-pod checks costs
+no process start per check. Pings use the real ``ping`` binary inside the namespace,
+because its options (``-M do`` sets the DF bit, ``-s`` the payload size) are exactly
+what a person would type to test an MTU.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+from minikubenet.linux.netns import path_of, socket_in
+
+
+class ProbeFailed(Exception):
+    pass
+
+
+def http_get(netns: str, ip: str, port: int, path: str = "/", timeout: float = 3.0) -> bytes:
+    """GET ``path`` from ip:port, connecting from inside ``netns``; returns the body."""
+    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((ip, port))
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
+        chunks = []
+        while True:
+            chunk = s.recv(262144)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError as e:
+        raise ProbeFailed(f"{netns} -> {ip}:{port}{path}: {e}") from None
+    finally:
+        s.close()
+    data = b"".join(chunks)
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0]:
+        raise ProbeFailed(f"{netns} -> {ip}:{port}{path}: bad answer {head[:60]!r}")
+    return body
+
+
+def whoami(netns: str, ip: str, port: int, timeout: float = 3.0) -> dict:
+    return json.loads(http_get(netns, ip, port, "/", timeout))
+
+
+def transfer(netns: str, ip: str, port: int, nbytes: int, timeout: float = 10.0) -> float:
+    """Fetch ``nbytes`` over TCP; returns seconds taken. Fails if any byte is missing."""
+    t0 = time.perf_counter()
+    body = http_get(netns, ip, port, f"/bytes?n={nbytes}", timeout)
+    if len(body) != nbytes:
+        raise ProbeFailed(f"{netns} -> {ip}: got {len(body)} of {nbytes} bytes")
+    return time.perf_counter() - t0
+
+
+def ping(netns: str, ip: str, size: int = 56, dont_fragment: bool = False, count: int = 1,
+         timeout_s: int = 2) -> bool:
+    argv = ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s),
+            "-s", str(size)]
+    if dont_fragment:
+        argv += ["-M", "do"]
+    return subprocess.run(argv + [ip], capture_output=True).returncode == 0
+
+
+def wait_listening(netns: str, ip: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(0.5)
+        try:
+            s.connect((ip, port))
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise ProbeFailed(f"nothing listens on {ip}:{port} in {netns}: {e}") from None
+            time.sleep(0.05)
+        finally:
+            s.close()

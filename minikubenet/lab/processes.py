@@ -1,0 +1,88 @@
+"""Starting and stopping the lab's daemons: always inside a namespace, always by PID.
+
+A process is started with ``ip netns exec <ns> <argv>`` (which execs, so the PID we get
+is the daemon's own), in its own session, logging to a file in the lab's directory.
+We record its PID together with its start time from /proc/<pid>/stat, so that a PID
+reused by some unrelated process after a crash is never signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    pid: int
+    start_time: int
+    what: str
+    log: str
+
+    def alive(self) -> bool:
+        return start_time_of(self.pid) == self.start_time
+
+
+def start_time_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the command may contain spaces: fields after the last ')' are fixed
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def start_in_netns(netns: str, argv: list[str], log_path: str, what: str, env: dict | None = None) -> ProcessRecord:
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab") as log:
+        p = subprocess.Popen(["ip", "netns", "exec", netns] + argv, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    st = None
+    for _ in range(100):
+        st = start_time_of(p.pid)
+        if st is not None:
+            break
+        time.sleep(0.01)
+    return ProcessRecord(pid=p.pid, start_time=st or 0, what=what, log=log_path)
+
+
+def stop(pids: list[int], timeout: float = 5.0) -> None:
+    """SIGTERM, wait, then SIGKILL what is left. Reaps our own children."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    pending = set(pids)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    pending.discard(pid)
+                    continue
+            except ChildProcessError:
+                pass
+            if start_time_of(pid) is None:
+                pending.discard(pid)
+        time.sleep(0.05)
+    for pid in pending:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        except ProcessLookupError:
+            pass
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"

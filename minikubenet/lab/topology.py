@@ -1,0 +1,117 @@
+"""The lab's shape, as data: which namespaces, links and addresses a lab consists of.
+
+    ┌──────────── <lab>-sw (the underlay switch: bridge br0) ─────────────┐
+    │  etcd        n1            n2            n3   ...  (veth ports)      │
+    └───┬───────────┬─────────────┬─────────────┬──────────────────────────┘
+        │ eth0      │ eth0        │ eth0        │ eth0     172.31.0.0/24
+    <lab>-etcd   <lab>-n1      <lab>-n2      <lab>-n3
+    etcd .2      agent .11     agent .12     agent .13
+                 cni0 ── pods  cni0 ── pods  cni0 ── pods
+                 <lab>-n1-p1 ...
+
+Every name starts with the lab's name, so ``lab down`` (and a person) can tell exactly
+what belongs to it. Interfaces are created directly inside the lab's namespaces: the
+host's own namespace never gets an address, route or link from the lab.
+
+Pure: building a Topology does nothing; ``cluster.py`` makes it real.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+DEFAULT_UNDERLAY = "172.31.0.0/24"
+DEFAULT_POD_NETWORK = "10.244.0.0/16"
+POD_PORT = 8080
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str            # "n1"
+    netns: str           # "<lab>-n1"
+    switch_port: str     # the veth end in the switch namespace
+    ip: ipaddress.IPv4Address
+    pods: tuple["PodSpec", ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    name: str            # "n1-p1"
+    netns: str           # "<lab>-n1-p1"
+    node: str
+    container_id: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    nodes: tuple[NodeSpec, ...]
+    underlay: ipaddress.IPv4Network
+    pod_network: ipaddress.IPv4Network
+    backend: str = "vxlan"
+    mtu: int = 1500
+    etcd_ip: ipaddress.IPv4Address = field(default=None)
+
+    @property
+    def switch_netns(self) -> str:
+        return f"{self.name}-sw"
+
+    @property
+    def etcd_netns(self) -> str:
+        return f"{self.name}-etcd"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://{self.etcd_ip}:2379"
+
+    def all_netns(self) -> list[str]:
+        """Every namespace of the lab, in creation order."""
+        out = [self.switch_netns, self.etcd_netns]
+        for n in self.nodes:
+            out.append(n.netns)
+            out += [p.netns for p in n.pods]
+        return out
+
+    def node(self, name: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node {name!r} in lab {self.name} (nodes: {', '.join(n.name for n in self.nodes)})")
+
+    def pods(self) -> list[PodSpec]:
+        return [p for n in self.nodes for p in n.pods]
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ValueError(f"lab name {name!r} must be 1-8 lowercase letters/digits starting with a letter "
+                         "(it prefixes every namespace and must keep interface names under 15 characters)")
+    return name
+
+
+def build_topology(name: str = "mkn", nodes: int = 3, pods_per_node: int = 2,
+                   underlay: str = DEFAULT_UNDERLAY, pod_network: str = DEFAULT_POD_NETWORK,
+                   backend: str = "vxlan", mtu: int = 1500) -> Topology:
+    validate_name(name)
+    net = ipaddress.IPv4Network(underlay)
+    if nodes < 1:
+        raise ValueError("a lab needs at least one node")
+    if nodes + 11 > net.num_addresses - 2:
+        raise ValueError(f"underlay {net} is too small for {nodes} nodes")
+    if pods_per_node < 0 or pods_per_node > 250:
+        raise ValueError("pods per node must be between 0 and 250")
+    if not 1280 <= mtu <= 9000:
+        raise ValueError(f"underlay MTU {mtu} must be between 1280 and 9000")
+    node_specs = []
+    for i in range(1, nodes + 1):
+        node = f"n{i}"
+        pods = tuple(PodSpec(name=f"{node}-p{j}", netns=f"{name}-{node}-p{j}", node=node,
+                             container_id=f"{name}-{node}-p{j}") for j in range(1, pods_per_node + 1))
+        node_specs.append(NodeSpec(name=node, netns=f"{name}-{node}", switch_port=f"{node}",
+                                   ip=net.network_address + 10 + i, pods=pods))
+    return Topology(name=name, nodes=tuple(node_specs), underlay=net,
+                    pod_network=ipaddress.IPv4Network(pod_network), backend=backend, mtu=mtu,
+                    etcd_ip=net.network_address + 2)
