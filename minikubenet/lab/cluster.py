@@ -94,7 +94,7 @@ class Lab:
         t = self.topo
         return {"name": t.name, "nodes": len(t.nodes), "pods_per_node": len(t.nodes[0].pods) if t.nodes else 0,
                 "backend": t.backend, "underlay": str(t.underlay), "pod_network": str(t.pod_network),
-                "mtu": t.mtu}
+                "mtu": t.mtu, "subnet_len": t.subnet_len}
 
     @classmethod
     def existing(cls, name: str, root: str = LAB_ROOT, say=print) -> "Lab":
@@ -173,7 +173,7 @@ class Lab:
         t = self.topo
         argv = ["ip", "netns", "exec", t.etcd_netns, sys.executable, "-m", "minikubenet", "network", "init",
                 "--etcd-endpoints", "http://127.0.0.1:2379", "--network", str(t.pod_network),
-                "--subnet-len", "24", "--backend", t.backend]
+                "--subnet-len", str(t.subnet_len), "--backend", t.backend]
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
             raise LabError(f"network init failed: {p.stderr.strip() or p.stdout.strip()}")
@@ -184,17 +184,36 @@ class Lab:
         os.makedirs(os.path.dirname(self.conf_file(node.name)), exist_ok=True)
         with open(self.conf_file(node.name), "w") as f:
             json.dump(self.conflist(node.name), f, indent=2)
+        self.start_agent(node.name)
+
+    def start_agent(self, node_name: str, extra=()) -> ProcessRecord:
+        """Start the node's agent and wait until it has written subnet.env."""
+        node = self.topo.node(node_name)
         log = os.path.join(self.dir, "logs", f"agent-{node.name}.log")
-        argv = daemons.agent_argv(self.topo.etcd_endpoint, str(node.ip), self.run_dir(node.name), node.name)
+        argv = daemons.agent_argv(self.topo.etcd_endpoint, str(node.ip), self.run_dir(node.name), node.name,
+                                  extra)
         rec = self._start(node.netns, argv, log, f"agent {node.name}")
-        env_file = os.path.join(self.run_dir(node.name), "subnet.env")
+        sock = os.path.join(self.run_dir(node.name), "agent.sock")
         deadline = time.monotonic() + 60
-        while not os.path.exists(env_file):
+        while not daemons.agent_ready(sock):
             if not rec.alive():
                 raise LabError(f"the agent on {node.name} exited; {log} ends with:\n{processes.tail(log)}")
             if time.monotonic() > deadline:
                 raise LabError(f"the agent on {node.name} is not ready after 60s; {log}:\n{processes.tail(log)}")
             time.sleep(0.05)
+        return rec
+
+    def agent_record(self, node_name: str) -> ProcessRecord | None:
+        for r in reversed(self._load_state().get("processes", [])):
+            if r["what"] == f"agent {node_name}":
+                rec = ProcessRecord(**r)
+                return rec if rec.alive() else None
+        return None
+
+    def stop_agent(self, node_name: str) -> None:
+        rec = self.agent_record(node_name)
+        if rec:
+            processes.stop([rec.pid])
 
     def conflist(self, node: str) -> dict:
         return {"cniVersion": "1.0.0", "name": "minikubenet",

@@ -6,6 +6,7 @@ real etcd (Debian's ``etcd`` binary) and the same real ``minikubenet-agent``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -76,23 +77,18 @@ def agent_argv(etcd_endpoint: str, public_ip: str, run_dir: str, node_name: str,
             "--public-ip", public_ip, "--run-dir", run_dir, "--node-name", node_name, *extra]
 
 
-def start_agent(netns: str, etcd_endpoint: str, public_ip: str, run_dir: str, node_name: str,
-                log_path: str, extra=(), timeout: float = 60.0) -> ProcessRecord:
-    """Start ``minikubenet-agent`` in ``netns`` and wait until it is ready (subnet.env written)."""
-    env_file = os.path.join(run_dir, "subnet.env")
+def agent_ready(socket_path: str) -> bool:
+    """True when the agent at ``socket_path`` answers STATUS with "ready" (it holds a
+    lease and etcd answers). A stale socket file from a killed agent refuses connections."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5.0)
     try:
-        os.unlink(env_file)   # readiness is "the agent wrote it", not "an old one exists"
-    except FileNotFoundError:
-        pass
-    rec = processes.start_in_netns(netns, agent_argv(etcd_endpoint, public_ip, run_dir, node_name, extra),
-                                   log_path, f"agent {node_name}")
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(env_file):
-        if not rec.alive():
-            raise DaemonFailed(f"the agent on {node_name} exited; its log ({log_path}) ends with:\n"
-                               f"{processes.tail(log_path)}")
-        if time.monotonic() > deadline:
-            raise DaemonFailed(f"the agent on {node_name} is not ready after {timeout:.0f}s; log {log_path}:\n"
-                               f"{processes.tail(log_path)}")
-        time.sleep(0.05)
-    return rec
+        s.connect(socket_path)
+        s.sendall(json.dumps({"command": "STATUS", "env": {}, "config": {}}).encode())
+        s.shutdown(socket.SHUT_WR)
+        answer = json.loads(s.makefile("rb").read() or b"{}")
+        return "result" in answer
+    except (OSError, ValueError):
+        return False
+    finally:
+        s.close()

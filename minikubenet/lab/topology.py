@@ -53,6 +53,7 @@ class Topology:
     pod_network: ipaddress.IPv4Network
     backend: str = "vxlan"
     mtu: int = 1500
+    subnet_len: int = 24
     etcd_ip: ipaddress.IPv4Address = field(default=None)
 
     @property
@@ -94,7 +95,7 @@ def validate_name(name: str) -> str:
 
 def build_topology(name: str = "mkn", nodes: int = 3, pods_per_node: int = 2,
                    underlay: str = DEFAULT_UNDERLAY, pod_network: str = DEFAULT_POD_NETWORK,
-                   backend: str = "vxlan", mtu: int = 1500) -> Topology:
+                   backend: str = "vxlan", mtu: int = 1500, subnet_len: int = 24) -> Topology:
     validate_name(name)
     net = ipaddress.IPv4Network(underlay)
     if nodes < 1:
@@ -114,4 +115,4 @@ def build_topology(name: str = "mkn", nodes: int = 3, pods_per_node: int = 2,
                                    ip=net.network_address + 10 + i, pods=pods))
     return Topology(name=name, nodes=tuple(node_specs), underlay=net,
                     pod_network=ipaddress.IPv4Network(pod_network), backend=backend, mtu=mtu,
-                    etcd_ip=net.network_address + 2)
+                    subnet_len=subnet_len, etcd_ip=net.network_address + 2)

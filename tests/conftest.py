@@ -1,0 +1,71 @@
+"""Shared fixtures for every tier.
+
+Tiers live in directories: ``unit`` (pure, no root), ``netns`` (root, one node, a real
+kernel and a real etcd), ``lab`` (several nodes), ``runtimes`` and ``vm``. Root-only
+tests carry the ``root`` marker and are skipped, with the reason, when not run as root;
+CI runs as root and so runs them all.
+
+Everything a test creates is a lab (minikubenet.lab.cluster.Lab) with a unique short
+name such as ``t3f9a1``: every namespace it makes starts with that name, and the
+fixture's teardown removes exactly those, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+
+import pytest
+
+ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs root (network namespaces, a real kernel)")
+    for item in items:
+        tier = item.path.parent.name
+        if tier in ("netns", "lab", "runtimes", "vm"):
+            item.add_marker(pytest.mark.root)
+            if not ROOT:
+                item.add_marker(skip)
+
+
+def unique_lab_name(prefix: str = "t") -> str:
+    return prefix + secrets.token_hex(3)[:7 - len(prefix) + 1]
+
+
+@pytest.fixture(scope="session")
+def lab_root():
+    with tempfile.TemporaryDirectory(prefix="minikubenet-test-") as d:
+        yield d
+
+
+def make_lab(lab_root, nodes, pods_per_node, backend="vxlan", **kw):
+    from minikubenet.lab.cluster import Lab
+    from minikubenet.lab.topology import build_topology
+    topo = build_topology(unique_lab_name(), nodes=nodes, pods_per_node=pods_per_node, backend=backend, **kw)
+    return Lab(topo, root=lab_root, say=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def one_node(lab_root):
+    """Name: one_node. Scope: module. A lab with one node (etcd + agent), no pods:
+    tests create their own pod namespaces through ``lab.runtime("n1")``."""
+    lab = make_lab(lab_root, nodes=1, pods_per_node=0)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="module")
+def three_nodes(lab_root):
+    """Name: three_nodes. Scope: module. A 3-node lab with 2 pods per node."""
+    lab = make_lab(lab_root, nodes=3, pods_per_node=2)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()

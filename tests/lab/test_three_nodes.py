@@ -1,0 +1,72 @@
+"""Three nodes in one lab: subnets are unique and stable, pods are reachable, and pod
+IPs stay unique when the whole cluster adds pods at once."""
+
+from __future__ import annotations
+
+import ipaddress
+from concurrent.futures import ThreadPoolExecutor
+
+from minikubenet.lab import probes
+from minikubenet.lab.topology import POD_PORT
+from minikubenet.linux import named_netns
+
+
+def test_each_node_leases_its_own_subnet(three_nodes):
+    leases = three_nodes.leases()
+    subnets = [ipaddress.IPv4Network(leases[n.name]["subnet"]) for n in three_nodes.topo.nodes]
+    assert len(set(subnets)) == 3
+    for n, subnet in zip(three_nodes.topo.nodes, subnets):
+        assert subnet.subnet_of(three_nodes.topo.pod_network) and subnet.prefixlen == 24
+        assert leases[n.name]["PublicIP"] == str(n.ip)
+        assert leases[n.name]["BackendType"] == "vxlan"
+    for name, rec in three_nodes.pods().items():
+        node_subnet = ipaddress.IPv4Network(leases[rec["node"]]["subnet"])
+        assert ipaddress.IPv4Address(rec["ip"]) in node_subnet, name
+
+
+def test_pods_reach_each_other_and_their_node(three_nodes):
+    checked = three_nodes.check_same_node()
+    # 3 nodes x (2x2 pod pairs + 2 pods x 2 node addresses + 2 node->pod)
+    assert len(checked) == 3 * (4 + 4 + 2)
+
+
+def test_restarted_agent_keeps_its_subnet_and_pods_keep_working(three_nodes):
+    lab = three_nodes
+    before = lab.leases()["n2"]["subnet"]
+    lab.stop_agent("n2")
+    lab.start_agent("n2")
+    assert lab.leases()["n2"]["subnet"] == before
+    pod = lab.topo.node("n2").pods[0]
+    ip = lab.pods()[pod.name]["ip"]
+    assert probes.whoami(lab.topo.node("n2").pods[1].netns, ip, POD_PORT)["pod"] == pod.name
+
+
+def test_restarted_agent_without_its_lease_record_reclaims_the_subnet_from_subnet_env(three_nodes):
+    """flannel PR #752: the previous subnet.env names the subnet to ask for again."""
+    lab = three_nodes
+    before = lab.leases()["n3"]["subnet"]
+    lab.stop_agent("n3")
+    from minikubenet.lab import daemons
+    key = "/coreos.com/network/subnets/" + before.replace("/", "-")
+    daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "del", key)
+    lab.start_agent("n3")
+    assert lab.leases()["n3"]["subnet"] == before
+
+
+def test_two_hundred_concurrent_adds_over_three_nodes_get_distinct_ips(three_nodes):
+    lab = three_nodes
+    jobs = []
+    for i in range(200):
+        node = lab.topo.nodes[i % 3].name
+        name = f"{lab.topo.name}-{node}-c{i}"
+        named_netns.add(name)
+        jobs.append((node, f"cid-many-{i}", f"/run/netns/{name}"))
+    runtimes = {n.name: lab.runtime(n.name) for n in lab.topo.nodes}
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(pool.map(lambda j: runtimes[j[0]].add(j[1], j[2]), jobs))
+    ips = [r["ips"][0]["address"].split("/")[0] for r in results]
+    assert len(set(ips)) == 200
+    records = {rec["containerID"]: rec["ip"] for rec in lab.pods().values()}
+    assert sorted(records[j[1]] for j in jobs) == sorted(ips)
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        list(pool.map(lambda j: runtimes[j[0]].delete(j[1], j[2]), jobs))
