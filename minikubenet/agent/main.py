@@ -160,6 +160,8 @@ class Agent:
         if self.server:
             self.server.shutdown()
             self.server.close()
+        if self.store:
+            self.store.close()   # gRPC's channel threads would otherwise keep the process alive
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         agent.start()
     except (AgentError, StoreError) as e:
         log.error("cannot start: %s", e)
+        agent.stop()
         return 1
 
     def on_signal(signum, frame):

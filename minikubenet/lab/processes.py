@@ -23,7 +23,7 @@ class ProcessRecord:
     log: str
 
     def alive(self) -> bool:
-        return start_time_of(self.pid) == self.start_time
+        return start_time_of(self.pid) == self.start_time and not is_zombie(self.pid)
 
 
 def start_time_of(pid: int) -> int | None:
@@ -33,6 +33,15 @@ def start_time_of(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def is_zombie(pid: int) -> bool:
+    """An exited child not yet reaped still has a /proc entry, in state Z."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def start_in_netns(netns: str, argv: list[str], log_path: str, what: str, env: dict | None = None) -> ProcessRecord:

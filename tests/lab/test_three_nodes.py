@@ -70,3 +70,30 @@ def test_two_hundred_concurrent_adds_over_three_nodes_get_distinct_ips(three_nod
     assert sorted(records[j[1]] for j in jobs) == sorted(ips)
     with ThreadPoolExecutor(max_workers=30) as pool:
         list(pool.map(lambda j: runtimes[j[0]].delete(j[1], j[2]), jobs))
+
+
+def test_pod_traffic_leaving_the_cluster_is_masqueraded(three_nodes):
+    """The etcd namespace has no route back to any pod subnet: a pod's connection to it
+    only works because the node rewrites the source to its own address."""
+    lab = three_nodes
+    import socket
+    from minikubenet.linux.netns import socket_in
+    pod = lab.topo.node("n1").pods[0]
+    s = socket_in(f"/run/netns/{pod.netns}", socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect((str(lab.topo.etcd_ip), 2379))
+    finally:
+        s.close()
+
+
+def test_subnet_lease_is_renewed_before_its_ttl_runs_out(three_nodes):
+    import time
+    lab = three_nodes
+    lab.stop_agent("n1")
+    lab.start_agent("n1", extra=("--subnet-lease-ttl", "3"))
+    subnet = lab.leases()["n1"]["subnet"]
+    time.sleep(7)   # more than two TTLs: without renewal the key would be gone
+    assert lab.leases()["n1"]["subnet"] == subnet
+    lab.stop_agent("n1")
+    lab.start_agent("n1")   # back to the default TTL for the tests after this one
