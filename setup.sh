@@ -28,6 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Extra system packages of a tier that needs more (the VM tier: vagrant, libvirt, qemu).
+for extra in vagrant/setup-host.sh; do
+  [ -x "$extra" ] && "./$extra"
+done
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -210,7 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("target", help="n1, n1-p1, etcd or sw")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_lab_exec)
+
+    # Command groups that live next to their subject register themselves here.
+    for module in EXTENSIONS:
+        try:
+            mod = __import__(module, fromlist=["register_cli"])
+        except ImportError:
+            continue
+        mod.register_cli(sub)
     return p
+
+
+# Modules with a ``register_cli(subparsers)`` function adding their own commands:
+# install/uninstall (cni/install.py), svc and get (proxy/cli.py).
+EXTENSIONS = ("minikubenet.cni.install", "minikubenet.proxy.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
