@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
             mod = __import__(module, fromlist=["register_cli"])
         except ImportError:
             continue
-        mod.register_cli(sub)
+        if hasattr(mod, "register_cli"):
+            mod.register_cli(sub)
     return p
 
 
