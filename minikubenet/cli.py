@@ -215,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module in EXTENSIONS:
         try:
             mod = __import__(module, fromlist=["register_cli"])
-        except ImportError:
+        except ModuleNotFoundError as e:
+            if e.name != module:   # a missing optional module is fine, a broken one is not
+                raise
             continue
         if hasattr(mod, "register_cli"):
             mod.register_cli(sub)
