@@ -86,8 +86,10 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         raise ConfigError(f"network config is not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise ConfigError("network config must be a JSON object")
+    if not isinstance(doc.get("Network"), str):
+        raise ConfigError(f"Network {doc.get('Network')!r} must be a CIDR string such as \"10.244.0.0/16\"")
     try:
-        network = ipaddress.IPv4Network(doc.get("Network", ""), strict=True)
+        network = ipaddress.IPv4Network(doc["Network"], strict=True)
     except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as e:
         raise ConfigError(f"Network {doc.get('Network')!r} is not an IPv4 CIDR with no host bits set: {e}") from None
     subnet_len = doc.get("SubnetLen", 24)

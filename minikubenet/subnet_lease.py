@@ -51,9 +51,14 @@ def choose_subnet(config: NetworkConfig, leases: list[SubnetLeaseRecord], public
         if rec.public_ip == public_ip and rec.subnet in usable:
             return Choice(rec.subnet, rec, f"our lease for PublicIP {public_ip}")
     taken = {rec.subnet for rec in leases}
-    if previous is not None and previous in usable and previous not in taken:
+
+    def free(subnet) -> bool:
+        # overlap, not equality: a leftover lease of another SubnetLen must still count
+        return not any(subnet.overlaps(t) for t in taken)
+
+    if previous is not None and previous in usable and free(previous):
         return Choice(previous, None, "the subnet in our previous subnet.env")
-    free = [s for s in config.subnets() if s not in taken]
+    free = [s for s in config.subnets() if free(s)]
     if not free:
         raise OutOfSubnets(
             f"network {config.network} is full: all {len(usable)} /{config.subnet_len} subnets are taken "

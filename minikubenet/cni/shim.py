@@ -60,8 +60,9 @@ REQUIRED_ENV = {
 # CHECK arrived in 0.4.0, GC and STATUS in 1.1.0 (skel refuses them for older configs).
 MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # SPEC.md §2, CNI_CONTAINERID
-NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # SPEC.md §1, "name"
+# \Z, not $: "$" would also accept a trailing newline.
+CONTAINER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")  # SPEC.md §2, CNI_CONTAINERID
+NETWORK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")  # SPEC.md §1, "name"
 
 
 class CniError(Exception):
@@ -163,10 +164,13 @@ def ask_agent(sock_path, request):
     finally:
         s.close()
     try:
-        return json.loads(b"".join(chunks))
+        answer = json.loads(b"".join(chunks))
     except ValueError:
-        raise CniError(ERR_TRY_AGAIN_LATER, "minikubenet agent gave no answer",
-                       "%s closed the connection without a reply" % sock_path)
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("error", {}), dict):
+        raise CniError(ERR_TRY_AGAIN_LATER, "minikubenet agent gave no usable answer",
+                       "%s closed the connection without a reply object" % sock_path)
+    return answer
 
 
 def run(env, stdin, stdout):
@@ -188,9 +192,9 @@ def run(env, stdin, stdout):
         except OSError as e:
             raise CniError(ERR_IO, "failed to read network config from stdin", str(e))
         config = parse_config(raw)
-        if isinstance(config.get("cniVersion"), str):
-            cni_version = config["cniVersion"]
-        cni_version = check_version(config, command)
+        if config.get("cniVersion") in SUPPORTED_VERSIONS:
+            cni_version = config["cniVersion"]   # errors are spelled in a version the runtime speaks
+        check_version(config, command)
         sock_path = check_config(config)
         check_env(command, env)
         request = {"command": command, "config": config,

@@ -305,6 +305,73 @@ class Lab:
                 done.append(f"node {node.name} -> {src.name} ok")
         return done
 
+    def check_cross_node(self) -> list[str]:
+        """The whole pod network: every pod reaches every pod on every node; a 1 MB TCP
+        transfer and DF-set pings of the largest payload that fits the overlay MTU cross
+        every checked node pair in both directions, and one byte more does not fit."""
+        t = self.topo
+        ips = {name: rec["ip"] for name, rec in self.pods().items()}
+        pods = t.pods()
+        done = []
+
+        def probe(pair):
+            src, dst = pair
+            answer = probes.whoami(src.netns, ips[dst.name], POD_PORT)
+            if answer.get("pod") != dst.name:
+                raise LabError(f"{src.name} -> {dst.name} ({ips[dst.name]}) answered {answer}")
+            return f"{src.name} -> {dst.name} ok"
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            done += list(pool.map(probe, [(a, b) for a in pods for b in pods]))
+        pod_mtu = t.mtu - 50 if t.backend == "vxlan" else t.mtu
+        biggest = pod_mtu - 28        # 20 bytes IPv4 header + 8 bytes ICMP header
+        firsts = [n.pods[0] for n in t.nodes if n.pods]
+        for a, b in self._node_pairs(firsts):
+            for src, dst in ((a, b), (b, a)):
+                probes.transfer(src.netns, ips[dst.name], POD_PORT, 1 << 20)
+                if not probes.ping(src.netns, ips[dst.name], size=biggest, dont_fragment=True):
+                    raise LabError(f"{src.name} -> {dst.name}: a DF ping of {biggest} bytes "
+                                   f"(= MTU {pod_mtu}) does not get through")
+                if probes.ping(src.netns, ips[dst.name], size=biggest + 1, dont_fragment=True):
+                    raise LabError(f"{src.name} -> {dst.name}: a DF ping of {biggest + 1} bytes got through "
+                                   f"although the pod MTU is {pod_mtu}")
+                done.append(f"{src.name} -> {dst.name}: 1 MB over TCP, DF ping {biggest} ok, {biggest + 1} refused")
+        return done
+
+    @staticmethod
+    def _node_pairs(items: list) -> list[tuple]:
+        """All pairs for a few nodes; for many, a star from the first plus a ring, which
+        still crosses every node in both directions without n² pings."""
+        if len(items) <= 5:
+            return [(a, b) for i, a in enumerate(items) for b in items[i + 1:]]
+        pairs = {(items[0], b) for b in items[1:]}
+        pairs |= {(items[i], items[i + 1]) for i in range(1, len(items) - 1)}
+        return sorted(pairs, key=lambda p: (p[0].name, p[1].name))
+
+    def overlay_report(self) -> str:
+        """Each node's VXLAN device and the per-peer entries the agent programmed."""
+        lines = []
+        for n in self.topo.nodes:
+            ns = n.netns
+            dev = _ip_json(ns, "-d", "link", "show", "type", "vxlan")
+            for d in dev:
+                info = d.get("linkinfo", {}).get("info_data", {})
+                lines.append(f"{n.name}: {d['ifname']} vni {info.get('id')} port {info.get('port')} "
+                             f"mtu {d.get('mtu')} local {info.get('local')} learning {info.get('learning')}")
+                for r in _ip_json(ns, "route", "show", "dev", d["ifname"]):
+                    lines.append(f"    route {r['dst']} via {r.get('gateway', '-')} {' '.join(r.get('flags', []))}")
+                for e in _ip_json(ns, "neigh", "show", "dev", d["ifname"]):
+                    lines.append(f"    neigh {e['dst']} lladdr {e.get('lladdr')} {' '.join(e.get('state', []))}")
+                fdb = subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", d["ifname"]],
+                                     capture_output=True, text=True).stdout
+                for e in json.loads(fdb or "[]"):
+                    if e.get("dst"):
+                        lines.append(f"    fdb   {e['mac']} dst {e['dst']} {e.get('state', '')}")
+            if not dev:
+                for r in _ip_json(ns, "route", "show", "proto", "static"):
+                    lines.append(f"{n.name}: route {r['dst']} via {r.get('gateway', '-')} dev {r.get('dev')}")
+        return "\n".join(lines)
+
     # -- down ---------------------------------------------------------------------------------------
 
     def down(self) -> list[str]:
@@ -320,3 +387,8 @@ class Lab:
             named_netns.delete(name)
         shutil.rmtree(self.dir, ignore_errors=True)
         return names
+
+
+def _ip_json(netns: str, *args: str) -> list:
+    out = subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True).stdout
+    return json.loads(out or "[]")

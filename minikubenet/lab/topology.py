@@ -22,7 +22,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+NAME_RE = re.compile(r"[a-z][a-z0-9]{0,7}\Z")
 DEFAULT_UNDERLAY = "172.31.0.0/24"
 DEFAULT_POD_NETWORK = "10.244.0.0/16"
 POD_PORT = 8080

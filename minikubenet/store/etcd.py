@@ -73,6 +73,8 @@ class SubnetLeaseRecord:
         try:
             doc = json.loads(value)
         except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
             log.warning("ignoring unparseable lease %s", key)
             return None
         return cls(subnet=subnet, public_ip=doc.get("PublicIP", ""), backend_type=doc.get("BackendType", ""),
