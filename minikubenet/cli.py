@@ -107,13 +107,20 @@ def cmd_lab_up(args) -> int:
     print(f"lab {topo.name} is up in {time.monotonic() - started:.1f}s")
     if args.check:
         try:
-            checked = lab.check_same_node()
+            same = lab.check_same_node()
+            print(f"check: {len(same)} same-node paths ok (pod<->pod, pod->node, node->pod)")
+            cross = lab.check_cross_node()
+            print(f"check: {len(cross)} cross-node checks ok (every pod -> every pod; per node pair "
+                  "1 MB over TCP and DF pings at the MTU)")
+            for line in cross[-len(topo.nodes):]:
+                print(f"  {line}")
         except Exception as e:
             print(f"minikubenet: check failed: {e}", file=sys.stderr)
             return EXIT_ERROR
-        print(f"check: {len(checked)} same-node paths ok (pod<->pod, pod->node, node->pod)")
     print()
     print(lab.report())
+    print()
+    print(lab.overlay_report())
     print(f"\nNext: `minikubenet lab exec n1-p1 -- ping -c1 <pod ip>`, `minikubenet lab down --name {topo.name}`")
     return 0
 
@@ -127,7 +134,10 @@ def _existing_lab(name):
 
 
 def cmd_lab_status(args) -> int:
-    print(_existing_lab(args.name).report())
+    lab = _existing_lab(args.name)
+    print(lab.report())
+    print()
+    print(lab.overlay_report())
     return 0
 
 
@@ -143,6 +153,15 @@ def cmd_lab_down(args) -> int:
         raise CliError(str(e)) from None
     removed = lab.down()
     print(f"lab {args.name}: removed {len(removed)} namespaces" if removed else f"lab {args.name}: nothing to remove")
+    return 0
+
+
+def cmd_lab_mtu_pitfall(args) -> int:
+    from minikubenet.lab import mtu_pitfall
+    try:
+        mtu_pitfall.run(_existing_lab(args.name))
+    except ValueError as e:
+        raise CliError(str(e)) from None
     return 0
 
 
@@ -201,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keep-on-failure", action="store_true", help="leave a failed lab up for debugging")
     up.set_defaults(func=cmd_lab_up)
     for name, func, text in (("status", cmd_lab_status, "print the report"),
+                             ("mtu-pitfall", cmd_lab_mtu_pitfall,
+                              "show pods at MTU 1500 on a 1450 overlay stalling, next to the correct setup"),
                              ("down", cmd_lab_down, "remove everything the lab created")):
         c = lab.add_parser(name, help=text)
         c.add_argument("--name", default="mkn")

@@ -1,0 +1,111 @@
+"""What the overlay costs: iperf3 pod -> pod across nodes, over VXLAN and over host-gw,
+against node -> node on the underlay, all measured in the same run.
+
+    .venv/bin/python bench/throughput.py [--seconds 5] [--repeat 3] [--plot bench/results/throughput.png]
+
+For each backend a 2-node lab is built, iperf3 runs between the first pods of the two
+nodes and between the two nodes themselves (the underlay, the 1.0 of the ratios), then
+the lab is removed. The figure printed is the median of ``--repeat`` runs.
+Targets (issue "Cross-node pod network"): host-gw >= 0.95 x underlay, vxlan >= 0.75 x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from minikubenet.lab import processes  # noqa: E402
+from minikubenet.lab.cluster import Lab  # noqa: E402
+from minikubenet.lab.topology import build_topology  # noqa: E402
+
+PORT = 5201
+
+
+def iperf(lab: Lab, server_ns: str, server_ip: str, client_ns: str, seconds: int) -> float:
+    """One iperf3 TCP run; returns Gbit/s received."""
+    rec = lab._start(server_ns, ["iperf3", "-s", "-p", str(PORT)],
+                     os.path.join(lab.dir, "logs", "iperf3-server.log"), "iperf3 server")
+    try:
+        from minikubenet.lab.probes import wait_listening
+        wait_listening(client_ns, server_ip, PORT)
+        out = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-p", str(PORT),
+                              "-t", str(seconds), "-J"], capture_output=True, text=True, timeout=seconds + 30)
+        doc = json.loads(out.stdout)
+        if "error" in doc:
+            raise RuntimeError(f"iperf3: {doc['error']}")
+        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        processes.stop([rec.pid])
+
+
+def measure_backend(backend: str, seconds: int, repeat: int, root: str) -> dict:
+    lab = Lab(build_topology(f"bt{backend[:1]}{os.getpid() % 10000}", nodes=2, pods_per_node=1, backend=backend),
+              root=root, say=lambda *a: None)
+    try:
+        lab.up()
+        n1, n2 = lab.topo.nodes
+        pod_ip = lab.pods()[n2.pods[0].name]["ip"]
+        underlay, pods = [], []
+        for _ in range(repeat):
+            underlay.append(iperf(lab, n2.netns, str(n2.ip), n1.netns, seconds))
+            pods.append(iperf(lab, n2.pods[0].netns, pod_ip, n1.pods[0].netns, seconds))
+        return {"underlay": statistics.median(underlay), "pods": statistics.median(pods),
+                "underlay_runs": underlay, "pod_runs": pods}
+    finally:
+        lab.down()
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = ["underlay\nnode -> node", "host-gw\npod -> pod", "vxlan\npod -> pod"]
+    values = [results["underlay"], results["host-gw"]["pods"], results["vxlan"]["pods"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(labels, values, color=["#888888", "#4c72b0", "#dd8452"])
+    for b, v in zip(bars, values):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f}\n({v / values[0]:.2f}x)", ha="center", va="bottom")
+    ax.set_ylabel("Gbit/s (iperf3, TCP, median)")
+    ax.set_title("What the overlay costs (same machine, same run)")
+    ax.set_ylim(0, max(values) * 1.25)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--plot", default="bench/results/throughput.png")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mkn-bench-") as root:
+        results = {b: measure_backend(b, args.seconds, args.repeat, root) for b in ("host-gw", "vxlan")}
+    # Both labs measure the same underlay; their median is the reference.
+    results["underlay"] = statistics.median([results["host-gw"]["underlay"], results["vxlan"]["underlay"]])
+    u = results["underlay"]
+    print(f"machine: {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}")
+    print(f"{'path':<28} {'Gbit/s':>8} {'x underlay':>11}  target")
+    print(f"{'underlay node -> node':<28} {u:8.2f} {1.0:11.2f}")
+    hg, vx = results["host-gw"]["pods"], results["vxlan"]["pods"]
+    print(f"{'host-gw pod -> pod':<28} {hg:8.2f} {hg / u:11.2f}  >= 0.95 {'ok' if hg / u >= 0.95 else 'MISSED'}")
+    print(f"{'vxlan pod -> pod (1450)':<28} {vx:8.2f} {vx / u:11.2f}  >= 0.75 {'ok' if vx / u >= 0.75 else 'MISSED'}")
+    try:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
+    except ImportError:
+        print("plot: skipped (pip install matplotlib, or ./setup.sh installs the bench extra)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

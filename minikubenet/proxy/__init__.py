@@ -1,0 +1,19 @@
+"""minikubenet-proxy: a kube-proxy-like service proxy, one per node.
+
+A Service is a virtual IP (the ClusterIP) plus a port; nothing in the cluster owns that
+address. Every node rewrites packets sent to it: the first packet of a connection is
+DNATed to one ready pod (an *endpoint*), and conntrack rewrites the rest of the flow,
+both ways. This package is the pure core of that rewriting, in kube-proxy's shape:
+
+    model.py           Service / Endpoint / Pod, parsed and validated from k8s-shaped JSON;
+                       derive_endpoints(): which pods back a service port
+    naming.py          chain names, computed exactly as kube-proxy computes them
+    iptables_render.py services + endpoints -> the exact ``iptables-restore`` text
+                       (kube-proxy's iptables mode: KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP),
+                       full and partial (only changed services) syncs
+    nft_render.py      the same for nftables: one table, verdict maps, numgen
+    tracer.py          walks rendered iptables text like a packet would, for tests and
+                       for people asking "where does my packet go?"
+
+Nothing here touches the kernel; ``minikubenet.linux`` applies the text.
+"""

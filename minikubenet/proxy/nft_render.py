@@ -1,0 +1,319 @@
+"""Services and endpoints -> the ``nft -f`` text of kube-proxy's nftables mode.
+
+Why a second backend: iptables looks a service up by trying KUBE-SERVICES rules one by
+one, so the first packet to the last of 10 000 services pays for 10 000 rule checks. An
+nftables *verdict map* is a hash table from (address, protocol, port) to a verdict, so
+every service costs the same (DESIGN.md measured 20-31 us up to 10 000 services):
+
+    nat-prerouting / nat-output -> services
+       ip daddr . meta l4proto . th dport vmap @service-ips          ClusterIPs
+       fib daddr type local ... meta l4proto . th dport vmap @service-nodeports
+         -> goto service-HASH-ns/svc/tcp/port
+              ip daddr <clusterIP> ip saddr != <clusterCIDR> jump mark-for-masquerade
+              numgen random mod 3 vmap { 0 : goto endpoint-..., 1 : ..., 2 : ... }
+         -> goto endpoint-HASH-ns/svc/tcp/port__IP/port
+              ip saddr <podIP> jump mark-for-masquerade      (hairpin)
+              meta l4proto tcp dnat to <podIP:port>
+    nat-postrouting -> masquerading: marked 0x4000? clear it, masquerade
+
+One ``numgen random mod N`` picks among N endpoints in one step, where iptables needs a
+cascade of N-1 ``statistic`` rules. ClientIP affinity is a set per endpoint that
+remembers client addresses with a timeout (``update @affinity-... { ip saddr }`` in the
+endpoint chain, ``ip saddr @affinity-... goto endpoint-...`` in the service chain).
+Services without endpoints are rejected from the filter hooks through two more vmaps
+(@no-endpoint-services, @no-endpoint-nodeports -> goto reject-chain).
+
+Everything lives in one table of our own (``ip minikubenet-proxy``, kube-proxy's is
+``ip kube-proxy``) with its own base chains, so no other software's rules are touched
+and no global lock is shared. The text is a transaction of ``add``/``flush`` commands,
+as kube-proxy's knftables writes it: ``nft -f`` applies it atomically, and ``add`` of an
+existing object is not an error, so the same text can be applied again and again.
+Affinity sets are added but never flushed, so stickiness survives a resync.
+
+Stale per-service chains are only *flushed* here: with kernels before 6.2, a chain that
+a just-deleted map element pointed to still counts as referenced for a short while, so
+kube-proxy deletes them in a later transaction, at least a second later
+(``render_nft_delete_chains``). Layout and names follow pkg/proxy/nftables/proxier.go;
+we leave out what we do not model (LoadBalancer firewall, Local traffic policy).
+nft 1.0.6 needs a ``;`` before a closing ``}`` of a one-line block: written everywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
+                                     proxied, ready_endpoints)
+from minikubenet.proxy.naming import (NFT_AFFINITY_PREFIX, NFT_ENDPOINT_PREFIX,
+                                      NFT_EXTERNAL_PREFIX, NFT_SERVICE_PREFIX,
+                                      nft_endpoint_base, nft_is_affinity_set,
+                                      nft_is_service_chain, nft_service_base)
+
+TABLE = "minikubenet-proxy"
+FAMILY = "ip"
+
+SERVICES = "services"
+MARK_MASQ = "mark-for-masquerade"
+MASQUERADING = "masquerading"
+SERVICE_ENDPOINTS_CHECK = "service-endpoints-check"
+NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
+CLUSTER_IPS_CHECK = "cluster-ips-check"
+REJECT_CHAIN = "reject-chain"
+
+# name, type, hook, priority. Filter chains run at priority 0, after DNAT (-100) on the
+# output hook, so they see where a packet really goes; no-endpoint services are never
+# DNATed and still carry their ClusterIP there.
+BASE_CHAINS = (
+    ("filter-input", "filter", "input", 0),
+    ("filter-forward", "filter", "forward", 0),
+    ("filter-output", "filter", "output", 0),
+    ("nat-prerouting", "nat", "prerouting", -100),   # dstnat
+    ("nat-output", "nat", "output", -100),           # dstnat
+    ("nat-postrouting", "nat", "postrouting", 100),  # srcnat
+)
+
+# (our chain, from base chain, match): kube-proxy's nftablesJumpChains. REJECT is only
+# valid in input/forward/output hooks on kernels before 5.9, hence no prerouting jumps.
+JUMPS = (
+    (NODEPORT_ENDPOINTS_CHECK, "filter-input", "ct state new"),
+    (SERVICE_ENDPOINTS_CHECK, "filter-input", "ct state new"),
+    (SERVICE_ENDPOINTS_CHECK, "filter-forward", "ct state new"),
+    (SERVICE_ENDPOINTS_CHECK, "filter-output", "ct state new"),
+    (SERVICES, "nat-output", ""),
+    (SERVICES, "nat-prerouting", ""),
+    (MASQUERADING, "nat-postrouting", ""),
+    (CLUSTER_IPS_CHECK, "filter-forward", "ct state new"),
+    (CLUSTER_IPS_CHECK, "filter-output", "ct state new"),
+)
+
+# name, kind, type, comment
+CONTAINERS = (
+    ("cluster-ips", "set", "ipv4_addr", "Active ClusterIPs"),
+    ("nodeport-ips", "set", "ipv4_addr", "IPs that accept NodePort traffic"),
+    ("no-endpoint-services", "map", "ipv4_addr . inet_proto . inet_service : verdict",
+     "vmap to drop or reject packets to services with no endpoints"),
+    ("no-endpoint-nodeports", "map", "inet_proto . inet_service : verdict",
+     "vmap to drop or reject packets to service nodeports with no endpoints"),
+    ("service-ips", "map", "ipv4_addr . inet_proto . inet_service : verdict",
+     "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+    ("service-nodeports", "map", "inet_proto . inet_service : verdict", "NodePort traffic"),
+)
+
+_DISPATCH = "meta l4proto . th dport"
+
+
+# --------------------------------------------------------------------------- per service port
+
+@dataclass
+class NftServicePort:
+    """One service port's objects: its chains with their rules, affinity sets, and the
+    elements it puts into the shared maps."""
+    key: str
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    affinity_sets: dict[str, int] = field(default_factory=dict)    # name -> timeout seconds
+    elements: list[tuple[str, str]] = field(default_factory=list)  # (map or set, element)
+
+
+def _service_port(svc: Service, port: ServicePort, endpoints: Sequence[Endpoint],
+                  cluster_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> NftServicePort:
+    r = NftServicePort(svc.port_key(port))
+    proto = port.protocol.lower()
+    key = f"{svc.cluster_ip} . {proto} . {port.port}"
+    r.elements.append(("cluster-ips", str(svc.cluster_ip)))
+    if not endpoints:
+        reject = f'comment "{r.key}" : goto {REJECT_CHAIN}'
+        r.elements.append(("no-endpoint-services", f"{key} {reject}"))
+        if port.node_port:
+            r.elements.append(("no-endpoint-nodeports", f"{proto} . {port.node_port} {reject}"))
+        return r
+    base = nft_service_base(svc.namespace, svc.name, proto, port.name)
+    svc_chain = NFT_SERVICE_PREFIX + base
+    eps = [(ep, nft_endpoint_base(svc.namespace, svc.name, proto, port.name, str(ep.ip), ep.port))
+           for ep in endpoints]
+    r.chains[svc_chain] = _service_chain_rules(svc, eps, cluster_cidr, options)
+    r.elements.append(("service-ips", f"{key} : goto {svc_chain}"))
+    if port.node_port:
+        ext = NFT_EXTERNAL_PREFIX + base
+        # Cluster traffic policy: the endpoint may be on another node, so SNAT to ours.
+        r.chains[ext] = [f"jump {MARK_MASQ}", f"goto {svc_chain}"]
+        r.elements.append(("service-nodeports", f"{proto} . {port.node_port} : goto {ext}"))
+    for ep, ep_base in eps:
+        r.chains[NFT_ENDPOINT_PREFIX + ep_base] = _endpoint_chain_rules(svc, proto, ep, ep_base)
+        if svc.session_affinity == "ClientIP":
+            r.affinity_sets[NFT_AFFINITY_PREFIX + ep_base] = svc.affinity_timeout
+    return r
+
+
+def _service_chain_rules(svc: Service, eps: Sequence[tuple[Endpoint, str]],
+                         cluster_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> list[str]:
+    rules = []
+    if options.masquerade_all:
+        rules.append(f"ip daddr {svc.cluster_ip} jump {MARK_MASQ}")
+    elif cluster_cidr is not None:
+        # Off-cluster clients of a ClusterIP are SNATed, as in iptables mode.
+        rules.append(f"ip daddr {svc.cluster_ip} ip saddr != {cluster_cidr} jump {MARK_MASQ}")
+    if svc.session_affinity == "ClientIP":
+        # A client in an endpoint's affinity set goes straight back to that endpoint.
+        rules += [f"ip saddr @{NFT_AFFINITY_PREFIX}{b} goto {NFT_ENDPOINT_PREFIX}{b}" for _, b in eps]
+    choices = " , ".join(f"{i} : goto {NFT_ENDPOINT_PREFIX}{b}" for i, (_, b) in enumerate(eps))
+    rules.append(f"numgen random mod {len(eps)} vmap {{ {choices} }}")
+    return rules
+
+
+def _endpoint_chain_rules(svc: Service, proto: str, ep: Endpoint, ep_base: str) -> list[str]:
+    rules = [f"ip saddr {ep.ip} jump {MARK_MASQ}"]          # hairpin: a pod reaching itself
+    if svc.session_affinity == "ClientIP":
+        rules.append(f"update @{NFT_AFFINITY_PREFIX}{ep_base} {{ ip saddr }}")
+    rules.append(f"meta l4proto {proto} dnat to {ep}")
+    return rules
+
+
+# --------------------------------------------------------------------------- the plan
+
+@dataclass(frozen=True)
+class NftPlan:
+    table: str
+    static: tuple[str, ...]                 # table, sets, maps, fixed chains and rules
+    service_ports: tuple[NftServicePort, ...]
+
+    def service_chains(self) -> frozenset[str]:
+        return frozenset(c for p in self.service_ports for c in p.chains)
+
+    def affinity_sets(self) -> frozenset[str]:
+        return frozenset(s for p in self.service_ports for s in p.affinity_sets)
+
+    def stale_chains(self, existing_chains: Iterable[str]) -> list[str]:
+        return sorted(c for c in set(existing_chains) if nft_is_service_chain(c)
+                      and c not in self.service_chains())
+
+    def render(self, existing_chains: Iterable[str] = (), existing_sets: Iterable[str] = ()) -> str:
+        """The full transaction. ``existing_chains``/``existing_sets``: names in our table
+        now (``nft list chains/sets``, or remembered); our stale ones are flushed
+        (chains; delete them later) or deleted (affinity sets)."""
+        t = f"{FAMILY} {self.table}"
+        lines = list(self.static)
+        for p in self.service_ports:
+            lines += [""] + _render_service_port(t, p)
+        stale = self.stale_chains(existing_chains)
+        stale_sets = sorted(s for s in set(existing_sets) if nft_is_affinity_set(s)
+                            and s not in self.affinity_sets())
+        if stale or stale_sets:
+            lines += ["", "# stale: flushed now, deleted by a later transaction"]
+            lines += [f"flush chain {t} {c}" for c in stale]
+            lines += [f"delete set {t} {s}" for s in stale_sets]
+        return "\n".join(lines) + "\n"
+
+
+def _render_service_port(t: str, p: NftServicePort) -> list[str]:
+    # Chains and sets first: a rule may only jump to a chain (or use a set) that exists.
+    lines = [f"# {p.key}"]
+    for c in p.chains:
+        lines += [f"add chain {t} {c}", f"flush chain {t} {c}"]
+    lines += [f"add set {t} {s} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {secs}s ; }}"
+              for s, secs in p.affinity_sets.items()]
+    lines += [f"add rule {t} {c} {rule}" for c, rules in p.chains.items() for rule in rules]
+    lines += [f"add element {t} {name} {{ {elem} }}" for name, elem in p.elements]
+    return lines
+
+
+def _static(table: str, node_ips: Sequence[ipaddress.IPv4Address],
+            service_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> list[str]:
+    """kube-proxy's setupNFTables: the table, its sets and maps (flushed: every full sync
+    refills them), its fixed chains and their rules."""
+    t = f"{FAMILY} {table}"
+    lines = [f"add table {t} {{ comment \"rules for {table}\" ; }}"]
+    for name, kind, type_, comment in CONTAINERS:
+        lines += [f"add {kind} {t} {name} {{ type {type_} ; comment \"{comment}\" ; }}",
+                  f"flush {kind} {t} {name}"]
+    for c in (SERVICES, MARK_MASQ, MASQUERADING, SERVICE_ENDPOINTS_CHECK,
+              NODEPORT_ENDPOINTS_CHECK, CLUSTER_IPS_CHECK):
+        lines += [f"add chain {t} {c}", f"flush chain {t} {c}"]
+    lines += [f"add chain {t} {REJECT_CHAIN} {{ comment \"helper for @no-endpoint-services / "
+              f"@no-endpoint-nodeports\" ; }}", f"flush chain {t} {REJECT_CHAIN}"]
+    for name, type_, hook, prio in BASE_CHAINS:
+        lines += [f"add chain {t} {name} {{ type {type_} hook {hook} priority {prio} ; }}",
+                  f"flush chain {t} {name}"]
+    lines += [f"add rule {t} {src} {(match + ' ') if match else ''}jump {dst}" for dst, src, match in JUMPS]
+    lines += [f"add rule {t} {chain} {rule}" for chain, rule in _fixed_rules(node_ips, service_cidr, options)]
+    lines += [f"add element {t} nodeport-ips {{ {ip} }}" for ip in node_ips]
+    return lines
+
+
+def _fixed_rules(node_ips: Sequence[ipaddress.IPv4Address], service_cidr: ipaddress.IPv4Network | None,
+                 options: RenderOptions) -> list[tuple[str, str]]:
+    mark = options.masquerade_mark
+    # NodePorts on every local address but 127.0.0.0/8 (nftables mode has no localhost
+    # NodePorts), or only on the given node IPs.
+    to_node = "ip daddr @nodeport-ips" if node_ips else "ip daddr != 127.0.0.0/8"
+    rules = [
+        (MARK_MASQ, f"mark set mark or {mark}"),
+        (MASQUERADING, f"mark and {mark} == 0 return"),
+        # Clear the mark, so a packet that re-traverses the stack is not NATed twice.
+        (MASQUERADING, f"mark set mark xor {mark}"),
+        (MASQUERADING, "masquerade" + (" fully-random" if options.random_fully else "")),
+        # After DNAT nothing should still go to a ClusterIP: a port the service lacks.
+        (CLUSTER_IPS_CHECK, "ip daddr @cluster-ips reject"
+                            ' comment "Reject traffic to invalid ports of ClusterIPs"'),
+    ]
+    if service_cidr is not None:
+        rules.append((CLUSTER_IPS_CHECK, f"ip daddr {{ {service_cidr} }} drop"
+                                         ' comment "Drop traffic to unallocated ClusterIPs"'))
+    rules += [
+        (REJECT_CHAIN, "reject"),
+        (SERVICE_ENDPOINTS_CHECK, f"ip daddr . {_DISPATCH} vmap @no-endpoint-services"),
+        (NODEPORT_ENDPOINTS_CHECK, f"{to_node} {_DISPATCH} vmap @no-endpoint-nodeports"),
+        (SERVICES, f"ip daddr . {_DISPATCH} vmap @service-ips"),
+        (SERVICES, f"{'' if node_ips else 'fib daddr type local '}{to_node} {_DISPATCH} vmap @service-nodeports"),
+    ]
+    return rules
+
+
+def plan_nft(services: Iterable[Service], endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+             node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+             cluster_cidr: str | ipaddress.IPv4Network | None = None,
+             options: RenderOptions = RenderOptions(),
+             service_cidr: str | ipaddress.IPv4Network | None = None, table: str = TABLE) -> NftPlan:
+    """Arguments as ``iptables_render.plan_iptables``; ``service_cidr`` (optional) makes
+    packets to unallocated ClusterIPs drop at once, as kube-proxy's nftables mode does."""
+    cidr = ipaddress.IPv4Network(cluster_cidr) if cluster_cidr is not None else None
+    scidr = ipaddress.IPv4Network(service_cidr) if service_cidr is not None else None
+    ips = [ip for ip in (ipaddress.IPv4Address(x) for x in node_ips) if not ip.is_loopback]
+    ports = tuple(_service_port(svc, port, ready_endpoints(endpoints_by_service.get(svc.port_key(port), ())),
+                                cidr, options)
+                  for svc in proxied(services) for port in svc.ports)
+    return NftPlan(table=table, static=tuple(_static(table, ips, scidr, options)), service_ports=ports)
+
+
+def render_nft(services: Iterable[Service], endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+               node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+               cluster_cidr: str | ipaddress.IPv4Network | None = None,
+               options: RenderOptions = RenderOptions(), *,
+               service_cidr: str | ipaddress.IPv4Network | None = None,
+               existing_chains: Iterable[str] = (), existing_sets: Iterable[str] = (),
+               table: str = TABLE) -> str:
+    """The full ``nft -f`` transaction for this node's services."""
+    plan = plan_nft(services, endpoints_by_service, node_ips, cluster_cidr, options, service_cidr, table)
+    return plan.render(existing_chains, existing_sets)
+
+
+def names_from_listing(listing: str) -> tuple[set[str], set[str]]:
+    """(chains, sets) named in ``nft list table ip <table>`` output: what ``render``
+    needs as ``existing_chains``/``existing_sets`` after a restart."""
+    chains, sets = set(), set()
+    for line in listing.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[2] == "{" and words[0] in ("chain", "set"):
+            (chains if words[0] == "chain" else sets).add(words[1])
+    return chains, sets
+
+
+def render_nft_delete_chains(chains: Iterable[str], table: str = TABLE) -> str:
+    """The later transaction that deletes chains an earlier sync flushed as stale."""
+    return "".join(f"delete chain {FAMILY} {table} {c}\n" for c in sorted(chains))
+
+
+def render_nft_cleanup(table: str = TABLE) -> str:
+    """Remove everything the proxy made. (``add`` first: deleting a missing table fails.)"""
+    return f"add table {FAMILY} {table}\ndelete table {FAMILY} {table}\n"

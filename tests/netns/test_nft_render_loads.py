@@ -1,0 +1,168 @@
+"""The rendered nftables text, loaded into a real kernel: ``nft -c -f`` (check mode), real
+loads and reloads, stale-chain flush then delete, cleanup, and connections through the
+verdict maps.
+
+Everything happens inside a throwaway network namespace, mkntest-prx-<random>, removed
+after each test; nothing is loaded into the host's namespace. Needs root.
+"""
+
+import json
+import os
+from dataclasses import replace
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minikubenet.proxy.model import RenderOptions, endpoints_from_k8s, service_from_k8s
+from minikubenet.proxy.nft_render import (TABLE, names_from_listing, plan_nft,
+                                          render_nft_cleanup, render_nft_delete_chains)
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
+
+GOLDEN = Path(__file__).parent.parent / "unit" / "golden"
+
+
+def load_cluster():
+    doc = json.loads((GOLDEN / "proxy_cluster.json").read_text())
+    services = [service_from_k8s(d, doc["service_cidr"]) for d in doc["services"]]
+    endpoints = {}
+    for d in doc["endpoints"]:
+        endpoints.update(endpoints_from_k8s(d))
+    return services, endpoints, doc
+
+
+@pytest.fixture
+def netns():
+    """Name: a fresh network namespace ``mkntest-prx-<hex>`` with lo up.
+    Scope: one test. Teardown: ``ip netns del`` (which also drops its nftables)."""
+    name = "mkntest-prx-" + secrets.token_hex(4)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def run(ns, *argv, input=None):
+    p = subprocess.run(["ip", "netns", "exec", ns, *argv], input=input, capture_output=True, text=True)
+    assert p.returncode == 0, f"{' '.join(argv)} failed: {p.stderr}"
+    return p.stdout
+
+
+def nft(ns, text, check=False):
+    run(ns, "nft", *(["-c"] if check else []), "-f", "-", input=text)
+
+
+def listing(ns):
+    return run(ns, "nft", "list", "table", "ip", TABLE)
+
+
+@pytest.mark.parametrize("node_ips, options, service_cidr", [
+    ((), RenderOptions(), "10.96.0.0/12"),
+    (("192.168.56.11",), RenderOptions(masquerade_all=True, random_fully=False), None),
+])
+def test_check_mode_accepts_the_render(netns, node_ips, options, service_cidr):
+    services, endpoints, doc = load_cluster()
+    plan = plan_nft(services, endpoints, node_ips, doc["cluster_cidr"], options, service_cidr)
+    nft(netns, plan.render(), check=True)
+    assert "table ip" not in run(netns, "nft", "list", "tables")    # check mode changed nothing
+
+
+def test_load_reload_stale_and_cleanup(netns):
+    services, endpoints, doc = load_cluster()
+    plan = plan_nft(services, endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"])
+    nft(netns, plan.render())
+    nft(netns, plan.render())                       # the same transaction again: no error
+    chains, sets = names_from_listing(listing(netns))
+    assert {c for c in chains if "/" in c} == plan.service_chains()
+    assert {s for s in sets if s.startswith("affinity-")} == plan.affinity_sets()
+
+    # shop is deleted, cart loses its affinity: its chains are flushed, its sets deleted.
+    services = [s for s in services if s.name != "shop"]
+    services = [replace(s, session_affinity="None") if s.name == "cart" else s for s in services]
+    after = plan_nft(services, endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"])
+    stale = after.stale_chains(chains)
+    assert stale and all("demo/shop" in c for c in stale)
+    nft(netns, after.render(existing_chains=chains, existing_sets=sets))
+    chains2, sets2 = names_from_listing(listing(netns))
+    assert not {s for s in sets2 if s.startswith("affinity-")}
+    assert set(stale) <= chains2                    # flushed, still there...
+    time.sleep(1)                                   # (kube-proxy waits >= 1 s: kernels < 6.2)
+    nft(netns, render_nft_delete_chains(stale))     # ...deleted by the later transaction
+    assert {c for c in names_from_listing(listing(netns))[0] if "/" in c} == after.service_chains()
+
+    nft(netns, render_nft_cleanup())
+    nft(netns, render_nft_cleanup())                # cleaning up twice is fine
+    assert "minikubenet" not in run(netns, "nft", "list", "tables")
+
+
+SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
+while True:
+    c, peer = s.accept()
+    c.sendall(f"{c.getsockname()[0]} {peer[0]}".encode()); c.close()
+"""
+
+CLIENT = """
+import socket, sys
+src, dst, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for _ in range(n):
+    c = socket.socket(); c.settimeout(3); c.bind((src, 0))
+    try:
+        c.connect((dst, port)); print(c.recv(100).decode())
+    except OSError as e:
+        print(type(e).__name__)
+    c.close()
+"""
+
+
+def plumb_node(ns):
+    """The node, its pods and a client pod folded into one namespace (see the iptables test)."""
+    run(ns, "ip", "link", "add", "mkn0", "type", "veth", "peer", "name", "mkn1")
+    run(ns, "ip", "link", "set", "mkn1", "up")
+    for ip in ("192.168.56.11", "10.244.1.11", "10.244.2.12", "10.244.3.13", "10.244.1.21",
+               "10.244.2.22", "10.244.1.31", "10.244.2.32", "10.244.9.9"):
+        run(ns, "ip", "addr", "add", f"{ip}/32", "dev", "mkn0")
+    run(ns, "ip", "link", "set", "mkn0", "up")
+    run(ns, "ip", "route", "add", "10.96.0.0/12", "dev", "mkn0")
+
+
+def connect(ns, src, dst, port, n):
+    return run(ns, sys.executable, "-c", CLIENT, src, dst, str(port), str(n)).split("\n")[:-1]
+
+
+def test_connections_through_the_verdict_maps(netns):
+    services, endpoints, doc = load_cluster()
+    plumb_node(netns)
+    nft(netns, plan_nft(services, endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"]).render())
+    servers = [subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SERVER, str(port)])
+               for port in (8080, 8443)]
+    try:
+        for _ in range(100):
+            if run(netns, "ss", "-Hltn").count("LISTEN") >= 2:
+                break
+            time.sleep(0.05)
+        answers = connect(netns, "10.244.9.9", "10.96.0.20", 80, 60)
+        assert {a.split()[0] for a in answers} == {"10.244.1.11", "10.244.2.12", "10.244.3.13"}, answers
+        assert {a.split()[1] for a in answers} == {"10.244.9.9"}             # not masqueraded
+        answers = connect(netns, "10.244.9.9", "192.168.56.11", 30080, 20)   # NodePort
+        assert {a.split()[0] for a in answers} <= {"10.244.1.21", "10.244.2.22"}, answers
+        assert {a.split()[1] for a in answers} == {"192.168.56.11"}          # masqueraded
+        # ClientIP affinity: the first connection picks an endpoint, all others follow it.
+        answers = connect(netns, "10.244.9.9", "10.96.0.40", 443, 20)
+        assert len({a.split()[0] for a in answers}) == 1, answers
+        # No endpoints, and a port the ClusterIP does not have: rejected at once.
+        assert connect(netns, "10.244.9.9", "10.96.0.50", 80, 1) == ["ConnectionRefusedError"]
+        assert connect(netns, "10.244.9.9", "10.96.0.20", 81, 1) == ["ConnectionRefusedError"]
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
