@@ -29,6 +29,7 @@ import time
 from pyroute2 import IPRoute
 
 from minikubenet import subnet_env
+from minikubenet.agent import backend
 from minikubenet.agent.cni_handler import CniHandler, NodeState
 from minikubenet.agent.cni_server import CniServer
 from minikubenet.ipam.allocator import PodIPAllocator
@@ -43,9 +44,6 @@ from minikubenet.store.keys import KeyLayout
 from minikubenet.subnet_lease import DEFAULT_TTL_S, OutOfSubnets, SubnetLeaser
 
 log = logging.getLogger("minikubenet.agent")
-
-VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-
 
 class AgentError(Exception):
     """A start-up failure with a message a person can act on."""
@@ -100,6 +98,8 @@ class Agent:
         self.store: EtcdStore | None = None
         self.leaser: SubnetLeaser | None = None
         self.server: CniServer | None = None
+        self.overlay = None
+        self._prepared = None   # a VXLAN device this start created, until the agent is up
 
     def start(self) -> None:
         a = self.args
@@ -117,12 +117,16 @@ class Agent:
                 underlay = find_underlay(ipr, a.public_ip, a.iface)
             except UnderlayNotFound as e:
                 raise AgentError(str(e)) from None
-        mtu = underlay.mtu - VXLAN_OVERHEAD if config.backend == "vxlan" else underlay.mtu
+        try:
+            prepared = backend.prepare(config, underlay)
+        except backend.BackendError as e:
+            raise AgentError(str(e)) from None
+        self._prepared = prepared
+        mtu = prepared.pod_mtu
         log.info("underlay %s %s mtu %d -> pod mtu %d", underlay.ifname, underlay.ip, underlay.mtu, mtu)
 
         previous = subnet_env.read(self.subnet_file)
-        backend_data = {"VNI": config.vni} if config.backend == "vxlan" else {}
-        self.leaser = SubnetLeaser(self.store, config, underlay.ip, config.backend, backend_data,
+        self.leaser = SubnetLeaser(self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data,
                                    ttl=a.subnet_lease_ttl)
         try:
             lease = self.leaser.acquire(previous.subnet if previous else None)
@@ -144,6 +148,11 @@ class Agent:
         except (iptables.IptablesError, FileNotFoundError) as e:
             raise AgentError(f"could not install masquerade rules: {e}") from None
 
+        # Every remote node is programmed before we say "ready": a pod created now can
+        # reach the whole cluster at once.
+        self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
+        self._prepared = None   # from here on the device is in use: keep it on exit
+
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=PodIPAllocator(self.store, lease.subnet),
                          lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping)
@@ -155,6 +164,10 @@ class Agent:
         self.server.serve_forever(poll_interval=0.5)
 
     def stop(self) -> None:
+        if self.overlay:
+            self.overlay.stop()
+        if self._prepared:
+            backend.undo(self._prepared)
         if self.leaser:
             self.leaser.stop()
         if self.server:

@@ -1,0 +1,95 @@
+"""The agent's backend step: from "which backend does the network config name" to a
+running overlay (overlay/ has the mechanism; this module only assembles it).
+
+Two moments, as in flannel (backend/vxlan/vxlan.go RegisterNetwork):
+
+- **before the lease** (``prepare``): the VXLAN device is created first, because its
+  MAC goes into the lease (``BackendData.VtepMAC``) — the other nodes need it to
+  reach us. host-gw checks that the public IP really is ours (no NAT: peers route
+  straight to it).
+- **after the lease** (``start``): the device gets its /32 address, and the
+  ``OverlayController`` programs every remote lease and follows the watch.
+
+The pod MTU is decided here too: underlay MTU − 50 with VXLAN, the underlay MTU with
+host-gw.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+from minikubenet.linux.addresses import Underlay
+from minikubenet.linux.overlay_routes import connected_networks
+from minikubenet.linux.vxlan_device import VxlanDeviceError, delete_vxlan_device, ensure_vxlan_device
+from minikubenet.network_config import NetworkConfig
+from minikubenet.overlay import host_gw, vxlan
+from minikubenet.overlay.controller import HostGwBackend, NetlinkKernel, OverlayController, VxlanBackend
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(Exception):
+    pass
+
+
+@dataclass
+class Prepared:
+    backend_type: str
+    backend_data: dict
+    pod_mtu: int
+    spec: object = None          # vxlan.VxlanSpec
+    mac: str | None = None
+    created_device: bool = False
+    connected: list = field(default_factory=list)
+
+
+def prepare(config: NetworkConfig, underlay: Underlay) -> Prepared:
+    with IPRoute() as ipr:
+        connected = connected_networks(ipr, underlay.index)
+        if config.backend == "host-gw":
+            interface_ips = [a.get("IFA_ADDRESS") for a in ipr.get_addr(family=2)]
+            try:
+                host_gw.check_public_ip(underlay.ip, interface_ips)
+            except host_gw.HostGwError as e:
+                raise BackendError(str(e)) from None
+            return Prepared("host-gw", {}, underlay.mtu, connected=connected)
+        spec = vxlan.device_spec(config.vni, underlay.ip, underlay.index, underlay.mtu, config.port)
+        existed = bool(ipr.link_lookup(ifname=spec.name))
+        try:
+            _, mac = ensure_vxlan_device(ipr, spec)
+        except VxlanDeviceError as e:
+            raise BackendError(f"{e}; remove the conflicting device (ip link del {spec.name}) or change "
+                               "Backend.VNI/Port in the network config") from None
+    log.info("%s: vni %d, port %d, local %s, mtu %d, VtepMAC %s", spec.name, spec.vni, spec.port,
+             spec.local_ip, spec.mtu, mac)
+    return Prepared("vxlan", {"VNI": config.vni, "VtepMAC": mac}, vxlan.overlay_mtu(underlay.mtu),
+                    spec=spec, mac=mac, created_device=not existed, connected=connected)
+
+
+def undo(prepared: Prepared) -> None:
+    """A start-up that fails after ``prepare`` removes a device it created itself."""
+    if prepared.created_device and prepared.spec is not None:
+        with IPRoute() as ipr:
+            delete_vxlan_device(ipr, prepared.spec.name)
+        log.info("removed %s again: the agent did not start", prepared.spec.name)
+
+
+def start(store, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> OverlayController:
+    if prepared.backend_type == "host-gw":
+        backend = HostGwBackend(underlay.ifname, prepared.connected)
+    else:
+        direct = None
+        if config.backend_options.get("DirectRouting"):
+            direct = vxlan.DirectRouting(underlay.ifname, tuple(prepared.connected))
+        spec, mac = prepared.spec, prepared.mac
+        with IPRoute() as ipr:
+            ensure_vxlan_device(ipr, spec, mac=mac, subnet=subnet, network=config.network)
+        backend = VxlanBackend(config.vni, direct_routing=direct, ensure_device=lambda ipr: ensure_vxlan_device(
+            ipr, spec, mac=mac, subnet=subnet, network=config.network))
+    controller = OverlayController(store, subnet, backend,
+                                   make_kernel=lambda: NetlinkKernel(IPRoute(), config.network))
+    controller.start()
+    return controller

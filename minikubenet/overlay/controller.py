@@ -1,0 +1,307 @@
+"""The overlay loop the agent runs: keep the kernel in step with the remote leases.
+
+Three inputs, one worker thread (so kernel changes never race each other):
+
+- **start**: list every lease and program every remote one, before ``start()``
+  returns; the agent reports ready only after that;
+- **watch updates** (store/lease_watch.py): a snapshot after every (re)connect, and
+  single puts and deletes in between. They go through the lease cache
+  (overlay/leases.py), which turns them into Added/Removed events; each event is
+  planned by the backend and applied at once;
+- **a periodic resync** (every ``resync_interval`` seconds, like flannel's host-gw
+  route check every 10 s): read back what the kernel holds and ``reconcile`` it with
+  the plans. This repairs whatever the events could not: an entry deleted by hand, a
+  stray one added by hand, an apply that failed earlier (flannel wraps each step in
+  ``retry.Do``; here the next resync is the retry).
+
+A backend is three small things: ``plan(lease) -> PeerPlan | Skipped``, the devices
+whose entries it owns (``vxlan_dev`` for neighbours/FDB, ``route_devs`` for routes), and
+``prepare()``, run before each resync (VXLAN: make sure flannel.1 still exists). The
+kernel side sits behind ``NetlinkKernel`` so the loop can be tested without root.
+
+Threads: all kernel work happens on the worker thread, which also builds the netlink
+socket it uses (see ``OverlayController``); ``start()`` and ``resync_now()`` hand their
+work to it and wait.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Union
+
+from minikubenet.overlay import Entry, KernelState, PeerPlan, Skipped, reconcile, removable
+from minikubenet.overlay import host_gw, vxlan
+from minikubenet.overlay.leases import Event, LeaseCache, Removed
+from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.store.lease_watch import LeaseDelete, LeasePut, LeaseSnapshot, watch_leases
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESYNC_S = 10.0
+
+
+# -- backends ---------------------------------------------------------------------------------
+
+class VxlanBackend:
+    """flannel's vxlan: neighbour + FDB + onlink route per peer on ``flannel.<VNI>``."""
+    name = "vxlan"
+
+    def __init__(self, vni: int = vxlan.DEFAULT_VNI, direct_routing: vxlan.DirectRouting | None = None,
+                 ensure_device: Callable[[object], object] | None = None):
+        self.vni = vni
+        self.direct = direct_routing
+        self.ensure_device = ensure_device
+        self.vxlan_dev = vxlan.device_name(vni)
+        self.route_devs = [self.vxlan_dev] + ([direct_routing.underlay_dev] if direct_routing else [])
+
+    def plan(self, lease: SubnetLeaseRecord) -> Union[PeerPlan, Skipped]:
+        return vxlan.plan_peer(lease, self.vni, self.direct)
+
+    def prepare(self, kernel) -> None:
+        # flannel watches netlink and recreates a deleted flannel.1 (vxlan_network.go);
+        # we check it before every resync instead, and bring it back with our VtepMAC.
+        # ``ensure_device(ipr)`` gets the worker's own netlink socket.
+        if self.ensure_device is not None:
+            self.ensure_device(kernel.ipr)
+
+
+class HostGwBackend:
+    """flannel's host-gw: one route via the peer's PublicIP on the underlay."""
+    name = "host-gw"
+
+    def __init__(self, underlay_dev: str, connected: list[ipaddress.IPv4Network]):
+        self.underlay_dev = underlay_dev
+        self.connected = list(connected)
+        self.vxlan_dev = None
+        self.route_devs = [underlay_dev]
+
+    def plan(self, lease: SubnetLeaseRecord) -> Union[PeerPlan, Skipped]:
+        return host_gw.plan_peer(lease, self.underlay_dev, self.connected)
+
+    def prepare(self, kernel) -> None:
+        pass
+
+
+Backend = Union[VxlanBackend, HostGwBackend]
+
+
+# -- the kernel, behind four calls -------------------------------------------------------------
+
+class NetlinkKernel:
+    """The real kernel, through linux/overlay_routes.py and one IPRoute socket."""
+
+    def __init__(self, ipr, network: ipaddress.IPv4Network):
+        from minikubenet.linux import overlay_routes   # pyroute2 only where the kernel is touched
+        self._routes = overlay_routes
+        self.ipr = ipr
+        self.network = network
+
+    def apply_plan(self, plan: PeerPlan) -> None:
+        self._routes.apply_plan(self.ipr, plan)
+
+    def add(self, entries: list[Entry]) -> list[str]:
+        return self._routes.add_entries(self.ipr, entries)
+
+    def delete(self, entries: list[Entry]) -> list[str]:
+        return self._routes.delete_entries(self.ipr, entries)
+
+    def read(self, backend: Backend) -> KernelState:
+        return self._routes.read_state(self.ipr, backend.vxlan_dev, backend.route_devs, self.network)
+
+    def close(self) -> None:
+        self.ipr.close()
+
+
+# -- the controller -----------------------------------------------------------------------------
+
+WatchStarter = Callable[..., object]   # (store, deliver) -> an object with .stop()
+
+
+class _Job:
+    """A function to run on the worker thread, and its outcome for the caller."""
+
+    def __init__(self, fn: Callable[[], object]):
+        self.fn = fn
+        self.done = threading.Event()
+        self.result = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:   # handed to the waiting caller
+            self.error = e
+        finally:
+            self.done.set()
+
+    def wait(self, timeout: float):
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"the overlay worker did not finish within {timeout:.0f}s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class OverlayController:
+    """Programs every remote lease for ``backend`` and keeps it that way.
+
+    ``make_kernel`` builds the kernel side (``lambda: NetlinkKernel(IPRoute(), network)``)
+    and is called on the thread that first does kernel work: after ``start()`` that is
+    always the worker. This matters: a pyroute2 0.9 ``IPRoute`` keeps its socket per
+    thread, and one bound to another namespace (linux/netns.py ``iproute_in``) only
+    works on the thread that made it.
+    """
+
+    def __init__(self, store, own_subnet: ipaddress.IPv4Network, backend: Backend,
+                 make_kernel: Callable[[], object], watch: WatchStarter = watch_leases,
+                 resync_interval: float = DEFAULT_RESYNC_S):
+        self.store = store
+        self.backend = backend
+        self.make_kernel = make_kernel
+        self._kernel = None
+        self.cache = LeaseCache(own_subnet)
+        self.watch = watch
+        self.resync_interval = resync_interval
+        self._updates: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._watch_handle = None
+        self._said: dict = {}          # subnet -> the Skipped reason we last logged
+        self.last_resync = time.monotonic()
+
+    @property
+    def kernel(self):
+        if self._kernel is None:
+            self._kernel = self.make_kernel()
+        return self._kernel
+
+    # -- lifecycle
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Program every remote lease (on the worker, waiting for it), then follow changes.
+        Raises what the first listing or programming raised (e.g. StoreUnavailable)."""
+        first = _Job(lambda: self.resync(self.store.list_leases()))
+        self._updates.put(first)       # queued before the worker runs: it is the first thing it does
+        self._worker = threading.Thread(target=self._run, name="overlay", daemon=True)
+        self._worker.start()
+        try:
+            first.wait(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self._watch_handle = self.watch(self.store, self._updates.put)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch_handle is not None:
+            self._watch_handle.stop()
+        self._updates.put(None)
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=5.0)
+
+    def resync_now(self, timeout: float = 30.0) -> tuple[list[Entry], list[Entry]]:
+        """Reconcile at once (on the worker) and return ``(added, removed)``."""
+        return self._submit(self.reconcile_kernel).wait(timeout)
+
+    def _submit(self, fn: Callable[[], object]) -> _Job:
+        job = _Job(fn)
+        self._updates.put(job)
+        return job
+
+    # -- the worker: one update at a time, and a resync when it is due
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait = max(0.0, self.last_resync + self.resync_interval - time.monotonic())
+            try:
+                update = self._updates.get(timeout=wait)
+            except queue.Empty:
+                update = None
+            try:
+                if isinstance(update, _Job):
+                    update.run()
+                elif update is not None:
+                    self.handle(update)
+                if time.monotonic() >= self.last_resync + self.resync_interval:
+                    self.reconcile_kernel()
+            except Exception:  # keep the overlay alive; the next resync retries
+                log.exception("overlay update failed; retrying at the next resync")
+                self.last_resync = time.monotonic()
+        if self._kernel is not None and hasattr(self._kernel, "close"):
+            self._kernel.close()   # on the thread that opened it
+
+    def handle(self, update) -> None:
+        if isinstance(update, LeaseSnapshot):
+            self.resync(update.records)
+        elif isinstance(update, LeasePut):
+            self.apply_events(self.cache.put(update.record))
+        elif isinstance(update, LeaseDelete):
+            self.apply_events(self.cache.delete(update.subnet))
+
+    # -- the work
+
+    def resync(self, records: list[SubnetLeaseRecord]) -> None:
+        """A full listing: apply what changed, then compare everything with the kernel."""
+        self.apply_events(self.cache.resync(records))
+        self.reconcile_kernel()
+
+    def wanted(self) -> list[PeerPlan]:
+        plans = []
+        for lease in self.cache.leases():
+            plan = self.backend.plan(lease)
+            if isinstance(plan, Skipped):
+                self._say_once(plan)
+            else:
+                plans.append(plan)
+        return plans
+
+    def apply_events(self, events: list[Event]) -> None:
+        for ev in events:
+            plan = self.backend.plan(ev.lease)
+            if isinstance(ev, Removed):
+                self._said.pop(ev.lease.subnet, None)
+                if isinstance(plan, PeerPlan):
+                    self.remove_peer(plan)
+            elif isinstance(plan, Skipped):
+                self._say_once(plan)
+            else:
+                self.add_peer(plan)
+
+    def add_peer(self, plan: PeerPlan) -> None:
+        log.info("adding peer %s (node %s): %s", plan.subnet, plan.public_ip, plan)
+        try:
+            self.kernel.apply_plan(plan)
+        except Exception as e:
+            log.warning("%s; retrying at the next resync", e)
+
+    def remove_peer(self, plan: PeerPlan) -> None:
+        log.info("removing peer %s (node %s)", plan.subnet, plan.public_ip)
+        # The cache already holds the new state, so wanted() is what must remain.
+        for err in self.kernel.delete(removable(plan, self.wanted())):
+            log.warning("%s", err)
+
+    def reconcile_kernel(self) -> tuple[list[Entry], list[Entry]]:
+        """Read the kernel back and correct it: extra entries go, missing ones come back."""
+        self.last_resync = time.monotonic()
+        self.backend.prepare(self.kernel)
+        to_add, to_remove = reconcile(self.wanted(), self.kernel.read(self.backend))
+        if to_remove:
+            log.warning("resync: removing %d entries nobody wants: %s", len(to_remove),
+                        ", ".join(str(e) for e in to_remove))
+            for err in self.kernel.delete(to_remove):
+                log.warning("%s", err)
+        if to_add:
+            log.warning("resync: restoring %d missing or changed entries: %s", len(to_add),
+                        ", ".join(str(e) for e in to_add))
+            for err in self.kernel.add(to_add):
+                log.warning("%s", err)
+        return to_add, to_remove
+
+    def _say_once(self, skipped: Skipped) -> None:
+        if self._said.get(skipped.subnet) != skipped.reason:
+            self._said[skipped.subnet] = skipped.reason
+            log.warning("%s", skipped)
