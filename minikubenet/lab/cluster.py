@@ -169,6 +169,13 @@ class Lab:
         self._record(processes=[asdict(rec)])
         self.say(f"  etcd up at {t.etcd_endpoint} (namespace {t.etcd_netns})")
 
+    def restart_etcd(self) -> None:
+        """Stop etcd and start it again on the same data: agents must ride it out."""
+        for r in self._load_state().get("processes", []):
+            if r["what"] == "etcd" and ProcessRecord(**r).alive():
+                processes.stop([r["pid"]])
+        self._start_etcd()
+
     def _network_init(self) -> None:
         t = self.topo
         argv = ["ip", "netns", "exec", t.etcd_netns, sys.executable, "-m", "minikubenet", "network", "init",
