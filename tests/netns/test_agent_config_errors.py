@@ -1,0 +1,78 @@
+"""Bad network configs and node settings stop the agent with a message that names
+the value and what to do, and leave no device or route behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from minikubenet.lab import daemons
+from minikubenet.lab.cluster import LabError
+
+GOOD = {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1, "Port": 8472}}
+
+
+def put_config(lab, doc):
+    daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "put", "/coreos.com/network/config",
+                    json.dumps(doc))
+
+
+def links(lab):
+    out = subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "-j", "link"], capture_output=True, text=True)
+    return {link["ifname"] for link in json.loads(out.stdout)}
+
+
+def overlay_routes(lab):
+    out = subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "route", "show", "10.244.0.0/16", "root",
+                          "10.244.0.0/16"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "flannel" in line or "onlink" in line]
+
+
+@pytest.fixture
+def stopped_node(one_node):
+    lab = one_node
+    lab.stop_agent("n1")
+    subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "link", "del", "flannel.1"], capture_output=True)
+    yield lab
+    subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "link", "del", "mknother1"], capture_output=True)
+    put_config(lab, GOOD)
+    lab.start_agent("n1")
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({**GOOD, "Backend": {"Type": "udp"}}, "unknown Backend.Type 'udp'"),
+    ({**GOOD, "Backend": {"Type": "vxlan", "VNI": 1 << 24}}, "Backend.VNI 16777216 is out of range"),
+    ({**GOOD, "Backend": {"Type": "vxlan", "Port": 70000}}, "Backend.Port 70000 is out of range"),
+    ({**GOOD, "Network": "10.244.0.0/25"}, "too small for SubnetLen 24"),
+])
+def test_invalid_network_config_is_refused_and_leaves_nothing(stopped_node, doc, message):
+    lab = stopped_node
+    put_config(lab, doc)
+    before = links(lab)
+    with pytest.raises(LabError) as e:
+        lab.start_agent("n1")
+    assert message in str(e.value)
+    assert links(lab) == before and "flannel.1" not in links(lab)
+    assert overlay_routes(lab) == []
+
+
+def test_public_ip_not_on_any_interface(stopped_node):
+    lab = stopped_node
+    with pytest.raises(LabError) as e:
+        lab.start_agent("n1", extra=("--public-ip", "192.0.2.99"))
+    assert "192.0.2.99 is not an address of any interface" in str(e.value)
+    assert "flannel.1" not in links(lab)
+
+
+def test_a_conflicting_vxlan_device_that_cannot_be_replaced(stopped_node):
+    lab = stopped_node
+    ns = lab.topo.node("n1").netns
+    # another device already owns VNI 1 on port 8472: the kernel refuses a second one
+    subprocess.run(["ip", "-n", ns, "link", "add", "mknother1", "type", "vxlan", "id", "1", "dstport", "8472",
+                    "local", str(lab.topo.node("n1").ip), "nolearning"], check=True)
+    with pytest.raises(LabError) as e:
+        lab.start_agent("n1")
+    assert "mknother1" in str(e.value)
+    assert "flannel.1" not in links(lab)
