@@ -186,12 +186,39 @@ class Lab:
             raise LabError(f"network init failed: {p.stderr.strip() or p.stdout.strip()}")
 
     def _start_node(self, node: NodeSpec) -> None:
+        self._prepare_node(node)
+        self.start_agent(node.name)
+
+    def _prepare_node(self, node: NodeSpec) -> None:
+        """The node's namespace, its underlay port and its CNI config; no agent yet."""
         self._netns(node.netns)
         self._plug(node.netns, node.switch_port, node.ip)
         os.makedirs(os.path.dirname(self.conf_file(node.name)), exist_ok=True)
         with open(self.conf_file(node.name), "w") as f:
             json.dump(self.conflist(node.name), f, indent=2)
-        self.start_agent(node.name)
+
+    def add_node(self, start_agent: bool = True) -> NodeSpec:
+        """Grow a running lab by one node (with the same number of pods per node)."""
+        p = self.params()
+        p["nodes"] += 1
+        self.topo = build_topology(**p)
+        with self._state_lock:
+            state = self._load_state()
+            state["params"] = self.params()
+            with open(self.state_file, "w") as f:
+                json.dump(state, f, indent=1)
+        node = self.topo.nodes[-1]
+        self._prepare_node(node)
+        if start_agent:
+            self.start_agent(node.name)
+            for pod in node.pods:
+                self._start_pod(pod)
+        return node
+
+    def start_pod(self, pod: PodSpec) -> str:
+        """Create one pod of the topology (its node's agent must be up); returns its IP."""
+        self._start_pod(pod)
+        return self.pod_ips[pod.name]
 
     def start_agent(self, node_name: str, extra=()) -> ProcessRecord:
         """Start the node's agent and wait until it has written subnet.env."""
@@ -339,8 +366,8 @@ class Lab:
                 if not probes.ping(src.netns, ips[dst.name], size=biggest, dont_fragment=True):
                     raise LabError(f"{src.name} -> {dst.name}: a DF ping of {biggest} bytes "
                                    f"(= MTU {pod_mtu}) does not get through")
-                if probes.ping(src.netns, ips[dst.name], size=biggest + 1, dont_fragment=True):
-                    raise LabError(f"{src.name} -> {dst.name}: a DF ping of {biggest + 1} bytes got through "
+                if not probes.too_big_for_path(src.netns, ips[dst.name], biggest + 1):
+                    raise LabError(f"{src.name} -> {dst.name}: {biggest + 1} bytes with DF set were sent "
                                    f"although the pod MTU is {pod_mtu}")
                 done.append(f"{src.name} -> {dst.name}: 1 MB over TCP, DF ping {biggest} ok, {biggest + 1} refused")
         return done

@@ -9,6 +9,7 @@ what a person would type to test an MTU.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import subprocess
@@ -65,6 +66,27 @@ def ping(netns: str, ip: str, size: int = 56, dont_fragment: bool = False, count
     if dont_fragment:
         argv += ["-M", "do"]
     return subprocess.run(argv + [ip], capture_output=True).returncode == 0
+
+
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2   # <linux/in.h>: always set DF, never fragment locally
+
+
+def too_big_for_path(netns: str, ip: str, size: int) -> bool:
+    """True when the kernel in ``netns`` refuses to send ``size`` bytes of payload (plus
+    28 bytes of IPv4 and UDP/ICMP header) to ``ip`` with DF set, because the route's
+    MTU is smaller. Unlike a ping that is never answered, the refusal is immediate."""
+    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        s.connect((ip, 9))   # discard port: nothing needs to answer
+        s.send(b"x" * size)
+        return False
+    except OSError as e:
+        if e.errno == errno.EMSGSIZE:
+            return True
+        raise
+    finally:
+        s.close()
 
 
 def wait_listening(netns: str, ip: str, port: int, timeout: float = 10.0) -> None:
