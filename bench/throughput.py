@@ -35,8 +35,14 @@ def iperf(lab: Lab, server_ns: str, server_ip: str, client_ns: str, seconds: int
     rec = lab._start(server_ns, ["iperf3", "-s", "-p", str(PORT)],
                      os.path.join(lab.dir, "logs", "iperf3-server.log"), "iperf3 server")
     try:
-        from minikubenet.lab.probes import wait_listening
-        wait_listening(client_ns, server_ip, PORT)
+        # Wait for the listening socket without connecting to it: iperf3 would take a
+        # probe connection for a client and reset the real one.
+        deadline = time.monotonic() + 10
+        while f":{PORT} " not in subprocess.run(["ip", "netns", "exec", server_ns, "ss", "-Hltn"],
+                                                 capture_output=True, text=True).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"iperf3 does not listen in {server_ns}")
+            time.sleep(0.05)
         out = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-p", str(PORT),
                               "-t", str(seconds), "-J"], capture_output=True, text=True, timeout=seconds + 30)
         doc = json.loads(out.stdout)

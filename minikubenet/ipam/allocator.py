@@ -71,44 +71,78 @@ class Allocation:
 
 
 class PodIPAllocator:
+    """Allocates the IPs of one node subnet.
+
+    It keeps a copy of the subnet's records in memory, read from etcd once, so an ADD
+    costs one etcd round trip (the transaction) instead of a listing plus the
+    transaction. The copy is only a hint for picking candidates: etcd stays the truth.
+    A transaction that finds an address taken, or a lookup that misses, re-reads it.
+    """
+
     def __init__(self, store: EtcdStore, subnet: ipaddress.IPv4Network):
         self.store = store
         self.subnet = subnet
         self._lock = threading.Lock()
         self._last: ipaddress.IPv4Address | None = None  # round-robin cursor (host-local's last_reserved_ip)
+        self._known: dict[ipaddress.IPv4Address, bytes] | None = None
+
+    def _reload(self) -> dict[ipaddress.IPv4Address, bytes]:
+        self._known = self.store.list_pod_ips(self.subnet)
+        return self._known
+
+    def _records(self) -> dict[ipaddress.IPv4Address, bytes]:
+        return self._known if self._known is not None else self._reload()
+
+    @staticmethod
+    def _held_by(records, container_id: str, ifname: str) -> Allocation | None:
+        for ip, raw in records.items():
+            owner = Owner.from_record(raw)
+            if owner and (owner.container_id, owner.ifname) == (container_id, ifname):
+                return Allocation(ip, owner, raw)
+        return None
 
     def list(self) -> list[Allocation]:
+        """Every allocation of the subnet, read from etcd (GC and tools need the truth)."""
+        with self._lock:
+            records = self._reload()
         out = []
-        for ip, raw in sorted(self.store.list_pod_ips(self.subnet).items()):
+        for ip, raw in sorted(records.items()):
             owner = Owner.from_record(raw)
             if owner:
                 out.append(Allocation(ip, owner, raw))
         return out
 
     def find(self, container_id: str, ifname: str) -> Allocation | None:
-        for a in self.list():
-            if (a.owner.container_id, a.owner.ifname) == (container_id, ifname):
-                return a
-        return None
+        with self._lock:
+            found = self._held_by(self._records(), container_id, ifname)
+            if found is None:     # a miss may be a stale copy: ask etcd before saying "none"
+                found = self._held_by(self._reload(), container_id, ifname)
+            return found
 
     def allocate(self, owner: Owner) -> tuple[Allocation, bool]:
         """The IP for ``owner``: its existing one (False) or a newly claimed one (True)."""
         with self._lock:
-            taken = self.store.list_pod_ips(self.subnet)
-            for ip, raw in taken.items():
-                held = Owner.from_record(raw)
-                if held and held.same_attachment(owner):
-                    return Allocation(ip, held, raw), False
+            if self._held_by(self._records(), owner.container_id, owner.ifname) is not None:
+                # a repeated ADD (rare): confirm against etcd, then hand out the same IP again
+                existing = self._held_by(self._reload(), owner.container_id, owner.ifname)
+                if existing is not None:
+                    return existing, False
             record = owner.to_record()
             for ip in ranges.candidates(self.subnet, after=self._last):
-                if ip in taken:
+                if ip in self._records():
                     continue
                 if self.store.create_pod_ip(self.subnet, ip, record):
                     self._last = ip
+                    self._records()[ip] = record
                     return Allocation(ip, owner, record), True
-                log.debug("%s was taken meanwhile; trying the next address", ip)
+                log.debug("%s was taken meanwhile; re-reading the subnet's records", ip)
+                self._reload()
             raise SubnetFull(f"no free pod IP in {self.subnet}: all {ranges.pod_capacity(self.subnet)} "
                              f"addresses are taken")
 
     def release(self, allocation: Allocation) -> bool:
-        return self.store.delete_pod_ip(self.subnet, allocation.ip, allocation.record)
+        released = self.store.delete_pod_ip(self.subnet, allocation.ip, allocation.record)
+        with self._lock:
+            if self._known is not None and self._known.get(allocation.ip) == allocation.record:
+                del self._known[allocation.ip]
+        return released

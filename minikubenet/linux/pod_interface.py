@@ -1,13 +1,14 @@
 """Plumb one pod into its node: a veth pair, the pod's address and default route.
 
-``attach`` applies a ``PodAttachment`` plan (pod_network.py) in these steps:
+``attach`` applies a ``PodAttachment`` plan (pod_network.py) in six netlink requests:
 
-1. remove leftovers of an earlier attempt (same host veth name, same pod interface);
-2. create the veth pair in one netlink request, the peer created directly inside the
-   pod's namespace under its final name (IFLA_NET_NS_FD on the peer), both ends with
-   the overlay MTU;
-3. host end: join the bridge, come up;
-4. pod end: address, up, ``lo`` up, default route via the bridge's address.
+1. create the veth pair in one request: the host end already a port of the bridge and
+   up, the peer created directly inside the pod's namespace under its final name
+   (IFLA_NET_NS_FD on the peer), both ends with the overlay MTU and with MACs we chose
+   (so nothing has to be read back); if the names exist from an earlier attempt,
+   remove those leftovers and create again;
+2. pod end: find it, give it the address, bring it and ``lo`` up, add the default
+   route via the bridge's address.
 
 It returns the MACs for the CNI result. ``detach`` is best effort and repeatable:
 deleting either end of a veth pair deletes both, and a pod namespace that is gone
@@ -18,6 +19,7 @@ already gone"). ``inspect`` lists what differs from the plan, for CHECK.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -26,6 +28,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from minikubenet.linux.netns import NetnsNotFound, iproute_in
 from minikubenet.pod_network import PodAttachment
+
+
+LOOPBACK_INDEX = 1   # "lo" is always the first device of a network namespace
 
 
 @dataclass(frozen=True)
@@ -56,32 +61,50 @@ def _mac(ipr: IPRoute, index: int) -> str:
     return ipr.get_links(index)[0].get("IFLA_ADDRESS")
 
 
+def veth_macs(plan: PodAttachment) -> tuple[str, str]:
+    """Stable, locally administered unicast MACs for the two ends, derived from the
+    attachment: set at creation, so no read-back is needed for the CNI result, and a
+    re-created pod interface keeps the MAC its neighbours have cached."""
+    digest = hashlib.sha256(f"{plan.container_id}/{plan.ifname}".encode()).digest()
+    def mac(tag: int) -> str:
+        octets = [0x0a | (tag << 4)] + list(digest[:5])   # 0x?a: bit 1 set (local), bit 0 clear (unicast)
+        return ":".join(f"{o:02x}" for o in octets)
+    return mac(0), mac(1)
+
+
 def attach(host: IPRoute, plan: PodAttachment) -> AttachedMacs:
+    """Six netlink requests: create the pair (host end already on the bridge and up,
+    the peer already inside the pod), find the peer, then address, up, lo, route."""
+    bridge = host.get_links(ifname=plan.bridge)
+    if not bridge:
+        raise RuntimeError(f"bridge {plan.bridge} does not exist on this node")
+    bridge_index, bridge_mac = bridge[0]["index"], bridge[0].get("IFLA_ADDRESS")
+    host_mac, pod_mac = veth_macs(plan)
     pod = iproute_in(plan.netns)
     try:
-        _delete(host, plan.host_veth)
-        _delete(pod, plan.ifname)
-        bridge_index = _lookup(host, plan.bridge)
-        if bridge_index is None:
-            raise RuntimeError(f"bridge {plan.bridge} does not exist on this node")
         netns_fd = os.open(plan.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            host.link("add", ifname=plan.host_veth, kind="veth", mtu=plan.mtu,
-                      peer={"ifname": plan.ifname, "net_ns_fd": netns_fd, "mtu": plan.mtu})
+            request = dict(ifname=plan.host_veth, kind="veth", mtu=plan.mtu, address=host_mac,
+                           master=bridge_index, state="up",
+                           peer={"ifname": plan.ifname, "net_ns_fd": netns_fd, "mtu": plan.mtu,
+                                 "address": pod_mac})
+            try:
+                host.link("add", **request)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+                # leftovers of an earlier attempt (a repeated ADD): remove, then create anew
+                _delete(host, plan.host_veth)
+                _delete(pod, plan.ifname)
+                host.link("add", **request)
         finally:
             os.close(netns_fd)
-        host_index = _lookup(host, plan.host_veth)
-        host.link("set", index=host_index, master=bridge_index, state="up")
-
         pod_index = _lookup(pod, plan.ifname)
         pod.addr("add", index=pod_index, address=str(plan.address.ip), prefixlen=plan.address.network.prefixlen)
         pod.link("set", index=pod_index, state="up")
-        lo = _lookup(pod, "lo")
-        if lo is not None:
-            pod.link("set", index=lo, state="up")
+        pod.link("set", index=LOOPBACK_INDEX, state="up")
         pod.route("replace", dst="0.0.0.0/0", gateway=str(plan.gateway), oif=pod_index)
-        return AttachedMacs(bridge=_mac(host, bridge_index), host_veth=_mac(host, host_index),
-                            pod=_mac(pod, pod_index))
+        return AttachedMacs(bridge=bridge_mac, host_veth=host_mac, pod=pod_mac)
     finally:
         pod.close()
 
