@@ -15,6 +15,7 @@ APT_PACKAGES=(
   iproute2 iptables nftables conntrack ipset iputils-ping ethtool tcpdump
   iperf3                           # throughput benchmarks
   containernetworking-plugins      # the Go reference plugins (bridge, host-local, portmap...) in /usr/lib/cni
+  containerd runc podman busybox-static   # real CNI runtimes for tests/runtimes (started in scratch dirs)
   python3 python3-venv python3-pip
 )
 missing=()

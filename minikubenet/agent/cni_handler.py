@@ -1,37 +1,55 @@
 """The CNI verbs as the node agent carries them out: ADD, DEL, CHECK, GC, STATUS.
 
 The shim (cni/shim.py) has already checked the environment, the JSON and the
-cniVersion; here the request meets etcd and the kernel:
+cniVersion; here the request meets etcd and the kernel. A request comes in one of two
+modes:
+
+- ``main`` (the ``minikubenet`` plugin): allocate the pod IP *and* plumb the veth.
+- ``ipam`` (the ``minikubenet-ipam`` plugin, run by another main plugin such as the
+  reference ``bridge``): allocate only, and answer with the abbreviated IPAM result
+  (``ips`` with a gateway, ``routes``; the caller makes the interfaces).
+
+The verbs:
 
 - ADD is a transaction. Claim the pod IP in etcd, then plumb the veth; each step
   registers its undo, and if a later step fails the undos run, so a failed ADD leaves
   neither an IP record nor a veth behind. A repeated ADD for the same (container ID,
-  interface) finds its existing record and returns the same IP.
+  interface) finds its existing record and returns the same IP. If a plugin ran before
+  us in the chain, its ``prevResult`` is carried into ours (SPEC §5).
 - DEL is best effort and repeatable (SPEC §2): the netns may be gone, the IP may be
-  released already; every piece that is still there is removed, and success is
-  returned when nothing is left.
-- CHECK compares the kernel with what ADD made and reports each difference.
+  released already, ``prevResult`` may be missing; every piece that is still there is
+  removed, and success is returned when nothing is left.
+- CHECK compares the kernel and etcd with the ``prevResult`` the runtime cached after
+  ADD, and reports each difference. It changes nothing.
 - GC (CNI 1.1) releases every IP of this network on this node whose attachment is not
-  in ``cni.dev/valid-attachments``.
+  in ``cni.dev/valid-attachments`` (or libcni's older spelling ``cni.dev/attachments``)
+  and removes the veth it left; a missing or malformed list releases nothing.
 - STATUS (CNI 1.1) is ready when the agent holds its lease and etcd answers.
+
+The pod's namespace arrives as an open file descriptor next to its path (see the
+shim): the kernel work uses ``/proc/self/fd/N``, the result and the etcd record keep
+the runtime's path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
+import queue
 import threading
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
 from minikubenet.cni import result as cni_result
-from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, ERR_NOT_AVAILABLE,
-                                  ERR_TRY_AGAIN_LATER, CniError)
-from minikubenet.ipam.allocator import Owner, PodIPAllocator, SubnetFull
+from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, ERR_INVALID_NETNS,
+                                  ERR_NOT_AVAILABLE, ERR_NOT_AVAILABLE_DEGRADED, ERR_TRY_AGAIN_LATER,
+                                  CniError)
+from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
 from minikubenet.linux import pod_interface
-from minikubenet.linux.netns import NetnsNotFound
+from minikubenet.linux.netns import NetnsNotFound, iproute_in
 from minikubenet.pod_network import BRIDGE, host_veth_name, plan_attachment
 from minikubenet.store.etcd import StoreError
 
@@ -39,6 +57,10 @@ log = logging.getLogger(__name__)
 
 ERR_CHECK_FAILED = 100   # plugin-specific codes start at 100 (SPEC "Error")
 ERR_INTERNAL = 999       # libcni's code for an error without a spec code
+
+# libcni ≥ 1.2 sends both spellings: the spec said "cni.dev/attachments" until it was
+# renamed (containernetworking/cni#1101). An attachment listed under either is valid.
+VALID_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 
 def parse_cni_args(text: str) -> dict[str, str]:
@@ -49,6 +71,42 @@ def parse_cni_args(text: str) -> dict[str, str]:
             k, _, v = part.partition("=")
             out[k.strip()] = v.strip()
     return out
+
+
+def parse_valid_attachments(config: dict) -> set[tuple[str, str]]:
+    """The (containerID, ifname) pairs a GC must keep. Raises CniError (and so releases
+    nothing) when neither key is there or an entry is not ``{"containerID", "ifname"}``.
+    ``null`` is an empty list: Go's encoder writes a nil slice that way."""
+    present = [k for k in VALID_ATTACHMENT_KEYS if k in config]
+    if not present:
+        raise CniError(ERR_INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
+                       "the runtime must list the attachments that are still valid; "
+                       "without the list nothing is released")
+    keep = set()
+    for key in present:
+        entries = config[key] if config[key] is not None else []
+        if not isinstance(entries, list):
+            raise CniError(ERR_INVALID_CONFIG, f"{key} must be a list, got {type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            if not (isinstance(entry, dict) and isinstance(entry.get("containerID"), str)
+                    and entry["containerID"] and isinstance(entry.get("ifname"), str) and entry["ifname"]):
+                raise CniError(ERR_INVALID_CONFIG, f"{key}[{i}] is not an attachment",
+                               f'expected {{"containerID": ..., "ifname": ...}}, got {entry!r}; '
+                               "nothing was released")
+            keep.add((entry["containerID"], entry["ifname"]))
+    return keep
+
+
+def ipam_routes(ipam: dict, gateway: str) -> list[cni_result.Route]:
+    """The routes an IPAM result carries: ``ipam.routes`` as configured (host-local does
+    the same), else a default route via the node's bridge address."""
+    routes = ipam.get("routes")
+    if routes is None:
+        return [cni_result.Route("0.0.0.0/0", gateway)]
+    if not isinstance(routes, list) or not all(isinstance(r, dict) and isinstance(r.get("dst"), str)
+                                               for r in routes):
+        raise CniError(ERR_INVALID_CONFIG, "ipam.routes must be a list of {\"dst\": ..., \"gw\": ...}")
+    return [cni_result.Route(r["dst"], r.get("gw", "") or "") for r in routes]
 
 
 @dataclass
@@ -62,11 +120,59 @@ class NodeState:
     store_ping: callable     # () -> None, raises StoreError
 
 
+@dataclass(frozen=True)
+class Call:
+    """One request, unpacked: who, where, and which namespace path the kernel work uses."""
+    command: str
+    mode: str               # "main" or "ipam"
+    env: dict
+    config: dict
+    kernel_netns: str | None   # /proc/self/fd/N when the shim passed the namespace, else CNI_NETNS
+
+    @property
+    def container_id(self) -> str:
+        return self.env.get("CNI_CONTAINERID", "")
+
+    @property
+    def ifname(self) -> str:
+        return self.env.get("CNI_IFNAME", "")
+
+    @property
+    def netns(self) -> str:
+        return self.env.get("CNI_NETNS", "")
+
+    @property
+    def network(self) -> str:
+        return self.config.get("name", "")
+
+
 class CniHandler:
+    IDLE_NETLINK_SOCKETS = 4   # kept open between requests; more are opened under load
+
     def __init__(self, node: NodeState):
         self.node = node
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._idle_netlink: queue.SimpleQueue = queue.SimpleQueue()
+
+    @contextlib.contextmanager
+    def _host_netlink(self):
+        """A netlink socket in the node's namespace, one request at a time. Opening one
+        costs about half a millisecond, so idle ones are kept for the next request; one
+        that saw an error is closed rather than reused."""
+        try:
+            ipr = self._idle_netlink.get_nowait()
+        except queue.Empty:
+            ipr = IPRoute()
+        try:
+            yield ipr
+        except BaseException:
+            ipr.close()
+            raise
+        if self._idle_netlink.qsize() < self.IDLE_NETLINK_SOCKETS:
+            self._idle_netlink.put(ipr)
+        else:
+            ipr.close()
 
     @contextlib.contextmanager
     def _container_lock(self, container_id: str):
@@ -77,67 +183,116 @@ class CniHandler:
         with lock:
             yield
 
-    def handle(self, request: dict) -> dict | None:
-        command = request.get("command")
+    def handle(self, request: dict, netns_fd: int | None = None) -> dict | None:
         env = request.get("env") or {}
-        config = request.get("config") or {}
+        kernel_netns = f"/proc/self/fd/{netns_fd}" if netns_fd is not None else (env.get("CNI_NETNS") or None)
+        call = Call(command=request.get("command"), mode=request.get("mode") or "main", env=env,
+                    config=request.get("config") or {}, kernel_netns=kernel_netns)
         try:
-            if command == "ADD":
-                return self.add(env, config)
-            if command == "DEL":
-                self.delete(env, config)
+            if call.mode not in ("main", "ipam"):
+                raise CniError(ERR_INVALID_CONFIG, f"unknown plugin mode {call.mode!r}")
+            if call.command == "ADD":
+                return self.add(call)
+            if call.command == "DEL":
+                self.delete(call)
                 return None
-            if command == "CHECK":
-                self.check(env, config)
+            if call.command == "CHECK":
+                self.check(call)
                 return None
-            if command == "GC":
-                self.gc(config)
+            if call.command == "GC":
+                self.gc(call)
                 return None
-            if command == "STATUS":
+            if call.command == "STATUS":
                 self.status()
                 return None
-            raise CniError(ERR_INVALID_ENVIRONMENT, f"unknown CNI_COMMAND: {command}")
+            raise CniError(ERR_INVALID_ENVIRONMENT, f"unknown CNI_COMMAND: {call.command}")
         except StoreError as e:
             raise CniError(ERR_TRY_AGAIN_LATER, "etcd unavailable", str(e)) from None
         except NetnsNotFound as e:
             raise CniError(ERR_INVALID_ENVIRONMENT, "CNI_NETNS is not usable", str(e)) from None
 
-    # -- ADD ------------------------------------------------------------------------------------
+    # -- shared pieces ----------------------------------------------------------------------------
 
-    def add(self, env: dict, config: dict) -> dict:
-        cid, ifname, netns = env["CNI_CONTAINERID"], env["CNI_IFNAME"], env["CNI_NETNS"]
-        args = parse_cni_args(env.get("CNI_ARGS", ""))
-        owner = Owner(container_id=cid, ifname=ifname, node=self.node.node_name,
-                      network=config.get("name", ""), netns=netns,
-                      pod_namespace=args.get("K8S_POD_NAMESPACE", ""), pod_name=args.get("K8S_POD_NAME", ""))
+    def _owner(self, call: Call) -> Owner:
+        args = parse_cni_args(call.env.get("CNI_ARGS", ""))
+        return Owner(container_id=call.container_id, ifname=call.ifname, node=self.node.node_name,
+                     network=call.network, netns=call.netns,
+                     pod_namespace=args.get("K8S_POD_NAMESPACE", ""), pod_name=args.get("K8S_POD_NAME", ""))
+
+    def _find(self, call: Call) -> Allocation | None:
+        """This attachment's IP on this network (a record of another network is not ours)."""
+        a = self.node.allocator.find(call.container_id, call.ifname)
+        if a is not None and a.owner.network not in ("", call.network):
+            return None
+        return a
+
+    def _refuse_own_namespace(self, call: Call) -> None:
+        """ADD into the node's own namespace would replace the node's interfaces (skel: code 8)."""
+        try:
+            pod, own = os.stat(call.kernel_netns), os.stat("/proc/self/ns/net")
+        except (OSError, TypeError):
+            return
+        if (pod.st_dev, pod.st_ino) == (own.st_dev, own.st_ino):
+            raise CniError(ERR_INVALID_NETNS, "CNI_NETNS is the node's own network namespace",
+                           f"{call.netns} is where the agent runs; a pod needs a namespace of its own")
+
+    def _allocate(self, call: Call) -> tuple[Allocation, bool]:
+        try:
+            return self.node.allocator.allocate(self._owner(call))
+        except SubnetFull as e:
+            raise CniError(ERR_TRY_AGAIN_LATER, "no free pod IP on this node", str(e)) from None
+
+    @property
+    def _gateway(self) -> ipaddress.IPv4Address:
+        return self.node.subnet.network_address + 1
+
+    # -- ADD --------------------------------------------------------------------------------------
+
+    def add(self, call: Call) -> dict:
+        if call.mode == "ipam":
+            return self._add_ipam(call)
+        self._refuse_own_namespace(call)
+        cid, ifname = call.container_id, call.ifname
         with self._container_lock(cid), contextlib.ExitStack() as undo:
-            try:
-                allocation, created = self.node.allocator.allocate(owner)
-            except SubnetFull as e:
-                raise CniError(ERR_TRY_AGAIN_LATER, "no free pod IP on this node", str(e)) from None
+            allocation, created = self._allocate(call)
             if created:
                 undo.callback(self._release_quietly, allocation)
-            plan = plan_attachment(cid, ifname, netns, allocation.ip, self.node.subnet, self.node.mtu)
-            with IPRoute() as host:
-                undo.callback(self._detach_quietly, cid, ifname, netns)
+            plan = plan_attachment(cid, ifname, call.kernel_netns, allocation.ip, self.node.subnet, self.node.mtu)
+            with self._host_netlink() as host:
+                undo.callback(self._detach_quietly, cid, ifname, call.kernel_netns)
                 try:
                     macs = pod_interface.attach(host, plan)
                 except NetnsNotFound:
                     raise
                 except Exception as e:
                     log.exception("ADD %s/%s: plumbing failed", cid, ifname)
-                    raise CniError(ERR_INTERNAL, f"could not attach {ifname} in {netns}", str(e)) from None
+                    raise CniError(ERR_INTERNAL, f"could not attach {ifname} in {call.netns}", str(e)) from None
             undo.pop_all()  # success: keep everything
-        log.info("ADD %s/%s -> %s%s", cid, ifname, allocation.ip,
-                 "" if created else " (existing allocation)")
+        log.info("ADD %s/%s -> %s%s", cid, ifname, allocation.ip, "" if created else " (existing allocation)")
         res = cni_result.Result(
             interfaces=[cni_result.Interface(BRIDGE, macs.bridge),
                         cni_result.Interface(plan.host_veth, macs.host_veth),
-                        cni_result.Interface(ifname, macs.pod, sandbox=netns, mtu=self.node.mtu)],
+                        cni_result.Interface(ifname, macs.pod, sandbox=call.netns, mtu=self.node.mtu)],
             ips=[cni_result.IPConfig(str(plan.address), str(plan.gateway), interface=2)],
             routes=[cni_result.Route("0.0.0.0/0", str(plan.gateway))],
-            dns=config.get("dns") if isinstance(config.get("dns"), dict) else {})
-        return cni_result.encode(res, config["cniVersion"])
+            dns=call.config.get("dns") if isinstance(call.config.get("dns"), dict) else {})
+        return self._with_prev_result(call, cni_result.encode(res, call.config["cniVersion"]))
+
+    def _add_ipam(self, call: Call) -> dict:
+        routes = ipam_routes(call.config["ipam"], str(self._gateway))
+        with self._container_lock(call.container_id):
+            allocation, created = self._allocate(call)
+        log.info("IPAM ADD %s/%s -> %s%s", call.container_id, call.ifname, allocation.ip,
+                 "" if created else " (existing allocation)")
+        res = cni_result.Result(
+            ips=[cni_result.IPConfig(f"{allocation.ip}/{self.node.subnet.prefixlen}", str(self._gateway))],
+            routes=routes)
+        return cni_result.encode(res, call.config["cniVersion"])
+
+    @staticmethod
+    def _with_prev_result(call: Call, ours: dict) -> dict:
+        prev = call.config.get("prevResult")
+        return cni_result.merge(prev, ours) if isinstance(prev, dict) else ours
 
     def _release_quietly(self, allocation) -> None:
         try:
@@ -145,81 +300,107 @@ class CniHandler:
         except Exception:
             log.exception("could not release %s while undoing a failed ADD", allocation.ip)
 
-    def _detach_quietly(self, cid: str, ifname: str, netns: str) -> None:
+    def _detach_quietly(self, cid: str, ifname: str, netns: str | None) -> None:
         try:
-            with IPRoute() as host:
+            with self._host_netlink() as host:
                 pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname), netns)
         except Exception:
-            log.exception("could not remove the veth of %s/%s while undoing a failed ADD", cid, ifname)
+            log.exception("could not remove the veth of %s/%s", cid, ifname)
 
-    # -- DEL ------------------------------------------------------------------------------------
+    # -- DEL --------------------------------------------------------------------------------------
 
-    def delete(self, env: dict, config: dict) -> None:
-        cid, ifname = env["CNI_CONTAINERID"], env["CNI_IFNAME"]
-        netns = env.get("CNI_NETNS") or None
+    def delete(self, call: Call) -> None:
+        """Remove what is there; ``prevResult`` is not needed (our record names the IP)."""
+        cid, ifname = call.container_id, call.ifname
         with self._container_lock(cid):
-            with IPRoute() as host:
-                pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname), netns)
-            allocation = self.node.allocator.find(cid, ifname)
+            if call.mode == "main":
+                with self._host_netlink() as host:
+                    pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname), call.kernel_netns)
+            allocation = self._find(call)
             if allocation is not None:
                 self.node.allocator.release(allocation)
-                log.info("DEL %s/%s released %s", cid, ifname, allocation.ip)
+                log.info("%sDEL %s/%s released %s", "IPAM " if call.mode == "ipam" else "", cid, ifname,
+                         allocation.ip)
             else:
                 log.info("DEL %s/%s: nothing allocated (already deleted?)", cid, ifname)
         with self._locks_guard:
             self._locks.pop(cid, None)
 
-    # -- CHECK ----------------------------------------------------------------------------------
+    # -- CHECK ------------------------------------------------------------------------------------
 
-    def check(self, env: dict, config: dict) -> None:
-        cid, ifname, netns = env["CNI_CONTAINERID"], env["CNI_IFNAME"], env["CNI_NETNS"]
+    def check(self, call: Call) -> None:
+        prev = call.config.get("prevResult")
+        if not isinstance(prev, dict):
+            raise CniError(ERR_INVALID_CONFIG, "required prevResult missing",
+                           "CHECK compares the node with the result of ADD; the runtime must pass it")
+        cid, ifname = call.container_id, call.ifname
         with self._container_lock(cid):
-            allocation = self.node.allocator.find(cid, ifname)
+            allocation = self._find(call)
             if allocation is None:
                 raise CniError(ERR_CHECK_FAILED, f"no IP allocated to {cid}/{ifname}",
                                "the etcd record of this attachment is missing")
-            prev = config.get("prevResult")
-            if isinstance(prev, dict):
-                want = {ip.address.split("/")[0] for ip in cni_result.decode(prev).ips}
-                if want and str(allocation.ip) not in want:
-                    raise CniError(ERR_CHECK_FAILED, "prevResult does not match the allocation",
-                                   f"prevResult has {sorted(want)}, etcd holds {allocation.ip}")
-            plan = plan_attachment(cid, ifname, netns, allocation.ip, self.node.subnet, self.node.mtu)
-            with IPRoute() as host:
-                problems = pod_interface.inspect(host, plan)
+            problems = self._compare_with_prev(call, prev, allocation)
+            if call.mode == "main" and not problems:
+                plan = plan_attachment(cid, ifname, call.kernel_netns, allocation.ip, self.node.subnet,
+                                       self.node.mtu)
+                with self._host_netlink() as host:
+                    problems = pod_interface.inspect(host, plan)
+                problems += self._compare_mac(call, prev)
             if problems:
                 raise CniError(ERR_CHECK_FAILED, f"{cid}/{ifname} is not as ADD left it", "; ".join(problems))
 
-    # -- GC and STATUS (CNI 1.1) --------------------------------------------------------------
+    def _compare_with_prev(self, call: Call, prev: dict, allocation: Allocation) -> list[str]:
+        sandbox = call.netns if call.mode == "main" else None
+        want = cni_result.addresses_of(prev, call.ifname if call.mode == "main" else None, sandbox)
+        if str(allocation.ip) not in want:
+            return [f"prevResult has {sorted(want) or 'no address'} for {call.ifname}, etcd holds {allocation.ip}"]
+        return []
 
-    def gc(self, config: dict) -> None:
-        valid = config.get("cni.dev/valid-attachments", config.get("cni.dev/attachments"))
-        if valid is None:
-            valid = []
-        if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
-            raise CniError(ERR_INVALID_CONFIG, "cni.dev/valid-attachments must be a list of "
-                           '{"containerID": ..., "ifname": ...} objects')
-        keep = {(a.get("containerID"), a.get("ifname")) for a in valid}
+    def _compare_mac(self, call: Call, prev: dict) -> list[str]:
+        want = cni_result.mac_of(prev, call.ifname, call.netns)
+        if not want:
+            return []
+        pod = iproute_in(call.kernel_netns)
+        try:
+            index = pod.link_lookup(ifname=call.ifname)
+            have = pod.get_links(index[0])[0].get("IFLA_ADDRESS") if index else None
+        finally:
+            pod.close()
+        return [] if have == want else [f"{call.ifname} has MAC {have}, prevResult says {want}"]
+
+    # -- GC and STATUS (CNI 1.1) ----------------------------------------------------------------
+
+    def gc(self, call: Call) -> None:
+        keep = parse_valid_attachments(call.config)
         errors = []
         for allocation in self.node.allocator.list():
             o = allocation.owner
-            if o.network != config.get("name") or (o.container_id, o.ifname) in keep:
+            if o.network != call.network or (o.container_id, o.ifname) in keep:
                 continue
             try:
-                with self._container_lock(o.container_id):
-                    with IPRoute() as host:
-                        pod_interface.detach(host, o.container_id, o.ifname,
-                                             host_veth_name(o.container_id, o.ifname), None)
-                    self.node.allocator.release(allocation)
-                log.info("GC released %s of %s/%s", allocation.ip, o.container_id, o.ifname)
+                self._collect(call.mode, allocation)
             except Exception as e:  # carry on past errors and report them at the end (SPEC GC)
                 errors.append(f"{allocation.ip}: {e}")
         if errors:
             raise CniError(ERR_INTERNAL, "GC could not release everything", "; ".join(errors))
 
+    def _collect(self, mode: str, allocation: Allocation) -> None:
+        """Release one stale attachment: its veth (ours only in main mode), then its IP."""
+        o = allocation.owner
+        with self._container_lock(o.container_id):
+            if mode == "main":
+                with self._host_netlink() as host:
+                    # the spec lets GC assume the pod's namespace is gone: the host end is enough
+                    pod_interface.detach(host, o.container_id, o.ifname,
+                                         host_veth_name(o.container_id, o.ifname), None)
+            released = self.node.allocator.release(allocation)
+        log.info("GC %s %s of %s/%s", "released" if released else "found already released", allocation.ip,
+                 o.container_id, o.ifname)
+
     def status(self) -> None:
         if not self.node.lease_healthy():
-            raise CniError(ERR_NOT_AVAILABLE, "the node has no valid subnet lease")
+            raise CniError(ERR_NOT_AVAILABLE_DEGRADED, "the node has no valid subnet lease",
+                           "other nodes may drop their routes to this node's pods")
         try:
             self.node.store_ping()
         except StoreError as e:

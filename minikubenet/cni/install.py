@@ -1,43 +1,504 @@
-"""Putting the CNI plugin binary where runtimes look for it.
+"""Installing minikubenet the way every CNI plugin is installed: binaries into a CNI bin
+dir, a conflist into a CNI conf dir.
 
-A runtime executes plugins with a bare environment, so the installed file must find
-its interpreter by itself: we write the shim with a ``#!`` line naming the real Python
-binary (not a pyenv/virtualenv wrapper: a pyenv shim costs ~110 ms per call) and the
-flags ``-I -S`` (isolated, no site-packages: the shim needs only the standard library,
-and skipping ``site`` saves start-up time).
+    minikubenet install [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
+                        [--cni-version 1.0.0] [--chain portmap,bandwidth,tuning] [--force]
+    minikubenet uninstall
+
+What a runtime (containerd, CRI-O, podman, kubelet via its runtime) finds afterwards:
+
+- ``<bin-dir>/minikubenet`` and ``<bin-dir>/minikubenet-ipam``: cni/shim.py, one file
+  each. A runtime executes them with a bare environment (no PATH, no VIRTUAL_ENV), so
+  each file carries what it needs: a ``#!`` line naming the real interpreter binary
+  with ``-I -S`` (isolated, no site-packages: the shim is stdlib-only, and a pyenv or
+  virtualenv wrapper would add ~110 ms per pod), the constants ``MODE``,
+  ``DEFAULT_AGENT_SOCKET`` and ``INVOCATION_LOG`` rewritten (``BAKED``), and next to
+  that source its bytecode, compiled at install time by that same interpreter, so a
+  pod does not pay for compiling the shim (``PLUGIN_TEMPLATE``).
+- ``<conf-dir>/10-minikubenet.conflist``: our plugin first, then the reference plugins
+  asked for with ``--chain``, each declaring the capabilities a runtime fills in
+  (``portMappings`` for portmap, ``bandwidth`` for bandwidth). Runtimes that load one
+  config (containerd, ctr) take the first file in lexical order: ``10-`` sorts early,
+  and ``install`` warns when another file sorts before ours.
+
+Ownership: ``<state-dir>/install.json`` records every file written and its sha256.
+``install`` overwrites only files it wrote and nobody changed since; any other file
+at a target path is foreign and is left alone unless ``--force``, which first saves
+it under ``<state-dir>/backup/``. Running ``install`` again with the same options
+changes nothing. ``uninstall`` removes exactly the recorded files that are still as
+written, puts back what ``--force`` replaced, and keeps (and reports) a file someone
+edited since.
+
+Planning is pure (``plan_install`` returns what would be written and why); applying it
+is a few file operations. ``--dry-run`` prints the plan.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import subprocess
 import sys
+from dataclasses import dataclass, field
 
 from minikubenet.cni import shim
 
 PLUGIN_NAME = "minikubenet"
+IPAM_PLUGIN_NAME = "minikubenet-ipam"
+DEFAULT_BIN_DIR = "/opt/cni/bin"
+DEFAULT_CONF_DIR = "/etc/cni/net.d"
+DEFAULT_CONF_NAME = "10-minikubenet.conflist"
+DEFAULT_STATE_DIR = "/var/lib/minikubenet"
+DEFAULT_NETWORK = "minikubenet"
+DEFAULT_CNI_VERSION = "1.0.0"
+REFERENCE_PLUGIN_DIRS = ("/usr/lib/cni",)   # Debian's containernetworking-plugins
+MANIFEST = "install.json"
+MAX_SHEBANG = 255                            # Linux reads at most 256 bytes of a #! line
 
+# The chained reference plugins we know how to configure, with the capabilities a
+# runtime should fill in for them (CONVENTIONS.md "Well-known capabilities").
+CHAINABLE = {
+    "portmap": {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+    "bandwidth": {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+    "tuning": {"type": "tuning"},
+}
+
+# Constants of shim.py that the installed copy gets rewritten (see the shim's header).
+BAKED = ("MODE", "DEFAULT_AGENT_SOCKET", "INVOCATION_LOG")
+
+
+class InstallError(Exception):
+    pass
+
+
+# -- what to write ---------------------------------------------------------------------------------
 
 def base_interpreter() -> str:
     """The real interpreter binary behind this (possibly virtual) environment."""
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
-def render_plugin(interpreter: str | None = None) -> str:
+def baked_source(mode: str = "main", agent_socket: str = shim.DEFAULT_AGENT_SOCKET,
+                 invocation_log: str = "") -> str:
+    """shim.py without its ``#!`` line, with the ``BAKED`` constants set."""
     with open(shim.__file__) as f:
         body = f.read()
-    lines = body.split("\n", 1)
-    if lines[0].startswith("#!"):
-        body = lines[1]
-    return f"#!{interpreter or base_interpreter()} -IS\n{body}"
+    if body.startswith("#!"):
+        body = body.split("\n", 1)[1]
+    values = {"MODE": mode, "DEFAULT_AGENT_SOCKET": agent_socket, "INVOCATION_LOG": invocation_log}
+    for name in BAKED:
+        body, n = re.subn(rf"^{name} = .*$", lambda _m, n=name: f"{n} = {values[n]!r}", body,
+                          count=1, flags=re.M)
+        if n != 1:
+            raise InstallError(f"cannot bake {name} into the plugin: shim.py has no `{name} = ...` line")
+    return body
 
 
-def install_plugin_binary(bin_dir: str, name: str = PLUGIN_NAME) -> str:
-    """Write the plugin into ``bin_dir`` atomically; returns its path."""
-    os.makedirs(bin_dir, exist_ok=True)
-    path = os.path.join(bin_dir, name)
+# Run by the target interpreter: bytecode belongs to one Python minor version.
+_COMPILE = ("import marshal, sys\nfrom importlib.util import MAGIC_NUMBER\n"
+            "code = compile(sys.stdin.read(), sys.argv[1], 'exec')\n"
+            "sys.stdout.buffer.write(MAGIC_NUMBER + marshal.dumps(code))\n")
+
+
+def compile_with(interpreter: str, source: str, filename: str) -> tuple[bytes, bytes]:
+    """(magic number, marshalled code object) of ``source``, made by ``interpreter``."""
+    try:
+        p = subprocess.run([interpreter, "-I", "-S", "-c", _COMPILE, filename], input=source.encode(),
+                           capture_output=True, timeout=60)
+    except OSError as e:
+        raise InstallError(f"cannot run the interpreter {interpreter}: {e.strerror or e}") from None
+    if p.returncode != 0 or len(p.stdout) < 5:
+        raise InstallError(f"{interpreter} could not compile the plugin: {p.stderr.decode(errors='replace')[-300:]}")
+    return p.stdout[:4], p.stdout[4:]
+
+
+PLUGIN_TEMPLATE = """#!{interpreter} -IS
+# The minikubenet CNI plugin ({mode} mode), written by `minikubenet install`. Its readable
+# source is minikubenet/cni/shim.py; _SOURCE is that file with this installation's
+# settings baked in, _BYTECODE the same compiled by the interpreter named above (which
+# saves compiling it again on every call: ~2 ms of the ~10 ms a call costs). The source
+# is compiled instead when the interpreter's bytecode format (its magic number) differs.
+import marshal, sys
+_MAGIC = {magic!r}
+_SOURCE = {source!r}
+_BYTECODE = {code!r}
+exec(marshal.loads(_BYTECODE)
+     if getattr(sys.modules.get("_frozen_importlib_external"), "MAGIC_NUMBER", None) == _MAGIC
+     else compile(_SOURCE, __file__, "exec"))
+"""
+
+
+def render_plugin(interpreter: str | None = None, mode: str = "main",
+                  agent_socket: str = shim.DEFAULT_AGENT_SOCKET, invocation_log: str = "",
+                  filename: str = PLUGIN_NAME) -> str:
+    """The installed plugin: a ``#!`` line naming the real interpreter, then the baked
+    shim as source and as that interpreter's bytecode."""
+    interpreter = interpreter or base_interpreter()
+    if len(interpreter) + 6 > MAX_SHEBANG or any(c.isspace() for c in interpreter):
+        raise InstallError(f"interpreter path {interpreter!r} cannot go on a #! line "
+                           "(too long, or it contains whitespace)")
+    source = baked_source(mode, agent_socket, invocation_log)
+    magic, code = compile_with(interpreter, source, filename)
+    return PLUGIN_TEMPLATE.format(interpreter=interpreter, mode=mode, magic=magic, source=source, code=code)
+
+
+def render_conflist(network: str = DEFAULT_NETWORK, cni_version: str = DEFAULT_CNI_VERSION,
+                    agent_socket: str = shim.DEFAULT_AGENT_SOCKET, chain: tuple[str, ...] = (),
+                    sysctls: dict[str, str] | None = None) -> dict:
+    plugins = [{"type": PLUGIN_NAME, "agentSocket": agent_socket}]
+    for name in chain:
+        conf = json.loads(json.dumps(CHAINABLE[name]))
+        if name == "tuning" and sysctls:
+            conf["sysctl"] = dict(sysctls)
+        plugins.append(conf)
+    return {"cniVersion": cni_version, "name": network, "plugins": plugins}
+
+
+@dataclass(frozen=True)
+class Options:
+    bin_dir: str = DEFAULT_BIN_DIR
+    conf_dir: str = DEFAULT_CONF_DIR
+    conf_name: str = DEFAULT_CONF_NAME
+    state_dir: str = DEFAULT_STATE_DIR
+    network: str = DEFAULT_NETWORK
+    cni_version: str = DEFAULT_CNI_VERSION
+    agent_socket: str = shim.DEFAULT_AGENT_SOCKET
+    chain: tuple[str, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    interpreter: str | None = None
+    invocation_log: str = ""
+    plugin_dirs: tuple[str, ...] = REFERENCE_PLUGIN_DIRS
+
+    def validate(self) -> None:
+        if self.cni_version not in shim.SUPPORTED_VERSIONS:
+            raise InstallError(f"cniVersion {self.cni_version} is not one of {', '.join(shim.SUPPORTED_VERSIONS)}")
+        if not shim.valid_name(self.network):
+            raise InstallError(f"network name {self.network!r}: a letter or digit first, then letters, "
+                               "digits, '_', '.' or '-'")
+        for path, what in ((self.agent_socket, "--agent-socket"), (self.bin_dir, "--bin-dir"),
+                           (self.conf_dir, "--conf-dir"), (self.state_dir, "--state-dir")):
+            if not os.path.isabs(path):
+                raise InstallError(f"{what} must be an absolute path, got {path!r}")
+        if "/" in self.conf_name or not self.conf_name.endswith((".conflist", ".conf", ".json")):
+            raise InstallError(f"--conf-name {self.conf_name!r}: a file name ending in .conflist")
+        unknown = [c for c in self.chain if c not in CHAINABLE]
+        if unknown:
+            raise InstallError(f"cannot chain {', '.join(unknown)}: one of {', '.join(CHAINABLE)}")
+        if self.sysctls and "tuning" not in self.chain:
+            raise InstallError("--sysctl needs the tuning plugin in the chain (--chain tuning)")
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One file to write. ``action``: create, update (ours, changed options), unchanged,
+    foreign (someone else's: refused), or replace (someone else's, with --force)."""
+    path: str
+    content: bytes
+    mode: int
+    action: str
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def desired_files(opts: Options) -> list[tuple[str, bytes, int]]:
+    files = []
+    for name, mode in ((PLUGIN_NAME, "main"), (IPAM_PLUGIN_NAME, "ipam")):
+        path = os.path.join(opts.bin_dir, name)
+        text = render_plugin(opts.interpreter, mode, opts.agent_socket, opts.invocation_log, filename=path)
+        files.append((path, text.encode(), 0o755))
+    conf = render_conflist(opts.network, opts.cni_version, opts.agent_socket, opts.chain, dict(opts.sysctls))
+    files.append((os.path.join(opts.conf_dir, opts.conf_name), (json.dumps(conf, indent=2) + "\n").encode(), 0o644))
+    return files
+
+
+def classify(path: str, content: bytes, manifest: dict, force: bool) -> str:
+    current = _read(path)
+    if current is None:
+        return "create"
+    if current == content:
+        return "unchanged"
+    recorded = manifest.get("files", {}).get(path)
+    if recorded and recorded["sha256"] == sha256(current):
+        return "update"
+    return "replace" if force else "foreign"
+
+
+def plan_install(opts: Options, manifest: dict, force: bool = False) -> list[Planned]:
+    opts.validate()
+    return [Planned(path, content, mode, classify(path, content, manifest, force))
+            for path, content, mode in desired_files(opts)]
+
+
+# -- checks that look around ------------------------------------------------------------------------
+
+def find_plugin(name: str, dirs: tuple[str, ...]) -> str | None:
+    for d in dirs:
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def plugin_versions(path: str) -> list[str]:
+    """Ask a plugin which cniVersions it speaks (the VERSION verb, as libcni does)."""
+    p = subprocess.run([path], input=b'{"cniVersion": "0.4.0"}', env={"CNI_COMMAND": "VERSION"},
+                       capture_output=True, timeout=10)
+    try:
+        return list(json.loads(p.stdout).get("supportedVersions", []))
+    except (ValueError, AttributeError):
+        return []
+
+
+def chain_problems(opts: Options) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about the chained plugins: missing, or not speaking our cniVersion."""
+    errors, warnings = [], []
+    for name in opts.chain:
+        path = find_plugin(name, (opts.bin_dir,) + tuple(opts.plugin_dirs))
+        if path is None:
+            warnings.append(f"chained plugin {name!r} is not in {opts.bin_dir} (or {', '.join(opts.plugin_dirs)}): "
+                            "install it before pods start")
+            continue
+        versions = plugin_versions(path)
+        if opts.cni_version not in versions:
+            errors.append(f"{path} speaks cniVersion {', '.join(versions) or '?'}, not {opts.cni_version}: "
+                          "every plugin in a chain must accept the conflist's cniVersion")
+    return errors, warnings
+
+
+def earlier_configs(opts: Options) -> list[str]:
+    """Config files a one-config runtime would load instead of ours (lexically first)."""
+    try:
+        names = os.listdir(opts.conf_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.endswith((".conf", ".conflist", ".json")) and n < opts.conf_name)
+
+
+# -- the manifest ---------------------------------------------------------------------------------------
+
+def manifest_path(state_dir: str) -> str:
+    return os.path.join(state_dir, MANIFEST)
+
+
+def load_manifest(state_dir: str) -> dict:
+    raw = _read(manifest_path(state_dir))
+    if raw is None:
+        return {"files": {}}
+    try:
+        doc = json.loads(raw)
+        if isinstance(doc.get("files"), dict):
+            return doc
+    except (ValueError, AttributeError):
+        pass
+    raise InstallError(f"{manifest_path(state_dir)} is not a minikubenet install manifest")
+
+
+def _write_atomic(path: str, data: bytes, mode: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(render_plugin())
-    os.chmod(tmp, 0o755)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def save_manifest(state_dir: str, manifest: dict) -> None:
+    _write_atomic(manifest_path(state_dir), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), 0o600)
+
+
+def _backup_path(state_dir: str, path: str) -> str:
+    return os.path.join(state_dir, "backup", sha256(path.encode())[:16] + "-" + os.path.basename(path))
+
+
+# -- install and uninstall ---------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    ok: bool = True
+
+
+def install(opts: Options, force: bool = False, dry_run: bool = False) -> Report:
+    manifest = load_manifest(opts.state_dir)
+    plan = plan_install(opts, manifest, force)
+    errors, warnings = chain_problems(opts)
+    report = Report(warnings=warnings)
+    foreign = [p.path for p in plan if p.action == "foreign"]
+    if foreign:
+        errors.append("not ours, left alone (pass --force to replace; the original is kept for uninstall): "
+                      + ", ".join(foreign))
+    if errors and not force:
+        raise InstallError("; ".join(errors))
+    report.warnings += [f"{name} in {opts.conf_dir} sorts before {opts.conf_name}: runtimes that load only "
+                        "the first config (containerd, ctr) will use it, not minikubenet"
+                        for name in earlier_configs(opts)]
+    for p in plan:
+        report.lines.append(f"{p.action:<9} {p.path}")
+        if dry_run or p.action == "unchanged":
+            if not dry_run:
+                _remember(manifest, p)
+            continue
+        if p.action == "replace":
+            backup = _backup_path(opts.state_dir, p.path)
+            _write_atomic(backup, _read(p.path), 0o600)
+            entry = manifest["files"].setdefault(p.path, {})
+            entry["backup"], entry["backup_mode"] = backup, os.stat(p.path).st_mode & 0o7777
+        _write_atomic(p.path, p.content, p.mode)
+        _remember(manifest, p)
+    if not dry_run:
+        manifest["options"] = {"bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir, "network": opts.network,
+                               "cni_version": opts.cni_version, "chain": list(opts.chain),
+                               "agent_socket": opts.agent_socket}
+        save_manifest(opts.state_dir, manifest)
+    return report
+
+
+def _remember(manifest: dict, p: Planned) -> None:
+    entry = manifest["files"].setdefault(p.path, {})
+    entry["sha256"] = sha256(p.content)
+
+
+def uninstall(state_dir: str = DEFAULT_STATE_DIR, force: bool = False, dry_run: bool = False) -> Report:
+    manifest = load_manifest(state_dir)
+    report = Report()
+    if not manifest["files"]:
+        report.lines.append(f"nothing recorded in {manifest_path(state_dir)}: nothing to remove")
+        return report
+    kept = {}
+    for path, entry in sorted(manifest["files"].items()):
+        current = _read(path)
+        if current is not None and sha256(current) != entry["sha256"] and not force:
+            report.lines.append(f"kept      {path} (changed since install; --force removes it)")
+            kept[path] = entry
+            report.ok = False
+            continue
+        backup = entry.get("backup")
+        if backup and _read(backup) is not None:
+            report.lines.append(f"restored  {path} (the file install --force replaced)")
+            if not dry_run:
+                _write_atomic(path, _read(backup), entry.get("backup_mode", 0o644))
+                os.unlink(backup)
+        elif current is None:
+            report.lines.append(f"gone      {path} (already removed)")
+        else:
+            report.lines.append(f"removed   {path}")
+            if not dry_run:
+                os.unlink(path)
+    if dry_run:
+        return report
+    if kept:
+        save_manifest(state_dir, {"files": kept})
+    else:
+        os.unlink(manifest_path(state_dir))
+        for d in (os.path.join(state_dir, "backup"), state_dir):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+    return report
+
+
+def install_plugin_binary(bin_dir: str, name: str = PLUGIN_NAME, mode: str = "main") -> str:
+    """Write one plugin into ``bin_dir`` atomically, unrecorded (the lab's own scratch
+    bin dir); returns its path."""
+    path = os.path.join(bin_dir, name)
+    _write_atomic(path, render_plugin(mode=mode, filename=path).encode(), 0o755)
     return path
+
+
+# -- the command line -----------------------------------------------------------------------------------
+
+def _chain_list(values: list[str] | None) -> tuple[str, ...]:
+    out = []
+    for v in values or []:
+        out += [c.strip() for c in v.split(",") if c.strip()]
+    return tuple(dict.fromkeys(out))
+
+
+def _sysctl_pairs(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for v in values or []:
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise InstallError(f"--sysctl {v!r}: expected KEY=VALUE, e.g. net.core.somaxconn=1024")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def options_from_args(args) -> Options:
+    return Options(bin_dir=args.bin_dir, conf_dir=args.conf_dir, conf_name=args.conf_name,
+                   state_dir=args.state_dir, network=args.network, cni_version=args.cni_version,
+                   agent_socket=args.agent_socket, chain=_chain_list(args.chain), sysctls=_sysctl_pairs(args.sysctl),
+                   interpreter=args.python, invocation_log=args.log_invocations or "",
+                   plugin_dirs=tuple(args.plugin_dir or REFERENCE_PLUGIN_DIRS))
+
+
+def _print_report(report: Report) -> None:
+    for line in report.lines:
+        print(line)
+    for w in report.warnings:
+        print(f"minikubenet: warning: {w}", file=sys.stderr)
+
+
+def cmd_install(args) -> int:
+    from minikubenet.cli import CliError
+    try:
+        report = install(options_from_args(args), force=args.force, dry_run=args.dry_run)
+    except (InstallError, OSError) as e:
+        raise CliError(f"install: {e}") from None
+    _print_report(report)
+    return 0
+
+
+def cmd_uninstall(args) -> int:
+    from minikubenet.cli import CliError
+    try:
+        report = uninstall(args.state_dir, force=args.force, dry_run=args.dry_run)
+    except (InstallError, OSError) as e:
+        raise CliError(f"uninstall: {e}") from None
+    _print_report(report)
+    return 0 if report.ok else 1
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("install", help="put the CNI plugins and a conflist where runtimes look",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--bin-dir", default=DEFAULT_BIN_DIR, help=f"CNI bin dir (default {DEFAULT_BIN_DIR})")
+    p.add_argument("--conf-dir", default=DEFAULT_CONF_DIR, help=f"CNI conf dir (default {DEFAULT_CONF_DIR})")
+    p.add_argument("--conf-name", default=DEFAULT_CONF_NAME, help=f"(default {DEFAULT_CONF_NAME})")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                   help=f"where the record of installed files lives (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--network", default=DEFAULT_NETWORK, help="the conflist's network name")
+    p.add_argument("--cni-version", default=DEFAULT_CNI_VERSION, choices=shim.SUPPORTED_VERSIONS)
+    p.add_argument("--agent-socket", default=shim.DEFAULT_AGENT_SOCKET,
+                   help="the node agent's socket, written into the conflist and the binaries")
+    p.add_argument("--chain", action="append", metavar="PLUGIN[,PLUGIN]",
+                   help=f"reference plugins to run after ours, in order: {', '.join(CHAINABLE)}")
+    p.add_argument("--sysctl", action="append", metavar="KEY=VALUE", help="for the tuning plugin")
+    p.add_argument("--python", help="interpreter for the #! line (default: the real one behind this venv)")
+    p.add_argument("--plugin-dir", action="append",
+                   help="where else to look for chained plugins (default /usr/lib/cni)")
+    p.add_argument("--log-invocations", metavar="FILE",
+                   help="debug aid: the plugins append one JSON line per call (what the runtime sent)")
+    p.add_argument("--force", action="store_true", help="replace foreign files (kept for uninstall)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be done")
+    p.set_defaults(func=cmd_install)
+
+    u = subparsers.add_parser("uninstall", help="remove exactly what `install` wrote")
+    u.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    u.add_argument("--force", action="store_true", help="also remove files changed since install")
+    u.add_argument("--dry-run", action="store_true")
+    u.set_defaults(func=cmd_uninstall)

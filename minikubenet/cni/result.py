@@ -10,6 +10,11 @@ for (CNI SPEC.md §5 "Success"; libcni converts results the same way):
 ``ips[].interface`` is an index into ``interfaces[]``. Like the reference ``bridge``
 plugin we list ``[bridge, host veth, pod interface]``, so the pod's IP points at index 2.
 Empty fields are omitted, as Go's ``omitempty`` tags do.
+
+An IPAM plugin returns the abbreviated form: no ``interfaces``, no ``ips[].interface``
+(the main plugin fills those in). A plugin later in a chain receives the result so far
+as ``prevResult`` and must output it with its own additions (``merge``); CHECK reads
+the cached result back (``addresses_of``, ``mac_of``).
 """
 
 from __future__ import annotations
@@ -98,3 +103,59 @@ def decode(doc: dict) -> Result:
         res.routes.append(Route(dst=r.get("dst", ""), gw=r.get("gw", "")))
     res.dns = dict(doc.get("dns") or {})
     return res
+
+
+# -- reading and extending results of other plugins (prevResult) -----------------------------------
+
+def merge(prev: dict, ours: dict) -> dict:
+    """``prevResult`` with our interfaces, IPs and routes appended (SPEC §5: a plugin that
+    receives a prevResult outputs it, plus its own changes). Our ``ips[].interface``
+    indexes shift by the number of interfaces already there; the previous plugin's
+    fields stay exactly as they were, unknown ones included."""
+    out = dict(prev)
+    out["cniVersion"] = ours["cniVersion"]
+    offset = len(prev.get("interfaces") or [])
+    if ours.get("interfaces"):
+        out["interfaces"] = list(prev.get("interfaces") or []) + ours["interfaces"]
+    ips = []
+    for ip in ours.get("ips") or []:
+        ip = dict(ip)
+        if "interface" in ip:
+            ip["interface"] += offset
+        ips.append(ip)
+    if ips:
+        out["ips"] = list(prev.get("ips") or []) + ips
+    if ours.get("routes"):
+        out["routes"] = list(prev.get("routes") or []) + ours["routes"]
+    if not out.get("dns") and ours.get("dns"):
+        out["dns"] = ours["dns"]
+    return out
+
+
+def _interface_indexes(doc: dict, ifname: str | None, sandbox: str | None) -> set[int] | None:
+    """Indexes of the interfaces named ``ifname`` (inside ``sandbox`` if given); None = any."""
+    if ifname is None:
+        return None
+    return {i for i, iface in enumerate(doc.get("interfaces") or [])
+            if isinstance(iface, dict) and iface.get("name") == ifname
+            and (sandbox is None or iface.get("sandbox") == sandbox)}
+
+
+def addresses_of(doc: dict, ifname: str | None = None, sandbox: str | None = None) -> set[str]:
+    """The IPs (without prefix) a result gives to interface ``ifname`` in ``sandbox``. With
+    no ifname, or for an entry without an interface index (an IPAM result), all of them."""
+    wanted = _interface_indexes(doc, ifname, sandbox)
+    out = set()
+    for ip in doc.get("ips") or []:
+        if not isinstance(ip, dict) or not isinstance(ip.get("address"), str):
+            continue
+        index = ip.get("interface")
+        if wanted is None or index is None or index in wanted:
+            out.add(ip["address"].split("/")[0])
+    return out
+
+
+def mac_of(doc: dict, ifname: str, sandbox: str) -> str:
+    """The MAC a result records for interface ``ifname`` in ``sandbox`` ("" if none)."""
+    indexes = sorted(_interface_indexes(doc, ifname, sandbox) or ())
+    return (doc["interfaces"][indexes[0]].get("mac") or "").lower() if indexes else ""

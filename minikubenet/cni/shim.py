@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The CNI plugin binary ``minikubenet``: a thin, stdlib-only shim in front of the node agent.
+"""The CNI plugin binaries ``minikubenet`` and ``minikubenet-ipam``: a thin, stdlib-only
+shim in front of the node agent.
 
 A container runtime runs this file for every pod: the verb and the pod's identity in
 ``CNI_*`` environment variables, the network config as JSON on stdin, the result as
@@ -8,31 +9,104 @@ in ``minikubenet-agent``, which keeps those connections warm; importing pyroute2
 etcd client here would cost 100-200 ms per pod. So this file only:
 
 1. answers VERSION itself;
-2. checks what it can check without the agent (environment, JSON, cniVersion), with
-   the spec's error codes, exactly as the Go ``skel`` package does;
+2. checks what it can check without the agent (environment, JSON, cniVersion, fields
+   it cannot honour), with the spec's error codes, exactly as the Go ``skel`` does;
 3. forwards the request over the agent's root-only unix socket and prints the answer.
 
+The same file is two plugins (``MODE``):
+
+- ``main``: the interface plugin. The agent allocates the IP *and* plumbs the veth.
+- ``ipam``: an IPAM plugin that another main plugin (the reference ``bridge``, say)
+  delegates to (SPEC §4). The agent only allocates from the same etcd records and
+  returns the abbreviated result: ``ips`` with a gateway and ``routes``, no interfaces.
+  Its settings live in the main plugin's ``ipam`` section.
+
 Wire format to the agent (one request per connection): the shim sends one JSON object
-``{"command", "env", "config"}`` and half-closes; the agent answers one JSON object,
-either ``{"result": <result already encoded for the requested cniVersion>}`` or
-``{"error": {"code", "msg", "details"}}``.
+``{"command", "mode", "env", "config", "netnsFd"}`` and half-closes; the agent answers
+one JSON object, either ``{"result": <result already encoded for the requested
+cniVersion>}`` or ``{"error": {"code", "msg", "details"}}``.
+
+The pod's namespace travels as an open file descriptor (SCM_RIGHTS) next to its path:
+the agent then works on exactly the namespace the runtime meant even when the path
+only exists in the runtime's mount namespace (containerd and podman mount
+``/run/netns/...`` files there), and a namespace cannot vanish between here and there.
 
 Errors go to stdout as the spec's error JSON (libcni reads stdout first,
 pkg/invoke/raw_exec.go), with a non-zero exit. Logs, if any, go to stderr.
 
-It must stay stdlib-only and import-light: it runs under ``python3 -I -S``.
+Start-up time is the plugin's main cost (a runtime pays it for every pod), so this
+file must stay stdlib-only and import-light: it runs under ``python3 -I -S`` and
+imports only modules written in C. ``import json`` alone pulls in ``re``, ``enum`` and
+``functools`` (about 5 ms, and ``socket`` another 3 ms, against 6 ms for the whole
+interpreter start), so the shim talks to the C halves directly: ``_json`` (the
+scanner and encoder the json package wraps) and ``_socket``.
 """
 
-import json
 import os
-import re
-import socket
 import sys
+import time
+
+import _json
+import _socket
+
+
+# -- JSON with the C accelerator only (what json.loads/json.dumps do underneath) ---------------------
+
+class _DecoderSettings:
+    """The attributes _json.make_scanner reads from a json.JSONDecoder, at their defaults."""
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+_scan = _json.make_scanner(_DecoderSettings())
+
+
+def _unencodable(obj):
+    raise TypeError("%s is not JSON serializable" % type(obj).__name__)
+
+
+# markers, default, string encoder, indent, key sep, item sep, sort_keys, skipkeys, allow_nan
+_encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, None, ": ", ", ",
+                             False, False, True)
+
+
+def json_loads(data):
+    """json.loads for bytes or str. Raises ValueError (json.JSONDecodeError) if malformed."""
+    text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    text = text.strip(" \t\n\r")
+    try:
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError, SystemError):
+        # The C scanner describes a syntax error with json.decoder.JSONDecodeError, which
+        # it only finds if the json package is loaded: without it, it fails with a
+        # SystemError. Bad input is rare, so let the json package parse it again and say
+        # where it is wrong (its 5 ms are paid only here).
+        pass
+    import json
+    return json.loads(text)
+
+
+def json_dumps(value):
+    """json.dumps with its default settings: the same text, byte for byte."""
+    return "".join(_encode(value, 0))
 
 SUPPORTED_VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION = "1.1.0"
-DEFAULT_AGENT_SOCKET = "/run/minikubenet/agent.sock"
 AGENT_TIMEOUT_S = 120.0
+CONNECT_PATIENCE_S = 10.0
+
+# `minikubenet install` rewrites these three lines in the copy it installs
+# (install.py, ``BAKED``): a runtime calls plugins with a bare environment, so what
+# the installed binary must know is written into it.
+MODE = "main"                                       # "main" or "ipam"
+DEFAULT_AGENT_SOCKET = "/run/minikubenet/agent.sock"
+INVOCATION_LOG = ""                                 # a file: one JSON line per call (debug aid)
 
 # Error codes, CNI SPEC.md "Error" section.
 ERR_INCOMPATIBLE_VERSION = 1
@@ -42,8 +116,10 @@ ERR_INVALID_ENVIRONMENT = 4
 ERR_IO = 5
 ERR_DECODE = 6
 ERR_INVALID_CONFIG = 7
+ERR_INVALID_NETNS = 8          # libcni's ErrInvalidNetNS (not in the spec's table)
 ERR_TRY_AGAIN_LATER = 11
 ERR_NOT_AVAILABLE = 50
+ERR_NOT_AVAILABLE_DEGRADED = 51
 
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
@@ -60,9 +136,7 @@ REQUIRED_ENV = {
 # CHECK arrived in 0.4.0, GC and STATUS in 1.1.0 (skel refuses them for older configs).
 MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-# \Z, not $: "$" would also accept a trailing newline.
-CONTAINER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")  # SPEC.md §2, CNI_CONTAINERID
-NETWORK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")  # SPEC.md §1, "name"
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 class CniError(Exception):
@@ -83,6 +157,12 @@ class CniError(Exception):
 
 def version_tuple(v):
     return tuple(int(p) for p in v.split("."))
+
+
+def valid_name(s):
+    """SPEC §1/§2 for a network name and CNI_CONTAINERID: a letter or digit first, then
+    letters, digits, '_', '.' or '-' (ASCII only)."""
+    return isinstance(s, str) and s != "" and s[0] not in "_.-" and all(c in _NAME_CHARS for c in s)
 
 
 def check_version(config, command):
@@ -107,22 +187,38 @@ def check_env(command, env):
     if missing:
         raise CniError(ERR_INVALID_ENVIRONMENT, "required env variables [%s] missing" % ",".join(missing))
     cid = env.get("CNI_CONTAINERID", "")
-    if cid and not CONTAINER_ID_RE.match(cid):
+    if cid and not valid_name(cid):
         raise CniError(ERR_INVALID_ENVIRONMENT, "invalid CNI_CONTAINERID %r" % cid,
                        "it must start with a letter or digit, then letters, digits, '_', '.' or '-'")
     ifname = env.get("CNI_IFNAME", "")
     if ifname and (len(ifname) > 15 or ifname in (".", "..") or any(c in ifname for c in "/: \t\n")):
         raise CniError(ERR_INVALID_ENVIRONMENT, "invalid CNI_IFNAME %r" % ifname,
                        "an interface name has at most 15 characters and no '/', ':' or whitespace")
+
+
+def open_netns(command, env, keep=True):
+    """An fd of the pod's network namespace for the agent, or None (DEL: it may be gone).
+    An IPAM plugin touches no namespace: it only checks that the path exists."""
     netns = env.get("CNI_NETNS", "")
-    if command in ("ADD", "CHECK") and not os.path.exists(netns):
-        raise CniError(ERR_INVALID_ENVIRONMENT, "CNI_NETNS %s does not exist" % netns,
-                       "the runtime must create the network namespace before calling the plugin")
+    if not netns:
+        return None
+    try:
+        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        if command in ("ADD", "CHECK"):
+            raise CniError(ERR_INVALID_ENVIRONMENT, "CNI_NETNS %s does not exist" % netns,
+                           "%s; the runtime must create the network namespace before calling the plugin"
+                           % (e.strerror or e))
+        return None
+    if keep:
+        return fd
+    os.close(fd)
+    return None
 
 
 def parse_config(raw):
     try:
-        config = json.loads(raw)
+        config = json_loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise CniError(ERR_DECODE, "failed to decode network config", str(e))
     if not isinstance(config, dict):
@@ -130,53 +226,135 @@ def parse_config(raw):
     return config
 
 
-def check_config(config):
+def check_config(config, mode):
+    """Validate what we use; return the agent's socket path. Unknown keys pass (SPEC §1)."""
     name = config.get("name")
     if not name:
         raise CniError(ERR_INVALID_CONFIG, "missing network name")
-    if not isinstance(name, str) or not NETWORK_NAME_RE.match(name):
+    if not valid_name(name):
         raise CniError(ERR_INVALID_CONFIG, "invalid network name %r" % (name,),
                        "it must start with a letter or digit, then letters, digits, '_', '.' or '-'")
-    sock = config.get("agentSocket", DEFAULT_AGENT_SOCKET)
+    ipam = config.get("ipam")
+    if mode == "main" and ipam:
+        # A well-known field we cannot honour: the agent allocates pod IPs itself.
+        raise CniError(ERR_UNSUPPORTED_FIELD, "unsupported field ipam=%s" % json_dumps(ipam),
+                       "minikubenet allocates pod IPs itself and does not delegate to an IPAM plugin; "
+                       "remove the ipam section (other main plugins can use minikubenet-ipam)")
+    if mode == "ipam" and not isinstance(ipam, dict):
+        raise CniError(ERR_INVALID_CONFIG, "missing ipam section",
+                       "minikubenet-ipam reads its settings from the main plugin's \"ipam\" object")
+    sock = (ipam or {}).get("agentSocket") if mode == "ipam" else None
+    if sock is None:
+        sock = config.get("agentSocket", DEFAULT_AGENT_SOCKET)
     if not isinstance(sock, str) or not sock.startswith("/"):
         raise CniError(ERR_INVALID_CONFIG, "agentSocket must be an absolute path, got %r" % (sock,))
     return sock
 
 
-def ask_agent(sock_path, request):
-    """One request, one answer. Any failure to reach the agent is 'try again later'."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def connect(s, sock_path, patience_s=CONNECT_PATIENCE_S):
+    """Connect, waiting a little while the agent's listen queue is full: with a timeout
+    set, a unix-socket connect fails at once with EAGAIN when many pods start together."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return s.connect(sock_path)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def ask_agent(sock_path, request, netns_fd=None, unreachable_code=ERR_TRY_AGAIN_LATER):
+    """One request, one answer. Any failure to reach the agent is 'try again later'
+    (for STATUS: 'not available', the spec's code for exactly that)."""
+    data = json_dumps(request).encode()
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(AGENT_TIMEOUT_S)
+    chunks = []
     try:
         try:
-            s.connect(sock_path)
-            s.sendall(json.dumps(request).encode())
-            s.shutdown(socket.SHUT_WR)
-            chunks = []
+            connect(s, sock_path)
+            if netns_fd is None:
+                s.sendall(data)
+            else:   # the first byte carries the namespace fd (SCM_RIGHTS)
+                s.sendmsg([data[:1]], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                        netns_fd.to_bytes(4, sys.byteorder))])
+                s.sendall(data[1:])
+            s.shutdown(_socket.SHUT_WR)
             while True:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
         except OSError as e:
-            raise CniError(ERR_TRY_AGAIN_LATER, "minikubenet agent unreachable",
+            raise CniError(unreachable_code, "minikubenet agent unreachable",
                            "%s: %s (is minikubenet-agent running on this node?)" % (sock_path, e.strerror or e))
     finally:
         s.close()
     try:
-        answer = json.loads(b"".join(chunks))
+        answer = json_loads(b"".join(chunks))
     except ValueError:
         answer = None
-    if not isinstance(answer, dict) or not isinstance(answer.get("error", {}), dict):
-        raise CniError(ERR_TRY_AGAIN_LATER, "minikubenet agent gave no usable answer",
-                       "%s closed the connection without a reply object" % sock_path)
+    if not isinstance(answer, dict):
+        raise CniError(unreachable_code, "minikubenet agent gave no answer",
+                       "%s closed the connection without a reply" % sock_path)
     return answer
+
+
+def log_invocation(env, command, config, code, started):
+    """Append one JSON line about this call to INVOCATION_LOG (what runtimes really send)."""
+    if not INVOCATION_LOG:
+        return
+    line = {"time": round(time.time(), 3), "ms": round((time.monotonic() - started) * 1000, 1),
+            "mode": MODE, "command": command, "exit": code,
+            "env": {k: v for k, v in env.items() if k.startswith("CNI_")},
+            "cniVersion": config.get("cniVersion") if isinstance(config, dict) else None,
+            "prevResult": isinstance(config, dict) and "prevResult" in config,
+            "runtimeConfig": config.get("runtimeConfig") if isinstance(config, dict) else None}
+    try:
+        fd = os.open(INVOCATION_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (json_dumps(line) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass   # a debug aid must never fail a pod
+
+
+def handle(env, stdin, stdout, command, seen):
+    """Everything after VERSION: read, check, forward, print. ``seen["config"]`` keeps
+    the parsed config for the error's cniVersion and the invocation log."""
+    try:
+        raw = stdin.read()
+    except OSError as e:
+        raise CniError(ERR_IO, "failed to read network config from stdin", str(e))
+    config = seen["config"] = parse_config(raw)
+    cni_version = check_version(config, command)
+    sock_path = check_config(config, MODE)
+    check_env(command, env)
+    netns_fd = open_netns(command, env, keep=MODE == "main")
+    try:
+        request = {"command": command, "mode": MODE, "config": config, "netnsFd": netns_fd is not None,
+                   "env": {k: v for k, v in env.items() if k.startswith("CNI_")}}
+        unreachable = ERR_NOT_AVAILABLE if command == "STATUS" else ERR_TRY_AGAIN_LATER
+        answer = ask_agent(sock_path, request, netns_fd, unreachable)
+    finally:
+        if netns_fd is not None:
+            os.close(netns_fd)
+    if "error" in answer:
+        err = answer["error"] if isinstance(answer["error"], dict) else {"msg": str(answer["error"])}
+        raise CniError(err.get("code", 999), err.get("msg", "agent error"), err.get("details", ""))
+    if answer.get("result") is not None:
+        stdout.write(json_dumps(answer["result"]))
+    return cni_version
 
 
 def run(env, stdin, stdout):
     """Dispatch one invocation. Returns the process exit code."""
+    started = time.monotonic()
     command = env.get("CNI_COMMAND", "")
-    cni_version = CURRENT_VERSION
+    seen = {"config": None}
+    code = 0
     try:
         if not command:
             raise CniError(ERR_INVALID_ENVIRONMENT, "required env variables [CNI_COMMAND] missing")
@@ -184,34 +362,23 @@ def run(env, stdin, stdout):
             raise CniError(ERR_INVALID_ENVIRONMENT, "unknown CNI_COMMAND: %s" % command)
         if command == "VERSION":
             # skel ignores stdin for VERSION and answers with its current version.
-            stdout.write(json.dumps({"cniVersion": CURRENT_VERSION,
+            stdout.write(json_dumps({"cniVersion": CURRENT_VERSION,
                                      "supportedVersions": list(SUPPORTED_VERSIONS)}))
-            return 0
-        try:
-            raw = stdin.read()
-        except OSError as e:
-            raise CniError(ERR_IO, "failed to read network config from stdin", str(e))
-        config = parse_config(raw)
-        if config.get("cniVersion") in SUPPORTED_VERSIONS:
-            cni_version = config["cniVersion"]   # errors are spelled in a version the runtime speaks
-        check_version(config, command)
-        sock_path = check_config(config)
-        check_env(command, env)
-        request = {"command": command, "config": config,
-                   "env": {k: v for k, v in env.items() if k.startswith("CNI_")}}
-        answer = ask_agent(sock_path, request)
-        if "error" in answer:
-            err = answer["error"]
-            raise CniError(err.get("code", 999), err.get("msg", "agent error"), err.get("details", ""))
-        if answer.get("result") is not None:
-            stdout.write(json.dumps(answer["result"]))
-        return 0
+        else:
+            handle(env, stdin, stdout, command, seen)
     except CniError as e:
-        stdout.write(json.dumps(e.to_json(cni_version)))
-        return 1
+        config = seen["config"] or {}
+        version = config.get("cniVersion")
+        stdout.write(json_dumps(e.to_json(version if isinstance(version, str) else CURRENT_VERSION)))
+        code = 1
+    log_invocation(env, command, seen["config"], code, started)
+    return code
 
 
-def main():
+def main(mode=None):
+    global MODE
+    if mode:
+        MODE = mode
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
     code = run(os.environ, stdin, sys.stdout)
     sys.stdout.flush()

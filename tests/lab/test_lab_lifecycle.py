@@ -53,10 +53,10 @@ def test_down_after_a_crashed_up_removes_everything(lab_root, tmp_path):
 def test_down_leaves_other_namespaces_alone(lab_root):
     bystander = unique_lab_name("b") + "-bystander"
     named_netns.add(bystander)
+    lab = make_lab(lab_root, nodes=1, pods_per_node=1)
     try:
-        lab = make_lab(lab_root, nodes=1, pods_per_node=1)
         lab.up()
+    finally:
         lab.down()
         assert named_netns.exists(bystander)
-    finally:
         named_netns.delete(bystander)
