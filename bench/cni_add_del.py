@@ -804,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or "bk" + secrets.token_hex(3)
     root = args.root or tempfile.mkdtemp(prefix="minikubenet-bench-")
     lab = Lab(build_topology(name, nodes=1, pods_per_node=0), root=root, say=say)
+    lab.proxy_mode = None   # no Service proxies: they would only add noise to the timings
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")

@@ -69,6 +69,7 @@ def entries_gone(lab: Lab, node_netns: str, subnet: str, public_ip: str) -> bool
 def measure(nodes: int, repeat: int, root: str) -> dict:
     lab = Lab(build_topology(f"bc{os.getpid() % 100000}", nodes=nodes - 1, pods_per_node=1),
               root=root, say=lambda *a: None)
+    lab.proxy_mode = None   # no Service proxies: they would only add noise here
     joins, leaves, agent_ready = [], [], []
     try:
         lab.up()

@@ -56,6 +56,7 @@ def iperf(lab: Lab, server_ns: str, server_ip: str, client_ns: str, seconds: int
 def measure_backend(backend: str, seconds: int, repeat: int, root: str) -> dict:
     lab = Lab(build_topology(f"bt{backend[:1]}{os.getpid() % 10000}", nodes=2, pods_per_node=1, backend=backend),
               root=root, say=lambda *a: None)
+    lab.proxy_mode = None   # no Service proxies: they would only add noise here
     try:
         lab.up()
         n1, n2 = lab.topo.nodes

@@ -114,6 +114,12 @@ def cmd_lab_up(args) -> int:
                   "1 MB over TCP and DF pings at the MTU)")
             for line in cross[-len(topo.nodes):]:
                 print(f"  {line}")
+            services = lab.check_services()
+            if services:
+                print(f"check: a ClusterIP service over pods on every node, through minikubenet-proxy "
+                      f"({lab.proxy_mode} mode):")
+                for line in services:
+                    print(f"  {line}")
         except Exception as e:
             print(f"minikubenet: check failed: {e}", file=sys.stderr)
             return EXIT_ERROR

@@ -33,6 +33,7 @@ from dataclasses import asdict
 from minikubenet.cni.install import install_plugin_binary
 from minikubenet.cni.runtime import CniRuntime
 from minikubenet.lab import daemons, podserver, probes, processes
+from minikubenet.lab import services as lab_services
 from minikubenet.lab.processes import ProcessRecord
 from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, build_topology
 from minikubenet.linux import named_netns
@@ -47,6 +48,10 @@ class LabError(Exception):
 
 
 class Lab:
+    # The mode of the minikubenet-proxy started on every node by up() (lab/services.py);
+    # None: no proxies, no endpoints controller, no service check.
+    proxy_mode: str | None = "iptables"
+
     def __init__(self, topo: Topology, root: str = LAB_ROOT, say=print):
         self.topo = topo
         self.dir = os.path.join(root, topo.name)
@@ -140,6 +145,8 @@ class Lab:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._start_pod, t.pods()))
         self.say(f"  pods ready: {len(t.pods())} ({time.monotonic() - started:.1f}s since start)")
+        if self.proxy_mode:
+            lab_services.start(self, self.proxy_mode)
 
     def _build_underlay(self) -> None:
         t = self.topo
@@ -371,6 +378,10 @@ class Lab:
                                    f"although the pod MTU is {pod_mtu}")
                 done.append(f"{src.name} -> {dst.name}: 1 MB over TCP, DF ping {biggest} ok, {biggest + 1} refused")
         return done
+
+    def check_services(self) -> list[str]:
+        """A ClusterIP service over the pods of every node, balanced across the overlay."""
+        return lab_services.check_service(self) if self.proxy_mode else []
 
     @staticmethod
     def _node_pairs(items: list) -> list[tuple]:

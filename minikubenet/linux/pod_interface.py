@@ -1,13 +1,14 @@
 """Plumb one pod into its node: a veth pair, the pod's address and default route.
 
-``attach`` applies a ``PodAttachment`` plan (pod_network.py) in six netlink requests:
+``attach`` applies a ``PodAttachment`` plan (pod_network.py) in seven netlink requests:
 
 1. create the veth pair in one request: the host end already a port of the bridge and
    up, the peer created directly inside the pod's namespace under its final name
    (IFLA_NET_NS_FD on the peer), both ends with the overlay MTU and with MACs we chose
    (so nothing has to be read back); if the names exist from an earlier attempt,
    remove those leftovers and create again;
-2. pod end: find it, give it the address, bring it and ``lo`` up, add the default
+2. host end: hairpin mode on its bridge port (a pod may reach itself through a Service);
+3. pod end: find it, give it the address, bring it and ``lo`` up, add the default
    route via the bridge's address.
 
 It returns the MACs for the CNI result. ``detach`` is best effort and repeatable:
@@ -73,8 +74,8 @@ def veth_macs(plan: PodAttachment) -> tuple[str, str]:
 
 
 def attach(host: IPRoute, plan: PodAttachment) -> AttachedMacs:
-    """Six netlink requests: create the pair (host end already on the bridge and up,
-    the peer already inside the pod), find the peer, then address, up, lo, route."""
+    """Seven netlink requests: create the pair (host end already on the bridge and up,
+    the peer already inside the pod), hairpin on, find the peer, address, up, lo, route."""
     bridge = host.get_links(ifname=plan.bridge)
     if not bridge:
         raise RuntimeError(f"bridge {plan.bridge} does not exist on this node")
@@ -99,6 +100,10 @@ def attach(host: IPRoute, plan: PodAttachment) -> AttachedMacs:
                 host.link("add", **request)
         finally:
             os.close(netns_fd)
+        # Hairpin: let the bridge send a frame back out of the port it came in on, so a
+        # pod reaching its own Service (DNAT back to itself) gets its answer (the
+        # reference bridge plugin's hairpinMode, which flannel turns on).
+        host.link("set", ifname=plan.host_veth, kind="bridge_slave", mode=1)
         pod_index = _lookup(pod, plan.ifname)
         pod.addr("add", index=pod_index, address=str(plan.address.ip), prefixlen=plan.address.network.prefixlen)
         pod.link("set", index=pod_index, state="up")

@@ -15,5 +15,14 @@ both ways. This package is the pure core of that rewriting, in kube-proxy's shap
     tracer.py          walks rendered iptables text like a packet would, for tests and
                        for people asking "where does my packet go?"
 
-Nothing here touches the kernel; ``minikubenet.linux`` applies the text.
+Nothing above touches the kernel; ``minikubenet.linux`` applies the text. Around that
+pure core, the running proxy:
+
+    endpoints_controller.py  the one place endpoints are derived: pods x selectors ->
+                             Endpoints objects in etcd (kube-controller-manager's job)
+    syncers.py         one sync = one iptables-restore / nft -f; full and partial syncs,
+                       flush detection, stale UDP conntrack cleanup
+    daemon.py          minikubenet-proxy: watch etcd, decide when to sync, metrics, healthz
+    metrics.py         Prometheus text format and kube-proxy's health semantics
+    cli.py             ``minikubenet svc ...`` and ``minikubenet get ...``
 """

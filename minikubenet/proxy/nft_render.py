@@ -30,6 +30,10 @@ as kube-proxy's knftables writes it: ``nft -f`` applies it atomically, and ``add
 existing object is not an error, so the same text can be applied again and again.
 Affinity sets are added but never flushed, so stickiness survives a resync.
 
+Partial syncs (``NftPlan.render_partial(previous_state)``) write only the chains of
+service ports that changed and the map/set elements added or removed since the last
+sync, never flushing a map, so a sync's size follows what changed, not the cluster.
+
 Stale per-service chains are only *flushed* here: with kernels before 6.2, a chain that
 a just-deleted map element pointed to still counts as referenced for a short while, so
 kube-proxy deletes them in a later transaction, at least a second later
@@ -40,6 +44,8 @@ nft 1.0.6 needs a ``;`` before a closing ``}`` of a one-line block: written ever
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -115,6 +121,17 @@ class NftServicePort:
     affinity_sets: dict[str, int] = field(default_factory=dict)    # name -> timeout seconds
     elements: list[tuple[str, str]] = field(default_factory=list)  # (map or set, element)
 
+    @functools.cached_property
+    def rule_total(self) -> int:
+        return sum(len(rules) for rules in self.chains.values())
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """Changes exactly when this port's chains or affinity sets would be written
+        differently (its map elements are diffed one by one instead). Computed once."""
+        text = repr((sorted(self.chains.items()), sorted(self.affinity_sets.items())))
+        return hashlib.sha256(text.encode()).hexdigest()
+
 
 def _service_port(svc: Service, port: ServicePort, endpoints: Sequence[Endpoint],
                   cluster_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> NftServicePort:
@@ -173,10 +190,61 @@ def _endpoint_chain_rules(svc: Service, proto: str, ep: Endpoint, ep_base: str) 
 # --------------------------------------------------------------------------- the plan
 
 @dataclass(frozen=True)
+class NftState:
+    """What a successful transaction left in our table: per service port the digest
+    of its chains and their names, every map/set element, affinity sets. Feed it to the
+    next ``render_partial``; after a failed transaction drop it and render in full."""
+    digests: dict = field(default_factory=dict)       # port key -> digest
+    chains: dict = field(default_factory=dict)        # port key -> chain names
+    elements: frozenset = frozenset()                 # (container, element)
+    affinity_sets: frozenset = frozenset()
+    static: tuple = ()                                # the table, maps and fixed chains as written
+
+
+@dataclass(frozen=True)
 class NftPlan:
     table: str
     static: tuple[str, ...]                 # table, sets, maps, fixed chains and rules
     service_ports: tuple[NftServicePort, ...]
+
+    @functools.cached_property
+    def state(self) -> NftState:
+        return NftState(digests={p.key: p.digest for p in self.service_ports},
+                        chains={p.key: tuple(p.chains) for p in self.service_ports},
+                        elements=frozenset(e for p in self.service_ports for e in p.elements),
+                        affinity_sets=self.affinity_sets(), static=self.static)
+
+    def render_partial(self, previous: NftState) -> tuple[str, list[str]]:
+        """Only what changed since ``previous``: the chains of changed service ports,
+        element by element changes of the maps and sets (kube-proxy keeps the same
+        in-memory copy, nftElementStorage, so a sync never has to list the table), and
+        the table, maps and fixed chains only if they changed (they depend on the node's
+        options alone). Returns the transaction and the stale chains it flushed, to
+        delete in a later one (``render_nft_delete_chains``)."""
+        t = f"{FAMILY} {self.table}"
+        # The static part without its "flush map/set": the maps keep their elements.
+        lines = [] if previous.static == self.static else \
+            [line for line in self.static if not line.startswith(("flush map", "flush set"))]
+        new = self.state
+        # Deleted first, then added: an element whose verdict changed (same key) is both.
+        lines += [f"delete element {t} {c} {{ {_element_key(e)} }}" for c, e in sorted(previous.elements - new.elements)]
+        for p in self.service_ports:
+            if previous.digests.get(p.key) != p.digest:
+                lines += [""] + [line for line in _render_service_port(t, p) if not line.startswith("add element")]
+        lines += [f"add element {t} {c} {{ {e} }}" for c, e in sorted(new.elements - previous.elements)]
+        # A chain's name hashes its service port, so it can only go stale within its port.
+        now = {p.key: p.chains for p in self.service_ports}
+        stale = sorted(c for key, chains in previous.chains.items() if tuple(now.get(key, ())) != chains
+                       for c in chains if c not in now.get(key, ()))
+        stale_sets = sorted(previous.affinity_sets - self.affinity_sets())
+        lines += [f"flush chain {t} {c}" for c in stale]
+        lines += [f"delete set {t} {s}" for s in stale_sets]
+        return "\n".join(lines) + "\n", stale
+
+    def rule_count(self, state: NftState | None = None) -> int:
+        """Rules plus map/set elements: what one sync asks the kernel to hold."""
+        return sum(1 for line in self.static if line.startswith("add rule")) + \
+            sum(p.rule_total for p in self.service_ports) + len((state or self.state).elements)
 
     def service_chains(self) -> frozenset[str]:
         return frozenset(c for p in self.service_ports for c in p.chains)
@@ -185,8 +253,9 @@ class NftPlan:
         return frozenset(s for p in self.service_ports for s in p.affinity_sets)
 
     def stale_chains(self, existing_chains: Iterable[str]) -> list[str]:
+        active = self.service_chains()
         return sorted(c for c in set(existing_chains) if nft_is_service_chain(c)
-                      and c not in self.service_chains())
+                      and c not in active)
 
     def render(self, existing_chains: Iterable[str] = (), existing_sets: Iterable[str] = ()) -> str:
         """The full transaction. ``existing_chains``/``existing_sets``: names in our table
@@ -197,8 +266,9 @@ class NftPlan:
         for p in self.service_ports:
             lines += [""] + _render_service_port(t, p)
         stale = self.stale_chains(existing_chains)
+        affinity = self.affinity_sets()
         stale_sets = sorted(s for s in set(existing_sets) if nft_is_affinity_set(s)
-                            and s not in self.affinity_sets())
+                            and s not in affinity)
         if stale or stale_sets:
             lines += ["", "# stale: flushed now, deleted by a later transaction"]
             lines += [f"flush chain {t} {c}" for c in stale]
@@ -277,13 +347,28 @@ def plan_nft(services: Iterable[Service], endpoints_by_service: Mapping[str, Seq
              service_cidr: str | ipaddress.IPv4Network | None = None, table: str = TABLE) -> NftPlan:
     """Arguments as ``iptables_render.plan_iptables``; ``service_cidr`` (optional) makes
     packets to unallocated ClusterIPs drop at once, as kube-proxy's nftables mode does."""
+    ports = [p for svc in proxied(services)
+             for p in service_ports(svc, endpoints_by_service, cluster_cidr, options)]
+    return plan_nft_from_ports(ports, node_ips, options, service_cidr, table)
+
+
+def service_ports(svc: Service, endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+                  cluster_cidr: str | ipaddress.IPv4Network | None = None,
+                  options: RenderOptions = RenderOptions()) -> list[NftServicePort]:
+    """The objects of every port of one (proxied) service; a sync loop keeps these per
+    service and rebuilds only the changed ones (``plan_nft_from_ports``)."""
     cidr = ipaddress.IPv4Network(cluster_cidr) if cluster_cidr is not None else None
+    return [_service_port(svc, port, ready_endpoints(endpoints_by_service.get(svc.port_key(port), ())),
+                          cidr, options) for port in svc.ports]
+
+
+def plan_nft_from_ports(ports: Sequence[NftServicePort], node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+                        options: RenderOptions = RenderOptions(),
+                        service_cidr: str | ipaddress.IPv4Network | None = None,
+                        table: str = TABLE) -> NftPlan:
     scidr = ipaddress.IPv4Network(service_cidr) if service_cidr is not None else None
     ips = [ip for ip in (ipaddress.IPv4Address(x) for x in node_ips) if not ip.is_loopback]
-    ports = tuple(_service_port(svc, port, ready_endpoints(endpoints_by_service.get(svc.port_key(port), ())),
-                                cidr, options)
-                  for svc in proxied(services) for port in svc.ports)
-    return NftPlan(table=table, static=tuple(_static(table, ips, scidr, options)), service_ports=ports)
+    return NftPlan(table=table, static=tuple(_static(table, ips, scidr, options)), service_ports=tuple(ports))
 
 
 def render_nft(services: Iterable[Service], endpoints_by_service: Mapping[str, Sequence[Endpoint]],
@@ -296,6 +381,12 @@ def render_nft(services: Iterable[Service], endpoints_by_service: Mapping[str, S
     """The full ``nft -f`` transaction for this node's services."""
     plan = plan_nft(services, endpoints_by_service, node_ips, cluster_cidr, options, service_cidr, table)
     return plan.render(existing_chains, existing_sets)
+
+
+def _element_key(elem: str) -> str:
+    """The key part of a map element ("10.96.0.1 . tcp . 80 : goto x" -> "10.96.0.1 . tcp . 80"),
+    which is all ``delete element`` takes. Set elements are their own key."""
+    return elem.split(" comment ")[0].split(" : ")[0]
 
 
 def names_from_listing(listing: str) -> tuple[set[str], set[str]]:

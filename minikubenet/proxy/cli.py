@@ -1,0 +1,264 @@
+"""``minikubenet svc`` and ``minikubenet get``: Services, Endpoints and Pods from the
+command line (registered into minikubenet/cli.py through ``register_cli``).
+
+    minikubenet svc create web --selector app=web --port http=80:8080 [--type NodePort]
+                               [--port dns=53/udp] [--port http=80:8080@30080]
+                               [--cluster-ip 10.96.0.10] [--session-affinity ClientIP]
+    minikubenet svc create -f web.json           a k8s-shaped Service document
+    minikubenet svc delete web
+    minikubenet svc get [web] [-o json]
+    minikubenet svc set-endpoints -f eps.json    for a service without a selector
+    minikubenet get pods | endpoints | services [-n NS] [-o json]
+
+``--port [NAME=]PORT[:TARGET][/PROTO][@NODEPORT]``: PORT on the ClusterIP, TARGET on the
+pod (a number or a named container port; default PORT), PROTO tcp or udp, NODEPORT for
+type NodePort (allocated when left out). A bad spec, a ClusterIP outside the service
+network or already taken: one message listing every problem, exit code 1, nothing stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+from minikubenet.cli import CliError, _etcd_options, _store
+from minikubenet.proxy.model import ValidationError, endpoints_from_k8s
+from minikubenet.store.services import DEFAULT_SERVICE_CIDR, NotFound, ServiceConflict, ServiceStore
+
+_PORT_SPEC = re.compile(r"^(?:(?P<name>[^=]+)=)?(?P<port>[^:/@]+)(?::(?P<target>[^/@]+))?"
+                        r"(?:/(?P<proto>[A-Za-z]+))?(?:@(?P<node_port>\d+))?$")
+
+
+def parse_port_spec(spec: str) -> dict:
+    """"http=80:8080/tcp@30080" -> a k8s ServicePort; the values are checked later,
+    together with everything else, by the Service validation."""
+    m = _PORT_SPEC.match(spec)
+    if not m:
+        raise CliError(f"--port {spec!r}: expected [NAME=]PORT[:TARGET][/PROTO][@NODEPORT]")
+    port: dict = {"port": _int_or_str(m["port"]), "protocol": (m["proto"] or "tcp").upper()}
+    if m["name"]:
+        port["name"] = m["name"]
+    if m["target"]:
+        port["targetPort"] = _int_or_str(m["target"])
+    if m["node_port"]:
+        port["nodePort"] = int(m["node_port"])
+    return port
+
+
+def _int_or_str(v: str):
+    return int(v) if v.isdigit() else v
+
+
+def parse_selector(text: str) -> dict:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        k, eq, v = part.partition("=")
+        if not eq:
+            raise CliError(f"--selector {text!r}: expected key=value[,key=value]")
+        out[k] = v
+    return out
+
+
+def service_doc_from_args(args) -> dict:
+    if args.file:
+        doc = _read_json(args.file)
+        if args.name or args.port or args.selector:
+            raise CliError("give either -f FILE or NAME with --port/--selector, not both")
+        if isinstance(doc, dict):
+            doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        return doc
+    if not args.name:
+        raise CliError("give a service NAME (or -f FILE)")
+    if not args.port:
+        raise CliError("give at least one --port")
+    spec: dict = {"type": args.type, "ports": [parse_port_spec(p) for p in args.port],
+                  "selector": parse_selector(args.selector or ""), "sessionAffinity": args.session_affinity}
+    if args.cluster_ip:
+        spec["clusterIP"] = args.cluster_ip
+    if args.session_affinity == "ClientIP" and args.affinity_timeout:
+        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": args.affinity_timeout}}
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": args.namespace, "name": args.name}, "spec": spec}
+
+
+def _read_json(path: str):
+    try:
+        with (sys.stdin if path == "-" else open(path)) as f:
+            return json.load(f)
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e}") from None
+    except ValueError as e:
+        raise CliError(f"{path} is not valid JSON: {e}") from None
+
+
+def _services(args) -> ServiceStore:
+    try:
+        return ServiceStore(_store(args), args.service_cidr)
+    except ValueError as e:
+        raise CliError(f"--service-cidr: {e}") from None
+
+
+def _refusal(e: Exception) -> CliError:
+    return CliError(f"refused, nothing stored: {e}")
+
+
+# --------------------------------------------------------------------------- svc
+
+def cmd_svc_create(args) -> int:
+    doc = service_doc_from_args(args)
+    try:
+        svc = _services(args).create_service(doc)
+    except (ValidationError, ServiceConflict) as e:
+        raise _refusal(e) from None
+    ports = ", ".join(f"{p.port}/{p.protocol}" + (f" (nodePort {p.node_port})" if p.node_port else "")
+                      for p in svc.ports)
+    print(f"service/{svc.name} created in {svc.namespace}: clusterIP {svc.cluster_ip}, {ports}")
+    return 0
+
+
+def cmd_svc_delete(args) -> int:
+    try:
+        svc = _services(args).delete_service(args.namespace, args.name)
+    except (NotFound, ServiceConflict) as e:
+        raise CliError(str(e)) from None
+    print(f"service/{svc.name} deleted from {svc.namespace} (clusterIP {svc.cluster_ip} released)")
+    return 0
+
+
+def cmd_svc_set_endpoints(args) -> int:
+    doc = _read_json(args.file)
+    if isinstance(doc, dict):
+        doc.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+    try:
+        _services(args).put_endpoints(doc)
+    except ValidationError as e:
+        raise _refusal(e) from None
+    print(f"endpoints/{doc['metadata'].get('name')} stored")
+    return 0
+
+
+def cmd_svc_get(args) -> int:
+    store = _services(args)
+    docs = store.list_services()
+    if args.name:
+        key = f"{args.namespace}/{args.name}"
+        if key not in docs:
+            raise CliError(f"service {key} not found")
+        docs = {key: docs[key]}
+    elif not args.all_namespaces:
+        docs = {k: d for k, d in docs.items() if k.startswith(args.namespace + "/")}
+    if args.output == "json":
+        print(json.dumps(list(docs.values()), indent=2))
+        return 0
+    rows = [("NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR", "AFFINITY")]
+    for key, doc in sorted(docs.items()):
+        spec = doc.get("spec", {})
+        ports = ",".join(f"{p['port']}" + (f":{p['nodePort']}" if p.get("nodePort") else "") +
+                         f"/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
+        sel = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items())) or "<none>"
+        rows.append((*key.split("/", 1), spec.get("type", ""), spec.get("clusterIP", ""), ports, sel,
+                     spec.get("sessionAffinity", "None")))
+    _table(rows)
+    return 0
+
+
+# --------------------------------------------------------------------------- get
+
+def cmd_get(args) -> int:
+    store = _services(args)
+    kind = {"pods": "pods", "pod": "pods", "po": "pods", "endpoints": "endpoints", "ep": "endpoints",
+            "services": "services", "service": "services", "svc": "services"}[args.kind]
+    if kind == "services":
+        args.name = None
+        return cmd_svc_get(args)
+    docs = store.list_pods() if kind == "pods" else store.list_endpoints()
+    if not args.all_namespaces:
+        docs = {k: d for k, d in docs.items() if k.startswith(args.namespace + "/")}
+    if args.output == "json":
+        print(json.dumps(list(docs.values()), indent=2))
+        return 0
+    if kind == "pods":
+        rows = [("NAMESPACE", "NAME", "READY", "IP", "NODE", "LABELS")]
+        for key, doc in sorted(docs.items()):
+            status = doc.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            labels = ",".join(f"{k}={v}" for k, v in sorted(((doc.get("metadata") or {}).get("labels") or {}).items()))
+            rows.append((*key.split("/", 1), "1/1" if ready else "0/1", status.get("podIP", "<none>"),
+                         (doc.get("spec") or {}).get("nodeName", ""), labels or "<none>"))
+    else:
+        rows = [("NAMESPACE", "NAME", "ENDPOINTS", "NOT READY")]
+        for key, doc in sorted(docs.items()):
+            try:
+                eps = endpoints_from_k8s(doc)
+            except ValidationError as e:
+                rows.append((*key.split("/", 1), f"<invalid: {e.errors[0]}>", ""))
+                continue
+            ready = sorted({str(e) for es in eps.values() for e in es if e.ready})
+            not_ready = sorted({str(e) for es in eps.values() for e in es if not e.ready})
+            rows.append((*key.split("/", 1), _some(ready), _some(not_ready)))
+    _table(rows)
+    return 0
+
+
+def _some(items: list[str], n: int = 3) -> str:
+    """kubectl's "a,b,c + 2 more..." """
+    if not items:
+        return "<none>"
+    more = f" + {len(items) - n} more..." if len(items) > n else ""
+    return ",".join(items[:n]) + more
+
+
+def _table(rows) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+# --------------------------------------------------------------------------- parser
+
+def _common(p) -> None:
+    _etcd_options(p)
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--service-cidr", default=os.environ.get("MINIKUBENET_SERVICE_CIDR", DEFAULT_SERVICE_CIDR),
+                   help="the service network ClusterIPs are allocated from")
+
+
+def register_cli(sub) -> None:
+    svc = sub.add_parser("svc", help="services: create, delete, get").add_subparsers(dest="cmd", required=True)
+    create = svc.add_parser("create", help="create a service (a ClusterIP is allocated)")
+    _common(create)
+    create.add_argument("name", nargs="?")
+    create.add_argument("-f", "--file", help="a k8s-shaped Service JSON document ('-': stdin)")
+    create.add_argument("--port", action="append", default=[], metavar="[NAME=]PORT[:TARGET][/PROTO][@NODEPORT]")
+    create.add_argument("--selector", help="key=value[,key=value]: the pods behind the service")
+    create.add_argument("--type", default="ClusterIP", help="ClusterIP or NodePort")
+    create.add_argument("--cluster-ip", help="ask for this ClusterIP (default: allocate one)")
+    create.add_argument("--session-affinity", default="None", help="None or ClientIP")
+    create.add_argument("--affinity-timeout", type=int, help="ClientIP affinity timeout in seconds (default 10800)")
+    create.set_defaults(func=cmd_svc_create)
+
+    delete = svc.add_parser("delete", help="delete a service, its endpoints, its ClusterIP")
+    _common(delete)
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_svc_delete)
+
+    get = svc.add_parser("get", help="list services")
+    _common(get)
+    get.add_argument("name", nargs="?")
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.set_defaults(func=cmd_svc_get)
+
+    eps = svc.add_parser("set-endpoints", help="store hand-written Endpoints (services without a selector)")
+    _common(eps)
+    eps.add_argument("-f", "--file", required=True)
+    eps.set_defaults(func=cmd_svc_set_endpoints)
+
+    g = sub.add_parser("get", help="list pods, endpoints or services")
+    _common(g)
+    g.add_argument("kind", choices=["pods", "pod", "po", "endpoints", "ep", "services", "service", "svc"])
+    g.add_argument("-A", "--all-namespaces", action="store_true")
+    g.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    g.set_defaults(func=cmd_get)

@@ -1,0 +1,617 @@
+"""Services, Endpoints and Pods in etcd: the proxy's half of the cluster state.
+
+Kubernetes keeps these objects in etcd behind its API server; minikubenet keeps them
+in etcd directly, Kubernetes-shaped (``kubectl get -o json`` would print the same), under
+the project prefix::
+
+    /minikubenet/services/<ns>/<name>      a Service (spec.clusterIP always filled in)
+    /minikubenet/endpoints/<ns>/<name>     its Endpoints (the endpoints controller writes them)
+    /minikubenet/pods/<ns>/<name>          a Pod: labels, node, podIP, Ready condition
+    /minikubenet/serviceips/10.96.0.10     who holds a ClusterIP:  "ns/name"
+    /minikubenet/nodeports/tcp/30080       who holds a NodePort:   "ns/name"
+
+**A ClusterIP is never given twice.** Like a pod IP (ipam/allocator.py), every
+allocated ClusterIP has a key of its own, and a Service is created in ONE etcd
+transaction that compares "this service, this IP key and these NodePort keys do not
+exist yet" (``version == 0``) and only then writes all of them. Two ``svc create``
+racing for the same IP: exactly one transaction succeeds, the other sees the compare
+fail. Kubernetes does the same with one bitmap per service range, updated with a
+compare-and-swap on its resourceVersion (pkg/registry/core/service/ipallocator); a key
+per IP is the etcd-native form of that and needs no read-modify-write of a shared blob.
+Deleting a Service removes its IP and NodePort keys in the same transaction.
+
+**Nothing invalid is stored.** Every write validates first (model.py collects every
+problem with its field path, as the API server does) and raises ``ValidationError``
+before any key is touched; a conflict (name exists, IP or NodePort taken) raises
+``ServiceConflict`` after the transaction refused to write.
+
+**Reading for a daemon.** ``list_and_watch`` gives a consistent snapshot of services,
+endpoints and pods at one store revision, then every change after it, re-listing
+whenever the watch breaks (the pattern of store/lease_watch.py, and of every
+Kubernetes informer).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+import grpc
+import pyetcd.events
+import pyetcd.exceptions
+
+from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Pod, Service,
+                                     ValidationError, endpoints_from_k8s, pod_from_k8s,
+                                     service_from_k8s, service_to_k8s, _DNS1123_LABEL,
+                                     _LABEL_NAME, _valid_label_key)
+from minikubenet.store.etcd import EtcdStore, StoreError, _wrap_errors
+from minikubenet.store.keys import KeyLayout
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVICE_CIDR = "10.96.0.0/12"      # kube-apiserver --service-cluster-ip-range default
+KINDS = ("services", "endpoints", "pods")
+
+
+class ServiceConflict(StoreError):
+    """The object exists already, or an IP or port it asks for belongs to someone else."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+# --------------------------------------------------------------------------- keys
+
+@dataclass(frozen=True)
+class ServiceKeys:
+    """The key layout of this module, next to store/keys.py's (same project prefix)."""
+    layout: KeyLayout = field(default_factory=KeyLayout)
+
+    def prefix(self, kind: str) -> str:
+        """``/minikubenet/services/`` etc.; ``kind`` is one of KINDS."""
+        return f"{self.layout.project_prefix}/{kind}/"
+
+    def object(self, kind: str, namespace: str, name: str) -> str:
+        return f"{self.prefix(kind)}{namespace}/{name}"
+
+    @property
+    def cluster_ips(self) -> str:
+        return f"{self.layout.project_prefix}/serviceips/"
+
+    def cluster_ip(self, ip) -> str:
+        return f"{self.cluster_ips}{ip}"
+
+    @property
+    def node_ports(self) -> str:
+        return f"{self.layout.project_prefix}/nodeports/"
+
+    def node_port(self, protocol: str, port: int) -> str:
+        return f"{self.node_ports}{protocol.lower()}/{port}"
+
+    def parse(self, key: str) -> tuple[str, str, str] | None:
+        """``/minikubenet/pods/demo/web-1`` -> ("pods", "demo", "web-1"); None for any
+        other key (pod IP records, allocation keys...)."""
+        for kind in KINDS:
+            p = self.prefix(kind)
+            if key.startswith(p):
+                ns, _, name = key[len(p):].partition("/")
+                if ns and name and "/" not in name:
+                    return kind, ns, name
+        return None
+
+
+def _dumps(doc: Mapping) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+# --------------------------------------------------------------------------- ClusterIP choice
+
+def allocatable(service_cidr: ipaddress.IPv4Network) -> tuple[int, int]:
+    """The [first, last] integer range of ClusterIPs: the network and broadcast
+    addresses are never handed out (as in kube-apiserver's allocator)."""
+    first, last = int(service_cidr.network_address) + 1, int(service_cidr.broadcast_address) - 1
+    if first > last:
+        raise ValueError(f"service network {service_cidr} has no usable addresses")
+    return first, last
+
+
+def pick_cluster_ip(service_cidr: ipaddress.IPv4Network, taken: Iterable[ipaddress.IPv4Address],
+                    rng: random.Random = random.SystemRandom()) -> ipaddress.IPv4Address | None:
+    """A free address, starting the scan at a random offset (kube-apiserver picks at
+    random too, so that two API servers rarely race for the same IP), or None when the
+    range is full."""
+    first, last = allocatable(service_cidr)
+    used = {int(ip) for ip in taken}
+    size = last - first + 1
+    start = rng.randrange(size)
+    for i in range(size):
+        candidate = first + (start + i) % size
+        if candidate not in used:
+            return ipaddress.IPv4Address(candidate)
+    return None
+
+
+def pick_node_port(protocol: str, taken: set[tuple[str, int]], node_port_range: tuple[int, int],
+                   rng: random.Random = random.SystemRandom()) -> int | None:
+    lo, hi = node_port_range
+    start = rng.randrange(hi - lo + 1)
+    for i in range(hi - lo + 1):
+        port = lo + (start + i) % (hi - lo + 1)
+        if (protocol.lower(), port) not in taken:
+            return port
+    return None
+
+
+# --------------------------------------------------------------------------- pod documents
+
+def validate_pod(doc: Mapping) -> Pod:
+    """A k8s-shaped Pod with the fields the proxy uses; raises ValidationError."""
+    if not isinstance(doc, Mapping):
+        raise ValidationError("Pod", [f"must be a JSON object, got {type(doc).__name__}"])
+    meta = doc.get("metadata") or {}
+    errors = []
+    for key in ("namespace", "name"):
+        value = meta.get(key, "default" if key == "namespace" else None)
+        if not isinstance(value, str) or len(value) > 63 or not _DNS1123_LABEL.match(value):
+            errors.append(f"metadata.{key}: {value!r} must be a DNS-1123 label")
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        errors.append("metadata.labels: must be a map of label key to value")
+        labels = {}
+    for k, v in labels.items():
+        if not _valid_label_key(k):
+            errors.append(f"metadata.labels: {k!r} is not a valid label key")
+        if not isinstance(v, str) or (v and (len(v) > 63 or not _LABEL_NAME.match(v))):
+            errors.append(f"metadata.labels[{k}]: {v!r} is not a valid label value")
+    ip = (doc.get("status") or {}).get("podIP")
+    if ip is not None:
+        try:
+            ipaddress.IPv4Address(ip)
+        except (ipaddress.AddressValueError, ValueError):
+            errors.append(f"status.podIP: {ip!r} is not a valid IPv4 address")
+    what = f"Pod {meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+    if errors:
+        raise ValidationError(what, errors)
+    try:
+        return pod_from_k8s(doc)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValidationError(what, [f"spec.containers: malformed ({e})"]) from None
+
+
+def pod_doc(namespace: str, name: str, ip: str | None, node_name: str, labels: Mapping[str, str],
+            ready: bool = True, ports: Iterable[tuple[str, int, str]] = ()) -> dict:
+    """Build a Pod document (what a kubelet would report), for the lab and the tests."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": namespace, "name": name, "labels": dict(labels)},
+            "spec": {"nodeName": node_name,
+                     "containers": [{"name": "app", "ports": [
+                         {"name": n, "containerPort": p, "protocol": proto} for n, p, proto in ports]}]},
+            "status": {**({"podIP": ip} if ip else {}),
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+# --------------------------------------------------------------------------- the store
+
+@dataclass
+class Snapshot:
+    """Every service, endpoints object and pod, as raw documents keyed "ns/name", at
+    store ``revision``."""
+    services: dict[str, dict] = field(default_factory=dict)
+    endpoints: dict[str, dict] = field(default_factory=dict)
+    pods: dict[str, dict] = field(default_factory=dict)
+    revision: int = 0
+
+    def of(self, kind: str) -> dict[str, dict]:
+        return getattr(self, kind)
+
+
+class ServiceStore:
+    """Services, Endpoints and Pods over an ``EtcdStore`` (whose ``client`` and
+    ``layout`` it uses; all etcd errors become ``StoreUnavailable``)."""
+
+    def __init__(self, store: EtcdStore, service_cidr: str = DEFAULT_SERVICE_CIDR,
+                 node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE):
+        self.store = store
+        self.keys = ServiceKeys(store.layout)
+        self.service_cidr = ipaddress.IPv4Network(service_cidr)
+        self.node_port_range = node_port_range
+        allocatable(self.service_cidr)
+        # the error wrapper of EtcdStore names the endpoints in its messages
+        self.endpoints_text = store.endpoints_text
+
+    @property
+    def client(self):
+        return self.store.client
+
+    # -- generic reads -------------------------------------------------------------------
+
+    @_wrap_errors
+    def _get(self, key: str) -> bytes | None:
+        return self.client.get(key)[0]
+
+    @_wrap_errors
+    def _list(self, kind: str) -> dict[str, dict]:
+        out = {}
+        for value, meta in self.client.get_prefix(self.keys.prefix(kind)):
+            parsed = self.keys.parse(meta.key.decode())
+            doc = _loads(value, meta.key.decode())
+            if parsed and doc is not None:
+                out[f"{parsed[1]}/{parsed[2]}"] = doc
+        return out
+
+    @_wrap_errors
+    def snapshot(self) -> Snapshot:
+        """Services, endpoints and pods as of one revision: the first range request sets
+        the revision, the others read at exactly that revision."""
+        snap, revision = Snapshot(), None
+        for kind in KINDS:
+            kwargs = {"revision": revision} if revision else {}
+            response = self.client.get_prefix_response(self.keys.prefix(kind), **kwargs)
+            revision = revision or response.header.revision
+            for kv in response.kvs:
+                parsed = self.keys.parse(kv.key.decode())
+                doc = _loads(kv.value, kv.key.decode())
+                if parsed and doc is not None:
+                    snap.of(kind)[f"{parsed[1]}/{parsed[2]}"] = doc
+        snap.revision = revision
+        return snap
+
+    # -- services --------------------------------------------------------------------------
+
+    def create_service(self, doc: Mapping) -> Service:
+        """Validate, allocate a ClusterIP (unless one is asked for) and NodePorts (unless
+        given), and store the Service, all in one transaction. Returns what was stored."""
+        doc = json.loads(json.dumps(doc))           # a private copy we may fill in
+        if not isinstance(doc, dict):
+            raise ValidationError("Service", [f"must be a JSON object, got {type(doc).__name__}"])
+        spec = doc.setdefault("spec", {})
+        if not isinstance(spec, dict):
+            raise ValidationError("Service", ["spec: must be an object"])
+        requested_ip = spec.get("clusterIP")
+        # Validate everything else first, with a stand-in ClusterIP and NodePorts, so a
+        # bad spec is refused before anything is allocated.
+        svc = service_from_k8s(_with_placeholders(doc, self.service_cidr, self.node_port_range),
+                               self.service_cidr, self.node_port_range)
+        if svc.cluster_ip is None:
+            raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
+        for attempt in range(20):
+            ip = ipaddress.IPv4Address(requested_ip) if requested_ip else self._free_cluster_ip()
+            candidate = dict(doc, spec=dict(spec, clusterIP=str(ip)))
+            candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc.type)
+            final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
+            if self._create_service_txn(final):
+                log.info("service %s created: clusterIP %s", final.key, final.cluster_ip)
+                return final
+            problem = self._why_not_created(final)
+            if requested_ip or not problem.startswith("clusterIP"):
+                raise ServiceConflict(f"cannot create service {final.key}: {problem}")
+            # Someone took the IP we picked between our read and our write: pick again.
+        raise ServiceConflict(f"cannot create service {svc.key}: no free ClusterIP after 20 attempts")
+
+    @_wrap_errors
+    def _free_cluster_ip(self) -> ipaddress.IPv4Address:
+        taken = []
+        for _, meta in self.client.get_prefix(self.keys.cluster_ips, keys_only=True):
+            try:
+                taken.append(ipaddress.IPv4Address(meta.key.decode()[len(self.keys.cluster_ips):]))
+            except ValueError:
+                pass
+        ip = pick_cluster_ip(self.service_cidr, taken)
+        if ip is None:
+            raise ServiceConflict(f"the service network {self.service_cidr} is full")
+        return ip
+
+    @_wrap_errors
+    def _fill_node_ports(self, ports, svc_type: str) -> list:
+        ports = [dict(p) for p in ports]
+        if svc_type != "NodePort" or all(p.get("nodePort") for p in ports):
+            return ports
+        taken = set()
+        for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True):
+            proto, _, number = meta.key.decode()[len(self.keys.node_ports):].partition("/")
+            if number.isdigit():
+                taken.add((proto, int(number)))
+        taken |= {(p.get("protocol", "TCP").lower(), p["nodePort"]) for p in ports if p.get("nodePort")}
+        for p in ports:
+            if not p.get("nodePort"):
+                p["nodePort"] = pick_node_port(p.get("protocol", "TCP"), taken, self.node_port_range)
+                if p["nodePort"] is None:
+                    raise ServiceConflict(f"no free NodePort in {self.node_port_range[0]}-{self.node_port_range[1]}")
+                taken.add((p.get("protocol", "TCP").lower(), p["nodePort"]))
+        return ports
+
+    def _claims(self, svc: Service) -> list[str]:
+        """The allocation keys a service holds: its ClusterIP and its NodePorts."""
+        return [self.keys.cluster_ip(svc.cluster_ip)] + \
+            [self.keys.node_port(p.protocol, p.node_port) for p in svc.ports if p.node_port]
+
+    @_wrap_errors
+    def _create_service_txn(self, svc: Service) -> bool:
+        t = self.client.transactions
+        key = self.keys.object("services", svc.namespace, svc.name)
+        owner = svc.key.encode()
+        keys = [key] + self._claims(svc)
+        ok, _ = self.client.transaction(
+            compare=[t.version(k) == 0 for k in keys],
+            success=[t.put(key, _dumps(service_to_k8s(svc)))] + [t.put(k, owner) for k in keys[1:]],
+            failure=[])
+        return ok
+
+    def _why_not_created(self, svc: Service) -> str:
+        if self._get(self.keys.object("services", svc.namespace, svc.name)) is not None:
+            return "a service with this name exists already"
+        holder = self._get(self.keys.cluster_ip(svc.cluster_ip))
+        if holder is not None:
+            return f"clusterIP {svc.cluster_ip} is already allocated to {holder.decode()}"
+        for p in svc.ports:
+            if p.node_port:
+                holder = self._get(self.keys.node_port(p.protocol, p.node_port))
+                if holder is not None:
+                    return f"nodePort {p.node_port}/{p.protocol} is already allocated to {holder.decode()}"
+        return "it changed while we wrote it; try again"
+
+    def get_service(self, namespace: str, name: str) -> dict | None:
+        raw = self._get(self.keys.object("services", namespace, name))
+        return _loads(raw, f"{namespace}/{name}") if raw is not None else None
+
+    def list_services(self) -> dict[str, dict]:
+        return self._list("services")
+
+    @_wrap_errors
+    def delete_service(self, namespace: str, name: str) -> Service:
+        """Delete a service, its endpoints and its IP/NodePort claims, atomically (the
+        compare on the service's value makes sure we free exactly what it held)."""
+        key = self.keys.object("services", namespace, name)
+        raw = self.client.get(key)[0]
+        if raw is None:
+            raise NotFound(f"service {namespace}/{name} not found")
+        svc = service_from_k8s(json.loads(raw))
+        t = self.client.transactions
+        ok, _ = self.client.transaction(
+            compare=[t.value(key) == raw],
+            success=[t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)]
+                     + self._claims(svc)],
+            failure=[])
+        if not ok:
+            raise ServiceConflict(f"service {namespace}/{name} changed while we deleted it; try again")
+        return svc
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def put_endpoints(self, doc: Mapping, pods: Mapping[str, dict] | None = None) -> dict:
+        """Store an Endpoints object written by hand (for a service without a selector)
+        or by the endpoints controller. Every address must be a known pod's IP: an
+        endpoint on an unknown pod is refused and nothing is stored."""
+        meta = doc.get("metadata") or {} if isinstance(doc, Mapping) else {}
+        ns, name = meta.get("namespace", "default"), meta.get("name")
+        what = f"Endpoints {ns}/{name}"
+        if not isinstance(name, str) or not name:
+            raise ValidationError(what, ["metadata.name: required"])
+        svc_doc = self.get_service(ns, name)
+        if svc_doc is None:
+            raise ValidationError(what, [f"no service {ns}/{name}: create the service first"])
+        endpoints_from_k8s(doc)                              # IPs and ports are well formed
+        pods = self._list("pods") if pods is None else pods
+        errors = check_endpoint_pods(doc, pods)
+        if errors:
+            raise ValidationError(what, errors)
+        self._put(self.keys.object("endpoints", ns, name), doc)
+        return dict(doc)
+
+    def get_endpoints(self, namespace: str, name: str) -> dict | None:
+        raw = self._get(self.keys.object("endpoints", namespace, name))
+        return _loads(raw, f"{namespace}/{name}") if raw is not None else None
+
+    def list_endpoints(self) -> dict[str, dict]:
+        return self._list("endpoints")
+
+    @_wrap_errors
+    def delete_endpoints(self, namespace: str, name: str) -> None:
+        self.client.delete(self.keys.object("endpoints", namespace, name))
+
+    # -- pods ------------------------------------------------------------------------------
+
+    def put_pod(self, doc: Mapping) -> Pod:
+        pod = validate_pod(doc)
+        self._put(self.keys.object("pods", pod.namespace, pod.name), doc)
+        return pod
+
+    def get_pod(self, namespace: str, name: str) -> dict | None:
+        raw = self._get(self.keys.object("pods", namespace, name))
+        return _loads(raw, f"{namespace}/{name}") if raw is not None else None
+
+    def list_pods(self) -> dict[str, dict]:
+        return self._list("pods")
+
+    def set_pod_ready(self, namespace: str, name: str, ready: bool) -> None:
+        """Flip the pod's Ready condition (what a failing readiness probe does)."""
+        doc = self.get_pod(namespace, name)
+        if doc is None:
+            raise NotFound(f"pod {namespace}/{name} not found")
+        status = doc.setdefault("status", {})
+        others = [c for c in status.get("conditions") or [] if c.get("type") != "Ready"]
+        status["conditions"] = others + [{"type": "Ready", "status": "True" if ready else "False"}]
+        self.put_pod(doc)
+
+    @_wrap_errors
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        return bool(self.client.delete(self.keys.object("pods", namespace, name)))
+
+    @_wrap_errors
+    def _put(self, key: str, doc: Mapping) -> None:
+        self.client.put(key, _dumps(doc))
+
+    @_wrap_errors
+    def put_if_changed(self, kind: str, namespace: str, name: str, doc: Mapping,
+                       previous: bytes | None) -> bool:
+        """Write ``doc`` only if the key still holds ``previous`` (None: does not exist):
+        a controller's write never overwrites a change it has not seen."""
+        key = self.keys.object(kind, namespace, name)
+        t = self.client.transactions
+        cmp = [t.value(key) == previous] if previous is not None else [t.version(key) == 0]
+        ok, _ = self.client.transaction(compare=cmp, success=[t.put(key, _dumps(doc))], failure=[])
+        return ok
+
+
+def check_endpoint_pods(doc: Mapping, pods: Mapping[str, dict]) -> list[str]:
+    """Every address of an Endpoints object must belong to a known pod: by ``targetRef``
+    (the pod must exist and hold that IP) or, without one, by IP."""
+    ns = (doc.get("metadata") or {}).get("namespace", "default")
+    by_ip = {(p.get("status") or {}).get("podIP"): key for key, p in pods.items()}
+    errors = []
+    for i, subset in enumerate(doc.get("subsets") or []):
+        for field_name in ("addresses", "notReadyAddresses"):
+            for j, addr in enumerate(subset.get(field_name) or []):
+                path, ip = f"subsets[{i}].{field_name}[{j}]", addr.get("ip")
+                ref = addr.get("targetRef")
+                if ref:
+                    key = f"{ref.get('namespace', ns)}/{ref.get('name')}"
+                    pod = pods.get(key)
+                    if pod is None:
+                        errors.append(f"{path}.targetRef: pod {key} is unknown")
+                    elif (pod.get("status") or {}).get("podIP") != ip:
+                        errors.append(f"{path}.ip: {ip} is not the IP of pod {key} "
+                                      f"({(pod.get('status') or {}).get('podIP')})")
+                elif ip not in by_ip:
+                    errors.append(f"{path}.ip: {ip} is not the IP of any known pod")
+    return errors
+
+
+def _with_placeholders(doc: dict, service_cidr: ipaddress.IPv4Network,
+                       node_port_range: tuple[int, int]) -> dict:
+    """``doc`` with a stand-in clusterIP and nodePorts where they will be allocated, so
+    that validation can run before allocation."""
+    spec = dict(doc.get("spec") or {})
+    if not spec.get("clusterIP"):
+        spec["clusterIP"] = str(service_cidr.network_address + 1)
+    if spec.get("type") == "NodePort" and isinstance(spec.get("ports"), list):
+        given = {p.get("nodePort") for p in spec["ports"] if isinstance(p, Mapping)}
+        spare = iter(n for n in range(node_port_range[1], node_port_range[0] - 1, -1) if n not in given)
+        spec["ports"] = [dict(p, nodePort=p.get("nodePort") or next(spare, None))
+                         if isinstance(p, Mapping) else p for p in spec["ports"]]
+    return dict(doc, spec=spec)
+
+
+def _loads(raw: bytes, where: str) -> dict | None:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        log.warning("ignoring unparseable object at %s", where)
+        return None
+    return doc
+
+
+# --------------------------------------------------------------------------- list and watch
+
+@dataclass(frozen=True)
+class ObjectPut:
+    kind: str        # "services" | "endpoints" | "pods"
+    key: str         # "ns/name"
+    doc: dict
+    revision: int
+
+
+@dataclass(frozen=True)
+class ObjectDelete:
+    kind: str
+    key: str
+    revision: int
+
+
+class WatchBroken(Exception):
+    pass
+
+
+RETRYABLE = (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, StoreError, WatchBroken)
+
+
+class ObjectWatch:
+    """List services, endpoints and pods, then watch the project prefix from the next
+    revision, in a background thread; ``deliver`` gets a ``Snapshot`` first, then
+    ``ObjectPut``/``ObjectDelete`` events. On any break it lists again (the consumer
+    treats every snapshot as the whole truth, so repeating one is always safe)."""
+
+    def __init__(self, store: ServiceStore, deliver: Callable[[object], None],
+                 retry_interval: float = 1.0, max_retry_interval: float = 10.0,
+                 relist_interval: float = 300.0):
+        self.store = store
+        self.deliver = deliver
+        self.retry_interval = retry_interval
+        self.max_retry_interval = max_retry_interval
+        self.relist_interval = relist_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "ObjectWatch":
+        self._thread = threading.Thread(target=self._run, name="object-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        delay = self.retry_interval
+        while not self._stop.is_set():
+            try:
+                snapshot = self.store.snapshot()
+                self.deliver(snapshot)
+                delay = self.retry_interval
+                self._follow(snapshot.revision + 1)
+                continue
+            except RETRYABLE as e:
+                log.warning("watch interrupted (%s); listing again in %.0fs", e, delay)
+            except Exception:   # a bug must not end the watch for good
+                log.exception("watch failed; listing again in %.0fs", delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.max_retry_interval)
+
+    def _follow(self, start_revision: int) -> None:
+        responses: queue.Queue = queue.Queue()
+        client, keys = self.store.client, self.store.keys
+        watch_id = client.add_watch_prefix_callback(keys.layout.project_prefix + "/", responses.put,
+                                                    start_revision=start_revision)
+        try:
+            relist_at = time.monotonic() + self.relist_interval
+            while not self._stop.is_set() and time.monotonic() < relist_at:
+                try:
+                    response = responses.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if response is None:
+                    raise WatchBroken("the watch stream ended")
+                if isinstance(response, Exception):
+                    raise response
+                for event in response.events:
+                    update = self._to_update(event, response.header.revision)
+                    if update is not None:
+                        self.deliver(update)
+        finally:
+            try:
+                client.cancel_watch(watch_id)
+            except RETRYABLE:
+                pass
+
+    def _to_update(self, event, header_revision: int):
+        key = event.key.decode()
+        parsed = self.store.keys.parse(key)
+        if parsed is None:
+            return None
+        kind, ns, name = parsed
+        revision = getattr(event, "mod_revision", 0) or header_revision
+        if isinstance(event, pyetcd.events.DeleteEvent):
+            return ObjectDelete(kind, f"{ns}/{name}", revision)
+        doc = _loads(event.value, key)
+        return ObjectPut(kind, f"{ns}/{name}", doc, revision) if doc is not None else None
