@@ -1,0 +1,126 @@
+"""Pods on a VM node, made the way a runtime makes them (run inside the VM, as root, with
+the node's installed interpreter: ``/opt/minikubenet/bin/python guest_pods.py add p1 p2``).
+
+    add NAME...   for each: ``ip netns add NAME``, CNI ADD through the installed plugin
+                  (/opt/cni/bin/minikubenet, conflist /etc/cni/net.d), then the lab's pod
+                  HTTP server (minikubenet.lab.podserver) inside, as a transient systemd
+                  unit; prints {"NAME": {"ip": ..., "mtu": ...}} as JSON
+    del NAME...   stop the server, CNI DEL, delete the namespace
+    register JSON record pods in etcd as a kubelet would (for Services): JSON is
+                  [{"name", "ip", "node"}, ...]; labels app=web, container port http 8080
+    ready         exit 0 when the node's agent answers STATUS as ready (stdlib only: run it
+                  with ``python3 -I -S`` for a fast start under TCG)
+
+Only the project's own pieces are used: the CNI runtime (minikubenet.cni.runtime) executes
+the installed plugin binary exactly as containerd would, and the plugin asks the node's
+agent for the address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+CONFLIST = "/etc/cni/net.d/10-minikubenet.conflist"
+BIN_DIRS = ["/opt/cni/bin"]
+PORT = 8080
+
+
+def run(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def wait_listening(ip: str, port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((ip, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the pod server at {ip}:{port} does not answer after {timeout:.0f}s")
+            time.sleep(0.2)
+
+
+def add(names: list[str]) -> dict:
+    from minikubenet.cni.runtime import CniRuntime
+    from minikubenet.lab import podserver
+    rt = CniRuntime.from_file(CONFLIST, BIN_DIRS)
+    out = {}
+    for name in names:
+        if not os.path.exists(f"/run/netns/{name}"):
+            run("ip", "netns", "add", name)
+        result = rt.add(f"cid-{name}", f"/run/netns/{name}", "eth0",
+                        {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": name})
+        ip = result["ips"][0]["address"].split("/")[0]
+        mtu = int(run("ip", "netns", "exec", name, "cat", "/sys/class/net/eth0/mtu"))
+        subprocess.run(["systemctl", "stop", f"pod-{name}"], capture_output=True)
+        subprocess.run(["systemctl", "reset-failed", f"pod-{name}"], capture_output=True)
+        run("systemd-run", "--quiet", f"--unit=pod-{name}", "ip", "netns", "exec", name,
+            "/usr/bin/python3", "-I", "-S", podserver.__file__, name, str(PORT))
+        out[name] = {"ip": ip, "mtu": mtu}
+    for info in out.values():
+        wait_listening(info["ip"], PORT)
+    return out
+
+
+def delete(names: list[str]) -> dict:
+    from minikubenet.cni.runtime import CniRuntime
+    rt = CniRuntime.from_file(CONFLIST, BIN_DIRS)
+    for name in names:
+        subprocess.run(["systemctl", "stop", f"pod-{name}"], capture_output=True)
+        rt.delete(f"cid-{name}", f"/run/netns/{name}", "eth0")
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return {"deleted": names}
+
+
+def register(pods: list[dict]) -> dict:
+    from minikubenet.store.etcd import EtcdStore
+    from minikubenet.store.services import ServiceStore, pod_doc
+    endpoints = "http://127.0.0.1:2379"
+    with open("/etc/default/minikubenet-agent") as f:
+        for line in f:
+            if line.startswith("MINIKUBENET_ETCD_ENDPOINTS="):
+                endpoints = line.split("=", 1)[1].strip()
+    store = ServiceStore(EtcdStore(endpoints.split(",")))
+    for p in pods:
+        store.put_pod(pod_doc("default", p["name"], p["ip"], p["node"], {"app": "web"},
+                              ports=[("http", PORT, "TCP")]))
+    return {"registered": [p["name"] for p in pods]}
+
+
+def agent_ready(path: str = "/run/minikubenet/agent.sock") -> bool:
+    """The agent's STATUS answer (what minikubenet.lab.daemons.agent_ready asks)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10.0)
+    try:
+        s.connect(path)
+        s.sendall(json.dumps({"command": "STATUS", "env": {}, "config": {}}).encode())
+        s.shutdown(socket.SHUT_WR)
+        return "result" in json.loads(s.makefile("rb").read() or b"{}")
+    except (OSError, ValueError):
+        return False
+    finally:
+        s.close()
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:2] == ["ready"]:
+        return 0 if agent_ready() else 1
+    if argv[1:2] == ["register"] and len(argv) == 3:
+        print(json.dumps(register(json.loads(argv[2]))))
+        return 0
+    if len(argv) < 3 or argv[1] not in ("add", "del"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    doc = add(argv[2:]) if argv[1] == "add" else delete(argv[2:])
+    print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
