@@ -76,10 +76,12 @@ def veth_macs(plan: PodAttachment) -> tuple[str, str]:
 def attach(host: IPRoute, plan: PodAttachment) -> AttachedMacs:
     """Seven netlink requests: create the pair (host end already on the bridge and up,
     the peer already inside the pod), hairpin on, find the peer, address, up, lo, route."""
-    bridge = host.get_links(ifname=plan.bridge)
-    if not bridge:
-        raise RuntimeError(f"bridge {plan.bridge} does not exist on this node")
-    bridge_index, bridge_mac = bridge[0]["index"], bridge[0].get("IFLA_ADDRESS")
+    try:
+        # link("get"): one RTM_GETLINK for this name (get_links would dump every link)
+        bridge = host.link("get", ifname=plan.bridge)[0]
+    except NetlinkError:
+        raise RuntimeError(f"bridge {plan.bridge} does not exist on this node") from None
+    bridge_index, bridge_mac = bridge["index"], bridge.get("IFLA_ADDRESS")
     host_mac, pod_mac = veth_macs(plan)
     pod = iproute_in(plan.netns)
     try:
