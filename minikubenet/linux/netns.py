@@ -3,10 +3,14 @@
 ``setns(2)`` moves only the calling thread. A daemon with many threads must never
 let one of them wander into a pod's namespace and then serve another request from
 there. So we never switch a long-lived thread: a short-lived thread enters the
-namespace, opens a netlink socket, and exits. A socket stays bound to the namespace it
-was created in, so the whole process can then use it from any thread
-(``IPRoute(fileno=...)``). This is the "open the socket inside, use it outside"
-pattern; it costs about 1 ms, where pyroute2's own ``netns=`` forks a child process.
+namespace, opens a socket, and exits. A socket stays bound to the namespace it was
+created in, so the calling thread can then use it (``IPRoute(fileno=...)``). This is
+the "open the socket inside, use it outside" pattern; it costs about 1 ms, where
+pyroute2's own ``netns=`` forks a child process.
+
+One catch: pyroute2 0.9's ``IPRoute`` keeps its socket per thread, so an ``IPRoute``
+built this way works only on the thread that built it. Plain sockets (the lab's probes)
+have no such limit.
 
 Python 3.11 has no ``os.setns``, hence ctypes.
 """
@@ -43,7 +47,7 @@ def _setns(path: str) -> None:
 
 def socket_in(netns_path: str, family: int, type_: int, proto: int = 0) -> socket.socket:
     """A socket created inside the namespace at ``netns_path`` (a /run/netns/x or
-    /proc/<pid>/ns/net path), usable from any thread of this process."""
+    /proc/<pid>/ns/net path), usable from this process (for IPRoute: from this thread)."""
     if not os.path.exists(netns_path):
         raise NetnsNotFound(f"network namespace {netns_path} does not exist")
     out: dict = {}
