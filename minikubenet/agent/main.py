@@ -6,12 +6,17 @@ Start-up, in order, each step a clear error if it cannot be done:
 1. connect to etcd and read the network config (waiting a while for both);
 2. find the node's underlay interface and public IP, and from its MTU the pod MTU
    (underlay − 50 with VXLAN: 20 IPv4 + 8 UDP + 8 VXLAN + 14 inner Ethernet);
-3. lease a subnet for this node (subnet_lease.py) and keep renewing it;
-4. create the bridge ``cni0`` with the gateway address, enable forwarding, install
+3. prepare the backend (agent/backend.py): with VXLAN create ``flannel.<VNI>`` now,
+   because its MAC goes into the lease;
+4. lease a subnet for this node (subnet_lease.py) and keep renewing it;
+5. create the bridge ``cni0`` with the gateway address, enable forwarding, install
    the masquerade rules;
-5. open the CNI socket, then write ``subnet.env`` (its presence means "ready");
-6. serve CNI requests until SIGTERM; on exit the lease is kept, so a restarted agent
-   gets the same subnet back and its pods keep their addresses.
+6. start the overlay: every remote lease programmed (neighbour, FDB, route, or a
+   host-gw route), then follow the watch;
+7. open the CNI socket, then write ``subnet.env`` (its presence means "ready");
+8. serve CNI requests until SIGTERM; on exit the lease is kept, so a restarted agent
+   gets the same subnet back and its pods keep their addresses. A start-up that fails
+   after step 3 removes the VXLAN device it created.
 """
 
 from __future__ import annotations
