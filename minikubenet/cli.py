@@ -86,7 +86,7 @@ def cmd_network_show(args) -> int:
 # -- lab --------------------------------------------------------------------------------------------
 
 def cmd_lab_up(args) -> int:
-    from minikubenet.lab.cluster import Lab, LabError
+    from minikubenet.lab.cluster import Lab, LabError, LabExists
     from minikubenet.lab.topology import build_topology
     try:
         topo = build_topology(args.name, args.nodes, args.pods_per_node, args.underlay, args.pod_network,
@@ -97,6 +97,8 @@ def cmd_lab_up(args) -> int:
     started = time.monotonic()
     try:
         lab.up()
+    except LabExists as e:
+        raise CliError(str(e)) from None      # the running lab is not ours to remove
     except (LabError, Exception) as e:
         # A half-built lab is removed again: up either completes or leaves nothing.
         print(f"minikubenet: lab up failed: {e}", file=sys.stderr)
@@ -111,8 +113,8 @@ def cmd_lab_up(args) -> int:
             print(f"check: {len(same)} same-node paths ok (pod<->pod, pod->node, node->pod)")
             cross = lab.check_cross_node()
             print(f"check: {len(cross)} cross-node checks ok (every pod -> every pod; per node pair "
-                  "1 MB over TCP and DF pings at the MTU)")
-            for line in cross[-len(topo.nodes):]:
+                  "1 MB over TCP and DF pings at the MTU), for example:")
+            for line in [c for c in cross if "1 MB" in c][:3]:
                 print(f"  {line}")
             services = lab.check_services()
             if services:
@@ -127,8 +129,19 @@ def cmd_lab_up(args) -> int:
     print(lab.report())
     print()
     print(lab.overlay_report())
-    print(f"\nNext: `minikubenet lab exec n1-p1 -- ping -c1 <pod ip>`, `minikubenet lab down --name {topo.name}`")
+    prog = _prog()
+    name = "" if topo.name == "mkn" else f" --name {topo.name}"
+    print(f"\nNext: `{prog} lab exec{name} n1-p1 -- ip route`, `{prog} lab status{name}`, "
+          f"`{prog} lab down{name}`")
     return 0
+
+
+def _prog() -> str:
+    """How the user ran us, for hints they can paste (.venv/bin/minikubenet or python -m)."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "minikubenet":
+        return os.path.relpath(argv0) if not argv0.startswith("/usr/") else "minikubenet"
+    return f"{os.path.relpath(sys.executable)} -m minikubenet"
 
 
 def _existing_lab(name):
@@ -172,6 +185,13 @@ def cmd_lab_mtu_pitfall(args) -> int:
 
 
 def cmd_lab_exec(args) -> int:
+    # `lab exec n1 --name x -- cmd`: argparse leaves a --name after the target in the
+    # command; take it out as long as it comes before the "--".
+    head = args.command[:args.command.index("--")] if "--" in args.command else []
+    if "--name" in head and head.index("--name") + 1 < len(head):
+        i = args.command.index("--name")
+        args.name = args.command[i + 1]
+        args.command = args.command[:i] + args.command[i + 2:]
     lab = _existing_lab(args.name)
     t = lab.topo
     targets = {"etcd": t.etcd_netns, "sw": t.switch_netns}
@@ -187,8 +207,13 @@ def cmd_lab_exec(args) -> int:
 
 # -- parser -------------------------------------------------------------------------------------------
 
+NAME_HELP = ("the lab's name, the prefix of every namespace it creates: 1-8 lowercase letters "
+             "or digits, starting with a letter (default mkn)")
+
+
 def _etcd_options(p):
-    p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
+    p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+                   help="comma-separated etcd URLs (default $MINIKUBENET_ETCD_ENDPOINTS or http://127.0.0.1:2379)")
     p.add_argument("--etcd-prefix", default="/coreos.com/network")
     p.add_argument("--project-prefix", default="/minikubenet")
     p.add_argument("--etcd-cafile"), p.add_argument("--etcd-certfile"), p.add_argument("--etcd-keyfile")
@@ -215,12 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="a multi-node cluster in network namespaces").add_subparsers(dest="cmd", required=True)
     up = lab.add_parser("up", help="build the lab")
-    up.add_argument("--name", default="mkn", help="prefix of everything the lab creates")
-    up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--pods-per-node", type=int, default=2)
+    up.add_argument("--name", default="mkn", help=NAME_HELP)
+    up.add_argument("--nodes", type=int, default=3, help="number of node namespaces (default 3)")
+    up.add_argument("--pods-per-node", type=int, default=2, help="pods created on each node (default 2)")
     up.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw"])
-    up.add_argument("--underlay", default="172.31.0.0/24")
-    up.add_argument("--pod-network", default="10.244.0.0/16")
+    up.add_argument("--underlay", default="172.31.0.0/24",
+                    help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)")
+    up.add_argument("--pod-network", default="10.244.0.0/16", help="the cluster network (default 10.244.0.0/16)")
     up.add_argument("--mtu", type=int, default=1500, help="underlay MTU")
     up.add_argument("--check", action="store_true", help="prove connectivity and print a report")
     up.add_argument("--keep-on-failure", action="store_true", help="leave a failed lab up for debugging")
@@ -230,10 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "show pods at MTU 1500 on a 1450 overlay stalling, next to the correct setup"),
                              ("down", cmd_lab_down, "remove everything the lab created")):
         c = lab.add_parser(name, help=text)
-        c.add_argument("--name", default="mkn")
+        c.add_argument("--name", default="mkn", help=NAME_HELP)
         c.set_defaults(func=func)
     ex = lab.add_parser("exec", help="run a command inside a node's or pod's namespace")
-    ex.add_argument("--name", default="mkn")
+    ex.add_argument("--name", default="mkn", help=NAME_HELP)
     ex.add_argument("target", help="n1, n1-p1, etcd or sw")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_lab_exec)
@@ -266,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `... | head`: the reader went away; that is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

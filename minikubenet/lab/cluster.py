@@ -47,6 +47,10 @@ class LabError(Exception):
     pass
 
 
+class LabExists(LabError):
+    """``up`` of a lab that is already there: nothing was built, nothing may be removed."""
+
+
 class Lab:
     # The mode of the minikubenet-proxy started on every node by up() (lab/services.py);
     # None: no proxies, no endpoints controller, no service check.
@@ -126,7 +130,7 @@ class Lab:
     def up(self) -> None:
         t = self.topo
         if os.path.exists(self.state_file) or named_netns.list_names(f"{t.name}-"):
-            raise LabError(f"lab {t.name!r} already exists (or left pieces behind): "
+            raise LabExists(f"lab {t.name!r} already exists (or left pieces behind): "
                            f"run `minikubenet lab down --name {t.name}` first")
         for tool in ("ip", "iptables", "etcd", "etcdctl", "ping"):
             if not shutil.which(tool):
