@@ -60,3 +60,17 @@ def test_down_leaves_other_namespaces_alone(lab_root):
         lab.down()
         assert named_netns.exists(bystander)
         named_netns.delete(bystander)
+
+
+def test_a_second_up_refuses_and_leaves_the_running_lab_alone(lab_root):
+    lab = make_lab(lab_root, nodes=1, pods_per_node=1)
+    try:
+        lab.up()
+        before = named_netns.list_names(f"{lab.topo.name}-")
+        out = subprocess.run([sys.executable, "-m", "minikubenet", "lab", "up", "--name", lab.topo.name],
+                             capture_output=True, text=True)
+        assert out.returncode == 1 and "already exists" in out.stderr
+        assert "Traceback" not in out.stderr
+        assert named_netns.list_names(f"{lab.topo.name}-") == before
+    finally:
+        lab.down()
