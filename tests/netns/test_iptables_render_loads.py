@@ -6,46 +6,21 @@ Everything happens inside a throwaway network namespace, mkntest-prx-<random>, r
 after each test; the host's own rules are never touched. Needs root.
 """
 
-import json
 import os
-import secrets
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from minikubenet.proxy.iptables_render import chains_from_save, jump_chains, plan_iptables
-from minikubenet.proxy.model import RenderOptions, endpoints_from_k8s, service_from_k8s
+from minikubenet.proxy.model import RenderOptions
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
 
-GOLDEN = Path(__file__).parent.parent / "unit" / "golden"
+from tests.proxy_golden import load_cluster  # noqa: E402
 BACKENDS = ["nft", "legacy"]
-
-
-def load_cluster():
-    doc = json.loads((GOLDEN / "proxy_cluster.json").read_text())
-    services = [service_from_k8s(d, doc["service_cidr"]) for d in doc["services"]]
-    endpoints = {}
-    for d in doc["endpoints"]:
-        endpoints.update(endpoints_from_k8s(d))
-    return services, endpoints, doc
-
-
-@pytest.fixture
-def netns():
-    """Name: a fresh network namespace ``mkntest-prx-<hex>`` with lo up.
-    Scope: one test. Teardown: ``ip netns del`` (which also drops its rules)."""
-    name = "mkntest-prx-" + secrets.token_hex(4)
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def run(ns, *argv, input=None):

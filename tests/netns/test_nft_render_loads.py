@@ -6,47 +6,22 @@ Everything happens inside a throwaway network namespace, mkntest-prx-<random>, r
 after each test; nothing is loaded into the host's namespace. Needs root.
 """
 
-import json
 import os
 from dataclasses import replace
-import secrets
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from minikubenet.proxy.model import RenderOptions, endpoints_from_k8s, service_from_k8s
+from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.nft_render import (TABLE, names_from_listing, plan_nft,
                                           render_nft_cleanup, render_nft_delete_chains)
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
 
-GOLDEN = Path(__file__).parent.parent / "unit" / "golden"
-
-
-def load_cluster():
-    doc = json.loads((GOLDEN / "proxy_cluster.json").read_text())
-    services = [service_from_k8s(d, doc["service_cidr"]) for d in doc["services"]]
-    endpoints = {}
-    for d in doc["endpoints"]:
-        endpoints.update(endpoints_from_k8s(d))
-    return services, endpoints, doc
-
-
-@pytest.fixture
-def netns():
-    """Name: a fresh network namespace ``mkntest-prx-<hex>`` with lo up.
-    Scope: one test. Teardown: ``ip netns del`` (which also drops its nftables)."""
-    name = "mkntest-prx-" + secrets.token_hex(4)
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+from tests.proxy_golden import load_cluster  # noqa: E402
 
 
 def run(ns, *argv, input=None):

@@ -6,32 +6,18 @@ Golden files live in tests/unit/golden/. After an intended change, regenerate th
 """
 
 import ipaddress
-import json
 import os
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minikubenet.proxy.iptables_render import (JUMP_CHAINS, SyncState, chains_from_save,
                                                plan_iptables, probability, render_iptables)
-from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
-                                     endpoints_from_k8s, service_from_k8s)
+from minikubenet.proxy.model import Endpoint, RenderOptions, Service, ServicePort
 from minikubenet.proxy.tracer import check_ruleset, parse_restore
 
-GOLDEN = Path(__file__).parent / "golden"
+from tests.proxy_golden import GOLDEN, load_cluster  # noqa: E402
 IP = ipaddress.IPv4Address
-
-
-def load_cluster(*names):
-    doc = json.loads((GOLDEN / "proxy_cluster.json").read_text())
-    services = [service_from_k8s(d, doc["service_cidr"]) for d in doc["services"]]
-    endpoints = {}
-    for d in doc["endpoints"]:
-        endpoints.update(endpoints_from_k8s(d))
-    if names:
-        services = [s for s in services if s.name in names]
-    return services, endpoints, doc
 
 
 def assert_golden(name: str, text: str) -> None:

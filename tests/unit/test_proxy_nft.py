@@ -2,27 +2,15 @@
 (tests/netns/test_nft_render_loads.py loads the same text into a real kernel.)"""
 
 import ipaddress
-import json
 import os
 import re
-from pathlib import Path
 
-from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
-                                     endpoints_from_k8s, service_from_k8s)
+from minikubenet.proxy.model import Endpoint, RenderOptions, Service, ServicePort
 from minikubenet.proxy.nft_render import (names_from_listing, plan_nft, render_nft,
                                           render_nft_cleanup, render_nft_delete_chains)
 
-GOLDEN = Path(__file__).parent / "golden"
+from tests.proxy_golden import GOLDEN, load_cluster  # noqa: E402
 IP = ipaddress.IPv4Address
-
-
-def load_cluster():
-    doc = json.loads((GOLDEN / "proxy_cluster.json").read_text())
-    services = [service_from_k8s(d, doc["service_cidr"]) for d in doc["services"]]
-    endpoints = {}
-    for d in doc["endpoints"]:
-        endpoints.update(endpoints_from_k8s(d))
-    return services, endpoints, doc
 
 
 def render_cluster(**kw):
