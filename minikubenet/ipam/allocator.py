@@ -17,7 +17,7 @@ import ipaddress
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from minikubenet.ipam import ranges
 from minikubenet.store.etcd import EtcdStore

@@ -8,8 +8,7 @@ import json
 import subprocess
 import time
 
-from minikubenet.lab import daemons, probes
-from minikubenet.lab.topology import POD_PORT
+from minikubenet.lab import daemons
 
 from tests.conftest import make_lab
 
