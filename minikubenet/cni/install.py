@@ -9,9 +9,10 @@ What a runtime (containerd, CRI-O, podman, kubelet via its runtime) finds afterw
 
 - ``<bin-dir>/minikubenet`` and ``<bin-dir>/minikubenet-ipam``: cni/shim.py, one file
   each. A runtime executes them with a bare environment (no PATH, no VIRTUAL_ENV), so
-  each file carries what it needs: a ``#!`` line naming the real interpreter binary
-  with ``-I -S`` (isolated, no site-packages: the shim is stdlib-only, and a pyenv or
-  virtualenv wrapper would add ~110 ms per pod), the constants ``MODE``,
+  each file carries what it needs: a ``#!`` line naming a real interpreter binary (the
+  distribution's python3, which starts fastest, ``plugin_interpreter``) with ``-I -S``
+  (isolated, no site-packages: the shim is stdlib-only, and a pyenv or virtualenv
+  wrapper would add ~110 ms per pod), the constants ``MODE``,
   ``DEFAULT_AGENT_SOCKET`` and ``INVOCATION_LOG`` rewritten (``BAKED``), and next to
   that source its bytecode, compiled at install time by that same interpreter, so a
   pod does not pay for compiling the shim (``PLUGIN_TEMPLATE``).
@@ -35,6 +36,7 @@ is a few file operations. ``--dry-run`` prints the plan.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -78,6 +80,31 @@ class InstallError(Exception):
 def base_interpreter() -> str:
     """The real interpreter binary behind this (possibly virtual) environment."""
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+SHIM_MIN_PYTHON = (3, 9)      # what shim.py's syntax and modules need
+
+
+@functools.lru_cache(maxsize=None)
+def plugin_interpreter() -> str:
+    """The interpreter the plugin's ``#!`` line names by default: the distribution's
+    ``/usr/bin/python3`` when it is recent enough, else ``base_interpreter()``.
+
+    A runtime starts the plugin once per pod, so start-up is what matters, and the shim
+    is stdlib-only, so any Python 3.9+ runs it. Distribution builds (Debian, Ubuntu) link
+    the C modules the shim uses (``_socket``, ``posix``, ``_json``'s neighbours) into the
+    interpreter binary; a pyenv or source build loads them as shared objects and starts
+    about 1 ms slower (7.5 against 6.4 ms here, ``bench/cni_add_del.py``)."""
+    try:
+        p = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", "import sys; print(*sys.version_info[:2])"],
+                           capture_output=True, text=True, timeout=30)
+        version = tuple(int(x) for x in p.stdout.split())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        version = ()
+    if len(version) == 2 and version >= SHIM_MIN_PYTHON:
+        return os.path.realpath(SYSTEM_PYTHON)
+    return base_interpreter()
 
 
 def baked_source(mode: str = "main", agent_socket: str = shim.DEFAULT_AGENT_SOCKET,
@@ -135,7 +162,7 @@ def render_plugin(interpreter: str | None = None, mode: str = "main",
                   filename: str = PLUGIN_NAME) -> str:
     """The installed plugin: a ``#!`` line naming the real interpreter, then the baked
     shim as source and as that interpreter's bytecode."""
-    interpreter = interpreter or base_interpreter()
+    interpreter = interpreter or plugin_interpreter()
     if len(interpreter) + 6 > MAX_SHEBANG or any(c.isspace() for c in interpreter):
         raise InstallError(f"interpreter path {interpreter!r} cannot go on a #! line "
                            "(too long, or it contains whitespace)")
@@ -488,7 +515,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--chain", action="append", metavar="PLUGIN[,PLUGIN]",
                    help=f"reference plugins to run after ours, in order: {', '.join(CHAINABLE)}")
     p.add_argument("--sysctl", action="append", metavar="KEY=VALUE", help="for the tuning plugin")
-    p.add_argument("--python", help="interpreter for the #! line (default: the real one behind this venv)")
+    p.add_argument("--python", help="interpreter for the #! line (default: /usr/bin/python3 if it is 3.9+, else the real one behind this venv)")
     p.add_argument("--plugin-dir", action="append",
                    help="where else to look for chained plugins (default /usr/lib/cni)")
     p.add_argument("--log-invocations", metavar="FILE",
