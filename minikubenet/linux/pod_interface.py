@@ -1,15 +1,19 @@
 """Plumb one pod into its node: a veth pair, the pod's address and default route.
 
-``attach`` applies a ``PodAttachment`` plan (pod_network.py) in seven netlink requests:
+``attach`` applies a ``PodAttachment`` plan (pod_network.py) in eight netlink requests,
+sent in four batches (rtnl_batch.py: one round trip each, no per-request Python machinery,
+since every pod start waits for them):
 
-1. create the veth pair in one request: the host end already a port of the bridge and
-   up, the peer created directly inside the pod's namespace under its final name
+1. node: look up the bridge (its index and MAC);
+2. node: create the veth pair in one request: the host end already a port of the bridge
+   and up, the peer created directly inside the pod's namespace under its final name
    (IFLA_NET_NS_FD on the peer), both ends with the overlay MTU and with MACs we chose
-   (so nothing has to be read back); if the names exist from an earlier attempt,
+   (so nothing has to be read back); and hairpin mode on the host end's bridge port (a
+   pod may reach itself through a Service). If the names exist from an earlier attempt,
    remove those leftovers and create again;
-2. host end: hairpin mode on its bridge port (a pod may reach itself through a Service);
-3. pod end: find it, give it the address, bring it and ``lo`` up, add the default
-   route via the bridge's address.
+3. pod: bring ``lo`` up, find the peer's index;
+4. pod: bring the peer up, give it the address, add the default route via the
+   bridge's address.
 
 It returns the MACs for the CNI result. ``detach`` is best effort and repeatable:
 deleting either end of a veth pair deletes both, and a pod namespace that is gone
@@ -22,12 +26,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from minikubenet.linux.netns import NetnsNotFound, iproute_in
+from minikubenet.linux import rtnl_batch
+from minikubenet.linux.netns import NetnsNotFound, iproute_in, socket_in
 from minikubenet.pod_network import PodAttachment
 
 
@@ -74,44 +80,56 @@ def veth_macs(plan: PodAttachment) -> tuple[str, str]:
 
 
 def attach(host: IPRoute, plan: PodAttachment) -> AttachedMacs:
-    """Seven netlink requests: create the pair (host end already on the bridge and up,
-    the peer already inside the pod), hairpin on, find the peer, address, up, lo, route."""
+    """Four round trips (rtnl_batch): look up the bridge; create the pair and set hairpin;
+    in the pod, bring ``lo`` up and look up the peer; bring it up, address it, route.
+    ``host`` (pyroute2) is only used to clear leftovers of an earlier attempt."""
+    node = rtnl_batch.open_socket()
     try:
-        # link("get"): one RTM_GETLINK for this name (get_links would dump every link)
-        bridge = host.link("get", ifname=plan.bridge)[0]
-    except NetlinkError:
-        raise RuntimeError(f"bridge {plan.bridge} does not exist on this node") from None
-    bridge_index, bridge_mac = bridge["index"], bridge.get("IFLA_ADDRESS")
-    host_mac, pod_mac = veth_macs(plan)
-    pod = iproute_in(plan.netns)
-    try:
-        netns_fd = os.open(plan.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            request = dict(ifname=plan.host_veth, kind="veth", mtu=plan.mtu, address=host_mac,
-                           master=bridge_index, state="up",
-                           peer={"ifname": plan.ifname, "net_ns_fd": netns_fd, "mtu": plan.mtu,
-                                 "address": pod_mac})
+            [bridge] = rtnl_batch.send_batch(node, [rtnl_batch.get_link(plan.bridge)])
+        except NetlinkError:
+            raise RuntimeError(f"bridge {plan.bridge} does not exist on this node") from None
+        bridge_index, bridge_mac = rtnl_batch.link_index(bridge), rtnl_batch.link_mac(bridge)
+        host_mac, pod_mac = veth_macs(plan)
+        pod = socket_in(plan.netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            netns_fd = os.open(plan.netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                host.link("add", **request)
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise
-                # leftovers of an earlier attempt (a repeated ADD): remove, then create anew
-                _delete(host, plan.host_veth)
-                _delete(pod, plan.ifname)
-                host.link("add", **request)
+                # Hairpin: let the bridge send a frame back out of the port it came in on,
+                # so a pod reaching its own Service (DNAT back to itself) gets its answer
+                # (the reference bridge plugin's hairpinMode, which flannel turns on).
+                create = [rtnl_batch.create_veth(plan.host_veth, plan.ifname, netns_fd, plan.mtu, host_mac,
+                                                 pod_mac, bridge_index),
+                          rtnl_batch.set_hairpin(plan.host_veth)]
+                try:
+                    rtnl_batch.send_batch(node, create)
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise
+                    # leftovers of an earlier attempt (a repeated ADD): remove, then create anew
+                    _delete(host, plan.host_veth)
+                    _delete_in(plan.netns, plan.ifname)
+                    rtnl_batch.send_batch(node, create)
+            finally:
+                os.close(netns_fd)
+            _, peer = rtnl_batch.send_batch(pod, [rtnl_batch.set_up(LOOPBACK_INDEX, "lo"),
+                                                  rtnl_batch.get_link(plan.ifname)])
+            pod_index = rtnl_batch.link_index(peer)
+            rtnl_batch.send_batch(pod, [
+                rtnl_batch.set_up(pod_index, plan.ifname),
+                rtnl_batch.add_address(pod_index, str(plan.address.ip), plan.address.network.prefixlen, plan.ifname),
+                rtnl_batch.replace_default_route(str(plan.gateway), pod_index)])
         finally:
-            os.close(netns_fd)
-        # Hairpin: let the bridge send a frame back out of the port it came in on, so a
-        # pod reaching its own Service (DNAT back to itself) gets its answer (the
-        # reference bridge plugin's hairpinMode, which flannel turns on).
-        host.link("set", ifname=plan.host_veth, kind="bridge_slave", mode=1)
-        pod_index = _lookup(pod, plan.ifname)
-        pod.addr("add", index=pod_index, address=str(plan.address.ip), prefixlen=plan.address.network.prefixlen)
-        pod.link("set", index=pod_index, state="up")
-        pod.link("set", index=LOOPBACK_INDEX, state="up")
-        pod.route("replace", dst="0.0.0.0/0", gateway=str(plan.gateway), oif=pod_index)
-        return AttachedMacs(bridge=bridge_mac, host_veth=host_mac, pod=pod_mac)
+            pod.close()
+    finally:
+        node.close()
+    return AttachedMacs(bridge=bridge_mac, host_veth=host_mac, pod=pod_mac)
+
+
+def _delete_in(netns: str, name: str) -> None:
+    pod = iproute_in(netns)
+    try:
+        _delete(pod, name)
     finally:
         pod.close()
 
