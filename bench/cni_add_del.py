@@ -502,7 +502,7 @@ def harness(spec_path: str) -> int:
     from minikubenet.agent import cni_handler
     from minikubenet.agent.cni_handler import CniHandler, NodeState
     from minikubenet.ipam.allocator import PodIPAllocator
-    from minikubenet.linux import pod_interface
+    from minikubenet.linux import pod_interface, rtnl_batch
     from minikubenet.store.etcd import EtcdStore
 
     with open(spec_path) as f:
@@ -579,10 +579,19 @@ def harness(spec_path: str) -> int:
     cni_handler.IPRoute = lambda: TimedIPRoute(timed(IPRoute, "netlink host: open IPRoute()")(), "host")
     pod_interface.iproute_in = lambda path: TimedIPRoute(
         timed(real_iproute_in, "netlink pod: open in netns (thread + setns)")(path), "pod")
-    for name in ("list_pod_ips", "create_pod_ip", "delete_pod_ip"):
+    pod_interface.socket_in = timed(pod_interface.socket_in, "netlink pod: open raw socket in netns (thread + setns)")
+    real_send_batch = rtnl_batch.send_batch
+
+    def timed_send_batch(sock, requests):
+        label = "netlink batch: " + " + ".join(r.kind for r in requests)
+        return timed(real_send_batch, label)(sock, requests)
+    rtnl_batch.send_batch = timed_send_batch
+    for name in ("list_pod_ips", "delete_pod_ip"):
         setattr(EtcdStore, name, timed(getattr(EtcdStore, name), f"etcd: {name}"))
-    # overlapping totals (a cross-check, not added up): marked with "~"
-    for name in ("attach", "detach"):
+    # overlapping totals (a cross-check, not added up): marked with "~"; ADD claims the IP
+    # in etcd on a worker thread while the veth pair is created, so that one overlaps too
+    EtcdStore.create_pod_ip = timed(EtcdStore.create_pod_ip, "~ etcd: create_pod_ip (overlaps create_pair)")
+    for name in ("create_pair", "configure_pod", "detach"):
         setattr(pod_interface, name, timed(getattr(pod_interface, name), f"~ pod_interface.{name} (total)"))
 
     per: dict = {}

@@ -30,12 +30,12 @@ def host_veth_name(container_id: str, ifname: str) -> str:
 
 
 @dataclass(frozen=True)
-class PodAttachment:
+class PodLink:
+    """The veth pair between a pod and its node: everything but the IP, so the kernel
+    can build it while etcd is still recording which IP the pod gets."""
     container_id: str
     ifname: str                       # the interface inside the pod (CNI_IFNAME)
-    netns: str                        # CNI_NETNS
-    address: ipaddress.IPv4Interface  # pod IP with the subnet's prefix
-    gateway: ipaddress.IPv4Address    # the bridge's address
+    netns: str                        # CNI_NETNS (or the agent's /proc/self/fd/N of it)
     mtu: int
     bridge: str = BRIDGE
 
@@ -44,8 +44,13 @@ class PodAttachment:
         return host_veth_name(self.container_id, self.ifname)
 
 
-def plan_attachment(container_id: str, ifname: str, netns: str, ip: ipaddress.IPv4Address,
-                    subnet: ipaddress.IPv4Network, mtu: int) -> PodAttachment:
-    return PodAttachment(container_id=container_id, ifname=ifname, netns=netns,
-                         address=ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}"),
-                         gateway=subnet.network_address + 1, mtu=mtu)
+@dataclass(frozen=True)
+class PodAttachment:
+    link: PodLink
+    address: ipaddress.IPv4Interface  # pod IP with the subnet's prefix
+    gateway: ipaddress.IPv4Address    # the bridge's address
+
+
+def plan_attachment(link: PodLink, ip: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network) -> PodAttachment:
+    return PodAttachment(link=link, address=ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}"),
+                         gateway=subnet.network_address + 1)

@@ -11,9 +11,9 @@ modes:
 
 The verbs:
 
-- ADD is a transaction. Claim the pod IP in etcd, then plumb the veth; each step
-  registers its undo, and if a later step fails the undos run, so a failed ADD leaves
-  neither an IP record nor a veth behind. A repeated ADD for the same (container ID,
+- ADD is a transaction. Claim the pod IP in etcd and, meanwhile, create the veth pair;
+  then address the pod. Each step registers its undo, and if a later step fails the
+  undos run, so a failed ADD leaves neither an IP record nor a veth behind. A repeated ADD for the same (container ID,
   interface) finds its existing record and returns the same IP. If a plugin ran before
   us in the chain, its ``prevResult`` is carried into ours (SPEC §5).
 - DEL is best effort and repeatable (SPEC §2): the netns may be gone, the IP may be
@@ -33,6 +33,7 @@ the runtime's path.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ipaddress
 import logging
@@ -50,7 +51,7 @@ from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, E
 from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
 from minikubenet.linux import pod_interface
 from minikubenet.linux.netns import NetnsNotFound, iproute_in
-from minikubenet.pod_network import BRIDGE, host_veth_name, plan_attachment
+from minikubenet.pod_network import BRIDGE, PodLink, host_veth_name, plan_attachment
 from minikubenet.store.etcd import StoreError
 
 log = logging.getLogger(__name__)
@@ -148,12 +149,14 @@ class Call:
 
 class CniHandler:
     IDLE_NETLINK_SOCKETS = 4   # kept open between requests; more are opened under load
+    CLAIM_THREADS = 8          # etcd IP claims in flight at once (more ADDs queue for one)
 
     def __init__(self, node: NodeState):
         self.node = node
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._idle_netlink: queue.SimpleQueue = queue.SimpleQueue()
+        self._claims = concurrent.futures.ThreadPoolExecutor(self.CLAIM_THREADS, thread_name_prefix="ip-claim")
 
     @contextlib.contextmanager
     def _host_netlink(self):
@@ -253,16 +256,22 @@ class CniHandler:
             return self._add_ipam(call)
         self._refuse_own_namespace(call)
         cid, ifname = call.container_id, call.ifname
+        link = PodLink(cid, ifname, call.kernel_netns, self.node.mtu)
         with self._container_lock(cid), contextlib.ExitStack() as undo:
-            allocation, created = self._allocate(call)
-            if created:
-                undo.callback(self._release_quietly, allocation)
-            plan = plan_attachment(cid, ifname, call.kernel_netns, allocation.ip, self.node.subnet, self.node.mtu)
+            # Claiming the IP is a round trip to etcd (~1 ms) and creating the veth pair is
+            # ~1 ms of kernel work that needs no IP: both at once, the claim on a worker
+            # thread (it waits on gRPC with the GIL released). Undo in reverse: remove the
+            # veth, then release the IP if this ADD created the record.
+            claiming = self._claims.submit(self._allocate, call)
+            undo.callback(self._release_claim_quietly, claiming)
             with self._host_netlink() as host:
                 undo.callback(self._detach_quietly, cid, ifname, call.kernel_netns)
                 try:
-                    macs = pod_interface.attach(host, plan)
-                except NetnsNotFound:
+                    macs = pod_interface.create_pair(host, link)
+                    allocation, created = claiming.result()
+                    plan = plan_attachment(link, allocation.ip, self.node.subnet)
+                    pod_interface.configure_pod(plan)
+                except (NetnsNotFound, CniError, StoreError):
                     raise
                 except Exception as e:
                     log.exception("ADD %s/%s: plumbing failed", cid, ifname)
@@ -271,7 +280,7 @@ class CniHandler:
         log.info("ADD %s/%s -> %s%s", cid, ifname, allocation.ip, "" if created else " (existing allocation)")
         res = cni_result.Result(
             interfaces=[cni_result.Interface(BRIDGE, macs.bridge),
-                        cni_result.Interface(plan.host_veth, macs.host_veth),
+                        cni_result.Interface(link.host_veth, macs.host_veth),
                         cni_result.Interface(ifname, macs.pod, sandbox=call.netns, mtu=self.node.mtu)],
             ips=[cni_result.IPConfig(str(plan.address), str(plan.gateway), interface=2)],
             routes=[cni_result.Route("0.0.0.0/0", str(plan.gateway))],
@@ -293,6 +302,15 @@ class CniHandler:
     def _with_prev_result(call: Call, ours: dict) -> dict:
         prev = call.config.get("prevResult")
         return cni_result.merge(prev, ours) if isinstance(prev, dict) else ours
+
+    def _release_claim_quietly(self, claiming: concurrent.futures.Future) -> None:
+        """Undo of a claim that may still be in flight: wait for it, release what it created."""
+        try:
+            allocation, created = claiming.result()
+        except Exception:
+            return          # nothing was claimed
+        if created:
+            self._release_quietly(allocation)
 
     def _release_quietly(self, allocation) -> None:
         try:
@@ -341,8 +359,8 @@ class CniHandler:
                                "the etcd record of this attachment is missing")
             problems = self._compare_with_prev(call, prev, allocation)
             if call.mode == "main" and not problems:
-                plan = plan_attachment(cid, ifname, call.kernel_netns, allocation.ip, self.node.subnet,
-                                       self.node.mtu)
+                plan = plan_attachment(PodLink(cid, ifname, call.kernel_netns, self.node.mtu), allocation.ip,
+                                       self.node.subnet)
                 with self._host_netlink() as host:
                     problems = pod_interface.inspect(host, plan)
                 problems += self._compare_mac(call, prev)

@@ -15,6 +15,9 @@ since every pod start waits for them):
 4. pod: bring the peer up, give it the address, add the default route via the
    bridge's address.
 
+Steps 1-2 (``create_pair``) need no IP, so the agent runs them while etcd is still
+recording the pod's IP; steps 3-4 are ``configure_pod``.
+
 It returns the MACs for the CNI result. ``detach`` is best effort and repeatable:
 deleting either end of a veth pair deletes both, and a pod namespace that is gone
 already took its end with it (SPEC §2 DEL: "return success when the resources are
@@ -34,7 +37,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from minikubenet.linux import rtnl_batch
 from minikubenet.linux.netns import NetnsNotFound, iproute_in, socket_in
-from minikubenet.pod_network import PodAttachment
+from minikubenet.pod_network import PodAttachment, PodLink
 
 
 LOOPBACK_INDEX = 1   # "lo" is always the first device of a network namespace
@@ -68,11 +71,11 @@ def _mac(ipr: IPRoute, index: int) -> str:
     return ipr.get_links(index)[0].get("IFLA_ADDRESS")
 
 
-def veth_macs(plan: PodAttachment) -> tuple[str, str]:
+def veth_macs(link: PodLink) -> tuple[str, str]:
     """Stable, locally administered unicast MACs for the two ends, derived from the
     attachment: set at creation, so no read-back is needed for the CNI result, and a
     re-created pod interface keeps the MAC its neighbours have cached."""
-    digest = hashlib.sha256(f"{plan.container_id}/{plan.ifname}".encode()).digest()
+    digest = hashlib.sha256(f"{link.container_id}/{link.ifname}".encode()).digest()
     def mac(tag: int) -> str:
         octets = [0x0a | (tag << 4)] + list(digest[:5])   # 0x?a: bit 1 set (local), bit 0 clear (unicast)
         return ":".join(f"{o:02x}" for o in octets)
@@ -80,50 +83,65 @@ def veth_macs(plan: PodAttachment) -> tuple[str, str]:
 
 
 def attach(host: IPRoute, plan: PodAttachment) -> AttachedMacs:
-    """Four round trips (rtnl_batch): look up the bridge; create the pair and set hairpin;
-    in the pod, bring ``lo`` up and look up the peer; bring it up, address it, route.
+    """The whole attachment: ``create_pair`` then ``configure_pod``."""
+    macs = create_pair(host, plan.link)
+    configure_pod(plan)
+    return macs
+
+
+def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
+    """Steps 1-2 (no IP needed): look up the bridge; create the pair and set hairpin.
     ``host`` (pyroute2) is only used to clear leftovers of an earlier attempt."""
     node = rtnl_batch.open_socket()
     try:
         try:
-            [bridge] = rtnl_batch.send_batch(node, [rtnl_batch.get_link(plan.bridge)])
+            [bridge] = rtnl_batch.send_batch(node, [rtnl_batch.get_link(link.bridge)])
         except NetlinkError:
-            raise RuntimeError(f"bridge {plan.bridge} does not exist on this node") from None
+            raise RuntimeError(f"bridge {link.bridge} does not exist on this node") from None
         bridge_index, bridge_mac = rtnl_batch.link_index(bridge), rtnl_batch.link_mac(bridge)
-        host_mac, pod_mac = veth_macs(plan)
-        pod = socket_in(plan.netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        host_mac, pod_mac = veth_macs(link)
         try:
-            netns_fd = os.open(plan.netns, os.O_RDONLY | os.O_CLOEXEC)
+            netns_fd = os.open(link.netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise NetnsNotFound(f"network namespace {link.netns}: {e.strerror}") from None
+        try:
+            # Hairpin: let the bridge send a frame back out of the port it came in on,
+            # so a pod reaching its own Service (DNAT back to itself) gets its answer
+            # (the reference bridge plugin's hairpinMode, which flannel turns on).
+            create = [rtnl_batch.create_veth(link.host_veth, link.ifname, netns_fd, link.mtu, host_mac,
+                                             pod_mac, bridge_index),
+                      rtnl_batch.set_hairpin(link.host_veth)]
             try:
-                # Hairpin: let the bridge send a frame back out of the port it came in on,
-                # so a pod reaching its own Service (DNAT back to itself) gets its answer
-                # (the reference bridge plugin's hairpinMode, which flannel turns on).
-                create = [rtnl_batch.create_veth(plan.host_veth, plan.ifname, netns_fd, plan.mtu, host_mac,
-                                                 pod_mac, bridge_index),
-                          rtnl_batch.set_hairpin(plan.host_veth)]
-                try:
-                    rtnl_batch.send_batch(node, create)
-                except NetlinkError as e:
-                    if e.code != errno.EEXIST:
-                        raise
-                    # leftovers of an earlier attempt (a repeated ADD): remove, then create anew
-                    _delete(host, plan.host_veth)
-                    _delete_in(plan.netns, plan.ifname)
-                    rtnl_batch.send_batch(node, create)
-            finally:
-                os.close(netns_fd)
-            _, peer = rtnl_batch.send_batch(pod, [rtnl_batch.set_up(LOOPBACK_INDEX, "lo"),
-                                                  rtnl_batch.get_link(plan.ifname)])
-            pod_index = rtnl_batch.link_index(peer)
-            rtnl_batch.send_batch(pod, [
-                rtnl_batch.set_up(pod_index, plan.ifname),
-                rtnl_batch.add_address(pod_index, str(plan.address.ip), plan.address.network.prefixlen, plan.ifname),
-                rtnl_batch.replace_default_route(str(plan.gateway), pod_index)])
+                rtnl_batch.send_batch(node, create)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise
+                # leftovers of an earlier attempt (a repeated ADD): remove, then create anew
+                _delete(host, link.host_veth)
+                _delete_in(link.netns, link.ifname)
+                rtnl_batch.send_batch(node, create)
         finally:
-            pod.close()
+            os.close(netns_fd)
     finally:
         node.close()
     return AttachedMacs(bridge=bridge_mac, host_veth=host_mac, pod=pod_mac)
+
+
+def configure_pod(plan: PodAttachment) -> None:
+    """Steps 3-4, inside the pod: ``lo`` up and find the peer; the peer up, its address,
+    the default route via the bridge's address."""
+    link = plan.link
+    pod = socket_in(link.netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        _, peer = rtnl_batch.send_batch(pod, [rtnl_batch.set_up(LOOPBACK_INDEX, "lo"),
+                                              rtnl_batch.get_link(link.ifname)])
+        pod_index = rtnl_batch.link_index(peer)
+        rtnl_batch.send_batch(pod, [
+            rtnl_batch.set_up(pod_index, link.ifname),
+            rtnl_batch.add_address(pod_index, str(plan.address.ip), plan.address.network.prefixlen, link.ifname),
+            rtnl_batch.replace_default_route(str(plan.gateway), pod_index)])
+    finally:
+        pod.close()
 
 
 def _delete_in(netns: str, name: str) -> None:
@@ -151,34 +169,35 @@ def detach(host: IPRoute, container_id: str, ifname: str, host_veth: str, netns:
 
 def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
     """What is wrong with this attachment now; empty when it matches the plan."""
+    want = plan.link
     problems = []
-    host_index = _lookup(host, plan.host_veth)
-    bridge_index = _lookup(host, plan.bridge)
+    host_index = _lookup(host, want.host_veth)
+    bridge_index = _lookup(host, want.bridge)
     if bridge_index is None:
-        problems.append(f"bridge {plan.bridge} is missing")
+        problems.append(f"bridge {want.bridge} is missing")
     if host_index is None:
-        problems.append(f"host veth {plan.host_veth} is missing")
+        problems.append(f"host veth {want.host_veth} is missing")
     elif bridge_index is not None and host.get_links(host_index)[0].get("IFLA_MASTER") != bridge_index:
-        problems.append(f"host veth {plan.host_veth} is not a port of {plan.bridge}")
+        problems.append(f"host veth {want.host_veth} is not a port of {want.bridge}")
     try:
-        pod = iproute_in(plan.netns)
+        pod = iproute_in(want.netns)
     except NetnsNotFound:
-        return problems + [f"network namespace {plan.netns} is gone"]
+        return problems + [f"network namespace {want.netns} is gone"]
     try:
-        pod_index = _lookup(pod, plan.ifname)
+        pod_index = _lookup(pod, want.ifname)
         if pod_index is None:
-            return problems + [f"interface {plan.ifname} is missing in {plan.netns}"]
+            return problems + [f"interface {want.ifname} is missing in {want.netns}"]
         link = pod.get_links(pod_index)[0]
-        if link.get("IFLA_MTU") != plan.mtu:
-            problems.append(f"{plan.ifname} has MTU {link.get('IFLA_MTU')}, expected {plan.mtu}")
+        if link.get("IFLA_MTU") != want.mtu:
+            problems.append(f"{want.ifname} has MTU {link.get('IFLA_MTU')}, expected {want.mtu}")
         if link.get("IFLA_OPERSTATE") not in ("UP", "UNKNOWN") and not (link["flags"] & 1):
-            problems.append(f"{plan.ifname} is down")
+            problems.append(f"{want.ifname} is down")
         addrs = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=pod_index, family=2)}
         if (str(plan.address.ip), plan.address.network.prefixlen) not in addrs:
-            problems.append(f"{plan.ifname} lacks address {plan.address}")
+            problems.append(f"{want.ifname} lacks address {plan.address}")
         routes = pod.get_routes(family=2, dst_len=0, table=254)
         if not any(r.get("RTA_GATEWAY") == str(plan.gateway) for r in routes):
-            problems.append(f"no default route via {plan.gateway} in {plan.netns}")
+            problems.append(f"no default route via {plan.gateway} in {want.netns}")
     finally:
         pod.close()
     return problems

@@ -56,7 +56,8 @@ _sequence = itertools.count(1)
 
 @dataclass
 class Request:
-    """One encoded message and what it does, for error messages."""
+    """One message; ``what`` it does names it in errors, ``kind`` in timings."""
+    kind: str                            # "getlink", "veth", "hairpin", "up", "address", "route"
     what: str
     message: object                      # a pyroute2 nlmsg, header type and flags set
     _data: bytes | None = None
@@ -72,10 +73,10 @@ class Request:
         return bytes(data)
 
 
-def _request(what: str, message, msg_type: int, flags: int) -> Request:
+def _request(kind: str, what: str, message, msg_type: int, flags: int) -> Request:
     message["header"]["type"] = msg_type
     message["header"]["flags"] = flags
-    return Request(what, message)
+    return Request(kind, what, message)
 
 
 # -- the messages a pod attachment needs -------------------------------------------------------
@@ -84,7 +85,7 @@ def get_link(name: str) -> Request:
     """RTM_GETLINK for one name: the answer is that device's RTM_NEWLINK (``link_index``)."""
     m = ifinfmsg()
     m["attrs"] = [("IFLA_IFNAME", name)]
-    return _request(f"look up {name}", m, RTM_GETLINK, CHANGE)
+    return _request("getlink", f"look up {name}", m, RTM_GETLINK, CHANGE)
 
 
 def create_veth(name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str, peer_mac: str,
@@ -101,7 +102,7 @@ def create_veth(name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str, pe
                   ("IFLA_LINKINFO", {"attrs": [
                       ("IFLA_INFO_KIND", "veth"),
                       ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer_attrs})]})]})]
-    return _request(f"create veth {name} (peer {peer})", m, RTM_NEWLINK, CREATE)
+    return _request("veth", f"create veth {name} (peer {peer})", m, RTM_NEWLINK, CREATE)
 
 
 def set_hairpin(name: str) -> Request:
@@ -113,14 +114,14 @@ def set_hairpin(name: str) -> Request:
                   ("IFLA_LINKINFO", {"attrs": [
                       ("IFLA_INFO_SLAVE_KIND", "bridge"),
                       ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", IFLA_BRPORT_MODE_HAIRPIN)]})]})]
-    return _request(f"hairpin on {name}", m, RTM_NEWLINK, CHANGE)
+    return _request("hairpin", f"hairpin on {name}", m, RTM_NEWLINK, CHANGE)
 
 
 def set_up(index: int, name: str = "") -> Request:
     m = ifinfmsg()
     m["index"] = index
     m["flags"] = m["change"] = IFF_UP
-    return _request(f"set {name or f'link {index}'} up", m, RTM_NEWLINK, CHANGE)
+    return _request("up", f"set {name or f'link {index}'} up", m, RTM_NEWLINK, CHANGE)
 
 
 def add_address(index: int, ip: str, prefixlen: int, name: str = "") -> Request:
@@ -131,7 +132,7 @@ def add_address(index: int, ip: str, prefixlen: int, name: str = "") -> Request:
     m["prefixlen"] = prefixlen
     m["index"] = index
     m["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)]
-    return _request(f"add address {ip}/{prefixlen} to {name or index}", m, RTM_NEWADDR, CREATE)
+    return _request("address", f"add address {ip}/{prefixlen} to {name or index}", m, RTM_NEWADDR, CREATE)
 
 
 def replace_default_route(gateway: str, oif: int) -> Request:
@@ -143,7 +144,7 @@ def replace_default_route(gateway: str, oif: int) -> Request:
     m["scope"] = RT_SCOPE_UNIVERSE
     m["type"] = RTN_UNICAST
     m["attrs"] = [("RTA_GATEWAY", gateway), ("RTA_OIF", oif)]
-    return _request(f"default route via {gateway}", m, RTM_NEWROUTE, REPLACE)
+    return _request("route", f"default route via {gateway}", m, RTM_NEWROUTE, REPLACE)
 
 
 # -- sending -----------------------------------------------------------------------------------
