@@ -30,4 +30,4 @@ sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 import shim  # noqa: E402  (the directory above, whatever the symlink's name)
 
 if __name__ == "__main__":
-    sys.exit(shim.main(mode="ipam"))
+    shim.exit_now(shim.main(mode="ipam"))

@@ -395,5 +395,17 @@ def main(mode=None):
     return code
 
 
+def exit_now(code):
+    """End the process without the interpreter's teardown (module cleanup, a last garbage
+    collection: ~1 ms of every call). Nothing here needs it: the socket and the
+    namespace fd are closed already, and the answer is flushed here."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or ERR_IO
+    posix._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
