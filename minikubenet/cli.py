@@ -93,6 +93,13 @@ def cmd_lab_up(args) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     lab = Lab(topo)
+    if args.rps_cpus != "auto":
+        from minikubenet.linux import rps
+        try:
+            mask = rps.check_mask(args.rps_cpus)
+        except rps.RpsError as e:
+            raise CliError(str(e)) from None
+        lab.rps_cpus = None if mask == "0" else mask
     started = time.monotonic()
     try:
         lab.up()
@@ -247,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)")
     up.add_argument("--pod-network", default="10.244.0.0/16", help="the cluster network (default 10.244.0.0/16)")
     up.add_argument("--mtu", type=int, default=1500, help="underlay MTU")
+    up.add_argument("--rps-cpus", default="auto",
+                    help="receive packet steering on the nodes' devices: a CPU mask, 'off', or 'auto' "
+                         "(every CPU but CPU 0, so receiving runs apart from sending as between machines)")
     up.add_argument("--check", action="store_true", help="prove connectivity and print a report")
     up.add_argument("--keep-on-failure", action="store_true", help="leave a failed lab up for debugging")
     up.set_defaults(func=cmd_lab_up)

@@ -49,7 +49,7 @@ from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, E
                                   ERR_NOT_AVAILABLE, ERR_NOT_AVAILABLE_DEGRADED, ERR_TRY_AGAIN_LATER,
                                   CniError)
 from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
-from minikubenet.linux import pod_interface
+from minikubenet.linux import pod_interface, rps
 from minikubenet.linux.netns import NetnsNotFound, iproute_in
 from minikubenet.pod_network import BRIDGE, PodLink, host_veth_name, plan_attachment
 from minikubenet.store.etcd import StoreError
@@ -119,6 +119,7 @@ class NodeState:
     allocator: PodIPAllocator
     lease_healthy: callable  # () -> bool
     store_ping: callable     # () -> None, raises StoreError
+    rps_cpus: str | None = None   # receive packet steering for pod veths (linux/rps.py)
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,8 @@ class CniHandler:
                 undo.callback(self._detach_quietly, cid, ifname, call.kernel_netns)
                 try:
                     macs = pod_interface.create_pair(host, link)
+                    if self.node.rps_cpus:
+                        self._steer(link.host_veth)
                     allocation, created = claiming.result()
                     plan = plan_attachment(link, allocation.ip, self.node.subnet)
                     pod_interface.configure_pod(plan)
@@ -302,6 +305,13 @@ class CniHandler:
     def _with_prev_result(call: Call, ours: dict) -> dict:
         prev = call.config.get("prevResult")
         return cni_result.merge(prev, ours) if isinstance(prev, dict) else ours
+
+    def _steer(self, host_veth: str) -> None:
+        """RPS on the pod's host-side veth: a tuning, so a failure is only logged."""
+        try:
+            rps.set_rps_cpus(host_veth, self.node.rps_cpus)
+        except rps.RpsError as e:
+            log.warning("%s", e)
 
     def _release_claim_quietly(self, claiming: concurrent.futures.Future) -> None:
         """Undo of a claim that may still be in flight: wait for it, release what it created."""

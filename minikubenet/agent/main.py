@@ -38,7 +38,7 @@ from minikubenet.agent import backend
 from minikubenet.agent.cni_handler import CniHandler, NodeState
 from minikubenet.agent.cni_server import CniServer
 from minikubenet.ipam.allocator import PodIPAllocator
-from minikubenet.linux import iptables, sysctl
+from minikubenet.linux import iptables, rps, sysctl
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
 from minikubenet.masquerade import JUMPS, render_masquerade
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ip-masq", dest="ip_masq", action="store_false", help="do not masquerade pod traffic")
     p.add_argument("--startup-timeout", type=float, default=60.0,
                    help="how long to wait for etcd and the network config")
+    p.add_argument("--rps-cpus", default="",
+                   help="receive packet steering for the devices the agent makes (cni0, flannel.<VNI>, each "
+                        "pod's host-side veth): a CPU mask as in /sys/class/net/*/queues/rx-*/rps_cpus, e.g. 2. "
+                        "Default: the kernel's (off). The lab sets it: see linux/rps.py")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -145,6 +149,15 @@ class Agent:
                 ensure_bridge(ipr, BRIDGE, ipaddress.IPv4Interface(f"{gateway}/{lease.subnet.prefixlen}"), mtu)
             except BridgeError as e:
                 raise AgentError(str(e)) from None
+        rps_cpus = None
+        if a.rps_cpus:
+            try:
+                rps_cpus = rps.check_mask(a.rps_cpus)
+                for dev in [BRIDGE] + ([prepared.spec.name] if prepared.spec is not None else []):
+                    rps.set_rps_cpus(dev, rps_cpus)
+            except rps.RpsError as e:
+                raise AgentError(str(e)) from None
+            log.info("receive packet steering: CPUs %s on %s and every pod's host-side veth", rps_cpus, BRIDGE)
         sysctl.write("net.ipv4.ip_forward", 1)
         try:
             iptables.restore(render_masquerade(config.network, lease.subnet, ipmasq=a.ip_masq))
@@ -160,7 +173,8 @@ class Agent:
 
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=PodIPAllocator(self.store, lease.subnet),
-                         lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping)
+                         lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
+                         rps_cpus=rps_cpus)
         self.server = CniServer(self.socket_path, CniHandler(node))
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)

@@ -36,7 +36,7 @@ from minikubenet.lab import daemons, podserver, probes, processes
 from minikubenet.lab import services as lab_services
 from minikubenet.lab.processes import ProcessRecord
 from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, build_topology
-from minikubenet.linux import named_netns
+from minikubenet.linux import named_netns, rps
 from minikubenet.linux.named_netns import run
 
 LAB_ROOT = "/run/minikubenet-lab"
@@ -55,6 +55,9 @@ class Lab:
     # The mode of the minikubenet-proxy started on every node by up() (lab/services.py);
     # None: no proxies, no endpoints controller, no service check.
     proxy_mode: str | None = "iptables"
+    # Receive packet steering on every device a node receives on (linux/rps.py): the
+    # sending CPU sends, another receives, as between two machines. None: kernel default.
+    rps_cpus: str | None = rps.all_but_first_cpu()
 
     def __init__(self, topo: Topology, root: str = LAB_ROOT, say=print):
         self.topo = topo
@@ -204,6 +207,10 @@ class Lab:
         """The node's namespace, its underlay port and its CNI config; no agent yet."""
         self._netns(node.netns)
         self._plug(node.netns, node.switch_port, node.ip)
+        if self.rps_cpus:
+            # sysfs shows the devices of the namespace it was mounted in: ip netns exec mounts the node's
+            run(["ip", "netns", "exec", node.netns, "sh", "-c",
+                 f"for q in /sys/class/net/eth0/queues/rx-*/rps_cpus; do echo {self.rps_cpus} > $q; done"])
         os.makedirs(os.path.dirname(self.conf_file(node.name)), exist_ok=True)
         with open(self.conf_file(node.name), "w") as f:
             json.dump(self.conflist(node.name), f, indent=2)
@@ -235,6 +242,8 @@ class Lab:
         """Start the node's agent and wait until it has written subnet.env."""
         node = self.topo.node(node_name)
         log = os.path.join(self.dir, "logs", f"agent-{node.name}.log")
+        if self.rps_cpus:
+            extra = ("--rps-cpus", self.rps_cpus, *extra)
         argv = daemons.agent_argv(self.topo.etcd_endpoint, str(node.ip), self.run_dir(node.name), node.name,
                                   extra)
         rec = self._start(node.netns, argv, log, f"agent {node.name}")
