@@ -17,9 +17,12 @@ services with 2 endpoints each):
    rewrites KUBE-SERVICES on every partial sync, KEP-3453), for comparison.
 3. connection latency: TCP connect() to the *last* service (the last rule of
    KUBE-SERVICES), p50 and p99 of ``--connections`` connections, at 1 / 5 000 / 10 000
-   services. Target for nftables: at 10 000 <= 1.15 x its 1-service figure (a verdict
-   map is a hash lookup); iptables grows with N (a linear rule list), the table shows
-   how much.
+   services. The workers of these sizes keep their namespaces and rules after their
+   full sync, and the connections are made in 10 rounds that alternate between the
+   sizes, so a slow moment of the machine hits every size alike; the growth against 1
+   service is the median of the rounds' paired p50 ratios. Target for nftables: at
+   10 000 <= 1.15 x its 1-service figure (a verdict map is a hash lookup); iptables grows
+   with N (a linear rule list), the table shows how much.
 
 Every measurement runs in a worker process *inside* a throwaway namespace
 (``mknbench<pid>-…``, removed in ``finally``, also on Ctrl-C or SIGTERM): the host's own
@@ -131,7 +134,9 @@ def worker_full(spec: dict) -> dict:
     if spec.get("partial"):
         out["partial"] = partials(mode, syncer, rec, services, endpoints, spec)
     if spec.get("latency"):
-        out["latency"] = latency(services, spec["connections"])
+        print(json.dumps(out), flush=True)          # the sync figures first, then serve
+        serve_latency(services)
+        return None
     return out
 
 
@@ -198,32 +203,48 @@ def plumb() -> None:
         subprocess.run(argv, check=True, capture_output=True)
 
 
-def latency(services, connections: int) -> dict:
-    plumb()
-    last = services[sorted(services)[-1]]
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        server.stdout.readline()
-        ip = str(last.cluster_ip)
+class LatencyProbe:
+    """A server on the last service's endpoints and a client that connect()s to its
+    ClusterIP: TCP handshakes through OUTPUT's rules, timed one by one."""
+
+    def __init__(self, services):
+        plumb()
+        self.ip = str(services[sorted(services)[-1]].cluster_ip)
+        self.server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+        self.server.stdout.readline()
+
+    def measure(self, connections: int) -> list[float]:
         linger = struct.pack("ii", 1, 0)            # close with RST: no TIME_WAIT pile-up
         samples = []
-        for i in range(connections + 200):
+        for _ in range(connections):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
             s.settimeout(2)
             t = time.perf_counter_ns()
-            s.connect((ip, 80))
+            s.connect((self.ip, 80))
             dt = time.perf_counter_ns() - t
             s.close()
-            if i >= 200:                            # the first ones warm caches
-                samples.append(dt / 1000)
-        samples.sort()
-        return {"service": last.key, "p50_us": samples[len(samples) // 2],
-                "p99_us": samples[int(len(samples) * 0.99)], "mean_us": statistics.fmean(samples),
-                "n": len(samples)}
+            samples.append(dt / 1000)
+        return samples
+
+    def close(self) -> None:
+        self.server.kill()
+        self.server.wait()
+
+
+def serve_latency(services) -> None:
+    """Stay up with the rules loaded and answer ``measure K`` lines on stdin with a JSON
+    list of K connect() times (microseconds); end at EOF. The orchestrator alternates
+    between the sizes this way, so a slow moment of the machine hits all of them."""
+    probe = LatencyProbe(services)
+    try:
+        probe.measure(200)                          # the first ones warm caches
+        print("ready", flush=True)
+        for line in sys.stdin:
+            if line.startswith("measure "):
+                print(json.dumps(probe.measure(int(line.split()[1]))), flush=True)
     finally:
-        server.kill()
-        server.wait()
+        probe.close()
 
 
 def worker(spec_path: str) -> int:
@@ -235,7 +256,8 @@ def worker(spec_path: str) -> int:
         out = {"bare_s": bare_apply(spec["mode"], text, spec["iptables"])}
     else:
         out = worker_full(spec)
-    print(json.dumps(out))
+    if out is not None:
+        print(json.dumps(out))
     return 0
 
 
@@ -269,10 +291,7 @@ class Namespaces:
 
 
 def run_worker(ns: str, spec: dict, tmp: str) -> dict:
-    path = os.path.join(tmp, f"spec-{secrets.token_hex(4)}.json")
-    with open(path, "w") as f:
-        json.dump(spec, f)
-    argv = ["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__), "--_worker", path]
+    argv = worker_argv(ns, spec, tmp)
     p = subprocess.run(argv, capture_output=True, text=True, timeout=3600,
                        env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)})
     if p.returncode != 0:
@@ -280,40 +299,126 @@ def run_worker(ns: str, spec: dict, tmp: str) -> dict:
     return json.loads(p.stdout)
 
 
+def worker_argv(ns: str, spec: dict, tmp: str) -> list[str]:
+    path = os.path.join(tmp, f"spec-{secrets.token_hex(4)}.json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    return ["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__), "--_worker", path]
+
+
+class LatencyWorker:
+    """A full-sync worker that stays up afterwards to measure connect() latency."""
+
+    def __init__(self, ns: str, spec: dict, tmp: str):
+        self.what = f"{spec['mode']} N={spec['n']}"
+        self.proc = subprocess.Popen(worker_argv(ns, spec, tmp), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)})
+        self.sync = json.loads(self._line())
+        if self._line() != "ready":
+            raise RuntimeError(f"latency worker {self.what} did not get ready")
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            raise RuntimeError(f"latency worker {self.what} failed:\n{self.proc.stderr.read()[-3000:]}")
+        return line.strip()
+
+    def measure(self, connections: int) -> list[float]:
+        self.proc.stdin.write(f"measure {connections}\n")
+        self.proc.stdin.flush()
+        return json.loads(self._line())
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+LATENCY_ROUNDS = 10
+
+
+def interleaved_latency(workers: dict[int, LatencyWorker], connections: int) -> dict:
+    """``LATENCY_ROUNDS`` rounds; in each, every size measures connections/rounds
+    connects, in an order that rotates round by round. A size's growth is the median
+    over rounds of (its p50 / the smallest size's p50 in the same round): paired
+    ratios cancel whatever the machine did between rounds."""
+    sizes = sorted(workers)
+    per_round = max(1, connections // LATENCY_ROUNDS)
+    samples: dict[int, list[float]] = {n: [] for n in sizes}
+    round_p50: dict[int, list[float]] = {n: [] for n in sizes}
+    for r in range(LATENCY_ROUNDS):
+        for n in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
+            got = workers[n].measure(per_round)
+            samples[n] += got
+            round_p50[n].append(statistics.median(got))
+    out = {}
+    for n in sizes:
+        xs = sorted(samples[n])
+        out[n] = {"p50_us": xs[len(xs) // 2], "p99_us": xs[int(len(xs) * 0.99)], "mean_us": statistics.fmean(xs),
+                  "n": len(xs), "round_p50_us": round_p50[n],
+                  "growth": statistics.median(a / b for a, b in zip(round_p50[n], round_p50[sizes[0]]))}
+    return out
+
+
 def measure(args, nss: Namespaces, tmp: str) -> dict:
     res: dict = {"full": {}, "partial": {}, "latency": {}}
-    biggest = max(args.sizes)
     for mode in args.modes:
         res["full"][mode], res["latency"][mode] = {}, {}
-        for n in sorted(set(args.sizes) | set(args.latency_sizes)):
-            rounds = []
-            repeat = args.repeat if n in args.sizes else 1
-            for r in range(repeat):
-                text_file = os.path.join(tmp, f"text-{mode}-{n}.txt")
-                spec = {"task": "full", "mode": mode, "n": n, "iptables": args.iptables, "text_file": text_file,
-                        "partial": n == biggest and r == 0, "partial_repeat": args.partial_repeat,
-                        "latency": n in args.latency_sizes and r == 0, "connections": args.connections}
-                order = ["full", "bare"] if r % 2 == 0 else ["bare", "full"]
-                got: dict = {}
-                if order[0] == "bare" and not os.path.exists(text_file):
-                    order = ["full", "bare"]
-                for task in order:
-                    ns = nss.fresh()
-                    got.update(run_worker(ns, dict(spec, task=task), tmp))
-                rounds.append(got)
-                say(f"  {mode:8} N={n:<6} round {r + 1}: sync {got['full_s'] * 1000:8.1f} ms "
-                    f"(kernel call {got['apply_s'] * 1000:.1f}), bare {got['bare_s'] * 1000:8.1f} ms")
-                if "partial" in got:
-                    res["partial"][mode] = got["partial"]
-                if "latency" in got:
-                    res["latency"][mode][n] = got["latency"]
-            if n in args.sizes:
-                res["full"][mode][n] = {
-                    "sync_s": statistics.median(g["full_s"] for g in rounds),
-                    "apply_s": statistics.median(g["apply_s"] for g in rounds),
-                    "bare_s": statistics.median(g["bare_s"] for g in rounds),
-                    "text_bytes": rounds[0]["text_bytes"], "rules": rounds[0]["rules"], "rounds": rounds}
+        latency_workers: dict[int, LatencyWorker] = {}
+        try:
+            measure_mode(args, nss, tmp, res, mode, latency_workers)
+            if latency_workers:
+                say(f"  {mode:8} connect latency: {LATENCY_ROUNDS} rounds alternating N="
+                    f"{', '.join(str(n) for n in sorted(latency_workers))} ...")
+                res["latency"][mode] = interleaved_latency(latency_workers, args.connections)
+        finally:
+            for w in latency_workers.values():
+                w.close()
     return res
+
+
+def measure_mode(args, nss: Namespaces, tmp: str, res: dict, mode: str, latency_workers: dict) -> None:
+    """Full syncs (and the partial syncs at the largest size) of one mode; the workers of
+    the latency sizes stay up in ``latency_workers``."""
+    biggest = max(args.sizes)
+    for n in sorted(set(args.sizes) | set(args.latency_sizes)):
+        rounds = []
+        repeat = args.repeat if n in args.sizes else 1
+        for r in range(repeat):
+            text_file = os.path.join(tmp, f"text-{mode}-{n}.txt")
+            spec = {"task": "full", "mode": mode, "n": n, "iptables": args.iptables, "text_file": text_file,
+                    "partial": n == biggest and r == 0, "partial_repeat": args.partial_repeat,
+                    "latency": n in args.latency_sizes and r == 0, "connections": args.connections}
+            order = ["full", "bare"] if r % 2 == 0 else ["bare", "full"]
+            got: dict = {}
+            if order[0] == "bare" and not os.path.exists(text_file):
+                order = ["full", "bare"]
+            for task in order:
+                ns = nss.fresh()
+                if task == "full" and spec["latency"]:
+                    latency_workers[n] = LatencyWorker(ns, dict(spec, task=task), tmp)
+                    got.update(latency_workers[n].sync)
+                else:
+                    got.update(run_worker(ns, dict(spec, task=task), tmp))
+            rounds.append(got)
+            say(f"  {mode:8} N={n:<6} round {r + 1}: sync {got['full_s'] * 1000:8.1f} ms "
+                f"(kernel call {got['apply_s'] * 1000:.1f}), bare {got['bare_s'] * 1000:8.1f} ms")
+            if "partial" in got:
+                res["partial"][mode] = got["partial"]
+        if n in args.sizes:
+            res["full"][mode][n] = {
+                "sync_s": statistics.median(g["full_s"] for g in rounds),
+                "apply_s": statistics.median(g["apply_s"] for g in rounds),
+                "bare_s": statistics.median(g["bare_s"] for g in rounds),
+                "text_bytes": rounds[0]["text_bytes"], "rules": rounds[0]["rules"], "rounds": rounds}
 
 
 # --------------------------------------------------------------------------- report
@@ -346,13 +451,13 @@ def report(res: dict, args) -> str:
         if "kube_proxy_style_bare_ms" in p:
             lines.append(f"{mode:9} (kube-proxy style, KUBE-SERVICES rewritten too: bare restore alone "
                          f"{statistics.median(p['kube_proxy_style_bare_ms']):.1f} ms, {p['kube_proxy_style_bytes']} bytes)")
-    lines += ["", f"CONNECT LATENCY to the last service ({args.connections} connections per point, microseconds)",
+    lines += ["", f"CONNECT LATENCY to the last service ({args.connections} connections per point in "
+                  f"{LATENCY_ROUNDS} alternating rounds, microseconds; 'vs 1' = median of the rounds' paired p50 ratios)",
               f"{'mode':9} {'services':>8} {'p50':>8} {'p99':>8} {'p50 vs 1':>9}"]
     for mode, by_n in res["latency"].items():
         items = sorted(by_n.items(), key=lambda kv: int(kv[0]))
-        base = items[0][1]["p50_us"] if items else 1
         for n, r in items:
-            growth = r["p50_us"] / base
+            growth = r["growth"]
             note = ""
             if mode == "nftables" and int(n) == max(int(k) for k in by_n) and int(items[0][0]) == 1:
                 note = f"  target <= {TARGETS['nft_latency_growth']}: {verdict(growth <= TARGETS['nft_latency_growth'])}"
