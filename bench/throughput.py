@@ -12,8 +12,8 @@ Each backend is measured twice, in separate labs: as the lab runs by default, wi
 receive packet steering on the nodes' devices (``--rps-cpus`` auto, linux/rps.py: the
 sending CPU sends, another receives, as between two machines), and with the kernel's
 default (no RPS: every hop of the pod path runs on the sending CPU). The underlay gets
-the same treatment as the pod path in each lab. The iperf3 client runs on CPU 0 in
-every measurement, so the CPU that sends is the same for all of them.
+the same treatment as the pod path in each lab. The iperf3 client runs on CPU 0 and the
+server on the other CPUs in every measurement, so the placement is the same for all.
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ from minikubenet.lab.topology import build_topology  # noqa: E402
 from minikubenet.linux import rps  # noqa: E402
 
 PORT = 5201
-CLIENT_CPU = ["taskset", "-c", "0"]   # the sender's CPU, the same in every measurement
+# The sender on CPU 0, the receiver on the others (where the lab's RPS sends receive
+# processing), in every measurement: the same placement for the underlay and the pods.
+CLIENT_CPU = ["taskset", "-c", "0"]
+SERVER_CPUS = ["taskset", "-c", f"1-{os.cpu_count() - 1}"] if (os.cpu_count() or 1) > 1 else []
 
 
 def iperf(lab: Lab, server_ns: str, server_ip: str, client_ns: str, seconds: int) -> float:
     """One iperf3 TCP run; returns Gbit/s received."""
-    rec = lab._start(server_ns, ["iperf3", "-s", "-p", str(PORT)],
+    rec = lab._start(server_ns, [*SERVER_CPUS, "iperf3", "-s", "-p", str(PORT)],
                      os.path.join(lab.dir, "logs", "iperf3-server.log"), "iperf3 server")
     try:
         # Wait for the listening socket without connecting to it: iperf3 would take a
@@ -90,7 +93,8 @@ def plot(results: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, (config, title) in zip(axes, [c for c in CONFIGS if c[0] in results]):
         r = results[config]
         u = r["underlay"]
@@ -130,7 +134,7 @@ def main() -> int:
             r["underlay"] = statistics.median([r["host-gw"]["underlay"], r["vxlan"]["underlay"]])
             results[config] = r
     print(f"machine: {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}; "
-          f"iperf3 client on CPU 0, RPS mask {rps_mask}")
+          f"iperf3 client on CPU 0, server on {' '.join(SERVER_CPUS[2:]) or 'any CPU'}, RPS mask {rps_mask}")
     print(f"{'path':<28} {'config':<10} {'Gbit/s':>8} {'x underlay':>11}  target")
     for config, _title in CONFIGS:
         if config not in results:
