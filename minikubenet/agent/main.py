@@ -113,6 +113,11 @@ class Agent:
     def start(self) -> None:
         a = self.args
         try:
+            rps_cpus = rps.check_mask(a.rps_cpus) if a.rps_cpus else None
+        except rps.RpsError as e:
+            raise AgentError(str(e)) from None
+        rps_cpus = None if rps_cpus == "0" else rps_cpus
+        try:
             layout = KeyLayout(a.etcd_prefix, a.project_prefix)
             self.store = EtcdStore(a.etcd_endpoints.split(","), layout=layout,
                                    tls=TLSFiles(a.etcd_cafile, a.etcd_certfile, a.etcd_keyfile))
@@ -149,10 +154,8 @@ class Agent:
                 ensure_bridge(ipr, BRIDGE, ipaddress.IPv4Interface(f"{gateway}/{lease.subnet.prefixlen}"), mtu)
             except BridgeError as e:
                 raise AgentError(str(e)) from None
-        rps_cpus = None
-        if a.rps_cpus:
+        if rps_cpus:
             try:
-                rps_cpus = rps.check_mask(a.rps_cpus)
                 for dev in [BRIDGE] + ([prepared.spec.name] if prepared.spec is not None else []):
                     rps.set_rps_cpus(dev, rps_cpus)
             except rps.RpsError as e:

@@ -4,11 +4,15 @@ IPs stay unique when the whole cluster adds pods at once."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from minikubenet.lab import probes
 from minikubenet.lab.topology import POD_PORT
 from minikubenet.linux import named_netns
+from minikubenet.pod_network import host_veth_name
 
 
 def test_each_node_leases_its_own_subnet(three_nodes):
@@ -97,3 +101,20 @@ def test_subnet_lease_is_renewed_before_its_ttl_runs_out(three_nodes):
     assert lab.leases()["n1"]["subnet"] == subnet
     lab.stop_agent("n1")
     lab.start_agent("n1")   # back to the default TTL for the tests after this one
+
+
+def test_every_device_a_node_receives_on_steers_receive_work_off_cpu_0(three_nodes):
+    """RPS (linux/rps.py): the underlay port, cni0, flannel.1 and each pod's host-side veth
+    hand received packets to the lab's CPUs, so sending and receiving run apart."""
+    mask = three_nodes.rps_cpus
+    if not mask:
+        pytest.skip("one CPU: the lab steers nothing")
+    node = three_nodes.topo.nodes[0]
+    veths = [host_veth_name(doc["containerID"], doc["ifname"])
+             for doc in three_nodes.pods().values() if doc["node"] == node.name]
+    assert veths, "the node has pods, so it has host-side veths"
+    for dev in ["eth0", "cni0", "flannel.1", *veths]:
+        got = subprocess.run(["ip", "netns", "exec", node.netns, "sh", "-c",
+                              f"cat /sys/class/net/{dev}/queues/rx-*/rps_cpus"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert got and all(int(g.replace(",", ""), 16) == int(mask.replace(",", ""), 16) for g in got), (dev, got)

@@ -76,3 +76,12 @@ def test_a_conflicting_vxlan_device_that_cannot_be_replaced(stopped_node):
         lab.start_agent("n1")
     assert "mknother1" in str(e.value)
     assert "flannel.1" not in links(lab)
+
+
+def test_a_bad_rps_mask_is_refused_before_anything_is_made(stopped_node):
+    lab = stopped_node
+    before = links(lab)
+    with pytest.raises(LabError) as e:
+        lab.start_agent("n1", extra=("--rps-cpus", "cpu1"))
+    assert "bad RPS CPU mask 'cpu1'" in str(e.value) and "e.g. 2" in str(e.value)
+    assert links(lab) == before and "flannel.1" not in links(lab)
