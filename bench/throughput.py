@@ -12,8 +12,8 @@ Each backend is measured twice, in separate labs: as the lab runs by default, wi
 receive packet steering on the nodes' devices (``--rps-cpus`` auto, linux/rps.py: the
 sending CPU sends, another receives, as between two machines), and with the kernel's
 default (no RPS: every hop of the pod path runs on the sending CPU). The underlay gets
-the same treatment as the pod path in each lab. The iperf3 client runs on CPU 0 and the
-server on the other CPUs in every measurement, so the placement is the same for all.
+the same treatment as the pod path in each lab. The iperf3 client runs on the first
+usable CPU and the server on the others in every measurement: the same placement for all.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ from minikubenet.lab.topology import build_topology  # noqa: E402
 from minikubenet.linux import rps  # noqa: E402
 
 PORT = 5201
-# The sender on CPU 0, the receiver on the others (where the lab's RPS sends receive
+# The sender on the first usable CPU, the receiver on the others (where the lab's RPS sends receive
 # processing), in every measurement: the same placement for the underlay and the pods.
-CLIENT_CPU = ["taskset", "-c", "0"]
-SERVER_CPUS = ["taskset", "-c", f"1-{os.cpu_count() - 1}"] if (os.cpu_count() or 1) > 1 else []
+_CPUS = rps.usable_cpus()
+CLIENT_CPU = ["taskset", "-c", str(_CPUS[0])]
+SERVER_CPUS = ["taskset", "-c", ",".join(str(c) for c in _CPUS[1:])] if len(_CPUS) > 1 else []
 
 
 def iperf(lab: Lab, server_ns: str, server_ip: str, client_ns: str, seconds: int) -> float:
@@ -134,7 +135,7 @@ def main() -> int:
             r["underlay"] = statistics.median([r["host-gw"]["underlay"], r["vxlan"]["underlay"]])
             results[config] = r
     print(f"machine: {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}; "
-          f"iperf3 client on CPU 0, server on {' '.join(SERVER_CPUS[2:]) or 'any CPU'}, RPS mask {rps_mask}")
+          f"iperf3 client on CPU {CLIENT_CPU[-1]}, server on {' '.join(SERVER_CPUS[2:]) or 'any CPU'}, RPS mask {rps_mask}")
     print(f"{'path':<28} {'config':<10} {'Gbit/s':>8} {'x underlay':>11}  target")
     for config, _title in CONFIGS:
         if config not in results:

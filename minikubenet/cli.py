@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mtu", type=int, default=1500, help="underlay MTU")
     up.add_argument("--rps-cpus", default="auto",
                     help="receive packet steering on the nodes' devices: a CPU mask, 'off', or 'auto' "
-                         "(every CPU but CPU 0, so receiving runs apart from sending as between machines)")
+                         "(every CPU but the first, so receiving runs apart from sending as between machines)")
     up.add_argument("--check", action="store_true", help="prove connectivity and print a report")
     up.add_argument("--keep-on-failure", action="store_true", help="leave a failed lab up for debugging")
     up.set_defaults(func=cmd_lab_up)

@@ -13,9 +13,10 @@ The verbs:
 
 - ADD is a transaction. Claim the pod IP in etcd and, meanwhile, create the veth pair;
   then address the pod. Each step registers its undo, and if a later step fails the
-  undos run, so a failed ADD leaves neither an IP record nor a veth behind. A repeated ADD for the same (container ID,
-  interface) finds its existing record and returns the same IP. If a plugin ran before
-  us in the chain, its ``prevResult`` is carried into ours (SPEC §5).
+  undos run, so a failed ADD leaves neither an IP record nor a veth behind. A repeated
+  ADD for the same (container ID, interface) finds its existing record and returns the
+  same IP. If a plugin ran before us in the chain, its ``prevResult`` is carried into
+  ours (SPEC §5).
 - DEL is best effort and repeatable (SPEC §2): the netns may be gone, the IP may be
   released already, ``prevResult`` may be missing; every piece that is still there is
   removed, and success is returned when nothing is left.
@@ -150,7 +151,8 @@ class Call:
 
 class CniHandler:
     IDLE_NETLINK_SOCKETS = 4   # kept open between requests; more are opened under load
-    CLAIM_THREADS = 8          # etcd IP claims in flight at once (more ADDs queue for one)
+    CLAIM_THREADS = 8          # ADDs whose IP claim runs beside their veth work (the allocator
+                               # itself does one etcd claim at a time; the others queue there)
 
     def __init__(self, node: NodeState):
         self.node = node
@@ -158,6 +160,12 @@ class CniHandler:
         self._locks_guard = threading.Lock()
         self._idle_netlink: queue.SimpleQueue = queue.SimpleQueue()
         self._claims = concurrent.futures.ThreadPoolExecutor(self.CLAIM_THREADS, thread_name_prefix="ip-claim")
+
+    def close(self) -> None:
+        """Stop the claim threads (the agent calls this on exit)."""
+        self._claims.shutdown(wait=True, cancel_futures=True)
+        while not self._idle_netlink.empty():
+            self._idle_netlink.get_nowait().close()
 
     @contextlib.contextmanager
     def _host_netlink(self):
@@ -267,18 +275,12 @@ class CniHandler:
             undo.callback(self._release_claim_quietly, claiming)
             with self._host_netlink() as host:
                 undo.callback(self._detach_quietly, cid, ifname, call.kernel_netns)
-                try:
-                    macs = pod_interface.create_pair(host, link)
-                    if self.node.rps_cpus:
-                        self._steer(link.host_veth)
-                    allocation, created = claiming.result()
-                    plan = plan_attachment(link, allocation.ip, self.node.subnet)
-                    pod_interface.configure_pod(plan)
-                except (NetnsNotFound, CniError, StoreError):
-                    raise
-                except Exception as e:
-                    log.exception("ADD %s/%s: plumbing failed", cid, ifname)
-                    raise CniError(ERR_INTERNAL, f"could not attach {ifname} in {call.netns}", str(e)) from None
+                macs = self._plumb(call, pod_interface.create_pair, host, link)
+            if self.node.rps_cpus:
+                self._steer(link.host_veth)
+            allocation, created = claiming.result()     # CniError (subnet full) or StoreError
+            plan = plan_attachment(link, allocation.ip, self.node.subnet)
+            self._plumb(call, pod_interface.configure_pod, plan)
             undo.pop_all()  # success: keep everything
         log.info("ADD %s/%s -> %s%s", cid, ifname, allocation.ip, "" if created else " (existing allocation)")
         res = cni_result.Result(
@@ -306,6 +308,18 @@ class CniHandler:
         prev = call.config.get("prevResult")
         return cni_result.merge(prev, ours) if isinstance(prev, dict) else ours
 
+    @staticmethod
+    def _plumb(call: Call, step, *args):
+        """A kernel step of ADD: a vanished namespace stays NetnsNotFound (code 4), any
+        other failure is logged with its traceback and becomes "could not attach"."""
+        try:
+            return step(*args)
+        except NetnsNotFound:
+            raise
+        except Exception as e:
+            log.exception("ADD %s/%s: plumbing failed", call.container_id, call.ifname)
+            raise CniError(ERR_INTERNAL, f"could not attach {call.ifname} in {call.netns}", str(e)) from None
+
     def _steer(self, host_veth: str) -> None:
         """RPS on the pod's host-side veth: a tuning, so a failure is only logged."""
         try:
@@ -318,7 +332,9 @@ class CniHandler:
         try:
             allocation, created = claiming.result()
         except Exception:
-            return          # nothing was claimed
+            # Nothing to release, as far as we know: a claim that etcd committed but whose
+            # answer timed out leaves a record that a retried ADD finds, or GC removes.
+            return
         if created:
             self._release_quietly(allocation)
 

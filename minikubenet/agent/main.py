@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rps-cpus", default="",
                    help="receive packet steering for the devices the agent makes (cni0, flannel.<VNI>, each "
                         "pod's host-side veth): a CPU mask as in /sys/class/net/*/queues/rx-*/rps_cpus, e.g. 2. "
-                        "Default: the kernel's (off). The lab sets it: see linux/rps.py")
+                        "'off' sets none (also on devices an earlier run steered). Default: leave the kernel's "
+                        "setting (none). The lab sets it: see linux/rps.py")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -113,10 +114,11 @@ class Agent:
     def start(self) -> None:
         a = self.args
         try:
+            # None: leave the kernel's setting; "0" (given as off): set none, also on
+            # devices a previous run steered
             rps_cpus = rps.check_mask(a.rps_cpus) if a.rps_cpus else None
         except rps.RpsError as e:
             raise AgentError(str(e)) from None
-        rps_cpus = None if rps_cpus == "0" else rps_cpus
         try:
             layout = KeyLayout(a.etcd_prefix, a.project_prefix)
             self.store = EtcdStore(a.etcd_endpoints.split(","), layout=layout,
@@ -154,7 +156,7 @@ class Agent:
                 ensure_bridge(ipr, BRIDGE, ipaddress.IPv4Interface(f"{gateway}/{lease.subnet.prefixlen}"), mtu)
             except BridgeError as e:
                 raise AgentError(str(e)) from None
-        if rps_cpus:
+        if rps_cpus is not None:
             try:
                 for dev in [BRIDGE] + ([prepared.spec.name] if prepared.spec is not None else []):
                     rps.set_rps_cpus(dev, rps_cpus)
@@ -177,7 +179,7 @@ class Agent:
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=PodIPAllocator(self.store, lease.subnet),
                          lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
-                         rps_cpus=rps_cpus)
+                         rps_cpus=None if rps_cpus == "0" else rps_cpus)
         self.server = CniServer(self.socket_path, CniHandler(node))
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
@@ -195,6 +197,7 @@ class Agent:
         if self.server:
             self.server.shutdown()
             self.server.close()
+            self.server.cni_handler.close()
         if self.store:
             self.store.close()   # gRPC's channel threads would otherwise keep the process alive
 

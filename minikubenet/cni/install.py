@@ -92,18 +92,22 @@ def plugin_interpreter() -> str:
     ``/usr/bin/python3`` when it is recent enough, else ``base_interpreter()``.
 
     A runtime starts the plugin once per pod, so start-up is what matters, and the shim
-    is stdlib-only, so any Python 3.9+ runs it. Distribution builds (Debian, Ubuntu) link
-    the C modules the shim uses (``_socket``, ``posix``, ``_json``'s neighbours) into the
-    interpreter binary; a pyenv or source build loads them as shared objects and starts
-    about 1 ms slower (7.5 against 6.4 ms here, ``bench/cni_add_del.py``)."""
+    is stdlib-only, so any Python 3.9+ that has the C modules it imports runs it (on
+    Debian ``_json`` comes with libpython3.X-stdlib, not python3-minimal: the probe
+    imports them). Distribution builds link most C modules (``_socket``, ``posix``) into
+    the interpreter binary; a pyenv or source build loads them as shared objects and
+    starts about 1 ms slower (7.5 against 6.4 ms here, ``bench/cni_add_del.py``)."""
     try:
-        p = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", "import sys; print(*sys.version_info[:2])"],
+        p = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c",
+                            "import sys, posix, _json, _socket; print(*sys.version_info[:2])"],
                            capture_output=True, text=True, timeout=30)
         version = tuple(int(x) for x in p.stdout.split())
     except (OSError, ValueError, subprocess.SubprocessError):
         version = ()
-    if len(version) == 2 and version >= SHIM_MIN_PYTHON:
-        return os.path.realpath(SYSTEM_PYTHON)
+    if p.returncode == 0 and len(version) == 2 and version >= SHIM_MIN_PYTHON:
+        # Named as is, not resolved: after an upgrade to another minor version the plugin
+        # still starts, and compiles its source instead of the stale bytecode.
+        return SYSTEM_PYTHON
     return base_interpreter()
 
 

@@ -1,7 +1,7 @@
 """Plumb one pod into its node: a veth pair, the pod's address and default route.
 
-``attach`` applies a ``PodAttachment`` plan (pod_network.py) in eight netlink requests,
-sent in four batches (rtnl_batch.py: one round trip each, no per-request Python machinery,
+Attaching a pod applies a ``PodAttachment`` plan (pod_network.py) in eight netlink
+requests, sent in four batches (rtnl_batch.py: one round trip each, no per-request Python machinery,
 since every pod start waits for them):
 
 1. node: look up the bridge (its index and MAC);
@@ -18,7 +18,7 @@ since every pod start waits for them):
 Steps 1-2 (``create_pair``) need no IP, so the agent runs them while etcd is still
 recording the pod's IP; steps 3-4 are ``configure_pod``.
 
-It returns the MACs for the CNI result. ``detach`` is best effort and repeatable:
+``create_pair`` returns the MACs for the CNI result. ``detach`` is best effort and repeatable:
 deleting either end of a veth pair deletes both, and a pod namespace that is gone
 already took its end with it (SPEC §2 DEL: "return success when the resources are
 already gone"). ``inspect`` lists what differs from the plan, for CHECK.
@@ -67,10 +67,6 @@ def _delete(ipr: IPRoute, name: str) -> bool:
     return True
 
 
-def _mac(ipr: IPRoute, index: int) -> str:
-    return ipr.get_links(index)[0].get("IFLA_ADDRESS")
-
-
 def veth_macs(link: PodLink) -> tuple[str, str]:
     """Stable, locally administered unicast MACs for the two ends, derived from the
     attachment: set at creation, so no read-back is needed for the CNI result, and a
@@ -82,13 +78,6 @@ def veth_macs(link: PodLink) -> tuple[str, str]:
     return mac(0), mac(1)
 
 
-def attach(host: IPRoute, plan: PodAttachment) -> AttachedMacs:
-    """The whole attachment: ``create_pair`` then ``configure_pod``."""
-    macs = create_pair(host, plan.link)
-    configure_pod(plan)
-    return macs
-
-
 def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
     """Steps 1-2 (no IP needed): look up the bridge; create the pair and set hairpin.
     ``host`` (pyroute2) is only used to clear leftovers of an earlier attempt."""
@@ -96,7 +85,9 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
     try:
         try:
             [bridge] = rtnl_batch.send_batch(node, [rtnl_batch.get_link(link.bridge)])
-        except NetlinkError:
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise
             raise RuntimeError(f"bridge {link.bridge} does not exist on this node") from None
         bridge_index, bridge_mac = rtnl_batch.link_index(bridge), rtnl_batch.link_mac(bridge)
         host_mac, pod_mac = veth_macs(link)

@@ -13,8 +13,8 @@ RPS is the kernel's software RSS (Documentation/networking/scaling.rst): a mask 
 ``/sys/class/net/<dev>/queues/rx-<n>/rps_cpus`` sends each received packet to the
 backlog of a CPU from the mask (chosen by flow hash), which processes it from there on.
 The lab sets it on every device a node receives on (its underlay port, ``cni0``,
-``flannel.1``, each pod's host-side veth) to "every CPU but CPU 0", so the sender's
-CPU sends and another CPU receives, as between two machines. It is off by default in
+``flannel.1``, each pod's host-side veth) to "every CPU but the first", so the
+sender's CPU sends and another CPU receives, as between two machines. It is off by default in
 the agent (``--rps-cpus``): on real nodes the NIC's RSS already spreads the work.
 """
 
@@ -45,10 +45,16 @@ def cpu_mask(cpus) -> str:
     return ",".join([f"{groups[-1]:x}"] + [f"{g:08x}" for g in reversed(groups[:-1])])
 
 
-def all_but_first_cpu(ncpu: int | None = None) -> str | None:
-    """The lab's mask: every CPU but CPU 0; None on a one-CPU machine (nothing to spread)."""
-    n = ncpu if ncpu is not None else (os.cpu_count() or 1)
-    return cpu_mask(range(1, n)) if n > 1 else None
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (cpusets and offline CPUs respected)."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def all_but_first_cpu(cpus: list[int] | None = None) -> str | None:
+    """The lab's mask: every usable CPU but the first (which the benchmarks' senders use);
+    None on a one-CPU machine (nothing to spread)."""
+    cpus = sorted(cpus) if cpus is not None else usable_cpus()
+    return cpu_mask(cpus[1:]) if len(cpus) > 1 else None
 
 
 def check_mask(mask: str) -> str:

@@ -18,7 +18,8 @@ earlier one created (by ``IFLA_IFNAME``), as the kernel handles them in order.
 A message that fails does not stop the kernel from handling the ones after it, so a
 batch holds requests that are all undone together when any fails (CNI ADD undoes the
 whole attachment). ``send_batch`` raises ``NetlinkError`` for the first failure, naming
-the request.
+the request. A GET here names one object; a dump (NLM_F_DUMP) ends with NLMSG_DONE and
+no acknowledgement, which this module does not wait for: use pyroute2 for dumps.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ RTATTR = struct.Struct("=HH")               # len, type
 IFLA_ADDRESS = 1
 
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-CHANGE = NLM_F_REQUEST | NLM_F_ACK
+REQUEST_ACK = NLM_F_REQUEST | NLM_F_ACK       # a change, or a GET of one object
 REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
@@ -85,7 +86,7 @@ def get_link(name: str) -> Request:
     """RTM_GETLINK for one name: the answer is that device's RTM_NEWLINK (``link_index``)."""
     m = ifinfmsg()
     m["attrs"] = [("IFLA_IFNAME", name)]
-    return _request("getlink", f"look up {name}", m, RTM_GETLINK, CHANGE)
+    return _request("getlink", f"look up {name}", m, RTM_GETLINK, REQUEST_ACK)
 
 
 def create_veth(name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str, peer_mac: str,
@@ -114,14 +115,14 @@ def set_hairpin(name: str) -> Request:
                   ("IFLA_LINKINFO", {"attrs": [
                       ("IFLA_INFO_SLAVE_KIND", "bridge"),
                       ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", IFLA_BRPORT_MODE_HAIRPIN)]})]})]
-    return _request("hairpin", f"hairpin on {name}", m, RTM_NEWLINK, CHANGE)
+    return _request("hairpin", f"hairpin on {name}", m, RTM_NEWLINK, REQUEST_ACK)
 
 
 def set_up(index: int, name: str = "") -> Request:
     m = ifinfmsg()
     m["index"] = index
     m["flags"] = m["change"] = IFF_UP
-    return _request("up", f"set {name or f'link {index}'} up", m, RTM_NEWLINK, CHANGE)
+    return _request("up", f"set {name or f'link {index}'} up", m, RTM_NEWLINK, REQUEST_ACK)
 
 
 def add_address(index: int, ip: str, prefixlen: int, name: str = "") -> Request:
@@ -170,7 +171,7 @@ def send_batch(sock: socket.socket, requests: list[Request]) -> list[bytes | Non
     while pending:
         try:
             data = sock.recv(65536)
-        except TimeoutError:
+        except socket.timeout:                     # TimeoutError from 3.10 on
             raise NetlinkError(errno.ETIMEDOUT, f"no answer from the kernel to: "
                                f"{', '.join(requests[position[s]].what for s in sorted(pending))}") from None
         offset = 0

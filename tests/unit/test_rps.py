@@ -15,9 +15,10 @@ def test_cpu_masks_are_written_as_the_kernel_parses_them(cpus, mask):
 
 
 def test_the_lab_mask_leaves_cpu_0_to_the_sender():
-    assert rps.all_but_first_cpu(2) == "2"
-    assert rps.all_but_first_cpu(4) == "e"
-    assert rps.all_but_first_cpu(1) is None
+    assert rps.all_but_first_cpu([0, 1]) == "2"
+    assert rps.all_but_first_cpu([3, 0, 1, 2]) == "e"
+    assert rps.all_but_first_cpu([2, 5]) == "20"      # a cpuset: the first usable CPU sends
+    assert rps.all_but_first_cpu([0]) is None
 
 
 @pytest.mark.parametrize("bad", ["xyz", "2,", ",2", "123456789", "-1"])
