@@ -317,10 +317,22 @@ class Lab:
             out[doc.get("podName") or doc["containerID"]] = {"ip": key.rsplit("/", 1)[1], **doc}
         return out
 
+    def _rps_in_use(self) -> str:
+        """What the first node's underlay port really has (the kernel's word, not ours)."""
+        if not self.topo.nodes:
+            return "-"
+        p = subprocess.run(["ip", "netns", "exec", self.topo.nodes[0].netns, "cat",
+                            "/sys/class/net/eth0/queues/rx-0/rps_cpus"], capture_output=True, text=True)
+        mask = p.stdout.strip().replace(",", "")
+        if p.returncode != 0 or not mask:
+            return "unknown"
+        return "off (the kernel's default)" if int(mask, 16) == 0 else f"CPU mask {mask.lstrip('0')} (linux/rps.py)"
+
     def report(self) -> str:
         t = self.topo
         leases, pods = self.leases(), self.pods()
         lines = [f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoint}",
+                 f"receive packet steering on the nodes' devices: {self._rps_in_use()}",
                  "", "NODE   PUBLIC IP      SUBNET            NAMESPACE"]
         for n in t.nodes:
             lease = leases.get(n.name, {})
