@@ -25,10 +25,9 @@ problem with its field path, as the API server does) and raises ``ValidationErro
 before any key is touched; a conflict (name exists, IP or NodePort taken) raises
 ``ServiceConflict`` after the transaction refused to write.
 
-**Reading for a daemon.** ``list_and_watch`` gives a consistent snapshot of services,
+**Reading for a daemon.** ``ObjectWatch`` gives a consistent snapshot of services,
 endpoints and pods at one store revision, then every change after it, re-listing
-whenever the watch breaks (the pattern of store/lease_watch.py, and of every
-Kubernetes informer).
+whenever the watch breaks (store/watch.py, the pattern of every Kubernetes informer).
 """
 
 from __future__ import annotations
@@ -36,16 +35,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import queue
 import random
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
-import grpc
 import pyetcd.events
-import pyetcd.exceptions
 
 from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Pod, Service,
                                      ValidationError, endpoints_from_k8s, pod_from_k8s,
@@ -53,6 +47,7 @@ from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Pod, Service,
                                      _LABEL_NAME, _valid_label_key)
 from minikubenet.store.etcd import EtcdStore, StoreError, _wrap_errors
 from minikubenet.store.keys import KeyLayout
+from minikubenet.store.watch import ListWatch
 
 log = logging.getLogger(__name__)
 
@@ -528,81 +523,18 @@ class ObjectDelete:
     revision: int
 
 
-class WatchBroken(Exception):
-    pass
+class ObjectWatch(ListWatch):
+    """List services, endpoints and pods of a ``ServiceStore``, then watch the project
+    prefix (store/watch.py), in a background thread; ``deliver`` gets a ``Snapshot``
+    first, then ``ObjectPut``/``ObjectDelete`` events."""
 
+    name = "object-watch"
 
-RETRYABLE = (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, StoreError, WatchBroken)
+    def _prefix(self) -> str:
+        return self.store.keys.layout.project_prefix + "/"
 
-
-class ObjectWatch:
-    """List services, endpoints and pods, then watch the project prefix from the next
-    revision, in a background thread; ``deliver`` gets a ``Snapshot`` first, then
-    ``ObjectPut``/``ObjectDelete`` events. On any break it lists again (the consumer
-    treats every snapshot as the whole truth, so repeating one is always safe)."""
-
-    def __init__(self, store: ServiceStore, deliver: Callable[[object], None],
-                 retry_interval: float = 1.0, max_retry_interval: float = 10.0,
-                 relist_interval: float = 300.0):
-        self.store = store
-        self.deliver = deliver
-        self.retry_interval = retry_interval
-        self.max_retry_interval = max_retry_interval
-        self.relist_interval = relist_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "ObjectWatch":
-        self._thread = threading.Thread(target=self._run, name="object-watch", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
-
-    def _run(self) -> None:
-        delay = self.retry_interval
-        while not self._stop.is_set():
-            try:
-                snapshot = self.store.snapshot()
-                self.deliver(snapshot)
-                delay = self.retry_interval
-                self._follow(snapshot.revision + 1)
-                continue
-            except RETRYABLE as e:
-                log.warning("watch interrupted (%s); listing again in %.0fs", e, delay)
-            except Exception:   # a bug must not end the watch for good
-                log.exception("watch failed; listing again in %.0fs", delay)
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.max_retry_interval)
-
-    def _follow(self, start_revision: int) -> None:
-        responses: queue.Queue = queue.Queue()
-        client, keys = self.store.client, self.store.keys
-        watch_id = client.add_watch_prefix_callback(keys.layout.project_prefix + "/", responses.put,
-                                                    start_revision=start_revision)
-        try:
-            relist_at = time.monotonic() + self.relist_interval
-            while not self._stop.is_set() and time.monotonic() < relist_at:
-                try:
-                    response = responses.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if response is None:
-                    raise WatchBroken("the watch stream ended")
-                if isinstance(response, Exception):
-                    raise response
-                for event in response.events:
-                    update = self._to_update(event, response.header.revision)
-                    if update is not None:
-                        self.deliver(update)
-        finally:
-            try:
-                client.cancel_watch(watch_id)
-            except RETRYABLE:
-                pass
+    def _list(self) -> Snapshot:
+        return self.store.snapshot()
 
     def _to_update(self, event, header_revision: int):
         key = event.key.decode()
