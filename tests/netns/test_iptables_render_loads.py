@@ -8,8 +8,6 @@ after each test; the host's own rules are never touched. Needs root.
 
 import os
 import subprocess
-import sys
-import time
 
 import pytest
 
@@ -19,14 +17,9 @@ from minikubenet.proxy.model import RenderOptions
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
 
+from tests.netns.node_in_one_ns import connect, plumb_node, run, start_server  # noqa: E402
 from tests.proxy_golden import load_cluster  # noqa: E402
 BACKENDS = ["nft", "legacy"]
-
-
-def run(ns, *argv, input=None):
-    p = subprocess.run(["ip", "netns", "exec", ns, *argv], input=input, capture_output=True, text=True)
-    assert p.returncode == 0, f"{' '.join(argv)} failed: {p.stderr}\n{input or ''}"
-    return p.stdout
 
 
 def restore(ns, backend, text, *extra):
@@ -92,54 +85,6 @@ def test_full_then_partial_syncs_in_a_kernel(netns, backend):
     restore(netns, backend, empty.render_partial(after.state))
     assert not [c for c in chains_from_save(run(netns, f"iptables-{backend}-save", "-t", "nat"))
                 if c.startswith(("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-"))]
-
-
-SERVER = """
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
-while True:
-    c, peer = s.accept()
-    c.sendall(f"{c.getsockname()[0]} {peer[0]}".encode()); c.close()
-"""
-
-CLIENT = """
-import socket, sys
-src, dst, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for _ in range(n):
-    c = socket.socket(); c.settimeout(3); c.bind((src, 0))
-    try:
-        c.connect((dst, port)); print(c.recv(100).decode())
-    except OSError as e:
-        print(type(e).__name__)
-    c.close()
-"""
-
-
-def plumb_node(ns):
-    """One interface carrying the node IP, the pods' IPs and a client pod IP, and a route
-    for the service range: the lab's node, folded into one namespace. (A veth pair, as
-    this kernel has no dummy driver; its peer stays unused.)"""
-    run(ns, "ip", "link", "add", "mkn0", "type", "veth", "peer", "name", "mkn1")
-    run(ns, "ip", "link", "set", "mkn1", "up")
-    for ip in ("192.168.56.11", "10.244.1.11", "10.244.2.12", "10.244.3.13", "10.244.1.21",
-               "10.244.2.22", "10.244.1.31", "10.244.2.32", "10.244.9.9"):
-        run(ns, "ip", "addr", "add", f"{ip}/32", "dev", "mkn0")
-    run(ns, "ip", "link", "set", "mkn0", "up")
-    run(ns, "ip", "route", "add", "10.96.0.0/12", "dev", "mkn0")
-
-
-def start_server(ns, port):
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(port)])
-    for _ in range(100):
-        if "LISTEN" in run(ns, "ss", "-Hltn", f"sport = :{port}") or proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    return proc
-
-
-def connect(ns, src, dst, port, n):
-    return run(ns, sys.executable, "-c", CLIENT, src, dst, str(port), str(n)).split("\n")[:-1]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,8 +8,6 @@ after each test; nothing is loaded into the host's namespace. Needs root.
 
 import os
 from dataclasses import replace
-import subprocess
-import sys
 import time
 
 import pytest
@@ -21,13 +19,8 @@ from minikubenet.proxy.nft_render import (TABLE, names_from_listing, plan_nft,
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
 
+from tests.netns.node_in_one_ns import connect, plumb_node, run, start_server  # noqa: E402
 from tests.proxy_golden import load_cluster  # noqa: E402
-
-
-def run(ns, *argv, input=None):
-    p = subprocess.run(["ip", "netns", "exec", ns, *argv], input=input, capture_output=True, text=True)
-    assert p.returncode == 0, f"{' '.join(argv)} failed: {p.stderr}"
-    return p.stdout
 
 
 def nft(ns, text, check=False):
@@ -77,54 +70,12 @@ def test_load_reload_stale_and_cleanup(netns):
     assert "minikubenet" not in run(netns, "nft", "list", "tables")
 
 
-SERVER = """
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
-while True:
-    c, peer = s.accept()
-    c.sendall(f"{c.getsockname()[0]} {peer[0]}".encode()); c.close()
-"""
-
-CLIENT = """
-import socket, sys
-src, dst, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-for _ in range(n):
-    c = socket.socket(); c.settimeout(3); c.bind((src, 0))
-    try:
-        c.connect((dst, port)); print(c.recv(100).decode())
-    except OSError as e:
-        print(type(e).__name__)
-    c.close()
-"""
-
-
-def plumb_node(ns):
-    """The node, its pods and a client pod folded into one namespace (see the iptables test)."""
-    run(ns, "ip", "link", "add", "mkn0", "type", "veth", "peer", "name", "mkn1")
-    run(ns, "ip", "link", "set", "mkn1", "up")
-    for ip in ("192.168.56.11", "10.244.1.11", "10.244.2.12", "10.244.3.13", "10.244.1.21",
-               "10.244.2.22", "10.244.1.31", "10.244.2.32", "10.244.9.9"):
-        run(ns, "ip", "addr", "add", f"{ip}/32", "dev", "mkn0")
-    run(ns, "ip", "link", "set", "mkn0", "up")
-    run(ns, "ip", "route", "add", "10.96.0.0/12", "dev", "mkn0")
-
-
-def connect(ns, src, dst, port, n):
-    return run(ns, sys.executable, "-c", CLIENT, src, dst, str(port), str(n)).split("\n")[:-1]
-
-
 def test_connections_through_the_verdict_maps(netns):
     services, endpoints, doc = load_cluster()
     plumb_node(netns)
     nft(netns, plan_nft(services, endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"]).render())
-    servers = [subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", SERVER, str(port)])
-               for port in (8080, 8443)]
+    servers = [start_server(netns, 8080), start_server(netns, 8443)]
     try:
-        for _ in range(100):
-            if run(netns, "ss", "-Hltn").count("LISTEN") >= 2:
-                break
-            time.sleep(0.05)
         answers = connect(netns, "10.244.9.9", "10.96.0.20", 80, 60)
         assert {a.split()[0] for a in answers} == {"10.244.1.11", "10.244.2.12", "10.244.3.13"}, answers
         assert {a.split()[1] for a in answers} == {"10.244.9.9"}             # not masqueraded
