@@ -1,7 +1,8 @@
 """Shared fixtures for every tier.
 
 Tiers live in directories: ``unit`` (pure, no root), ``netns`` (root, one node, a real
-kernel and a real etcd), ``lab`` (several nodes), ``runtimes`` and ``vm``. Root-only
+kernel and a real etcd), ``lab`` (several nodes), ``faults`` (crashes, outages, hostile
+calls), ``runtimes`` and ``vm``. Root-only
 tests carry the ``root`` marker and are skipped, with the reason, when not run as root;
 CI runs as root and so runs them all.
 
@@ -25,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs root (network namespaces, a real kernel)")
     for item in items:
         tier = item.path.parent.name
-        if tier in ("netns", "lab", "runtimes", "vm"):
+        if tier in ("netns", "lab", "faults", "runtimes", "vm"):
             item.add_marker(pytest.mark.root)
             if not ROOT:
                 item.add_marker(skip)
