@@ -11,20 +11,31 @@ modes:
 
 The verbs:
 
-- ADD is a transaction. Claim the pod IP in etcd and, meanwhile, create the veth pair;
-  then address the pod. Each step registers its undo, and if a later step fails the
-  undos run, so a failed ADD leaves neither an IP record nor a veth behind. A repeated
-  ADD for the same (container ID, interface) finds its existing record and returns the
-  same IP. If a plugin ran before us in the chain, its ``prevResult`` is carried into
-  ours (SPEC §5).
+- ADD is a transaction. First it looks at the pod's namespace and refuses, changing
+  nothing, a namespace that is a node's own (it holds a bridge, a VXLAN device or a
+  device marked as a node's) or one where ``CNI_IFNAME`` exists and is not this
+  attachment's leftover (the reference ``bridge`` answers the same:
+  "container veth name provided (eth0) already exists", code 999). Then it claims the
+  pod IP in etcd (a record written ``claimed``) and, meanwhile, creates the veth pair,
+  both ends marked with ``minikubenet:<container ID>:<ifname>`` (pod_network.py); then
+  addresses the pod. Each step registers its undo, and if a later step fails the
+  undos run, so a failed ADD leaves neither an IP record nor a veth behind. After the
+  answer the record is marked ``complete`` (off the answer's path; a crash before that
+  is repaired at the next start, agent/reconcile.py). A repeated ADD for the same
+  (container ID, interface) finds its existing record and returns the same IP. If a
+  plugin ran before us in the chain, its ``prevResult`` is carried into ours (SPEC §5).
 - DEL is best effort and repeatable (SPEC §2): the netns may be gone, the IP may be
-  released already, ``prevResult`` may be missing; every piece that is still there is
-  removed, and success is returned when nothing is left.
+  released already, ``prevResult`` may be missing; every piece that is still there and
+  carries this attachment's mark is removed, and success is returned when nothing of
+  ours is left. An interface by our name with another owner's mark is logged, never
+  removed: a runtime's DEL after a refused ADD leaves the other pod intact.
 - CHECK compares the kernel and etcd with the ``prevResult`` the runtime cached after
-  ADD, and reports each difference. It changes nothing.
+  ADD, and reports each difference (an interface that is not ours is one). It changes
+  nothing.
 - GC (CNI 1.1) releases every IP of this network on this node whose attachment is not
   in ``cni.dev/valid-attachments`` (or libcni's older spelling ``cni.dev/attachments``)
-  and removes the veth it left; a missing or malformed list releases nothing.
+  and removes the veth it left (if it carries the mark); a missing or malformed list
+  releases nothing.
 - STATUS (CNI 1.1) is ready when the agent holds its lease and etcd answers.
 
 The pod's namespace arrives as an open file descriptor next to its path (see the
@@ -49,10 +60,11 @@ from minikubenet.cni import result as cni_result
 from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, ERR_INVALID_NETNS,
                                   ERR_NOT_AVAILABLE, ERR_NOT_AVAILABLE_DEGRADED, ERR_TRY_AGAIN_LATER,
                                   CniError)
-from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
+from minikubenet.ipam.allocator import CLAIMED, COMPLETE, Allocation, Owner, PodIPAllocator, SubnetFull
 from minikubenet.linux import pod_interface, rps
 from minikubenet.linux.netns import NetnsNotFound, iproute_in
-from minikubenet.pod_network import BRIDGE, PodLink, host_veth_name, plan_attachment
+from minikubenet.pod_network import (BRIDGE, LinkSeen, PodLink, attachment_macs, host_namespace_reason,
+                                     host_veth_name, owns, plan_attachment)
 from minikubenet.store.etcd import StoreError
 
 log = logging.getLogger(__name__)
@@ -226,10 +238,16 @@ class CniHandler:
     # -- shared pieces ----------------------------------------------------------------------------
 
     def _owner(self, call: Call) -> Owner:
+        """The record ADD writes. In main mode it is ``claimed`` until the pod is plumbed and
+        names the pod interface's MAC; in IPAM mode the calling plugin makes (and owns) the
+        interface, so there is nothing of ours to finish or check: it is complete at once."""
         args = parse_cni_args(call.env.get("CNI_ARGS", ""))
+        main = call.mode == "main"
         return Owner(container_id=call.container_id, ifname=call.ifname, node=self.node.node_name,
                      network=call.network, netns=call.netns,
-                     pod_namespace=args.get("K8S_POD_NAMESPACE", ""), pod_name=args.get("K8S_POD_NAME", ""))
+                     pod_namespace=args.get("K8S_POD_NAMESPACE", ""), pod_name=args.get("K8S_POD_NAME", ""),
+                     mac=attachment_macs(call.container_id, call.ifname)[1] if main else "",
+                     state=CLAIMED if main else COMPLETE)
 
     def _find(self, call: Call) -> Allocation | None:
         """This attachment's IP on this network (a record of another network is not ours)."""
@@ -247,6 +265,22 @@ class CniHandler:
         if (pod.st_dev, pod.st_ino) == (own.st_dev, own.st_ino):
             raise CniError(ERR_INVALID_NETNS, "CNI_NETNS is the node's own network namespace",
                            f"{call.netns} is where the agent runs; a pod needs a namespace of its own")
+
+    @staticmethod
+    def _refuse_foreign(call: Call, link: PodLink, devices: list[LinkSeen]) -> None:
+        """Refuse, before anything is changed, a namespace that is some node's own, and a
+        CNI_IFNAME that exists there without this attachment's mark."""
+        reason = host_namespace_reason(devices)
+        if reason:
+            raise CniError(ERR_INVALID_NETNS, "CNI_NETNS is a node's network namespace, not a pod's",
+                           f"{call.netns}: {reason}; nothing was changed")
+        existing = next((d for d in devices if d.name == call.ifname), None)
+        if existing is not None and not owns(link.mark, existing.alias, existing.mac,
+                                             attachment_macs(call.container_id, call.ifname)[1]):
+            # the reference bridge plugin's words and code (plugins/main/bridge: setupVeth)
+            raise CniError(ERR_INTERNAL, f"container veth name provided ({call.ifname}) already exists",
+                           f"{call.ifname} in {call.netns} carries {existing.alias or 'no mark'!r}, not "
+                           f"{link.mark!r}: it belongs to another container; nothing was changed")
 
     def _allocate(self, call: Call) -> tuple[Allocation, bool]:
         try:
@@ -267,10 +301,14 @@ class CniHandler:
         cid, ifname = call.container_id, call.ifname
         link = PodLink(cid, ifname, call.kernel_netns, self.node.mtu)
         with self._container_lock(cid), contextlib.ExitStack() as undo:
+            pod = self._plumb(call, pod_interface.open_pod_socket, call.kernel_netns)  # gone: code 4
+            undo.callback(pod.close)
+            self._refuse_foreign(call, link, self._plumb(call, pod_interface.survey, pod))
             # Claiming the IP is a round trip to etcd (~1 ms) and creating the veth pair is
             # ~1 ms of kernel work that needs no IP: both at once, the claim on a worker
             # thread (it waits on gRPC with the GIL released). Undo in reverse: remove the
-            # veth, then release the IP if this ADD created the record.
+            # veth (only if it carries our mark), then release the IP if this ADD created
+            # the record.
             claiming = self._claims.submit(self._allocate, call)
             undo.callback(self._release_claim_quietly, claiming)
             with self._host_netlink() as host:
@@ -280,8 +318,13 @@ class CniHandler:
                 self._steer(link.host_veth)
             allocation, created = claiming.result()     # CniError (subnet full) or StoreError
             plan = plan_attachment(link, allocation.ip, self.node.subnet)
-            self._plumb(call, pod_interface.configure_pod, plan)
+            self._plumb(call, pod_interface.configure_pod, plan, pod)
             undo.pop_all()  # success: keep everything
+            pod.close()
+        if not allocation.owner.complete:
+            # Off the answer's path: a crash before this lands leaves a claimed record of a
+            # complete pod, which the next start marks complete (agent/reconcile.py).
+            self._claims.submit(self._complete_quietly, allocation)
         log.info("ADD %s/%s -> %s%s", cid, ifname, allocation.ip, "" if created else " (existing allocation)")
         res = cni_result.Result(
             interfaces=[cni_result.Interface(BRIDGE, macs.bridge),
@@ -316,6 +359,9 @@ class CniHandler:
             return step(*args)
         except NetnsNotFound:
             raise
+        except pod_interface.NotOurs as e:
+            raise CniError(ERR_INTERNAL, str(e), "a device by that name belongs to someone else; "
+                           "it was left as it is") from None
         except Exception as e:
             log.exception("ADD %s/%s: plumbing failed", call.container_id, call.ifname)
             raise CniError(ERR_INTERNAL, f"could not attach {call.ifname} in {call.netns}", str(e)) from None
@@ -338,6 +384,13 @@ class CniHandler:
         if created:
             self._release_quietly(allocation)
 
+    def _complete_quietly(self, allocation: Allocation) -> None:
+        try:
+            self.node.allocator.complete(allocation)
+        except Exception as e:
+            log.warning("could not mark %s of %s/%s complete (the next start will): %s", allocation.ip,
+                        allocation.owner.container_id, allocation.owner.ifname, e)
+
     def _release_quietly(self, allocation) -> None:
         try:
             self.node.allocator.release(allocation)
@@ -347,7 +400,9 @@ class CniHandler:
     def _detach_quietly(self, cid: str, ifname: str, netns: str | None) -> None:
         try:
             with self._host_netlink() as host:
-                pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname), netns)
+                left_alone = pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname), netns)
+            for note in left_alone:
+                log.info("undo of ADD %s/%s: left alone, not ours: %s", cid, ifname, note)
         except Exception:
             log.exception("could not remove the veth of %s/%s", cid, ifname)
 
@@ -359,7 +414,10 @@ class CniHandler:
         with self._container_lock(cid):
             if call.mode == "main":
                 with self._host_netlink() as host:
-                    pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname), call.kernel_netns)
+                    left_alone = pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname),
+                                                      call.kernel_netns)
+                for note in left_alone:
+                    log.warning("DEL %s/%s: left alone, not ours: %s", cid, ifname, note)
             allocation = self._find(call)
             if allocation is not None:
                 self.node.allocator.release(allocation)
@@ -435,8 +493,10 @@ class CniHandler:
             if mode == "main":
                 with self._host_netlink() as host:
                     # the spec lets GC assume the pod's namespace is gone: the host end is enough
-                    pod_interface.detach(host, o.container_id, o.ifname,
-                                         host_veth_name(o.container_id, o.ifname), None)
+                    left_alone = pod_interface.detach(host, o.container_id, o.ifname,
+                                                      host_veth_name(o.container_id, o.ifname), None)
+                for note in left_alone:
+                    log.warning("GC %s/%s: left alone, not ours: %s", o.container_id, o.ifname, note)
             released = self.node.allocator.release(allocation)
         log.info("GC %s %s of %s/%s", "released" if released else "found already released", allocation.ip,
                  o.container_id, o.ifname)

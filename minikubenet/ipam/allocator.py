@@ -9,6 +9,12 @@ compare-and-delete on that exact record.
 
 Inside one agent a lock keeps concurrent ADDs from all trying the same candidate
 first; the transaction is what makes it safe, the lock only makes it fast.
+
+A record is crash-consistent: CNI ADD writes it ``claimed`` (with the container ID,
+interface, namespace path and the pod interface's MAC) before the kernel work, and marks
+it ``complete`` after it (``complete``, a compare-and-swap). An agent killed in between
+leaves a claimed record that its next start checks against the kernel (agent/
+reconcile.py). A record without a state (from an agent before this) counts as complete.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import ipaddress
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from minikubenet.ipam import ranges
 from minikubenet.store.etcd import EtcdStore
@@ -27,6 +33,9 @@ log = logging.getLogger(__name__)
 
 class SubnetFull(Exception):
     pass
+
+
+CLAIMED, COMPLETE = "claimed", "complete"
 
 
 @dataclass(frozen=True)
@@ -39,10 +48,20 @@ class Owner:
     netns: str = ""
     pod_namespace: str = ""
     pod_name: str = ""
+    mac: str = ""           # the pod interface's MAC (main mode; in IPAM mode the caller makes it)
+    state: str = ""         # CLAIMED or COMPLETE; "" (an older record) counts as complete
+
+    @property
+    def complete(self) -> bool:
+        return self.state != CLAIMED
 
     def to_record(self) -> bytes:
         doc = {"containerID": self.container_id, "ifname": self.ifname, "node": self.node,
                "network": self.network, "netns": self.netns}
+        if self.mac:
+            doc["mac"] = self.mac
+        if self.state:
+            doc["state"] = self.state
         if self.pod_namespace:
             doc["podNamespace"] = self.pod_namespace
         if self.pod_name:
@@ -55,8 +74,9 @@ class Owner:
             doc = json.loads(raw)
             return cls(container_id=doc["containerID"], ifname=doc["ifname"], node=doc.get("node", ""),
                        network=doc.get("network", ""), netns=doc.get("netns", ""),
-                       pod_namespace=doc.get("podNamespace", ""), pod_name=doc.get("podName", ""))
-        except (ValueError, KeyError, TypeError):
+                       pod_namespace=doc.get("podNamespace", ""), pod_name=doc.get("podName", ""),
+                       mac=doc.get("mac", ""), state=doc.get("state", ""))
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def same_attachment(self, other: "Owner") -> bool:
@@ -140,8 +160,30 @@ class PodIPAllocator:
             raise SubnetFull(f"no free pod IP in {self.subnet}: all {ranges.pod_capacity(self.subnet)} "
                              f"addresses are taken")
 
+    def complete(self, allocation: Allocation) -> Allocation | None:
+        """Mark a claimed record complete; None if it is no longer there as claimed (a DEL
+        released it meanwhile, or it was complete already)."""
+        if allocation.owner.complete:
+            return None
+        done = Allocation(allocation.ip, replace(allocation.owner, state=COMPLETE), b"")
+        done = replace(done, record=done.owner.to_record())
+        if not self.store.replace_pod_ip(self.subnet, allocation.ip, allocation.record, done.record):
+            return None
+        with self._lock:
+            if self._known is not None and self._known.get(allocation.ip) == allocation.record:
+                self._known[allocation.ip] = done.record
+        return done
+
     def release(self, allocation: Allocation) -> bool:
         released = self.store.delete_pod_ip(self.subnet, allocation.ip, allocation.record)
+        if not released:
+            # The record may have been marked complete since it was read (ADD writes that
+            # after its answer): same attachment, new bytes. Release that one, not another's.
+            current = self.store.list_pod_ips(self.subnet).get(allocation.ip)
+            owner = Owner.from_record(current) if current is not None else None
+            if owner is not None and current != allocation.record and owner.same_attachment(allocation.owner):
+                released = self.store.delete_pod_ip(self.subnet, allocation.ip, current)
+                allocation = Allocation(allocation.ip, owner, current)
         with self._lock:
             if self._known is not None and self._known.get(allocation.ip) == allocation.record:
                 del self._known[allocation.ip]

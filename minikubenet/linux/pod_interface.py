@@ -1,19 +1,21 @@
 """Plumb one pod into its node: a veth pair, the pod's address and default route.
 
-Attaching a pod applies a ``PodAttachment`` plan (pod_network.py) in eight netlink
-requests, sent in four batches (rtnl_batch.py: one round trip each, no per-request Python machinery,
-since every pod start waits for them):
+Attaching a pod applies a ``PodAttachment`` plan (pod_network.py) in netlink requests
+sent in a few batches (rtnl_batch.py: one round trip each, no per-request Python
+machinery, since every pod start waits for them):
 
+0. pod: list the devices (``survey``), so the agent can refuse a namespace that is a
+   node's or whose ``CNI_IFNAME`` belongs to someone else *before* it changes anything;
 1. node: look up the bridge (its index and MAC);
 2. node: create the veth pair in one request: the host end already a port of the bridge
    and up, the peer created directly inside the pod's namespace under its final name
    (IFLA_NET_NS_FD on the peer), both ends with the overlay MTU and with MACs we chose
-   (so nothing has to be read back); and hairpin mode on the host end's bridge port (a
-   pod may reach itself through a Service). If the names exist from an earlier attempt,
-   remove those leftovers and create again;
-3. pod: bring ``lo`` up, find the peer's index;
-4. pod: bring the peer up, give it the address, add the default route via the
-   bridge's address.
+   (so nothing has to be read back); then, in the same batch, hairpin mode and the
+   ownership mark (alias) on the host end. If the names exist from an earlier attempt
+   of the same attachment (its mark), remove those leftovers and create again; a name
+   held by anything else is ``NotOurs``;
+3. pod: bring ``lo`` up; bring the peer up with its mark; find the peer's index;
+4. pod: give the peer its address, add the default route via the bridge's address.
 
 Steps 1-2 (``create_pair``) need no IP, so the agent runs them while etcd is still
 recording the pod's IP; steps 3-4 are ``configure_pod``.
@@ -21,13 +23,13 @@ recording the pod's IP; steps 3-4 are ``configure_pod``.
 ``create_pair`` returns the MACs for the CNI result. ``detach`` is best effort and repeatable:
 deleting either end of a veth pair deletes both, and a pod namespace that is gone
 already took its end with it (SPEC §2 DEL: "return success when the resources are
-already gone"). ``inspect`` lists what differs from the plan, for CHECK.
+already gone"); it deletes only a device whose mark names the attachment, and returns
+what it left alone. ``inspect`` lists what differs from the plan, for CHECK.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from minikubenet.linux import rtnl_batch
 from minikubenet.linux.netns import NetnsNotFound, iproute_in, socket_in
-from minikubenet.pod_network import PodAttachment, PodLink
+from minikubenet.pod_network import LinkSeen, PodAttachment, PodLink, attachment_macs, ownership_mark, owns
 
 
 LOOPBACK_INDEX = 1   # "lo" is always the first device of a network namespace
@@ -55,32 +57,55 @@ def _lookup(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
-def _delete(ipr: IPRoute, name: str) -> bool:
+class NotOurs(Exception):
+    """A device by the name we need exists and carries another owner's mark (or none)."""
+
+
+ABSENT, DELETED, FOREIGN = "absent", "deleted", "foreign"
+
+
+def _delete_owned(ipr: IPRoute, name: str, mark: str, expected_mac: str) -> tuple[str, str]:
+    """Delete device ``name`` only if it is the one ``mark`` names. Returns (outcome,
+    the alias found), outcome ABSENT, DELETED or FOREIGN (then nothing was changed)."""
     index = _lookup(ipr, name)
     if index is None:
-        return False
+        return ABSENT, ""
+    try:
+        [dev] = ipr.get_links(index)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return ABSENT, ""
+        raise
+    alias = dev.get("IFLA_IFALIAS") or ""
+    if not owns(mark, alias, dev.get("IFLA_ADDRESS"), expected_mac):
+        return FOREIGN, alias
     try:
         ipr.link("del", index=index)
     except NetlinkError as e:
         if e.code != errno.ENODEV:
             raise
-    return True
+    return DELETED, alias
 
 
 def veth_macs(link: PodLink) -> tuple[str, str]:
-    """Stable, locally administered unicast MACs for the two ends, derived from the
-    attachment: set at creation, so no read-back is needed for the CNI result, and a
-    re-created pod interface keeps the MAC its neighbours have cached."""
-    digest = hashlib.sha256(f"{link.container_id}/{link.ifname}".encode()).digest()
-    def mac(tag: int) -> str:
-        octets = [0x0a | (tag << 4)] + list(digest[:5])   # 0x?a: bit 1 set (local), bit 0 clear (unicast)
-        return ":".join(f"{o:02x}" for o in octets)
-    return mac(0), mac(1)
+    """The (host, pod) MACs of this attachment (pod_network.attachment_macs)."""
+    return attachment_macs(link.container_id, link.ifname)
+
+
+def open_pod_socket(netns: str) -> socket.socket:
+    """A NETLINK_ROUTE socket inside the pod's namespace, for ``survey`` and ``configure_pod``."""
+    return socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+
+
+def survey(pod: socket.socket) -> list[LinkSeen]:
+    """Step 0: the devices of the pod's namespace, with their kinds and marks."""
+    return rtnl_batch.dump_links(pod)
 
 
 def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
-    """Steps 1-2 (no IP needed): look up the bridge; create the pair and set hairpin.
-    ``host`` (pyroute2) is only used to clear leftovers of an earlier attempt."""
+    """Steps 1-2 (no IP needed): look up the bridge; create the pair, set hairpin and the
+    host end's mark. ``host`` (pyroute2) is only used to clear leftovers of an earlier
+    attempt of this attachment; a device of another owner raises NotOurs, untouched."""
     node = rtnl_batch.open_socket()
     try:
         try:
@@ -99,17 +124,29 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
             # Hairpin: let the bridge send a frame back out of the port it came in on,
             # so a pod reaching its own Service (DNAT back to itself) gets its answer
             # (the reference bridge plugin's hairpinMode, which flannel turns on).
+            # The mark rides on the same request: the kernel handles the whole datagram
+            # within one send, so a veth never exists unmarked once the agent goes on.
             create = [rtnl_batch.create_veth(link.host_veth, link.ifname, netns_fd, link.mtu, host_mac,
                                              pod_mac, bridge_index),
-                      rtnl_batch.set_hairpin(link.host_veth)]
+                      rtnl_batch.set_hairpin(link.host_veth, alias=link.mark)]
             try:
                 rtnl_batch.send_batch(node, create)
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
-                # leftovers of an earlier attempt (a repeated ADD): remove, then create anew
-                _delete(host, link.host_veth)
-                _delete_in(link.netns, link.ifname)
+                # leftovers of an earlier attempt of this attachment (a repeated ADD, or
+                # one cut short): remove them, then create anew. Anything else: refuse.
+                outcome, alias = _delete_owned(host, link.host_veth, link.mark, host_mac)
+                if outcome == FOREIGN:
+                    raise NotOurs(f"{link.host_veth} already exists on the node and is not this attachment's "
+                                  f"(alias {alias!r})") from None
+                pod = iproute_in(link.netns)
+                try:
+                    outcome, alias = _delete_owned(pod, link.ifname, link.mark, pod_mac)
+                finally:
+                    pod.close()
+                if outcome == FOREIGN:
+                    raise NotOurs(f"container veth name provided ({link.ifname}) already exists") from None
                 rtnl_batch.send_batch(node, create)
         finally:
             os.close(netns_fd)
@@ -118,44 +155,51 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
     return AttachedMacs(bridge=bridge_mac, host_veth=host_mac, pod=pod_mac)
 
 
-def configure_pod(plan: PodAttachment) -> None:
-    """Steps 3-4, inside the pod: ``lo`` up and find the peer; the peer up, its address,
-    the default route via the bridge's address."""
+def configure_pod(plan: PodAttachment, pod: socket.socket | None = None) -> None:
+    """Steps 3-4, inside the pod: ``lo`` up, the peer up with its mark, find the peer;
+    the peer's address, the default route via the bridge's address. ``pod``: a socket
+    from ``open_pod_socket`` (else one is opened here)."""
     link = plan.link
-    pod = socket_in(link.netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    own = pod is None
+    if own:
+        pod = open_pod_socket(link.netns)
     try:
-        _, peer = rtnl_batch.send_batch(pod, [rtnl_batch.set_up(LOOPBACK_INDEX, "lo"),
-                                              rtnl_batch.get_link(link.ifname)])
+        _, _, peer = rtnl_batch.send_batch(pod, [rtnl_batch.set_up(LOOPBACK_INDEX, "lo"),
+                                                 rtnl_batch.set_up_by_name(link.ifname, alias=link.mark),
+                                                 rtnl_batch.get_link(link.ifname)])
         pod_index = rtnl_batch.link_index(peer)
         rtnl_batch.send_batch(pod, [
-            rtnl_batch.set_up(pod_index, link.ifname),
             rtnl_batch.add_address(pod_index, str(plan.address.ip), plan.address.network.prefixlen, link.ifname),
             rtnl_batch.replace_default_route(str(plan.gateway), pod_index)])
     finally:
-        pod.close()
+        if own:
+            pod.close()
 
 
-def _delete_in(netns: str, name: str) -> None:
-    pod = iproute_in(netns)
-    try:
-        _delete(pod, name)
-    finally:
-        pod.close()
-
-
-def detach(host: IPRoute, container_id: str, ifname: str, host_veth: str, netns: str | None) -> None:
-    """Remove the pod's veth pair if it is still there. Never fails for missing pieces."""
-    if _delete(host, host_veth):
-        return
+def detach(host: IPRoute, container_id: str, ifname: str, host_veth: str, netns: str | None) -> list[str]:
+    """Remove the pod's veth pair if it is still there and carries this attachment's
+    mark. Never fails for missing pieces. Returns what was left alone because it is
+    not ours (for the caller to report; never "fixed" by deleting)."""
+    mark = ownership_mark(container_id, ifname)
+    host_mac, pod_mac = attachment_macs(container_id, ifname)
+    left_alone = []
+    outcome, alias = _delete_owned(host, host_veth, mark, host_mac)
+    if outcome == DELETED:
+        return left_alone
+    if outcome == FOREIGN:
+        left_alone.append(f"node device {host_veth} carries {alias or 'no mark'!r}, not {mark!r}")
     if netns and os.path.exists(netns):
         try:
             pod = iproute_in(netns)
         except NetnsNotFound:
-            return
+            return left_alone
         try:
-            _delete(pod, ifname)
+            outcome, alias = _delete_owned(pod, ifname, mark, pod_mac)
         finally:
             pod.close()
+        if outcome == FOREIGN:
+            left_alone.append(f"{ifname} in {netns} carries {alias or 'no mark'!r}, not {mark!r}")
+    return left_alone
 
 
 def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
@@ -179,6 +223,9 @@ def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
         if pod_index is None:
             return problems + [f"interface {want.ifname} is missing in {want.netns}"]
         link = pod.get_links(pod_index)[0]
+        if not owns(want.mark, link.get("IFLA_IFALIAS"), link.get("IFLA_ADDRESS"), veth_macs(want)[1]):
+            return problems + [f"{want.ifname} in {want.netns} is not this attachment's "
+                               f"(alias {link.get('IFLA_IFALIAS') or 'none'!r}, expected {want.mark!r})"]
         if link.get("IFLA_MTU") != want.mtu:
             problems.append(f"{want.ifname} has MTU {link.get('IFLA_MTU')}, expected {want.mtu}")
         if link.get("IFLA_OPERSTATE") not in ("UP", "UNKNOWN") and not (link["flags"] & 1):

@@ -18,8 +18,9 @@ earlier one created (by ``IFLA_IFNAME``), as the kernel handles them in order.
 A message that fails does not stop the kernel from handling the ones after it, so a
 batch holds requests that are all undone together when any fails (CNI ADD undoes the
 whole attachment). ``send_batch`` raises ``NetlinkError`` for the first failure, naming
-the request. A GET here names one object; a dump (NLM_F_DUMP) ends with NLMSG_DONE and
-no acknowledgement, which this module does not wait for: use pyroute2 for dumps.
+the request. A GET in a batch names one object; a dump (NLM_F_DUMP) ends with NLMSG_DONE
+and no acknowledgement, so it goes alone: ``dump_links`` reads the few facts CNI ADD needs
+about a pod namespace's devices (name, kind, alias, MAC) without pyroute2's decoding.
 """
 
 from __future__ import annotations
@@ -31,18 +32,23 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_ERROR
+from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+                              NLMSG_DONE, NLMSG_ERROR)
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from minikubenet.pod_network import LinkSeen
+
 NLMSGHDR = struct.Struct("=IHHII")          # len, type, flags, seq, pid (linux/netlink.h)
 NLMSGERR = struct.Struct("=i")              # struct nlmsgerr starts with the (negative) errno
 IFINFOMSG = struct.Struct("=BxHiII")        # family, type, index, flags, change (linux/rtnetlink.h)
 RTATTR = struct.Struct("=HH")               # len, type
-IFLA_ADDRESS = 1
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 18, 20
+IFLA_INFO_KIND = 1
+NLA_TYPE_MASK = 0x3FFF                      # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 REQUEST_ACK = NLM_F_REQUEST | NLM_F_ACK       # a change, or a GET of one object
@@ -106,16 +112,27 @@ def create_veth(name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str, pe
     return _request("veth", f"create veth {name} (peer {peer})", m, RTM_NEWLINK, CREATE)
 
 
-def set_hairpin(name: str) -> Request:
-    """Hairpin mode on a bridge port (``ip link set NAME type bridge_slave hairpin on``).
-    Port options are slave data, which the kernel applies only to an existing device,
-    so this cannot ride on the creating request itself."""
+def set_hairpin(name: str, alias: str | None = None) -> Request:
+    """Hairpin mode on a bridge port (``ip link set NAME type bridge_slave hairpin on``),
+    and the device's alias if one is given (the ownership mark, pod_network.py).
+    Port options are slave data, and an alias is not read when a device is created
+    (rtnl_create_link takes neither): both need this second request on the existing
+    device, in the same batch."""
     m = ifinfmsg()
-    m["attrs"] = [("IFLA_IFNAME", name),
+    m["attrs"] = [("IFLA_IFNAME", name)] + ([("IFLA_IFALIAS", alias)] if alias else []) + [
                   ("IFLA_LINKINFO", {"attrs": [
                       ("IFLA_INFO_SLAVE_KIND", "bridge"),
                       ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", IFLA_BRPORT_MODE_HAIRPIN)]})]})]
     return _request("hairpin", f"hairpin on {name}", m, RTM_NEWLINK, REQUEST_ACK)
+
+
+def set_up_by_name(name: str, alias: str | None = None) -> Request:
+    """``ip link set NAME up [alias ALIAS]``: found by name (ifi_index 0 and IFLA_IFNAME,
+    rtnl_setlink), so it needs no index looked up first."""
+    m = ifinfmsg()
+    m["flags"] = m["change"] = IFF_UP
+    m["attrs"] = [("IFLA_IFNAME", name)] + ([("IFLA_IFALIAS", alias)] if alias else [])
+    return _request("up", f"set {name} up", m, RTM_NEWLINK, REQUEST_ACK)
 
 
 def set_up(index: int, name: str = "") -> Request:
@@ -214,3 +231,60 @@ def link_mac(answer: bytes) -> str | None:
             return answer[offset + RTATTR.size:offset + length].hex(":")
         offset += (length + 3) & ~3              # RTA_ALIGN
     return None
+
+
+def _attrs(data: bytes, offset: int, end: int):
+    """(type, payload) of each rtattr between offset and end."""
+    while offset + RTATTR.size <= end:
+        length, attr_type = RTATTR.unpack_from(data, offset)
+        if length < RTATTR.size:
+            break
+        yield attr_type & NLA_TYPE_MASK, data[offset + RTATTR.size:offset + length]
+        offset += (length + 3) & ~3              # RTA_ALIGN
+
+
+def _link_seen(msg: bytes) -> LinkSeen:
+    _family, _type, index, _flags, _change = IFINFOMSG.unpack_from(msg, NLMSGHDR.size)
+    seen = {"index": index, "name": "", "kind": "", "alias": "", "mac": ""}
+    for attr_type, payload in _attrs(msg, NLMSGHDR.size + IFINFOMSG.size, len(msg)):
+        if attr_type == IFLA_IFNAME:
+            seen["name"] = payload.rstrip(b"\0").decode(errors="replace")
+        elif attr_type == IFLA_IFALIAS:
+            seen["alias"] = payload.rstrip(b"\0").decode(errors="replace")
+        elif attr_type == IFLA_ADDRESS:
+            seen["mac"] = payload.hex(":")
+        elif attr_type == IFLA_LINKINFO:
+            for info_type, info in _attrs(payload, 0, len(payload)):
+                if info_type == IFLA_INFO_KIND:
+                    seen["kind"] = info.rstrip(b"\0").decode(errors="replace")
+    return LinkSeen(**seen)
+
+
+def dump_links(sock: socket.socket) -> list[LinkSeen]:
+    """Every device of the socket's namespace (``ip link show``), as LinkSeen."""
+    seq = next(_sequence)
+    sock.settimeout(REPLY_TIMEOUT_S)
+    request = bytearray(IFINFOMSG.size)
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(request), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+    sock.send(header + bytes(request))
+    links = []
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except socket.timeout:
+            raise NetlinkError(errno.ETIMEDOUT, "no answer from the kernel to a link dump") from None
+        offset = 0
+        while offset + NLMSGHDR.size <= len(data):
+            length, msg_type, _flags, msg_seq, _pid = NLMSGHDR.unpack_from(data, offset)
+            if length < NLMSGHDR.size:
+                break
+            if msg_seq == seq:
+                if msg_type == NLMSG_DONE:
+                    return links
+                if msg_type == NLMSG_ERROR:
+                    (code,) = NLMSGERR.unpack_from(data, offset + NLMSGHDR.size)
+                    if code:
+                        raise NetlinkError(-code, f"link dump: {os.strerror(-code)}")
+                elif msg_type == RTM_NEWLINK:
+                    links.append(_link_seen(data[offset:offset + length]))
+            offset += (length + 3) & ~3

@@ -220,6 +220,16 @@ class EtcdStore:
         return ok
 
     @_wrap_errors
+    def replace_pod_ip(self, subnet, ip, record: bytes, new_record: bytes) -> bool:
+        """Rewrite ``ip``'s record only if it still holds ``record`` (a claim marked complete
+        never brings back a record that a DEL released meanwhile)."""
+        key = self.layout.pod_ip(subnet, ip)
+        t = self.client.transactions
+        ok, _ = self.client.transaction(compare=[t.value(key) == record], success=[t.put(key, new_record)],
+                                        failure=[])
+        return ok
+
+    @_wrap_errors
     def delete_pod_ip(self, subnet, ip, record: bytes) -> bool:
         """Release ``ip`` only if it still holds ``record`` (never free someone else's IP)."""
         key = self.layout.pod_ip(subnet, ip)

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import pytest
 
-from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
+from minikubenet.ipam.allocator import CLAIMED, Allocation, Owner, PodIPAllocator, SubnetFull
 from minikubenet.store.etcd import EtcdStore
 
 SUBNET = N("10.244.1.0/24")
@@ -31,6 +31,8 @@ class PodIPStore(Protocol):
     def list_pod_ips(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]: ...
 
     def create_pod_ip(self, subnet, ip, record: bytes) -> bool: ...
+
+    def replace_pod_ip(self, subnet, ip, record: bytes, new_record: bytes) -> bool: ...
 
     def delete_pod_ip(self, subnet, ip, record: bytes) -> bool: ...
 
@@ -54,6 +56,14 @@ class FakeStore:
                 self.conflicts += 1
                 return False
             self.data[(subnet, ip)] = record
+            return True
+
+    def replace_pod_ip(self, subnet, ip, record: bytes, new_record: bytes) -> bool:
+        """Compare-and-swap: only if the key holds exactly ``record``."""
+        with self._lock:
+            if self.data.get((subnet, ip)) != record:
+                return False
+            self.data[(subnet, ip)] = new_record
             return True
 
     def delete_pod_ip(self, subnet, ip, record: bytes) -> bool:
@@ -83,7 +93,7 @@ _: PodIPStore = FakeStore()
 
 def test_fake_store_has_the_real_stores_signatures():
     # the runtime half of the conformance check: the fake cannot drift from EtcdStore
-    for name in ("list_pod_ips", "create_pod_ip", "delete_pod_ip"):
+    for name in ("list_pod_ips", "create_pod_ip", "replace_pod_ip", "delete_pod_ip"):
         real = list(inspect.signature(getattr(EtcdStore, name)).parameters)
         fake = list(inspect.signature(getattr(FakeStore, name)).parameters)
         assert fake == real, name
@@ -252,6 +262,52 @@ def test_stale_release_never_frees_the_next_owners_ip(store):
     assert new.ip == old.ip
     assert alloc.release(old) is False                  # a late DEL of the old pod
     assert store.data[(tiny, new.ip)] == new.record     # the new pod keeps its IP
+
+
+# -- claimed, then complete (crash consistency) ----------------------------------------------
+
+def claimed(n):
+    from dataclasses import replace
+    return replace(owner(n), state=CLAIMED, mac="0a:11:22:33:44:55")
+
+
+def test_a_claim_is_written_claimed_with_its_mac_and_marked_complete_after(alloc, store):
+    a, created = alloc.allocate(claimed(1))
+    assert created and not a.owner.complete
+    doc = json.loads(store.data[(SUBNET, a.ip)])
+    assert doc["state"] == "claimed" and doc["mac"] == "0a:11:22:33:44:55" and doc["netns"] == "/run/netns/p1"
+    done = alloc.complete(a)
+    assert done.owner.complete and json.loads(store.data[(SUBNET, a.ip)])["state"] == "complete"
+    assert alloc.complete(done) is None                  # complete already: nothing to write
+    assert alloc.find("c1", "eth0").record == done.record
+
+
+def test_a_record_without_a_state_counts_as_complete():
+    assert Owner.from_record(owner(1).to_record()).complete
+
+
+def test_marking_complete_never_brings_back_a_released_record(alloc, store):
+    a, _ = alloc.allocate(claimed(1))
+    assert alloc.release(a)
+    assert alloc.complete(a) is None
+    assert store.data == {}
+
+
+def test_release_of_the_claimed_copy_releases_the_completed_record(alloc, store):
+    """DEL read the record before ADD's asynchronous "complete" landed: still released."""
+    a, _ = alloc.allocate(claimed(1))
+    alloc.complete(a)
+    assert alloc.release(a) is True
+    assert store.data == {}
+
+
+def test_release_of_a_stale_copy_never_frees_another_attachments_record(alloc, store):
+    a, _ = alloc.allocate(claimed(1))
+    assert alloc.release(a)
+    b, _ = alloc.allocate(claimed(2))
+    stale = Allocation(b.ip, a.owner, a.record)         # a late DEL of c1 naming c2's IP
+    assert alloc.release(stale) is False
+    assert store.data[(SUBNET, b.ip)] == b.record
 
 
 # -- races ---------------------------------------------------------------------------------
