@@ -13,7 +13,9 @@ Start-up, in order, each step a clear error if it cannot be done:
    the masquerade rules;
 6. start the overlay: every remote lease programmed (neighbour, FDB, route, or a
    host-gw route), then follow the watch;
-7. open the CNI socket, then write ``subnet.env`` (its presence means "ready");
+7. repair what an agent killed during ADD left (agent/reconcile.py: claimed IP records
+   never completed, half-made veths with our mark), then open the CNI socket and write
+   ``subnet.env`` (its presence means "ready");
 8. serve CNI requests until SIGTERM; on exit the lease is kept, so a restarted agent
    gets the same subnet back and its pods keep their addresses. A start-up that fails
    after step 3 removes the VXLAN device it created.
@@ -37,6 +39,7 @@ from minikubenet import subnet_env
 from minikubenet.agent import backend
 from minikubenet.agent.cni_handler import CniHandler, NodeState
 from minikubenet.agent.cni_server import CniServer
+from minikubenet.agent.reconcile import reconcile
 from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
@@ -176,8 +179,11 @@ class Agent:
         self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
         self._prepared = None   # from here on the device is in use: keep it on exit
 
+        allocator = PodIPAllocator(self.store, lease.subnet)
+        # before the socket opens: no ADD can run while half-made pods are removed
+        reconcile(allocator, a.node_name, mtu)
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
-                         allocator=PodIPAllocator(self.store, lease.subnet),
+                         allocator=allocator,
                          lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
                          rps_cpus=None if rps_cpus == "0" else rps_cpus)
         self.server = CniServer(self.socket_path, CniHandler(node))

@@ -38,6 +38,7 @@ from minikubenet.lab.processes import ProcessRecord
 from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, build_topology
 from minikubenet.linux import named_netns, rps
 from minikubenet.linux.named_netns import run
+from minikubenet.pod_network import NODE_MARK_PREFIX
 
 LAB_ROOT = "/run/minikubenet-lab"
 REFERENCE_PLUGIN_DIR = "/usr/lib/cni"
@@ -207,6 +208,8 @@ class Lab:
         """The node's namespace, its underlay port and its CNI config; no agent yet."""
         self._netns(node.netns)
         self._plug(node.netns, node.switch_port, node.ip)
+        # the node mark: a CNI ADD aimed at this namespace is refused (pod_network.py)
+        run(["ip", "-n", node.netns, "link", "set", "eth0", "alias", f"{NODE_MARK_PREFIX}{node.name}:underlay"])
         if self.rps_cpus:
             # sysfs shows the devices of the namespace it was mounted in: ip netns exec mounts the node's
             run(["ip", "netns", "exec", node.netns, "sh", "-c",

@@ -39,7 +39,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from minikubenet.linux import rtnl_batch
 from minikubenet.linux.netns import NetnsNotFound, iproute_in, socket_in
-from minikubenet.pod_network import LinkSeen, PodAttachment, PodLink, attachment_macs, ownership_mark, owns
+from minikubenet.pod_network import (MARK_PREFIX, LinkSeen, PodAttachment, PodLink, attachment_macs,
+                                     ownership_mark, owns)
 
 
 LOOPBACK_INDEX = 1   # "lo" is always the first device of a network namespace
@@ -239,3 +240,31 @@ def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
     finally:
         pod.close()
     return problems
+
+
+# -- for the agent's start (agent/reconcile.py) ------------------------------------------------
+
+def marked_host_veths() -> list[LinkSeen]:
+    """The node's veths that carry an attachment mark: the pods this agent plumbed."""
+    node = rtnl_batch.open_socket()
+    try:
+        return [d for d in rtnl_batch.dump_links(node) if d.kind == "veth" and d.alias.startswith(MARK_PREFIX)]
+    finally:
+        node.close()
+
+
+def delete_marked(host: IPRoute, device: LinkSeen) -> bool:
+    """Delete a node device only if it still carries the mark it was listed with."""
+    outcome, _ = _delete_owned(host, device.name, device.alias, expected_mac="")
+    return outcome == DELETED
+
+
+def is_complete(host: IPRoute, plan: PodAttachment) -> bool | None:
+    """Is this attachment fully plumbed (``inspect`` finds nothing wrong)? None when its
+    namespace cannot be looked at from here (its path is not visible to the agent)."""
+    if not plan.link.netns or not os.path.exists(plan.link.netns):
+        return None
+    try:
+        return not inspect(host, plan)
+    except NetnsNotFound:
+        return None

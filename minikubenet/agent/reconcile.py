@@ -1,0 +1,109 @@
+"""At start, before the CNI socket opens: repair what an agent killed during ADD left.
+
+ADD writes a pod's IP record ``claimed`` before the kernel work and marks it
+``complete`` after (ipam/allocator.py); both ends of the veth carry the attachment's
+mark (pod_network.py) from the moment they exist. A ``kill -9`` between those steps
+leaves one of these, and this module turns each into "nothing" or "a complete pod":
+
+======================================  ==========================================
+what is found                           what is done
+======================================  ==========================================
+claimed record, no marked veth          release the record
+claimed record, marked veth, pod        mark the record complete (the runtime may
+complete (address, route, up)           not have heard the answer: its retry ADD or
+                                        DEL finds a consistent pod)
+claimed record, marked veth, pod        remove the veth, release the record
+half-made (e.g. eth0 without address)
+marked veth whose mark names no record  remove the veth
+complete record                         nothing (its pod is the runtime's: DEL, GC)
+======================================  ==========================================
+
+Only devices with our mark are ever removed, and only records of this node's subnet
+that name this node. A record whose namespace the agent cannot see is left alone.
+The plan is a pure function (``plan_repairs``); ``reconcile`` gathers and applies it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+from minikubenet.ipam.allocator import Allocation, PodIPAllocator
+from minikubenet.linux import pod_interface
+from minikubenet.pod_network import LinkSeen, PodLink, ownership_mark, plan_attachment
+from minikubenet.store.etcd import StoreError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Repairs:
+    release: list[Allocation] = field(default_factory=list)
+    remove: list[LinkSeen] = field(default_factory=list)
+    complete: list[Allocation] = field(default_factory=list)
+    left_alone: list[str] = field(default_factory=list)
+
+
+def plan_repairs(records: list[Allocation], marked_veths: list[LinkSeen],
+                 pod_complete: dict) -> Repairs:
+    """``pod_complete``: record IP -> True (complete), False (half-made) or None (cannot
+    tell), for the claimed records whose veth exists."""
+    by_mark = {d.alias: d for d in marked_veths}
+    out = Repairs()
+    for a in records:
+        veth = by_mark.pop(ownership_mark(a.owner.container_id, a.owner.ifname), None)
+        if a.owner.complete:
+            continue
+        if veth is None:
+            out.release.append(a)
+            continue
+        state = pod_complete.get(a.ip)
+        if state is True:
+            out.complete.append(a)
+        elif state is False:
+            out.remove.append(veth)
+            out.release.append(a)
+        else:
+            out.left_alone.append(f"{a.ip} of {a.owner.container_id}/{a.owner.ifname}: its namespace "
+                                  f"{a.owner.netns or '(none)'} cannot be looked at; left claimed")
+    out.remove.extend(by_mark.values())     # ours, but no record names them: half-made
+    return out
+
+
+def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
+    """Gather, plan, apply. A failing etcd skips it all (nothing is removed on a guess)."""
+    try:
+        records = [a for a in allocator.list() if a.owner.node in ("", node_name)]
+    except StoreError as e:
+        log.error("start-up repair skipped: cannot list the pod IP records (%s)", e)
+        return Repairs()
+    veths = pod_interface.marked_host_veths()
+    marks = {d.alias for d in veths}
+    pod_complete = {}
+    with IPRoute() as host:
+        for a in records:
+            o = a.owner
+            if not o.complete and ownership_mark(o.container_id, o.ifname) in marks:
+                plan = plan_attachment(PodLink(o.container_id, o.ifname, o.netns, mtu), a.ip, allocator.subnet)
+                pod_complete[a.ip] = pod_interface.is_complete(host, plan)
+        repairs = plan_repairs(records, veths, pod_complete)
+        for device in repairs.remove:
+            if pod_interface.delete_marked(host, device):
+                log.info("start-up repair: removed half-made %s (%s)", device.name, device.alias)
+    try:
+        for a in repairs.release:
+            if allocator.release(a):
+                log.info("start-up repair: released %s, claimed by %s/%s and never completed", a.ip,
+                         a.owner.container_id, a.owner.ifname)
+        for a in repairs.complete:
+            allocator.complete(a)
+            log.info("start-up repair: %s of %s/%s is a complete pod; record marked complete", a.ip,
+                     a.owner.container_id, a.owner.ifname)
+    except StoreError as e:
+        # what is left stays claimed: the next start, a retry ADD, DEL or GC finishes it
+        log.error("start-up repair: etcd failed midway (%s)", e)
+    for note in repairs.left_alone:
+        log.warning("start-up repair: %s", note)
+    return repairs
