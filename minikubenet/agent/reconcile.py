@@ -46,15 +46,17 @@ class Repairs:
     left_alone: list[str] = field(default_factory=list)
 
 
-def plan_repairs(records: list[Allocation], marked_veths: list[LinkSeen],
-                 pod_complete: dict) -> Repairs:
-    """``pod_complete``: record IP -> True (complete), False (half-made) or None (cannot
-    tell), for the claimed records whose veth exists."""
+def plan_repairs(records: list[Allocation], marked_veths: list[LinkSeen], pod_complete: dict,
+                 node_name: str) -> Repairs:
+    """``records``: every record of the node's subnet. ``pod_complete``: record IP -> True
+    (complete), False (half-made) or None (cannot tell), for the claimed records whose
+    veth exists. Any record keeps its veth; only claimed records of this node (or of no
+    node) are acted on, so a renamed node or a subnet's earlier owner loses nothing."""
     by_mark = {d.alias: d for d in marked_veths}
     out = Repairs()
     for a in records:
         veth = by_mark.pop(ownership_mark(a.owner.container_id, a.owner.ifname), None)
-        if a.owner.complete:
+        if a.owner.complete or a.owner.node not in ("", node_name):
             continue
         if veth is None:
             out.release.append(a)
@@ -75,7 +77,7 @@ def plan_repairs(records: list[Allocation], marked_veths: list[LinkSeen],
 def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
     """Gather, plan, apply. A failing etcd skips it all (nothing is removed on a guess)."""
     try:
-        records = [a for a in allocator.list() if a.owner.node in ("", node_name)]
+        records = allocator.list()
     except StoreError as e:
         log.error("start-up repair skipped: cannot list the pod IP records (%s)", e)
         return Repairs()
@@ -85,10 +87,10 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
     with IPRoute() as host:
         for a in records:
             o = a.owner
-            if not o.complete and ownership_mark(o.container_id, o.ifname) in marks:
+            if not o.complete and o.node in ("", node_name) and ownership_mark(o.container_id, o.ifname) in marks:
                 plan = plan_attachment(PodLink(o.container_id, o.ifname, o.netns, mtu), a.ip, allocator.subnet)
                 pod_complete[a.ip] = pod_interface.is_complete(host, plan)
-        repairs = plan_repairs(records, veths, pod_complete)
+        repairs = plan_repairs(records, veths, pod_complete, node_name)
         for device in repairs.remove:
             if pod_interface.delete_marked(host, device):
                 log.info("start-up repair: removed half-made %s (%s)", device.name, device.alias)

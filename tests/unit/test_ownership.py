@@ -125,30 +125,37 @@ def veth(n):
 
 
 def test_a_claim_without_a_veth_is_released():
-    r = plan_repairs([record(2, CLAIMED)], [], {})
+    r = plan_repairs([record(2, CLAIMED)], [], {}, "n1")
     assert [a.ip for a in r.release] == [IP("10.244.1.2")] and not r.remove and not r.complete
 
 
 def test_a_half_made_pod_is_removed_and_released():
-    r = plan_repairs([record(3, CLAIMED)], [veth(3)], {IP("10.244.1.3"): False})
+    r = plan_repairs([record(3, CLAIMED)], [veth(3)], {IP("10.244.1.3"): False}, "n1")
     assert r.remove == [veth(3)] and [a.ip for a in r.release] == [IP("10.244.1.3")]
 
 
 def test_a_complete_pod_with_a_claimed_record_is_marked_complete():
-    r = plan_repairs([record(4, CLAIMED)], [veth(4)], {IP("10.244.1.4"): True})
+    r = plan_repairs([record(4, CLAIMED)], [veth(4)], {IP("10.244.1.4"): True}, "n1")
     assert [a.ip for a in r.complete] == [IP("10.244.1.4")] and not r.remove and not r.release
 
 
 def test_a_marked_veth_without_a_record_is_removed():
-    r = plan_repairs([], [veth(5)], {})
+    r = plan_repairs([], [veth(5)], {}, "n1")
     assert r.remove == [veth(5)]
 
 
 def test_complete_records_and_their_pods_are_left_as_they_are():
-    r = plan_repairs([record(6, COMPLETE), record(7, "")], [veth(6)], {})
+    r = plan_repairs([record(6, COMPLETE), record(7, "")], [veth(6)], {}, "n1")
     assert not (r.remove or r.release or r.complete)
 
 
 def test_a_pod_that_cannot_be_looked_at_is_left_claimed():
-    r = plan_repairs([record(8, CLAIMED)], [veth(8)], {IP("10.244.1.8"): None})
+    r = plan_repairs([record(8, CLAIMED)], [veth(8)], {IP("10.244.1.8"): None}, "n1")
     assert not (r.remove or r.release or r.complete) and r.left_alone
+
+
+def test_records_of_another_node_name_keep_their_veths_and_are_not_touched():
+    other = replace(record(9, CLAIMED).owner, node="old-name")
+    a = Allocation(IP("10.244.1.9"), other, other.to_record())
+    r = plan_repairs([a], [veth(9)], {}, "n1")
+    assert not (r.remove or r.release or r.complete)
