@@ -141,3 +141,26 @@ def test_a_repeated_add_of_the_same_container_replaces_only_its_own_leftover(lab
         assert not [r for r in records(lab).values() if r["containerID"] == "retry-1"]
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_gc_and_del_leave_an_interface_by_our_name_with_another_mark(lab):
+    """Someone re-marked (took over) the host end of one of our pods: GC releases the
+    stale IP record but leaves the device; so does DEL."""
+    n1 = lab.topo.node("n1")
+    name = f"{lab.topo.name}-gc"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    rt = lab.runtime("n1")
+    conf = {"cniVersion": "1.1.0", "name": "gcnet", "type": "minikubenet",
+            "agentSocket": lab.conflist("n1")["plugins"][0]["agentSocket"]}
+    veth = host_veth_name("gc-victim", "eth0")
+    try:
+        rt.exec_plugin(conf, "ADD", "gc-victim", f"/run/netns/{name}", "eth0")
+        subprocess.run(["ip", "-n", n1.netns, "link", "set", veth, "alias", "someone-else"], check=True)
+        rt.exec_plugin({**conf, "cni.dev/valid-attachments": []}, "GC", "", "", "")
+        assert not [r for r in records(lab).values() if r["containerID"] == "gc-victim"], "record released"
+        assert veth in node_veths(lab, "n1"), "GC deleted a device that is not (any more) ours"
+        rt.exec_plugin(conf, "DEL", "gc-victim", "", "eth0")
+        assert veth in node_veths(lab, "n1"), "DEL deleted a device that is not (any more) ours"
+    finally:
+        subprocess.run(["ip", "-n", n1.netns, "link", "del", veth], check=False)
+        subprocess.run(["ip", "netns", "del", name], check=False)
