@@ -213,8 +213,13 @@ def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
         problems.append(f"bridge {want.bridge} is missing")
     if host_index is None:
         problems.append(f"host veth {want.host_veth} is missing")
-    elif bridge_index is not None and host.get_links(host_index)[0].get("IFLA_MASTER") != bridge_index:
-        problems.append(f"host veth {want.host_veth} is not a port of {want.bridge}")
+    else:
+        host_link = host.get_links(host_index)[0]
+        if not owns(want.mark, host_link.get("IFLA_IFALIAS"), host_link.get("IFLA_ADDRESS"), veth_macs(want)[0]):
+            problems.append(f"host veth {want.host_veth} is not this attachment's "
+                            f"(alias {host_link.get('IFLA_IFALIAS') or 'none'!r}, expected {want.mark!r})")
+        elif bridge_index is not None and host_link.get("IFLA_MASTER") != bridge_index:
+            problems.append(f"host veth {want.host_veth} is not a port of {want.bridge}")
     try:
         pod = iproute_in(want.netns)
     except NetnsNotFound:

@@ -77,12 +77,13 @@ def damage(lab, pods: dict[str, str]) -> dict[str, int]:
             "claimed records": sum(1 for r in recs.values() if r.get("state") == "claimed")}
 
 
-def test_kill_9_during_fifty_adds_leaves_nothing_half_made_after_a_restart(lab):
+def storm(lab, round_: int) -> dict:
+    """One round: 50 concurrent ADDs, kill -9 mid-way, restart, check, retry, DEL all."""
     pods = {}
     for i in range(PODS):
-        name = f"{lab.topo.name}-k{i}"
+        name = f"{lab.topo.name}-r{round_}k{i}"
         named_netns.add(name)
-        pods[f"crash-{i:02d}"] = name
+        pods[f"crash{round_}-{i:02d}"] = name
     rt = lab.runtime("n1")
     agent = lab.agent_record("n1")
     assert agent is not None
@@ -95,29 +96,29 @@ def test_kill_9_during_fifty_adds_leaves_nothing_half_made_after_a_restart(lab):
         except CniCallError as e:
             outcome[cid] = e
 
-    storm = ThreadPoolExecutor(max_workers=PODS)
-    futures = [storm.submit(add, cid) for cid in pods]
-    # Kill once a few pods exist and the rest are on their way.
-    # Kill as soon as the first pod's veth appears (polled straight over netlink, not with
-    # `ip`): that ADD and the ones behind it are mid-way.
-    started_at = time.monotonic()
     node = socket_in(f"/run/netns/{lab.topo.node('n1').netns}", socket.AF_NETLINK, socket.SOCK_RAW,
                      socket.NETLINK_ROUTE)
+    marked_before = sum(1 for d in rtnl_batch.dump_links(node) if d.alias.startswith(MARK_PREFIX))
+    storm_pool = ThreadPoolExecutor(max_workers=PODS)
+    started_at = time.monotonic()
+    futures = [storm_pool.submit(add, cid) for cid in pods]
+    # Kill as soon as the first pod's veth appears (polled straight over netlink, not with
+    # `ip`): that ADD and the ones behind it are mid-way.
     try:
-        while time.monotonic() < started_at + 60 and not any(
-                d.alias.startswith(MARK_PREFIX) for d in rtnl_batch.dump_links(node)):
+        while time.monotonic() < started_at + 60 and sum(
+                1 for d in rtnl_batch.dump_links(node) if d.alias.startswith(MARK_PREFIX)) <= marked_before:
             time.sleep(0.001)
     finally:
         node.close()
     os.kill(agent.pid, signal.SIGKILL)
-    killed_at = time.monotonic()
+    killed_after = time.monotonic() - started_at
     try:
         os.waitpid(agent.pid, 0)      # the lab started it: reap it
     except ChildProcessError:
         pass
     for f in futures:
         f.result()
-    storm.shutdown()
+    storm_pool.shutdown()
     answered = sorted(cid for cid, r in outcome.items() if isinstance(r, dict))
     failed = sorted(cid for cid, r in outcome.items() if not isinstance(r, dict))
     before = damage(lab, pods)
@@ -126,13 +127,6 @@ def test_kill_9_during_fifty_adds_leaves_nothing_half_made_after_a_restart(lab):
     lab.start_agent("n1")
     restart_s = time.monotonic() - started
     after = damage(lab, pods)
-    report("kill -9 storm, 50 ADDs",
-           f"{len(answered)} answered before the kill, {len(failed)} failed; left by the crash: "
-           f"{before['claimed records']} claimed records, {before['leaked records']} records without a pod, "
-           f"{before['half-made pods']} half-made pods")
-    report("kill -9 storm, after restart",
-           f"{after['leaked records']} leaked records, {after['half-made pods']} half-made pods, "
-           f"{after['duplicate IPs']} duplicate IPs (restart to ready {restart_s:.1f}s)")
     assert after["leaked records"] == 0 and after["half-made pods"] == 0 and after["duplicate IPs"] == 0, after
     assert after["claimed records"] == 0, "every claimed record is released or marked complete at start"
 
@@ -150,11 +144,34 @@ def test_kill_9_during_fifty_adds_leaves_nothing_half_made_after_a_restart(lab):
         assert pod_addresses(pods[cid]) == [ip], cid
     final = damage(lab, pods)
     assert final["leaked records"] == final["half-made pods"] == final["duplicate IPs"] == 0, final
-    assert sorted(records(lab)) == sorted(pods)
-    ips = [r["ip"] for r in records(lab).values()]
+    assert sorted(c for c in records(lab) if c in pods) == sorted(pods)
+    ips = [r["ip"] for c, r in records(lab).items() if c in pods]
     assert len(set(ips)) == PODS
-    report("kill -9 storm, retry ADDs", f"{len(failed)} retried, all complete pods; "
-           f"kill came {killed_at - started_at:.2f}s into the storm")
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         list(pool.map(lambda cid: rt.delete(cid, f"/run/netns/{pods[cid]}", "eth0"), pods))
+    for name in pods.values():
+        named_netns.delete(name)
+    return {"answered": len(answered), "failed": len(failed), "before": before, "after": after,
+            "restart_s": restart_s, "killed_after": killed_after}
+
+
+def test_kill_9_during_fifty_adds_leaves_nothing_half_made_after_a_restart(lab):
+    # A kill lands where it lands: when it found no ADD mid-way (nothing to repair), the
+    # round proves little, so another round runs (at most three).
+    rounds = []
+    for round_ in range(3):
+        rounds.append(storm(lab, round_))
+        b = rounds[-1]["before"]
+        if b["claimed records"] or b["leaked records"] or b["half-made pods"]:
+            break
+    r = rounds[-1]
+    b, a = r["before"], r["after"]
+    report("kill -9 storm, 50 ADDs",
+           f"{r['answered']} answered before the kill ({r['killed_after']:.2f}s in), {r['failed']} failed; left by "
+           f"the crash: {b['claimed records']} claimed records, {b['leaked records']} records without a pod, "
+           f"{b['half-made pods']} half-made pods (round {len(rounds)})")
+    report("kill -9 storm, after restart",
+           f"{a['leaked records']} leaked records, {a['half-made pods']} half-made pods, "
+           f"{a['duplicate IPs']} duplicate IPs (restart to ready {r['restart_s']:.1f}s); "
+           f"{r['failed']} retry ADDs, all complete pods")
