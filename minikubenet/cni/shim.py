@@ -31,21 +31,11 @@ the agent then works on exactly the namespace the runtime meant even when the pa
 only exists in the runtime's mount namespace (containerd and podman mount
 ``/run/netns/...`` files there), and a namespace cannot vanish between here and there.
 
-Limits (both ends check them: the agent cannot trust that its client is this shim):
-
-- the network config on stdin is at most ``MAX_CONFIG_BYTES`` (1 MiB; real configs are
-  a few hundred bytes, a chained one with a ``prevResult`` a few KiB) and nests at most
-  ``MAX_NESTING`` (64) objects and arrays deep (a real one nests about 6). A larger or
-  deeper one is refused with code 6, "decoding failure": we refuse to decode it, as Go's
-  ``encoding/json`` refuses past its own depth limit (which skel reports as code 6),
-  and it is never parsed into memory or recursed into;
-- ``mtu``, where a config gives one, must be an integer in 68–65535 (RFC 791's minimum
-  IPv4 MTU to the largest a Linux veth or bridge takes); anything else is code 7,
-  "invalid network config". For this plugin the pod MTU is the node's (``FLANNEL_MTU``
-  in subnet.env), so the agent also refuses any other value (code 7) rather than
-  ignoring it;
-- the request to the agent is at most ``MAX_REQUEST_BYTES`` (4 MiB: the config escaped
-  as ASCII grows at most threefold, plus the environment).
+Limits (the agent checks them again): a config of at most ``MAX_CONFIG_BYTES`` (1 MiB),
+nesting at most ``MAX_NESTING`` (64) objects and arrays deep, else code 6 "decoding
+failure" (as Go's json decoder refuses past its depth limit); an ``mtu`` outside 68–65535
+(``MTU_RANGE``) is code 7 "invalid network config"; a request to the agent of at most
+``MAX_REQUEST_BYTES``.
 
 Errors go to stdout as the spec's error JSON (libcni reads stdout first,
 pkg/invoke/raw_exec.go), with a non-zero exit. Logs, if any, go to stderr.
@@ -100,12 +90,11 @@ _encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, No
 
 
 class TooDeep(ValueError):
-    """JSON that nests deeper than allowed (a ValueError: it is malformed input)."""
+    """JSON that nests deeper than allowed."""
 
 
 def too_deep(value, limit=MAX_NESTING):
-    """True when objects and arrays in ``value`` nest more than ``limit`` deep (``{}`` is
-    1 deep, ``{"a": []}`` 2). Iterative: a hostile document cannot exhaust the stack."""
+    """Objects and arrays nested more than ``limit`` deep (``{}`` is 1)? Iterative."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -120,8 +109,7 @@ def too_deep(value, limit=MAX_NESTING):
 
 
 def json_loads(data, max_nesting=MAX_NESTING):
-    """json.loads for bytes or str, refusing documents that nest deeper than
-    ``max_nesting``. Raises ValueError (json.JSONDecodeError, or TooDeep) if malformed."""
+    """json.loads for bytes or str. Raises ValueError (JSONDecodeError, TooDeep) if malformed."""
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     text = text.strip(" \t\n\r")
     # A document with fewer brackets than the limit cannot nest deeper than it (every
@@ -273,8 +261,7 @@ def open_netns(command, env, keep=True):
 
 
 def read_config(stdin, limit=MAX_CONFIG_BYTES):
-    """At most ``limit`` bytes of config; more is refused unread (a runtime that wrote
-    more gets EPIPE, which libcni ignores once the plugin has exited)."""
+    """At most ``limit`` bytes; more is refused unread (libcni ignores the EPIPE)."""
     try:
         raw = stdin.read(limit + 1)
     except OSError as e:
@@ -321,9 +308,8 @@ def check_config(config, mode):
 
 
 def check_mtu(config, command):
-    """A config's ``mtu`` (the reference bridge's field; ours or the main plugin's in
-    IPAM mode) must be an integer in MTU_RANGE; refused with code 7, never ignored. Only
-    ADD and CHECK use it: DEL, GC and STATUS must still clean up after any config."""
+    """``mtu`` is an integer in MTU_RANGE (code 7). Only for ADD and CHECK: DEL, GC and
+    STATUS must work with any config."""
     if command not in ("ADD", "CHECK") or "mtu" not in config:
         return
     mtu = config["mtu"]
