@@ -39,11 +39,11 @@ def check_request(request: dict, node_mtu: int) -> None:
     """The request's shape and the config's required fields, as the shim checks them,
     plus what only the agent knows: the node's pod MTU."""
     command = request.get("command")
-    if command not in REQUIRED_ENV:     # every verb but VERSION, which the shim answers itself
+    if not isinstance(command, str) or command not in REQUIRED_ENV:     # every verb but VERSION, which the shim answers itself
         raise CniError(ERR_INVALID_ENVIRONMENT, f"unknown CNI_COMMAND: {command!r}",
                        f"the agent serves {', '.join(REQUIRED_ENV)}")
     mode = request.get("mode") or "main"
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise CniError(ERR_INVALID_CONFIG, f"unknown plugin mode {mode!r}")
     env = request.get("env")
     if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):

@@ -18,6 +18,8 @@ import time
 import types
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minikubenet import private_files, subnet_env
 from minikubenet.agent import cni_server
@@ -163,6 +165,29 @@ def test_malformed_requests_are_refused_with_the_shims_code(change, code):
     req = request()
     change(req)
     assert refused(req) == code
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) |
+                            st.text(max_size=8), lambda inner: st.lists(inner, max_size=3) |
+                            st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(st.fixed_dictionaries({}, optional={
+    "command": st.sampled_from(["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION"]) | _json_values,
+    "mode": st.sampled_from(["main", "ipam"]) | _json_values,
+    "env": st.dictionaries(st.sampled_from(["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"]),
+                           st.text(max_size=6)) | _json_values,
+    "config": st.fixed_dictionaries({}, optional={
+        "cniVersion": st.sampled_from(["1.0.0", "1.1.0"]) | _json_values,
+        "name": st.just("minikubenet") | _json_values, "mtu": st.just(1450) | _json_values,
+        "ipam": _json_values, "prevResult": _json_values, "agentSocket": _json_values}) | _json_values,
+    "netnsFd": _json_values}))
+def test_any_request_is_accepted_or_refused_with_a_cni_error(req):
+    try:
+        check_request(req, 1450)
+    except CniError as e:
+        assert e.code in (1, 2, 4, 6, 7)
 
 
 def test_ipam_mode_leaves_the_mtu_to_the_main_plugin_but_not_nonsense():
