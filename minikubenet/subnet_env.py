@@ -8,7 +8,8 @@ Same variables as flannel's ``/run/flannel/subnet.env`` (flannel pkg/subnet/subn
     FLANNEL_IPMASQ=true
 
 The file is written to a temporary name and renamed over the old one, so a reader
-never sees half a file. The agent reads its previous file at start to ask for the same
+never sees half a file; it is 0600 in a 0700 directory (private_files.py).
+``FLANNEL_MTU`` outside 68–65535 makes the file invalid, like a missing variable. The agent reads its previous file at start to ask for the same
 subnet back (flannel PR #752).
 """
 
@@ -17,6 +18,9 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
+
+from minikubenet import private_files
+from minikubenet.cni.shim import MTU_RANGE
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,12 @@ def parse(text: str) -> SubnetEnv:
     missing = [k for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ") if k not in values]
     if missing:
         raise ValueError(f"subnet.env is missing {', '.join(missing)}")
+    mtu = int(values["FLANNEL_MTU"])
+    if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+        raise ValueError(f"FLANNEL_MTU={mtu} is outside {MTU_RANGE[0]}-{MTU_RANGE[1]}")
     return SubnetEnv(network=ipaddress.IPv4Network(values["FLANNEL_NETWORK"]),
                      subnet=ipaddress.IPv4Interface(values["FLANNEL_SUBNET"]).network,
-                     mtu=int(values["FLANNEL_MTU"]),
+                     mtu=mtu,
                      ipmasq=values["FLANNEL_IPMASQ"].lower() == "true")
 
 
@@ -61,10 +68,10 @@ def read(path: str) -> SubnetEnv | None:
 
 def write(path: str, env: SubnetEnv) -> None:
     """Atomically replace ``path``: write a temp file in the same directory, fsync, rename."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    private_files.make_dir(os.path.dirname(path) or ".")
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
+        with private_files.open_file(tmp, "w") as f:
             f.write(env.render())
             f.flush()
             os.fsync(f.fileno())

@@ -209,6 +209,9 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything the agent writes (subnet.env, the run dir, the socket) is root's alone:
+    # 0600 files, 0700 directories, whoever started us with whatever umask.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s")

@@ -31,6 +31,12 @@ the agent then works on exactly the namespace the runtime meant even when the pa
 only exists in the runtime's mount namespace (containerd and podman mount
 ``/run/netns/...`` files there), and a namespace cannot vanish between here and there.
 
+Limits (the agent checks them again): a config of at most ``MAX_CONFIG_BYTES`` (1 MiB),
+nesting at most ``MAX_NESTING`` (64) objects and arrays deep, else code 6 "decoding
+failure" (as Go's json decoder refuses past its depth limit); an ``mtu`` outside 68–65535
+(``MTU_RANGE``) is code 7 "invalid network config"; a request to the agent of at most
+``MAX_REQUEST_BYTES``.
+
 Errors go to stdout as the spec's error JSON (libcni reads stdout first,
 pkg/invoke/raw_exec.go), with a non-zero exit. Logs, if any, go to stderr.
 
@@ -50,6 +56,13 @@ import time
 
 import _json
 import _socket
+
+
+# Limits on what a caller may send (see the module docstring; the agent enforces them too).
+MAX_CONFIG_BYTES = 1 << 20        # 1 MiB of network config on stdin
+MAX_NESTING = 64                  # objects and arrays inside each other
+MAX_REQUEST_BYTES = 4 << 20       # one request on the agent's socket
+MTU_RANGE = (68, 65535)           # RFC 791's minimum IPv4 MTU .. the largest a veth/bridge takes
 
 
 # -- JSON with the C accelerator only (what json.loads/json.dumps do underneath) ---------------------
@@ -76,22 +89,51 @@ _encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, No
                              False, False, True)
 
 
-def json_loads(data):
-    """json.loads for bytes or str. Raises ValueError (json.JSONDecodeError) if malformed."""
+class TooDeep(ValueError):
+    """JSON that nests deeper than allowed."""
+
+
+def too_deep(value, limit=MAX_NESTING):
+    """Objects and arrays nested more than ``limit`` deep (``{}`` is 1)? Iterative."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return False
+
+
+def json_loads(data, max_nesting=MAX_NESTING):
+    """json.loads for bytes or str. Raises ValueError (JSONDecodeError, TooDeep) if malformed."""
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     text = text.strip(" \t\n\r")
+    # A document with fewer brackets than the limit cannot nest deeper than it (every
+    # config a runtime really sends): only a larger one is measured, after parsing. The
+    # C scanner guards its own recursion (RecursionError near sys.getrecursionlimit()),
+    # so 200 000 "[" fail quickly instead of overflowing the stack.
+    measure = text.count("[") + text.count("{") > max_nesting
+    value = end = None
     try:
         value, end = _scan(text, 0)
-        if end == len(text):
-            return value
+    except RecursionError:
+        raise TooDeep("JSON nests deeper than %d levels" % max_nesting) from None
     except (StopIteration, ValueError, SystemError):
         # The C scanner describes a syntax error with json.decoder.JSONDecodeError, which
         # it only finds if the json package is loaded: without it, it fails with a
         # SystemError. Bad input is rare, so let the json package parse it again and say
         # where it is wrong (its 5 ms are paid only here).
         pass
-    import json
-    return json.loads(text)
+    if end != len(text):
+        import json
+        value = json.loads(text)   # raises (the document is malformed), with the place
+    if measure and too_deep(value, max_nesting):
+        raise TooDeep("JSON nests deeper than %d levels" % max_nesting)
+    return value
 
 
 def json_dumps(value):
@@ -218,10 +260,22 @@ def open_netns(command, env, keep=True):
     return None
 
 
+def read_config(stdin, limit=MAX_CONFIG_BYTES):
+    """At most ``limit`` bytes; more is refused unread (libcni ignores the EPIPE)."""
+    try:
+        raw = stdin.read(limit + 1)
+    except OSError as e:
+        raise CniError(ERR_IO, "failed to read network config from stdin", str(e))
+    if len(raw) > limit:
+        raise CniError(ERR_DECODE, "failed to decode network config",
+                       "the network config is larger than %d bytes (this plugin's limit)" % limit)
+    return raw
+
+
 def parse_config(raw):
     try:
         config = json_loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:   # TooDeep is a ValueError
         raise CniError(ERR_DECODE, "failed to decode network config", str(e))
     if not isinstance(config, dict):
         raise CniError(ERR_DECODE, "failed to decode network config", "expected a JSON object")
@@ -253,6 +307,18 @@ def check_config(config, mode):
     return sock
 
 
+def check_mtu(config, command):
+    """``mtu`` is an integer in MTU_RANGE (code 7). Only for ADD and CHECK: DEL, GC and
+    STATUS must work with any config."""
+    if command not in ("ADD", "CHECK") or "mtu" not in config:
+        return
+    mtu = config["mtu"]
+    low, high = MTU_RANGE
+    if type(mtu) is not int or not low <= mtu <= high:
+        raise CniError(ERR_INVALID_CONFIG, "invalid mtu %s" % json_dumps(mtu),
+                       "mtu must be an integer from %d (the smallest IPv4 MTU, RFC 791) to %d" % (low, high))
+
+
 def connect(s, sock_path, patience_s=CONNECT_PATIENCE_S):
     """Connect, waiting a little while the agent's listen queue is full: with a timeout
     set, a unix-socket connect fails at once with EAGAIN when many pods start together."""
@@ -270,6 +336,10 @@ def ask_agent(sock_path, request, netns_fd=None, unreachable_code=ERR_TRY_AGAIN_
     """One request, one answer. Any failure to reach the agent is 'try again later'
     (for STATUS: 'not available', the spec's code for exactly that)."""
     data = json_dumps(request).encode()
+    if len(data) > MAX_REQUEST_BYTES:
+        raise CniError(ERR_DECODE, "request too large for the agent",
+                       "%d bytes with the CNI_* environment; the agent reads at most %d"
+                       % (len(data), MAX_REQUEST_BYTES))
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(AGENT_TIMEOUT_S)
     chunks = []
@@ -326,13 +396,10 @@ def log_invocation(env, command, config, code, started):
 def handle(env, stdin, stdout, command, seen):
     """Everything after VERSION: read, check, forward, print. ``seen["config"]`` keeps
     the parsed config for the error's cniVersion and the invocation log."""
-    try:
-        raw = stdin.read()
-    except OSError as e:
-        raise CniError(ERR_IO, "failed to read network config from stdin", str(e))
-    config = seen["config"] = parse_config(raw)
+    config = seen["config"] = parse_config(read_config(stdin))
     cni_version = check_version(config, command)
     sock_path = check_config(config, MODE)
+    check_mtu(config, command)
     check_env(command, env)
     netns_fd = open_netns(command, env, keep=MODE == "main")
     try:

@@ -14,7 +14,9 @@ Everything it makes is written to ``<root>/<lab>/state.json`` *before* it is mad
 every name starts with the lab's name, so ``Lab.down()`` removes exactly the lab —
 also after a crash or a half-finished ``up`` — and nothing else: processes by PID
 (those recorded, and any process still inside one of the lab's namespaces), then the
-namespaces, then the lab's directory.
+namespaces, then the lab's directory. The directory and everything the lab and its
+daemons write there (state.json, logs, configs, etcd's data, each agent's run dir) is
+root's alone: 0700 directories, 0600 files (private_files.py; daemons run with umask 077).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
+from minikubenet import private_files
 from minikubenet.cni.install import install_plugin_binary
 from minikubenet.cni.runtime import CniRuntime
 from minikubenet.lab import daemons, podserver, probes, processes
@@ -97,9 +100,9 @@ class Lab:
             state.setdefault("params", self.params())
             for kind, items in kinds.items():
                 state.setdefault(kind, []).extend(items)
-            os.makedirs(self.dir, exist_ok=True)
+            private_files.make_dir(self.dir)
             tmp = self.state_file + ".tmp"
-            with open(tmp, "w") as f:
+            with private_files.open_file(tmp, "w") as f:
                 json.dump(state, f, indent=1)
             os.replace(tmp, self.state_file)
 
@@ -141,7 +144,8 @@ class Lab:
                 raise LabError(f"`{tool}` is not installed: run ./setup.sh (it installs the lab's packages)")
         started = time.monotonic()
         self._record()
-        install_plugin_binary(self.bin_dir)
+        private_files.make_dir(self.bin_dir)
+        os.chmod(install_plugin_binary(self.bin_dir), 0o700)
         self.say(f"lab {t.name}: {len(t.nodes)} nodes, backend {t.backend}, underlay {t.underlay}, "
                  f"pods {t.pod_network}")
         self._build_underlay()
@@ -178,7 +182,6 @@ class Lab:
     def _start_etcd(self) -> None:
         t = self.topo
         argv_log = os.path.join(self.dir, "logs", "etcd.log")
-        os.makedirs(os.path.dirname(argv_log), exist_ok=True)
         # start_etcd records nothing itself: record its PID as soon as we have it
         rec = daemons.start_etcd(t.etcd_netns, os.path.join(self.dir, "etcd"), str(t.etcd_ip), argv_log)
         self._record(processes=[asdict(rec)])
@@ -214,8 +217,8 @@ class Lab:
             # sysfs shows the devices of the namespace it was mounted in: ip netns exec mounts the node's
             run(["ip", "netns", "exec", node.netns, "sh", "-c",
                  f"for q in /sys/class/net/eth0/queues/rx-*/rps_cpus; do echo {self.rps_cpus} > $q; done"])
-        os.makedirs(os.path.dirname(self.conf_file(node.name)), exist_ok=True)
-        with open(self.conf_file(node.name), "w") as f:
+        private_files.make_dir(os.path.dirname(self.conf_file(node.name)))
+        with private_files.open_file(self.conf_file(node.name), "w") as f:
             json.dump(self.conflist(node.name), f, indent=2)
 
     def add_node(self, start_agent: bool = True) -> NodeSpec:
@@ -226,7 +229,7 @@ class Lab:
         with self._state_lock:
             state = self._load_state()
             state["params"] = self.params()
-            with open(self.state_file, "w") as f:
+            with private_files.open_file(self.state_file, "w") as f:
                 json.dump(state, f, indent=1)
         node = self.topo.nodes[-1]
         self._prepare_node(node)

@@ -84,7 +84,8 @@ def agent_ready(socket_path: str) -> bool:
     s.settimeout(5.0)
     try:
         s.connect(socket_path)
-        s.sendall(json.dumps({"command": "STATUS", "env": {}, "config": {}}).encode())
+        s.sendall(json.dumps({"command": "STATUS", "mode": "main", "env": {},
+                              "config": {"cniVersion": "1.1.0", "name": "minikubenet"}}).encode())
         s.shutdown(socket.SHUT_WR)
         answer = json.loads(s.makefile("rb").read() or b"{}")
         return "result" in answer

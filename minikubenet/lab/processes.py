@@ -1,7 +1,8 @@
 """Starting and stopping the lab's daemons: always inside a namespace, always by PID.
 
 A process is started with ``ip netns exec <ns> <argv>`` (which execs, so the PID we get
-is the daemon's own), in its own session, logging to a file in the lab's directory.
+is the daemon's own), in its own session, with umask 077, logging to a 0600 file in
+the lab's directory.
 We record its PID together with its start time from /proc/<pid>/stat, so that a PID
 reused by some unrelated process after a crash is never signalled.
 """
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+
+from minikubenet import private_files
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,11 @@ def is_zombie(pid: int) -> bool:
 
 
 def start_in_netns(netns: str, argv: list[str], log_path: str, what: str, env: dict | None = None) -> ProcessRecord:
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "ab") as log:
+    private_files.make_dir(os.path.dirname(log_path))
+    with private_files.open_file(log_path, "ab") as log:
+        # umask 077: what the daemon writes (etcd's data, the agent's files) is root's alone
         p = subprocess.Popen(["ip", "netns", "exec", netns] + argv, stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+                             stdin=subprocess.DEVNULL, start_new_session=True, env=env, umask=0o077)
     st = None
     for _ in range(100):
         st = start_time_of(p.pid)
