@@ -157,3 +157,19 @@ def test_a_refusal_is_not_reported_as_an_outage():
         Store().create_pod_ip(grpc.StatusCode.PERMISSION_DENIED)
     with pytest.raises(StoreUnavailable):
         Store().create_pod_ip(grpc.StatusCode.UNAVAILABLE)
+
+
+def test_every_command_takes_the_tls_options_from_flags_or_environment(monkeypatch):
+    """flannel's flag names on the agent, the proxy, the controller and the CLI; the
+    MINIKUBENET_ETCD_* variables are their defaults (what `lab exec etcd` sets)."""
+    monkeypatch.setenv("MINIKUBENET_ETCD_CAFILE", "/pki/ca.crt")
+    monkeypatch.setenv("MINIKUBENET_ETCD_CERTFILE", "/pki/root.crt")
+    monkeypatch.setenv("MINIKUBENET_ETCD_KEYFILE", "/pki/root.key")
+    from minikubenet.agent.main import build_parser as agent_parser
+    from minikubenet.cli import build_parser as cli_parser
+    from minikubenet.proxy.daemon import build_parser as proxy_parser
+    want = TLSFiles("/pki/ca.crt", "/pki/root.crt", "/pki/root.key")
+    assert TLSFiles.from_args(cli_parser().parse_args(["get", "pods"])) == want
+    assert TLSFiles.from_args(proxy_parser().parse_args([])) == want
+    args = agent_parser().parse_args(["--etcd-certfile", "/pki/agent.crt", "--etcd-keyfile", "/pki/agent.key"])
+    assert TLSFiles.from_args(args) == TLSFiles("/pki/ca.crt", "/pki/agent.crt", "/pki/agent.key")
