@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -471,7 +472,7 @@ def direct_socket(lab, ours_conf: dict, n: int, reps: int) -> dict:
 
 def run_harness(lab, node, ours_conf: dict, n: int, results_dir: str | None, stamp: str) -> dict:
     pods = make_pod_netns(lab, "h", n)
-    spec = {"etcd": lab.topo.etcd_endpoint, "node": node.name,
+    spec = {"etcd": lab.topo.etcd_endpoint, "tls": dataclasses.asdict(lab.etcd_tls("agent")), "node": node.name,
             "subnet_env": os.path.join(lab.run_dir(node.name), "subnet.env"), "conf": ours_conf, "pods": pods,
             "profile_prefix": os.path.join(results_dir, f"cni_add_del-{stamp}") if results_dir else None}
     spec_path = os.path.join(lab.dir, "harness.json")
@@ -503,12 +504,12 @@ def harness(spec_path: str) -> int:
     from minikubenet.agent.cni_handler import CniHandler, NodeState
     from minikubenet.ipam.allocator import PodIPAllocator
     from minikubenet.linux import pod_interface, rtnl_batch
-    from minikubenet.store.etcd import EtcdStore
+    from minikubenet.store.etcd import EtcdStore, TLSFiles
 
     with open(spec_path) as f:
         spec = json.load(f)
     env = subnet_env.read(spec["subnet_env"])
-    store = EtcdStore([spec["etcd"]])
+    store = EtcdStore([spec["etcd"]], tls=TLSFiles(**spec["tls"]))
     node = NodeState(node_name=spec["node"], subnet=env.subnet, mtu=env.mtu,
                      allocator=PodIPAllocator(store, env.subnet), lease_healthy=lambda: True,
                      store_ping=store.ping)

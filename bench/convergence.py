@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minikubenet.lab import daemons, probes  # noqa: E402
+from minikubenet.lab import probes  # noqa: E402
 from minikubenet.lab.cluster import Lab  # noqa: E402
 from minikubenet.lab.topology import POD_PORT, build_topology  # noqa: E402
 
@@ -87,7 +87,7 @@ def measure(nodes: int, repeat: int, root: str) -> dict:
             lab.stop_agent(node.name)
             key = "/coreos.com/network/subnets/" + lease["subnet"].replace("/", "-")
             t0 = time.monotonic()
-            daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "del", key)
+            lab.etcdctl("del", key)
             departed.add(node.name)
             others = [n for n in lab.topo.nodes if n.name not in departed]
             pending = {n.netns for n in others}

@@ -32,7 +32,7 @@ def _store(args):
     from minikubenet.store.keys import KeyLayout
     try:
         return EtcdStore(args.etcd_endpoints.split(","), layout=KeyLayout(args.etcd_prefix, args.project_prefix),
-                         tls=TLSFiles(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile))
+                         tls=TLSFiles.from_args(args))
     except (ValueError, OSError) as e:
         raise CliError(f"bad etcd settings: {e}") from None
 
@@ -208,7 +208,12 @@ def cmd_lab_exec(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise CliError("give a command after --, e.g. `lab exec n1 -- ip route`")
-    return subprocess.call(["ip", "netns", "exec", targets[args.target]] + command)
+    env = None
+    if args.target == "etcd":
+        # etcd takes only clients with a certificate: etcdctl and our CLI run there as the
+        # lab's root user (ETCDCTL_* and MINIKUBENET_ETCD_*), as the README shows them
+        env = {**os.environ, **lab.admin_env()}
+    return subprocess.call(["ip", "netns", "exec", targets[args.target]] + command, env=env)
 
 
 # -- parser -------------------------------------------------------------------------------------------
@@ -219,10 +224,12 @@ NAME_HELP = ("the lab's name, the prefix of every namespace it creates: 1-8 lowe
 
 def _etcd_options(p):
     p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
-                   help="comma-separated etcd URLs (default $MINIKUBENET_ETCD_ENDPOINTS or http://127.0.0.1:2379)")
+                   help="comma-separated etcd URLs (default $MINIKUBENET_ETCD_ENDPOINTS or http://127.0.0.1:2379); "
+                        "with TLS also --etcd-cafile, --etcd-certfile, --etcd-keyfile")
     p.add_argument("--etcd-prefix", default="/coreos.com/network")
     p.add_argument("--project-prefix", default="/minikubenet")
-    p.add_argument("--etcd-cafile"), p.add_argument("--etcd-certfile"), p.add_argument("--etcd-keyfile")
+    from minikubenet.store.etcd import add_etcd_tls_options
+    add_etcd_tls_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -501,6 +501,8 @@ class Cluster:
                 "MINIKUBENET_VM_UNDERLAY": self.underlay,
                 "MINIKUBENET_VM_MEMORY": str(self.memory),
                 "MINIKUBENET_VM_DIST": os.path.join(s, "dist"),
+                # the etcd certificates (the Vagrantfile makes them once): gone with the scratch dir
+                "MINIKUBENET_VM_PKI": os.path.join(s, "etcd-pki"),
                 "MINIKUBENET_VM_ISOLATED": "1",
                 "MINIKUBENET_VM_CONSOLE_DIR": os.path.join(s, "console"),
                 "MINIKUBENET_VM_BOOT_TIMEOUT": str(self.boot_timeout)}

@@ -5,8 +5,12 @@
 #
 # Only package installs and the project's own commands: the agent makes the bridge,
 # the VXLAN device, the routes and the masquerade rules itself.
-#   1. install the project's wheel (uploaded to /tmp/minikubenet-dist) into /opt/minikubenet;
-#   2. node1: etcd listening on the underlay, then `minikubenet network init --backend vxlan`;
+#   1. install the project's wheel (uploaded to /tmp/minikubenet-dist) into /opt/minikubenet,
+#      and this node's etcd certificates (uploaded to /tmp/minikubenet-pki, made on the host
+#      by the Vagrantfile) into /etc/minikubenet/pki, 0600 in 0700;
+#   2. node1: etcd listening on the underlay, closed: TLS with client certificates, one
+#      etcd user per daemon kind (python -m minikubenet.store.etcd_rbac), then
+#      `minikubenet network init --backend vxlan` as the root etcd user;
 #   3. the CNI plugin in /opt/cni/bin and a conflist in /etc/cni/net.d;
 #   4. minikubenet-agent (and minikubenet-proxy, when the package has it) as systemd units,
 #      or as supervised processes on a box without systemd.
@@ -15,6 +19,9 @@ ROLE=$1 NAME=$2 IP=$3 ETCD=$4 NETWORK=$5
 VENV=/opt/minikubenet
 DIST=/tmp/minikubenet-dist
 UNITS=/tmp/minikubenet-agents
+PKI_UPLOAD=/tmp/minikubenet-pki
+PKI=/etc/minikubenet/pki
+ADMIN_ENV=/etc/minikubenet/etcd-admin.env     # node1: the root etcd user, for etcdctl and our CLI
 say() { echo "provision $NAME: $*"; }
 
 # -- 1. the package -----------------------------------------------------------------------------
@@ -38,25 +45,60 @@ for exe in "$VENV"/bin/minikubenet*; do ln -sf "$exe" /usr/local/bin/; done
 HAS_SYSTEMD=0
 [ -d /run/systemd/system ] && HAS_SYSTEMD=1
 
+# this node's certificates, root only (etcd's own get a directory of the etcd user below)
+install -d -m 700 /etc/minikubenet "$PKI"
+for f in "$PKI_UPLOAD"/*; do install -m 600 "$f" "$PKI/"; done
+rm -rf "$PKI_UPLOAD"
+
 # -- 2. etcd on node1 -----------------------------------------------------------------------------
 if [ "$ROLE" = etcd ]; then
-  say "etcd on $IP:2379"
+  say "etcd on $IP:2379 (TLS, client certificates required)"
+  # Debian's unit runs etcd as the user etcd: its certificates in a directory of its own
+  EPKI=$PKI/etcd
+  install -d -m 700 "$EPKI"
+  for f in ca.crt server.crt server.key peer.crt peer.key; do install -m 600 "$PKI/$f" "$EPKI/"; done
+  if id etcd >/dev/null 2>&1; then chown -R etcd: "$EPKI"; fi
+  # etcd op-guide/security.md: clients and peers need a certificate of our CA; with auth
+  # enabled the certificate's CN is the etcd user
   cat > /etc/default/etcd <<EOF
 ETCD_NAME=$NAME
 ETCD_DATA_DIR=/var/lib/etcd/minikubenet
-ETCD_LISTEN_CLIENT_URLS=http://$IP:2379,http://127.0.0.1:2379
-ETCD_ADVERTISE_CLIENT_URLS=http://$IP:2379
-ETCD_LISTEN_PEER_URLS=http://127.0.0.1:2380
-ETCD_INITIAL_ADVERTISE_PEER_URLS=http://127.0.0.1:2380
-ETCD_INITIAL_CLUSTER=$NAME=http://127.0.0.1:2380
+ETCD_LISTEN_CLIENT_URLS=https://$IP:2379,https://127.0.0.1:2379
+ETCD_ADVERTISE_CLIENT_URLS=https://$IP:2379
+ETCD_LISTEN_PEER_URLS=https://127.0.0.1:2380
+ETCD_INITIAL_ADVERTISE_PEER_URLS=https://127.0.0.1:2380
+ETCD_INITIAL_CLUSTER=$NAME=https://127.0.0.1:2380
+ETCD_CLIENT_CERT_AUTH=true
+ETCD_TRUSTED_CA_FILE=$EPKI/ca.crt
+ETCD_CERT_FILE=$EPKI/server.crt
+ETCD_KEY_FILE=$EPKI/server.key
+ETCD_PEER_CLIENT_CERT_AUTH=true
+ETCD_PEER_TRUSTED_CA_FILE=$EPKI/ca.crt
+ETCD_PEER_CERT_FILE=$EPKI/peer.crt
+ETCD_PEER_KEY_FILE=$EPKI/peer.key
 EOF
+  (umask 077; cat > "$ADMIN_ENV" <<EOF
+export ETCDCTL_API=3 ETCDCTL_ENDPOINTS=https://127.0.0.1:2379
+export ETCDCTL_CACERT=$PKI/ca.crt ETCDCTL_CERT=$PKI/root.crt ETCDCTL_KEY=$PKI/root.key
+export MINIKUBENET_ETCD_ENDPOINTS=https://127.0.0.1:2379
+export MINIKUBENET_ETCD_CAFILE=$PKI/ca.crt MINIKUBENET_ETCD_CERTFILE=$PKI/root.crt MINIKUBENET_ETCD_KEYFILE=$PKI/root.key
+EOF
+  )
   if [ $HAS_SYSTEMD = 1 ]; then
     systemctl enable -q etcd
     systemctl restart etcd
   else
     (set -a; . /etc/default/etcd; setsid etcd >>/var/log/etcd.log 2>&1 &)
   fi
-  minikubenet network init --etcd-endpoints http://127.0.0.1:2379 --network "$NETWORK" --backend vxlan
+  . "$ADMIN_ENV"
+  i=0
+  until etcdctl endpoint health >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -le 60 ] || { say "etcd does not answer after 60s"; exit 1; }
+    sleep 1
+  done
+  # users and roles, then auth enable; a second provisioning finds auth on and changes nothing
+  "$VENV/bin/python" -m minikubenet.store.etcd_rbac
+  minikubenet network init --network "$NETWORK" --backend vxlan
 fi
 
 # -- 3. the CNI plugin and its configuration --------------------------------------------------
@@ -64,12 +106,19 @@ fi
 "$VENV/bin/minikubenet" install --cni-version 1.0.0
 
 # -- 4. the daemons -------------------------------------------------------------------------------
+# each daemon its own etcd user: the certificate's CN (store/etcd_rbac.py)
 cat > /etc/default/minikubenet-agent <<EOF
 MINIKUBENET_ETCD_ENDPOINTS=$ETCD
+MINIKUBENET_ETCD_CAFILE=$PKI/ca.crt
+MINIKUBENET_ETCD_CERTFILE=$PKI/agent.crt
+MINIKUBENET_ETCD_KEYFILE=$PKI/agent.key
 MINIKUBENET_AGENT_ARGS=--public-ip $IP --node-name $NAME
 EOF
 cat > /etc/default/minikubenet-proxy <<EOF
 MINIKUBENET_ETCD_ENDPOINTS=$ETCD
+MINIKUBENET_ETCD_CAFILE=$PKI/ca.crt
+MINIKUBENET_ETCD_CERTFILE=$PKI/proxy.crt
+MINIKUBENET_ETCD_KEYFILE=$PKI/proxy.key
 MINIKUBENET_PROXY_ARGS=--node-name $NAME
 EOF
 daemons=minikubenet-agent

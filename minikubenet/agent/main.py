@@ -47,7 +47,7 @@ from minikubenet.linux.bridge import BridgeError, ensure_bridge
 from minikubenet.masquerade import JUMPS, render_masquerade
 from minikubenet.network_config import ConfigError
 from minikubenet.pod_network import BRIDGE
-from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles
+from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
 from minikubenet.store.keys import KeyLayout
 from minikubenet.subnet_lease import DEFAULT_TTL_S, OutOfSubnets, SubnetLeaser
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minikubenet-agent", description=__doc__.split("\n\n")[0])
     p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
                    help="comma-separated etcd client URLs")
-    p.add_argument("--etcd-cafile"), p.add_argument("--etcd-certfile"), p.add_argument("--etcd-keyfile")
+    add_etcd_tls_options(p)
     p.add_argument("--etcd-prefix", default="/coreos.com/network", help="flannel's key prefix")
     p.add_argument("--project-prefix", default="/minikubenet", help="prefix of pod IP records")
     p.add_argument("--node-name", default=socket.gethostname())
@@ -125,7 +125,7 @@ class Agent:
         try:
             layout = KeyLayout(a.etcd_prefix, a.project_prefix)
             self.store = EtcdStore(a.etcd_endpoints.split(","), layout=layout,
-                                   tls=TLSFiles(a.etcd_cafile, a.etcd_certfile, a.etcd_keyfile))
+                                   tls=TLSFiles.from_args(a))
         except (ValueError, OSError) as e:
             raise AgentError(f"bad etcd settings: {e}") from None
         config = wait_for_config(self.store, a.startup_timeout)

@@ -3,8 +3,11 @@
 ``Lab.up()`` makes a ``Topology`` (topology.py) real, step by step:
 
 1. the underlay: a switch namespace with a bridge, one veth port per node and for etcd;
-2. etcd (Debian's binary) in its own namespace, and the network config written into it
-   with ``minikubenet network init``, as an operator would;
+2. etcd (Debian's binary) in its own namespace, closed: TLS with client certificates
+   made now (etcd_tls.py, in ``<root>/<lab>/pki``, 0700) and one etcd user per daemon
+   kind allowed only its keys (store/etcd_rbac.py); then the network config written
+   into it with ``minikubenet network init``, as an operator would. A pod has no
+   certificate, so it can neither read nor write anything in etcd;
 3. each node: a namespace with its underlay address, its own run dir and CNI conf dir,
    and its own ``minikubenet-agent``;
 4. each pod: a namespace attached by executing the real CNI binary exactly as a
@@ -32,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
-from minikubenet import private_files
+from minikubenet import etcd_tls, private_files
 from minikubenet.cni.install import install_plugin_binary
 from minikubenet.cni.runtime import CniRuntime
 from minikubenet.lab import daemons, podserver, probes, processes
@@ -42,6 +45,8 @@ from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, buil
 from minikubenet.linux import named_netns, rps
 from minikubenet.linux.named_netns import run
 from minikubenet.pod_network import NODE_MARK_PREFIX
+from minikubenet.store import etcd_rbac
+from minikubenet.store.etcd import TLSFiles
 
 LAB_ROOT = "/run/minikubenet-lab"
 REFERENCE_PLUGIN_DIR = "/usr/lib/cni"
@@ -68,6 +73,7 @@ class Lab:
         self.dir = os.path.join(root, topo.name)
         self.say = say
         self.bin_dir = os.path.join(self.dir, "bin")
+        self.pki = etcd_tls.EtcdPki(os.path.join(self.dir, "pki"))
         self.pod_ips: dict[str, str] = {}
         self._state_lock = threading.Lock()  # nodes and pods are built in parallel
 
@@ -81,6 +87,23 @@ class Lab:
 
     def conf_file(self, node: str) -> str:
         return os.path.join(self.node_dir(node), "net.d", "10-minikubenet.conflist")
+
+    # etcd's loopback endpoint, for whatever runs inside etcd's namespace
+    ETCD_LOCAL = "https://127.0.0.1:2379"
+
+    def etcd_tls(self, user: str = etcd_rbac.ROOT_USER) -> TLSFiles:
+        """The client certificate of one etcd user (agent, proxy, endpoints-controller,
+        root) and the lab's CA."""
+        return self.pki.client_tls(user)
+
+    def admin_env(self) -> dict[str, str]:
+        """etcdctl's and our CLI's environment for the root user on etcd's loopback
+        (what ``lab exec etcd -- ...`` runs with)."""
+        return self.etcd_tls().env(self.ETCD_LOCAL)
+
+    def etcdctl(self, *args: str) -> str:
+        """etcdctl as root inside etcd's namespace."""
+        return daemons.etcdctl(self.topo.etcd_netns, self.ETCD_LOCAL, *args, tls=self.etcd_tls())
 
     @property
     def state_file(self) -> str:
@@ -149,7 +172,9 @@ class Lab:
         self.say(f"lab {t.name}: {len(t.nodes)} nodes, backend {t.backend}, underlay {t.underlay}, "
                  f"pods {t.pod_network}")
         self._build_underlay()
+        etcd_tls.create_pki(self.pki.dir, [str(t.etcd_ip)])
         self._start_etcd()
+        self._close_etcd()
         self._network_init()
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._start_node, t.nodes))
@@ -183,9 +208,21 @@ class Lab:
         t = self.topo
         argv_log = os.path.join(self.dir, "logs", "etcd.log")
         # start_etcd records nothing itself: record its PID as soon as we have it
-        rec = daemons.start_etcd(t.etcd_netns, os.path.join(self.dir, "etcd"), str(t.etcd_ip), argv_log)
+        rec = daemons.start_etcd(t.etcd_netns, os.path.join(self.dir, "etcd"), str(t.etcd_ip), argv_log,
+                                 pki=self.pki)
         self._record(processes=[asdict(rec)])
         self.say(f"  etcd up at {t.etcd_endpoint} (namespace {t.etcd_netns})")
+
+    def _close_etcd(self) -> None:
+        """One etcd user per daemon kind with only its key prefixes, then ``auth enable``."""
+        def run(args):
+            return daemons.etcdctl_run(self.topo.etcd_netns, self.ETCD_LOCAL, args, self.etcd_tls())
+        try:
+            etcd_rbac.apply(run)
+        except etcd_rbac.RbacError as e:
+            raise LabError(f"etcd access control: {e}") from None
+        self.say(f"  etcd closed: TLS with client certificates ({self.pki.dir}), users "
+                 f"{', '.join(etcd_rbac.USERS)} and {etcd_rbac.ROOT_USER}, auth enabled")
 
     def restart_etcd(self) -> None:
         """Stop etcd and start it again on the same data: agents must ride it out."""
@@ -197,7 +234,7 @@ class Lab:
     def _network_init(self) -> None:
         t = self.topo
         argv = ["ip", "netns", "exec", t.etcd_netns, sys.executable, "-m", "minikubenet", "network", "init",
-                "--etcd-endpoints", "http://127.0.0.1:2379", "--network", str(t.pod_network),
+                "--etcd-endpoints", self.ETCD_LOCAL, *self.etcd_tls().argv(), "--network", str(t.pod_network),
                 "--subnet-len", str(t.subnet_len), "--backend", t.backend]
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
@@ -251,7 +288,7 @@ class Lab:
         if self.rps_cpus:
             extra = ("--rps-cpus", self.rps_cpus, *extra)
         argv = daemons.agent_argv(self.topo.etcd_endpoint, str(node.ip), self.run_dir(node.name), node.name,
-                                  extra)
+                                  extra, tls=self.etcd_tls(etcd_rbac.AGENT))
         rec = self._start(node.netns, argv, log, f"agent {node.name}")
         sock = os.path.join(self.run_dir(node.name), "agent.sock")
         deadline = time.monotonic() + 60
@@ -298,8 +335,7 @@ class Lab:
     # -- looking at it ------------------------------------------------------------------------------
 
     def etcd_dump(self, prefix: str = "/") -> list[tuple[str, str]]:
-        out = daemons.etcdctl(self.topo.etcd_netns, "http://127.0.0.1:2379", "get", "--prefix", prefix,
-                              "-w", "json")
+        out = self.etcdctl("get", "--prefix", prefix, "-w", "json")
         import base64
         doc = json.loads(out)
         return [(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv["value"]).decode())

@@ -14,9 +14,11 @@ import subprocess
 import sys
 import time
 
+from minikubenet.etcd_tls import EtcdPki
 from minikubenet.lab import processes
 from minikubenet.lab.processes import ProcessRecord
 from minikubenet.linux.netns import path_of, socket_in
+from minikubenet.store.etcd import TLSFiles
 
 
 class DaemonFailed(Exception):
@@ -30,19 +32,35 @@ def etcd_binary() -> str:
     return path
 
 
-def start_etcd(netns: str, data_dir: str, client_ip: str, log_path: str, port: int = 2379) -> ProcessRecord:
-    """etcd listening on ``client_ip`` and loopback inside ``netns``."""
-    urls = f"http://{client_ip}:{port}" + (f",http://127.0.0.1:{port}" if client_ip != "127.0.0.1" else "")
+def start_etcd(netns: str, data_dir: str, client_ip: str, log_path: str, port: int = 2379,
+               pki: EtcdPki | None = None) -> ProcessRecord:
+    """etcd listening on ``client_ip`` and loopback inside ``netns``; with ``pki``
+    (etcd_tls.py) over TLS only, and only for clients with a certificate of its CA."""
+    scheme = "https" if pki else "http"
+    urls = f"{scheme}://{client_ip}:{port}" + (f",{scheme}://127.0.0.1:{port}" if client_ip != "127.0.0.1" else "")
+    peer = f"{scheme}://127.0.0.1:{port + 1}"
     argv = [etcd_binary(), "--name", "lab", "--data-dir", data_dir,
-            "--listen-client-urls", urls, "--advertise-client-urls", f"http://{client_ip}:{port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{port + 1}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 1}",
-            "--initial-cluster", f"lab=http://127.0.0.1:{port + 1}",
+            "--listen-client-urls", urls, "--advertise-client-urls", f"{scheme}://{client_ip}:{port}",
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"lab={peer}",
             # a lab etcd keeps little history; compaction keeps its memory small
             "--auto-compaction-retention", "1h", "--logger", "zap", "--log-level", "warn"]
+    if pki:
+        argv += etcd_tls_argv(pki)
     rec = processes.start_in_netns(netns, argv, log_path, "etcd")
     wait_tcp(netns, client_ip, port, rec, timeout=20.0)
     return rec
+
+
+def etcd_tls_argv(pki: EtcdPki) -> list[str]:
+    """etcd's flags for TLS with client-certificate authentication, clients and peers
+    (etcd op-guide/security.md): a client without a certificate signed by the CA is
+    refused in the handshake; with auth enabled (store/etcd_rbac.py) the certificate's
+    CN is the user whose roles decide every request."""
+    return ["--client-cert-auth", "--trusted-ca-file", pki.ca.cert,
+            "--cert-file", pki.server.cert, "--key-file", pki.server.key,
+            "--peer-client-cert-auth", "--peer-trusted-ca-file", pki.ca.cert,
+            "--peer-cert-file", pki.peer.cert, "--peer-key-file", pki.peer.key]
 
 
 def wait_tcp(netns: str, ip: str, port: int, rec: ProcessRecord, timeout: float) -> None:
@@ -64,16 +82,25 @@ def wait_tcp(netns: str, ip: str, port: int, rec: ProcessRecord, timeout: float)
             s.close()
 
 
-def etcdctl(netns: str, endpoint: str, *args: str) -> str:
-    p = subprocess.run(["ip", "netns", "exec", netns, "etcdctl", "--endpoints", endpoint, *args],
-                       capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
+def etcdctl(netns: str, endpoint: str, *args: str, tls: TLSFiles | None = None) -> str:
+    p = etcdctl_run(netns, endpoint, list(args), tls)
     if p.returncode != 0:
         raise DaemonFailed(f"etcdctl {' '.join(args)}: {p.stderr.strip()}")
     return p.stdout
 
 
-def agent_argv(etcd_endpoint: str, public_ip: str, run_dir: str, node_name: str, extra=()) -> list[str]:
+def etcdctl_run(netns: str, endpoint: str, args: list[str], tls: TLSFiles | None = None) -> subprocess.CompletedProcess:
+    # everything through the environment: etcdctl refuses a flag that an ETCDCTL_*
+    # variable also sets ("conflicting environment variable ... is shadowed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+    env.update((tls or TLSFiles()).env(endpoint))
+    return subprocess.run(["ip", "netns", "exec", netns, "etcdctl", *args], capture_output=True, text=True, env=env)
+
+
+def agent_argv(etcd_endpoint: str, public_ip: str, run_dir: str, node_name: str, extra=(),
+               tls: TLSFiles | None = None) -> list[str]:
     return [sys.executable, "-m", "minikubenet.agent.main", "--etcd-endpoints", etcd_endpoint,
+            *(tls.argv() if tls else []),
             "--public-ip", public_ip, "--run-dir", run_dir, "--node-name", node_name, *extra]
 
 

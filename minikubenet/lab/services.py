@@ -13,7 +13,10 @@ pods, possibly on another node, and crosses the overlay to get there.
 The lab's etcd is reachable only inside the lab's namespaces (the host namespace has
 no route to the underlay), so everything that reads or writes services here runs as
 ``python -m minikubenet.lab.services OP JSON`` inside the etcd namespace: the same
-ServiceStore the CLI uses, over etcd's loopback address. Processes are started with
+ServiceStore the CLI uses, over etcd's loopback address, as the lab's root etcd user
+(its client certificate in the environment, ``Lab.admin_env``). Each daemon gets its
+own certificate: the proxies the proxy user's, the controller the endpoints-controller
+user's (store/etcd_rbac.py says which keys each may touch). Processes are started with
 the lab's own ``_start``, so ``lab down`` stops them by PID like every other daemon.
 """
 
@@ -30,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from minikubenet.lab import probes
 from minikubenet.lab.topology import POD_PORT, PodSpec
+from minikubenet.store import etcd_rbac
 
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
@@ -62,7 +66,7 @@ def store_call(lab, op: str, **kwargs):
     """Run one ServiceStore operation inside the etcd namespace; returns its JSON answer."""
     argv = ["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet.lab.services",
             op, json.dumps(kwargs)]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, **lab.admin_env()})
     if p.returncode != 0:
         raise ServiceCheckFailed(f"{op} failed: {p.stderr.strip()[-2000:]}")
     return json.loads(p.stdout)
@@ -71,9 +75,12 @@ def store_call(lab, op: str, **kwargs):
 def _op(op: str, kw: dict):
     """The other side of ``store_call`` (runs in the etcd namespace)."""
     from minikubenet.proxy.model import endpoints_from_k8s
-    from minikubenet.store.etcd import EtcdStore
+    from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.services import ServiceStore
-    etcd = EtcdStore(["http://127.0.0.1:2379"])
+    env = os.environ.get
+    etcd = EtcdStore([env("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379")],
+                     tls=TLSFiles(env("MINIKUBENET_ETCD_CAFILE"), env("MINIKUBENET_ETCD_CERTFILE"),
+                                  env("MINIKUBENET_ETCD_KEYFILE")))
     store = ServiceStore(etcd)
     try:
         if op == "put-pods":
@@ -127,6 +134,7 @@ def proxy_argv(lab, node, mode: str, extra=()) -> list[str]:
     """The lab's proxies sync faster than kube-proxy's defaults (at most every 0.1 s
     instead of 1 s; a flush check every 5 s instead of 30 s) so tests wait less."""
     return [sys.executable, "-m", "minikubenet.proxy.daemon", "--etcd-endpoints", lab.topo.etcd_endpoint,
+            *lab.etcd_tls(etcd_rbac.PROXY).argv(),
             "--node-name", node.name, "--mode", mode, "--min-sync-period", "0.1", "--sync-period", "5",
             "--healthz-bind-address", f"0.0.0.0:{HEALTHZ_PORT}",
             "--metrics-bind-address", f"127.0.0.1:{METRICS_PORT}", *extra]
@@ -139,7 +147,8 @@ def start(lab, mode: str = "iptables") -> None:
     store_call(lab, "put-pods", pods=pod_docs(lab))
     log = os.path.join(lab.dir, "logs", "endpoints-controller.log")
     lab._start(t.etcd_netns, [sys.executable, "-m", "minikubenet.proxy.endpoints_controller",
-                              "--etcd-endpoints", "http://127.0.0.1:2379"], log, "endpoints-controller")
+                              "--etcd-endpoints", lab.ETCD_LOCAL,
+                              *lab.etcd_tls(etcd_rbac.ENDPOINTS_CONTROLLER).argv()], log, "endpoints-controller")
     for node in t.nodes:
         _service_route(lab, node)
     start_proxies(lab, mode)

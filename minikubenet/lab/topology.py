@@ -66,7 +66,8 @@ class Topology:
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"http://{self.etcd_ip}:2379"
+        # TLS only: the lab's etcd takes clients with a certificate of the lab's CA (lab/cluster.py)
+        return f"https://{self.etcd_ip}:2379"
 
     def all_netns(self) -> list[str]:
         """Every namespace of the lab, in creation order."""

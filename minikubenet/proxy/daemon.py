@@ -44,6 +44,7 @@ from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Endpoint, RenderOp
                                      ValidationError, endpoints_from_k8s, service_from_k8s)
 from minikubenet.proxy.syncers import (SyncConfig, SyncError, Syncer, make_syncer,
                                        other_mode_leftovers, parse_node_ips)
+from minikubenet.store.etcd import add_etcd_tls_options
 from minikubenet.store.services import (DEFAULT_SERVICE_CIDR, ObjectDelete, ObjectPut, ObjectWatch,
                                         ServiceStore, Snapshot)
 
@@ -53,7 +54,7 @@ log = logging.getLogger("minikubenet.proxy")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minikubenet-proxy", description=__doc__.split("\n\n")[0])
     p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
-    p.add_argument("--etcd-cafile"), p.add_argument("--etcd-certfile"), p.add_argument("--etcd-keyfile")
+    add_etcd_tls_options(p)
     p.add_argument("--etcd-prefix", default="/coreos.com/network")
     p.add_argument("--project-prefix", default="/minikubenet")
     p.add_argument("--node-name", default=os.uname().nodename)
@@ -281,7 +282,7 @@ def _connect(args):
     from minikubenet.store.keys import KeyLayout
     try:
         etcd = EtcdStore(args.etcd_endpoints.split(","), layout=KeyLayout(args.etcd_prefix, args.project_prefix),
-                         tls=TLSFiles(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile))
+                         tls=TLSFiles.from_args(args))
         return etcd, ServiceStore(etcd, args.service_cidr, DEFAULT_NODE_PORT_RANGE)
     except (ValueError, OSError) as e:
         raise ProxyError(f"bad settings: {e}") from None

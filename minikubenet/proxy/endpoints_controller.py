@@ -153,20 +153,20 @@ def _summary(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles
+    from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
     from minikubenet.store.keys import KeyLayout
     p = argparse.ArgumentParser(prog="minikubenet-endpoints-controller", description=__doc__.split("\n\n")[0])
     p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
     p.add_argument("--etcd-prefix", default="/coreos.com/network")
     p.add_argument("--project-prefix", default="/minikubenet")
-    p.add_argument("--etcd-cafile"), p.add_argument("--etcd-certfile"), p.add_argument("--etcd-keyfile")
+    add_etcd_tls_options(p)
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s endpoints-controller %(levelname)s %(message)s")
     try:
         etcd = EtcdStore(args.etcd_endpoints.split(","), layout=KeyLayout(args.etcd_prefix, args.project_prefix),
-                         tls=TLSFiles(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile))
+                         tls=TLSFiles.from_args(args))
     except (ValueError, OSError, StoreError) as e:
         log.error("cannot start: %s", e)
         return 1

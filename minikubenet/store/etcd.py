@@ -21,6 +21,7 @@ import functools
 import ipaddress
 import json
 import logging
+import os
 import urllib.parse
 from dataclasses import dataclass
 
@@ -44,11 +45,54 @@ class StoreUnavailable(StoreError):
     """etcd could not be reached or did not answer in time."""
 
 
+class StoreForbidden(StoreError):
+    """etcd answered, and refused: our certificate's user has no role allowing this
+    (store/etcd_rbac.py), or auth is on and we sent no certificate."""
+
+
+# gRPC codes etcd uses for "you may not" (etcdserver: permission denied, user name is
+# empty, ...): not an outage, retrying will not help
+_REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
 @dataclass(frozen=True)
 class TLSFiles:
+    """A client's TLS to etcd: the CA that signed etcd's certificate, and our own
+    certificate and key (its Common Name is our etcd user, store/etcd_rbac.py). Taken
+    on every command line as flannel's --etcd-cafile/--etcd-certfile/--etcd-keyfile,
+    defaulting to $MINIKUBENET_ETCD_CAFILE/_CERTFILE/_KEYFILE."""
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "TLSFiles":
+        return cls(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
+
+    def argv(self) -> list[str]:
+        """The flags that pass these files to a minikubenet command or daemon."""
+        return [a for flag, path in (("--etcd-cafile", self.ca), ("--etcd-certfile", self.cert),
+                                     ("--etcd-keyfile", self.key)) if path for a in (flag, path)]
+
+    def env(self, endpoints: str) -> dict[str, str]:
+        """Environment for etcdctl (ETCDCTL_*) and our CLI (MINIKUBENET_ETCD_*)."""
+        out = {"ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": endpoints, "MINIKUBENET_ETCD_ENDPOINTS": endpoints}
+        for name, path, ours in (("CACERT", self.ca, "CAFILE"), ("CERT", self.cert, "CERTFILE"),
+                                 ("KEY", self.key, "KEYFILE")):
+            if path:
+                out[f"ETCDCTL_{name}"] = path
+                out[f"MINIKUBENET_ETCD_{ours}"] = path
+        return out
+
+
+def add_etcd_tls_options(parser) -> None:
+    """--etcd-cafile, --etcd-certfile, --etcd-keyfile (flannel's names) on ``parser``."""
+    parser.add_argument("--etcd-cafile", default=os.environ.get("MINIKUBENET_ETCD_CAFILE") or None,
+                        help="CA of etcd's certificate (default $MINIKUBENET_ETCD_CAFILE)")
+    parser.add_argument("--etcd-certfile", default=os.environ.get("MINIKUBENET_ETCD_CERTFILE") or None,
+                        help="client certificate for etcd; its CN is the etcd user (default $MINIKUBENET_ETCD_CERTFILE)")
+    parser.add_argument("--etcd-keyfile", default=os.environ.get("MINIKUBENET_ETCD_KEYFILE") or None,
+                        help="key of the client certificate (default $MINIKUBENET_ETCD_KEYFILE)")
 
 
 @dataclass
@@ -108,6 +152,10 @@ def _wrap_errors(fn):
         except (pyetcd.exceptions.Etcd3Exception, grpc.RpcError) as e:
             detail = getattr(e, "details", None)
             detail = detail() if callable(detail) else (str(e) or type(e).__name__)
+            code = e.code() if isinstance(e, grpc.RpcError) and callable(getattr(e, "code", None)) else None
+            if code in _REFUSED:
+                raise StoreForbidden(f"etcd at {self.endpoints_text} refused {fn.__name__}: {detail} "
+                                     "(the client certificate's etcd user has no role for these keys)") from None
             raise StoreUnavailable(f"etcd at {self.endpoints_text} did not answer ({fn.__name__}): {detail}") from None
     return wrapper
 

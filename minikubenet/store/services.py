@@ -524,14 +524,17 @@ class ObjectDelete:
 
 
 class ObjectWatch(ListWatch):
-    """List services, endpoints and pods of a ``ServiceStore``, then watch the project
-    prefix (store/watch.py), in a background thread; ``deliver`` gets a ``Snapshot``
+    """List services, endpoints and pods of a ``ServiceStore``, then watch their three
+    prefixes (store/watch.py), in a background thread; ``deliver`` gets a ``Snapshot``
     first, then ``ObjectPut``/``ObjectDelete`` events."""
 
     name = "object-watch"
 
-    def _prefix(self) -> str:
-        return self.store.keys.layout.project_prefix + "/"
+    def _prefixes(self) -> tuple[str, ...]:
+        # one watch per kind, not one on the project prefix: the proxy and the endpoints
+        # controller may read these three prefixes only (store/etcd_rbac.py), and etcd
+        # refuses a watch on a range the user cannot read as a whole
+        return tuple(self.store.keys.prefix(kind) for kind in KINDS)
 
     def _list(self) -> Snapshot:
         return self.store.snapshot()

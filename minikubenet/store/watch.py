@@ -58,7 +58,7 @@ RETRYABLE = (grpc.RpcError, pyetcd.exceptions.Etcd3Exception, StoreError, WatchB
 class ListWatch:
     """Lists and watches one prefix in a background thread until ``stop()``.
 
-    A subclass says what it follows: ``_prefix()``, ``_list()`` (a snapshot with a
+    A subclass says what it follows: ``_prefix()`` (or several ``_prefixes()``), ``_list()`` (a snapshot with a
     ``revision``) and ``_to_update(event, header_revision)`` (None skips the event).
     ``store`` is anything with an etcd ``client``; ``name`` names the thread and the
     log lines."""
@@ -78,6 +78,11 @@ class ListWatch:
 
     def _prefix(self) -> str:
         raise NotImplementedError
+
+    def _prefixes(self) -> tuple[str, ...]:
+        """Every prefix to watch, all from the same revision (one by default). More than
+        one when the reader may read only parts of a common prefix (store/etcd_rbac.py)."""
+        return (self._prefix(),)
 
     def _list(self):
         raise NotImplementedError
@@ -118,9 +123,15 @@ class ListWatch:
         # ``deliver`` is only ever called from this one thread, in order
         responses: queue.Queue = queue.Queue()
         client = self.store.client
-        watch_id = client.add_watch_prefix_callback(self._prefix(), responses.put,
-                                                    start_revision=start_revision)
+        watch_ids = []
         try:
+            for prefix in self._prefixes():
+                watch_id = client.add_watch_prefix_callback(prefix, responses.put, start_revision=start_revision)
+                watch_ids.append(watch_id)
+                if watch_id is None or watch_id < 0:
+                    # etcd answers a watch it refuses (RBAC: no read on the whole prefix)
+                    # with created+canceled and id -1; pyetcd then delivers nothing, ever
+                    raise WatchBroken(f"etcd refused the watch of {prefix} (permission denied?)")
             relist_at = time.monotonic() + self.relist_interval
             while not self._stop.is_set() and time.monotonic() < relist_at:
                 try:
@@ -136,10 +147,11 @@ class ListWatch:
                     if update is not None:
                         self.deliver(update)
         finally:
-            try:
-                client.cancel_watch(watch_id)
-            except RETRYABLE:
-                pass  # the stream is gone already
+            for watch_id in watch_ids:
+                try:
+                    client.cancel_watch(watch_id)
+                except RETRYABLE:
+                    pass  # the stream is gone already
 
 
 def _describe(e: Exception) -> str:

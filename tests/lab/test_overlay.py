@@ -8,7 +8,6 @@ import json
 import subprocess
 import time
 
-from minikubenet.lab import daemons
 
 from tests.conftest import make_lab
 
@@ -70,8 +69,7 @@ def test_the_watch_survives_an_etcd_restart(lab_root):
         # the lease of n3 disappears (its node died): every other node drops its entries
         subnet = lab.leases()["n3"]["subnet"]
         lab.stop_agent("n3")
-        daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "del",
-                        "/coreos.com/network/subnets/" + subnet.replace("/", "-"))
+        lab.etcdctl("del", "/coreos.com/network/subnets/" + subnet.replace("/", "-"))
         for node in ("n1", "n2"):
             assert wait_until(lambda: subnet not in entries(lab, node)[0]
                               and str(lab.topo.node("n3").ip) not in entries(lab, node)[2], 5), node

@@ -50,9 +50,8 @@ def test_restarted_agent_without_its_lease_record_reclaims_the_subnet_from_subne
     lab = three_nodes
     before = lab.leases()["n3"]["subnet"]
     lab.stop_agent("n3")
-    from minikubenet.lab import daemons
     key = "/coreos.com/network/subnets/" + before.replace("/", "-")
-    daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "del", key)
+    lab.etcdctl("del", key)
     lab.start_agent("n3")
     assert lab.leases()["n3"]["subnet"] == before
 

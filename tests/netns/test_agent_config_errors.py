@@ -8,15 +8,13 @@ import subprocess
 
 import pytest
 
-from minikubenet.lab import daemons
 from minikubenet.lab.cluster import LabError
 
 GOOD = {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1, "Port": 8472}}
 
 
 def put_config(lab, doc):
-    daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "put", "/coreos.com/network/config",
-                    json.dumps(doc))
+    lab.etcdctl("put", "/coreos.com/network/config", json.dumps(doc))
 
 
 def links(lab):

@@ -6,21 +6,23 @@ code 1, and nothing stored."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from minikubenet.lab import daemons
 
 
 def mkn(lab, *args, stdin=None):
-    argv = ["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet", *args,
-            "--etcd-endpoints", "http://127.0.0.1:2379"]
-    return subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=60)
+    """The CLI as a user runs it in etcd's namespace: `lab exec etcd -- minikubenet ...`
+    (the root etcd user's certificate comes in the environment)."""
+    argv = ["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet", *args]
+    return subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=60,
+                          env={**os.environ, **lab.admin_env()})
 
 
 def keys(lab, prefix="/minikubenet/"):
-    out = daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "get", "--prefix", "--keys-only", prefix)
+    out = lab.etcdctl("get", "--prefix", "--keys-only", prefix)
     return sorted(k for k in out.splitlines() if k and "/ipam/" not in k and "/pods/" not in k)
 
 

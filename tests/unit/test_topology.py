@@ -70,7 +70,7 @@ def test_default_addresses():
     assert t.underlay == N("172.31.0.0/24")
     assert t.pod_network == N("10.244.0.0/16")
     assert t.etcd_ip == A("172.31.0.2")
-    assert t.etcd_endpoint == "http://172.31.0.2:2379"
+    assert t.etcd_endpoint == "https://172.31.0.2:2379"
     assert [n.ip for n in t.nodes] == [A("172.31.0.11"), A("172.31.0.12"), A("172.31.0.13")]
     assert (t.backend, t.mtu) == ("vxlan", 1500)
 

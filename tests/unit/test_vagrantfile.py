@@ -60,3 +60,21 @@ def test_a_bad_driver_is_refused_with_the_setting_named(tmp_path):
     p = vagrant(tmp_path, "validate", MINIKUBENET_VM_DRIVER="xen")
     assert p.returncode != 0
     assert "MINIKUBENET_VM_DRIVER must be kvm or qemu" in p.stdout + p.stderr
+
+
+def test_each_node_is_given_only_its_own_etcd_certificates(tmp_path):
+    """The Vagrantfile makes the etcd PKI once on the host; node1 gets etcd's server and
+    peer certificates and the root user's, the others only the agent's and the proxy's,
+    and no node gets the CA's key."""
+    pki = tmp_path / "pki"
+    p = vagrant(tmp_path, "status", MINIKUBENET_VM_PKI=str(pki))
+    assert p.returncode == 0, p.stdout + p.stderr
+    node1, node2 = set(os.listdir(pki / "node1")), set(os.listdir(pki / "node2"))
+    assert {"server.key", "peer.key", "root.key", "agent.key", "proxy.key", "ca.crt"} <= node1
+    assert node2 == {"ca.crt", "agent.crt", "agent.key", "proxy.crt", "proxy.key"}
+    assert "ca.key" not in node1 | node2 and (pki / "all" / "ca.key").exists()
+    for f in node1:
+        assert (pki / "node1" / f).stat().st_mode & 0o077 == 0, f
+    ca_before = (pki / "all" / "ca.crt").read_bytes()
+    vagrant(tmp_path, "status", MINIKUBENET_VM_PKI=str(pki))      # made once, then kept
+    assert (pki / "all" / "ca.crt").read_bytes() == ca_before

@@ -79,14 +79,13 @@ def delete(names: list[str]) -> dict:
 
 
 def register(pods: list[dict]) -> dict:
-    from minikubenet.store.etcd import EtcdStore
+    from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.services import ServiceStore, pod_doc
-    endpoints = "http://127.0.0.1:2379"
-    with open("/etc/default/minikubenet-agent") as f:
-        for line in f:
-            if line.startswith("MINIKUBENET_ETCD_ENDPOINTS="):
-                endpoints = line.split("=", 1)[1].strip()
-    store = ServiceStore(EtcdStore(endpoints.split(",")))
+    # as the root etcd user: the caller sources /etc/minikubenet/etcd-admin.env
+    env = os.environ.get
+    endpoints = env("MINIKUBENET_ETCD_ENDPOINTS", "https://127.0.0.1:2379")
+    tls = TLSFiles(env("MINIKUBENET_ETCD_CAFILE"), env("MINIKUBENET_ETCD_CERTFILE"), env("MINIKUBENET_ETCD_KEYFILE"))
+    store = ServiceStore(EtcdStore(endpoints.split(","), tls=tls))
     for p in pods:
         store.put_pod(pod_doc("default", p["name"], p["ip"], p["node"], {"app": "web"},
                               ports=[("http", PORT, "TCP")]))

@@ -19,11 +19,15 @@ import pytest
 from tests.vm.conftest import GUEST_PODS_PATH, GUEST_PYTHON, POD_PORT, report
 
 NODES = ("node1", "node2", "node3")
+# etcd takes only clients with a certificate of the cluster's CA (vagrant/provision.sh):
+# commands on node1 run as the root etcd user, whose certificate this file names
+ADMIN = ". /etc/minikubenet/etcd-admin.env; "
+PKI = "/etc/minikubenet/pki"
 
 
 def test_each_vm_leases_its_own_subnet_with_its_underlay_address(vm_cluster):
     vc = vm_cluster
-    out = vc.ssh("node1", "minikubenet network show --etcd-endpoints http://127.0.0.1:2379").stdout
+    out = vc.ssh("node1", f"{ADMIN}minikubenet network show").stdout
     leases = {}
     for line in out.splitlines():
         key, _, value = line.partition(": ")
@@ -109,13 +113,13 @@ def test_a_service_spreads_connections_over_pods_on_all_three_vms(vm_cluster):
     vc = vm_cluster
     proxy = vc.ssh("node1", "systemctl is-active minikubenet-proxy", check=False).stdout.strip()
     assert proxy == "active", "the package has minikubenet-proxy but provisioning did not start it"
-    etcd = "--etcd-endpoints http://127.0.0.1:2379"
+    etcd = ""        # endpoints and certificate from the ADMIN environment
     # the pods, as a kubelet reports them (Endpoints may only name known pods)
     records = [{"name": p, "ip": info["ip"], "node": info["node"]} for p, info in vc.pods.items()]
-    vc.ssh("node1", f"{GUEST_PYTHON} {GUEST_PODS_PATH} register {shlex.quote(json.dumps(records))}")
-    vc.ssh("node1", f"minikubenet svc delete web {etcd} >/dev/null 2>&1; "
+    vc.ssh("node1", f"{ADMIN}{GUEST_PYTHON} {GUEST_PODS_PATH} register {shlex.quote(json.dumps(records))}")
+    vc.ssh("node1", f"{ADMIN}minikubenet svc delete web {etcd} >/dev/null 2>&1; "
                     f"minikubenet svc create web {etcd} --port http=80:{POD_PORT}")
-    svc = json.loads(vc.ssh("node1", f"minikubenet svc get web {etcd} -o json").stdout)
+    svc = json.loads(vc.ssh("node1", f"{ADMIN}minikubenet svc get web {etcd} -o json").stdout)
     svc = svc[0] if isinstance(svc, list) else svc.get("items", [svc])[0] if "items" in svc else svc
     cluster_ip = svc["spec"]["clusterIP"]
     backends = ("n1p1", "n2p1", "n3p1")
@@ -124,7 +128,7 @@ def test_a_service_spreads_connections_over_pods_on_all_three_vms(vm_cluster):
            "subsets": [{"addresses": [{"ip": vc.pods[p]["ip"], "nodeName": vc.pods[p]["node"]} for p in backends],
                         "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}]}]}
     vc.c.put("node1", "/tmp/web-endpoints.json", json.dumps(eps))
-    vc.ssh("node1", f"minikubenet svc set-endpoints {etcd} -f /tmp/web-endpoints.json")
+    vc.ssh("node1", f"{ADMIN}minikubenet svc set-endpoints {etcd} -f /tmp/web-endpoints.json")
     # from a pod on node1 (not a backend): wait until the rules are in, then 30 connections
     deadline = time.monotonic() + 120
     while vc.in_pod("n1p2", f"timeout 5 busybox wget -q -O - http://{cluster_ip}:80/", check=False).returncode != 0:
@@ -139,6 +143,23 @@ def test_a_service_spreads_connections_over_pods_on_all_three_vms(vm_cluster):
     report("Service spread (30 connections to the ClusterIP)", ", ".join(f"{p} {answers.count(p)}" for p in backends))
 
 
+def test_a_pod_can_neither_read_nor_write_etcd(vm_cluster):
+    """Issue 10: etcd on node1 is closed to pods (plain http, https without a client
+    certificate), and the proxy's certificate, on every node, may not write a lease."""
+    vc = vm_cluster
+    https = f"https://{vc.c.node_ip('node1')}:2379"
+    etcdctl = "env ETCDCTL_API=3 etcdctl --dial-timeout 2s --command-timeout 3s"
+    for endpoint, extra in ((f"http://{vc.c.node_ip('node1')}:2379", ""), (https, f"--cacert {PKI}/ca.crt")):
+        for args in ("put /x y", "get --prefix /"):
+            p = vc.in_pod("n2p1", f"{etcdctl} --endpoints {endpoint} {extra} {args}", check=False)
+            assert p.returncode != 0 and "/coreos.com" not in p.stdout, (endpoint, args, p.stdout)
+    proxy = f"--cacert {PKI}/ca.crt --cert {PKI}/proxy.crt --key {PKI}/proxy.key"
+    p = vc.in_pod("n2p1", f"{etcdctl} --endpoints {https} {proxy} put /coreos.com/network/subnets/10.244.250.0-24 x",
+                  check=False)
+    assert p.returncode != 0 and "permission denied" in p.stderr, p.stderr
+    assert vc.ssh("node1", f"{ADMIN}etcdctl get --prefix --keys-only /x /coreos.com/network/subnets/10.244.250").stdout.strip() == ""
+
+
 def test_an_agent_restarted_on_one_vm_keeps_its_subnet_and_its_pods_keep_working(vm_cluster):
     vc = vm_cluster
     before = vc.ssh("node2", "cat /run/minikubenet/subnet.env").stdout
@@ -149,7 +170,7 @@ def test_an_agent_restarted_on_one_vm_keeps_its_subnet_and_its_pods_keep_working
         time.sleep(1)
     after = vc.ssh("node2", "cat /run/minikubenet/subnet.env").stdout
     assert after == before
-    show = vc.ssh("node1", "minikubenet network show --etcd-endpoints http://127.0.0.1:2379").stdout
+    show = vc.ssh("node1", f"{ADMIN}minikubenet network show").stdout
     subnet = next(line.split("=", 1)[1] for line in before.splitlines() if line.startswith("FLANNEL_SUBNET="))
     subnet = str(ipaddress.IPv4Interface(subnet).network)
     lease = next(line for line in show.splitlines() if subnet.replace("/", "-") in line)
