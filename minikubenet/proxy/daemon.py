@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 
+from minikubenet.malformed import MalformedObjects
 from minikubenet.proxy.metrics import Health, ProxyMetrics, health_routes, metrics_routes, serve
 from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Endpoint, RenderOptions, Service,
                                      ValidationError, endpoints_from_k8s, service_from_k8s)
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 class ProxyState:
     """Services and endpoints as the watch delivers them, plus what changed."""
 
-    def __init__(self, on_change=lambda: None):
+    def __init__(self, on_change=lambda: None, bad: MalformedObjects | None = None):
+        self.bad = bad or MalformedObjects(log)     # objects skipped as malformed
         self.services: dict[str, Service] = {}
         self.endpoints: dict[str, dict[str, list[Endpoint]]] = {}   # "ns/name" -> {port key: eps}
         self.dirty: set[str] = set()
@@ -115,6 +117,8 @@ class ProxyState:
 
     def _replace(self, snap: Snapshot) -> bool:
         keys = set(snap.services) | set(snap.endpoints) | set(self.services) | set(self.endpoints)
+        self.bad.keep_only("services", snap.services)
+        self.bad.keep_only("endpoints", snap.endpoints)
         changed = False
         for key in keys:
             changed |= self._set("services", key, snap.services.get(key))
@@ -122,14 +126,17 @@ class ProxyState:
         return changed
 
     def _set(self, kind: str, key: str, doc: dict | None) -> bool:
-        """Store one parsed object (None: deleted); True if that changes anything."""
+        """Store one parsed object (None: deleted); True if that changes anything. A
+        malformed object counts as absent: skipped, logged once, counted (malformed.py)."""
         table = self.services if kind == "services" else self.endpoints
         new = None
         if doc is not None:
             try:
                 new = service_from_k8s(doc) if kind == "services" else endpoints_from_k8s(doc)
             except ValidationError as e:
-                log.warning("ignoring invalid %s %s: %s", kind, key, e)
+                self.bad.skip(kind, key, e)
+        if new is not None or doc is None:
+            self.bad.ok(kind, key)
         if table.get(key) == new:
             return False
         if new is None:
@@ -350,6 +357,7 @@ def run(args) -> int:
     metrics, health = ProxyMetrics(), Health(timeout=2 * args.sync_period)
     health.mode = args.mode
     state = ProxyState()
+    metrics.malformed, metrics.malformed_seen = state.bad.metrics()
     loop = SyncLoop(state, syncer, metrics, health, args.sync_period, args.min_sync_period, args.full_sync_period)
     state.on_change = loop.changed
     servers = []
