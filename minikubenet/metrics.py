@@ -75,6 +75,12 @@ class Gauge(Counter):
             self.values[tuple(sorted(labels.items()))] = value
 
 
+class ObservedCounter(Gauge):
+    """A counter someone else keeps (the kernel's drop counters): we copy its value on
+    each scrape, so it is a ``counter`` for Prometheus but set, not incremented, here."""
+    type = "counter"
+
+
 class Histogram(_Metric):
     type = "histogram"
 
@@ -100,12 +106,17 @@ class Histogram(_Metric):
 
 
 class MetricSet:
-    """A daemon's metrics: every ``_Metric`` attribute is exported, in definition order."""
+    """A daemon's metrics: every ``_Metric`` attribute is exported, in definition order.
+    ``collect()`` runs before each rendering: values read from the kernel are read then."""
 
     def all(self) -> list[_Metric]:
         return [m for m in vars(self).values() if isinstance(m, _Metric)]
 
+    def collect(self) -> None:
+        pass
+
     def render(self) -> str:
+        self.collect()
         lines: list[str] = []
         for m in self.all():
             lines += m.header() + m.lines()

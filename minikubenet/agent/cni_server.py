@@ -60,6 +60,9 @@ class _Connection(socketserver.BaseRequestHandler):
                 raise CniError(ERR_DECODE, "agent could not decode the request", str(e)) from None
             netns_fd = fds[0] if fds and request.get("netnsFd") else None
             answer = {"result": handler.handle(request, netns_fd=netns_fd)}
+            warnings = handler.status_warnings() if request.get("command") == "STATUS" else []
+            if warnings:
+                answer["warnings"] = warnings      # the shim prints them on stderr
         except CniError as e:
             log.warning("%s %s: %s (%s)", request.get("command", "?"),
                         (request.get("env") or {}).get("CNI_CONTAINERID", ""), e.msg, e.details)

@@ -72,6 +72,9 @@ def etcdctl(netns: str, endpoint: str, *args: str) -> str:
     return p.stdout
 
 
+AGENT_METRICS_PORT = 10261      # the agent's --metrics-bind-address port (its default too)
+
+
 def agent_argv(etcd_endpoint: str, public_ip: str, run_dir: str, node_name: str, extra=()) -> list[str]:
     return [sys.executable, "-m", "minikubenet.agent.main", "--etcd-endpoints", etcd_endpoint,
             "--public-ip", public_ip, "--run-dir", run_dir, "--node-name", node_name, *extra]
