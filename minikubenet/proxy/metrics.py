@@ -72,6 +72,9 @@ class ProxyMetrics(MetricSet):
         self.conntrack_deleted = Counter(p + "conntrack_reconciler_deleted_entries_total",
                                          "Cumulative conntrack flows deleted by conntrack reconciler")
         self.healthz = Counter(p + "proxy_healthz_total", "Cumulative proxy healthz HTTP status")
+        self.rule_repairs = Counter("minikubenet_proxy_rule_repairs_total",
+                                    "Full syncs forced because someone else changed or removed our rules "
+                                    "(trigger: notification or periodic check)")
 
 
 class Health:
