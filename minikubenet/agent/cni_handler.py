@@ -36,7 +36,13 @@ The verbs:
   in ``cni.dev/valid-attachments`` (or libcni's older spelling ``cni.dev/attachments``)
   and removes the veth it left (if it carries the mark); a missing or malformed list
   releases nothing.
-- STATUS (CNI 1.1) is ready when the agent holds its lease and etcd answers.
+- STATUS (CNI 1.1) is ready when the agent holds its lease and etcd answers, and the
+  conntrack table is not full. A full table drops every new connection of every pod on
+  the node: code 51 ("not available, existing containers may have limited
+  connectivity"), so the runtime reports the network not ready and no pod is placed
+  here until it drains. Above 90 % STATUS still succeeds, but the answer carries the
+  warning (``status_warnings``; the shim prints it on stderr, which libcni hands to the
+  runtime's log: stdout stays empty, as the spec's STATUS output).
 
 The pod's namespace arrives as an open file descriptor next to its path (see the
 shim): the kernel work uses ``/proc/self/fd/N``, the result and the etcd record keep
@@ -133,6 +139,7 @@ class NodeState:
     lease_healthy: callable  # () -> bool
     store_ping: callable     # () -> None, raises StoreError
     rps_cpus: str | None = None   # receive packet steering for pod veths (linux/rps.py)
+    conntrack: callable = None    # () -> linux.conntrack_table.ConntrackTable | None (agent/upkeep.py)
 
 
 @dataclass(frozen=True)
@@ -509,3 +516,12 @@ class CniHandler:
             self.node.store_ping()
         except StoreError as e:
             raise CniError(ERR_NOT_AVAILABLE, "etcd unavailable", str(e)) from None
+        table = self.node.conntrack() if self.node.conntrack else None
+        if table is not None and table.full:
+            raise CniError(ERR_NOT_AVAILABLE_DEGRADED, "the conntrack table is full", table.warning())
+
+    def status_warnings(self) -> list[str]:
+        """Sentences for a successful STATUS answer: the conntrack table above 90 %."""
+        table = self.node.conntrack() if self.node.conntrack else None
+        warning = table.warning() if table is not None else None
+        return [warning] if warning else []

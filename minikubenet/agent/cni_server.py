@@ -261,6 +261,9 @@ class CniServer:
                 check_request(request, self.cni_handler.node.mtu)
                 netns_fd = conn.fds[0] if conn.fds and request.get("netnsFd") else None
                 answer = {"result": self.cni_handler.handle(request, netns_fd=netns_fd)}
+                warnings = self.cni_handler.status_warnings() if request.get("command") == "STATUS" else []
+                if warnings:
+                    answer["warnings"] = warnings      # the shim prints them on stderr
             except CniError as e:
                 env = request.get("env") if isinstance(request.get("env"), dict) else {}
                 log.warning("%s %s: %s (%s)", request.get("command", "?"), env.get("CNI_CONTAINERID", ""),

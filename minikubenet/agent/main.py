@@ -16,7 +16,9 @@ Start-up, in order, each step a clear error if it cannot be done:
 7. repair what an agent killed during ADD left (agent/reconcile.py: claimed IP records
    never completed, half-made veths with our mark), then open the CNI socket and write
    ``subnet.env`` (its presence means "ready");
-8. serve CNI requests until SIGTERM; on exit the lease is kept, so a restarted agent
+8. serve CNI requests until SIGTERM, re-checking the masquerade rules and the
+   conntrack table every ``--sync-period`` (agent/upkeep.py) and serving Prometheus
+   metrics on ``--metrics-bind-address`` (agent/metrics.py); on exit the lease is kept, so a restarted agent
    gets the same subnet back and its pods keep their addresses. A start-up that fails
    after step 3 removes the VXLAN device it created.
 """
@@ -37,14 +39,17 @@ from pyroute2 import IPRoute
 
 from minikubenet import subnet_env
 from minikubenet.agent import backend
+from minikubenet.agent.metrics import AgentMetrics
+from minikubenet.agent.upkeep import DEFAULT_SYNC_PERIOD_S, ConntrackPressure, MasqueradeRules, Upkeep
 from minikubenet.agent.cni_handler import CniHandler, NodeState
 from minikubenet.agent.cni_server import CniServer
 from minikubenet.agent.reconcile import reconcile
 from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
+from minikubenet.metrics import metrics_routes, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
-from minikubenet.masquerade import JUMPS, render_masquerade
+from minikubenet.masquerade import render_masquerade
 from minikubenet.network_config import ConfigError
 from minikubenet.pod_network import BRIDGE
 from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
@@ -79,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "pod's host-side veth): a CPU mask as in /sys/class/net/*/queues/rx-*/rps_cpus, e.g. 2. "
                         "'off' sets none (also on devices an earlier run steered). Default: leave the kernel's "
                         "setting (none). The lab sets it: see linux/rps.py")
+    p.add_argument("--sync-period", type=float, default=DEFAULT_SYNC_PERIOD_S,
+                   help="seconds between checks that the masquerade/forward rules are intact (restored if not) "
+                        "and of the conntrack table's fill level")
+    p.add_argument("--metrics-bind-address", default="127.0.0.1:10261",
+                   help="host:port for Prometheus metrics on /metrics (conntrack, rule repairs); '' to disable")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -112,10 +122,15 @@ class Agent:
         self.leaser: SubnetLeaser | None = None
         self.server: CniServer | None = None
         self.overlay = None
+        self.metrics = AgentMetrics()
+        self.metrics_server = None
+        self.upkeep: Upkeep | None = None
         self._prepared = None   # a VXLAN device this start created, until the agent is up
 
     def start(self) -> None:
         a = self.args
+        if not a.sync_period > 0:
+            raise AgentError(f"--sync-period must be a positive number of seconds, got {a.sync_period}")
         try:
             # None: leave the kernel's setting; "0" (given as off): set none, also on
             # devices a previous run steered
@@ -167,17 +182,24 @@ class Agent:
                 raise AgentError(str(e)) from None
             log.info("receive packet steering: CPUs %s on %s and every pod's host-side veth", rps_cpus, BRIDGE)
         sysctl.write("net.ipv4.ip_forward", 1)
+        rules = MasqueradeRules(render_masquerade(config.network, lease.subnet, ipmasq=a.ip_masq))
         try:
-            iptables.restore(render_masquerade(config.network, lease.subnet, ipmasq=a.ip_masq))
-            for table, chain, target, comment in JUMPS:
-                iptables.ensure_jump(table, chain, target, comment)
+            rules.install()
         except (iptables.IptablesError, FileNotFoundError) as e:
             raise AgentError(f"could not install masquerade rules: {e}") from None
+        if a.metrics_bind_address:
+            try:
+                self.metrics_server = serve(a.metrics_bind_address, metrics_routes(self.metrics))
+            except (OSError, ValueError) as e:
+                raise AgentError(f"cannot serve metrics on {a.metrics_bind_address}: {e}") from None
 
         # Every remote node is programmed before we say "ready": a pod created now can
         # reach the whole cluster at once.
         self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
         self._prepared = None   # from here on the device is in use: keep it on exit
+        self.metrics.attach(malformed=self.overlay.bad.current, malformed_seen=self.overlay.bad.seen)
+        conntrack = ConntrackPressure()
+        self.upkeep = Upkeep(rules, conntrack, self.metrics, a.sync_period).start()
 
         allocator = PodIPAllocator(self.store, lease.subnet)
         # before the socket opens: no ADD can run while half-made pods are removed
@@ -185,7 +207,7 @@ class Agent:
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=allocator,
                          lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
-                         rps_cpus=None if rps_cpus == "0" else rps_cpus)
+                         rps_cpus=None if rps_cpus == "0" else rps_cpus, conntrack=conntrack.current)
         self.server = CniServer(self.socket_path, CniHandler(node))
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
@@ -194,6 +216,11 @@ class Agent:
         self.server.serve_forever(poll_interval=0.5)
 
     def stop(self) -> None:
+        if self.upkeep:
+            self.upkeep.stop()
+        if self.metrics_server:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         if self.overlay:
             self.overlay.stop()
         if self._prepared:

@@ -24,7 +24,8 @@ The same file is two plugins (``MODE``):
 Wire format to the agent (one request per connection): the shim sends one JSON object
 ``{"command", "mode", "env", "config", "netnsFd"}`` and half-closes; the agent answers
 one JSON object, either ``{"result": <result already encoded for the requested
-cniVersion>}`` or ``{"error": {"code", "msg", "details"}}``.
+cniVersion>}`` (with ``"warnings": [...]`` for a STATUS that succeeds with a warning,
+printed on stderr) or ``{"error": {"code", "msg", "details"}}``.
 
 The pod's namespace travels as an open file descriptor (SCM_RIGHTS) next to its path:
 the agent then works on exactly the namespace the runtime meant even when the path
@@ -413,6 +414,8 @@ def handle(env, stdin, stdout, command, seen):
     if "error" in answer:
         err = answer["error"] if isinstance(answer["error"], dict) else {"msg": str(answer["error"])}
         raise CniError(err.get("code", 999), err.get("msg", "agent error"), err.get("details", ""))
+    for warning in answer.get("warnings") or ():
+        sys.stderr.write("minikubenet: warning: %s\n" % warning)   # STATUS: e.g. conntrack table 95 % full
     if answer.get("result") is not None:
         stdout.write(json_dumps(answer["result"]))
     return cni_version

@@ -287,6 +287,8 @@ class Lab:
         log = os.path.join(self.dir, "logs", f"agent-{node.name}.log")
         if self.rps_cpus:
             extra = ("--rps-cpus", self.rps_cpus, *extra)
+        # metrics on the node's own address, so a scraper on the underlay reaches them
+        extra = ("--metrics-bind-address", f"{node.ip}:{daemons.AGENT_METRICS_PORT}", "--sync-period", "5", *extra)
         argv = daemons.agent_argv(self.topo.etcd_endpoint, str(node.ip), self.run_dir(node.name), node.name,
                                   extra, tls=self.etcd_tls(etcd_rbac.AGENT))
         rec = self._start(node.netns, argv, log, f"agent {node.name}")

@@ -89,6 +89,9 @@ def etcdctl(netns: str, endpoint: str, *args: str, tls: TLSFiles | None = None) 
     return p.stdout
 
 
+AGENT_METRICS_PORT = 10261      # the agent's --metrics-bind-address port (its default too)
+
+
 def etcdctl_run(netns: str, endpoint: str, args: list[str], tls: TLSFiles | None = None) -> subprocess.CompletedProcess:
     # everything through the environment: etcdctl refuses a flag that an ETCDCTL_*
     # variable also sets ("conflicting environment variable ... is shadowed")

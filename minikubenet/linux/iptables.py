@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import subprocess
 
+from minikubenet.linux import nft_monitor
+
 
 class IptablesError(Exception):
     pass
@@ -37,7 +39,7 @@ def restore(text: str, binary: str = "iptables-restore", noflush: bool = True,
     counters  ``--counters``: keep the packet counters given in the text ([0:0] here)
     """
     args = [binary, *wait] + (["--noflush"] if noflush else []) + (["--counters"] if counters else [])
-    p = subprocess.run(args, input=text, capture_output=True, text=True)
+    p = nft_monitor.run(args, text)      # its nf_tables notifications are known to be ours
     if p.returncode != 0:
         ctx = _context(text, p.stderr)
         raise IptablesError(f"{binary} failed (exit {p.returncode}): {p.stderr.strip()}" + (f"\n{ctx}" if ctx else ""))
@@ -83,6 +85,16 @@ def list_chain(table: str, chain: str, binary: str = "iptables") -> list[str] | 
     if p.returncode != 0:
         return None
     return p.stdout.splitlines()
+
+
+def is_legacy(binary: str = "iptables") -> bool:
+    """Does ``binary`` use the legacy (setsockopt) backend? ``iptables --version`` says
+    "(legacy)" or "(nf_tables)"; legacy changes send no nf_tables notifications."""
+    try:
+        p = subprocess.run([binary, "--version"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return False
+    return "legacy" in p.stdout
 
 
 def available(binary: str = "iptables") -> bool:

@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Callable, Union
 
+from minikubenet.malformed import MalformedObjects
 from minikubenet.overlay import Entry, KernelState, PeerPlan, Skipped, reconcile, removable
 from minikubenet.overlay import host_gw, vxlan
 from minikubenet.overlay.leases import Event, LeaseCache, Removed
@@ -171,6 +172,7 @@ class OverlayController:
         self._worker: threading.Thread | None = None
         self._watch_handle = None
         self._said: dict = {}          # subnet -> the Skipped reason we last logged
+        self.bad = MalformedObjects(log)   # leases skipped as malformed (logged once, counted)
         self.last_resync = time.monotonic()
 
     @property
@@ -246,13 +248,30 @@ class OverlayController:
 
     def resync(self, records: list[SubnetLeaseRecord]) -> None:
         """A full listing: apply what changed, then compare everything with the kernel."""
+        self.bad.keep_only("leases", [str(r.subnet) for r in records])
         self.apply_events(self.cache.resync(records))
         self.reconcile_kernel()
+
+    def plan(self, lease: SubnetLeaseRecord) -> Union[PeerPlan, Skipped, None]:
+        """The backend's plan for one lease, or None for a malformed lease: that one is
+        skipped (logged once, counted) and every other lease is still programmed."""
+        key = str(lease.subnet)
+        try:
+            if lease.problem:
+                raise ValueError(lease.problem)
+            plan = self.backend.plan(lease)
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            self.bad.skip("leases", key, e)
+            return None
+        self.bad.ok("leases", key)
+        return plan
 
     def wanted(self) -> list[PeerPlan]:
         plans = []
         for lease in self.cache.leases():
-            plan = self.backend.plan(lease)
+            plan = self.plan(lease)
+            if plan is None:
+                continue
             if isinstance(plan, Skipped):
                 self._say_once(plan)
             else:
@@ -261,14 +280,17 @@ class OverlayController:
 
     def apply_events(self, events: list[Event]) -> None:
         for ev in events:
-            plan = self.backend.plan(ev.lease)
+            if isinstance(ev, Removed) and ev.lease.problem:
+                self.bad.ok("leases", str(ev.lease.subnet))   # a malformed lease was never programmed
+                continue
+            plan = self.plan(ev.lease)
             if isinstance(ev, Removed):
                 self._said.pop(ev.lease.subnet, None)
                 if isinstance(plan, PeerPlan):
                     self.remove_peer(plan)
             elif isinstance(plan, Skipped):
                 self._say_once(plan)
-            else:
+            elif plan is not None:
                 self.add_peer(plan)
 
     def add_peer(self, plan: PeerPlan) -> None:

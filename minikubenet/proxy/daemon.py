@@ -39,6 +39,8 @@ import sys
 import threading
 import time
 
+from minikubenet.linux import nft_monitor
+from minikubenet.malformed import MalformedObjects
 from minikubenet.proxy.metrics import Health, ProxyMetrics, health_routes, metrics_routes, serve
 from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Endpoint, RenderOptions, Service,
                                      ValidationError, endpoints_from_k8s, service_from_k8s)
@@ -89,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 class ProxyState:
     """Services and endpoints as the watch delivers them, plus what changed."""
 
-    def __init__(self, on_change=lambda: None):
+    def __init__(self, on_change=lambda: None, bad: MalformedObjects | None = None):
+        self.bad = bad or MalformedObjects(log)     # objects skipped as malformed
         self.services: dict[str, Service] = {}
         self.endpoints: dict[str, dict[str, list[Endpoint]]] = {}   # "ns/name" -> {port key: eps}
         self.dirty: set[str] = set()
@@ -116,6 +119,8 @@ class ProxyState:
 
     def _replace(self, snap: Snapshot) -> bool:
         keys = set(snap.services) | set(snap.endpoints) | set(self.services) | set(self.endpoints)
+        self.bad.keep_only("services", snap.services)
+        self.bad.keep_only("endpoints", snap.endpoints)
         changed = False
         for key in keys:
             changed |= self._set("services", key, snap.services.get(key))
@@ -123,14 +128,17 @@ class ProxyState:
         return changed
 
     def _set(self, kind: str, key: str, doc: dict | None) -> bool:
-        """Store one parsed object (None: deleted); True if that changes anything."""
+        """Store one parsed object (None: deleted); True if that changes anything. A
+        malformed object counts as absent: skipped, logged once, counted (malformed.py)."""
         table = self.services if kind == "services" else self.endpoints
         new = None
         if doc is not None:
             try:
                 new = service_from_k8s(doc) if kind == "services" else endpoints_from_k8s(doc)
             except ValidationError as e:
-                log.warning("ignoring invalid %s %s: %s", kind, key, e)
+                self.bad.skip(kind, key, e)
+        if new is not None or doc is None:
+            self.bad.ok(kind, key)
         if table.get(key) == new:
             return False
         if new is None:
@@ -174,6 +182,9 @@ class SyncLoop:
         self.retry_at: float | None = None
         self.backoff = 1.0
         self.syncs = 0
+        self.monitored = False            # nf_tables notifications arrive (else: deep periodic checks)
+        self._foreign = False             # someone else touched our rules (a notification said so)
+        self._check_deep = False          # notifications were lost: look at the kernel
 
     def changed(self) -> None:
         """Called by the watch: something is queued."""
@@ -185,9 +196,31 @@ class SyncLoop:
         self.stopped.set()
         self.wake.set()
 
+    def on_transaction(self, tx) -> None:
+        """An nf_tables transaction was committed (linux/nft_monitor.py, monitor thread):
+        if another process touched our rules, the next sync is full and comes at once."""
+        if tx.gen is not None and nft_monitor.OWN.made(tx.gen):
+            return
+        ours = [c for c in tx.changes if self.syncer.touches_ours(c)]
+        if not ours:
+            return
+        who = f"{tx.gen.proc_name or '?'} (pid {tx.gen.pid})" if tx.gen else "someone"
+        log.warning("%s changed our rules (%s%s): full sync", who,
+                    ", ".join(f"{c.op} {c.table} {c.name}".rstrip() for c in ours[:3]),
+                    f" and {len(ours) - 3} more" if len(ours) > 3 else "")
+        self._foreign = True
+        self.wake.set()
+
+    def on_overflow(self) -> None:
+        """nf_tables notifications were lost (a burst overflowed the socket buffer)."""
+        self._check_deep = True
+        self.wake.set()
+
     def _deadline(self, now: float) -> float:
         times = [self.next_check, self.last_full + self.full_sync_period]
         times += [t for t in (self.retry_at, self.syncer.pending_work_at()) if t is not None]
+        if self._foreign or self._check_deep:
+            times.append(self.last_sync_end + self.min_sync_period)
         if self.state.synced and self.retry_at is None and (self.state.dirty or self.need_full):
             times.append(self.last_sync_end + self.min_sync_period)
         return max(0.0, min(times) - now)
@@ -204,10 +237,19 @@ class SyncLoop:
     def step(self) -> bool:
         """Sync if anything calls for it; True if a sync ran (successfully or not)."""
         now = self.clock()
-        if now >= self.next_check:
+        if self._foreign and now - self.last_sync_end >= self.min_sync_period:
+            self._foreign = False             # (before the first sync: that one is full anyway)
+            if self.syncs and not self.need_full:
+                self.need_full = True         # a notification: someone touched our rules
+                self.metrics.rule_repairs.inc(trigger="notification")
+        deep = self._check_deep or not self.monitored
+        if now >= self.next_check or self._check_deep:
             self.next_check = now + self.sync_period
-            if self.syncs and not self.need_full and not self.syncer.intact():
+            self._check_deep = False
+            if self.syncs and not self.need_full and not (self.syncer.intact() and
+                                                          (not deep or self.syncer.all_chains_intact())):
                 self.need_full = True         # someone flushed our rules: restore them now
+                self.metrics.rule_repairs.inc(trigger="periodic check")
         if now - self.last_full >= self.full_sync_period:
             self.need_full = True
         pending = self.syncer.pending_work_at()
@@ -351,6 +393,7 @@ def run(args) -> int:
     metrics, health = ProxyMetrics(), Health(timeout=2 * args.sync_period)
     health.mode = args.mode
     state = ProxyState()
+    metrics.malformed, metrics.malformed_seen = state.bad.metrics()
     loop = SyncLoop(state, syncer, metrics, health, args.sync_period, args.min_sync_period, args.full_sync_period)
     state.on_change = loop.changed
     servers = []
@@ -361,6 +404,7 @@ def run(args) -> int:
             servers.append(serve(args.healthz_bind_address, health_routes(health, metrics)))
     except OSError as e:
         raise ProxyError(f"cannot listen: {e}") from None
+    monitor = _start_monitor(args, loop)
     watch = ObjectWatch(store, state.deliver).start()
 
     def on_signal(signum, frame):
@@ -373,11 +417,30 @@ def run(args) -> int:
              args.mode, config.cluster_cidr, config.service_cidr, args.metrics_bind_address or "off",
              args.healthz_bind_address or "off")
     loop.run()
+    if monitor is not None:
+        monitor.stop()
     watch.stop()
     for s in servers:
         s.shutdown()
     etcd.close()
     return 0
+
+
+def _start_monitor(args, loop: SyncLoop):
+    """Follow nf_tables notifications, unless the rules are iptables-legacy's (those send
+    none: the periodic check then lists our chains, loop.monitored stays False)."""
+    from minikubenet.linux import iptables
+    if args.mode == "iptables" and iptables.is_legacy(args.iptables):
+        log.info("%s is iptables-legacy: no change notifications; checking every chain every %.0fs",
+                 args.iptables, args.sync_period)
+        return None
+    try:
+        monitor = nft_monitor.NftMonitor(loop.on_transaction, loop.on_overflow).start()
+    except nft_monitor.MonitorUnavailable as e:
+        log.warning("%s; checking every chain every %.0fs instead", e, args.sync_period)
+        return None
+    loop.monitored = True
+    return monitor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,9 @@ import sys
 import threading
 from typing import Mapping
 
-from minikubenet.proxy.model import (ValidationError, derive_endpoints, endpoints_to_k8s,
+from minikubenet.malformed import MalformedObjects
+from minikubenet.metrics import MetricSet, metrics_routes, serve
+from minikubenet.proxy.model import (Pod, ValidationError, derive_endpoints, endpoints_to_k8s,
                                      pod_from_k8s, service_from_k8s)
 from minikubenet.store.services import (ObjectDelete, ObjectPut, ObjectWatch, ServiceStore,
                                         Snapshot)
@@ -43,25 +45,45 @@ log = logging.getLogger("minikubenet.endpoints")
 
 # --------------------------------------------------------------------------- pure
 
-def desired_endpoints(services: Mapping[str, dict], pods: Mapping[str, dict]) -> dict[str, dict]:
-    """"ns/name" -> the Endpoints document for every service that has a selector."""
-    parsed_pods = []
+def valid_pods(pods: Mapping[str, dict], bad: MalformedObjects | None = None) -> dict[str, Pod]:
+    """The pods that parse, by "ns/name"; the others are skipped (and told to ``bad``)."""
+    out = {}
     for key, doc in pods.items():
         try:
-            parsed_pods.append(pod_from_k8s(doc))
-        except (KeyError, TypeError, ValueError) as e:
-            log.warning("ignoring malformed pod %s: %s", key, e)
+            out[key] = pod_from_k8s(doc)
+        except ValidationError as e:
+            _skip(bad, "pods", key, e)
+            continue
+        if bad:
+            bad.ok("pods", key)
+    return out
+
+
+def desired_endpoints(services: Mapping[str, dict], pods: Mapping[str, dict],
+                      bad: MalformedObjects | None = None) -> dict[str, dict]:
+    """"ns/name" -> the Endpoints document for every service that has a selector.
+    A malformed pod or service is skipped; every other one still gets its endpoints."""
+    parsed_pods = list(valid_pods(pods, bad).values())
     out = {}
     for key, doc in services.items():
         try:
             svc = service_from_k8s(doc)
         except ValidationError as e:
-            log.warning("ignoring invalid service %s: %s", key, e)
+            _skip(bad, "services", key, e)
             continue
+        if bad:
+            bad.ok("services", key)
         if not svc.selector:
             continue                    # endpoints managed by hand
         out[key] = endpoints_to_k8s(svc, derive_endpoints(svc, parsed_pods))
     return out
+
+
+def _skip(bad: MalformedObjects | None, kind: str, key: str, error: Exception) -> None:
+    if bad is None:
+        log.warning("ignoring malformed %s %s: %s", kind, key, " ".join(str(error).split()))
+    else:
+        bad.skip(kind, key, error)
 
 
 def plan_writes(services: Mapping[str, dict], desired: Mapping[str, dict],
@@ -80,11 +102,18 @@ def _canonical(doc) -> str:
 
 # --------------------------------------------------------------------------- the loop
 
+class ControllerMetrics(MetricSet):
+    def __init__(self, bad: MalformedObjects):
+        self.malformed, self.malformed_seen = bad.metrics()
+
+
 class EndpointsController:
     """Keeps the cluster state from the watch and reconciles after each change."""
 
     def __init__(self, store: ServiceStore, settle: float = 0.02):
         self.store = store
+        self.bad = MalformedObjects(log)
+        self.metrics = ControllerMetrics(self.bad)
         self.settle = settle            # coalesce a burst of changes into one reconcile
         self.state = Snapshot()
         self._lock = threading.Lock()
@@ -107,10 +136,16 @@ class EndpointsController:
         with self._lock:
             services, pods = dict(self.state.services), dict(self.state.pods)
             current = dict(self.state.endpoints)
-        puts, deletes = plan_writes(services, desired_endpoints(services, pods), current)
+        for kind, objects in (("pods", pods), ("services", services)):
+            self.bad.keep_only(kind, objects)      # deleted bad objects are no longer skipped
+        desired = desired_endpoints(services, pods, self.bad)
+        # an endpoint must name a known pod (put_endpoints checks): only the valid ones count
+        skipped = set(self.bad.skipped("pods"))
+        known_pods = {k: doc for k, doc in pods.items() if ("pods", k) not in skipped}
+        puts, deletes = plan_writes(services, desired, current)
         for key, doc in puts.items():
             try:
-                self.store.put_endpoints(doc, pods=pods)
+                self.store.put_endpoints(doc, pods=known_pods)
                 log.info("endpoints %s: %s", key, _summary(doc))
             except ValidationError as e:        # the service was deleted meanwhile
                 log.info("not writing endpoints %s: %s", key, e)
@@ -160,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--etcd-prefix", default="/coreos.com/network")
     p.add_argument("--project-prefix", default="/minikubenet")
     add_etcd_tls_options(p)
+    p.add_argument("--metrics-bind-address", default="",
+                   help="host:port for Prometheus metrics (malformed objects skipped); default: off")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -171,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", e)
         return 1
     controller = EndpointsController(ServiceStore(etcd))
+    if args.metrics_bind_address:
+        try:
+            serve(args.metrics_bind_address, metrics_routes(controller.metrics))
+        except (OSError, ValueError) as e:
+            log.error("cannot serve metrics on %s: %s", args.metrics_bind_address, e)
+            return 1
     signal.signal(signal.SIGTERM, lambda *_: controller.stop())
     signal.signal(signal.SIGINT, lambda *_: controller.stop())
     log.info("watching services and pods under %s", args.project_prefix)

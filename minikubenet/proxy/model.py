@@ -28,6 +28,7 @@ services (``clusterIP: None``) parse but are not proxied, as in kube-proxy
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -54,6 +55,24 @@ class ValidationError(ValueError):
         self.what = what
         self.errors = list(errors)
         super().__init__(f"{what} is invalid:\n" + "\n".join(f"  {e}" for e in self.errors))
+
+
+def _total(kind: str):
+    """Make a parser total: any JSON value gives a result or a ``ValidationError``. The
+    field checks below name the usual mistakes; a shape they do not expect (a string
+    where an object belongs, ``{"metadata": "oops"}``) would otherwise surface as an
+    AttributeError or TypeError from deep inside, and stop whoever called us."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def parse(doc, *args, **kwargs):
+            try:
+                return fn(doc, *args, **kwargs)
+            except ValidationError:
+                raise
+            except (AttributeError, TypeError, KeyError, ValueError, IndexError) as e:
+                raise ValidationError(kind, [f"malformed document ({type(e).__name__}: {e})"]) from None
+        return parse
+    return wrap
 
 
 # --------------------------------------------------------------------------- the model
@@ -129,6 +148,7 @@ def service_port_name(namespace: str, name: str, port_name: str) -> str:
 
 # --------------------------------------------------------------------------- Service JSON
 
+@_total("Service")
 def service_from_k8s(doc: Mapping, service_cidr: str | ipaddress.IPv4Network | None = None,
                      node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE) -> Service:
     """Parse and validate a k8s-shaped Service. Raises ``ValidationError`` listing every
@@ -178,7 +198,10 @@ def service_to_k8s(svc: Service) -> dict:
 def _section(doc: Mapping, key: str) -> Mapping:
     if not isinstance(doc, Mapping):
         raise ValidationError("document", [f"must be a JSON object, got {type(doc).__name__}"])
-    return doc.get(key) or {}
+    value = doc.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ValidationError("document", [f"{key}: must be an object, got {type(value).__name__}"])
+    return value
 
 
 def _name(meta: Mapping, key: str, pattern: re.Pattern, what: str, errors: list[str],
@@ -361,6 +384,7 @@ def _address_to_k8s(ep: Endpoint, namespace: str) -> dict:
     return d
 
 
+@_total("Endpoints")
 def endpoints_from_k8s(doc: Mapping) -> dict[str, list[Endpoint]]:
     """A v1 Endpoints object -> ``{service-port key: [Endpoint]}``. Each subset is the
     cross product of its addresses and its ports, as in the Kubernetes API."""
@@ -397,6 +421,7 @@ def _endpoint(addr: Mapping, port: int | None, ready: bool, path: str,
 
 # --------------------------------------------------------------------------- Pods
 
+@_total("Pod")
 def pod_from_k8s(doc: Mapping) -> Pod:
     """The few fields of a v1 Pod the proxy needs. Ready means the Ready condition is
     True and the pod is not being deleted (a terminating pod gets no new connections)."""

@@ -22,10 +22,21 @@ thought was applied, and the next attempt is a full sync.
 After every successful sync, UDP conntrack entries that point at removed endpoints are
 deleted (linux/conntrack.py explains why), computed by ``udp_flows_to_clear``.
 
-Flush detection (``intact``): kube-proxy watches a canary chain; we also look at our
-jumps in the built-in chains and at one rule of our own, so that ``iptables -F``,
-``iptables -t nat -F PREROUTING`` and ``nft flush ruleset`` are all noticed within one
-sync period.
+Noticing changes made by someone else, two ways:
+
+- ``touches_ours(change)``: the proxy follows nf_tables notifications
+  (linux/nft_monitor.py) and asks the syncer whether a foreign transaction touched its
+  rules (a KUBE-* chain or rule, one of the built-in chains holding our jumps, our
+  nftables table); if so the next sync is a full one, at once (within
+  ``--min-sync-period``).
+- ``intact()``, every sync period: kube-proxy watches a canary chain; we also look
+  at our jumps in the built-in chains and at one rule of our own, so that ``iptables
+  -F``, ``iptables -t nat -F PREROUTING`` and ``nft flush ruleset`` are all noticed.
+  ``all_chains_intact()`` (when no notifications can be had: iptables-legacy, or
+  notifications were lost) compares every chain of ours and its rule count with the last plan, so a
+  deleted or flushed KUBE-SVC/KUBE-SEP chain is noticed too. ``iptables-legacy-save``
+  is cheap; on the nf_tables backend the listing costs over a second at 10 000
+  services, which is why it is the fallback and not the rule.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from minikubenet.linux import conntrack, iptables
+from minikubenet.linux import conntrack, iptables, nft_monitor
 from minikubenet.proxy import iptables_render, nft_render
 from minikubenet.proxy.iptables_render import (KUBE_MARK_MASQ, SyncState, chains_from_save,
                                                jump_chains, plan_from_rules, service_rules)
@@ -201,6 +212,7 @@ class IptablesSyncer(Syncer):
     def __init__(self, config: SyncConfig):
         super().__init__(config)
         self.state: SyncState | None = None
+        self._plan = None                          # the last plan applied (for the deep check)
         b = config.iptables
         self.restore_bin, self.save_bin = f"{b}-restore", f"{b}-save"
 
@@ -236,6 +248,7 @@ class IptablesSyncer(Syncer):
             self.forget()
             raise SyncError(str(e)) from None
         self.state = plan.state
+        self._plan = plan
         result = SyncResult(full=full, text_bytes=len(text))
         result.written_rules = _count_rules(text)
         result.total_rules = plan.rule_counts()
@@ -267,6 +280,49 @@ class IptablesSyncer(Syncer):
                 extra[j.table].append(f"-I {j.src} 1 " + " ".join(_quote(a) for a in j.rule_args()))
                 log.info("inserting jump: -t %s %s -> %s", j.table, j.src, j.dst)
         return _add_to_tables(text, extra)
+
+    def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
+        """Did this nf_tables change (an iptables-nft command) hit our rules? Any change
+        in a KUBE-* chain; a rule or chain deleted from a built-in chain we jump from;
+        the nat or filter table deleted."""
+        if change.family != "ip" or change.table not in ("nat", "filter"):
+            return False
+        if change.kind == "TABLE":
+            return change.deletes
+        if change.name.startswith("KUBE-"):
+            return True
+        return change.deletes and change.name in self._jump_sources()
+
+    def _jump_sources(self) -> frozenset[str]:
+        return frozenset(j.src for j in jump_chains(self.config.options))
+
+    def expected_rule_counts(self) -> dict[tuple[str, str], int]:
+        """(table, chain) -> rules, for every chain of ours the last plan holds."""
+        if self._plan is None:
+            return {}
+        filter_chains, nat = self._plan._fixed
+        out = {("filter", c): len(r) for c, r in filter_chains.items() if c.startswith("KUBE-")}
+        out.update({("nat", c): len(r) for c, r in nat.items() if c.startswith("KUBE-")})
+        for p in self._plan.service_ports:
+            out.update({("nat", c): len(r) for c, r in p.nat_chains.items()})
+        return out
+
+    def all_chains_intact(self) -> bool:
+        """Every chain of ours the last plan holds is there with its number of rules,
+        from one ``iptables-save`` per table (the deep check)."""
+        expected = self.expected_rule_counts()
+        for table in ("filter", "nat"):
+            try:
+                found = _rule_counts(iptables.save(table, self.save_bin))
+            except (iptables.IptablesError, FileNotFoundError) as e:
+                log.warning("cannot list table %s for the check: %s", table, e)
+                continue
+            for (t, chain), n in sorted(expected.items()):
+                if t == table and found.get(chain) != n:
+                    log.warning("chain %s in %s has %s rules, expected %d: it was changed by hand",
+                                chain, table, "no chain and no" if chain not in found else found[chain], n)
+                    return False
+        return True
 
     def intact(self) -> bool:
         """Our jumps, the canaries' rules and KUBE-MARK-MASQ's rule are all there.
@@ -317,6 +373,18 @@ def _has_jump(save_text: str, j) -> bool:
     comment = f'--comment "{j.comment}"' if " " in j.comment else f"--comment {j.comment}"
     return any(line.startswith(f"-A {j.src} ") and line.endswith(f"-j {j.dst}") and (not j.comment or comment in line)
                for line in save_text.splitlines())
+
+
+def _rule_counts(save_text: str) -> dict[str, int]:
+    """chain -> its number of rules, for every chain in an ``iptables-save`` dump."""
+    counts: dict[str, int] = {}
+    for line in save_text.splitlines():
+        if line.startswith(":"):
+            counts.setdefault(line[1:].split(" ", 1)[0], 0)
+        elif line.startswith("-A "):
+            chain = line.split(" ", 2)[1]
+            counts[chain] = counts.get(chain, 0) + 1
+    return counts
 
 
 def _add_to_tables(text: str, extra: Mapping[str, list[str]]) -> str:
@@ -409,6 +477,21 @@ class NftSyncer(Syncer):
             return set(), set()      # no table yet
         return nft_render.names_from_listing(p.stdout)
 
+    def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
+        """Anything in our table: a set, map, chain, rule or element, or the table."""
+        return change.family == nft_render.FAMILY and change.table == self.config.nft_table
+
+    def all_chains_intact(self) -> bool:
+        """Every service chain of the last sync still exists (the deep check)."""
+        if self.state is not None:
+            chains, _sets = self._existing_names()
+            missing = sorted({c for cs in self.state.chains.values() for c in cs} - chains)
+            if missing:
+                log.warning("chains %s of table %s are gone: deleted by hand", ", ".join(missing[:5]),
+                            self.config.nft_table)
+                return False
+        return True
+
     def intact(self) -> bool:
         """Our table exists and its hooks still jump into our chains (``nft flush
         ruleset``, ``nft delete table`` and ``nft flush table`` all break that)."""
@@ -433,7 +516,7 @@ class NftSyncer(Syncer):
 def nft_apply(text: str) -> None:
     """One ``nft -f -`` transaction; nft names the offending line itself."""
     try:
-        p = subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True)
+        p = nft_monitor.run(["nft", "-f", "-"], text)     # its notifications are known to be ours
     except FileNotFoundError:
         raise SyncError("the `nft` binary is not installed (Debian: apt install nftables)") from None
     if p.returncode != 0:

@@ -104,6 +104,7 @@ class SubnetLeaseRecord:
     backend_data: dict
     lease_id: int = 0        # the etcd lease holding the key (0 = no TTL: a reservation)
     raw: bytes = b""
+    problem: str = ""        # why the document is malformed ("" = well formed); its fields are then empty
 
     def attrs_json(self) -> str:
         return json.dumps({"PublicIP": self.public_ip, "BackendType": self.backend_type,
@@ -111,6 +112,9 @@ class SubnetLeaseRecord:
 
     @classmethod
     def from_kv(cls, key: str, value: bytes, lease_id: int) -> "SubnetLeaseRecord | None":
+        """The record at ``key`` (None if the key is not a lease). A malformed document
+        still gives a record, with ``problem`` set: the subnet stays taken, and the
+        consumer decides how to report it (the overlay skips it, logged once)."""
         subnet = subnet_from_key(key)
         if subnet is None:
             return None
@@ -118,9 +122,18 @@ class SubnetLeaseRecord:
             doc = json.loads(value)
         except ValueError:
             doc = None
+        problem = ""
         if not isinstance(doc, dict):
-            log.warning("ignoring unparseable lease %s", key)
-            return None
+            problem = "not a JSON object"
+        else:
+            wrong = [f"{name} must be {what}" for name, kind, what in
+                     (("PublicIP", str, "a string"), ("BackendType", str, "a string"),
+                      ("BackendData", dict, "an object"))
+                     if doc.get(name) is not None and not isinstance(doc[name], kind)]
+            problem = "; ".join(wrong)
+        if problem:
+            return cls(subnet=subnet, public_ip="", backend_type="", backend_data={}, lease_id=lease_id,
+                       raw=value, problem=problem)
         return cls(subnet=subnet, public_ip=doc.get("PublicIP", ""), backend_type=doc.get("BackendType", ""),
                    backend_data=doc.get("BackendData") or {}, lease_id=lease_id, raw=value)
 

@@ -238,7 +238,7 @@ class FakeSyncer:
     mode = "iptables"
 
     def __init__(self):
-        self.calls, self.fail, self.is_intact = [], 0, True
+        self.calls, self.fail, self.is_intact, self.all_chains = [], 0, True, True
 
     def sync(self, services, endpoints, changed):
         self.calls.append(None if changed is None else set(changed))
@@ -249,6 +249,12 @@ class FakeSyncer:
 
     def intact(self):
         return self.is_intact
+
+    def all_chains_intact(self):
+        return self.all_chains
+
+    def touches_ours(self, change):
+        return change.table == "nat" and change.name.startswith("KUBE-")
 
     def pending_work_at(self):
         return None

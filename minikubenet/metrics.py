@@ -1,0 +1,156 @@
+"""Prometheus metrics in plain Python: counters, gauges, histograms and a tiny HTTP server.
+
+Every minikubenet daemon that exports metrics (the proxy, the agent, the endpoints
+controller) uses these classes; each daemon keeps its own set of metrics as attributes
+of a ``MetricSet`` and serves it with ``serve(bind, metrics_routes(metric_set))``.
+
+The text format is simple enough to write by hand (no client library needed): one
+``# HELP`` and ``# TYPE`` line per metric, then ``name{label="v"} value`` lines; a
+histogram is cumulative ``_bucket{le="..."}`` counters plus ``_sum`` and ``_count``
+(https://prometheus.io/docs/instrumenting/exposition_formats/).
+"""
+
+from __future__ import annotations
+
+import http.server
+import socketserver
+import threading
+from typing import Callable
+
+# kube-proxy: metrics.ExponentialBuckets(0.001, 2, 15) -> 1 ms .. 16.4 s
+SYNC_BUCKETS = tuple(0.001 * 2 ** i for i in range(15))
+
+
+def _labels(labels: dict) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+def _escape(value) -> str:
+    """A label value as the text format wants it: backslash, quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(x: float) -> str:
+    return repr(float(x)) if x != int(x) or abs(x) > 1e15 else str(int(x))
+
+
+class _Metric:
+    type = ""
+
+    def __init__(self, name: str, help_text: str):
+        self.name, self.help = name, help_text
+        self._lock = threading.Lock()
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.type}"]
+
+
+class Counter(_Metric):
+    type = "counter"
+
+    def __init__(self, name: str, help_text: str):
+        super().__init__(name, help_text)
+        self.values: dict[tuple, float] = {}
+
+    def inc(self, amount: float = 1, **labels) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            self.values[key] = self.values.get(key, 0) + amount
+
+    def get(self, **labels) -> float:
+        return self.values.get(tuple(sorted(labels.items())), 0)
+
+    def lines(self) -> list[str]:
+        values = self.values or {(): 0}
+        return [f"{self.name}{_labels(dict(k))} {_number(v)}" for k, v in sorted(values.items())]
+
+
+class Gauge(Counter):
+    type = "gauge"
+
+    def set(self, value: float, **labels) -> None:
+        with self._lock:
+            self.values[tuple(sorted(labels.items()))] = value
+
+
+class ObservedCounter(Gauge):
+    """A counter someone else keeps (the kernel's drop counters): we copy its value on
+    each scrape, so it is a ``counter`` for Prometheus but set, not incremented, here."""
+    type = "counter"
+
+
+class Histogram(_Metric):
+    type = "histogram"
+
+    def __init__(self, name: str, help_text: str, buckets=SYNC_BUCKETS):
+        super().__init__(name, help_text)
+        self.buckets = tuple(buckets)
+        self.counts = [0] * len(self.buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            for i, upper in enumerate(self.buckets):
+                if value <= upper:
+                    self.counts[i] += 1
+            self.sum += value
+            self.count += 1
+
+    def lines(self) -> list[str]:
+        out = [f'{self.name}_bucket{{le="{b:g}"}} {c}' for b, c in zip(self.buckets, self.counts)]
+        return out + [f'{self.name}_bucket{{le="+Inf"}} {self.count}',
+                      f"{self.name}_sum {_number(self.sum)}", f"{self.name}_count {self.count}"]
+
+
+class MetricSet:
+    """A daemon's metrics: every ``_Metric`` attribute is exported, in definition order.
+    ``collect()`` runs before each rendering: values read from the kernel are read then."""
+
+    def all(self) -> list[_Metric]:
+        return [m for m in vars(self).values() if isinstance(m, _Metric)]
+
+    def collect(self) -> None:
+        pass
+
+    def render(self) -> str:
+        self.collect()
+        lines: list[str] = []
+        for m in self.all():
+            lines += m.header() + m.lines()
+        return "\n".join(lines) + "\n"
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> _Server:
+    """An HTTP server on ``host:port`` in a background thread; ``routes`` maps a path to
+    a function returning (status, content type, body)."""
+    host, _, port = bind.rpartition(":")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            route = routes.get(self.path.split("?")[0])
+            status, ctype, body = route() if route else (404, "text/plain", "not found\n")
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, fmt, *args):
+            pass
+
+    server = _Server((host or "0.0.0.0", int(port)), Handler)
+    threading.Thread(target=server.serve_forever, name=f"http-{bind}", daemon=True).start()
+    return server
+
+
+def metrics_routes(metrics: MetricSet) -> dict:
+    return {"/metrics": lambda: (200, "text/plain; version=0.0.4", metrics.render())}
