@@ -8,9 +8,9 @@ Same variables as flannel's ``/run/flannel/subnet.env`` (flannel pkg/subnet/subn
     FLANNEL_IPMASQ=true
 
 The file is written to a temporary name and renamed over the old one, so a reader
-never sees half a file; it is 0600 in a 0700 directory (private_files.py).
-``FLANNEL_MTU`` outside 68–65535 makes the file invalid, like a missing variable. The agent reads its previous file at start to ask for the same
-subnet back (flannel PR #752).
+never sees half a file; it is 0600 in a 0700 directory (private_files.py). The agent
+reads its previous file at start to ask for the same subnet back (flannel PR #752); a
+``FLANNEL_MTU`` outside 68–65535 makes that file invalid, like a missing variable.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ FD_SIZE = array.array("i").itemsize
 REQUEST_TIMEOUT_S = 10.0     # from connect to the client's half-close
 SEND_TIMEOUT_S = 30.0        # a client that never reads its answer does not pin a worker forever
 MAX_CONNECTIONS = 512        # open at once, reading or being served (well under RLIMIT_NOFILE's 1024)
-WORKERS = 32                 # requests served at once; ADD waits on etcd and netlink, not on the CPU
+WORKERS = 64                 # requests served at once: an ADD mostly waits (etcd, netlink, up to
+                             # 5 s in an etcd outage), so many wait together; each costs a thread
 LISTEN_BACKLOG = 256         # a node may start many pods at once
 
 

@@ -39,7 +39,8 @@ def check_request(request: dict, node_mtu: int) -> None:
     """The request's shape and the config's required fields, as the shim checks them,
     plus what only the agent knows: the node's pod MTU."""
     command = request.get("command")
-    if not isinstance(command, str) or command not in REQUIRED_ENV:     # every verb but VERSION, which the shim answers itself
+    # every verb but VERSION, which the shim answers itself
+    if not isinstance(command, str) or command not in REQUIRED_ENV:
         raise CniError(ERR_INVALID_ENVIRONMENT, f"unknown CNI_COMMAND: {command!r}",
                        f"the agent serves {', '.join(REQUIRED_ENV)}")
     mode = request.get("mode") or "main"

@@ -21,7 +21,6 @@ import pytest
 
 from minikubenet.agent import cni_server
 from minikubenet.cni import shim
-from minikubenet.cni.runtime import CniCallError
 from minikubenet.linux import named_netns
 
 from tests.faults.conftest import report
