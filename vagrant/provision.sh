@@ -45,8 +45,10 @@ for exe in "$VENV"/bin/minikubenet*; do ln -sf "$exe" /usr/local/bin/; done
 HAS_SYSTEMD=0
 [ -d /run/systemd/system ] && HAS_SYSTEMD=1
 
-# this node's certificates, root only (etcd's own get a directory of the etcd user below)
-install -d -m 700 /etc/minikubenet "$PKI"
+# this node's certificates, root only (etcd's own get a directory of the etcd user below,
+# beside this one: the etcd user cannot enter a directory of root's that is 0700)
+install -d -m 755 /etc/minikubenet
+install -d -m 700 "$PKI"
 for f in "$PKI_UPLOAD"/*; do install -m 600 "$f" "$PKI/"; done
 rm -rf "$PKI_UPLOAD"
 
@@ -54,7 +56,7 @@ rm -rf "$PKI_UPLOAD"
 if [ "$ROLE" = etcd ]; then
   say "etcd on $IP:2379 (TLS, client certificates required)"
   # Debian's unit runs etcd as the user etcd: its certificates in a directory of its own
-  EPKI=$PKI/etcd
+  EPKI=/etc/minikubenet/etcd
   install -d -m 700 "$EPKI"
   for f in ca.crt server.crt server.key peer.crt peer.key; do install -m 600 "$PKI/$f" "$EPKI/"; done
   if id etcd >/dev/null 2>&1; then chown -R etcd: "$EPKI"; fi
@@ -86,7 +88,7 @@ EOF
   )
   if [ $HAS_SYSTEMD = 1 ]; then
     systemctl enable -q etcd
-    systemctl restart etcd
+    systemctl restart etcd || { journalctl -u etcd --no-pager -o cat | tail -20; exit 1; }
   else
     (set -a; . /etc/default/etcd; setsid etcd >>/var/log/etcd.log 2>&1 &)
   fi
