@@ -204,9 +204,12 @@ class SyncLoop:
         if not ours:
             return
         who = f"{tx.gen.proc_name or '?'} (pid {tx.gen.pid})" if tx.gen else "someone"
-        log.warning("%s changed our rules (%s%s): full sync", who,
-                    ", ".join(f"{c.op} {c.table} {c.name}".rstrip() for c in ours[:3]),
-                    f" and {len(ours) - 3} more" if len(ours) > 3 else "")
+        what = ", ".join(f"{c.op} {c.table} {c.name}".rstrip() for c in ours[:3]) + \
+            (f" and {len(ours) - 3} more" if len(ours) > 3 else "")
+        if all(c.deletes for c in ours):
+            log.warning("%s deleted our rules (%s): rules were flushed or deleted by hand; full sync", who, what)
+        else:
+            log.warning("%s changed our rules (%s): full sync", who, what)
         self._foreign = True
         self.wake.set()
 

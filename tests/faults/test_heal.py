@@ -199,4 +199,4 @@ def test_nftables_mode_deleted_map_elements_chains_and_sets_come_back(lab):
                                                 for k, v in figures.items()))
     assert all(v is not None and v <= SYNC_PERIOD + MARGIN for v in figures.values()), figures
     log = open(f"{lab.dir}/logs/proxy-n1.log").read()
-    assert "nft (pid" in log and "changed our rules" in log
+    assert "nft (pid" in log and "deleted our rules" in log
