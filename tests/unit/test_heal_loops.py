@@ -164,3 +164,14 @@ def test_the_upkeep_loop_counts_repairs_and_survives_errors(fake_iptables, caplo
     iptables.restore = broken
     loop.once()                                         # logged, the loop carries on
     assert "xtables lock" in caplog.text
+
+
+def test_a_notification_before_the_first_snapshot_does_not_spin_the_loop():
+    loop, state, syncer, clock = make_loop(min_sync_period=1.0, sync_period=30)
+    loop.monitored = True
+    loop.on_transaction(tx(M.ObjectChange("DELRULE", "ip", "nat", "KUBE-SVC-ABC")))
+    assert loop._deadline(clock()) > 1                 # waits for the snapshot, not a busy loop
+    state.deliver(snapshot([TCP]))
+    assert loop.step() and syncer.calls == [None]      # the first sync is full anyway
+    clock.now += 2
+    assert not loop.step() and loop.metrics.rule_repairs.get(trigger="notification") == 0
