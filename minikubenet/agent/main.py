@@ -43,7 +43,7 @@ from minikubenet.agent.cni_handler import CniHandler, NodeState
 from minikubenet.agent.cni_server import CniServer
 from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
-from minikubenet.metrics import metrics_routes, serve
+from minikubenet.metrics import metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
 from minikubenet.masquerade import render_masquerade
@@ -128,6 +128,11 @@ class Agent:
         a = self.args
         if not a.sync_period > 0:
             raise AgentError(f"--sync-period must be a positive number of seconds, got {a.sync_period}")
+        if a.metrics_bind_address:
+            try:
+                parse_bind(a.metrics_bind_address)
+            except ValueError as e:
+                raise AgentError(f"--metrics-bind-address: {e}") from None
         try:
             # None: leave the kernel's setting; "0" (given as off): set none, also on
             # devices a previous run steered

@@ -404,7 +404,7 @@ def run(args) -> int:
             servers.append(serve(args.metrics_bind_address, metrics_routes(metrics)))
         if args.healthz_bind_address:
             servers.append(serve(args.healthz_bind_address, health_routes(health, metrics)))
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ProxyError(f"cannot listen: {e}") from None
     monitor = _start_monitor(args, loop)
     watch = ObjectWatch(store, state.deliver).start()
