@@ -128,10 +128,19 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``host:port`` (host may be empty: every address) -> (host, port); ValueError with
+    a sentence a person can act on otherwise."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{bind!r} is not host:port (e.g. 127.0.0.1:10261)")
+    return host, int(port)
+
+
 def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> _Server:
     """An HTTP server on ``host:port`` in a background thread; ``routes`` maps a path to
     a function returning (status, content type, body)."""
-    host, _, port = bind.rpartition(":")
+    host, port = parse_bind(bind)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -147,7 +156,7 @@ def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> _
         def log_message(self, fmt, *args):
             pass
 
-    server = _Server((host or "0.0.0.0", int(port)), Handler)
+    server = _Server((host or "0.0.0.0", port), Handler)
     threading.Thread(target=server.serve_forever, name=f"http-{bind}", daemon=True).start()
     return server
 

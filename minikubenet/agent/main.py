@@ -46,7 +46,7 @@ from minikubenet.agent.cni_server import CniServer
 from minikubenet.agent.reconcile import reconcile
 from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
-from minikubenet.metrics import metrics_routes, serve
+from minikubenet.metrics import metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
 from minikubenet.masquerade import render_masquerade
@@ -131,6 +131,11 @@ class Agent:
         a = self.args
         if not a.sync_period > 0:
             raise AgentError(f"--sync-period must be a positive number of seconds, got {a.sync_period}")
+        if a.metrics_bind_address:
+            try:
+                parse_bind(a.metrics_bind_address)
+            except ValueError as e:
+                raise AgentError(f"--metrics-bind-address: {e}") from None
         try:
             # None: leave the kernel's setting; "0" (given as off): set none, also on
             # devices a previous run steered

@@ -8,7 +8,11 @@ nothing would bring them back until the agent restarts. flannel re-checks its ru
 every few seconds for the same reason (pkg/trafficmngr/iptables: ``ensureIPTables``
 every ``--iptables-resync``, 5 s by default).
 
-A check costs four ``iptables -S <chain>`` calls (our two chains and the two built-in
+The check runs every ``--sync-period``, and at once when an nf_tables notification
+(linux/nft_monitor.py, the same the proxy follows) says another process deleted a rule
+of a built-in chain we jump from or touched one of our chains: with iptables-nft a
+flush is repaired in a fraction of a second; with iptables-legacy (no notifications)
+within the period. A check costs four ``iptables -S <chain>`` calls (our two chains and the two built-in
 chains that jump to them: each dumps only that chain), not a rewrite: after every
 install we keep what the kernel listed for our chains, and a later listing that differs
 (a chain flushed, deleted, or edited by hand) or a jump that is gone triggers one
@@ -29,7 +33,7 @@ import threading
 import time
 from typing import Callable
 
-from minikubenet.linux import conntrack_table, iptables
+from minikubenet.linux import conntrack_table, iptables, nft_monitor
 from minikubenet.masquerade import JUMPS
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,17 @@ class MasqueradeRules:
             if not any(r.startswith(f"-A {chain} ") and r.endswith(f"-j {target}") and comment in r for r in rules):
                 out.append((table, f"the jump {chain} -> {target} is gone"))
         return out
+
+    def touched_by(self, change: nft_monitor.ObjectChange) -> bool:
+        """Could this nf_tables change have broken our rules? A change in one of our
+        chains, a rule deleted from a built-in chain we jump from, a table deleted."""
+        if change.family != "ip" or change.table not in {t for t, *_ in self.jumps}:
+            return False
+        if change.kind == "TABLE":
+            return change.deletes
+        if change.name in {target for _, _, target, _ in self.jumps}:
+            return True
+        return change.deletes and change.name in {chain for _, chain, _, _ in self.jumps}
 
     def repair(self) -> list[tuple[str, str]]:
         """Check; restore if anything is wrong. Returns what was wrong (empty: nothing)."""
@@ -124,26 +139,55 @@ class ConntrackPressure:
 
 
 class Upkeep:
-    """The agent's periodic loop (a thread): rules, then conntrack, every ``period``."""
+    """The agent's loop (a thread): rules, then conntrack, every ``period``, and sooner
+    when a notification says our rules may have been touched (at most every
+    ``min_interval``, so a burst of notifications costs one check)."""
 
-    def __init__(self, rules: MasqueradeRules, conntrack: ConntrackPressure, metrics, period: float):
+    def __init__(self, rules: MasqueradeRules, conntrack: ConntrackPressure, metrics, period: float,
+                 min_interval: float = 0.2):
         self.rules, self.conntrack, self.metrics, self.period = rules, conntrack, metrics, period
+        self.min_interval = min_interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._monitor: nft_monitor.NftMonitor | None = None
 
-    def start(self) -> "Upkeep":
+    def start(self, notifications: bool = True) -> "Upkeep":
+        if notifications:
+            try:
+                self._monitor = nft_monitor.NftMonitor(self.on_transaction, self._wake.set).start()
+            except nft_monitor.MonitorUnavailable as e:
+                log.info("%s: the rules are checked every %.0fs only", e, self.period)
         self._thread = threading.Thread(target=self._run, name="upkeep", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        if self._monitor is not None:
+            self._monitor.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
 
+    def on_transaction(self, tx: nft_monitor.Transaction) -> None:
+        """(monitor thread) Check now if another process may have broken our rules.
+        Our own restores are recognised (linux/iptables.py runs them through
+        nft_monitor.run); a check that finds nothing wrong changes nothing, so even a
+        misjudged notification cannot start a loop."""
+        if tx.gen is not None and nft_monitor.OWN.made(tx.gen):
+            return
+        if any(self.rules.touched_by(c) for c in tx.changes):
+            self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        while not self._stop.is_set():
+            self._wake.wait(self.period)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             self.once()
+            self._stop.wait(self.min_interval)
 
     def once(self) -> None:
         try:

@@ -37,6 +37,7 @@ from minikubenet.store import etcd_rbac
 
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
+CONTROLLER_METRICS_PORT = 10262     # the endpoints controller's metrics, in the etcd namespace
 UDP_PORT = 5353                     # the pods' UDP echo server (udpecho.py)
 CHECK_SERVICE = "web"
 NAMESPACE = "default"
@@ -121,9 +122,10 @@ def _op(op: str, kw: dict):
 
 def _ready_pod_ips(store, namespace: str, name: str) -> list[str]:
     """The IPs of the ready pods the service selects, as the store has them now."""
-    from minikubenet.proxy.model import pod_from_k8s, selector_matches, service_from_k8s
+    from minikubenet.proxy.endpoints_controller import valid_pods
+    from minikubenet.proxy.model import selector_matches, service_from_k8s
     svc = service_from_k8s(store.get_service(namespace, name))
-    pods = [pod_from_k8s(d) for d in store.list_pods().values()]
+    pods = valid_pods(store.list_pods()).values()      # as the controller sees them: malformed ones skipped
     return sorted(str(p.ip) for p in pods if p.namespace == namespace and p.ready and p.ip
                   and selector_matches(svc.selector, p.labels))
 
@@ -148,7 +150,9 @@ def start(lab, mode: str = "iptables") -> None:
     log = os.path.join(lab.dir, "logs", "endpoints-controller.log")
     lab._start(t.etcd_netns, [sys.executable, "-m", "minikubenet.proxy.endpoints_controller",
                               "--etcd-endpoints", lab.ETCD_LOCAL,
-                              *lab.etcd_tls(etcd_rbac.ENDPOINTS_CONTROLLER).argv()], log, "endpoints-controller")
+                              *lab.etcd_tls(etcd_rbac.ENDPOINTS_CONTROLLER).argv(),
+                              "--metrics-bind-address", f"127.0.0.1:{CONTROLLER_METRICS_PORT}"],
+               log, "endpoints-controller")
     for node in t.nodes:
         _service_route(lab, node)
     start_proxies(lab, mode)

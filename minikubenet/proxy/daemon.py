@@ -205,9 +205,12 @@ class SyncLoop:
         if not ours:
             return
         who = f"{tx.gen.proc_name or '?'} (pid {tx.gen.pid})" if tx.gen else "someone"
-        log.warning("%s changed our rules (%s%s): full sync", who,
-                    ", ".join(f"{c.op} {c.table} {c.name}".rstrip() for c in ours[:3]),
-                    f" and {len(ours) - 3} more" if len(ours) > 3 else "")
+        what = ", ".join(f"{c.op} {c.table} {c.name}".rstrip() for c in ours[:3]) + \
+            (f" and {len(ours) - 3} more" if len(ours) > 3 else "")
+        if all(c.deletes for c in ours):
+            log.warning("%s deleted our rules (%s): rules were flushed or deleted by hand; full sync", who, what)
+        else:
+            log.warning("%s changed our rules (%s): full sync", who, what)
         self._foreign = True
         self.wake.set()
 
@@ -219,7 +222,7 @@ class SyncLoop:
     def _deadline(self, now: float) -> float:
         times = [self.next_check, self.last_full + self.full_sync_period]
         times += [t for t in (self.retry_at, self.syncer.pending_work_at()) if t is not None]
-        if self._foreign or self._check_deep:
+        if (self._foreign or self._check_deep) and self.state.synced:   # (not synced: step() is not called)
             times.append(self.last_sync_end + self.min_sync_period)
         if self.state.synced and self.retry_at is None and (self.state.dirty or self.need_full):
             times.append(self.last_sync_end + self.min_sync_period)
@@ -402,7 +405,7 @@ def run(args) -> int:
             servers.append(serve(args.metrics_bind_address, metrics_routes(metrics)))
         if args.healthz_bind_address:
             servers.append(serve(args.healthz_bind_address, health_routes(health, metrics)))
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ProxyError(f"cannot listen: {e}") from None
     monitor = _start_monitor(args, loop)
     watch = ObjectWatch(store, state.deliver).start()

@@ -21,6 +21,7 @@ import time
 import pytest
 
 from minikubenet.lab import daemons, probes
+from minikubenet.linux import iptables
 from minikubenet.lab import services as S
 from minikubenet.linux.netns import path_of, socket_in
 from tests.conftest import make_lab
@@ -121,8 +122,9 @@ def test_a_flushed_nat_and_filter_table_is_repaired_within_one_sync_period(lab):
     assert "restored the masquerade/forward rules" in log and "POSTROUTING -> MINIKUBENET-POSTRTG is gone" in log
 
 
-def service_chain(lab) -> str:
-    rules = sh(node_ns(lab), "iptables", "-t", "nat", "-S", "KUBE-SERVICES")
+def service_chain(lab, binary: str = "iptables") -> tuple[str, str]:
+    """(the KUBE-SVC chain of the service, the KUBE-SERVICES rule that jumps to it)."""
+    rules = sh(node_ns(lab), binary, "-t", "nat", "-S", "KUBE-SERVICES")
     line = next(r for r in rules.splitlines() if f"default/{SERVICE}:http cluster IP" in r)
     return re.search(r"-j (KUBE-SVC-\w+)", line).group(1), line
 
@@ -199,4 +201,27 @@ def test_nftables_mode_deleted_map_elements_chains_and_sets_come_back(lab):
                                                 for k, v in figures.items()))
     assert all(v is not None and v <= SYNC_PERIOD + MARGIN for v in figures.values()), figures
     log = open(f"{lab.dir}/logs/proxy-n1.log").read()
-    assert "nft (pid" in log and "changed our rules" in log
+    assert "nft (pid" in log and "deleted our rules" in log
+
+
+def test_iptables_legacy_sends_no_notifications_and_the_periodic_check_repairs(lab):
+    """iptables-legacy changes are invisible to nf_tables notifications: the proxy then
+    lists every chain of its own each sync period (the deep check) and repairs from that."""
+    if not iptables.available("iptables-legacy"):
+        pytest.skip("iptables-legacy is not installed")
+    S.restart_proxies(lab, "iptables", extra=("--iptables", "iptables-legacy"))
+    S.wait_applied(lab, 0)
+    assert until({"service": lambda: service_works(lab)}, timeout=10)["service"] is not None
+    chain, jump = service_chain(lab, "iptables-legacy")
+    t0 = time.monotonic()
+    p = subprocess.run(["ip", "netns", "exec", node_ns(lab), "iptables-legacy-restore", "--noflush"],
+                       capture_output=True, text=True,
+                       input=f"*nat\n{jump.replace('-A KUBE-SERVICES', '-D KUBE-SERVICES', 1)}\n"
+                             f":{chain} - [0:0]\n-X {chain}\nCOMMIT\n")
+    assert p.returncode == 0, p.stderr
+    took = until({"service": lambda: service_works(lab)}, timeout=SYNC_PERIOD + MARGIN + 5, t0=t0)["service"]
+    report("repair of a deleted KUBE-SVC chain with iptables-legacy (periodic check only)",
+           f"{took:.2f} s (proxy sync period {SYNC_PERIOD:.0f} s)" if took is not None else "not repaired")
+    assert took is not None and took <= SYNC_PERIOD + MARGIN
+    log = open(f"{lab.dir}/logs/proxy-n1.log").read()
+    assert "no change notifications" in log and "changed by hand" in log

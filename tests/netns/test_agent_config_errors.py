@@ -83,3 +83,33 @@ def test_a_bad_rps_mask_is_refused_before_anything_is_made(stopped_node):
         lab.start_agent("n1", extra=("--rps-cpus", "cpu1"))
     assert "bad RPS CPU mask 'cpu1'" in str(e.value) and "e.g. 2" in str(e.value)
     assert links(lab) == before and "flannel.1" not in links(lab)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--metrics-bind-address", "10261"), "--metrics-bind-address: '10261' is not host:port"),
+    (("--metrics-bind-address", "127.0.0.1:99999"), "is not host:port"),
+    (("--sync-period", "0"), "--sync-period must be a positive number of seconds, got 0.0"),
+])
+def test_bad_metrics_address_or_sync_period_is_refused_before_anything_is_made(stopped_node, extra, message):
+    lab = stopped_node
+    before = links(lab)
+    with pytest.raises(LabError) as e:
+        lab.start_agent("n1", extra=extra)
+    assert message in str(e.value) and "Traceback" not in str(e.value)
+    assert links(lab) == before and "flannel.1" not in links(lab)
+
+
+def test_a_metrics_port_in_use_is_a_clear_error(stopped_node):
+    import socket
+    from minikubenet.linux.netns import path_of, socket_in
+    lab = stopped_node
+    node = lab.topo.node("n1")
+    squatter = socket_in(path_of(node.netns), socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        squatter.bind((str(node.ip), 10261))
+        squatter.listen(1)
+        with pytest.raises(LabError) as e:
+            lab.start_agent("n1")
+        assert f"cannot serve metrics on {node.ip}:10261" in str(e.value) and "Traceback" not in str(e.value)
+    finally:
+        squatter.close()

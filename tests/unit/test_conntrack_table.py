@@ -10,6 +10,7 @@ import pytest
 from minikubenet.agent.metrics import AgentMetrics
 from minikubenet.agent.upkeep import ConntrackPressure
 from minikubenet.linux import conntrack_table as CT
+from tests.unit.test_shim import agent, conf, invoke, short_dir  # noqa: F401 (fixtures)
 
 # Linux 6.18, two CPUs
 STAT_6_18 = """\
@@ -113,3 +114,10 @@ def test_status_fails_only_when_the_table_is_full_and_warns_above_90_percent():
     with pytest.raises(CniError) as e:
         h.status()
     assert e.value.code == ERR_NOT_AVAILABLE_DEGRADED and "conntrack table is full" in e.value.msg
+
+
+def test_the_shim_prints_status_warnings_on_stderr_and_nothing_on_stdout(capsys, agent):  # noqa: F811
+    agent.reply({"result": None, "warnings": ["conntrack table 95% full (950 of 1000 entries)"]})
+    code, out = invoke({"CNI_COMMAND": "STATUS", "CNI_PATH": "/opt/cni/bin"}, conf(agent.path, "1.1.0"))
+    assert code == 0 and out == ""
+    assert "minikubenet: warning: conntrack table 95% full" in capsys.readouterr().err

@@ -164,3 +164,34 @@ def test_the_upkeep_loop_counts_repairs_and_survives_errors(fake_iptables, caplo
     iptables.restore = broken
     loop.once()                                         # logged, the loop carries on
     assert "xtables lock" in caplog.text
+
+
+def test_a_notification_before_the_first_snapshot_does_not_spin_the_loop():
+    loop, state, syncer, clock = make_loop(min_sync_period=1.0, sync_period=30)
+    loop.monitored = True
+    loop.on_transaction(tx(M.ObjectChange("DELRULE", "ip", "nat", "KUBE-SVC-ABC")))
+    assert loop._deadline(clock()) > 1                 # waits for the snapshot, not a busy loop
+    state.deliver(snapshot([TCP]))
+    assert loop.step() and syncer.calls == [None]      # the first sync is full anyway
+    clock.now += 2
+    assert not loop.step() and loop.metrics.rule_repairs.get(trigger="notification") == 0
+
+
+def test_the_agent_checks_at_once_when_its_chains_or_jumps_may_be_gone():
+    import ipaddress
+    from minikubenet.masquerade import render_masquerade
+    rules = upkeep.MasqueradeRules(render_masquerade(ipaddress.IPv4Network("10.244.0.0/16"),
+                                                     ipaddress.IPv4Network("10.244.1.0/24")))
+    C = M.ObjectChange
+    assert rules.touched_by(C("DELRULE", "ip", "nat", "POSTROUTING"))          # iptables -t nat -F
+    assert rules.touched_by(C("DELRULE", "ip", "filter", "FORWARD"))
+    assert rules.touched_by(C("DELCHAIN", "ip", "nat", "MINIKUBENET-POSTRTG"))
+    assert rules.touched_by(C("DELTABLE", "ip", "filter", ""))
+    assert not rules.touched_by(C("NEWRULE", "ip", "nat", "POSTROUTING"))      # someone adding theirs
+    assert not rules.touched_by(C("DELRULE", "ip", "nat", "KUBE-SVC-X"))       # the proxy's business
+    assert not rules.touched_by(C("DELRULE", "ip6", "nat", "POSTROUTING"))
+    loop = upkeep.Upkeep(rules, None, None, period=10)
+    loop.on_transaction(tx(C("DELRULE", "ip", "nat", "KUBE-SEP-X")))
+    assert not loop._wake.is_set()
+    loop.on_transaction(tx(C("DELRULE", "ip", "nat", "POSTROUTING")))
+    assert loop._wake.is_set()
