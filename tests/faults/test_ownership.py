@@ -164,3 +164,25 @@ def test_gc_and_del_leave_an_interface_by_our_name_with_another_mark(lab):
     finally:
         subprocess.run(["ip", "-n", n1.netns, "link", "del", veth], check=False)
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_a_device_of_someone_else_by_our_host_veth_name_is_refused_and_left_unchanged(lab):
+    """Host veth names are 8 hex digits of a hash: another tool's device may hold one."""
+    n1 = lab.topo.node("n1")
+    veth = host_veth_name("collide", "eth0")
+    name = f"{lab.topo.name}-co"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", n1.netns, "link", "add", veth, "type", "veth", "peer", "name", "wo-peer"],
+                   check=True)
+    try:
+        before, recs_before = snapshot(n1.netns, veth), records(lab)
+        with pytest.raises(CniCallError) as e:
+            lab.runtime("n1").add("collide", f"/run/netns/{name}", "eth0")
+        assert e.value.code == 999 and veth in e.value.msg
+        assert snapshot(n1.netns, veth) == before, "the other device was changed (alias, MAC or address)"
+        assert link(name, "eth0") is None and records(lab) == recs_before
+        lab.runtime("n1").delete("collide", f"/run/netns/{name}", "eth0")
+        assert snapshot(n1.netns, veth) == before
+    finally:
+        subprocess.run(["ip", "-n", n1.netns, "link", "del", veth], check=False)
+        subprocess.run(["ip", "netns", "del", name], check=False)
