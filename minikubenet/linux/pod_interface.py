@@ -271,12 +271,31 @@ def delete_marked(host: IPRoute, device: LinkSeen) -> bool:
     return outcome == DELETED
 
 
-def is_complete(host: IPRoute, plan: PodAttachment) -> bool | None:
-    """Is this attachment fully plumbed (``inspect`` finds nothing wrong)? None when its
-    namespace cannot be looked at from here (its path is not visible to the agent)."""
-    if not plan.link.netns or not os.path.exists(plan.link.netns):
+def is_complete(plan: PodAttachment) -> bool | None:
+    """Did ADD finish this attachment inside the pod: its interface (with our mark) up,
+    with the address and the default route? None when the namespace cannot be looked
+    at from here (its path is not visible to the agent). MTU and the bridge are not
+    asked: they are the node's settings, not a sign of a half-made pod."""
+    want = plan.link
+    if not want.netns or not os.path.exists(want.netns):
         return None
     try:
-        return not inspect(host, plan)
+        pod = iproute_in(want.netns)
     except NetnsNotFound:
         return None
+    try:
+        index = _lookup(pod, want.ifname)
+        if index is None:
+            return False
+        dev = pod.get_links(index)[0]
+        if not owns(want.mark, dev.get("IFLA_IFALIAS"), dev.get("IFLA_ADDRESS"), veth_macs(want)[1]):
+            return False
+        if not dev["flags"] & 1:     # IFF_UP
+            return False
+        addrs = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=index, family=2)}
+        if (str(plan.address.ip), plan.address.network.prefixlen) not in addrs:
+            return False
+        routes = pod.get_routes(family=2, dst_len=0, table=254)
+        return any(r.get("RTA_GATEWAY") == str(plan.gateway) for r in routes)
+    finally:
+        pod.close()

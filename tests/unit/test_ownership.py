@@ -159,3 +159,11 @@ def test_records_of_another_node_name_keep_their_veths_and_are_not_touched():
     a = Allocation(IP("10.244.1.9"), other, other.to_record())
     r = plan_repairs([a], [veth(9)], {}, "n1")
     assert not (r.remove or r.release or r.complete)
+
+
+def test_a_marked_veth_with_a_record_in_another_subnet_is_kept():
+    assert plan_repairs([], [veth(5)], {}, "n1", frozenset({ownership_mark("c5", "eth0")})).remove == []
+
+
+def test_without_the_other_subnets_records_a_veth_without_a_record_is_kept():
+    assert plan_repairs([], [veth(5)], {}, "n1", None).remove == []
