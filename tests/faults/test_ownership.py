@@ -71,7 +71,12 @@ def test_add_of_a_new_container_into_a_running_pods_namespace_is_refused(lab):
     rt = lab.runtime("n1")
     path = f"/run/netns/{owner.netns}"
     before, recs_before = snapshot(owner.netns, "eth0"), records(lab)
-    assert before[2] == ownership_mark(owner.container_id, "eth0"), "the owner's eth0 carries its mark"
+    mark = ownership_mark(owner.container_id, "eth0")
+    assert before[2] == mark, "the owner's eth0 carries its mark"
+    assert snapshot(lab.topo.node("n1").netns, host_veth_name(owner.container_id, "eth0"))[2] == mark, \
+        "so does its host end"
+    [rec] = [r for r in recs_before.values() if r["containerID"] == owner.container_id]
+    assert rec["mac"] == before[1] and rec["state"] == "complete" and rec["netns"] == path
 
     with pytest.raises(CniCallError) as e:
         rt.add("intruder-1", path, "eth0")
