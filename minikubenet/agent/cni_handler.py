@@ -172,6 +172,7 @@ class CniHandler:
     IDLE_NETLINK_SOCKETS = 4   # kept open between requests; more are opened under load
     CLAIM_THREADS = 8          # ADDs whose IP claim runs beside their veth work (the allocator
                                # itself does one etcd claim at a time; the others queue there)
+    COMPLETE_THREADS = 2
 
     def __init__(self, node: NodeState):
         self.node = node
@@ -179,10 +180,16 @@ class CniHandler:
         self._locks_guard = threading.Lock()
         self._idle_netlink: queue.SimpleQueue = queue.SimpleQueue()
         self._claims = concurrent.futures.ThreadPoolExecutor(self.CLAIM_THREADS, thread_name_prefix="ip-claim")
+        # marking records complete after the answer: threads of their own, so a burst of
+        # them never queues in front of the claims that ADDs wait for
+        self._completions = concurrent.futures.ThreadPoolExecutor(self.COMPLETE_THREADS,
+                                                                  thread_name_prefix="ip-complete")
 
     def close(self) -> None:
         """Stop the claim threads (the agent calls this on exit)."""
         self._claims.shutdown(wait=True, cancel_futures=True)
+        # a completion not written now is written by the next start (agent/reconcile.py)
+        self._completions.shutdown(wait=True, cancel_futures=True)
         while not self._idle_netlink.empty():
             self._idle_netlink.get_nowait().close()
 
@@ -331,7 +338,7 @@ class CniHandler:
         if not allocation.owner.complete:
             # Off the answer's path: a crash before this lands leaves a claimed record of a
             # complete pod, which the next start marks complete (agent/reconcile.py).
-            self._claims.submit(self._complete_quietly, allocation)
+            self._completions.submit(self._complete_quietly, allocation)
         log.info("ADD %s/%s -> %s%s", cid, ifname, allocation.ip, "" if created else " (existing allocation)")
         res = cni_result.Result(
             interfaces=[cni_result.Interface(BRIDGE, macs.bridge),

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from minikubenet.ipam.allocator import Allocation, PodIPAllocator
+from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator
 from minikubenet.linux import pod_interface
 from minikubenet.pod_network import LinkSeen, PodLink, ownership_mark, plan_attachment
 from minikubenet.store.etcd import StoreError
@@ -47,12 +47,15 @@ class Repairs:
 
 
 def plan_repairs(records: list[Allocation], marked_veths: list[LinkSeen], pod_complete: dict,
-                 node_name: str) -> Repairs:
+                 node_name: str, marks_elsewhere: frozenset[str] | None = frozenset()) -> Repairs:
     """``records``: every record of the node's subnet. ``pod_complete``: record IP -> True
     (complete), False (half-made) or None (cannot tell), for the claimed records whose
-    veth exists. Any record keeps its veth; only claimed records of this node (or of no
-    node) are acted on, so a renamed node or a subnet's earlier owner loses nothing."""
-    by_mark = {d.alias: d for d in marked_veths}
+    veth exists. ``marks_elsewhere``: the marks of attachments with a record in another
+    subnet (the node's previous lease, say); None when they could not be read, and then
+    a marked veth without a record here is kept. Any record keeps its veth; only claimed
+    records of this node (or of no node) are acted on, so a renamed node or a subnet's
+    earlier owner loses nothing."""
+    by_mark = {d.alias: d for d in marked_veths if d.alias not in (marks_elsewhere or ())}
     out = Repairs()
     for a in records:
         veth = by_mark.pop(ownership_mark(a.owner.container_id, a.owner.ifname), None)
@@ -70,7 +73,8 @@ def plan_repairs(records: list[Allocation], marked_veths: list[LinkSeen], pod_co
         else:
             out.left_alone.append(f"{a.ip} of {a.owner.container_id}/{a.owner.ifname}: its namespace "
                                   f"{a.owner.netns or '(none)'} cannot be looked at; left claimed")
-    out.remove.extend(by_mark.values())     # ours, but no record names them: half-made
+    if marks_elsewhere is not None:
+        out.remove.extend(by_mark.values())     # ours, but no record names them: half-made
     return out
 
 
@@ -81,16 +85,27 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
     except StoreError as e:
         log.error("start-up repair skipped: cannot list the pod IP records (%s)", e)
         return Repairs()
+    try:
+        here = {a.record for a in records}
+        elsewhere = frozenset(ownership_mark(o.container_id, o.ifname)
+                              for raw in allocator.store.list_all_pod_ips().values()
+                              if raw not in here and (o := Owner.from_record(raw)) is not None)
+    except StoreError as e:
+        # e.g. etcd's RBAC lets this agent read only its own subnet's records: then a
+        # marked veth without a record here may have one elsewhere, and is kept
+        log.warning("start-up repair: cannot read other subnets' records (%s); veths without a record "
+                    "are kept", e)
+        elsewhere = None
     veths = pod_interface.marked_host_veths()
     marks = {d.alias for d in veths}
     pod_complete = {}
+    for a in records:
+        o = a.owner
+        if not o.complete and o.node in ("", node_name) and ownership_mark(o.container_id, o.ifname) in marks:
+            plan = plan_attachment(PodLink(o.container_id, o.ifname, o.netns, mtu), a.ip, allocator.subnet)
+            pod_complete[a.ip] = pod_interface.is_complete(plan)
+    repairs = plan_repairs(records, veths, pod_complete, node_name, elsewhere)
     with IPRoute() as host:
-        for a in records:
-            o = a.owner
-            if not o.complete and o.node in ("", node_name) and ownership_mark(o.container_id, o.ifname) in marks:
-                plan = plan_attachment(PodLink(o.container_id, o.ifname, o.netns, mtu), a.ip, allocator.subnet)
-                pod_complete[a.ip] = pod_interface.is_complete(host, plan)
-        repairs = plan_repairs(records, veths, pod_complete, node_name)
         for device in repairs.remove:
             if pod_interface.delete_marked(host, device):
                 log.info("start-up repair: removed half-made %s (%s)", device.name, device.alias)

@@ -6,14 +6,15 @@ machinery, since every pod start waits for them):
 
 0. pod: list the devices (``survey``), so the agent can refuse a namespace that is a
    node's or whose ``CNI_IFNAME`` belongs to someone else *before* it changes anything;
-1. node: look up the bridge (its index and MAC);
+1. node: look up the bridge (its index and MAC) and whether the host end's name is taken
+   (by a leftover of this attachment, removed; by anything else: ``NotOurs``);
 2. node: create the veth pair in one request: the host end already a port of the bridge
    and up, the peer created directly inside the pod's namespace under its final name
    (IFLA_NET_NS_FD on the peer), both ends with the overlay MTU and with MACs we chose
    (so nothing has to be read back); then, in the same batch, hairpin mode and the
-   ownership mark (alias) on the host end. If the names exist from an earlier attempt
-   of the same attachment (its mark), remove those leftovers and create again; a name
-   held by anything else is ``NotOurs``;
+   ownership mark (alias) on the host end. If the pod end's name exists from an earlier
+   attempt of the same attachment (its mark), remove that leftover and create again; a
+   name held by anything else is ``NotOurs``;
 3. pod: bring ``lo`` up; bring the peer up with its mark; find the peer's index;
 4. pod: give the peer its address, add the default route via the bridge's address.
 
@@ -109,14 +110,24 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
     attempt of this attachment; a device of another owner raises NotOurs, untouched."""
     node = rtnl_batch.open_socket()
     try:
+        # The bridge, and whether the host end's name is taken: in a batch the kernel
+        # handles every message even after one failed, so the hairpin-and-mark request
+        # below would change a device of that name that someone else made.
         try:
-            [bridge] = rtnl_batch.send_batch(node, [rtnl_batch.get_link(link.bridge)])
+            bridge, taken = rtnl_batch.send_batch(node, [rtnl_batch.get_link(link.bridge),
+                                                         rtnl_batch.get_link(link.host_veth, missing_ok=True)])
         except NetlinkError as e:
             if e.code != errno.ENODEV:
                 raise
             raise RuntimeError(f"bridge {link.bridge} does not exist on this node") from None
         bridge_index, bridge_mac = rtnl_batch.link_index(bridge), rtnl_batch.link_mac(bridge)
         host_mac, pod_mac = veth_macs(link)
+        if taken is not None:
+            # a leftover of this attachment (a repeated ADD, or one cut short) is removed
+            outcome, alias = _delete_owned(host, link.host_veth, link.mark, host_mac)
+            if outcome == FOREIGN:
+                raise NotOurs(f"{link.host_veth} already exists on the node and is not this attachment's "
+                              f"(alias {alias!r})")
         try:
             netns_fd = os.open(link.netns, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -125,7 +136,7 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
             # Hairpin: let the bridge send a frame back out of the port it came in on,
             # so a pod reaching its own Service (DNAT back to itself) gets its answer
             # (the reference bridge plugin's hairpinMode, which flannel turns on).
-            # The mark rides on the same request: the kernel handles the whole datagram
+            # The mark rides in the same batch: the kernel handles the whole datagram
             # within one send, so a veth never exists unmarked once the agent goes on.
             create = [rtnl_batch.create_veth(link.host_veth, link.ifname, netns_fd, link.mtu, host_mac,
                                              pod_mac, bridge_index),
@@ -135,12 +146,8 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
-                # leftovers of an earlier attempt of this attachment (a repeated ADD, or
-                # one cut short): remove them, then create anew. Anything else: refuse.
-                outcome, alias = _delete_owned(host, link.host_veth, link.mark, host_mac)
-                if outcome == FOREIGN:
-                    raise NotOurs(f"{link.host_veth} already exists on the node and is not this attachment's "
-                                  f"(alias {alias!r})") from None
+                # the pod end's name is taken: a leftover of this attachment is removed
+                # and the pair created anew; anything else is refused, untouched
                 pod = iproute_in(link.netns)
                 try:
                     outcome, alias = _delete_owned(pod, link.ifname, link.mark, pod_mac)
@@ -264,12 +271,31 @@ def delete_marked(host: IPRoute, device: LinkSeen) -> bool:
     return outcome == DELETED
 
 
-def is_complete(host: IPRoute, plan: PodAttachment) -> bool | None:
-    """Is this attachment fully plumbed (``inspect`` finds nothing wrong)? None when its
-    namespace cannot be looked at from here (its path is not visible to the agent)."""
-    if not plan.link.netns or not os.path.exists(plan.link.netns):
+def is_complete(plan: PodAttachment) -> bool | None:
+    """Did ADD finish this attachment inside the pod: its interface (with our mark) up,
+    with the address and the default route? None when the namespace cannot be looked
+    at from here (its path is not visible to the agent). MTU and the bridge are not
+    asked: they are the node's settings, not a sign of a half-made pod."""
+    want = plan.link
+    if not want.netns or not os.path.exists(want.netns):
         return None
     try:
-        return not inspect(host, plan)
+        pod = iproute_in(want.netns)
     except NetnsNotFound:
         return None
+    try:
+        index = _lookup(pod, want.ifname)
+        if index is None:
+            return False
+        dev = pod.get_links(index)[0]
+        if not owns(want.mark, dev.get("IFLA_IFALIAS"), dev.get("IFLA_ADDRESS"), veth_macs(want)[1]):
+            return False
+        if not dev["flags"] & 1:     # IFF_UP
+            return False
+        addrs = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=index, family=2)}
+        if (str(plan.address.ip), plan.address.network.prefixlen) not in addrs:
+            return False
+        routes = pod.get_routes(family=2, dst_len=0, table=254)
+        return any(r.get("RTA_GATEWAY") == str(plan.gateway) for r in routes)
+    finally:
+        pod.close()

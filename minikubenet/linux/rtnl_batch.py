@@ -67,6 +67,7 @@ class Request:
     kind: str                            # "getlink", "veth", "hairpin", "up", "address", "route"
     what: str
     message: object                      # a pyroute2 nlmsg, header type and flags set
+    missing_ok: bool = False             # a GET whose object may be absent: answer None, not ENODEV
     _data: bytes | None = None
 
     def encode(self, seq: int) -> bytes:
@@ -88,11 +89,14 @@ def _request(kind: str, what: str, message, msg_type: int, flags: int) -> Reques
 
 # -- the messages a pod attachment needs -------------------------------------------------------
 
-def get_link(name: str) -> Request:
-    """RTM_GETLINK for one name: the answer is that device's RTM_NEWLINK (``link_index``)."""
+def get_link(name: str, missing_ok: bool = False) -> Request:
+    """RTM_GETLINK for one name: the answer is that device's RTM_NEWLINK (``link_index``,
+    ``link_seen``); with ``missing_ok`` an absent device answers None instead of failing."""
     m = ifinfmsg()
     m["attrs"] = [("IFLA_IFNAME", name)]
-    return _request("getlink", f"look up {name}", m, RTM_GETLINK, REQUEST_ACK)
+    r = _request("getlink", f"look up {name}", m, RTM_GETLINK, REQUEST_ACK)
+    r.missing_ok = missing_ok
+    return r
 
 
 def create_veth(name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str, peer_mac: str,
@@ -199,7 +203,7 @@ def send_batch(sock: socket.socket, requests: list[Request]) -> list[bytes | Non
             if seq in position:
                 if msg_type == NLMSG_ERROR:
                     (code,) = NLMSGERR.unpack_from(data, offset + NLMSGHDR.size)
-                    if code:
+                    if code and not (-code == errno.ENODEV and requests[position[seq]].missing_ok):
                         errors[position[seq]] = -code
                     pending.discard(seq)
                 else:
@@ -243,7 +247,8 @@ def _attrs(data: bytes, offset: int, end: int):
         offset += (length + 3) & ~3              # RTA_ALIGN
 
 
-def _link_seen(msg: bytes) -> LinkSeen:
+def link_seen(msg: bytes) -> LinkSeen:
+    """Name, kind, alias and MAC of a device from its RTM_NEWLINK message."""
     _family, _type, index, _flags, _change = IFINFOMSG.unpack_from(msg, NLMSGHDR.size)
     seen = {"index": index, "name": "", "kind": "", "alias": "", "mac": ""}
     for attr_type, payload in _attrs(msg, NLMSGHDR.size + IFINFOMSG.size, len(msg)):
@@ -286,5 +291,5 @@ def dump_links(sock: socket.socket) -> list[LinkSeen]:
                     if code:
                         raise NetlinkError(-code, f"link dump: {os.strerror(-code)}")
                 elif msg_type == RTM_NEWLINK:
-                    links.append(_link_seen(data[offset:offset + length]))
+                    links.append(link_seen(data[offset:offset + length]))
             offset += (length + 3) & ~3

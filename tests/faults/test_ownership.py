@@ -71,7 +71,12 @@ def test_add_of_a_new_container_into_a_running_pods_namespace_is_refused(lab):
     rt = lab.runtime("n1")
     path = f"/run/netns/{owner.netns}"
     before, recs_before = snapshot(owner.netns, "eth0"), records(lab)
-    assert before[2] == ownership_mark(owner.container_id, "eth0"), "the owner's eth0 carries its mark"
+    mark = ownership_mark(owner.container_id, "eth0")
+    assert before[2] == mark, "the owner's eth0 carries its mark"
+    assert snapshot(lab.topo.node("n1").netns, host_veth_name(owner.container_id, "eth0"))[2] == mark, \
+        "so does its host end"
+    [rec] = [r for r in recs_before.values() if r["containerID"] == owner.container_id]
+    assert rec["mac"] == before[1] and rec["state"] == "complete" and rec["netns"] == path
 
     with pytest.raises(CniCallError) as e:
         rt.add("intruder-1", path, "eth0")
@@ -161,6 +166,28 @@ def test_gc_and_del_leave_an_interface_by_our_name_with_another_mark(lab):
         assert veth in node_veths(lab, "n1"), "GC deleted a device that is not (any more) ours"
         rt.exec_plugin(conf, "DEL", "gc-victim", "", "eth0")
         assert veth in node_veths(lab, "n1"), "DEL deleted a device that is not (any more) ours"
+    finally:
+        subprocess.run(["ip", "-n", n1.netns, "link", "del", veth], check=False)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_a_device_of_someone_else_by_our_host_veth_name_is_refused_and_left_unchanged(lab):
+    """Host veth names are 8 hex digits of a hash: another tool's device may hold one."""
+    n1 = lab.topo.node("n1")
+    veth = host_veth_name("collide", "eth0")
+    name = f"{lab.topo.name}-co"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", n1.netns, "link", "add", veth, "type", "veth", "peer", "name", "wo-peer"],
+                   check=True)
+    try:
+        before, recs_before = snapshot(n1.netns, veth), records(lab)
+        with pytest.raises(CniCallError) as e:
+            lab.runtime("n1").add("collide", f"/run/netns/{name}", "eth0")
+        assert e.value.code == 999 and veth in e.value.msg
+        assert snapshot(n1.netns, veth) == before, "the other device was changed (alias, MAC or address)"
+        assert link(name, "eth0") is None and records(lab) == recs_before
+        lab.runtime("n1").delete("collide", f"/run/netns/{name}", "eth0")
+        assert snapshot(n1.netns, veth) == before
     finally:
         subprocess.run(["ip", "-n", n1.netns, "link", "del", veth], check=False)
         subprocess.run(["ip", "netns", "del", name], check=False)

@@ -110,7 +110,7 @@ def test_a_link_dump_message_gives_name_kind_alias_and_mac():
     body = (struct.pack("=BxHiII", 0, 1, 7, 0, 0) + rtattr(3, b"eth0\0") + rtattr(1, bytes.fromhex("0a1122334455"))
             + rtattr(20, b"minikubenet:c1:eth0\0") + rtattr(18 | 0x8000, info))
     msg = struct.pack("=IHHII", 16 + len(body), 16, 2, 1, 0) + body
-    assert rtnl_batch._link_seen(msg) == LinkSeen(7, "eth0", "veth", "minikubenet:c1:eth0", "0a:11:22:33:44:55")
+    assert rtnl_batch.link_seen(msg) == LinkSeen(7, "eth0", "veth", "minikubenet:c1:eth0", "0a:11:22:33:44:55")
 
 
 # -- the start-up repair plan ---------------------------------------------------------------------
@@ -159,3 +159,11 @@ def test_records_of_another_node_name_keep_their_veths_and_are_not_touched():
     a = Allocation(IP("10.244.1.9"), other, other.to_record())
     r = plan_repairs([a], [veth(9)], {}, "n1")
     assert not (r.remove or r.release or r.complete)
+
+
+def test_a_marked_veth_with_a_record_in_another_subnet_is_kept():
+    assert plan_repairs([], [veth(5)], {}, "n1", frozenset({ownership_mark("c5", "eth0")})).remove == []
+
+
+def test_without_the_other_subnets_records_a_veth_without_a_record_is_kept():
+    assert plan_repairs([], [veth(5)], {}, "n1", None).remove == []
