@@ -13,6 +13,35 @@ Everything the cluster agrees on lives here (key layout in ``store/keys.py``):
 Client: ``etcd-sdk-python`` (imports as ``pyetcd``), the maintained fork of ``etcd3``.
 Every call is wrapped so that an unreachable etcd becomes one ``StoreUnavailable``
 with the endpoints in its message, never a gRPC traceback.
+
+**Several members, and etcd going away** (``FailoverClient``). etcd's own Go client
+balances over the members with gRPC's load balancer; from Python there is no such
+balancer we can rely on for etcd 3.4, and pyetcd's "failover" only marks a member
+failed *after* a request failed and still hands that error to the caller. So the
+simplest correct approach, written once here:
+
+- one pyetcd client, i.e. one gRPC channel, per member; all calls go to the *current*
+  member until it fails;
+- a call that fails because that member is unreachable or not serving (UNAVAILABLE,
+  DEADLINE_EXCEEDED: killed, restarting, no leader, a proposal lost with a dead
+  leader) is sent again to the next member at once; after a whole round of members
+  failed we pause briefly (50 ms, doubling to 500 ms) and go round again, for at
+  most ``RETRY_FOR_S``. Other errors (a bad request, a permission denied) are not
+  retried;
+- while *no* member can even be connected to (etcd is down), waiting does not help
+  the caller: after ``UNREACHABLE_GRACE_S`` of that, calls fail at once, so a CNI ADD
+  answers code 11 quickly instead of queueing behind other ADDs;
+- each channel reconnects on a short backoff (``CHANNEL_OPTIONS``): gRPC's default
+  starts at 1 s and grows by 1.6x up to 120 s, so an etcd that was down for a while
+  used to be noticed many seconds after it came back.
+
+A retried write may have been applied by the first try (the member died after
+committing, before answering). Our writes are compare-and-swap transactions, so a
+second try would see its own write and report "someone else holds it". Each of them
+therefore reads the key back in the transaction's failure branch
+(``_put_if``): if it already holds exactly what we meant to write, the write is ours
+and counts as done. That is what keeps a member kill during an ADD storm free of
+leaked or duplicate IP records.
 """
 
 from __future__ import annotations
@@ -21,6 +50,8 @@ import functools
 import ipaddress
 import json
 import logging
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -34,6 +65,18 @@ from minikubenet.store.keys import KeyLayout, subnet_from_key
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINTS = ("http://127.0.0.1:2379",)
+
+# gRPC reconnects a broken channel after a backoff: here 50 ms, growing to at most
+# 500 ms (gRPC's defaults: 1 s growing to 120 s). min_reconnect_backoff_ms is gRPC's
+# minimum *connect timeout*: a connect attempt may take that long before it counts as
+# failed, which matters only for a member that accepts TCP but does not answer yet.
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
+                   ("grpc.max_reconnect_backoff_ms", 500),
+                   ("grpc.min_reconnect_backoff_ms", 1000)]
+ATTEMPT_TIMEOUT_S = 2.0       # one request to one member (a write lost with a dead leader hangs)
+RETRY_FOR_S = 6.0             # one call, over all members, before StoreUnavailable
+UNREACHABLE_GRACE_S = 1.0     # then no member accepting a connection fails calls at once
+PAUSE_S, MAX_PAUSE_S = 0.05, 0.5
 
 
 class StoreError(Exception):
@@ -100,6 +143,139 @@ def parse_endpoints(endpoints: list[str] | tuple[str, ...]) -> list[tuple[str, i
     return out
 
 
+def _grpc_error(e: BaseException) -> "grpc.RpcError | None":
+    """The gRPC error behind ``e`` (pyetcd raises its own exception from it)."""
+    while e is not None:
+        if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
+            return e
+        e = e.__context__
+    return None
+
+
+def _retryable(e: BaseException) -> bool:
+    """True for "this member cannot answer now"; False for an answer (a refused request)."""
+    if isinstance(e, (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
+                      pyetcd.exceptions.WatchTimedOut, pyetcd.exceptions.NoServerAvailableError)):
+        return True
+    rpc = _grpc_error(e)
+    return rpc is not None and rpc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _unreachable(e: BaseException) -> bool:
+    """True when no connection to the member could be made at all (nothing was sent)."""
+    rpc = _grpc_error(e)
+    return rpc is not None and "failed to connect" in (rpc.details() or "")
+
+
+def _describe(e: BaseException) -> str:
+    rpc = _grpc_error(e)
+    if rpc is not None:
+        return f"{rpc.code().name}: {(rpc.details() or '').splitlines()[0][:200]}"
+    return str(e) or type(e).__name__
+
+
+@dataclass(frozen=True)
+class WatchHandle:
+    """A watch lives on one member's channel: cancel it there."""
+    client: object
+    watch_id: int
+
+
+class FailoverClient:
+    """pyetcd's client API over every member of an etcd cluster (see the module
+    docstring): the calls below go to the current member, and to the next one when it
+    cannot answer."""
+
+    # the pyetcd calls minikubenet makes; each is retried as described above
+    CALLS = frozenset({"get", "get_response", "get_prefix", "get_prefix_response", "put", "delete",
+                       "transaction", "lease", "revoke_lease", "refresh_lease", "get_lease_info",
+                       "status", "members"})
+
+    def __init__(self, members: list[tuple[str, "pyetcd.MultiEndpointEtcd3Client"]],
+                 retry_for: float = RETRY_FOR_S, unreachable_grace: float = UNREACHABLE_GRACE_S):
+        self._members = members                 # [(url, a pyetcd client of that member alone)]
+        self.retry_for = retry_for
+        self.unreachable_grace = unreachable_grace
+        self.transactions = members[0][1].transactions
+        self._current = 0
+        self._unreachable_since: float | None = None   # when every member refused to connect
+        self._lock = threading.Lock()
+
+    @property
+    def current_url(self) -> str:
+        return self._members[self._current][0]
+
+    def _next_after(self, index: int) -> None:
+        with self._lock:
+            if self._current == index:       # another thread may have moved on already
+                self._current = (index + 1) % len(self._members)
+
+    def call(self, name: str, *args, **kwargs):
+        """``client.<name>(*args, **kwargs)`` on the current member, failing over."""
+        deadline = time.monotonic() + self.retry_for
+        pause = PAUSE_S
+        while True:
+            start = self._current
+            failures = []
+            for step in range(len(self._members)):
+                index = (start + step) % len(self._members)
+                url, client = self._members[index]
+                try:
+                    result = getattr(client, name)(*args, **kwargs)
+                    if name == "refresh_lease":          # a generator: its errors come when read
+                        result = list(result)
+                except Exception as e:
+                    if not _retryable(e):
+                        raise
+                    failures.append((url, e))
+                    self._next_after(index)
+                    continue
+                if name == "lease":                       # refresh/revoke it through us, too
+                    result.etcd_client = self
+                self._unreachable_since = None
+                return result
+            now = time.monotonic()
+            if all(_unreachable(e) for _, e in failures):
+                if self._unreachable_since is None:
+                    self._unreachable_since = now
+                give_up = now - self._unreachable_since >= self.unreachable_grace
+            else:
+                give_up = False
+            if give_up or now + pause >= deadline:
+                detail = "; ".join(f"{url}: {_describe(e)}" for url, e in failures)
+                urls = ",".join(url for url, _ in self._members)
+                raise StoreUnavailable(f"etcd at {urls} did not answer ({name}): {detail}")
+            log.debug("no etcd member answered %s; trying again in %.2fs", name, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE_S)
+
+    def __getattr__(self, name: str):
+        if name in FailoverClient.CALLS:
+            return functools.partial(self.call, name)
+        raise AttributeError(name)
+
+    def add_watch_prefix_callback(self, prefix: str, callback, **kwargs) -> WatchHandle:
+        """Watch ``prefix`` on one member (the current one, or the next that answers)."""
+        for _ in range(len(self._members) * 2):
+            index = self._current
+            client = self._members[index][1]
+            try:
+                return WatchHandle(client, client.add_watch_prefix_callback(prefix, callback, **kwargs))
+            except Exception as e:
+                if not _retryable(e):
+                    raise
+                self._next_after(index)
+                last = e
+        raise StoreUnavailable(f"no etcd member accepted a watch: {_describe(last)}")
+
+    def cancel_watch(self, handle: WatchHandle) -> None:
+        handle.client.cancel_watch(handle.watch_id)
+
+    def close(self) -> None:
+        for _, client in self._members:
+            client.close()
+
+
 def _wrap_errors(fn):
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
@@ -114,7 +290,8 @@ def _wrap_errors(fn):
 
 class EtcdStore:
     def __init__(self, endpoints=DEFAULT_ENDPOINTS, layout: KeyLayout | None = None,
-                 tls: TLSFiles | None = None, timeout: float = 5.0):
+                 tls: TLSFiles | None = None, timeout: float = ATTEMPT_TIMEOUT_S,
+                 retry_for: float = RETRY_FOR_S):
         self.layout = layout or KeyLayout()
         parsed = parse_endpoints(list(endpoints))
         self.endpoints_text = ",".join(f"{'https' if s else 'http'}://{h}:{p}" for h, p, s in parsed)
@@ -123,8 +300,15 @@ class EtcdStore:
         if any(s for _, _, s in parsed) or tls.ca:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert))
-        eps = [pyetcd.Endpoint(h, p, secure=bool(creds), creds=creds, time_retry=2.0) for h, p, _ in parsed]
-        self.client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        # Every member gets a client of its own; FailoverClient moves between them.
+        # time_retry=0: pyetcd never refuses to use a member because it failed before;
+        # when to try which member is FailoverClient's decision alone.
+        members = []
+        for h, p, _ in parsed:
+            ep = pyetcd.Endpoint(h, p, secure=bool(creds), creds=creds, time_retry=0, opts=CHANNEL_OPTIONS)
+            members.append((f"{ep.protocol}://{ep.netloc}",
+                            pyetcd.MultiEndpointEtcd3Client(endpoints=[ep], timeout=timeout, failover=False)))
+        self.client = FailoverClient(members, retry_for=retry_for)
 
     def close(self) -> None:
         self.client.close()
@@ -166,14 +350,27 @@ class EtcdStore:
     def grant(self, ttl: int):
         return self.client.lease(ttl)
 
+    def _put_if(self, key: str, compare: list, value: bytes | str, lease=None) -> bool:
+        """Put ``value`` (on ``lease``) at ``key`` if ``compare`` holds, in one transaction.
+
+        The failure branch reads the key back: when it already holds exactly ``value``
+        (on the same lease), this is our own write, applied by an earlier try that
+        FailoverClient sent again because its answer was lost, and it counts as done."""
+        t = self.client.transactions
+        ok, responses = self.client.transaction(compare=compare, success=[t.put(key, value, lease=lease)],
+                                                failure=[t.get(key)])
+        if ok:
+            return True
+        found = responses[0] if responses else []
+        want = value.encode() if isinstance(value, str) else value
+        lease_id = getattr(lease, "id", lease) or 0
+        return any(v == want and meta.lease_id == lease_id for v, meta in found)
+
     @_wrap_errors
     def create_lease(self, rec: SubnetLeaseRecord, lease) -> bool:
         """Claim ``rec.subnet`` if nobody holds it. True when we got it."""
         key = self.layout.subnet(rec.subnet)
-        t = self.client.transactions
-        ok, _ = self.client.transaction(compare=[t.version(key) == 0],
-                                        success=[t.put(key, rec.attrs_json(), lease=lease)], failure=[])
-        return ok
+        return self._put_if(key, [self.client.transactions.version(key) == 0], rec.attrs_json(), lease)
 
     @_wrap_errors
     def replace_lease(self, rec: SubnetLeaseRecord, lease) -> bool:
@@ -181,14 +378,12 @@ class EtcdStore:
         key = self.layout.subnet(rec.subnet)
         t = self.client.transactions
         cmp = [t.value(key) == rec.raw] if rec.raw else [t.version(key) == 0]
-        ok, _ = self.client.transaction(compare=cmp, success=[t.put(key, rec.attrs_json(), lease=lease)],
-                                        failure=[])
-        return ok
+        return self._put_if(key, cmp, rec.attrs_json(), lease)
 
     @_wrap_errors
     def refresh(self, lease) -> int:
         """Renew an etcd lease; returns the remaining TTL (0 or less: it is gone)."""
-        responses = list(lease.refresh())
+        responses = self.client.refresh_lease(getattr(lease, "id", lease))
         return responses[0].TTL if responses else 0
 
     @_wrap_errors
@@ -215,9 +410,7 @@ class EtcdStore:
     @_wrap_errors
     def create_pod_ip(self, subnet, ip, record: bytes) -> bool:
         key = self.layout.pod_ip(subnet, ip)
-        t = self.client.transactions
-        ok, _ = self.client.transaction(compare=[t.version(key) == 0], success=[t.put(key, record)], failure=[])
-        return ok
+        return self._put_if(key, [self.client.transactions.version(key) == 0], record)
 
     @_wrap_errors
     def delete_pod_ip(self, subnet, ip, record: bytes) -> bool:
