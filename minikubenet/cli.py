@@ -89,7 +89,7 @@ def cmd_lab_up(args) -> int:
     from minikubenet.lab.topology import build_topology
     try:
         topo = build_topology(args.name, args.nodes, args.pods_per_node, args.underlay, args.pod_network,
-                              args.backend, args.mtu)
+                              args.backend, args.mtu, etcd_members=args.etcd_members)
     except ValueError as e:
         raise CliError(str(e)) from None
     lab = Lab(topo)
@@ -201,6 +201,7 @@ def cmd_lab_exec(args) -> int:
     lab = _existing_lab(args.name)
     t = lab.topo
     targets = {"etcd": t.etcd_netns, "sw": t.switch_netns}
+    targets.update({f"etcd{i}": m.netns for i, m in enumerate(t.etcd_member_specs(), 1) if i > 1})
     targets.update({n.name: n.netns for n in t.nodes})
     targets.update({p.name: p.netns for p in t.pods()})
     if args.target not in targets:
@@ -208,7 +209,9 @@ def cmd_lab_exec(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise CliError("give a command after --, e.g. `lab exec n1 -- ip route`")
-    return subprocess.call(["ip", "netns", "exec", targets[args.target]] + command)
+    # etcdctl and minikubenet inside the lab talk to every etcd member (flags still win)
+    env = {"ETCDCTL_ENDPOINTS": t.etcd_endpoints, "MINIKUBENET_ETCD_ENDPOINTS": t.etcd_endpoints, **os.environ}
+    return subprocess.call(["ip", "netns", "exec", targets[args.target]] + command, env=env)
 
 
 # -- parser -------------------------------------------------------------------------------------------
@@ -254,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)")
     up.add_argument("--pod-network", default="10.244.0.0/16", help="the cluster network (default 10.244.0.0/16)")
     up.add_argument("--mtu", type=int, default=1500, help="underlay MTU")
+    up.add_argument("--etcd-members", type=int, default=1,
+                    help="etcd cluster size: each member in a namespace of its own (default 1; 3 survives "
+                         "the loss of one member)")
     up.add_argument("--rps-cpus", default="auto",
                     help="receive packet steering on the nodes' devices: a CPU mask, 'off', or 'auto' "
                          "(every CPU but the first, so receiving runs apart from sending as between machines)")
@@ -269,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
     ex = lab.add_parser("exec", help="run a command inside a node's or pod's namespace")
     ex.add_argument("--name", default="mkn", help=NAME_HELP)
-    ex.add_argument("target", help="n1, n1-p1, etcd or sw")
+    ex.add_argument("target", help="n1, n1-p1, etcd (etcd2, etcd3: further etcd members) or sw")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_lab_exec)
 

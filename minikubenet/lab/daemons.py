@@ -30,19 +30,56 @@ def etcd_binary() -> str:
     return path
 
 
-def start_etcd(netns: str, data_dir: str, client_ip: str, log_path: str, port: int = 2379) -> ProcessRecord:
-    """etcd listening on ``client_ip`` and loopback inside ``netns``."""
+def etcd_member_argv(name: str, data_dir: str, client_ip: str, cluster: dict[str, str], state: str,
+                     port: int = 2379) -> list[str]:
+    """The command line of ONE etcd member: ``name`` with its ``data_dir``, serving
+    clients on ``client_ip`` and loopback, its peers on ``client_ip``:port+1.
+    ``cluster`` is every member's name -> IP (the member itself included); ``state`` is
+    "new" for the first start of the cluster, "existing" for a member that restarts on
+    its data dir (etcd then reads the membership from its data, not from the flags)."""
     urls = f"http://{client_ip}:{port}" + (f",http://127.0.0.1:{port}" if client_ip != "127.0.0.1" else "")
-    argv = [etcd_binary(), "--name", "lab", "--data-dir", data_dir,
+    argv = [etcd_binary(), "--name", name, "--data-dir", data_dir,
             "--listen-client-urls", urls, "--advertise-client-urls", f"http://{client_ip}:{port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{port + 1}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 1}",
-            "--initial-cluster", f"lab=http://127.0.0.1:{port + 1}",
+            "--listen-peer-urls", f"http://{client_ip}:{port + 1}",
+            "--initial-advertise-peer-urls", f"http://{client_ip}:{port + 1}",
+            "--initial-cluster", ",".join(f"{n}=http://{ip}:{port + 1}" for n, ip in cluster.items()),
+            "--initial-cluster-state", state,
             # a lab etcd keeps little history; compaction keeps its memory small
             "--auto-compaction-retention", "1h", "--logger", "zap", "--log-level", "warn"]
-    rec = processes.start_in_netns(netns, argv, log_path, "etcd")
+    if len(cluster) == 1:
+        # One member has no peer to wait for: a restarted member elects itself after one
+        # election timeout (randomised 1-2x), so a short one makes a restart quick.
+        # (Several members keep etcd's defaults, 100/1000 ms: a shorter timeout on a
+        # busy machine would start needless elections.)
+        argv += ["--heartbeat-interval", "50", "--election-timeout", "250"]
+    return argv
+
+
+def start_etcd_member(netns: str, argv: list[str], client_ip: str, log_path: str, what: str,
+                      port: int = 2379) -> ProcessRecord:
+    """Start one member (argv from ``etcd_member_argv``) and wait until it listens."""
+    rec = processes.start_in_netns(netns, argv, log_path, what)
     wait_tcp(netns, client_ip, port, rec, timeout=20.0)
     return rec
+
+
+def etcd_healthy(netns: str, ip: str, port: int = 2379, timeout: float = 1.0) -> bool:
+    """etcd's own health check (``GET /health`` on the client port): true when the
+    member is up, the cluster has a leader, and a read through it succeeds."""
+    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((ip, port))
+        s.sendall(f"GET /health HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        body = data.partition(b"\r\n\r\n")[2]
+        return json.loads(body or b"{}").get("health") == "true"
+    except (OSError, ValueError, AttributeError):
+        return False
+    finally:
+        s.close()
 
 
 def wait_tcp(netns: str, ip: str, port: int, rec: ProcessRecord, timeout: float) -> None:

@@ -62,7 +62,8 @@ def store_call(lab, op: str, **kwargs):
     """Run one ServiceStore operation inside the etcd namespace; returns its JSON answer."""
     argv = ["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet.lab.services",
             op, json.dumps(kwargs)]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MINIKUBENET_ETCD_ENDPOINTS": lab.topo.etcd_endpoints})
     if p.returncode != 0:
         raise ServiceCheckFailed(f"{op} failed: {p.stderr.strip()[-2000:]}")
     return json.loads(p.stdout)
@@ -73,7 +74,7 @@ def _op(op: str, kw: dict):
     from minikubenet.proxy.model import endpoints_from_k8s
     from minikubenet.store.etcd import EtcdStore
     from minikubenet.store.services import ServiceStore
-    etcd = EtcdStore(["http://127.0.0.1:2379"])
+    etcd = EtcdStore(os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(","))
     store = ServiceStore(etcd)
     try:
         if op == "put-pods":
@@ -126,7 +127,7 @@ def _ready_pod_ips(store, namespace: str, name: str) -> list[str]:
 def proxy_argv(lab, node, mode: str, extra=()) -> list[str]:
     """The lab's proxies sync faster than kube-proxy's defaults (at most every 0.1 s
     instead of 1 s; a flush check every 5 s instead of 30 s) so tests wait less."""
-    return [sys.executable, "-m", "minikubenet.proxy.daemon", "--etcd-endpoints", lab.topo.etcd_endpoint,
+    return [sys.executable, "-m", "minikubenet.proxy.daemon", "--etcd-endpoints", lab.topo.etcd_endpoints,
             "--node-name", node.name, "--mode", mode, "--min-sync-period", "0.1", "--sync-period", "5",
             "--healthz-bind-address", f"0.0.0.0:{HEALTHZ_PORT}",
             "--metrics-bind-address", f"127.0.0.1:{METRICS_PORT}", *extra]
@@ -139,7 +140,7 @@ def start(lab, mode: str = "iptables") -> None:
     store_call(lab, "put-pods", pods=pod_docs(lab))
     log = os.path.join(lab.dir, "logs", "endpoints-controller.log")
     lab._start(t.etcd_netns, [sys.executable, "-m", "minikubenet.proxy.endpoints_controller",
-                              "--etcd-endpoints", "http://127.0.0.1:2379"], log, "endpoints-controller")
+                              "--etcd-endpoints", t.etcd_endpoints], log, "endpoints-controller")
     for node in t.nodes:
         _service_route(lab, node)
     start_proxies(lab, mode)
