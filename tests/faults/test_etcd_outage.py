@@ -1,0 +1,288 @@
+"""etcd outages: a node keeps its traffic while etcd is gone, and is back at work as
+soon as etcd is.
+
+(a) One etcd, ``kill -9``: ADD answers code 11 ("try again later") within 5 s, pods keep
+    talking across nodes; etcd restarts on its data. Measured: the time from etcd
+    being healthy again to the first successful ADD, and to each watch having seen a
+    change written after the restart (the agents' lease watch: a new node's subnet in
+    another node's overlay; the endpoints controller's watch: Endpoints for a new
+    service; the proxy's watch: the new ClusterIP answering from a pod).
+(b) Three etcd members, one killed (the leader, then a follower) during 200 concurrent
+    ADDs over 3 nodes: no ADD fails, no IP is given twice, and the killed member
+    restarts on its data dir and rejoins (its health check passes, it serves every
+    record).
+
+The client side is store/etcd.py (FailoverClient) and store/watch.py (re-list backoff).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from minikubenet.cni.runtime import CniCallError
+from minikubenet.lab import daemons, probes
+from minikubenet.lab import services as lab_services
+from minikubenet.lab.topology import POD_PORT
+
+from tests.conftest import make_lab
+from tests.faults.conftest import report
+
+FAKE_LEASE_SUBNET = "10.244.250.0/24"
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02) -> float | None:
+    """Seconds until ``predicate()`` was true, or None after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(interval)
+    return None
+
+
+def pod_netns(lab, tag: str) -> str:
+    """A fresh namespace for one ADD, recorded so ``lab.down()`` removes it."""
+    name = f"{lab.topo.name}-{tag}"
+    lab._netns(name)
+    return name
+
+
+def add(lab, node: str, cid: str, netns: str) -> str:
+    result = lab.runtime(node).add(cid, f"/run/netns/{netns}", "eth0")
+    return result["ips"][0]["address"].split("/")[0]
+
+
+def routes(lab, node: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", lab.topo.node(node).netns, "-j", "route", "show"],
+                         capture_output=True, text=True).stdout
+    return {r["dst"] for r in json.loads(out or "[]")}
+
+
+# --------------------------------------------------------------------------- (a)
+
+def test_a_node_rides_out_an_etcd_restart(lab_root):
+    lab = make_lab(lab_root, nodes=2, pods_per_node=1)
+    try:
+        lab.up()
+        src, dst = lab.topo.node("n1").pods[0], lab.topo.node("n2").pods[0]
+        dst_ip = lab.pod_ips[dst.name]
+        assert probes.whoami(src.netns, dst_ip, POD_PORT)["pod"] == dst.name
+
+        subnets = {n: lease["subnet"] for n, lease in lab.leases().items()}
+        lab.kill_etcd_member("m1")
+        # ADD while etcd is gone: code 11 within 5 s, and nothing is left behind
+        ns = pod_netns(lab, "down")
+        started = time.monotonic()
+        with pytest.raises(CniCallError) as e:
+            add(lab, "n1", "cid-etcd-down", ns)
+        failed_after = time.monotonic() - started
+        assert e.value.code == 11, e.value
+        assert failed_after < 5.0
+        report("etcd down: ADD answers code 11 after", f"{failed_after:.2f}s (limit 5 s)")
+        # existing traffic does not need etcd
+        assert probes.whoami(src.netns, dst_ip, POD_PORT)["pod"] == dst.name
+        # long enough down for gRPC's default backoff (1 s x 1.6^n) to have grown to seconds
+        time.sleep(4)
+        assert probes.whoami(src.netns, dst_ip, POD_PORT)["pod"] == dst.name
+
+        lab.start_etcd_member("m1")
+        m1 = lab.topo.etcd_member("m1")
+        listening = time.monotonic()
+        assert wait_until(lambda: daemons.etcd_healthy(m1.netns, str(m1.ip), timeout=0.3), 20) is not None
+        ready = time.monotonic()
+        seen: dict[str, float] = {}
+
+        def first_add():
+            n = 0
+            while time.monotonic() - ready < 20:
+                n += 1
+                try:
+                    add(lab, "n1", f"cid-back-{n}", pod_netns(lab, f"back{n}"))
+                    seen["ADD"] = time.monotonic() - ready
+                    return
+                except CniCallError as err:
+                    assert err.code == 11, err
+                    time.sleep(0.02)
+
+        def lease_watch():
+            # a new node's lease, written now: the agent on n2 must route to it
+            value = json.dumps({"PublicIP": "172.31.0.99", "BackendType": "vxlan",
+                                "BackendData": {"VNI": 1, "VtepMAC": "02:00:00:00:00:99"}})
+            daemons.etcdctl(lab.topo.etcd_netns, lab.topo.etcd_endpoints, "put",
+                            "/coreos.com/network/subnets/" + FAKE_LEASE_SUBNET.replace("/", "-"), value)
+            written = time.monotonic()
+            took = wait_until(lambda: FAKE_LEASE_SUBNET in routes(lab, "n2"), 20)
+            if took is not None:
+                seen["lease watch"] = time.monotonic() - ready
+                seen["lease watch after its write"] = time.monotonic() - written
+
+        def service_watches():
+            # a new service over the pod of n2: the controller writes its Endpoints, the
+            # proxy of n1 programs it, and a pod of n1 reaches it
+            doc = {"metadata": {"namespace": "default", "name": "after"},
+                   "spec": {"selector": {"app": "web", "node": "n2"}, "ports": [{"port": 80, "targetPort": POD_PORT}]}}
+            ip = lab_services.store_call(lab, "create-service", doc=doc)["clusterIP"]
+            written = time.monotonic()
+
+            def endpoints_written():
+                out = daemons.etcdctl(lab.topo.etcd_netns, lab.topo.etcd_endpoints, "get", "--print-value-only",
+                                      "/minikubenet/endpoints/default/after")
+                return dst_ip in out
+            if wait_until(endpoints_written, 20) is None:
+                return
+            seen["endpoints controller watch"] = time.monotonic() - ready
+            seen["endpoints controller watch after its write"] = time.monotonic() - written
+            endpoints_at = time.monotonic()
+
+            def reached():
+                try:
+                    return probes.whoami(src.netns, ip, 80, timeout=0.5).get("pod") == dst.name
+                except (probes.ProbeFailed, OSError, ValueError):
+                    return False
+            if wait_until(reached, 20, interval=0.05) is not None:
+                seen["proxy watch"] = time.monotonic() - ready
+                seen["proxy watch after the Endpoints write"] = time.monotonic() - endpoints_at
+
+        threads = [threading.Thread(target=f) for f in (first_add, lease_watch, service_watches)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        report("etcd restart: etcd healthy after it listens", f"{ready - listening:.2f}s (etcd's own election)")
+        for what in ("ADD", "lease watch", "endpoints controller watch", "proxy watch"):
+            assert what in seen, f"{what} never recovered: {seen}"
+        report("etcd restart: first ADD succeeds after etcd is healthy", f"{seen['ADD']:.2f}s (target 1 s)")
+        report("etcd restart: lease watch (new lease in n2's routes) after etcd is healthy",
+               f"{seen['lease watch']:.2f}s ({seen['lease watch after its write']:.2f}s after the write)")
+        report("etcd restart: endpoints controller watch (Endpoints of a new service) after etcd is healthy",
+               f"{seen['endpoints controller watch']:.2f}s "
+               f"({seen['endpoints controller watch after its write']:.2f}s after the Service was written; "
+               "writing it starts a Python process)")
+        report("etcd restart: proxy watch (new ClusterIP answers from n1's pod) after etcd is healthy",
+               f"{seen['proxy watch']:.2f}s ({seen['proxy watch after the Endpoints write']:.2f}s after "
+               "the Endpoints were written)")
+        # generous limits for a shared 2-CPU machine; the figures above are the result
+        assert seen["ADD"] < 3.0
+        assert seen["lease watch after its write"] < 3.0
+        assert seen["endpoints controller watch after its write"] < 3.0
+        assert seen["proxy watch after the Endpoints write"] < 3.0
+        assert probes.whoami(src.netns, dst_ip, POD_PORT)["pod"] == dst.name
+        # the nodes kept their subnets: etcd keeps leases across a restart (and extends
+        # them when a leader is elected), so no agent had to claim its subnet again
+        assert {n: lease["subnet"] for n, lease in lab.leases().items() if n in ("n1", "n2")} == subnets
+    finally:
+        lab.down()
+
+
+# --------------------------------------------------------------------------- (b)
+
+STORM = 200
+
+
+def agent_connections(lab) -> dict[str, int]:
+    """Member name -> established TCP connections from the node namespaces to it: the
+    member each agent talks to right now."""
+    by_ip = {str(m.ip): m.name for m in lab.topo.etcd_member_specs()}
+    counts = {m.name: 0 for m in lab.topo.etcd_member_specs()}
+    for n in lab.topo.nodes:
+        out = subprocess.run(["ip", "netns", "exec", n.netns, "ss", "-Htn", "state", "established",
+                              "( dport = :2379 )"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            peer = line.split()[-1].rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:")
+            if peer in by_ip:
+                counts[by_ip[peer]] += 1
+    return counts
+
+
+def storm(lab, tag: str, kill_after: int, victim) -> tuple[list[str], list[str], str]:
+    """``STORM`` concurrent ADDs over every node; once ``kill_after`` have answered,
+    ``victim()`` names the member to kill -9. Returns (IPs, failures, killed member)."""
+    nodes = [n.name for n in lab.topo.nodes]
+    names = [pod_netns(lab, f"{tag}{i}") for i in range(STORM)]
+    ips, failures, done = [], [], [0]
+    lock = threading.Lock()
+    killed: list[str] = []
+    kill_now = threading.Event()
+
+    def one(i):
+        try:
+            ip = add(lab, nodes[i % len(nodes)], f"cid-{tag}-{i}", names[i])
+            with lock:
+                ips.append(ip)
+        except CniCallError as e:
+            with lock:
+                failures.append(f"{names[i]}: code {e.code} {e.msg} {e.details}"[:300])
+        with lock:
+            done[0] += 1
+            if done[0] == kill_after:
+                kill_now.set()
+
+    def killer():
+        kill_now.wait(300)
+        member = victim()
+        killed.append((member, agent_connections(lab)))
+        lab.kill_etcd_member(member)
+
+    k = threading.Thread(target=killer)
+    k.start()
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        list(pool.map(one, range(STORM)))
+    k.join()
+    return ips, failures, killed[0]
+
+
+def test_a_member_killed_during_an_add_storm_costs_nothing(lab_root):
+    lab = make_lab(lab_root, nodes=3, pods_per_node=0, etcd_members=3)
+    lab.proxy_mode = None   # the storm is about the agents; a proxy per node would only load the CPUs
+    try:
+        lab.up()
+        all_ips: list[str] = []
+        for role in ("leader", "follower"):
+            leader = lab.etcd_leader()
+            assert leader, lab.etcd_members_status()
+            if role == "leader":
+                victim = lambda: lab.etcd_leader() or leader     # noqa: E731 (who leads at kill time)
+            else:
+                # the follower the agents talk to most: they must fail over, not only etcd
+                def victim():
+                    now = lab.etcd_leader() or leader
+                    used = agent_connections(lab)
+                    return max((m.name for m in lab.topo.etcd_member_specs() if m.name != now),
+                               key=lambda name: used[name])
+            started = time.monotonic()
+            ips, failures, (killed, used) = storm(lab, role[0], kill_after=STORM // 5, victim=victim)
+            took = time.monotonic() - started
+            all_ips += ips
+            duplicates = len(all_ips) - len(set(all_ips))
+            report(f"etcd member kill ({role} {killed}) during {STORM} concurrent ADDs over 3 nodes",
+                   f"{len(failures)} failed ADDs, {duplicates} duplicate IPs ({took:.1f}s for the storm; "
+                   f"agent connections per member at the kill: {used})")
+            assert failures == [], failures[:5]
+            assert duplicates == 0
+            # every ADD's record is in etcd, once
+            records = {k.rsplit("/", 1)[1]: json.loads(v) for k, v in lab.etcd_dump("/minikubenet/ipam/")}
+            assert sorted(records) == sorted(all_ips)
+
+            # the killed member restarts on its data dir and rejoins
+            rejoin_started = time.monotonic()
+            lab.start_etcd_member(killed)
+            lab.wait_etcd_healthy([killed])
+            m = lab.topo.etcd_member(killed)
+
+            def caught_up():
+                out = daemons.etcdctl(m.netns, m.client_url, "get", "--prefix", "--keys-only",
+                                      "--consistency=s", "/minikubenet/ipam/")
+                return len([line for line in out.splitlines() if line.strip()]) == len(all_ips)
+            assert wait_until(caught_up, 30, interval=0.1) is not None
+            report(f"etcd member {killed} restarted: healthy and serving every record after",
+                   f"{time.monotonic() - rejoin_started:.2f}s")
+            status = {s["name"]: s for s in lab.etcd_members_status()}
+            assert all(s["healthy"] for s in status.values()), status
+    finally:
+        lab.down()
