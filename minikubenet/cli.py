@@ -190,6 +190,26 @@ def cmd_lab_mtu_pitfall(args) -> int:
     return 0
 
 
+def cmd_lab_etcd_member(args) -> int:
+    """Kill (-9, as a crash) or start again one etcd member of a lab."""
+    from minikubenet.lab.cluster import LabError
+    lab = _existing_lab(args.name)
+    try:
+        lab.topo.etcd_member(args.member)        # KeyError naming the lab's members
+        if args.action == "kill":
+            lab.kill_etcd_member(args.member)
+        else:
+            if lab.etcd_member_record(args.member):
+                raise CliError(f"etcd member {args.member} is running already")
+            lab.start_etcd_member(args.member, state="existing")
+            lab.wait_etcd_healthy([args.member])
+    except (KeyError, LabError) as e:
+        raise CliError(str(e).strip('"')) from None
+    for m in lab.etcd_members_status():
+        print(f"{m['name']} {m['url']} {'healthy' if m['healthy'] else 'unhealthy'}{' (leader)' if m['leader'] else ''}")
+    return 0
+
+
 def cmd_lab_exec(args) -> int:
     # `lab exec n1 --name x -- cmd`: argparse leaves a --name after the target in the
     # command; take it out as long as it comes before the "--".
@@ -273,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
         c = lab.add_parser(name, help=text)
         c.add_argument("--name", default="mkn", help=NAME_HELP)
         c.set_defaults(func=func)
+    em = lab.add_parser("etcd-member", help="kill -9 one etcd member, or start it again on its data (it rejoins)")
+    em.add_argument("--name", default="mkn", help=NAME_HELP)
+    em.add_argument("action", choices=["kill", "start"])
+    em.add_argument("member", help="m1, m2, ... (see `lab status`)")
+    em.set_defaults(func=cmd_lab_etcd_member)
     ex = lab.add_parser("exec", help="run a command inside a node's or pod's namespace")
     ex.add_argument("--name", default="mkn", help=NAME_HELP)
     ex.add_argument("target", help="n1, n1-p1, etcd (etcd2, etcd3: further etcd members) or sw")

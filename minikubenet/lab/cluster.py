@@ -250,7 +250,7 @@ class Lab:
         for m in t.etcd_member_specs():
             try:
                 doc = json.loads(daemons.etcdctl(m.netns, m.client_url, "endpoint", "status", "-w", "json",
-                                                 "--command-timeout", "1s"))[0]["Status"]
+                                                 "--dial-timeout", "500ms", "--command-timeout", "1s"))[0]["Status"]
                 member_ids[m.name] = doc["header"]["member_id"]
                 leader_ids.add(doc["leader"])
             except (daemons.DaemonFailed, ValueError, KeyError, IndexError):
