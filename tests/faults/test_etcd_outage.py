@@ -17,6 +17,7 @@ The client side is store/etcd.py (FailoverClient) and store/watch.py (re-list ba
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import threading
@@ -215,12 +216,27 @@ def members_in_use(lab, window: float = 0.3) -> dict[str, int]:
     return sent
 
 
-def move_leader(lab, away_from: str) -> None:
-    """Make another member the leader (etcdctl move-leader, sent to the leader)."""
-    src = lab.topo.etcd_member(away_from)
-    dst = next(m for m in lab.topo.etcd_member_specs() if m.name != away_from)
+def move_leader(lab, to: str) -> None:
+    """Make ``to`` the leader (etcdctl move-leader, sent to the current leader)."""
+    leader = lab.topo.etcd_member(lab.etcd_leader())
+    dst = lab.topo.etcd_member(to)
     status = json.loads(daemons.etcdctl(dst.netns, dst.client_url, "endpoint", "status", "-w", "json"))
-    daemons.etcdctl(src.netns, src.client_url, "move-leader", format(status[0]["Status"]["header"]["member_id"], "x"))
+    daemons.etcdctl(leader.netns, leader.client_url, "move-leader",
+                    format(status[0]["Status"]["header"]["member_id"], "x"))
+    assert wait_until(lambda: lab.etcd_leader() == to, 10) is not None
+
+
+def kill_target(lab, role: str) -> tuple[str, dict]:
+    """The member the agents send their requests to, made the leader or a follower as
+    ``role`` says (so both the agents and etcd must recover from its death)."""
+    used = members_in_use(lab)
+    target = max(used, key=used.get)
+    leader = lab.etcd_leader()
+    if role == "leader" and target != leader:
+        move_leader(lab, target)
+    if role == "follower" and target == leader:
+        move_leader(lab, next(m.name for m in lab.topo.etcd_member_specs() if m.name != target))
+    return target, used
 
 
 def storm(lab, tag: str, kill_after: int, victim) -> tuple[list[str], list[str], tuple[str, dict]]:
@@ -271,20 +287,8 @@ def test_a_member_killed_during_an_add_storm_costs_nothing(lab_root):
         lab.up()
         all_ips: list[str] = []
         for role in ("leader", "follower"):
-            leader = lab.etcd_leader()
-            assert leader, lab.etcd_members_status()
-            if role == "leader":
-                def victim():
-                    return lab.etcd_leader() or leader, members_in_use(lab)    # who leads at kill time
-            else:
-                # the follower the agents talk to: they must fail over, not only etcd. If
-                # they talk to the leader, leadership moves away from it first.
-                def victim():
-                    used = members_in_use(lab)
-                    target = max(used, key=used.get)
-                    if target == (lab.etcd_leader() or leader):
-                        move_leader(lab, target)
-                    return target, used
+            assert lab.etcd_leader(), lab.etcd_members_status()
+            victim = functools.partial(kill_target, lab, role)
             started = time.monotonic()
             ips, failures, (killed, used) = storm(lab, role, kill_after=STORM // 5, victim=victim)
             took = time.monotonic() - started
