@@ -59,6 +59,11 @@ def add(lab, node: str, cid: str, netns: str) -> str:
     return result["ips"][0]["address"].split("/")[0]
 
 
+def links(netns: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show"], capture_output=True, text=True).stdout
+    return {link["ifname"] for link in json.loads(out or "[]")}
+
+
 def routes(lab, node: str) -> set[str]:
     out = subprocess.run(["ip", "-n", lab.topo.node(node).netns, "-j", "route", "show"],
                          capture_output=True, text=True).stdout
@@ -79,12 +84,14 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
         lab.kill_etcd_member("m1")
         # ADD while etcd is gone: code 11 within 5 s, and nothing is left behind
         ns = pod_netns(lab, "down")
+        node_links = links(lab.topo.node("n1").netns)
         started = time.monotonic()
         with pytest.raises(CniCallError) as e:
             add(lab, "n1", "cid-etcd-down", ns)
         failed_after = time.monotonic() - started
         assert e.value.code == 11, e.value
         assert failed_after < 5.0
+        assert links(lab.topo.node("n1").netns) == node_links and "eth0" not in links(ns)
         report("etcd down: ADD answers code 11 after", f"{failed_after:.2f}s (limit 5 s)")
         # existing traffic does not need etcd
         assert probes.whoami(src.netns, dst_ip, POD_PORT)["pod"] == dst.name
@@ -98,6 +105,7 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
         assert wait_until(lambda: daemons.etcd_healthy(m1.netns, str(m1.ip), timeout=0.3), 20) is not None
         ready = time.monotonic()
         seen: dict[str, float] = {}
+        errors: list[str] = []        # what went wrong in the threads below
 
         def first_add():
             n = 0
@@ -108,7 +116,9 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
                     seen["ADD"] = time.monotonic() - ready
                     return
                 except CniCallError as err:
-                    assert err.code == 11, err
+                    if err.code != 11:
+                        errors.append(f"ADD after the restart: {err}")
+                        return
                     time.sleep(0.02)
 
         def lease_watch():
@@ -150,11 +160,20 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
                 seen["proxy watch"] = time.monotonic() - ready
                 seen["proxy watch after the Endpoints write"] = time.monotonic() - endpoints_at
 
-        threads = [threading.Thread(target=f) for f in (first_add, lease_watch, service_watches)]
+        def recording(f):
+            def run():
+                try:
+                    f()
+                except Exception as err:   # noqa: BLE001 (handed to the test's thread below)
+                    errors.append(f"{f.__name__}: {err!r}")
+            return run
+
+        threads = [threading.Thread(target=recording(f)) for f in (first_add, lease_watch, service_watches)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert errors == []
         report("etcd restart: etcd healthy after it listens", f"{ready - listening:.2f}s (etcd's own election)")
         for what in ("ADD", "lease watch", "endpoints controller watch", "proxy watch"):
             assert what in seen, f"{what} never recovered: {seen}"
