@@ -170,7 +170,8 @@ def _unreachable(e: BaseException) -> bool:
 def _describe(e: BaseException) -> str:
     rpc = _grpc_error(e)
     if rpc is not None:
-        return f"{rpc.code().name}: {(rpc.details() or '').splitlines()[0][:200]}"
+        first_line = ((rpc.details() or "").splitlines() or [""])[0]
+        return f"{rpc.code().name}: {first_line[:200]}"
     return str(e) or type(e).__name__
 
 

@@ -178,3 +178,9 @@ def test_a_subnet_lease_is_ours_only_on_our_etcd_lease():
     mine = SimpleNamespace(id=42)
     assert store_with(TxnClient(rec.attrs_json().encode(), lease_id=42)).create_lease(rec, mine)
     assert not store_with(TxnClient(rec.attrs_json().encode(), lease_id=41)).create_lease(rec, mine)
+
+
+def test_an_error_without_details_is_still_described():
+    fc = client(Member("a", down=RpcError(grpc.StatusCode.UNAVAILABLE, "")), retry_for=0.2)
+    with pytest.raises(StoreUnavailable, match="UNAVAILABLE"):
+        fc.get("/k")
