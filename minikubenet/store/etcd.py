@@ -23,14 +23,16 @@ simplest correct approach, written once here:
 - one pyetcd client, i.e. one gRPC channel, per member; all calls go to the *current*
   member until it fails;
 - a call that fails because that member is unreachable or not serving (UNAVAILABLE,
-  DEADLINE_EXCEEDED: killed, restarting, no leader, a proposal lost with a dead
-  leader) is sent again to the next member at once; after a whole round of members
-  failed we pause briefly (50 ms, doubling to 500 ms) and go round again, for at
-  most ``RETRY_FOR_S``. Other errors (a bad request, a permission denied) are not
-  retried;
-- while *no* member can even be connected to (etcd is down), waiting does not help
-  the caller: after ``UNREACHABLE_GRACE_S`` of that, calls fail at once, so a CNI ADD
-  answers code 11 quickly instead of queueing behind other ADDs;
+  DEADLINE_EXCEEDED, or etcd's "no leader", "leader changed", "raft proposal
+  dropped": killed, restarting, an election, a proposal lost with a dead leader) is
+  sent again to the next member at once; after a whole round of members failed we
+  pause briefly (50 ms, doubling to 500 ms) and go round again. Other errors (a bad
+  request, a permission denied) are not retried;
+- the retry budget, ``RETRY_FOR_S``, runs from the first round that failed and is
+  shared by all callers; while *no* member even accepts a connection (etcd is down)
+  it is ``UNREACHABLE_GRACE_S``. Once it is spent, a call fails after one round
+  instead of waiting all over again: a CNI ADD answers code 11 within 5 s instead of
+  queueing behind other ADDs, and works again as soon as one call succeeds;
 - each channel reconnects on a short backoff (``CHANNEL_OPTIONS``): gRPC's default
   starts at 1 s and grows by 1.6x up to 120 s, so an etcd that was down for a while
   used to be noticed many seconds after it came back.
@@ -73,9 +75,10 @@ DEFAULT_ENDPOINTS = ("http://127.0.0.1:2379",)
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
                    ("grpc.max_reconnect_backoff_ms", 500),
                    ("grpc.min_reconnect_backoff_ms", 1000)]
-ATTEMPT_TIMEOUT_S = 2.0       # one request to one member (a write lost with a dead leader hangs)
-RETRY_FOR_S = 6.0             # one call, over all members, before StoreUnavailable
-UNREACHABLE_GRACE_S = 1.0     # then no member accepting a connection fails calls at once
+# The budget: a CNI ADD must answer code 11 within 5 s when etcd cannot serve it.
+ATTEMPT_TIMEOUT_S = 1.5       # one request to one member (a write lost with a dead leader hangs)
+RETRY_FOR_S = 3.0             # since the first failure, over all members, before StoreUnavailable
+UNREACHABLE_GRACE_S = 1.0     # the same when no member even accepts a connection (etcd is down)
 PAUSE_S, MAX_PAUSE_S = 0.05, 0.5
 
 
@@ -152,13 +155,23 @@ def _grpc_error(e: BaseException) -> "grpc.RpcError | None":
     return None
 
 
+# etcd's answers that mean "not done now, ask again" but come with code UNKNOWN (etcd
+# maps errors it has no gRPC code for to UNKNOWN: etcdserver/api/v3rpc/util.go)
+_NOT_NOW = ("raft proposal dropped", "context deadline exceeded", "leader changed", "no leader",
+            "request timed out")
+
+
 def _retryable(e: BaseException) -> bool:
     """True for "this member cannot answer now"; False for an answer (a refused request)."""
     if isinstance(e, (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
                       pyetcd.exceptions.WatchTimedOut, pyetcd.exceptions.NoServerAvailableError)):
         return True
     rpc = _grpc_error(e)
-    return rpc is not None and rpc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    if rpc is None:
+        return False
+    if rpc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    return rpc.code() == grpc.StatusCode.UNKNOWN and any(m in (rpc.details() or "") for m in _NOT_NOW)
 
 
 def _unreachable(e: BaseException) -> bool:
@@ -199,7 +212,7 @@ class FailoverClient:
         self.unreachable_grace = unreachable_grace
         self.transactions = members[0][1].transactions
         self._current = 0
-        self._unreachable_since: float | None = None   # when every member refused to connect
+        self._failing_since: float | None = None   # when a round over all members first failed
         self._lock = threading.Lock()
 
     @property
@@ -212,10 +225,15 @@ class FailoverClient:
                 self._current = (index + 1) % len(self._members)
 
     def call(self, name: str, *args, **kwargs):
-        """``client.<name>(*args, **kwargs)`` on the current member, failing over."""
-        deadline = time.monotonic() + self.retry_for
+        """``client.<name>(*args, **kwargs)`` on the current member, failing over.
+
+        The retry budget counts from the first round that failed, shared by every
+        caller: once etcd has not answered for ``retry_for`` (or ``unreachable_grace``
+        when nobody accepted a connection), a call fails after one round instead of
+        waiting all over again, so an ADD gets its code 11 in time."""
         pause = PAUSE_S
         while True:
+            round_started = time.monotonic()
             start = self._current
             failures = []
             for step in range(len(self._members)):
@@ -233,21 +251,18 @@ class FailoverClient:
                     continue
                 if name == "lease":                       # refresh/revoke it through us, too
                     result.etcd_client = self
-                self._unreachable_since = None
+                self._failing_since = None
                 return result
-            now = time.monotonic()
-            if all(_unreachable(e) for _, e in failures):
-                if self._unreachable_since is None:
-                    self._unreachable_since = now
-                give_up = now - self._unreachable_since >= self.unreachable_grace
-            else:
-                give_up = False
-            if give_up or now + pause >= deadline:
+            if self._failing_since is None:
+                self._failing_since = round_started
+            budget = self.unreachable_grace if all(_unreachable(e) for _, e in failures) else self.retry_for
+            left = budget - (time.monotonic() - self._failing_since)
+            if left <= 0:
                 detail = "; ".join(f"{url}: {_describe(e)}" for url, e in failures)
                 urls = ",".join(url for url, _ in self._members)
                 raise StoreUnavailable(f"etcd at {urls} did not answer ({name}): {detail}")
             log.debug("no etcd member answered %s; trying again in %.2fs", name, pause)
-            time.sleep(pause)
+            time.sleep(min(pause, left))
             pause = min(pause * 2, MAX_PAUSE_S)
 
     def __getattr__(self, name: str):

@@ -184,3 +184,23 @@ def test_an_error_without_details_is_still_described():
     fc = client(Member("a", down=RpcError(grpc.StatusCode.UNAVAILABLE, "")), retry_for=0.2)
     with pytest.raises(StoreUnavailable, match="UNAVAILABLE"):
         fc.get("/k")
+
+
+def test_etcds_own_not_now_answers_are_retried_and_other_unknown_errors_are_not():
+    dropped = RpcError(grpc.StatusCode.UNKNOWN, "raft proposal dropped")
+    assert client(Member("a", [dropped]), retry_for=2.0).get("/k")[0] == b"/k@a"
+    corrupt = RpcError(grpc.StatusCode.UNKNOWN, "etcdserver: corrupt cluster")
+    b = Member("b")
+    with pytest.raises(pyetcd.exceptions.Etcd3Exception):
+        client(Member("a", [corrupt]), b).get("/k")
+    assert b.calls == 0
+
+
+def test_once_the_budget_is_spent_each_call_fails_after_one_round():
+    fc = client(Member("a", down=NO_LEADER), retry_for=0.3)     # a member without quorum
+    with pytest.raises(StoreUnavailable):
+        fc.get("/k")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="no leader"):
+        fc.get("/k")
+    assert time.monotonic() - started < 0.1
