@@ -204,3 +204,34 @@ def test_once_the_budget_is_spent_each_call_fails_after_one_round():
     with pytest.raises(StoreUnavailable, match="no leader"):
         fc.get("/k")
     assert time.monotonic() - started < 0.1
+
+
+# --------------------------------------------------------------------------- lease renewal
+
+def test_a_failed_lease_renewal_is_retried_soon_after_etcd_is_back(monkeypatch):
+    from minikubenet import subnet_lease
+    from minikubenet.store.etcd import StoreError, SubnetLeaseRecord
+
+    class Store:
+        answers = [StoreError("etcd down"), StoreError("etcd down"), 30, 30, 30]
+
+        def refresh(self, lease):
+            answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setattr(subnet_lease, "RENEW_RETRY_S", 0.05)
+    leaser = subnet_lease.SubnetLeaser(Store(), config=None, public_ip="172.31.0.11", backend_type="vxlan",
+                                       backend_data={}, ttl=30)
+    leaser.record = SubnetLeaseRecord(SUBNET, "172.31.0.11", "vxlan", {})
+    leaser.etcd_lease, leaser.healthy = SimpleNamespace(id=1), True
+    monkeypatch.setattr(leaser, "renew_interval", lambda: 0.05)
+    seen = []
+    leaser.start_renewing()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not (False in seen and seen[-1] is True):
+        seen.append(leaser.healthy)
+        time.sleep(0.01)
+    leaser.stop()
+    assert False in seen and seen[-1] is True      # unhealthy while etcd failed, healthy again right after
