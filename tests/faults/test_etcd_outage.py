@@ -348,5 +348,23 @@ def test_a_member_killed_during_an_add_storm_costs_nothing(lab_root):
                    f"{time.monotonic() - rejoin_started:.2f}s")
             status = {s["name"]: s for s in lab.etcd_members_status()}
             assert all(s["healthy"] for s in status.values()), status
+
+        # two of three members gone: the last one has no quorum, so etcd cannot serve;
+        # an ADD must still answer "try again later" in time, and work once they are back
+        lost = [m.name for m in lab.topo.etcd_member_specs()][1:]
+        for name in lost:
+            lab.kill_etcd_member(name)
+        ns = pod_netns(lab, "noquorum")
+        started = time.monotonic()
+        with pytest.raises(CniCallError) as e:
+            add(lab, "n1", "cid-no-quorum", ns)
+        failed_after = time.monotonic() - started
+        report("etcd without quorum (2 of 3 members killed): ADD answers code 11 after",
+               f"{failed_after:.2f}s (limit 5 s)")
+        assert e.value.code == 11 and failed_after < 5.0
+        for name in lost:
+            lab.start_etcd_member(name)
+        lab.wait_etcd_healthy()
+        assert add(lab, "n1", "cid-quorum-back", pod_netns(lab, "quorumback"))
     finally:
         lab.down()
