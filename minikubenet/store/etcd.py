@@ -215,10 +215,6 @@ class FailoverClient:
         self._failing_since: float | None = None   # when a round over all members first failed
         self._lock = threading.Lock()
 
-    @property
-    def current_url(self) -> str:
-        return self._members[self._current][0]
-
     def _next_after(self, index: int) -> None:
         with self._lock:
             if self._current == index:       # another thread may have moved on already
