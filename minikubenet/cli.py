@@ -89,7 +89,7 @@ def cmd_lab_up(args) -> int:
     from minikubenet.lab.topology import build_topology
     try:
         topo = build_topology(args.name, args.nodes, args.pods_per_node, args.underlay, args.pod_network,
-                              args.backend, args.mtu)
+                              args.backend, args.mtu, etcd_members=args.etcd_members)
     except ValueError as e:
         raise CliError(str(e)) from None
     lab = Lab(topo)
@@ -190,6 +190,26 @@ def cmd_lab_mtu_pitfall(args) -> int:
     return 0
 
 
+def cmd_lab_etcd_member(args) -> int:
+    """Kill (-9, as a crash) or start again one etcd member of a lab."""
+    from minikubenet.lab.cluster import LabError
+    lab = _existing_lab(args.name)
+    try:
+        lab.topo.etcd_member(args.member)        # KeyError naming the lab's members
+        if args.action == "kill":
+            lab.kill_etcd_member(args.member)
+        else:
+            if lab.etcd_member_record(args.member):
+                raise CliError(f"etcd member {args.member} is running already")
+            lab.start_etcd_member(args.member, state="existing")
+            lab.wait_etcd_healthy([args.member])
+    except (KeyError, LabError) as e:
+        raise CliError(str(e).strip('"')) from None
+    for m in lab.etcd_members_status():
+        print(f"{m['name']} {m['url']} {'healthy' if m['healthy'] else 'unhealthy'}{' (leader)' if m['leader'] else ''}")
+    return 0
+
+
 def cmd_lab_exec(args) -> int:
     # `lab exec n1 --name x -- cmd`: argparse leaves a --name after the target in the
     # command; take it out as long as it comes before the "--".
@@ -201,6 +221,7 @@ def cmd_lab_exec(args) -> int:
     lab = _existing_lab(args.name)
     t = lab.topo
     targets = {"etcd": t.etcd_netns, "sw": t.switch_netns}
+    targets.update({f"etcd{i}": m.netns for i, m in enumerate(t.etcd_member_specs(), 1) if i > 1})
     targets.update({n.name: n.netns for n in t.nodes})
     targets.update({p.name: p.netns for p in t.pods()})
     if args.target not in targets:
@@ -261,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)")
     up.add_argument("--pod-network", default="10.244.0.0/16", help="the cluster network (default 10.244.0.0/16)")
     up.add_argument("--mtu", type=int, default=1500, help="underlay MTU")
+    up.add_argument("--etcd-members", type=int, default=1,
+                    help="etcd cluster size: each member in a namespace of its own (default 1; 3 survives "
+                         "the loss of one member)")
     up.add_argument("--rps-cpus", default="auto",
                     help="receive packet steering on the nodes' devices: a CPU mask, 'off', or 'auto' "
                          "(every CPU but the first, so receiving runs apart from sending as between machines)")
@@ -274,9 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
         c = lab.add_parser(name, help=text)
         c.add_argument("--name", default="mkn", help=NAME_HELP)
         c.set_defaults(func=func)
+    em = lab.add_parser("etcd-member", help="kill -9 one etcd member, or start it again on its data (it rejoins)")
+    em.add_argument("--name", default="mkn", help=NAME_HELP)
+    em.add_argument("action", choices=["kill", "start"])
+    em.add_argument("member", help="m1, m2, ... (see `lab status`)")
+    em.set_defaults(func=cmd_lab_etcd_member)
     ex = lab.add_parser("exec", help="run a command inside a node's or pod's namespace")
     ex.add_argument("--name", default="mkn", help=NAME_HELP)
-    ex.add_argument("target", help="n1, n1-p1, etcd or sw")
+    ex.add_argument("target", help="n1, n1-p1, etcd (etcd2, etcd3: further etcd members) or sw")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_lab_exec)
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 24 * 3600
 RACE_RETRIES = 10
+RENEW_RETRY_S, MAX_RENEW_RETRY_S = 0.5, 10.0   # after a failed renewal
 
 
 class OutOfSubnets(Exception):
@@ -120,16 +121,19 @@ class SubnetLeaser:
 
     def _renew_loop(self) -> None:
         interval = self.renew_interval()
+        retry = RENEW_RETRY_S
         while not self._stop.wait(interval):
             try:
                 ttl = self.store.refresh(self.etcd_lease)
                 if ttl <= 0:
-                    # The lease expired (etcd down for longer than the TTL): claim again.
+                    # The lease expired (etcd down for longer than the TTL, or etcd lost
+                    # its data): claim again; our own subnet first, so pods keep their IPs.
                     log.warning("etcd lease for %s expired; claiming the subnet again", self.record.subnet)
                     self.acquire(previous=self.record.subnet)
                 self.healthy = True
-                interval = self.renew_interval()
+                interval, retry = self.renew_interval(), RENEW_RETRY_S
             except (StoreError, OutOfSubnets) as e:
                 self.healthy = False
-                log.warning("could not renew the lease on %s: %s; retrying", self.record.subnet, e)
-                interval = min(10.0, self.renew_interval())
+                # soon after etcd is back (0.5 s doubling to 10 s), not a fixed 10 s later
+                log.warning("could not renew the lease on %s: %s; retrying in %.1fs", self.record.subnet, e, retry)
+                interval, retry = min(retry, self.renew_interval()), min(retry * 2, MAX_RENEW_RETRY_S)

@@ -3,11 +3,14 @@
 ``Lab.up()`` makes a ``Topology`` (topology.py) real, step by step:
 
 1. the underlay: a switch namespace with a bridge, one veth port per node and for etcd;
-2. etcd (Debian's binary) in its own namespace, closed: TLS with client certificates
-   made now (etcd_tls.py, in ``<root>/<lab>/pki``, 0700) and one etcd user per daemon
-   kind allowed only its keys (store/etcd_rbac.py); then the network config written
-   into it with ``minikubenet network init``, as an operator would. A pod has no
-   certificate, so it can neither read nor write anything in etcd;
+2. etcd (Debian's binary) in its own namespace, or with ``etcd_members`` > 1 a cluster
+   of members, each in a namespace of its own with its own address and data dir;
+   closed: TLS with client certificates made now (etcd_tls.py, in ``<root>/<lab>/pki``,
+   0700) and one etcd user per daemon kind allowed only its keys (store/etcd_rbac.py);
+   then the network config written into it with ``minikubenet network init``, as an
+   operator would. A pod has no certificate, so it can neither read nor write anything
+   in etcd. Every daemon and tool gets every member's URL (``etcd_endpoints``); a killed
+   member can be started again on its data and rejoins;
 3. each node: a namespace with its underlay address, its own run dir and CNI conf dir,
    and its own ``minikubenet-agent``;
 4. each pod: a namespace attached by executing the real CNI binary exactly as a
@@ -28,6 +31,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -88,22 +92,19 @@ class Lab:
     def conf_file(self, node: str) -> str:
         return os.path.join(self.node_dir(node), "net.d", "10-minikubenet.conflist")
 
-    # etcd's loopback endpoint, for whatever runs inside etcd's namespace
-    ETCD_LOCAL = "https://127.0.0.1:2379"
-
     def etcd_tls(self, user: str = etcd_rbac.ROOT_USER) -> TLSFiles:
         """The client certificate of one etcd user (agent, proxy, endpoints-controller,
         root) and the lab's CA."""
         return self.pki.client_tls(user)
 
     def admin_env(self) -> dict[str, str]:
-        """etcdctl's and our CLI's environment for the root user on etcd's loopback
+        """etcdctl's and our CLI's environment for the root user, every member's URL
         (what ``lab exec etcd -- ...`` runs with)."""
-        return self.etcd_tls().env(self.ETCD_LOCAL)
+        return self.etcd_tls().env(self.topo.etcd_endpoints)
 
     def etcdctl(self, *args: str) -> str:
         """etcdctl as root inside etcd's namespace."""
-        return daemons.etcdctl(self.topo.etcd_netns, self.ETCD_LOCAL, *args, tls=self.etcd_tls())
+        return daemons.etcdctl(self.topo.etcd_netns, self.topo.etcd_endpoints, *args, tls=self.etcd_tls())
 
     @property
     def state_file(self) -> str:
@@ -133,7 +134,7 @@ class Lab:
         t = self.topo
         return {"name": t.name, "nodes": len(t.nodes), "pods_per_node": len(t.nodes[0].pods) if t.nodes else 0,
                 "backend": t.backend, "underlay": str(t.underlay), "pod_network": str(t.pod_network),
-                "mtu": t.mtu, "subnet_len": t.subnet_len}
+                "mtu": t.mtu, "subnet_len": t.subnet_len, "etcd_members": t.etcd_members}
 
     @classmethod
     def existing(cls, name: str, root: str = LAB_ROOT, say=print) -> "Lab":
@@ -172,7 +173,7 @@ class Lab:
         self.say(f"lab {t.name}: {len(t.nodes)} nodes, backend {t.backend}, underlay {t.underlay}, "
                  f"pods {t.pod_network}")
         self._build_underlay()
-        etcd_tls.create_pki(self.pki.dir, [str(t.etcd_ip)])
+        etcd_tls.create_pki(self.pki.dir, [str(m.ip) for m in t.etcd_member_specs()])
         self._start_etcd()
         self._close_etcd()
         self._network_init()
@@ -191,8 +192,9 @@ class Lab:
         sw = t.switch_netns
         run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
         run(["ip", "-n", sw, "link", "set", "br0", "up"])
-        self._netns(t.etcd_netns)
-        self._plug(t.etcd_netns, "etcd", t.etcd_ip)
+        for m in t.etcd_member_specs():
+            self._netns(m.netns)
+            self._plug(m.netns, m.switch_port, m.ip)
 
     def _plug(self, netns: str, port: str, ip: ipaddress.IPv4Address) -> None:
         """A veth from the switch (end ``port`` on br0) to ``netns`` (end eth0, with ``ip``)."""
@@ -204,19 +206,67 @@ class Lab:
         run(["ip", "-n", netns, "addr", "add", f"{ip}/{t.underlay.prefixlen}", "dev", "eth0"])
         run(["ip", "-n", netns, "link", "set", "eth0", "up"])
 
-    def _start_etcd(self) -> None:
+    # -- etcd ---------------------------------------------------------------------------------------
+
+    def _etcd_what(self, member: str) -> str:
+        """The process record's name: "etcd" alone, "etcd m2" in a cluster."""
+        return "etcd" if self.topo.etcd_members == 1 else f"etcd {member}"
+
+    def start_etcd_member(self, member: str, state: str = "existing") -> ProcessRecord:
+        """Start one member on its data dir ("new": the cluster's first start)."""
         t = self.topo
-        argv_log = os.path.join(self.dir, "logs", "etcd.log")
-        # start_etcd records nothing itself: record its PID as soon as we have it
-        rec = daemons.start_etcd(t.etcd_netns, os.path.join(self.dir, "etcd"), str(t.etcd_ip), argv_log,
-                                 pki=self.pki)
+        m = t.etcd_member(member)
+        log = os.path.join(self.dir, "logs", f"etcd-{m.name}.log")
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        argv = daemons.etcd_member_argv(m.name, os.path.join(self.dir, "etcd", m.name), str(m.ip),
+                                        {o.name: str(o.ip) for o in t.etcd_member_specs()}, state,
+                                        pki=self.pki)
+        # start_etcd_member records nothing itself: record its PID as soon as we have it
+        rec = daemons.start_etcd_member(m.netns, argv, str(m.ip), log, self._etcd_what(m.name))
         self._record(processes=[asdict(rec)])
-        self.say(f"  etcd up at {t.etcd_endpoint} (namespace {t.etcd_netns})")
+        return rec
+
+    def _start_etcd(self, state: str = "new") -> None:
+        t = self.topo
+        # a new cluster's members wait for each other: start all, then wait for a leader
+        for m in t.etcd_member_specs():
+            self.start_etcd_member(m.name, state)
+        self.wait_etcd_healthy()
+        where = ", ".join(f"{m.name} {m.client_url} ({m.netns})" for m in t.etcd_member_specs())
+        self.say(f"  etcd up: {where}")
+
+    def wait_etcd_healthy(self, members: list[str] | None = None, timeout: float = 30.0) -> None:
+        t = self.topo
+        specs = [t.etcd_member(n) for n in members] if members else t.etcd_member_specs()
+        deadline = time.monotonic() + timeout
+        while not all(daemons.etcd_healthy(m.netns, str(m.ip)) for m in specs):
+            if time.monotonic() > deadline:
+                raise LabError(f"etcd is not healthy after {timeout:.0f}s: "
+                               f"{', '.join(m.name for m in specs if not daemons.etcd_healthy(m.netns, str(m.ip)))}")
+            time.sleep(0.05)
+
+    def etcd_member_record(self, member: str) -> ProcessRecord | None:
+        """The running process of one member, or None."""
+        for r in reversed(self._load_state().get("processes", [])):
+            if r["what"] == self._etcd_what(member):
+                rec = ProcessRecord(**r)
+                return rec if rec.alive() else None
+        return None
+
+    def kill_etcd_member(self, member: str, signum: int = signal.SIGKILL) -> None:
+        """Kill one member's process (default: kill -9, as a crash)."""
+        rec = self.etcd_member_record(member)
+        if rec is None:
+            raise LabError(f"etcd member {member} is not running")
+        os.kill(rec.pid, signum)
+        deadline = time.monotonic() + 10
+        while rec.alive() and not processes.is_zombie(rec.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _close_etcd(self) -> None:
         """One etcd user per daemon kind with only its key prefixes, then ``auth enable``."""
         def run(args):
-            return daemons.etcdctl_run(self.topo.etcd_netns, self.ETCD_LOCAL, args, self.etcd_tls())
+            return daemons.etcdctl_run(self.topo.etcd_netns, self.topo.etcd_endpoints, args, self.etcd_tls())
         try:
             etcd_rbac.apply(run)
         except etcd_rbac.RbacError as e:
@@ -225,16 +275,41 @@ class Lab:
                  f"{', '.join(etcd_rbac.USERS)} and {etcd_rbac.ROOT_USER}, auth enabled")
 
     def restart_etcd(self) -> None:
-        """Stop etcd and start it again on the same data: agents must ride it out."""
-        for r in self._load_state().get("processes", []):
-            if r["what"] == "etcd" and ProcessRecord(**r).alive():
-                processes.stop([r["pid"]])
-        self._start_etcd()
+        """Stop every member and start them again on the same data: agents must ride it out."""
+        for m in self.topo.etcd_member_specs():
+            rec = self.etcd_member_record(m.name)
+            if rec:
+                processes.stop([rec.pid])
+        self._start_etcd(state="existing")
+
+    def etcd_members_status(self) -> list[dict]:
+        """Each member: name, URL, namespace, PID (None: not running), healthy, leader."""
+        t = self.topo
+        leader_ids, member_ids = set(), {}
+        for m in t.etcd_member_specs():
+            try:
+                doc = json.loads(daemons.etcdctl(m.netns, m.client_url, "endpoint", "status", "-w", "json",
+                                                 "--dial-timeout", "500ms", "--command-timeout", "1s",
+                                                 tls=self.etcd_tls()))[0]["Status"]
+                member_ids[m.name] = doc["header"]["member_id"]
+                leader_ids.add(doc["leader"])
+            except (daemons.DaemonFailed, ValueError, KeyError, IndexError):
+                pass
+        out = []
+        for m in t.etcd_member_specs():
+            rec = self.etcd_member_record(m.name)
+            out.append({"name": m.name, "url": m.client_url, "netns": m.netns, "pid": rec.pid if rec else None,
+                        "healthy": daemons.etcd_healthy(m.netns, str(m.ip)),
+                        "leader": m.name in member_ids and member_ids[m.name] in leader_ids})
+        return out
+
+    def etcd_leader(self) -> str | None:
+        return next((m["name"] for m in self.etcd_members_status() if m["leader"]), None)
 
     def _network_init(self) -> None:
         t = self.topo
         argv = ["ip", "netns", "exec", t.etcd_netns, sys.executable, "-m", "minikubenet", "network", "init",
-                "--etcd-endpoints", self.ETCD_LOCAL, *self.etcd_tls().argv(), "--network", str(t.pod_network),
+                "--etcd-endpoints", t.etcd_endpoints, *self.etcd_tls().argv(), "--network", str(t.pod_network),
                 "--subnet-len", str(t.subnet_len), "--backend", t.backend]
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
@@ -289,7 +364,7 @@ class Lab:
             extra = ("--rps-cpus", self.rps_cpus, *extra)
         # metrics on the node's own address, so a scraper on the underlay reaches them
         extra = ("--metrics-bind-address", f"{node.ip}:{daemons.AGENT_METRICS_PORT}", "--sync-period", "5", *extra)
-        argv = daemons.agent_argv(self.topo.etcd_endpoint, str(node.ip), self.run_dir(node.name), node.name,
+        argv = daemons.agent_argv(self.topo.etcd_endpoints, str(node.ip), self.run_dir(node.name), node.name,
                                   extra, tls=self.etcd_tls(etcd_rbac.AGENT))
         rec = self._start(node.netns, argv, log, f"agent {node.name}")
         sock = os.path.join(self.run_dir(node.name), "agent.sock")
@@ -375,9 +450,13 @@ class Lab:
     def report(self) -> str:
         t = self.topo
         leases, pods = self.leases(), self.pods()
-        lines = [f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoint}",
+        lines = [f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoints}",
                  f"receive packet steering on the nodes' devices: {self._rps_in_use()}",
-                 "", "NODE   PUBLIC IP      SUBNET            NAMESPACE"]
+                 "", "ETCD   CLIENT URL               PID      HEALTH     NAMESPACE"]
+        for m in self.etcd_members_status():
+            health = ("healthy" if m["healthy"] else "unhealthy") + (" *" if m["leader"] else "")
+            lines.append(f"{m['name']:<6} {m['url']:<24} {m['pid'] or 'down':<8} {health:<10} {m['netns']}")
+        lines += ["(* the leader)", "", "NODE   PUBLIC IP      SUBNET            NAMESPACE"]
         for n in t.nodes:
             lease = leases.get(n.name, {})
             lines.append(f"{n.name:<6} {str(n.ip):<14} {lease.get('subnet', '-'):<17} {n.netns}")

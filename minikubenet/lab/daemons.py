@@ -32,22 +32,41 @@ def etcd_binary() -> str:
     return path
 
 
-def start_etcd(netns: str, data_dir: str, client_ip: str, log_path: str, port: int = 2379,
-               pki: EtcdPki | None = None) -> ProcessRecord:
-    """etcd listening on ``client_ip`` and loopback inside ``netns``; with ``pki``
-    (etcd_tls.py) over TLS only, and only for clients with a certificate of its CA."""
+def etcd_member_argv(name: str, data_dir: str, client_ip: str, cluster: dict[str, str], state: str,
+                     port: int = 2379, pki: EtcdPki | None = None) -> list[str]:
+    """The command line of ONE etcd member: ``name`` with its ``data_dir``, serving
+    clients on ``client_ip`` and loopback, its peers on ``client_ip``:port+1.
+    ``cluster`` is every member's name -> IP (the member itself included); ``state`` is
+    "new" for the first start of the cluster, "existing" for a member that restarts on
+    its data dir (etcd then reads the membership from its data, not from the flags).
+    With ``pki`` (etcd_tls.py) over TLS only, clients and peers, and only for clients
+    with a certificate of its CA."""
     scheme = "https" if pki else "http"
     urls = f"{scheme}://{client_ip}:{port}" + (f",{scheme}://127.0.0.1:{port}" if client_ip != "127.0.0.1" else "")
-    peer = f"{scheme}://127.0.0.1:{port + 1}"
-    argv = [etcd_binary(), "--name", "lab", "--data-dir", data_dir,
+    argv = [etcd_binary(), "--name", name, "--data-dir", data_dir,
             "--listen-client-urls", urls, "--advertise-client-urls", f"{scheme}://{client_ip}:{port}",
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"lab={peer}",
+            "--listen-peer-urls", f"{scheme}://{client_ip}:{port + 1}",
+            "--initial-advertise-peer-urls", f"{scheme}://{client_ip}:{port + 1}",
+            "--initial-cluster", ",".join(f"{n}={scheme}://{ip}:{port + 1}" for n, ip in cluster.items()),
+            "--initial-cluster-state", state,
+            "--listen-metrics-urls", f"http://127.0.0.1:{ETCD_HEALTH_PORT}",
             # a lab etcd keeps little history; compaction keeps its memory small
             "--auto-compaction-retention", "1h", "--logger", "zap", "--log-level", "warn"]
+    if len(cluster) == 1:
+        # One member has no peer to wait for: a restarted member elects itself after one
+        # election timeout (randomised 1-2x), so a short one makes a restart quick.
+        # (Several members keep etcd's defaults, 100/1000 ms: a shorter timeout on a
+        # busy machine would start needless elections.)
+        argv += ["--heartbeat-interval", "50", "--election-timeout", "250"]
     if pki:
         argv += etcd_tls_argv(pki)
-    rec = processes.start_in_netns(netns, argv, log_path, "etcd")
+    return argv
+
+
+def start_etcd_member(netns: str, argv: list[str], client_ip: str, log_path: str, what: str,
+                      port: int = 2379) -> ProcessRecord:
+    """Start one member (argv from ``etcd_member_argv``) and wait until it listens."""
+    rec = processes.start_in_netns(netns, argv, log_path, what)
     wait_tcp(netns, client_ip, port, rec, timeout=20.0)
     return rec
 
@@ -61,6 +80,31 @@ def etcd_tls_argv(pki: EtcdPki) -> list[str]:
             "--cert-file", pki.server.cert, "--key-file", pki.server.key,
             "--peer-client-cert-auth", "--peer-trusted-ca-file", pki.ca.cert,
             "--peer-cert-file", pki.peer.cert, "--peer-key-file", pki.peer.key]
+
+
+ETCD_HEALTH_PORT = 2381     # --listen-metrics-urls: /health and /metrics, loopback of the member's netns only
+
+
+def etcd_healthy(netns: str, ip: str = "127.0.0.1", port: int = ETCD_HEALTH_PORT, timeout: float = 1.0) -> bool:
+    """etcd's own health check (``GET /health``): true when the member is up, the
+    cluster has a leader, and a read through it succeeds. Asked on the member's metrics
+    listener, plain HTTP on the loopback of its own namespace: the client port takes
+    only clients with a certificate, and nothing outside the namespace (a pod) reaches
+    this one. ``ip`` is kept for the callers' sake; the check always asks loopback."""
+    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        body = data.partition(b"\r\n\r\n")[2]
+        return json.loads(body or b"{}").get("health") == "true"
+    except (OSError, ValueError, AttributeError):
+        return False
+    finally:
+        s.close()
 
 
 def wait_tcp(netns: str, ip: str, port: int, rec: ProcessRecord, timeout: float) -> None:

@@ -79,7 +79,7 @@ def _op(op: str, kw: dict):
     from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.services import ServiceStore
     env = os.environ.get
-    etcd = EtcdStore([env("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379")],
+    etcd = EtcdStore(env("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(","),
                      tls=TLSFiles(env("MINIKUBENET_ETCD_CAFILE"), env("MINIKUBENET_ETCD_CERTFILE"),
                                   env("MINIKUBENET_ETCD_KEYFILE")))
     store = ServiceStore(etcd)
@@ -135,7 +135,7 @@ def _ready_pod_ips(store, namespace: str, name: str) -> list[str]:
 def proxy_argv(lab, node, mode: str, extra=()) -> list[str]:
     """The lab's proxies sync faster than kube-proxy's defaults (at most every 0.1 s
     instead of 1 s; a flush check every 5 s instead of 30 s) so tests wait less."""
-    return [sys.executable, "-m", "minikubenet.proxy.daemon", "--etcd-endpoints", lab.topo.etcd_endpoint,
+    return [sys.executable, "-m", "minikubenet.proxy.daemon", "--etcd-endpoints", lab.topo.etcd_endpoints,
             *lab.etcd_tls(etcd_rbac.PROXY).argv(),
             "--node-name", node.name, "--mode", mode, "--min-sync-period", "0.1", "--sync-period", "5",
             "--healthz-bind-address", f"0.0.0.0:{HEALTHZ_PORT}",
@@ -149,7 +149,7 @@ def start(lab, mode: str = "iptables") -> None:
     store_call(lab, "put-pods", pods=pod_docs(lab))
     log = os.path.join(lab.dir, "logs", "endpoints-controller.log")
     lab._start(t.etcd_netns, [sys.executable, "-m", "minikubenet.proxy.endpoints_controller",
-                              "--etcd-endpoints", lab.ETCD_LOCAL,
+                              "--etcd-endpoints", t.etcd_endpoints,
                               *lab.etcd_tls(etcd_rbac.ENDPOINTS_CONTROLLER).argv(),
                               "--metrics-bind-address", f"127.0.0.1:{CONTROLLER_METRICS_PORT}"],
                log, "endpoints-controller")

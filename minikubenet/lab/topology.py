@@ -9,6 +9,10 @@
                  cni0 ── pods  cni0 ── pods  cni0 ── pods
                  <lab>-n1-p1 ...
 
+With ``etcd_members`` > 1 (``lab up --etcd-members 3``) every further member is a
+namespace of its own on the switch: ``<lab>-etcd2`` at .3 (port etcd2),
+``<lab>-etcd3`` at .4, and so on; the first member stays ``<lab>-etcd`` at .2.
+
 Every name starts with the lab's name, so ``lab down`` (and a person) can tell exactly
 what belongs to it. Interfaces are created directly inside the lab's namespaces: the
 host's own namespace never gets an address, route or link from the lab.
@@ -46,6 +50,22 @@ class PodSpec:
 
 
 @dataclass(frozen=True)
+class EtcdMemberSpec:
+    name: str            # "m1"
+    netns: str           # "<lab>-etcd" for m1, "<lab>-etcd2" for m2 ...
+    switch_port: str     # "etcd", "etcd2" ...
+    ip: ipaddress.IPv4Address
+
+    @property
+    def client_url(self) -> str:
+        return f"https://{self.ip}:2379"
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{self.ip}:2380"
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     nodes: tuple[NodeSpec, ...]
@@ -54,7 +74,8 @@ class Topology:
     backend: str = "vxlan"
     mtu: int = 1500
     subnet_len: int = 24
-    etcd_ip: ipaddress.IPv4Address = field(default=None)
+    etcd_ip: ipaddress.IPv4Address = field(default=None)    # the first member's
+    etcd_members: int = 1
 
     @property
     def switch_netns(self) -> str:
@@ -66,12 +87,30 @@ class Topology:
 
     @property
     def etcd_endpoint(self) -> str:
-        # TLS only: the lab's etcd takes clients with a certificate of the lab's CA (lab/cluster.py)
+        """The first member's client URL (TLS only: the lab's etcd takes clients with a
+        certificate of the lab's CA, lab/cluster.py)."""
         return f"https://{self.etcd_ip}:2379"
+
+    def etcd_member_specs(self) -> list["EtcdMemberSpec"]:
+        return [EtcdMemberSpec(name=f"m{i}", netns=self.etcd_netns + ("" if i == 1 else str(i)),
+                               switch_port="etcd" + ("" if i == 1 else str(i)), ip=self.etcd_ip + i - 1)
+                for i in range(1, self.etcd_members + 1)]
+
+    def etcd_member(self, name: str) -> "EtcdMemberSpec":
+        for m in self.etcd_member_specs():
+            if m.name == name:
+                return m
+        raise KeyError(f"no etcd member {name!r} in lab {self.name} "
+                       f"(members: {', '.join(m.name for m in self.etcd_member_specs())})")
+
+    @property
+    def etcd_endpoints(self) -> str:
+        """Every member's client URL, comma-separated: what every daemon and tool gets."""
+        return ",".join(m.client_url for m in self.etcd_member_specs())
 
     def all_netns(self) -> list[str]:
         """Every namespace of the lab, in creation order."""
-        out = [self.switch_netns, self.etcd_netns]
+        out = [self.switch_netns] + [m.netns for m in self.etcd_member_specs()]
         for n in self.nodes:
             out.append(n.netns)
             out += [p.netns for p in n.pods]
@@ -96,9 +135,13 @@ def validate_name(name: str) -> str:
 
 def build_topology(name: str = "mkn", nodes: int = 3, pods_per_node: int = 2,
                    underlay: str = DEFAULT_UNDERLAY, pod_network: str = DEFAULT_POD_NETWORK,
-                   backend: str = "vxlan", mtu: int = 1500, subnet_len: int = 24) -> Topology:
+                   backend: str = "vxlan", mtu: int = 1500, subnet_len: int = 24,
+                   etcd_members: int = 1) -> Topology:
     validate_name(name)
     net = ipaddress.IPv4Network(underlay)
+    if not 1 <= etcd_members <= 7:
+        raise ValueError(f"etcd members must be between 1 and 7, got {etcd_members} "
+                         "(an odd number: 3 members survive the loss of one, 5 of two)")
     if nodes < 1:
         raise ValueError("a lab needs at least one node")
     if nodes + 11 > net.num_addresses - 2:
@@ -116,4 +159,4 @@ def build_topology(name: str = "mkn", nodes: int = 3, pods_per_node: int = 2,
                                    ip=net.network_address + 10 + i, pods=pods))
     return Topology(name=name, nodes=tuple(node_specs), underlay=net,
                     pod_network=ipaddress.IPv4Network(pod_network), backend=backend, mtu=mtu,
-                    subnet_len=subnet_len, etcd_ip=net.network_address + 2)
+                    subnet_len=subnet_len, etcd_ip=net.network_address + 2, etcd_members=etcd_members)

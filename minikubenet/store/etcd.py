@@ -13,6 +13,37 @@ Everything the cluster agrees on lives here (key layout in ``store/keys.py``):
 Client: ``etcd-sdk-python`` (imports as ``pyetcd``), the maintained fork of ``etcd3``.
 Every call is wrapped so that an unreachable etcd becomes one ``StoreUnavailable``
 with the endpoints in its message, never a gRPC traceback.
+
+**Several members, and etcd going away** (``FailoverClient``). etcd's own Go client
+balances over the members with gRPC's load balancer; from Python there is no such
+balancer we can rely on for etcd 3.4, and pyetcd's "failover" only marks a member
+failed *after* a request failed and still hands that error to the caller. So the
+simplest correct approach, written once here:
+
+- one pyetcd client, i.e. one gRPC channel, per member; all calls go to the *current*
+  member until it fails;
+- a call that fails because that member is unreachable or not serving (UNAVAILABLE,
+  DEADLINE_EXCEEDED, or etcd's "no leader", "leader changed", "raft proposal
+  dropped": killed, restarting, an election, a proposal lost with a dead leader) is
+  sent again to the next member at once; after a whole round of members failed we
+  pause briefly (50 ms, doubling to 500 ms) and go round again. Other errors (a bad
+  request, a permission denied) are not retried;
+- the retry budget, ``RETRY_FOR_S``, runs from the first round that failed and is
+  shared by all callers; while *no* member even accepts a connection (etcd is down)
+  it is ``UNREACHABLE_GRACE_S``. Once it is spent, a call fails after one round
+  instead of waiting all over again: a CNI ADD answers code 11 within 5 s instead of
+  queueing behind other ADDs, and works again as soon as one call succeeds;
+- each channel reconnects on a short backoff (``CHANNEL_OPTIONS``): gRPC's default
+  starts at 1 s and grows by 1.6x up to 120 s, so an etcd that was down for a while
+  used to be noticed many seconds after it came back.
+
+A retried write may have been applied by the first try (the member died after
+committing, before answering). Our writes are compare-and-swap transactions, so a
+second try would see its own write and report "someone else holds it". Each of them
+therefore reads the key back in the transaction's failure branch
+(``_put_if``): if it already holds exactly what we meant to write, the write is ours
+and counts as done. That is what keeps a member kill during an ADD storm free of
+leaked or duplicate IP records.
 """
 
 from __future__ import annotations
@@ -22,6 +53,8 @@ import ipaddress
 import json
 import logging
 import os
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -35,6 +68,19 @@ from minikubenet.store.keys import KeyLayout, subnet_from_key
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINTS = ("http://127.0.0.1:2379",)
+
+# gRPC reconnects a broken channel after a backoff: here 50 ms, growing to at most
+# 500 ms (gRPC's defaults: 1 s growing to 120 s). min_reconnect_backoff_ms is gRPC's
+# minimum *connect timeout*: a connect attempt may take that long before it counts as
+# failed, which matters only for a member that accepts TCP but does not answer yet.
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
+                   ("grpc.max_reconnect_backoff_ms", 500),
+                   ("grpc.min_reconnect_backoff_ms", 1000)]
+# The budget: a CNI ADD must answer code 11 within 5 s when etcd cannot serve it.
+ATTEMPT_TIMEOUT_S = 1.5       # one request to one member (a write lost with a dead leader hangs)
+RETRY_FOR_S = 3.0             # since the first failure, over all members, before StoreUnavailable
+UNREACHABLE_GRACE_S = 1.0     # the same when no member even accepts a connection (etcd is down)
+PAUSE_S, MAX_PAUSE_S = 0.05, 0.5
 
 
 class StoreError(Exception):
@@ -157,6 +203,148 @@ def parse_endpoints(endpoints: list[str] | tuple[str, ...]) -> list[tuple[str, i
     return out
 
 
+def _grpc_error(e: BaseException) -> "grpc.RpcError | None":
+    """The gRPC error behind ``e`` (pyetcd raises its own exception from it)."""
+    while e is not None:
+        if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
+            return e
+        e = e.__context__
+    return None
+
+
+# etcd's answers that mean "not done now, ask again" but come with code UNKNOWN (etcd
+# maps errors it has no gRPC code for to UNKNOWN: etcdserver/api/v3rpc/util.go)
+_NOT_NOW = ("raft proposal dropped", "context deadline exceeded", "leader changed", "no leader",
+            "request timed out")
+
+
+def _retryable(e: BaseException) -> bool:
+    """True for "this member cannot answer now"; False for an answer (a refused request)."""
+    if isinstance(e, (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
+                      pyetcd.exceptions.WatchTimedOut, pyetcd.exceptions.NoServerAvailableError)):
+        return True
+    rpc = _grpc_error(e)
+    if rpc is None:
+        return False
+    if rpc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    return rpc.code() == grpc.StatusCode.UNKNOWN and any(m in (rpc.details() or "") for m in _NOT_NOW)
+
+
+def _unreachable(e: BaseException) -> bool:
+    """True when no connection to the member could be made at all (nothing was sent)."""
+    rpc = _grpc_error(e)
+    return rpc is not None and "failed to connect" in (rpc.details() or "")
+
+
+def _describe(e: BaseException) -> str:
+    rpc = _grpc_error(e)
+    if rpc is not None:
+        first_line = ((rpc.details() or "").splitlines() or [""])[0]
+        return f"{rpc.code().name}: {first_line[:200]}"
+    return str(e) or type(e).__name__
+
+
+@dataclass(frozen=True)
+class WatchHandle:
+    """A watch lives on one member's channel: cancel it there."""
+    client: object
+    watch_id: int
+
+
+class FailoverClient:
+    """pyetcd's client API over every member of an etcd cluster (see the module
+    docstring): the calls below go to the current member, and to the next one when it
+    cannot answer."""
+
+    # the pyetcd calls minikubenet makes; each is retried as described above
+    CALLS = frozenset({"get", "get_response", "get_prefix", "get_prefix_response", "put", "delete",
+                       "transaction", "lease", "revoke_lease", "refresh_lease", "get_lease_info",
+                       "status", "members"})
+
+    def __init__(self, members: list[tuple[str, "pyetcd.MultiEndpointEtcd3Client"]],
+                 retry_for: float = RETRY_FOR_S, unreachable_grace: float = UNREACHABLE_GRACE_S):
+        self._members = members                 # [(url, a pyetcd client of that member alone)]
+        self.retry_for = retry_for
+        self.unreachable_grace = unreachable_grace
+        self.transactions = members[0][1].transactions
+        self._current = 0
+        self._failing_since: float | None = None   # when a round over all members first failed
+        self._lock = threading.Lock()
+
+    def _next_after(self, index: int) -> None:
+        with self._lock:
+            if self._current == index:       # another thread may have moved on already
+                self._current = (index + 1) % len(self._members)
+
+    def call(self, name: str, *args, **kwargs):
+        """``client.<name>(*args, **kwargs)`` on the current member, failing over.
+
+        The retry budget counts from the first round that failed, shared by every
+        caller: once etcd has not answered for ``retry_for`` (or ``unreachable_grace``
+        when nobody accepted a connection), a call fails after one round instead of
+        waiting all over again, so an ADD gets its code 11 in time."""
+        pause = PAUSE_S
+        while True:
+            round_started = time.monotonic()
+            start = self._current
+            failures = []
+            for step in range(len(self._members)):
+                index = (start + step) % len(self._members)
+                url, client = self._members[index]
+                try:
+                    result = getattr(client, name)(*args, **kwargs)
+                    if name == "refresh_lease":          # a generator: its errors come when read
+                        result = list(result)
+                except Exception as e:
+                    if not _retryable(e):
+                        raise
+                    failures.append((url, e))
+                    self._next_after(index)
+                    continue
+                if name == "lease":                       # refresh/revoke it through us, too
+                    result.etcd_client = self
+                self._failing_since = None
+                return result
+            if self._failing_since is None:
+                self._failing_since = round_started
+            budget = self.unreachable_grace if all(_unreachable(e) for _, e in failures) else self.retry_for
+            left = budget - (time.monotonic() - self._failing_since)
+            if left <= 0:
+                detail = "; ".join(f"{url}: {_describe(e)}" for url, e in failures)
+                urls = ",".join(url for url, _ in self._members)
+                raise StoreUnavailable(f"etcd at {urls} did not answer ({name}): {detail}")
+            log.debug("no etcd member answered %s; trying again in %.2fs", name, pause)
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, MAX_PAUSE_S)
+
+    def __getattr__(self, name: str):
+        if name in FailoverClient.CALLS:
+            return functools.partial(self.call, name)
+        raise AttributeError(name)
+
+    def add_watch_prefix_callback(self, prefix: str, callback, **kwargs) -> WatchHandle:
+        """Watch ``prefix`` on one member (the current one, or the next that answers)."""
+        for _ in range(len(self._members) * 2):
+            index = self._current
+            client = self._members[index][1]
+            try:
+                return WatchHandle(client, client.add_watch_prefix_callback(prefix, callback, **kwargs))
+            except Exception as e:
+                if not _retryable(e):
+                    raise
+                self._next_after(index)
+                last = e
+        raise StoreUnavailable(f"no etcd member accepted a watch: {_describe(last)}")
+
+    def cancel_watch(self, handle: WatchHandle) -> None:
+        handle.client.cancel_watch(handle.watch_id)
+
+    def close(self) -> None:
+        for _, client in self._members:
+            client.close()
+
+
 def _wrap_errors(fn):
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
@@ -175,7 +363,8 @@ def _wrap_errors(fn):
 
 class EtcdStore:
     def __init__(self, endpoints=DEFAULT_ENDPOINTS, layout: KeyLayout | None = None,
-                 tls: TLSFiles | None = None, timeout: float = 5.0):
+                 tls: TLSFiles | None = None, timeout: float = ATTEMPT_TIMEOUT_S,
+                 retry_for: float = RETRY_FOR_S):
         self.layout = layout or KeyLayout()
         parsed = parse_endpoints(list(endpoints))
         self.endpoints_text = ",".join(f"{'https' if s else 'http'}://{h}:{p}" for h, p, s in parsed)
@@ -184,8 +373,15 @@ class EtcdStore:
         if any(s for _, _, s in parsed) or tls.ca:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert))
-        eps = [pyetcd.Endpoint(h, p, secure=bool(creds), creds=creds, time_retry=2.0) for h, p, _ in parsed]
-        self.client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=True)
+        # Every member gets a client of its own; FailoverClient moves between them.
+        # time_retry=0: pyetcd never refuses to use a member because it failed before;
+        # when to try which member is FailoverClient's decision alone.
+        members = []
+        for h, p, _ in parsed:
+            ep = pyetcd.Endpoint(h, p, secure=bool(creds), creds=creds, time_retry=0, opts=CHANNEL_OPTIONS)
+            members.append((f"{ep.protocol}://{ep.netloc}",
+                            pyetcd.MultiEndpointEtcd3Client(endpoints=[ep], timeout=timeout, failover=False)))
+        self.client = FailoverClient(members, retry_for=retry_for)
 
     def close(self) -> None:
         self.client.close()
@@ -227,14 +423,27 @@ class EtcdStore:
     def grant(self, ttl: int):
         return self.client.lease(ttl)
 
+    def _put_if(self, key: str, compare: list, value: bytes | str, lease=None) -> bool:
+        """Put ``value`` (on ``lease``) at ``key`` if ``compare`` holds, in one transaction.
+
+        The failure branch reads the key back: when it already holds exactly ``value``
+        (on the same lease), this is our own write, applied by an earlier try that
+        FailoverClient sent again because its answer was lost, and it counts as done."""
+        t = self.client.transactions
+        ok, responses = self.client.transaction(compare=compare, success=[t.put(key, value, lease=lease)],
+                                                failure=[t.get(key)])
+        if ok:
+            return True
+        found = responses[0] if responses else []
+        want = value.encode() if isinstance(value, str) else value
+        lease_id = getattr(lease, "id", lease) or 0
+        return any(v == want and meta.lease_id == lease_id for v, meta in found)
+
     @_wrap_errors
     def create_lease(self, rec: SubnetLeaseRecord, lease) -> bool:
         """Claim ``rec.subnet`` if nobody holds it. True when we got it."""
         key = self.layout.subnet(rec.subnet)
-        t = self.client.transactions
-        ok, _ = self.client.transaction(compare=[t.version(key) == 0],
-                                        success=[t.put(key, rec.attrs_json(), lease=lease)], failure=[])
-        return ok
+        return self._put_if(key, [self.client.transactions.version(key) == 0], rec.attrs_json(), lease)
 
     @_wrap_errors
     def replace_lease(self, rec: SubnetLeaseRecord, lease) -> bool:
@@ -242,14 +451,12 @@ class EtcdStore:
         key = self.layout.subnet(rec.subnet)
         t = self.client.transactions
         cmp = [t.value(key) == rec.raw] if rec.raw else [t.version(key) == 0]
-        ok, _ = self.client.transaction(compare=cmp, success=[t.put(key, rec.attrs_json(), lease=lease)],
-                                        failure=[])
-        return ok
+        return self._put_if(key, cmp, rec.attrs_json(), lease)
 
     @_wrap_errors
     def refresh(self, lease) -> int:
         """Renew an etcd lease; returns the remaining TTL (0 or less: it is gone)."""
-        responses = list(lease.refresh())
+        responses = self.client.refresh_lease(getattr(lease, "id", lease))
         return responses[0].TTL if responses else 0
 
     @_wrap_errors
@@ -276,19 +483,14 @@ class EtcdStore:
     @_wrap_errors
     def create_pod_ip(self, subnet, ip, record: bytes) -> bool:
         key = self.layout.pod_ip(subnet, ip)
-        t = self.client.transactions
-        ok, _ = self.client.transaction(compare=[t.version(key) == 0], success=[t.put(key, record)], failure=[])
-        return ok
+        return self._put_if(key, [self.client.transactions.version(key) == 0], record)
 
     @_wrap_errors
     def replace_pod_ip(self, subnet, ip, record: bytes, new_record: bytes) -> bool:
         """Rewrite ``ip``'s record only if it still holds ``record`` (a claim marked complete
         never brings back a record that a DEL released meanwhile)."""
         key = self.layout.pod_ip(subnet, ip)
-        t = self.client.transactions
-        ok, _ = self.client.transaction(compare=[t.value(key) == record], success=[t.put(key, new_record)],
-                                        failure=[])
-        return ok
+        return self._put_if(key, [self.client.transactions.value(key) == record], new_record)
 
     @_wrap_errors
     def delete_pod_ip(self, subnet, ip, record: bytes) -> bool:

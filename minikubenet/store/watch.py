@@ -14,14 +14,17 @@ The loop is the "list, then watch" of every etcd client and every Kubernetes inf
 2. watch the prefix starting at R+1: etcd replays every change after the snapshot, so
    not a single change between the read and the watch is lost, and none is seen twice;
 3. deliver each watch event as it arrives;
-4. when the watch breaks, pause (1s, doubling up to 10s) and start again at 1:
+4. when the watch breaks, pause (50 ms, doubling up to 500 ms: a restarted etcd is
+   followed again within half a second) and start again at 1:
 
    - **compaction**: etcd keeps only recent history. Once it has compacted past R+1 it
      refuses the watch, and the lost changes cannot be replayed; a fresh snapshot holds
      their sum, so it replaces them;
-   - **etcd restart** (or failover to another endpoint): the gRPC stream ends with
-     UNAVAILABLE, or just ends. We list again once etcd answers, which also catches up
-     on what changed while we were cut off, and takes R from the etcd we talk to now.
+   - **etcd restart** (or a member killed): the gRPC stream ends with UNAVAILABLE, or
+     just ends. We list again once etcd answers (the store's FailoverClient tries
+     every member), which also catches up on what changed while we were cut off. The
+     revision is the cluster's, the same on every member, so the new watch may run on
+     another member than the list did.
 
    The consumer treats every snapshot as the whole truth and diffs it against what it
    knew, so repeating step 1 is always safe.
@@ -66,7 +69,7 @@ class ListWatch:
     name = "watch"
 
     def __init__(self, store, deliver: Callable[[object], None],
-                 retry_interval: float = 1.0, max_retry_interval: float = 10.0,
+                 retry_interval: float = 0.05, max_retry_interval: float = 0.5,
                  relist_interval: float = 300.0):
         self.store = store
         self.deliver = deliver
@@ -110,9 +113,9 @@ class ListWatch:
                 self._follow(snapshot.revision + 1)
                 continue                         # time for the periodic re-list, or stopped
             except RETRYABLE as e:
-                log.warning("%s interrupted (%s); listing again in %.0fs", self.name, _describe(e), delay)
+                log.warning("%s interrupted (%s); listing again in %.2fs", self.name, _describe(e), delay)
             except Exception:  # a bug must not end the watch for good: log it and start over
-                log.exception("%s failed; listing again in %.0fs", self.name, delay)
+                log.exception("%s failed; listing again in %.2fs", self.name, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, self.max_retry_interval)
 
@@ -126,9 +129,9 @@ class ListWatch:
         watch_ids = []
         try:
             for prefix in self._prefixes():
-                watch_id = client.add_watch_prefix_callback(prefix, responses.put, start_revision=start_revision)
-                watch_ids.append(watch_id)
-                if watch_id is None or watch_id < 0:
+                watch = client.add_watch_prefix_callback(prefix, responses.put, start_revision=start_revision)
+                watch_ids.append(watch)
+                if watch.watch_id is None or watch.watch_id < 0:
                     # etcd answers a watch it refuses (RBAC: no read on the whole prefix)
                     # with created+canceled and id -1; pyetcd then delivers nothing, ever
                     raise WatchBroken(f"etcd refused the watch of {prefix} (permission denied?)")

@@ -42,7 +42,7 @@ def lab(lab_root):
 
 
 def put(lab, key: str, value: str) -> None:
-    daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "put", key, value)
+    lab.etcdctl("put", key, value)
 
 
 def metric(text: str, name: str, **labels) -> float:
@@ -115,7 +115,7 @@ def test_malformed_objects_are_skipped_once_counted_and_everything_else_served(l
 
 def test_fixing_the_objects_clears_the_gauge(lab):
     for key, _ in BAD.values():
-        daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "del", key)
+        lab.etcdctl("del", key)
     assert wait_for(lambda: metric(controller_metrics(lab), "minikubenet_malformed_objects", kind="pods") == 0)
     node = lab.topo.node("n1")
     assert wait_for(lambda: metric(S.metrics(lab, node), "minikubenet_malformed_objects", kind="services") == 0)

@@ -274,7 +274,7 @@ def test_dry_run_prints_the_ruleset_and_changes_nothing(lab):
     S.create_service(lab, "printed", {"app": "web"}, HTTP)
     before = ruleset(lab)
     p = subprocess.run(["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet.proxy.daemon",
-                        "--dry-run", "--mode", lab.mode, "--etcd-endpoints", lab.ETCD_LOCAL,
+                        "--dry-run", "--mode", lab.mode, "--etcd-endpoints", lab.topo.etcd_endpoints,
                         *lab.etcd_tls("proxy").argv()],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr

@@ -11,14 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from minikubenet.store.etcd import WatchHandle
 from minikubenet.store.services import ObjectWatch, ServiceStore
 from minikubenet.store.watch import ListWatch, WatchBroken
 from tests.unit.fake_etcd import fake_etcd_store
 
 
 class WatchingClient:
-    """add_watch_prefix_callback / cancel_watch as pyetcd has them; ``refuse``: prefixes
-    etcd answers with a cancelled watch (id -1)."""
+    """add_watch_prefix_callback / cancel_watch as store/etcd.py's FailoverClient has
+    them (a WatchHandle of pyetcd's watch id); ``refuse``: prefixes etcd answers with a
+    cancelled watch (id -1)."""
 
     def __init__(self, refuse=()):
         self.refuse = set(refuse)
@@ -27,13 +29,13 @@ class WatchingClient:
 
     def add_watch_prefix_callback(self, prefix, callback, start_revision=None):
         if prefix in self.refuse:
-            return -1
+            return WatchHandle(self, -1)
         wid = len(self.watches)
         self.watches[wid] = (prefix, callback, start_revision)
-        return wid
+        return WatchHandle(self, wid)
 
-    def cancel_watch(self, wid):
-        self.cancelled.append(wid)
+    def cancel_watch(self, handle):
+        self.cancelled.append(handle.watch_id)
 
 
 class TwoPrefixes(ListWatch):
