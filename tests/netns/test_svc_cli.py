@@ -21,7 +21,7 @@ def mkn(lab, *args, stdin=None):
 
 def keys(lab, prefix="/minikubenet/"):
     out = daemons.etcdctl(lab.topo.etcd_netns, "http://127.0.0.1:2379", "get", "--prefix", "--keys-only", prefix)
-    return sorted(k for k in out.splitlines() if k and "/ipam/" not in k and "/pods/" not in k)
+    return sorted(k for k in out.splitlines() if k and "/ipam" not in k and "/pods/" not in k)   # ipam/, ipam-claims/
 
 
 def test_create_get_delete(one_node):
