@@ -589,7 +589,7 @@ def harness(spec_path: str) -> int:
     rtnl_batch.send_batch = timed_send_batch
     rtnl_batch.dump_links = timed(rtnl_batch.dump_links, "netlink pod: link dump (ownership survey)")
     # the record is marked complete after the answer, on a worker thread: overlaps
-    EtcdStore.replace_pod_ip = timed(EtcdStore.replace_pod_ip, "~ etcd: replace_pod_ip (complete, after answer)")
+    EtcdStore.complete_pod_ip = timed(EtcdStore.complete_pod_ip, "~ etcd: complete_pod_ip (after the answer)")
     for name in ("list_pod_ips", "delete_pod_ip"):
         setattr(EtcdStore, name, timed(getattr(EtcdStore, name), f"etcd: {name}"))
     # overlapping totals (a cross-check, not added up): marked with "~"; ADD claims the IP

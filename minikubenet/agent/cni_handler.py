@@ -16,11 +16,11 @@ The verbs:
   device marked as a node's) or one where ``CNI_IFNAME`` exists and is not this
   attachment's leftover (the reference ``bridge`` answers the same:
   "container veth name provided (eth0) already exists", code 999). Then it claims the
-  pod IP in etcd (a record written ``claimed``) and, meanwhile, creates the veth pair,
+  pod IP in etcd (the record and its claim marker) and, meanwhile, creates the veth pair,
   both ends marked with ``minikubenet:<container ID>:<ifname>`` (pod_network.py); then
   addresses the pod. Each step registers its undo, and if a later step fails the
   undos run, so a failed ADD leaves neither an IP record nor a veth behind. After the
-  answer the record is marked ``complete`` (off the answer's path; a crash before that
+  answer the claim marker is removed (off the answer's path; a crash before that
   is repaired at the next start, agent/reconcile.py). A repeated ADD for the same
   (container ID, interface) finds its existing record and returns the same IP. If a
   plugin ran before us in the chain, its ``prevResult`` is carried into ours (SPEC §5).
@@ -66,7 +66,7 @@ from minikubenet.cni import result as cni_result
 from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, ERR_INVALID_NETNS,
                                   ERR_NOT_AVAILABLE, ERR_NOT_AVAILABLE_DEGRADED, ERR_TRY_AGAIN_LATER,
                                   CniError)
-from minikubenet.ipam.allocator import CLAIMED, COMPLETE, Allocation, Owner, PodIPAllocator, SubnetFull
+from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
 from minikubenet.linux import pod_interface, rps
 from minikubenet.linux.netns import NetnsNotFound, iproute_in
 from minikubenet.pod_network import (BRIDGE, LinkSeen, PodLink, attachment_macs, host_namespace_reason,
@@ -252,16 +252,12 @@ class CniHandler:
     # -- shared pieces ----------------------------------------------------------------------------
 
     def _owner(self, call: Call) -> Owner:
-        """The record ADD writes. In main mode it is ``claimed`` until the pod is plumbed and
-        names the pod interface's MAC; in IPAM mode the calling plugin makes (and owns) the
-        interface, so there is nothing of ours to finish or check: it is complete at once."""
+        """The record ADD writes; in main mode it names the pod interface's MAC."""
         args = parse_cni_args(call.env.get("CNI_ARGS", ""))
-        main = call.mode == "main"
         return Owner(container_id=call.container_id, ifname=call.ifname, node=self.node.node_name,
                      network=call.network, netns=call.netns,
                      pod_namespace=args.get("K8S_POD_NAMESPACE", ""), pod_name=args.get("K8S_POD_NAME", ""),
-                     mac=attachment_macs(call.container_id, call.ifname)[1] if main else "",
-                     state=CLAIMED if main else COMPLETE)
+                     mac=attachment_macs(call.container_id, call.ifname)[1] if call.mode == "main" else "")
 
     def _find(self, call: Call) -> Allocation | None:
         """This attachment's IP on this network (a record of another network is not ours)."""
@@ -297,8 +293,11 @@ class CniHandler:
                            f"{link.mark!r}: it belongs to another container; nothing was changed")
 
     def _allocate(self, call: Call) -> tuple[Allocation, bool]:
+        """In main mode the record is claimed until the pod is plumbed; in IPAM mode the
+        calling plugin makes (and owns) the interface, so there is nothing of ours to
+        finish or check: complete at once."""
         try:
-            return self.node.allocator.allocate(self._owner(call))
+            return self.node.allocator.allocate(self._owner(call), claimed=call.mode == "main")
         except SubnetFull as e:
             raise CniError(ERR_TRY_AGAIN_LATER, "no free pod IP on this node", str(e)) from None
 
@@ -335,10 +334,10 @@ class CniHandler:
             self._plumb(call, pod_interface.configure_pod, plan, pod)
             undo.pop_all()  # success: keep everything
             pod.close()
-        if not allocation.owner.complete:
-            # Off the answer's path: a crash before this lands leaves a claimed record of a
-            # complete pod, which the next start marks complete (agent/reconcile.py).
-            self._completions.submit(self._complete_quietly, allocation)
+        # Off the answer's path: a crash before this lands leaves a claim on a complete pod,
+        # which the next start marks complete (agent/reconcile.py). A repeated ADD does it
+        # too: the first attempt may have been cut short.
+        self._completions.submit(self._complete_quietly, allocation)
         log.info("ADD %s/%s -> %s%s", cid, ifname, allocation.ip, "" if created else " (existing allocation)")
         res = cni_result.Result(
             interfaces=[cni_result.Interface(BRIDGE, macs.bridge),

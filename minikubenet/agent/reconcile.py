@@ -1,7 +1,7 @@
 """At start, before the CNI socket opens: repair what an agent killed during ADD left.
 
-ADD writes a pod's IP record ``claimed`` before the kernel work and marks it
-``complete`` after (ipam/allocator.py); both ends of the veth carry the attachment's
+ADD writes a pod's IP record with a claim marker before the kernel work and removes the
+marker after (ipam/allocator.py); both ends of the veth carry the attachment's
 mark (pod_network.py) from the moment they exist. A ``kill -9`` between those steps
 leaves one of these, and this module turns each into "nothing" or "a complete pod":
 
@@ -9,13 +9,13 @@ leaves one of these, and this module turns each into "nothing" or "a complete po
 what is found                           what is done
 ======================================  ==========================================
 claimed record, no marked veth          release the record
-claimed record, marked veth, pod        mark the record complete (the runtime may
-complete (address, route, up)           not have heard the answer: its retry ADD or
-                                        DEL finds a consistent pod)
+claimed record, marked veth, pod        mark it complete (the runtime may not have
+complete (address, route, up)           heard the answer: its retry ADD or DEL
+                                        finds a consistent pod)
 claimed record, marked veth, pod        remove the veth, release the record
 half-made (e.g. eth0 without address)
 marked veth whose mark names no record  remove the veth
-complete record                         nothing (its pod is the runtime's: DEL, GC)
+complete record (no claim marker)       nothing (its pod is the runtime's: DEL, GC)
 ======================================  ==========================================
 
 Only devices with our mark are ever removed, and only records of this node's subnet
@@ -46,9 +46,10 @@ class Repairs:
     left_alone: list[str] = field(default_factory=list)
 
 
-def plan_repairs(records: list[Allocation], marked_veths: list[LinkSeen], pod_complete: dict,
+def plan_repairs(records: list[Allocation], claimed: set, marked_veths: list[LinkSeen], pod_complete: dict,
                  node_name: str, marks_elsewhere: frozenset[str] | None = frozenset()) -> Repairs:
-    """``records``: every record of the node's subnet. ``pod_complete``: record IP -> True
+    """``records``: every record of the node's subnet; ``claimed``: the IPs among them
+    whose claim marker names that same record. ``pod_complete``: record IP -> True
     (complete), False (half-made) or None (cannot tell), for the claimed records whose
     veth exists. ``marks_elsewhere``: the marks of attachments with a record in another
     subnet (the node's previous lease, say); None when they could not be read, and then
@@ -59,7 +60,7 @@ def plan_repairs(records: list[Allocation], marked_veths: list[LinkSeen], pod_co
     out = Repairs()
     for a in records:
         veth = by_mark.pop(ownership_mark(a.owner.container_id, a.owner.ifname), None)
-        if a.owner.complete or a.owner.node not in ("", node_name):
+        if a.ip not in claimed or a.owner.node not in ("", node_name):
             continue
         if veth is None:
             out.release.append(a)
@@ -82,6 +83,7 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
     """Gather, plan, apply. A failing etcd skips it all (nothing is removed on a guess)."""
     try:
         records = allocator.list()
+        claims = allocator.claims()
     except StoreError as e:
         log.error("start-up repair skipped: cannot list the pod IP records (%s)", e)
         return Repairs()
@@ -98,13 +100,14 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
         elsewhere = None
     veths = pod_interface.marked_host_veths()
     marks = {d.alias for d in veths}
+    claimed = {a.ip for a in records if claims.get(a.ip) == a.record}
     pod_complete = {}
     for a in records:
         o = a.owner
-        if not o.complete and o.node in ("", node_name) and ownership_mark(o.container_id, o.ifname) in marks:
+        if a.ip in claimed and o.node in ("", node_name) and ownership_mark(o.container_id, o.ifname) in marks:
             plan = plan_attachment(PodLink(o.container_id, o.ifname, o.netns, mtu), a.ip, allocator.subnet)
             pod_complete[a.ip] = pod_interface.is_complete(plan)
-    repairs = plan_repairs(records, veths, pod_complete, node_name, elsewhere)
+    repairs = plan_repairs(records, claimed, veths, pod_complete, node_name, elsewhere)
     with IPRoute() as host:
         for device in repairs.remove:
             if pod_interface.delete_marked(host, device):
@@ -116,7 +119,7 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
                          a.owner.container_id, a.owner.ifname)
         for a in repairs.complete:
             allocator.complete(a)
-            log.info("start-up repair: %s of %s/%s is a complete pod; record marked complete", a.ip,
+            log.info("start-up repair: %s of %s/%s is a complete pod; claim marked complete", a.ip,
                      a.owner.container_id, a.owner.ifname)
     except StoreError as e:
         # what is left stays claimed: the next start, a retry ADD, DEL or GC finishes it

@@ -10,11 +10,12 @@ compare-and-delete on that exact record.
 Inside one agent a lock keeps concurrent ADDs from all trying the same candidate
 first; the transaction is what makes it safe, the lock only makes it fast.
 
-A record is crash-consistent: CNI ADD writes it ``claimed`` (with the container ID,
+A record is crash-consistent: CNI ADD writes it as claimed (with the container ID,
 interface, namespace path and the pod interface's MAC) before the kernel work, and marks
-it ``complete`` after it (``complete``, a compare-and-swap). An agent killed in between
-leaves a claimed record that its next start checks against the kernel (agent/
-reconcile.py). A record without a state (from an agent before this) counts as complete.
+it complete after it. "Claimed" is a second key written in the same transaction as the
+record (store/keys.py ``pod_ip_claim``), and "complete" deletes it: the record itself is
+written once, so its bytes stay what a DEL compares before deleting. An agent killed in
+between leaves a claim that its next start checks against the kernel (agent/reconcile.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import ipaddress
 import json
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from minikubenet.ipam import ranges
 from minikubenet.store.etcd import EtcdStore
@@ -33,9 +34,6 @@ log = logging.getLogger(__name__)
 
 class SubnetFull(Exception):
     pass
-
-
-CLAIMED, COMPLETE = "claimed", "complete"
 
 
 @dataclass(frozen=True)
@@ -49,19 +47,12 @@ class Owner:
     pod_namespace: str = ""
     pod_name: str = ""
     mac: str = ""           # the pod interface's MAC (main mode; in IPAM mode the caller makes it)
-    state: str = ""         # CLAIMED or COMPLETE; "" (an older record) counts as complete
-
-    @property
-    def complete(self) -> bool:
-        return self.state != CLAIMED
 
     def to_record(self) -> bytes:
         doc = {"containerID": self.container_id, "ifname": self.ifname, "node": self.node,
                "network": self.network, "netns": self.netns}
         if self.mac:
             doc["mac"] = self.mac
-        if self.state:
-            doc["state"] = self.state
         if self.pod_namespace:
             doc["podNamespace"] = self.pod_namespace
         if self.pod_name:
@@ -75,7 +66,7 @@ class Owner:
             return cls(container_id=doc["containerID"], ifname=doc["ifname"], node=doc.get("node", ""),
                        network=doc.get("network", ""), netns=doc.get("netns", ""),
                        pod_namespace=doc.get("podNamespace", ""), pod_name=doc.get("podName", ""),
-                       mac=doc.get("mac", ""), state=doc.get("state", ""))
+                       mac=doc.get("mac", ""))
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -139,8 +130,9 @@ class PodIPAllocator:
                 found = self._held_by(self._reload(), container_id, ifname)
             return found
 
-    def allocate(self, owner: Owner) -> tuple[Allocation, bool]:
-        """The IP for ``owner``: its existing one (False) or a newly claimed one (True)."""
+    def allocate(self, owner: Owner, claimed: bool = False) -> tuple[Allocation, bool]:
+        """The IP for ``owner``: its existing one (False) or a newly claimed one (True).
+        ``claimed``: write the claim marker with a new record (``complete`` removes it)."""
         with self._lock:
             if self._held_by(self._records(), owner.container_id, owner.ifname) is not None:
                 # a repeated ADD (rare): confirm against etcd, then hand out the same IP again
@@ -151,7 +143,7 @@ class PodIPAllocator:
             for ip in ranges.candidates(self.subnet, after=self._last):
                 if ip in self._records():
                     continue
-                if self.store.create_pod_ip(self.subnet, ip, record):
+                if self.store.create_pod_ip(self.subnet, ip, record, claimed):
                     self._last = ip
                     self._records()[ip] = record
                     return Allocation(ip, owner, record), True
@@ -160,30 +152,17 @@ class PodIPAllocator:
             raise SubnetFull(f"no free pod IP in {self.subnet}: all {ranges.pod_capacity(self.subnet)} "
                              f"addresses are taken")
 
-    def complete(self, allocation: Allocation) -> Allocation | None:
-        """Mark a claimed record complete; None if it is no longer there as claimed (a DEL
-        released it meanwhile, or it was complete already)."""
-        if allocation.owner.complete:
-            return None
-        done = Allocation(allocation.ip, replace(allocation.owner, state=COMPLETE), b"")
-        done = replace(done, record=done.owner.to_record())
-        if not self.store.replace_pod_ip(self.subnet, allocation.ip, allocation.record, done.record):
-            return None
-        with self._lock:
-            if self._known is not None and self._known.get(allocation.ip) == allocation.record:
-                self._known[allocation.ip] = done.record
-        return done
+    def claims(self) -> dict[ipaddress.IPv4Address, bytes]:
+        """The subnet's claim markers (ADDs not finished), read from etcd."""
+        return self.store.list_pod_ip_claims(self.subnet)
+
+    def complete(self, allocation: Allocation) -> bool:
+        """Mark ``allocation``'s pod complete: remove its claim marker (False if there was
+        none: complete already, or released meanwhile)."""
+        return self.store.complete_pod_ip(self.subnet, allocation.ip, allocation.record)
 
     def release(self, allocation: Allocation) -> bool:
         released = self.store.delete_pod_ip(self.subnet, allocation.ip, allocation.record)
-        if not released:
-            # The record may have been marked complete since it was read (ADD writes that
-            # after its answer): same attachment, new bytes. Release that one, not another's.
-            current = self.store.list_pod_ips(self.subnet).get(allocation.ip)
-            owner = Owner.from_record(current) if current is not None else None
-            if owner is not None and current != allocation.record and owner.same_attachment(allocation.owner):
-                released = self.store.delete_pod_ip(self.subnet, allocation.ip, current)
-                allocation = Allocation(allocation.ip, owner, current)
         with self._lock:
             if self._known is not None and self._known.get(allocation.ip) == allocation.record:
                 del self._known[allocation.ip]

@@ -481,23 +481,51 @@ class EtcdStore:
         return {meta.key.decode(): value for value, meta in self.client.get_prefix(self.layout.ipam)}
 
     @_wrap_errors
-    def create_pod_ip(self, subnet, ip, record: bytes) -> bool:
-        key = self.layout.pod_ip(subnet, ip)
-        return self._put_if(key, [self.client.transactions.version(key) == 0], record)
+    def list_pod_ip_claims(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]:
+        """The claim markers of the subnet: ADDs that have not (yet) finished their pod."""
+        prefix = self.layout.ipam_claims_subnet(subnet)
+        out = {}
+        for value, meta in self.client.get_prefix(prefix):
+            try:
+                out[ipaddress.IPv4Address(meta.key.decode()[len(prefix):])] = value
+            except ValueError:
+                log.warning("ignoring unexpected key %s", meta.key.decode())
+        return out
 
     @_wrap_errors
-    def replace_pod_ip(self, subnet, ip, record: bytes, new_record: bytes) -> bool:
-        """Rewrite ``ip``'s record only if it still holds ``record`` (a claim marked complete
-        never brings back a record that a DEL released meanwhile)."""
+    def create_pod_ip(self, subnet, ip, record: bytes, claimed: bool = False) -> bool:
+        """Compare-and-create the record; with ``claimed`` its claim marker in the same
+        transaction (CNI ADD: the pod is not plumbed yet)."""
         key = self.layout.pod_ip(subnet, ip)
-        return self._put_if(key, [self.client.transactions.value(key) == record], new_record)
+        t = self.client.transactions
+        writes = [t.put(key, record)] + ([t.put(self.layout.pod_ip_claim(subnet, ip), record)] if claimed else [])
+        ok, responses = self.client.transaction(compare=[t.version(key) == 0], success=writes,
+                                                failure=[t.get(key)])
+        if ok:
+            return True
+        # the key holds exactly our record: our own write, applied by an earlier try that
+        # FailoverClient sent again because its answer was lost (see _put_if)
+        found = responses[0] if responses else []
+        return any(value == record for value, _meta in found)
+
+    @_wrap_errors
+    def complete_pod_ip(self, subnet, ip, record: bytes) -> bool:
+        """Delete the claim marker of ``record`` (only that one: the IP may have been
+        released and claimed again meanwhile)."""
+        key = self.layout.pod_ip_claim(subnet, ip)
+        t = self.client.transactions
+        ok, _ = self.client.transaction(compare=[t.value(key) == record], success=[t.delete(key)], failure=[])
+        return ok
 
     @_wrap_errors
     def delete_pod_ip(self, subnet, ip, record: bytes) -> bool:
-        """Release ``ip`` only if it still holds ``record`` (never free someone else's IP)."""
+        """Release ``ip`` only if it still holds ``record`` (never free someone else's IP),
+        with its claim marker if any (while the record exists, a marker is its own)."""
         key = self.layout.pod_ip(subnet, ip)
         t = self.client.transactions
-        ok, _ = self.client.transaction(compare=[t.value(key) == record], success=[t.delete(key)], failure=[])
+        ok, _ = self.client.transaction(compare=[t.value(key) == record],
+                                        success=[t.delete(key), t.delete(self.layout.pod_ip_claim(subnet, ip))],
+                                        failure=[])
         return ok
 
     # -- generic, for the CLI and the lab report --------------------------------------------

@@ -13,6 +13,7 @@ What each daemon really does (store/etcd.py, store/services.py, store/keys.py):
                             rw     <network>/subnets/        its subnet lease (put with a TTL lease,
                                                              list + watch every node's lease)
                             rw     <project>/ipam/           pod IP records (compare-and-create)
+                            rw     <project>/ipam-claims/    claim markers of ADDs in flight (agent/reconcile.py)
     proxy                   read   <network>/config          the pod network (--cluster-cidr default)
                             read   <project>/services/, endpoints/, pods/   list + watch
     endpoints-controller    read   <project>/services/, pods/               list + watch
@@ -65,7 +66,8 @@ def grants(layout: KeyLayout | None = None) -> dict[str, list[Grant]]:
 
     config = Grant("read", layout.config, prefix=False)
     return {
-        AGENT: [config, Grant("readwrite", layout.subnets, True), Grant("readwrite", layout.ipam, True)],
+        AGENT: [config, Grant("readwrite", layout.subnets, True), Grant("readwrite", layout.ipam, True),
+                Grant("readwrite", layout.ipam_claims, True)],
         PROXY: [config, Grant("read", kind("services"), True), Grant("read", kind("endpoints"), True),
                 Grant("read", kind("pods"), True)],
         ENDPOINTS_CONTROLLER: [Grant("read", kind("services"), True), Grant("read", kind("pods"), True),

@@ -8,6 +8,9 @@ Flannel-compatible where flannel has a key (flannel pkg/subnet/etcd/registry.go)
 Our own records sit under one project prefix, default ``/minikubenet``:
 
     /minikubenet/ipam/10.244.1.0-24/10.244.1.5      one key per pod IP: who holds it
+    /minikubenet/ipam-claims/10.244.1.0-24/10.244.1.5  while CNI ADD plumbs the pod: the
+                                                    same record, deleted once the pod is
+                                                    complete (agent/reconcile.py)
 
 Keeping pod IPs under their node subnet makes "all IPs of this node" one prefix read.
 Both prefixes are configurable, so several clusters can share one etcd.
@@ -70,3 +73,15 @@ class KeyLayout:
 
     def pod_ip(self, subnet: ipaddress.IPv4Network, ip: ipaddress.IPv4Address) -> str:
         return f"{self.ipam_subnet(subnet)}{ip}"
+
+    # A claim marker lives beside the record, not in it: the record is written once and
+    # never rewritten, so its exact bytes stay valid for the compare-and-delete of a DEL.
+    @property
+    def ipam_claims(self) -> str:
+        return f"{self.project_prefix}/ipam-claims/"
+
+    def ipam_claims_subnet(self, subnet: ipaddress.IPv4Network) -> str:
+        return f"{self.ipam_claims}{subnet_to_key_part(subnet)}/"
+
+    def pod_ip_claim(self, subnet: ipaddress.IPv4Network, ip: ipaddress.IPv4Address) -> str:
+        return f"{self.ipam_claims_subnet(subnet)}{ip}"

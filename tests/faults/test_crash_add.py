@@ -74,7 +74,8 @@ def damage(lab, pods: dict[str, str]) -> dict[str, int]:
     half += sum(1 for cid in pods if host_veth_name(cid, "eth0") in veths and cid not in recs)
     seen = [ip for addrs in addresses.values() for ip in (addrs or [])]
     return {"leaked records": leaked, "half-made pods": half, "duplicate IPs": len(seen) - len(set(seen)),
-            "claimed records": sum(1 for r in recs.values() if r.get("state") == "claimed")}
+            "claimed records": sum(1 for k, _ in lab.etcd_dump("/minikubenet/ipam-claims/")
+                                   if k.rsplit("/", 1)[1] in {r["ip"] for c, r in recs.items() if c in pods})}
 
 
 def storm(lab, round_: int) -> dict:

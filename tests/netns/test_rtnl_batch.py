@@ -51,3 +51,25 @@ def test_a_failing_request_is_named_and_the_others_still_answer(netns):
         assert rtnl_batch.link_index(lo) == 1
     finally:
         sock.close()
+
+
+def test_a_link_dump_names_kind_alias_and_mac_and_a_missing_ok_get_answers_none(netns):
+    subprocess.run(["ip", "-n", netns, "link", "add", "mkndump0", "address", "0a:11:22:33:44:55", "type", "veth",
+                    "peer", "name", "mkndump1"], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", "mkndump0", "alias", "minikubenet:c1:eth0"], check=True)
+    sock = rtnl_socket(netns)
+    try:
+        seen = {d.name: d for d in rtnl_batch.dump_links(sock)}
+        assert seen["mkndump0"].kind == "veth" and seen["mkndump0"].alias == "minikubenet:c1:eth0"
+        assert seen["mkndump0"].mac == "0a:11:22:33:44:55" and seen["lo"].alias == ""
+        # a batch with an absent device that may be absent: None, and the rest still answers
+        lo, missing = rtnl_batch.send_batch(sock, [rtnl_batch.get_link("lo"),
+                                                   rtnl_batch.get_link("nosuchdev", missing_ok=True)])
+        assert rtnl_batch.link_index(lo) == 1 and missing is None
+        # the alias rides on a by-name request (how the pod end gets its mark)
+        rtnl_batch.send_batch(sock, [rtnl_batch.set_up_by_name("mkndump1", alias="minikubenet:c1:eth1")])
+        assert rtnl_batch.link_seen(rtnl_batch.send_batch(sock, [rtnl_batch.get_link("mkndump1")])[0]).alias \
+            == "minikubenet:c1:eth1"
+    finally:
+        sock.close()
+        subprocess.run(["ip", "-n", netns, "link", "del", "mkndump0"], check=False)

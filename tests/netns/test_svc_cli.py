@@ -23,7 +23,7 @@ def mkn(lab, *args, stdin=None):
 
 def keys(lab, prefix="/minikubenet/"):
     out = lab.etcdctl("get", "--prefix", "--keys-only", prefix)
-    return sorted(k for k in out.splitlines() if k and "/ipam/" not in k and "/pods/" not in k)
+    return sorted(k for k in out.splitlines() if k and "/ipam" not in k and "/pods/" not in k)   # ipam/, ipam-claims/
 
 
 def test_create_get_delete(one_node):

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import pytest
 
-from minikubenet.ipam.allocator import CLAIMED, Allocation, Owner, PodIPAllocator, SubnetFull
+from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
 from minikubenet.store.etcd import EtcdStore
 
 SUBNET = N("10.244.1.0/24")
@@ -30,9 +30,11 @@ class PodIPStore(Protocol):
 
     def list_pod_ips(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]: ...
 
-    def create_pod_ip(self, subnet, ip, record: bytes) -> bool: ...
+    def create_pod_ip(self, subnet, ip, record: bytes, claimed: bool = False) -> bool: ...
 
-    def replace_pod_ip(self, subnet, ip, record: bytes, new_record: bytes) -> bool: ...
+    def list_pod_ip_claims(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]: ...
+
+    def complete_pod_ip(self, subnet, ip, record: bytes) -> bool: ...
 
     def delete_pod_ip(self, subnet, ip, record: bytes) -> bool: ...
 
@@ -43,27 +45,34 @@ class FakeStore:
     def __init__(self):
         self._lock = threading.Lock()
         self.data: dict[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], bytes] = {}
+        self.claims: dict[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], bytes] = {}
         self.conflicts = 0      # compare-and-create transactions that lost (etcd round trips wasted)
 
     def list_pod_ips(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]:
         with self._lock:
             return {ip: v for (s, ip), v in self.data.items() if s == subnet}
 
-    def create_pod_ip(self, subnet, ip, record: bytes) -> bool:
-        """Compare-and-create: only if the key does not exist (etcd ``version(key) == 0``)."""
+    def list_pod_ip_claims(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]:
+        with self._lock:
+            return {ip: v for (s, ip), v in self.claims.items() if s == subnet}
+
+    def create_pod_ip(self, subnet, ip, record: bytes, claimed: bool = False) -> bool:
+        """Compare-and-create: only if the key does not exist (etcd ``version(key) == 0``),
+        with the claim marker in the same step."""
         with self._lock:
             if (subnet, ip) in self.data:
                 self.conflicts += 1
                 return False
             self.data[(subnet, ip)] = record
+            if claimed:
+                self.claims[(subnet, ip)] = record
             return True
 
-    def replace_pod_ip(self, subnet, ip, record: bytes, new_record: bytes) -> bool:
-        """Compare-and-swap: only if the key holds exactly ``record``."""
+    def complete_pod_ip(self, subnet, ip, record: bytes) -> bool:
         with self._lock:
-            if self.data.get((subnet, ip)) != record:
+            if self.claims.get((subnet, ip)) != record:
                 return False
-            self.data[(subnet, ip)] = new_record
+            del self.claims[(subnet, ip)]
             return True
 
     def delete_pod_ip(self, subnet, ip, record: bytes) -> bool:
@@ -72,6 +81,7 @@ class FakeStore:
             if self.data.get((subnet, ip)) != record:
                 return False
             del self.data[(subnet, ip)]
+            self.claims.pop((subnet, ip), None)
             return True
 
 
@@ -82,9 +92,9 @@ class SlowStore(FakeStore):
         time.sleep(0.001)
         return super().list_pod_ips(subnet)
 
-    def create_pod_ip(self, subnet, ip, record):
+    def create_pod_ip(self, subnet, ip, record, claimed=False):
         time.sleep(0.001)
-        return super().create_pod_ip(subnet, ip, record)
+        return super().create_pod_ip(subnet, ip, record, claimed)
 
 
 # Static conformance (mypy/pyright): FakeStore provides what the allocator needs from EtcdStore.
@@ -93,7 +103,7 @@ _: PodIPStore = FakeStore()
 
 def test_fake_store_has_the_real_stores_signatures():
     # the runtime half of the conformance check: the fake cannot drift from EtcdStore
-    for name in ("list_pod_ips", "create_pod_ip", "replace_pod_ip", "delete_pod_ip"):
+    for name in ("list_pod_ips", "list_pod_ip_claims", "create_pod_ip", "complete_pod_ip", "delete_pod_ip"):
         real = list(inspect.signature(getattr(EtcdStore, name)).parameters)
         fake = list(inspect.signature(getattr(FakeStore, name)).parameters)
         assert fake == real, name
@@ -266,48 +276,38 @@ def test_stale_release_never_frees_the_next_owners_ip(store):
 
 # -- claimed, then complete (crash consistency) ----------------------------------------------
 
-def claimed(n):
+def test_a_claim_is_written_with_its_record_and_completing_removes_only_the_marker(alloc, store):
     from dataclasses import replace
-    return replace(owner(n), state=CLAIMED, mac="0a:11:22:33:44:55")
-
-
-def test_a_claim_is_written_claimed_with_its_mac_and_marked_complete_after(alloc, store):
-    a, created = alloc.allocate(claimed(1))
-    assert created and not a.owner.complete
+    a, created = alloc.allocate(replace(owner(1), mac="0a:11:22:33:44:55"), claimed=True)
+    assert created and alloc.claims() == {a.ip: a.record}
     doc = json.loads(store.data[(SUBNET, a.ip)])
-    assert doc["state"] == "claimed" and doc["mac"] == "0a:11:22:33:44:55" and doc["netns"] == "/run/netns/p1"
-    done = alloc.complete(a)
-    assert done.owner.complete and json.loads(store.data[(SUBNET, a.ip)])["state"] == "complete"
-    assert alloc.complete(done) is None                  # complete already: nothing to write
-    assert alloc.find("c1", "eth0").record == done.record
+    assert doc["mac"] == "0a:11:22:33:44:55" and doc["netns"] == "/run/netns/p1"
+    assert alloc.complete(a) is True
+    assert alloc.claims() == {} and store.data[(SUBNET, a.ip)] == a.record, "the record itself is unchanged"
+    assert alloc.complete(a) is False                    # complete already
 
 
-def test_a_record_without_a_state_counts_as_complete():
-    assert Owner.from_record(owner(1).to_record()).complete
+def test_an_ipam_mode_allocation_has_no_claim(alloc):
+    alloc.allocate(owner(1))
+    assert alloc.claims() == {}
 
 
-def test_marking_complete_never_brings_back_a_released_record(alloc, store):
-    a, _ = alloc.allocate(claimed(1))
+def test_release_removes_the_claim_too_and_completing_then_changes_nothing(alloc, store):
+    a, _ = alloc.allocate(owner(1), claimed=True)
     assert alloc.release(a)
-    assert alloc.complete(a) is None
-    assert store.data == {}
+    assert alloc.complete(a) is False
+    assert store.data == {} and store.claims == {}
 
 
-def test_release_of_the_claimed_copy_releases_the_completed_record(alloc, store):
-    """DEL read the record before ADD's asynchronous "complete" landed: still released."""
-    a, _ = alloc.allocate(claimed(1))
-    alloc.complete(a)
-    assert alloc.release(a) is True
-    assert store.data == {}
-
-
-def test_release_of_a_stale_copy_never_frees_another_attachments_record(alloc, store):
-    a, _ = alloc.allocate(claimed(1))
-    assert alloc.release(a)
-    b, _ = alloc.allocate(claimed(2))
-    stale = Allocation(b.ip, a.owner, a.record)         # a late DEL of c1 naming c2's IP
-    assert alloc.release(stale) is False
-    assert store.data[(SUBNET, b.ip)] == b.record
+def test_completing_a_stale_copy_never_completes_the_next_owners_claim(store):
+    tiny = N("10.0.0.0/30")
+    alloc = PodIPAllocator(store, tiny)
+    old, _ = alloc.allocate(owner(1), claimed=True)
+    assert alloc.release(old)
+    new, _ = alloc.allocate(owner(2), claimed=True)
+    assert new.ip == old.ip
+    assert alloc.complete(old) is False
+    assert alloc.claims() == {new.ip: new.record}
 
 
 # -- races ---------------------------------------------------------------------------------
@@ -319,11 +319,11 @@ class RacingStore(FakeStore):
         super().__init__()
         self.stolen: list = []
 
-    def create_pod_ip(self, subnet, ip, record):
+    def create_pod_ip(self, subnet, ip, record, claimed=False):
         if not self.stolen:
             self.stolen.append(ip)
             super().create_pod_ip(subnet, ip, owner("thief").to_record())
-        return super().create_pod_ip(subnet, ip, record)
+        return super().create_pod_ip(subnet, ip, record, claimed)
 
 
 def test_losing_a_race_moves_on_and_never_takes_the_winners_ip():

@@ -36,13 +36,16 @@ class FakeAllocator:
     def find(self, cid, ifname):
         return next((a for a in self.list() if (a.owner.container_id, a.owner.ifname) == (cid, ifname)), None)
 
-    def allocate(self, owner):
+    def allocate(self, owner, claimed=False):
         found = self.find(owner.container_id, owner.ifname)
         if found:
             return found, False
         ip = next(ip for ip in SUBNET.hosts() if ip not in self.held and ip != SUBNET.network_address + 1)
         self.held[ip] = owner
         return self._alloc(ip, owner), True
+
+    def complete(self, allocation):
+        return False
 
     def release(self, allocation):
         return self.held.pop(allocation.ip, None) is not None

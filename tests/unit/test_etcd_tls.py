@@ -86,14 +86,15 @@ def test_each_user_may_touch_only_its_keys(layout):
     g = etcd_rbac.grants(layout)
     net, proj = layout.network_prefix, layout.project_prefix
     lease, ip = f"{net}/subnets/10.244.1.0-24", f"{proj}/ipam/10.244.1.0-24/10.244.1.5"
+    claim = f"{proj}/ipam-claims/10.244.1.0-24/10.244.1.5"
     svc, eps, pod = f"{proj}/services/default/web", f"{proj}/endpoints/default/web", f"{proj}/pods/default/p"
     config = f"{net}/config"
     expect = {
-        etcd_rbac.AGENT: {"read": {config, lease, ip}, "write": {lease, ip}},
+        etcd_rbac.AGENT: {"read": {config, lease, ip, claim}, "write": {lease, ip, claim}},
         etcd_rbac.PROXY: {"read": {config, svc, eps, pod}, "write": set()},
         etcd_rbac.ENDPOINTS_CONTROLLER: {"read": {svc, pod, eps}, "write": {eps}},
     }
-    every = {config, lease, ip, svc, eps, pod, f"{proj}/serviceips/10.96.0.1", f"{proj}/nodeports/tcp/30080"}
+    every = {config, lease, ip, claim, svc, eps, pod, f"{proj}/serviceips/10.96.0.1", f"{proj}/nodeports/tcp/30080"}
     for user, allowed in expect.items():
         for perm in ("read", "write"):
             assert {k for k in every if _allowed(g[user], perm, k)} == allowed[perm], (user, perm)

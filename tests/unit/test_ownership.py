@@ -17,7 +17,7 @@ import pytest
 from minikubenet.agent.cni_handler import Call, CniHandler
 from minikubenet.agent.reconcile import plan_repairs
 from minikubenet.cni.shim import CniError
-from minikubenet.ipam.allocator import CLAIMED, COMPLETE, Allocation, Owner
+from minikubenet.ipam.allocator import Allocation, Owner
 from minikubenet.linux import rtnl_batch
 from minikubenet.pod_network import (IFALIAS_MAX, LinkSeen, PodLink, attachment_macs, host_namespace_reason,
                                      ownership_mark, owns)
@@ -115,9 +115,21 @@ def test_a_link_dump_message_gives_name_kind_alias_and_mac():
 
 # -- the start-up repair plan ---------------------------------------------------------------------
 
-def record(n, state):
-    o = Owner(f"c{n}", "eth0", node="n1", network="net", netns=f"/run/netns/p{n}", state=state)
-    return Allocation(IP(f"10.244.1.{n}"), o, o.to_record())
+CLAIMED, COMPLETE = True, False
+
+
+def record(n, claimed):
+    o = Owner(f"c{n}", "eth0", node="n1", network="net", netns=f"/run/netns/p{n}")
+    a = Allocation(IP(f"10.244.1.{n}"), o, o.to_record())
+    CLAIMS[a.ip] = claimed
+    return a
+
+
+CLAIMS: dict = {}
+
+
+def plan(records, *args):
+    return plan_repairs(records, {a.ip for a in records if CLAIMS.get(a.ip)}, *args)
 
 
 def veth(n):
@@ -125,45 +137,45 @@ def veth(n):
 
 
 def test_a_claim_without_a_veth_is_released():
-    r = plan_repairs([record(2, CLAIMED)], [], {}, "n1")
+    r = plan([record(2, CLAIMED)], [], {}, "n1")
     assert [a.ip for a in r.release] == [IP("10.244.1.2")] and not r.remove and not r.complete
 
 
 def test_a_half_made_pod_is_removed_and_released():
-    r = plan_repairs([record(3, CLAIMED)], [veth(3)], {IP("10.244.1.3"): False}, "n1")
+    r = plan([record(3, CLAIMED)], [veth(3)], {IP("10.244.1.3"): False}, "n1")
     assert r.remove == [veth(3)] and [a.ip for a in r.release] == [IP("10.244.1.3")]
 
 
 def test_a_complete_pod_with_a_claimed_record_is_marked_complete():
-    r = plan_repairs([record(4, CLAIMED)], [veth(4)], {IP("10.244.1.4"): True}, "n1")
+    r = plan([record(4, CLAIMED)], [veth(4)], {IP("10.244.1.4"): True}, "n1")
     assert [a.ip for a in r.complete] == [IP("10.244.1.4")] and not r.remove and not r.release
 
 
 def test_a_marked_veth_without_a_record_is_removed():
-    r = plan_repairs([], [veth(5)], {}, "n1")
+    r = plan([], [veth(5)], {}, "n1")
     assert r.remove == [veth(5)]
 
 
 def test_complete_records_and_their_pods_are_left_as_they_are():
-    r = plan_repairs([record(6, COMPLETE), record(7, "")], [veth(6)], {}, "n1")
+    r = plan([record(6, COMPLETE), record(7, "")], [veth(6)], {}, "n1")
     assert not (r.remove or r.release or r.complete)
 
 
 def test_a_pod_that_cannot_be_looked_at_is_left_claimed():
-    r = plan_repairs([record(8, CLAIMED)], [veth(8)], {IP("10.244.1.8"): None}, "n1")
+    r = plan([record(8, CLAIMED)], [veth(8)], {IP("10.244.1.8"): None}, "n1")
     assert not (r.remove or r.release or r.complete) and r.left_alone
 
 
 def test_records_of_another_node_name_keep_their_veths_and_are_not_touched():
     other = replace(record(9, CLAIMED).owner, node="old-name")
     a = Allocation(IP("10.244.1.9"), other, other.to_record())
-    r = plan_repairs([a], [veth(9)], {}, "n1")
+    r = plan([a], [veth(9)], {}, "n1")
     assert not (r.remove or r.release or r.complete)
 
 
 def test_a_marked_veth_with_a_record_in_another_subnet_is_kept():
-    assert plan_repairs([], [veth(5)], {}, "n1", frozenset({ownership_mark("c5", "eth0")})).remove == []
+    assert plan([], [veth(5)], {}, "n1", frozenset({ownership_mark("c5", "eth0")})).remove == []
 
 
 def test_without_the_other_subnets_records_a_veth_without_a_record_is_kept():
-    assert plan_repairs([], [veth(5)], {}, "n1", None).remove == []
+    assert plan([], [veth(5)], {}, "n1", None).remove == []
