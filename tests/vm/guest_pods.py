@@ -98,7 +98,9 @@ def agent_ready(path: str = "/run/minikubenet/agent.sock") -> bool:
     s.settimeout(10.0)
     try:
         s.connect(path)
-        s.sendall(json.dumps({"command": "STATUS", "env": {}, "config": {}}).encode())
+        # a complete request: the agent checks cniVersion and name before anything else
+        s.sendall(json.dumps({"command": "STATUS", "mode": "main", "env": {},
+                              "config": {"cniVersion": "1.1.0", "name": "minikubenet"}}).encode())
         s.shutdown(socket.SHUT_WR)
         return "result" in json.loads(s.makefile("rb").read() or b"{}")
     except (OSError, ValueError):
