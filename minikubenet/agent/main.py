@@ -46,6 +46,7 @@ from minikubenet.agent.cni_server import CniServer
 from minikubenet.agent.reconcile import reconcile
 from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
+from minikubenet.linux.pod_plumbing import NetlinkPodPlumbing
 from minikubenet.metrics import metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
@@ -208,12 +209,13 @@ class Agent:
 
         allocator = PodIPAllocator(self.store, lease.subnet)
         # before the socket opens: no ADD can run while half-made pods are removed
-        reconcile(allocator, a.node_name, mtu)
+        plumbing = NetlinkPodPlumbing()
+        reconcile(allocator, a.node_name, mtu, plumbing)
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=allocator,
                          lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
                          rps_cpus=None if rps_cpus == "0" else rps_cpus, conntrack=conntrack.current)
-        self.server = CniServer(self.socket_path, CniHandler(node))
+        self.server = CniServer(self.socket_path, CniHandler(node, plumbing))
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
 
