@@ -163,3 +163,23 @@ def test_gc_and_check_go_through_the_plumbing():
     assert kernel.veths() == [], "GC removed the stale veth (both ends go with the host end)"
     assert alloc.held == {}
     h.close()
+
+
+def test_the_benchmarks_timing_wrapper_goes_through_the_seam():
+    """bench/cni_add_del.py times the handler by injecting wrappers, not by patching."""
+    import collections
+
+    from bench.cni_add_del import TimedPlumbing, TimedStore
+
+    acc = collections.defaultdict(float)
+    kernel = FakePodPlumbing()
+    kernel.add_pod(NETNS)
+    alloc = FakeAllocator()
+    h = CniHandler(NodeState("n1", SUBNET, 1450, alloc, lambda: True, lambda: None), TimedPlumbing(kernel, acc))
+    add(h)
+    h.handle(request("DEL"))
+    assert kernel.veths() == [] and alloc.held == {}
+    assert {k.split(" (")[0] for k in acc} >= {"netlink pod: open raw socket in netns", "netlink host: create_pair",
+                                               "netlink pod: configure_pod", "netlink: detach"}
+    assert TimedStore(alloc, acc).find("c1", "eth0") is None, "unlabelled calls pass straight through"
+    h.close()
