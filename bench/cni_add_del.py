@@ -485,42 +485,83 @@ def run_harness(lab, node, ours_conf: dict, n: int, results_dir: str | None, sta
     return json.loads(p.stdout)
 
 
+class _Timed:
+    """Wraps an object; calls of the methods in ``LABELS`` add their time to ``acc``."""
+    LABELS: dict[str, str] = {}
+
+    def __init__(self, real, acc: dict[str, float]):
+        self._real, self._acc = real, acc
+
+    def __getattr__(self, name):
+        attr = getattr(self._real, name)
+        label = self.LABELS.get(name)
+        if label is None or not callable(attr):
+            return attr
+
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return attr(*a, **kw)
+            finally:
+                self._acc[label] += time.perf_counter() - t
+        return timed
+
+
+class TimedPlumbing(_Timed):
+    """The handler's pod plumbing (linux/pod_plumbing.py), timed call by call."""
+    LABELS = {"open_pod": "netlink pod: open raw socket in netns (thread + setns)",
+              "survey": "netlink pod: link dump (ownership survey)",
+              "create_pair": "netlink host: create_pair (bridge lookup + veth batch)",
+              "configure_pod": "netlink pod: configure_pod (2 batches)",
+              "detach": "netlink: detach (lookup, get, del)",
+              "inspect": "netlink: inspect", "pod_mac": "netlink pod: pod_mac"}
+
+
+class TimedStore(_Timed):
+    """The allocator's EtcdStore, timed call by call. ADD claims the IP in etcd on a worker
+    thread while the veth pair is created, and the record is marked complete after the
+    answer: those overlap other work and are marked "~" (a cross-check, not added up)."""
+    LABELS = {"create_pod_ip": "~ etcd: create_pod_ip (overlaps create_pair)",
+              "complete_pod_ip": "~ etcd: complete_pod_ip (after the answer)",
+              "list_pod_ips": "etcd: list_pod_ips", "delete_pod_ip": "etcd: delete_pod_ip"}
+
+
 def harness(spec_path: str) -> int:
     """Runs inside the node namespace: the agent's own CniHandler, timed from the inside.
 
     Same objects the agent builds (EtcdStore, PodIPAllocator on the node's leased subnet,
-    CniHandler), same per-request work (an IPRoute opened per request, one opened inside
-    the pod's namespace), driven sequentially: first under cProfile, then with timers
-    wrapped around every etcd call and every netlink call.
+    CniHandler over the real pod plumbing), driven sequentially: first under cProfile,
+    then through a second handler whose store and pod plumbing are timing wrappers,
+    injected through the handler's constructor (nothing is monkeypatched).
     """
     import cProfile
     import io
     import pstats
 
-    from pyroute2 import IPRoute
-
     from minikubenet import subnet_env
-    from minikubenet.agent import cni_handler
     from minikubenet.agent.cni_handler import CniHandler, NodeState
     from minikubenet.ipam.allocator import PodIPAllocator
-    from minikubenet.linux import pod_interface, rtnl_batch
+    from minikubenet.linux.pod_plumbing import NetlinkPodPlumbing
     from minikubenet.store.etcd import EtcdStore, TLSFiles
 
     with open(spec_path) as f:
         spec = json.load(f)
     env = subnet_env.read(spec["subnet_env"])
     store = EtcdStore([spec["etcd"]], tls=TLSFiles(**spec["tls"]))
-    node = NodeState(node_name=spec["node"], subnet=env.subnet, mtu=env.mtu,
-                     allocator=PodIPAllocator(store, env.subnet), lease_healthy=lambda: True,
-                     store_ping=store.ping)
-    handler = CniHandler(node)
+
+    def node_state(etcd) -> NodeState:
+        return NodeState(node_name=spec["node"], subnet=env.subnet, mtu=env.mtu,
+                         allocator=PodIPAllocator(etcd, env.subnet), lease_healthy=lambda: True,
+                         store_ping=etcd.ping)
+
+    handler = CniHandler(node_state(store))
     pods = spec["pods"]
 
     def req(command: str, i: int) -> dict:
         return shim_request(spec["conf"], command, f"bench-harness-{i}", pods[i], f"h{i}")
 
-    def call(command: str, i: int):
-        return handler.handle(req(command, i))
+    def call(command: str, i: int, h: CniHandler = handler):
+        return h.handle(req(command, i))
 
     # warm-up: imports, the gRPC channel, pyroute2's first socket
     for _ in range(2):
@@ -546,57 +587,15 @@ def harness(spec_path: str) -> int:
         if spec.get("profile_prefix"):
             prof.dump_stats(f"{spec['profile_prefix']}-agent-{command.lower()}.prof")
     out["cprofile"] = profiles
+    handler.close()
 
-    # 2. timers around every etcd and netlink call
+    # 2. timers around every etcd call and every kernel call: a second handler built
+    # with timing wrappers around its store and its pod plumbing (the handler's seams,
+    # linux/pod_plumbing.py), nothing patched
     acc: dict[str, float] = collections.defaultdict(float)
-
-    def timed(fn, label):
-        def wrapper(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                acc[label] += time.perf_counter() - t
-        return wrapper
-
-    class TimedIPRoute:
-        def __init__(self, real, side):
-            self._real, self._side = real, side
-
-        def __getattr__(self, name):
-            attr = getattr(self._real, name)
-            return timed(attr, f"netlink {self._side}: {name}") if callable(attr) else attr
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.close()
-
-        def close(self):
-            timed(self._real.close, f"netlink {self._side}: close")()
-
-    real_iproute_in = pod_interface.iproute_in
-    cni_handler.IPRoute = lambda: TimedIPRoute(timed(IPRoute, "netlink host: open IPRoute()")(), "host")
-    pod_interface.iproute_in = lambda path: TimedIPRoute(
-        timed(real_iproute_in, "netlink pod: open in netns (thread + setns)")(path), "pod")
-    pod_interface.socket_in = timed(pod_interface.socket_in, "netlink pod: open raw socket in netns (thread + setns)")
-    real_send_batch = rtnl_batch.send_batch
-
-    def timed_send_batch(sock, requests):
-        label = "netlink batch: " + " + ".join(r.kind for r in requests)
-        return timed(real_send_batch, label)(sock, requests)
-    rtnl_batch.send_batch = timed_send_batch
-    rtnl_batch.dump_links = timed(rtnl_batch.dump_links, "netlink pod: link dump (ownership survey)")
-    # the record is marked complete after the answer, on a worker thread: overlaps
-    EtcdStore.complete_pod_ip = timed(EtcdStore.complete_pod_ip, "~ etcd: complete_pod_ip (after the answer)")
-    for name in ("list_pod_ips", "delete_pod_ip"):
-        setattr(EtcdStore, name, timed(getattr(EtcdStore, name), f"etcd: {name}"))
-    # overlapping totals (a cross-check, not added up): marked with "~"; ADD claims the IP
-    # in etcd on a worker thread while the veth pair is created, so that one overlaps too
-    EtcdStore.create_pod_ip = timed(EtcdStore.create_pod_ip, "~ etcd: create_pod_ip (overlaps create_pair)")
-    for name in ("create_pair", "configure_pod", "detach"):
-        setattr(pod_interface, name, timed(getattr(pod_interface, name), f"~ pod_interface.{name} (total)"))
+    timed_handler = CniHandler(node_state(TimedStore(store, acc)), TimedPlumbing(NetlinkPodPlumbing(), acc))
+    call("ADD", 0, timed_handler)           # its own first sockets
+    call("DEL", 0, timed_handler)
 
     per: dict = {}
     for command in ("ADD", "DEL"):
@@ -604,7 +603,7 @@ def harness(spec_path: str) -> int:
         for i in range(len(pods)):
             acc.clear()
             t = time.perf_counter()
-            call(command, i)
+            call(command, i, timed_handler)
             total = time.perf_counter() - t
             rows.append({"total": total, **acc})
         labels = sorted({k for r in rows for k in r if k != "total"})
@@ -616,6 +615,8 @@ def harness(spec_path: str) -> int:
                         "etcd_ms": sum(v for k, v in mean.items() if k.startswith("etcd")),
                         "netlink_ms": sum(v for k, v in mean.items() if k.startswith("netlink"))}
     out["timed"] = per
+    timed_handler.close()
+    store.close()
     json.dump(out, sys.stdout)
     return 0
 

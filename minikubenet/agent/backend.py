@@ -19,14 +19,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pyroute2 import IPRoute
-
-from minikubenet.linux.addresses import Underlay
-from minikubenet.linux.overlay_routes import connected_networks
-from minikubenet.linux.vxlan_device import VxlanDeviceError, delete_vxlan_device, ensure_vxlan_device
+from minikubenet.linux.addresses import Underlay, interface_ips
+from minikubenet.linux.netns import node_iproute
+from minikubenet.linux.overlay_routes import NetlinkKernel, connected_networks
+from minikubenet.linux.vxlan_device import (VxlanDeviceError, delete_vxlan_device, ensure_vxlan_device,
+                                            vxlan_device_exists)
 from minikubenet.network_config import NetworkConfig
 from minikubenet.overlay import host_gw, vxlan
-from minikubenet.overlay.controller import HostGwBackend, NetlinkKernel, OverlayController, VxlanBackend
+from minikubenet.overlay.controller import HostGwBackend, OverlayController, VxlanBackend
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,16 @@ class Prepared:
 
 
 def prepare(config: NetworkConfig, underlay: Underlay) -> Prepared:
-    with IPRoute() as ipr:
+    with node_iproute() as ipr:
         connected = connected_networks(ipr, underlay.index)
         if config.backend == "host-gw":
-            interface_ips = [a.get("IFA_ADDRESS") for a in ipr.get_addr(family=2)]
             try:
-                host_gw.check_public_ip(underlay.ip, interface_ips)
+                host_gw.check_public_ip(underlay.ip, interface_ips(ipr))
             except host_gw.HostGwError as e:
                 raise BackendError(str(e)) from None
             return Prepared("host-gw", {}, underlay.mtu, connected=connected)
         spec = vxlan.device_spec(config.vni, underlay.ip, underlay.index, underlay.mtu, config.port)
-        existed = bool(ipr.link_lookup(ifname=spec.name))
+        existed = vxlan_device_exists(ipr, spec.name)
         try:
             _, mac = ensure_vxlan_device(ipr, spec)
         except VxlanDeviceError as e:
@@ -72,7 +71,7 @@ def prepare(config: NetworkConfig, underlay: Underlay) -> Prepared:
 def undo(prepared: Prepared) -> None:
     """A start-up that fails after ``prepare`` removes a device it created itself."""
     if prepared.created_device and prepared.spec is not None:
-        with IPRoute() as ipr:
+        with node_iproute() as ipr:
             delete_vxlan_device(ipr, prepared.spec.name)
         log.info("removed %s again: the agent did not start", prepared.spec.name)
 
@@ -85,11 +84,11 @@ def start(store, config: NetworkConfig, underlay: Underlay, subnet, prepared: Pr
         if config.backend_options.get("DirectRouting"):
             direct = vxlan.DirectRouting(underlay.ifname, tuple(prepared.connected))
         spec, mac = prepared.spec, prepared.mac
-        with IPRoute() as ipr:
+        with node_iproute() as ipr:
             ensure_vxlan_device(ipr, spec, mac=mac, subnet=subnet, network=config.network)
         backend = VxlanBackend(config.vni, direct_routing=direct, ensure_device=lambda ipr: ensure_vxlan_device(
             ipr, spec, mac=mac, subnet=subnet, network=config.network))
     controller = OverlayController(store, subnet, backend,
-                                   make_kernel=lambda: NetlinkKernel(IPRoute(), config.network))
+                                   make_kernel=lambda: NetlinkKernel.open(config.network))
     controller.start()
     return controller

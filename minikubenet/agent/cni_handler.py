@@ -56,19 +56,17 @@ import contextlib
 import ipaddress
 import logging
 import os
-import queue
 import threading
 from dataclasses import dataclass
-
-from pyroute2 import IPRoute
 
 from minikubenet.cni import result as cni_result
 from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, ERR_INVALID_NETNS,
                                   ERR_NOT_AVAILABLE, ERR_NOT_AVAILABLE_DEGRADED, ERR_TRY_AGAIN_LATER,
                                   CniError)
 from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
-from minikubenet.linux import pod_interface, rps
-from minikubenet.linux.netns import NetnsNotFound, iproute_in
+from minikubenet.linux import rps
+from minikubenet.linux.netns import NetnsNotFound
+from minikubenet.linux.pod_plumbing import NetlinkPodPlumbing, NotOurs, PodPlumbing
 from minikubenet.pod_network import (BRIDGE, LinkSeen, PodLink, attachment_macs, host_namespace_reason,
                                      host_veth_name, owns, plan_attachment)
 from minikubenet.store.etcd import StoreError
@@ -169,16 +167,18 @@ class Call:
 
 
 class CniHandler:
-    IDLE_NETLINK_SOCKETS = 4   # kept open between requests; more are opened under load
+    """The verbs over ``node`` (etcd through its allocator) and ``plumbing``, the kernel
+    (linux/pod_plumbing.py: the real netlink one unless a test or the benchmark gives
+    another)."""
     CLAIM_THREADS = 8          # ADDs whose IP claim runs beside their veth work (the allocator
                                # itself does one etcd claim at a time; the others queue there)
     COMPLETE_THREADS = 2
 
-    def __init__(self, node: NodeState):
+    def __init__(self, node: NodeState, plumbing: PodPlumbing | None = None):
         self.node = node
+        self.kernel: PodPlumbing = plumbing if plumbing is not None else NetlinkPodPlumbing()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._idle_netlink: queue.SimpleQueue = queue.SimpleQueue()
         self._claims = concurrent.futures.ThreadPoolExecutor(self.CLAIM_THREADS, thread_name_prefix="ip-claim")
         # marking records complete after the answer: threads of their own, so a burst of
         # them never queues in front of the claims that ADDs wait for
@@ -190,27 +190,7 @@ class CniHandler:
         self._claims.shutdown(wait=True, cancel_futures=True)
         # a completion not written now is written by the next start (agent/reconcile.py)
         self._completions.shutdown(wait=True, cancel_futures=True)
-        while not self._idle_netlink.empty():
-            self._idle_netlink.get_nowait().close()
-
-    @contextlib.contextmanager
-    def _host_netlink(self):
-        """A netlink socket in the node's namespace, one request at a time. Opening one
-        costs about half a millisecond, so idle ones are kept for the next request; one
-        that saw an error is closed rather than reused."""
-        try:
-            ipr = self._idle_netlink.get_nowait()
-        except queue.Empty:
-            ipr = IPRoute()
-        try:
-            yield ipr
-        except BaseException:
-            ipr.close()
-            raise
-        if self._idle_netlink.qsize() < self.IDLE_NETLINK_SOCKETS:
-            self._idle_netlink.put(ipr)
-        else:
-            ipr.close()
+        self.kernel.close()
 
     @contextlib.contextmanager
     def _container_lock(self, container_id: str):
@@ -314,9 +294,10 @@ class CniHandler:
         cid, ifname = call.container_id, call.ifname
         link = PodLink(cid, ifname, call.kernel_netns, self.node.mtu)
         with self._container_lock(cid), contextlib.ExitStack() as undo:
-            pod = self._plumb(call, pod_interface.open_pod_socket, call.kernel_netns)  # gone: code 4
+            kernel = self.kernel
+            pod = self._plumb(call, kernel.open_pod, call.kernel_netns)  # gone: code 4
             undo.callback(pod.close)
-            self._refuse_foreign(call, link, self._plumb(call, pod_interface.survey, pod))
+            self._refuse_foreign(call, link, self._plumb(call, kernel.survey, pod))
             # Claiming the IP is a round trip to etcd (~1 ms) and creating the veth pair is
             # ~1 ms of kernel work that needs no IP: both at once, the claim on a worker
             # thread (it waits on gRPC with the GIL released). Undo in reverse: remove the
@@ -324,14 +305,13 @@ class CniHandler:
             # the record.
             claiming = self._claims.submit(self._allocate, call)
             undo.callback(self._release_claim_quietly, claiming)
-            with self._host_netlink() as host:
-                undo.callback(self._detach_quietly, cid, ifname, call.kernel_netns)
-                macs = self._plumb(call, pod_interface.create_pair, host, link)
+            undo.callback(self._detach_quietly, cid, ifname, call.kernel_netns)
+            macs = self._plumb(call, kernel.create_pair, link)
             if self.node.rps_cpus:
                 self._steer(link.host_veth)
             allocation, created = claiming.result()     # CniError (subnet full) or StoreError
             plan = plan_attachment(link, allocation.ip, self.node.subnet)
-            self._plumb(call, pod_interface.configure_pod, plan, pod)
+            self._plumb(call, kernel.configure_pod, plan, pod)
             undo.pop_all()  # success: keep everything
             pod.close()
         # Off the answer's path: a crash before this lands leaves a claim on a complete pod,
@@ -372,7 +352,7 @@ class CniHandler:
             return step(*args)
         except NetnsNotFound:
             raise
-        except pod_interface.NotOurs as e:
+        except NotOurs as e:
             raise CniError(ERR_INTERNAL, str(e), "a device by that name belongs to someone else; "
                            "it was left as it is") from None
         except Exception as e:
@@ -412,8 +392,7 @@ class CniHandler:
 
     def _detach_quietly(self, cid: str, ifname: str, netns: str | None) -> None:
         try:
-            with self._host_netlink() as host:
-                left_alone = pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname), netns)
+            left_alone = self.kernel.detach(cid, ifname, host_veth_name(cid, ifname), netns)
             for note in left_alone:
                 log.info("undo of ADD %s/%s: left alone, not ours: %s", cid, ifname, note)
         except Exception:
@@ -426,9 +405,7 @@ class CniHandler:
         cid, ifname = call.container_id, call.ifname
         with self._container_lock(cid):
             if call.mode == "main":
-                with self._host_netlink() as host:
-                    left_alone = pod_interface.detach(host, cid, ifname, host_veth_name(cid, ifname),
-                                                      call.kernel_netns)
+                left_alone = self.kernel.detach(cid, ifname, host_veth_name(cid, ifname), call.kernel_netns)
                 for note in left_alone:
                     log.warning("DEL %s/%s: left alone, not ours: %s", cid, ifname, note)
             allocation = self._find(call)
@@ -458,8 +435,7 @@ class CniHandler:
             if call.mode == "main" and not problems:
                 plan = plan_attachment(PodLink(cid, ifname, call.kernel_netns, self.node.mtu), allocation.ip,
                                        self.node.subnet)
-                with self._host_netlink() as host:
-                    problems = pod_interface.inspect(host, plan)
+                problems = self.kernel.inspect(plan)
                 problems += self._compare_mac(call, prev)
             if problems:
                 raise CniError(ERR_CHECK_FAILED, f"{cid}/{ifname} is not as ADD left it", "; ".join(problems))
@@ -475,12 +451,7 @@ class CniHandler:
         want = cni_result.mac_of(prev, call.ifname, call.netns)
         if not want:
             return []
-        pod = iproute_in(call.kernel_netns)
-        try:
-            index = pod.link_lookup(ifname=call.ifname)
-            have = pod.get_links(index[0])[0].get("IFLA_ADDRESS") if index else None
-        finally:
-            pod.close()
+        have = self.kernel.pod_mac(call.kernel_netns, call.ifname)
         return [] if have == want else [f"{call.ifname} has MAC {have}, prevResult says {want}"]
 
     # -- GC and STATUS (CNI 1.1) ----------------------------------------------------------------
@@ -504,10 +475,9 @@ class CniHandler:
         o = allocation.owner
         with self._container_lock(o.container_id):
             if mode == "main":
-                with self._host_netlink() as host:
-                    # the spec lets GC assume the pod's namespace is gone: the host end is enough
-                    left_alone = pod_interface.detach(host, o.container_id, o.ifname,
-                                                      host_veth_name(o.container_id, o.ifname), None)
+                # the spec lets GC assume the pod's namespace is gone: the host end is enough
+                left_alone = self.kernel.detach(o.container_id, o.ifname,
+                                                host_veth_name(o.container_id, o.ifname), None)
                 for note in left_alone:
                     log.warning("GC %s/%s: left alone, not ours: %s", o.container_id, o.ifname, note)
             released = self.node.allocator.release(allocation)

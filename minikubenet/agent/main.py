@@ -35,8 +35,6 @@ import sys
 import threading
 import time
 
-from pyroute2 import IPRoute
-
 from minikubenet import subnet_env
 from minikubenet.agent import backend
 from minikubenet.agent.metrics import AgentMetrics
@@ -46,6 +44,8 @@ from minikubenet.agent.cni_server import CniServer
 from minikubenet.agent.reconcile import reconcile
 from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
+from minikubenet.linux.netns import node_iproute
+from minikubenet.linux.pod_plumbing import NetlinkPodPlumbing
 from minikubenet.metrics import metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
@@ -151,7 +151,7 @@ class Agent:
         config = wait_for_config(self.store, a.startup_timeout)
         log.info("network %s, /%d per node, backend %s", config.network, config.subnet_len, config.backend)
 
-        with IPRoute() as ipr:
+        with node_iproute() as ipr:
             try:
                 underlay = find_underlay(ipr, a.public_ip, a.iface)
             except UnderlayNotFound as e:
@@ -174,7 +174,7 @@ class Agent:
         self.leaser.start_renewing()
 
         gateway = lease.subnet.network_address + 1
-        with IPRoute() as ipr:
+        with node_iproute() as ipr:
             try:
                 ensure_bridge(ipr, BRIDGE, ipaddress.IPv4Interface(f"{gateway}/{lease.subnet.prefixlen}"), mtu)
             except BridgeError as e:
@@ -208,12 +208,13 @@ class Agent:
 
         allocator = PodIPAllocator(self.store, lease.subnet)
         # before the socket opens: no ADD can run while half-made pods are removed
-        reconcile(allocator, a.node_name, mtu)
+        plumbing = NetlinkPodPlumbing()
+        reconcile(allocator, a.node_name, mtu, plumbing)
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=allocator,
                          lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
                          rps_cpus=None if rps_cpus == "0" else rps_cpus, conntrack=conntrack.current)
-        self.server = CniServer(self.socket_path, CniHandler(node))
+        self.server = CniServer(self.socket_path, CniHandler(node, plumbing))
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
 

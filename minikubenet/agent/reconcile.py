@@ -28,10 +28,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from pyroute2 import IPRoute
-
 from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator
-from minikubenet.linux import pod_interface
+from minikubenet.linux.pod_plumbing import PodPlumbing
 from minikubenet.pod_network import LinkSeen, PodLink, ownership_mark, plan_attachment
 from minikubenet.store.etcd import StoreError
 
@@ -79,8 +77,9 @@ def plan_repairs(records: list[Allocation], claimed: set, marked_veths: list[Lin
     return out
 
 
-def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
-    """Gather, plan, apply. A failing etcd skips it all (nothing is removed on a guess)."""
+def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int, kernel: PodPlumbing) -> Repairs:
+    """Gather, plan, apply. A failing etcd skips it all (nothing is removed on a guess).
+    ``kernel``: the pod plumbing the CNI handler uses (linux/pod_plumbing.py)."""
     try:
         records = allocator.list()
         claims = allocator.claims()
@@ -98,7 +97,7 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
         log.warning("start-up repair: cannot read other subnets' records (%s); veths without a record "
                     "are kept", e)
         elsewhere = None
-    veths = pod_interface.marked_host_veths()
+    veths = kernel.marked_host_veths()
     marks = {d.alias for d in veths}
     claimed = {a.ip for a in records if claims.get(a.ip) == a.record}
     pod_complete = {}
@@ -106,12 +105,11 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int) -> Repairs:
         o = a.owner
         if a.ip in claimed and o.node in ("", node_name) and ownership_mark(o.container_id, o.ifname) in marks:
             plan = plan_attachment(PodLink(o.container_id, o.ifname, o.netns, mtu), a.ip, allocator.subnet)
-            pod_complete[a.ip] = pod_interface.is_complete(plan)
+            pod_complete[a.ip] = kernel.is_complete(plan)
     repairs = plan_repairs(records, claimed, veths, pod_complete, node_name, elsewhere)
-    with IPRoute() as host:
-        for device in repairs.remove:
-            if pod_interface.delete_marked(host, device):
-                log.info("start-up repair: removed half-made %s (%s)", device.name, device.alias)
+    for device in repairs.remove:
+        if kernel.delete_marked(device):
+            log.info("start-up repair: removed half-made %s (%s)", device.name, device.alias)
     try:
         for a in repairs.release:
             if allocator.release(a):

@@ -47,3 +47,8 @@ def find_underlay(ipr: IPRoute, public_ip: str | None = None, iface: str | None 
             link = ipr.get_links(index)[0]
             return Underlay(link.get("IFLA_IFNAME"), index, addrs[0], link.get("IFLA_MTU"))
     raise UnderlayNotFound("no default route to pick the node's interface from; give --public-ip or --iface")
+
+
+def interface_ips(ipr: IPRoute) -> list[str]:
+    """Every IPv4 address of the namespace's interfaces."""
+    return [a.get("IFA_ADDRESS") for a in ipr.get_addr(family=2)]

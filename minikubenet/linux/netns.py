@@ -70,6 +70,12 @@ def socket_in(netns_path: str, family: int, type_: int, proto: int = 0) -> socke
     return out["sock"]
 
 
+def node_iproute() -> IPRoute:
+    """A pyroute2 socket in the calling thread's own namespace (the node's, for the
+    agent). Close it (or use it in ``with``)."""
+    return IPRoute()
+
+
 def iproute_in(netns_path: str) -> IPRoute:
     """An ``IPRoute`` whose netlink socket lives in the given namespace."""
     sock = socket_in(netns_path, socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)

@@ -195,3 +195,36 @@ def read_state(ipr: IPRoute, vxlan_dev: str | None, route_devs: Iterable[str],
         if dst.subnet_of(network):
             routes.add(Route(dst, ipaddress.IPv4Address(gateway), names[oif], bool(r["flags"] & RTNH_F_ONLINK)))
     return KernelState(frozenset(neighs), frozenset(fdbs), frozenset(routes))
+
+
+# -- the overlay controller's kernel (overlay/controller.py) -------------------------------------
+
+class NetlinkKernel:
+    """The real kernel behind the overlay loop's four calls, over one IPRoute socket
+    (the tests' fake has the same calls over dicts: tests/unit/test_overlay_plan.py)."""
+
+    def __init__(self, ipr: IPRoute, network: ipaddress.IPv4Network):
+        self.ipr = ipr
+        self.network = network
+
+    @classmethod
+    def open(cls, network: ipaddress.IPv4Network) -> "NetlinkKernel":
+        """One on a new socket in the calling thread's namespace (the controller calls
+        this on its worker thread)."""
+        return cls(IPRoute(), network)
+
+    def apply_plan(self, plan: PeerPlan) -> None:
+        apply_plan(self.ipr, plan)
+
+    def add(self, entries: list[Entry]) -> list[str]:
+        return add_entries(self.ipr, entries)
+
+    def delete(self, entries: list[Entry]) -> list[str]:
+        return delete_entries(self.ipr, entries)
+
+    def read(self, backend) -> KernelState:
+        """``backend``: overlay/controller.py's VxlanBackend or HostGwBackend."""
+        return read_state(self.ipr, backend.vxlan_dev, backend.route_devs, self.network)
+
+    def close(self) -> None:
+        self.ipr.close()

@@ -33,13 +33,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from dataclasses import dataclass
-
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from minikubenet.linux import rtnl_batch
 from minikubenet.linux.netns import NetnsNotFound, iproute_in, socket_in
+from minikubenet.linux.pod_plumbing import AttachedMacs, NotOurs
 from minikubenet.pod_network import (MARK_PREFIX, LinkSeen, PodAttachment, PodLink, attachment_macs,
                                      ownership_mark, owns)
 
@@ -47,20 +46,9 @@ from minikubenet.pod_network import (MARK_PREFIX, LinkSeen, PodAttachment, PodLi
 LOOPBACK_INDEX = 1   # "lo" is always the first device of a network namespace
 
 
-@dataclass(frozen=True)
-class AttachedMacs:
-    bridge: str
-    host_veth: str
-    pod: str
-
-
 def _lookup(ipr: IPRoute, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None
-
-
-class NotOurs(Exception):
-    """A device by the name we need exists and carries another owner's mark (or none)."""
 
 
 ABSENT, DELETED, FOREIGN = "absent", "deleted", "foreign"
@@ -252,6 +240,16 @@ def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
     finally:
         pod.close()
     return problems
+
+
+def pod_mac(netns: str, ifname: str) -> str | None:
+    """The MAC of ``ifname`` in the pod's namespace (None: no such device), for CHECK."""
+    pod = iproute_in(netns)
+    try:
+        index = pod.link_lookup(ifname=ifname)
+        return pod.get_links(index[0])[0].get("IFLA_ADDRESS") if index else None
+    finally:
+        pod.close()
 
 
 # -- for the agent's start (agent/reconcile.py) ------------------------------------------------

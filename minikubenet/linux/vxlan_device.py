@@ -211,6 +211,11 @@ def ensure_vxlan_address(ipr: IPRoute, index: int, address: ipaddress.IPv4Interf
         ipr.addr("add", index=index, address=want[0], prefixlen=want[1])
 
 
+def vxlan_device_exists(ipr: IPRoute, name: str) -> bool:
+    """Is there a device by this name (before ``ensure_vxlan_device``: did we create it)?"""
+    return bool(ipr.link_lookup(ifname=name))
+
+
 def delete_vxlan_device(ipr: IPRoute, name: str) -> bool:
     """Remove the device (and with it every neighbour, FDB entry and route on it)."""
     link = _lookup(ipr, name)

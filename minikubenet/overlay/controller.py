@@ -17,7 +17,9 @@ Three inputs, one worker thread (so kernel changes never race each other):
 A backend is three small things: ``plan(lease) -> PeerPlan | Skipped``, the devices
 whose entries it owns (``vxlan_dev`` for neighbours/FDB, ``route_devs`` for routes), and
 ``prepare()``, run before each resync (VXLAN: make sure flannel.1 still exists). The
-kernel side sits behind ``NetlinkKernel`` so the loop can be tested without root.
+kernel side sits behind four calls (``apply_plan``, ``add``, ``delete``, ``read``): the
+real one is linux/overlay_routes.py's ``NetlinkKernel``, a fake lets the loop be tested
+without root.
 
 Threads: all kernel work happens on the worker thread, which also builds the netlink
 socket it uses (see ``OverlayController``); ``start()`` and ``resync_now()`` hand their
@@ -34,7 +36,7 @@ import time
 from typing import Callable, Union
 
 from minikubenet.malformed import MalformedObjects
-from minikubenet.overlay import Entry, KernelState, PeerPlan, Skipped, reconcile, removable
+from minikubenet.overlay import Entry, PeerPlan, Skipped, reconcile, removable
 from minikubenet.overlay import host_gw, vxlan
 from minikubenet.overlay.leases import Event, LeaseCache, Removed
 from minikubenet.store.etcd import SubnetLeaseRecord
@@ -90,33 +92,6 @@ class HostGwBackend:
 Backend = Union[VxlanBackend, HostGwBackend]
 
 
-# -- the kernel, behind four calls -------------------------------------------------------------
-
-class NetlinkKernel:
-    """The real kernel, through linux/overlay_routes.py and one IPRoute socket."""
-
-    def __init__(self, ipr, network: ipaddress.IPv4Network):
-        from minikubenet.linux import overlay_routes   # pyroute2 only where the kernel is touched
-        self._routes = overlay_routes
-        self.ipr = ipr
-        self.network = network
-
-    def apply_plan(self, plan: PeerPlan) -> None:
-        self._routes.apply_plan(self.ipr, plan)
-
-    def add(self, entries: list[Entry]) -> list[str]:
-        return self._routes.add_entries(self.ipr, entries)
-
-    def delete(self, entries: list[Entry]) -> list[str]:
-        return self._routes.delete_entries(self.ipr, entries)
-
-    def read(self, backend: Backend) -> KernelState:
-        return self._routes.read_state(self.ipr, backend.vxlan_dev, backend.route_devs, self.network)
-
-    def close(self) -> None:
-        self.ipr.close()
-
-
 # -- the controller -----------------------------------------------------------------------------
 
 WatchStarter = Callable[..., object]   # (store, deliver) -> an object with .stop()
@@ -150,7 +125,8 @@ class _Job:
 class OverlayController:
     """Programs every remote lease for ``backend`` and keeps it that way.
 
-    ``make_kernel`` builds the kernel side (``lambda: NetlinkKernel(IPRoute(), network)``)
+    ``make_kernel`` builds the kernel side (``lambda: NetlinkKernel.open(network)``,
+    linux/overlay_routes.py)
     and is called on the thread that first does kernel work: after ``start()`` that is
     always the worker. This matters: a pyroute2 0.9 ``IPRoute`` keeps its socket per
     thread, and one bound to another namespace (linux/netns.py ``iproute_in``) only

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from minikubenet.linux import conntrack, iptables, nft_monitor
+from minikubenet.linux import conntrack, iptables, nft, nft_monitor
 from minikubenet.proxy import iptables_render, nft_render
 from minikubenet.proxy.iptables_render import (KUBE_MARK_MASQ, SyncState, chains_from_save,
                                                jump_chains, plan_from_rules, service_rules)
@@ -471,11 +470,10 @@ class NftSyncer(Syncer):
         return min(t for t, _ in self._to_delete) + NFT_DELETE_DELAY if self._to_delete else None
 
     def _existing_names(self) -> tuple[set[str], set[str]]:
-        t = self.config.nft_table
-        p = subprocess.run(["nft", "list", "table", nft_render.FAMILY, t], capture_output=True, text=True)
-        if p.returncode != 0:
+        listing = nft.list_table(nft_render.FAMILY, self.config.nft_table)
+        if listing is None:
             return set(), set()      # no table yet
-        return nft_render.names_from_listing(p.stdout)
+        return nft_render.names_from_listing(listing)
 
     def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
         """Anything in our table: a set, map, chain, rule or element, or the table."""
@@ -496,9 +494,8 @@ class NftSyncer(Syncer):
         """Our table exists and its hooks still jump into our chains (``nft flush
         ruleset``, ``nft delete table`` and ``nft flush table`` all break that)."""
         t = self.config.nft_table
-        p = subprocess.run(["nft", "list", "chain", nft_render.FAMILY, t, "nat-prerouting"],
-                           capture_output=True, text=True)
-        if p.returncode != 0 or f"jump {nft_render.SERVICES}" not in p.stdout:
+        listing = nft.list_chain(nft_render.FAMILY, t, "nat-prerouting")
+        if listing is None or f"jump {nft_render.SERVICES}" not in listing:
             log.warning("table %s %s or its nat-prerouting jump is gone: rules were flushed", nft_render.FAMILY, t)
             return False
         return True
@@ -514,18 +511,15 @@ class NftSyncer(Syncer):
 
 
 def nft_apply(text: str) -> None:
-    """One ``nft -f -`` transaction; nft names the offending line itself."""
+    """One ``nft -f -`` transaction (linux/nft.py); nft names the offending line itself."""
     try:
-        p = nft_monitor.run(["nft", "-f", "-"], text)     # its notifications are known to be ours
-    except FileNotFoundError:
-        raise SyncError("the `nft` binary is not installed (Debian: apt install nftables)") from None
-    if p.returncode != 0:
-        raise SyncError(f"nft -f failed (exit {p.returncode}):\n{p.stderr.strip()}")
+        nft.apply(text)
+    except nft.NftError as e:
+        raise SyncError(str(e)) from None
 
 
 def nft_table_exists(table: str = nft_render.TABLE) -> bool:
-    p = subprocess.run(["nft", "list", "tables", nft_render.FAMILY], capture_output=True, text=True)
-    return p.returncode == 0 and f"table {nft_render.FAMILY} {table}" in p.stdout
+    return nft.table_exists(nft_render.FAMILY, table)
 
 
 def make_syncer(mode: str, config: SyncConfig) -> Syncer:

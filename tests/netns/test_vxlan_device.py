@@ -28,7 +28,8 @@ from minikubenet.linux.netns import iproute_in
 from minikubenet.linux.vxlan_device import (VxlanDeviceError, ensure_vxlan_address, ensure_vxlan_device,
                                             vxlan_attrs)
 from minikubenet.overlay import KernelState, reconcile
-from minikubenet.overlay.controller import HostGwBackend, NetlinkKernel, OverlayController, VxlanBackend
+from minikubenet.linux.overlay_routes import NetlinkKernel
+from minikubenet.overlay.controller import HostGwBackend, OverlayController, VxlanBackend
 from minikubenet.overlay.host_gw import plan_peer as host_gw_plan
 from minikubenet.overlay.vxlan import device_spec, plan_peer, vtep_address
 from minikubenet.store.etcd import SubnetLeaseRecord
