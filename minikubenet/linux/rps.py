@@ -7,7 +7,7 @@ underlay -> the other node's routing -> cni0 -> veth, every hop runs on the CPU 
 called send(), while between two real machines the receiving NIC interrupts another
 CPU (RSS). On one machine with network namespaces, that makes each extra hop of the pod
 path a cost the sending CPU pays alone: on the 2-core lab machine, host-gw pod -> pod
-reached 0.80 and VXLAN 0.67 of node -> node (README, Benchmarks).
+reached 0.80 and VXLAN 0.67 of node -> node (docs/benchmarks.md).
 
 RPS is the kernel's software RSS (Documentation/networking/scaling.rst): a mask in
 ``/sys/class/net/<dev>/queues/rx-<n>/rps_cpus`` sends each received packet to the

@@ -24,7 +24,7 @@ If something fails after we created the device, we delete it again: a half-confi
 flannel.1 (say, down, or without its address) would look fine to a later run and be
 reused.
 
-Offloads: we change none, on purpose (measurements at the end of this module).
+Offloads: we change none, on purpose (the measurements are in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -223,35 +223,3 @@ def delete_vxlan_device(ipr: IPRoute, name: str) -> bool:
         return False
     _delete(ipr, link["index"], name)
     return True
-
-
-# -- Offloads, GRO and checksums: what was measured, and why we leave the defaults ---------
-#
-# A new VXLAN device comes with (``ethtool -k flannel.1``, kernel 6.18): tx-checksum-ip-generic,
-# scatter-gather, TSO (tcp/tcp6/ecn/mangleid), GSO, GRO, tx-udp-segmentation, tx-gso-list
-# all on; rx-gro-list and rx-udp-gro-forwarding off; no hardware offloads (all "[fixed]").
-# TSO/GSO on flannel.1 let TCP hand ~64 KB segments to the tunnel; they are cut into
-# 1450-byte frames, wrapped and checksummed as late as possible (on the underlay, as
-# tx-udp_tnl-segmentation, or in the NIC). Every one of these depends on tx checksum
-# offload: a device without it cannot do TSO.
-#
-# iperf3, 2 netns nodes on a veth pair, flannel.1 built by this module, 2-CPU machine,
-# 4 s runs (noisy: ±10 %):
-#
-#     underlay node-to-node, no tunnel                        19-21 Gbit/s
-#     VXLAN, defaults (MTU 1450)                              14.5-16.3
-#     VXLAN, underlay MTU 9000 / flannel.1 8950               16.3-18.1   (+10-20 %)
-#     VXLAN, flannel.1 gro off                                11.7-12.0   (-25 %)
-#     VXLAN, underlay tx-udp_tnl-segmentation off             14.1-15.0   (-5 %, noise level)
-#     VXLAN, underlay veth gro on                             13.7-15.9   (no gain)
-#     VXLAN, flannel.1 tso+gso off                             3.8-4.0    (-75 %)
-#     VXLAN, flannel.1 tx-checksum-ip-generic off              3.4-3.7    (-77 %)
-#
-# So: keep the defaults. In particular do *not* apply the well-known flannel workaround
-# ``ethtool -K flannel.1 tx-checksum-ip-generic off`` (flannel issues 1279/1243, k8s
-# 88986) unconditionally: it silently turns TSO off and costs three quarters of the
-# throughput. It was for a netfilter bug that corrupted the UDP checksum of SNATed
-# VXLAN packets (the ~63 s delays to ClusterIPs from hosts), fixed in Linux 5.7
-# (torvalds/linux ea64d8d6c675, per the k3s tracker); flannel itself never disables
-# offloads. Worth knowing for throughput instead: a larger underlay MTU (the pods get
-# underlay − 50), and GRO staying on on flannel.1.
