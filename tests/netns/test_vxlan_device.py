@@ -31,7 +31,7 @@ from minikubenet.overlay import KernelState, reconcile
 from minikubenet.overlay.controller import HostGwBackend, NetlinkKernel, OverlayController, VxlanBackend
 from minikubenet.overlay.host_gw import plan_peer as host_gw_plan
 from minikubenet.overlay.vxlan import device_spec, plan_peer, vtep_address
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.store.lease_watch import LeaseDelete, LeasePut
 
 pytestmark = [
