@@ -24,7 +24,8 @@ import threading
 from dataclasses import dataclass
 
 from minikubenet.network_config import NetworkConfig
-from minikubenet.store.etcd import EtcdStore, StoreError, SubnetLeaseRecord
+from minikubenet.store.etcd import EtcdStore, StoreError
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class SubnetLeaser:
                 return rec
             log.info("lost the race for %s, trying again", choice.subnet)
             try:
-                self.store.client.revoke_lease(lease.id)
+                self.store.revoke(lease)
             except Exception:  # best effort: the unused lease expires anyway
                 pass
         raise OutOfSubnets(f"could not claim a subnet of {self.config.network} after {RACE_RETRIES} races")

@@ -39,7 +39,7 @@ from minikubenet.malformed import MalformedObjects
 from minikubenet.overlay import Entry, PeerPlan, Skipped, reconcile, removable
 from minikubenet.overlay import host_gw, vxlan
 from minikubenet.overlay.leases import Event, LeaseCache, Removed
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.store.lease_watch import LeaseDelete, LeasePut, LeaseSnapshot, watch_leases
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import ipaddress
 from typing import Iterable, Union
 
 from minikubenet.overlay import PeerPlan, Route, Skipped
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 BACKEND_TYPE = "host-gw"
 

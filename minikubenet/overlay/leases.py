@@ -24,7 +24,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Union
 
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 Subnet = ipaddress.IPv4Network
 

@@ -35,7 +35,7 @@ from typing import Iterable, Union
 
 from minikubenet.overlay import Fdb, Neigh, PeerPlan, Route, Skipped
 from minikubenet.overlay.host_gw import direct_route, on_segment, parse_public_ip
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 BACKEND_TYPE = "vxlan"
 DEFAULT_VNI = 1

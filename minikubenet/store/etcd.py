@@ -64,6 +64,7 @@ import pyetcd.exceptions
 
 from minikubenet.network_config import NetworkConfig, parse_config
 from minikubenet.store.keys import KeyLayout, subnet_from_key
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -141,47 +142,13 @@ def add_etcd_tls_options(parser) -> None:
                         help="key of the client certificate (default $MINIKUBENET_ETCD_KEYFILE)")
 
 
-@dataclass
-class SubnetLeaseRecord:
-    """A node's lease as stored under ``<prefix>/subnets/<net>-<len>``."""
-    subnet: ipaddress.IPv4Network
-    public_ip: str
-    backend_type: str
-    backend_data: dict
-    lease_id: int = 0        # the etcd lease holding the key (0 = no TTL: a reservation)
-    raw: bytes = b""
-    problem: str = ""        # why the document is malformed ("" = well formed); its fields are then empty
-
-    def attrs_json(self) -> str:
-        return json.dumps({"PublicIP": self.public_ip, "BackendType": self.backend_type,
-                           "BackendData": self.backend_data})
-
-    @classmethod
-    def from_kv(cls, key: str, value: bytes, lease_id: int) -> "SubnetLeaseRecord | None":
-        """The record at ``key`` (None if the key is not a lease). A malformed document
-        still gives a record, with ``problem`` set: the subnet stays taken, and the
-        consumer decides how to report it (the overlay skips it, logged once)."""
-        subnet = subnet_from_key(key)
-        if subnet is None:
-            return None
-        try:
-            doc = json.loads(value)
-        except ValueError:
-            doc = None
-        problem = ""
-        if not isinstance(doc, dict):
-            problem = "not a JSON object"
-        else:
-            wrong = [f"{name} must be {what}" for name, kind, what in
-                     (("PublicIP", str, "a string"), ("BackendType", str, "a string"),
-                      ("BackendData", dict, "an object"))
-                     if doc.get(name) is not None and not isinstance(doc[name], kind)]
-            problem = "; ".join(wrong)
-        if problem:
-            return cls(subnet=subnet, public_ip="", backend_type="", backend_data={}, lease_id=lease_id,
-                       raw=value, problem=problem)
-        return cls(subnet=subnet, public_ip=doc.get("PublicIP", ""), backend_type=doc.get("BackendType", ""),
-                   backend_data=doc.get("BackendData") or {}, lease_id=lease_id, raw=value)
+def lease_from_kv(key: str, value: bytes, lease_id: int) -> SubnetLeaseRecord | None:
+    """The lease record at ``key`` (None if the key is not a lease): the subnet comes
+    from the key, the rest from the document (subnet_lease_record.py)."""
+    subnet = subnet_from_key(key)
+    if subnet is None:
+        return None
+    return SubnetLeaseRecord.from_document(subnet, value, lease_id)
 
 
 def parse_endpoints(endpoints: list[str] | tuple[str, ...]) -> list[tuple[str, int, bool]]:
@@ -414,7 +381,7 @@ class EtcdStore:
     def list_leases(self) -> list[SubnetLeaseRecord]:
         out = []
         for value, meta in self.client.get_prefix(self.layout.subnets):
-            rec = SubnetLeaseRecord.from_kv(meta.key.decode(), value, meta.lease_id)
+            rec = lease_from_kv(meta.key.decode(), value, meta.lease_id)
             if rec:
                 out.append(rec)
         return out
@@ -458,6 +425,11 @@ class EtcdStore:
         """Renew an etcd lease; returns the remaining TTL (0 or less: it is gone)."""
         responses = self.client.refresh_lease(getattr(lease, "id", lease))
         return responses[0].TTL if responses else 0
+
+    @_wrap_errors
+    def revoke(self, lease) -> None:
+        """Give an etcd lease back now (its keys go with it)."""
+        self.client.revoke_lease(getattr(lease, "id", lease))
 
     @_wrap_errors
     def delete_lease_key(self, subnet: ipaddress.IPv4Network) -> None:

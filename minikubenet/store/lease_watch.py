@@ -17,9 +17,10 @@ from typing import Callable, Union
 
 import pyetcd.events
 
-from minikubenet.store.etcd import EtcdStore, SubnetLeaseRecord
+from minikubenet.store.etcd import EtcdStore, lease_from_kv
 from minikubenet.store.keys import subnet_from_key
 from minikubenet.store.watch import ListWatch
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ LeaseUpdate = Union[LeaseSnapshot, LeasePut, LeaseDelete]
 def list_leases_at_revision(store: EtcdStore) -> LeaseSnapshot:
     """All leases and the revision they were read at (one range request)."""
     response = store.client.get_prefix_response(store.layout.subnets)
-    records = [SubnetLeaseRecord.from_kv(kv.key.decode(), kv.value, kv.lease) for kv in response.kvs]
+    records = [lease_from_kv(kv.key.decode(), kv.value, kv.lease) for kv in response.kvs]
     return LeaseSnapshot([r for r in records if r is not None], response.header.revision)
 
 
@@ -55,7 +56,7 @@ def to_update(event) -> LeaseUpdate | None:
     if isinstance(event, pyetcd.events.DeleteEvent):
         subnet = subnet_from_key(key)
         return LeaseDelete(subnet) if subnet is not None else None
-    record = SubnetLeaseRecord.from_kv(key, event.value, event.lease)
+    record = lease_from_kv(key, event.value, event.lease)
     return LeasePut(record) if record is not None else None
 
 

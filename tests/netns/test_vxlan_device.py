@@ -32,7 +32,7 @@ from minikubenet.linux.overlay_routes import NetlinkKernel
 from minikubenet.overlay.controller import HostGwBackend, OverlayController, VxlanBackend
 from minikubenet.overlay.host_gw import plan_peer as host_gw_plan
 from minikubenet.overlay.vxlan import device_spec, plan_peer, vtep_address
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.store.lease_watch import LeaseDelete, LeasePut
 
 pytestmark = [

@@ -173,7 +173,7 @@ def test_a_create_that_finds_someone_elses_record_has_not():
 
 
 def test_a_subnet_lease_is_ours_only_on_our_etcd_lease():
-    from minikubenet.store.etcd import SubnetLeaseRecord
+    from minikubenet.subnet_lease_record import SubnetLeaseRecord
     rec = SubnetLeaseRecord(SUBNET, "172.31.0.11", "vxlan", {})
     mine = SimpleNamespace(id=42)
     assert store_with(TxnClient(rec.attrs_json().encode(), lease_id=42)).create_lease(rec, mine)
@@ -210,7 +210,8 @@ def test_once_the_budget_is_spent_each_call_fails_after_one_round():
 
 def test_a_failed_lease_renewal_is_retried_soon_after_etcd_is_back(monkeypatch):
     from minikubenet import subnet_lease
-    from minikubenet.store.etcd import StoreError, SubnetLeaseRecord
+    from minikubenet.store.etcd import StoreError
+    from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
     class Store:
         answers = [StoreError("etcd down"), StoreError("etcd down"), 30, 30, 30]

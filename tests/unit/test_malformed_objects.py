@@ -16,7 +16,7 @@ from minikubenet.overlay.controller import OverlayController, VxlanBackend
 from minikubenet.proxy.daemon import ProxyState
 from minikubenet.proxy.endpoints_controller import EndpointsController
 from minikubenet.proxy.model import ValidationError, endpoints_from_k8s, pod_from_k8s, service_from_k8s
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.store.etcd import lease_from_kv
 from minikubenet.store.services import ObjectPut, Snapshot
 from tests.unit.test_proxy_endpoints import pod, ready_ips, store, svc_doc  # noqa: F401 (fixture)
 
@@ -105,7 +105,7 @@ def test_the_proxy_skips_malformed_services_and_endpoints_once(caplog):
 
 def lease(subnet, doc):
     raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
-    return SubnetLeaseRecord.from_kv(f"/coreos.com/network/subnets/{subnet.replace('/', '-')}", raw, 0)
+    return lease_from_kv(f"/coreos.com/network/subnets/{subnet.replace('/', '-')}", raw, 0)
 
 
 def test_malformed_lease_documents_give_a_record_with_the_problem():

@@ -14,7 +14,7 @@ from minikubenet.overlay import Fdb, KernelState, Neigh, PeerPlan, Route, Skippe
 from minikubenet.overlay import host_gw, leases, vxlan
 from minikubenet.overlay.controller import HostGwBackend, OverlayController, VxlanBackend
 from minikubenet.overlay.leases import Added, LeaseCache, Removed
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.store.lease_watch import LeaseDelete, LeasePut, LeaseSnapshot, to_update
 
 net = ipaddress.IPv4Network

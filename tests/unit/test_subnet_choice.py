@@ -12,7 +12,7 @@ from ipaddress import IPv4Network as N
 import pytest
 
 from minikubenet.network_config import parse_config
-from minikubenet.store.etcd import SubnetLeaseRecord
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.subnet_lease import Choice, OutOfSubnets, choose_subnet
 
 ME = "172.31.0.11"
