@@ -1,0 +1,70 @@
+"""The layering of docs/architecture.md, checked so that it stays true.
+
+- The pure plan modules of the overlay load neither grpc, pyetcd nor pyroute2, directly
+  or through minikubenet modules (they are plans: they must import fast and without root).
+- Nothing under ``store/`` (the etcd adapter) imports the daemons, the overlay, the lab or
+  the CLI: ``store/`` maps domain objects to keys and values, never the reverse.
+
+(The kernel side of the rules is tests/unit/test_kernel_boundary.py. store/services.py
+still imports proxy.model: a known departure, listed in docs/architecture.md.)
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "minikubenet"
+HEAVY = ("grpc", "pyetcd", "pyroute2")
+PURE_PLANS = ("minikubenet.overlay.vxlan", "minikubenet.overlay.host_gw", "minikubenet.overlay.leases",
+              "minikubenet.subnet_lease_record", "minikubenet.masquerade", "minikubenet.pod_network")
+
+
+@pytest.mark.parametrize("module", PURE_PLANS)
+def test_a_pure_plan_module_loads_no_adapter_library(module):
+    # a fresh interpreter: what this one imported already must not hide an import
+    code = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"{module} pulls in {out}"
+
+
+def imported_modules(path: pathlib.Path, package: str | None = None) -> set[str]:
+    """Every module name a file imports (absolute and relative), read from its source."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    if package is None:
+        package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+FORBIDDEN_FOR_STORE = ("minikubenet.overlay", "minikubenet.agent", "minikubenet.lab", "minikubenet.cli")
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "store").glob("*.py")), ids=lambda p: p.name)
+def test_store_does_not_import_the_layers_above_it(path):
+    bad = sorted(n for n in imported_modules(path)
+                 if any(n == f or n.startswith(f + ".") for f in FORBIDDEN_FOR_STORE))
+    assert not bad, f"store/{path.name} imports {bad}"
+
+
+def test_the_import_reader_sees_a_violation(tmp_path):
+    # the rule above can fail: absolute and relative imports of the agent and the lab are seen
+    sample = tmp_path / "sample.py"
+    sample.write_text("from minikubenet.agent import cni_handler\nimport minikubenet.lab.cluster\n"
+                      "from ..overlay import vxlan\n")
+    names = imported_modules(sample, package="minikubenet.store")
+    assert {"minikubenet.agent.cni_handler", "minikubenet.lab.cluster", "minikubenet.overlay.vxlan"} <= names
