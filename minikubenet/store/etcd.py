@@ -437,9 +437,8 @@ class EtcdStore:
 
     # -- pod IPs -----------------------------------------------------------------------------
 
-    @_wrap_errors
-    def list_pod_ips(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]:
-        prefix = self.layout.ipam_subnet(subnet)
+    def _by_ip(self, prefix: str) -> dict[ipaddress.IPv4Address, bytes]:
+        """The values under ``prefix``, keyed by the IP that ends each key."""
         out = {}
         for value, meta in self.client.get_prefix(prefix):
             try:
@@ -447,6 +446,10 @@ class EtcdStore:
             except ValueError:
                 log.warning("ignoring unexpected key %s", meta.key.decode())
         return out
+
+    @_wrap_errors
+    def list_pod_ips(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]:
+        return self._by_ip(self.layout.ipam_subnet(subnet))
 
     @_wrap_errors
     def list_all_pod_ips(self) -> dict[str, bytes]:
@@ -455,14 +458,7 @@ class EtcdStore:
     @_wrap_errors
     def list_pod_ip_claims(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]:
         """The claim markers of the subnet: ADDs that have not (yet) finished their pod."""
-        prefix = self.layout.ipam_claims_subnet(subnet)
-        out = {}
-        for value, meta in self.client.get_prefix(prefix):
-            try:
-                out[ipaddress.IPv4Address(meta.key.decode()[len(prefix):])] = value
-            except ValueError:
-                log.warning("ignoring unexpected key %s", meta.key.decode())
-        return out
+        return self._by_ip(self.layout.ipam_claims_subnet(subnet))
 
     @_wrap_errors
     def create_pod_ip(self, subnet, ip, record: bytes, claimed: bool = False) -> bool:
