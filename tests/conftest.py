@@ -13,6 +13,7 @@ fixture's teardown removes exactly those, also when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import tempfile
@@ -47,6 +48,20 @@ def make_lab(lab_root, nodes, pods_per_node, backend="vxlan", **kw):
     from minikubenet.lab.topology import build_topology
     topo = build_topology(unique_lab_name(), nodes=nodes, pods_per_node=pods_per_node, backend=backend, **kw)
     return Lab(topo, root=lab_root, say=lambda *a: None)
+
+
+@contextlib.contextmanager
+def running_lab(lab_root, nodes, pods_per_node, proxy: bool = True, **kw):
+    """A lab that is up for the ``with`` block and removed after it, also when the block
+    fails (``proxy=False``: no service proxy, for tests of the agent alone)."""
+    lab = make_lab(lab_root, nodes=nodes, pods_per_node=pods_per_node, **kw)
+    if not proxy:
+        lab.proxy_mode = None
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 from minikubenet.lab import daemons, probes
 from minikubenet.linux.netns import path_of, socket_in
-from tests.conftest import make_lab
+from tests.conftest import running_lab
 from tests.faults.conftest import report
 
 CONNECTIONS = 40
@@ -26,13 +26,8 @@ CONNECTIONS = 40
 @pytest.fixture(scope="module")
 def lab(lab_root):
     """Name: lab. Scope: module. A 1-node lab with 1 pod, no proxy; removed in teardown."""
-    lab = make_lab(lab_root, nodes=1, pods_per_node=1)
-    lab.proxy_mode = None
-    try:
-        lab.up()
+    with running_lab(lab_root, nodes=1, pods_per_node=1, proxy=False) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def scrape(lab) -> dict[str, float]:

@@ -25,7 +25,7 @@ from minikubenet.cni.runtime import CniCallError
 from minikubenet.linux import named_netns, rtnl_batch
 from minikubenet.linux.netns import socket_in
 from minikubenet.pod_network import MARK_PREFIX, host_veth_name
-from tests.conftest import make_lab
+from tests.conftest import running_lab
 from tests.faults.conftest import report
 
 PODS = 50
@@ -33,13 +33,8 @@ PODS = 50
 
 @pytest.fixture(scope="module")
 def lab(lab_root):
-    lab = make_lab(lab_root, nodes=1, pods_per_node=0)
-    lab.proxy_mode = None
-    try:
-        lab.up()
+    with running_lab(lab_root, nodes=1, pods_per_node=0, proxy=False) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def records(lab) -> dict[str, dict]:

@@ -20,7 +20,7 @@ import pytest
 
 from minikubenet.linux.netns import socket_in
 from minikubenet.store.etcd_rbac import AGENT, PROXY
-from tests.conftest import make_lab
+from tests.conftest import running_lab
 from tests.faults.conftest import report
 
 # short timeouts: a refused request must not look like a slow one
@@ -29,12 +29,8 @@ TIMEOUTS = ["--dial-timeout", "2s", "--command-timeout", "3s"]
 
 @pytest.fixture(scope="module")
 def lab(lab_root):
-    lab = make_lab(lab_root, nodes=2, pods_per_node=1)
-    try:
-        lab.up()
+    with running_lab(lab_root, nodes=2, pods_per_node=1) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def from_pod(lab, *args: str) -> subprocess.CompletedProcess:

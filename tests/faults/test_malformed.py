@@ -16,7 +16,7 @@ import pytest
 
 from minikubenet.lab import daemons, probes
 from minikubenet.lab import services as S
-from tests.conftest import make_lab
+from tests.conftest import running_lab
 from tests.faults.conftest import report
 
 BAD = {
@@ -33,12 +33,8 @@ BAD = {
 @pytest.fixture(scope="module")
 def lab(lab_root):
     """Name: lab. Scope: module. A 2-node lab, 2 pods per node; removed in teardown."""
-    lab = make_lab(lab_root, nodes=2, pods_per_node=2)
-    try:
-        lab.up()
+    with running_lab(lab_root, nodes=2, pods_per_node=2) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def put(lab, key: str, value: str) -> None:
