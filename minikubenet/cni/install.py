@@ -22,6 +22,18 @@ What a runtime (containerd, CRI-O, podman, kubelet via its runtime) finds afterw
   config (containerd, ctr) take the first file in lexical order: ``10-`` sorts early,
   and ``install`` warns when another file sorts before ours.
 
+The install step in one paragraph: read shim.py; replace the one line ``NAME = ...`` of
+each ``BAKED`` constant (a regex per name, anchored at the line start; install fails if
+a line is missing, so renaming one in shim.py cannot go unnoticed); compile the result
+with the plugin's own interpreter (bytecode is per minor version, so it is made by the
+binary that will run it); write ``#!interpreter -IS``, the source and the marshalled code.
+At run time the plugin executes the bytecode if the interpreter's magic number still
+matches and compiles the source otherwise (after a Python upgrade: slower, still right).
+The shim's private ``_json`` fast path has its own version check and stdlib fallback
+(shim.py, ``JSON_PATH``). Measured with this machine's /usr/bin/python3 3.11, median of
+5 rounds of 200 calls: 6.8 ms per plugin call with the fast path, 13.4 ms with the json
+package (tests/unit/test_shim_json_paths.py checks both give the same answers).
+
 Ownership: ``<state-dir>/install.json`` records every file written and its sha256.
 ``install`` overwrites only files it wrote and nobody changed since; any other file
 at a target path is foreign and is left alone unless ``--force``, which first saves
