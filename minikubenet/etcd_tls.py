@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from minikubenet import private_files
 from minikubenet.store.etcd import TLSFiles
 from minikubenet.store.etcd_rbac import ROOT_USER, USERS
 
@@ -168,15 +169,7 @@ def issue_client(ca_key, ca_cert, user: str):
 # --------------------------------------------------------------------------- files
 
 def _write_private(path: str, data: bytes) -> None:
-    """0600 from the first byte (O_CREAT with mode, not chmod after), then renamed."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)          # an existing tmp file keeps its old mode otherwise
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    private_files.write_atomic(path, data)      # 0600 from the first byte
 
 
 def _save(files: CertFiles, key, cert: x509.Certificate) -> None:

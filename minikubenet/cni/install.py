@@ -57,6 +57,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from minikubenet import private_files
 from minikubenet.cni import shim
 
 PLUGIN_NAME = "minikubenet"
@@ -353,12 +354,8 @@ def load_manifest(state_dir: str) -> dict:
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)   # /opt/cni/bin and friends: 0755, not private
+    private_files.write_atomic(path, data, mode)
 
 
 def save_manifest(state_dir: str, manifest: dict) -> None:

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from minikubenet.lab import probes
 from minikubenet.lab.topology import POD_PORT, PodSpec
 from minikubenet.store import etcd_rbac
+from minikubenet.waiting import wait_until
 
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
@@ -102,19 +103,19 @@ def _op(op: str, kw: dict):
         if op == "wait-endpoints":
             # until the controller has written the expected ready IPs; returns the revision
             ns = kw.get("namespace", NAMESPACE)
-            key = store.keys.object("endpoints", ns, kw["name"])
-            deadline = time.monotonic() + kw.get("timeout", 20)
             want = sorted(kw["ready"]) if "ready" in kw else _ready_pod_ips(store, ns, kw["name"])
-            while True:
-                raw, meta = etcd.client.get(key)
-                if raw is not None:
-                    eps = endpoints_from_k8s(json.loads(raw))
-                    ready = sorted({str(e.ip) for es in eps.values() for e in es if e.ready})
-                    if ready == want:
-                        return {"revision": meta.mod_revision}
-                if time.monotonic() > deadline:
-                    return {"error": f"endpoints {key} still {raw!r}, want ready {want}"}
-                time.sleep(0.05)
+            seen: list = [None, 0]
+
+            def written() -> bool:
+                seen[:] = store.get_endpoints_at(ns, kw["name"])
+                if seen[0] is None:
+                    return False
+                eps = endpoints_from_k8s(seen[0])
+                return sorted({str(e.ip) for es in eps.values() for e in es if e.ready}) == want
+
+            if wait_until(written, kw.get("timeout", 20)):
+                return {"revision": seen[1]}
+            return {"error": f"endpoints {ns}/{kw['name']} still {seen[0]!r}, want ready {want}"}
         raise SystemExit(f"unknown op {op}")
     finally:
         etcd.close()
@@ -217,22 +218,23 @@ def metrics(lab, node) -> str:
 
 def wait_applied(lab, revision: int, nodes=None, timeout: float = 30.0) -> None:
     """Until every proxy's rules reflect etcd ``revision`` (0: any successful sync)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout          # one deadline for all the nodes
     for node in nodes or lab.topo.nodes:
-        while True:
+        state: list = [None]
+
+        def applied(node=node, state=state) -> bool:
             try:
-                h = healthz(lab, node)
-                if h["lastUpdated"] and h["appliedRevision"] >= revision:
-                    break
-                state = h
+                state[0] = healthz(lab, node)
             except (probes.ProbeFailed, OSError, ValueError) as e:
-                state = e
-            if time.monotonic() > deadline:
-                from minikubenet.lab.processes import tail
-                raise ServiceCheckFailed(f"the proxy on {node.name} has not applied revision {revision} "
-                                         f"({state}); its log ends with:\n"
-                                         f"{tail(os.path.join(lab.dir, 'logs', f'proxy-{node.name}.log'))}")
-            time.sleep(0.05)
+                state[0] = e
+                return False
+            return bool(state[0]["lastUpdated"]) and state[0]["appliedRevision"] >= revision
+
+        if not wait_until(applied, max(0.0, deadline - time.monotonic())):
+            from minikubenet.lab.processes import tail
+            raise ServiceCheckFailed(f"the proxy on {node.name} has not applied revision {revision} "
+                                     f"({state[0]}); its log ends with:\n"
+                                     f"{tail(os.path.join(lab.dir, 'logs', f'proxy-{node.name}.log'))}")
 
 
 # --------------------------------------------------------------------------- services

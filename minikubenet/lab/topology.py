@@ -60,10 +60,6 @@ class EtcdMemberSpec:
     def client_url(self) -> str:
         return f"https://{self.ip}:2379"
 
-    @property
-    def peer_url(self) -> str:
-        return f"https://{self.ip}:2380"
-
 
 @dataclass(frozen=True)
 class Topology:

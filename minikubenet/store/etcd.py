@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import logging
 import os
 import threading
@@ -432,8 +431,6 @@ class EtcdStore:
         self.client.revoke_lease(getattr(lease, "id", lease))
 
     @_wrap_errors
-    def delete_lease_key(self, subnet: ipaddress.IPv4Network) -> None:
-        self.client.delete(self.layout.subnet(subnet))
 
     # -- pod IPs -----------------------------------------------------------------------------
 

@@ -314,8 +314,15 @@ class ServiceStore:
         return dict(doc)
 
     def get_endpoints(self, namespace: str, name: str) -> dict | None:
-        raw = self._get(self.keys.object("endpoints", namespace, name))
-        return _loads(raw, f"{namespace}/{name}") if raw is not None else None
+        return self.get_endpoints_at(namespace, name)[0]
+
+    @_wrap_errors
+    def get_endpoints_at(self, namespace: str, name: str) -> tuple[dict | None, int]:
+        """The Endpoints document and the store revision that last wrote it (0: none)."""
+        raw, meta = self.client.get(self.keys.object("endpoints", namespace, name))
+        if raw is None:
+            return None, 0
+        return _loads(raw, f"{namespace}/{name}"), meta.mod_revision
 
     def list_endpoints(self) -> dict[str, dict]:
         return self._list("endpoints")
@@ -355,17 +362,6 @@ class ServiceStore:
     @_wrap_errors
     def _put(self, key: str, doc: Mapping) -> None:
         self.client.put(key, _dumps(doc))
-
-    @_wrap_errors
-    def put_if_changed(self, kind: str, namespace: str, name: str, doc: Mapping,
-                       previous: bytes | None) -> bool:
-        """Write ``doc`` only if the key still holds ``previous`` (None: does not exist):
-        a controller's write never overwrites a change it has not seen."""
-        key = self.keys.object(kind, namespace, name)
-        t = self.client.transactions
-        cmp = [t.value(key) == previous] if previous is not None else [t.version(key) == 0]
-        ok, _ = self.client.transaction(compare=cmp, success=[t.put(key, _dumps(doc))], failure=[])
-        return ok
 
 
 def check_endpoint_pods(doc: Mapping, pods: Mapping[str, dict]) -> list[str]:

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from minikubenet.waiting import wait_until
 from minikubenet.lab import daemons, probes
 from minikubenet.lab import services as S
 from tests.conftest import running_lab
@@ -55,12 +56,7 @@ def agent_metrics(lab, node) -> str:
 
 
 def wait_for(check, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
+    return bool(wait_until(check, timeout, interval=0.1))
 
 
 def test_malformed_objects_are_skipped_once_counted_and_everything_else_served(lab):

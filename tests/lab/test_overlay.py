@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 
+from minikubenet.waiting import wait_until
 from tests.conftest import make_lab
 
 RESYNC_S = 10   # overlay/controller.py DEFAULT_RESYNC_S
@@ -23,15 +23,6 @@ def entries(lab, node, dev="flannel.1"):
     fdb = json.loads(subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", dev],
                                     capture_output=True, text=True).stdout or "[]")
     return ({r["dst"] for r in routes}, {n["dst"] for n in neigh}, {f["dst"] for f in fdb if f.get("dst")})
-
-
-def wait_until(predicate, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_every_node_has_one_route_neighbour_and_fdb_entry_per_peer(three_nodes):
