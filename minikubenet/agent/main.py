@@ -46,11 +46,12 @@ from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
 from minikubenet.linux.netns import node_iproute
 from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing
-from minikubenet.metrics import metrics_routes, parse_bind, serve
+from minikubenet.metrics import MetricsServer, metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
 from minikubenet.masquerade import render_masquerade
 from minikubenet.network_config import ConfigError
+from minikubenet.overlay.controller import OverlayController
 from minikubenet.pod_network import BRIDGE
 from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
 from minikubenet.store.keys import KeyLayout
@@ -121,11 +122,11 @@ class Agent:
         self.store: EtcdStore | None = None
         self.leaser: SubnetLeaser | None = None
         self.server: CniServer | None = None
-        self.overlay = None
+        self.overlay: OverlayController | None = None
         self.metrics = AgentMetrics()
-        self.metrics_server = None
+        self.metrics_server: MetricsServer | None = None
         self.upkeep: Upkeep | None = None
-        self._prepared = None   # a VXLAN device this start created, until the agent is up
+        self._prepared: backend.Prepared | None = None   # a VXLAN device this start created, until the agent is up
 
     def start(self) -> None:
         a = self.args
@@ -165,7 +166,7 @@ class Agent:
         log.info("underlay %s %s mtu %d -> pod mtu %d", underlay.ifname, underlay.ip, underlay.mtu, mtu)
 
         previous = subnet_env.read(self.subnet_file)
-        self.leaser = SubnetLeaser(self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data,
+        leaser = self.leaser = SubnetLeaser(self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data,
                                    ttl=a.subnet_lease_ttl)
         try:
             lease = self.leaser.acquire(previous.subnet if previous else None)
@@ -200,9 +201,9 @@ class Agent:
 
         # Every remote node is programmed before we say "ready": a pod created now can
         # reach the whole cluster at once.
-        self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
+        overlay = self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
         self._prepared = None   # from here on the device is in use: keep it on exit
-        self.metrics.attach(malformed=self.overlay.bad.current, malformed_seen=self.overlay.bad.seen)
+        self.metrics.attach(malformed=overlay.bad.current, malformed_seen=overlay.bad.seen)
         conntrack = ConntrackPressure()
         self.upkeep = Upkeep(rules, conntrack, self.metrics, a.sync_period).start()
 
@@ -212,13 +213,14 @@ class Agent:
         reconcile(allocator, a.node_name, mtu, plumbing)
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=allocator,
-                         lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
+                         lease_healthy=lambda: leaser.healthy, store_ping=self.store.ping,
                          rps_cpus=None if rps_cpus == "0" else rps_cpus, conntrack=conntrack.current)
         self.server = CniServer(self.socket_path, CniHandler(node, plumbing))
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
 
     def serve(self) -> None:
+        assert self.server is not None, "serve() after start()"
         self.server.serve_forever(poll_interval=0.5)
 
     def stop(self) -> None:

@@ -180,7 +180,7 @@ def cmd_get(args) -> int:
         print(json.dumps(list(docs.values()), indent=2))
         return 0
     if kind == "pods":
-        rows = [("NAMESPACE", "NAME", "READY", "IP", "NODE", "LABELS")]
+        rows: list[tuple[str, ...]] = [("NAMESPACE", "NAME", "READY", "IP", "NODE", "LABELS")]
         for key, doc in sorted(docs.items()):
             status = doc.get("status") or {}
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
@@ -195,9 +195,9 @@ def cmd_get(args) -> int:
             except ValidationError as e:
                 rows.append((*key.split("/", 1), f"<invalid: {e.errors[0]}>", ""))
                 continue
-            ready = sorted({str(e) for es in eps.values() for e in es if e.ready})
+            ready_ips = sorted({str(e) for es in eps.values() for e in es if e.ready})
             not_ready = sorted({str(e) for es in eps.values() for e in es if not e.ready})
-            rows.append((*key.split("/", 1), _some(ready), _some(not_ready)))
+            rows.append((*key.split("/", 1), _some(ready_ips), _some(not_ready)))
     _table(rows)
     return 0
 

@@ -32,7 +32,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, cast
 
 PROTOCOLS = ("TCP", "UDP")
 SERVICE_TYPES = ("ClusterIP", "NodePort")
@@ -268,7 +268,7 @@ def _port(item, i: int, svc_type: str, node_port_range: tuple[int, int],
     target = _target_port(item.get("targetPort") or port, f"{path}.targetPort", errors) \
         if port is not None else None
     node_port = _node_port(item.get("nodePort"), svc_type, node_port_range, f"{path}.nodePort", errors)
-    if len(errors) > n:
+    if len(errors) > n or port is None or target is None:
         return None
     return ServicePort(name=name, protocol=protocol, port=port, target_port=target, node_port=node_port)
 
@@ -390,7 +390,7 @@ def endpoints_from_k8s(doc: Mapping) -> dict[str, list[Endpoint]]:
     cross product of its addresses and its ports, as in the Kubernetes API."""
     meta = _section(doc, "metadata")
     namespace, name = meta.get("namespace", "default"), meta.get("name", "?")
-    what, errors = f"Endpoints {namespace}/{name}", []
+    what, errors = f"Endpoints {namespace}/{name}", cast(list[str], [])
     out: dict[str, list[Endpoint]] = {}
     for i, subset in enumerate(doc.get("subsets") or []):
         for port in subset.get("ports") or []:
@@ -466,7 +466,7 @@ def derive_endpoints(svc: Service, pods: Iterable[Pod]) -> dict[str, list[Endpoi
         eps = out.setdefault(svc.port_key(port), [])
         for pod in sorted(chosen, key=lambda p: p.name):
             number = resolve_target_port(port, pod)
-            if number is not None:
+            if number is not None and pod.ip is not None:
                 eps.append(Endpoint(ip=pod.ip, port=number, node_name=pod.node_name,
                                     ready=pod.ready, pod_name=pod.name))
     return out

@@ -392,7 +392,8 @@ def _element_key(elem: str) -> str:
 def names_from_listing(listing: str) -> tuple[set[str], set[str]]:
     """(chains, sets) named in ``nft list table ip <table>`` output: what ``render``
     needs as ``existing_chains``/``existing_sets`` after a restart."""
-    chains, sets = set(), set()
+    chains: set[str] = set()
+    sets: set[str] = set()
     for line in listing.splitlines():
         words = line.split()
         if len(words) >= 3 and words[2] == "{" and words[0] in ("chain", "set"):

@@ -123,7 +123,7 @@ def udp_flows_to_clear(before_services: Mapping[str, Service], before: Mapping[s
                 out.append(conntrack.UdpFlowFilter(port.port, str(svc.cluster_ip), ip))
                 if port.node_port:
                     out.append(conntrack.UdpFlowFilter(port.node_port, None, ip))
-    for key, svc in sorted(after_services.items()):
+    for _key, svc in sorted(after_services.items()):
         for port in svc.ports:
             if port.protocol != "UDP" or svc.cluster_ip is None:
                 continue
@@ -200,6 +200,27 @@ class Syncer:
     def pending_work_at(self) -> float | None:
         """A monotonic time at which the syncer wants another sync (or None)."""
         return None
+
+    # What each mode implements (IptablesSyncer, NftSyncer):
+
+    def render_full(self, services, endpoints) -> str:
+        raise NotImplementedError
+
+    def sync(self, services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+             changed: Iterable[str] | None = None) -> SyncResult:
+        raise NotImplementedError
+
+    def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
+        raise NotImplementedError
+
+    def all_chains_intact(self) -> bool:
+        raise NotImplementedError
+
+    def intact(self) -> bool:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- iptables
@@ -399,7 +420,8 @@ def _add_to_tables(text: str, extra: Mapping[str, list[str]]) -> str:
 
 
 def _count_rules(text: str) -> dict[str, int]:
-    counts, table = {}, ""
+    counts: dict[str, int] = {}
+    table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:]

@@ -158,9 +158,9 @@ class ServiceStore:
     def snapshot(self) -> Snapshot:
         """Services, endpoints and pods as of one revision: the first range request sets
         the revision, the others read at exactly that revision."""
-        snap, revision = Snapshot(), None
+        snap, revision = Snapshot(), 0
         for kind in KINDS:
-            kwargs = {"revision": revision} if revision else {}
+            kwargs: dict[str, int] = {"revision": revision} if revision else {}
             response = self.client.get_prefix_response(self.keys.prefix(kind), **kwargs)
             revision = revision or response.header.revision
             for kv in response.kvs:
@@ -189,7 +189,7 @@ class ServiceStore:
                                self.service_cidr, self.node_port_range)
         if svc.cluster_ip is None:
             raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
-        for attempt in range(20):
+        for _attempt in range(20):
             ip = ipaddress.IPv4Address(requested_ip) if requested_ip else self._free_cluster_ip()
             candidate = dict(doc, spec=dict(spec, clusterIP=str(ip)))
             candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc.type)

@@ -214,7 +214,7 @@ def test_jump_chains_are_kube_proxys():
 
 def test_only_our_chains_are_named():
     rs = parse_restore(render())
-    for table, chains in rs.declared.items():
+    for chains in rs.declared.values():
         assert all(c.startswith("KUBE-") for c in chains), chains
     assert all(c.startswith("KUBE-") for t in rs.rules.values() for c in t)
 

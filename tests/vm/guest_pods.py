@@ -42,7 +42,7 @@ def wait_listening(ip: str, port: int, timeout: float = 60.0) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the pod server at {ip}:{port} does not answer after {timeout:.0f}s")
+                raise SystemExit(f"the pod server at {ip}:{port} does not answer after {timeout:.0f}s") from None
             time.sleep(0.2)
 
 
