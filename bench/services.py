@@ -69,7 +69,7 @@ def say(*a):
 def cluster(n: int):
     """N services ns "bench", named s00000.. so "sorted by name" is creation order, each
     with 2 endpoints; the last one's endpoints are local addresses in the namespace."""
-    from minikubenet.proxy.model import Endpoint, Service, ServicePort
+    from minikubenet.k8s_objects import Endpoint, Service, ServicePort
     services, endpoints = {}, {}
     base_ep = int(ipaddress.IPv4Address("10.244.0.0"))
     for i in range(n):
@@ -142,7 +142,7 @@ def worker_full(spec: dict) -> dict | None:
 
 def partials(mode, syncer, rec, services, endpoints, spec) -> dict:
     """One service's endpoints change (2 -> 1 -> 2 ...), then one new service appears."""
-    from minikubenet.proxy.model import Endpoint, Service, ServicePort
+    from minikubenet.k8s_objects import Endpoint, Service, ServicePort
     keys = sorted(services)
     key = keys[len(keys) // 2]
     full_eps = endpoints[key]

@@ -24,7 +24,7 @@ import re
 import sys
 
 from minikubenet.cli.common import CliError, etcd_options, open_store
-from minikubenet.proxy.model import ValidationError, endpoints_from_k8s
+from minikubenet.k8s_objects import ValidationError, endpoints_from_k8s
 from minikubenet.store.services import DEFAULT_SERVICE_CIDR, NotFound, ServiceConflict, ServiceStore
 
 _PORT_SPEC = re.compile(r"^(?:(?P<name>[^=]+)=)?(?P<port>[^:/@]+)(?::(?P<target>[^/@]+))?"

@@ -42,8 +42,8 @@ import time
 from minikubenet.linux import nft_monitor
 from minikubenet.malformed import MalformedObjects
 from minikubenet.proxy.metrics import Health, ProxyMetrics, health_routes, metrics_routes, serve
-from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Endpoint, RenderOptions, Service,
-                                     ValidationError, endpoints_from_k8s, service_from_k8s)
+from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Endpoint, Service, ValidationError, endpoints_from_k8s, service_from_k8s
+from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.syncers import (SyncConfig, SyncError, Syncer, make_syncer,
                                        other_mode_leftovers, parse_node_ips)
 from minikubenet.store.etcd import add_etcd_tls_options

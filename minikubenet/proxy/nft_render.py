@@ -50,8 +50,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
-                                     proxied, ready_endpoints)
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+from minikubenet.proxy.model import RenderOptions, proxied, ready_endpoints
 from minikubenet.proxy.naming import (NFT_AFFINITY_PREFIX, NFT_ENDPOINT_PREFIX,
                                       NFT_EXTERNAL_PREFIX, NFT_SERVICE_PREFIX,
                                       nft_endpoint_base, nft_is_affinity_set,

@@ -51,7 +51,8 @@ from minikubenet.linux import conntrack, iptables, nft, nft_monitor
 from minikubenet.proxy import iptables_render, nft_render
 from minikubenet.proxy.iptables_render import (KUBE_MARK_MASQ, SyncState, chains_from_save,
                                                jump_chains, plan_from_rules, service_rules)
-from minikubenet.proxy.model import Endpoint, RenderOptions, Service, ready_endpoints
+from minikubenet.k8s_objects import Endpoint, Service
+from minikubenet.proxy.model import RenderOptions, ready_endpoints
 from minikubenet.proxy.naming import is_service_chain
 from minikubenet.proxy.nft_render import (NftState, plan_nft_from_ports, render_nft_cleanup,
                                           render_nft_delete_chains, service_ports)

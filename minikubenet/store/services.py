@@ -20,7 +20,7 @@ compare-and-swap on its resourceVersion (pkg/registry/core/service/ipallocator);
 per IP is the etcd-native form of that and needs no read-modify-write of a shared blob.
 Deleting a Service removes its IP and NodePort keys in the same transaction.
 
-**Nothing invalid is stored.** Every write validates first (model.py collects every
+**Nothing invalid is stored.** Every write validates first (k8s_objects.py collects every
 problem with its field path, as the API server does) and raises ``ValidationError``
 before any key is touched; a conflict (name exists, IP or NodePort taken) raises
 ``ServiceConflict`` after the transaction refused to write.
@@ -40,8 +40,7 @@ from typing import Mapping
 
 import pyetcd.events
 
-from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Pod, Service, ValidationError,
-                                     endpoints_from_k8s, service_from_k8s, service_to_k8s, validate_pod)
+from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Pod, Service, ValidationError, endpoints_from_k8s, service_from_k8s, service_to_k8s, validate_pod
 from minikubenet.service_allocation import allocatable, pick_cluster_ip, pick_node_port
 from minikubenet.store.etcd import EtcdStore, StoreError, _wrap_errors
 from minikubenet.store.keys import KeyLayout

@@ -80,7 +80,7 @@ def delete(names: list[str]) -> dict:
 
 def register(pods: list[dict]) -> dict:
     from minikubenet.store.etcd import EtcdStore, TLSFiles
-    from minikubenet.proxy.model import pod_doc
+    from minikubenet.k8s_objects import pod_doc
     from minikubenet.store.services import ServiceStore
     # as the root etcd user: the caller sources /etc/minikubenet/etcd-admin.env
     env = os.environ.get
