@@ -39,5 +39,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test,bench]'
+.venv/bin/python -m pip install -q -e '.[test,bench,lint]'
 echo "setup.sh: ready (.venv/bin/minikubenet, .venv/bin/minikubenet-agent)"

@@ -541,7 +541,7 @@ def harness(spec_path: str) -> int:
     from minikubenet import subnet_env
     from minikubenet.agent.cni_handler import CniHandler, NodeState
     from minikubenet.ipam.allocator import PodIPAllocator
-    from minikubenet.linux.pod_plumbing import NetlinkPodPlumbing
+    from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing
     from minikubenet.store.etcd import EtcdStore, TLSFiles
 
     with open(spec_path) as f:

@@ -4,7 +4,8 @@ Tiers live in directories: ``unit`` (pure, no root), ``netns`` (root, one node, 
 kernel and a real etcd), ``lab`` (several nodes), ``faults`` (crashes, outages, hostile
 calls), ``runtimes`` and ``vm``. Root-only
 tests carry the ``root`` marker and are skipped, with the reason, when not run as root;
-CI runs as root and so runs them all.
+CI runs as root and so runs them all. Tests of the ``lab`` and ``faults`` tiers also carry
+the ``lab`` marker (`pytest -m "not lab"` runs the quick tiers only).
 
 Everything a test creates is a lab (minikubenet.lab.cluster.Lab) with a unique short
 name such as ``t3f9a1``: every namespace it makes starts with that name, and the
@@ -31,6 +32,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.root)
             if not ROOT:
                 item.add_marker(skip)
+        if tier in ("lab", "faults"):
+            item.add_marker(pytest.mark.lab)     # `pytest -m "not lab"` leaves the multi-node tiers out
 
 
 def unique_lab_name(prefix: str = "t") -> str:

@@ -66,7 +66,7 @@ from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, E
 from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
 from minikubenet.linux import rps
 from minikubenet.linux.netns import NetnsNotFound
-from minikubenet.linux.pod_plumbing import NetlinkPodPlumbing, NotOurs, PodPlumbing
+from minikubenet.linux.pod_plumbing import NotOurs, PodPlumbing
 from minikubenet.pod_network import (BRIDGE, LinkSeen, PodLink, attachment_macs, host_namespace_reason,
                                      host_veth_name, owns, plan_attachment)
 from minikubenet.store.etcd import StoreError
@@ -176,7 +176,10 @@ class CniHandler:
 
     def __init__(self, node: NodeState, plumbing: PodPlumbing | None = None):
         self.node = node
-        self.kernel: PodPlumbing = plumbing if plumbing is not None else NetlinkPodPlumbing()
+        if plumbing is None:
+            from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing   # pyroute2 only when real
+            plumbing = NetlinkPodPlumbing()
+        self.kernel: PodPlumbing = plumbing
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._claims = concurrent.futures.ThreadPoolExecutor(self.CLAIM_THREADS, thread_name_prefix="ip-claim")

@@ -45,7 +45,7 @@ from minikubenet.agent.reconcile import reconcile
 from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
 from minikubenet.linux.netns import node_iproute
-from minikubenet.linux.pod_plumbing import NetlinkPodPlumbing
+from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing
 from minikubenet.metrics import metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge

@@ -55,7 +55,7 @@ def pod_labels(pod: PodSpec) -> dict[str, str]:
 
 
 def pod_docs(lab) -> list[dict]:
-    from minikubenet.store.services import pod_doc
+    from minikubenet.proxy.model import pod_doc
     ips = {name: rec["ip"] for name, rec in lab.pods().items()}
     return [pod_doc(NAMESPACE, p.name, ips.get(p.name), p.node, pod_labels(p),
                     ports=[("http", POD_PORT, "TCP"), ("echo", UDP_PORT, "UDP")]) for p in lab.topo.pods()]

@@ -24,5 +24,6 @@ pure core, the running proxy:
                        flush detection, stale UDP conntrack cleanup
     daemon.py          minikubenet-proxy: watch etcd, decide when to sync, metrics, healthz
     metrics.py         Prometheus text format and kube-proxy's health semantics
-    cli.py             ``minikubenet svc ...`` and ``minikubenet get ...``
+
+The `minikubenet svc ...` and `minikubenet get ...` commands are minikubenet/cli/services.py.
 """

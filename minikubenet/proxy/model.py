@@ -41,10 +41,10 @@ DEFAULT_AFFINITY_TIMEOUT = 10800   # 3 h: core/v1 DefaultClientIPServiceAffinity
 MAX_AFFINITY_TIMEOUT = 86400       # the API server's upper bound (1 day)
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)   # kube-apiserver --service-node-port-range
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 
@@ -157,7 +157,7 @@ def service_from_k8s(doc: Mapping, service_cidr: str | ipaddress.IPv4Network | N
     routed somewhere else before any node could rewrite it)."""
     meta, spec = _section(doc, "metadata"), _section(doc, "spec")
     errors: list[str] = []
-    namespace = _name(meta, "namespace", _DNS1123_LABEL, "a DNS-1123 label", errors, default="default")
+    namespace = _name(meta, "namespace", DNS1123_LABEL, "a DNS-1123 label", errors, default="default")
     name = _name(meta, "name", _DNS1035_LABEL, "a DNS-1035 label (lower case, starting with a letter)", errors)
     what = f"Service {namespace}/{name}"
     if not isinstance(spec, Mapping):
@@ -258,7 +258,7 @@ def _port(item, i: int, svc_type: str, node_port_range: tuple[int, int],
         return None
     n = len(errors)
     name = item.get("name", "") or ""
-    if name and (not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.match(name)):
+    if name and (not isinstance(name, str) or len(name) > 63 or not DNS1123_LABEL.match(name)):
         errors.append(f"{path}.name: {name!r} must be a DNS-1123 label (lower case letters, digits, '-')")
     protocol = item.get("protocol", "TCP")
     if protocol not in PROTOCOLS:
@@ -322,20 +322,20 @@ def _selector(raw, errors: list[str]) -> dict[str, str]:
         errors.append(f"spec.selector: must be a map of label key to value, got {type(raw).__name__}")
         return {}
     for k, v in raw.items():
-        if not _valid_label_key(k):
+        if not valid_label_key(k):
             errors.append(f"spec.selector: {k!r} is not a valid label key")
-        if not isinstance(v, str) or (v and (len(v) > 63 or not _LABEL_NAME.match(v))):
+        if not isinstance(v, str) or (v and (len(v) > 63 or not LABEL_NAME.match(v))):
             errors.append(f"spec.selector[{k}]: {v!r} is not a valid label value")
     return dict(raw)
 
 
-def _valid_label_key(key) -> bool:
+def valid_label_key(key) -> bool:
     if not isinstance(key, str) or not key:
         return False
     prefix, _, name = key.rpartition("/")
     if prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
         return False
-    return len(name) <= 63 and bool(_LABEL_NAME.match(name))
+    return len(name) <= 63 and bool(LABEL_NAME.match(name))
 
 
 def _affinity(spec: Mapping, errors: list[str]) -> tuple[str, int]:
@@ -513,3 +513,51 @@ def proxied(services: Iterable[Service]) -> list[Service]:
     """The services that get rules, in a stable order: sorted by "ns/name" as a string,
     which is how kube-proxy's own tests order KUBE-SERVICES (sortIPTablesRules)."""
     return sorted((s for s in services if s.cluster_ip is not None), key=lambda s: s.key)
+
+
+# --------------------------------------------------------------------------- pod documents
+
+def validate_pod(doc: Mapping) -> Pod:
+    """A k8s-shaped Pod with the fields the proxy uses; raises ValidationError."""
+    if not isinstance(doc, Mapping):
+        raise ValidationError("Pod", [f"must be a JSON object, got {type(doc).__name__}"])
+    meta = doc.get("metadata") or {}
+    errors = []
+    for key in ("namespace", "name"):
+        value = meta.get(key, "default" if key == "namespace" else None)
+        if not isinstance(value, str) or len(value) > 63 or not DNS1123_LABEL.match(value):
+            errors.append(f"metadata.{key}: {value!r} must be a DNS-1123 label")
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        errors.append("metadata.labels: must be a map of label key to value")
+        labels = {}
+    for k, v in labels.items():
+        if not valid_label_key(k):
+            errors.append(f"metadata.labels: {k!r} is not a valid label key")
+        if not isinstance(v, str) or (v and (len(v) > 63 or not LABEL_NAME.match(v))):
+            errors.append(f"metadata.labels[{k}]: {v!r} is not a valid label value")
+    ip = (doc.get("status") or {}).get("podIP")
+    if ip is not None:
+        try:
+            ipaddress.IPv4Address(ip)
+        except (ipaddress.AddressValueError, ValueError):
+            errors.append(f"status.podIP: {ip!r} is not a valid IPv4 address")
+    what = f"Pod {meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+    if errors:
+        raise ValidationError(what, errors)
+    try:
+        return pod_from_k8s(doc)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValidationError(what, [f"spec.containers: malformed ({e})"]) from None
+
+
+def pod_doc(namespace: str, name: str, ip: str | None, node_name: str, labels: Mapping[str, str],
+            ready: bool = True, ports: Iterable[tuple[str, int, str]] = ()) -> dict:
+    """Build a Pod document (what a kubelet would report), for the lab and the tests."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": namespace, "name": name, "labels": dict(labels)},
+            "spec": {"nodeName": node_name,
+                     "containers": [{"name": "app", "ports": [
+                         {"name": n, "containerPort": p, "protocol": proto} for n, p, proto in ports]}]},
+            "status": {**({"podIP": ip} if ip else {}),
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}

@@ -35,16 +35,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import random
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import pyetcd.events
 
-from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Pod, Service,
-                                     ValidationError, endpoints_from_k8s, pod_from_k8s,
-                                     service_from_k8s, service_to_k8s, _DNS1123_LABEL,
-                                     _LABEL_NAME, _valid_label_key)
+from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Pod, Service, ValidationError,
+                                     endpoints_from_k8s, service_from_k8s, service_to_k8s, validate_pod)
+from minikubenet.service_allocation import allocatable, pick_cluster_ip, pick_node_port
 from minikubenet.store.etcd import EtcdStore, StoreError, _wrap_errors
 from minikubenet.store.keys import KeyLayout
 from minikubenet.store.watch import ListWatch
@@ -105,92 +103,6 @@ class ServiceKeys:
 
 def _dumps(doc: Mapping) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
-# --------------------------------------------------------------------------- ClusterIP choice
-
-def allocatable(service_cidr: ipaddress.IPv4Network) -> tuple[int, int]:
-    """The [first, last] integer range of ClusterIPs: the network and broadcast
-    addresses are never handed out (as in kube-apiserver's allocator)."""
-    first, last = int(service_cidr.network_address) + 1, int(service_cidr.broadcast_address) - 1
-    if first > last:
-        raise ValueError(f"service network {service_cidr} has no usable addresses")
-    return first, last
-
-
-def pick_cluster_ip(service_cidr: ipaddress.IPv4Network, taken: Iterable[ipaddress.IPv4Address],
-                    rng: random.Random = random.SystemRandom()) -> ipaddress.IPv4Address | None:
-    """A free address, starting the scan at a random offset (kube-apiserver picks at
-    random too, so that two API servers rarely race for the same IP), or None when the
-    range is full."""
-    first, last = allocatable(service_cidr)
-    used = {int(ip) for ip in taken}
-    size = last - first + 1
-    start = rng.randrange(size)
-    for i in range(size):
-        candidate = first + (start + i) % size
-        if candidate not in used:
-            return ipaddress.IPv4Address(candidate)
-    return None
-
-
-def pick_node_port(protocol: str, taken: set[tuple[str, int]], node_port_range: tuple[int, int],
-                   rng: random.Random = random.SystemRandom()) -> int | None:
-    lo, hi = node_port_range
-    start = rng.randrange(hi - lo + 1)
-    for i in range(hi - lo + 1):
-        port = lo + (start + i) % (hi - lo + 1)
-        if (protocol.lower(), port) not in taken:
-            return port
-    return None
-
-
-# --------------------------------------------------------------------------- pod documents
-
-def validate_pod(doc: Mapping) -> Pod:
-    """A k8s-shaped Pod with the fields the proxy uses; raises ValidationError."""
-    if not isinstance(doc, Mapping):
-        raise ValidationError("Pod", [f"must be a JSON object, got {type(doc).__name__}"])
-    meta = doc.get("metadata") or {}
-    errors = []
-    for key in ("namespace", "name"):
-        value = meta.get(key, "default" if key == "namespace" else None)
-        if not isinstance(value, str) or len(value) > 63 or not _DNS1123_LABEL.match(value):
-            errors.append(f"metadata.{key}: {value!r} must be a DNS-1123 label")
-    labels = meta.get("labels") or {}
-    if not isinstance(labels, Mapping):
-        errors.append("metadata.labels: must be a map of label key to value")
-        labels = {}
-    for k, v in labels.items():
-        if not _valid_label_key(k):
-            errors.append(f"metadata.labels: {k!r} is not a valid label key")
-        if not isinstance(v, str) or (v and (len(v) > 63 or not _LABEL_NAME.match(v))):
-            errors.append(f"metadata.labels[{k}]: {v!r} is not a valid label value")
-    ip = (doc.get("status") or {}).get("podIP")
-    if ip is not None:
-        try:
-            ipaddress.IPv4Address(ip)
-        except (ipaddress.AddressValueError, ValueError):
-            errors.append(f"status.podIP: {ip!r} is not a valid IPv4 address")
-    what = f"Pod {meta.get('namespace', 'default')}/{meta.get('name', '?')}"
-    if errors:
-        raise ValidationError(what, errors)
-    try:
-        return pod_from_k8s(doc)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValidationError(what, [f"spec.containers: malformed ({e})"]) from None
-
-
-def pod_doc(namespace: str, name: str, ip: str | None, node_name: str, labels: Mapping[str, str],
-            ready: bool = True, ports: Iterable[tuple[str, int, str]] = ()) -> dict:
-    """Build a Pod document (what a kubelet would report), for the lab and the tests."""
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"namespace": namespace, "name": name, "labels": dict(labels)},
-            "spec": {"nodeName": node_name,
-                     "containers": [{"name": "app", "ports": [
-                         {"name": n, "containerPort": p, "protocol": proto} for n, p, proto in ports]}]},
-            "status": {**({"podIP": ip} if ip else {}),
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
 
 # --------------------------------------------------------------------------- the store

@@ -22,7 +22,7 @@ import pytest
 
 from minikubenet.lab import services as S
 from minikubenet.linux.netns import path_of, socket_in
-from minikubenet.store.services import pod_doc
+from minikubenet.proxy.model import pod_doc
 from tests.conftest import make_lab
 
 MODES = ["iptables", "nftables"]

@@ -68,3 +68,70 @@ def test_the_import_reader_sees_a_violation(tmp_path):
                       "from ..overlay import vxlan\n")
     names = imported_modules(sample, package="minikubenet.store")
     assert {"minikubenet.agent.cni_handler", "minikubenet.lab.cluster", "minikubenet.overlay.vxlan"} <= names
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """minikubenet module -> the minikubenet modules it imports (at any depth of the file:
+    a deferred import inside a function is still a dependency)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = {n for n in imported_modules(path, package) if n in modules and n != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_inside_the_package():
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_sees_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_only_the_entry_point_imports_the_cli():
+    users = sorted(m for m, deps in import_graph().items()
+                   if not m.startswith("minikubenet.cli") and m != "minikubenet.__main__"
+                   and any(d.startswith("minikubenet.cli") for d in deps))
+    assert users == [], f"{users} import the CLI; put what they share below it"

@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from minikubenet.proxy.model import ValidationError
-from minikubenet.store.services import (NotFound, ServiceConflict, ServiceKeys, ServiceStore, allocatable,
-                                        pick_cluster_ip, pod_doc)
+from minikubenet.proxy.model import pod_doc
+from minikubenet.service_allocation import allocatable, pick_cluster_ip
+from minikubenet.store.services import NotFound, ServiceConflict, ServiceKeys, ServiceStore
 from tests.unit.fake_etcd import fake_etcd_store
 
 WEB = {"metadata": {"namespace": "demo", "name": "web"},

@@ -80,7 +80,8 @@ def delete(names: list[str]) -> dict:
 
 def register(pods: list[dict]) -> dict:
     from minikubenet.store.etcd import EtcdStore, TLSFiles
-    from minikubenet.store.services import ServiceStore, pod_doc
+    from minikubenet.proxy.model import pod_doc
+    from minikubenet.store.services import ServiceStore
     # as the root etcd user: the caller sources /etc/minikubenet/etcd-admin.env
     env = os.environ.get
     endpoints = env("MINIKUBENET_ETCD_ENDPOINTS", "https://127.0.0.1:2379")

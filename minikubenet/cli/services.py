@@ -1,5 +1,5 @@
 """``minikubenet svc`` and ``minikubenet get``: Services, Endpoints and Pods from the
-command line (registered into minikubenet/cli.py through ``register_cli``).
+command line.
 
     minikubenet svc create web --selector app=web --port http=80:8080 [--type NodePort]
                                [--port dns=53/udp] [--port http=80:8080@30080]
@@ -23,7 +23,7 @@ import os
 import re
 import sys
 
-from minikubenet.cli import CliError, _etcd_options, _store
+from minikubenet.cli.common import CliError, etcd_options, open_store
 from minikubenet.proxy.model import ValidationError, endpoints_from_k8s
 from minikubenet.store.services import DEFAULT_SERVICE_CIDR, NotFound, ServiceConflict, ServiceStore
 
@@ -95,7 +95,7 @@ def _read_json(path: str):
 
 def _services(args) -> ServiceStore:
     try:
-        return ServiceStore(_store(args), args.service_cidr)
+        return ServiceStore(open_store(args), args.service_cidr)
     except ValueError as e:
         raise CliError(f"--service-cidr: {e}") from None
 
@@ -219,13 +219,13 @@ def _table(rows) -> None:
 # --------------------------------------------------------------------------- parser
 
 def _common(p) -> None:
-    _etcd_options(p)
+    etcd_options(p)
     p.add_argument("-n", "--namespace", default="default")
     p.add_argument("--service-cidr", default=os.environ.get("MINIKUBENET_SERVICE_CIDR", DEFAULT_SERVICE_CIDR),
                    help="the service network ClusterIPs are allocated from")
 
 
-def register_cli(sub) -> None:
+def register(sub) -> None:
     svc = sub.add_parser("svc", help="services: create, delete, get").add_subparsers(dest="cmd", required=True)
     create = svc.add_parser("create", help="create a service (a ClusterIP is allocated)")
     _common(create)

@@ -1,88 +1,20 @@
-"""``minikubenet``: the command line for operators and lab users.
+"""``minikubenet lab ...``: a multi-node cluster built out of network namespaces on this
+machine (minikubenet/lab/), for learning and for the test suite.
 
-    minikubenet network init --network 10.244.0.0/16 --subnet-len 24 --backend vxlan
-    minikubenet network show
     minikubenet lab up [--nodes 3] [--pods-per-node 2] [--backend vxlan] [--check]
-    minikubenet lab status | down | exec NODE_OR_POD -- CMD...
-
-Every failure a user can cause ends in one line on stderr and exit code 1 (2 for bad
-usage), never a traceback.
+    minikubenet lab status | down | mtu-pitfall | exec NODE_OR_POD -- CMD... | etcd-member kill|start mN
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import subprocess
 import sys
 import time
 
-EXIT_ERROR = 1
+from minikubenet.cli.common import EXIT_ERROR, NAME_HELP, CliError, prog
 
-
-class CliError(Exception):
-    pass
-
-
-# -- network ------------------------------------------------------------------------------------
-
-def _store(args):
-    from minikubenet.store.etcd import EtcdStore, TLSFiles
-    from minikubenet.store.keys import KeyLayout
-    try:
-        return EtcdStore(args.etcd_endpoints.split(","), layout=KeyLayout(args.etcd_prefix, args.project_prefix),
-                         tls=TLSFiles.from_args(args))
-    except (ValueError, OSError) as e:
-        raise CliError(f"bad etcd settings: {e}") from None
-
-
-def cmd_network_init(args) -> int:
-    from minikubenet.network_config import ConfigError, check_no_overlap, make_config
-    try:
-        config = make_config(args.network, args.subnet_len, args.backend, args.vni, args.port,
-                             args.direct_routing)
-        others = {"service network": ipaddress.IPv4Network(args.service_network)}
-        check_no_overlap(config, others)
-    except (ConfigError, ValueError) as e:
-        raise CliError(str(e)) from None
-    store = _store(args)
-    existing = store.get_config_raw()
-    if existing is not None:
-        from minikubenet.network_config import parse_config
-        try:
-            current = parse_config(existing)
-        except ConfigError:
-            current = None
-        if current == config and current.backend_options == config.backend_options:
-            print(f"{store.layout.config} already holds this config: {config.to_json()}")
-            return 0
-        leases = store.list_leases()
-        outside = [str(rec.subnet) for rec in leases if not rec.subnet.subnet_of(config.network)
-                   or rec.subnet.prefixlen != config.subnet_len]
-        if outside:
-            raise CliError(f"nodes hold subnets that the new config would not contain ({', '.join(outside)}); "
-                           "stop their agents and remove their leases first")
-        if not args.force:
-            raise CliError(f"{store.layout.config} already holds a different config ({existing.decode()}); "
-                           "pass --force to replace it")
-    store.put_config(config)
-    print(f"wrote {store.layout.config}: {config.to_json()}")
-    return 0
-
-
-def cmd_network_show(args) -> int:
-    store = _store(args)
-    raw = store.get_config_raw()
-    if raw is None:
-        raise CliError(f"no network config at {store.layout.config}; run `minikubenet network init`")
-    print(f"{store.layout.config}: {raw.decode()}")
-    for rec in store.list_leases():
-        print(f"{store.layout.subnet(rec.subnet)}: {rec.attrs_json()}")
-    return 0
-
-
-# -- lab --------------------------------------------------------------------------------------------
 
 def cmd_lab_up(args) -> int:
     from minikubenet.lab.cluster import Lab, LabError, LabExists
@@ -135,19 +67,13 @@ def cmd_lab_up(args) -> int:
     print(lab.report())
     print()
     print(lab.overlay_report())
-    prog = _prog()
+    prog_name = prog()
     name = "" if topo.name == "mkn" else f" --name {topo.name}"
-    print(f"\nNext: `{prog} lab exec{name} n1-p1 -- ip route`, `{prog} lab status{name}`, "
-          f"`{prog} lab down{name}`")
+    print(f"\nNext: `{prog_name} lab exec{name} n1-p1 -- ip route`, `{prog_name} lab status{name}`, "
+          f"`{prog_name} lab down{name}`")
     return 0
 
 
-def _prog() -> str:
-    """How the user ran us, for hints they can paste (.venv/bin/minikubenet or python -m)."""
-    argv0 = sys.argv[0]
-    if os.path.basename(argv0) == "minikubenet":
-        return os.path.relpath(argv0) if not argv0.startswith("/usr/") else "minikubenet"
-    return f"{os.path.relpath(sys.executable)} -m minikubenet"
 
 
 def _existing_lab(name):
@@ -237,41 +163,7 @@ def cmd_lab_exec(args) -> int:
     return subprocess.call(["ip", "netns", "exec", targets[args.target]] + command, env=env)
 
 
-# -- parser -------------------------------------------------------------------------------------------
-
-NAME_HELP = ("the lab's name, the prefix of every namespace it creates: 1-8 lowercase letters "
-             "or digits, starting with a letter (default mkn)")
-
-
-def _etcd_options(p):
-    p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
-                   help="comma-separated etcd URLs (default $MINIKUBENET_ETCD_ENDPOINTS or http://127.0.0.1:2379); "
-                        "with TLS also --etcd-cafile, --etcd-certfile, --etcd-keyfile")
-    p.add_argument("--etcd-prefix", default="/coreos.com/network")
-    p.add_argument("--project-prefix", default="/minikubenet")
-    from minikubenet.store.etcd import add_etcd_tls_options
-    add_etcd_tls_options(p)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minikubenet", description="A minimal, real, Kubernetes-style pod network.")
-    sub = p.add_subparsers(dest="group", required=True)
-
-    net = sub.add_parser("network", help="the cluster network config in etcd").add_subparsers(dest="cmd", required=True)
-    init = net.add_parser("init", help="write the network config (flannel's layout)")
-    _etcd_options(init)
-    init.add_argument("--network", required=True, help="pod network, e.g. 10.244.0.0/16")
-    init.add_argument("--subnet-len", type=int, default=24, help="prefix length of each node's subnet")
-    init.add_argument("--backend", default="vxlan", help="vxlan or host-gw")
-    init.add_argument("--vni", type=int), init.add_argument("--port", type=int)
-    init.add_argument("--direct-routing", action="store_true", help="vxlan: plain routes to same-segment peers")
-    init.add_argument("--service-network", default="10.96.0.0/12", help="must not overlap the pod network")
-    init.add_argument("--force", action="store_true", help="replace a different existing config")
-    init.set_defaults(func=cmd_network_init)
-    show = net.add_parser("show", help="print the config and the subnet leases")
-    _etcd_options(show)
-    show.set_defaults(func=cmd_network_show)
-
+def register(sub) -> None:
     lab = sub.add_parser("lab", help="a multi-node cluster in network namespaces").add_subparsers(dest="cmd", required=True)
     up = lab.add_parser("up", help="build the lab")
     up.add_argument("--name", default="mkn", help=NAME_HELP)
@@ -308,40 +200,3 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("target", help="n1, n1-p1, etcd (etcd2, etcd3: further etcd members) or sw")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_lab_exec)
-
-    # Command groups that live next to their subject register themselves here.
-    for module in EXTENSIONS:
-        try:
-            mod = __import__(module, fromlist=["register_cli"])
-        except ModuleNotFoundError as e:
-            if e.name != module:   # a missing optional module is fine, a broken one is not
-                raise
-            continue
-        if hasattr(mod, "register_cli"):
-            mod.register_cli(sub)
-    return p
-
-
-# Modules with a ``register_cli(subparsers)`` function adding their own commands:
-# install/uninstall (cni/install.py), svc and get (proxy/cli.py).
-EXTENSIONS = ("minikubenet.cni.install", "minikubenet.proxy.cli")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from minikubenet.store.etcd import StoreError
-    try:
-        return args.func(args)
-    except (CliError, StoreError) as e:
-        print(f"minikubenet: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # `... | head`: the reader went away; that is not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,75 @@
+"""``minikubenet network init|show``: the cluster network config in etcd, in flannel's
+layout (``<etcd-prefix>/config``), and the subnet leases the nodes hold under it.
+
+    minikubenet network init --network 10.244.0.0/16 --subnet-len 24 --backend vxlan
+    minikubenet network show
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from minikubenet.cli.common import CliError, etcd_options, open_store
+
+
+def cmd_network_init(args) -> int:
+    from minikubenet.network_config import ConfigError, check_no_overlap, make_config
+    try:
+        config = make_config(args.network, args.subnet_len, args.backend, args.vni, args.port,
+                             args.direct_routing)
+        others = {"service network": ipaddress.IPv4Network(args.service_network)}
+        check_no_overlap(config, others)
+    except (ConfigError, ValueError) as e:
+        raise CliError(str(e)) from None
+    store = open_store(args)
+    existing = store.get_config_raw()
+    if existing is not None:
+        from minikubenet.network_config import parse_config
+        try:
+            current = parse_config(existing)
+        except ConfigError:
+            current = None
+        if current == config and current.backend_options == config.backend_options:
+            print(f"{store.layout.config} already holds this config: {config.to_json()}")
+            return 0
+        leases = store.list_leases()
+        outside = [str(rec.subnet) for rec in leases if not rec.subnet.subnet_of(config.network)
+                   or rec.subnet.prefixlen != config.subnet_len]
+        if outside:
+            raise CliError(f"nodes hold subnets that the new config would not contain ({', '.join(outside)}); "
+                           "stop their agents and remove their leases first")
+        if not args.force:
+            raise CliError(f"{store.layout.config} already holds a different config ({existing.decode()}); "
+                           "pass --force to replace it")
+    store.put_config(config)
+    print(f"wrote {store.layout.config}: {config.to_json()}")
+    return 0
+
+
+def cmd_network_show(args) -> int:
+    store = open_store(args)
+    raw = store.get_config_raw()
+    if raw is None:
+        raise CliError(f"no network config at {store.layout.config}; run `minikubenet network init`")
+    print(f"{store.layout.config}: {raw.decode()}")
+    for rec in store.list_leases():
+        print(f"{store.layout.subnet(rec.subnet)}: {rec.attrs_json()}")
+    return 0
+
+
+def register(sub) -> None:
+    net = sub.add_parser("network", help="the cluster network config in etcd").add_subparsers(dest="cmd", required=True)
+    init = net.add_parser("init", help="write the network config (flannel's layout)")
+    etcd_options(init)
+    init.add_argument("--network", required=True, help="pod network, e.g. 10.244.0.0/16")
+    init.add_argument("--subnet-len", type=int, default=24, help="prefix length of each node's subnet")
+    init.add_argument("--backend", default="vxlan", help="vxlan or host-gw")
+    init.add_argument("--vni", type=int)
+    init.add_argument("--port", type=int)
+    init.add_argument("--direct-routing", action="store_true", help="vxlan: plain routes to same-segment peers")
+    init.add_argument("--service-network", default="10.96.0.0/12", help="must not overlap the pod network")
+    init.add_argument("--force", action="store_true", help="replace a different existing config")
+    init.set_defaults(func=cmd_network_init)
+    show = net.add_parser("show", help="print the config and the subnet leases")
+    etcd_options(show)
+    show.set_defaults(func=cmd_network_show)
