@@ -91,7 +91,7 @@ def _received_fds(ancdata) -> list[int]:
 class CniServer:
     def __init__(self, path: str, handler: CniHandler, workers: int = WORKERS,
                  max_connections: int = MAX_CONNECTIONS, request_timeout: float = REQUEST_TIMEOUT_S,
-                 on_answer: Callable[[str, float, "int | None"], None] | None = None):
+                 on_answer: Callable[[str, float, int | None], None] | None = None):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         os.chmod(os.path.dirname(path), 0o700)
         try:

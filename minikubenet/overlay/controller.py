@@ -37,11 +37,10 @@ from typing import Callable, Union
 
 from minikubenet.malformed import MalformedObjects
 from minikubenet.metrics import Counter, Gauge
-from minikubenet.overlay import Entry, PeerPlan, Skipped, reconcile, removable
-from minikubenet.overlay import host_gw, vxlan
+from minikubenet.overlay import Entry, PeerPlan, Skipped, host_gw, reconcile, removable, vxlan
 from minikubenet.overlay.leases import Event, LeaseCache, Removed
-from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.store.lease_watch import LeaseDelete, LeasePut, LeaseSnapshot, watch_leases
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 log = logging.getLogger(__name__)
 
