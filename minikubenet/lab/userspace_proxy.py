@@ -42,16 +42,23 @@ def start(lab, node_name: str, services: dict[tuple[str, int], list[tuple[str, i
 
 
 def wait_listening(netns: str, addrs: list[tuple[str, int]], rec: ProcessRecord, log: str,
-                   timeout: float = 15.0) -> None:
-    """Until ``ss`` lists every address as listening. Not by connecting: a probe
-    connection would be proxied to an endpoint (iperf3 takes it for a client)."""
+                   timeout: float = 15.0, what: str = "the userspace proxy") -> None:
+    """Until ``ss`` lists every address as listening (``0.0.0.0``: any address). Not by
+    connecting: a probe connection would be proxied to an endpoint (iperf3 takes it for
+    a client and resets the real one)."""
     deadline = time.monotonic() + timeout
-    want = {f"{ip}:{port}" for ip, port in addrs}
+
+    def listening(ip: str, port: int, seen: set[str]) -> bool:
+        wild = {f"*:{port}", f"0.0.0.0:{port}", f"[::]:{port}"}
+        return f"{ip}:{port}" in seen or (ip == "0.0.0.0" and bool(wild & seen))
+
     while True:
         out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Hltn"], capture_output=True, text=True).stdout
-        if want <= {line.split()[3] for line in out.splitlines() if len(line.split()) > 3}:
+        seen = {line.split()[3] for line in out.splitlines() if len(line.split()) > 3}
+        if all(listening(ip, port, seen) for ip, port in addrs):
             return
         if not rec.alive() or time.monotonic() > deadline:
-            raise probes.ProbeFailed(f"the userspace proxy does not listen on {', '.join(sorted(want))}; "
+            raise probes.ProbeFailed(f"{what} does not listen on "
+                                     f"{', '.join(f'{ip}:{port}' for ip, port in addrs)} in {netns}; "
                                      f"{log} ends with:\n{processes.tail(log)}")
         time.sleep(0.05)
