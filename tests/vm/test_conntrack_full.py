@@ -29,7 +29,9 @@ import time
 from tests.vm.conftest import GUEST_PODS_PATH, POD_PORT, report
 
 SINK_PORT = 9000
-HEADROOM = 150          # entries above the idle count: what the noisy pod has to fill
+HEADROOM = 150          # entries above the idle count: what the noisy pod has to fill. Each of its
+                        # flows costs node2 two: the pod's TCP flow (forwarded) and the VXLAN UDP
+                        # flow carrying it (the outer source port hashes the inner flow)
 PROC = "/proc/sys/net/netfilter"
 DOCTOR_HOOK = None      # e.g. "minikubenet doctor --node node2": must exit non-zero naming conntrack
 
@@ -103,7 +105,9 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
         vc.ssh(n2, f"sysctl -qw net.netfilter.nf_conntrack_max={limit + 50}")
         m = metrics(vc, n2)
         assert m is not None
-        assert m["minikubenet_conntrack_entries"] >= limit - 5, m
+        # the noisy flows are all still there (each cross-node flow also had a VXLAN UDP
+        # flow of its own on this node: those time out after 30-120 s)
+        assert m["minikubenet_conntrack_entries"] >= opened, m
         assert m["minikubenet_conntrack_drop_total"] > before["minikubenet_conntrack_drop_total"], m
         if DOCTOR_HOOK:
             p = vc.ssh(n2, DOCTOR_HOOK, check=False)
