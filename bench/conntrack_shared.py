@@ -57,13 +57,17 @@ def say(*a) -> None:
 
 def node_metrics(lab: Lab, node) -> dict[str, float]:
     text = probes.http_get(node.netns, str(node.ip), daemons.AGENT_METRICS_PORT, "/metrics").decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith("minikubenet_conntrack_")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("minikubenet_conntrack_")
+    }
 
 
 def in_netns(netns: str, *argv: str) -> str:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def slab_objects() -> int | None:
@@ -84,15 +88,23 @@ def host_count() -> int:
 
 
 def snapshot(lab: Lab) -> dict:
-    return {"nodes": {n.name: node_metrics(lab, n) for n in lab.topo.nodes},
-            "host_count": host_count(), "slab": slab_objects()}
+    return {
+        "nodes": {n.name: node_metrics(lab, n) for n in lab.topo.nodes},
+        "host_count": host_count(),
+        "slab": slab_objects(),
+    }
 
 
 def run(lab: Lab, connections: int) -> dict:
     """Open ``connections`` from the first pod of every node at once, snapshot, close."""
     nodes = lab.topo.nodes
-    facts = {n.name: {"max_mode": in_netns(n.netns, "stat", "-c", "%a", f"{SYSCTL}/nf_conntrack_max"),
-                      "buckets": int(in_netns(n.netns, "cat", f"{SYSCTL}/nf_conntrack_buckets"))} for n in nodes}
+    facts = {
+        n.name: {
+            "max_mode": in_netns(n.netns, "stat", "-c", "%a", f"{SYSCTL}/nf_conntrack_max"),
+            "buckets": int(in_netns(n.netns, "cat", f"{SYSCTL}/nf_conntrack_buckets")),
+        }
+        for n in nodes
+    }
     with open(os.path.join(SYSCTL, "nf_conntrack_max")) as f:
         host_max = int(f.read())
     before = snapshot(lab)
@@ -116,21 +128,27 @@ def run(lab: Lab, connections: int) -> dict:
 def report(r: dict) -> tuple[str, list[str]]:
     """The table and the findings (each a sentence with its numbers); pure."""
     key_n, key_max = "minikubenet_conntrack_entries", "minikubenet_conntrack_entries_limit"
-    lines = [f"{'node':<6} {'entries idle':>12} {'with conns':>10} {'rise':>6} {'limit (metric)':>15} "
-             f"{'nf_conntrack_max mode':>22} {'buckets':>8}"]
+    lines = [
+        f"{'node':<6} {'entries idle':>12} {'with conns':>10} {'rise':>6} {'limit (metric)':>15} "
+        f"{'nf_conntrack_max mode':>22} {'buckets':>8}"
+    ]
     rises = {}
     for name, m in r["during"]["nodes"].items():
         b = r["before"]["nodes"][name]
         rises[name] = m[key_n] - b[key_n]
         f = r["facts"][name]
-        lines.append(f"{name:<6} {b[key_n]:12.0f} {m[key_n]:10.0f} {rises[name]:6.0f} {m[key_max]:15.0f} "
-                     f"{f['max_mode']:>22} {f['buckets']:8d}")
+        lines.append(
+            f"{name:<6} {b[key_n]:12.0f} {m[key_n]:10.0f} {rises[name]:6.0f} {m[key_max]:15.0f} "
+            f"{f['max_mode']:>22} {f['buckets']:8d}"
+        )
     sb, sd = r["before"]["slab"], r["during"]["slab"]
     hb, hd = r["before"]["host_count"], r["during"]["host_count"]
     lines.append(f"{'host':<6} {hb:12d} {hd:10d} {hd - hb:6d} {r['host_max']:15d} {'(rw)':>22}")
-    lines.append(f"host nf_conntrack slab objects: {sb} idle, {sd} with connections "
-                 f"(rise {sd - sb if sb is not None and sd is not None else '?'}; all nodes' rises add up to "
-                 f"{sum(rises.values()):.0f})")
+    lines.append(
+        f"host nf_conntrack slab objects: {sb} idle, {sd} with connections "
+        f"(rise {sd - sb if sb is not None and sd is not None else '?'}; all nodes' rises add up to "
+        f"{sum(rises.values()):.0f})"
+    )
     findings = []
     limits = {m[key_max] for m in r["during"]["nodes"].values()}
     if limits == {r["host_max"]}:
@@ -142,11 +160,15 @@ def report(r: dict) -> tuple[str, list[str]]:
     if len(buckets) == 1:
         findings.append(f"one hash table: {buckets.pop()} buckets, the same on every node (global)")
     if all(v >= r["connections"] for v in rises.values()):
-        findings.append(f"every node's entries rose together, each by its own {r['connections']} connections "
-                        f"({', '.join(f'{k} +{v:.0f}' for k, v in rises.items())})")
+        findings.append(
+            f"every node's entries rose together, each by its own {r['connections']} connections "
+            f"({', '.join(f'{k} +{v:.0f}' for k, v in rises.items())})"
+        )
     if sb is not None and sd is not None and sd - sb >= 0.8 * sum(rises.values()):
-        findings.append(f"one memory pool: the host's nf_conntrack slab rose by {sd - sb}, what all nodes together "
-                        f"added ({sum(rises.values()):.0f}), while the host's own count moved by {hd - hb}")
+        findings.append(
+            f"one memory pool: the host's nf_conntrack slab rose by {sd - sb}, what all nodes together "
+            f"added ({sum(rises.values()):.0f}), while the host's own count moved by {hd - hb}"
+        )
     return "\n".join(lines), findings
 
 
@@ -160,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: needs root (it builds a lab of network namespaces)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="mkn-ct-") as root:
-        lab = Lab(build_topology(f"ct{os.getpid() % 100000}", nodes=args.nodes, pods_per_node=1),
-                  root=root, say=lambda *a: None)
+        lab = Lab(
+            build_topology(f"ct{os.getpid() % 100000}", nodes=args.nodes, pods_per_node=1),
+            root=root,
+            say=lambda *a: None,
+        )
         lab.proxy_mode = None
         try:
             say(f"building a {args.nodes}-node lab ...")
@@ -173,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     text, findings = report(r)
     print(text)
     print()
-    for f in findings:
-        print(f"- {f}")
+    for finding in findings:
+        print(f"- {finding}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
+        with open(args.json, "w") as out:
+            json.dump(r, out, indent=1)
     return 0
 
 

@@ -64,10 +64,15 @@ def say(*a) -> None:
 
 # --------------------------------------------------------------------------- measurements
 
+
 def iperf(client_ns: str, ip: str, port: int, seconds: int) -> float:
     """Gbit/s received in one iperf3 TCP run from ``client_ns``."""
-    out = subprocess.run(["ip", "netns", "exec", client_ns, "iperf3", "-c", ip, "-p", str(port),
-                          "-t", str(seconds), "-J"], capture_output=True, text=True, timeout=seconds + 30)
+    out = subprocess.run(
+        ["ip", "netns", "exec", client_ns, "iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
     doc = json.loads(out.stdout or "{}")
     if "error" in doc or "end" not in doc:
         raise RuntimeError(f"iperf3 to {ip}:{port}: {doc.get('error') or out.stderr.strip()}")
@@ -103,12 +108,14 @@ def latencies(client_ns: str, ip: str, port: int, n: int) -> tuple[float, float]
 
 # --------------------------------------------------------------------------- the lab
 
+
 class Setup:
     """The lab, its two services, iperf3 in n2-p1 and the userspace proxy on n1."""
 
     def __init__(self, root: str):
-        self.lab = Lab(build_topology(f"pm{os.getpid() % 100000}", nodes=2, pods_per_node=2),
-                       root=root, say=lambda *a: None)
+        self.lab = Lab(
+            build_topology(f"pm{os.getpid() % 100000}", nodes=2, pods_per_node=2), root=root, say=lambda *a: None
+        )
         self.mode = "iptables"
         self.lab.proxy_mode = self.mode
 
@@ -119,19 +126,33 @@ class Setup:
         self.client = n1.pods[0].netns
         server = n2.pods[0]
         server_ip = lab.pod_ips[server.name]
-        web = lab_services.create_service(lab, "pmweb", {"node": n2.name},
-                                          [{"name": "http", "port": 80, "targetPort": POD_PORT, "protocol": "TCP"}])
-        bulk = lab_services.create_service(lab, "pmbulk", {"node": n2.name, "slot": "p1"},
-                                           [{"name": "iperf", "port": IPERF_PORT, "targetPort": IPERF_PORT,
-                                             "protocol": "TCP"}])
+        web = lab_services.create_service(
+            lab, "pmweb", {"node": n2.name}, [{"name": "http", "port": 80, "targetPort": POD_PORT, "protocol": "TCP"}]
+        )
+        bulk = lab_services.create_service(
+            lab,
+            "pmbulk",
+            {"node": n2.name, "slot": "p1"},
+            [{"name": "iperf", "port": IPERF_PORT, "targetPort": IPERF_PORT, "protocol": "TCP"}],
+        )
         vip_web, vip_bulk = (str(v) for v in userspace_proxy.USERSPACE_VIPS[:2])
         web_eps = [(lab.pod_ips[p.name], POD_PORT) for p in n2.pods]
-        self.userspace = userspace_proxy.start(lab, n1.name, {(vip_web, 80): web_eps,
-                                                              (vip_bulk, IPERF_PORT): [(server_ip, IPERF_PORT)]})
-        self.iperf = lab._start(server.netns, ["iperf3", "-s", "-p", str(IPERF_PORT)],
-                                os.path.join(lab.dir, "logs", "iperf3-server.log"), "iperf3 server")
-        userspace_proxy.wait_listening(server.netns, [("0.0.0.0", IPERF_PORT)], self.iperf,
-                                       os.path.join(lab.dir, "logs", "iperf3-server.log"), what="iperf3")
+        self.userspace = userspace_proxy.start(
+            lab, n1.name, {(vip_web, 80): web_eps, (vip_bulk, IPERF_PORT): [(server_ip, IPERF_PORT)]}
+        )
+        self.iperf = lab._start(
+            server.netns,
+            ["iperf3", "-s", "-p", str(IPERF_PORT)],
+            os.path.join(lab.dir, "logs", "iperf3-server.log"),
+            "iperf3 server",
+        )
+        userspace_proxy.wait_listening(
+            server.netns,
+            [("0.0.0.0", IPERF_PORT)],
+            self.iperf,
+            os.path.join(lab.dir, "logs", "iperf3-server.log"),
+            what="iperf3",
+        )
         # path -> (web ip, web port), (bulk ip, bulk port)
         self.targets = {
             "direct": ((server_ip, POD_PORT), (server_ip, IPERF_PORT)),
@@ -159,45 +180,67 @@ class Setup:
 
 # --------------------------------------------------------------------------- report
 
+
 def summarize(rounds: list[dict]) -> dict:
-    out = {}
+    out: dict[str, dict] = {}
     for path in PATHS:
         out[path] = {}
         for metric in ("gbit_s", "connect_us", "request_us"):
             values = [r[path][metric] for r in rounds]
-            out[path][metric] = {"median": statistics.median(values), "min": min(values), "max": max(values),
-                                 "rounds": values}
+            out[path][metric] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+                "rounds": values,
+            }
     return out
 
 
 def table(summary: dict) -> str:
     d = summary["direct"]
-    lines = [f"{'path':<11} {'Gbit/s':>7} {'(min-max)':>13} {'x direct':>8}   {'connect µs':>10} {'(min-max)':>13}"
-             f"   {'request µs':>10} {'(min-max)':>13} {'x direct':>8}"]
+    lines = [
+        f"{'path':<11} {'Gbit/s':>7} {'(min-max)':>13} {'x direct':>8}   {'connect µs':>10} {'(min-max)':>13}"
+        f"   {'request µs':>10} {'(min-max)':>13} {'x direct':>8}"
+    ]
     for path in PATHS:
         s = summary[path]
         g, c, r = s["gbit_s"], s["connect_us"], s["request_us"]
-        lines.append(f"{path:<11} {g['median']:7.2f} {g['min']:6.2f}-{g['max']:<6.2f} {g['median'] / d['gbit_s']['median']:8.2f}"
-                     f"   {c['median']:10.0f} {c['min']:6.0f}-{c['max']:<6.0f}"
-                     f"   {r['median']:10.0f} {r['min']:6.0f}-{r['max']:<6.0f} {r['median'] / d['request_us']['median']:8.2f}")
+        lines.append(
+            f"{path:<11} {g['median']:7.2f} {g['min']:6.2f}-{g['max']:<6.2f} {g['median'] / d['gbit_s']['median']:8.2f}"
+            f"   {c['median']:10.0f} {c['min']:6.0f}-{c['max']:<6.0f}"
+            f"   {r['median']:10.0f} {r['min']:6.0f}-{r['max']:<6.0f} {r['median'] / d['request_us']['median']:8.2f}"
+        )
     return "\n".join(lines)
 
 
 def plot(summary: dict, path: str, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors = ["#888888", "#c44e52", "#4c72b0", "#55a868"]
-    for ax, metric, label in ((axes[0], "gbit_s", "throughput, Gbit/s (iperf3)"),
-                              (axes[1], "request_us", "small HTTP request, µs (p50)")):
+    for ax, metric, label in (
+        (axes[0], "gbit_s", "throughput, Gbit/s (iperf3)"),
+        (axes[1], "request_us", "small HTTP request, µs (p50)"),
+    ):
         med = [summary[p][metric]["median"] for p in PATHS]
-        err = [[m - summary[p][metric]["min"] for p, m in zip(PATHS, med)],
-               [summary[p][metric]["max"] - m for p, m in zip(PATHS, med)]]
+        err = [
+            [m - summary[p][metric]["min"] for p, m in zip(PATHS, med)],
+            [summary[p][metric]["max"] - m for p, m in zip(PATHS, med)],
+        ]
         bars = ax.bar(PATHS, med, yerr=err, capsize=4, color=colors)
         for b, v in zip(bars, med):
-            ax.text(b.get_x() + b.get_width() / 2, v / 2, f"{v:.1f}" if metric == "gbit_s" else f"{v:.0f}",
-                    ha="center", va="center", color="white", fontweight="bold")
+            ax.text(
+                b.get_x() + b.get_width() / 2,
+                v / 2,
+                f"{v:.1f}" if metric == "gbit_s" else f"{v:.0f}",
+                ha="center",
+                va="center",
+                color="white",
+                fontweight="bold",
+            )
         ax.set_title(label, fontsize=10)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -226,15 +269,24 @@ def main(argv: list[str] | None = None) -> int:
                 order = PATHS if i % 2 == 0 else tuple(reversed(PATHS))
                 r = {path: setup.measure(path, args.seconds, args.connections) for path in order}
                 rounds.append(r)
-                say(f"round {i + 1}/{args.rounds}: " + ", ".join(
-                    f"{k} {v['gbit_s']:.2f} Gbit/s {v['request_us']:.0f} µs" for k, v in r.items()))
+                say(
+                    f"round {i + 1}/{args.rounds}: "
+                    + ", ".join(f"{k} {v['gbit_s']:.2f} Gbit/s {v['request_us']:.0f} µs" for k, v in r.items())
+                )
         finally:
-            processes.stop([rec.pid for rec in (getattr(setup, "userspace", None), getattr(setup, "iperf", None))
-                            if rec is not None])
+            processes.stop(
+                [
+                    rec.pid
+                    for rec in (getattr(setup, "userspace", None), getattr(setup, "iperf", None))
+                    if rec is not None
+                ]
+            )
             setup.down()
     summary = summarize(rounds)
-    machine = (f"{os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}; "
-               f"{args.rounds} rounds, iperf3 {args.seconds} s, {args.connections} connections per latency figure")
+    machine = (
+        f"{os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}; "
+        f"{args.rounds} rounds, iperf3 {args.seconds} s, {args.connections} connections per latency figure"
+    )
     print(f"machine: {machine}")
     print(table(summary))
     with open(stem + ".json", "w") as f:

@@ -31,10 +31,13 @@ from dataclasses import dataclass
 from minikubenet import __version__
 
 IMAGE = f"localhost/minikubenet:{__version__}"
-KUBERNETES_VERSION = "1.30.0"      # the oldest release still maintained when this was written
+KUBERNETES_VERSION = "1.30.0"  # the oldest release still maintained when this was written
 NEEDED_KINDS = ("Namespace", "ServiceAccount", "ConfigMap", "Secret", "DaemonSet")
-HOST_PATHS = {"/opt/cni/bin": "the CNI plugin binaries", "/etc/cni/net.d": "the CNI conflist",
-              "/run/minikubenet": "the agent's socket and subnet.env"}
+HOST_PATHS = {
+    "/opt/cni/bin": "the CNI plugin binaries",
+    "/etc/cni/net.d": "the CNI conflist",
+    "/run/minikubenet": "the agent's socket and subnet.env",
+}
 CERT_ENV = ("MINIKUBENET_ETCD_CAFILE", "MINIKUBENET_ETCD_CERTFILE", "MINIKUBENET_ETCD_KEYFILE")
 
 
@@ -44,8 +47,8 @@ class ManifestError(Exception):
 
 @dataclass(frozen=True)
 class Finding:
-    where: str       # "DaemonSet minikubenet-system/minikubenet-node"
-    path: str        # "spec.template.spec.containers[0].image" ("" for the whole document)
+    where: str  # "DaemonSet minikubenet-system/minikubenet-node"
+    path: str  # "spec.template.spec.containers[0].image" ("" for the whole document)
     message: str
 
     def __str__(self) -> str:
@@ -72,7 +75,9 @@ def load(text: str, source: str = "<manifests>") -> list[dict]:
 
 
 def name_of(doc: dict) -> str:
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     ns = meta.get("namespace")
     return f"{doc.get('kind')} {ns + '/' if ns else ''}{meta.get('name', '?')}"
 
@@ -85,6 +90,7 @@ def _path(parts) -> str:
 
 
 # -- pass 1: the schemas -------------------------------------------------------------------------
+
 
 def schema_findings(docs: list[dict], version: str = KUBERNETES_VERSION) -> list[Finding]:
     """Every document against Kubernetes ``version``'s schemas, strict. Raises
@@ -100,12 +106,18 @@ def schema_findings(docs: list[dict], version: str = KUBERNETES_VERSION) -> list
         except kubernetes_validate.ValidationError as e:
             out.append(Finding(name_of(doc), _path(e.path), e.message))
         except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as e:
-            out.append(Finding(name_of(doc), "", f"no schema for {doc.get('apiVersion')} {doc.get('kind')} "
-                                                 f"in Kubernetes {version}: {e}"))
+            out.append(
+                Finding(
+                    name_of(doc),
+                    "",
+                    f"no schema for {doc.get('apiVersion')} {doc.get('kind')} in Kubernetes {version}: {e}",
+                )
+            )
     return out
 
 
 # -- pass 2: references and shape -----------------------------------------------------------------
+
 
 def _by_kind(docs: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
@@ -137,13 +149,20 @@ def reference_findings(docs: list[dict], image: str = IMAGE) -> list[Finding]:
     out: list[Finding] = []
     for kind in NEEDED_KINDS:
         if kind not in kinds:
-            out.append(Finding("manifests", "", f"no {kind}: the deployment needs one (deploy/minikubenet.yaml has it)"))
+            out.append(
+                Finding("manifests", "", f"no {kind}: the deployment needs one (deploy/minikubenet.yaml has it)")
+            )
     namespaces = {_meta(d, "name") for d in kinds.get("Namespace", [])}
     for d in docs:
         if d["kind"] != "Namespace" and _meta(d, "namespace") not in namespaces:
-            out.append(Finding(name_of(d), "metadata.namespace",
-                               f"{_meta(d, 'namespace')!r} is not the Namespace these manifests create "
-                               f"({', '.join(sorted(n for n in namespaces if n)) or 'none'})"))
+            out.append(
+                Finding(
+                    name_of(d),
+                    "metadata.namespace",
+                    f"{_meta(d, 'namespace')!r} is not the Namespace these manifests create "
+                    f"({', '.join(sorted(n for n in namespaces if n)) or 'none'})",
+                )
+            )
     secrets = {(_meta(s, "namespace"), _meta(s, "name")): s for s in kinds.get("Secret", [])}
     configmaps = {(_meta(c, "namespace"), _meta(c, "name")): c for c in kinds.get("ConfigMap", [])}
     accounts = {(_meta(a, "namespace"), _meta(a, "name")) for a in kinds.get("ServiceAccount", [])}
@@ -161,21 +180,30 @@ def _daemonset_findings(ds: dict, image: str, secrets: dict, configmaps: dict, a
         out.append(Finding(where, f"{base}.hostNetwork", "must be true: the agent builds the node's own network"))
     account = spec.get("serviceAccountName")
     if account and (ns, account) not in accounts:
-        out.append(Finding(where, f"{base}.serviceAccountName", f"ServiceAccount {ns}/{account} is not in the manifests"))
+        out.append(
+            Finding(where, f"{base}.serviceAccountName", f"ServiceAccount {ns}/{account} is not in the manifests")
+        )
     volumes = {v.get("name"): v for v in spec.get("volumes") or [] if isinstance(v, dict)}
-    host_paths = {((v.get("hostPath") or {}).get("path") or "").rstrip("/"): n for n, v in volumes.items()
-                  if "hostPath" in v}
+    host_paths = {
+        ((v.get("hostPath") or {}).get("path") or "").rstrip("/"): n for n, v in volumes.items() if "hostPath" in v
+    }
     for path, what in HOST_PATHS.items():
         if path not in host_paths:
             out.append(Finding(where, f"{base}.volumes", f"no hostPath volume for {path} ({what})"))
     for i, v in enumerate(spec.get("volumes") or []):
         secret_name = (v.get("secret") or {}).get("secretName") if isinstance(v, dict) else None
         if secret_name and (ns, secret_name) not in secrets:
-            out.append(Finding(where, f"{base}.volumes[{i}].secret.secretName",
-                               f"Secret {ns}/{secret_name} is missing: the pods would wait in "
-                               "ContainerCreating (create it: deploy/README.md)"))
-    groups = [("initContainers", c) for c in spec.get("initContainers") or []] + \
-             [("containers", c) for c in spec.get("containers") or []]
+            out.append(
+                Finding(
+                    where,
+                    f"{base}.volumes[{i}].secret.secretName",
+                    f"Secret {ns}/{secret_name} is missing: the pods would wait in "
+                    "ContainerCreating (create it: deploy/README.md)",
+                )
+            )
+    groups = [("initContainers", c) for c in spec.get("initContainers") or []] + [
+        ("containers", c) for c in spec.get("containers") or []
+    ]
     index = {"initContainers": 0, "containers": 0}
     for group, c in groups:
         path = f"{base}.{group}[{index[group]}]"
@@ -183,12 +211,22 @@ def _daemonset_findings(ds: dict, image: str, secrets: dict, configmaps: dict, a
         if not isinstance(c, dict):
             continue
         if c.get("image") != image:
-            out.append(Finding(where, f"{path}.image",
-                               f"{c.get('image')!r} is not the image deploy/build-image.sh builds ({image!r}); "
-                               "a node without it cannot start the pod (ErrImagePull)"))
+            out.append(
+                Finding(
+                    where,
+                    f"{path}.image",
+                    f"{c.get('image')!r} is not the image deploy/build-image.sh builds ({image!r}); "
+                    "a node without it cannot start the pod (ErrImagePull)",
+                )
+            )
         if (c.get("securityContext") or {}).get("privileged") is not True:
-            out.append(Finding(where, f"{path}.securityContext.privileged",
-                               "must be true: netlink, iptables and other pods' namespaces need it"))
+            out.append(
+                Finding(
+                    where,
+                    f"{path}.securityContext.privileged",
+                    "must be true: netlink, iptables and other pods' namespaces need it",
+                )
+            )
         out += _env_findings(where, path, c, ns, secrets, configmaps, volumes)
         for j, m in enumerate(c.get("volumeMounts") or []):
             if m.get("name") not in volumes:
@@ -204,14 +242,27 @@ def _env_findings(where: str, path: str, c: dict, ns, secrets: dict, configmaps:
         if ref:
             cm = configmaps.get((ns, ref.get("name")))
             if cm is None:
-                out.append(Finding(where, f"{path}.env[{j}].valueFrom.configMapKeyRef",
-                                   f"ConfigMap {ns}/{ref.get('name')} is missing"))
+                out.append(
+                    Finding(
+                        where,
+                        f"{path}.env[{j}].valueFrom.configMapKeyRef",
+                        f"ConfigMap {ns}/{ref.get('name')} is missing",
+                    )
+                )
             elif ref.get("key") not in (cm.get("data") or {}):
-                out.append(Finding(where, f"{path}.env[{j}].valueFrom.configMapKeyRef",
-                                   f"ConfigMap {ns}/{ref.get('name')} has no key {ref.get('key')!r}"))
+                out.append(
+                    Finding(
+                        where,
+                        f"{path}.env[{j}].valueFrom.configMapKeyRef",
+                        f"ConfigMap {ns}/{ref.get('name')} has no key {ref.get('key')!r}",
+                    )
+                )
     # the certificate files must come from a mounted Secret's keys, and hold something
-    mounts = [(m.get("mountPath", "").rstrip("/"), volumes.get(m.get("name"), {}))
-              for m in c.get("volumeMounts") or [] if isinstance(m, dict)]
+    mounts = [
+        (m.get("mountPath", "").rstrip("/"), volumes.get(m.get("name"), {}))
+        for m in c.get("volumeMounts") or []
+        if isinstance(m, dict)
+    ]
     for name in CERT_ENV:
         value = (env.get(name) or {}).get("value")
         if not value:
@@ -224,20 +275,26 @@ def _env_findings(where: str, path: str, c: dict, ns, secrets: dict, configmaps:
             continue
         secret = secrets.get((ns, secret_name))
         if secret is None:
-            continue    # named once, at the volume
+            continue  # named once, at the volume
         values = _secret_values(secret)
         if key not in values:
             out.append(Finding(name_of(secret), "data", f"no key {key!r} ({name} of {c.get('name')} reads it)"))
-        elif values[key] is None:
+        elif (value := values[key]) is None:
             out.append(Finding(name_of(secret), f"data.{key}", "is not valid base64"))
-        elif not values[key].strip():
-            out.append(Finding(name_of(secret), f"data.{key}",
-                               f"is empty: put the etcd client file there ({name} of {c.get('name')} reads it)"))
+        elif not value.strip():
+            out.append(
+                Finding(
+                    name_of(secret),
+                    f"data.{key}",
+                    f"is empty: put the etcd client file there ({name} of {c.get('name')} reads it)",
+                )
+            )
     return out
 
 
-def check(text: str, source: str = "<manifests>", image: str = IMAGE,
-          version: str = KUBERNETES_VERSION) -> list[Finding]:
+def check(
+    text: str, source: str = "<manifests>", image: str = IMAGE, version: str = KUBERNETES_VERSION
+) -> list[Finding]:
     """Both passes over the manifests in ``text``; every finding, in order, once per field
     (a Secret key two containers read is named once)."""
     docs = load(text, source)
@@ -252,8 +309,14 @@ def check(text: str, source: str = "<manifests>", image: str = IMAGE,
 SECRET_KEYS = ("ca.crt", "agent.crt", "agent.key", "proxy.crt", "proxy.key")
 
 
-def secret_manifest(files: dict[str, bytes], name: str = "minikubenet-etcd-certs",
-                    namespace: str = "minikubenet-system") -> dict:
+def secret_manifest(
+    files: dict[str, bytes], name: str = "minikubenet-etcd-certs", namespace: str = "minikubenet-system"
+) -> dict:
     """The Secret of deploy/minikubenet.yaml holding ``files`` ({key: content})."""
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-            "type": "Opaque", "data": {k: base64.b64encode(v).decode() for k, v in files.items()}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v).decode() for k, v in files.items()},
+    }

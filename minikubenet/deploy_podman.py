@@ -30,11 +30,29 @@ import base64
 import re
 from dataclasses import dataclass, field
 
-TRANSLATED_CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "env", "securityContext",
-                               "volumeMounts", "resources"}
-TRANSLATED_POD_FIELDS = {"serviceAccountName", "automountServiceAccountToken", "hostNetwork", "dnsPolicy",
-                         "priorityClassName", "tolerations", "terminationGracePeriodSeconds", "initContainers",
-                         "containers", "volumes"}
+TRANSLATED_CONTAINER_FIELDS = {
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "env",
+    "securityContext",
+    "volumeMounts",
+    "resources",
+}
+TRANSLATED_POD_FIELDS = {
+    "serviceAccountName",
+    "automountServiceAccountToken",
+    "hostNetwork",
+    "dnsPolicy",
+    "priorityClassName",
+    "tolerations",
+    "terminationGracePeriodSeconds",
+    "initContainers",
+    "containers",
+    "volumes",
+}
 
 
 class PodmanPlanError(Exception):
@@ -44,15 +62,15 @@ class PodmanPlanError(Exception):
 @dataclass(frozen=True)
 class Run:
     name: str
-    init: bool                   # run to completion before the next
-    argv: tuple[str, ...]        # podman run ... (without the leading "podman")
+    init: bool  # run to completion before the next
+    argv: tuple[str, ...]  # podman run ... (without the leading "podman")
 
 
 @dataclass
 class Plan:
-    directories: list[str] = field(default_factory=list)   # hostPath DirectoryOrCreate
-    files: list[str] = field(default_factory=list)         # hostPath FileOrCreate
-    secret_files: dict[str, tuple[bytes, int]] = field(default_factory=dict)   # path -> (content, mode)
+    directories: list[str] = field(default_factory=list)  # hostPath DirectoryOrCreate
+    files: list[str] = field(default_factory=list)  # hostPath FileOrCreate
+    secret_files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # path -> (content, mode)
     runs: list[Run] = field(default_factory=list)
 
 
@@ -73,8 +91,14 @@ def _find(docs: list[dict], kind: str, namespace, name) -> dict | None:
     return None
 
 
-def plan(docs: list[dict], node_name: str, secret_root: str, prefix: str = "minikubenet",
-         network: str = "host", host_root: str = "") -> Plan:
+def plan(
+    docs: list[dict],
+    node_name: str,
+    secret_root: str,
+    prefix: str = "minikubenet",
+    network: str = "host",
+    host_root: str = "",
+) -> Plan:
     """The podman runs for the (first) DaemonSet of ``docs`` on node ``node_name``;
     Secrets are written under ``secret_root/<secret name>``. ``host_root`` (tests, a lab
     node): every hostPath is taken below this directory instead of the host's ``/``;
@@ -91,7 +115,7 @@ def plan(docs: list[dict], node_name: str, secret_root: str, prefix: str = "mini
     if pod.get("hostNetwork") is not True:
         raise PodmanPlanError(f"{base}.hostNetwork: only a host-network pod runs here")
     out = Plan()
-    volumes: dict[str, tuple[str, str]] = {}        # name -> (host path, kind)
+    volumes: dict[str, tuple[str, str]] = {}  # name -> (host path, kind)
     for i, v in enumerate(pod.get("volumes") or []):
         name = v.get("name")
         if "hostPath" in v:
@@ -115,14 +139,16 @@ def plan(docs: list[dict], node_name: str, secret_root: str, prefix: str = "mini
             volumes[name] = (directory, "secret")
         else:
             raise PodmanPlanError(f"{base}.volumes[{i}]: only hostPath and secret volumes are translated")
-    groups = [("initContainers", True, c) for c in pod.get("initContainers") or []] + \
-             [("containers", False, c) for c in pod.get("containers") or []]
+    groups = [("initContainers", True, c) for c in pod.get("initContainers") or []] + [
+        ("containers", False, c) for c in pod.get("containers") or []
+    ]
     index = {"initContainers": 0, "containers": 0}
     for group, init, c in groups:
         path = f"{base}.{group}[{index[group]}]"
         index[group] += 1
-        out.runs.append(Run(c.get("name"), init, tuple(_run_argv(c, path, docs, ns, node_name, volumes, prefix,
-                                                                  network, init))))
+        out.runs.append(
+            Run(c.get("name"), init, tuple(_run_argv(c, path, docs, ns, node_name, volumes, prefix, network, init)))
+        )
     return out
 
 
@@ -140,16 +166,18 @@ def _env(c: dict, path: str, docs: list[dict], ns, node_name: str) -> dict[str, 
             ref = source["configMapKeyRef"]
             cm = _find(docs, "ConfigMap", ns, ref.get("name"))
             if cm is None or ref.get("key") not in (cm.get("data") or {}):
-                raise PodmanPlanError(f"{path}.env[{j}]: ConfigMap {ns}/{ref.get('name')} key {ref.get('key')!r} "
-                                      "is missing")
+                raise PodmanPlanError(
+                    f"{path}.env[{j}]: ConfigMap {ns}/{ref.get('name')} key {ref.get('key')!r} is missing"
+                )
             env[name] = cm["data"][ref["key"]]
         else:
             raise PodmanPlanError(f"{path}.env[{j}].valueFrom: only spec.nodeName and configMapKeyRef are translated")
     return env
 
 
-def _run_argv(c: dict, path: str, docs, ns, node_name: str, volumes: dict, prefix: str, network: str,
-              init: bool) -> list[str]:
+def _run_argv(
+    c: dict, path: str, docs, ns, node_name: str, volumes: dict, prefix: str, network: str, init: bool
+) -> list[str]:
     for key in c:
         if key not in TRANSLATED_CONTAINER_FIELDS:
             raise PodmanPlanError(f"{path}.{key}: not translated to podman (see minikubenet/deploy_podman.py)")
@@ -173,6 +201,6 @@ def _run_argv(c: dict, path: str, docs, ns, node_name: str, volumes: dict, prefi
     command = [expand(x, env) for x in c.get("command") or []]
     if command:
         argv += ["--entrypoint", command[0]]
-    argv.append(c.get("image"))
+    argv.append(str(c.get("image")))
     argv += command[1:] + [expand(x, env) for x in c.get("args") or []]
     return argv

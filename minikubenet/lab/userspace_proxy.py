@@ -30,8 +30,11 @@ def start(lab, node_name: str, services: dict[tuple[str, int], list[tuple[str, i
     ({(clusterIP, port): [(endpoint ip, port), ...]}); returns when every port listens."""
     node = lab.topo.node(node_name)
     for vip in sorted({ip for ip, _ in services}):
-        subprocess.run(["ip", "-n", node.netns, "route", "replace", "local", f"{vip}/32", "dev", "lo"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "-n", node.netns, "route", "replace", "local", f"{vip}/32", "dev", "lo"],
+            check=True,
+            capture_output=True,
+        )
     argv = [sys.executable, "-m", "minikubenet.proxy.userspace"]
     for (vip, port), eps in services.items():
         argv += ["--service", f"{vip}:{port}=" + ",".join(f"{ip}:{p}" for ip, p in eps)]
@@ -41,8 +44,14 @@ def start(lab, node_name: str, services: dict[tuple[str, int], list[tuple[str, i
     return rec
 
 
-def wait_listening(netns: str, addrs: list[tuple[str, int]], rec: ProcessRecord, log: str,
-                   timeout: float = 15.0, what: str = "the userspace proxy") -> None:
+def wait_listening(
+    netns: str,
+    addrs: list[tuple[str, int]],
+    rec: ProcessRecord,
+    log: str,
+    timeout: float = 15.0,
+    what: str = "the userspace proxy",
+) -> None:
     """Until ``ss`` lists every address as listening (``0.0.0.0``: any address). Not by
     connecting: a probe connection would be proxied to an endpoint (iperf3 takes it for
     a client and resets the real one)."""
@@ -58,7 +67,9 @@ def wait_listening(netns: str, addrs: list[tuple[str, int]], rec: ProcessRecord,
         if all(listening(ip, port, seen) for ip, port in addrs):
             return
         if not rec.alive() or time.monotonic() > deadline:
-            raise probes.ProbeFailed(f"{what} does not listen on "
-                                     f"{', '.join(f'{ip}:{port}' for ip, port in addrs)} in {netns}; "
-                                     f"{log} ends with:\n{processes.tail(log)}")
+            raise probes.ProbeFailed(
+                f"{what} does not listen on "
+                f"{', '.join(f'{ip}:{port}' for ip, port in addrs)} in {netns}; "
+                f"{log} ends with:\n{processes.tail(log)}"
+            )
         time.sleep(0.05)

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger("minikubenet.proxy.userspace")
 
-BUFFER = 64 * 1024            # one recv per copy step, as io.Copy's 32 KiB buffer, doubled
-CONNECT_TIMEOUT_S = 2.0       # per endpoint tried
+BUFFER = 64 * 1024  # one recv per copy step, as io.Copy's 32 KiB buffer, doubled
+CONNECT_TIMEOUT_S = 2.0  # per endpoint tried
 BACKLOG = 1024
 
 
@@ -74,8 +74,7 @@ def parse_service(text: str) -> ServiceSpec:
     listen, sep, eps = text.partition("=")
     if not sep or not eps.strip():
         raise UserspaceError(f"--service {text!r}: expected CLUSTERIP:PORT=ENDPOINT:PORT[,ENDPOINT:PORT...]")
-    return ServiceSpec(_addr(listen, "the service address"),
-                       tuple(_addr(e, "the endpoint") for e in eps.split(",")))
+    return ServiceSpec(_addr(listen, "the service address"), tuple(_addr(e, "the endpoint") for e in eps.split(",")))
 
 
 def _copy(src: socket.socket, dst: socket.socket, done: threading.Event | None = None) -> int:
@@ -91,7 +90,7 @@ def _copy(src: socket.socket, dst: socket.socket, done: threading.Event | None =
             dst.sendall(view[:n])
             total += n
     except OSError:
-        pass    # a reset on either side ends this direction; the other notices on its own
+        pass  # a reset on either side ends this direction; the other notices on its own
     try:
         dst.shutdown(socket.SHUT_WR)
     except OSError:
@@ -120,16 +119,21 @@ class UserspaceProxy:
             except OSError as e:
                 s.close()
                 self.close()
-                raise UserspaceError(f"cannot listen on {svc.listen[0]}:{svc.listen[1]}: {e.strerror} (is the "
-                                     f"ClusterIP a local address of this node? ip route add local "
-                                     f"{svc.listen[0]}/32 dev lo)") from None
+                raise UserspaceError(
+                    f"cannot listen on {svc.listen[0]}:{svc.listen[1]}: {e.strerror} (is the "
+                    f"ClusterIP a local address of this node? ip route add local "
+                    f"{svc.listen[0]}/32 dev lo)"
+                ) from None
             s.listen(BACKLOG)
             self.listeners.append(s)
 
     def serve_forever(self) -> None:
-        threads = [threading.Thread(target=self._accept_loop, args=(s, svc), daemon=True,
-                                    name=f"accept-{svc.listen[0]}:{svc.listen[1]}")
-                   for s, svc in zip(self.listeners, self.services)]
+        threads = [
+            threading.Thread(
+                target=self._accept_loop, args=(s, svc), daemon=True, name=f"accept-{svc.listen[0]}:{svc.listen[1]}"
+            )
+            for s, svc in zip(self.listeners, self.services)
+        ]
         for t in threads:
             t.start()
         self._stop.wait()
@@ -168,7 +172,7 @@ class UserspaceProxy:
     def _proxy(self, client: socket.socket, svc: ServiceSpec) -> None:
         backend = self._dial(svc)
         if backend is None:
-            client.close()      # the client sees its connection closed, as with 1.0
+            client.close()  # the client sees its connection closed, as with 1.0
             return
         for s in (client, backend):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -181,10 +185,13 @@ class UserspaceProxy:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minikubenet.proxy.userspace",
-                                description="Kubernetes 1.0's userspace service proxy, as a baseline")
-    p.add_argument("--service", action="append", required=True,
-                   help="CLUSTERIP:PORT=ENDPOINT:PORT[,ENDPOINT:PORT...] (repeatable)")
+    p = argparse.ArgumentParser(
+        prog="python -m minikubenet.proxy.userspace",
+        description="Kubernetes 1.0's userspace service proxy, as a baseline",
+    )
+    p.add_argument(
+        "--service", action="append", required=True, help="CLUSTERIP:PORT=ENDPOINT:PORT[,ENDPOINT:PORT...] (repeatable)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level="INFO", stream=sys.stderr, format="%(asctime)s userspace-proxy %(message)s")
     try:
@@ -194,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: proxy.stop())
-    log.info("listening: %s", ", ".join(f"{s.listen[0]}:{s.listen[1]} -> {len(s.endpoints)} endpoints"
-                                        for s in proxy.services))
+    log.info(
+        "listening: %s",
+        ", ".join(f"{s.listen[0]}:{s.listen[1]} -> {len(s.endpoints)} endpoints" for s in proxy.services),
+    )
     try:
         proxy.serve_forever()
     except KeyboardInterrupt:

@@ -31,13 +31,16 @@ def lab(lab_root):
 def scrape(lab, node_name: str = "n1") -> dict[str, float]:
     node = lab.topo.node(node_name)
     text = probes.http_get(node.netns, str(node.ip), daemons.AGENT_METRICS_PORT, "/metrics").decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def pod_netns(lab, tag: str) -> str:
     name = f"{lab.topo.name}-{tag}"
-    lab._netns(name)          # recorded: lab.down() removes it
+    lab._netns(name)  # recorded: lab.down() removes it
     return name
 
 
@@ -45,8 +48,8 @@ def test_pods_added_and_deleted_move_the_cni_and_ipam_numbers(lab):
     subnet = lab.leases()["n1"]["subnet"]
     before = scrape(lab)
     in_use = f'minikubenet_agent_ipam_addresses_in_use{{subnet="{subnet}"}}'
-    assert before[in_use] == 1                                   # the lab's one pod on n1
-    assert before[in_use.replace("in_use", "capacity")] == 253   # a /24 less network, gateway, broadcast
+    assert before[in_use] == 1  # the lab's one pod on n1
+    assert before[in_use.replace("in_use", "capacity")] == 253  # a /24 less network, gateway, broadcast
 
     rt = lab.runtime("n1")
     ns = [pod_netns(lab, f"m{i}") for i in range(3)]
@@ -57,8 +60,9 @@ def test_pods_added_and_deleted_move_the_cni_and_ipam_numbers(lab):
     assert after[ADD_H] == before.get(ADD_H, 0) + 3
     assert after[DEL_H] == before.get(DEL_H, 0) + 1
     assert after[in_use] == before[in_use] + 2
-    add_sum = after['minikubenet_agent_cni_request_duration_seconds_sum{command="ADD"}'] - \
-        before.get('minikubenet_agent_cni_request_duration_seconds_sum{command="ADD"}', 0)
+    add_sum = after['minikubenet_agent_cni_request_duration_seconds_sum{command="ADD"}'] - before.get(
+        'minikubenet_agent_cni_request_duration_seconds_sum{command="ADD"}', 0
+    )
     report("agent metrics: mean CNI ADD time seen by the agent", f"{add_sum / 3 * 1000:.1f} ms (3 ADDs)")
     for i in (1, 2):
         rt.delete(f"metrics-{i}", f"/run/netns/{ns[i]}", "eth0")
@@ -69,7 +73,7 @@ def test_a_refused_request_is_counted_by_its_cni_code(lab):
     key = 'minikubenet_agent_cni_errors_total{code="8",command="ADD"}'
     before = scrape(lab).get(key, 0)
     node_ns = f"/run/netns/{lab.topo.node('n1').netns}"
-    with pytest.raises(CniCallError) as e:                       # ADD into the node itself: refused
+    with pytest.raises(CniCallError) as e:  # ADD into the node itself: refused
         lab.runtime("n1").add("metrics-bad", node_ns, "eth0")
     assert e.value.code == 8
     assert scrape(lab)[key] == before + 1
@@ -77,9 +81,9 @@ def test_a_refused_request_is_counted_by_its_cni_code(lab):
 
 def test_overlay_entries_are_counted_and_a_hand_made_break_is_corrected(lab):
     m = scrape(lab)
-    assert m["minikubenet_agent_overlay_entries"] == 3                   # neigh + fdb + route for n2
+    assert m["minikubenet_agent_overlay_entries"] == 3  # neigh + fdb + route for n2
     assert m['minikubenet_agent_overlay_entries_programmed_total{kind="route"}'] >= 1
-    assert "minikubenet_agent_lease_renewals_total" in "".join(m)        # exported (renewals: 24 h TTL / 3)
+    assert "minikubenet_agent_lease_renewals_total" in "".join(m)  # exported (renewals: 24 h TTL / 3)
     key = 'minikubenet_agent_overlay_entries_corrected_total{action="restored",kind="route"}'
     before = m.get(key, 0)
     dst = lab.leases()["n2"]["subnet"]

@@ -22,7 +22,7 @@ def lab(lab_root):
     """Name: lab. Scope: module. 2 nodes x 2 pods, no kube-proxy; the userspace proxy on n1."""
     with running_lab(lab_root, nodes=2, pods_per_node=2, proxy=False) as lab:
         eps = [(lab.pod_ips[p], POD_PORT) for p in ("n1-p2", "n2-p1", "n2-p2")]
-        dead = ("10.244.254.254", POD_PORT)        # in no subnet: the proxy must try the next endpoint
+        dead = ("10.244.254.254", POD_PORT)  # in no subnet: the proxy must try the next endpoint
         vip = str(userspace_proxy.USERSPACE_VIPS[0])
         userspace_proxy.start(lab, "n1", {(vip, 80): eps + [dead]})
         lab.vip = vip
@@ -30,11 +30,11 @@ def lab(lab_root):
 
 
 def test_connections_are_spread_over_every_endpoint(lab):
-    netns = lab.topo.node("n1").pods[0].netns                  # n1-p1
+    netns = lab.topo.node("n1").pods[0].netns  # n1-p1
     got = lab_services.hit(netns, lab.vip, 80, CONNECTIONS, workers=8)
     assert got["<error>"] == 0, got
     assert set(got) == {"n1-p2", "n2-p1", "n2-p2"}
-    assert min(got.values()) >= 5, got            # random over 3 (+1 dead): each ~15-20 of 60
+    assert min(got.values()) >= 5, got  # random over 3 (+1 dead): each ~15-20 of 60
 
 
 def test_data_crosses_intact_and_the_endpoint_sees_the_node(lab):
@@ -42,7 +42,7 @@ def test_data_crosses_intact_and_the_endpoint_sees_the_node(lab):
     seconds = probes.transfer(netns, lab.vip, 80, 8 * 1024 * 1024)
     assert seconds < 10
     who = probes.whoami(netns, lab.vip, 80)
-    assert who["client"] != lab.pod_ips["n1-p1"]          # the proxy connected, not the pod
+    assert who["client"] != lab.pod_ips["n1-p1"]  # the proxy connected, not the pod
 
 
 def test_a_bad_service_spec_is_a_clear_error():

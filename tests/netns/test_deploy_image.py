@@ -49,12 +49,17 @@ def deployed(lab_root, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("deploy")
     podman = f"podman --root {scratch}/storage --runroot {scratch}/run --storage-driver vfs"
     t0 = time.monotonic()
-    built = subprocess.run([os.path.join(REPO, "deploy", "build-image.sh")], capture_output=True, text=True,
-                           env={**os.environ, "PODMAN_OPTS": podman.split(" ", 1)[1]}, timeout=900)
+    built = subprocess.run(
+        [os.path.join(REPO, "deploy", "build-image.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PODMAN_OPTS": podman.split(" ", 1)[1]},
+        timeout=900,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     build_s = time.monotonic() - t0
     with running_lab(lab_root, nodes=1, pods_per_node=1, proxy=False) as lab:
-        node = lab.add_node(start_agent=False)                     # n2: no agent, no pods
+        node = lab.add_node(start_agent=False)  # n2: no agent, no pods
         # a node's default route (the agent picks its underlay from it, as flannel does)
         subprocess.run(["ip", "-n", node.netns, "route", "replace", "default", "dev", "eth0"], check=True)
         docs = deploy_check.load(open(MANIFESTS).read(), MANIFESTS)
@@ -70,10 +75,25 @@ def deployed(lab_root, tmp_path_factory):
         manifests.write_text(yaml.safe_dump_all(docs, sort_keys=False))
         assert deploy_check.check(manifests.read_text()) == []
         host = scratch / "host"
-        (host / "lib/modules").mkdir(parents=True)         # a hostPath without a type must exist, as on a node
-        argv = ["deploy", "podman", str(manifests), "--node-name", node.name, "--host-root", str(host),
-                "--secret-root", str(scratch / "secrets"), "--network", f"ns:/run/netns/{node.netns}",
-                "--prefix", lab.topo.name, "--podman", podman, *[f"--run-opt={o}" for o in RUN_OPTS]]
+        (host / "lib/modules").mkdir(parents=True)  # a hostPath without a type must exist, as on a node
+        argv = [
+            "deploy",
+            "podman",
+            str(manifests),
+            "--node-name",
+            node.name,
+            "--host-root",
+            str(host),
+            "--secret-root",
+            str(scratch / "secrets"),
+            "--network",
+            f"ns:/run/netns/{node.netns}",
+            "--prefix",
+            lab.topo.name,
+            "--podman",
+            podman,
+            *[f"--run-opt={o}" for o in RUN_OPTS],
+        ]
         try:
             t1 = time.monotonic()
             assert cli(argv) == 0
@@ -81,12 +101,19 @@ def deployed(lab_root, tmp_path_factory):
             deadline = time.monotonic() + 60
             while not daemons.agent_ready(str(sock)):
                 if time.monotonic() > deadline:
-                    logs = subprocess.run([*shlex.split(podman), "logs", f"{lab.topo.name}-agent"],
-                                          capture_output=True, text=True)
+                    logs = subprocess.run(
+                        [*shlex.split(podman), "logs", f"{lab.topo.name}-agent"], capture_output=True, text=True
+                    )
                     pytest.fail(f"the agent from the image is not ready after 60 s:\n{logs.stdout}{logs.stderr}")
                 time.sleep(0.2)
-            yield {"lab": lab, "node": node, "host": host, "podman": podman, "build_s": build_s,
-                   "ready_s": time.monotonic() - t1}
+            yield {
+                "lab": lab,
+                "node": node,
+                "host": host,
+                "podman": podman,
+                "build_s": build_s,
+                "ready_s": time.monotonic() - t1,
+            }
         finally:
             cli([*argv, "--down"])
 
@@ -94,7 +121,7 @@ def deployed(lab_root, tmp_path_factory):
 def test_the_init_container_installs_the_plugin_and_the_conflist_on_the_host(deployed):
     host = deployed["host"]
     plugin = (host / "opt/cni/bin/minikubenet").read_text()
-    assert plugin.startswith("#!/usr/bin/python3")              # the host's interpreter, not the image's
+    assert plugin.startswith("#!/usr/bin/python3")  # the host's interpreter, not the image's
     conflist = json.loads((host / "etc/cni/net.d/10-minikubenet.conflist").read_text())
     assert conflist["plugins"][0]["type"] == "minikubenet"
     assert conflist["plugins"][0]["agentSocket"] == "/run/minikubenet/agent.sock"
@@ -117,8 +144,10 @@ def test_the_agent_from_the_image_leases_a_subnet_and_its_pod_reaches_the_other_
     other = lab.topo.node("n1").pods[0]
     assert probes.whoami(pod_ns, lab.pod_ips[other.name], POD_PORT)["client"] == ip
     rt.delete("image-pod-1", f"/run/netns/{pod_ns}", "eth0")
-    print(f"\nDaemonSet containers from the image: build {deployed['build_s']:.0f}s, "
-          f"agent ready {deployed['ready_s']:.1f}s after `deploy podman`")
+    print(
+        f"\nDaemonSet containers from the image: build {deployed['build_s']:.0f}s, "
+        f"agent ready {deployed['ready_s']:.1f}s after `deploy podman`"
+    )
 
 
 def test_the_proxy_from_the_image_answers_its_healthz(deployed):
@@ -131,6 +160,8 @@ def test_the_proxy_from_the_image_answers_its_healthz(deployed):
         except (probes.ProbeFailed, ValueError):
             assert time.monotonic() < deadline, subprocess.run(
                 [*shlex.split(deployed["podman"]), "logs", f"{deployed['lab'].topo.name}-proxy"],
-                capture_output=True, text=True).stderr[-2000:]
+                capture_output=True,
+                text=True,
+            ).stderr[-2000:]
             time.sleep(0.5)
     assert health["lastUpdated"]

@@ -19,12 +19,16 @@ from tests.unit.test_overlay_plan import B, C, controller
 
 def no_conntrack():
     from minikubenet.linux.conntrack_table import ConntrackUnavailable
+
     raise ConntrackUnavailable("not in this test")
 
 
 def samples(text: str) -> dict[str, float]:
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def test_a_labelled_histogram_keeps_one_series_per_label_set():
@@ -43,8 +47,12 @@ def test_a_labelled_histogram_keeps_one_series_per_label_set():
 
 def test_an_unlabelled_histogram_renders_as_before():
     h = Histogram("y_seconds", "help", buckets=(1.0,))
-    assert h.lines() == ['y_seconds_bucket{le="1"} 0', 'y_seconds_bucket{le="+Inf"} 0',
-                         "y_seconds_sum 0", "y_seconds_count 0"]
+    assert h.lines() == [
+        'y_seconds_bucket{le="1"} 0',
+        'y_seconds_bucket{le="+Inf"} 0',
+        "y_seconds_sum 0",
+        "y_seconds_count 0",
+    ]
     h.observe(0.5)
     assert (h.count, h.sum, h.counts) == (1, 0.5, [1])
 
@@ -90,20 +98,20 @@ def test_overlay_counts_programmed_withdrawn_and_corrected_entries(caplog):
     with caplog.at_level(logging.ERROR):
         ctl.resync(ctl.store.list_leases())
     assert ctl.programmed.get(kind="route") == 1 and ctl.programmed.get(kind="fdb") == 1
-    assert ctl.wanted_entries.get() == 3                     # neigh, fdb, route of B
+    assert ctl.wanted_entries.get() == 3  # neigh, fdb, route of B
     ctl.handle(LeasePut(C))
     assert ctl.programmed.get(kind="neigh") == 2
 
     plan = vxlan.plan_peer(B)
-    del kernel.entries[plan.fdb.key()]                       # deleted by hand
+    del kernel.entries[plan.fdb.key()]  # deleted by hand
     stray = vxlan.plan_peer(C).neigh
     ctl.handle(LeaseDelete(C.subnet))
     assert ctl.withdrawn.get(kind="route") == 1
-    kernel.entries[stray.key()] = stray                      # put back by hand: nobody wants it
+    kernel.entries[stray.key()] = stray  # put back by hand: nobody wants it
     ctl.reconcile_kernel()
     assert ctl.corrected.get(kind="fdb", action="restored") == 1
     assert ctl.corrected.get(kind="neigh", action="removed") == 1
-    ctl.reconcile_kernel()                                   # nothing left to correct
+    ctl.reconcile_kernel()  # nothing left to correct
     assert ctl.corrected.get(kind="fdb", action="restored") == 1
 
     m = AgentMetrics(read_conntrack=no_conntrack)

@@ -59,7 +59,7 @@ def test_the_daemonset_is_the_seeds_shape():
     init = spec["initContainers"][0]
     assert init["args"][0] == "install" and "--bin-dir=/host/opt/cni/bin" in init["args"]
     envs = {e["name"] for c in spec["containers"] for e in c["env"]}
-    assert "MINIKUBENET_ETCD_ENDPOINTS" in envs          # the seed's ETCD_ENDPOINTS
+    assert "MINIKUBENET_ETCD_ENDPOINTS" in envs  # the seed's ETCD_ENDPOINTS
 
 
 def test_the_shipped_secret_is_named_as_still_to_be_filled():
@@ -81,8 +81,10 @@ def test_a_missing_secret_is_named():
     docs = [d for d in filled() if d["kind"] != "Secret"]
     findings = [str(f) for f in deploy_check.check(text(docs))]
     assert "manifests: no Secret: the deployment needs one (deploy/minikubenet.yaml has it)" in findings
-    assert any("volumes[7].secret.secretName: Secret minikubenet-system/minikubenet-etcd-certs is missing" in f
-               for f in findings), findings
+    assert any(
+        "volumes[7].secret.secretName: Secret minikubenet-system/minikubenet-etcd-certs is missing" in f
+        for f in findings
+    ), findings
 
 
 def test_a_misspelt_field_fails_the_schema_with_its_path():
@@ -90,8 +92,9 @@ def test_a_misspelt_field_fails_the_schema_with_its_path():
     c = daemonset(docs)["spec"]["template"]["spec"]["containers"][0]
     c["volumeMount"] = c.pop("volumeMounts")
     findings = deploy_check.check(text(docs))
-    assert any(f.path == "spec.template.spec.containers[0]" and "'volumeMount' was unexpected" in f.message
-               for f in findings), findings
+    assert any(
+        f.path == "spec.template.spec.containers[0]" and "'volumeMount' was unexpected" in f.message for f in findings
+    ), findings
 
 
 def test_other_broken_references_are_named():

@@ -41,11 +41,14 @@ def test_the_runs_are_the_spec():
     assert "/run/netns:/run/netns:rslave" in agent and "/lib/modules:/lib/modules:ro" in agent
     assert "/run/s/minikubenet-etcd-certs:/etc/minikubenet/pki:ro" in agent
     image = agent.index(deploy_check.IMAGE)
-    assert agent[image - 2:image] == ["--entrypoint", "/opt/minikubenet/bin/minikubenet-agent"]
-    assert agent[image + 1:] == ["--node-name=node7", "--run-dir=/run/minikubenet",
-                                 "--metrics-bind-address=127.0.0.1:10261"]
+    assert agent[image - 2 : image] == ["--entrypoint", "/opt/minikubenet/bin/minikubenet-agent"]
+    assert agent[image + 1 :] == [
+        "--node-name=node7",
+        "--run-dir=/run/minikubenet",
+        "--metrics-bind-address=127.0.0.1:10261",
+    ]
     proxy = list(p.runs[2].argv)
-    assert proxy[-2:] == ["--node-name=node7", "--mode=iptables"]        # $(PROXY_MODE) from the ConfigMap
+    assert proxy[-2:] == ["--node-name=node7", "--mode=iptables"]  # $(PROXY_MODE) from the ConfigMap
     assert p.secret_files["/run/s/minikubenet-etcd-certs/agent.key"] == (b"agent.key-content", 0o400)
     assert "/run/minikubenet" in p.directories and p.files == ["/run/xtables.lock"]
 
@@ -56,13 +59,18 @@ def test_host_root_and_network_are_applied_to_every_host_path():
     assert all("--network=ns:/run/netns/lab-n2" in r.argv for r in p.runs)
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda s: s["containers"][0].update(livenessProbe={}), r"containers\[0\].livenessProbe: not translated"),
-    (lambda s: s.update(hostNetwork=False), "only a host-network pod"),
-    (lambda s: s["volumes"].append({"name": "e", "emptyDir": {}}), r"volumes\[8\]: only hostPath and secret"),
-    (lambda s: s["containers"][1]["env"][1]["valueFrom"]["configMapKeyRef"].update(key="nope"),
-     r"containers\[1\].env\[1\]: ConfigMap minikubenet-system/minikubenet-config key 'nope' is missing"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda s: s["containers"][0].update(livenessProbe={}), r"containers\[0\].livenessProbe: not translated"),
+        (lambda s: s.update(hostNetwork=False), "only a host-network pod"),
+        (lambda s: s["volumes"].append({"name": "e", "emptyDir": {}}), r"volumes\[8\]: only hostPath and secret"),
+        (
+            lambda s: s["containers"][1]["env"][1]["valueFrom"]["configMapKeyRef"].update(key="nope"),
+            r"containers\[1\].env\[1\]: ConfigMap minikubenet-system/minikubenet-config key 'nope' is missing",
+        ),
+    ],
+)
 def test_what_cannot_be_translated_is_refused_with_its_path(change, message):
     d = docs()
     change(pod(d))
@@ -72,6 +80,7 @@ def test_what_cannot_be_translated_is_refused_with_its_path(change, message):
 
 def test_a_missing_secret_is_refused_by_the_cli_without_a_traceback(tmp_path, capsys):
     import yaml
+
     path = tmp_path / "m.yaml"
     path.write_text(yaml.safe_dump_all([d for d in docs() if d["kind"] != "Secret"]))
     assert main(["deploy", "podman", str(path), "--dry-run"]) == 1

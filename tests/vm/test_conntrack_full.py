@@ -29,51 +29,66 @@ import time
 from tests.vm.conftest import GUEST_PODS_PATH, POD_PORT, report
 
 SINK_PORT = 9000
-HEADROOM = 150          # entries above the idle count: what the noisy pod has to fill. Each of its
-                        # flows costs node2 two: the pod's TCP flow (forwarded) and the VXLAN UDP
-                        # flow carrying it (the outer source port hashes the inner flow)
+HEADROOM = 150  # entries above the idle count: what the noisy pod has to fill. Each of its
+# flows costs node2 two: the pod's TCP flow (forwarded) and the VXLAN UDP
+# flow carrying it (the outer source port hashes the inner flow)
 PROC = "/proc/sys/net/netfilter"
-DOCTOR_HOOK = None      # e.g. "minikubenet doctor --node node2": must exit non-zero naming conntrack
+DOCTOR_HOOK = None  # e.g. "minikubenet doctor --node node2": must exit non-zero naming conntrack
 
 
 def metrics(vc, node: str, timeout: int = 10) -> dict[str, float] | None:
     p = vc.ssh(node, f"timeout {timeout} busybox wget -q -O - http://127.0.0.1:10261/metrics", check=False)
     if p.returncode != 0:
         return None
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in p.stdout.splitlines()
-            if line.startswith("minikubenet_conntrack")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in p.stdout.splitlines()
+        if line.startswith("minikubenet_conntrack")
+    }
 
 
 def reaches(vc, src_pod: str, dst_pod: str, timeout: int = 6) -> bool:
-    p = vc.in_pod(src_pod, f"timeout {timeout} busybox wget -q -O - http://{vc.pods[dst_pod]['ip']}:{POD_PORT}/",
-                  check=False)
+    p = vc.in_pod(
+        src_pod, f"timeout {timeout} busybox wget -q -O - http://{vc.pods[dst_pod]['ip']}:{POD_PORT}/", check=False
+    )
     return p.returncode == 0 and dst_pod in p.stdout
 
 
 def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_says_why(vm_cluster):
     vc = vm_cluster
     n2 = "node2"
-    count, original = (int(x) for x in vc.ssh(n2, f"cat {PROC}/nf_conntrack_count {PROC}/nf_conntrack_max").stdout.split())
+    count, original = (
+        int(x) for x in vc.ssh(n2, f"cat {PROC}/nf_conntrack_count {PROC}/nf_conntrack_max").stdout.split()
+    )
     assert reaches(vc, "n2p2", "n3p1") and reaches(vc, "n1p1", "n2p2")
     before = metrics(vc, n2)
     assert before is not None and before["minikubenet_conntrack_entries_limit"] == original
     limit = count + HEADROOM
     sink_ip = vc.pods["n3p2"]["ip"]
-    vc.ssh("node3", f"systemd-run --quiet --unit=mkvm-sink ip netns exec n3p2 python3 -I -S {GUEST_PODS_PATH} "
-                    f"sink {SINK_PORT}")
+    vc.ssh(
+        "node3",
+        f"systemd-run --quiet --unit=mkvm-sink ip netns exec n3p2 python3 -I -S {GUEST_PODS_PATH} sink {SINK_PORT}",
+    )
     try:
         # the safety net first, then the lower limit
-        vc.ssh(n2, f"systemd-run --quiet --unit=mkvm-ct-restore --on-active=300 "
-                   f"sysctl -w net.netfilter.nf_conntrack_max={original}")
+        vc.ssh(
+            n2,
+            f"systemd-run --quiet --unit=mkvm-ct-restore --on-active=300 "
+            f"sysctl -w net.netfilter.nf_conntrack_max={original}",
+        )
         vc.ssh(n2, f"sysctl -qw net.netfilter.nf_conntrack_max={limit}")
         t0 = time.monotonic()
-        vc.ssh(n2, f"rm -f /tmp/noisy.out; systemd-run --quiet --unit=mkvm-noisy ip netns exec n2p1 "
-                   f"python3 -I -S {GUEST_PODS_PATH} hold {sink_ip} {SINK_PORT} {limit + 100} /tmp/noisy.out")
-        out = vc.ssh(n2, "for i in $(seq 240); do [ -f /tmp/noisy.out ] && cat /tmp/noisy.out && exit 0; "
-                         "sleep 0.5; done; exit 1").stdout
+        vc.ssh(
+            n2,
+            f"rm -f /tmp/noisy.out; systemd-run --quiet --unit=mkvm-noisy ip netns exec n2p1 "
+            f"python3 -I -S {GUEST_PODS_PATH} hold {sink_ip} {SINK_PORT} {limit + 100} /tmp/noisy.out",
+        )
+        out = vc.ssh(
+            n2, "for i in $(seq 240); do [ -f /tmp/noisy.out ] && cat /tmp/noisy.out && exit 0; sleep 0.5; done; exit 1"
+        ).stdout
         opened, failed = (int(x) for x in re.findall(r"\d+", out))
         fill_s = time.monotonic() - t0
-        assert failed >= 3 and opened < limit + 100, out         # it ran into the limit
+        assert failed >= 3 and opened < limit + 100, out  # it ran into the limit
 
         full = {
             "node2 pod -> node3 pod": reaches(vc, "n2p2", "n3p1"),
@@ -90,8 +105,11 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
         deadline = time.monotonic() + 60
         while True:
             status = json.loads(vc.ssh(n2, f"python3 -I -S {GUEST_PODS_PATH} status").stdout)
-            said = status["error"]["msg"] + ": " + status["error"]["details"] if "error" in status else \
-                " ".join(status.get("warnings", []))
+            said = (
+                status["error"]["msg"] + ": " + status["error"]["details"]
+                if "error" in status
+                else " ".join(status.get("warnings", []))
+            )
             if "conntrack table" in said:
                 break
             assert time.monotonic() < deadline, status
@@ -113,18 +131,24 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
             p = vc.ssh(n2, DOCTOR_HOOK, check=False)
             assert p.returncode != 0 and "conntrack" in p.stdout, p.stdout
     finally:
-        vc.ssh(n2, f"sysctl -qw net.netfilter.nf_conntrack_max={original}; systemctl stop mkvm-noisy mkvm-ct-restore; "
-                   "systemctl reset-failed mkvm-noisy mkvm-ct-restore", check=False)
+        vc.ssh(
+            n2,
+            f"sysctl -qw net.netfilter.nf_conntrack_max={original}; systemctl stop mkvm-noisy mkvm-ct-restore; "
+            "systemctl reset-failed mkvm-noisy mkvm-ct-restore",
+            check=False,
+        )
         vc.ssh("node3", "systemctl stop mkvm-sink; systemctl reset-failed mkvm-sink", check=False)
     deadline = time.monotonic() + 60
     while not reaches(vc, "n2p2", "n3p1"):
         assert time.monotonic() < deadline, "node2's pods did not recover after nf_conntrack_max was restored"
         time.sleep(1)
-    report("conntrack full on node2 (VM tier)",
-           f"nf_conntrack_max {original} -> {limit} (idle count {count}); the noisy pod opened {opened} flows in "
-           f"{fill_s:.0f}s, then {failed} connects failed; new connections node2 pod -> node3 pod and node1 pod -> "
-           f"node2 pod failed, node1 <-> node3 pods fine; agent STATUS: {said[:120]!r}; metrics: "
-           f"{m['minikubenet_conntrack_entries']:.0f} entries of {limit}, drop_total "
-           f"{m['minikubenet_conntrack_drop_total']:.0f} (+"
-           f"{m['minikubenet_conntrack_drop_total'] - before['minikubenet_conntrack_drop_total']:.0f}); a scrape while "
-           f"full {'got through' if scrape_while_full else 'was dropped too'}; recovered after the limit was restored")
+    report(
+        "conntrack full on node2 (VM tier)",
+        f"nf_conntrack_max {original} -> {limit} (idle count {count}); the noisy pod opened {opened} flows in "
+        f"{fill_s:.0f}s, then {failed} connects failed; new connections node2 pod -> node3 pod and node1 pod -> "
+        f"node2 pod failed, node1 <-> node3 pods fine; agent STATUS: {said[:120]!r}; metrics: "
+        f"{m['minikubenet_conntrack_entries']:.0f} entries of {limit}, drop_total "
+        f"{m['minikubenet_conntrack_drop_total']:.0f} (+"
+        f"{m['minikubenet_conntrack_drop_total'] - before['minikubenet_conntrack_drop_total']:.0f}); a scrape while "
+        f"full {'got through' if scrape_while_full else 'was dropped too'}; recovered after the limit was restored",
+    )
