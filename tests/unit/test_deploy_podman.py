@@ -44,6 +44,7 @@ def test_the_runs_are_the_spec():
     assert agent[image - 2 : image] == ["--entrypoint", "/opt/minikubenet/bin/minikubenet-agent"]
     assert agent[image + 1 :] == [
         "--node-name=node7",
+        "--iface=",
         "--run-dir=/run/minikubenet",
         "--metrics-bind-address=127.0.0.1:10261",
     ]
