@@ -56,22 +56,39 @@ class Finding:
 
 
 def load(text: str, source: str = "<manifests>") -> list[dict]:
-    """The YAML documents of ``text`` (empty ones skipped); ManifestError naming the line
-    of a YAML error, or a document that is not a mapping with apiVersion and kind."""
+    """The documents of ``text`` (empty ones skipped): YAML, or JSON (one object, a
+    ``List`` of ``items``, or an array) where PyYAML is not installed (a node's runtime
+    environment); ManifestError naming the line of a syntax error, or a document that is
+    not a mapping with apiVersion and kind."""
     try:
         import yaml
     except ImportError:
-        raise ManifestError("reading manifests needs PyYAML: pip install 'minikubenet[deploy]'") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ManifestError(f"{source} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        docs = _load_json(text, source)
+    else:
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ManifestError(f"{source} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if len(docs) == 1 and isinstance(docs[0], dict) and docs[0].get("kind") == "List":
+        docs = list(docs[0].get("items") or [])
     for i, d in enumerate(docs):
         if not isinstance(d, dict) or "kind" not in d or "apiVersion" not in d:
             raise ManifestError(f"{source}: document {i + 1} is not a Kubernetes object (no apiVersion/kind)")
     return docs
+
+
+def _load_json(text: str, source: str) -> list:
+    import json
+
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise ManifestError(
+            f"{source} is not JSON ({e}), and reading YAML needs PyYAML: pip install 'minikubenet[deploy]'"
+        ) from None
+    return doc if isinstance(doc, list) else [doc]
 
 
 def name_of(doc: dict) -> str:

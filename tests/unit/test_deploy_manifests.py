@@ -144,3 +144,22 @@ def test_deploy_secret_makes_the_secret_from_a_pki_directory(tmp_path, capsys):
 def test_a_document_that_is_not_an_object_is_named():
     with pytest.raises(deploy_check.ManifestError, match="document 2 is not a Kubernetes object"):
         deploy_check.load("kind: Namespace\napiVersion: v1\n---\n- just\n- a list\n")
+
+
+def test_json_manifests_load_too_as_a_list(monkeypatch):
+    import builtins
+    import json
+
+    docs = filled()
+    real_import = builtins.__import__
+
+    def no_yaml(name, *a, **kw):  # a node's venv: no PyYAML
+        if name == "yaml":
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_yaml)
+    as_list = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+    assert [d["kind"] for d in deploy_check.load(as_list)] == [d["kind"] for d in docs]
+    with pytest.raises(deploy_check.ManifestError, match="needs PyYAML"):
+        deploy_check.load("kind: Namespace\n")
