@@ -23,6 +23,7 @@ import random
 import threading
 from dataclasses import dataclass
 
+from minikubenet.metrics import Counter
 from minikubenet.network_config import NetworkConfig
 from minikubenet.store.etcd import EtcdStore, StoreError
 from minikubenet.subnet_lease_record import SubnetLeaseRecord
@@ -85,6 +86,10 @@ class SubnetLeaser:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.healthy = False
+        # exported by the agent (agent/metrics.py)
+        self.renewals = Counter("minikubenet_agent_lease_renewals_total",
+                                "Renewals of this node's subnet lease: result=ok, failed (etcd unreachable; "
+                                "retried) or reclaimed (the lease had expired and the subnet was claimed again)")
 
     def acquire(self, previous: ipaddress.IPv4Network | None = None) -> SubnetLeaseRecord:
         for _ in range(RACE_RETRIES):
@@ -132,10 +137,12 @@ class SubnetLeaser:
                     # its data): claim again; our own subnet first, so pods keep their IPs.
                     log.warning("etcd lease for %s expired; claiming the subnet again", self.record.subnet)
                     self.acquire(previous=self.record.subnet)
+                self.renewals.inc(result="ok" if ttl > 0 else "reclaimed")
                 self.healthy = True
                 interval, retry = self.renew_interval(), RENEW_RETRY_S
             except (StoreError, OutOfSubnets) as e:
                 self.healthy = False
+                self.renewals.inc(result="failed")
                 # soon after etcd is back (0.5 s doubling to 10 s), not a fixed 10 s later
                 log.warning("could not renew the lease on %s: %s; retrying in %.1fs", self.record.subnet, e, retry)
                 interval, retry = min(retry, self.renew_interval()), min(retry * 2, MAX_RENEW_RETRY_S)

@@ -59,6 +59,7 @@ PACKAGES=(
   iputils-ping procps
   etcd-server etcd-client                         # etcd on node1 (disabled by default)
   iperf3 tcpdump                                  # throughput and underlay captures
+  podman                                          # the DaemonSet's containers from the image (deploy/, tests/vm)
   busybox-static                                  # the initramfs is busybox
 )
 

@@ -203,11 +203,17 @@ class Agent:
         # reach the whole cluster at once.
         overlay = self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
         self._prepared = None   # from here on the device is in use: keep it on exit
-        self.metrics.attach(malformed=overlay.bad.current, malformed_seen=overlay.bad.seen)
+        self.metrics.attach(malformed=overlay.bad.current, malformed_seen=overlay.bad.seen,
+                            lease_renewals=leaser.renewals,
+                            overlay_entries=overlay.wanted_entries,
+                            overlay_programmed=overlay.programmed,
+                            overlay_withdrawn=overlay.withdrawn,
+                            overlay_corrected=overlay.corrected)
         conntrack = ConntrackPressure()
         self.upkeep = Upkeep(rules, conntrack, self.metrics, a.sync_period).start()
 
         allocator = PodIPAllocator(self.store, lease.subnet)
+        self.metrics.watch_ipam(allocator)
         # before the socket opens: no ADD can run while half-made pods are removed
         plumbing = NetlinkPodPlumbing()
         reconcile(allocator, a.node_name, mtu, plumbing)
@@ -215,7 +221,8 @@ class Agent:
                          allocator=allocator,
                          lease_healthy=lambda: leaser.healthy, store_ping=self.store.ping,
                          rps_cpus=None if rps_cpus == "0" else rps_cpus, conntrack=conntrack.current)
-        self.server = CniServer(self.socket_path, CniHandler(node, plumbing))
+        self.server = CniServer(self.socket_path, CniHandler(node, plumbing),
+                                on_answer=self.metrics.observe_cni_request)
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
 
