@@ -25,13 +25,11 @@ from __future__ import annotations
 import base64
 import hashlib
 
-# iptables prefixes (kube-proxy's const block). SVL and FW exist in kube-proxy for the
-# Local traffic policy and loadBalancerSourceRanges, which minikubenet does not model;
-# they are listed so that stale-chain cleanup recognises everything kube-proxy would own.
-SVC_PREFIX = "KUBE-SVC-"   # a service port's dispatcher: picks an endpoint
-SVL_PREFIX = "KUBE-SVL-"   # (Local traffic policy: local endpoints only)
-EXT_PREFIX = "KUBE-EXT-"   # entry for "external" traffic (NodePort): masquerade, then SVC
-FW_PREFIX = "KUBE-FW-"     # (loadBalancerSourceRanges)
+# iptables prefixes (kube-proxy's const block).
+SVC_PREFIX = "KUBE-SVC-"   # a service port's dispatcher: picks an endpoint (Cluster policy)
+SVL_PREFIX = "KUBE-SVL-"   # the same over this node's endpoints only (Local policy)
+EXT_PREFIX = "KUBE-EXT-"   # entry for "external" traffic (NodePort, LB, external IP)
+FW_PREFIX = "KUBE-FW-"     # loadBalancerSourceRanges: allowed sources go on to EXT
 SEP_PREFIX = "KUBE-SEP-"   # one endpoint: hairpin masquerade + DNAT
 SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PREFIX)
 
@@ -59,6 +57,16 @@ def external_chain(service_port_name: str, protocol: str) -> str:
     """KUBE-EXT-<hash>: NodePort traffic enters here; it is marked for masquerade
     (with Cluster traffic policy the endpoint may be on another node) and sent to SVC."""
     return EXT_PREFIX + port_proto_hash(service_port_name, protocol)
+
+
+def local_chain(service_port_name: str, protocol: str) -> str:
+    """KUBE-SVL-<hash>: like SVC, over the endpoints on this node (a Local policy)."""
+    return SVL_PREFIX + port_proto_hash(service_port_name, protocol)
+
+
+def firewall_chain(service_port_name: str, protocol: str) -> str:
+    """KUBE-FW-<hash>: LB-IP traffic from an allowed source range goes on to EXT."""
+    return FW_PREFIX + port_proto_hash(service_port_name, protocol)
 
 
 def endpoint_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
