@@ -360,7 +360,9 @@ def sync_config(args, cluster_cidr: str | None) -> SyncConfig:
     except ValueError as e:
         raise ProxyError(f"--nodeport-addresses: {e}") from None
     return SyncConfig(cluster_cidr=cluster_cidr, service_cidr=args.service_cidr, node_ips=node_ips,
-                      options=RenderOptions(masquerade_all=args.masquerade_all), iptables=args.iptables,
+                      options=RenderOptions(masquerade_all=args.masquerade_all, node_name=args.node_name,
+                                            node_ip=node_ips[0] if node_ips else ""),
+                      iptables=args.iptables,
                       conntrack_cleanup=args.conntrack_cleanup)
 
 

@@ -86,6 +86,8 @@ def is_service_chain(name: str) -> bool:
 NFT_SERVICE_PREFIX = "service-"
 NFT_EXTERNAL_PREFIX = "external-"
 NFT_ENDPOINT_PREFIX = "endpoint-"
+NFT_LOCAL_PREFIX = "local-"          # Local traffic policy: this node's endpoints only
+NFT_FIREWALL_PREFIX = "firewall-"    # loadBalancerSourceRanges
 NFT_AFFINITY_PREFIX = "affinity-"
 
 

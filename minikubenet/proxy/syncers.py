@@ -41,6 +41,8 @@ Noticing changes made by someone else, two ways:
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipaddress
 import logging
 import time
@@ -52,7 +54,7 @@ from minikubenet.proxy import iptables_render, nft_render
 from minikubenet.proxy.iptables_render import (KUBE_MARK_MASQ, SyncState, chains_from_save,
                                                jump_chains, plan_from_rules, service_rules)
 from minikubenet.k8s_objects import Endpoint, Service
-from minikubenet.proxy.model import RenderOptions, ready_endpoints
+from minikubenet.proxy.model import RenderOptions, is_large_cluster, ready_endpoints
 from minikubenet.proxy.naming import is_service_chain
 from minikubenet.proxy.nft_render import (NftState, plan_nft_from_ports, render_nft_cleanup,
                                           render_nft_delete_chains, service_ports)
@@ -144,6 +146,7 @@ class Syncer:
 
     def __init__(self, config: SyncConfig):
         self.config = config
+        self.options = config.options          # with large_cluster as the endpoint count says
         self._cache: dict[str, list] = {}             # "ns/name" -> its planned service ports
         self._applied_services: dict[str, Service] = {}
         self._applied_endpoints: dict[str, Mapping[str, Sequence[Endpoint]]] = {}   # "ns/name" -> by port
@@ -153,6 +156,12 @@ class Syncer:
                        changed: Iterable[str] | None) -> list:
         """Re-plan the ``changed`` services (all when None); return every service's
         planned ports in kube-proxy's order (services sorted by "ns/name")."""
+        large = is_large_cluster(services.values(), {pk: eps for by_port in endpoints.values()
+                                                     for pk, eps in by_port.items()})
+        if large != self.options.large_cluster:
+            # Every service's endpoint comments change with the mode: re-plan them all.
+            self.options = dataclasses.replace(self.options, large_cluster=large)
+            changed = None
         if changed is None:
             self._cache.clear()
             changed = services.keys()
@@ -238,7 +247,7 @@ class IptablesSyncer(Syncer):
         self.restore_bin, self.save_bin = f"{b}-restore", f"{b}-save"
 
     def _plan_one(self, svc, endpoints):
-        return service_rules(svc, endpoints, self.config.cluster_cidr, self.config.options)
+        return service_rules(svc, endpoints, self.config.cluster_cidr, self.options)
 
     def plan(self, services, endpoints, changed=None):
         ports = self._plan_services(services, endpoints, changed)
@@ -448,7 +457,7 @@ class NftSyncer(Syncer):
         self._to_delete: list[tuple[float, str]] = []    # (flushed at, chain)
 
     def _plan_one(self, svc, endpoints):
-        return service_ports(svc, endpoints, self.config.cluster_cidr, self.config.options)
+        return service_ports(svc, endpoints, self.config.cluster_cidr, self.options)
 
     def plan(self, services, endpoints, changed=None):
         ports = self._plan_services(services, endpoints, changed)

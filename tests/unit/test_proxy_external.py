@@ -13,6 +13,7 @@ from pathlib import Path
 from minikubenet.k8s_objects import Endpoint, Service, ServicePort
 from minikubenet.proxy.iptables_render import render_iptables
 from minikubenet.proxy.model import RenderOptions
+from minikubenet.proxy.nft_render import render_nft
 
 IP = ipaddress.IPv4Address
 NET = ipaddress.IPv4Network
@@ -220,3 +221,41 @@ def test_large_cluster_drops_per_endpoint_comments():
     assert '"ns1/svc1 cluster IP"' in text
     few = {"ns1/svc1": many["ns1/svc1"][:1000]}
     assert '"ns1/svc1 -> ' in render([SVC1], few)
+
+
+# --------------------------------------------------------------------------- nftables
+
+def nft_service_lines(text: str) -> set[str]:
+    """Per-service objects of an nft transaction: what is not in the empty ruleset, minus
+    our ``flush chain`` lines (kube-proxy's fake nft dumps objects, not the flushes
+    its real transactions carry) and comments."""
+    fixed = set(render_nft([], {}, (), "10.0.0.0/8", table="kube-proxy").splitlines())
+    return {line for line in text.splitlines()
+            if line and line not in fixed and not line.startswith(("flush ", "#"))}
+
+
+def test_overall_nftables_rules_as_kube_proxy():
+    """TestOverallNFTablesRules (pkg/proxy/nftables/proxier_test.go): the same six
+    services; every per-service chain, rule, set and map element, and nothing else.
+    (The fixed part is compared line by line in test_proxy_nft.py.) The upstream dump
+    lists objects in its own order; the kernel does not care, so we compare sets."""
+    text = render_nft(*overall_services(), (), "10.0.0.0/8",
+                      RenderOptions(node_name=TEST_NODE, node_ip=TEST_NODE_IP), table="kube-proxy")
+    expected = {line for line in (KUBE_PROXY / "TestOverallNFTablesRules.services.nft").read_text().splitlines()
+                if line and not line.startswith("#")}
+    assert nft_service_lines(text) == expected
+
+
+def test_nftables_firewall_objects_as_kube_proxys_base_rules():
+    """The fixed objects behind loadBalancerSourceRanges, from kube-proxy's baseRules."""
+    lines = render_nft([], {}, (), "10.0.0.0/8", table="kube-proxy").splitlines()
+    for line in [
+        'add map ip kube-proxy firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }',
+        "add chain ip kube-proxy filter-prerouting-pre-dnat { type filter hook prerouting priority -110 ; }",
+        "add chain ip kube-proxy filter-output-pre-dnat { type filter hook output priority -110 ; }",
+        "add chain ip kube-proxy firewall-check",
+        "add rule ip kube-proxy filter-prerouting-pre-dnat ct state new jump firewall-check",
+        "add rule ip kube-proxy filter-output-pre-dnat ct state new jump firewall-check",
+        "add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips",
+    ]:
+        assert line in lines, line
