@@ -354,6 +354,16 @@ class ServiceStore:
         status["conditions"] = others + [{"type": "Ready", "status": "True" if ready else "False"}]
         self.put_pod(doc)
 
+    def mark_pod_terminating(self, namespace: str, name: str, when: str) -> None:
+        """Set metadata.deletionTimestamp (RFC 3339): the pod is being deleted but still
+        runs its grace period, so the endpoints controller lists it as terminating
+        (serving while its Ready condition holds) until it is gone."""
+        doc = self.get_pod(namespace, name)
+        if doc is None:
+            raise NotFound(f"pod {namespace}/{name} not found")
+        doc.setdefault("metadata", {})["deletionTimestamp"] = when
+        self.put_pod(doc)
+
     @_wrap_errors
     def delete_pod(self, namespace: str, name: str) -> bool:
         return bool(self.client.delete(self.keys.object("pods", namespace, name)))

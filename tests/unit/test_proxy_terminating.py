@@ -1,0 +1,75 @@
+"""Endpoint conditions end to end in the pure layers: a pod being deleted becomes a
+terminating endpoint (EndpointSlice conditions ready/serving/terminating), the
+Endpoints document carries it, and the proxy falls back to it as kube-proxy does."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort, endpoints_from_k8s, pod_doc
+from minikubenet.proxy.endpoints_controller import reconcile_once
+from minikubenet.proxy.model import categorize_endpoints
+from minikubenet.store.services import ServiceStore
+from tests.unit.fake_etcd import fake_etcd_store
+
+IP = ipaddress.IPv4Address
+
+
+def store_with_pods(*pods):
+    s = ServiceStore(fake_etcd_store())
+    s.create_service({"metadata": {"namespace": "demo", "name": "web"},
+                      "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    for name, ip, ready in pods:
+        s.put_pod(pod_doc("demo", name, ip, "n1", {"app": "web"}, ready))
+    return s
+
+
+def endpoints(s):
+    return endpoints_from_k8s(s.get_endpoints("demo", "web"))["demo/web:http"]
+
+
+def test_a_pod_being_deleted_is_terminating_and_serving_while_ready():
+    s = store_with_pods(("web-1", "10.244.1.1", True), ("web-2", "10.244.1.2", True))
+    s.mark_pod_terminating("demo", "web-2", "2026-12-05T03:00:00Z")
+    reconcile_once(s)
+    doc = s.get_endpoints("demo", "web")
+    assert doc["subsets"][0]["notReadyAddresses"] == [{
+        "ip": "10.244.1.2", "nodeName": "n1", "targetRef": {"kind": "Pod", "namespace": "demo", "name": "web-2"},
+        "conditions": {"ready": False, "serving": True, "terminating": True}}]
+    by_ip = {str(e.ip): e for e in endpoints(s)}
+    assert by_ip["10.244.1.1"].ready and not by_ip["10.244.1.1"].terminating
+    assert (by_ip["10.244.1.2"].ready, by_ip["10.244.1.2"].is_serving, by_ip["10.244.1.2"].terminating) == \
+        (False, True, True)
+
+
+def test_a_terminating_pod_whose_probe_fails_is_not_serving():
+    s = store_with_pods(("web-1", "10.244.1.1", False))
+    s.mark_pod_terminating("demo", "web-1", "2026-12-05T03:00:00Z")
+    reconcile_once(s)
+    (ep,) = endpoints(s)
+    assert (ep.ready, ep.is_serving, ep.terminating) == (False, False, True)
+
+
+SVC = Service("demo", "web", IP("10.96.0.10"), (ServicePort("http", "TCP", 80, 8080),))
+
+
+def ep(ip, node="n1", ready=True, serving=None, terminating=False):
+    return Endpoint(IP(ip), 8080, node, ready, serving=serving, terminating=terminating)
+
+
+def test_cluster_policy_uses_ready_endpoints_while_any_exist():
+    cat = categorize_endpoints(SVC, [ep("10.0.0.1"), ep("10.0.0.2", ready=False, serving=True, terminating=True)], "n1")
+    assert [str(e.ip) for e in cat.cluster] == ["10.0.0.1"]
+
+
+def test_cluster_policy_falls_back_to_serving_terminating_only():
+    eps = [ep("10.0.0.2", ready=False, serving=True, terminating=True),
+           ep("10.0.0.3", ready=False, serving=False, terminating=True),
+           ep("10.0.0.4", ready=False)]                    # not ready, not terminating: never
+    cat = categorize_endpoints(SVC, eps, "n1")
+    assert [str(e.ip) for e in cat.cluster] == ["10.0.0.2"] and cat.has_any
+
+
+def test_nothing_serving_means_no_endpoints():
+    cat = categorize_endpoints(SVC, [ep("10.0.0.3", ready=False, serving=False, terminating=True)], "n1")
+    assert cat.cluster == () and not cat.has_any
