@@ -404,6 +404,9 @@ class SyncState:
     digests: Mapping[str, str] = field(default_factory=dict)
     chains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     fixed: Mapping[str, str] = field(default_factory=dict)   # "table/chain" -> digest of its rules
+    # Large clusters: stale chains whose deletion was put off (kube-proxy deletes them
+    # at most once per sync period then); still in the kernel, referenced by nothing.
+    pending_stale: tuple[str, ...] = ()
 
     def nat_chains(self) -> frozenset[str]:
         return frozenset(c for cs in self.chains.values() for c in cs)
@@ -444,7 +447,8 @@ class IptablesPlan:
         stale = stale_chains(existing_chains, self.nat_service_chains())
         return self._render(self.service_ports, stale)
 
-    def render_partial(self, previous: SyncState, skip_unchanged_fixed: bool = False) -> str:
+    def render_partial(self, previous: SyncState, skip_unchanged_fixed: bool = False,
+                       stale: Sequence[str] | None = None) -> str:
         """Only the service ports whose own chains changed since ``previous``, plus all
         fixed chains, plus the deletion of chains that no longer exist. Apply with
         ``--noflush``: chains not named in the text keep their rules.
@@ -456,11 +460,19 @@ class IptablesPlan:
         alters it. Safe for the same reason partial syncs are: the text names exactly
         what changed, and a periodic full sync repairs anything changed behind our back."""
         changed = [p for p in self.service_ports if previous.digests.get(p.key) != p.digest]
+        if stale is None:
+            stale = self.stale_since(previous)
+        return self._render(changed, stale, previous.fixed if skip_unchanged_fixed else None)
+
+    def stale_since(self, previous: SyncState) -> list[str]:
+        """Our nat chains that ``previous`` had and this plan does not, plus the ones
+        whose deletion was put off and that this plan does not bring back."""
         # A chain's name hashes its service port, so it can only go stale within its port.
         now = {p.key: p.nat_chains for p in self.service_ports}
-        stale = sorted(c for key, chains in previous.chains.items() if tuple(now.get(key, ())) != chains
-                       for c in chains if c not in now.get(key, ()))
-        return self._render(changed, stale, previous.fixed if skip_unchanged_fixed else None)
+        stale = {c for key, chains in previous.chains.items() if tuple(now.get(key, ())) != chains
+                 for c in chains if c not in now.get(key, ())}
+        active = self.nat_service_chains()
+        return sorted(stale | {c for c in previous.pending_stale if c not in active})
 
     def _fixed_chains(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """A copy of ``_fixed``, to change."""

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 CANARY = "KUBE-PROXY-CANARY"      # kube-proxy's flush canary: an empty chain in each table
 RESTORE_WAIT = ("-w", "5", "-W", "100000")   # xtables lock: wait 5 s, retry every 100 ms
 NFT_DELETE_DELAY = 1.0            # flushed stale nft chains are deleted >= 1 s later
+STALE_CLEANUP_PERIOD = 30.0       # large clusters: stale iptables chains deleted at most this often
 
 
 class SyncError(Exception):
@@ -243,6 +244,7 @@ class IptablesSyncer(Syncer):
         super().__init__(config)
         self.state: SyncState | None = None
         self._plan = None                          # the last plan applied (for the deep check)
+        self._last_cleanup = 0.0                   # monotonic time of the last stale-chain deletion
         b = config.iptables
         self.restore_bin, self.save_bin = f"{b}-restore", f"{b}-save"
 
@@ -267,17 +269,28 @@ class IptablesSyncer(Syncer):
         """``changed`` None or no previous state: a full sync."""
         full = changed is None or self.state is None
         plan = self.plan(services, endpoints, None if full else changed)
+        deferred: list[str] = []
         try:
             if full:
                 text = self._full_text(plan)
             else:
-                text = plan.render_partial(self.state, skip_unchanged_fixed=True)
+                assert self.state is not None
+                stale = plan.stale_since(self.state)
+                # kube-proxy in large clusters: stale chains are deleted at most once per
+                # sync period (a partial restore stays small during endpoint churn);
+                # unreferenced, they do no harm meanwhile.
+                if stale and self.options.large_cluster and \
+                        time.monotonic() - self._last_cleanup < STALE_CLEANUP_PERIOD:
+                    deferred, stale = stale, []
+                text = plan.render_partial(self.state, skip_unchanged_fixed=True, stale=stale)
             iptables.restore(text, binary=self.restore_bin, wait=RESTORE_WAIT)
         except (iptables.IptablesError, FileNotFoundError) as e:
             self.state = None
             self.forget()
             raise SyncError(str(e)) from None
-        self.state = plan.state
+        if not deferred:
+            self._last_cleanup = time.monotonic()
+        self.state = dataclasses.replace(plan.state, pending_stale=tuple(deferred))
         self._plan = plan
         result = SyncResult(full=full, text_bytes=len(text))
         result.written_rules = _count_rules(text)

@@ -259,3 +259,24 @@ def test_nftables_firewall_objects_as_kube_proxys_base_rules():
         "add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips",
     ]:
         assert line in lines, line
+
+
+def test_deferred_stale_chains_are_deleted_later_unless_they_came_back():
+    """Large clusters: kube-proxy puts off deleting stale chains (at most once per sync
+    period). A partial restore without them leaves them in place; the next deletion
+    includes them, except any chain the current rules use again."""
+    from minikubenet.proxy.iptables_render import plan_iptables
+    eps = {"ns1/svc1": [ep("10.0.1.1", TEST_NODE), ep("10.0.1.2", TEST_NODE)]}
+    before = plan_iptables([SVC1], eps, (), "10.0.0.0/8", UPSTREAM)
+    one = {"ns1/svc1": eps["ns1/svc1"][:1]}
+    after = plan_iptables([SVC1], one, (), "10.0.0.0/8", UPSTREAM)
+    stale = after.stale_since(before.state)
+    assert stale == [SEP2]
+    text = after.render_partial(before.state, stale=[])            # deferred
+    assert "-X" not in text
+    deferred = dataclasses.replace(after.state, pending_stale=tuple(stale))
+    later = plan_iptables([SVC1], one, (), "10.0.0.0/8", UPSTREAM)
+    assert later.stale_since(deferred) == [SEP2]
+    assert f"-X {SEP2}" in later.render_partial(deferred)
+    back = plan_iptables([SVC1], eps, (), "10.0.0.0/8", UPSTREAM)   # the endpoint returned
+    assert back.stale_since(deferred) == []
