@@ -73,3 +73,45 @@ def test_cluster_policy_falls_back_to_serving_terminating_only():
 def test_nothing_serving_means_no_endpoints():
     cat = categorize_endpoints(SVC, [ep("10.0.0.3", ready=False, serving=False, terminating=True)], "n1")
     assert cat.cluster == () and not cat.has_any
+
+
+# --------------------------------------------------------------------------- LoadBalancer in the store
+
+def lb(name="lb", **spec):
+    return {"metadata": {"namespace": "demo", "name": name},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}], **spec}}
+
+
+def test_load_balancer_gets_node_ports_and_a_health_check_port_when_local():
+    s = ServiceStore(fake_etcd_store())
+    svc = s.create_service(lb(externalTrafficPolicy="Local"))
+    assert svc.ports[0].node_port and svc.health_check_node_port
+    assert svc.health_check_node_port != svc.ports[0].node_port
+    assert s.create_service(lb("plain")).health_check_node_port is None
+    no_np = s.create_service(lb("direct", allocateLoadBalancerNodePorts=False))
+    assert no_np.ports[0].node_port is None
+    s.delete_service("demo", "lb")       # frees the health-check port's claim too
+    again = s.create_service(lb("lb2", externalTrafficPolicy="Local", healthCheckNodePort=svc.health_check_node_port))
+    assert again.health_check_node_port == svc.health_check_node_port
+
+
+def test_a_health_check_port_already_taken_is_refused_and_nothing_is_written():
+    import pytest
+    from minikubenet.store.services import ServiceConflict
+    s = ServiceStore(fake_etcd_store())
+    first = s.create_service(lb(externalTrafficPolicy="Local"))
+    with pytest.raises(ServiceConflict, match=f"healthCheckNodePort {first.health_check_node_port} is already allocated to demo/lb"):
+        s.create_service(lb("other", externalTrafficPolicy="Local", healthCheckNodePort=first.health_check_node_port))
+    assert s.get_service("demo", "other") is None
+
+
+def test_ingress_status_is_written_by_compare_and_swap():
+    s = ServiceStore(fake_etcd_store())
+    s.create_service(lb())
+    assert s.set_load_balancer_ingress("demo", "lb", ["192.168.56.240"])
+    from minikubenet.k8s_objects import service_from_k8s
+    assert service_from_k8s(s.get_service("demo", "lb")).load_balancer_ips == (IP("192.168.56.240"),)
+    assert s.set_load_balancer_ingress("demo", "lb", [], message="no available IPs")
+    assert s.get_service("demo", "lb")["status"]["conditions"][0]["message"] == "no available IPs"
+    assert not s.set_load_balancer_ingress("demo", "gone", ["192.168.56.241"])
