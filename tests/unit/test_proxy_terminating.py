@@ -115,3 +115,34 @@ def test_ingress_status_is_written_by_compare_and_swap():
     assert s.set_load_balancer_ingress("demo", "lb", [], message="no available IPs")
     assert s.get_service("demo", "lb")["status"]["conditions"][0]["message"] == "no available IPs"
     assert not s.set_load_balancer_ingress("demo", "gone", ["192.168.56.241"])
+
+
+# --------------------------------------------------------------------------- svc create flags
+
+def test_svc_create_flags_become_service_fields_and_pass_validation():
+    from minikubenet.cli import build_parser
+    from minikubenet.cli.services import service_doc_from_args
+    from minikubenet.k8s_objects import service_from_k8s
+    args = build_parser().parse_args([
+        "svc", "create", "web", "--port", "http=80:8080@30080", "--selector", "app=web", "--type", "LoadBalancer",
+        "--external-ip", "192.168.56.50", "--external-traffic-policy", "Local", "--internal-traffic-policy", "Local",
+        "--load-balancer-source-range", "192.168.56.0/24,10.1.0.0/16", "--health-check-node-port", "30999",
+        "--cluster-ip", "10.96.0.50"])
+    doc = service_doc_from_args(args)
+    svc = service_from_k8s(doc, "10.96.0.0/12")
+    assert (svc.type, svc.external_traffic_policy, svc.internal_traffic_policy) == ("LoadBalancer", "Local", "Local")
+    assert [str(i) for i in svc.external_ips] == ["192.168.56.50"]
+    assert [str(n) for n in svc.load_balancer_source_ranges] == ["192.168.56.0/24", "10.1.0.0/16"]
+    assert svc.health_check_node_port == 30999
+    direct = build_parser().parse_args(["svc", "create", "d", "--port", "80", "--type", "LoadBalancer",
+                                        "--no-allocate-load-balancer-node-ports", "--cluster-ip", "10.96.0.51"])
+    assert service_from_k8s(service_doc_from_args(direct)).ports[0].node_port is None
+
+
+def test_svc_create_refuses_local_policy_on_a_cluster_ip_service(capsys):
+    from minikubenet.cli import main
+    rc = main(["svc", "create", "web", "--port", "80", "--external-traffic-policy", "Local",
+               "--etcd-endpoints", "http://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "externalTrafficPolicy: 'Local' may only be set for externally-accessible services" in err
+    assert "Traceback" not in err
