@@ -1,0 +1,105 @@
+"""The layer-2 speaker: on each node, make this node answer ARP for exactly the LB IPs
+that ``pool.announcer`` gives it, and stop answering for the others.
+
+    python -m minikubenet.loadbalancer.speaker --node-name n1 --nodes n1,n2,n3 \\
+        --iface eth0 --etcd-endpoints ... [--once]
+
+Every node runs the same pure choice over the same services, endpoints and node list,
+so they agree without talking to each other (MetalLB's speakers use memberlist for the
+node list; here it is given). Without ``--once`` it re-reads the store every
+``--period`` seconds: a node that leaves the list hands its IPs to the next one, which
+announces them with gratuitous ARP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+import time
+from typing import Mapping, Sequence
+
+from minikubenet.k8s_objects import Endpoint, Service, ValidationError, endpoints_from_k8s, service_from_k8s
+from minikubenet.loadbalancer.pool import announcer
+
+log = logging.getLogger("minikubenet.speaker")
+
+
+def my_ips(services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+           nodes: Sequence[str], me: str) -> set[ipaddress.IPv4Address]:
+    """The LB IPs this node should answer for."""
+    return {ip for key, svc in services.items() if svc.type == "LoadBalancer"
+            for ip in svc.load_balancer_ips if announcer(ip, svc, nodes, endpoints.get(key, {})) == me}
+
+
+def _snapshot(store) -> tuple[dict, dict]:
+    snap = store.snapshot()
+    services, endpoints = {}, {}
+    for key, doc in snap.services.items():
+        try:
+            services[key] = service_from_k8s(doc)
+        except ValidationError:
+            continue
+    for key, doc in snap.endpoints.items():
+        try:
+            endpoints[key] = endpoints_from_k8s(doc)
+        except ValidationError:
+            continue
+    return services, endpoints
+
+
+def sync(store, node: str, nodes: Sequence[str], iface: str) -> tuple[list[str], list[str]]:
+    """One pass: (added, withdrawn) IPs."""
+    from minikubenet.linux import lb_announce
+    services, endpoints = _snapshot(store)
+    added, removed = lb_announce.reconcile(iface, my_ips(services, endpoints, nodes, node))
+    for ip in added:
+        log.info("%s: answering ARP for %s (gratuitous ARP sent)", node, ip)
+    for ip in removed:
+        log.info("%s: no longer answering for %s", node, ip)
+    return added, removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
+    from minikubenet.store.services import ServiceStore
+    p = argparse.ArgumentParser(prog="minikubenet-lb-speaker", description=__doc__.split("\n\n")[0])
+    p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
+    add_etcd_tls_options(p)
+    p.add_argument("--node-name", required=True)
+    p.add_argument("--nodes", required=True, help="the nodes taking part, comma-separated")
+    p.add_argument("--iface", default="eth0", help="the underlay interface to answer ARP on")
+    p.add_argument("--period", type=float, default=2.0)
+    p.add_argument("--once", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level="INFO", stream=sys.stderr, format="%(asctime)s speaker %(levelname)s %(message)s")
+    nodes = [n for n in args.nodes.split(",") if n]
+    if args.node_name not in nodes:
+        log.error("--node-name %s is not in --nodes %s", args.node_name, args.nodes)
+        return 2
+    try:
+        etcd = EtcdStore(args.etcd_endpoints.split(","), tls=TLSFiles.from_args(args))
+    except (ValueError, OSError, StoreError) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    store = ServiceStore(etcd)
+    try:
+        while True:
+            try:
+                sync(store, args.node_name, nodes, args.iface)
+            except Exception as e:          # etcd away or the interface gone: try again
+                if args.once:
+                    log.error("%s", e)
+                    return 1
+                log.warning("sync failed (%s); retrying", e)
+            if args.once:
+                return 0
+            time.sleep(args.period)
+    finally:
+        etcd.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
