@@ -519,7 +519,10 @@ class Lab:
 
     def check_services(self) -> list[str]:
         """A ClusterIP service over the pods of every node, balanced across the overlay."""
-        return lab_services.check_service(self) if self.proxy_mode else []
+        if not self.proxy_mode:
+            return []
+        from minikubenet.lab.loadbalancer import check_load_balancer
+        return lab_services.check_service(self) + check_load_balancer(self)
 
     @staticmethod
     def _node_pairs(items: list) -> list[tuple]:

@@ -152,7 +152,8 @@ def start(lab, mode: str = "iptables") -> None:
     lab._start(t.etcd_netns, [sys.executable, "-m", "minikubenet.proxy.endpoints_controller",
                               "--etcd-endpoints", t.etcd_endpoints,
                               *lab.etcd_tls(etcd_rbac.ENDPOINTS_CONTROLLER).argv(),
-                              "--metrics-bind-address", f"127.0.0.1:{CONTROLLER_METRICS_PORT}"],
+                              "--metrics-bind-address", f"127.0.0.1:{CONTROLLER_METRICS_PORT}",
+                              *_lb_pool_argv(t)],
                log, "endpoints-controller")
     for node in t.nodes:
         _service_route(lab, node)
@@ -160,6 +161,13 @@ def start(lab, mode: str = "iptables") -> None:
     for p in t.pods():
         start_udp_echo(lab, p)
     lab.say(f"  proxies ready ({mode} mode) on {', '.join(n.name for n in t.nodes)}")
+
+
+def _lb_pool_argv(topo) -> list[str]:
+    """LoadBalancer addresses for the controller: part of the underlay (lab/loadbalancer.py)."""
+    from minikubenet.lab.loadbalancer import pool_spec
+    spec = pool_spec(topo.underlay)
+    return ["--lb-pool", spec] if spec else []
 
 
 def _service_route(lab, node, service_cidr: str = "10.96.0.0/12") -> None:
