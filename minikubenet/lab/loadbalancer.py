@@ -16,7 +16,6 @@ node reaches a service through its ingress IP, and keeps its own address.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
@@ -27,21 +26,13 @@ import time
 from minikubenet.lab import probes
 from minikubenet.lab import services as lab_services
 from minikubenet.lab.services import NAMESPACE, ServiceCheckFailed, store_call
-from minikubenet.lab.topology import POD_PORT
+from minikubenet.lab.topology import POD_PORT, lb_pool_spec
 from minikubenet.linux.netns import path_of, socket_in
 from minikubenet.store import etcd_rbac
 from minikubenet.waiting import wait_until
 
 LB_SERVICE = "lb"
-CLIENT_HOST = 200            # the client's host number on the underlay
-POOL_HOSTS = (240, 247)      # the LoadBalancer address pool's host numbers
-
-
-def pool_spec(underlay: ipaddress.IPv4Network) -> str:
-    """"first-last" on the underlay (MetalLB layer 2: the pool is part of the LAN)."""
-    if underlay.num_addresses < 256:
-        return ""
-    return f"{underlay[POOL_HOSTS[0]]}-{underlay[POOL_HOSTS[1]]}"
+CLIENT_HOST = 200  # the client's host number on the underlay
 
 
 def client_netns(lab) -> str:
@@ -82,9 +73,25 @@ def run_speakers(lab, nodes=None) -> None:
     members = list(nodes or t.nodes)
     names = ",".join(n.name for n in members)
     for node in members:
-        argv = ["ip", "netns", "exec", node.netns, sys.executable, "-m", "minikubenet.loadbalancer.speaker",
-                "--once", "--node-name", node.name, "--nodes", names, "--iface", "eth0",
-                "--etcd-endpoints", t.etcd_endpoints, *lab.etcd_tls(etcd_rbac.PROXY).argv()]
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            node.netns,
+            sys.executable,
+            "-m",
+            "minikubenet.loadbalancer.speaker",
+            "--once",
+            "--node-name",
+            node.name,
+            "--nodes",
+            names,
+            "--iface",
+            "eth0",
+            "--etcd-endpoints",
+            t.etcd_endpoints,
+            *lab.etcd_tls(etcd_rbac.PROXY).argv(),
+        ]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise ServiceCheckFailed(f"speaker on {node.name} failed: {p.stderr.strip()[-1000:]}")
@@ -92,7 +99,7 @@ def run_speakers(lab, nodes=None) -> None:
 
 def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
     t = lab.topo
-    if not pool_spec(t.underlay):
+    if not lb_pool_spec(t.underlay):
         return ["load-balancer check skipped: the underlay is smaller than a /24"]
     first = t.nodes[0]
     if not first.pods:
@@ -100,9 +107,14 @@ def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
     pod = first.pods[0]
     client, client_ip = ensure_client(lab)
     if store_call(lab, "get-service", name=LB_SERVICE) is None:
-        lab_services.create_service(lab, LB_SERVICE, lab_services.pod_labels(pod),
-                                    [{"name": "http", "port": 80, "targetPort": POD_PORT}],
-                                    type="LoadBalancer", externalTrafficPolicy="Local")
+        lab_services.create_service(
+            lab,
+            LB_SERVICE,
+            lab_services.pod_labels(pod),
+            [{"name": "http", "port": 80, "targetPort": POD_PORT}],
+            type="LoadBalancer",
+            externalTrafficPolicy="Local",
+        )
     doc: dict = {}
 
     def has_ingress() -> bool:
@@ -129,11 +141,15 @@ def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
         raise ServiceCheckFailed(f"client {client_ip} -> {lb_ip}:80 (service {LB_SERVICE}): no answer")
     elapsed = time.monotonic() - started
     if answer.get("pod") != pod.name or answer.get("client") != client_ip:
-        raise ServiceCheckFailed(f"client {client_ip} -> {lb_ip}:80: answered by {answer.get('pod')} seeing "
-                                 f"{answer.get('client')}; want {pod.name} seeing the client's own address")
-    lines = [f"service {NAMESPACE}/{LB_SERVICE} (LoadBalancer, externalTrafficPolicy Local) ingress {lb_ip}:80 "
-             f"from {client} ({client_ip}, not a node): pod {pod.name} saw the client's own address "
-             f"(reachable after {elapsed:.1f}s)"]
+        raise ServiceCheckFailed(
+            f"client {client_ip} -> {lb_ip}:80: answered by {answer.get('pod')} seeing "
+            f"{answer.get('client')}; want {pod.name} seeing the client's own address"
+        )
+    lines = [
+        f"service {NAMESPACE}/{LB_SERVICE} (LoadBalancer, externalTrafficPolicy Local) ingress {lb_ip}:80 "
+        f"from {client} ({client_ip}, not a node): pod {pod.name} saw the client's own address "
+        f"(reachable after {elapsed:.1f}s)"
+    ]
     for node in t.nodes:
         node_ip, want = str(node.ip), 200 if node is first else 503
 
@@ -147,6 +163,5 @@ def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
             got = http_status(client, node_ip, hc_port)
             raise ServiceCheckFailed(f"health check {node.name} {node_ip}:{hc_port}: {got[0]}, want {want}")
         body = json.loads(http_status(client, node_ip, hc_port)[1])
-        lines.append(f"health check {node.name} {node_ip}:{hc_port}: {want}, localEndpoints "
-                     f"{body['localEndpoints']}")
+        lines.append(f"health check {node.name} {node_ip}:{hc_port}: {want}, localEndpoints {body['localEndpoints']}")
     return lines

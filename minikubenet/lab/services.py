@@ -165,8 +165,8 @@ def start(lab, mode: str = "iptables") -> None:
 
 def _lb_pool_argv(topo) -> list[str]:
     """LoadBalancer addresses for the controller: part of the underlay (lab/loadbalancer.py)."""
-    from minikubenet.lab.loadbalancer import pool_spec
-    spec = pool_spec(topo.underlay)
+    from minikubenet.lab.topology import lb_pool_spec
+    spec = lb_pool_spec(topo.underlay)
     return ["--lb-pool", spec] if spec else []
 
 

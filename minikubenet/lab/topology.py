@@ -156,3 +156,14 @@ def build_topology(name: str = "mkn", nodes: int = 3, pods_per_node: int = 2,
     return Topology(name=name, nodes=tuple(node_specs), underlay=net,
                     pod_network=ipaddress.IPv4Network(pod_network), backend=backend, mtu=mtu,
                     subnet_len=subnet_len, etcd_ip=net.network_address + 2, etcd_members=etcd_members)
+
+
+LB_POOL_HOSTS = (240, 247)    # LoadBalancer addresses on the underlay (lab/loadbalancer.py)
+
+
+def lb_pool_spec(underlay: ipaddress.IPv4Network) -> str:
+    """"first-last" on the underlay (MetalLB layer 2: the pool is part of the LAN);
+    "" when the underlay is smaller than a /24."""
+    if underlay.num_addresses < 256:
+        return ""
+    return f"{underlay[LB_POOL_HOSTS[0]]}-{underlay[LB_POOL_HOSTS[1]]}"

@@ -30,7 +30,7 @@ class AnnounceError(Exception):
 
 
 def _label(ifname: str) -> str:
-    return (ifname + LABEL_SUFFIX)[:15]          # IFNAMSIZ - 1
+    return (ifname + LABEL_SUFFIX)[:15]  # IFNAMSIZ - 1
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:
@@ -43,8 +43,11 @@ def _index(ipr: IPRoute, ifname: str) -> int:
 def announced(ipr: IPRoute, ifname: str) -> set[ipaddress.IPv4Address]:
     """The LB IPs this node answers for: /32 addresses with our label."""
     index = _index(ipr, ifname)
-    return {ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index, family=socket.AF_INET)
-            if a.get_attr("IFA_LABEL") == _label(ifname) and a["prefixlen"] == 32}
+    return {
+        ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS"))
+        for a in ipr.get_addr(index=index, family=socket.AF_INET)
+        if a.get_attr("IFA_LABEL") == _label(ifname) and a["prefixlen"] == 32
+    }
 
 
 def ensure_announced(ipr: IPRoute, ifname: str, ip: ipaddress.IPv4Address) -> bool:

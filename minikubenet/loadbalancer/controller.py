@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from minikubenet.k8s_objects import Service, ValidationError, service_from_k8s
 from minikubenet.loadbalancer.pool import Assignment, allocate
@@ -28,7 +28,7 @@ def parsed_services(docs: Mapping[str, dict]) -> dict[str, Service]:
         try:
             out[key] = service_from_k8s(doc)
         except ValidationError:
-            continue                 # the endpoints controller reports malformed ones
+            continue  # the endpoints controller reports malformed ones
     return out
 
 
@@ -40,7 +40,7 @@ def _pending_message(doc: dict) -> str:
 
 
 def plan_status(docs: Mapping[str, dict], pool: Sequence[ipaddress.IPv4Address]) -> dict[str, Assignment]:
-    """"ns/name" -> the status to write, only for services whose status differs."""
+    """ "ns/name" -> the status to write, only for services whose status differs."""
     services = parsed_services(docs)
     wanted = allocate(services, pool)
     changes = {}
@@ -49,22 +49,22 @@ def plan_status(docs: Mapping[str, dict], pool: Sequence[ipaddress.IPv4Address])
         have = (svc.load_balancer_ips[0] if svc.load_balancer_ips else None, _pending_message(docs[key]))
         raw_ingress = ((docs[key].get("status") or {}).get("loadBalancer") or {}).get("ingress")
         if svc.type != "LoadBalancer" and not raw_ingress and not have[1]:
-            continue                 # never was a LoadBalancer: nothing to clear
+            continue  # never was a LoadBalancer: nothing to clear
         if have != (a.ip, a.message if a.ip is None else "") or (svc.type != "LoadBalancer" and raw_ingress):
             changes[key] = a
     return changes
 
 
-def reconcile(store: ServiceStore, pool: Sequence[ipaddress.IPv4Address],
-              docs: Mapping[str, dict] | None = None) -> int:
+def reconcile(
+    store: ServiceStore, pool: Sequence[ipaddress.IPv4Address], docs: Mapping[str, dict] | None = None
+) -> int:
     """One pass; returns the number of services whose status was written."""
     docs = store.list_services() if docs is None else docs
     written = 0
     for key, a in sorted(plan_status(docs, pool).items()):
         ns, name = key.split("/", 1)
         # The message of a corrected IP is logged, not kept: the status is then right.
-        if store.set_load_balancer_ingress(ns, name, [str(a.ip)] if a.ip else [],
-                                           message="" if a.ip else a.message):
+        if store.set_load_balancer_ingress(ns, name, [str(a.ip)] if a.ip else [], message="" if a.ip else a.message):
             written += 1
             if a.ip:
                 log.info("service %s: ingress IP %s%s", key, a.ip, f" ({a.message})" if a.message else "")

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from minikubenet.k8s_objects import Endpoint, Service
 
@@ -34,7 +34,7 @@ class PoolError(ValueError):
 
 
 def parse_pool(spec: str) -> list[ipaddress.IPv4Address]:
-    """"192.168.56.240/29" or "192.168.56.240-192.168.56.250", comma-separated parts
+    """ "192.168.56.240/29" or "192.168.56.240-192.168.56.250", comma-separated parts
     (MetalLB's IPAddressPool addresses). A CIDR's network and broadcast addresses are
     kept out for prefixes shorter than /31, as they could not be used on a LAN."""
     out: list[ipaddress.IPv4Address] = []
@@ -60,17 +60,17 @@ def parse_pool(spec: str) -> list[ipaddress.IPv4Address]:
 @dataclass(frozen=True)
 class Assignment:
     ip: ipaddress.IPv4Address | None
-    message: str = ""          # why the service waits, or what was corrected
+    message: str = ""  # why the service waits, or what was corrected
 
 
 def allocate(services: Mapping[str, Service], pool: Sequence[ipaddress.IPv4Address]) -> dict[str, Assignment]:
-    """"ns/name" -> its LoadBalancer IP (or why it has none) for every LoadBalancer
+    """ "ns/name" -> its LoadBalancer IP (or why it has none) for every LoadBalancer
     service (one IPv4 address each, as a single-stack MetalLB assigns)."""
     in_pool = set(pool)
     lbs = sorted(k for k, s in services.items() if s.type == "LoadBalancer" and s.cluster_ip is not None)
     held: dict[ipaddress.IPv4Address, str] = {}
     out: dict[str, Assignment] = {}
-    for key in lbs:                             # keep what is valid, first come first kept
+    for key in lbs:  # keep what is valid, first come first kept
         current = services[key].load_balancer_ips
         if current and current[0] in in_pool and current[0] not in held:
             held[current[0]] = key
@@ -80,8 +80,11 @@ def allocate(services: Mapping[str, Service], pool: Sequence[ipaddress.IPv4Addre
         if key in out:
             continue
         current = services[key].load_balancer_ips
-        note = f"ingress IP {current[0]} is not in the address pool; replaced" \
-            if current and current[0] not in in_pool else ""
+        note = (
+            f"ingress IP {current[0]} is not in the address pool; replaced"
+            if current and current[0] not in in_pool
+            else ""
+        )
         ip = next(free, None)
         if ip is None:
             out[key] = Assignment(None, f'Failed to allocate IP for "{key}": no available IPs')
@@ -95,8 +98,9 @@ def _rank(node: str, ip: ipaddress.IPv4Address) -> bytes:
     return hashlib.sha256(f"{node}#{ip}".encode()).digest()
 
 
-def announcer(ip: ipaddress.IPv4Address, svc: Service, nodes: Iterable[str],
-              endpoints: Mapping[str, Sequence[Endpoint]]) -> str | None:
+def announcer(
+    ip: ipaddress.IPv4Address, svc: Service, nodes: Iterable[str], endpoints: Mapping[str, Sequence[Endpoint]]
+) -> str | None:
     """The node that answers ARP for ``ip``; None when no node is eligible (eTP=Local
     and no ready endpoint anywhere: announcing would only attract dropped traffic)."""
     eligible = sorted(set(nodes))

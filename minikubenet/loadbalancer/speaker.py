@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from minikubenet.k8s_objects import Endpoint, Service, ValidationError, endpoints_from_k8s, service_from_k8s
 from minikubenet.loadbalancer.pool import announcer
@@ -27,11 +27,20 @@ from minikubenet.loadbalancer.pool import announcer
 log = logging.getLogger("minikubenet.speaker")
 
 
-def my_ips(services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
-           nodes: Sequence[str], me: str) -> set[ipaddress.IPv4Address]:
+def my_ips(
+    services: Mapping[str, Service],
+    endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+    nodes: Sequence[str],
+    me: str,
+) -> set[ipaddress.IPv4Address]:
     """The LB IPs this node should answer for."""
-    return {ip for key, svc in services.items() if svc.type == "LoadBalancer"
-            for ip in svc.load_balancer_ips if announcer(ip, svc, nodes, endpoints.get(key, {})) == me}
+    return {
+        ip
+        for key, svc in services.items()
+        if svc.type == "LoadBalancer"
+        for ip in svc.load_balancer_ips
+        if announcer(ip, svc, nodes, endpoints.get(key, {})) == me
+    }
 
 
 def _snapshot(store) -> tuple[dict, dict]:
@@ -53,6 +62,7 @@ def _snapshot(store) -> tuple[dict, dict]:
 def sync(store, node: str, nodes: Sequence[str], iface: str) -> tuple[list[str], list[str]]:
     """One pass: (added, withdrawn) IPs."""
     from minikubenet.linux import lb_announce
+
     services, endpoints = _snapshot(store)
     added, removed = lb_announce.reconcile(iface, my_ips(services, endpoints, nodes, node))
     for ip in added:
@@ -65,6 +75,7 @@ def sync(store, node: str, nodes: Sequence[str], iface: str) -> tuple[list[str],
 def main(argv: list[str] | None = None) -> int:
     from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
     from minikubenet.store.services import ServiceStore
+
     p = argparse.ArgumentParser(prog="minikubenet-lb-speaker", description=__doc__.split("\n\n")[0])
     p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
     add_etcd_tls_options(p)
@@ -89,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             try:
                 sync(store, args.node_name, nodes, args.iface)
-            except Exception as e:          # etcd away or the interface gone: try again
+            except Exception as e:  # etcd away or the interface gone: try again
                 if args.once:
                     log.error("%s", e)
                     return 1

@@ -38,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable
 
 from minikubenet.linux import nft_monitor
 from minikubenet.malformed import MalformedObjects
@@ -186,7 +187,8 @@ class SyncLoop:
         self.monitored = False            # nf_tables notifications arrive (else: deep periodic checks)
         self._foreign = False             # someone else touched our rules (a notification said so)
         self._check_deep = False          # notifications were lost: look at the kernel
-        self.after_sync = None            # called with (services, endpoints) after each good sync
+        # called with (services, endpoints) after each good sync
+        self.after_sync: Callable[[dict, dict], object] | None = None
 
     def changed(self) -> None:
         """Called by the watch: something is queued."""

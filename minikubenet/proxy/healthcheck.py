@@ -25,8 +25,9 @@ import http.server
 import logging
 import socket
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 from minikubenet.k8s_objects import Endpoint, Service
 
@@ -35,20 +36,28 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- pure
 
+
 def health_check_ports(services: Mapping[str, Service]) -> dict[str, int]:
-    """"ns/name" -> healthCheckNodePort, for the services that need one here (LoadBalancer
+    """ "ns/name" -> healthCheckNodePort, for the services that need one here (LoadBalancer
     with the Local external policy; validation guarantees the rest do not have one)."""
-    return {k: s.health_check_node_port for k, s in services.items()
-            if s.health_check_node_port and s.external_policy_local}
+    return {
+        k: s.health_check_node_port for k, s in services.items() if s.health_check_node_port and s.external_policy_local
+    }
 
 
-def local_ready_endpoints(services: Mapping[str, Service],
-                          endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
-                          node_name: str) -> dict[str, int]:
-    """"ns/name" -> ready endpoints on this node, over all the service's ports."""
-    return {key: sum(1 for eps in endpoints.get(key, {}).values() for e in eps
-                     if e.ready and node_name and e.node_name == node_name)
-            for key in services}
+def local_ready_endpoints(
+    services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]], node_name: str
+) -> dict[str, int]:
+    """ "ns/name" -> ready endpoints on this node, over all the service's ports."""
+    return {
+        key: sum(
+            1
+            for eps in endpoints.get(key, {}).values()
+            for e in eps
+            if e.ready and node_name and e.node_name == node_name
+        )
+        for key in services
+    }
 
 
 @dataclass(frozen=True)
@@ -62,26 +71,35 @@ def health_response(namespace: str, name: str, local_endpoints: int, proxy_healt
     """kube-proxy's answer, byte for byte: its body is a tab-indented JSON text (a Go
     template after dedent), and its header X-Load-Balancing-Endpoint-Weight carries the
     count for load balancers that weigh nodes by it."""
-    body = ("{\n"
-            '\t"service": {\n'
-            f'\t\t"namespace": "{namespace}",\n'
-            f'\t\t"name": "{name}"\n'
-            "\t},\n"
-            f'\t"localEndpoints": {local_endpoints},\n'
-            f'\t"serviceProxyHealthy": {"true" if proxy_healthy else "false"}\n'
-            "}")
+    body = (
+        "{\n"
+        '\t"service": {\n'
+        f'\t\t"namespace": "{namespace}",\n'
+        f'\t\t"name": "{name}"\n'
+        "\t},\n"
+        f'\t"localEndpoints": {local_endpoints},\n'
+        f'\t"serviceProxyHealthy": {"true" if proxy_healthy else "false"}\n'
+        "}"
+    )
     status = 200 if local_endpoints and proxy_healthy else 503
-    return Response(status, (("Content-Type", "application/json"),
-                             ("X-Content-Type-Options", "nosniff"),
-                             ("X-Load-Balancing-Endpoint-Weight", str(local_endpoints))), body)
+    return Response(
+        status,
+        (
+            ("Content-Type", "application/json"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("X-Load-Balancing-Endpoint-Weight", str(local_endpoints)),
+        ),
+        body,
+    )
 
 
 # --------------------------------------------------------------------------- the listeners
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: "_PortServer"
 
-    def do_GET(self) -> None:        # noqa: N802 (http.server's naming)
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _PortServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         owner = self.server.owner
         namespace, _, name = self.server.service_key.partition("/")
         r = health_response(namespace, name, owner.count(self.server.service_key), owner.proxy_healthy())
@@ -93,15 +111,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format, *args) -> None:    # noqa: A002 (http.server's signature)
-        pass                                          # a load balancer polls every few seconds
+    def log_message(self, format, *args) -> None:  # noqa: A002 (http.server's signature)
+        pass  # a load balancer polls every few seconds
 
 
 class _PortServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port: int, service_key: str, owner: "ServiceHealthServer", host: str):
+    def __init__(self, port: int, service_key: str, owner: ServiceHealthServer, host: str):
         self.service_key, self.owner = service_key, owner
         super().__init__((host, port), _Handler)
 
@@ -112,16 +130,17 @@ class ServiceHealthServer:
     def __init__(self, node_name: str, proxy_healthy: Callable[[], bool] = lambda: True, host: str = ""):
         self.node_name, self.proxy_healthy, self.host = node_name, proxy_healthy, host
         self._lock = threading.Lock()
-        self._servers: dict[str, _PortServer] = {}      # "ns/name" -> its listener
+        self._servers: dict[str, _PortServer] = {}  # "ns/name" -> its listener
         self._counts: dict[str, int] = {}
-        self.failures: dict[str, str] = {}               # "ns/name" -> why its port is not served
+        self.failures: dict[str, str] = {}  # "ns/name" -> why its port is not served
 
     def count(self, key: str) -> int:
         with self._lock:
             return self._counts.get(key, 0)
 
-    def update(self, services: Mapping[str, Service],
-               endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]]) -> dict[str, str]:
+    def update(
+        self, services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]]
+    ) -> dict[str, str]:
         """Open/close listeners for the current services, refresh the counts. Returns
         {"ns/name": problem} for ports that could not be opened (retried next time)."""
         wanted = health_check_ports(services)
@@ -138,7 +157,9 @@ class ServiceHealthServer:
                 srv = _PortServer(port, key, self, self.host)
             except OSError as e:
                 # kube-proxy: "node %s failed to start healthcheck %q on port %d: %v"
-                failures[key] = f"node {self.node_name} failed to start healthcheck {key!r} on port {port}: {e.strerror or e}"
+                failures[key] = (
+                    f"node {self.node_name} failed to start healthcheck {key!r} on port {port}: {e.strerror or e}"
+                )
                 if self.failures.get(key) != failures[key]:
                     log.error("%s", failures[key])
                 continue

@@ -51,22 +51,28 @@ def test_client_address_kept_and_health_check_in_both_modes(lab):
 
 def holder(lab, ip):
     for node in lab.topo.nodes:
-        out = subprocess.run(["ip", "-n", node.netns, "-4", "-o", "addr", "show", "dev", "eth0"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["ip", "-n", node.netns, "-4", "-o", "addr", "show", "dev", "eth0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         if f" {ip}/32 " in out:
             return node
     return None
 
 
 def mac_of(netns):
-    out = subprocess.run(["ip", "-n", netns, "-o", "link", "show", "eth0"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", netns, "-o", "link", "show", "eth0"], capture_output=True, text=True, check=True
+    ).stdout
     return out.split("link/ether ")[1].split()[0]
 
 
 def test_failover_moves_the_ip_with_a_gratuitous_arp(lab):
-    S.create_service(lab, "lbc", {"app": "web"}, [{"name": "http", "port": 80, "targetPort": 8080}],
-                     type="LoadBalancer")
+    S.create_service(
+        lab, "lbc", {"app": "web"}, [{"name": "http", "port": 80, "targetPort": 8080}], type="LoadBalancer"
+    )
     ip = ingress(lab, "lbc")["status"]["loadBalancer"]["ingress"][0]["ip"]
     LB.run_speakers(lab)
     first = holder(lab, ip)
@@ -78,7 +84,7 @@ def test_failover_moves_the_ip_with_a_gratuitous_arp(lab):
     second = holder(lab, ip)
     assert second is not None and second is not first
     neigh = subprocess.run(["ip", "-n", client, "neigh", "show", ip], capture_output=True, text=True).stdout
-    assert mac_of(second.netns) in neigh          # the gratuitous ARP moved the client's cache
+    assert mac_of(second.netns) in neigh  # the gratuitous ARP moved the client's cache
     assert _reaches(client, ip)
 
 
@@ -92,11 +98,16 @@ def _reaches(client, ip):
 
 def test_exhausted_pool_waits_and_gets_an_ip_when_one_frees(lab):
     created = []
-    for i in range(8):                      # the pool has 8 addresses; lb and lbc hold some
+    for i in range(8):  # the pool has 8 addresses; lb and lbc hold some
         name = f"lbx{i}"
-        S.store_call(lab, "create-service", doc={"metadata": {"namespace": S.NAMESPACE, "name": name},
-                                                 "spec": {"type": "LoadBalancer", "selector": {"app": "none"},
-                                                          "ports": [{"port": 80}]}})
+        S.store_call(
+            lab,
+            "create-service",
+            doc={
+                "metadata": {"namespace": S.NAMESPACE, "name": name},
+                "spec": {"type": "LoadBalancer", "selector": {"app": "none"}, "ports": [{"port": 80}]},
+            },
+        )
         created.append(name)
     last = {}
 
@@ -105,8 +116,10 @@ def test_exhausted_pool_waits_and_gets_an_ip_when_one_frees(lab):
         return (last.get("status") or {}).get("conditions")
 
     assert wait_until(pending, 20)
-    assert last["status"]["conditions"][0]["message"] == \
-        f'Failed to allocate IP for "{S.NAMESPACE}/{created[-1]}": no available IPs'
+    assert (
+        last["status"]["conditions"][0]["message"]
+        == f'Failed to allocate IP for "{S.NAMESPACE}/{created[-1]}": no available IPs'
+    )
     # Ten LoadBalancers for eight addresses: the last two by name wait. Free two.
     S.store_call(lab, "delete-service", name=created[0])
     S.store_call(lab, "delete-service", name=created[1])

@@ -23,8 +23,15 @@ def free_port() -> int:
 
 
 def lb_local(hc_port):
-    return Service("ns1", "svc1", IP("172.30.1.1"), (ServicePort("p80", "TCP", 80, 80, 30080),),
-                   type="LoadBalancer", external_traffic_policy="Local", health_check_node_port=hc_port)
+    return Service(
+        "ns1",
+        "svc1",
+        IP("172.30.1.1"),
+        (ServicePort("p80", "TCP", 80, 80, 30080),),
+        type="LoadBalancer",
+        external_traffic_policy="Local",
+        health_check_node_port=hc_port,
+    )
 
 
 def get(port):
@@ -47,8 +54,10 @@ def test_server_answers_200_or_503_and_follows_the_services():
         server.update({"ns1/svc1": svc}, {"ns1/svc1": {"ns1/svc1:p80": [Endpoint(IP("10.0.0.2"), 80, "n2")]}})
         status, _, body = get(port)
         assert status == 503 and json.loads(body)["localEndpoints"] == 0
-        server.update({"ns1/svc1": dataclasses.replace(svc, external_traffic_policy="Cluster",
-                                                       health_check_node_port=None)}, local)
+        server.update(
+            {"ns1/svc1": dataclasses.replace(svc, external_traffic_policy="Cluster", health_check_node_port=None)},
+            local,
+        )
         assert server.ports() == {}
     finally:
         server.close()
@@ -62,8 +71,7 @@ def test_a_taken_port_is_reported_and_the_others_still_served():
         other = free_port()
         server = ServiceHealthServer("n1", host="127.0.0.1")
         try:
-            services = {"ns1/svc1": lb_local(busy),
-                        "ns1/svc2": dataclasses.replace(lb_local(other), name="svc2")}
+            services = {"ns1/svc1": lb_local(busy), "ns1/svc2": dataclasses.replace(lb_local(other), name="svc2")}
             problems = server.update(services, {})
             assert list(problems) == ["ns1/svc1"]
             assert f"failed to start healthcheck 'ns1/svc1' on port {busy}" in problems["ns1/svc1"]

@@ -14,15 +14,24 @@ IP = ipaddress.IPv4Address
 
 
 def lb(name, *ingress, etp="Cluster"):
-    return Service("demo", name, IP("10.96.0.10"), (ServicePort("http", "TCP", 80, 8080, 30080),),
-                   type="LoadBalancer", external_traffic_policy=etp,
-                   load_balancer_ips=tuple(IP(i) for i in ingress))
+    return Service(
+        "demo",
+        name,
+        IP("10.96.0.10"),
+        (ServicePort("http", "TCP", 80, 8080, 30080),),
+        type="LoadBalancer",
+        external_traffic_policy=etp,
+        load_balancer_ips=tuple(IP(i) for i in ingress),
+    )
 
 
 def test_parse_pool_cidr_and_ranges():
     assert parse_pool("192.168.56.240/30") == [IP("192.168.56.241"), IP("192.168.56.242")]
-    assert parse_pool("192.168.56.250-192.168.56.251, 192.168.56.253/32") == \
-        [IP("192.168.56.250"), IP("192.168.56.251"), IP("192.168.56.253")]
+    assert parse_pool("192.168.56.250-192.168.56.251, 192.168.56.253/32") == [
+        IP("192.168.56.250"),
+        IP("192.168.56.251"),
+        IP("192.168.56.253"),
+    ]
     for bad, msg in (("10.0.0.5-10.0.0.1", "ends before it starts"), ("nope", "neither a CIDR"), ("", "empty")):
         with pytest.raises(PoolError, match=msg):
             parse_pool(bad)
@@ -30,11 +39,18 @@ def test_parse_pool_cidr_and_ranges():
 
 def test_allocation_keeps_valid_ips_and_fills_in_name_order():
     pool = parse_pool("192.168.56.240-192.168.56.242")
-    services = {"demo/b": lb("b", "192.168.56.241"), "demo/a": lb("a"), "demo/c": lb("c"),
-                "demo/plain": dataclasses.replace(lb("plain"), type="ClusterIP")}
+    services = {
+        "demo/b": lb("b", "192.168.56.241"),
+        "demo/a": lb("a"),
+        "demo/c": lb("c"),
+        "demo/plain": dataclasses.replace(lb("plain"), type="ClusterIP"),
+    }
     got = allocate(services, pool)
-    assert {k: str(a.ip) for k, a in got.items()} == \
-        {"demo/a": "192.168.56.240", "demo/b": "192.168.56.241", "demo/c": "192.168.56.242"}
+    assert {k: str(a.ip) for k, a in got.items()} == {
+        "demo/a": "192.168.56.240",
+        "demo/b": "192.168.56.241",
+        "demo/c": "192.168.56.242",
+    }
 
 
 def test_exhausted_pool_waits_with_metallbs_message_and_gets_an_ip_when_one_frees():
@@ -77,16 +93,22 @@ def test_local_policy_announces_only_from_nodes_with_a_ready_local_endpoint():
 
 # --------------------------------------------------------------------------- the controller, on the in-memory etcd
 
+
 def test_controller_assigns_waits_and_reassigns_when_an_ip_frees():
     from minikubenet.loadbalancer.controller import reconcile
     from minikubenet.store.services import ServiceStore
     from tests.unit.fake_etcd import fake_etcd_store
+
     s = ServiceStore(fake_etcd_store())
     pool = parse_pool("192.168.56.240/32")
 
     def create(name):
-        s.create_service({"metadata": {"namespace": "demo", "name": name},
-                          "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}}})
+        s.create_service(
+            {
+                "metadata": {"namespace": "demo", "name": name},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app": name}},
+            }
+        )
 
     create("a")
     create("b")
@@ -94,7 +116,7 @@ def test_controller_assigns_waits_and_reassigns_when_an_ip_frees():
     a, b = s.get_service("demo", "a"), s.get_service("demo", "b")
     assert a["status"]["loadBalancer"]["ingress"] == [{"ip": "192.168.56.240"}]
     assert b["status"]["conditions"][0]["message"] == 'Failed to allocate IP for "demo/b": no available IPs'
-    assert reconcile(s, pool) == 0                       # nothing changed, nothing written
+    assert reconcile(s, pool) == 0  # nothing changed, nothing written
     s.delete_service("demo", "a")
     assert reconcile(s, pool) == 1
     b = s.get_service("demo", "b")

@@ -18,13 +18,16 @@ from minikubenet.proxy.nft_render import render_nft
 IP = ipaddress.IPv4Address
 NET = ipaddress.IPv4Network
 KUBE_PROXY = Path(__file__).parent / "golden" / "kube_proxy"
-TEST_NODE = "test-node"           # kube-proxy's testHostname
-TEST_NODE_IP = "192.168.0.2"      # kube-proxy's testNodeIP
+TEST_NODE = "test-node"  # kube-proxy's testHostname
+TEST_NODE_IP = "192.168.0.2"  # kube-proxy's testNodeIP
 
 
 def without_nfacct(text: str) -> str:
-    lines = [line.replace(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts", "")
-             for line in text.splitlines() if "localhost_nps_accepted_pkts" not in line]
+    lines = [
+        line.replace(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts", "")
+        for line in text.splitlines()
+        if "localhost_nps_accepted_pkts" not in line
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -36,17 +39,31 @@ def overall_services():
     """TestOverallIPTablesRules' six services and their endpoint slices."""
     services = [
         Service("ns1", "svc1", IP("172.30.0.41"), p80()),
-        Service("ns2", "svc2", IP("172.30.0.42"), p80(3001), type="LoadBalancer",
-                external_traffic_policy="Local", load_balancer_ips=(IP("1.2.3.4"),),
-                external_ips=(IP("192.168.99.22"),), health_check_node_port=30000),
+        Service(
+            "ns2",
+            "svc2",
+            IP("172.30.0.42"),
+            p80(3001),
+            type="LoadBalancer",
+            external_traffic_policy="Local",
+            load_balancer_ips=(IP("1.2.3.4"),),
+            external_ips=(IP("192.168.99.22"),),
+            health_check_node_port=30000,
+        ),
         Service("ns3", "svc3", IP("172.30.0.43"), p80(3003), type="NodePort"),
-        Service("ns4", "svc4", IP("172.30.0.44"), p80(), type="NodePort",
-                external_ips=(IP("192.168.99.33"),)),
+        Service("ns4", "svc4", IP("172.30.0.44"), p80(), type="NodePort", external_ips=(IP("192.168.99.33"),)),
         # healthCheckNodePort 30000 is set upstream too, but kube-proxy ignores it with
         # the Cluster policy (and our validation refuses it, as the API server does).
-        Service("ns5", "svc5", IP("172.30.0.45"), p80(3002), type="LoadBalancer",
-                load_balancer_ips=(IP("5.6.7.8"),), load_balancer_source_ranges=(NET("203.0.113.0/25"),),
-                session_affinity="ClientIP"),
+        Service(
+            "ns5",
+            "svc5",
+            IP("172.30.0.45"),
+            p80(3002),
+            type="LoadBalancer",
+            load_balancer_ips=(IP("5.6.7.8"),),
+            load_balancer_source_ranges=(NET("203.0.113.0/25"),),
+            session_affinity="ClientIP",
+        ),
         Service("ns6", "svc6", IP("172.30.0.46"), p80()),
     ]
     endpoints = {
@@ -61,8 +78,7 @@ def overall_services():
 
 
 # kube-proxy's fake proxier: localhost NodePorts on, no --random-fully.
-UPSTREAM = RenderOptions(localhost_nodeports=True, random_fully=False, node_name=TEST_NODE,
-                         node_ip=TEST_NODE_IP)
+UPSTREAM = RenderOptions(localhost_nodeports=True, random_fully=False, node_name=TEST_NODE, node_ip=TEST_NODE_IP)
 
 
 def render(services, endpoints, options=UPSTREAM):
@@ -79,6 +95,7 @@ def test_overall_iptables_rules_as_kube_proxy():
 
 
 # --------------------------------------------------------------------------- one service, line for line
+
 
 def service_lines(text: str) -> list[str]:
     """The lines a ruleset has beyond the fixed chains (which the three-endpoint test in
@@ -120,10 +137,17 @@ def test_internal_traffic_policy_local_without_local_endpoints():
 
 
 # TestTerminatingEndpointsTrafficPolicyLocal's service: LoadBalancer, eTP=Local, ClientIP.
-LB_LOCAL = dataclasses.replace(SVC1, type="LoadBalancer", external_traffic_policy="Local",
-                               load_balancer_ips=(IP("1.2.3.4"),), health_check_node_port=30000,
-                               session_affinity="ClientIP")
-HC_ACCEPT = '-A KUBE-NODEPORTS -m comment --comment "ns1/svc1 health check node port" -m tcp -p tcp --dport 30000 -j ACCEPT'
+LB_LOCAL = dataclasses.replace(
+    SVC1,
+    type="LoadBalancer",
+    external_traffic_policy="Local",
+    load_balancer_ips=(IP("1.2.3.4"),),
+    health_check_node_port=30000,
+    session_affinity="ClientIP",
+)
+HC_ACCEPT = (
+    '-A KUBE-NODEPORTS -m comment --comment "ns1/svc1 health check node port" -m tcp -p tcp --dport 30000 -j ACCEPT'
+)
 EXT_HEAD = [
     '-A KUBE-SERVICES -m comment --comment "ns1/svc1 cluster IP" -m tcp -p tcp -d 172.30.1.1 --dport 80 -j KUBE-SVC-AQI2S6QIMU7PVVRP',
     '-A KUBE-SERVICES -m comment --comment "ns1/svc1 loadbalancer IP" -m tcp -p tcp -d 1.2.3.4 --dport 80 -j KUBE-EXT-AQI2S6QIMU7PVVRP',
@@ -135,14 +159,18 @@ SVC1_MASQ = '-A KUBE-SVC-AQI2S6QIMU7PVVRP -m comment --comment "ns1/svc1 cluster
 
 
 def sep_lines(chain: str, ip: str) -> list[str]:
-    return [f"-A {chain} -m comment --comment ns1/svc1 -s {ip} -j KUBE-MARK-MASQ",
-            f"-A {chain} -m comment --comment ns1/svc1 -m recent --name {chain} --set -m tcp -p tcp -j DNAT --to-destination {ip}:80"]
+    return [
+        f"-A {chain} -m comment --comment ns1/svc1 -s {ip} -j KUBE-MARK-MASQ",
+        f"-A {chain} -m comment --comment ns1/svc1 -m recent --name {chain} --set -m tcp -p tcp -j DNAT --to-destination {ip}:80",
+    ]
 
 
 def dispatch(chain: str, targets: list[tuple[str, str]]) -> list[str]:
     """Affinity checks, then the cascade, as kube-proxy writes them for ClientIP."""
-    lines = [f'-A {chain} -m comment --comment "ns1/svc1 -> {ip}:80" -m recent --name {sep} --rcheck --seconds 10800 --reap -j {sep}'
-             for ip, sep in targets]
+    lines = [
+        f'-A {chain} -m comment --comment "ns1/svc1 -> {ip}:80" -m recent --name {sep} --rcheck --seconds 10800 --reap -j {sep}'
+        for ip, sep in targets
+    ]
     n = len(targets)
     for i, (ip, sep) in enumerate(targets):
         chance = f" -m statistic --mode random --probability {1 / (n - i):0.10f}" if i < n - 1 else ""
@@ -150,23 +178,42 @@ def dispatch(chain: str, targets: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
-SEP1, SEP2, SEP3, SEP5 = ("KUBE-SEP-3JOIVZTXZZRGORX4", "KUBE-SEP-IO5XOSKPAXIFQXAJ",
-                          "KUBE-SEP-XGJFVO3L2O5SRFNT", "KUBE-SEP-EQCHZ7S2PJ72OHAY")
+SEP1, SEP2, SEP3, SEP5 = (
+    "KUBE-SEP-3JOIVZTXZZRGORX4",
+    "KUBE-SEP-IO5XOSKPAXIFQXAJ",
+    "KUBE-SEP-XGJFVO3L2O5SRFNT",
+    "KUBE-SEP-EQCHZ7S2PJ72OHAY",
+)
 SVC, SVL, EXT = "KUBE-SVC-AQI2S6QIMU7PVVRP", "KUBE-SVL-AQI2S6QIMU7PVVRP", "KUBE-EXT-AQI2S6QIMU7PVVRP"
 
 
 def test_terminating_endpoints_local_ready_endpoints_exist():
     """TestTerminatingEndpointsTrafficPolicyLocal, "ready endpoints exist": ready local
     endpoints win, terminating ones are ignored; the cluster chain has every ready one."""
-    eps = {"ns1/svc1": [ep("10.0.1.1", TEST_NODE), ep("10.0.1.2", TEST_NODE),
-                        ep("10.0.1.3", TEST_NODE, ready=False, serving=True, terminating=True),
-                        ep("10.0.1.4", TEST_NODE, ready=False, serving=False, terminating=True),
-                        ep("10.0.1.5", "host-1")]}
+    eps = {
+        "ns1/svc1": [
+            ep("10.0.1.1", TEST_NODE),
+            ep("10.0.1.2", TEST_NODE),
+            ep("10.0.1.3", TEST_NODE, ready=False, serving=True, terminating=True),
+            ep("10.0.1.4", TEST_NODE, ready=False, serving=False, terminating=True),
+            ep("10.0.1.5", "host-1"),
+        ]
+    }
     assert service_lines(render([LB_LOCAL], eps)) == [
-        HC_ACCEPT, f":{EXT} - [0:0]", f":{SEP1} - [0:0]", f":{SEP5} - [0:0]", f":{SEP2} - [0:0]",
-        f":{SVC} - [0:0]", f":{SVL} - [0:0]", *EXT_HEAD, f"-A {EXT} -j {SVL}",
-        *sep_lines(SEP1, "10.0.1.1"), *sep_lines(SEP5, "10.0.1.5"), *sep_lines(SEP2, "10.0.1.2"),
-        SVC1_MASQ, *dispatch(SVC, [("10.0.1.1", SEP1), ("10.0.1.2", SEP2), ("10.0.1.5", SEP5)]),
+        HC_ACCEPT,
+        f":{EXT} - [0:0]",
+        f":{SEP1} - [0:0]",
+        f":{SEP5} - [0:0]",
+        f":{SEP2} - [0:0]",
+        f":{SVC} - [0:0]",
+        f":{SVL} - [0:0]",
+        *EXT_HEAD,
+        f"-A {EXT} -j {SVL}",
+        *sep_lines(SEP1, "10.0.1.1"),
+        *sep_lines(SEP5, "10.0.1.5"),
+        *sep_lines(SEP2, "10.0.1.2"),
+        SVC1_MASQ,
+        *dispatch(SVC, [("10.0.1.1", SEP1), ("10.0.1.2", SEP2), ("10.0.1.5", SEP5)]),
         *dispatch(SVL, [("10.0.1.1", SEP1), ("10.0.1.2", SEP2)]),
     ]
 
@@ -174,15 +221,29 @@ def test_terminating_endpoints_local_ready_endpoints_exist():
 def test_terminating_endpoints_local_only_terminating_exist():
     """... "only terminating endpoints exist": Local falls back to this node's serving
     terminating endpoints, Cluster keeps the remote ready one."""
-    eps = {"ns1/svc1": [ep("10.0.1.2", TEST_NODE, ready=False, serving=True, terminating=True),
-                        ep("10.0.1.3", TEST_NODE, ready=False, serving=True, terminating=True),
-                        ep("10.0.1.4", TEST_NODE, ready=False, serving=False, terminating=True),
-                        ep("10.0.1.5", "host-1")]}
+    eps = {
+        "ns1/svc1": [
+            ep("10.0.1.2", TEST_NODE, ready=False, serving=True, terminating=True),
+            ep("10.0.1.3", TEST_NODE, ready=False, serving=True, terminating=True),
+            ep("10.0.1.4", TEST_NODE, ready=False, serving=False, terminating=True),
+            ep("10.0.1.5", "host-1"),
+        ]
+    }
     assert service_lines(render([LB_LOCAL], eps)) == [
-        HC_ACCEPT, f":{EXT} - [0:0]", f":{SEP5} - [0:0]", f":{SEP2} - [0:0]", f":{SEP3} - [0:0]",
-        f":{SVC} - [0:0]", f":{SVL} - [0:0]", *EXT_HEAD, f"-A {EXT} -j {SVL}",
-        *sep_lines(SEP5, "10.0.1.5"), *sep_lines(SEP2, "10.0.1.2"), *sep_lines(SEP3, "10.0.1.3"),
-        SVC1_MASQ, *dispatch(SVC, [("10.0.1.5", SEP5)]),
+        HC_ACCEPT,
+        f":{EXT} - [0:0]",
+        f":{SEP5} - [0:0]",
+        f":{SEP2} - [0:0]",
+        f":{SEP3} - [0:0]",
+        f":{SVC} - [0:0]",
+        f":{SVL} - [0:0]",
+        *EXT_HEAD,
+        f"-A {EXT} -j {SVL}",
+        *sep_lines(SEP5, "10.0.1.5"),
+        *sep_lines(SEP2, "10.0.1.2"),
+        *sep_lines(SEP3, "10.0.1.3"),
+        SVC1_MASQ,
+        *dispatch(SVC, [("10.0.1.5", SEP5)]),
         *dispatch(SVL, [("10.0.1.2", SEP2), ("10.0.1.3", SEP3)]),
     ]
 
@@ -194,15 +255,24 @@ def test_terminating_endpoints_local_on_remote_node():
     assert service_lines(render([LB_LOCAL], eps)) == [
         HC_ACCEPT,
         '-A KUBE-EXTERNAL-SERVICES -m comment --comment "ns1/svc1 has no local endpoints" -m tcp -p tcp -d 1.2.3.4 --dport 80 -j DROP',
-        f":{EXT} - [0:0]", f":{SEP5} - [0:0]", f":{SVC} - [0:0]", *EXT_HEAD,
-        *sep_lines(SEP5, "10.0.1.5"), SVC1_MASQ, *dispatch(SVC, [("10.0.1.5", SEP5)]),
+        f":{EXT} - [0:0]",
+        f":{SEP5} - [0:0]",
+        f":{SVC} - [0:0]",
+        *EXT_HEAD,
+        *sep_lines(SEP5, "10.0.1.5"),
+        SVC1_MASQ,
+        *dispatch(SVC, [("10.0.1.5", SEP5)]),
     ]
 
 
 def test_terminating_endpoints_local_none_usable():
     """... "no usable endpoints on any node": REJECT everywhere, no nat chains."""
-    eps = {"ns1/svc1": [ep("10.0.1.5", TEST_NODE, ready=False, serving=False, terminating=True),
-                        ep("10.0.1.5", "host-1", ready=False, serving=False, terminating=True)]}
+    eps = {
+        "ns1/svc1": [
+            ep("10.0.1.5", TEST_NODE, ready=False, serving=False, terminating=True),
+            ep("10.0.1.5", "host-1", ready=False, serving=False, terminating=True),
+        ]
+    }
     assert service_lines(render([LB_LOCAL], eps)) == [
         HC_ACCEPT,
         '-A KUBE-SERVICES -m comment --comment "ns1/svc1 has no endpoints" -m tcp -p tcp -d 172.30.1.1 --dport 80 -j REJECT',
@@ -216,7 +286,7 @@ def test_large_cluster_drops_per_endpoint_comments():
     others stay."""
     many = {"ns1/svc1": [Endpoint(IP(f"10.1.{i // 250}.{i % 250 + 1}"), 80) for i in range(1001)]}
     text = render([SVC1], many)
-    assert '-A KUBE-SVC-AQI2S6QIMU7PVVRP -m statistic --mode random --probability 0.0009990010 -j KUBE-SEP-' in text
+    assert "-A KUBE-SVC-AQI2S6QIMU7PVVRP -m statistic --mode random --probability 0.0009990010 -j KUBE-SEP-" in text
     assert "--comment ns1/svc1 -s" not in text and '"ns1/svc1 -> ' not in text
     assert '"ns1/svc1 cluster IP"' in text
     few = {"ns1/svc1": many["ns1/svc1"][:1000]}
@@ -225,13 +295,13 @@ def test_large_cluster_drops_per_endpoint_comments():
 
 # --------------------------------------------------------------------------- nftables
 
+
 def nft_service_lines(text: str) -> set[str]:
     """Per-service objects of an nft transaction: what is not in the empty ruleset, minus
     our ``flush chain`` lines (kube-proxy's fake nft dumps objects, not the flushes
     its real transactions carry) and comments."""
     fixed = set(render_nft([], {}, (), "10.0.0.0/8", table="kube-proxy").splitlines())
-    return {line for line in text.splitlines()
-            if line and line not in fixed and not line.startswith(("flush ", "#"))}
+    return {line for line in text.splitlines() if line and line not in fixed and not line.startswith(("flush ", "#"))}
 
 
 def test_overall_nftables_rules_as_kube_proxy():
@@ -239,10 +309,18 @@ def test_overall_nftables_rules_as_kube_proxy():
     services; every per-service chain, rule, set and map element, and nothing else.
     (The fixed part is compared line by line in test_proxy_nft.py.) The upstream dump
     lists objects in its own order; the kernel does not care, so we compare sets."""
-    text = render_nft(*overall_services(), (), "10.0.0.0/8",
-                      RenderOptions(node_name=TEST_NODE, node_ip=TEST_NODE_IP), table="kube-proxy")
-    expected = {line for line in (KUBE_PROXY / "TestOverallNFTablesRules.services.nft").read_text().splitlines()
-                if line and not line.startswith("#")}
+    text = render_nft(
+        *overall_services(),
+        (),
+        "10.0.0.0/8",
+        RenderOptions(node_name=TEST_NODE, node_ip=TEST_NODE_IP),
+        table="kube-proxy",
+    )
+    expected = {
+        line
+        for line in (KUBE_PROXY / "TestOverallNFTablesRules.services.nft").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     assert nft_service_lines(text) == expected
 
 
@@ -266,17 +344,18 @@ def test_deferred_stale_chains_are_deleted_later_unless_they_came_back():
     period). A partial restore without them leaves them in place; the next deletion
     includes them, except any chain the current rules use again."""
     from minikubenet.proxy.iptables_render import plan_iptables
+
     eps = {"ns1/svc1": [ep("10.0.1.1", TEST_NODE), ep("10.0.1.2", TEST_NODE)]}
     before = plan_iptables([SVC1], eps, (), "10.0.0.0/8", UPSTREAM)
     one = {"ns1/svc1": eps["ns1/svc1"][:1]}
     after = plan_iptables([SVC1], one, (), "10.0.0.0/8", UPSTREAM)
     stale = after.stale_since(before.state)
     assert stale == [SEP2]
-    text = after.render_partial(before.state, stale=[])            # deferred
+    text = after.render_partial(before.state, stale=[])  # deferred
     assert "-X" not in text
     deferred = dataclasses.replace(after.state, pending_stale=tuple(stale))
     later = plan_iptables([SVC1], one, (), "10.0.0.0/8", UPSTREAM)
     assert later.stale_since(deferred) == [SEP2]
     assert f"-X {SEP2}" in later.render_partial(deferred)
-    back = plan_iptables([SVC1], eps, (), "10.0.0.0/8", UPSTREAM)   # the endpoint returned
+    back = plan_iptables([SVC1], eps, (), "10.0.0.0/8", UPSTREAM)  # the endpoint returned
     assert back.stale_since(deferred) == []
