@@ -66,18 +66,37 @@ def say(*a):
 
 # --------------------------------------------------------------------------- the cluster
 
-def cluster(n: int):
+BENCH_NODE = "bench-node"
+SHAPES = ("clusterip", "lb", "local")
+
+
+def cluster(n: int, shape: str = "clusterip"):
     """N services ns "bench", named s00000.. so "sorted by name" is creation order, each
-    with 2 endpoints; the last one's endpoints are local addresses in the namespace."""
+    with 2 endpoints; the last one's endpoints are local addresses in the namespace.
+
+    shape "lb": type LoadBalancer with an ingress IP (and a NodePort) each; "local": the
+    same with externalTrafficPolicy Local and a health-check port, one of the two
+    endpoints on this node (KUBE-SVL / local- chains and the EXT short-circuits)."""
+    import dataclasses
+
     from minikubenet.k8s_objects import Endpoint, Service, ServicePort
     services, endpoints = {}, {}
     base_ep = int(ipaddress.IPv4Address("10.244.0.0"))
+    lb_base = int(ipaddress.IPv4Address("172.20.0.1"))
     for i in range(n):
         svc = Service("bench", f"s{i:05d}", SERVICE_NET.network_address + 1 + i, (ServicePort("http", "TCP", 80, 8080),))
+        if shape != "clusterip":
+            node_port = 30000 + i % 2700
+            svc = dataclasses.replace(svc, type="LoadBalancer", ports=(ServicePort("http", "TCP", 80, 8080, node_port),),
+                                      load_balancer_ips=(ipaddress.IPv4Address(lb_base + i),))
+        if shape == "local":
+            svc = dataclasses.replace(svc, external_traffic_policy="Local", health_check_node_port=32700 + i % 60)
         ips = LOCAL_ENDPOINTS if i == n - 1 else (ipaddress.IPv4Address(base_ep + 2 * i + 1),
                                                   ipaddress.IPv4Address(base_ep + 2 * i + 2))
         services[svc.key] = svc
-        endpoints[svc.key] = {svc.port_key(svc.ports[0]): [Endpoint(ipaddress.IPv4Address(ip), 8080) for ip in ips]}
+        endpoints[svc.key] = {svc.port_key(svc.ports[0]): [
+            Endpoint(ipaddress.IPv4Address(ip), 8080, node_name=BENCH_NODE if j == 0 else "other")
+            for j, ip in enumerate(ips)]}
     return services, endpoints
 
 
@@ -101,8 +120,10 @@ class Recorder:
 
 def make_syncer(mode: str, iptables_binary: str):
     from minikubenet.proxy import syncers
+    from minikubenet.proxy.model import RenderOptions
     config = syncers.SyncConfig(cluster_cidr=CLUSTER_CIDR, service_cidr=str(SERVICE_NET),
-                                iptables=iptables_binary, conntrack_cleanup=False)
+                                iptables=iptables_binary, conntrack_cleanup=False,
+                                options=RenderOptions(node_name=BENCH_NODE))
     rec = Recorder()
     if mode == "iptables":
         syncers.iptables.restore = rec.wrap(syncers.iptables.restore)
@@ -123,7 +144,7 @@ def bare_apply(mode: str, text: str, iptables_binary: str) -> float:
 
 def worker_full(spec: dict) -> dict | None:
     mode, n = spec["mode"], spec["n"]
-    services, endpoints = cluster(n)
+    services, endpoints = cluster(n, spec.get("shape", "clusterip"))
     syncer, rec = make_syncer(mode, spec["iptables"])
     t = time.perf_counter()
     result = syncer.sync(services, endpoints, None)
@@ -401,6 +422,7 @@ def measure_mode(args, nss: Namespaces, tmp: str, res: dict, mode: str, latency_
         for r in range(repeat):
             text_file = os.path.join(tmp, f"text-{mode}-{n}.txt")
             spec = {"task": "full", "mode": mode, "n": n, "iptables": args.iptables, "text_file": text_file,
+                    "shape": args.shape,
                     "partial": n == biggest and r == 0, "partial_repeat": args.partial_repeat,
                     "latency": n in args.latency_sizes and r == 0, "connections": args.connections}
             order = ["full", "bare"] if r % 2 == 0 else ["bare", "full"]
@@ -434,7 +456,7 @@ def verdict(ok: bool) -> str:
 
 
 def report(res: dict, args) -> str:
-    lines = [f"minikubenet-proxy sync and connection benchmark, {res['started']}",
+    lines = [f"minikubenet-proxy sync and connection benchmark ({args.shape} services), {res['started']}",
              f"machine: {res['machine']['cpu']} x{res['machine']['cores']}, kernel {res['machine']['kernel']}, "
              f"load {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f}; "
              f"iptables binary `{args.iptables}` ({res['machine']['iptables']}), {res['machine']['nft']}",
@@ -446,6 +468,11 @@ def report(res: dict, args) -> str:
             rules = sum(r["rules"].values())
             lines.append(f"{mode:9} {int(n):>8} {rules:>8} {r['sync_s'] * 1000:>8.0f}ms {r['bare_s'] * 1000:>8.0f}ms "
                          f"{ratio:>6.2f}  {verdict(ratio <= TARGETS['full_ratio'])}")
+    if {"iptables", "nftables"} <= set(res["full"]):
+        lines += ["", "NFTABLES / IPTABLES full sync (daemon, median; issue 13 target <= 1.0)"]
+        for n in sorted(set(res["full"]["iptables"]) & set(res["full"]["nftables"]), key=int):
+            ratio = res["full"]["nftables"][n]["sync_s"] / res["full"]["iptables"][n]["sync_s"]
+            lines.append(f"{'nft/ipt':9} {int(n):>8} services: {ratio:.2f}  {verdict(ratio <= 1.0)}")
     lines += ["", f"PARTIAL SYNC at {max(args.sizes)} services (median; target <= {TARGETS['partial_ms']:.0f} ms)"]
     for mode, p in res["partial"].items():
         ec, ns = statistics.median(p["endpoint_change_ms"]), statistics.median(p["new_service_ms"])
@@ -534,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-repeat", type=int, default=7)
     p.add_argument("--connections", type=int, default=2000)
     p.add_argument("--iptables", default="iptables", help="iptables, iptables-nft or iptables-legacy")
+    p.add_argument("--shape", choices=SHAPES, default="clusterip",
+                   help="services: ClusterIP, LoadBalancer with an ingress IP, or LoadBalancer with "
+                        "externalTrafficPolicy Local")
     p.add_argument("--results-dir", default=RESULTS_DIR)
     p.add_argument("--no-save", dest="save", action="store_false")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
