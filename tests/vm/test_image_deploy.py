@@ -28,7 +28,8 @@ from tests.vm.conftest import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NODE = "node3"
-PODMAN = "podman --storage-driver vfs"
+# storage of its own: the box's podman keeps its default store (another graph driver)
+PODMAN = "podman --root /var/lib/minikubenet-containers --storage-driver vfs"
 VM_CLI = "/opt/minikubenet/bin/minikubenet"
 PKI = "/etc/minikubenet/pki"
 
