@@ -33,7 +33,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 from minikubenet import subnet_env
 from minikubenet.agent import backend
@@ -53,6 +52,7 @@ from minikubenet.masquerade import render_masquerade
 from minikubenet.network_config import ConfigError
 from minikubenet.overlay.controller import OverlayController
 from minikubenet.pod_network import BRIDGE
+from minikubenet.waiting import wait_until
 from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
 from minikubenet.store.keys import KeyLayout
 from minikubenet.subnet_lease import DEFAULT_TTL_S, OutOfSubnets, SubnetLeaser
@@ -95,23 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def wait_for_config(store: EtcdStore, timeout: float):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while True:
+    """The network config, once etcd has one (an invalid one is an error at once)."""
+    why = [""]
+
+    def config():
         try:
-            config = store.get_config()
-            if config is not None:
-                return config
-            last_error = (f"no network config at {store.layout.config}; "
-                          "write one with `minikubenet network init --network 10.244.0.0/16`")
+            found = store.get_config()
         except StoreError as e:
-            last_error = str(e)
+            why[0] = str(e)
         except ConfigError as e:
             raise AgentError(f"the network config at {store.layout.config} is invalid: {e}") from None
-        if time.monotonic() >= deadline:
-            raise AgentError(last_error)
-        log.info("waiting: %s", last_error)
-        time.sleep(1.0)
+        else:
+            if found is not None:
+                return found
+            why[0] = (f"no network config at {store.layout.config}; "
+                      "write one with `minikubenet network init --network 10.244.0.0/16`")
+        log.info("waiting: %s", why[0])
+        return None
+
+    found = wait_until(config, timeout, interval=1.0)
+    if found is None:
+        raise AgentError(why[0])
+    return found
 
 
 class Agent:
