@@ -136,7 +136,8 @@ def _manifest(i: int, doc: Any, default_namespace: str, full: bool) -> Manifest:
                                                  "a manifest must say its apiVersion and kind"])
     if (api, kind) not in KINDS:
         known = ", ".join(f"{k} {a}" for a, k in KINDS)
-        raise ValidationError(str(kind), [f'no matches for kind "{kind}" in version "{api}" '
+        name = doc.get("metadata", {}).get("name") if isinstance(doc.get("metadata"), Mapping) else None
+        raise ValidationError(f"{kind} {name}" if name else str(kind), [f'no matches for kind "{kind}" in version "{api}" '
                                           f"(minikubenet knows {known})"])
     meta = doc.get("metadata")
     if isinstance(meta, Mapping) and kind != "Namespace" and not meta.get("namespace"):

@@ -22,13 +22,13 @@ import argparse
 import os
 import sys
 
-from minikubenet.cli import install, lab, network, services
+from minikubenet.cli import apply, install, lab, network, services
 from minikubenet.cli.common import EXIT_ERROR, CliError
 
 __all__ = ["CliError", "build_parser", "main"]
 
 # In the order `minikubenet --help` lists them.
-COMMAND_GROUPS = (network, lab, install, services)
+COMMAND_GROUPS = (network, lab, install, services, apply)
 
 
 def build_parser() -> argparse.ArgumentParser:
