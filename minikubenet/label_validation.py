@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 DNS1123_LABEL_MAX = 63
 DNS1123_SUBDOMAIN_MAX = 253
@@ -33,6 +34,7 @@ SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
 # --------------------------------------------------------------------------- error texts
+
 
 def _shown(value: Any) -> str:
     """A value as field.Invalid prints it: strings quoted, numbers bare."""
@@ -52,8 +54,7 @@ def forbidden(path: str, detail: str) -> str:
 
 
 def not_supported(path: str, value: Any, supported: tuple[str, ...]) -> str:
-    return f"{path}: Unsupported value: {_shown(value)}: supported values: " + \
-        ", ".join(f'"{s}"' for s in supported)
+    return f"{path}: Unsupported value: {_shown(value)}: supported values: " + ", ".join(f'"{s}"' for s in supported)
 
 
 def wrong_type(path: str, value: Any, expected: str) -> str:
@@ -86,14 +87,17 @@ def unknown_fields(path: str, obj: Mapping, known: tuple[str, ...]) -> list[str]
 
 # --------------------------------------------------------------------------- names
 
+
 def dns1123_label_errors(value: str) -> list[str]:
     """IsDNS1123Label: namespace names, port names of Services."""
     out = []
     if len(value) > DNS1123_LABEL_MAX:
         out.append(f"must be no more than {DNS1123_LABEL_MAX} characters")
     if not _DNS1123_LABEL.match(value):
-        out.append("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
-                   "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc')")
+        out.append(
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+            "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc')"
+        )
     return out
 
 
@@ -103,12 +107,15 @@ def dns1123_subdomain_errors(value: str) -> list[str]:
     if len(value) > DNS1123_SUBDOMAIN_MAX:
         out.append(f"must be no more than {DNS1123_SUBDOMAIN_MAX} characters")
     if not _DNS1123_SUBDOMAIN.match(value):
-        out.append("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-                   "and must start and end with an alphanumeric character (e.g. 'example.com')")
+        out.append(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+            "and must start and end with an alphanumeric character (e.g. 'example.com')"
+        )
     return out
 
 
 # --------------------------------------------------------------------------- labels
+
 
 def label_key_errors(key: Any) -> list[str]:
     """IsQualifiedName."""
@@ -125,8 +132,10 @@ def label_key_errors(key: Any) -> list[str]:
     elif len(name) > DNS1123_LABEL_MAX:
         out.append(f"name part must be no more than {DNS1123_LABEL_MAX} characters")
     elif not _QUALIFIED_NAME.match(name):
-        out.append("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
-                   "end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc')")
+        out.append(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
+            "end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc')"
+        )
     return out
 
 
@@ -140,9 +149,11 @@ def label_value_errors(value: Any) -> list[str]:
     if len(value) > DNS1123_LABEL_MAX:
         out.append(f"must be no more than {DNS1123_LABEL_MAX} characters")
     if not _QUALIFIED_NAME.match(value):
-        out.append("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
-                   "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  "
-                   "or '12345')")
+        out.append(
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+            "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  "
+            "or '12345')"
+        )
     return out
 
 
@@ -160,6 +171,7 @@ def labels_errors(labels: Any, path: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- selectors
+
 
 def selector_errors(selector: Any, path: str) -> list[str]:
     """ValidateLabelSelector (values must be valid label values: the API server's default
@@ -194,8 +206,9 @@ def requirement_errors(req: Any, path: str) -> list[str]:
             out.append(required(f"{path}.values", "must be specified when `operator` is 'In' or 'NotIn'"))
     elif op in ("Exists", "DoesNotExist"):
         if values:
-            out.append(forbidden(f"{path}.values", "may not be specified when `operator` is 'Exists' or "
-                                                   "'DoesNotExist'"))
+            out.append(
+                forbidden(f"{path}.values", "may not be specified when `operator` is 'Exists' or 'DoesNotExist'")
+            )
     elif op is None:
         out.append(required(f"{path}.operator"))
     else:

@@ -27,8 +27,9 @@ them); a policy may name a namespace that does not exist yet, as in Kubernetes.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -36,9 +37,11 @@ from minikubenet.netpol_validation import NETWORKING_V1, validate_namespace, val
 from minikubenet.proxy.model import ValidationError, service_to_k8s
 
 # (apiVersion, kind) -> the resource name kubectl prints ("networkpolicy.networking.k8s.io/x created")
-KINDS = {("v1", "Namespace"): "namespace",
-         ("v1", "Service"): "service",
-         (NETWORKING_V1, "NetworkPolicy"): "networkpolicy.networking.k8s.io"}
+KINDS = {
+    ("v1", "Namespace"): "namespace",
+    ("v1", "Service"): "service",
+    (NETWORKING_V1, "NetworkPolicy"): "networkpolicy.networking.k8s.io",
+}
 
 
 class ManifestError(Exception):
@@ -54,9 +57,10 @@ class ManifestError(Exception):
 class Manifest:
     """One document of a file, checked. ``doc`` is what will be stored (for a Service:
     what was given; its allocation happens in the plan)."""
-    index: int                 # 1-based position in the file
+
+    index: int  # 1-based position in the file
     kind: str
-    namespace: str             # "" for a Namespace
+    namespace: str  # "" for a Namespace
     name: str
     doc: dict
 
@@ -71,6 +75,7 @@ class Manifest:
 
 
 # --------------------------------------------------------------------------- reading files
+
 
 def load_documents(text: str, source: str = "-") -> list[Any]:
     """Every document of a YAML or JSON text (JSON is YAML), empty ones dropped and
@@ -95,6 +100,7 @@ def _one_line(e: Exception) -> str:
 
 def read_file(path: str) -> str:
     import sys
+
     try:
         if path == "-":
             return sys.stdin.read()
@@ -105,6 +111,7 @@ def read_file(path: str) -> str:
 
 
 # --------------------------------------------------------------------------- validation
+
 
 def parse_manifests(docs: list[Any], default_namespace: str = "default", full: bool = True) -> list[Manifest]:
     """Check every document; raise ManifestError naming each bad one (by its position,
@@ -132,13 +139,17 @@ def _manifest(i: int, doc: Any, default_namespace: str, full: bool) -> Manifest:
         raise ValidationError("?", [f"must be an object with apiVersion and kind, got {type(doc).__name__}"])
     api, kind = doc.get("apiVersion"), doc.get("kind")
     if not api or not kind:
-        raise ValidationError(str(kind or "?"), [f"{'apiVersion' if not api else 'kind'}: Required value: "
-                                                 "a manifest must say its apiVersion and kind"])
+        raise ValidationError(
+            str(kind or "?"),
+            [f"{'apiVersion' if not api else 'kind'}: Required value: a manifest must say its apiVersion and kind"],
+        )
     if (api, kind) not in KINDS:
         known = ", ".join(f"{k} {a}" for a, k in KINDS)
         name = doc.get("metadata", {}).get("name") if isinstance(doc.get("metadata"), Mapping) else None
-        raise ValidationError(f"{kind} {name}" if name else str(kind), [f'no matches for kind "{kind}" in version "{api}" '
-                                          f"(minikubenet knows {known})"])
+        raise ValidationError(
+            f"{kind} {name}" if name else str(kind),
+            [f'no matches for kind "{kind}" in version "{api}" (minikubenet knows {known})'],
+        )
     meta = doc.get("metadata")
     if isinstance(meta, Mapping) and kind != "Namespace" and not meta.get("namespace"):
         doc = {**doc, "metadata": {**meta, "namespace": default_namespace}}
@@ -147,7 +158,7 @@ def _manifest(i: int, doc: Any, default_namespace: str, full: bool) -> Manifest:
     elif kind == "NetworkPolicy":
         checked = validate_network_policy(doc, default_namespace) if full else _identity_only(doc, kind)
     else:
-        checked = _identity_only(doc, kind)     # a Service is checked in the plan, with its allocation
+        checked = _identity_only(doc, kind)  # a Service is checked in the plan, with its allocation
     meta = checked["metadata"]
     return Manifest(i, kind, meta.get("namespace", "") if kind != "Namespace" else "", meta["name"], checked)
 
@@ -161,12 +172,14 @@ def _identity_only(doc: Mapping, kind: str) -> dict:
 
 # --------------------------------------------------------------------------- apply and delete
 
+
 def apply(manifests: list[Manifest], objects, services) -> list[str]:
     """Store ``manifests`` (``objects``: a PolicyObjectStore, ``services``: a
     ServiceStore), all or nothing. Returns kubectl's lines ("namespace/x created").
     Raises ManifestError (invalid, nothing stored) or the stores' errors."""
     from minikubenet.store.policy_objects import ObjectWrite
     from minikubenet.store.services import ServiceConflict
+
     writes, service_writes, lines, problems = [], [], [], []
     reserved: set[str] = set()
     for m in manifests:
@@ -181,8 +194,9 @@ def apply(manifests: list[Manifest], objects, services) -> list[str]:
             service_writes.append(w)
             lines.append(f"{m.ref} {_verb(old, service_to_k8s(w.service))}")
             continue
-        old = objects.get_namespace(m.name) if m.kind == "Namespace" else \
-            objects.get_network_policy(m.namespace, m.name)
+        old = (
+            objects.get_namespace(m.name) if m.kind == "Namespace" else objects.get_network_policy(m.namespace, m.name)
+        )
         key = objects.namespace_key(m.name) if m.kind == "Namespace" else objects.policy_key(m.namespace, m.name)
         writes.append(ObjectWrite(key, m.doc))
         lines.append(f"{m.ref} {_verb(old, m.doc)}")
@@ -190,8 +204,9 @@ def apply(manifests: list[Manifest], objects, services) -> list[str]:
         raise ManifestError(problems)
     result = objects.commit(writes, service_writes)
     if result is not True:
-        raise ManifestError([f"service {result.service.key}: {services.why_not_applied(result)}; "
-                             "nothing of this file was stored"])
+        raise ManifestError(
+            [f"service {result.service.key}: {services.why_not_applied(result)}; nothing of this file was stored"]
+        )
     return lines
 
 
@@ -209,21 +224,27 @@ def delete(manifests: list[Manifest], objects, services) -> tuple[list[str], lis
     """Delete the objects ``manifests`` name, in one transaction. Returns (kubectl's
     "deleted" lines, "not found" lines); objects that do not exist are skipped."""
     from minikubenet.store.policy_objects import ObjectWrite
+
     writes, service_writes, lines, missing = [], [], [], []
     for m in manifests:
         resource = KINDS[(m.doc["apiVersion"], m.kind)]
-        plural = resource.replace("networkpolicy", "networkpolicies").replace("namespace", "namespaces") \
+        plural = (
+            resource.replace("networkpolicy", "networkpolicies")
+            .replace("namespace", "namespaces")
             .replace("service", "services")
+        )
         if m.kind == "Service":
             w = services.plan_delete(m.namespace, m.name)
             exists = w is not None
             if w is not None:
                 service_writes.append(w)
         else:
-            key = objects.namespace_key(m.name) if m.kind == "Namespace" else \
-                objects.policy_key(m.namespace, m.name)
-            exists = (objects.get_namespace(m.name) if m.kind == "Namespace"
-                      else objects.get_network_policy(m.namespace, m.name)) is not None
+            key = objects.namespace_key(m.name) if m.kind == "Namespace" else objects.policy_key(m.namespace, m.name)
+            exists = (
+                objects.get_namespace(m.name)
+                if m.kind == "Namespace"
+                else objects.get_network_policy(m.namespace, m.name)
+            ) is not None
             if exists:
                 writes.append(ObjectWrite(key, None))
         if exists:
@@ -233,6 +254,7 @@ def delete(manifests: list[Manifest], objects, services) -> tuple[list[str], lis
             missing.append(f'{plural} "{m.name}" not found{where}')
     result = objects.commit(writes, service_writes)
     if result is not True:
-        raise ManifestError([f"service {result.service.key} changed while we deleted it; nothing was deleted, "
-                             "try again"])
+        raise ManifestError(
+            [f"service {result.service.key} changed while we deleted it; nothing was deleted, try again"]
+        )
     return lines, missing

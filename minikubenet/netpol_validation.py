@@ -27,23 +27,35 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from minikubenet.label_validation import (dns1123_label_errors, dns1123_subdomain_errors, forbidden, invalid,
-                                          labels_errors, label_key_errors, not_supported, required,
-                                          selector_errors, unknown_fields, wrong_type)
+from minikubenet.label_validation import (
+    dns1123_label_errors,
+    dns1123_subdomain_errors,
+    forbidden,
+    invalid,
+    label_key_errors,
+    labels_errors,
+    not_supported,
+    required,
+    selector_errors,
+    unknown_fields,
+    wrong_type,
+)
 from minikubenet.proxy.model import ValidationError
 
 NETWORKING_V1 = "networking.k8s.io/v1"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 POLICY_TYPES = ("Ingress", "Egress")
-PORT_NAME_MAX = 15            # IANA_SVC_NAME (RFC 6335)
+PORT_NAME_MAX = 15  # IANA_SVC_NAME (RFC 6335)
 _PORT_NAME_CHARS = re.compile(r"[-a-z0-9]+\Z")
 _TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec", "status")
 
 
 # --------------------------------------------------------------------------- object metadata
+
 
 def _meta_errors(meta: Any, namespaced: bool, name_rule) -> list[str]:
     """ValidateObjectMeta, the parts an applied manifest can get wrong."""
@@ -79,12 +91,15 @@ def _meta_errors(meta: Any, namespaced: bool, name_rule) -> list[str]:
 
 
 def _what(kind: str, doc: Mapping) -> str:
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), Mapping) else {}
+    meta = doc.get("metadata")
+    if not isinstance(meta, Mapping):
+        meta = {}
     name = meta.get("name") or "?"
     return f"{kind} {meta['namespace']}/{name}" if meta.get("namespace") else f"{kind} {name}"
 
 
 # --------------------------------------------------------------------------- Namespace
+
 
 def validate_namespace(doc: Mapping) -> dict:
     """A v1 Namespace, checked; returns the document to store (a copy), with the
@@ -100,12 +115,15 @@ def validate_namespace(doc: Mapping) -> dict:
         raise ValidationError(_what("Namespace", doc), errors)
     out = copy.deepcopy(dict(doc))
     name = out["metadata"]["name"]
-    out["metadata"] = {**out["metadata"], "labels": {**(out["metadata"].get("labels") or {}),
-                                                    NAMESPACE_NAME_LABEL: name}}
+    out["metadata"] = {
+        **out["metadata"],
+        "labels": {**(out["metadata"].get("labels") or {}), NAMESPACE_NAME_LABEL: name},
+    }
     return out
 
 
 # --------------------------------------------------------------------------- NetworkPolicy
+
 
 def validate_network_policy(doc: Mapping, default_namespace: str = "default") -> dict:
     """A networking.k8s.io/v1 NetworkPolicy, checked; returns the document to store (a
@@ -148,7 +166,7 @@ def spec_errors(spec: Any, path: str) -> list[str]:
 
 def _rule_errors(rule: Any, path: str, peers_field: str) -> list[str]:
     if rule is None:
-        return []                 # `- {}` and `-` are both the rule that allows everything
+        return []  # `- {}` and `-` are both the rule that allows everything
     if not isinstance(rule, Mapping):
         return [wrong_type(path, rule, "an object")]
     out = unknown_fields(path, rule, ("ports", peers_field))
@@ -268,8 +286,9 @@ def ip_block_errors(block: Any, path: str) -> list[str]:
     for i, text in enumerate(excepts):
         sub = parse_cidr(text)
         if sub is None:
-            out.append(invalid(f"{path}.except[{i}]", text,
-                               "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"))
+            out.append(
+                invalid(f"{path}.except[{i}]", text, "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")
+            )
         elif sub.version != net.version or sub.prefixlen <= net.prefixlen or sub.network_address not in net:
             out.append(invalid(f"{path}.except[{i}]", text, "must be a strict subset of `cidr`"))
     return out

@@ -20,6 +20,7 @@ from minikubenet.cli.common import CliError, etcd_options, open_store
 def _stores(args):
     from minikubenet.store.policy_objects import PolicyObjectStore
     from minikubenet.store.services import ServiceStore
+
     etcd = open_store(args)
     try:
         return PolicyObjectStore(etcd), ServiceStore(etcd, args.service_cidr)
@@ -29,6 +30,7 @@ def _stores(args):
 
 def _read(args, full: bool):
     from minikubenet import manifests
+
     try:
         docs = manifests.load_documents(manifests.read_file(args.file), args.file)
         if not docs:
@@ -40,6 +42,7 @@ def _read(args, full: bool):
 
 def cmd_apply(args) -> int:
     from minikubenet import manifests
+
     found = _read(args, full=True)
     try:
         lines = manifests.apply(found, *_stores(args))
@@ -52,6 +55,7 @@ def cmd_apply(args) -> int:
 
 def cmd_delete(args) -> int:
     from minikubenet import manifests
+
     found = _read(args, full=False)
     try:
         deleted, missing = manifests.delete(found, *_stores(args))
@@ -66,14 +70,26 @@ def cmd_delete(args) -> int:
 
 def register(sub) -> None:
     from minikubenet.store.services import DEFAULT_SERVICE_CIDR
-    for name, func, text in (("apply", cmd_apply, "create or update the objects of Kubernetes manifests"),
-                             ("delete", cmd_delete, "delete the objects Kubernetes manifests name")):
+
+    for name, func, text in (
+        ("apply", cmd_apply, "create or update the objects of Kubernetes manifests"),
+        ("delete", cmd_delete, "delete the objects Kubernetes manifests name"),
+    ):
         p = sub.add_parser(name, help=f"{text} (Namespace, Service, NetworkPolicy)")
         etcd_options(p)
-        p.add_argument("-f", "--filename", dest="file", required=True,
-                       help="a YAML or JSON file with one or more documents ('-': stdin)")
-        p.add_argument("-n", "--namespace", default="default",
-                       help="the namespace of documents that name none (default: default)")
-        p.add_argument("--service-cidr", default=os.environ.get("MINIKUBENET_SERVICE_CIDR", DEFAULT_SERVICE_CIDR),
-                       help="the service network ClusterIPs are allocated from")
+        p.add_argument(
+            "-f",
+            "--filename",
+            dest="file",
+            required=True,
+            help="a YAML or JSON file with one or more documents ('-': stdin)",
+        )
+        p.add_argument(
+            "-n", "--namespace", default="default", help="the namespace of documents that name none (default: default)"
+        )
+        p.add_argument(
+            "--service-cidr",
+            default=os.environ.get("MINIKUBENET_SERVICE_CIDR", DEFAULT_SERVICE_CIDR),
+            help="the service network ClusterIPs are allocated from",
+        )
         p.set_defaults(func=func)

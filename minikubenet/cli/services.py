@@ -228,11 +228,12 @@ def cmd_get_policy_objects(args, kind: str) -> int:
     if args.output == "json":
         print(json.dumps(list(docs.values()), indent=2))
         return 0
-    rows = [("NAMESPACE", "NAME", "POD-SELECTOR")] if args.all_namespaces else [("NAME", "POD-SELECTOR")]
+    header = ("NAMESPACE", "NAME", "POD-SELECTOR") if args.all_namespaces else ("NAME", "POD-SELECTOR")
+    table: list[tuple[str, ...]] = [header]
     for key, doc in sorted(docs.items()):
         selector = format_selector((doc.get("spec") or {}).get("podSelector"))
-        rows.append((*key.split("/", 1), selector) if args.all_namespaces else (key.split("/", 1)[1], selector))
-    _table(rows)
+        table.append((*key.split("/", 1), selector) if args.all_namespaces else (key.split("/", 1)[1], selector))
+    _table(table)
     return 0
 
 

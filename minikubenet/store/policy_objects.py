@@ -22,20 +22,21 @@ leave a part written (``StoreUnavailable`` says so).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from minikubenet.store.etcd import EtcdStore, _wrap_errors
 from minikubenet.store.services import ServiceKeys, ServiceWrite, _dumps, _loads
 
 NAMESPACES = "namespaces"
 NETWORK_POLICIES = "networkpolicies"
-MAX_OBJECTS_PER_TXN = 40          # a Service takes up to ~1 + ports writes and compares
+MAX_OBJECTS_PER_TXN = 40  # a Service takes up to ~1 + ports writes and compares
 
 
 @dataclass(frozen=True)
 class ObjectWrite:
     """Put ``doc`` at ``key`` (``doc`` None: delete the key)."""
+
     key: str
     doc: Mapping | None
 
@@ -47,7 +48,7 @@ class PolicyObjectStore:
     def __init__(self, store: EtcdStore):
         self.store = store
         self.keys = ServiceKeys(store.layout)
-        self.endpoints_text = store.endpoints_text       # for _wrap_errors' messages
+        self.endpoints_text = store.endpoints_text  # for _wrap_errors' messages
 
     @property
     def client(self):
@@ -72,7 +73,7 @@ class PolicyObjectStore:
     def list_namespaces(self) -> dict[str, dict]:
         """name -> Namespace."""
         prefix = self.keys.prefix(NAMESPACES)
-        return {k[len(prefix):]: d for k, d in self._list(prefix).items() if "/" not in k[len(prefix):]}
+        return {k[len(prefix) :]: d for k, d in self._list(prefix).items() if "/" not in k[len(prefix) :]}
 
     def delete_namespace(self, name: str) -> bool:
         return self._delete(self.namespace_key(name))
@@ -87,12 +88,12 @@ class PolicyObjectStore:
         return self._get(self.policy_key(namespace, name))
 
     def list_network_policies(self, namespace: str | None = None) -> dict[str, dict]:
-        """"ns/name" -> NetworkPolicy, of one namespace or (None) of all."""
+        """ "ns/name" -> NetworkPolicy, of one namespace or (None) of all."""
         prefix = self.keys.prefix(NETWORK_POLICIES)
         docs = self._list(prefix + (f"{namespace}/" if namespace else ""))
         out = {}
         for key, doc in docs.items():
-            ns, _, name = key[len(prefix):].partition("/")
+            ns, _, name = key[len(prefix) :].partition("/")
             if ns and name and "/" not in name:
                 out[f"{ns}/{name}"] = doc
         return out
@@ -108,13 +109,15 @@ class PolicyObjectStore:
         or the ServiceWrite whose compare failed (something changed since it was planned:
         nothing of that transaction was written)."""
         t = self.client.transactions
-        parts: list[tuple[list, list, ServiceWrite | None]] = \
-            [([], [t.delete(w.key) if w.doc is None else t.put(w.key, _dumps(w.doc))], None) for w in writes]
+        parts: list[tuple[list, list, ServiceWrite | None]] = [
+            ([], [t.delete(w.key) if w.doc is None else t.put(w.key, _dumps(w.doc))], None) for w in writes
+        ]
         parts += [(s.compare, s.success, s) for s in services]
         for start in range(0, len(parts), MAX_OBJECTS_PER_TXN):
-            chunk = parts[start:start + MAX_OBJECTS_PER_TXN]
-            ok, _ = self.client.transaction(compare=[c for p in chunk for c in p[0]],
-                                            success=[s for p in chunk for s in p[1]], failure=[])
+            chunk = parts[start : start + MAX_OBJECTS_PER_TXN]
+            ok, _ = self.client.transaction(
+                compare=[c for p in chunk for c in p[0]], success=[s for p in chunk for s in p[1]], failure=[]
+            )
             if not ok:
                 return next(p[2] for p in chunk if p[2] is not None)
         return True

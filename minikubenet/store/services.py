@@ -314,7 +314,9 @@ class ServiceStore:
         doc = json.loads(json.dumps(doc))
         if not isinstance(doc, dict) or not isinstance(doc.get("spec", {}), dict):
             return self._invalid_shape(doc)
-        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
         key = self.keys.object("services", meta.get("namespace", "default"), str(meta.get("name")))
         raw = self.client.get(key)[0]
         old = service_from_k8s(json.loads(raw)) if raw is not None else None

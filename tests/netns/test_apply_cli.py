@@ -62,9 +62,11 @@ metadata: {name: p}
 def test_apply_get_delete(one_node):
     p = mkn(one_node, "apply", "-f", "-", stdin=MANIFESTS)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines() == ["namespace/x created",
-                                     "networkpolicy.networking.k8s.io/allow-client-a-via-ns-selector created",
-                                     "service/s-x-a created"]
+    assert p.stdout.splitlines() == [
+        "namespace/x created",
+        "networkpolicy.networking.k8s.io/allow-client-a-via-ns-selector created",
+        "service/s-x-a created",
+    ]
     assert mkn(one_node, "apply", "-f", "-", stdin=MANIFESTS).stdout.count("unchanged") == 3
     netpols = mkn(one_node, "get", "netpol", "-A").stdout.splitlines()
     assert netpols[0].split() == ["NAMESPACE", "NAME", "POD-SELECTOR"]
@@ -88,13 +90,14 @@ def test_a_bad_file_is_refused_with_field_paths_and_nothing_stored(one_node):
     p = mkn(one_node, "apply", "-f", "-", stdin=BAD)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     for expected in (
-            "document 2 (NetworkPolicy x/bad):",
-            "spec.podSelector.matchExpressions[0].values: Forbidden: may not be specified when `operator` "
-            "is 'Exists' or 'DoesNotExist'",
-            'spec.ingress[0].from[0].ipBlock.except[0]: Invalid value: "10.0.1.0/28": must be a strict subset',
-            "spec.ingress[0].ports[0].endPort: Invalid value: 80: must be greater than or equal to `port`",
-            'spec.ingress[0].ports[1].port: Invalid value: "a-very-long-port-name": must be no more than 15',
-            'document 3 (Pod p):\n  no matches for kind "Pod" in version "v1"'):
+        "document 2 (NetworkPolicy x/bad):",
+        "spec.podSelector.matchExpressions[0].values: Forbidden: may not be specified when `operator` "
+        "is 'Exists' or 'DoesNotExist'",
+        'spec.ingress[0].from[0].ipBlock.except[0]: Invalid value: "10.0.1.0/28": must be a strict subset',
+        "spec.ingress[0].ports[0].endPort: Invalid value: 80: must be greater than or equal to `port`",
+        'spec.ingress[0].ports[1].port: Invalid value: "a-very-long-port-name": must be no more than 15',
+        'document 3 (Pod p):\n  no matches for kind "Pod" in version "v1"',
+    ):
         assert expected in p.stderr, p.stderr
     assert keys(one_node) == before
     p = mkn(one_node, "apply", "-f", "/nonexistent.yaml")

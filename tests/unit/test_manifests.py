@@ -71,13 +71,17 @@ def test_apply_stores_every_kind_in_one_transaction(stores):
     objects, services = stores
     before = objects.client.transactions_run
     lines = run_apply(stores, FILE)
-    assert lines == ["namespace/x created", "networkpolicy.networking.k8s.io/deny-all created",
-                     "service/web created", "networkpolicy.networking.k8s.io/allow-80 created"]
+    assert lines == [
+        "namespace/x created",
+        "networkpolicy.networking.k8s.io/deny-all created",
+        "service/web created",
+        "networkpolicy.networking.k8s.io/allow-80 created",
+    ]
     assert objects.client.transactions_run == before + 1
     assert objects.get_namespace("x")["metadata"]["labels"] == {"ns": "x", "kubernetes.io/metadata.name": "x"}
     assert set(objects.list_network_policies()) == {"x/deny-all", "default/allow-80"}
     assert objects.get_network_policy("x", "deny-all")["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
-    assert "policyTypes" not in objects.get_network_policy("default", "allow-80")["spec"]   # left as given
+    assert "policyTypes" not in objects.get_network_policy("default", "allow-80")["spec"]  # left as given
     assert services.get_service("x", "web")["spec"]["clusterIP"].startswith("10.96.0.")
     assert list(objects.list_namespaces()) == ["x"]
     assert objects.client.get("/minikubenet/networkpolicies/x/deny-all")[0] is not None
@@ -87,22 +91,34 @@ def test_apply_again_is_unchanged_and_a_change_updates(stores):
     objects, services = stores
     run_apply(stores, FILE)
     ip = services.get_service("x", "web")["spec"]["clusterIP"]
-    assert run_apply(stores, FILE) == ["namespace/x unchanged", "networkpolicy.networking.k8s.io/deny-all unchanged",
-                                       "service/web unchanged", "networkpolicy.networking.k8s.io/allow-80 unchanged"]
-    changed = FILE.replace("policyTypes: [Ingress]", "policyTypes: [Ingress, Egress]") \
-        .replace("- {name: http, port: 80, targetPort: 80}", "- {name: http, port: 8080, targetPort: 80}")
+    assert run_apply(stores, FILE) == [
+        "namespace/x unchanged",
+        "networkpolicy.networking.k8s.io/deny-all unchanged",
+        "service/web unchanged",
+        "networkpolicy.networking.k8s.io/allow-80 unchanged",
+    ]
+    changed = FILE.replace("policyTypes: [Ingress]", "policyTypes: [Ingress, Egress]").replace(
+        "- {name: http, port: 80, targetPort: 80}", "- {name: http, port: 8080, targetPort: 80}"
+    )
     lines = run_apply(stores, changed)
     assert "networkpolicy.networking.k8s.io/deny-all configured" in lines and "service/web configured" in lines
     assert objects.get_network_policy("x", "deny-all")["spec"]["policyTypes"] == ["Ingress", "Egress"]
     svc = services.get_service("x", "web")["spec"]
-    assert svc["clusterIP"] == ip and svc["ports"][0]["port"] == 8080          # the ClusterIP stays
+    assert svc["clusterIP"] == ip and svc["ports"][0]["port"] == 8080  # the ClusterIP stays
 
 
 def test_a_service_update_keeps_its_node_ports_and_releases_dropped_ones(stores):
     objects, services = stores
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np"},
-           "spec": {"type": "NodePort", "selector": {"a": "b"},
-                    "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}}
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "np"},
+        "spec": {
+            "type": "NodePort",
+            "selector": {"a": "b"},
+            "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}],
+        },
+    }
     run_apply(stores, json.dumps(svc))
     first = {p["name"]: p["nodePort"] for p in services.get_service("default", "np")["spec"]["ports"]}
     svc["spec"]["ports"] = svc["spec"]["ports"][:1]
@@ -121,25 +137,39 @@ def test_a_changed_cluster_ip_is_refused(stores):
 
 
 def test_two_new_services_in_one_file_get_different_cluster_ips(stores):
-    text = "\n---\n".join(json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": {"name": n},
-                                      "spec": {"ports": [{"port": 80}]}}) for n in ("s1", "s2"))
+    text = "\n---\n".join(
+        json.dumps({"apiVersion": "v1", "kind": "Service", "metadata": {"name": n}, "spec": {"ports": [{"port": 80}]}})
+        for n in ("s1", "s2")
+    )
     run_apply(stores, text)
     ips = {stores[1].get_service("default", n)["spec"]["clusterIP"] for n in ("s1", "s2")}
     assert len(ips) == 2
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", 'document 5 (Pod p):\n  no matches for kind "Pod" in version "v1"'),
-    ("apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n",
-     'no matches for kind "NetworkPolicy" in version "extensions/v1beta1"'),
-    ("kind: Namespace\nmetadata: {name: p}\n", "apiVersion: Required value"),
-    ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress:\n"
-     "  - ports: [{port: 81, endPort: 80}]\n",
-     "  spec.ingress[0].ports[0].endPort: Invalid value: 80: must be greater than or equal to `port`"),
-    ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 70000}]}\n",
-     "spec.ports[0].port: 70000 is out of range"),
-    ("just a string\n", "document 5 (?):\n  must be an object with apiVersion and kind, got str"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
+            'document 5 (Pod p):\n  no matches for kind "Pod" in version "v1"',
+        ),
+        (
+            "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n",
+            'no matches for kind "NetworkPolicy" in version "extensions/v1beta1"',
+        ),
+        ("kind: Namespace\nmetadata: {name: p}\n", "apiVersion: Required value"),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress:\n"
+            "  - ports: [{port: 81, endPort: 80}]\n",
+            "  spec.ingress[0].ports[0].endPort: Invalid value: 80: must be greater than or equal to `port`",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 70000}]}\n",
+            "spec.ports[0].port: 70000 is out of range",
+        ),
+        ("just a string\n", "document 5 (?):\n  must be an object with apiVersion and kind, got str"),
+    ],
+)
 def test_one_bad_document_stores_nothing(stores, bad, expected):
     before = snapshot(stores)
     with pytest.raises(ManifestError) as e:
@@ -154,9 +184,14 @@ def test_yaml_syntax_errors_name_the_file_and_line():
 
 
 def test_json_and_lists_are_read():
-    doc = {"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "z"}}]}
+    doc = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "z"}},
+        ],
+    }
     found = manifests.parse_manifests(manifests.load_documents(json.dumps(doc)))
     assert [m.name for m in found] == ["y", "z"]
 
@@ -167,8 +202,11 @@ def test_delete_removes_what_the_file_names_and_reports_what_was_missing(stores)
     objects.delete_network_policy("default", "allow-80")
     docs = manifests.parse_manifests(manifests.load_documents(FILE), full=False)
     deleted, missing = manifests.delete(docs, *stores)
-    assert deleted == ['namespace "x" deleted', 'networkpolicy.networking.k8s.io "deny-all" deleted',
-                       'service "web" deleted']
+    assert deleted == [
+        'namespace "x" deleted',
+        'networkpolicy.networking.k8s.io "deny-all" deleted',
+        'service "web" deleted',
+    ]
     assert missing == ['networkpolicies.networking.k8s.io "allow-80" not found in namespace "default"']
     left = [k for k in objects.client.kv if not k.startswith("/minikubenet/ipam")]
     assert left == []
