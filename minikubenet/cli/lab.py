@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 
-from minikubenet.cli.lab_pods import register_lab
 from minikubenet.cli.common import EXIT_ERROR, NAME_HELP, CliError, prog
+from minikubenet.cli.lab_pods import register_lab
 
 
 def cmd_lab_up(args) -> int:
