@@ -214,6 +214,20 @@ def add_pod(lab, namespace: str, name: str, node: str, labels: dict[str, str], p
     return pod
 
 
+def relabel_pod(lab, ref: str, labels: dict[str, str]) -> LabPod:
+    """Give the pod these labels (all of them: as ``kubectl label --overwrite`` plus
+    removals), in the state file and in its Pod object."""
+    from minikubenet.lab import services as lab_services
+
+    pod = find_pod(lab, ref)
+    if pod is None:
+        raise PodSpecError(f"no pod {'/'.join(parse_ref(ref))} in lab {lab.topo.name} (see `lab pod list`)")
+    pod.labels = dict(labels)
+    lab_services.store_call(lab, "put-pods", pods=[pod.doc()])
+    _save(lab, pod)
+    return pod
+
+
 def delete_pod(lab, ref: str) -> LabPod:
     """Remove the pod: its Pod object, its application, its CNI attachment (DEL), its
     namespace. Raises PodSpecError when the lab has no such pod."""
