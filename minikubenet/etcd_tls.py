@@ -32,6 +32,7 @@ import datetime
 import ipaddress
 import os
 import sys
+from typing import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -126,7 +127,7 @@ def subject_alt_names(addresses: list[str]) -> list[x509.GeneralName]:
 
 
 def issue(ca_key, ca_cert: x509.Certificate, common_name: str, *, server: bool, client: bool,
-          addresses: list[str] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+          addresses: Sequence[str] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A leaf certificate signed by the CA. ``server``: for TLS servers (SANs from
     ``addresses``); ``client``: for TLS client authentication (its CN is the etcd user)."""
     key = _new_key()

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from minikubenet.netpol_validation import NETWORKING_V1, validate_namespace, validate_network_policy
-from minikubenet.proxy.model import ValidationError, service_to_k8s
+from minikubenet.k8s_objects import ValidationError, service_to_k8s
 
 # (apiVersion, kind) -> the resource name kubectl prints ("networkpolicy.networking.k8s.io/x created")
 KINDS = {

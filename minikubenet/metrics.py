@@ -46,6 +46,9 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.type}"]
 
+    def lines(self) -> list[str]:
+        raise NotImplementedError
+
 
 class Counter(_Metric):
     type = "counter"
@@ -82,27 +85,56 @@ class ObservedCounter(Gauge):
 
 
 class Histogram(_Metric):
+    """Cumulative buckets, sum and count; one series per label set (``observe(v,
+    command="ADD")``), or a single unlabelled one."""
     type = "histogram"
 
     def __init__(self, name: str, help_text: str, buckets=SYNC_BUCKETS):
         super().__init__(name, help_text)
         self.buckets = tuple(buckets)
-        self.counts = [0] * len(self.buckets)
-        self.sum = 0.0
-        self.count = 0
+        self.series: dict[tuple, list] = {}     # label key -> [bucket counts, sum, count]
 
-    def observe(self, value: float) -> None:
+    def _series(self, labels: dict) -> list:
+        key = tuple(sorted(labels.items()))
+        if key not in self.series:
+            self.series[key] = [[0] * len(self.buckets), 0.0, 0]
+        return self.series[key]
+
+    def observe(self, value: float, **labels) -> None:
         with self._lock:
+            series = self._series(labels)
             for i, upper in enumerate(self.buckets):
                 if value <= upper:
-                    self.counts[i] += 1
-            self.sum += value
-            self.count += 1
+                    series[0][i] += 1
+            series[1] += value
+            series[2] += 1
+
+    # the unlabelled series, as the proxy's sync histograms use it
+    @property
+    def counts(self) -> list[int]:
+        return self._series({})[0]
+
+    @property
+    def sum(self) -> float:
+        return self._series({})[1]
+
+    @property
+    def count(self) -> int:
+        return self._series({})[2]
+
+    def get_count(self, **labels) -> int:
+        found = self.series.get(tuple(sorted(labels.items())))
+        return found[2] if found else 0
 
     def lines(self) -> list[str]:
-        out = [f'{self.name}_bucket{{le="{b:g}"}} {c}' for b, c in zip(self.buckets, self.counts)]
-        return out + [f'{self.name}_bucket{{le="+Inf"}} {self.count}',
-                      f"{self.name}_sum {_number(self.sum)}", f"{self.name}_count {self.count}"]
+        out: list[str] = []
+        for key, (counts, total, n) in sorted((self.series or {(): [[0] * len(self.buckets), 0.0, 0]}).items()):
+            labels = dict(key)
+            out += [f"{self.name}_bucket{_labels({**labels, 'le': f'{b:g}'})} {c}"
+                    for b, c in zip(self.buckets, counts)]
+            out += [f"{self.name}_bucket{_labels({**labels, 'le': '+Inf'})} {n}",
+                    f"{self.name}_sum{_labels(labels)} {_number(total)}", f"{self.name}_count{_labels(labels)} {n}"]
+        return out
 
 
 class MetricSet:
@@ -123,7 +155,7 @@ class MetricSet:
         return "\n".join(lines) + "\n"
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class MetricsServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
@@ -137,7 +169,7 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> _Server:
+def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> MetricsServer:
     """An HTTP server on ``host:port`` in a background thread; ``routes`` maps a path to
     a function returning (status, content type, body)."""
     host, port = parse_bind(bind)
@@ -156,7 +188,7 @@ def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> _
         def log_message(self, fmt, *args):
             pass
 
-    server = _Server((host or "0.0.0.0", port), Handler)
+    server = MetricsServer((host or "0.0.0.0", port), Handler)
     threading.Thread(target=server.serve_forever, name=f"http-{bind}", daemon=True).start()
     return server
 

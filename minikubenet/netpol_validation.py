@@ -43,7 +43,7 @@ from minikubenet.label_validation import (
     unknown_fields,
     wrong_type,
 )
-from minikubenet.proxy.model import ValidationError
+from minikubenet.k8s_objects import ValidationError
 
 NETWORKING_V1 = "networking.k8s.io/v1"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"

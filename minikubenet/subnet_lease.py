@@ -23,6 +23,7 @@ import random
 import threading
 from dataclasses import dataclass
 
+from minikubenet.metrics import Counter
 from minikubenet.network_config import NetworkConfig
 from minikubenet.store.etcd import EtcdStore, StoreError
 from minikubenet.subnet_lease_record import SubnetLeaseRecord
@@ -60,13 +61,13 @@ def choose_subnet(config: NetworkConfig, leases: list[SubnetLeaseRecord], public
 
     if previous is not None and previous in usable and free(previous):
         return Choice(previous, None, "the subnet in our previous subnet.env")
-    free = [s for s in config.subnets() if free(s)]
-    if not free:
+    candidates = [s for s in config.subnets() if free(s)]
+    if not candidates:
         raise OutOfSubnets(
             f"network {config.network} is full: all {len(usable)} /{config.subnet_len} subnets are taken "
             f"({len(taken & usable)} leases). Remove stale leases under the subnets prefix or use a larger Network.")
     # Like flannel: pick among the first 100 free ones at random.
-    return Choice((rng or random).choice(free[:100]), None, "a free subnet")
+    return Choice((rng or random).choice(candidates[:100]), None, "a free subnet")
 
 
 class SubnetLeaser:
@@ -85,6 +86,10 @@ class SubnetLeaser:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.healthy = False
+        # exported by the agent (agent/metrics.py)
+        self.renewals = Counter("minikubenet_agent_lease_renewals_total",
+                                "Renewals of this node's subnet lease: result=ok, failed (etcd unreachable; "
+                                "retried) or reclaimed (the lease had expired and the subnet was claimed again)")
 
     def acquire(self, previous: ipaddress.IPv4Network | None = None) -> SubnetLeaseRecord:
         for _ in range(RACE_RETRIES):
@@ -121,6 +126,7 @@ class SubnetLeaser:
         self._stop.set()
 
     def _renew_loop(self) -> None:
+        assert self.record is not None, "renewing starts after acquire()"
         interval = self.renew_interval()
         retry = RENEW_RETRY_S
         while not self._stop.wait(interval):
@@ -131,10 +137,12 @@ class SubnetLeaser:
                     # its data): claim again; our own subnet first, so pods keep their IPs.
                     log.warning("etcd lease for %s expired; claiming the subnet again", self.record.subnet)
                     self.acquire(previous=self.record.subnet)
+                self.renewals.inc(result="ok" if ttl > 0 else "reclaimed")
                 self.healthy = True
                 interval, retry = self.renew_interval(), RENEW_RETRY_S
             except (StoreError, OutOfSubnets) as e:
                 self.healthy = False
+                self.renewals.inc(result="failed")
                 # soon after etcd is back (0.5 s doubling to 10 s), not a fixed 10 s later
                 log.warning("could not renew the lease on %s: %s; retrying in %.1fs", self.record.subnet, e, retry)
                 interval, retry = min(retry, self.renew_interval()), min(retry * 2, MAX_RENEW_RETRY_S)

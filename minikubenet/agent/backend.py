@@ -26,6 +26,7 @@ from minikubenet.linux.vxlan_device import (VxlanDeviceError, delete_vxlan_devic
                                             vxlan_device_exists)
 from minikubenet.network_config import NetworkConfig
 from minikubenet.overlay import host_gw, vxlan
+from minikubenet.overlay.vxlan import VxlanSpec
 from minikubenet.overlay.controller import HostGwBackend, OverlayController, VxlanBackend
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Prepared:
     backend_type: str
     backend_data: dict
     pod_mtu: int
-    spec: object = None          # vxlan.VxlanSpec
+    spec: VxlanSpec | None = None
     mac: str | None = None
     created_device: bool = False
     connected: list = field(default_factory=list)
@@ -77,6 +78,7 @@ def undo(prepared: Prepared) -> None:
 
 
 def start(store, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> OverlayController:
+    backend: HostGwBackend | VxlanBackend
     if prepared.backend_type == "host-gw":
         backend = HostGwBackend(underlay.ifname, prepared.connected)
     else:
@@ -84,6 +86,7 @@ def start(store, config: NetworkConfig, underlay: Underlay, subnet, prepared: Pr
         if config.backend_options.get("DirectRouting"):
             direct = vxlan.DirectRouting(underlay.ifname, tuple(prepared.connected))
         spec, mac = prepared.spec, prepared.mac
+        assert spec is not None, "prepare() made the vxlan spec"
         with node_iproute() as ipr:
             ensure_vxlan_device(ipr, spec, mac=mac, subnet=subnet, network=config.network)
         backend = VxlanBackend(config.vni, direct_routing=direct, ensure_device=lambda ipr: ensure_vxlan_device(

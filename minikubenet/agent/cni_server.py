@@ -38,6 +38,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from minikubenet.agent.cni_handler import ERR_INTERNAL, CniHandler
 from minikubenet.agent.request_checks import check_request, decode_request
@@ -52,6 +53,7 @@ SEND_TIMEOUT_S = 30.0        # a client that never reads its answer does not pin
 MAX_CONNECTIONS = 512        # open at once, reading or being served (well under RLIMIT_NOFILE's 1024)
 WORKERS = 64                 # requests served at once: an ADD mostly waits (etcd, netlink, up to
                              # 5 s in an etcd outage), so many wait together; each costs a thread
+KNOWN_COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 LISTEN_BACKLOG = 256         # a node may start many pods at once
 
 
@@ -77,7 +79,7 @@ def error_answer(e: CniError) -> bytes:
 
 
 def _received_fds(ancdata) -> list[int]:
-    fds = []
+    fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             got = array.array("i")
@@ -88,7 +90,8 @@ def _received_fds(ancdata) -> list[int]:
 
 class CniServer:
     def __init__(self, path: str, handler: CniHandler, workers: int = WORKERS,
-                 max_connections: int = MAX_CONNECTIONS, request_timeout: float = REQUEST_TIMEOUT_S):
+                 max_connections: int = MAX_CONNECTIONS, request_timeout: float = REQUEST_TIMEOUT_S,
+                 on_answer: Callable[[str, float, int | None], None] | None = None):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         os.chmod(os.path.dirname(path), 0o700)
         try:
@@ -107,6 +110,8 @@ class CniServer:
         self.path = path
         self.max_connections = max_connections
         self.request_timeout = request_timeout
+        # (command, seconds, error code or None) per answered request: the agent's metrics
+        self.on_answer = on_answer
         self._workers = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cni")
         self._incoming: dict[int, _Incoming] = {}     # fileno -> connection still reading
         self._serving = 0                              # handed to the workers, not yet answered
@@ -256,17 +261,18 @@ class CniServer:
 
     def _serve(self, conn: _Incoming) -> None:
         request: dict = {}
+        started = time.monotonic()
         try:
             try:
                 request = decode_request(b"".join(conn.chunks))
                 check_request(request, self.cni_handler.node.mtu)
                 netns_fd = conn.fds[0] if conn.fds and request.get("netnsFd") else None
-                answer = {"result": self.cni_handler.handle(request, netns_fd=netns_fd)}
+                answer: dict = {"result": self.cni_handler.handle(request, netns_fd=netns_fd)}
                 warnings = self.cni_handler.status_warnings() if request.get("command") == "STATUS" else []
                 if warnings:
                     answer["warnings"] = warnings      # the shim prints them on stderr
             except CniError as e:
-                env = request.get("env") if isinstance(request.get("env"), dict) else {}
+                env = env if isinstance(env := request.get("env"), dict) else {}
                 log.warning("%s %s: %s (%s)", request.get("command", "?"), env.get("CNI_CONTAINERID", ""),
                             e.msg, e.details)
                 answer = {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
@@ -284,8 +290,23 @@ class CniServer:
                 conn.sock.sendall(data)
             except OSError:
                 pass  # the shim went away (runtime timeout); nothing to tell
+            self._count(request, answer, time.monotonic() - started)
         finally:
             self._finished(conn)
+
+    def _count(self, request: dict, answer: dict, seconds: float) -> None:
+        if self.on_answer is None:
+            return
+        command = request.get("command") if isinstance(request, dict) else None
+        # only the verbs the spec names become label values: a bad request cannot make
+        # a new time series per garbage string
+        command = command if command in KNOWN_COMMANDS else "invalid"
+        error = answer.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        try:
+            self.on_answer(command, seconds, code)
+        except Exception:
+            log.exception("could not count a CNI request")
 
     def _finished(self, conn: _Incoming) -> None:
         conn.close()

@@ -33,7 +33,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 from minikubenet import subnet_env
 from minikubenet.agent import backend
@@ -46,12 +45,14 @@ from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
 from minikubenet.linux.netns import node_iproute
 from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing
-from minikubenet.metrics import metrics_routes, parse_bind, serve
+from minikubenet.metrics import MetricsServer, metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
 from minikubenet.masquerade import render_masquerade
 from minikubenet.network_config import ConfigError
+from minikubenet.overlay.controller import OverlayController
 from minikubenet.pod_network import BRIDGE
+from minikubenet.waiting import wait_until
 from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
 from minikubenet.store.keys import KeyLayout
 from minikubenet.subnet_lease import DEFAULT_TTL_S, OutOfSubnets, SubnetLeaser
@@ -94,23 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def wait_for_config(store: EtcdStore, timeout: float):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while True:
+    """The network config, once etcd has one (an invalid one is an error at once)."""
+    why = [""]
+
+    def config():
         try:
-            config = store.get_config()
-            if config is not None:
-                return config
-            last_error = (f"no network config at {store.layout.config}; "
-                          "write one with `minikubenet network init --network 10.244.0.0/16`")
+            found = store.get_config()
         except StoreError as e:
-            last_error = str(e)
+            why[0] = str(e)
         except ConfigError as e:
             raise AgentError(f"the network config at {store.layout.config} is invalid: {e}") from None
-        if time.monotonic() >= deadline:
-            raise AgentError(last_error)
-        log.info("waiting: %s", last_error)
-        time.sleep(1.0)
+        else:
+            if found is not None:
+                return found
+            why[0] = (f"no network config at {store.layout.config}; "
+                      "write one with `minikubenet network init --network 10.244.0.0/16`")
+        log.info("waiting: %s", why[0])
+        return None
+
+    found = wait_until(config, timeout, interval=1.0)
+    if found is None:
+        raise AgentError(why[0])
+    return found
 
 
 class Agent:
@@ -121,11 +127,11 @@ class Agent:
         self.store: EtcdStore | None = None
         self.leaser: SubnetLeaser | None = None
         self.server: CniServer | None = None
-        self.overlay = None
+        self.overlay: OverlayController | None = None
         self.metrics = AgentMetrics()
-        self.metrics_server = None
+        self.metrics_server: MetricsServer | None = None
         self.upkeep: Upkeep | None = None
-        self._prepared = None   # a VXLAN device this start created, until the agent is up
+        self._prepared: backend.Prepared | None = None   # a VXLAN device this start created, until the agent is up
 
     def start(self) -> None:
         a = self.args
@@ -165,7 +171,7 @@ class Agent:
         log.info("underlay %s %s mtu %d -> pod mtu %d", underlay.ifname, underlay.ip, underlay.mtu, mtu)
 
         previous = subnet_env.read(self.subnet_file)
-        self.leaser = SubnetLeaser(self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data,
+        leaser = self.leaser = SubnetLeaser(self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data,
                                    ttl=a.subnet_lease_ttl)
         try:
             lease = self.leaser.acquire(previous.subnet if previous else None)
@@ -200,25 +206,33 @@ class Agent:
 
         # Every remote node is programmed before we say "ready": a pod created now can
         # reach the whole cluster at once.
-        self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
+        overlay = self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
         self._prepared = None   # from here on the device is in use: keep it on exit
-        self.metrics.attach(malformed=self.overlay.bad.current, malformed_seen=self.overlay.bad.seen)
+        self.metrics.attach(malformed=overlay.bad.current, malformed_seen=overlay.bad.seen,
+                            lease_renewals=leaser.renewals,
+                            overlay_entries=overlay.wanted_entries,
+                            overlay_programmed=overlay.programmed,
+                            overlay_withdrawn=overlay.withdrawn,
+                            overlay_corrected=overlay.corrected)
         conntrack = ConntrackPressure()
         self.upkeep = Upkeep(rules, conntrack, self.metrics, a.sync_period).start()
 
         allocator = PodIPAllocator(self.store, lease.subnet)
+        self.metrics.watch_ipam(allocator)
         # before the socket opens: no ADD can run while half-made pods are removed
         plumbing = NetlinkPodPlumbing()
         reconcile(allocator, a.node_name, mtu, plumbing)
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=allocator,
-                         lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
+                         lease_healthy=lambda: leaser.healthy, store_ping=self.store.ping,
                          rps_cpus=None if rps_cpus == "0" else rps_cpus, conntrack=conntrack.current)
-        self.server = CniServer(self.socket_path, CniHandler(node, plumbing))
+        self.server = CniServer(self.socket_path, CniHandler(node, plumbing),
+                                on_answer=self.metrics.observe_cni_request)
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
 
     def serve(self) -> None:
+        assert self.server is not None, "serve() after start()"
         self.server.serve_forever(poll_interval=0.5)
 
     def stop(self) -> None:

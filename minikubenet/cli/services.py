@@ -24,7 +24,7 @@ import re
 import sys
 
 from minikubenet.cli.common import CliError, etcd_options, open_store
-from minikubenet.proxy.model import ValidationError, endpoints_from_k8s
+from minikubenet.k8s_objects import ValidationError, endpoints_from_k8s
 from minikubenet.store.services import DEFAULT_SERVICE_CIDR, NotFound, ServiceConflict, ServiceStore
 
 _PORT_SPEC = re.compile(r"^(?:(?P<name>[^=]+)=)?(?P<port>[^:/@]+)(?::(?P<target>[^/@]+))?"
@@ -187,7 +187,7 @@ def cmd_get(args) -> int:
         print(json.dumps(list(docs.values()), indent=2))
         return 0
     if kind == "pods":
-        rows = [("NAMESPACE", "NAME", "READY", "IP", "NODE", "LABELS")]
+        rows: list[tuple[str, ...]] = [("NAMESPACE", "NAME", "READY", "IP", "NODE", "LABELS")]
         for key, doc in sorted(docs.items()):
             status = doc.get("status") or {}
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
@@ -202,9 +202,9 @@ def cmd_get(args) -> int:
             except ValidationError as e:
                 rows.append((*key.split("/", 1), f"<invalid: {e.errors[0]}>", ""))
                 continue
-            ready = sorted({str(e) for es in eps.values() for e in es if e.ready})
+            ready_ips = sorted({str(e) for es in eps.values() for e in es if e.ready})
             not_ready = sorted({str(e) for es in eps.values() for e in es if not e.ready})
-            rows.append((*key.split("/", 1), _some(ready), _some(not_ready)))
+            rows.append((*key.split("/", 1), _some(ready_ips), _some(not_ready)))
     _table(rows)
     return 0
 

@@ -149,6 +149,16 @@ class PodIPAllocator:
             raise SubnetFull(f"no free pod IP in {self.subnet}: all {ranges.pod_capacity(self.subnet)} "
                              f"addresses are taken")
 
+    def in_use(self) -> int:
+        """How many of the subnet's addresses have a record, from the in-memory copy
+        (kept current by every allocate and release of this agent; read from etcd the
+        first time): what a metrics scrape may cost, no etcd round trip."""
+        with self._lock:
+            return len(self._records())
+
+    def capacity(self) -> int:
+        return ranges.pod_capacity(self.subnet)
+
     def claims(self) -> dict[ipaddress.IPv4Address, bytes]:
         """The subnet's claim markers (ADDs not finished), read from etcd."""
         return self.store.list_pod_ip_claims(self.subnet)

@@ -70,7 +70,7 @@ class LabPod:
 
     def doc(self) -> dict:
         """The Pod object as a kubelet would report it (proxy/model.py pod_doc)."""
-        from minikubenet.proxy.model import pod_doc
+        from minikubenet.k8s_objects import pod_doc
 
         return pod_doc(
             self.namespace,

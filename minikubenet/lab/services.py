@@ -56,7 +56,7 @@ def pod_labels(pod: PodSpec) -> dict[str, str]:
 
 
 def pod_docs(lab) -> list[dict]:
-    from minikubenet.proxy.model import pod_doc
+    from minikubenet.k8s_objects import pod_doc
     ips = {name: rec["ip"] for name, rec in lab.pods().items()}
     return [pod_doc(NAMESPACE, p.name, ips.get(p.name), p.node, pod_labels(p),
                     ports=[("http", POD_PORT, "TCP"), ("echo", UDP_PORT, "UDP")]) for p in lab.topo.pods()]
@@ -76,7 +76,7 @@ def store_call(lab, op: str, **kwargs):
 
 def _op(op: str, kw: dict):
     """The other side of ``store_call`` (runs in the etcd namespace)."""
-    from minikubenet.proxy.model import endpoints_from_k8s
+    from minikubenet.k8s_objects import endpoints_from_k8s
     from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.services import ServiceStore
     env = os.environ.get
@@ -136,7 +136,7 @@ def _op(op: str, kw: dict):
 def _ready_pod_ips(store, namespace: str, name: str) -> list[str]:
     """The IPs of the ready pods the service selects, as the store has them now."""
     from minikubenet.proxy.endpoints_controller import valid_pods
-    from minikubenet.proxy.model import selector_matches, service_from_k8s
+    from minikubenet.k8s_objects import selector_matches, service_from_k8s
     svc = service_from_k8s(store.get_service(namespace, name))
     pods = valid_pods(store.list_pods()).values()      # as the controller sees them: malformed ones skipped
     return sorted(str(p.ip) for p in pods if p.namespace == namespace and p.ready and p.ip

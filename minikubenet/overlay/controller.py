@@ -33,14 +33,14 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from minikubenet.malformed import MalformedObjects
-from minikubenet.overlay import Entry, PeerPlan, Skipped, reconcile, removable
-from minikubenet.overlay import host_gw, vxlan
+from minikubenet.metrics import Counter, Gauge
+from minikubenet.overlay import Entry, PeerPlan, Skipped, host_gw, reconcile, removable, vxlan
 from minikubenet.overlay.leases import Event, LeaseCache, Removed
-from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.store.lease_watch import LeaseDelete, LeasePut, LeaseSnapshot, watch_leases
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class _Job:
     def __init__(self, fn: Callable[[], object]):
         self.fn = fn
         self.done = threading.Event()
-        self.result = None
+        self.result: Any = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -146,9 +146,19 @@ class OverlayController:
         self._updates: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._watch_handle = None
+        self._watch_handle: Any = None
         self._said: dict = {}          # subnet -> the Skipped reason we last logged
         self.bad = MalformedObjects(log)   # leases skipped as malformed (logged once, counted)
+        # the agent exports these (agent/metrics.py); ``kind`` is neigh, fdb or route
+        self.programmed = Counter("minikubenet_agent_overlay_entries_programmed_total",
+                                  "Overlay entries installed for a remote lease (at start and on watch events)")
+        self.withdrawn = Counter("minikubenet_agent_overlay_entries_withdrawn_total",
+                                 "Overlay entries removed because their lease was deleted or expired")
+        self.corrected = Counter("minikubenet_agent_overlay_entries_corrected_total",
+                                 "Overlay entries the periodic resync found wrong in the kernel: action=restored "
+                                 "(missing or changed) or removed (nobody wants it)")
+        self.wanted_entries = Gauge("minikubenet_agent_overlay_entries",
+                                    "Overlay entries this node should hold, at the last resync")
         self.last_resync = time.monotonic()
 
     @property
@@ -275,31 +285,47 @@ class OverlayController:
             self.kernel.apply_plan(plan)
         except Exception as e:
             log.warning("%s; retrying at the next resync", e)
+            return
+        _count(self.programmed, plan.entries())
 
     def remove_peer(self, plan: PeerPlan) -> None:
         log.info("removing peer %s (node %s)", plan.subnet, plan.public_ip)
         # The cache already holds the new state, so wanted() is what must remain.
-        for err in self.kernel.delete(removable(plan, self.wanted())):
+        gone = removable(plan, self.wanted())
+        for err in self.kernel.delete(gone):
             log.warning("%s", err)
+        _count(self.withdrawn, gone)
 
     def reconcile_kernel(self) -> tuple[list[Entry], list[Entry]]:
         """Read the kernel back and correct it: extra entries go, missing ones come back."""
         self.last_resync = time.monotonic()
         self.backend.prepare(self.kernel)
-        to_add, to_remove = reconcile(self.wanted(), self.kernel.read(self.backend))
+        wanted = self.wanted()
+        self.wanted_entries.set(sum(len(p.entries()) for p in wanted))
+        to_add, to_remove = reconcile(wanted, self.kernel.read(self.backend))
         if to_remove:
             log.warning("resync: removing %d entries nobody wants: %s", len(to_remove),
                         ", ".join(str(e) for e in to_remove))
             for err in self.kernel.delete(to_remove):
                 log.warning("%s", err)
+            _count(self.corrected, to_remove, action="removed")
         if to_add:
             log.warning("resync: restoring %d missing or changed entries: %s", len(to_add),
                         ", ".join(str(e) for e in to_add))
             for err in self.kernel.add(to_add):
                 log.warning("%s", err)
+            _count(self.corrected, to_add, action="restored")
         return to_add, to_remove
 
     def _say_once(self, skipped: Skipped) -> None:
         if self._said.get(skipped.subnet) != skipped.reason:
             self._said[skipped.subnet] = skipped.reason
             log.warning("%s", skipped)
+
+
+def _count(counter: Counter, entries, **labels) -> None:
+    """One increment per entry, labelled by its kind (``neigh``, ``fdb``, ``route``). A
+    change counts when it was made or tried: one that failed is logged, and the next
+    resync counts it again as corrected."""
+    for e in entries:
+        counter.inc(kind=type(e).__name__.lower(), **labels)

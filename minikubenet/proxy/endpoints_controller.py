@@ -35,8 +35,7 @@ from typing import Mapping
 
 from minikubenet.malformed import MalformedObjects
 from minikubenet.metrics import MetricSet, metrics_routes, serve
-from minikubenet.proxy.model import (Pod, ValidationError, derive_endpoints, endpoints_to_k8s,
-                                     pod_from_k8s, service_from_k8s)
+from minikubenet.k8s_objects import Pod, ValidationError, derive_endpoints, endpoints_to_k8s, pod_from_k8s, service_from_k8s
 from minikubenet.store.services import (ObjectDelete, ObjectPut, ObjectWatch, ServiceStore,
                                         Snapshot)
 

@@ -48,8 +48,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
-                                     proxied, ready_endpoints)
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+from minikubenet.proxy.model import RenderOptions, proxied, ready_endpoints
 from minikubenet.proxy.naming import (endpoint_chain, external_chain, is_service_chain,
                                       service_chain)
 

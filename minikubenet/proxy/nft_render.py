@@ -50,8 +50,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
-                                     proxied, ready_endpoints)
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+from minikubenet.proxy.model import RenderOptions, proxied, ready_endpoints
 from minikubenet.proxy.naming import (NFT_AFFINITY_PREFIX, NFT_ENDPOINT_PREFIX,
                                       NFT_EXTERNAL_PREFIX, NFT_SERVICE_PREFIX,
                                       nft_endpoint_base, nft_is_affinity_set,
@@ -392,7 +392,8 @@ def _element_key(elem: str) -> str:
 def names_from_listing(listing: str) -> tuple[set[str], set[str]]:
     """(chains, sets) named in ``nft list table ip <table>`` output: what ``render``
     needs as ``existing_chains``/``existing_sets`` after a restart."""
-    chains, sets = set(), set()
+    chains: set[str] = set()
+    sets: set[str] = set()
     for line in listing.splitlines():
         words = line.split()
         if len(words) >= 3 and words[2] == "{" and words[0] in ("chain", "set"):

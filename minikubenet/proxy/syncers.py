@@ -51,7 +51,8 @@ from minikubenet.linux import conntrack, iptables, nft, nft_monitor
 from minikubenet.proxy import iptables_render, nft_render
 from minikubenet.proxy.iptables_render import (KUBE_MARK_MASQ, SyncState, chains_from_save,
                                                jump_chains, plan_from_rules, service_rules)
-from minikubenet.proxy.model import Endpoint, RenderOptions, Service, ready_endpoints
+from minikubenet.k8s_objects import Endpoint, Service
+from minikubenet.proxy.model import RenderOptions, ready_endpoints
 from minikubenet.proxy.naming import is_service_chain
 from minikubenet.proxy.nft_render import (NftState, plan_nft_from_ports, render_nft_cleanup,
                                           render_nft_delete_chains, service_ports)
@@ -123,7 +124,7 @@ def udp_flows_to_clear(before_services: Mapping[str, Service], before: Mapping[s
                 out.append(conntrack.UdpFlowFilter(port.port, str(svc.cluster_ip), ip))
                 if port.node_port:
                     out.append(conntrack.UdpFlowFilter(port.node_port, None, ip))
-    for key, svc in sorted(after_services.items()):
+    for _key, svc in sorted(after_services.items()):
         for port in svc.ports:
             if port.protocol != "UDP" or svc.cluster_ip is None:
                 continue
@@ -200,6 +201,27 @@ class Syncer:
     def pending_work_at(self) -> float | None:
         """A monotonic time at which the syncer wants another sync (or None)."""
         return None
+
+    # What each mode implements (IptablesSyncer, NftSyncer):
+
+    def render_full(self, services, endpoints) -> str:
+        raise NotImplementedError
+
+    def sync(self, services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+             changed: Iterable[str] | None = None) -> SyncResult:
+        raise NotImplementedError
+
+    def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
+        raise NotImplementedError
+
+    def all_chains_intact(self) -> bool:
+        raise NotImplementedError
+
+    def intact(self) -> bool:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------- iptables
@@ -399,7 +421,8 @@ def _add_to_tables(text: str, extra: Mapping[str, list[str]]) -> str:
 
 
 def _count_rules(text: str) -> dict[str, int]:
-    counts, table = {}, ""
+    counts: dict[str, int] = {}
+    table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:]

@@ -20,7 +20,7 @@ compare-and-swap on its resourceVersion (pkg/registry/core/service/ipallocator);
 per IP is the etcd-native form of that and needs no read-modify-write of a shared blob.
 Deleting a Service removes its IP and NodePort keys in the same transaction.
 
-**Nothing invalid is stored.** Every write validates first (model.py collects every
+**Nothing invalid is stored.** Every write validates first (k8s_objects.py collects every
 problem with its field path, as the API server does) and raises ``ValidationError``
 before any key is touched; a conflict (name exists, IP or NodePort taken) raises
 ``ServiceConflict`` after the transaction refused to write.
@@ -40,8 +40,7 @@ from typing import Iterable, Mapping
 
 import pyetcd.events
 
-from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Pod, Service, ValidationError,
-                                     endpoints_from_k8s, service_from_k8s, service_to_k8s, validate_pod)
+from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Pod, Service, ValidationError, endpoints_from_k8s, service_from_k8s, service_to_k8s, validate_pod
 from minikubenet.service_allocation import allocatable, pick_cluster_ip, pick_node_port
 from minikubenet.store.etcd import EtcdStore, StoreError, _wrap_errors
 from minikubenet.store.keys import KeyLayout
@@ -168,9 +167,9 @@ class ServiceStore:
     def snapshot(self) -> Snapshot:
         """Services, endpoints and pods as of one revision: the first range request sets
         the revision, the others read at exactly that revision."""
-        snap, revision = Snapshot(), None
+        snap, revision = Snapshot(), 0
         for kind in KINDS:
-            kwargs = {"revision": revision} if revision else {}
+            kwargs: dict[str, int] = {"revision": revision} if revision else {}
             response = self.client.get_prefix_response(self.keys.prefix(kind), **kwargs)
             revision = revision or response.header.revision
             for kv in response.kvs:
@@ -199,7 +198,7 @@ class ServiceStore:
                                self.service_cidr, self.node_port_range)
         if svc.cluster_ip is None:
             raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
-        for attempt in range(20):
+        for _attempt in range(20):
             ip = ipaddress.IPv4Address(requested_ip) if requested_ip else self._free_cluster_ip()
             candidate = dict(doc, spec=dict(spec, clusterIP=str(ip)))
             candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc.type)

@@ -85,7 +85,8 @@ def test_malformed_objects_are_skipped_once_counted_and_everything_else_served(l
         text = S.metrics(lab, node)
         assert metric(text, "minikubenet_malformed_objects", kind="services") == 1, node.name
         assert metric(text, "minikubenet_malformed_objects", kind="endpoints") == 1, node.name
-        assert wait_for(lambda: metric(agent_metrics(lab, node), "minikubenet_malformed_objects", kind="leases") == 2)
+        assert wait_for(lambda node=node: metric(agent_metrics(lab, node), "minikubenet_malformed_objects",
+                                                 kind="leases") == 2)
 
     time.sleep(2.5)   # more than enough passes of every loop: nothing is logged again
     logs = {name: open(f"{lab.dir}/logs/{name}.log").read()

@@ -62,7 +62,7 @@ def test_the_watch_survives_an_etcd_restart(lab_root):
         lab.stop_agent("n3")
         lab.etcdctl("del", "/coreos.com/network/subnets/" + subnet.replace("/", "-"))
         for node in ("n1", "n2"):
-            assert wait_until(lambda: subnet not in entries(lab, node)[0]
+            assert wait_until(lambda node=node: subnet not in entries(lab, node)[0]
                               and str(lab.topo.node("n3").ip) not in entries(lab, node)[2], 5), node
         # and n3 coming back is programmed everywhere again, reachable at once
         lab.start_agent("n3")

@@ -22,7 +22,7 @@ import pytest
 from minikubenet.waiting import wait_until
 from minikubenet.lab import probes
 from minikubenet.lab import services as S
-from minikubenet.proxy.model import pod_doc
+from minikubenet.k8s_objects import pod_doc
 from tests.conftest import make_lab
 
 MODES = ["iptables", "nftables"]

@@ -10,7 +10,7 @@ import copy
 import pytest
 
 from minikubenet.netpol_validation import NAMESPACE_NAME_LABEL, validate_namespace, validate_network_policy
-from minikubenet.proxy.model import ValidationError
+from minikubenet.k8s_objects import ValidationError
 
 ALLOW_A = {
     "apiVersion": "networking.k8s.io/v1",

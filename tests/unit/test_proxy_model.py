@@ -5,11 +5,8 @@ import ipaddress
 
 import pytest
 
-from minikubenet.proxy.model import (ContainerPort, Endpoint, Pod, RenderOptions, Service,
-                                     ServicePort, ValidationError, derive_endpoints,
-                                     endpoints_from_k8s, endpoints_to_k8s, pod_from_k8s,
-                                     ready_endpoints, service_from_k8s, service_port_name,
-                                     service_to_k8s)
+from minikubenet.k8s_objects import ContainerPort, Endpoint, Pod, Service, ServicePort, ValidationError, derive_endpoints, endpoints_from_k8s, endpoints_to_k8s, pod_from_k8s, service_from_k8s, service_port_name, service_to_k8s
+from minikubenet.proxy.model import RenderOptions, ready_endpoints
 
 IP = ipaddress.IPv4Address
 

@@ -72,7 +72,7 @@ def clean_crashed_runs() -> None:
             mkvm.Cluster(name).down()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sigterm_tears_down():
     """SIGTERM (a CI time-out) becomes KeyboardInterrupt, so fixtures' teardown still runs."""
     def on_term(signum, frame):
@@ -114,7 +114,7 @@ class VmCluster:
         return pods
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")      # one cluster for every VM module: a bring-up costs minutes under TCG
 def vm_cluster(sigterm_tears_down):
     skip_unless_vm_tier()
     clean_crashed_runs()

@@ -10,6 +10,12 @@ the node's installed interpreter: ``/opt/minikubenet/bin/python guest_pods.py ad
                   [{"name", "ip", "node"}, ...]; labels app=web, container port http 8080
     ready         exit 0 when the node's agent answers STATUS as ready (stdlib only: run it
                   with ``python3 -I -S`` for a fast start under TCG)
+    status        print the agent's whole STATUS answer (JSON; over the unix socket, which
+                  needs no conntrack entry)
+    sink PORT     listen on PORT and never accept: the kernel completes every handshake
+                  into the backlog, so each client holds an established flow (stdlib only)
+    hold IP PORT N FILE   open up to N TCP connections to IP:PORT (2 s each) and keep them;
+                  stops early after 3 failures in a row; writes "opened K failed F" to FILE
 
 Only the project's own pieces are used: the CNI runtime (minikubenet.cni.runtime) executes
 the installed plugin binary exactly as containerd would, and the plugin asks the node's
@@ -42,7 +48,7 @@ def wait_listening(ip: str, port: int, timeout: float = 60.0) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the pod server at {ip}:{port} does not answer after {timeout:.0f}s")
+                raise SystemExit(f"the pod server at {ip}:{port} does not answer after {timeout:.0f}s") from None
             time.sleep(0.2)
 
 
@@ -80,7 +86,7 @@ def delete(names: list[str]) -> dict:
 
 def register(pods: list[dict]) -> dict:
     from minikubenet.store.etcd import EtcdStore, TLSFiles
-    from minikubenet.proxy.model import pod_doc
+    from minikubenet.k8s_objects import pod_doc
     from minikubenet.store.services import ServiceStore
     # as the root etcd user: the caller sources /etc/minikubenet/etcd-admin.env
     env = os.environ.get
@@ -95,6 +101,10 @@ def register(pods: list[dict]) -> dict:
 
 def agent_ready(path: str = "/run/minikubenet/agent.sock") -> bool:
     """The agent's STATUS answer (what minikubenet.lab.daemons.agent_ready asks)."""
+    return "result" in agent_status(path)
+
+
+def agent_status(path: str = "/run/minikubenet/agent.sock") -> dict:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10.0)
     try:
@@ -103,16 +113,54 @@ def agent_ready(path: str = "/run/minikubenet/agent.sock") -> bool:
         s.sendall(json.dumps({"command": "STATUS", "mode": "main", "env": {},
                               "config": {"cniVersion": "1.1.0", "name": "minikubenet"}}).encode())
         s.shutdown(socket.SHUT_WR)
-        return "result" in json.loads(s.makefile("rb").read() or b"{}")
-    except (OSError, ValueError):
-        return False
+        return json.loads(s.makefile("rb").read() or b"{}")
+    except (OSError, ValueError) as e:
+        return {"unreachable": str(e)}
     finally:
         s.close()
+
+
+def sink(port: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(4096)             # capped by net.core.somaxconn (4096 on 6.1)
+    while True:
+        time.sleep(3600)
+
+
+def hold(ip: str, port: int, n: int, path: str) -> None:
+    """The noisy pod: connections that stay established (each one conntrack entry on
+    every node on the path), kept open until the process is stopped."""
+    held, failed, in_a_row = [], 0, 0
+    while len(held) < n and in_a_row < 3:
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.settimeout(2.0)
+        try:
+            c.connect((ip, port))
+            held.append(c)
+            in_a_row = 0
+        except OSError:
+            c.close()
+            failed += 1
+            in_a_row += 1
+    with open(path + ".tmp", "w") as f:
+        f.write(f"opened {len(held)} failed {failed}\n")
+    os.replace(path + ".tmp", path)
+    while True:
+        time.sleep(3600)
 
 
 def main(argv: list[str]) -> int:
     if argv[1:2] == ["ready"]:
         return 0 if agent_ready() else 1
+    if argv[1:2] == ["status"]:
+        print(json.dumps(agent_status()))
+        return 0
+    if argv[1:2] == ["sink"] and len(argv) == 3:
+        sink(int(argv[2]))
+    if argv[1:2] == ["hold"] and len(argv) == 6:
+        hold(argv[2], int(argv[3]), int(argv[4]), argv[5])
     if argv[1:2] == ["register"] and len(argv) == 3:
         print(json.dumps(register(json.loads(argv[2]))))
         return 0
