@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from minikubenet.netpol_validation import NETWORKING_V1, validate_namespace, validate_network_policy
 from minikubenet.k8s_objects import ValidationError, service_to_k8s
+from minikubenet.netpol_validation import NETWORKING_V1, validate_namespace, validate_network_policy
 
 # (apiVersion, kind) -> the resource name kubectl prints ("networkpolicy.networking.k8s.io/x created")
 KINDS = {
@@ -182,6 +182,7 @@ def apply(manifests: list[Manifest], objects, services) -> list[str]:
 
     writes, service_writes, lines, problems = [], [], [], []
     reserved: set[str] = set()
+    existing = _existing(manifests, objects)
     for m in manifests:
         if m.kind == "Service":
             try:
@@ -194,20 +195,37 @@ def apply(manifests: list[Manifest], objects, services) -> list[str]:
             service_writes.append(w)
             lines.append(f"{m.ref} {_verb(old, service_to_k8s(w.service))}")
             continue
-        old = (
-            objects.get_namespace(m.name) if m.kind == "Namespace" else objects.get_network_policy(m.namespace, m.name)
-        )
-        key = objects.namespace_key(m.name) if m.kind == "Namespace" else objects.policy_key(m.namespace, m.name)
-        writes.append(ObjectWrite(key, m.doc))
-        lines.append(f"{m.ref} {_verb(old, m.doc)}")
+        writes.append(ObjectWrite(_key(objects, m), m.doc))
+        lines.append(f"{m.ref} {_verb(existing.get(m.identity), m.doc)}")
     if problems:
         raise ManifestError(problems)
     result = objects.commit(writes, service_writes)
     if result is not True:
         raise ManifestError(
-            [f"service {result.service.key}: {services.why_not_applied(result)}; nothing of this file was stored"]
+            [
+                f"service {result.service.key}: {services.why_not_applied(result)}; the file was not applied "
+                "(apply it again)"
+            ]
         )
     return lines
+
+
+def _key(objects, m: Manifest) -> str:
+    return objects.namespace_key(m.name) if m.kind == "Namespace" else objects.policy_key(m.namespace, m.name)
+
+
+def _existing(manifests: list[Manifest], objects) -> dict[tuple[str, str, str], dict]:
+    """The stored Namespaces and NetworkPolicies by identity: one range read per kind
+    instead of one read per document (a file may hold thousands of policies)."""
+    out: dict[tuple[str, str, str], dict] = {}
+    kinds = {m.kind for m in manifests}
+    if "Namespace" in kinds:
+        out.update({("Namespace", "", name): d for name, d in objects.list_namespaces().items()})
+    if "NetworkPolicy" in kinds:
+        for key, d in objects.list_network_policies().items():
+            ns, _, name = key.partition("/")
+            out[("NetworkPolicy", ns, name)] = d
+    return out
 
 
 def _verb(old: Mapping | None, new: Mapping) -> str:
@@ -220,38 +238,36 @@ def _canonical(doc: Mapping) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
+PLURALS = {
+    "namespace": "namespaces",
+    "service": "services",
+    "networkpolicy.networking.k8s.io": "networkpolicies.networking.k8s.io",
+}
+
+
 def delete(manifests: list[Manifest], objects, services) -> tuple[list[str], list[str]]:
     """Delete the objects ``manifests`` name, in one transaction. Returns (kubectl's
     "deleted" lines, "not found" lines); objects that do not exist are skipped."""
     from minikubenet.store.policy_objects import ObjectWrite
 
     writes, service_writes, lines, missing = [], [], [], []
+    existing = _existing(manifests, objects)
     for m in manifests:
         resource = KINDS[(m.doc["apiVersion"], m.kind)]
-        plural = (
-            resource.replace("networkpolicy", "networkpolicies")
-            .replace("namespace", "namespaces")
-            .replace("service", "services")
-        )
         if m.kind == "Service":
             w = services.plan_delete(m.namespace, m.name)
             exists = w is not None
             if w is not None:
                 service_writes.append(w)
         else:
-            key = objects.namespace_key(m.name) if m.kind == "Namespace" else objects.policy_key(m.namespace, m.name)
-            exists = (
-                objects.get_namespace(m.name)
-                if m.kind == "Namespace"
-                else objects.get_network_policy(m.namespace, m.name)
-            ) is not None
+            exists = m.identity in existing
             if exists:
-                writes.append(ObjectWrite(key, None))
+                writes.append(ObjectWrite(_key(objects, m), None))
         if exists:
             lines.append(f'{resource} "{m.name}" deleted')
         else:
             where = f' in namespace "{m.namespace}"' if m.namespace else ""
-            missing.append(f'{plural} "{m.name}" not found{where}')
+            missing.append(f'{PLURALS[resource]} "{m.name}" not found{where}')
     result = objects.commit(writes, service_writes)
     if result is not True:
         raise ManifestError(

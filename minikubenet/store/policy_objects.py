@@ -14,10 +14,12 @@ manifests.py), so nothing invalid reaches etcd.
 **All or nothing.** ``commit`` writes a whole ``apply -f`` (puts, deletes and the
 Services' parts from ServiceStore.plan_apply) in ONE etcd transaction: every compare
 holds and every write happens, or nothing is written. etcd limits the operations of one
-transaction (``--max-txn-ops``, 128 by default), so a file with more objects than
-``MAX_OBJECTS_PER_TXN`` is written in several transactions, in file order; validation
-still runs over the whole file first, so only an etcd failure between two of them can
-leave a part written (``StoreUnavailable`` says so).
+transaction (``--max-txn-ops``, 128 by default), so a file that needs more than
+``MAX_TXN_OPS`` compares or writes is written in several transactions, the Services'
+parts (whose compares can fail) first. Validation still runs over the whole file before
+any of them, so a part can be left written only when etcd fails between two of them, or
+when a Service of a later transaction was changed by someone else meanwhile (the error
+says which).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from minikubenet.store.services import ServiceKeys, ServiceWrite, _dumps, _loads
 
 NAMESPACES = "namespaces"
 NETWORK_POLICIES = "networkpolicies"
-MAX_OBJECTS_PER_TXN = 40  # a Service takes up to ~1 + ports writes and compares
+MAX_TXN_OPS = 128  # etcd's --max-txn-ops default, per list (compares, writes)
 
 
 @dataclass(frozen=True)
@@ -109,12 +111,9 @@ class PolicyObjectStore:
         or the ServiceWrite whose compare failed (something changed since it was planned:
         nothing of that transaction was written)."""
         t = self.client.transactions
-        parts: list[tuple[list, list, ServiceWrite | None]] = [
-            ([], [t.delete(w.key) if w.doc is None else t.put(w.key, _dumps(w.doc))], None) for w in writes
-        ]
-        parts += [(s.compare, s.success, s) for s in services]
-        for start in range(0, len(parts), MAX_OBJECTS_PER_TXN):
-            chunk = parts[start : start + MAX_OBJECTS_PER_TXN]
+        parts: list[tuple[list, list, ServiceWrite | None]] = [(s.compare, s.success, s) for s in services]
+        parts += [([], [t.delete(w.key) if w.doc is None else t.put(w.key, _dumps(w.doc))], None) for w in writes]
+        for chunk in _chunks(parts):
             ok, _ = self.client.transaction(
                 compare=[c for p in chunk for c in p[0]], success=[s for p in chunk for s in p[1]], failure=[]
             )
@@ -145,3 +144,18 @@ class PolicyObjectStore:
     @_wrap_errors
     def _delete(self, key: str) -> bool:
         return bool(self.client.delete(key))
+
+
+def _chunks(parts: list[tuple[list, list, ServiceWrite | None]]) -> list[list]:
+    """Consecutive groups of parts whose compares and whose writes each stay within
+    MAX_TXN_OPS (one object's part is never split)."""
+    out: list[list] = [[]]
+    compares = writes = 0
+    for part in parts:
+        if out[-1] and (compares + len(part[0]) > MAX_TXN_OPS or writes + len(part[1]) > MAX_TXN_OPS):
+            out.append([])
+            compares = writes = 0
+        out[-1].append(part)
+        compares += len(part[0])
+        writes += len(part[1])
+    return [c for c in out if c]

@@ -210,3 +210,25 @@ def test_delete_removes_what_the_file_names_and_reports_what_was_missing(stores)
     assert missing == ['networkpolicies.networking.k8s.io "allow-80" not found in namespace "default"']
     left = [k for k in objects.client.kv if not k.startswith("/minikubenet/ipam")]
     assert left == []
+
+
+def test_a_large_file_is_written_in_transactions_within_etcds_limit(stores):
+    objects, _ = stores
+    many = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": f"p{i}", "namespace": "x"},
+            "spec": {"podSelector": {}},
+        }
+        for i in range(300)
+    ]
+    before = snapshot(stores)
+    bad = [*many, dict(many[0], metadata={"name": "bad", "namespace": "x"}, spec={"policyTypes": ["Up"]})]
+    with pytest.raises(ManifestError, match="document 301"):
+        run_apply(stores, json.dumps({"apiVersion": "v1", "kind": "List", "items": bad}))
+    assert snapshot(stores) == before
+    runs = objects.client.transactions_run
+    run_apply(stores, json.dumps({"apiVersion": "v1", "kind": "List", "items": many}))
+    assert objects.client.transactions_run == runs + 3  # 128 + 128 + 44 writes
+    assert len(objects.list_network_policies("x")) == 300
