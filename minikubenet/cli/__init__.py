@@ -24,13 +24,13 @@ import argparse
 import os
 import sys
 
-from minikubenet.cli import deploy, diagnose, install, lab, network, services
+from minikubenet.cli import apply, deploy, diagnose, install, lab, network, services
 from minikubenet.cli.common import EXIT_ERROR, CliError
 
 __all__ = ["CliError", "build_parser", "main"]
 
 # In the order `minikubenet --help` lists them.
-COMMAND_GROUPS = (network, lab, install, services, diagnose, deploy)
+COMMAND_GROUPS = (network, lab, install, services, apply, diagnose, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

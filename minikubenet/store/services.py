@@ -36,7 +36,7 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import pyetcd.events
 
@@ -58,6 +58,16 @@ class ServiceConflict(StoreError):
 
 class NotFound(StoreError):
     pass
+
+
+@dataclass
+class ServiceWrite:
+    """One Service's part of a transaction: its compares (etcd's "only if") and its
+    writes. ``service`` is what will be stored (or deleted); ``created``: it is new."""
+    service: Service
+    compare: list
+    success: list
+    created: bool
 
 
 # --------------------------------------------------------------------------- keys
@@ -203,11 +213,14 @@ class ServiceStore:
         raise ServiceConflict(f"cannot create service {svc.key}: no free ClusterIP after 20 attempts")
 
     @_wrap_errors
-    def _free_cluster_ip(self) -> ipaddress.IPv4Address:
+    def _free_cluster_ip(self, also_taken: Iterable[str] = ()) -> ipaddress.IPv4Address:
+        """A free ClusterIP; ``also_taken``: claim keys about to be written by the same
+        transaction (several new services in one ``apply -f``)."""
         taken = []
-        for _, meta in self.client.get_prefix(self.keys.cluster_ips, keys_only=True):
+        keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.cluster_ips, keys_only=True)]
+        for key in keys + [k for k in also_taken if k.startswith(self.keys.cluster_ips)]:
             try:
-                taken.append(ipaddress.IPv4Address(meta.key.decode()[len(self.keys.cluster_ips):]))
+                taken.append(ipaddress.IPv4Address(key[len(self.keys.cluster_ips):]))
             except ValueError:
                 pass
         ip = pick_cluster_ip(self.service_cidr, taken)
@@ -216,13 +229,14 @@ class ServiceStore:
         return ip
 
     @_wrap_errors
-    def _fill_node_ports(self, ports, svc_type: str) -> list:
+    def _fill_node_ports(self, ports, svc_type: str, also_taken: Iterable[str] = ()) -> list:
         ports = [dict(p) for p in ports]
         if svc_type != "NodePort" or all(p.get("nodePort") for p in ports):
             return ports
         taken = set()
-        for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True):
-            proto, _, number = meta.key.decode()[len(self.keys.node_ports):].partition("/")
+        keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True)]
+        for key in keys + [k for k in also_taken if k.startswith(self.keys.node_ports)]:
+            proto, _, number = key[len(self.keys.node_ports):].partition("/")
             if number.isdigit():
                 taken.add((proto, int(number)))
         taken |= {(p.get("protocol", "TCP").lower(), p["nodePort"]) for p in ports if p.get("nodePort")}
@@ -275,20 +289,102 @@ class ServiceStore:
     def delete_service(self, namespace: str, name: str) -> Service:
         """Delete a service, its endpoints and its IP/NodePort claims, atomically (the
         compare on the service's value makes sure we free exactly what it held)."""
+        write = self.plan_delete(namespace, name)
+        if write is None:
+            raise NotFound(f"service {namespace}/{name} not found")
+        ok, _ = self.client.transaction(compare=write.compare, success=write.success, failure=[])
+        if not ok:
+            raise ServiceConflict(f"service {namespace}/{name} changed while we deleted it; try again")
+        return write.service
+
+    # -- apply: a create or update as one part of a larger transaction ----------------------
+
+    @_wrap_errors
+    def plan_apply(self, doc: Mapping, reserved: set[str] | None = None) -> ServiceWrite:
+        """What ``kubectl apply`` of a Service does, as the compares and writes of one
+        transaction (committed by the caller, possibly with other objects'): create it,
+        or update the one that exists. On update the ClusterIP stays (it is immutable:
+        a different one is refused), and a NodePort port that names no nodePort keeps
+        the one it has (kubectl's merge keeps fields the live object set). New claims
+        are checked free by the transaction; dropped ones are released in it.
+        ``reserved``: claim keys earlier parts of the same transaction take (updated).
+        Raises ValidationError or ServiceConflict; writes nothing."""
+        reserved = set() if reserved is None else reserved
+        doc = json.loads(json.dumps(doc))
+        if not isinstance(doc, dict) or not isinstance(doc.get("spec", {}), dict):
+            return self._invalid_shape(doc)
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
+        key = self.keys.object("services", meta.get("namespace", "default"), str(meta.get("name")))
+        raw = self.client.get(key)[0]
+        old = service_from_k8s(json.loads(raw)) if raw is not None else None
+        spec = doc.setdefault("spec", {})
+        if old is not None:
+            what = f"Service {old.key}"
+            if spec.get("clusterIP") and spec["clusterIP"] != str(old.cluster_ip):
+                raise ValidationError(what, [f"spec.clusterIP: Invalid value: {json.dumps(spec['clusterIP'])}: "
+                                             "field is immutable"])
+            spec["clusterIP"] = str(old.cluster_ip)
+            if spec.get("type") == "NodePort" and isinstance(spec.get("ports"), list):
+                kept = {(p.port, p.protocol): p.node_port for p in old.ports if p.node_port}
+                spec["ports"] = [dict(p, nodePort=kept.get((p.get("port"), p.get("protocol", "TCP"))))
+                                 if isinstance(p, dict) and not p.get("nodePort")
+                                 and kept.get((p.get("port"), p.get("protocol", "TCP"))) else p
+                                 for p in spec["ports"]]
+        svc = service_from_k8s(_with_placeholders(doc, self.service_cidr, self.node_port_range),
+                               self.service_cidr, self.node_port_range)
+        if svc.cluster_ip is None:
+            raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
+        ip = spec.get("clusterIP") or str(self._free_cluster_ip(reserved))
+        candidate = dict(doc, spec=dict(spec, clusterIP=ip))
+        candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc.type, reserved)
+        final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
+        new_claims = self._claims(final)
+        old_claims = self._claims(old) if old is not None else []
+        for k in new_claims:
+            if k in reserved and k not in old_claims:
+                raise ServiceConflict(f"cannot apply service {final.key}: {self._claim_text(k)} is taken by "
+                                      "another service in the same apply")
+        t = self.client.transactions
+        added = [k for k in new_claims if k not in old_claims]
+        compare = ([t.value(key) == raw] if old is not None else [t.version(key) == 0]) + \
+            [t.version(k) == 0 for k in added]
+        success = [t.put(key, _dumps(service_to_k8s(final)))] + [t.put(k, final.key.encode()) for k in added] + \
+            [t.delete(k) for k in old_claims if k not in new_claims]
+        reserved.update(new_claims)
+        return ServiceWrite(final, compare, success, created=old is None)
+
+    def _claim_text(self, key: str) -> str:
+        if key.startswith(self.keys.cluster_ips):
+            return f"clusterIP {key[len(self.keys.cluster_ips):]}"
+        proto, _, number = key[len(self.keys.node_ports):].partition("/")
+        return f"nodePort {number}/{proto.upper()}"
+
+    @staticmethod
+    def _invalid_shape(doc) -> ServiceWrite:
+        raise ValidationError("Service", ["spec: must be an object" if isinstance(doc, dict)
+                                          else f"must be a JSON object, got {type(doc).__name__}"])
+
+    @_wrap_errors
+    def plan_delete(self, namespace: str, name: str) -> ServiceWrite | None:
+        """Deleting a service as part of a transaction: the service, its endpoints and its
+        claims, if its value is still what we read. None: there is no such service."""
         key = self.keys.object("services", namespace, name)
         raw = self.client.get(key)[0]
         if raw is None:
-            raise NotFound(f"service {namespace}/{name} not found")
+            return None
         svc = service_from_k8s(json.loads(raw))
         t = self.client.transactions
-        ok, _ = self.client.transaction(
-            compare=[t.value(key) == raw],
-            success=[t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)]
-                     + self._claims(svc)],
-            failure=[])
-        if not ok:
-            raise ServiceConflict(f"service {namespace}/{name} changed while we deleted it; try again")
-        return svc
+        return ServiceWrite(svc, [t.value(key) == raw],
+                            [t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)]
+                             + self._claims(svc)], created=False)
+
+    def why_not_applied(self, write: ServiceWrite) -> str:
+        """After a transaction with ``write`` in it failed: the likely reason, in words."""
+        if write.created:
+            return self._why_not_created(write.service)
+        return "it changed while we wrote it; try again"
 
     # -- endpoints -------------------------------------------------------------------------
 
