@@ -6,7 +6,7 @@ Start-up, in order, each step a clear error if it cannot be done:
 1. connect to etcd and read the network config (waiting a while for both);
 2. find the node's underlay interface and public IP, and from its MTU the pod MTU
    (underlay − 50 with VXLAN: 20 IPv4 + 8 UDP + 8 VXLAN + 14 inner Ethernet);
-3. prepare the backend (agent/backend.py): with VXLAN create ``flannel.<VNI>`` now,
+3. prepare the backend (agent/backends/): with VXLAN create ``flannel.<VNI>`` now,
    because its MAC goes into the lease;
 4. lease a subnet for this node (subnet_lease.py) and keep renewing it;
 5. create the bridge ``cni0`` with the gateway address, enable forwarding, install
@@ -35,7 +35,7 @@ import sys
 import threading
 
 from minikubenet import subnet_env
-from minikubenet.agent import backend
+from minikubenet.agent import backends
 from minikubenet.agent.metrics import AgentMetrics
 from minikubenet.agent.upkeep import DEFAULT_SYNC_PERIOD_S, ConntrackPressure, MasqueradeRules, Upkeep
 from minikubenet.agent.cni_handler import CniHandler, NodeState
@@ -131,7 +131,8 @@ class Agent:
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None
         self.upkeep: Upkeep | None = None
-        self._prepared: backend.Prepared | None = None   # a VXLAN device this start created, until the agent is up
+        self._backend: backends.BackendBase | None = None
+        self._prepared: backends.Prepared | None = None   # a VXLAN device this start created, until the agent is up
 
     def start(self) -> None:
         a = self.args
@@ -163,8 +164,9 @@ class Agent:
             except UnderlayNotFound as e:
                 raise AgentError(str(e)) from None
         try:
-            prepared = backend.prepare(config, underlay)
-        except backend.BackendError as e:
+            self._backend = backends.for_config(config.backend)
+            prepared = self._backend.prepare(config, underlay)
+        except backends.BackendError as e:
             raise AgentError(str(e)) from None
         self._prepared = prepared
         mtu = prepared.pod_mtu
@@ -187,7 +189,7 @@ class Agent:
                 raise AgentError(str(e)) from None
         if rps_cpus is not None:
             try:
-                for dev in [BRIDGE] + ([prepared.spec.name] if prepared.spec is not None else []):
+                for dev in [BRIDGE] + prepared.devices:
                     rps.set_rps_cpus(dev, rps_cpus)
             except rps.RpsError as e:
                 raise AgentError(str(e)) from None
@@ -206,7 +208,7 @@ class Agent:
 
         # Every remote node is programmed before we say "ready": a pod created now can
         # reach the whole cluster at once.
-        overlay = self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
+        overlay = self.overlay = self._backend.start(self.store, config, underlay, lease.subnet, prepared)
         self._prepared = None   # from here on the device is in use: keep it on exit
         self.metrics.attach(malformed=overlay.bad.current, malformed_seen=overlay.bad.seen,
                             lease_renewals=leaser.renewals,
@@ -243,8 +245,8 @@ class Agent:
             self.metrics_server.server_close()
         if self.overlay:
             self.overlay.stop()
-        if self._prepared:
-            backend.undo(self._prepared)
+        if self._prepared and self._backend:
+            self._backend.undo(self._prepared)
         if self.leaser:
             self.leaser.stop()
         if self.server:
