@@ -174,7 +174,7 @@ def register(sub) -> None:
     up.add_argument("--name", default="mkn", help=NAME_HELP)
     up.add_argument("--nodes", type=int, default=3, help="number of node namespaces (default 3)")
     up.add_argument("--pods-per-node", type=int, default=2, help="pods created on each node (default 2)")
-    up.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw"])
+    up.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw", "bgp"])
     up.add_argument("--underlay", default="172.31.0.0/24",
                     help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)")
     up.add_argument("--pod-network", default="10.244.0.0/16", help="the cluster network (default 10.244.0.0/16)")
