@@ -9,8 +9,8 @@ import copy
 
 import pytest
 
-from minikubenet.netpol_validation import NAMESPACE_NAME_LABEL, validate_namespace, validate_network_policy
 from minikubenet.k8s_objects import ValidationError
+from minikubenet.netpol_validation import NAMESPACE_NAME_LABEL, validate_namespace, validate_network_policy
 
 ALLOW_A = {
     "apiVersion": "networking.k8s.io/v1",
