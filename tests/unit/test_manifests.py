@@ -232,3 +232,15 @@ def test_a_large_file_is_written_in_transactions_within_etcds_limit(stores):
     run_apply(stores, json.dumps({"apiVersion": "v1", "kind": "List", "items": many}))
     assert objects.client.transactions_run == runs + 3  # 128 + 128 + 44 writes
     assert len(objects.list_network_policies("x")) == 300
+
+
+def test_a_policy_in_a_namespace_that_does_not_exist_is_accepted(stores):
+    objects, _ = stores
+    doc = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "early", "namespace": "later"},
+        "spec": {"podSelector": {}},
+    }
+    assert run_apply(stores, json.dumps(doc)) == ["networkpolicy.networking.k8s.io/early created"]
+    assert objects.get_namespace("later") is None and objects.get_network_policy("later", "early") == doc
