@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minikubenet import manifests
 from minikubenet.manifests import ManifestError
@@ -244,3 +246,40 @@ def test_a_policy_in_a_namespace_that_does_not_exist_is_accepted(stores):
     }
     assert run_apply(stores, json.dumps(doc)) == ["networkpolicy.networking.k8s.io/early created"]
     assert objects.get_namespace("later") is None and objects.get_network_policy("later", "early") == doc
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from(["v1", "networking.k8s.io/v1", "Namespace", "NetworkPolicy", "Service", "List", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["apiVersion", "kind", "metadata", "name", "namespace", "spec", "items", "labels", "podSelector"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(docs=st.lists(_values, max_size=3))
+def test_parsing_any_documents_is_total(docs):
+    text = "\n---\n".join(json.dumps(d) for d in docs)
+    try:
+        found = manifests.parse_manifests(manifests.load_documents(text))
+    except ManifestError as e:
+        assert e.problems
+    else:
+        assert all(m.kind in {"Namespace", "Service", "NetworkPolicy"} for m in found)
+    try:
+        named = manifests.parse_manifests(manifests.load_documents(text), full=False)  # what delete reads
+    except ManifestError as e:
+        assert e.problems
+    else:
+        assert all(isinstance(m.namespace, str) and isinstance(m.name, str) for m in named)
