@@ -25,7 +25,9 @@ the selector; the port is the targetPort, by number or by the pod's named contai
 
 Parsing validates and collects *every* problem with a field path, as the API server does,
 so one bad document gives one readable message, never a traceback from deep in a renderer.
-The subset modelled: TCP/UDP, ClusterIP/NodePort, ClientIP affinity, IPv4. Headless
+The subset modelled: TCP/UDP, ClusterIP/NodePort/LoadBalancer, externalIPs, the
+external and internal traffic policies, loadBalancerSourceRanges, ClientIP affinity,
+EndpointSlice-style conditions (ready/serving/terminating), IPv4. Headless
 services (``clusterIP: None``) parse but are not proxied, as in kube-proxy
 (pkg/proxy/util ShouldSkipService).
 """
@@ -39,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence, cast
 
 PROTOCOLS = ("TCP", "UDP")
-SERVICE_TYPES = ("ClusterIP", "NodePort")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+TRAFFIC_POLICIES = ("Cluster", "Local")
 AFFINITIES = ("None", "ClientIP")
 DEFAULT_AFFINITY_TIMEOUT = 10800   # 3 h: core/v1 DefaultClientIPServiceAffinitySeconds
 MAX_AFFINITY_TIMEOUT = 86400       # the API server's upper bound (1 day)
@@ -100,10 +103,44 @@ class Service:
     selector: Mapping[str, str] = field(default_factory=dict)
     session_affinity: str = "None"
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    external_ips: tuple[ipaddress.IPv4Address, ...] = ()
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    load_balancer_ips: tuple[ipaddress.IPv4Address, ...] = ()      # status.loadBalancer.ingress
+    load_balancer_source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
+    health_check_node_port: int | None = None
+    allocate_load_balancer_node_ports: bool = True
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    # The traffic-policy predicates of kube-proxy's BaseServicePortInfo (pkg/proxy/
+    # serviceport.go), which every renderer decision below rests on.
+
+    @property
+    def externally_accessible(self) -> bool:
+        """Reachable from outside the cluster: a NodePort, an LB IP or an external IP."""
+        return (any(p.node_port for p in self.ports) or bool(self.load_balancer_ips)
+                or bool(self.external_ips))
+
+    @property
+    def external_policy_local(self) -> bool:
+        """eTP=Local only counts for NodePort and LoadBalancer services
+        (pkg/api/v1/service ExternalPolicyLocal); a ClusterIP with externalIPs is Cluster."""
+        return self.type in ("NodePort", "LoadBalancer") and self.external_traffic_policy == "Local"
+
+    @property
+    def internal_policy_local(self) -> bool:
+        return self.internal_traffic_policy == "Local"
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        return not self.internal_policy_local or (self.externally_accessible and not self.external_policy_local)
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_policy_local or (self.externally_accessible and self.external_policy_local)
 
     def port_key(self, port: ServicePort) -> str:
         """kube-proxy's ServicePortName.String(): the key of this port's endpoint list."""
@@ -120,6 +157,14 @@ class Endpoint:
     node_name: str = ""
     ready: bool = True
     pod_name: str = ""
+    # EndpointSlice conditions (discovery/v1): ready implies serving; a pod being deleted
+    # is terminating, not ready, and serving while its readiness probe still passes.
+    serving: bool | None = None        # None: same as ready (Endpoints objects lack it)
+    terminating: bool = False
+
+    @property
+    def is_serving(self) -> bool:
+        return self.ready if self.serving is None else self.serving
 
     def __str__(self) -> str:
         # kube-proxy's BaseEndpointInfo.String(): hashed into the KUBE-SEP name and used
@@ -143,6 +188,8 @@ class Pod:
     labels: Mapping[str, str] = field(default_factory=dict)
     ready: bool = True
     container_ports: tuple[ContainerPort, ...] = ()
+    serving: bool | None = None     # the Ready condition alone, deletion aside (None: = ready)
+    terminating: bool = False       # metadata.deletionTimestamp is set
 
 
 def service_port_name(namespace: str, name: str, port_name: str) -> str:
@@ -171,14 +218,26 @@ def service_from_k8s(doc: Mapping, service_cidr: str | ipaddress.IPv4Network | N
     if svc_type not in SERVICE_TYPES:
         errors.append(f"spec.type: {svc_type!r} is not supported (one of {', '.join(SERVICE_TYPES)})")
     cluster_ip = _cluster_ip(spec.get("clusterIP"), service_cidr, errors)
-    ports = _ports(spec.get("ports"), svc_type, node_port_range, errors)
+    allocate = spec.get("allocateLoadBalancerNodePorts")
+    if allocate is not None and (svc_type != "LoadBalancer" or not isinstance(allocate, bool)):
+        errors.append("spec.allocateLoadBalancerNodePorts: may only be used when `type` is 'LoadBalancer'"
+                      if svc_type != "LoadBalancer" else f"spec.allocateLoadBalancerNodePorts: {allocate!r} must be a boolean")
+    allocate = allocate is not False
+    ports = _ports(spec.get("ports"), svc_type, node_port_range, errors, allocate)
     selector = _selector(spec.get("selector", {}), errors)
     affinity, timeout = _affinity(spec, errors)
+    external_ips = _ip_list(spec.get("externalIPs"), "spec.externalIPs", errors)
+    lb_ips = _load_balancer_ingress(doc.get("status"), svc_type, errors)
+    ranges = _source_ranges(spec.get("loadBalancerSourceRanges"), svc_type, errors)
+    etp, itp, hc_port = _traffic_policies(spec, svc_type, bool(external_ips), node_port_range, errors)
     if errors:
         raise ValidationError(what, errors)
     return Service(namespace=namespace, name=name, cluster_ip=cluster_ip, ports=tuple(ports),
                    type=svc_type, selector=selector, session_affinity=affinity,
-                   affinity_timeout=timeout)
+                   affinity_timeout=timeout, external_ips=external_ips,
+                   external_traffic_policy=etp, internal_traffic_policy=itp,
+                   load_balancer_ips=lb_ips, load_balancer_source_ranges=ranges,
+                   health_check_node_port=hc_port, allocate_load_balancer_node_ports=allocate)
 
 
 def service_to_k8s(svc: Service) -> dict:
@@ -195,8 +254,22 @@ def service_to_k8s(svc: Service) -> dict:
                   "sessionAffinity": svc.session_affinity}
     if svc.session_affinity == "ClientIP":
         spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": svc.affinity_timeout}}
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": svc.namespace, "name": svc.name}, "spec": spec}
+    if svc.external_ips:
+        spec["externalIPs"] = [str(ip) for ip in svc.external_ips]
+    if svc.type in ("NodePort", "LoadBalancer") or svc.external_ips:
+        spec["externalTrafficPolicy"] = svc.external_traffic_policy
+    spec["internalTrafficPolicy"] = svc.internal_traffic_policy
+    if svc.type == "LoadBalancer":
+        spec["allocateLoadBalancerNodePorts"] = svc.allocate_load_balancer_node_ports
+        if svc.load_balancer_source_ranges:
+            spec["loadBalancerSourceRanges"] = [str(n) for n in svc.load_balancer_source_ranges]
+    if svc.health_check_node_port:
+        spec["healthCheckNodePort"] = svc.health_check_node_port
+    doc = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"namespace": svc.namespace, "name": svc.name}, "spec": spec}
+    if svc.type == "LoadBalancer":
+        doc["status"] = {"loadBalancer": {"ingress": [{"ip": str(ip)} for ip in svc.load_balancer_ips]}}
+    return doc
 
 
 def _section(doc: Mapping, key: str) -> Mapping:
@@ -245,17 +318,19 @@ def _port_number(value, path: str, errors: list[str], lo: int = 1, hi: int = 655
     return value
 
 
-def _ports(raw, svc_type: str, node_port_range: tuple[int, int], errors: list[str]) -> list[ServicePort]:
+def _ports(raw, svc_type: str, node_port_range: tuple[int, int], errors: list[str],
+           allocate_lb_node_ports: bool = True) -> list[ServicePort]:
     if not isinstance(raw, list) or not raw:
         errors.append("spec.ports: at least one port is required")
         return []
-    ports = [p for i, item in enumerate(raw) if (p := _port(item, i, svc_type, node_port_range, errors))]
+    ports = [p for i, item in enumerate(raw)
+             if (p := _port(item, i, svc_type, node_port_range, errors, allocate_lb_node_ports))]
     _check_port_uniqueness(ports, len(raw), errors)
     return ports
 
 
 def _port(item, i: int, svc_type: str, node_port_range: tuple[int, int],
-          errors: list[str]) -> ServicePort | None:
+          errors: list[str], allocate_lb_node_ports: bool = True) -> ServicePort | None:
     path = f"spec.ports[{i}]"
     if not isinstance(item, Mapping):
         errors.append(f"{path}: must be an object")
@@ -271,7 +346,8 @@ def _port(item, i: int, svc_type: str, node_port_range: tuple[int, int],
     # An absent (or 0) targetPort means "the same as port", as in the API server.
     target = _target_port(item.get("targetPort") or port, f"{path}.targetPort", errors) \
         if port is not None else None
-    node_port = _node_port(item.get("nodePort"), svc_type, node_port_range, f"{path}.nodePort", errors)
+    node_port = _node_port(item.get("nodePort"), svc_type, node_port_range, f"{path}.nodePort", errors,
+                           allocate_lb_node_ports)
     if len(errors) > n or port is None or target is None:
         return None
     return ServicePort(name=name, protocol=protocol, port=port, target_port=target, node_port=node_port)
@@ -291,13 +367,15 @@ def _target_port(value, path: str, errors: list[str]) -> int | str | None:
 
 
 def _node_port(value, svc_type: str, node_port_range: tuple[int, int], path: str,
-               errors: list[str]) -> int | None:
-    if svc_type != "NodePort":
+               errors: list[str], allocate_lb_node_ports: bool = True) -> int | None:
+    if svc_type not in ("NodePort", "LoadBalancer"):
         if value:
-            errors.append(f"{path}: may only be set when spec.type is NodePort")
+            errors.append(f"{path}: may only be set when spec.type is NodePort or LoadBalancer")
         return None
+    if value is None and svc_type == "LoadBalancer" and not allocate_lb_node_ports:
+        return None     # allocateLoadBalancerNodePorts: false, the LB reaches pods directly
     if value is None:
-        errors.append(f"{path}: required for type NodePort (minikubenet does not allocate node ports)")
+        errors.append(f"{path}: required for type {svc_type} (the store allocates one on create)")
         return None
     return _port_number(value, path, errors, *node_port_range)
 
@@ -358,6 +436,81 @@ def _affinity(spec: Mapping, errors: list[str]) -> tuple[str, int]:
     return affinity, timeout or DEFAULT_AFFINITY_TIMEOUT
 
 
+def _ip_list(raw, path: str, errors: list[str]) -> tuple[ipaddress.IPv4Address, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.append(f"{path}: must be a list of IP addresses")
+        return ()
+    out = []
+    for i, value in enumerate(raw):
+        try:
+            out.append(ipaddress.IPv4Address(value))
+        except (ipaddress.AddressValueError, ValueError):
+            errors.append(f"{path}[{i}]: {value!r} must be a valid IPv4 address")
+    return tuple(out)
+
+
+def _load_balancer_ingress(status, svc_type: str, errors: list[str]) -> tuple[ipaddress.IPv4Address, ...]:
+    """status.loadBalancer.ingress[].ip: written by the load-balancer controller, read by
+    kube-proxy only for type LoadBalancer (LoadBalancerVIPs; a stale status on a service
+    changed to another type is ignored, as kube-proxy's newBaseServiceInfo does)."""
+    if not isinstance(status, Mapping):
+        return ()
+    ingress = (status.get("loadBalancer") or {}).get("ingress") or []
+    if not isinstance(ingress, list):
+        errors.append("status.loadBalancer.ingress: must be a list")
+        return ()
+    ips = _ip_list([i.get("ip") for i in ingress if isinstance(i, Mapping) and i.get("ip")],
+                   "status.loadBalancer.ingress", errors)
+    return ips if svc_type == "LoadBalancer" else ()
+
+
+def _source_ranges(raw, svc_type: str, errors: list[str]) -> tuple[ipaddress.IPv4Network, ...]:
+    """loadBalancerSourceRanges, as the API server validates them (validateLoadBalancer
+    SourceRanges): LoadBalancer only, each a CIDR after trimming spaces."""
+    if not raw:
+        return ()
+    if svc_type != "LoadBalancer":
+        errors.append("spec.loadBalancerSourceRanges: may only be used when `type` is 'LoadBalancer'")
+        return ()
+    if not isinstance(raw, list):
+        errors.append("spec.loadBalancerSourceRanges: must be a list of CIDRs")
+        return ()
+    out = []
+    for i, value in enumerate(raw):
+        try:
+            out.append(ipaddress.IPv4Network(str(value).strip(), strict=False))
+        except ValueError:
+            errors.append(f"spec.loadBalancerSourceRanges[{i}]: {value!r} must be a list of IP ranges. "
+                          "For example, 10.240.0.0/24,10.250.0.0/24")
+    return tuple(out)
+
+
+def _traffic_policies(spec: Mapping, svc_type: str, has_external_ips: bool,
+                      node_port_range: tuple[int, int], errors: list[str]) -> tuple[str, str, int | None]:
+    """externalTrafficPolicy, internalTrafficPolicy and healthCheckNodePort, with the API
+    server's rules (validateServiceExternalTrafficPolicy and friends)."""
+    external = svc_type in ("NodePort", "LoadBalancer") or has_external_ips
+    etp = spec.get("externalTrafficPolicy") or ""
+    if etp and not external:
+        errors.append(f"spec.externalTrafficPolicy: {etp!r} may only be set for externally-accessible services")
+    elif etp and etp not in TRAFFIC_POLICIES:
+        errors.append(f"spec.externalTrafficPolicy: unsupported value {etp!r} (one of Cluster, Local)")
+    itp = spec.get("internalTrafficPolicy") or "Cluster"
+    if itp not in TRAFFIC_POLICIES:
+        errors.append(f"spec.internalTrafficPolicy: unsupported value {itp!r} (one of Cluster, Local)")
+    hc = spec.get("healthCheckNodePort")
+    if hc:
+        if svc_type != "LoadBalancer" or etp != "Local":
+            errors.append("spec.healthCheckNodePort: may only be set when `type` is 'LoadBalancer' "
+                          "and `externalTrafficPolicy` is 'Local'")
+            hc = None
+        else:
+            hc = _port_number(hc, "spec.healthCheckNodePort", errors, *node_port_range)
+    return (etp if etp in TRAFFIC_POLICIES else "Cluster"), (itp if itp in TRAFFIC_POLICIES else "Cluster"), hc or None
+
+
 # --------------------------------------------------------------------------- Endpoints JSON
 
 def endpoints_to_k8s(svc: Service, endpoints_by_port: Mapping[str, Sequence[Endpoint]]) -> dict:
@@ -385,6 +538,10 @@ def _address_to_k8s(ep: Endpoint, namespace: str) -> dict:
         d["nodeName"] = ep.node_name
     if ep.pod_name:
         d["targetRef"] = {"kind": "Pod", "namespace": namespace, "name": ep.pod_name}
+    if ep.terminating or ep.is_serving != ep.ready:
+        # EndpointSlice's endpoint.conditions, carried per address (v1 Endpoints has no
+        # place for them; kube-proxy reads them from EndpointSlices).
+        d["conditions"] = {"ready": ep.ready, "serving": ep.is_serving, "terminating": ep.terminating}
     return d
 
 
@@ -419,8 +576,12 @@ def _endpoint(addr: Mapping, port: int | None, ready: bool, path: str,
         return None
     if port is None:
         return None
+    conditions = addr.get("conditions") or {}
+    serving = conditions.get("serving")
     return Endpoint(ip=ip, port=port, node_name=addr.get("nodeName", "") or "", ready=ready,
-                    pod_name=(addr.get("targetRef") or {}).get("name", ""))
+                    pod_name=(addr.get("targetRef") or {}).get("name", ""),
+                    serving=serving if isinstance(serving, bool) else None,
+                    terminating=conditions.get("terminating") is True)
 
 
 # --------------------------------------------------------------------------- Pods
@@ -432,13 +593,16 @@ def pod_from_k8s(doc: Mapping) -> Pod:
     meta, spec, status = (doc.get(k) or {} for k in ("metadata", "spec", "status"))
     ip = status.get("podIP")
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-    ready = conditions.get("Ready") == "True" and not meta.get("deletionTimestamp")
+    serving = conditions.get("Ready") == "True"
+    terminating = bool(meta.get("deletionTimestamp"))
+    ready = serving and not terminating
     ports = tuple(ContainerPort(name=p.get("name", ""), port=p["containerPort"],
                                 protocol=p.get("protocol", "TCP"))
                   for c in spec.get("containers") or [] for p in c.get("ports") or [])
     return Pod(namespace=meta.get("namespace", "default"), name=meta.get("name", ""),
                ip=ipaddress.IPv4Address(ip) if ip else None, node_name=spec.get("nodeName", ""),
-               labels=dict(meta.get("labels") or {}), ready=ready, container_ports=ports)
+               labels=dict(meta.get("labels") or {}), ready=ready, container_ports=ports,
+               serving=None if serving == ready else serving, terminating=terminating)
 
 
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -472,7 +636,10 @@ def derive_endpoints(svc: Service, pods: Iterable[Pod]) -> dict[str, list[Endpoi
             number = resolve_target_port(port, pod)
             if number is not None and pod.ip is not None:
                 eps.append(Endpoint(ip=pod.ip, port=number, node_name=pod.node_name,
-                                    ready=pod.ready, pod_name=pod.name))
+                                    ready=pod.ready, pod_name=pod.name,
+                                    # None: "as ready", the common case, kept implicit
+                                    serving=None if pod.serving in (None, pod.ready) else pod.serving,
+                                    terminating=pod.terminating))
     return out
 
 

@@ -79,8 +79,40 @@ def service_doc_from_args(args) -> dict:
         spec["clusterIP"] = args.cluster_ip
     if args.session_affinity == "ClientIP" and args.affinity_timeout:
         spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": args.affinity_timeout}}
+    spec.update(_external_spec(args))
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"namespace": args.namespace, "name": args.name}, "spec": spec}
+
+
+def _external_spec(args) -> dict:
+    """The LoadBalancer / traffic-policy flags as Service spec fields; checked, like the
+    rest, by the Service validation (k8s_objects.service_from_k8s)."""
+    spec: dict = {}
+    if args.external_ip:
+        spec["externalIPs"] = [ip for arg in args.external_ip for ip in arg.split(",") if ip]
+    if args.external_traffic_policy:
+        spec["externalTrafficPolicy"] = args.external_traffic_policy
+    if args.internal_traffic_policy:
+        spec["internalTrafficPolicy"] = args.internal_traffic_policy
+    if args.load_balancer_source_range:
+        spec["loadBalancerSourceRanges"] = [r for arg in args.load_balancer_source_range
+                                            for r in arg.split(",") if r]
+    if args.health_check_node_port:
+        spec["healthCheckNodePort"] = args.health_check_node_port
+    if args.no_allocate_load_balancer_node_ports:
+        spec["allocateLoadBalancerNodePorts"] = False
+    return spec
+
+
+def _external_ips(doc: dict) -> str:
+    """kubectl's EXTERNAL-IP column: ingress IPs and externalIPs; <pending> for a
+    LoadBalancer still waiting for an address."""
+    spec, status = doc.get("spec") or {}, doc.get("status") or {}
+    ips = [i.get("ip") for i in (status.get("loadBalancer") or {}).get("ingress") or [] if isinstance(i, dict)]
+    ips += spec.get("externalIPs") or []
+    if ips:
+        return ",".join(str(ip) for ip in ips if ip)
+    return "<pending>" if spec.get("type") == "LoadBalancer" else "<none>"
 
 
 def _read_json(path: str):
@@ -152,13 +184,13 @@ def cmd_svc_get(args) -> int:
     if args.output == "json":
         print(json.dumps(list(docs.values()), indent=2))
         return 0
-    rows = [("NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR", "AFFINITY")]
+    rows = [("NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "SELECTOR", "AFFINITY")]
     for key, doc in sorted(docs.items()):
         spec = doc.get("spec", {})
         ports = ",".join(f"{p['port']}" + (f":{p['nodePort']}" if p.get("nodePort") else "") +
                          f"/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
         sel = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items())) or "<none>"
-        rows.append((*key.split("/", 1), spec.get("type", ""), spec.get("clusterIP", ""), ports, sel,
+        rows.append((*key.split("/", 1), spec.get("type", ""), spec.get("clusterIP", ""), _external_ips(doc), ports, sel,
                      spec.get("sessionAffinity", "None")))
     _table(rows)
     return 0
@@ -280,10 +312,22 @@ def register(sub) -> None:
     create.add_argument("-f", "--file", help="a k8s-shaped Service JSON document ('-': stdin)")
     create.add_argument("--port", action="append", default=[], metavar="[NAME=]PORT[:TARGET][/PROTO][@NODEPORT]")
     create.add_argument("--selector", help="key=value[,key=value]: the pods behind the service")
-    create.add_argument("--type", default="ClusterIP", help="ClusterIP or NodePort")
+    create.add_argument("--type", default="ClusterIP", help="ClusterIP, NodePort or LoadBalancer")
     create.add_argument("--cluster-ip", help="ask for this ClusterIP (default: allocate one)")
     create.add_argument("--session-affinity", default="None", help="None or ClientIP")
     create.add_argument("--affinity-timeout", type=int, help="ClientIP affinity timeout in seconds (default 10800)")
+    create.add_argument("--external-ip", action="append", default=[], metavar="IP[,IP]",
+                        help="spec.externalIPs: also answer on these addresses")
+    create.add_argument("--external-traffic-policy", choices=["Cluster", "Local"],
+                        help="Local: NodePort/LB traffic only to this node's pods, client address kept")
+    create.add_argument("--internal-traffic-policy", choices=["Cluster", "Local"],
+                        help="Local: ClusterIP traffic only to the sending node's pods")
+    create.add_argument("--load-balancer-source-range", action="append", default=[], metavar="CIDR[,CIDR]",
+                        help="LoadBalancer: only these clients may use the ingress IP")
+    create.add_argument("--health-check-node-port", type=int,
+                        help="LoadBalancer with Local policy: this port (default: allocated)")
+    create.add_argument("--no-allocate-load-balancer-node-ports", action="store_true",
+                        help="LoadBalancer without NodePorts (allocateLoadBalancerNodePorts: false)")
     create.set_defaults(func=cmd_svc_create)
 
     delete = svc.add_parser("delete", help="delete a service, its endpoints, its ClusterIP")

@@ -42,6 +42,7 @@ import time
 from minikubenet.linux import nft_monitor
 from minikubenet.malformed import MalformedObjects
 from minikubenet.proxy.metrics import Health, ProxyMetrics, health_routes, metrics_routes, serve
+from minikubenet.proxy.healthcheck import ServiceHealthServer
 from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Endpoint, Service, ValidationError, endpoints_from_k8s, service_from_k8s
 from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.syncers import (SyncConfig, SyncError, Syncer, make_syncer,
@@ -186,6 +187,7 @@ class SyncLoop:
         self.monitored = False            # nf_tables notifications arrive (else: deep periodic checks)
         self._foreign = False             # someone else touched our rules (a notification said so)
         self._check_deep = False          # notifications were lost: look at the kernel
+        self.after_sync = None            # called with (services, endpoints) after each good sync
 
     def changed(self) -> None:
         """Called by the watch: something is queued."""
@@ -296,6 +298,8 @@ class SyncLoop:
             self.last_full = self.last_sync_end
         self.need_full, self.retry_at, self.backoff = False, None, 1.0
         self._record(result, elapsed, revision, len(dirty))
+        if self.after_sync is not None:
+            self.after_sync(services, endpoints)
 
     def _record(self, result, elapsed: float, revision: int, changed: int) -> None:
         m = self.metrics
@@ -366,7 +370,9 @@ def sync_config(args, cluster_cidr: str | None) -> SyncConfig:
     except ValueError as e:
         raise ProxyError(f"--nodeport-addresses: {e}") from None
     return SyncConfig(cluster_cidr=cluster_cidr, service_cidr=args.service_cidr, node_ips=node_ips,
-                      options=RenderOptions(masquerade_all=args.masquerade_all), iptables=args.iptables,
+                      options=RenderOptions(masquerade_all=args.masquerade_all, node_name=args.node_name,
+                                            node_ip=node_ips[0] if node_ips else ""),
+                      iptables=args.iptables,
                       conntrack_cleanup=args.conntrack_cleanup)
 
 
@@ -413,6 +419,9 @@ def run(args) -> int:
             servers.append(serve(args.healthz_bind_address, health_routes(health, metrics)))
     except (OSError, ValueError) as e:
         raise ProxyError(f"cannot listen: {e}") from None
+    # Health-check NodePorts (eTP=Local LoadBalancers): answered once the rules are in.
+    service_health = ServiceHealthServer(args.node_name, proxy_healthy=lambda: health.status()[0])
+    loop.after_sync = service_health.update
     monitor = _start_monitor(args, loop)
     watch = ObjectWatch(store, state.deliver).start()
 
@@ -429,6 +438,7 @@ def run(args) -> int:
     if monitor is not None:
         monitor.stop()
     watch.stop()
+    service_health.close()
     for s in servers:
         s.shutdown()
     etcd.close()

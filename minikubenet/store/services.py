@@ -201,7 +201,12 @@ class ServiceStore:
         for _attempt in range(20):
             ip = ipaddress.IPv4Address(requested_ip) if requested_ip else self._free_cluster_ip()
             candidate = dict(doc, spec=dict(spec, clusterIP=str(ip)))
-            candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc.type)
+            candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc)
+            if svc.health_check_node_port and not spec.get("healthCheckNodePort"):
+                # The API server allocates it for LoadBalancer + externalTrafficPolicy
+                # Local, from the NodePort range (a TCP port every node listens on).
+                candidate["spec"]["healthCheckNodePort"] = self._free_node_port(
+                    "TCP", {("tcp", p["nodePort"]) for p in candidate["spec"]["ports"] if p.get("nodePort")})
             final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
             if self._create_service_txn(final):
                 log.info("service %s created: clusterIP %s", final.key, final.cluster_ip)
@@ -229,16 +234,29 @@ class ServiceStore:
         return ip
 
     @_wrap_errors
-    def _fill_node_ports(self, ports, svc_type: str, also_taken: Iterable[str] = ()) -> list:
-        ports = [dict(p) for p in ports]
-        if svc_type != "NodePort" or all(p.get("nodePort") for p in ports):
-            return ports
+    def _taken_node_ports(self, also_taken: Iterable[str] = ()) -> set[tuple[str, int]]:
+        """(protocol, port) of every NodePort held, plus the claim keys ``also_taken``
+        (about to be written by the same transaction: several services in one apply)."""
         taken = set()
         keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True)]
         for key in keys + [k for k in also_taken if k.startswith(self.keys.node_ports)]:
             proto, _, number = key[len(self.keys.node_ports):].partition("/")
             if number.isdigit():
                 taken.add((proto, int(number)))
+        return taken
+
+    def _free_node_port(self, protocol: str, also_taken: set[tuple[str, int]]) -> int:
+        port = pick_node_port(protocol, self._taken_node_ports() | also_taken, self.node_port_range)
+        if port is None:
+            raise ServiceConflict(f"no free NodePort in {self.node_port_range[0]}-{self.node_port_range[1]}")
+        return port
+
+    def _fill_node_ports(self, ports, svc: Service, also_taken: Iterable[str] = ()) -> list:
+        ports = [dict(p) for p in ports]
+        wants = svc.type == "NodePort" or (svc.type == "LoadBalancer" and svc.allocate_load_balancer_node_ports)
+        if not wants or all(p.get("nodePort") for p in ports):
+            return ports
+        taken = self._taken_node_ports(also_taken)
         taken |= {(p.get("protocol", "TCP").lower(), p["nodePort"]) for p in ports if p.get("nodePort")}
         for p in ports:
             if not p.get("nodePort"):
@@ -249,9 +267,11 @@ class ServiceStore:
         return ports
 
     def _claims(self, svc: Service) -> list[str]:
-        """The allocation keys a service holds: its ClusterIP and its NodePorts."""
+        """The allocation keys a service holds: its ClusterIP, its NodePorts and its
+        health-check NodePort."""
         return [self.keys.cluster_ip(svc.cluster_ip)] + \
-            [self.keys.node_port(p.protocol, p.node_port) for p in svc.ports if p.node_port]
+            [self.keys.node_port(p.protocol, p.node_port) for p in svc.ports if p.node_port] + \
+            ([self.keys.node_port("TCP", svc.health_check_node_port)] if svc.health_check_node_port else [])
 
     @_wrap_errors
     def _create_service_txn(self, svc: Service) -> bool:
@@ -276,6 +296,11 @@ class ServiceStore:
                 holder = self._get(self.keys.node_port(p.protocol, p.node_port))
                 if holder is not None:
                     return f"nodePort {p.node_port}/{p.protocol} is already allocated to {holder.decode()}"
+        if svc.health_check_node_port:
+            holder = self._get(self.keys.node_port("TCP", svc.health_check_node_port))
+            if holder is not None:
+                return (f"healthCheckNodePort {svc.health_check_node_port} is already allocated "
+                        f"to {holder.decode()}")
         return "it changed while we wrote it; try again"
 
     def get_service(self, namespace: str, name: str) -> dict | None:
@@ -338,7 +363,7 @@ class ServiceStore:
             raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
         ip = spec.get("clusterIP") or str(self._free_cluster_ip(reserved))
         candidate = dict(doc, spec=dict(spec, clusterIP=ip))
-        candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc.type, reserved)
+        candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc, reserved)
         final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
         new_claims = self._claims(final)
         old_claims = self._claims(old) if old is not None else []
@@ -385,6 +410,28 @@ class ServiceStore:
         if write.created:
             return self._why_not_created(write.service)
         return "it changed while we wrote it; try again"
+
+    @_wrap_errors
+    def set_load_balancer_ingress(self, namespace: str, name: str, ips: list[str],
+                                  message: str = "") -> bool:
+        """Write status.loadBalancer.ingress (and a status message, e.g. why it waits),
+        only if the service is unchanged since we read it: the load-balancer controller's
+        compare-and-swap. False when it changed or is gone (the caller looks again)."""
+        key = self.keys.object("services", namespace, name)
+        raw = self.client.get(key)[0]
+        if raw is None:
+            return False
+        doc = json.loads(raw)
+        status: dict = {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]} if ips else {}}
+        if message:
+            status["conditions"] = [{"type": "LoadBalancerPending", "status": "True", "message": message}]
+        if doc.get("status") == status:
+            return True
+        doc["status"] = status
+        t = self.client.transactions
+        ok, _ = self.client.transaction(compare=[t.value(key) == raw],
+                                        success=[t.put(key, _dumps(doc))], failure=[])
+        return ok
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -450,6 +497,16 @@ class ServiceStore:
         status["conditions"] = others + [{"type": "Ready", "status": "True" if ready else "False"}]
         self.put_pod(doc)
 
+    def mark_pod_terminating(self, namespace: str, name: str, when: str) -> None:
+        """Set metadata.deletionTimestamp (RFC 3339): the pod is being deleted but still
+        runs its grace period, so the endpoints controller lists it as terminating
+        (serving while its Ready condition holds) until it is gone."""
+        doc = self.get_pod(namespace, name)
+        if doc is None:
+            raise NotFound(f"pod {namespace}/{name} not found")
+        doc.setdefault("metadata", {})["deletionTimestamp"] = when
+        self.put_pod(doc)
+
     @_wrap_errors
     def delete_pod(self, namespace: str, name: str) -> bool:
         return bool(self.client.delete(self.keys.object("pods", namespace, name)))
@@ -490,11 +547,16 @@ def _with_placeholders(doc: dict, service_cidr: ipaddress.IPv4Network,
     spec = dict(doc.get("spec") or {})
     if not spec.get("clusterIP"):
         spec["clusterIP"] = str(service_cidr.network_address + 1)
-    if spec.get("type") == "NodePort" and isinstance(spec.get("ports"), list):
+    wants_node_ports = spec.get("type") == "NodePort" or \
+        (spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is not False)
+    if wants_node_ports and isinstance(spec.get("ports"), list):
         given = {p.get("nodePort") for p in spec["ports"] if isinstance(p, Mapping)}
         spare = iter(n for n in range(node_port_range[1], node_port_range[0] - 1, -1) if n not in given)
         spec["ports"] = [dict(p, nodePort=p.get("nodePort") or next(spare, None))
                          if isinstance(p, Mapping) else p for p in spec["ports"]]
+    if spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local" \
+            and not spec.get("healthCheckNodePort"):
+        spec["healthCheckNodePort"] = node_port_range[0]      # allocated after validation
     return dict(doc, spec=spec)
 
 
