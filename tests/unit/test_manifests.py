@@ -283,3 +283,36 @@ def test_parsing_any_documents_is_total(docs):
         assert e.problems
     else:
         assert all(isinstance(m.namespace, str) and isinstance(m.name, str) for m in named)
+
+
+LB = """\
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: x}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
+
+def test_a_load_balancer_keeps_its_ports_and_its_ingress_ip_when_applied_again(stores):
+    """Issue 13's LoadBalancer through apply -f: NodePorts and the health-check NodePort
+    allocated and claimed; applying again changes none of them and keeps the ingress IP
+    the load-balancer controller wrote into status (apply never writes status)."""
+    objects, services = stores
+    assert run_apply(stores, LB) == ["service/lb created"]
+    first = services.get_service("x", "lb")
+    node_port, hc_port = first["spec"]["ports"][0]["nodePort"], first["spec"]["healthCheckNodePort"]
+    assert node_port != hc_port
+    claims = {k for k in objects.client.kv if "/nodeports/" in k}
+    assert claims == {f"/minikubenet/nodeports/tcp/{node_port}", f"/minikubenet/nodeports/tcp/{hc_port}"}
+    first["status"] = {"loadBalancer": {"ingress": [{"ip": "192.168.50.10"}]}}  # the LB controller's write
+    objects.client.put("/minikubenet/services/x/lb", json.dumps(first))
+    assert run_apply(stores, LB) == ["service/lb unchanged"]
+    run_apply(stores, LB.replace("targetPort: 8080", "targetPort: 9090"))
+    again = services.get_service("x", "lb")
+    assert again["spec"]["ports"][0]["nodePort"] == node_port and again["spec"]["healthCheckNodePort"] == hc_port
+    assert again["status"] == first["status"] and again["spec"]["ports"][0]["targetPort"] == 9090
+    assert {k for k in objects.client.kv if "/nodeports/" in k} == claims
