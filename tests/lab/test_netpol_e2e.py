@@ -56,13 +56,15 @@ NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def start_policy(lab, mode: str) -> None:
-    """Start policy enforcement on every node in ``mode``: through the lab's hook
-    ``minikubenet.lab.policy.start(lab, mode)`` (the policy controller's part)."""
-    try:
-        hook = importlib.import_module("minikubenet.lab.policy")
-    except ImportError:
-        pytest.skip("the lab cannot start policy enforcement: no minikubenet.lab.policy.start(lab, mode)")
-    hook.start(lab, mode)
+    """Policy enforcement on every node in ``mode``. The lab starts a policy controller
+    beside each node's proxy, in the proxy's mode (lab/services.py
+    ``start_policy_controllers``): switching the proxies' mode switches both."""
+    from minikubenet.lab import services as lab_services
+
+    if not hasattr(lab_services, "start_policy_controllers"):
+        pytest.skip("the lab starts no policy controllers (lab/services.py start_policy_controllers)")
+    if mode != lab.proxy_mode:
+        lab_services.restart_proxies(lab, mode)
 
 
 @pytest.fixture(scope="module", params=MODES)
