@@ -15,7 +15,7 @@ import sys
 import time
 
 from minikubenet.cli.common import EXIT_ERROR, NAME_HELP, CliError, prog
-from minikubenet.cli.lab_pods import register_lab
+from minikubenet.cli.lab_pods import print_lab_pods, register_lab
 
 
 def cmd_lab_up(args) -> int:
@@ -90,6 +90,10 @@ def _existing_lab(name):
 def cmd_lab_status(args) -> int:
     lab = _existing_lab(args.name)
     print(lab.report())
+    from minikubenet.lab.pods import list_pods
+    if list_pods(lab):                            # `lab pod add` pods
+        print()
+        print_lab_pods(lab)
     print()
     print(lab.overlay_report())
     return 0
