@@ -140,7 +140,7 @@ def lab_pid(lab, what: str) -> int:
 
 
 def proc_status(pid: int) -> dict:
-    out = {}
+    out: dict = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
@@ -288,7 +288,7 @@ def measure_startup(node_netns: str, ours_bin: str, shim_python: str, reps: int)
         ("bridge VERSION via ip netns exec",
          ["ip", "netns", "exec", node_netns, os.path.join(REFERENCE_PLUGIN_DIR, "bridge")]),
     ]
-    times = {label: [] for label, _ in items}
+    times: dict[str, list[float]] = {label: [] for label, _ in items}
     for argv in (a for _, a in items):   # one untimed run each: page cache
         subprocess.run(argv, input=conf, env=env, capture_output=True)
     for _ in range(reps):                # interleaved, so drift hits every item alike
@@ -310,10 +310,10 @@ def sequential(lab, plugins: list[Plugin], n: int, warmup: int, order: str, mete
         for i in range(warmup):
             p.add("w", i, warm[p.key][i])
             p.delete("w", i, warm[p.key][i])
-    wall = {(p.key, v): [] for p in plugins for v in ("ADD", "DEL")}
-    cpu = {(p.key, v): [] for p in plugins for v in ("ADD", "DEL")}   # the plugin processes' own CPU
-    ips = {p.key: [] for p in plugins}
-    daemons = {}   # verb -> CPU of agent and etcd over the phase (only ours uses them)
+    wall: dict[tuple[str, str], list[float]] = {(p.key, v): [] for p in plugins for v in ("ADD", "DEL")}
+    cpu: dict[tuple[str, str], list[float]] = {(p.key, v): [] for p in plugins for v in ("ADD", "DEL")}   # the plugin processes' own CPU
+    ips: dict[str, list] = {p.key: [] for p in plugins}
+    daemons: dict = {}   # verb -> CPU of agent and etcd over the phase (only ours uses them)
 
     def one(p: Plugin, verb: str, i: int) -> None:
         c = children_cpu()
@@ -347,7 +347,7 @@ def sequential(lab, plugins: list[Plugin], n: int, warmup: int, order: str, mete
         for p in plugins:
             phase([p], "ADD")
             phase([p], "DEL")
-    out = {}
+    out: dict = {}
     for p in plugins:
         out[p.key] = {}
         for verb in ("ADD", "DEL"):
@@ -363,7 +363,7 @@ def sequential(lab, plugins: list[Plugin], n: int, warmup: int, order: str, mete
 # -- phase 3: concurrent ADDs ------------------------------------------------------------------------
 
 def concurrent(lab, plugins: list[Plugin], c: int, meter: CpuMeter) -> dict:
-    out = {}
+    out: dict = {}
     pods = {p.key: make_pod_netns(lab, f"{p.key[0]}c", c) for p in plugins}
     for verb in ("ADD", "DEL"):
         for p in plugins:
@@ -547,6 +547,7 @@ def harness(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     env = subnet_env.read(spec["subnet_env"])
+    assert env is not None, f"no subnet.env at {spec['subnet_env']}"
     store = EtcdStore([spec["etcd"]], tls=TLSFiles(**spec["tls"]))
 
     def node_state(etcd) -> NodeState:
@@ -629,7 +630,7 @@ def fmt_ms(v) -> str:
 
 def report(res: dict) -> str:
     m = res["machine"]
-    lines = []
+    lines: list[str] = []
     w = lines.append
     w(f"CNI ADD/DEL benchmark, {res['started']}, lab {res['lab']}")
     w(f"machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['os']}; bench Python {m['python']}, "
@@ -695,7 +696,7 @@ def breakdown(res: dict) -> str:
     pr = res["profile"]
     st = res["startup"]
     seq = res["sequential"]
-    lines = []
+    lines: list[str] = []
     w = lines.append
     d = pr["direct"]
     wrapper = st["ip netns exec <node> /bin/true"]["p50_ms"] - st["spawn floor: /bin/true"]["p50_ms"]
@@ -756,6 +757,7 @@ def run(lab, args) -> dict:
     with open(ours_bin) as f:
         shim_python = f.readline()[2:].split()[0]
     env = subnet_env.read(os.path.join(lab.run_dir(node.name), "subnet.env"))
+    assert env is not None, "the agent wrote no subnet.env"
     ref_rt = CniRuntime(ref_conflist(lab), list(ours_rt.bin_dirs), node_netns=node.netns)
     plugins = [Plugin("ours", "minikubenet", ours_rt, env.subnet),
                Plugin("ref", "bridge+host-local", ref_rt, REF_SUBNET)]

@@ -69,7 +69,7 @@ def say(*a):
 def cluster(n: int):
     """N services ns "bench", named s00000.. so "sorted by name" is creation order, each
     with 2 endpoints; the last one's endpoints are local addresses in the namespace."""
-    from minikubenet.proxy.model import Endpoint, Service, ServicePort
+    from minikubenet.k8s_objects import Endpoint, Service, ServicePort
     services, endpoints = {}, {}
     base_ep = int(ipaddress.IPv4Address("10.244.0.0"))
     for i in range(n):
@@ -121,7 +121,7 @@ def bare_apply(mode: str, text: str, iptables_binary: str) -> float:
     return elapsed
 
 
-def worker_full(spec: dict) -> dict:
+def worker_full(spec: dict) -> dict | None:
     mode, n = spec["mode"], spec["n"]
     services, endpoints = cluster(n)
     syncer, rec = make_syncer(mode, spec["iptables"])
@@ -142,7 +142,7 @@ def worker_full(spec: dict) -> dict:
 
 def partials(mode, syncer, rec, services, endpoints, spec) -> dict:
     """One service's endpoints change (2 -> 1 -> 2 ...), then one new service appears."""
-    from minikubenet.proxy.model import Endpoint, Service, ServicePort
+    from minikubenet.k8s_objects import Endpoint, Service, ServicePort
     keys = sorted(services)
     key = keys[len(keys) // 2]
     full_eps = endpoints[key]
@@ -253,7 +253,7 @@ def worker(spec_path: str) -> int:
     if spec["task"] == "bare":
         with open(spec["text_file"]) as f:
             text = f.read()
-        out = {"bare_s": bare_apply(spec["mode"], text, spec["iptables"])}
+        out: dict | None = {"bare_s": bare_apply(spec["mode"], text, spec["iptables"])}
     else:
         out = worker_full(spec)
     if out is not None:
@@ -318,21 +318,27 @@ class LatencyWorker:
         if self._line() != "ready":
             raise RuntimeError(f"latency worker {self.what} did not get ready")
 
+    def _pipe(self, name: str):
+        """stdin/stdout/stderr of the worker (all three are pipes: Popen(..., PIPE))."""
+        pipe = getattr(self.proc, name)
+        assert pipe is not None
+        return pipe
+
     def _line(self) -> str:
-        line = self.proc.stdout.readline()
+        line = self._pipe("stdout").readline()
         if not line:
             self.proc.wait()
-            raise RuntimeError(f"latency worker {self.what} failed:\n{self.proc.stderr.read()[-3000:]}")
+            raise RuntimeError(f"latency worker {self.what} failed:\n{self._pipe('stderr').read()[-3000:]}")
         return line.strip()
 
     def measure(self, connections: int) -> list[float]:
-        self.proc.stdin.write(f"measure {connections}\n")
-        self.proc.stdin.flush()
+        self._pipe("stdin").write(f"measure {connections}\n")
+        self._pipe("stdin").flush()
         return json.loads(self._line())
 
     def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            self._pipe("stdin").close()
         except OSError:
             pass
         try:
@@ -478,7 +484,9 @@ def plot(res: dict, args, path: str) -> None:
     ax.set(title="full sync", xlabel="services (2 endpoints each)", ylabel="seconds", yscale="log")
     ax.legend(fontsize=8)
     ax = axes[1]
-    labels, values, colors = [], [], []
+    labels: list[str] = []
+    values: list[float] = []
+    colors: list[str] = []
     for mode, p in res["partial"].items():
         labels += [f"{mode}\nendpoints", f"{mode}\nnew service"]
         values += [statistics.median(p["endpoint_change_ms"]), statistics.median(p["new_service_ms"])]
@@ -494,7 +502,7 @@ def plot(res: dict, args, path: str) -> None:
     ax = axes[2]
     for mode, by_n in res["latency"].items():
         ns = sorted(int(n) for n in by_n)
-        get = lambda n, k: by_n[n if n in by_n else str(n)][k]   # noqa: E731
+        get = lambda n, k, by_n=by_n: by_n[n if n in by_n else str(n)][k]   # noqa: E731
         ax.plot(ns, [get(n, "p50_us") for n in ns], "o-", label=f"{mode} p50")
         ax.plot(ns, [get(n, "p99_us") for n in ns], "x--", label=f"{mode} p99")
     ax.set(title="connect() to the last service", xlabel="services", ylabel="microseconds", yscale="log")
@@ -544,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_term)
 
-    res = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+    res: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
            "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
     nss = Namespaces()
     tmp = tempfile.mkdtemp(prefix="minikubenet-bench-svc-")

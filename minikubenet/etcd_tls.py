@@ -32,6 +32,7 @@ import datetime
 import ipaddress
 import os
 import sys
+from typing import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from minikubenet import private_files
 from minikubenet.store.etcd import TLSFiles
 from minikubenet.store.etcd_rbac import ROOT_USER, USERS
 
@@ -125,7 +127,7 @@ def subject_alt_names(addresses: list[str]) -> list[x509.GeneralName]:
 
 
 def issue(ca_key, ca_cert: x509.Certificate, common_name: str, *, server: bool, client: bool,
-          addresses: list[str] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+          addresses: Sequence[str] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A leaf certificate signed by the CA. ``server``: for TLS servers (SANs from
     ``addresses``); ``client``: for TLS client authentication (its CN is the etcd user)."""
     key = _new_key()
@@ -168,15 +170,7 @@ def issue_client(ca_key, ca_cert, user: str):
 # --------------------------------------------------------------------------- files
 
 def _write_private(path: str, data: bytes) -> None:
-    """0600 from the first byte (O_CREAT with mode, not chmod after), then renamed."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)          # an existing tmp file keeps its old mode otherwise
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    private_files.write_atomic(path, data)      # 0600 from the first byte
 
 
 def _save(files: CertFiles, key, cert: x509.Certificate) -> None:

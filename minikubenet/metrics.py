@@ -46,6 +46,9 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.type}"]
 
+    def lines(self) -> list[str]:
+        raise NotImplementedError
+
 
 class Counter(_Metric):
     type = "counter"
@@ -152,7 +155,7 @@ class MetricSet:
         return "\n".join(lines) + "\n"
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class MetricsServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
@@ -166,7 +169,7 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> _Server:
+def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> MetricsServer:
     """An HTTP server on ``host:port`` in a background thread; ``routes`` maps a path to
     a function returning (status, content type, body)."""
     host, port = parse_bind(bind)
@@ -185,7 +188,7 @@ def serve(bind: str, routes: dict[str, Callable[[], tuple[int, str, str]]]) -> _
         def log_message(self, fmt, *args):
             pass
 
-    server = _Server((host or "0.0.0.0", port), Handler)
+    server = MetricsServer((host or "0.0.0.0", port), Handler)
     threading.Thread(target=server.serve_forever, name=f"http-{bind}", daemon=True).start()
     return server
 

@@ -74,7 +74,7 @@ def owns(mark: str, alias: str | None, mac: str | None, expected_mac: str) -> bo
     its veths, so their pods can still be deleted after an upgrade."""
     if alias:
         return alias == mark
-    return bool(mac) and mac.lower() == expected_mac.lower()
+    return mac is not None and mac != "" and mac.lower() == expected_mac.lower()
 
 
 @dataclass(frozen=True)

@@ -41,3 +41,31 @@ def open_file(path: str, mode: str = "w"):
     except BaseException:
         os.close(fd)
         raise
+
+
+def write_atomic(path: str, data: bytes | str, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` all at once: a reader (or a crash) sees the old file
+    or the new one, never half of either. The bytes go to a temporary file in the same
+    directory (``rename`` is atomic only within one filesystem), created with ``mode``
+    from the first byte (0600 unless told otherwise; an existing temp file is fchmod'ed),
+    flushed to disk, then renamed over ``path``; on any error the temp file is removed."""
+    if isinstance(data, str):
+        data = data.encode()
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -67,18 +67,6 @@ def read(path: str) -> SubnetEnv | None:
 
 
 def write(path: str, env: SubnetEnv) -> None:
-    """Atomically replace ``path``: write a temp file in the same directory, fsync, rename."""
+    """Atomically replace ``path`` (private_files.write_atomic: temp file, fsync, rename)."""
     private_files.make_dir(os.path.dirname(path) or ".")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with private_files.open_file(tmp, "w") as f:
-            f.write(env.render())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    private_files.write_atomic(path, env.render())

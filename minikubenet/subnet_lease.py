@@ -61,13 +61,13 @@ def choose_subnet(config: NetworkConfig, leases: list[SubnetLeaseRecord], public
 
     if previous is not None and previous in usable and free(previous):
         return Choice(previous, None, "the subnet in our previous subnet.env")
-    free = [s for s in config.subnets() if free(s)]
-    if not free:
+    candidates = [s for s in config.subnets() if free(s)]
+    if not candidates:
         raise OutOfSubnets(
             f"network {config.network} is full: all {len(usable)} /{config.subnet_len} subnets are taken "
             f"({len(taken & usable)} leases). Remove stale leases under the subnets prefix or use a larger Network.")
     # Like flannel: pick among the first 100 free ones at random.
-    return Choice((rng or random).choice(free[:100]), None, "a free subnet")
+    return Choice((rng or random).choice(candidates[:100]), None, "a free subnet")
 
 
 class SubnetLeaser:
@@ -126,6 +126,7 @@ class SubnetLeaser:
         self._stop.set()
 
     def _renew_loop(self) -> None:
+        assert self.record is not None, "renewing starts after acquire()"
         interval = self.renew_interval()
         retry = RENEW_RETRY_S
         while not self._stop.wait(interval):

@@ -71,20 +71,12 @@ def running_lab(lab_root, nodes, pods_per_node, proxy: bool = True, **kw):
 def one_node(lab_root):
     """Name: one_node. Scope: module. A lab with one node (etcd + agent), no pods:
     tests create their own pod namespaces through ``lab.runtime("n1")``."""
-    lab = make_lab(lab_root, nodes=1, pods_per_node=0)
-    try:
-        lab.up()
+    with running_lab(lab_root, nodes=1, pods_per_node=0) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture(scope="module")
 def three_nodes(lab_root):
     """Name: three_nodes. Scope: module. A 3-node lab with 2 pods per node."""
-    lab = make_lab(lab_root, nodes=3, pods_per_node=2)
-    try:
-        lab.up()
+    with running_lab(lab_root, nodes=3, pods_per_node=2) as lab:
         yield lab
-    finally:
-        lab.down()

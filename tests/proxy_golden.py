@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from minikubenet.proxy.model import endpoints_from_k8s, service_from_k8s
+from minikubenet.k8s_objects import endpoints_from_k8s, service_from_k8s
 
 GOLDEN = Path(__file__).parent / "unit" / "golden"
 

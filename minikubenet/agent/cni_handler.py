@@ -57,6 +57,7 @@ import ipaddress
 import logging
 import os
 import threading
+from typing import TYPE_CHECKING, Callable
 from dataclasses import dataclass
 
 from minikubenet.cni import result as cni_result
@@ -70,6 +71,9 @@ from minikubenet.linux.pod_plumbing import NotOurs, PodPlumbing
 from minikubenet.pod_network import (BRIDGE, LinkSeen, PodLink, attachment_macs, host_namespace_reason,
                                      host_veth_name, owns, plan_attachment)
 from minikubenet.store.etcd import StoreError
+
+if TYPE_CHECKING:
+    from minikubenet.linux.conntrack_table import ConntrackTable
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +135,13 @@ def ipam_routes(ipam: dict, gateway: str) -> list[cni_result.Route]:
 class NodeState:
     """What the handler needs to know about its node; filled in by the agent at start."""
     node_name: str
-    subnet: object          # ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network
     mtu: int
     allocator: PodIPAllocator
-    lease_healthy: callable  # () -> bool
-    store_ping: callable     # () -> None, raises StoreError
-    rps_cpus: str | None = None   # receive packet steering for pod veths (linux/rps.py)
-    conntrack: callable = None    # () -> linux.conntrack_table.ConntrackTable | None (agent/upkeep.py)
+    lease_healthy: Callable[[], bool]
+    store_ping: Callable[[], None]       # raises StoreError
+    rps_cpus: str | None = None          # receive packet steering for pod veths (linux/rps.py)
+    conntrack: Callable[[], ConntrackTable | None] | None = None   # agent/upkeep.py
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,14 @@ class Call:
     env: dict
     config: dict
     kernel_netns: str | None   # /proc/self/fd/N when the shim passed the namespace, else CNI_NETNS
+
+    @property
+    def pod_netns(self) -> str:
+        """``kernel_netns`` for the verbs that need one (ADD, CHECK): the request checks
+        (agent/request_checks.py) refused those without a namespace already."""
+        if self.kernel_netns is None:
+            raise CniError(ERR_INVALID_NETNS, "no network namespace given", "CNI_NETNS is empty")
+        return self.kernel_netns
 
     @property
     def container_id(self) -> str:
@@ -207,7 +219,7 @@ class CniHandler:
     def handle(self, request: dict, netns_fd: int | None = None) -> dict | None:
         env = request.get("env") or {}
         kernel_netns = f"/proc/self/fd/{netns_fd}" if netns_fd is not None else (env.get("CNI_NETNS") or None)
-        call = Call(command=request.get("command"), mode=request.get("mode") or "main", env=env,
+        call = Call(command=str(request.get("command")), mode=request.get("mode") or "main", env=env,
                     config=request.get("config") or {}, kernel_netns=kernel_netns)
         try:
             if call.mode not in ("main", "ipam"):
@@ -252,7 +264,7 @@ class CniHandler:
     def _refuse_own_namespace(self, call: Call) -> None:
         """ADD into the node's own namespace would replace the node's interfaces (skel: code 8)."""
         try:
-            pod, own = os.stat(call.kernel_netns), os.stat("/proc/self/ns/net")
+            pod, own = os.stat(call.pod_netns), os.stat("/proc/self/ns/net")
         except (OSError, TypeError):
             return
         if (pod.st_dev, pod.st_ino) == (own.st_dev, own.st_ino):
@@ -295,7 +307,7 @@ class CniHandler:
             return self._add_ipam(call)
         self._refuse_own_namespace(call)
         cid, ifname = call.container_id, call.ifname
-        link = PodLink(cid, ifname, call.kernel_netns, self.node.mtu)
+        link = PodLink(cid, ifname, call.pod_netns, self.node.mtu)
         with self._container_lock(cid), contextlib.ExitStack() as undo:
             kernel = self.kernel
             pod = self._plumb(call, kernel.open_pod, call.kernel_netns)  # gone: code 4
@@ -328,7 +340,7 @@ class CniHandler:
                         cni_result.Interface(ifname, macs.pod, sandbox=call.netns, mtu=self.node.mtu)],
             ips=[cni_result.IPConfig(str(plan.address), str(plan.gateway), interface=2)],
             routes=[cni_result.Route("0.0.0.0/0", str(plan.gateway))],
-            dns=call.config.get("dns") if isinstance(call.config.get("dns"), dict) else {})
+            dns=dns if isinstance(dns := call.config.get("dns"), dict) else {})
         return self._with_prev_result(call, cni_result.encode(res, call.config["cniVersion"]))
 
     def _add_ipam(self, call: Call) -> dict:
@@ -365,7 +377,7 @@ class CniHandler:
     def _steer(self, host_veth: str) -> None:
         """RPS on the pod's host-side veth: a tuning, so a failure is only logged."""
         try:
-            rps.set_rps_cpus(host_veth, self.node.rps_cpus)
+            rps.set_rps_cpus(host_veth, self.node.rps_cpus or "0")
         except rps.RpsError as e:
             log.warning("%s", e)
 
@@ -436,7 +448,7 @@ class CniHandler:
                                "the etcd record of this attachment is missing")
             problems = self._compare_with_prev(call, prev, allocation)
             if call.mode == "main" and not problems:
-                plan = plan_attachment(PodLink(cid, ifname, call.kernel_netns, self.node.mtu), allocation.ip,
+                plan = plan_attachment(PodLink(cid, ifname, call.pod_netns, self.node.mtu), allocation.ip,
                                        self.node.subnet)
                 problems = self.kernel.inspect(plan)
                 problems += self._compare_mac(call, prev)
@@ -454,7 +466,7 @@ class CniHandler:
         want = cni_result.mac_of(prev, call.ifname, call.netns)
         if not want:
             return []
-        have = self.kernel.pod_mac(call.kernel_netns, call.ifname)
+        have = self.kernel.pod_mac(call.pod_netns, call.ifname)
         return [] if have == want else [f"{call.ifname} has MAC {have}, prevResult says {want}"]
 
     # -- GC and STATUS (CNI 1.1) ----------------------------------------------------------------

@@ -79,7 +79,7 @@ def error_answer(e: CniError) -> bytes:
 
 
 def _received_fds(ancdata) -> list[int]:
-    fds = []
+    fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             got = array.array("i")
@@ -267,12 +267,12 @@ class CniServer:
                 request = decode_request(b"".join(conn.chunks))
                 check_request(request, self.cni_handler.node.mtu)
                 netns_fd = conn.fds[0] if conn.fds and request.get("netnsFd") else None
-                answer = {"result": self.cni_handler.handle(request, netns_fd=netns_fd)}
+                answer: dict = {"result": self.cni_handler.handle(request, netns_fd=netns_fd)}
                 warnings = self.cni_handler.status_warnings() if request.get("command") == "STATUS" else []
                 if warnings:
                     answer["warnings"] = warnings      # the shim prints them on stderr
             except CniError as e:
-                env = request.get("env") if isinstance(request.get("env"), dict) else {}
+                env = env if isinstance(env := request.get("env"), dict) else {}
                 log.warning("%s %s: %s (%s)", request.get("command", "?"), env.get("CNI_CONTAINERID", ""),
                             e.msg, e.details)
                 answer = {"error": {"code": e.code, "msg": e.msg, "details": e.details}}

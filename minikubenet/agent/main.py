@@ -6,7 +6,7 @@ Start-up, in order, each step a clear error if it cannot be done:
 1. connect to etcd and read the network config (waiting a while for both);
 2. find the node's underlay interface and public IP, and from its MTU the pod MTU
    (underlay − 50 with VXLAN: 20 IPv4 + 8 UDP + 8 VXLAN + 14 inner Ethernet);
-3. prepare the backend (agent/backend.py): with VXLAN create ``flannel.<VNI>`` now,
+3. prepare the backend (agent/backends/): with VXLAN create ``flannel.<VNI>`` now,
    because its MAC goes into the lease;
 4. lease a subnet for this node (subnet_lease.py) and keep renewing it;
 5. create the bridge ``cni0`` with the gateway address, enable forwarding, install
@@ -33,10 +33,9 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 from minikubenet import subnet_env
-from minikubenet.agent import backend
+from minikubenet.agent import backends
 from minikubenet.agent.metrics import AgentMetrics
 from minikubenet.agent.upkeep import DEFAULT_SYNC_PERIOD_S, ConntrackPressure, MasqueradeRules, Upkeep
 from minikubenet.agent.cni_handler import CniHandler, NodeState
@@ -46,12 +45,14 @@ from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
 from minikubenet.linux.netns import node_iproute
 from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing
-from minikubenet.metrics import metrics_routes, parse_bind, serve
+from minikubenet.metrics import MetricsServer, metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
 from minikubenet.masquerade import render_masquerade
 from minikubenet.network_config import ConfigError
+from minikubenet.overlay.controller import OverlayController
 from minikubenet.pod_network import BRIDGE
+from minikubenet.waiting import wait_until
 from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
 from minikubenet.store.keys import KeyLayout
 from minikubenet.subnet_lease import DEFAULT_TTL_S, OutOfSubnets, SubnetLeaser
@@ -94,23 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def wait_for_config(store: EtcdStore, timeout: float):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while True:
+    """The network config, once etcd has one (an invalid one is an error at once)."""
+    why = [""]
+
+    def config():
         try:
-            config = store.get_config()
-            if config is not None:
-                return config
-            last_error = (f"no network config at {store.layout.config}; "
-                          "write one with `minikubenet network init --network 10.244.0.0/16`")
+            found = store.get_config()
         except StoreError as e:
-            last_error = str(e)
+            why[0] = str(e)
         except ConfigError as e:
             raise AgentError(f"the network config at {store.layout.config} is invalid: {e}") from None
-        if time.monotonic() >= deadline:
-            raise AgentError(last_error)
-        log.info("waiting: %s", last_error)
-        time.sleep(1.0)
+        else:
+            if found is not None:
+                return found
+            why[0] = (f"no network config at {store.layout.config}; "
+                      "write one with `minikubenet network init --network 10.244.0.0/16`")
+        log.info("waiting: %s", why[0])
+        return None
+
+    found = wait_until(config, timeout, interval=1.0)
+    if found is None:
+        raise AgentError(why[0])
+    return found
 
 
 class Agent:
@@ -121,11 +127,12 @@ class Agent:
         self.store: EtcdStore | None = None
         self.leaser: SubnetLeaser | None = None
         self.server: CniServer | None = None
-        self.overlay = None
+        self.overlay: OverlayController | None = None
         self.metrics = AgentMetrics()
-        self.metrics_server = None
+        self.metrics_server: MetricsServer | None = None
         self.upkeep: Upkeep | None = None
-        self._prepared = None   # a VXLAN device this start created, until the agent is up
+        self._backend: backends.BackendBase | None = None
+        self._prepared: backends.Prepared | None = None   # a VXLAN device this start created, until the agent is up
 
     def start(self) -> None:
         a = self.args
@@ -157,15 +164,16 @@ class Agent:
             except UnderlayNotFound as e:
                 raise AgentError(str(e)) from None
         try:
-            prepared = backend.prepare(config, underlay)
-        except backend.BackendError as e:
+            self._backend = backends.for_config(config.backend)
+            prepared = self._backend.prepare(config, underlay)
+        except backends.BackendError as e:
             raise AgentError(str(e)) from None
         self._prepared = prepared
         mtu = prepared.pod_mtu
         log.info("underlay %s %s mtu %d -> pod mtu %d", underlay.ifname, underlay.ip, underlay.mtu, mtu)
 
         previous = subnet_env.read(self.subnet_file)
-        self.leaser = SubnetLeaser(self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data,
+        leaser = self.leaser = SubnetLeaser(self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data,
                                    ttl=a.subnet_lease_ttl)
         try:
             lease = self.leaser.acquire(previous.subnet if previous else None)
@@ -181,7 +189,7 @@ class Agent:
                 raise AgentError(str(e)) from None
         if rps_cpus is not None:
             try:
-                for dev in [BRIDGE] + ([prepared.spec.name] if prepared.spec is not None else []):
+                for dev in [BRIDGE] + prepared.devices:
                     rps.set_rps_cpus(dev, rps_cpus)
             except rps.RpsError as e:
                 raise AgentError(str(e)) from None
@@ -200,14 +208,14 @@ class Agent:
 
         # Every remote node is programmed before we say "ready": a pod created now can
         # reach the whole cluster at once.
-        self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
+        overlay = self.overlay = self._backend.start(self.store, config, underlay, lease.subnet, prepared)
         self._prepared = None   # from here on the device is in use: keep it on exit
-        self.metrics.attach(malformed=self.overlay.bad.current, malformed_seen=self.overlay.bad.seen,
-                            lease_renewals=self.leaser.renewals,
-                            overlay_entries=self.overlay.wanted_entries,
-                            overlay_programmed=self.overlay.programmed,
-                            overlay_withdrawn=self.overlay.withdrawn,
-                            overlay_corrected=self.overlay.corrected)
+        self.metrics.attach(malformed=overlay.bad.current, malformed_seen=overlay.bad.seen,
+                            lease_renewals=leaser.renewals,
+                            overlay_entries=overlay.wanted_entries,
+                            overlay_programmed=overlay.programmed,
+                            overlay_withdrawn=overlay.withdrawn,
+                            overlay_corrected=overlay.corrected)
         conntrack = ConntrackPressure()
         self.upkeep = Upkeep(rules, conntrack, self.metrics, a.sync_period).start()
 
@@ -218,7 +226,7 @@ class Agent:
         reconcile(allocator, a.node_name, mtu, plumbing)
         node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
                          allocator=allocator,
-                         lease_healthy=lambda: self.leaser.healthy, store_ping=self.store.ping,
+                         lease_healthy=lambda: leaser.healthy, store_ping=self.store.ping,
                          rps_cpus=None if rps_cpus == "0" else rps_cpus, conntrack=conntrack.current)
         self.server = CniServer(self.socket_path, CniHandler(node, plumbing),
                                 on_answer=self.metrics.observe_cni_request)
@@ -226,6 +234,7 @@ class Agent:
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
 
     def serve(self) -> None:
+        assert self.server is not None, "serve() after start()"
         self.server.serve_forever(poll_interval=0.5)
 
     def stop(self) -> None:
@@ -236,8 +245,8 @@ class Agent:
             self.metrics_server.server_close()
         if self.overlay:
             self.overlay.stop()
-        if self._prepared:
-            backend.undo(self._prepared)
+        if self._prepared and self._backend:
+            self._backend.undo(self._prepared)
         if self.leaser:
             self.leaser.stop()
         if self.server:

@@ -24,7 +24,7 @@ import re
 import sys
 
 from minikubenet.cli.common import CliError, etcd_options, open_store
-from minikubenet.proxy.model import ValidationError, endpoints_from_k8s
+from minikubenet.k8s_objects import ValidationError, endpoints_from_k8s
 from minikubenet.store.services import DEFAULT_SERVICE_CIDR, NotFound, ServiceConflict, ServiceStore
 
 _PORT_SPEC = re.compile(r"^(?:(?P<name>[^=]+)=)?(?P<port>[^:/@]+)(?::(?P<target>[^/@]+))?"
@@ -79,8 +79,40 @@ def service_doc_from_args(args) -> dict:
         spec["clusterIP"] = args.cluster_ip
     if args.session_affinity == "ClientIP" and args.affinity_timeout:
         spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": args.affinity_timeout}}
+    spec.update(_external_spec(args))
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"namespace": args.namespace, "name": args.name}, "spec": spec}
+
+
+def _external_spec(args) -> dict:
+    """The LoadBalancer / traffic-policy flags as Service spec fields; checked, like the
+    rest, by the Service validation (k8s_objects.service_from_k8s)."""
+    spec: dict = {}
+    if args.external_ip:
+        spec["externalIPs"] = [ip for arg in args.external_ip for ip in arg.split(",") if ip]
+    if args.external_traffic_policy:
+        spec["externalTrafficPolicy"] = args.external_traffic_policy
+    if args.internal_traffic_policy:
+        spec["internalTrafficPolicy"] = args.internal_traffic_policy
+    if args.load_balancer_source_range:
+        spec["loadBalancerSourceRanges"] = [r for arg in args.load_balancer_source_range
+                                            for r in arg.split(",") if r]
+    if args.health_check_node_port:
+        spec["healthCheckNodePort"] = args.health_check_node_port
+    if args.no_allocate_load_balancer_node_ports:
+        spec["allocateLoadBalancerNodePorts"] = False
+    return spec
+
+
+def _external_ips(doc: dict) -> str:
+    """kubectl's EXTERNAL-IP column: ingress IPs and externalIPs; <pending> for a
+    LoadBalancer still waiting for an address."""
+    spec, status = doc.get("spec") or {}, doc.get("status") or {}
+    ips = [i.get("ip") for i in (status.get("loadBalancer") or {}).get("ingress") or [] if isinstance(i, dict)]
+    ips += spec.get("externalIPs") or []
+    if ips:
+        return ",".join(str(ip) for ip in ips if ip)
+    return "<pending>" if spec.get("type") == "LoadBalancer" else "<none>"
 
 
 def _read_json(path: str):
@@ -152,13 +184,13 @@ def cmd_svc_get(args) -> int:
     if args.output == "json":
         print(json.dumps(list(docs.values()), indent=2))
         return 0
-    rows = [("NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR", "AFFINITY")]
+    rows = [("NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "SELECTOR", "AFFINITY")]
     for key, doc in sorted(docs.items()):
         spec = doc.get("spec", {})
         ports = ",".join(f"{p['port']}" + (f":{p['nodePort']}" if p.get("nodePort") else "") +
                          f"/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
         sel = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items())) or "<none>"
-        rows.append((*key.split("/", 1), spec.get("type", ""), spec.get("clusterIP", ""), ports, sel,
+        rows.append((*key.split("/", 1), spec.get("type", ""), spec.get("clusterIP", ""), _external_ips(doc), ports, sel,
                      spec.get("sessionAffinity", "None")))
     _table(rows)
     return 0
@@ -166,7 +198,14 @@ def cmd_svc_get(args) -> int:
 
 # --------------------------------------------------------------------------- get
 
+_POLICY_KINDS = {"netpol": "networkpolicies", "networkpolicy": "networkpolicies",
+                 "networkpolicies": "networkpolicies", "ns": "namespaces", "namespace": "namespaces",
+                 "namespaces": "namespaces"}
+
+
 def cmd_get(args) -> int:
+    if args.kind in _POLICY_KINDS:
+        return cmd_get_policy_objects(args, _POLICY_KINDS[args.kind])
     store = _services(args)
     kind = {"pods": "pods", "pod": "pods", "po": "pods", "endpoints": "endpoints", "ep": "endpoints",
             "services": "services", "service": "services", "svc": "services"}[args.kind]
@@ -180,7 +219,7 @@ def cmd_get(args) -> int:
         print(json.dumps(list(docs.values()), indent=2))
         return 0
     if kind == "pods":
-        rows = [("NAMESPACE", "NAME", "READY", "IP", "NODE", "LABELS")]
+        rows: list[tuple[str, ...]] = [("NAMESPACE", "NAME", "READY", "IP", "NODE", "LABELS")]
         for key, doc in sorted(docs.items()):
             status = doc.get("status") or {}
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
@@ -195,11 +234,51 @@ def cmd_get(args) -> int:
             except ValidationError as e:
                 rows.append((*key.split("/", 1), f"<invalid: {e.errors[0]}>", ""))
                 continue
-            ready = sorted({str(e) for es in eps.values() for e in es if e.ready})
+            ready_ips = sorted({str(e) for es in eps.values() for e in es if e.ready})
             not_ready = sorted({str(e) for es in eps.values() for e in es if not e.ready})
-            rows.append((*key.split("/", 1), _some(ready), _some(not_ready)))
+            rows.append((*key.split("/", 1), _some(ready_ips), _some(not_ready)))
     _table(rows)
     return 0
+
+
+def cmd_get_policy_objects(args, kind: str) -> int:
+    """``get netpol`` and ``get ns``, as kubectl prints them (no AGE: we keep no timestamps)."""
+    from minikubenet.store.policy_objects import PolicyObjectStore
+    store = PolicyObjectStore(open_store(args))
+    if kind == "namespaces":
+        docs = store.list_namespaces()
+        if args.output == "json":
+            print(json.dumps(list(docs.values()), indent=2))
+            return 0
+        rows = [("NAME", "STATUS", "LABELS")]
+        for name, doc in sorted(docs.items()):
+            labels = (doc.get("metadata") or {}).get("labels") or {}
+            rows.append((name, "Active", ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"))
+        _table(rows)
+        return 0
+    docs = store.list_network_policies(None if args.all_namespaces else args.namespace)
+    if args.output == "json":
+        print(json.dumps(list(docs.values()), indent=2))
+        return 0
+    header = ("NAMESPACE", "NAME", "POD-SELECTOR") if args.all_namespaces else ("NAME", "POD-SELECTOR")
+    table: list[tuple[str, ...]] = [header]
+    for key, doc in sorted(docs.items()):
+        selector = format_selector((doc.get("spec") or {}).get("podSelector"))
+        table.append((*key.split("/", 1), selector) if args.all_namespaces else (key.split("/", 1)[1], selector))
+    _table(table)
+    return 0
+
+
+def format_selector(selector) -> str:
+    """apimachinery's FormatLabelSelector: "pod=a,ns in (x,y),!gone", "<none>" for empty."""
+    if not selector:
+        return "<none>"
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for req in selector.get("matchExpressions") or []:
+        key, op, values = req.get("key"), req.get("operator"), ",".join(req.get("values") or [])
+        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                      "Exists": f"{key}", "DoesNotExist": f"!{key}"}.get(op, f"{key} {op} ({values})"))
+    return ",".join(parts) or "<none>"
 
 
 def _some(items: list[str], n: int = 3) -> str:
@@ -233,10 +312,22 @@ def register(sub) -> None:
     create.add_argument("-f", "--file", help="a k8s-shaped Service JSON document ('-': stdin)")
     create.add_argument("--port", action="append", default=[], metavar="[NAME=]PORT[:TARGET][/PROTO][@NODEPORT]")
     create.add_argument("--selector", help="key=value[,key=value]: the pods behind the service")
-    create.add_argument("--type", default="ClusterIP", help="ClusterIP or NodePort")
+    create.add_argument("--type", default="ClusterIP", help="ClusterIP, NodePort or LoadBalancer")
     create.add_argument("--cluster-ip", help="ask for this ClusterIP (default: allocate one)")
     create.add_argument("--session-affinity", default="None", help="None or ClientIP")
     create.add_argument("--affinity-timeout", type=int, help="ClientIP affinity timeout in seconds (default 10800)")
+    create.add_argument("--external-ip", action="append", default=[], metavar="IP[,IP]",
+                        help="spec.externalIPs: also answer on these addresses")
+    create.add_argument("--external-traffic-policy", choices=["Cluster", "Local"],
+                        help="Local: NodePort/LB traffic only to this node's pods, client address kept")
+    create.add_argument("--internal-traffic-policy", choices=["Cluster", "Local"],
+                        help="Local: ClusterIP traffic only to the sending node's pods")
+    create.add_argument("--load-balancer-source-range", action="append", default=[], metavar="CIDR[,CIDR]",
+                        help="LoadBalancer: only these clients may use the ingress IP")
+    create.add_argument("--health-check-node-port", type=int,
+                        help="LoadBalancer with Local policy: this port (default: allocated)")
+    create.add_argument("--no-allocate-load-balancer-node-ports", action="store_true",
+                        help="LoadBalancer without NodePorts (allocateLoadBalancerNodePorts: false)")
     create.set_defaults(func=cmd_svc_create)
 
     delete = svc.add_parser("delete", help="delete a service, its endpoints, its ClusterIP")
@@ -256,9 +347,10 @@ def register(sub) -> None:
     eps.add_argument("-f", "--file", required=True)
     eps.set_defaults(func=cmd_svc_set_endpoints)
 
-    g = sub.add_parser("get", help="list pods, endpoints or services")
+    g = sub.add_parser("get", help="list pods, endpoints, services, network policies or namespaces")
     _common(g)
-    g.add_argument("kind", choices=["pods", "pod", "po", "endpoints", "ep", "services", "service", "svc"])
+    g.add_argument("kind", choices=["pods", "pod", "po", "endpoints", "ep", "services", "service", "svc",
+                                    *_POLICY_KINDS])
     g.add_argument("-A", "--all-namespaces", action="store_true")
     g.add_argument("-o", "--output", choices=["table", "json"], default="table")
     g.set_defaults(func=cmd_get)

@@ -57,6 +57,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from minikubenet import private_files
 from minikubenet.cni import shim
 
 PLUGIN_NAME = "minikubenet"
@@ -132,8 +133,9 @@ def baked_source(mode: str = "main", agent_socket: str = shim.DEFAULT_AGENT_SOCK
         body = body.split("\n", 1)[1]
     values = {"MODE": mode, "DEFAULT_AGENT_SOCKET": agent_socket, "INVOCATION_LOG": invocation_log}
     for name in BAKED:
-        body, n = re.subn(rf"^{name} = .*$", lambda _m, n=name: f"{n} = {values[n]!r}", body,
-                          count=1, flags=re.M)
+        line = f"{name} = {values[name]!r}"
+        # a replacement string, its backslashes doubled: re.subn reads them as escapes
+        body, n = re.subn(rf"^{name} = .*$", line.replace("\\", "\\\\"), body, count=1, flags=re.M)
         if n != 1:
             raise InstallError(f"cannot bake {name} into the plugin: shim.py has no `{name} = ...` line")
     return body
@@ -353,12 +355,8 @@ def load_manifest(state_dir: str) -> dict:
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)   # /opt/cni/bin and friends: 0755, not private
+    private_files.write_atomic(path, data, mode)
 
 
 def save_manifest(state_dir: str, manifest: dict) -> None:
@@ -400,7 +398,7 @@ def install(opts: Options, force: bool = False, dry_run: bool = False) -> Report
             continue
         if p.action == "replace":
             backup = _backup_path(opts.state_dir, p.path)
-            _write_atomic(backup, _read(p.path), 0o600)
+            _write_atomic(backup, _read(p.path) or b"", 0o600)
             entry = manifest["files"].setdefault(p.path, {})
             entry["backup"], entry["backup_mode"] = backup, os.stat(p.path).st_mode & 0o7777
         _write_atomic(p.path, p.content, p.mode)
@@ -433,10 +431,11 @@ def uninstall(state_dir: str = DEFAULT_STATE_DIR, force: bool = False, dry_run: 
             report.ok = False
             continue
         backup = entry.get("backup")
-        if backup and _read(backup) is not None:
+        saved = _read(backup) if backup else None
+        if backup and saved is not None:
             report.lines.append(f"restored  {path} (the file install --force replaced)")
             if not dry_run:
-                _write_atomic(path, _read(backup), entry.get("backup_mode", 0o644))
+                _write_atomic(path, saved, entry.get("backup_mode", 0o644))
                 os.unlink(backup)
         elif current is None:
             report.lines.append(f"gone      {path} (already removed)")

@@ -62,7 +62,7 @@ def encode(result: Result, cni_version: str) -> dict:
     if result.interfaces:
         ifaces = []
         for i in result.interfaces:
-            d = {"name": i.name}
+            d: dict[str, str | int] = {"name": i.name}
             if i.mac:
                 d["mac"] = i.mac
             if i.mtu and v >= (1, 1, 0):

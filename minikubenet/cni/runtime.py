@@ -79,9 +79,10 @@ class CniRuntime:
         return conf
 
     def add(self, container_id: str, netns: str, ifname: str = "eth0", args: dict | None = None) -> dict:
-        prev = None
+        prev: dict | None = None
         for plugin in self.conflist["plugins"]:
             prev = self.exec_plugin(self._plugin_conf(plugin, prev), "ADD", container_id, netns, ifname, args)
+        assert prev is not None, "a conflist has at least one plugin"
         self.results[(container_id, ifname)] = prev
         return prev
 

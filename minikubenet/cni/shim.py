@@ -295,7 +295,7 @@ def open_netns(command, env, keep=True):
         if command in ("ADD", "CHECK"):
             raise CniError(ERR_INVALID_ENVIRONMENT, "CNI_NETNS %s does not exist" % netns,
                            "%s; the runtime must create the network namespace before calling the plugin"
-                           % (e.strerror or e))
+                           % (e.strerror or e)) from None
         return None
     if keep:
         return fd
@@ -308,7 +308,7 @@ def read_config(stdin, limit=MAX_CONFIG_BYTES):
     try:
         raw = stdin.read(limit + 1)
     except OSError as e:
-        raise CniError(ERR_IO, "failed to read network config from stdin", str(e))
+        raise CniError(ERR_IO, "failed to read network config from stdin", str(e)) from None
     if len(raw) > limit:
         raise CniError(ERR_DECODE, "failed to decode network config",
                        "the network config is larger than %d bytes (this plugin's limit)" % limit)
@@ -319,7 +319,7 @@ def parse_config(raw):
     try:
         config = json_loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:   # TooDeep is a ValueError
-        raise CniError(ERR_DECODE, "failed to decode network config", str(e))
+        raise CniError(ERR_DECODE, "failed to decode network config", str(e)) from None
     if not isinstance(config, dict):
         raise CniError(ERR_DECODE, "failed to decode network config", "expected a JSON object")
     return config
@@ -403,7 +403,7 @@ def ask_agent(sock_path, request, netns_fd=None, unreachable_code=ERR_TRY_AGAIN_
                 chunks.append(chunk)
         except OSError as e:
             raise CniError(unreachable_code, "minikubenet agent unreachable",
-                           "%s: %s (is minikubenet-agent running on this node?)" % (sock_path, e.strerror or e))
+                           "%s: %s (is minikubenet-agent running on this node?)" % (sock_path, e.strerror or e)) from None
     finally:
         s.close()
     try:

@@ -70,9 +70,6 @@ class Owner:
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def same_attachment(self, other: "Owner") -> bool:
-        return (self.container_id, self.ifname) == (other.container_id, other.ifname)
-
 
 @dataclass(frozen=True)
 class Allocation:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 from minikubenet.linux.netns import path_of, socket_in
+from minikubenet.waiting import wait_until
 
 ETH_P_ALL = 0x0003
 
@@ -70,9 +70,5 @@ def vxlan_packets(frames, port: int = 8472):
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+    """Have the captured frames come in? (minikubenet/waiting.py's loop)"""
+    return bool(wait_until(predicate, timeout, interval))

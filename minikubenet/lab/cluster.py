@@ -51,6 +51,7 @@ from minikubenet.linux.named_netns import run
 from minikubenet.pod_network import NODE_MARK_PREFIX
 from minikubenet.store import etcd_rbac
 from minikubenet.store.etcd import TLSFiles
+from minikubenet.waiting import wait_until
 
 LAB_ROOT = "/run/minikubenet-lab"
 REFERENCE_PLUGIN_DIR = "/usr/lib/cni"
@@ -125,10 +126,7 @@ class Lab:
             for kind, items in kinds.items():
                 state.setdefault(kind, []).extend(items)
             private_files.make_dir(self.dir)
-            tmp = self.state_file + ".tmp"
-            with private_files.open_file(tmp, "w") as f:
-                json.dump(state, f, indent=1)
-            os.replace(tmp, self.state_file)
+            private_files.write_atomic(self.state_file, json.dumps(state, indent=1))
 
     def params(self) -> dict:
         t = self.topo
@@ -238,12 +236,9 @@ class Lab:
     def wait_etcd_healthy(self, members: list[str] | None = None, timeout: float = 30.0) -> None:
         t = self.topo
         specs = [t.etcd_member(n) for n in members] if members else t.etcd_member_specs()
-        deadline = time.monotonic() + timeout
-        while not all(daemons.etcd_healthy(m.netns, str(m.ip)) for m in specs):
-            if time.monotonic() > deadline:
-                raise LabError(f"etcd is not healthy after {timeout:.0f}s: "
-                               f"{', '.join(m.name for m in specs if not daemons.etcd_healthy(m.netns, str(m.ip)))}")
-            time.sleep(0.05)
+        if not wait_until(lambda: all(daemons.etcd_healthy(m.netns, str(m.ip)) for m in specs), timeout):
+            raise LabError(f"etcd is not healthy after {timeout:.0f}s: "
+                           f"{', '.join(m.name for m in specs if not daemons.etcd_healthy(m.netns, str(m.ip)))}")
 
     def etcd_member_record(self, member: str) -> ProcessRecord | None:
         """The running process of one member, or None."""
@@ -259,9 +254,7 @@ class Lab:
         if rec is None:
             raise LabError(f"etcd member {member} is not running")
         os.kill(rec.pid, signum)
-        deadline = time.monotonic() + 10
-        while rec.alive() and not processes.is_zombie(rec.pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not rec.alive() or processes.is_zombie(rec.pid), 10, interval=0.01)
 
     def _close_etcd(self) -> None:
         """One etcd user per daemon kind with only its key prefixes, then ``auth enable``."""
@@ -368,13 +361,10 @@ class Lab:
                                   extra, tls=self.etcd_tls(etcd_rbac.AGENT))
         rec = self._start(node.netns, argv, log, f"agent {node.name}")
         sock = os.path.join(self.run_dir(node.name), "agent.sock")
-        deadline = time.monotonic() + 60
-        while not daemons.agent_ready(sock):
-            if not rec.alive():
-                raise LabError(f"the agent on {node.name} exited; {log} ends with:\n{processes.tail(log)}")
-            if time.monotonic() > deadline:
-                raise LabError(f"the agent on {node.name} is not ready after 60s; {log}:\n{processes.tail(log)}")
-            time.sleep(0.05)
+        if not wait_until(lambda: daemons.agent_ready(sock) or not rec.alive(), 60):
+            raise LabError(f"the agent on {node.name} is not ready after 60s; {log}:\n{processes.tail(log)}")
+        if not daemons.agent_ready(sock):
+            raise LabError(f"the agent on {node.name} exited; {log} ends with:\n{processes.tail(log)}")
         return rec
 
     def agent_record(self, node_name: str) -> ProcessRecord | None:

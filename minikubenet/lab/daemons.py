@@ -12,10 +12,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 from minikubenet.etcd_tls import EtcdPki
 from minikubenet.lab import processes
+from minikubenet.lab.probes import ProbeFailed, wait_listening
 from minikubenet.lab.processes import ProcessRecord
 from minikubenet.linux.netns import path_of, socket_in
 from minikubenet.store.etcd import TLSFiles
@@ -108,22 +108,15 @@ def etcd_healthy(netns: str, ip: str = "127.0.0.1", port: int = ETCD_HEALTH_PORT
 
 
 def wait_tcp(netns: str, ip: str, port: int, rec: ProcessRecord, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(0.5)
-        try:
-            s.connect((ip, port))
-            return
-        except OSError:
-            if not rec.alive():
-                raise DaemonFailed(f"{rec.what} exited; its log ({rec.log}) ends with:\n{processes.tail(rec.log)}")
-            if time.monotonic() > deadline:
-                raise DaemonFailed(f"{rec.what} does not listen on {ip}:{port} after {timeout:.0f}s; "
-                                   f"log {rec.log}:\n{processes.tail(rec.log)}")
-            time.sleep(0.1)
-        finally:
-            s.close()
+    """Until the daemon ``rec`` accepts on ip:port (lab/probes.py's wait, with the
+    daemon's log in the message when it dies or never listens)."""
+    try:
+        wait_listening(netns, ip, port, timeout, alive=rec.alive)
+    except ProbeFailed:
+        if not rec.alive():
+            raise DaemonFailed(f"{rec.what} exited; its log ({rec.log}) ends with:\n{processes.tail(rec.log)}") from None
+        raise DaemonFailed(f"{rec.what} does not listen on {ip}:{port} after {timeout:.0f}s; "
+                           f"log {rec.log}:\n{processes.tail(rec.log)}") from None
 
 
 def etcdctl(netns: str, endpoint: str, *args: str, tls: TLSFiles | None = None) -> str:

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 from minikubenet.linux.netns import path_of, socket_in
+from minikubenet.waiting import wait_until
 
 
 class ProbeFailed(Exception):
@@ -89,17 +90,32 @@ def too_big_for_path(netns: str, ip: str, size: int) -> bool:
         s.close()
 
 
-def wait_listening(netns: str, ip: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
-        s.settimeout(0.5)
-        try:
-            s.connect((ip, port))
-            return
-        except OSError as e:
-            if time.monotonic() > deadline:
-                raise ProbeFailed(f"nothing listens on {ip}:{port} in {netns}: {e}") from None
-            time.sleep(0.05)
-        finally:
-            s.close()
+def connect_error(netns: str, ip: str, port: int, timeout: float = 0.5) -> OSError | None:
+    """Try one TCP connection from ``netns``: None if it was accepted, else the error."""
+    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((ip, port))
+        return None
+    except OSError as e:
+        return e
+    finally:
+        s.close()
+
+
+def wait_listening(netns: str, ip: str, port: int, timeout: float = 10.0, alive=None) -> None:
+    """Until something accepts on ip:port in ``netns``. ``alive`` (optional) is asked
+    between tries: False means the process that should listen has died, stop waiting."""
+    errors: list[OSError] = []
+
+    def accepted() -> bool:
+        error = connect_error(netns, ip, port)
+        if error is None:
+            return True
+        errors[:] = [error]
+        if alive is not None and not alive():
+            raise ProbeFailed(f"the process that should listen on {ip}:{port} exited")
+        return False
+
+    if not wait_until(accepted, timeout, interval=0.05):
+        raise ProbeFailed(f"nothing listens on {ip}:{port} in {netns}: {errors[0] if errors else 'no answer'}")

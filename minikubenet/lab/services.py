@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from minikubenet.lab import probes
 from minikubenet.lab.topology import POD_PORT, PodSpec
 from minikubenet.store import etcd_rbac
+from minikubenet.waiting import wait_until
 
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
@@ -55,7 +56,7 @@ def pod_labels(pod: PodSpec) -> dict[str, str]:
 
 
 def pod_docs(lab) -> list[dict]:
-    from minikubenet.proxy.model import pod_doc
+    from minikubenet.k8s_objects import pod_doc
     ips = {name: rec["ip"] for name, rec in lab.pods().items()}
     return [pod_doc(NAMESPACE, p.name, ips.get(p.name), p.node, pod_labels(p),
                     ports=[("http", POD_PORT, "TCP"), ("echo", UDP_PORT, "UDP")]) for p in lab.topo.pods()]
@@ -75,7 +76,7 @@ def store_call(lab, op: str, **kwargs):
 
 def _op(op: str, kw: dict):
     """The other side of ``store_call`` (runs in the etcd namespace)."""
-    from minikubenet.proxy.model import endpoints_from_k8s
+    from minikubenet.k8s_objects import endpoints_from_k8s
     from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.services import ServiceStore
     env = os.environ.get
@@ -88,6 +89,18 @@ def _op(op: str, kw: dict):
             for doc in kw["pods"]:
                 store.put_pod(doc)
             return {"revision": store.snapshot().revision}
+        if op == "delete-pod":
+            store.delete_pod(kw["namespace"], kw["name"])
+            return {}
+        if op == "ensure-namespace":
+            # lab/pods.py: a pod's namespace exists as an object, for namespaceSelectors
+            from minikubenet.netpol_validation import validate_namespace
+            from minikubenet.store.policy_objects import PolicyObjectStore
+            objects = PolicyObjectStore(etcd)
+            if objects.get_namespace(kw["name"]) is None:
+                objects.put_namespace(validate_namespace({"apiVersion": "v1", "kind": "Namespace",
+                                                          "metadata": {"name": kw["name"]}}))
+            return {}
         if op == "create-service":
             svc = store.create_service(kw["doc"])
             return {"clusterIP": str(svc.cluster_ip), "ports": [p.node_port for p in svc.ports]}
@@ -102,19 +115,19 @@ def _op(op: str, kw: dict):
         if op == "wait-endpoints":
             # until the controller has written the expected ready IPs; returns the revision
             ns = kw.get("namespace", NAMESPACE)
-            key = store.keys.object("endpoints", ns, kw["name"])
-            deadline = time.monotonic() + kw.get("timeout", 20)
             want = sorted(kw["ready"]) if "ready" in kw else _ready_pod_ips(store, ns, kw["name"])
-            while True:
-                raw, meta = etcd.client.get(key)
-                if raw is not None:
-                    eps = endpoints_from_k8s(json.loads(raw))
-                    ready = sorted({str(e.ip) for es in eps.values() for e in es if e.ready})
-                    if ready == want:
-                        return {"revision": meta.mod_revision}
-                if time.monotonic() > deadline:
-                    return {"error": f"endpoints {key} still {raw!r}, want ready {want}"}
-                time.sleep(0.05)
+            seen: list = [None, 0]
+
+            def written() -> bool:
+                seen[:] = store.get_endpoints_at(ns, kw["name"])
+                if seen[0] is None:
+                    return False
+                eps = endpoints_from_k8s(seen[0])
+                return sorted({str(e.ip) for es in eps.values() for e in es if e.ready}) == want
+
+            if wait_until(written, kw.get("timeout", 20)):
+                return {"revision": seen[1]}
+            return {"error": f"endpoints {ns}/{kw['name']} still {seen[0]!r}, want ready {want}"}
         raise SystemExit(f"unknown op {op}")
     finally:
         etcd.close()
@@ -123,7 +136,7 @@ def _op(op: str, kw: dict):
 def _ready_pod_ips(store, namespace: str, name: str) -> list[str]:
     """The IPs of the ready pods the service selects, as the store has them now."""
     from minikubenet.proxy.endpoints_controller import valid_pods
-    from minikubenet.proxy.model import selector_matches, service_from_k8s
+    from minikubenet.k8s_objects import selector_matches, service_from_k8s
     svc = service_from_k8s(store.get_service(namespace, name))
     pods = valid_pods(store.list_pods()).values()      # as the controller sees them: malformed ones skipped
     return sorted(str(p.ip) for p in pods if p.namespace == namespace and p.ready and p.ip
@@ -217,22 +230,23 @@ def metrics(lab, node) -> str:
 
 def wait_applied(lab, revision: int, nodes=None, timeout: float = 30.0) -> None:
     """Until every proxy's rules reflect etcd ``revision`` (0: any successful sync)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout          # one deadline for all the nodes
     for node in nodes or lab.topo.nodes:
-        while True:
+        state: list = [None]
+
+        def applied(node=node, state=state) -> bool:
             try:
-                h = healthz(lab, node)
-                if h["lastUpdated"] and h["appliedRevision"] >= revision:
-                    break
-                state = h
+                state[0] = healthz(lab, node)
             except (probes.ProbeFailed, OSError, ValueError) as e:
-                state = e
-            if time.monotonic() > deadline:
-                from minikubenet.lab.processes import tail
-                raise ServiceCheckFailed(f"the proxy on {node.name} has not applied revision {revision} "
-                                         f"({state}); its log ends with:\n"
-                                         f"{tail(os.path.join(lab.dir, 'logs', f'proxy-{node.name}.log'))}")
-            time.sleep(0.05)
+                state[0] = e
+                return False
+            return bool(state[0]["lastUpdated"]) and state[0]["appliedRevision"] >= revision
+
+        if not wait_until(applied, max(0.0, deadline - time.monotonic())):
+            from minikubenet.lab.processes import tail
+            raise ServiceCheckFailed(f"the proxy on {node.name} has not applied revision {revision} "
+                                     f"({state[0]}); its log ends with:\n"
+                                     f"{tail(os.path.join(lab.dir, 'logs', f'proxy-{node.name}.log'))}")
 
 
 # --------------------------------------------------------------------------- services

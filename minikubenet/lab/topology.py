@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 NAME_RE = re.compile(r"[a-z][a-z0-9]{0,7}\Z")
 DEFAULT_UNDERLAY = "172.31.0.0/24"
@@ -60,10 +60,6 @@ class EtcdMemberSpec:
     def client_url(self) -> str:
         return f"https://{self.ip}:2379"
 
-    @property
-    def peer_url(self) -> str:
-        return f"https://{self.ip}:2380"
-
 
 @dataclass(frozen=True)
 class Topology:
@@ -74,7 +70,7 @@ class Topology:
     backend: str = "vxlan"
     mtu: int = 1500
     subnet_len: int = 24
-    etcd_ip: ipaddress.IPv4Address = field(default=None)    # the first member's
+    etcd_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")   # the first member's (build_topology sets it)
     etcd_members: int = 1
 
     @property

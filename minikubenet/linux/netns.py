@@ -86,6 +86,3 @@ def path_of(name_or_path: str) -> str:
     return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
 
 
-def same_namespace(path_a: str, path_b: str) -> bool:
-    a, b = os.stat(path_a), os.stat(path_b)
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)

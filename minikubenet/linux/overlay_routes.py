@@ -178,7 +178,7 @@ def read_state(ipr: IPRoute, vxlan_dev: str | None, route_devs: Iterable[str],
     by_name = {v: k for k, v in names.items()}
     neighs, fdbs, routes = set(), set(), set()
     vx = by_name.get(vxlan_dev) if vxlan_dev else None
-    if vx is not None:
+    if vx is not None and vxlan_dev:
         for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=vx):
             if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR"):
                 neighs.add(Neigh(vxlan_dev, ipaddress.IPv4Address(n.get("NDA_DST")), n.get("NDA_LLADDR")))

@@ -148,7 +148,7 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
             os.close(netns_fd)
     finally:
         node.close()
-    return AttachedMacs(bridge=bridge_mac, host_veth=host_mac, pod=pod_mac)
+    return AttachedMacs(bridge=bridge_mac or "", host_veth=host_mac, pod=pod_mac)
 
 
 def configure_pod(plan: PodAttachment, pod: socket.socket | None = None) -> None:
@@ -157,7 +157,7 @@ def configure_pod(plan: PodAttachment, pod: socket.socket | None = None) -> None
     from ``open_pod_socket`` (else one is opened here)."""
     link = plan.link
     own = pod is None
-    if own:
+    if pod is None:
         pod = open_pod_socket(link.netns)
     try:
         _, _, peer = rtnl_batch.send_batch(pod, [rtnl_batch.set_up(LOOPBACK_INDEX, "lo"),
@@ -178,7 +178,7 @@ def detach(host: IPRoute, container_id: str, ifname: str, host_veth: str, netns:
     not ours (for the caller to report; never "fixed" by deleting)."""
     mark = ownership_mark(container_id, ifname)
     host_mac, pod_mac = attachment_macs(container_id, ifname)
-    left_alone = []
+    left_alone: list[str] = []
     outcome, alias = _delete_owned(host, host_veth, mark, host_mac)
     if outcome == DELETED:
         return left_alone

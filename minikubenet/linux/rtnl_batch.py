@@ -30,6 +30,7 @@ import itertools
 import os
 import socket
 import struct
+from typing import Any
 from dataclasses import dataclass
 
 from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -66,7 +67,7 @@ class Request:
     """One message; ``what`` it does names it in errors, ``kind`` in timings."""
     kind: str                            # "getlink", "veth", "hairpin", "up", "address", "route"
     what: str
-    message: object                      # a pyroute2 nlmsg, header type and flags set
+    message: Any                         # a pyroute2 nlmsg, header type and flags set
     missing_ok: bool = False             # a GET whose object may be absent: answer None, not ENODEV
     _data: bytes | None = None
 
@@ -224,8 +225,10 @@ def link_index(answer: bytes | None) -> int:
     return index
 
 
-def link_mac(answer: bytes) -> str | None:
+def link_mac(answer: bytes | None) -> str | None:
     """IFLA_ADDRESS of a GETLINK answer, as aa:bb:cc:dd:ee:ff (walks the rtattrs)."""
+    if answer is None:
+        return None
     offset = NLMSGHDR.size + IFINFOMSG.size
     while offset + RTATTR.size <= len(answer):
         length, attr_type = RTATTR.unpack_from(answer, offset)
@@ -272,7 +275,7 @@ def dump_links(sock: socket.socket) -> list[LinkSeen]:
     request = bytearray(IFINFOMSG.size)
     header = NLMSGHDR.pack(NLMSGHDR.size + len(request), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
     sock.send(header + bytes(request))
-    links = []
+    links: list = []
     while True:
         try:
             data = sock.recv(1 << 20)

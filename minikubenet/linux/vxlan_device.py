@@ -33,6 +33,7 @@ import errno
 import ipaddress
 import logging
 import threading
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -47,7 +48,7 @@ class VxlanDeviceError(Exception):
     """The VXLAN device could not be made to match its spec; the message says why."""
 
 
-def _info(link) -> tuple[str | None, object]:
+def _info(link) -> tuple[str | None, Any]:
     info = link.get("IFLA_LINKINFO")
     if not info:
         return None, None

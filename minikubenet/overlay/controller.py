@@ -33,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from minikubenet.malformed import MalformedObjects
 from minikubenet.metrics import Counter, Gauge
@@ -103,7 +103,7 @@ class _Job:
     def __init__(self, fn: Callable[[], object]):
         self.fn = fn
         self.done = threading.Event()
-        self.result = None
+        self.result: Any = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -146,7 +146,7 @@ class OverlayController:
         self._updates: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._watch_handle = None
+        self._watch_handle: Any = None
         self._said: dict = {}          # subnet -> the Skipped reason we last logged
         self.bad = MalformedObjects(log)   # leases skipped as malformed (logged once, counted)
         # the agent exports these (agent/metrics.py); ``kind`` is neigh, fdb or route

@@ -63,8 +63,8 @@ def diff(known: dict[Subnet, SubnetLeaseRecord], snapshot: list[SubnetLeaseRecor
         if new is None or not same_attrs(old, new):
             removed.append(Removed(old))
     for subnet, new in sorted(current.items()):
-        old = known.get(subnet)
-        if old is None or not same_attrs(old, new):
+        before = known.get(subnet)
+        if before is None or not same_attrs(before, new):
             added.append(Added(new))
     return removed + added
 

@@ -31,7 +31,7 @@ import ipaddress
 import random
 import re
 from dataclasses import dataclass
-from typing import Iterable, Union
+from typing import Union
 
 from minikubenet.overlay import Fdb, Neigh, PeerPlan, Route, Skipped
 from minikubenet.overlay.host_gw import direct_route, on_segment, parse_public_ip
@@ -168,9 +168,6 @@ def plan_peer(lease: SubnetLeaseRecord, vni: int = DEFAULT_VNI,
                     route=Route(dst=lease.subnet, gateway=gateway, dev=dev, onlink=True))
 
 
-def plan_peers(leases: Iterable[SubnetLeaseRecord], vni: int = DEFAULT_VNI,
-               direct: DirectRouting | None = None) -> list[Union[PeerPlan, Skipped]]:
-    return [plan_peer(lease, vni, direct) for lease in leases]
 
 
 def vtep_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:

@@ -5,8 +5,10 @@ address. Every node rewrites packets sent to it: the first packet of a connectio
 DNATed to one ready pod (an *endpoint*), and conntrack rewrites the rest of the flow,
 both ways. This package is the pure core of that rewriting, in kube-proxy's shape:
 
-    model.py           Service / Endpoint / Pod, parsed and validated from k8s-shaped JSON;
-                       derive_endpoints(): which pods back a service port
+    ../k8s_objects.py  Service / Endpoint / Pod, parsed and validated from k8s-shaped JSON;
+                       derive_endpoints(): which pods back a service port (the domain the
+                       proxy shares with the store and the endpoints controller)
+    model.py           RenderOptions (kube-proxy's flags) and kube-proxy's orderings
     naming.py          chain names, computed exactly as kube-proxy computes them
     iptables_render.py services + endpoints -> the exact ``iptables-restore`` text
                        (kube-proxy's iptables mode: KUBE-SERVICES -> KUBE-SVC -> KUBE-SEP),

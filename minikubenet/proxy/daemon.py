@@ -42,10 +42,12 @@ import time
 from minikubenet.linux import nft_monitor
 from minikubenet.malformed import MalformedObjects
 from minikubenet.proxy.metrics import Health, ProxyMetrics, health_routes, metrics_routes, serve
-from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Endpoint, RenderOptions, Service,
-                                     ValidationError, endpoints_from_k8s, service_from_k8s)
+from minikubenet.proxy.healthcheck import ServiceHealthServer
+from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Endpoint, Service, ValidationError, endpoints_from_k8s, service_from_k8s
+from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.syncers import (SyncConfig, SyncError, Syncer, make_syncer,
                                        other_mode_leftovers, parse_node_ips)
+from minikubenet.waiting import wait_until
 from minikubenet.store.etcd import add_etcd_tls_options
 from minikubenet.store.services import (DEFAULT_SERVICE_CIDR, ObjectDelete, ObjectPut, ObjectWatch,
                                         ServiceStore, Snapshot)
@@ -185,6 +187,7 @@ class SyncLoop:
         self.monitored = False            # nf_tables notifications arrive (else: deep periodic checks)
         self._foreign = False             # someone else touched our rules (a notification said so)
         self._check_deep = False          # notifications were lost: look at the kernel
+        self.after_sync = None            # called with (services, endpoints) after each good sync
 
     def changed(self) -> None:
         """Called by the watch: something is queued."""
@@ -295,6 +298,8 @@ class SyncLoop:
             self.last_full = self.last_sync_end
         self.need_full, self.retry_at, self.backoff = False, None, 1.0
         self._record(result, elapsed, revision, len(dirty))
+        if self.after_sync is not None:
+            self.after_sync(services, endpoints)
 
     def _record(self, result, elapsed: float, revision: int, changed: int) -> None:
         m = self.metrics
@@ -339,19 +344,24 @@ def _cluster_cidr(args, etcd) -> str | None:
     from minikubenet.store.etcd import StoreError
     if args.cluster_cidr:
         return args.cluster_cidr
-    deadline = time.monotonic() + args.startup_timeout
-    while True:
+    why = [""]
+
+    def network() -> str | None:
         try:
             config = etcd.get_config()
+        except (StoreError, ConfigError) as e:
+            why[0] = str(e)
+        else:
             if config is not None:
                 return str(config.network)
-            why = f"no network config at {etcd.layout.config}"
-        except (StoreError, ConfigError) as e:
-            why = str(e)
-        if time.monotonic() > deadline:
-            raise ProxyError(f"cannot learn the cluster network ({why}); pass --cluster-cidr")
-        log.info("waiting: %s", why)
-        time.sleep(1.0)
+            why[0] = f"no network config at {etcd.layout.config}"
+        log.info("waiting: %s", why[0])
+        return None
+
+    found = wait_until(network, args.startup_timeout, interval=1.0)
+    if found is None:
+        raise ProxyError(f"cannot learn the cluster network ({why[0]}); pass --cluster-cidr")
+    return found
 
 
 def sync_config(args, cluster_cidr: str | None) -> SyncConfig:
@@ -360,7 +370,9 @@ def sync_config(args, cluster_cidr: str | None) -> SyncConfig:
     except ValueError as e:
         raise ProxyError(f"--nodeport-addresses: {e}") from None
     return SyncConfig(cluster_cidr=cluster_cidr, service_cidr=args.service_cidr, node_ips=node_ips,
-                      options=RenderOptions(masquerade_all=args.masquerade_all), iptables=args.iptables,
+                      options=RenderOptions(masquerade_all=args.masquerade_all, node_name=args.node_name,
+                                            node_ip=node_ips[0] if node_ips else ""),
+                      iptables=args.iptables,
                       conntrack_cleanup=args.conntrack_cleanup)
 
 
@@ -407,6 +419,9 @@ def run(args) -> int:
             servers.append(serve(args.healthz_bind_address, health_routes(health, metrics)))
     except (OSError, ValueError) as e:
         raise ProxyError(f"cannot listen: {e}") from None
+    # Health-check NodePorts (eTP=Local LoadBalancers): answered once the rules are in.
+    service_health = ServiceHealthServer(args.node_name, proxy_healthy=lambda: health.status()[0])
+    loop.after_sync = service_health.update
     monitor = _start_monitor(args, loop)
     watch = ObjectWatch(store, state.deliver).start()
 
@@ -423,6 +438,7 @@ def run(args) -> int:
     if monitor is not None:
         monitor.stop()
     watch.stop()
+    service_health.close()
     for s in servers:
         s.shutdown()
     etcd.close()

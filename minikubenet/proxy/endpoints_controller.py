@@ -33,10 +33,11 @@ import sys
 import threading
 from typing import Mapping
 
+from minikubenet.loadbalancer.controller import reconcile as lb_reconcile
+from minikubenet.loadbalancer.pool import PoolError, parse_pool
 from minikubenet.malformed import MalformedObjects
 from minikubenet.metrics import MetricSet, metrics_routes, serve
-from minikubenet.proxy.model import (Pod, ValidationError, derive_endpoints, endpoints_to_k8s,
-                                     pod_from_k8s, service_from_k8s)
+from minikubenet.k8s_objects import Pod, ValidationError, derive_endpoints, endpoints_to_k8s, pod_from_k8s, service_from_k8s
 from minikubenet.store.services import (ObjectDelete, ObjectPut, ObjectWatch, ServiceStore,
                                         Snapshot)
 
@@ -110,8 +111,9 @@ class ControllerMetrics(MetricSet):
 class EndpointsController:
     """Keeps the cluster state from the watch and reconciles after each change."""
 
-    def __init__(self, store: ServiceStore, settle: float = 0.02):
+    def __init__(self, store: ServiceStore, settle: float = 0.02, lb_pool=None):
         self.store = store
+        self.lb_pool = lb_pool          # LoadBalancer addresses (loadbalancer/controller.py), or None
         self.bad = MalformedObjects(log)
         self.metrics = ControllerMetrics(self.bad)
         self.settle = settle            # coalesce a burst of changes into one reconcile
@@ -153,6 +155,8 @@ class EndpointsController:
             ns, name = key.split("/", 1)
             self.store.delete_endpoints(ns, name)
             log.info("endpoints %s deleted (no such service)", key)
+        if self.lb_pool:
+            lb_reconcile(self.store, self.lb_pool, services)
         return len(puts), len(deletes)
 
     def run(self) -> None:
@@ -197,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     add_etcd_tls_options(p)
     p.add_argument("--metrics-bind-address", default="",
                    help="host:port for Prometheus metrics (malformed objects skipped); default: off")
+    p.add_argument("--lb-pool", default="",
+                   help="addresses for LoadBalancer services (CIDR or first-last, comma-separated); "
+                        "default: none, LoadBalancer services stay pending")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -207,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, StoreError) as e:
         log.error("cannot start: %s", e)
         return 1
-    controller = EndpointsController(ServiceStore(etcd))
+    try:
+        pool = parse_pool(args.lb_pool) if args.lb_pool else None
+    except PoolError as e:
+        log.error("--lb-pool: %s", e)
+        return 1
+    controller = EndpointsController(ServiceStore(etcd), lb_pool=pool)
     if args.metrics_bind_address:
         try:
             serve(args.metrics_bind_address, metrics_routes(controller.metrics))

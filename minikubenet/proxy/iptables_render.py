@@ -42,16 +42,17 @@ second at 10 000 services (DESIGN.md).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
-                                     proxied, ready_endpoints)
-from minikubenet.proxy.naming import (endpoint_chain, external_chain, is_service_chain,
-                                      service_chain)
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+from minikubenet.proxy.model import RenderOptions, categorize_endpoints, is_large_cluster, proxied
+from minikubenet.proxy.naming import (endpoint_chain, external_chain, firewall_chain, is_service_chain,
+                                      local_chain, service_chain)
 
 # Fixed chains (kube-proxy's const block).
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -164,47 +165,132 @@ class ServicePortRules:
 def _service_port_rules(svc: Service, port: ServicePort, endpoints: Sequence[Endpoint],
                         cluster_cidr: ipaddress.IPv4Network | None,
                         options: RenderOptions) -> ServicePortRules:
+    """kube-proxy's per-service-port block of syncProxyRules, decision for decision."""
     r = ServicePortRules(svc.port_key(port))
-    if not endpoints:
-        _write_no_endpoint_rejects(r, svc, port)
-        return r
     proto, spn = port.protocol.lower(), r.key
-    svc_chain = service_chain(spn, proto)
-    r.add(r.nat_entry, KUBE_SERVICES, _comment(f"{spn} cluster IP"), "-m", proto, "-p", proto,
-          "-d", svc.cluster_ip, "--dport", port.port, "-j", svc_chain)
+    cat = categorize_endpoints(svc, endpoints, options.node_name)
+    cluster_chain, local_chain_ = service_chain(spn, proto), local_chain(spn, proto)
+    ext_chain, fw_chain = external_chain(spn, proto), firewall_chain(spn, proto)
+    has_endpoints = cat.has_any
+    # Which chain each kind of traffic enters, and whether it has anywhere to go.
+    internal_chain, has_internal = cluster_chain, has_endpoints
+    if svc.internal_policy_local:
+        internal_chain, has_internal = local_chain_, has_endpoints and bool(cat.local)
+    external_policy_chain, has_external = cluster_chain, has_endpoints
+    if svc.external_policy_local:
+        external_policy_chain, has_external = local_chain_, has_endpoints and bool(cat.local)
+    uses_fw = has_endpoints and bool(svc.load_balancer_ips) and bool(svc.load_balancer_source_ranges)
+    lb_chain = fw_chain if uses_fw else ext_chain
+
+    # Without endpoints the filter table answers: REJECT (nothing anywhere, fail fast)
+    # or DROP (endpoints elsewhere but none here for a Local policy; the EXT chain has
+    # already short-circuited pod and host traffic, what is left came from outside).
+    if not has_endpoints:
+        int_target = ext_target = "REJECT"
+        int_why = ext_why = _comment(f"{spn} has no endpoints")
+    else:
+        int_target = ext_target = "DROP"
+        int_why = ext_why = _comment(f"{spn} has no local endpoints")
+    match = ("-m", proto, "-p", proto)
+
+    if has_internal:
+        r.add(r.nat_entry, KUBE_SERVICES, _comment(f"{spn} cluster IP"), *match,
+              "-d", svc.cluster_ip, "--dport", port.port, "-j", internal_chain)
+    else:
+        r.add(r.filter, KUBE_SERVICES, int_why, *match, "-d", svc.cluster_ip,
+              "--dport", port.port, "-j", int_target)
+    for ip in svc.external_ips:
+        if has_endpoints:
+            r.add(r.nat_entry, KUBE_SERVICES, _comment(f"{spn} external IP"), *match,
+                  "-d", ip, "--dport", port.port, "-j", ext_chain)
+        if not has_external:
+            r.add(r.filter, KUBE_EXTERNAL_SERVICES, ext_why, *match, "-d", ip,
+                  "--dport", port.port, "-j", ext_target)
+    for ip in svc.load_balancer_ips:
+        if has_endpoints:
+            r.add(r.nat_entry, KUBE_SERVICES, _comment(f"{spn} loadbalancer IP"), *match,
+                  "-d", ip, "--dport", port.port, "-j", lb_chain)
+        if uses_fw:
+            r.add(r.filter, KUBE_PROXY_FIREWALL, _comment(f"{spn} traffic not accepted by {fw_chain}"),
+                  *match, "-d", ip, "--dport", port.port, "-j", "DROP")
+    if not has_external:
+        for ip in svc.load_balancer_ips:
+            r.add(r.filter, KUBE_EXTERNAL_SERVICES, ext_why, *match, "-d", ip,
+                  "--dport", port.port, "-j", ext_target)
     if port.node_port:
-        _write_nodeport(r, spn, proto, port.node_port, svc_chain)
-    r.own_chain(svc_chain)
-    _write_cluster_ip_masquerade(r, svc, port, svc_chain, cluster_cidr, options)
-    _write_service_to_endpoints(r, svc, spn, proto, svc_chain, endpoints)
-    for ep in endpoints:
-        _write_endpoint_chain(r, svc, spn, proto, ep)
+        if has_endpoints:
+            # NodePorts are not subject to loadBalancerSourceRanges (kube-proxy: "we
+            # can't change that").
+            r.add(r.nat_entry, KUBE_NODEPORTS, _comment(spn), *match, "--dport", port.node_port,
+                  "-j", ext_chain)
+        if not has_external:
+            r.add(r.filter, KUBE_EXTERNAL_SERVICES, ext_why, "-m addrtype --dst-type LOCAL", *match,
+                  "--dport", port.node_port, "-j", ext_target)
+    if svc.health_check_node_port:
+        # Open whether or not this node has local endpoints: the load balancer must
+        # be able to ask, and hear 503.
+        r.add(r.filter, KUBE_NODEPORTS, _comment(f"{spn} health check node port"),
+              "-m tcp -p tcp --dport", svc.health_check_node_port, "-j ACCEPT")
+
+    if has_internal:
+        r.own_chain(internal_chain)
+        _write_cluster_ip_masquerade(r, svc, port, internal_chain, cluster_cidr, options)
+    if has_endpoints and svc.externally_accessible:
+        _write_external_chain(r, svc, spn, ext_chain, cluster_chain,
+                              external_policy_chain if has_external else None, cluster_cidr)
+    if uses_fw:
+        _write_firewall_chain(r, svc, spn, fw_chain, ext_chain, options)
+    if cat.cluster and svc.uses_cluster_endpoints:
+        r.own_chain(cluster_chain)
+        _write_service_to_endpoints(r, svc, spn, proto, cluster_chain, cat.cluster, options)
+    if cat.local and svc.uses_local_endpoints:
+        r.own_chain(local_chain_)
+        _write_service_to_endpoints(r, svc, spn, proto, local_chain_, cat.local, options)
+    for ep in cat.reachable:
+        _write_endpoint_chain(r, svc, spn, proto, ep, options)
     return r
 
 
-def _write_no_endpoint_rejects(r: ServicePortRules, svc: Service, port: ServicePort) -> None:
-    # No nat chains at all, only filter rules: REJECT (icmp port-unreachable) makes the
-    # client fail at once; without it the packet would be routed towards a ClusterIP that
-    # nobody owns and the connection would hang until it timed out.
-    proto, why = port.protocol.lower(), _comment(f"{r.key} has no endpoints")
-    r.add(r.filter, KUBE_SERVICES, why, "-m", proto, "-p", proto, "-d", svc.cluster_ip,
-          "--dport", port.port, "-j", "REJECT")
-    if port.node_port:
-        # NodePorts live on the node's own addresses, seen in INPUT: KUBE-EXTERNAL-SERVICES.
-        r.add(r.filter, KUBE_EXTERNAL_SERVICES, why, "-m addrtype --dst-type LOCAL",
-              "-m", proto, "-p", proto, "--dport", port.node_port, "-j", "REJECT")
-
-
-def _write_nodeport(r: ServicePortRules, spn: str, proto: str, node_port: int, svc_chain: str) -> None:
-    ext = external_chain(spn, proto)
-    r.add(r.nat_entry, KUBE_NODEPORTS, _comment(spn), "-m", proto, "-p", proto,
-          "--dport", node_port, "-j", ext)
+def _write_external_chain(r: ServicePortRules, svc: Service, spn: str, ext: str, cluster_chain: str,
+                          policy_chain: str | None, cluster_cidr: ipaddress.IPv4Network | None) -> None:
+    """KUBE-EXT: every external destination (NodePort, LB IP, external IP) enters here."""
     r.own_chain(ext)
-    # externalTrafficPolicy Cluster: the endpoint may be on another node, and its reply must
-    # come back through this one to be un-DNATed, so the client address is replaced by ours.
-    r.add(r.nat_chains, ext, _comment(f"masquerade traffic for {spn} external destinations"),
-          "-j", KUBE_MARK_MASQ)
-    r.add(r.nat_chains, ext, "-j", svc_chain)
+    if not svc.external_policy_local:
+        # Cluster policy: the endpoint may be on another node, and its reply must come
+        # back through this one to be un-DNATed, so the client address is replaced by ours.
+        r.add(r.nat_chains, ext, _comment(f"masquerade traffic for {spn} external destinations"),
+              "-j", KUBE_MARK_MASQ)
+    else:
+        # Local policy: the client's address is kept. Pod traffic to an external
+        # destination is exempt from the policy ("simulates going up-and-out to an
+        # external load-balancer and coming back in"); the node's own traffic needs
+        # SNAT, since the LB IP is local and would be its source.
+        if cluster_cidr is not None:
+            r.add(r.nat_chains, ext, _comment(f"pod traffic for {spn} external destinations"),
+                  "-s", cluster_cidr, "-j", cluster_chain)
+        r.add(r.nat_chains, ext, _comment(f"masquerade LOCAL traffic for {spn} external destinations"),
+              "-m addrtype --src-type LOCAL -j", KUBE_MARK_MASQ)
+        r.add(r.nat_chains, ext, _comment(f"route LOCAL traffic for {spn} external destinations"),
+              "-m addrtype --src-type LOCAL -j", cluster_chain)
+    if policy_chain:
+        r.add(r.nat_chains, ext, "-j", policy_chain)
+
+
+def _write_firewall_chain(r: ServicePortRules, svc: Service, spn: str, fw: str, ext: str,
+                          options: RenderOptions) -> None:
+    """KUBE-FW: loadBalancerSourceRanges. What falls off the end is not DNATed and meets
+    the DROP in filter KUBE-PROXY-FIREWALL."""
+    r.own_chain(fw)
+    why = _comment(f"{spn} loadbalancer IP")
+    node_ip = ipaddress.IPv4Address(options.node_ip) if options.node_ip else None
+    for cidr in svc.load_balancer_source_ranges:
+        r.add(r.nat_chains, fw, why, "-s", cidr, "-j", ext)
+    if node_ip is not None and any(node_ip in c for c in svc.load_balancer_source_ranges):
+        # A VIP-like LB IP is often local: the node's own request to it loops back
+        # with the VIP as source, which must be allowed too.
+        for ip in svc.load_balancer_ips:
+            r.add(r.nat_chains, fw, why, "-s", ip, "-j", ext)
+    r.add(r.nat_chains, fw, _comment(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
 
 
 def _write_cluster_ip_masquerade(r: ServicePortRules, svc: Service, port: ServicePort, svc_chain: str,
@@ -221,29 +307,37 @@ def _write_cluster_ip_masquerade(r: ServicePortRules, svc: Service, port: Servic
         r.add(r.nat_chains, svc_chain, *match, "!", "-s", cluster_cidr, "-j", KUBE_MARK_MASQ)
 
 
+def _endpoint_comment(text: str, options: RenderOptions) -> str:
+    # appendServiceCommentLocked: no per-endpoint comments in large clusters.
+    return "" if options.large_cluster else _comment(text)
+
+
 def _write_service_to_endpoints(r: ServicePortRules, svc: Service, spn: str, proto: str,
-                                svc_chain: str, endpoints: Sequence[Endpoint]) -> None:
+                                svc_chain: str, endpoints: Sequence[Endpoint],
+                                options: RenderOptions = RenderOptions()) -> None:
     """kube-proxy's writeServiceToEndpointRules: affinity first, then the random cascade."""
     seps = [(ep, endpoint_chain(spn, proto, str(ep))) for ep in endpoints]
     if svc.session_affinity == "ClientIP":
         # A client seen recently (its source IP is in the SEP's "recent" list, written by
         # --set in the SEP chain) goes back to the same endpoint; --reap forgets old ones.
         for ep, sep in seps:
-            r.add(r.nat_chains, svc_chain, _comment(f"{spn} -> {ep}"), "-m recent --name", sep,
-                  "--rcheck --seconds", svc.affinity_timeout, "--reap -j", sep)
+            r.add(r.nat_chains, svc_chain, _endpoint_comment(f"{spn} -> {ep}", options),
+                  "-m recent --name", sep, "--rcheck --seconds", svc.affinity_timeout, "--reap -j", sep)
     n = len(seps)
     for i, (ep, sep) in enumerate(seps):
         # Each rule is a probabilistic match; the final (or only) rule is a guaranteed match.
         chance = f"-m statistic --mode random --probability {probability(n - i)}" if i < n - 1 else ""
-        r.add(r.nat_chains, svc_chain, _comment(f"{spn} -> {ep}"), chance, "-j", sep)
+        r.add(r.nat_chains, svc_chain, _endpoint_comment(f"{spn} -> {ep}", options), chance, "-j", sep)
 
 
-def _write_endpoint_chain(r: ServicePortRules, svc: Service, spn: str, proto: str, ep: Endpoint) -> None:
+def _write_endpoint_chain(r: ServicePortRules, svc: Service, spn: str, proto: str, ep: Endpoint,
+                          options: RenderOptions = RenderOptions()) -> None:
     sep = endpoint_chain(spn, proto, str(ep))
     r.own_chain(sep)
-    r.add(r.nat_chains, sep, _comment(spn), "-s", ep.ip, "-j", KUBE_MARK_MASQ)
+    why = _endpoint_comment(spn, options)
+    r.add(r.nat_chains, sep, why, "-s", ep.ip, "-j", KUBE_MARK_MASQ)
     remember = f"-m recent --name {sep} --set" if svc.session_affinity == "ClientIP" else ""
-    r.add(r.nat_chains, sep, _comment(spn), remember, "-m", proto, "-p", proto,
+    r.add(r.nat_chains, sep, why, remember, "-m", proto, "-p", proto,
           "-j DNAT --to-destination", ep)
 
 
@@ -310,6 +404,9 @@ class SyncState:
     digests: Mapping[str, str] = field(default_factory=dict)
     chains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     fixed: Mapping[str, str] = field(default_factory=dict)   # "table/chain" -> digest of its rules
+    # Large clusters: stale chains whose deletion was put off (kube-proxy deletes them
+    # at most once per sync period then); still in the kernel, referenced by nothing.
+    pending_stale: tuple[str, ...] = ()
 
     def nat_chains(self) -> frozenset[str]:
         return frozenset(c for cs in self.chains.values() for c in cs)
@@ -350,7 +447,8 @@ class IptablesPlan:
         stale = stale_chains(existing_chains, self.nat_service_chains())
         return self._render(self.service_ports, stale)
 
-    def render_partial(self, previous: SyncState, skip_unchanged_fixed: bool = False) -> str:
+    def render_partial(self, previous: SyncState, skip_unchanged_fixed: bool = False,
+                       stale: Sequence[str] | None = None) -> str:
         """Only the service ports whose own chains changed since ``previous``, plus all
         fixed chains, plus the deletion of chains that no longer exist. Apply with
         ``--noflush``: chains not named in the text keep their rules.
@@ -362,11 +460,19 @@ class IptablesPlan:
         alters it. Safe for the same reason partial syncs are: the text names exactly
         what changed, and a periodic full sync repairs anything changed behind our back."""
         changed = [p for p in self.service_ports if previous.digests.get(p.key) != p.digest]
+        if stale is None:
+            stale = self.stale_since(previous)
+        return self._render(changed, stale, previous.fixed if skip_unchanged_fixed else None)
+
+    def stale_since(self, previous: SyncState) -> list[str]:
+        """Our nat chains that ``previous`` had and this plan does not, plus the ones
+        whose deletion was put off and that this plan does not bring back."""
         # A chain's name hashes its service port, so it can only go stale within its port.
         now = {p.key: p.nat_chains for p in self.service_ports}
-        stale = sorted(c for key, chains in previous.chains.items() if tuple(now.get(key, ())) != chains
-                       for c in chains if c not in now.get(key, ()))
-        return self._render(changed, stale, previous.fixed if skip_unchanged_fixed else None)
+        stale = {c for key, chains in previous.chains.items() if tuple(now.get(key, ())) != chains
+                 for c in chains if c not in now.get(key, ())}
+        active = self.nat_service_chains()
+        return sorted(stale | {c for c in previous.pending_stale if c not in active})
 
     def _fixed_chains(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """A copy of ``_fixed``, to change."""
@@ -440,7 +546,10 @@ def plan_iptables(services: Iterable[Service], endpoints_by_service: Mapping[str
     cluster_cidr          the pod network: ClusterIP traffic from outside it is SNATed
                           (kube-proxy's --cluster-cidr local-traffic detector); None: never
     """
-    ports = [p for svc in proxied(services)
+    services = proxied(services)
+    if not options.large_cluster and is_large_cluster(services, endpoints_by_service):
+        options = dataclasses.replace(options, large_cluster=True)
+    ports = [p for svc in services
              for p in service_rules(svc, endpoints_by_service, cluster_cidr, options)]
     return plan_from_rules(ports, node_ips, options)
 
@@ -452,7 +561,7 @@ def service_rules(svc: Service, endpoints_by_service: Mapping[str, Sequence[Endp
     service and rebuild only the services that changed (``plan_from_rules``), as
     kube-proxy's change trackers do, instead of re-planning 10 000 services per sync."""
     cidr = ipaddress.IPv4Network(cluster_cidr) if cluster_cidr is not None else None
-    return [_service_port_rules(svc, port, ready_endpoints(endpoints_by_service.get(svc.port_key(port), ())),
+    return [_service_port_rules(svc, port, endpoints_by_service.get(svc.port_key(port), ()),
                                 cidr, options) for port in svc.ports]
 
 

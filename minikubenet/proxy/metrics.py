@@ -41,6 +41,8 @@ from minikubenet.metrics import (SYNC_BUCKETS, Counter, Gauge, Histogram, Metric
 
 class ProxyMetrics(MetricSet):
     """Every metric the proxy exports, as attributes."""
+    malformed: Gauge          # attached by the daemon: its watch's malformed.MalformedObjects
+    malformed_seen: Counter
 
     def __init__(self, prefix: str = "kubeproxy_"):
         p = prefix

@@ -25,13 +25,11 @@ from __future__ import annotations
 import base64
 import hashlib
 
-# iptables prefixes (kube-proxy's const block). SVL and FW exist in kube-proxy for the
-# Local traffic policy and loadBalancerSourceRanges, which minikubenet does not model;
-# they are listed so that stale-chain cleanup recognises everything kube-proxy would own.
-SVC_PREFIX = "KUBE-SVC-"   # a service port's dispatcher: picks an endpoint
-SVL_PREFIX = "KUBE-SVL-"   # (Local traffic policy: local endpoints only)
-EXT_PREFIX = "KUBE-EXT-"   # entry for "external" traffic (NodePort): masquerade, then SVC
-FW_PREFIX = "KUBE-FW-"     # (loadBalancerSourceRanges)
+# iptables prefixes (kube-proxy's const block).
+SVC_PREFIX = "KUBE-SVC-"   # a service port's dispatcher: picks an endpoint (Cluster policy)
+SVL_PREFIX = "KUBE-SVL-"   # the same over this node's endpoints only (Local policy)
+EXT_PREFIX = "KUBE-EXT-"   # entry for "external" traffic (NodePort, LB, external IP)
+FW_PREFIX = "KUBE-FW-"     # loadBalancerSourceRanges: allowed sources go on to EXT
 SEP_PREFIX = "KUBE-SEP-"   # one endpoint: hairpin masquerade + DNAT
 SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PREFIX)
 
@@ -61,6 +59,16 @@ def external_chain(service_port_name: str, protocol: str) -> str:
     return EXT_PREFIX + port_proto_hash(service_port_name, protocol)
 
 
+def local_chain(service_port_name: str, protocol: str) -> str:
+    """KUBE-SVL-<hash>: like SVC, over the endpoints on this node (a Local policy)."""
+    return SVL_PREFIX + port_proto_hash(service_port_name, protocol)
+
+
+def firewall_chain(service_port_name: str, protocol: str) -> str:
+    """KUBE-FW-<hash>: LB-IP traffic from an allowed source range goes on to EXT."""
+    return FW_PREFIX + port_proto_hash(service_port_name, protocol)
+
+
 def endpoint_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
     """KUBE-SEP-<hash of servicePortName + protocol + "IP:port">: DNAT to one endpoint.
     Also the name of the endpoint's ``-m recent`` list for ClientIP affinity."""
@@ -78,6 +86,8 @@ def is_service_chain(name: str) -> bool:
 NFT_SERVICE_PREFIX = "service-"
 NFT_EXTERNAL_PREFIX = "external-"
 NFT_ENDPOINT_PREFIX = "endpoint-"
+NFT_LOCAL_PREFIX = "local-"          # Local traffic policy: this node's endpoints only
+NFT_FIREWALL_PREFIX = "firewall-"    # loadBalancerSourceRanges
 NFT_AFFINITY_PREFIX = "affinity-"
 
 

@@ -37,23 +37,27 @@ sync, never flushing a map, so a sync's size follows what changed, not the clust
 Stale per-service chains are only *flushed* here: with kernels before 6.2, a chain that
 a just-deleted map element pointed to still counts as referenced for a short while, so
 kube-proxy deletes them in a later transaction, at least a second later
-(``render_nft_delete_chains``). Layout and names follow pkg/proxy/nftables/proxier.go;
-we leave out what we do not model (LoadBalancer firewall, Local traffic policy).
+(``render_nft_delete_chains``). Layout and names follow pkg/proxy/nftables/proxier.go,
+including the Local traffic policies (``local-`` chains), external IPs and LB IPs (more
+elements of @service-ips) and loadBalancerSourceRanges (@firewall-ips -> ``firewall-``
+chains, checked before DNAT).
 nft 1.0.6 needs a ``;`` before a closing ``}`` of a one-line block: written everywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
-                                     proxied, ready_endpoints)
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+from minikubenet.proxy.model import RenderOptions, categorize_endpoints, is_large_cluster, proxied
 from minikubenet.proxy.naming import (NFT_AFFINITY_PREFIX, NFT_ENDPOINT_PREFIX,
-                                      NFT_EXTERNAL_PREFIX, NFT_SERVICE_PREFIX,
+                                      NFT_EXTERNAL_PREFIX, NFT_FIREWALL_PREFIX,
+                                      NFT_LOCAL_PREFIX, NFT_SERVICE_PREFIX,
                                       nft_endpoint_base, nft_is_affinity_set,
                                       nft_is_service_chain, nft_service_base)
 
@@ -68,10 +72,15 @@ NODEPORT_ENDPOINTS_CHECK = "nodeport-endpoints-check"
 CLUSTER_IPS_CHECK = "cluster-ips-check"
 REJECT_CHAIN = "reject-chain"
 
+FIREWALL_CHECK = "firewall-check"
+
 # name, type, hook, priority. Filter chains run at priority 0, after DNAT (-100) on the
 # output hook, so they see where a packet really goes; no-endpoint services are never
-# DNATed and still carry their ClusterIP there.
+# DNATed and still carry their ClusterIP there. The loadBalancerSourceRanges firewall
+# must see the LB IP, so it runs before DNAT (-110, kube-proxy's "pre-dnat" chains).
 BASE_CHAINS = (
+    ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
+    ("filter-output-pre-dnat", "filter", "output", -110),
     ("filter-input", "filter", "input", 0),
     ("filter-forward", "filter", "forward", 0),
     ("filter-output", "filter", "output", 0),
@@ -92,11 +101,15 @@ JUMPS = (
     (MASQUERADING, "nat-postrouting", ""),
     (CLUSTER_IPS_CHECK, "filter-forward", "ct state new"),
     (CLUSTER_IPS_CHECK, "filter-output", "ct state new"),
+    (FIREWALL_CHECK, "filter-prerouting-pre-dnat", "ct state new"),
+    (FIREWALL_CHECK, "filter-output-pre-dnat", "ct state new"),
 )
 
 # name, kind, type, comment
 CONTAINERS = (
     ("cluster-ips", "set", "ipv4_addr", "Active ClusterIPs"),
+    ("firewall-ips", "map", "ipv4_addr . inet_proto . inet_service : verdict",
+     "destinations that are subject to LoadBalancerSourceRanges"),
     ("nodeport-ips", "set", "ipv4_addr", "IPs that accept NodePort traffic"),
     ("no-endpoint-services", "map", "ipv4_addr . inet_proto . inet_service : verdict",
      "vmap to drop or reject packets to services with no endpoints"),
@@ -135,42 +148,117 @@ class NftServicePort:
 
 def _service_port(svc: Service, port: ServicePort, endpoints: Sequence[Endpoint],
                   cluster_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> NftServicePort:
+    """kube-proxy nftables syncProxyRules' per-service-port block, decision for decision
+    the same as the iptables renderer's; where iptables needs a rule per destination,
+    this mode adds a map element."""
     r = NftServicePort(svc.port_key(port))
     proto = port.protocol.lower()
-    key = f"{svc.cluster_ip} . {proto} . {port.port}"
-    r.elements.append(("cluster-ips", str(svc.cluster_ip)))
-    if not endpoints:
-        reject = f'comment "{r.key}" : goto {REJECT_CHAIN}'
-        r.elements.append(("no-endpoint-services", f"{key} {reject}"))
-        if port.node_port:
-            r.elements.append(("no-endpoint-nodeports", f"{proto} . {port.node_port} {reject}"))
-        return r
+    cat = categorize_endpoints(svc, endpoints, options.node_name)
     base = nft_service_base(svc.namespace, svc.name, proto, port.name)
-    svc_chain = NFT_SERVICE_PREFIX + base
-    eps = [(ep, nft_endpoint_base(svc.namespace, svc.name, proto, port.name, str(ep.ip), ep.port))
-           for ep in endpoints]
-    r.chains[svc_chain] = _service_chain_rules(svc, eps, cluster_cidr, options)
-    r.elements.append(("service-ips", f"{key} : goto {svc_chain}"))
+    cluster_chain, local_chain = NFT_SERVICE_PREFIX + base, NFT_LOCAL_PREFIX + base
+    ext_chain, fw_chain = NFT_EXTERNAL_PREFIX + base, NFT_FIREWALL_PREFIX + base
+    has_endpoints = cat.has_any
+    internal_chain, has_internal = cluster_chain, has_endpoints
+    if svc.internal_policy_local:
+        internal_chain, has_internal = local_chain, has_endpoints and bool(cat.local)
+    external_policy_chain, has_external = cluster_chain, has_endpoints
+    if svc.external_policy_local:
+        external_policy_chain, has_external = local_chain, has_endpoints and bool(cat.local)
+    uses_fw = has_endpoints and bool(svc.load_balancer_ips) and bool(svc.load_balancer_source_ranges)
+    # No endpoints anywhere: reject; none for this policy here: drop (what the external
+    # chain did not short-circuit came from outside).
+    verdict = f"goto {REJECT_CHAIN}" if not has_endpoints else "drop"
+    no_ep = f'comment "{r.key}" : {verdict}'
+
+    def dest(ip) -> str:
+        return f"{ip} . {proto} . {port.port}"
+
+    r.elements.append(("cluster-ips", str(svc.cluster_ip)))
+    if has_internal:
+        r.elements.append(("service-ips", f"{dest(svc.cluster_ip)} : goto {internal_chain}"))
+    else:
+        r.elements.append(("no-endpoint-services", f"{dest(svc.cluster_ip)} {no_ep}"))
+    for ip in svc.external_ips:
+        if has_endpoints:
+            r.elements.append(("service-ips", f"{dest(ip)} : goto {ext_chain}"))
+        if not has_external:
+            r.elements.append(("no-endpoint-services", f"{dest(ip)} {no_ep}"))
+    for ip in svc.load_balancer_ips:
+        if has_endpoints:
+            r.elements.append(("service-ips", f"{dest(ip)} : goto {ext_chain}"))
+        if uses_fw:
+            r.elements.append(("firewall-ips", f"{dest(ip)} : goto {fw_chain}"))
+        if not has_external:
+            r.elements.append(("no-endpoint-services", f"{dest(ip)} {no_ep}"))
     if port.node_port:
-        ext = NFT_EXTERNAL_PREFIX + base
-        # Cluster traffic policy: the endpoint may be on another node, so SNAT to ours.
-        r.chains[ext] = [f"jump {MARK_MASQ}", f"goto {svc_chain}"]
-        r.elements.append(("service-nodeports", f"{proto} . {port.node_port} : goto {ext}"))
-    for ep, ep_base in eps:
+        if has_endpoints:
+            r.elements.append(("service-nodeports", f"{proto} . {port.node_port} : goto {ext_chain}"))
+        if not has_external:
+            r.elements.append(("no-endpoint-nodeports", f"{proto} . {port.node_port} {no_ep}"))
+
+    eps = {str(ep): nft_endpoint_base(svc.namespace, svc.name, proto, port.name, str(ep.ip), ep.port)
+           for ep in cat.reachable}
+    if has_internal:
+        r.chains.setdefault(internal_chain, []).extend(_internal_masquerade(svc, cluster_cidr, options))
+    if has_endpoints and svc.externally_accessible:
+        r.chains[ext_chain] = _external_chain_rules(svc, cluster_chain, external_policy_chain if has_external else None,
+                                                    cluster_cidr)
+    if uses_fw:
+        r.chains[fw_chain] = [_firewall_rule(svc, options)]
+    if cat.cluster and svc.uses_cluster_endpoints:
+        r.chains.setdefault(cluster_chain, []).extend(
+            _service_chain_rules(svc, [(ep, eps[str(ep)]) for ep in cat.cluster]))
+    if cat.local and svc.uses_local_endpoints:
+        r.chains.setdefault(local_chain, []).extend(
+            _service_chain_rules(svc, [(ep, eps[str(ep)]) for ep in cat.local]))
+    for ep in cat.reachable:
+        ep_base = eps[str(ep)]
         r.chains[NFT_ENDPOINT_PREFIX + ep_base] = _endpoint_chain_rules(svc, proto, ep, ep_base)
         if svc.session_affinity == "ClientIP":
             r.affinity_sets[NFT_AFFINITY_PREFIX + ep_base] = svc.affinity_timeout
     return r
 
 
-def _service_chain_rules(svc: Service, eps: Sequence[tuple[Endpoint, str]],
-                         cluster_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> list[str]:
-    rules = []
+def _internal_masquerade(svc: Service, cluster_cidr: ipaddress.IPv4Network | None,
+                         options: RenderOptions) -> list[str]:
     if options.masquerade_all:
-        rules.append(f"ip daddr {svc.cluster_ip} jump {MARK_MASQ}")
-    elif cluster_cidr is not None:
+        return [f"ip daddr {svc.cluster_ip} jump {MARK_MASQ}"]
+    if cluster_cidr is not None:
         # Off-cluster clients of a ClusterIP are SNATed, as in iptables mode.
-        rules.append(f"ip daddr {svc.cluster_ip} ip saddr != {cluster_cidr} jump {MARK_MASQ}")
+        return [f"ip daddr {svc.cluster_ip} ip saddr != {cluster_cidr} jump {MARK_MASQ}"]
+    return []
+
+
+def _external_chain_rules(svc: Service, cluster_chain: str, policy_chain: str | None,
+                          cluster_cidr: ipaddress.IPv4Network | None) -> list[str]:
+    """NodePort, LB-IP and external-IP traffic: masquerade for the Cluster policy; for
+    Local keep the client's address, except for pods and the node itself, which take
+    the Cluster path (as if they had gone out to the load balancer and back)."""
+    if not svc.external_policy_local:
+        rules = [f"jump {MARK_MASQ}"]
+    else:
+        rules = [f'ip saddr {cluster_cidr} goto {cluster_chain} comment "short-circuit pod traffic"'] \
+            if cluster_cidr is not None else []
+        rules += [f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"',
+                  f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"']
+    if policy_chain:
+        rules.append(f"goto {policy_chain}")
+    return rules
+
+
+def _firewall_rule(svc: Service, options: RenderOptions) -> str:
+    """loadBalancerSourceRanges: anything else to the LB IP is dropped before DNAT. The
+    node's own requests to a local VIP arrive from the VIP, allowed when the node's IP
+    is in a range (kube-proxy's allowFromNode)."""
+    sources = [str(n) for n in svc.load_balancer_source_ranges]
+    node_ip = ipaddress.IPv4Address(options.node_ip) if options.node_ip else None
+    if node_ip is not None and any(node_ip in n for n in svc.load_balancer_source_ranges):
+        sources += [str(ip) for ip in svc.load_balancer_ips]
+    return f"ip saddr != {{ {', '.join(sources)} }} drop"
+
+
+def _service_chain_rules(svc: Service, eps: Sequence[tuple[Endpoint, str]]) -> list[str]:
+    rules = []
     if svc.session_affinity == "ClientIP":
         # A client in an endpoint's affinity set goes straight back to that endpoint.
         rules += [f"ip saddr @{NFT_AFFINITY_PREFIX}{b} goto {NFT_ENDPOINT_PREFIX}{b}" for _, b in eps]
@@ -298,7 +386,7 @@ def _static(table: str, node_ips: Sequence[ipaddress.IPv4Address],
         lines += [f"add {kind} {t} {name} {{ type {type_} ; comment \"{comment}\" ; }}",
                   f"flush {kind} {t} {name}"]
     for c in (SERVICES, MARK_MASQ, MASQUERADING, SERVICE_ENDPOINTS_CHECK,
-              NODEPORT_ENDPOINTS_CHECK, CLUSTER_IPS_CHECK):
+              NODEPORT_ENDPOINTS_CHECK, CLUSTER_IPS_CHECK, FIREWALL_CHECK):
         lines += [f"add chain {t} {c}", f"flush chain {t} {c}"]
     lines += [f"add chain {t} {REJECT_CHAIN} {{ comment \"helper for @no-endpoint-services / "
               f"@no-endpoint-nodeports\" ; }}", f"flush chain {t} {REJECT_CHAIN}"]
@@ -332,6 +420,7 @@ def _fixed_rules(node_ips: Sequence[ipaddress.IPv4Address], service_cidr: ipaddr
                                          ' comment "Drop traffic to unallocated ClusterIPs"'))
     rules += [
         (REJECT_CHAIN, "reject"),
+        (FIREWALL_CHECK, f"ip daddr . {_DISPATCH} vmap @firewall-ips"),
         (SERVICE_ENDPOINTS_CHECK, f"ip daddr . {_DISPATCH} vmap @no-endpoint-services"),
         (NODEPORT_ENDPOINTS_CHECK, f"{to_node} {_DISPATCH} vmap @no-endpoint-nodeports"),
         (SERVICES, f"ip daddr . {_DISPATCH} vmap @service-ips"),
@@ -347,7 +436,10 @@ def plan_nft(services: Iterable[Service], endpoints_by_service: Mapping[str, Seq
              service_cidr: str | ipaddress.IPv4Network | None = None, table: str = TABLE) -> NftPlan:
     """Arguments as ``iptables_render.plan_iptables``; ``service_cidr`` (optional) makes
     packets to unallocated ClusterIPs drop at once, as kube-proxy's nftables mode does."""
-    ports = [p for svc in proxied(services)
+    services = proxied(services)
+    if not options.large_cluster and is_large_cluster(services, endpoints_by_service):
+        options = dataclasses.replace(options, large_cluster=True)
+    ports = [p for svc in services
              for p in service_ports(svc, endpoints_by_service, cluster_cidr, options)]
     return plan_nft_from_ports(ports, node_ips, options, service_cidr, table)
 
@@ -358,7 +450,7 @@ def service_ports(svc: Service, endpoints_by_service: Mapping[str, Sequence[Endp
     """The objects of every port of one (proxied) service; a sync loop keeps these per
     service and rebuilds only the changed ones (``plan_nft_from_ports``)."""
     cidr = ipaddress.IPv4Network(cluster_cidr) if cluster_cidr is not None else None
-    return [_service_port(svc, port, ready_endpoints(endpoints_by_service.get(svc.port_key(port), ())),
+    return [_service_port(svc, port, endpoints_by_service.get(svc.port_key(port), ()),
                           cidr, options) for port in svc.ports]
 
 
@@ -392,7 +484,8 @@ def _element_key(elem: str) -> str:
 def names_from_listing(listing: str) -> tuple[set[str], set[str]]:
     """(chains, sets) named in ``nft list table ip <table>`` output: what ``render``
     needs as ``existing_chains``/``existing_sets`` after a restart."""
-    chains, sets = set(), set()
+    chains: set[str] = set()
+    sets: set[str] = set()
     for line in listing.splitlines():
         words = line.split()
         if len(words) >= 3 and words[2] == "{" and words[0] in ("chain", "set"):

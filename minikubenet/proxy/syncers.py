@@ -41,6 +41,8 @@ Noticing changes made by someone else, two ways:
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipaddress
 import logging
 import time
@@ -51,7 +53,8 @@ from minikubenet.linux import conntrack, iptables, nft, nft_monitor
 from minikubenet.proxy import iptables_render, nft_render
 from minikubenet.proxy.iptables_render import (KUBE_MARK_MASQ, SyncState, chains_from_save,
                                                jump_chains, plan_from_rules, service_rules)
-from minikubenet.proxy.model import Endpoint, RenderOptions, Service, ready_endpoints
+from minikubenet.k8s_objects import Endpoint, Service
+from minikubenet.proxy.model import RenderOptions, is_large_cluster, ready_endpoints
 from minikubenet.proxy.naming import is_service_chain
 from minikubenet.proxy.nft_render import (NftState, plan_nft_from_ports, render_nft_cleanup,
                                           render_nft_delete_chains, service_ports)
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 CANARY = "KUBE-PROXY-CANARY"      # kube-proxy's flush canary: an empty chain in each table
 RESTORE_WAIT = ("-w", "5", "-W", "100000")   # xtables lock: wait 5 s, retry every 100 ms
 NFT_DELETE_DELAY = 1.0            # flushed stale nft chains are deleted >= 1 s later
+STALE_CLEANUP_PERIOD = 30.0       # large clusters: stale iptables chains deleted at most this often
 
 
 class SyncError(Exception):
@@ -123,7 +127,7 @@ def udp_flows_to_clear(before_services: Mapping[str, Service], before: Mapping[s
                 out.append(conntrack.UdpFlowFilter(port.port, str(svc.cluster_ip), ip))
                 if port.node_port:
                     out.append(conntrack.UdpFlowFilter(port.node_port, None, ip))
-    for key, svc in sorted(after_services.items()):
+    for _key, svc in sorted(after_services.items()):
         for port in svc.ports:
             if port.protocol != "UDP" or svc.cluster_ip is None:
                 continue
@@ -143,6 +147,7 @@ class Syncer:
 
     def __init__(self, config: SyncConfig):
         self.config = config
+        self.options = config.options          # with large_cluster as the endpoint count says
         self._cache: dict[str, list] = {}             # "ns/name" -> its planned service ports
         self._applied_services: dict[str, Service] = {}
         self._applied_endpoints: dict[str, Mapping[str, Sequence[Endpoint]]] = {}   # "ns/name" -> by port
@@ -152,6 +157,12 @@ class Syncer:
                        changed: Iterable[str] | None) -> list:
         """Re-plan the ``changed`` services (all when None); return every service's
         planned ports in kube-proxy's order (services sorted by "ns/name")."""
+        large = is_large_cluster(services.values(), {pk: eps for by_port in endpoints.values()
+                                                     for pk, eps in by_port.items()})
+        if large != self.options.large_cluster:
+            # Every service's endpoint comments change with the mode: re-plan them all.
+            self.options = dataclasses.replace(self.options, large_cluster=large)
+            changed = None
         if changed is None:
             self._cache.clear()
             changed = services.keys()
@@ -201,6 +212,27 @@ class Syncer:
         """A monotonic time at which the syncer wants another sync (or None)."""
         return None
 
+    # What each mode implements (IptablesSyncer, NftSyncer):
+
+    def render_full(self, services, endpoints) -> str:
+        raise NotImplementedError
+
+    def sync(self, services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+             changed: Iterable[str] | None = None) -> SyncResult:
+        raise NotImplementedError
+
+    def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
+        raise NotImplementedError
+
+    def all_chains_intact(self) -> bool:
+        raise NotImplementedError
+
+    def intact(self) -> bool:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
 
 # --------------------------------------------------------------------------- iptables
 
@@ -212,11 +244,12 @@ class IptablesSyncer(Syncer):
         super().__init__(config)
         self.state: SyncState | None = None
         self._plan = None                          # the last plan applied (for the deep check)
+        self._last_cleanup = 0.0                   # monotonic time of the last stale-chain deletion
         b = config.iptables
         self.restore_bin, self.save_bin = f"{b}-restore", f"{b}-save"
 
     def _plan_one(self, svc, endpoints):
-        return service_rules(svc, endpoints, self.config.cluster_cidr, self.config.options)
+        return service_rules(svc, endpoints, self.config.cluster_cidr, self.options)
 
     def plan(self, services, endpoints, changed=None):
         ports = self._plan_services(services, endpoints, changed)
@@ -236,17 +269,28 @@ class IptablesSyncer(Syncer):
         """``changed`` None or no previous state: a full sync."""
         full = changed is None or self.state is None
         plan = self.plan(services, endpoints, None if full else changed)
+        deferred: list[str] = []
         try:
             if full:
                 text = self._full_text(plan)
             else:
-                text = plan.render_partial(self.state, skip_unchanged_fixed=True)
+                assert self.state is not None
+                stale = plan.stale_since(self.state)
+                # kube-proxy in large clusters: stale chains are deleted at most once per
+                # sync period (a partial restore stays small during endpoint churn);
+                # unreferenced, they do no harm meanwhile.
+                if stale and self.options.large_cluster and \
+                        time.monotonic() - self._last_cleanup < STALE_CLEANUP_PERIOD:
+                    deferred, stale = stale, []
+                text = plan.render_partial(self.state, skip_unchanged_fixed=True, stale=stale)
             iptables.restore(text, binary=self.restore_bin, wait=RESTORE_WAIT)
         except (iptables.IptablesError, FileNotFoundError) as e:
             self.state = None
             self.forget()
             raise SyncError(str(e)) from None
-        self.state = plan.state
+        if not deferred:
+            self._last_cleanup = time.monotonic()
+        self.state = dataclasses.replace(plan.state, pending_stale=tuple(deferred))
         self._plan = plan
         result = SyncResult(full=full, text_bytes=len(text))
         result.written_rules = _count_rules(text)
@@ -399,7 +443,8 @@ def _add_to_tables(text: str, extra: Mapping[str, list[str]]) -> str:
 
 
 def _count_rules(text: str) -> dict[str, int]:
-    counts, table = {}, ""
+    counts: dict[str, int] = {}
+    table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:]
@@ -425,7 +470,7 @@ class NftSyncer(Syncer):
         self._to_delete: list[tuple[float, str]] = []    # (flushed at, chain)
 
     def _plan_one(self, svc, endpoints):
-        return service_ports(svc, endpoints, self.config.cluster_cidr, self.config.options)
+        return service_ports(svc, endpoints, self.config.cluster_cidr, self.options)
 
     def plan(self, services, endpoints, changed=None):
         ports = self._plan_services(services, endpoints, changed)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from minikubenet.proxy.iptables_render import JUMP_CHAINS, KUBE_FIREWALL, KUBELET_JUMP_CHAINS, JumpChain
 from minikubenet.proxy.naming import is_service_chain
@@ -53,7 +53,7 @@ class TracerError(ValueError):
 @dataclass(frozen=True)
 class Match:
     kind: str          # src dst proto dport src-type dst-type mark ctstate rcheck
-    value: object
+    value: Any           # a network, a protocol, a port, (value, mask), a set of states, a name
     negated: bool = False
 
 
@@ -145,7 +145,7 @@ def parse_rule(table: str, line: str) -> Rule:
 
 
 # option -> (match kind, how to parse its value); all of these take one argument.
-_MATCH_OPTIONS = {
+_MATCH_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "-s": ("src", ipaddress.IPv4Network), "--source": ("src", ipaddress.IPv4Network),
     "-d": ("dst", ipaddress.IPv4Network), "--destination": ("dst", ipaddress.IPv4Network),
     "-p": ("proto", str.lower), "--dport": ("dport", int),
@@ -161,7 +161,7 @@ _IGNORED_FLAGS = ("--reap", "--random-fully", "--rsource")
 
 def _parse_option(words: list[str], i: int, negate: bool, fields: dict, line: str) -> int:
     word = words[i]
-    value = words[i + 1] if i + 1 < len(words) else None
+    value = words[i + 1] if i + 1 < len(words) else ""
     if word in _MATCH_OPTIONS:
         kind, conv = _MATCH_OPTIONS[word]
         fields["matches"].append(Match(kind, conv(value), negate))

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import logging
 import os
 import threading
@@ -61,6 +60,7 @@ from dataclasses import dataclass
 import grpc
 import pyetcd
 import pyetcd.exceptions
+from typing import Any
 
 from minikubenet.network_config import NetworkConfig, parse_config
 from minikubenet.store.keys import KeyLayout, subnet_from_key
@@ -170,7 +170,7 @@ def parse_endpoints(endpoints: list[str] | tuple[str, ...]) -> list[tuple[str, i
     return out
 
 
-def _grpc_error(e: BaseException) -> "grpc.RpcError | None":
+def _grpc_error(e: BaseException | None) -> "grpc.RpcError | None":
     """The gRPC error behind ``e`` (pyetcd raises its own exception from it)."""
     while e is not None:
         if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
@@ -215,7 +215,7 @@ def _describe(e: BaseException) -> str:
 @dataclass(frozen=True)
 class WatchHandle:
     """A watch lives on one member's channel: cancel it there."""
-    client: object
+    client: Any          # a pyetcd client
     watch_id: int
 
 
@@ -432,8 +432,6 @@ class EtcdStore:
         self.client.revoke_lease(getattr(lease, "id", lease))
 
     @_wrap_errors
-    def delete_lease_key(self, subnet: ipaddress.IPv4Network) -> None:
-        self.client.delete(self.layout.subnet(subnet))
 
     # -- pod IPs -----------------------------------------------------------------------------
 

@@ -70,7 +70,8 @@ def grants(layout: KeyLayout | None = None) -> dict[str, list[Grant]]:
                 Grant("readwrite", layout.ipam_claims, True)],
         PROXY: [config, Grant("read", kind("services"), True), Grant("read", kind("endpoints"), True),
                 Grant("read", kind("pods"), True)],
-        ENDPOINTS_CONTROLLER: [Grant("read", kind("services"), True), Grant("read", kind("pods"), True),
+        # readwrite services: the load-balancer controller it hosts writes their status
+        ENDPOINTS_CONTROLLER: [Grant("readwrite", kind("services"), True), Grant("read", kind("pods"), True),
                                Grant("readwrite", kind("endpoints"), True)],
     }
 

@@ -78,4 +78,6 @@ class LeaseWatch(ListWatch):
 
 def watch_leases(store: EtcdStore, deliver: Callable[[LeaseUpdate], None], **kwargs) -> LeaseWatch:
     """Start following the leases; ``deliver`` gets a snapshot first, then changes."""
-    return LeaseWatch(store, deliver, **kwargs).start()
+    watch = LeaseWatch(store, deliver, **kwargs)   # type: ignore[arg-type]  # ListWatch delivers what _list/_to_update make
+    watch.start()
+    return watch

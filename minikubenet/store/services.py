@@ -20,7 +20,7 @@ compare-and-swap on its resourceVersion (pkg/registry/core/service/ipallocator);
 per IP is the etcd-native form of that and needs no read-modify-write of a shared blob.
 Deleting a Service removes its IP and NodePort keys in the same transaction.
 
-**Nothing invalid is stored.** Every write validates first (model.py collects every
+**Nothing invalid is stored.** Every write validates first (k8s_objects.py collects every
 problem with its field path, as the API server does) and raises ``ValidationError``
 before any key is touched; a conflict (name exists, IP or NodePort taken) raises
 ``ServiceConflict`` after the transaction refused to write.
@@ -36,12 +36,11 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import pyetcd.events
 
-from minikubenet.proxy.model import (DEFAULT_NODE_PORT_RANGE, Pod, Service, ValidationError,
-                                     endpoints_from_k8s, service_from_k8s, service_to_k8s, validate_pod)
+from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Pod, Service, ValidationError, endpoints_from_k8s, service_from_k8s, service_to_k8s, validate_pod
 from minikubenet.service_allocation import allocatable, pick_cluster_ip, pick_node_port
 from minikubenet.store.etcd import EtcdStore, StoreError, _wrap_errors
 from minikubenet.store.keys import KeyLayout
@@ -59,6 +58,16 @@ class ServiceConflict(StoreError):
 
 class NotFound(StoreError):
     pass
+
+
+@dataclass
+class ServiceWrite:
+    """One Service's part of a transaction: its compares (etcd's "only if") and its
+    writes. ``service`` is what will be stored (or deleted); ``created``: it is new."""
+    service: Service
+    compare: list
+    success: list
+    created: bool
 
 
 # --------------------------------------------------------------------------- keys
@@ -158,9 +167,9 @@ class ServiceStore:
     def snapshot(self) -> Snapshot:
         """Services, endpoints and pods as of one revision: the first range request sets
         the revision, the others read at exactly that revision."""
-        snap, revision = Snapshot(), None
+        snap, revision = Snapshot(), 0
         for kind in KINDS:
-            kwargs = {"revision": revision} if revision else {}
+            kwargs: dict[str, int] = {"revision": revision} if revision else {}
             response = self.client.get_prefix_response(self.keys.prefix(kind), **kwargs)
             revision = revision or response.header.revision
             for kv in response.kvs:
@@ -189,10 +198,15 @@ class ServiceStore:
                                self.service_cidr, self.node_port_range)
         if svc.cluster_ip is None:
             raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
-        for attempt in range(20):
+        for _attempt in range(20):
             ip = ipaddress.IPv4Address(requested_ip) if requested_ip else self._free_cluster_ip()
             candidate = dict(doc, spec=dict(spec, clusterIP=str(ip)))
-            candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc.type)
+            candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc)
+            if svc.health_check_node_port and not spec.get("healthCheckNodePort"):
+                # The API server allocates it for LoadBalancer + externalTrafficPolicy
+                # Local, from the NodePort range (a TCP port every node listens on).
+                candidate["spec"]["healthCheckNodePort"] = self._free_node_port(
+                    "TCP", {("tcp", p["nodePort"]) for p in candidate["spec"]["ports"] if p.get("nodePort")})
             final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
             if self._create_service_txn(final):
                 log.info("service %s created: clusterIP %s", final.key, final.cluster_ip)
@@ -204,11 +218,14 @@ class ServiceStore:
         raise ServiceConflict(f"cannot create service {svc.key}: no free ClusterIP after 20 attempts")
 
     @_wrap_errors
-    def _free_cluster_ip(self) -> ipaddress.IPv4Address:
+    def _free_cluster_ip(self, also_taken: Iterable[str] = ()) -> ipaddress.IPv4Address:
+        """A free ClusterIP; ``also_taken``: claim keys about to be written by the same
+        transaction (several new services in one ``apply -f``)."""
         taken = []
-        for _, meta in self.client.get_prefix(self.keys.cluster_ips, keys_only=True):
+        keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.cluster_ips, keys_only=True)]
+        for key in keys + [k for k in also_taken if k.startswith(self.keys.cluster_ips)]:
             try:
-                taken.append(ipaddress.IPv4Address(meta.key.decode()[len(self.keys.cluster_ips):]))
+                taken.append(ipaddress.IPv4Address(key[len(self.keys.cluster_ips):]))
             except ValueError:
                 pass
         ip = pick_cluster_ip(self.service_cidr, taken)
@@ -217,15 +234,29 @@ class ServiceStore:
         return ip
 
     @_wrap_errors
-    def _fill_node_ports(self, ports, svc_type: str) -> list:
-        ports = [dict(p) for p in ports]
-        if svc_type != "NodePort" or all(p.get("nodePort") for p in ports):
-            return ports
+    def _taken_node_ports(self, also_taken: Iterable[str] = ()) -> set[tuple[str, int]]:
+        """(protocol, port) of every NodePort held, plus the claim keys ``also_taken``
+        (about to be written by the same transaction: several services in one apply)."""
         taken = set()
-        for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True):
-            proto, _, number = meta.key.decode()[len(self.keys.node_ports):].partition("/")
+        keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True)]
+        for key in keys + [k for k in also_taken if k.startswith(self.keys.node_ports)]:
+            proto, _, number = key[len(self.keys.node_ports):].partition("/")
             if number.isdigit():
                 taken.add((proto, int(number)))
+        return taken
+
+    def _free_node_port(self, protocol: str, also_taken: set[tuple[str, int]]) -> int:
+        port = pick_node_port(protocol, self._taken_node_ports() | also_taken, self.node_port_range)
+        if port is None:
+            raise ServiceConflict(f"no free NodePort in {self.node_port_range[0]}-{self.node_port_range[1]}")
+        return port
+
+    def _fill_node_ports(self, ports, svc: Service, also_taken: Iterable[str] = ()) -> list:
+        ports = [dict(p) for p in ports]
+        wants = svc.type == "NodePort" or (svc.type == "LoadBalancer" and svc.allocate_load_balancer_node_ports)
+        if not wants or all(p.get("nodePort") for p in ports):
+            return ports
+        taken = self._taken_node_ports(also_taken)
         taken |= {(p.get("protocol", "TCP").lower(), p["nodePort"]) for p in ports if p.get("nodePort")}
         for p in ports:
             if not p.get("nodePort"):
@@ -236,9 +267,11 @@ class ServiceStore:
         return ports
 
     def _claims(self, svc: Service) -> list[str]:
-        """The allocation keys a service holds: its ClusterIP and its NodePorts."""
+        """The allocation keys a service holds: its ClusterIP, its NodePorts and its
+        health-check NodePort."""
         return [self.keys.cluster_ip(svc.cluster_ip)] + \
-            [self.keys.node_port(p.protocol, p.node_port) for p in svc.ports if p.node_port]
+            [self.keys.node_port(p.protocol, p.node_port) for p in svc.ports if p.node_port] + \
+            ([self.keys.node_port("TCP", svc.health_check_node_port)] if svc.health_check_node_port else [])
 
     @_wrap_errors
     def _create_service_txn(self, svc: Service) -> bool:
@@ -263,6 +296,11 @@ class ServiceStore:
                 holder = self._get(self.keys.node_port(p.protocol, p.node_port))
                 if holder is not None:
                     return f"nodePort {p.node_port}/{p.protocol} is already allocated to {holder.decode()}"
+        if svc.health_check_node_port:
+            holder = self._get(self.keys.node_port("TCP", svc.health_check_node_port))
+            if holder is not None:
+                return (f"healthCheckNodePort {svc.health_check_node_port} is already allocated "
+                        f"to {holder.decode()}")
         return "it changed while we wrote it; try again"
 
     def get_service(self, namespace: str, name: str) -> dict | None:
@@ -276,20 +314,124 @@ class ServiceStore:
     def delete_service(self, namespace: str, name: str) -> Service:
         """Delete a service, its endpoints and its IP/NodePort claims, atomically (the
         compare on the service's value makes sure we free exactly what it held)."""
+        write = self.plan_delete(namespace, name)
+        if write is None:
+            raise NotFound(f"service {namespace}/{name} not found")
+        ok, _ = self.client.transaction(compare=write.compare, success=write.success, failure=[])
+        if not ok:
+            raise ServiceConflict(f"service {namespace}/{name} changed while we deleted it; try again")
+        return write.service
+
+    # -- apply: a create or update as one part of a larger transaction ----------------------
+
+    @_wrap_errors
+    def plan_apply(self, doc: Mapping, reserved: set[str] | None = None) -> ServiceWrite:
+        """What ``kubectl apply`` of a Service does, as the compares and writes of one
+        transaction (committed by the caller, possibly with other objects'): create it,
+        or update the one that exists. On update the ClusterIP stays (it is immutable:
+        a different one is refused), and a NodePort port that names no nodePort keeps
+        the one it has (kubectl's merge keeps fields the live object set). New claims
+        are checked free by the transaction; dropped ones are released in it.
+        ``reserved``: claim keys earlier parts of the same transaction take (updated).
+        Raises ValidationError or ServiceConflict; writes nothing."""
+        reserved = set() if reserved is None else reserved
+        doc = json.loads(json.dumps(doc))
+        if not isinstance(doc, dict) or not isinstance(doc.get("spec", {}), dict):
+            return self._invalid_shape(doc)
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
+        key = self.keys.object("services", meta.get("namespace", "default"), str(meta.get("name")))
+        raw = self.client.get(key)[0]
+        old = service_from_k8s(json.loads(raw)) if raw is not None else None
+        spec = doc.setdefault("spec", {})
+        if old is not None:
+            what = f"Service {old.key}"
+            if spec.get("clusterIP") and spec["clusterIP"] != str(old.cluster_ip):
+                raise ValidationError(what, [f"spec.clusterIP: Invalid value: {json.dumps(spec['clusterIP'])}: "
+                                             "field is immutable"])
+            spec["clusterIP"] = str(old.cluster_ip)
+            if spec.get("type") == "NodePort" and isinstance(spec.get("ports"), list):
+                kept = {(p.port, p.protocol): p.node_port for p in old.ports if p.node_port}
+                spec["ports"] = [dict(p, nodePort=kept.get((p.get("port"), p.get("protocol", "TCP"))))
+                                 if isinstance(p, dict) and not p.get("nodePort")
+                                 and kept.get((p.get("port"), p.get("protocol", "TCP"))) else p
+                                 for p in spec["ports"]]
+        svc = service_from_k8s(_with_placeholders(doc, self.service_cidr, self.node_port_range),
+                               self.service_cidr, self.node_port_range)
+        if svc.cluster_ip is None:
+            raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
+        ip = spec.get("clusterIP") or str(self._free_cluster_ip(reserved))
+        candidate = dict(doc, spec=dict(spec, clusterIP=ip))
+        candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc, reserved)
+        final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
+        new_claims = self._claims(final)
+        old_claims = self._claims(old) if old is not None else []
+        for k in new_claims:
+            if k in reserved and k not in old_claims:
+                raise ServiceConflict(f"cannot apply service {final.key}: {self._claim_text(k)} is taken by "
+                                      "another service in the same apply")
+        t = self.client.transactions
+        added = [k for k in new_claims if k not in old_claims]
+        compare = ([t.value(key) == raw] if old is not None else [t.version(key) == 0]) + \
+            [t.version(k) == 0 for k in added]
+        success = [t.put(key, _dumps(service_to_k8s(final)))] + [t.put(k, final.key.encode()) for k in added] + \
+            [t.delete(k) for k in old_claims if k not in new_claims]
+        reserved.update(new_claims)
+        return ServiceWrite(final, compare, success, created=old is None)
+
+    def _claim_text(self, key: str) -> str:
+        if key.startswith(self.keys.cluster_ips):
+            return f"clusterIP {key[len(self.keys.cluster_ips):]}"
+        proto, _, number = key[len(self.keys.node_ports):].partition("/")
+        return f"nodePort {number}/{proto.upper()}"
+
+    @staticmethod
+    def _invalid_shape(doc) -> ServiceWrite:
+        raise ValidationError("Service", ["spec: must be an object" if isinstance(doc, dict)
+                                          else f"must be a JSON object, got {type(doc).__name__}"])
+
+    @_wrap_errors
+    def plan_delete(self, namespace: str, name: str) -> ServiceWrite | None:
+        """Deleting a service as part of a transaction: the service, its endpoints and its
+        claims, if its value is still what we read. None: there is no such service."""
         key = self.keys.object("services", namespace, name)
         raw = self.client.get(key)[0]
         if raw is None:
-            raise NotFound(f"service {namespace}/{name} not found")
+            return None
         svc = service_from_k8s(json.loads(raw))
         t = self.client.transactions
-        ok, _ = self.client.transaction(
-            compare=[t.value(key) == raw],
-            success=[t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)]
-                     + self._claims(svc)],
-            failure=[])
-        if not ok:
-            raise ServiceConflict(f"service {namespace}/{name} changed while we deleted it; try again")
-        return svc
+        return ServiceWrite(svc, [t.value(key) == raw],
+                            [t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)]
+                             + self._claims(svc)], created=False)
+
+    def why_not_applied(self, write: ServiceWrite) -> str:
+        """After a transaction with ``write`` in it failed: the likely reason, in words."""
+        if write.created:
+            return self._why_not_created(write.service)
+        return "it changed while we wrote it; try again"
+
+    @_wrap_errors
+    def set_load_balancer_ingress(self, namespace: str, name: str, ips: list[str],
+                                  message: str = "") -> bool:
+        """Write status.loadBalancer.ingress (and a status message, e.g. why it waits),
+        only if the service is unchanged since we read it: the load-balancer controller's
+        compare-and-swap. False when it changed or is gone (the caller looks again)."""
+        key = self.keys.object("services", namespace, name)
+        raw = self.client.get(key)[0]
+        if raw is None:
+            return False
+        doc = json.loads(raw)
+        status: dict = {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]} if ips else {}}
+        if message:
+            status["conditions"] = [{"type": "LoadBalancerPending", "status": "True", "message": message}]
+        if doc.get("status") == status:
+            return True
+        doc["status"] = status
+        t = self.client.transactions
+        ok, _ = self.client.transaction(compare=[t.value(key) == raw],
+                                        success=[t.put(key, _dumps(doc))], failure=[])
+        return ok
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -314,8 +456,15 @@ class ServiceStore:
         return dict(doc)
 
     def get_endpoints(self, namespace: str, name: str) -> dict | None:
-        raw = self._get(self.keys.object("endpoints", namespace, name))
-        return _loads(raw, f"{namespace}/{name}") if raw is not None else None
+        return self.get_endpoints_at(namespace, name)[0]
+
+    @_wrap_errors
+    def get_endpoints_at(self, namespace: str, name: str) -> tuple[dict | None, int]:
+        """The Endpoints document and the store revision that last wrote it (0: none)."""
+        raw, meta = self.client.get(self.keys.object("endpoints", namespace, name))
+        if raw is None:
+            return None, 0
+        return _loads(raw, f"{namespace}/{name}"), meta.mod_revision
 
     def list_endpoints(self) -> dict[str, dict]:
         return self._list("endpoints")
@@ -348,6 +497,16 @@ class ServiceStore:
         status["conditions"] = others + [{"type": "Ready", "status": "True" if ready else "False"}]
         self.put_pod(doc)
 
+    def mark_pod_terminating(self, namespace: str, name: str, when: str) -> None:
+        """Set metadata.deletionTimestamp (RFC 3339): the pod is being deleted but still
+        runs its grace period, so the endpoints controller lists it as terminating
+        (serving while its Ready condition holds) until it is gone."""
+        doc = self.get_pod(namespace, name)
+        if doc is None:
+            raise NotFound(f"pod {namespace}/{name} not found")
+        doc.setdefault("metadata", {})["deletionTimestamp"] = when
+        self.put_pod(doc)
+
     @_wrap_errors
     def delete_pod(self, namespace: str, name: str) -> bool:
         return bool(self.client.delete(self.keys.object("pods", namespace, name)))
@@ -355,17 +514,6 @@ class ServiceStore:
     @_wrap_errors
     def _put(self, key: str, doc: Mapping) -> None:
         self.client.put(key, _dumps(doc))
-
-    @_wrap_errors
-    def put_if_changed(self, kind: str, namespace: str, name: str, doc: Mapping,
-                       previous: bytes | None) -> bool:
-        """Write ``doc`` only if the key still holds ``previous`` (None: does not exist):
-        a controller's write never overwrites a change it has not seen."""
-        key = self.keys.object(kind, namespace, name)
-        t = self.client.transactions
-        cmp = [t.value(key) == previous] if previous is not None else [t.version(key) == 0]
-        ok, _ = self.client.transaction(compare=cmp, success=[t.put(key, _dumps(doc))], failure=[])
-        return ok
 
 
 def check_endpoint_pods(doc: Mapping, pods: Mapping[str, dict]) -> list[str]:
@@ -399,11 +547,16 @@ def _with_placeholders(doc: dict, service_cidr: ipaddress.IPv4Network,
     spec = dict(doc.get("spec") or {})
     if not spec.get("clusterIP"):
         spec["clusterIP"] = str(service_cidr.network_address + 1)
-    if spec.get("type") == "NodePort" and isinstance(spec.get("ports"), list):
+    wants_node_ports = spec.get("type") == "NodePort" or \
+        (spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is not False)
+    if wants_node_ports and isinstance(spec.get("ports"), list):
         given = {p.get("nodePort") for p in spec["ports"] if isinstance(p, Mapping)}
         spare = iter(n for n in range(node_port_range[1], node_port_range[0] - 1, -1) if n not in given)
         spec["ports"] = [dict(p, nodePort=p.get("nodePort") or next(spare, None))
                          if isinstance(p, Mapping) else p for p in spec["ports"]]
+    if spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local" \
+            and not spec.get("healthCheckNodePort"):
+        spec["healthCheckNodePort"] = node_port_range[0]      # allocated after validation
     return dict(doc, spec=spec)
 
 

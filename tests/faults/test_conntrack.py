@@ -11,7 +11,6 @@ warning and the STATUS answer at 90 % and 100 % are unit-tested
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 

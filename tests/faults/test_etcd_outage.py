@@ -340,7 +340,7 @@ def test_a_member_killed_during_an_add_storm_costs_nothing(lab_root):
             lab.wait_etcd_healthy([killed])
             m = lab.topo.etcd_member(killed)
 
-            def caught_up():
+            def caught_up(m=m, all_ips=all_ips):
                 out = daemons.etcdctl(m.netns, m.client_url, "get", "--prefix", "--keys-only",
                                       "--consistency=s", "/minikubenet/ipam/", tls=lab.etcd_tls())
                 return len([line for line in out.splitlines() if line.strip()]) == len(all_ips)

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from minikubenet.waiting import wait_until
 from minikubenet.lab import daemons, probes
 from minikubenet.lab import services as S
 from tests.conftest import running_lab
@@ -55,12 +56,7 @@ def agent_metrics(lab, node) -> str:
 
 
 def wait_for(check, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
+    return bool(wait_until(check, timeout, interval=0.1))
 
 
 def test_malformed_objects_are_skipped_once_counted_and_everything_else_served(lab):
@@ -89,7 +85,8 @@ def test_malformed_objects_are_skipped_once_counted_and_everything_else_served(l
         text = S.metrics(lab, node)
         assert metric(text, "minikubenet_malformed_objects", kind="services") == 1, node.name
         assert metric(text, "minikubenet_malformed_objects", kind="endpoints") == 1, node.name
-        assert wait_for(lambda: metric(agent_metrics(lab, node), "minikubenet_malformed_objects", kind="leases") == 2)
+        assert wait_for(lambda node=node: metric(agent_metrics(lab, node), "minikubenet_malformed_objects",
+                                                 kind="leases") == 2)
 
     time.sleep(2.5)   # more than enough passes of every loop: nothing is logged again
     logs = {name: open(f"{lab.dir}/logs/{name}.log").read()

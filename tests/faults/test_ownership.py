@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
+from minikubenet.waiting import wait_until
 from minikubenet.cni.runtime import CniCallError
 from minikubenet.lab import probes
 from minikubenet.lab.topology import POD_PORT
@@ -56,10 +56,9 @@ def records(lab) -> dict[str, dict]:
 
 def claims(lab) -> dict[str, str]:
     """The claim markers (ADDs not finished) left in etcd, after the agent had a moment."""
-    deadline = time.monotonic() + 5
-    while (left := dict(lab.etcd_dump("/minikubenet/ipam-claims/"))) and time.monotonic() < deadline:
-        time.sleep(0.1)   # completions are written just after ADD's answer
-    return left
+    # completions are written just after ADD's answer
+    wait_until(lambda: not lab.etcd_dump("/minikubenet/ipam-claims/"), 5, interval=0.1)
+    return dict(lab.etcd_dump("/minikubenet/ipam-claims/"))
 
 
 def node_veths(lab, node: str) -> set[str]:

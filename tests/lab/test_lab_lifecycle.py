@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from minikubenet.waiting import wait_until
 from minikubenet.lab.cluster import LabError
 from minikubenet.linux import named_netns
 
@@ -35,9 +35,7 @@ def test_down_after_a_crashed_up_removes_everything(lab_root, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "minikubenet", "lab", "up", "--name", name, "--nodes", "2"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while len(named_netns.list_names(f"{name}-")) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(named_netns.list_names(f"{name}-")) >= 3, 30)
         os.kill(p.pid, signal.SIGKILL)   # a crash in the middle of `up`
         p.wait()
         assert named_netns.list_names(f"{name}-"), "the crash happened before anything was built"

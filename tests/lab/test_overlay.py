@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 
+from minikubenet.waiting import wait_until
 from tests.conftest import make_lab
 
 RESYNC_S = 10   # overlay/controller.py DEFAULT_RESYNC_S
@@ -23,15 +23,6 @@ def entries(lab, node, dev="flannel.1"):
     fdb = json.loads(subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", dev],
                                     capture_output=True, text=True).stdout or "[]")
     return ({r["dst"] for r in routes}, {n["dst"] for n in neigh}, {f["dst"] for f in fdb if f.get("dst")})
-
-
-def wait_until(predicate, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_every_node_has_one_route_neighbour_and_fdb_entry_per_peer(three_nodes):
@@ -71,7 +62,7 @@ def test_the_watch_survives_an_etcd_restart(lab_root):
         lab.stop_agent("n3")
         lab.etcdctl("del", "/coreos.com/network/subnets/" + subnet.replace("/", "-"))
         for node in ("n1", "n2"):
-            assert wait_until(lambda: subnet not in entries(lab, node)[0]
+            assert wait_until(lambda node=node: subnet not in entries(lab, node)[0]
                               and str(lab.topo.node("n3").ip) not in entries(lab, node)[2], 5), node
         # and n3 coming back is programmed everywhere again, reachable at once
         lab.start_agent("n3")

@@ -33,7 +33,7 @@ def test_vxlan_capture_shows_vni_1_on_port_8472_between_the_nodes(three_nodes):
     forward = [p for p in packets if p[3].src == src_ip and p[3].dst == dst_ip]
     back = [p for p in packets if p[3].src == dst_ip and p[3].dst == src_ip]
     assert forward and back, "both directions of the TCP exchange are encapsulated"
-    for outer_ip, outer_udp, vx, inner_ip in forward:
+    for outer_ip, outer_udp, vx, _inner_ip in forward:
         assert (outer_ip.src, outer_ip.dst) == (n1, n2)
         assert outer_udp.dport == 8472
         assert vx.vni == 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -20,9 +19,10 @@ import time
 
 import pytest
 
+from minikubenet.waiting import wait_until
+from minikubenet.lab import probes
 from minikubenet.lab import services as S
-from minikubenet.linux.netns import path_of, socket_in
-from minikubenet.proxy.model import pod_doc
+from minikubenet.k8s_objects import pod_doc
 from tests.conftest import make_lab
 
 MODES = ["iptables", "nftables"]
@@ -69,15 +69,8 @@ def metric(lab, name: str) -> float:
 
 
 def connect_error(netns: str, ip: str, port: int, timeout: float = 2.0) -> str | None:
-    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect((ip, port))
-        return None
-    except OSError as e:
-        return type(e).__name__
-    finally:
-        s.close()
+    error = probes.connect_error(netns, ip, port, timeout)
+    return type(error).__name__ if error is not None else None
 
 
 def ruleset(lab) -> str:
@@ -198,10 +191,8 @@ def test_other_chains_stay_and_stale_chains_go(lab):
     doomed_chains = {a or b for a, b in doomed_chains}
     assert doomed_chains
     S.store_call(lab, "delete-service", name="doomed")        # a partial sync
-    deadline = time.monotonic() + 5
-    while any(c in ruleset(lab) for c in doomed_chains):
-        assert time.monotonic() < deadline, f"chains of the deleted service are still there: {doomed_chains}"
-        time.sleep(0.2)
+    assert wait_until(lambda: not any(c in ruleset(lab) for c in doomed_chains), 5, interval=0.2), \
+        f"chains of the deleted service are still there: {doomed_chains}"
     assert connect_error(lab.client.netns, svc["clusterIP"], 80, 0.5) is not None
     text = ruleset(lab)
     assert stale not in text
@@ -243,19 +234,16 @@ fi
         failures = metric(lab, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total")
         store = S.store_call(lab, "create-service", doc={"metadata": {"name": "needs-recent"}, "spec": {
             "selector": {"app": "web"}, "ports": HTTP, "sessionAffinity": "ClientIP"}})
-        deadline = time.monotonic() + 10
-        while metric(lab, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total") <= failures:
-            assert time.monotonic() < deadline, "the failing restore was not reported"
-            time.sleep(0.1)
+        assert wait_until(lambda: metric(lab, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total")
+                          > failures, 10, interval=0.1), "the failing restore was not reported"
         log = proxy_log(lab)
         assert "Couldn't load match `recent'" in log
         assert re.search(r">\s+\d+: -A KUBE-S\w+-\w+ .*-m recent", log), log[-2000:]
         assert set(S.hit(lab.client.netns, old["clusterIP"], 80, 20)) == {"n1-p1", "n1-p2"}   # old rules work
         assert S.hit(lab.client.netns, store["clusterIP"], 80, 1, timeout=0.5)["<error>"] == 1
         os.unlink(flag)                                       # the module is back
-        deadline = time.monotonic() + 10
-        while S.hit(lab.client.netns, store["clusterIP"], 80, 1, timeout=0.5)["<error>"]:
-            assert time.monotonic() < deadline, "not retried"
+        assert wait_until(lambda: not S.hit(lab.client.netns, store["clusterIP"], 80, 1, timeout=0.5)["<error>"],
+                          10, interval=0), "not retried"
         assert "retrying in" in log
     finally:
         S.restart_proxies(lab, "iptables")

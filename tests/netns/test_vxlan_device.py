@@ -18,11 +18,11 @@ import ipaddress
 import logging
 import os
 import subprocess
-import time
 import uuid
 
 import pytest
 
+from minikubenet.waiting import wait_until
 from minikubenet.linux import overlay_routes, vxlan_device
 from minikubenet.linux.netns import iproute_in
 from minikubenet.linux.vxlan_device import (VxlanDeviceError, ensure_vxlan_address, ensure_vxlan_device,
@@ -291,10 +291,7 @@ class CapturedWatch:
 
 
 def eventually(check, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    assert wait_until(check, timeout), "timed out"
 
 
 def kernel_in(node: Node):

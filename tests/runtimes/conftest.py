@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tests.conftest import make_lab
+from tests.conftest import running_lab
 from tests.runtimes import oci_image
 
 REFERENCE_DIR = "/usr/lib/cni"
@@ -65,12 +65,8 @@ def host_untouched():
 @pytest.fixture(scope="session")
 def runtime_lab(lab_root):
     """Name: runtime_lab. Scope: session. Two nodes, one HTTP pod each."""
-    lab = make_lab(lab_root, nodes=2, pods_per_node=1)
-    try:
-        lab.up()
+    with running_lab(lab_root, nodes=2, pods_per_node=1) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,7 @@ def test_a_granted_lease_is_refreshed_through_the_failover_client():
 
 def test_unknown_calls_are_not_forwarded():
     with pytest.raises(AttributeError):
-        client(Member("a")).compact
+        _ = client(Member("a")).compact
 
 
 # --------------------------------------------------------------------------- retried writes

@@ -92,7 +92,7 @@ def test_each_user_may_touch_only_its_keys(layout):
     expect = {
         etcd_rbac.AGENT: {"read": {config, lease, ip, claim}, "write": {lease, ip, claim}},
         etcd_rbac.PROXY: {"read": {config, svc, eps, pod}, "write": set()},
-        etcd_rbac.ENDPOINTS_CONTROLLER: {"read": {svc, pod, eps}, "write": {eps}},
+        etcd_rbac.ENDPOINTS_CONTROLLER: {"read": {svc, pod, eps}, "write": {svc, eps}},
     }
     every = {config, lease, ip, claim, svc, eps, pod, f"{proj}/serviceips/10.96.0.1", f"{proj}/nodeports/tcp/30080"}
     for user, allowed in expect.items():

@@ -5,8 +5,9 @@
 - Nothing under ``store/`` (the etcd adapter) imports the daemons, the overlay, the lab or
   the CLI: ``store/`` maps domain objects to keys and values, never the reverse.
 
-(The kernel side of the rules is tests/unit/test_kernel_boundary.py. store/services.py
-still imports proxy.model: a known departure, listed in docs/architecture.md.)
+- No import cycles inside the package, and nothing but the entry point imports the CLI.
+
+(The kernel side of the rules is tests/unit/test_kernel_boundary.py.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "minikubenet"
 HEAVY = ("grpc", "pyetcd", "pyroute2")
 PURE_PLANS = ("minikubenet.overlay.vxlan", "minikubenet.overlay.host_gw", "minikubenet.overlay.leases",
-              "minikubenet.subnet_lease_record", "minikubenet.masquerade", "minikubenet.pod_network")
+              "minikubenet.subnet_lease_record", "minikubenet.masquerade", "minikubenet.pod_network",
+              "minikubenet.k8s_objects", "minikubenet.service_allocation", "minikubenet.proxy.model")
 
 
 @pytest.mark.parametrize("module", PURE_PLANS)
@@ -51,7 +53,8 @@ def imported_modules(path: pathlib.Path, package: str | None = None) -> set[str]
     return names
 
 
-FORBIDDEN_FOR_STORE = ("minikubenet.overlay", "minikubenet.agent", "minikubenet.lab", "minikubenet.cli")
+FORBIDDEN_FOR_STORE = ("minikubenet.overlay", "minikubenet.agent", "minikubenet.lab", "minikubenet.cli",
+                       "minikubenet.proxy")
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "store").glob("*.py")), ids=lambda p: p.name)
@@ -135,3 +138,10 @@ def test_only_the_entry_point_imports_the_cli():
                    if not m.startswith("minikubenet.cli") and m != "minikubenet.__main__"
                    and any(d.startswith("minikubenet.cli") for d in deps))
     assert users == [], f"{users} import the CLI; put what they share below it"
+
+
+def test_only_the_store_speaks_to_etcd():
+    speakers = sorted(m for m, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py"))
+                      if not m.startswith("minikubenet.store")
+                      and any(n.split(".")[0] in ("pyetcd", "grpc") for n in imported_modules(path)))
+    assert speakers == [], f"{speakers} import the etcd client; go through minikubenet/store/"

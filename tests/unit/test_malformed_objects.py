@@ -15,7 +15,7 @@ from minikubenet.malformed import MalformedObjects
 from minikubenet.overlay.controller import OverlayController, VxlanBackend
 from minikubenet.proxy.daemon import ProxyState
 from minikubenet.proxy.endpoints_controller import EndpointsController
-from minikubenet.proxy.model import ValidationError, endpoints_from_k8s, pod_from_k8s, service_from_k8s
+from minikubenet.k8s_objects import ValidationError, endpoints_from_k8s, pod_from_k8s, service_from_k8s
 from minikubenet.store.etcd import lease_from_kv
 from minikubenet.store.services import ObjectPut, Snapshot
 from tests.unit.test_proxy_endpoints import pod, ready_ips, store, svc_doc  # noqa: F401 (fixture)

@@ -11,8 +11,8 @@ from minikubenet.cli import CliError, build_parser
 from minikubenet.cli.services import parse_port_spec, parse_selector, service_doc_from_args
 from minikubenet.proxy.endpoints_controller import (EndpointsController, desired_endpoints, plan_writes,
                                                     reconcile_once)
-from minikubenet.proxy.model import endpoints_from_k8s
-from minikubenet.proxy.model import pod_doc
+from minikubenet.k8s_objects import endpoints_from_k8s
+from minikubenet.k8s_objects import pod_doc
 from minikubenet.store.services import ObjectPut, ServiceStore
 from tests.unit.fake_etcd import fake_etcd_store
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from minikubenet.proxy.iptables_render import (JUMP_CHAINS, SyncState, chains_from_save,
                                                plan_iptables, probability, render_iptables)
-from minikubenet.proxy.model import Endpoint, RenderOptions, Service, ServicePort
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.tracer import check_ruleset, parse_restore
 
 from tests.proxy_golden import GOLDEN, load_cluster  # noqa: E402
@@ -214,7 +215,7 @@ def test_jump_chains_are_kube_proxys():
 
 def test_only_our_chains_are_named():
     rs = parse_restore(render())
-    for table, chains in rs.declared.items():
+    for chains in rs.declared.values():
         assert all(c.startswith("KUBE-") for c in chains), chains
     assert all(c.startswith("KUBE-") for t in rs.rules.values() for c in t)
 

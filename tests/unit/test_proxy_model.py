@@ -5,11 +5,8 @@ import ipaddress
 
 import pytest
 
-from minikubenet.proxy.model import (ContainerPort, Endpoint, Pod, RenderOptions, Service,
-                                     ServicePort, ValidationError, derive_endpoints,
-                                     endpoints_from_k8s, endpoints_to_k8s, pod_from_k8s,
-                                     ready_endpoints, service_from_k8s, service_port_name,
-                                     service_to_k8s)
+from minikubenet.k8s_objects import ContainerPort, Endpoint, Pod, Service, ServicePort, ValidationError, derive_endpoints, endpoints_from_k8s, endpoints_to_k8s, pod_from_k8s, service_from_k8s, service_port_name, service_to_k8s
+from minikubenet.proxy.model import RenderOptions, ready_endpoints
 
 IP = ipaddress.IPv4Address
 
@@ -86,10 +83,25 @@ def test_headless_service_parses_but_is_not_proxied():
     ({"selector": ["app", "web"]}, "spec.selector: must be a map of label key to value, got list"),
     ({"selector": {"bad key!": "web"}}, "spec.selector: 'bad key!' is not a valid label key"),
     ({"selector": {"app": "-web"}}, "spec.selector[app]: '-web' is not a valid label value"),
-    ({"type": "LoadBalancer"}, "spec.type: 'LoadBalancer' is not supported (one of ClusterIP, NodePort)"),
+    ({"type": "ExternalName"}, "spec.type: 'ExternalName' is not supported (one of ClusterIP, NodePort, LoadBalancer)"),
+    ({"type": "LoadBalancer"}, "spec.ports[0].nodePort: required for type LoadBalancer"),
+    ({"externalTrafficPolicy": "Local"},
+     "spec.externalTrafficPolicy: 'Local' may only be set for externally-accessible services"),
+    ({"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/33"],
+      "allocateLoadBalancerNodePorts": False},
+     "spec.loadBalancerSourceRanges[0]: '10.0.0.0/33' must be a list of IP ranges"),
+    ({"loadBalancerSourceRanges": ["10.0.0.0/8"]},
+     "spec.loadBalancerSourceRanges: may only be used when `type` is 'LoadBalancer'"),
+    ({"type": "LoadBalancer", "ports": [{"name": "a", "port": 80, "nodePort": 30080}],
+      "healthCheckNodePort": 30001},
+     "spec.healthCheckNodePort: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"),
+    ({"internalTrafficPolicy": "Nearby"}, "spec.internalTrafficPolicy: unsupported value 'Nearby'"),
+    ({"externalIPs": ["1.2.3"]}, "spec.externalIPs[0]: '1.2.3' must be a valid IPv4 address"),
+    ({"allocateLoadBalancerNodePorts": False},
+     "spec.allocateLoadBalancerNodePorts: may only be used when `type` is 'LoadBalancer'"),
     ({"type": "NodePort"}, "spec.ports[0].nodePort: required for type NodePort"),
     ({"ports": [{"name": "a", "port": 80, "nodePort": 30080}]},
-     "spec.ports[0].nodePort: may only be set when spec.type is NodePort"),
+     "spec.ports[0].nodePort: may only be set when spec.type is NodePort or LoadBalancer"),
     ({"type": "NodePort", "ports": [{"name": "a", "port": 80, "nodePort": 8080}]},
      "spec.ports[0].nodePort: 8080 is out of range (30000-32767)"),
     ({"sessionAffinity": "Cookie"}, "spec.sessionAffinity: 'Cookie' is not one of None, ClientIP"),

@@ -5,7 +5,8 @@ import ipaddress
 import os
 import re
 
-from minikubenet.proxy.model import Endpoint, RenderOptions, Service, ServicePort
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.nft_render import (names_from_listing, plan_nft, render_nft,
                                           render_nft_cleanup, render_nft_delete_chains)
 

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from minikubenet.proxy.model import ValidationError
-from minikubenet.proxy.model import pod_doc
+from minikubenet.k8s_objects import ValidationError
+from minikubenet.k8s_objects import pod_doc
 from minikubenet.service_allocation import allocatable, pick_cluster_ip
 from minikubenet.store.services import NotFound, ServiceConflict, ServiceKeys, ServiceStore
 from tests.unit.fake_etcd import fake_etcd_store

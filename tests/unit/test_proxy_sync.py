@@ -13,7 +13,7 @@ from minikubenet.linux.conntrack import UdpFlowFilter
 from minikubenet.proxy.daemon import ProxyState, SyncLoop
 from minikubenet.proxy.iptables_render import plan_iptables
 from minikubenet.proxy.metrics import Health, ProxyMetrics
-from minikubenet.proxy.model import Endpoint, Service, ServicePort, service_to_k8s, endpoints_to_k8s
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort, service_to_k8s, endpoints_to_k8s
 from minikubenet.proxy.nft_render import plan_nft, render_nft_delete_chains
 from minikubenet.proxy.syncers import (IptablesSyncer, NftSyncer, SyncConfig, SyncError, SyncResult,
                                        udp_flows_to_clear)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from minikubenet.proxy.iptables_render import plan_iptables, render_iptables
-from minikubenet.proxy.model import (Endpoint, RenderOptions, Service, ServicePort,
-                                     endpoints_from_k8s, service_from_k8s)
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort, endpoints_from_k8s, service_from_k8s
+from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.naming import endpoint_chain
 from minikubenet.proxy.tracer import TracerError, check_ruleset, parse_restore, trace_packet
 

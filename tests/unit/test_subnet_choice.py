@@ -5,6 +5,7 @@ fits the config; (2) else the subnet from our previous subnet.env, if nobody hol
 (3) else a random free one among the first 100 free; none free -> "out of subnets".
 """
 
+import dataclasses
 import json
 import random
 from ipaddress import IPv4Network as N
@@ -148,5 +149,5 @@ def test_a_subnet_overlapping_an_existing_lease_of_another_size_is_taken():
 def test_choice_is_a_frozen_value():
     c = choose_subnet(config(), [], ME, None, rng=rng())
     assert isinstance(c, Choice)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.subnet = N("10.244.1.0/24")  # type: ignore[misc]

@@ -76,7 +76,7 @@ def test_events_of_every_prefix_arrive_in_one_thread_from_one_revision():
     while len(client.watches) < 2:
         pass
     assert {rev for _, _, rev in client.watches.values()} == {42}
-    for wid, (prefix, callback, _) in client.watches.items():
+    for prefix, callback, _ in client.watches.values():
         callback(SimpleNamespace(events=[f"{prefix}event"], header=SimpleNamespace(revision=43)))
     assert seen.wait(5)
     watch._stop.set()

@@ -50,7 +50,7 @@ def wait_listening(ip: str, port: int, timeout: float = 60.0) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the pod server at {ip}:{port} does not answer after {timeout:.0f}s")
+                raise SystemExit(f"the pod server at {ip}:{port} does not answer after {timeout:.0f}s") from None
             time.sleep(0.2)
 
 
@@ -88,7 +88,7 @@ def delete(names: list[str]) -> dict:
 
 def register(pods: list[dict]) -> dict:
     from minikubenet.store.etcd import EtcdStore, TLSFiles
-    from minikubenet.proxy.model import pod_doc
+    from minikubenet.k8s_objects import pod_doc
     from minikubenet.store.services import ServiceStore
     # as the root etcd user: the caller sources /etc/minikubenet/etcd-admin.env
     env = os.environ.get

@@ -23,9 +23,8 @@ assured TCP entries: nothing to evict, the table stays full.
 
 The sessions to the VMs are ssh ControlMaster connections opened before the table
 fills, so they keep working; a timer on node2 restores ``nf_conntrack_max`` after
-5 minutes whatever happens to this test. ``minikubenet doctor`` naming the cause is
-the doctor's part (issue 15 item 2): add its check here when it exists (see
-``DOCTOR_HOOK``).
+5 minutes whatever happens to this test. ``minikubenet doctor`` on node2 names the
+cause too (``DOCTOR_HOOK``).
 """
 
 from __future__ import annotations
@@ -41,7 +40,10 @@ HEADROOM = 150  # entries above the idle count: what the noisy pod has to fill. 
 # flows costs node2 two: the pod's TCP flow (forwarded) and the VXLAN UDP
 # flow carrying it (the outer source port hashes the inner flow)
 PROC = "/proc/sys/net/netfilter"
-DOCTOR_HOOK = None  # e.g. "minikubenet doctor --node node2": must exit non-zero naming conntrack
+# doctor on node2 as on any real node, with the agent's own etcd settings and node flags
+# (/etc/default/minikubenet-agent): it must exit non-zero naming conntrack, also when the
+# full table drops its connection to etcd
+DOCTOR_HOOK = "set -a; . /etc/default/minikubenet-agent; set +a; minikubenet doctor --no-probe $MINIKUBENET_AGENT_ARGS"
 
 
 def metrics(vc, node: str, timeout: int = 10) -> dict[str, float] | None:
