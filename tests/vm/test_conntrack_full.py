@@ -23,7 +23,7 @@ assured TCP entries: nothing to evict, the table stays full.
 
 The sessions to the VMs are ssh ControlMaster connections opened before the table
 fills, so they keep working; a timer on node2 restores ``nf_conntrack_max`` after
-5 minutes whatever happens to this test. ``minikubenet doctor`` on node2 names the
+10 minutes whatever happens to this test. ``minikubenet doctor`` on node2 names the
 cause too (``DOCTOR_HOOK``).
 """
 
@@ -87,7 +87,7 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
         # the safety net first, then the lower limit
         vc.ssh(
             n2,
-            f"systemd-run --quiet --unit=mkvm-ct-restore --on-active=300 "
+            f"systemd-run --quiet --unit=mkvm-ct-restore --on-active=600 "
             f"sysctl -w net.netfilter.nf_conntrack_max={original}",
         )
         vc.ssh(n2, f"sysctl -qw net.netfilter.nf_conntrack_max={limit}")
