@@ -71,6 +71,8 @@ def load(text: str, source: str = "<manifests>") -> list[dict]:
             mark = getattr(e, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
             raise ManifestError(f"{source} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+        if len(docs) == 1 and isinstance(docs[0], list):  # a JSON array (JSON is YAML)
+            docs = docs[0]
     if len(docs) == 1 and isinstance(docs[0], dict) and docs[0].get("kind") == "List":
         docs = list(docs[0].get("items") or [])
     for i, d in enumerate(docs):

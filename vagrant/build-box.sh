@@ -59,7 +59,9 @@ PACKAGES=(
   iputils-ping procps
   etcd-server etcd-client                         # etcd on node1 (disabled by default)
   iperf3 tcpdump                                  # throughput and underlay captures
-  podman                                          # the DaemonSet's containers from the image (deploy/, tests/vm)
+  podman containernetworking-plugins              # the DaemonSet's containers from the image (deploy/, tests/vm);
+                                                  # the plugins provide container-network-stack, which debootstrap
+                                                  # does not resolve (a virtual package)
   busybox-static                                  # the initramfs is busybox
 )
 

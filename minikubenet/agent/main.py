@@ -6,7 +6,7 @@ Start-up, in order, each step a clear error if it cannot be done:
 1. connect to etcd and read the network config (waiting a while for both);
 2. find the node's underlay interface and public IP, and from its MTU the pod MTU
    (underlay − 50 with VXLAN: 20 IPv4 + 8 UDP + 8 VXLAN + 14 inner Ethernet);
-3. prepare the backend (agent/backend.py): with VXLAN create ``flannel.<VNI>`` now,
+3. prepare the backend (agent/backends/): with VXLAN create ``flannel.<VNI>`` now,
    because its MAC goes into the lease;
 4. lease a subnet for this node (subnet_lease.py) and keep renewing it;
 5. create the bridge ``cni0`` with the gateway address, enable forwarding, install
@@ -33,10 +33,9 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 from minikubenet import subnet_env
-from minikubenet.agent import backend
+from minikubenet.agent import backends
 from minikubenet.agent.metrics import AgentMetrics
 from minikubenet.agent.upkeep import DEFAULT_SYNC_PERIOD_S, ConntrackPressure, MasqueradeRules, Upkeep
 from minikubenet.agent.cni_handler import CniHandler, NodeState
@@ -53,6 +52,7 @@ from minikubenet.masquerade import render_masquerade
 from minikubenet.network_config import ConfigError
 from minikubenet.overlay.controller import OverlayController
 from minikubenet.pod_network import BRIDGE
+from minikubenet.waiting import wait_until
 from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
 from minikubenet.store.keys import KeyLayout
 from minikubenet.subnet_lease import DEFAULT_TTL_S, OutOfSubnets, SubnetLeaser
@@ -95,23 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def wait_for_config(store: EtcdStore, timeout: float):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while True:
+    """The network config, once etcd has one (an invalid one is an error at once)."""
+    why = [""]
+
+    def config():
         try:
-            config = store.get_config()
-            if config is not None:
-                return config
-            last_error = (f"no network config at {store.layout.config}; "
-                          "write one with `minikubenet network init --network 10.244.0.0/16`")
+            found = store.get_config()
         except StoreError as e:
-            last_error = str(e)
+            why[0] = str(e)
         except ConfigError as e:
             raise AgentError(f"the network config at {store.layout.config} is invalid: {e}") from None
-        if time.monotonic() >= deadline:
-            raise AgentError(last_error)
-        log.info("waiting: %s", last_error)
-        time.sleep(1.0)
+        else:
+            if found is not None:
+                return found
+            why[0] = (f"no network config at {store.layout.config}; "
+                      "write one with `minikubenet network init --network 10.244.0.0/16`")
+        log.info("waiting: %s", why[0])
+        return None
+
+    found = wait_until(config, timeout, interval=1.0)
+    if found is None:
+        raise AgentError(why[0])
+    return found
 
 
 class Agent:
@@ -126,7 +131,8 @@ class Agent:
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None
         self.upkeep: Upkeep | None = None
-        self._prepared: backend.Prepared | None = None   # a VXLAN device this start created, until the agent is up
+        self._backend: backends.BackendBase | None = None
+        self._prepared: backends.Prepared | None = None   # a VXLAN device this start created, until the agent is up
 
     def start(self) -> None:
         a = self.args
@@ -158,8 +164,9 @@ class Agent:
             except UnderlayNotFound as e:
                 raise AgentError(str(e)) from None
         try:
-            prepared = backend.prepare(config, underlay)
-        except backend.BackendError as e:
+            self._backend = backends.for_config(config.backend)
+            prepared = self._backend.prepare(config, underlay, a.run_dir)
+        except backends.BackendError as e:
             raise AgentError(str(e)) from None
         self._prepared = prepared
         mtu = prepared.pod_mtu
@@ -182,7 +189,7 @@ class Agent:
                 raise AgentError(str(e)) from None
         if rps_cpus is not None:
             try:
-                for dev in [BRIDGE] + ([prepared.spec.name] if prepared.spec is not None else []):
+                for dev in [BRIDGE] + prepared.devices:
                     rps.set_rps_cpus(dev, rps_cpus)
             except rps.RpsError as e:
                 raise AgentError(str(e)) from None
@@ -201,7 +208,7 @@ class Agent:
 
         # Every remote node is programmed before we say "ready": a pod created now can
         # reach the whole cluster at once.
-        overlay = self.overlay = backend.start(self.store, config, underlay, lease.subnet, prepared)
+        overlay = self.overlay = self._backend.start(self.store, config, underlay, lease.subnet, prepared)
         self._prepared = None   # from here on the device is in use: keep it on exit
         self.metrics.attach(malformed=overlay.bad.current, malformed_seen=overlay.bad.seen,
                             lease_renewals=leaser.renewals,
@@ -238,8 +245,8 @@ class Agent:
             self.metrics_server.server_close()
         if self.overlay:
             self.overlay.stop()
-        if self._prepared:
-            backend.undo(self._prepared)
+        if self._prepared and self._backend:
+            self._backend.undo(self._prepared)
         if self.leaser:
             self.leaser.stop()
         if self.server:

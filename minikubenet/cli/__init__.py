@@ -7,6 +7,7 @@
     minikubenet get pods|endpoints|services
     minikubenet lab up [--nodes 3] [--pods-per-node 2] [--backend vxlan] [--check]
     minikubenet lab status | down | exec NODE_OR_POD -- CMD...
+    minikubenet trace SRC DST[:PORT] | doctor [--node N]   (--lab NAME in a lab)
     minikubenet deploy check deploy/minikubenet.yaml | secret --pki DIR
 
 One module per command group, each with a ``register(subparsers)`` that adds its
@@ -23,13 +24,13 @@ import argparse
 import os
 import sys
 
-from minikubenet.cli import deploy, install, lab, network, services
+from minikubenet.cli import apply, deploy, diagnose, install, lab, network, services
 from minikubenet.cli.common import EXIT_ERROR, CliError
 
 __all__ = ["CliError", "build_parser", "main"]
 
 # In the order `minikubenet --help` lists them.
-COMMAND_GROUPS = (network, lab, install, services, deploy)
+COMMAND_GROUPS = (network, lab, install, services, apply, diagnose, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

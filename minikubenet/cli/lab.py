@@ -3,6 +3,7 @@ machine (minikubenet/lab/), for learning and for the test suite.
 
     minikubenet lab up [--nodes 3] [--pods-per-node 2] [--backend vxlan] [--check]
     minikubenet lab status | down | mtu-pitfall | exec NODE_OR_POD -- CMD... | etcd-member kill|start mN
+    minikubenet lab pod add|delete|list ... | probe     (cli/lab_pods.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 
 from minikubenet.cli.common import EXIT_ERROR, NAME_HELP, CliError, prog
+from minikubenet.cli.lab_pods import print_lab_pods, register_lab
 
 
 def cmd_lab_up(args) -> int:
@@ -77,9 +79,10 @@ def cmd_lab_up(args) -> int:
 
 
 def _existing_lab(name):
-    from minikubenet.lab.cluster import Lab, LabError
+    from minikubenet.lab.cluster import LAB_ROOT, Lab, LabError
     try:
-        return Lab.existing(name)
+        # MINIKUBENET_LAB_ROOT: the tests' labs live in a temporary directory
+        return Lab.existing(name, root=os.environ.get("MINIKUBENET_LAB_ROOT", LAB_ROOT))
     except LabError as e:
         raise CliError(str(e)) from None
 
@@ -87,6 +90,10 @@ def _existing_lab(name):
 def cmd_lab_status(args) -> int:
     lab = _existing_lab(args.name)
     print(lab.report())
+    from minikubenet.lab.pods import list_pods
+    if list_pods(lab):                            # `lab pod add` pods
+        print()
+        print_lab_pods(lab)
     print()
     print(lab.overlay_report())
     return 0
@@ -150,6 +157,8 @@ def cmd_lab_exec(args) -> int:
     targets.update({f"etcd{i}": m.netns for i, m in enumerate(t.etcd_member_specs(), 1) if i > 1})
     targets.update({n.name: n.netns for n in t.nodes})
     targets.update({p.name: p.netns for p in t.pods()})
+    from minikubenet.lab.pods import list_pods
+    targets.update({p.key: p.netns for p in list_pods(lab)})       # `lab pod add` pods: NS/NAME
     if args.target not in targets:
         raise CliError(f"no {args.target!r} in lab {t.name}; one of: {', '.join(targets)}")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -169,7 +178,7 @@ def register(sub) -> None:
     up.add_argument("--name", default="mkn", help=NAME_HELP)
     up.add_argument("--nodes", type=int, default=3, help="number of node namespaces (default 3)")
     up.add_argument("--pods-per-node", type=int, default=2, help="pods created on each node (default 2)")
-    up.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw"])
+    up.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw", "bgp"])
     up.add_argument("--underlay", default="172.31.0.0/24",
                     help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)")
     up.add_argument("--pod-network", default="10.244.0.0/16", help="the cluster network (default 10.244.0.0/16)")
@@ -197,6 +206,8 @@ def register(sub) -> None:
     em.set_defaults(func=cmd_lab_etcd_member)
     ex = lab.add_parser("exec", help="run a command inside a node's or pod's namespace")
     ex.add_argument("--name", default="mkn", help=NAME_HELP)
-    ex.add_argument("target", help="n1, n1-p1, etcd (etcd2, etcd3: further etcd members) or sw")
+    ex.add_argument("target", help="n1, n1-p1, NS/POD (a `lab pod add` pod), etcd (etcd2, etcd3: further "
+                                   "etcd members) or sw")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_lab_exec)
+    register_lab(lab)

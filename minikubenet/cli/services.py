@@ -198,7 +198,14 @@ def cmd_svc_get(args) -> int:
 
 # --------------------------------------------------------------------------- get
 
+_POLICY_KINDS = {"netpol": "networkpolicies", "networkpolicy": "networkpolicies",
+                 "networkpolicies": "networkpolicies", "ns": "namespaces", "namespace": "namespaces",
+                 "namespaces": "namespaces"}
+
+
 def cmd_get(args) -> int:
+    if args.kind in _POLICY_KINDS:
+        return cmd_get_policy_objects(args, _POLICY_KINDS[args.kind])
     store = _services(args)
     kind = {"pods": "pods", "pod": "pods", "po": "pods", "endpoints": "endpoints", "ep": "endpoints",
             "services": "services", "service": "services", "svc": "services"}[args.kind]
@@ -232,6 +239,46 @@ def cmd_get(args) -> int:
             rows.append((*key.split("/", 1), _some(ready_ips), _some(not_ready)))
     _table(rows)
     return 0
+
+
+def cmd_get_policy_objects(args, kind: str) -> int:
+    """``get netpol`` and ``get ns``, as kubectl prints them (no AGE: we keep no timestamps)."""
+    from minikubenet.store.policy_objects import PolicyObjectStore
+    store = PolicyObjectStore(open_store(args))
+    if kind == "namespaces":
+        docs = store.list_namespaces()
+        if args.output == "json":
+            print(json.dumps(list(docs.values()), indent=2))
+            return 0
+        rows = [("NAME", "STATUS", "LABELS")]
+        for name, doc in sorted(docs.items()):
+            labels = (doc.get("metadata") or {}).get("labels") or {}
+            rows.append((name, "Active", ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"))
+        _table(rows)
+        return 0
+    docs = store.list_network_policies(None if args.all_namespaces else args.namespace)
+    if args.output == "json":
+        print(json.dumps(list(docs.values()), indent=2))
+        return 0
+    header = ("NAMESPACE", "NAME", "POD-SELECTOR") if args.all_namespaces else ("NAME", "POD-SELECTOR")
+    table: list[tuple[str, ...]] = [header]
+    for key, doc in sorted(docs.items()):
+        selector = format_selector((doc.get("spec") or {}).get("podSelector"))
+        table.append((*key.split("/", 1), selector) if args.all_namespaces else (key.split("/", 1)[1], selector))
+    _table(table)
+    return 0
+
+
+def format_selector(selector) -> str:
+    """apimachinery's FormatLabelSelector: "pod=a,ns in (x,y),!gone", "<none>" for empty."""
+    if not selector:
+        return "<none>"
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for req in selector.get("matchExpressions") or []:
+        key, op, values = req.get("key"), req.get("operator"), ",".join(req.get("values") or [])
+        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                      "Exists": f"{key}", "DoesNotExist": f"!{key}"}.get(op, f"{key} {op} ({values})"))
+    return ",".join(parts) or "<none>"
 
 
 def _some(items: list[str], n: int = 3) -> str:
@@ -300,9 +347,10 @@ def register(sub) -> None:
     eps.add_argument("-f", "--file", required=True)
     eps.set_defaults(func=cmd_svc_set_endpoints)
 
-    g = sub.add_parser("get", help="list pods, endpoints or services")
+    g = sub.add_parser("get", help="list pods, endpoints, services, network policies or namespaces")
     _common(g)
-    g.add_argument("kind", choices=["pods", "pod", "po", "endpoints", "ep", "services", "service", "svc"])
+    g.add_argument("kind", choices=["pods", "pod", "po", "endpoints", "ep", "services", "service", "svc",
+                                    *_POLICY_KINDS])
     g.add_argument("-A", "--all-namespaces", action="store_true")
     g.add_argument("-o", "--output", choices=["table", "json"], default="table")
     g.set_defaults(func=cmd_get)

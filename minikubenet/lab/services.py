@@ -89,6 +89,18 @@ def _op(op: str, kw: dict):
             for doc in kw["pods"]:
                 store.put_pod(doc)
             return {"revision": store.snapshot().revision}
+        if op == "delete-pod":
+            store.delete_pod(kw["namespace"], kw["name"])
+            return {}
+        if op == "ensure-namespace":
+            # lab/pods.py: a pod's namespace exists as an object, for namespaceSelectors
+            from minikubenet.netpol_validation import validate_namespace
+            from minikubenet.store.policy_objects import PolicyObjectStore
+            objects = PolicyObjectStore(etcd)
+            if objects.get_namespace(kw["name"]) is None:
+                objects.put_namespace(validate_namespace({"apiVersion": "v1", "kind": "Namespace",
+                                                          "metadata": {"name": kw["name"]}}))
+            return {}
         if op == "create-service":
             svc = store.create_service(kw["doc"])
             return {"clusterIP": str(svc.cluster_ip), "ports": [p.node_port for p in svc.ports]}

@@ -48,6 +48,7 @@ from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Endpoint, Service, 
 from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.syncers import (SyncConfig, SyncError, Syncer, make_syncer,
                                        other_mode_leftovers, parse_node_ips)
+from minikubenet.waiting import wait_until
 from minikubenet.store.etcd import add_etcd_tls_options
 from minikubenet.store.services import (DEFAULT_SERVICE_CIDR, ObjectDelete, ObjectPut, ObjectWatch,
                                         ServiceStore, Snapshot)
@@ -345,19 +346,24 @@ def _cluster_cidr(args, etcd) -> str | None:
     from minikubenet.store.etcd import StoreError
     if args.cluster_cidr:
         return args.cluster_cidr
-    deadline = time.monotonic() + args.startup_timeout
-    while True:
+    why = [""]
+
+    def network() -> str | None:
         try:
             config = etcd.get_config()
+        except (StoreError, ConfigError) as e:
+            why[0] = str(e)
+        else:
             if config is not None:
                 return str(config.network)
-            why = f"no network config at {etcd.layout.config}"
-        except (StoreError, ConfigError) as e:
-            why = str(e)
-        if time.monotonic() > deadline:
-            raise ProxyError(f"cannot learn the cluster network ({why}); pass --cluster-cidr")
-        log.info("waiting: %s", why)
-        time.sleep(1.0)
+            why[0] = f"no network config at {etcd.layout.config}"
+        log.info("waiting: %s", why[0])
+        return None
+
+    found = wait_until(network, args.startup_timeout, interval=1.0)
+    if found is None:
+        raise ProxyError(f"cannot learn the cluster network ({why[0]}); pass --cluster-cidr")
+    return found
 
 
 def sync_config(args, cluster_cidr: str | None) -> SyncConfig:

@@ -36,7 +36,7 @@ import ipaddress
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import pyetcd.events
 
@@ -58,6 +58,16 @@ class ServiceConflict(StoreError):
 
 class NotFound(StoreError):
     pass
+
+
+@dataclass
+class ServiceWrite:
+    """One Service's part of a transaction: its compares (etcd's "only if") and its
+    writes. ``service`` is what will be stored (or deleted); ``created``: it is new."""
+    service: Service
+    compare: list
+    success: list
+    created: bool
 
 
 # --------------------------------------------------------------------------- keys
@@ -208,11 +218,14 @@ class ServiceStore:
         raise ServiceConflict(f"cannot create service {svc.key}: no free ClusterIP after 20 attempts")
 
     @_wrap_errors
-    def _free_cluster_ip(self) -> ipaddress.IPv4Address:
+    def _free_cluster_ip(self, also_taken: Iterable[str] = ()) -> ipaddress.IPv4Address:
+        """A free ClusterIP; ``also_taken``: claim keys about to be written by the same
+        transaction (several new services in one ``apply -f``)."""
         taken = []
-        for _, meta in self.client.get_prefix(self.keys.cluster_ips, keys_only=True):
+        keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.cluster_ips, keys_only=True)]
+        for key in keys + [k for k in also_taken if k.startswith(self.keys.cluster_ips)]:
             try:
-                taken.append(ipaddress.IPv4Address(meta.key.decode()[len(self.keys.cluster_ips):]))
+                taken.append(ipaddress.IPv4Address(key[len(self.keys.cluster_ips):]))
             except ValueError:
                 pass
         ip = pick_cluster_ip(self.service_cidr, taken)
@@ -221,10 +234,13 @@ class ServiceStore:
         return ip
 
     @_wrap_errors
-    def _taken_node_ports(self) -> set[tuple[str, int]]:
+    def _taken_node_ports(self, also_taken: Iterable[str] = ()) -> set[tuple[str, int]]:
+        """(protocol, port) of every NodePort held, plus the claim keys ``also_taken``
+        (about to be written by the same transaction: several services in one apply)."""
         taken = set()
-        for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True):
-            proto, _, number = meta.key.decode()[len(self.keys.node_ports):].partition("/")
+        keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True)]
+        for key in keys + [k for k in also_taken if k.startswith(self.keys.node_ports)]:
+            proto, _, number = key[len(self.keys.node_ports):].partition("/")
             if number.isdigit():
                 taken.add((proto, int(number)))
         return taken
@@ -235,12 +251,12 @@ class ServiceStore:
             raise ServiceConflict(f"no free NodePort in {self.node_port_range[0]}-{self.node_port_range[1]}")
         return port
 
-    def _fill_node_ports(self, ports, svc: Service) -> list:
+    def _fill_node_ports(self, ports, svc: Service, also_taken: Iterable[str] = ()) -> list:
         ports = [dict(p) for p in ports]
         wants = svc.type == "NodePort" or (svc.type == "LoadBalancer" and svc.allocate_load_balancer_node_ports)
         if not wants or all(p.get("nodePort") for p in ports):
             return ports
-        taken = self._taken_node_ports()
+        taken = self._taken_node_ports(also_taken)
         taken |= {(p.get("protocol", "TCP").lower(), p["nodePort"]) for p in ports if p.get("nodePort")}
         for p in ports:
             if not p.get("nodePort"):
@@ -298,20 +314,116 @@ class ServiceStore:
     def delete_service(self, namespace: str, name: str) -> Service:
         """Delete a service, its endpoints and its IP/NodePort claims, atomically (the
         compare on the service's value makes sure we free exactly what it held)."""
+        write = self.plan_delete(namespace, name)
+        if write is None:
+            raise NotFound(f"service {namespace}/{name} not found")
+        ok, _ = self.client.transaction(compare=write.compare, success=write.success, failure=[])
+        if not ok:
+            raise ServiceConflict(f"service {namespace}/{name} changed while we deleted it; try again")
+        return write.service
+
+    # -- apply: a create or update as one part of a larger transaction ----------------------
+
+    @_wrap_errors
+    def plan_apply(self, doc: Mapping, reserved: set[str] | None = None) -> ServiceWrite:
+        """What ``kubectl apply`` of a Service does, as the compares and writes of one
+        transaction (committed by the caller, possibly with other objects'): create it,
+        or update the one that exists. On update the ClusterIP stays (it is immutable:
+        a different one is refused), a NodePort/LoadBalancer port that names no nodePort
+        keeps the one it has, so does the health-check NodePort (kubectl's merge keeps
+        fields the live object set), and the load-balancer controller's status stays
+        (apply never writes status). New claims
+        are checked free by the transaction; dropped ones are released in it.
+        ``reserved``: claim keys earlier parts of the same transaction take (updated).
+        Raises ValidationError or ServiceConflict; writes nothing."""
+        reserved = set() if reserved is None else reserved
+        doc = json.loads(json.dumps(doc))
+        if not isinstance(doc, dict) or not isinstance(doc.get("spec", {}), dict):
+            return self._invalid_shape(doc)
+        meta = doc.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
+        key = self.keys.object("services", meta.get("namespace", "default"), str(meta.get("name")))
+        raw = self.client.get(key)[0]
+        old = service_from_k8s(json.loads(raw)) if raw is not None else None
+        spec = doc.setdefault("spec", {})
+        if old is not None:
+            what = f"Service {old.key}"
+            if spec.get("clusterIP") and spec["clusterIP"] != str(old.cluster_ip):
+                raise ValidationError(what, [f"spec.clusterIP: Invalid value: {json.dumps(spec['clusterIP'])}: "
+                                             "field is immutable"])
+            spec["clusterIP"] = str(old.cluster_ip)
+            if spec.get("type") in ("NodePort", "LoadBalancer") and isinstance(spec.get("ports"), list):
+                kept = {(p.port, p.protocol): p.node_port for p in old.ports if p.node_port}
+                spec["ports"] = [dict(p, nodePort=kept.get((p.get("port"), p.get("protocol", "TCP"))))
+                                 if isinstance(p, dict) and not p.get("nodePort")
+                                 and kept.get((p.get("port"), p.get("protocol", "TCP"))) else p
+                                 for p in spec["ports"]]
+            if old.health_check_node_port and not spec.get("healthCheckNodePort") \
+                    and spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local":
+                spec["healthCheckNodePort"] = old.health_check_node_port
+            if old.load_balancer_ips and spec.get("type") == "LoadBalancer" and "status" not in doc:
+                # apply never writes status: the load-balancer controller's ingress IPs stay
+                doc["status"] = json.loads(raw).get("status")
+        svc = service_from_k8s(_with_placeholders(doc, self.service_cidr, self.node_port_range),
+                               self.service_cidr, self.node_port_range)
+        if svc.cluster_ip is None:
+            raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
+        ip = spec.get("clusterIP") or str(self._free_cluster_ip(reserved))
+        candidate = dict(doc, spec=dict(spec, clusterIP=ip))
+        candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc, reserved)
+        if svc.health_check_node_port and not spec.get("healthCheckNodePort"):
+            # as create_service: LoadBalancer + externalTrafficPolicy Local gets a TCP
+            # health-check port from the NodePort range
+            mine = {("tcp", p["nodePort"]) for p in candidate["spec"]["ports"] if p.get("nodePort")}
+            candidate["spec"]["healthCheckNodePort"] = self._free_node_port(
+                "TCP", mine | self._taken_node_ports(reserved))
+        final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
+        new_claims = self._claims(final)
+        old_claims = self._claims(old) if old is not None else []
+        for k in new_claims:
+            if k in reserved and k not in old_claims:
+                raise ServiceConflict(f"cannot apply service {final.key}: {self._claim_text(k)} is taken by "
+                                      "another service in the same apply")
+        t = self.client.transactions
+        added = [k for k in new_claims if k not in old_claims]
+        compare = ([t.value(key) == raw] if old is not None else [t.version(key) == 0]) + \
+            [t.version(k) == 0 for k in added]
+        success = [t.put(key, _dumps(service_to_k8s(final)))] + [t.put(k, final.key.encode()) for k in added] + \
+            [t.delete(k) for k in old_claims if k not in new_claims]
+        reserved.update(new_claims)
+        return ServiceWrite(final, compare, success, created=old is None)
+
+    def _claim_text(self, key: str) -> str:
+        if key.startswith(self.keys.cluster_ips):
+            return f"clusterIP {key[len(self.keys.cluster_ips):]}"
+        proto, _, number = key[len(self.keys.node_ports):].partition("/")
+        return f"nodePort {number}/{proto.upper()}"
+
+    @staticmethod
+    def _invalid_shape(doc) -> ServiceWrite:
+        raise ValidationError("Service", ["spec: must be an object" if isinstance(doc, dict)
+                                          else f"must be a JSON object, got {type(doc).__name__}"])
+
+    @_wrap_errors
+    def plan_delete(self, namespace: str, name: str) -> ServiceWrite | None:
+        """Deleting a service as part of a transaction: the service, its endpoints and its
+        claims, if its value is still what we read. None: there is no such service."""
         key = self.keys.object("services", namespace, name)
         raw = self.client.get(key)[0]
         if raw is None:
-            raise NotFound(f"service {namespace}/{name} not found")
+            return None
         svc = service_from_k8s(json.loads(raw))
         t = self.client.transactions
-        ok, _ = self.client.transaction(
-            compare=[t.value(key) == raw],
-            success=[t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)]
-                     + self._claims(svc)],
-            failure=[])
-        if not ok:
-            raise ServiceConflict(f"service {namespace}/{name} changed while we deleted it; try again")
-        return svc
+        return ServiceWrite(svc, [t.value(key) == raw],
+                            [t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)]
+                             + self._claims(svc)], created=False)
+
+    def why_not_applied(self, write: ServiceWrite) -> str:
+        """After a transaction with ``write`` in it failed: the likely reason, in words."""
+        if write.created:
+            return self._why_not_created(write.service)
+        return "it changed while we wrote it; try again"
 
     @_wrap_errors
     def set_load_balancer_ingress(self, namespace: str, name: str, ips: list[str],

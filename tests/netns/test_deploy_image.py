@@ -42,10 +42,27 @@ def missing_tool() -> str | None:
     return None
 
 
+# What podman writes on a host whatever --root/--runroot say (its SHM lock, its tmpdir):
+# removed again if this test made them, so the runtimes tier finds the host as it was.
+PODMAN_HOST_PATHS = ("/dev/shm/libpod_lock", "/run/libpod", "/run/containers")
+
+
 @pytest.fixture(scope="module")
 def deployed(lab_root, tmp_path_factory):
     if missing_tool():
         pytest.skip(f"`{missing_tool()}` is not installed")
+    existed = {p for p in PODMAN_HOST_PATHS if os.path.exists(p)}
+    try:
+        yield from _deployed(lab_root, tmp_path_factory)
+    finally:
+        for path in set(PODMAN_HOST_PATHS) - existed:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.unlink(path)
+
+
+def _deployed(lab_root, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("deploy")
     podman = f"podman --root {scratch}/storage --runroot {scratch}/run --storage-driver vfs"
     t0 = time.monotonic()

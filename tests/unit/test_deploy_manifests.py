@@ -161,5 +161,6 @@ def test_json_manifests_load_too_as_a_list(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_yaml)
     as_list = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
     assert [d["kind"] for d in deploy_check.load(as_list)] == [d["kind"] for d in docs]
+    assert len(deploy_check.load(json.dumps(docs))) == len(docs)
     with pytest.raises(deploy_check.ManifestError, match="needs PyYAML"):
         deploy_check.load("kind: Namespace\n")

@@ -15,7 +15,9 @@ the node's installed interpreter: ``/opt/minikubenet/bin/python guest_pods.py ad
     sink PORT     listen on PORT and never accept: the kernel completes every handshake
                   into the backlog, so each client holds an established flow (stdlib only)
     hold IP PORT N FILE   open up to N TCP connections to IP:PORT (2 s each) and keep them;
-                  stops early after 3 failures in a row; writes "opened K failed F" to FILE
+                  after 3 failures in a row writes "opened K failed F" to FILE, then
+                  keeps trying (every 50 ms) and keeps whatever gets through, until
+                  FILE.stop exists
 
 Only the project's own pieces are used: the CNI runtime (minikubenet.cni.runtime) executes
 the installed plugin binary exactly as containerd would, and the plugin asks the node's
@@ -147,6 +149,17 @@ def hold(ip: str, port: int, n: int, path: str) -> None:
     with open(path + ".tmp", "w") as f:
         f.write(f"opened {len(held)} failed {failed}\n")
     os.replace(path + ".tmp", path)
+    # and keeps pushing, as a noisy client does: whatever entry expires or is evicted,
+    # the next attempt takes its place; until FILE.stop exists (then it only holds)
+    while not os.path.exists(path + ".stop"):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.settimeout(1.0)
+        try:
+            c.connect((ip, port))
+            held.append(c)
+        except OSError:
+            c.close()
+        time.sleep(0.05)
     while True:
         time.sleep(3600)
 

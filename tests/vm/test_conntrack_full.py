@@ -1,7 +1,8 @@
 """The seed's conntrack claim, VM half: "if the conntrack table fills up, your cluster
 stops accepting new connections". Each VM has its own kernel, so its own table: lower
 ``nf_conntrack_max`` on node2 only, fill it with established flows from a noisy pod
-(n2p1 holding connections to a sink in n3p2), then show that
+(n2p1 holding connections to a sink in n2p2, across node2's bridge, which node2's
+conntrack tracks with bridge netfilter on), then show that
 
 - new connections from node2's other pod and to node2's pods fail,
 - pods on node1 and node3 still talk to each other,
@@ -13,11 +14,17 @@ stops accepting new connections". Each VM has its own kernel, so its own table: 
   minikubenet_conntrack_entries_limit``), not at 100 %;
 - raising the limit again brings the node back.
 
+Why a sink on the same node: a first version held flows to a pod on node3, and new
+connections still got through about half the time. Each cross-node flow also gave node2
+VXLAN UDP entries (one per direction, each end picking its own outer source port), which
+never see a reply and so are never "assured", and a full table evicts an unassured
+entry near the new one's hash bucket (``early_drop``). Flows over the bridge are plain
+assured TCP entries: nothing to evict, the table stays full.
+
 The sessions to the VMs are ssh ControlMaster connections opened before the table
 fills, so they keep working; a timer on node2 restores ``nf_conntrack_max`` after
-5 minutes whatever happens to this test. ``minikubenet doctor`` naming the cause is
-the doctor's part (issue 15 item 2): add its check here when it exists (see
-``DOCTOR_HOOK``).
+10 minutes whatever happens to this test. ``minikubenet doctor`` on node2 names the
+cause too (``DOCTOR_HOOK``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ HEADROOM = 150  # entries above the idle count: what the noisy pod has to fill. 
 # flows costs node2 two: the pod's TCP flow (forwarded) and the VXLAN UDP
 # flow carrying it (the outer source port hashes the inner flow)
 PROC = "/proc/sys/net/netfilter"
-DOCTOR_HOOK = None  # e.g. "minikubenet doctor --node node2": must exit non-zero naming conntrack
+# doctor on node2 as on any real node, with the agent's own etcd settings and node flags
+# (/etc/default/minikubenet-agent): it must exit non-zero naming conntrack, also when the
+# full table drops its connection to etcd
+DOCTOR_HOOK = "set -a; . /etc/default/minikubenet-agent; set +a; minikubenet doctor --no-probe $MINIKUBENET_AGENT_ARGS"
 
 
 def metrics(vc, node: str, timeout: int = 10) -> dict[str, float] | None:
@@ -64,23 +74,27 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
     before = metrics(vc, n2)
     assert before is not None and before["minikubenet_conntrack_entries_limit"] == original
     limit = count + HEADROOM
-    sink_ip = vc.pods["n3p2"]["ip"]
+    # the sink: n2p2, on node2's bridge (see the module's doc); without bridge netfilter
+    # node2 would not track those flows, so then a pod on node3 serves
+    bridged = vc.ssh(n2, "cat /proc/sys/net/bridge/bridge-nf-call-iptables", check=False).stdout.strip() == "1"
+    sink_node, sink_pod = (n2, "n2p2") if bridged else ("node3", "n3p2")
+    sink_ip = vc.pods[sink_pod]["ip"]
     vc.ssh(
-        "node3",
-        f"systemd-run --quiet --unit=mkvm-sink ip netns exec n3p2 python3 -I -S {GUEST_PODS_PATH} sink {SINK_PORT}",
+        sink_node,
+        f"systemd-run --quiet --unit=mkvm-sink ip netns exec {sink_pod} python3 -I -S {GUEST_PODS_PATH} sink {SINK_PORT}",
     )
     try:
         # the safety net first, then the lower limit
         vc.ssh(
             n2,
-            f"systemd-run --quiet --unit=mkvm-ct-restore --on-active=300 "
+            f"systemd-run --quiet --unit=mkvm-ct-restore --on-active=600 "
             f"sysctl -w net.netfilter.nf_conntrack_max={original}",
         )
         vc.ssh(n2, f"sysctl -qw net.netfilter.nf_conntrack_max={limit}")
         t0 = time.monotonic()
         vc.ssh(
             n2,
-            f"rm -f /tmp/noisy.out; systemd-run --quiet --unit=mkvm-noisy ip netns exec n2p1 "
+            f"rm -f /tmp/noisy.out /tmp/noisy.out.stop; systemd-run --quiet --unit=mkvm-noisy ip netns exec n2p1 "
             f"python3 -I -S {GUEST_PODS_PATH} hold {sink_ip} {SINK_PORT} {limit + 100} /tmp/noisy.out",
         )
         out = vc.ssh(
@@ -90,14 +104,19 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
         fill_s = time.monotonic() - t0
         assert failed >= 3 and opened < limit + 100, out  # it ran into the limit
 
+        # three tries per path (each a SYN and its retransmissions for 6 s): a slot that
+        # frees for a moment may let one through; the noisy pod takes it back at once
+        def tries(src: str, dst: str) -> int:
+            return sum(reaches(vc, src, dst) for _ in range(3))
+
         full = {
-            "node2 pod -> node3 pod": reaches(vc, "n2p2", "n3p1"),
-            "node1 pod -> node2 pod": reaches(vc, "n1p1", "n2p2"),
-            "node1 pod -> node3 pod": reaches(vc, "n1p1", "n3p1"),
-            "node3 pod -> node1 pod": reaches(vc, "n3p1", "n1p2"),
+            "node2 pod -> node3 pod": tries("n2p2", "n3p1"),
+            "node1 pod -> node2 pod": tries("n1p1", "n2p2"),
+            "node1 pod -> node3 pod": tries("n1p1", "n3p1"),
+            "node3 pod -> node1 pod": tries("n3p1", "n1p2"),
         }
-        assert not full["node2 pod -> node3 pod"] and not full["node1 pod -> node2 pod"], full
-        assert full["node1 pod -> node3 pod"] and full["node3 pod -> node1 pod"], full
+        assert full["node2 pod -> node3 pod"] <= 1 and full["node1 pod -> node2 pod"] <= 1, full
+        assert full["node1 pod -> node3 pod"] == 3 and full["node3 pod -> node1 pod"] == 3, full
 
         # the agent's word, over the unix socket (the upkeep reads /proc every sync period).
         # At the limit STATUS fails; a moment below it (an entry expired) it succeeds with
@@ -118,37 +137,39 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
         log = vc.ssh(n2, "journalctl -u minikubenet-agent -o cat --no-pager | grep 'conntrack table' | tail -1").stdout
         assert f"of {limit} entries" in log, log
         scrape_while_full = metrics(vc, n2, timeout=5)
+        doctor = ""
+        if DOCTOR_HOOK:  # while full: its etcd connection is dropped too, the table must still be named
+            p = vc.ssh(n2, f"timeout 180 sh -c '{DOCTOR_HOOK}'", check=False, timeout=240)
+            doctor = next((line.strip() for line in p.stdout.splitlines() if "conntrack table is full" in line), "")
+            assert p.returncode not in (0, 124) and "conntrack table is full" in doctor, p.stdout + p.stderr
 
-        # a little room (50 entries, still far below the original): the scrape gets through
-        vc.ssh(n2, f"sysctl -qw net.netfilter.nf_conntrack_max={limit + 50}")
+        # a little room (50 entries, still far below the original): the noisy pod stops
+        # pushing (it keeps its flows), and the scrape gets through
+        vc.ssh(n2, f"touch /tmp/noisy.out.stop; sleep 2; sysctl -qw net.netfilter.nf_conntrack_max={limit + 50}")
         m = metrics(vc, n2)
         assert m is not None
         # the noisy flows are all still there (each cross-node flow also had a VXLAN UDP
         # flow of its own on this node: those time out after 30-120 s)
         assert m["minikubenet_conntrack_entries"] >= opened, m
         assert m["minikubenet_conntrack_drop_total"] > before["minikubenet_conntrack_drop_total"], m
-        if DOCTOR_HOOK:
-            p = vc.ssh(n2, DOCTOR_HOOK, check=False)
-            assert p.returncode != 0 and "conntrack" in p.stdout, p.stdout
     finally:
         vc.ssh(
             n2,
-            f"sysctl -qw net.netfilter.nf_conntrack_max={original}; systemctl stop mkvm-noisy mkvm-ct-restore; "
-            "systemctl reset-failed mkvm-noisy mkvm-ct-restore",
+            f"systemctl stop mkvm-noisy; sysctl -qw net.netfilter.nf_conntrack_max={original}; "
+            "systemctl stop mkvm-ct-restore; systemctl reset-failed mkvm-noisy mkvm-ct-restore",
             check=False,
         )
-        vc.ssh("node3", "systemctl stop mkvm-sink; systemctl reset-failed mkvm-sink", check=False)
+        vc.ssh(sink_node, "systemctl stop mkvm-sink; systemctl reset-failed mkvm-sink", check=False)
     deadline = time.monotonic() + 60
     while not reaches(vc, "n2p2", "n3p1"):
         assert time.monotonic() < deadline, "node2's pods did not recover after nf_conntrack_max was restored"
         time.sleep(1)
     report(
         "conntrack full on node2 (VM tier)",
-        f"nf_conntrack_max {original} -> {limit} (idle count {count}); the noisy pod opened {opened} flows in "
-        f"{fill_s:.0f}s, then {failed} connects failed; new connections node2 pod -> node3 pod and node1 pod -> "
-        f"node2 pod failed, node1 <-> node3 pods fine; agent STATUS: {said[:120]!r}; metrics: "
+        f"nf_conntrack_max {original} -> {limit} (idle count {count}); the noisy pod opened {opened} flows to {sink_pod} in "
+        f"{fill_s:.0f}s, then {failed} connects failed; successful tries of 3 while full: {full}; agent STATUS: {said[:120]!r}; metrics: "
         f"{m['minikubenet_conntrack_entries']:.0f} entries of {limit}, drop_total "
         f"{m['minikubenet_conntrack_drop_total']:.0f} (+"
         f"{m['minikubenet_conntrack_drop_total'] - before['minikubenet_conntrack_drop_total']:.0f}); a scrape while "
-        f"full {'got through' if scrape_while_full else 'was dropped too'}; recovered after the limit was restored",
+        f"full {'got through' if scrape_while_full else 'was dropped too'}; doctor: {doctor[:160]!r}; recovered after the limit was restored",
     )
