@@ -12,6 +12,11 @@ applies the same answer. (pkg/controller/endpoint/endpoints_controller.go)
     Services (selector) ───────┘                                  │
                                                      every minikubenet-proxy watches these
 
+Each address carries EndpointSlice-style conditions when they say more than its list
+does: a pod being deleted (deletionTimestamp) is ``terminating``, and ``serving`` while
+its Ready condition holds, which the proxy falls back to when no endpoint is ready
+(kube-proxy's CategorizeEndpoints).
+
 Services without a selector are left alone: their Endpoints are written by hand
 (``minikubenet svc set-endpoints``), as in Kubernetes. Endpoints whose Service is gone
 are deleted.

@@ -359,3 +359,10 @@ def test_deferred_stale_chains_are_deleted_later_unless_they_came_back():
     assert f"-X {SEP2}" in later.render_partial(deferred)
     back = plan_iptables([SVC1], eps, (), "10.0.0.0/8", UPSTREAM)  # the endpoint returned
     assert back.stale_since(deferred) == []
+
+
+def test_the_tracer_finds_the_external_rulesets_consistent():
+    """Every jump goes to a declared chain, every declared chain is used (tracer.check_ruleset)."""
+    from minikubenet.proxy.tracer import check_ruleset
+
+    assert check_ruleset(render(*overall_services())) == []
