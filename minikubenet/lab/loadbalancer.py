@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -97,6 +98,25 @@ def run_speakers(lab, nodes=None) -> None:
             raise ServiceCheckFailed(f"speaker on {node.name} failed: {p.stderr.strip()[-1000:]}")
 
 
+def connect_latency(netns: str, targets: dict[str, str], port: int, rounds: int = 40) -> dict[str, float]:
+    """Median TCP connect() time (microseconds) from ``netns`` to each target, the
+    targets alternating connection by connection so a slow moment hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, ip in targets.items():
+            s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(2.0)
+            try:
+                t = time.perf_counter()
+                s.connect((ip, port))
+                times[name].append((time.perf_counter() - t) * 1e6)
+            except OSError:
+                pass
+            finally:
+                s.close()
+    return {name: statistics.median(ts) for name, ts in times.items() if ts}
+
+
 def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
     t = lab.topo
     if not lb_pool_spec(t.underlay):
@@ -150,6 +170,14 @@ def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
         f"from {client} ({client_ip}, not a node): pod {pod.name} saw the client's own address "
         f"(reachable after {elapsed:.1f}s)"
     ]
+    # Through the ingress IP vs the ClusterIP of the same service, from a pod on another
+    # node (its own node's rules DNAT both; issue 13: ingress <= 1.1 x ClusterIP).
+    other = next((n.pods[0] for n in t.nodes[1:] if n.pods), None)
+    if other is not None:
+        lat = connect_latency(other.netns, {"ingress": lb_ip, "cluster": doc["spec"]["clusterIP"]}, 80)
+        if len(lat) == 2:
+            lines.append(f"connect latency from {other.name}: ingress {lat['ingress']:.0f} us, ClusterIP "
+                         f"{lat['cluster']:.0f} us (ratio {lat['ingress'] / lat['cluster']:.2f}, median of 40 each)")
     for node in t.nodes:
         node_ip, want = str(node.ip), 200 if node is first else 503
 
