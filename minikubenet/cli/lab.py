@@ -58,7 +58,8 @@ def cmd_lab_up(args) -> int:
                 print(f"  {line}")
             services = lab.check_services()
             if services:
-                print(f"check: a ClusterIP service over pods on every node, through minikubenet-proxy "
+                print(f"check: a ClusterIP service over pods on every node and a LoadBalancer reached from "
+                      f"outside the nodes, through minikubenet-proxy "
                       f"({lab.proxy_mode} mode):")
                 for line in services:
                     print(f"  {line}")
