@@ -86,11 +86,15 @@ def cluster(n: int, shape: str = "clusterip"):
     for i in range(n):
         svc = Service("bench", f"s{i:05d}", SERVICE_NET.network_address + 1 + i, (ServicePort("http", "TCP", 80, 8080),))
         if shape != "clusterip":
-            node_port = 30000 + i % 2700
+            # A NodePort range holds 2 768 ports: beyond that, LoadBalancers without
+            # NodePorts (allocateLoadBalancerNodePorts: false), as a large cluster must.
+            node_port = 30000 + i if i < 2000 else None
             svc = dataclasses.replace(svc, type="LoadBalancer", ports=(ServicePort("http", "TCP", 80, 8080, node_port),),
-                                      load_balancer_ips=(ipaddress.IPv4Address(lb_base + i),))
+                                      load_balancer_ips=(ipaddress.IPv4Address(lb_base + i),),
+                                      allocate_load_balancer_node_ports=node_port is not None)
         if shape == "local":
-            svc = dataclasses.replace(svc, external_traffic_policy="Local", health_check_node_port=32700 + i % 60)
+            svc = dataclasses.replace(svc, external_traffic_policy="Local",
+                                      health_check_node_port=32100 + i if i < 600 else None)
         ips = LOCAL_ENDPOINTS if i == n - 1 else (ipaddress.IPv4Address(base_ep + 2 * i + 1),
                                                   ipaddress.IPv4Address(base_ep + 2 * i + 2))
         services[svc.key] = svc
