@@ -14,6 +14,7 @@ APT_PACKAGES=(
   etcd-server etcd-client          # the cluster store (etcd 3.4 on Debian 12) and etcdctl
   iproute2 iptables nftables conntrack ipset iputils-ping ethtool tcpdump
   iperf3                           # throughput benchmarks
+  bird2                            # the bgp backend's BGP daemon (the agent runs it per node)
   containernetworking-plugins      # the Go reference plugins (bridge, host-local, portmap...) in /usr/lib/cni
   containerd runc podman busybox-static   # real CNI runtimes for tests/runtimes (started in scratch dirs)
   python3 python3-venv python3-pip

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from minikubenet.k8s_objects import ValidationError, service_to_k8s
+from minikubenet.label_validation import dns1123_label_errors
 from minikubenet.netpol_validation import NETWORKING_V1, validate_namespace, validate_network_policy
 
 # (apiVersion, kind) -> the resource name kubectl prints ("networkpolicy.networking.k8s.io/x created")
@@ -143,7 +144,7 @@ def _manifest(i: int, doc: Any, default_namespace: str, full: bool) -> Manifest:
             str(kind or "?"),
             [f"{'apiVersion' if not api else 'kind'}: Required value: a manifest must say its apiVersion and kind"],
         )
-    if (api, kind) not in KINDS:
+    if not isinstance(api, str) or not isinstance(kind, str) or (api, kind) not in KINDS:
         known = ", ".join(f"{k} {a}" for a, k in KINDS)
         name = doc.get("metadata", {}).get("name") if isinstance(doc.get("metadata"), Mapping) else None
         raise ValidationError(
@@ -164,9 +165,15 @@ def _manifest(i: int, doc: Any, default_namespace: str, full: bool) -> Manifest:
 
 
 def _identity_only(doc: Mapping, kind: str) -> dict:
+    """For delete: only what names the object must be right."""
     meta = doc.get("metadata")
     if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str) or not meta.get("name"):
         raise ValidationError(kind, ["metadata.name: Required value: name or generateName is required"])
+    ns = meta.get("namespace", "")
+    if kind != "Namespace" and (not isinstance(ns, str) or dns1123_label_errors(ns)):
+        raise ValidationError(
+            f"{kind} {meta['name']}", [f"metadata.namespace: Invalid value: {json.dumps(ns)}: must be a DNS-1123 label"]
+        )
     return json.loads(json.dumps(doc))
 
 

@@ -30,6 +30,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from minikubenet.k8s_objects import ValidationError
 from minikubenet.label_validation import (
     dns1123_label_errors,
     dns1123_subdomain_errors,
@@ -43,7 +44,6 @@ from minikubenet.label_validation import (
     unknown_fields,
     wrong_type,
 )
-from minikubenet.k8s_objects import ValidationError
 
 NETWORKING_V1 = "networking.k8s.io/v1"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"

@@ -14,7 +14,8 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
-BACKENDS = ("vxlan", "host-gw")
+BACKENDS = ("vxlan", "host-gw", "bgp")
+DEFAULT_AS = 64512        # the bgp backend's AS (Calico's default)
 DEFAULT_VNI = 1
 DEFAULT_VXLAN_PORT = 8472  # the Linux kernel's historical VXLAN port, flannel's default
 
@@ -75,6 +76,8 @@ def make_config(network: str, subnet_len: int = 24, backend: str = "vxlan",
                    "Port": DEFAULT_VXLAN_PORT if port is None else port}
         if direct_routing:
             options["DirectRouting"] = True
+    elif backend == "bgp":
+        options = {"AS": DEFAULT_AS}
     doc = {"Network": network, "SubnetLen": subnet_len, "Backend": {"Type": backend, **options}}
     return parse_config(json.dumps(doc))
 
@@ -131,6 +134,10 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         port = options.get("Port", DEFAULT_VXLAN_PORT)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"Backend.Port {port!r} is out of range: a UDP port is 1..65535 (0 = 8472)")
+    elif backend == "bgp":
+        asn = options.get("AS", DEFAULT_AS)
+        if not isinstance(asn, int) or isinstance(asn, bool) or not 1 <= asn <= 4294967294:
+            raise ConfigError(f"Backend.AS {asn!r} is not an AS number (1..4294967294; private: 64512-65534)")
     return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=bounds.get("SubnetMin"),
                          subnet_max=bounds.get("SubnetMax"), backend=backend, backend_options=options)
 

@@ -165,7 +165,7 @@ class Agent:
                 raise AgentError(str(e)) from None
         try:
             self._backend = backends.for_config(config.backend)
-            prepared = self._backend.prepare(config, underlay)
+            prepared = self._backend.prepare(config, underlay, a.run_dir)
         except backends.BackendError as e:
             raise AgentError(str(e)) from None
         self._prepared = prepared

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from minikubenet.diagnose.trace import TraceError, resolve, trace
 def _lab(args):
     from minikubenet.lab.cluster import LAB_ROOT, Lab, LabError
     try:
-        return Lab.existing(args.lab, root=args.lab_root or LAB_ROOT)
+        return Lab.existing(args.lab, root=args.lab_root or os.environ.get("MINIKUBENET_LAB_ROOT", LAB_ROOT))
     except LabError as e:
         raise CliError(str(e)) from None
 
@@ -182,7 +183,7 @@ def _print_findings(args, findings, view, nodes, probes, started: float) -> int:
 
 def _where(p) -> None:
     p.add_argument("--lab", help="a lab's name: read its nodes' namespaces (default: this host, a real node)")
-    p.add_argument("--lab-root", help="where the lab's state lives (default /run/minikubenet-lab; tests use their own)")
+    p.add_argument("--lab-root", help="where the lab's state lives (default $MINIKUBENET_LAB_ROOT or /run/minikubenet-lab)")
     p.add_argument("--node-name", default=socket.gethostname(),
                    help="on a real node: its name, as the agent's --node-name (default: the host name)")
     p.add_argument("--node-ip", "--public-ip", dest="node_ip",

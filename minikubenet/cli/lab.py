@@ -15,7 +15,7 @@ import sys
 import time
 
 from minikubenet.cli.common import EXIT_ERROR, NAME_HELP, CliError, prog
-from minikubenet.cli.lab_pods import register_lab
+from minikubenet.cli.lab_pods import print_lab_pods, register_lab
 
 
 def cmd_lab_up(args) -> int:
@@ -90,6 +90,10 @@ def _existing_lab(name):
 def cmd_lab_status(args) -> int:
     lab = _existing_lab(args.name)
     print(lab.report())
+    from minikubenet.lab.pods import list_pods
+    if list_pods(lab):                            # `lab pod add` pods
+        print()
+        print_lab_pods(lab)
     print()
     print(lab.overlay_report())
     return 0
@@ -174,7 +178,7 @@ def register(sub) -> None:
     up.add_argument("--name", default="mkn", help=NAME_HELP)
     up.add_argument("--nodes", type=int, default=3, help="number of node namespaces (default 3)")
     up.add_argument("--pods-per-node", type=int, default=2, help="pods created on each node (default 2)")
-    up.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw"])
+    up.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw", "bgp"])
     up.add_argument("--underlay", default="172.31.0.0/24",
                     help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)")
     up.add_argument("--pod-network", default="10.244.0.0/16", help="the cluster network (default 10.244.0.0/16)")

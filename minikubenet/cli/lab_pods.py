@@ -55,10 +55,15 @@ def cmd_pod_delete(args) -> int:
 
 
 def cmd_pod_list(args) -> int:
+    print_lab_pods(_lab(args.name))
+    return 0
+
+
+def print_lab_pods(lab) -> None:
     from minikubenet.lab import pods
 
     rows = [("NAMESPACE", "NAME", "NODE", "IP", "LABELS", "PORTS")]
-    for p in sorted(pods.list_pods(_lab(args.name)), key=lambda p: p.key):
+    for p in sorted(pods.list_pods(lab), key=lambda p: p.key):
         rows.append(
             (
                 p.namespace,
@@ -72,7 +77,6 @@ def cmd_pod_list(args) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    return 0
 
 
 def cmd_probe(args) -> int:

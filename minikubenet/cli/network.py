@@ -63,7 +63,7 @@ def register(sub) -> None:
     etcd_options(init)
     init.add_argument("--network", required=True, help="pod network, e.g. 10.244.0.0/16")
     init.add_argument("--subnet-len", type=int, default=24, help="prefix length of each node's subnet")
-    init.add_argument("--backend", default="vxlan", help="vxlan or host-gw")
+    init.add_argument("--backend", default="vxlan", help="vxlan, host-gw or bgp")
     init.add_argument("--vni", type=int)
     init.add_argument("--port", type=int)
     init.add_argument("--direct-routing", action="store_true", help="vxlan: plain routes to same-segment peers")

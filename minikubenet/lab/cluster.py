@@ -161,7 +161,7 @@ class Lab:
         if os.path.exists(self.state_file) or named_netns.list_names(f"{t.name}-"):
             raise LabExists(f"lab {t.name!r} already exists (or left pieces behind): "
                            f"run `minikubenet lab down --name {t.name}` first")
-        for tool in ("ip", "iptables", "etcd", "etcdctl", "ping"):
+        for tool in ("ip", "iptables", "etcd", "etcdctl", "ping") + (("bird", "birdc") if t.backend == "bgp" else ()):
             if not shutil.which(tool):
                 raise LabError(f"`{tool}` is not installed: run ./setup.sh (it installs the lab's packages)")
         started = time.monotonic()
@@ -181,6 +181,11 @@ class Lab:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._start_pod, t.pods()))
         self.say(f"  pods ready: {len(t.pods())} ({time.monotonic() - started:.1f}s since start)")
+        if t.backend == "bgp":
+            t0 = time.monotonic()
+            self.wait_bgp_converged()
+            self.say(f"  BGP converged: every node has a route to every other node's subnet "
+                     f"({time.monotonic() - t0:.1f}s after the pods)")
         if self.proxy_mode:
             lab_services.start(self, self.proxy_mode)
 
@@ -550,10 +555,40 @@ class Lab:
                 for e in json.loads(fdb or "[]"):
                     if e.get("dst"):
                         lines.append(f"    fdb   {e['mac']} dst {e['dst']} {e.get('state', '')}")
-            if not dev:
+            if not dev and self.topo.backend == "bgp":
+                lines += self._bgp_report(n)
+            elif not dev:
                 for r in _ip_json(ns, "route", "show", "proto", "static"):
                     lines.append(f"{n.name}: route {r['dst']} via {r.get('gateway', '-')} dev {r.get('dev')}")
         return "\n".join(lines)
+
+    def wait_bgp_converged(self, timeout: float = 30.0) -> None:
+        """Until every node has a BIRD route to every other node's subnet."""
+        def converged() -> bool:
+            subnets = {n: lease["subnet"] for n, lease in self.leases().items()}
+            for n in self.topo.nodes:
+                have = {r["dst"] for r in _ip_json(n.netns, "route", "show", "proto", "bird")}
+                if any(subnets.get(o.name) not in have for o in self.topo.nodes if o.name != n.name):
+                    return False
+            return True
+        if not wait_until(converged, timeout, interval=0.1):
+            raise LabError(f"BGP did not converge in {timeout:.0f}s: see `lab status` and the nodes' bird.log")
+
+    def _bgp_report(self, node: NodeSpec) -> list[str]:
+        """BIRD's sessions on a node (state, peer, since) and the routes it installed."""
+        sock = os.path.join(self.run_dir(node.name), "bird", "bird.ctl")
+        p = subprocess.run(["ip", "netns", "exec", node.netns, "birdc", "-s", sock, "show", "protocols"],
+                           capture_output=True, text=True)
+        lines = [f"{node.name}: BGP sessions (BIRD)"]
+        for row in p.stdout.splitlines():
+            cols = row.split()
+            if len(cols) >= 6 and cols[1] == "BGP":
+                lines.append(f"    {cols[0]:22} {cols[3]:5} since {cols[4]}  {' '.join(cols[5:])}")
+        if p.returncode != 0:
+            lines.append(f"    (birdc: {(p.stderr or p.stdout).strip()[:120]})")
+        for r in _ip_json(node.netns, "route", "show", "proto", "bird"):
+            lines.append(f"    learned {r['dst']} via {r.get('gateway', '-')} dev {r.get('dev')}")
+        return lines
 
     # -- down ---------------------------------------------------------------------------------------
 

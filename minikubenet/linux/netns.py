@@ -70,6 +70,27 @@ def socket_in(netns_path: str, family: int, type_: int, proto: int = 0) -> socke
     return out["sock"]
 
 
+def run_in(netns_path: str, fn):
+    """``fn()`` on a new thread that enters ``netns_path`` first and ends after it, so no
+    thread of ours stays moved; returns fn's result or raises its exception. Threads
+    and processes ``fn`` starts are born in that namespace."""
+    out: dict = {}
+
+    def enter_and_run():
+        try:
+            _setns(netns_path)
+            out["result"] = fn()
+        except BaseException as e:   # handed to the caller
+            out["err"] = e
+
+    t = threading.Thread(target=enter_and_run, name="in-netns")
+    t.start()
+    t.join()
+    if "err" in out:
+        raise out["err"]
+    return out.get("result")
+
+
 def node_iproute() -> IPRoute:
     """A pyroute2 socket in the calling thread's own namespace (the node's, for the
     agent). Close it (or use it in ``with``)."""

@@ -33,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Union
+from typing import Any, Callable, Protocol, Union
 
 from minikubenet.malformed import MalformedObjects
 from minikubenet.metrics import Counter, Gauge
@@ -64,6 +64,12 @@ class VxlanBackend:
     def plan(self, lease: SubnetLeaseRecord) -> Union[PeerPlan, Skipped]:
         return vxlan.plan_peer(lease, self.vni, self.direct)
 
+    def leases_changed(self, leases: list[SubnetLeaseRecord]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
     def prepare(self, kernel) -> None:
         # flannel watches netlink and recreates a deleted flannel.1 (vxlan_network.go);
         # we check it before every resync instead, and bring it back with our VtepMAC.
@@ -88,8 +94,30 @@ class HostGwBackend:
     def prepare(self, kernel) -> None:
         pass
 
+    def leases_changed(self, leases: list[SubnetLeaseRecord]) -> None:
+        pass
 
-Backend = Union[VxlanBackend, HostGwBackend]
+    def close(self) -> None:
+        pass
+
+
+class Planner(Protocol):
+    """What the controller asks of a backend (agent/backends/ makes one per backend):
+    ``plan`` one remote lease (a PeerPlan, a Skipped with the reason, or None when the
+    backend programs nothing per lease itself: bgp, where BIRD installs the routes),
+    ``prepare`` the kernel before a resync, ``leases_changed`` with every remote lease
+    after each change, ``close`` when the controller stops."""
+    name: str
+    vxlan_dev: str | None
+    route_devs: list[str]
+
+    def plan(self, lease: SubnetLeaseRecord) -> Union[PeerPlan, Skipped, None]: ...
+    def prepare(self, kernel) -> None: ...
+    def leases_changed(self, leases: list[SubnetLeaseRecord]) -> None: ...
+    def close(self) -> None: ...
+
+
+Backend = Planner
 
 
 # -- the controller -----------------------------------------------------------------------------
@@ -190,6 +218,7 @@ class OverlayController:
         self._updates.put(None)
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=5.0)
+        self.backend.close()
 
     def resync_now(self, timeout: float = 30.0) -> tuple[list[Entry], list[Entry]]:
         """Reconcile at once (on the worker) and return ``(added, removed)``."""
@@ -229,6 +258,7 @@ class OverlayController:
             self.apply_events(self.cache.put(update.record))
         elif isinstance(update, LeaseDelete):
             self.apply_events(self.cache.delete(update.subnet))
+        self.backend.leases_changed(self.cache.leases())
 
     # -- the work
 
@@ -236,6 +266,7 @@ class OverlayController:
         """A full listing: apply what changed, then compare everything with the kernel."""
         self.bad.keep_only("leases", [str(r.subnet) for r in records])
         self.apply_events(self.cache.resync(records))
+        self.backend.leases_changed(self.cache.leases())
         self.reconcile_kernel()
 
     def plan(self, lease: SubnetLeaseRecord) -> Union[PeerPlan, Skipped, None]:

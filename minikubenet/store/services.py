@@ -329,8 +329,10 @@ class ServiceStore:
         """What ``kubectl apply`` of a Service does, as the compares and writes of one
         transaction (committed by the caller, possibly with other objects'): create it,
         or update the one that exists. On update the ClusterIP stays (it is immutable:
-        a different one is refused), and a NodePort port that names no nodePort keeps
-        the one it has (kubectl's merge keeps fields the live object set). New claims
+        a different one is refused), a NodePort/LoadBalancer port that names no nodePort
+        keeps the one it has, so does the health-check NodePort (kubectl's merge keeps
+        fields the live object set), and the load-balancer controller's status stays
+        (apply never writes status). New claims
         are checked free by the transaction; dropped ones are released in it.
         ``reserved``: claim keys earlier parts of the same transaction take (updated).
         Raises ValidationError or ServiceConflict; writes nothing."""
@@ -351,12 +353,18 @@ class ServiceStore:
                 raise ValidationError(what, [f"spec.clusterIP: Invalid value: {json.dumps(spec['clusterIP'])}: "
                                              "field is immutable"])
             spec["clusterIP"] = str(old.cluster_ip)
-            if spec.get("type") == "NodePort" and isinstance(spec.get("ports"), list):
+            if spec.get("type") in ("NodePort", "LoadBalancer") and isinstance(spec.get("ports"), list):
                 kept = {(p.port, p.protocol): p.node_port for p in old.ports if p.node_port}
                 spec["ports"] = [dict(p, nodePort=kept.get((p.get("port"), p.get("protocol", "TCP"))))
                                  if isinstance(p, dict) and not p.get("nodePort")
                                  and kept.get((p.get("port"), p.get("protocol", "TCP"))) else p
                                  for p in spec["ports"]]
+            if old.health_check_node_port and not spec.get("healthCheckNodePort") \
+                    and spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local":
+                spec["healthCheckNodePort"] = old.health_check_node_port
+            if old.load_balancer_ips and spec.get("type") == "LoadBalancer" and "status" not in doc:
+                # apply never writes status: the load-balancer controller's ingress IPs stay
+                doc["status"] = json.loads(raw).get("status")
         svc = service_from_k8s(_with_placeholders(doc, self.service_cidr, self.node_port_range),
                                self.service_cidr, self.node_port_range)
         if svc.cluster_ip is None:
@@ -364,6 +372,12 @@ class ServiceStore:
         ip = spec.get("clusterIP") or str(self._free_cluster_ip(reserved))
         candidate = dict(doc, spec=dict(spec, clusterIP=ip))
         candidate["spec"]["ports"] = self._fill_node_ports(spec.get("ports"), svc, reserved)
+        if svc.health_check_node_port and not spec.get("healthCheckNodePort"):
+            # as create_service: LoadBalancer + externalTrafficPolicy Local gets a TCP
+            # health-check port from the NodePort range
+            mine = {("tcp", p["nodePort"]) for p in candidate["spec"]["ports"] if p.get("nodePort")}
+            candidate["spec"]["healthCheckNodePort"] = self._free_node_port(
+                "TCP", mine | self._taken_node_ports(reserved))
         final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
         new_claims = self._claims(final)
         old_claims = self._claims(old) if old is not None else []

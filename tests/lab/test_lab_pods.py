@@ -79,6 +79,8 @@ def test_pods_serve_their_ports_across_nodes_and_are_in_etcd(lab):
 
     listing = mkn(lab, "lab", "pod", "list", "--name", name).stdout
     assert "http=8080/TCP" in listing and "serve-81-udp=81/UDP" in listing
+    status = mkn(lab, "lab", "status", "--name", name).stdout
+    assert "app=web,pod=a" in status and "serve-80-tcp=80/TCP" in status
 
     p = mkn(lab, "lab", "exec", "--name", name, "x/a", "--", "ip", "-4", "-o", "addr", "show", "eth0")
     assert p.returncode == 0 and lab_pods.find_pod(lab, "x/a").ip in p.stdout

@@ -56,13 +56,15 @@ NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def start_policy(lab, mode: str) -> None:
-    """Start policy enforcement on every node in ``mode``: through the lab's hook
-    ``minikubenet.lab.policy.start(lab, mode)`` (the policy controller's part)."""
-    try:
-        hook = importlib.import_module("minikubenet.lab.policy")
-    except ImportError:
-        pytest.skip("the lab cannot start policy enforcement: no minikubenet.lab.policy.start(lab, mode)")
-    hook.start(lab, mode)
+    """Policy enforcement on every node in ``mode``. The lab starts a policy controller
+    beside each node's proxy, in the proxy's mode (lab/services.py
+    ``start_policy_controllers``): switching the proxies' mode switches both."""
+    from minikubenet.lab import services as lab_services
+
+    if not hasattr(lab_services, "start_policy_controllers"):
+        pytest.skip("the lab starts no policy controllers (lab/services.py start_policy_controllers)")
+    if mode != lab.proxy_mode:
+        lab_services.restart_proxies(lab, mode)
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -71,7 +73,7 @@ def lab(request, lab_root):
     own; the nine model pods and the three namespaces (labelled ns=<name>) are made
     here, then policy enforcement is started in the rendering's mode."""
     with running_lab(lab_root, nodes=3, pods_per_node=0) as lab:
-        apply(lab, *[namespace(ns) for ns in NAMESPACES])
+        LabDriver(lab).apply(*[namespace(ns) for ns in NAMESPACES])
         for ns in NAMESPACES:
             for name in POD_NAMES:
                 lab_pods.add_pod(
@@ -82,50 +84,64 @@ def lab(request, lab_root):
         yield lab
 
 
+class LabDriver:
+    """What a case does to the cluster, on the lab: policies and namespaces through
+    ``minikubenet apply -f`` / ``delete -f`` (the real CLI, in etcd's namespace, as the
+    root etcd user: ``lab exec etcd -- ...``), pod labels through the lab, and ``check``:
+    probe until the observed matrix is the expected one or SETTLE_S has passed.
+    (tests/unit/test_netpol_e2e_expectations.py drives the same cases through the pure
+    policy model instead.)"""
+
+    def __init__(self, lab):
+        self.lab = lab
+
+    def mkn(self, *args, stdin=None):
+        argv = ["ip", "netns", "exec", self.lab.topo.etcd_netns, sys.executable, "-m", "minikubenet", *args]
+        return subprocess.run(
+            argv, capture_output=True, text=True, input=stdin, timeout=60, env={**os.environ, **self.lab.admin_env()}
+        )
+
+    def apply(self, *docs) -> None:
+        p = self.mkn("apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
+        assert p.returncode == 0, p.stderr
+
+    def delete(self, *docs) -> None:
+        p = self.mkn("delete", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
+        assert p.returncode == 0, p.stderr
+
+    def relabel(self, ref: str, labels: dict) -> None:
+        lab_pods.relabel_pod(self.lab, ref, labels)
+
+    def ip_of(self, ref: str) -> str:
+        return lab_pods.find_pod(self.lab, ref).ip
+
+    def check(self, port: int, protocol: str, expected: Reachability) -> None:
+        model = sorted(lab_pods.list_pods(self.lab), key=lambda p: PODS.index(p.key))
+        seen: dict = {}
+
+        def matches() -> bool:
+            seen["observed"] = reachability.probe(model, port, protocol, timeout=0.5)
+            wrong, _ = reachability.compare(PODS, expected.expected, seen["observed"])
+            return not wrong
+
+        if not wait_until(matches, SETTLE_S, interval=0.2):
+            _, text = reachability.compare(PODS, expected.expected, seen["observed"])
+            pytest.fail(f"{port}/{protocol} ({self.lab.mode} rendering) after {SETTLE_S:.0f}s:\n{text}")
+
+
 @pytest.fixture
 def clean(lab):
     """Every case starts from no policies, the model's labels and full reachability."""
     lab.etcdctl("del", "--prefix", "/minikubenet/networkpolicies/")
-    apply(lab, *[namespace(ns) for ns in NAMESPACES])
+    driver = LabDriver(lab)
+    driver.apply(*[namespace(ns) for ns in NAMESPACES])
     for ns in NAMESPACES:
         for name in POD_NAMES:
             pod = lab_pods.find_pod(lab, f"{ns}/{name}")
             if pod.labels != {"pod": name}:
-                lab_pods.relabel_pod(lab, pod.key, {"pod": name})
-    check(lab, 80, "TCP", Reachability(PODS, True))
-    return lab
-
-
-def mkn(lab, *args, stdin=None):
-    """The CLI in etcd's namespace as the lab's root etcd user (`lab exec etcd -- ...`)."""
-    argv = ["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet", *args]
-    return subprocess.run(
-        argv, capture_output=True, text=True, input=stdin, timeout=60, env={**os.environ, **lab.admin_env()}
-    )
-
-
-def apply(lab, *docs):
-    p = mkn(lab, "apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
-    assert p.returncode == 0, p.stderr
-
-
-def check(lab, port: int, protocol: str, expected: Reachability) -> None:
-    """Probe until the observed matrix is the expected one (or SETTLE_S has passed)."""
-    model = sorted(lab_pods.list_pods(lab), key=lambda p: PODS.index(p.key))
-    seen: dict = {}
-
-    def matches() -> bool:
-        seen["observed"] = reachability.probe(model, port, protocol, timeout=0.5)
-        wrong, _ = reachability.compare(PODS, expected.expected, seen["observed"])
-        return not wrong
-
-    if not wait_until(matches, SETTLE_S, interval=0.2):
-        _, text = reachability.compare(PODS, expected.expected, seen["observed"])
-        pytest.fail(f"{port}/{protocol} ({lab.mode} rendering) after {SETTLE_S:.0f}s:\n{text}")
-
-
-def ip_of(lab, ref: str) -> str:
-    return lab_pods.find_pod(lab, ref).ip
+                driver.relabel(pod.key, {"pod": name})
+    driver.check(80, "TCP", Reachability(PODS, True))
+    return driver
 
 
 # --------------------------------------------------------------------------- manifests
@@ -173,37 +189,35 @@ def all_open() -> Reachability:
 
 
 def test_default_deny_ingress(clean):
-    apply(clean, policy("deny-ingress", ingress=[]))
-    check(clean, 80, "TCP", all_open().expect_peer(False, to_ns="x"))
+    clean.apply(policy("deny-ingress", ingress=[]))
+    clean.check(80, "TCP", all_open().expect_peer(False, to_ns="x"))
 
 
 def test_default_deny_all(clean):
-    apply(clean, policy("deny-all", ingress=[], egress=[]))
-    check(clean, 80, "TCP", all_open().expect_peer(False, to_ns="x").expect_peer(False, from_ns="x"))
+    clean.apply(policy("deny-all", ingress=[], egress=[]))
+    clean.check(80, "TCP", all_open().expect_peer(False, to_ns="x").expect_peer(False, from_ns="x"))
 
 
 def test_allow_from_pods_within_namespace_by_pod_selector(clean):
-    apply(clean, policy("x-a-allows-x-b", pods={"pod": "a"}, ingress=[{"from": [{"podSelector": pod_is("b")}]}]))
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True))
+    clean.apply(policy("x-a-allows-x-b", pods={"pod": "a"}, ingress=[{"from": [{"podSelector": pod_is("b")}]}]))
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True))
 
 
 def test_allow_ingress_for_a_target(clean):
-    apply(
-        clean,
+    clean.apply(
         policy("deny-all", ingress=[]),
         policy("allow-all-to-a", pods={"pod": "a"}, ingress=[{"from": [{"podSelector": {}, "namespaceSelector": {}}]}]),
     )
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/b", False).expect_all_ingress("x/c", False))
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/b", False).expect_all_ingress("x/c", False))
 
 
 def test_allow_ingress_from_pods_in_all_namespaces(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-from-another-ns", pods={"pod": "a"}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {}}}]}]
         ),
     )
-    check(clean, 80, "TCP", all_open())
+    clean.check(80, "TCP", all_open())
 
 
 @pytest.mark.parametrize(
@@ -216,14 +230,12 @@ def test_allow_ingress_from_pods_in_all_namespaces(clean):
     ids=["default-ns-label", "ns-label", "match-expressions"],
 )
 def test_allow_only_from_a_different_namespace(clean, selector):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-client-a-via-ns-selector", pods={"pod": "a"}, ingress=[{"from": [{"namespaceSelector": selector}]}]
         ),
     )
-    check(
-        clean,
+    clean.check(
         80,
         "TCP",
         all_open()
@@ -234,33 +246,30 @@ def test_allow_only_from_a_different_namespace(clean, selector):
 
 def test_pod_selector_with_match_expressions(clean):
     selector = {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b"]}]}
-    apply(clean, policy("x-a-allows-x-b", pods={"pod": "a"}, ingress=[{"from": [{"podSelector": selector}]}]))
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True))
+    clean.apply(policy("x-a-allows-x-b", pods={"pod": "a"}, ingress=[{"from": [{"podSelector": selector}]}]))
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True))
 
 
 def test_pod_selector_or_namespace_selector(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-ns-y-match-selector",
             pods={"pod": "a"},
             ingress=[{"from": [{"namespaceSelector": ns_not_in("x")}, {"podSelector": pod_is("b")}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect("x/c", "x/a", False))
+    clean.check(80, "TCP", all_open().expect("x/c", "x/a", False))
 
 
 def test_pod_selector_and_namespace_selector(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-ns-y-podselector-and-nsselector",
             pods={"pod": "a"},
             ingress=[{"from": [{"namespaceSelector": ns_not_in("x"), "podSelector": pod_is("b")}]}],
         ),
     )
-    check(
-        clean,
+    clean.check(
         80,
         "TCP",
         all_open().expect_all_ingress("x/a", False).expect("y/b", "x/a", True).expect("z/b", "x/a", True),
@@ -269,16 +278,14 @@ def test_pod_selector_and_namespace_selector(clean):
 
 def test_multiple_pod_selectors_and_namespace_selectors(clean):
     pods_bc = {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]}
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-ns-y-z-pod-b-c",
             pods={"pod": "a"},
             ingress=[{"from": [{"namespaceSelector": ns_not_in("x"), "podSelector": pods_bc}]}],
         ),
     )
-    check(
-        clean,
+    clean.check(
         80,
         "TCP",
         all_open()
@@ -289,16 +296,14 @@ def test_multiple_pod_selectors_and_namespace_selectors(clean):
 
 
 def test_any_pod_selectors(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-ns-x-pod-b-c",
             pods={"pod": "a"},
             ingress=[{"from": [{"podSelector": pod_is("b")}, {"podSelector": pod_is("c")}]}],
         ),
     )
-    check(
-        clean,
+    clean.check(
         80,
         "TCP",
         all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True).expect("x/c", "x/a", True),
@@ -306,15 +311,14 @@ def test_any_pod_selectors(clean):
 
 
 def test_only_from_a_pod_in_a_different_namespace(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-ns-y-pod-a-via-namespace-pod-selector",
             pods={"pod": "a"},
             ingress=[{"from": [{"namespaceSelector": ns_is("y"), "podSelector": pod_is("a")}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False).expect("y/a", "x/a", True))
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False).expect("y/a", "x/a", True))
 
 
 def from_y_only_into_xa() -> Reachability:
@@ -329,87 +333,84 @@ def test_ports_and_stacked_policies(clean):
     """Upstream "based on Ports" and "multiple, stacked policies with overlapping
     podSelectors": 81 from y only; 80 closed until a second policy opens it for y."""
     rule81 = {"from": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": 81, "protocol": "TCP"}]}
-    apply(clean, policy("allow-client-a-via-ns-selector", pods={"pod": "a"}, ingress=[rule81]))
-    check(clean, 81, "TCP", from_y_only_into_xa())
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False))
+    clean.apply(policy("allow-client-a-via-ns-selector", pods={"pod": "a"}, ingress=[rule81]))
+    clean.check(81, "TCP", from_y_only_into_xa())
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False))
     rule80 = {"from": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": 80, "protocol": "TCP"}]}
-    apply(clean, policy("allow-client-a-via-ns-selector-80", pods={"pod": "a"}, ingress=[rule80]))
-    check(clean, 80, "TCP", from_y_only_into_xa())
+    clean.apply(policy("allow-client-a-via-ns-selector-80", pods={"pod": "a"}, ingress=[rule80]))
+    clean.check(80, "TCP", from_y_only_into_xa())
 
 
 def test_end_port_range(clean):
     """endPort (networking.k8s.io/v1 since 1.25): 80-81 from y, as the Ports case."""
     rule = {"from": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": 80, "endPort": 81, "protocol": "TCP"}]}
-    apply(clean, policy("allow-80-81-from-y", pods={"pod": "a"}, ingress=[rule]))
-    check(clean, 81, "TCP", from_y_only_into_xa())
-    check(clean, 80, "TCP", from_y_only_into_xa())
+    clean.apply(policy("allow-80-81-from-y", pods={"pod": "a"}, ingress=[rule]))
+    clean.check(81, "TCP", from_y_only_into_xa())
+    clean.check(80, "TCP", from_y_only_into_xa())
 
 
 def test_allow_all_policy(clean):
-    apply(clean, policy("allow-all", ingress=[{}]))
-    check(clean, 80, "TCP", all_open())
-    check(clean, 81, "TCP", all_open())
+    clean.apply(policy("allow-all", ingress=[{}]))
+    clean.check(80, "TCP", all_open())
+    clean.check(81, "TCP", all_open())
 
 
 def test_ingress_on_one_named_port(clean):
-    apply(clean, policy("allow-all", ingress=[{"ports": [{"port": "serve-81-tcp"}]}]))
-    check(clean, 81, "TCP", all_open())
-    check(clean, 80, "TCP", all_open().expect_peer(False, to_ns="x"))
+    clean.apply(policy("allow-all", ingress=[{"ports": [{"port": "serve-81-tcp"}]}]))
+    clean.check(81, "TCP", all_open())
+    clean.check(80, "TCP", all_open().expect_peer(False, to_ns="x"))
 
 
 def test_ingress_from_namespace_on_one_named_port(clean):
     rule = {"from": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": "serve-80-tcp", "protocol": "TCP"}]}
-    apply(clean, policy("allow-client-a-via-ns-selector-80", pods={"pod": "a"}, ingress=[rule]))
-    check(clean, 80, "TCP", from_y_only_into_xa())
-    check(clean, 81, "TCP", all_open().expect_all_ingress("x/a", False))
+    clean.apply(policy("allow-client-a-via-ns-selector-80", pods={"pod": "a"}, ingress=[rule]))
+    clean.check(80, "TCP", from_y_only_into_xa())
+    clean.check(81, "TCP", all_open().expect_all_ingress("x/a", False))
 
 
 def test_egress_on_one_named_port(clean):
-    apply(clean, policy("allow-egress", egress=[{"ports": [{"port": "serve-80-tcp"}]}]))
-    check(clean, 80, "TCP", all_open())
-    check(clean, 81, "TCP", all_open().expect_peer(False, from_ns="x"))
+    clean.apply(policy("allow-egress", egress=[{"ports": [{"port": "serve-80-tcp"}]}]))
+    clean.check(80, "TCP", all_open())
+    clean.check(81, "TCP", all_open().expect_peer(False, from_ns="x"))
 
 
 def test_updated_policy(clean):
     allow = policy("allow-all-mutate-to-deny-all", ingress=[{}])
-    apply(clean, allow)
-    check(clean, 81, "TCP", all_open())
-    apply(clean, policy("allow-all-mutate-to-deny-all", ingress=[]))
-    check(clean, 81, "TCP", all_open().expect_peer(False, to_ns="x"))
+    clean.apply(allow)
+    clean.check(81, "TCP", all_open())
+    clean.apply(policy("allow-all-mutate-to-deny-all", ingress=[]))
+    clean.check(81, "TCP", all_open().expect_peer(False, to_ns="x"))
 
 
 def test_ingress_from_updated_namespace(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-client-a-via-ns-selector",
             pods={"pod": "a"},
             ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns2": "updated"}}}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False))
-    apply(clean, namespace("y", ns2="updated"))
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False).expect_peer(True, from_ns="y"))
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False))
+    clean.apply(namespace("y", ns2="updated"))
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False).expect_peer(True, from_ns="y"))
 
 
 def test_ingress_from_updated_pod(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-client-a-via-pod-selector",
             pods={"pod": "a"},
             ingress=[{"from": [{"podSelector": {"matchLabels": {"pod": "b", "pod2": "updated"}}}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False))
-    lab_pods.relabel_pod(clean, "x/b", {"pod": "b", "pod2": "updated"})
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True))
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False))
+    clean.relabel("x/b", {"pod": "b", "pod2": "updated"})
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True))
 
 
 def test_deny_ingress_from_pods_in_other_namespaces(clean):
-    apply(clean, policy("deny-empty-policy", ingress=[{"from": [{"podSelector": {"matchLabels": {}}}]}]))
-    check(
-        clean,
+    clean.apply(policy("deny-empty-policy", ingress=[{"from": [{"podSelector": {"matchLabels": {}}}]}]))
+    clean.check(
         80,
         "TCP",
         all_open().expect_peer(False, from_ns="y", to_ns="x").expect_peer(False, from_ns="z", to_ns="x"),
@@ -417,25 +418,24 @@ def test_deny_ingress_from_pods_in_other_namespaces(clean):
 
 
 def test_deny_ingress_to_updated_pod(clean):
-    apply(clean, policy("deny-ingress-via-label-selector", pods={"target": "isolated"}, ingress=[]))
-    check(clean, 80, "TCP", all_open())
-    lab_pods.relabel_pod(clean, "x/a", {"pod": "a", "target": "isolated"})
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False))
+    clean.apply(policy("deny-ingress-via-label-selector", pods={"target": "isolated"}, ingress=[]))
+    clean.check(80, "TCP", all_open())
+    clean.relabel("x/a", {"pod": "a", "target": "isolated"})
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False))
 
 
 def test_deny_egress_from_pod_a(clean):
-    apply(clean, policy("deny-egress-pod-a", pods={"pod": "a"}, egress=[]))
-    check(clean, 80, "TCP", all_open().expect_all_egress("x/a", False))
+    clean.apply(policy("deny-egress-pod-a", pods={"pod": "a"}, egress=[]))
+    clean.check(80, "TCP", all_open().expect_all_egress("x/a", False))
 
 
 def test_deny_egress_from_all_pods_in_a_namespace(clean):
-    apply(clean, policy("deny-egress-ns-x", egress=[]))
-    check(clean, 80, "TCP", all_open().expect_peer(False, from_ns="x"))
+    clean.apply(policy("deny-egress-ns-x", egress=[]))
+    clean.check(80, "TCP", all_open().expect_peer(False, from_ns="x"))
 
 
 def test_ingress_and_egress_together(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-client-a-via-pod-selector",
             pods={"pod": "a"},
@@ -444,9 +444,8 @@ def test_ingress_and_egress_together(clean):
             types=["Egress", "Ingress"],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True))
-    check(
-        clean,
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False).expect("x/b", "x/a", True))
+    clean.check(
         81,
         "TCP",
         all_open().expect_all_ingress("x/a", False).expect_all_egress("x/a", False).expect("x/b", "x/a", True),
@@ -455,8 +454,7 @@ def test_ingress_and_egress_together(clean):
 
 def test_egress_denied_on_the_client_even_if_the_server_allows(clean):
     from_xa = {"from": [{"namespaceSelector": ns_is("x"), "podSelector": pod_is("a")}]}
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-to-ns-y-pod-a",
             pods={"pod": "a"},
@@ -465,8 +463,7 @@ def test_egress_denied_on_the_client_even_if_the_server_allows(clean):
         policy("allow-from-xa-on-ya-match-selector", ns="y", pods={"pod": "a"}, ingress=[from_xa]),
         policy("allow-from-xa-on-yb-match-selector", ns="y", pods={"pod": "b"}, ingress=[from_xa]),
     )
-    check(
-        clean,
+    clean.check(
         80,
         "TCP",
         all_open()
@@ -478,93 +475,87 @@ def test_egress_denied_on_the_client_even_if_the_server_allows(clean):
 
 
 def test_egress_to_a_server_in_another_namespace(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-to-ns-y-pod-a",
             pods={"pod": "a"},
             egress=[{"to": [{"namespaceSelector": ns_is("y"), "podSelector": pod_is("a")}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect_all_egress("x/a", False).expect("x/a", "y/a", True))
+    clean.check(80, "TCP", all_open().expect_all_egress("x/a", False).expect("x/a", "y/a", True))
 
 
 def test_any_port_on_a_protocol(clean):
-    apply(clean, policy("allow-ingress-by-proto", pods={"pod": "a"}, ingress=[{"ports": [{"protocol": "TCP"}]}]))
-    check(clean, 80, "TCP", all_open())
-    check(clean, 80, "UDP", all_open().expect_all_ingress("x/a", False))
+    clean.apply(policy("allow-ingress-by-proto", pods={"pod": "a"}, ingress=[{"ports": [{"protocol": "TCP"}]}]))
+    clean.check(80, "TCP", all_open())
+    clean.check(80, "UDP", all_open().expect_all_ingress("x/a", False))
 
 
 def test_ingress_allow_all_takes_precedence(clean):
-    apply(clean, policy("allow-ingress-port-80", ingress=[{"ports": [{"port": 80}]}]))
-    check(clean, 81, "TCP", all_open().expect_peer(False, to_ns="x"))
-    apply(clean, policy("allow-ingress", ingress=[{}]))
-    check(clean, 81, "TCP", all_open())
+    clean.apply(policy("allow-ingress-port-80", ingress=[{"ports": [{"port": 80}]}]))
+    clean.check(81, "TCP", all_open().expect_peer(False, to_ns="x"))
+    clean.apply(policy("allow-ingress", ingress=[{}]))
+    clean.check(81, "TCP", all_open())
 
 
 def test_egress_allow_all_takes_precedence(clean):
-    apply(clean, policy("allow-egress-port-80", egress=[{"ports": [{"port": 80}]}]))
-    check(clean, 81, "TCP", all_open().expect_peer(False, from_ns="x"))
-    apply(clean, policy("allow-egress", egress=[{}]))
-    check(clean, 81, "TCP", all_open())
+    clean.apply(policy("allow-egress-port-80", egress=[{"ports": [{"port": 80}]}]))
+    clean.check(81, "TCP", all_open().expect_peer(False, from_ns="x"))
+    clean.apply(policy("allow-egress", egress=[{}]))
+    clean.check(81, "TCP", all_open())
 
 
 def test_stop_enforcing_after_delete(clean):
     deny = policy("deny-all", ingress=[], egress=[])
-    apply(clean, deny)
-    check(clean, 80, "TCP", all_open().expect_peer(False, from_ns="x").expect_peer(False, to_ns="x"))
-    p = mkn(clean, "delete", "-f", "-", stdin=json.dumps(deny))
-    assert p.returncode == 0, p.stderr
-    check(clean, 80, "TCP", all_open())
+    clean.apply(deny)
+    clean.check(80, "TCP", all_open().expect_peer(False, from_ns="x").expect_peer(False, to_ns="x"))
+    clean.delete(deny)
+    clean.check(80, "TCP", all_open())
 
 
 def test_egress_to_a_server_in_a_cidr_block(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-client-a-via-cidr-egress-rule",
             pods={"pod": "a"},
-            egress=[{"to": [{"ipBlock": {"cidr": f"{ip_of(clean, 'y/b')}/32"}}]}],
+            egress=[{"to": [{"ipBlock": {"cidr": f"{clean.ip_of('y/b')}/32"}}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect_all_egress("x/a", False).expect("x/a", "y/b", True))
+    clean.check(80, "TCP", all_open().expect_all_egress("x/a", False).expect("x/a", "y/b", True))
 
 
 def test_cidr_except_and_an_overlapping_allow(clean):
     """Upstream "except clause while egress access to server in CIDR block" and "an IP
     overlapping both IPBlock.CIDR and IPBlock.Except is allowed". The large CIDR is
     written with host bits set (x/b's own address /4), which the API server accepts."""
-    ip_b = ip_of(clean, "x/b")
-    apply(
-        clean,
+    ip_b = clean.ip_of("x/b")
+    clean.apply(
         policy(
             "allow-client-a-via-cidr-egress-rule",
             pods={"pod": "a"},
             egress=[{"to": [{"ipBlock": {"cidr": f"{ip_b}/4", "except": [f"{ip_b}/32"]}}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect("x/a", "x/b", False))
-    apply(
-        clean,
+    clean.check(80, "TCP", all_open().expect("x/a", "x/b", False))
+    clean.apply(
         policy(
             "allow-client-a-via-cidr-egress-rule",
             pods={"pod": "a"},
             egress=[{"to": [{"ipBlock": {"cidr": f"{ip_b}/32"}}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect_all_egress("x/a", False).expect("x/a", "x/b", True))
+    clean.check(80, "TCP", all_open().expect_all_egress("x/a", False).expect("x/a", "x/b", True))
 
 
 def test_ingress_and_egress_controlled_independently(clean):
-    apply(clean, policy("allow-egress-for-target", pods={"pod": "a"}, egress=[{}]))
-    check(clean, 80, "TCP", all_open())
-    apply(clean, policy("deny-ingress-via-label-selector", pods={"pod": "a"}, ingress=[]))
-    check(clean, 80, "TCP", all_open().expect_all_ingress("x/a", False))
+    clean.apply(policy("allow-egress-for-target", pods={"pod": "a"}, egress=[{}]))
+    clean.check(80, "TCP", all_open())
+    clean.apply(policy("deny-ingress-via-label-selector", pods={"pod": "a"}, ingress=[]))
+    clean.check(80, "TCP", all_open().expect_all_ingress("x/a", False))
 
 
 def test_sctp_is_not_mistaken_for_tcp(clean):
-    apply(
-        clean,
+    clean.apply(
         policy("deny-ingress", ingress=[]),
         policy(
             "allow-only-sctp-ingress-on-port-81",
@@ -572,55 +563,52 @@ def test_sctp_is_not_mistaken_for_tcp(clean):
             ingress=[{"ports": [{"port": 81, "protocol": "SCTP"}]}],
         ),
     )
-    check(clean, 81, "TCP", all_open().expect_peer(False, to_ns="x"))
+    clean.check(81, "TCP", all_open().expect_peer(False, to_ns="x"))
 
 
 @pytest.mark.parametrize("protocol", ["SCTP", "UDP"])
 def test_a_policy_for_another_protocol_isolates_for_tcp(clean, protocol):
-    apply(
-        clean,
+    clean.apply(
         policy(
             f"allow-only-{protocol.lower()}-ingress",
             pods={"pod": "a"},
             ingress=[{"ports": [{"port": 81, "protocol": protocol}]}],
         ),
     )
-    check(clean, 81, "TCP", all_open().expect_all_ingress("x/a", False))
+    clean.check(81, "TCP", all_open().expect_all_ingress("x/a", False))
 
 
 def test_egress_namespace_selector_not_in_with_the_default_label(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-ns-y-match-selector-for-immutable-ns-label",
             pods={"pod": "a"},
             egress=[{"to": [{"namespaceSelector": ns_not_in("y")}]}],
         ),
     )
-    check(clean, 80, "TCP", all_open().expect_peer(False, from_ns="x", from_pod="a", to_ns="y"))
+    clean.check(80, "TCP", all_open().expect_peer(False, from_ns="x", from_pod="a", to_ns="y"))
 
 
 # --------------------------------------------------------------------------- UDP cases
 
 
 def test_udp_default_deny_ingress(clean):
-    apply(clean, policy("deny-all", ingress=[]))
-    check(clean, 80, "UDP", all_open().expect_peer(False, to_ns="x"))
+    clean.apply(policy("deny-all", ingress=[]))
+    clean.check(80, "UDP", all_open().expect_peer(False, to_ns="x"))
 
 
 def test_udp_ports(clean):
     rule = {"from": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": 81, "protocol": "UDP"}]}
-    apply(clean, policy("allow-ingress-on-port-81-ns-x", pods={"pod": "a"}, ingress=[rule]))
-    check(clean, 81, "UDP", from_y_only_into_xa())
+    clean.apply(policy("allow-ingress-on-port-81-ns-x", pods={"pod": "a"}, ingress=[rule]))
+    clean.check(81, "UDP", from_y_only_into_xa())
 
 
 def test_udp_only_from_a_pod_in_a_different_namespace(clean):
-    apply(
-        clean,
+    clean.apply(
         policy(
             "allow-ns-y-pod-a-via-namespace-pod-selector",
             pods={"pod": "a"},
             ingress=[{"from": [{"namespaceSelector": ns_is("y"), "podSelector": pod_is("a")}]}],
         ),
     )
-    check(clean, 80, "UDP", all_open().expect_all_ingress("x/a", False).expect("y/a", "x/a", True))
+    clean.check(80, "UDP", all_open().expect_all_ingress("x/a", False).expect("y/a", "x/a", True))

@@ -20,5 +20,5 @@ def test_each_backend_implements_prepare_and_peers(name):
 
 
 def test_an_unknown_backend_is_a_clear_error():
-    with pytest.raises(BackendError, match="no backend 'bgp' in this agent; known: host-gw, vxlan"):
-        for_config("bgp")
+    with pytest.raises(BackendError, match="no backend 'udp' in this agent; known: bgp, host-gw, vxlan"):
+        for_config("udp")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minikubenet import manifests
 from minikubenet.manifests import ManifestError
@@ -232,3 +234,85 @@ def test_a_large_file_is_written_in_transactions_within_etcds_limit(stores):
     run_apply(stores, json.dumps({"apiVersion": "v1", "kind": "List", "items": many}))
     assert objects.client.transactions_run == runs + 3  # 128 + 128 + 44 writes
     assert len(objects.list_network_policies("x")) == 300
+
+
+def test_a_policy_in_a_namespace_that_does_not_exist_is_accepted(stores):
+    objects, _ = stores
+    doc = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "early", "namespace": "later"},
+        "spec": {"podSelector": {}},
+    }
+    assert run_apply(stores, json.dumps(doc)) == ["networkpolicy.networking.k8s.io/early created"]
+    assert objects.get_namespace("later") is None and objects.get_network_policy("later", "early") == doc
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from(["v1", "networking.k8s.io/v1", "Namespace", "NetworkPolicy", "Service", "List", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["apiVersion", "kind", "metadata", "name", "namespace", "spec", "items", "labels", "podSelector"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(docs=st.lists(_values, max_size=3))
+def test_parsing_any_documents_is_total(docs):
+    text = "\n---\n".join(json.dumps(d) for d in docs)
+    try:
+        found = manifests.parse_manifests(manifests.load_documents(text))
+    except ManifestError as e:
+        assert e.problems
+    else:
+        assert all(m.kind in {"Namespace", "Service", "NetworkPolicy"} for m in found)
+    try:
+        named = manifests.parse_manifests(manifests.load_documents(text), full=False)  # what delete reads
+    except ManifestError as e:
+        assert e.problems
+    else:
+        assert all(isinstance(m.namespace, str) and isinstance(m.name, str) for m in named)
+
+
+LB = """\
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: x}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
+
+def test_a_load_balancer_keeps_its_ports_and_its_ingress_ip_when_applied_again(stores):
+    """Issue 13's LoadBalancer through apply -f: NodePorts and the health-check NodePort
+    allocated and claimed; applying again changes none of them and keeps the ingress IP
+    the load-balancer controller wrote into status (apply never writes status)."""
+    objects, services = stores
+    assert run_apply(stores, LB) == ["service/lb created"]
+    first = services.get_service("x", "lb")
+    node_port, hc_port = first["spec"]["ports"][0]["nodePort"], first["spec"]["healthCheckNodePort"]
+    assert node_port != hc_port
+    claims = {k for k in objects.client.kv if "/nodeports/" in k}
+    assert claims == {f"/minikubenet/nodeports/tcp/{node_port}", f"/minikubenet/nodeports/tcp/{hc_port}"}
+    first["status"] = {"loadBalancer": {"ingress": [{"ip": "192.168.50.10"}]}}  # the LB controller's write
+    objects.client.put("/minikubenet/services/x/lb", json.dumps(first))
+    assert run_apply(stores, LB) == ["service/lb unchanged"]
+    run_apply(stores, LB.replace("targetPort: 8080", "targetPort: 9090"))
+    again = services.get_service("x", "lb")
+    assert again["spec"]["ports"][0]["nodePort"] == node_port and again["spec"]["healthCheckNodePort"] == hc_port
+    assert again["status"] == first["status"] and again["spec"]["ports"][0]["targetPort"] == 9090
+    assert {k for k in objects.client.kv if "/nodeports/" in k} == claims

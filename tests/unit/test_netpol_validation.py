@@ -8,9 +8,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from minikubenet.netpol_validation import NAMESPACE_NAME_LABEL, validate_namespace, validate_network_policy
 from minikubenet.k8s_objects import ValidationError
+from minikubenet.netpol_validation import NAMESPACE_NAME_LABEL, validate_namespace, validate_network_policy
 
 ALLOW_A = {
     "apiVersion": "networking.k8s.io/v1",
@@ -262,3 +264,58 @@ def test_bad_namespaces_are_refused(meta, expected):
     with pytest.raises(ValidationError) as e:
         validate_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
     assert any(expected in err for err in e.value.errors), e.value.errors
+
+
+# any JSON at any place of a policy: a ValidationError or a result, never another exception
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.sampled_from(["", "a", "In", "10.0.0.0/8", "serve-80-tcp"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "podSelector",
+                    "ingress",
+                    "egress",
+                    "from",
+                    "to",
+                    "ports",
+                    "port",
+                    "endPort",
+                    "protocol",
+                    "ipBlock",
+                    "cidr",
+                    "except",
+                    "matchLabels",
+                    "matchExpressions",
+                    "key",
+                    "operator",
+                    "values",
+                    "namespaceSelector",
+                    "policyTypes",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(spec=_json, meta=st.one_of(_json, st.just({"name": "p", "namespace": "x"})))
+def test_validation_is_total(spec, meta):
+    try:
+        out = validate_network_policy(
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta, "spec": spec}
+        )
+    except ValidationError as e:
+        assert e.errors and all(isinstance(m, str) for m in e.errors)
+    else:
+        assert out["spec"] == spec
+    try:
+        validate_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": meta, "spec": spec})
+    except ValidationError:
+        pass

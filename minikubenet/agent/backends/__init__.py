@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from minikubenet.agent.backends.base import BackendBase, BackendError, Prepared
+from minikubenet.agent.backends.bgp import BgpBackend
 from minikubenet.agent.backends.host_gw import HostGwBackend
 from minikubenet.agent.backends.vxlan import VxlanBackend
 
 __all__ = ["BackendBase", "BackendError", "Prepared", "REGISTRY", "for_config"]
 
-REGISTRY: dict[str, BackendBase] = {b.name: b for b in (VxlanBackend(), HostGwBackend())}
+REGISTRY: dict[str, BackendBase] = {b.name: b for b in (VxlanBackend(), HostGwBackend(), BgpBackend())}
 
 
 def for_config(backend_type: str) -> BackendBase:

@@ -4,7 +4,8 @@ flannel's ``backend.Backend`` (backend/common.go) is the model: a backend is cho
 network config's ``Backend.Type`` and does its work in three moments of the agent's
 start, plus one on failure:
 
-    prepare(config, underlay)   before the lease: create devices, decide the pod MTU and
+    prepare(config, underlay, run_dir)
+                                before the lease: create devices, decide the pod MTU and
                                 what the lease's ``BackendData`` tells the other nodes
                                 (VXLAN: its VTEP MAC); -> Prepared
     peers(config, underlay, subnet, prepared)
@@ -48,18 +49,19 @@ class Prepared:
 class BackendBase:
     name = ""
 
-    def prepare(self, config: NetworkConfig, underlay: Underlay) -> Prepared:
+    def prepare(self, config: NetworkConfig, underlay: Underlay, run_dir: str) -> Prepared:
+        """``run_dir``: the agent's own directory, for files a backend keeps (BIRD's)."""
         raise NotImplementedError
 
     def peers(self, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared):
         """The overlay controller's planner (overlay/controller.py VxlanBackend, HostGwBackend)."""
         raise NotImplementedError
 
-    def before_start(self, config: NetworkConfig, subnet, prepared: Prepared) -> None:
+    def before_start(self, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> None:
         """After the lease, before the controller programs the peers."""
 
     def start(self, store, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> OverlayController:
-        self.before_start(config, subnet, prepared)
+        self.before_start(config, underlay, subnet, prepared)
         controller = OverlayController(store, subnet, self.peers(config, underlay, subnet, prepared),
                                        make_kernel=lambda: NetlinkKernel.open(config.network))
         controller.start()

@@ -18,7 +18,7 @@ from minikubenet.overlay.controller import HostGwBackend as HostGwPeers
 class HostGwBackend(BackendBase):
     name = "host-gw"
 
-    def prepare(self, config: NetworkConfig, underlay: Underlay) -> Prepared:
+    def prepare(self, config: NetworkConfig, underlay: Underlay, run_dir: str) -> Prepared:
         with node_iproute() as ipr:
             connected = connected_networks(ipr, underlay.index)
             try:

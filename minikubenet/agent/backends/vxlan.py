@@ -36,7 +36,7 @@ class VxlanState:
 class VxlanBackend(BackendBase):
     name = "vxlan"
 
-    def prepare(self, config: NetworkConfig, underlay: Underlay) -> Prepared:
+    def prepare(self, config: NetworkConfig, underlay: Underlay, run_dir: str) -> Prepared:
         with node_iproute() as ipr:
             connected = connected_networks(ipr, underlay.index)
             spec = vxlan.device_spec(config.vni, underlay.ip, underlay.index, underlay.mtu, config.port)
@@ -51,7 +51,7 @@ class VxlanBackend(BackendBase):
         return Prepared("vxlan", {"VNI": config.vni, "VtepMAC": mac}, vxlan.overlay_mtu(underlay.mtu),
                         connected=connected, devices=[spec.name], state=VxlanState(spec, mac, not existed))
 
-    def before_start(self, config: NetworkConfig, subnet, prepared: Prepared) -> None:
+    def before_start(self, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> None:
         s: VxlanState = prepared.state
         with node_iproute() as ipr:
             ensure_vxlan_device(ipr, s.spec, mac=s.mac, subnet=subnet, network=config.network)

@@ -1,0 +1,112 @@
+"""The bgp backend's plan: BIRD 2's configuration for one node, rendered from the leases.
+
+Calico's model without Calico: every node runs BIRD (Debian's ``bird2``), announces its
+own pod subnet and nothing else, and learns every other node's subnet over BGP; BIRD's
+kernel protocol installs the learned routes (``proto bird``), next hop = the announcing
+node's underlay address. No encapsulation: pod packets are plain IP on the underlay, so
+the pod MTU is the underlay MTU.
+
+The default peering is Calico's node-to-node full mesh over iBGP (one AS, 64512, every
+node a neighbour of every other: the other leases' PublicIPs). Choices that matter here:
+
+- the subnet is announced from a ``static`` blackhole route that the kernel protocol never
+  exports: the kernel keeps its own ``<subnet> dev cni0`` route; BIRD only advertises;
+- ``kernel { persist; graceful restart; }``: learned routes stay in the kernel while BIRD
+  or the agent restarts, and peers keep ours (BGP graceful restart, RFC 4724);
+- the sessions are ``direct`` (the peer is on our L2 segment) with ``next hop self``: the
+  learned route's gateway is the peer's address, no recursive lookup (iBGP's default,
+  which would leave the route unreachable without an IGP); and they start at once
+  (``connect delay time 0``; BIRD waits 5 s by default);
+- ``learn off``: BIRD never takes over routes the kernel or the agent made.
+
+Changes go to BIRD with ``birdc configure`` (a reload keeps sessions that did not change),
+never a restart: linux/bird.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+DEFAULT_AS = 64512           # Calico's default AS number (a private 16-bit AS, RFC 6996)
+
+
+@dataclass(frozen=True)
+class BgpPeer:
+    name: str                # BIRD protocol name: letters, digits, underscores
+    ip: ipaddress.IPv4Address
+    asn: int
+
+
+def peer_name(ip: ipaddress.IPv4Address) -> str:
+    return "node_" + str(ip).replace(".", "_")
+
+
+def check_asn(asn: object) -> int:
+    if not isinstance(asn, int) or isinstance(asn, bool) or not 1 <= asn <= 4294967294:
+        raise ValueError(f"AS number {asn!r} is invalid: 1..4294967294 (64512-65534 and "
+                         "4200000000-4294967294 are private)")
+    return asn
+
+
+def mesh_peers(own_ip: ipaddress.IPv4Address, peer_ips, asn: int) -> list[BgpPeer]:
+    """Calico's full mesh: every other node, in the same AS."""
+    return [BgpPeer(peer_name(ip), ip, asn) for ip in sorted(set(peer_ips)) if ip != own_ip]
+
+
+def render(router_id: ipaddress.IPv4Address, asn: int, own_subnet: ipaddress.IPv4Network,
+           peers: list[BgpPeer], log_file: str, hold_time: int = 9) -> str:
+    """bird.conf for one node. ``hold_time``: seconds without a keepalive before a peer
+    counts as dead (BIRD's default is 240; a short one lets a crashed node's routes go
+    within seconds; a node that stops cleanly closes its sessions and is withdrawn at once)."""
+    check_asn(asn)
+    for p in peers:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p.name):
+            raise ValueError(f"peer name {p.name!r} is not a BIRD symbol")
+    lines = [
+        "# Written by minikubenet-agent (overlay/bird_config.py); changes go in with `birdc configure`.",
+        f'log "{log_file}" {{ info, remote, warning, error, auth, fatal, bug }};',
+        f"router id {router_id};",
+        "",
+        "protocol device {",
+        "  scan time 10;",
+        "}",
+        "",
+        "# Announce this node's pod subnet; the kernel keeps its own route to cni0.",
+        "protocol static pod_subnet {",
+        "  ipv4;",
+        f"  route {own_subnet} blackhole;",
+        "}",
+        "",
+        "# Install what the peers announce; never export our own announcement to the kernel.",
+        "protocol kernel {",
+        "  ipv4 {",
+        "    import none;",
+        "    export where source = RTS_BGP;",
+        "  };",
+        "  persist;",
+        "  graceful restart;",
+        "  learn off;",
+        "  scan time 10;",
+        "}",
+        "",
+        "template bgp node_peer {",
+        f"  local {router_id} as {asn};",
+        f"  hold time {hold_time};",
+        f"  keepalive time {max(1, hold_time // 3)};",
+        "  direct;                 # the peer is on our segment: its address is the next hop",
+        "  connect delay time 0;",
+        "  connect retry time 1;",
+        "  error wait time 1, 10;",
+        "  graceful restart on;",
+        "  ipv4 {",
+        "    import all;",
+        '    export where proto = "pod_subnet";',
+        "    next hop self;",
+        "  };",
+        "}",
+    ]
+    for p in peers:
+        lines += ["", f"protocol bgp {p.name} from node_peer {{", f"  neighbor {p.ip} as {p.asn};", "}"]
+    return "\n".join(lines) + "\n"
