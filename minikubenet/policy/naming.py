@@ -1,0 +1,64 @@
+"""Names of the policy controller's chains and sets, hashed like kube-proxy's.
+
+iptables chain names are at most 28 characters, so (as proxy/naming.py does for
+services, after kube-proxy's portProtoHash) a name is a prefix plus 16 characters of
+base32(sha256(what it stands for)); the rule comments spell the policy out:
+
+    MKN-POLICY                  the entry, jumped to from FORWARD
+    MKN-PI-<hash(ns/pod)>       ingress of one isolated local pod
+    MKN-PE-<hash(ns/pod)>       egress of one isolated local pod
+    MKN-NP-<hash(ns/name/dir)>  the rules of one policy in one direction
+
+nftables names may be 256 characters long, so they read like kube-proxy's nftables
+mode: ``HASH8-`` then the name itself (proxy/naming.py hash_and_truncate).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from minikubenet.proxy.naming import hash_and_truncate
+
+POLICY_CHAIN = "MKN-POLICY"
+POD_INGRESS_PREFIX = "MKN-PI-"
+POD_EGRESS_PREFIX = "MKN-PE-"
+POLICY_PREFIX = "MKN-NP-"
+PREFIXES = (POD_INGRESS_PREFIX, POD_EGRESS_PREFIX, POLICY_PREFIX)
+
+
+def _hash16(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
+def pod_chain(pod_key: str, direction: str) -> str:
+    return (POD_INGRESS_PREFIX if direction == "Ingress" else POD_EGRESS_PREFIX) + _hash16(pod_key)
+
+
+def policy_chain(policy_key: str, direction: str) -> str:
+    return POLICY_PREFIX + _hash16(f"{policy_key}/{direction.lower()}")
+
+
+def is_ours(chain: str) -> bool:
+    """A chain this controller made and may delete (never anyone else's)."""
+    return chain == POLICY_CHAIN or chain.startswith(PREFIXES)
+
+
+# --------------------------------------------------------------------------- nftables
+
+def nft_policy_chain(policy_key: str, direction: str) -> str:
+    return "policy-" + hash_and_truncate(f"{policy_key}/{direction.lower()}")
+
+
+def nft_targets_set(namespace: str, selector: str) -> str:
+    """Pods selected by one selector in one namespace: policies with the same selector
+    share the set (its name hashes the canonical selector text)."""
+    return "targets-" + hash_and_truncate(f"{namespace}/{selector}")[:8] + "-" + namespace
+
+
+def nft_peers_set(policy_key: str, direction: str, rule: int) -> str:
+    return "peers-" + hash_and_truncate(f"{policy_key}/{direction.lower()}/{rule}")
+
+
+def nft_named_set(policy_key: str, direction: str, rule: int) -> str:
+    return "named-" + hash_and_truncate(f"{policy_key}/{direction.lower()}/{rule}")
