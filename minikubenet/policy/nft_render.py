@@ -136,7 +136,7 @@ def render_full(rs: NftRuleset, table: str = TABLE) -> str:
     for name, s in sorted(rs.sets.items()):
         lines.append(f"add set {t} {name} {s.declaration()}")
         if s.elements:
-            lines.append(f"add element {t} {name} {{ {_elements(s)} ; }}")
+            lines.append(f"add element {t} {name} {{ {_elements(s)} }}")
     for name in rs.chains:
         if name in ("egress", "ingress"):
             prio = dict(BASE.values())[name]
@@ -163,7 +163,7 @@ def render_partial(old: NftRuleset, new: NftRuleset, table: str = TABLE) -> str:
         else:
             lines.append(f"flush set {t} {name}")
         if s.elements:
-            lines.append(f"add element {t} {name} {{ {_elements(s)} ; }}")
+            lines.append(f"add element {t} {name} {{ {_elements(s)} }}")
     changed = [n for n, r in new.chains.items() if old.chains.get(n) != r]
     for name in changed:
         if name not in old.chains:
