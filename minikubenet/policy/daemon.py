@@ -43,8 +43,17 @@ import sys
 import threading
 
 from minikubenet.malformed import MalformedObjects
-from minikubenet.policy.model import (Address, Cluster, Policy, PolicyError, Pod, namespace_labels,
-                                      pod_from_k8s, policy_from_k8s, verdict)
+from minikubenet.policy.model import (
+    Address,
+    Cluster,
+    Pod,
+    Policy,
+    PolicyError,
+    namespace_labels,
+    pod_from_k8s,
+    policy_from_k8s,
+    verdict,
+)
 from minikubenet.policy.syncers import PolicySyncer, make_syncer
 from minikubenet.store.etcd import add_etcd_tls_options
 from minikubenet.store.services import ObjectDelete, ObjectPut
@@ -70,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-bind-address", default=METRICS, help="'' to disable")
     p.add_argument("--healthz-bind-address", default=HEALTHZ, help="'' to disable")
     p.add_argument("--dry-run", action="store_true", help="print this node's ruleset and exit")
-    p.add_argument("--explain", nargs=3, metavar=("SRC", "DST", "PORT[/PROTO]"),
-                   help="what the policies decide for one connection, and why")
+    p.add_argument(
+        "--explain",
+        nargs=3,
+        metavar=("SRC", "DST", "PORT[/PROTO]"),
+        help="what the policies decide for one connection, and why",
+    )
     p.add_argument("--cleanup", action="store_true", help="remove the rules of both modes and exit")
     p.add_argument("--log-level", default="info")
     return p
@@ -89,8 +102,8 @@ class PolicyState:
         self.dirty: set[str] = set()
         self.revision = 0
         self.synced = False
-        self.service_changes = 0          # (the loop's metric names) policy and namespace changes
-        self.endpoint_changes = 0         # pod changes
+        self.service_changes = 0  # (the loop's metric names) policy and namespace changes
+        self.endpoint_changes = 0  # pod changes
         self.lock = threading.Lock()
         self.on_change = on_change
 
@@ -100,7 +113,7 @@ class PolicyState:
             if isinstance(update, (ObjectPut, ObjectDelete)):
                 changed = self._set(update.kind, update.key, update.doc if isinstance(update, ObjectPut) else None)
                 self.revision = max(self.revision, update.revision)
-            else:                                       # a PolicySnapshot: the whole truth
+            else:  # a PolicySnapshot: the whole truth
                 for kind in ("networkpolicies", "namespaces", "pods"):
                     docs = update.of(kind)
                     self.bad.keep_only(kind, docs)
@@ -113,15 +126,21 @@ class PolicyState:
             self.on_change()
 
     def _table(self, kind: str) -> dict:
-        return {"networkpolicies": self.policies, "namespaces": self.namespaces, "pods": self.pods}[kind]
+        tables: dict[str, dict] = {"networkpolicies": self.policies, "namespaces": self.namespaces, "pods": self.pods}
+        return tables[kind]
 
     def _set(self, kind: str, key: str, doc) -> bool:
         table = self._table(kind)
         new = None
         if doc is not None:
             try:
-                new = (policy_from_k8s(doc) if kind == "networkpolicies" else
-                       namespace_labels(doc) if kind == "namespaces" else pod_from_k8s(doc))
+                new = (
+                    policy_from_k8s(doc)
+                    if kind == "networkpolicies"
+                    else namespace_labels(doc)
+                    if kind == "namespaces"
+                    else pod_from_k8s(doc)
+                )
             except (PolicyError, AttributeError, TypeError) as e:
                 self.bad.skip(kind, key, e)
         if new is not None or doc is None:
@@ -159,15 +178,20 @@ class PolicyDaemonError(Exception):
 def _connect(args):
     from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.keys import KeyLayout
+
     try:
-        return EtcdStore(args.etcd_endpoints.split(","), layout=KeyLayout(args.etcd_prefix, args.project_prefix),
-                         tls=TLSFiles.from_args(args))
+        return EtcdStore(
+            args.etcd_endpoints.split(","),
+            layout=KeyLayout(args.etcd_prefix, args.project_prefix),
+            tls=TLSFiles.from_args(args),
+        )
     except (ValueError, OSError) as e:
         raise PolicyDaemonError(f"bad settings: {e}") from None
 
 
 def _snapshot_state(args) -> PolicyState:
     from minikubenet.store.policy_watch import PolicyWatch
+
     etcd = _connect(args)
     try:
         state = PolicyState()
@@ -201,8 +225,11 @@ def explain(args, out=sys.stdout) -> int:
         from minikubenet.policy import iptables_render
         from minikubenet.policy.plan import plan_node
         from minikubenet.proxy.tracer import trace_packet
+
         # the node that judges: the destination's for ingress, the source's for egress
-        judge = dst.pod.node if dst.pod and (v.allowed or v.direction == "Ingress") else (src.pod.node if src.pod else "")
+        judge = (
+            dst.pod.node if dst.pod and (v.allowed or v.direction == "Ingress") else (src.pod.node if src.pod else "")
+        )
         text = iptables_render.render(iptables_render.chains(plan_node(cluster, judge)), jump=True)
         trace = trace_packet(text, src.ip, dst.ip, port, proto.lower(), jumps=())
         for why in trace.dropped_by():
@@ -213,13 +240,13 @@ def explain(args, out=sys.stdout) -> int:
 def dry_run(args) -> int:
     state = _snapshot_state(args)
     syncer = make_syncer(args.mode, args.node_name, args.iptables)
-    sys.stdout.write(syncer.render_full(state.cluster()))   # type: ignore[attr-defined]
+    sys.stdout.write(syncer.render_full(state.cluster()))  # type: ignore[attr-defined]
     return 0
 
 
 def cleanup(args) -> int:
     for mode in ("iptables", "nftables"):
-        make_syncer(mode, args.node_name, args.iptables).cleanup()   # type: ignore[attr-defined]
+        make_syncer(mode, args.node_name, args.iptables).cleanup()  # type: ignore[attr-defined]
     return 0
 
 
@@ -227,13 +254,17 @@ def _bridged_traffic_to_forward() -> None:
     """Pods of one node talk across the bridge; br_netfilter hands those frames to the
     IPv4 hooks (FORWARD) only with this sysctl on (it is per network namespace)."""
     from minikubenet.linux import sysctl
+
     try:
         if sysctl.read("net.bridge.bridge-nf-call-iptables").strip() != "1":
             sysctl.write("net.bridge.bridge-nf-call-iptables", 1)
             log.info("net.bridge.bridge-nf-call-iptables=1: bridged pod traffic passes FORWARD")
     except OSError as e:
-        log.warning("cannot enable br_netfilter's bridge-nf-call-iptables (%s): traffic between pods of "
-                    "this node is NOT filtered", e)
+        log.warning(
+            "cannot enable br_netfilter's bridge-nf-call-iptables (%s): traffic between pods of "
+            "this node is NOT filtered",
+            e,
+        )
 
 
 def run(args) -> int:
@@ -241,20 +272,28 @@ def run(args) -> int:
     from minikubenet.proxy.daemon import SyncLoop
     from minikubenet.proxy.metrics import Health, ProxyMetrics, health_routes, metrics_routes, serve
     from minikubenet.store.policy_watch import PolicyWatch
+
     etcd = _connect(args)
     _bridged_traffic_to_forward()
     syncer: PolicySyncer = make_syncer(args.mode, args.node_name, args.iptables)
     other = make_syncer("nftables" if args.mode == "iptables" else "iptables", args.node_name, args.iptables)
     try:
-        other.cleanup()                                  # type: ignore[attr-defined]
+        other.cleanup()  # type: ignore[attr-defined]
     except Exception as e:  # noqa: BLE001 - the other mode's leftovers are best effort
         log.warning("could not remove the other mode's rules: %s", e)
     metrics, health = ProxyMetrics(prefix="minikubenet_policy_"), Health(timeout=2 * args.sync_period)
     health.mode = args.mode
     state = PolicyState()
-    metrics.malformed, metrics.malformed_seen = state.bad.metrics()
-    loop = SyncLoop(state, syncer, metrics, health, args.sync_period, args.min_sync_period,  # type: ignore[arg-type]
-                    args.full_sync_period)
+    metrics.malformed, metrics.malformed_seen = state.bad.metrics()  # type: ignore[attr-defined]
+    loop = SyncLoop(
+        state,  # type: ignore[arg-type]  # the same interface as ProxyState (take, give_back, dirty...)
+        syncer,  # type: ignore[arg-type]  # and the same interface as the proxy's Syncer
+        metrics,
+        health,
+        args.sync_period,
+        args.min_sync_period,
+        args.full_sync_period,
+    )
     state.on_change = loop.changed
     servers = []
     try:
@@ -291,9 +330,13 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s",
+    )
     from minikubenet.store.etcd import StoreError
+
     try:
         if args.cleanup:
             return cleanup(args)

@@ -54,20 +54,24 @@ def _atom_args(atom: Atom, direction: str) -> str:
 
 def chains(plan: NodePlan) -> dict[str, list[str]]:
     """Every chain of ours -> its rules (``-A`` lines), MKN-POLICY first."""
-    out: dict[str, list[str]] = {naming.POLICY_CHAIN: [
-        f"-A {naming.POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]}
-    for direction in reversed(DIRECTIONS):          # egress of the sender first, then ingress
+    out: dict[str, list[str]] = {
+        naming.POLICY_CHAIN: [f"-A {naming.POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+    }
+    for direction in reversed(DIRECTIONS):  # egress of the sender first, then ingress
         flag = "-s" if direction == "Egress" else "-d"
         for pod, keys in sorted(plan.isolated[direction].items(), key=lambda kv: kv[0].key):
             chain = naming.pod_chain(pod.key, direction)
             out[naming.POLICY_CHAIN].append(
                 f"-A {naming.POLICY_CHAIN} {flag} {pod.ip}/32 -m comment --comment "
-                f"{_q(pod.key + ' ' + direction.lower())} -j {chain}")
+                f"{_q(pod.key + ' ' + direction.lower())} -j {chain}"
+            )
             rules = [f"-A {chain} -j MARK --set-xmark 0x0/{ALLOW_MARK}"]
             rules += [f"-A {chain} -m comment --comment {_q(k)} -j {naming.policy_chain(k, direction)}" for k in keys]
             rules.append(f"-A {chain} -m mark --mark {ALLOW_MARK}/{ALLOW_MARK} -j RETURN")
-            rules.append(f"-A {chain} -m comment --comment "
-                         f"{_q(f'{pod.key} {direction.lower()} isolated by {chr(44).join(keys)}: drop')} -j DROP")
+            rules.append(
+                f"-A {chain} -m comment --comment "
+                f"{_q(f'{pod.key} {direction.lower()} isolated by {chr(44).join(keys)}: drop')} -j DROP"
+            )
             out[chain] = rules
     for pp in plan.policies:
         chain = naming.policy_chain(pp.key, pp.direction)
@@ -76,22 +80,38 @@ def chains(plan: NodePlan) -> dict[str, list[str]]:
             comment = _q(f"{pp.key} {pp.direction.lower()} rule {rule.index}")
             for atom in rule.atoms:
                 match = _atom_args(atom, pp.direction)
-                rules.append(f"-A {chain} {match + ' ' if match else ''}-m comment --comment {comment} "
-                             f"-j MARK --set-xmark {ALLOW_MARK}/{ALLOW_MARK}")
+                rules.append(
+                    f"-A {chain} {match + ' ' if match else ''}-m comment --comment {comment} "
+                    f"-j MARK --set-xmark {ALLOW_MARK}/{ALLOW_MARK}"
+                )
         out[chain] = rules
     return out
 
 
-def render(table: dict[str, list[str]], write: set[str] | None = None, delete: tuple[str, ...] = (),
-           jump: bool = False) -> str:
+def render(
+    table: dict[str, list[str]],
+    write: set[str] | None = None,
+    delete: tuple[str, ...] = (),
+    jump: bool = False,
+    move_jump: bool = False,
+) -> str:
     """``iptables-restore --noflush`` text writing the chains ``write`` (all when None),
-    deleting ``delete`` and, with ``jump``, inserting the FORWARD jump at the top."""
+    deleting ``delete`` and, with ``jump``, inserting the FORWARD jump at the top
+    (``move_jump``: it exists lower down and is deleted there first).
+
+    Why at the top: the agent's MINIKUBENET-FWD (masquerade.py) and the proxy's
+    KUBE-FORWARD ACCEPT pod traffic in FORWARD; a rule above ours that accepts would
+    bypass every policy. Our chain only RETURNs or DROPs, so being first takes nothing
+    from the others."""
     names = [c for c in table if write is None or c in write]
     lines = ["*filter"] + [f":{c} - [0:0]" for c in names + list(delete)]
     for c in names:
         lines += table[c]
-    if jump:
-        lines.append("-I FORWARD 1 " + " ".join(_q(a) if " " in a else a for a in JUMP_ARGS))
+    spec = " ".join(_q(a) if " " in a else a for a in JUMP_ARGS)
+    if move_jump:
+        lines.append("-D FORWARD " + spec)
+    if jump or move_jump:
+        lines.append("-I FORWARD 1 " + spec)
     lines += [f"-X {c}" for c in delete]
     return "\n".join(lines + ["COMMIT"]) + "\n"
 

@@ -36,15 +36,16 @@ direction denied it and which policies isolate that pod.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from minikubenet.policy.selectors import Selector, SelectorError, parse_selector
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 INGRESS, EGRESS = "Ingress", "Egress"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-ALWAYS_NAMESPACES = frozenset({"default"})   # exists in every Kubernetes cluster
+ALWAYS_NAMESPACES = frozenset({"default"})  # exists in every Kubernetes cluster
 
 
 class PolicyError(ValueError):
@@ -52,6 +53,7 @@ class PolicyError(ValueError):
 
 
 # --------------------------------------------------------------------------- objects
+
 
 @dataclass(frozen=True)
 class NamedPort:
@@ -116,7 +118,7 @@ class Peer:
 @dataclass(frozen=True)
 class PortSpec:
     protocol: str = "TCP"
-    port: int | str | None = None        # None: every port of the protocol
+    port: int | str | None = None  # None: every port of the protocol
     end_port: int | None = None
 
     def range_for(self, dst: Pod | None) -> tuple[int, int] | None:
@@ -138,8 +140,8 @@ class PortSpec:
 
 @dataclass(frozen=True)
 class Rule:
-    peers: tuple[Peer, ...] = ()         # () = every peer
-    ports: tuple[PortSpec, ...] = ()     # () = every port and protocol
+    peers: tuple[Peer, ...] = ()  # () = every peer
+    ports: tuple[PortSpec, ...] = ()  # () = every port and protocol
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class Policy:
 
 
 # --------------------------------------------------------------------------- parsing
+
 
 def _ip_block(doc: Any, path: str) -> IPBlock:
     if not isinstance(doc, dict) or "cidr" not in doc:
@@ -189,8 +192,11 @@ def _peer(doc: Any, path: str) -> Peer:
         raise PolicyError(f"{path}: must be an object")
     try:
         pods = parse_selector(doc["podSelector"], f"{path}.podSelector") if "podSelector" in doc else None
-        nss = (parse_selector(doc["namespaceSelector"], f"{path}.namespaceSelector")
-               if "namespaceSelector" in doc else None)
+        nss = (
+            parse_selector(doc["namespaceSelector"], f"{path}.namespaceSelector")
+            if "namespaceSelector" in doc
+            else None
+        )
     except SelectorError as e:
         raise PolicyError(str(e)) from None
     block = _ip_block(doc["ipBlock"], f"{path}.ipBlock") if "ipBlock" in doc else None
@@ -206,8 +212,7 @@ def _port(doc: Any, path: str) -> PortSpec:
         raise PolicyError(f"{path}: must be an object")
     proto = doc.get("protocol", "TCP")
     if proto not in PROTOCOLS:
-        raise PolicyError(f"{path}.protocol: Unsupported value: {proto!r}: supported values: "
-                          '"TCP", "UDP", "SCTP"')
+        raise PolicyError(f'{path}.protocol: Unsupported value: {proto!r}: supported values: "TCP", "UDP", "SCTP"')
     port, end = doc.get("port"), doc.get("endPort")
     if isinstance(port, bool) or not (port is None or isinstance(port, (int, str))):
         raise PolicyError(f"{path}.port: must be a number or a name")
@@ -217,9 +222,11 @@ def _port(doc: Any, path: str) -> PortSpec:
         raise PolicyError(f"{path}.port: Invalid value: {port!r}: must be no more than 15 characters")
     if end is not None:
         if not isinstance(port, int):
-            raise PolicyError(f"{path}.endPort: Invalid value: {end!r}: may not be specified when `port` "
-                              "is non-numeric" if port is not None else
-                              f"{path}.endPort: Required value: may not be specified when `port` is not specified")
+            raise PolicyError(
+                f"{path}.endPort: Invalid value: {end!r}: may not be specified when `port` is non-numeric"
+                if port is not None
+                else f"{path}.endPort: Required value: may not be specified when `port` is not specified"
+            )
         if not isinstance(end, int) or isinstance(end, bool) or not port <= end <= 65535:
             raise PolicyError(f"{path}.endPort: Invalid value: {end!r}: must be greater than or equal to `port`")
     return PortSpec(proto, port, end)
@@ -239,8 +246,12 @@ def _rules(doc: Any, path: str, peers_field: str) -> tuple[Rule, ...]:
         ports = r.get("ports") or []
         if not isinstance(peers, list) or not isinstance(ports, list):
             raise PolicyError(f"{where}: `{peers_field}` and `ports` must be lists")
-        out.append(Rule(tuple(_peer(p, f"{where}.{peers_field}[{j}]") for j, p in enumerate(peers)),
-                        tuple(_port(p, f"{where}.ports[{j}]") for j, p in enumerate(ports))))
+        out.append(
+            Rule(
+                tuple(_peer(p, f"{where}.{peers_field}[{j}]") for j, p in enumerate(peers)),
+                tuple(_port(p, f"{where}.ports[{j}]") for j, p in enumerate(ports)),
+            )
+        )
     return tuple(out)
 
 
@@ -264,10 +275,15 @@ def policy_from_k8s(doc: Mapping) -> Policy:
     if types is None:
         types = [INGRESS] + ([EGRESS] if egress_rules else [])
     if not isinstance(types, list) or not all(t in (INGRESS, EGRESS) for t in types):
-        raise PolicyError(f"spec.policyTypes: Unsupported value: {types!r}: supported values: \"Ingress\", \"Egress\"")
-    return Policy(ns, name, selector, frozenset(types),
-                  _rules(spec.get("ingress"), "spec.ingress", "from"),
-                  _rules(egress_rules, "spec.egress", "to"))
+        raise PolicyError(f'spec.policyTypes: Unsupported value: {types!r}: supported values: "Ingress", "Egress"')
+    return Policy(
+        ns,
+        name,
+        selector,
+        frozenset(types),
+        _rules(spec.get("ingress"), "spec.ingress", "from"),
+        _rules(egress_rules, "spec.egress", "to"),
+    )
 
 
 def pod_from_k8s(doc: Mapping) -> Pod:
@@ -284,8 +300,14 @@ def pod_from_k8s(doc: Mapping) -> Pod:
     labels = meta.get("labels") or {}
     if not isinstance(labels, dict):
         raise PolicyError("metadata.labels: must be an object")
-    return Pod(meta.get("namespace") or "default", meta["name"], (doc.get("status") or {}).get("podIP"),
-               spec.get("nodeName") or "", dict(labels), tuple(ports))
+    return Pod(
+        meta.get("namespace") or "default",
+        meta["name"],
+        (doc.get("status") or {}).get("podIP"),
+        spec.get("nodeName") or "",
+        dict(labels),
+        tuple(ports),
+    )
 
 
 def namespace_labels(doc: Mapping) -> dict[str, str]:
@@ -302,12 +324,14 @@ def namespace_labels(doc: Mapping) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- the cluster
 
+
 @dataclass
 class Cluster:
     """Everything the semantics depend on: policies, pods, namespace labels."""
+
     policies: Sequence[Policy] = ()
     pods: Sequence[Pod] = ()
-    namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)   # name -> labels
+    namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> labels
 
     def namespace_exists(self, ns: str) -> bool:
         return ns in self.namespaces or ns in ALWAYS_NAMESPACES
@@ -348,6 +372,7 @@ class Cluster:
 class Address:
     """One end of a connection: a pod, or an address that is not a pod (``pod`` None;
     ``node`` set when it is a node's own address)."""
+
     ip: str
     pod: Pod | None = None
     node: str | None = None
@@ -359,8 +384,9 @@ def _peer_matches(cluster: Cluster, peer: Peer, policy: Policy, other: Address) 
     return other.pod is not None and cluster.peer_matches_pod(peer, policy, other.pod)
 
 
-def rule_matches(cluster: Cluster, policy: Policy, rule: Rule, other: Address, port: int, protocol: str,
-                 port_owner: Pod | None) -> bool:
+def rule_matches(
+    cluster: Cluster, policy: Policy, rule: Rule, other: Address, port: int, protocol: str, port_owner: Pod | None
+) -> bool:
     """Does ``rule`` of ``policy`` let traffic to/from ``other`` on port/protocol pass?
     ``port_owner`` is the destination pod, whose named ports are meant."""
     if rule.peers and not any(_peer_matches(cluster, peer, policy, other) for peer in rule.peers):
@@ -372,28 +398,34 @@ def rule_matches(cluster: Cluster, policy: Policy, rule: Rule, other: Address, p
 class Verdict:
     allowed: bool
     reason: str
-    direction: str | None = None          # the direction that decided (denied: the one that denied)
-    policy: str | None = None             # allowed by: "ns/name"
-    rule: int | None = None               # its index in spec.ingress / spec.egress
-    isolating: tuple[str, ...] = ()       # denied: the policies isolating the pod
+    direction: str | None = None  # the direction that decided (denied: the one that denied)
+    policy: str | None = None  # allowed by: "ns/name"
+    rule: int | None = None  # its index in spec.ingress / spec.egress
+    isolating: tuple[str, ...] = ()  # denied: the policies isolating the pod
 
     def __bool__(self) -> bool:
         return self.allowed
 
 
-def _direction(cluster: Cluster, pod: Pod, direction: str, other: Address, port: int, protocol: str,
-               port_owner: Pod | None) -> Verdict:
+def _direction(
+    cluster: Cluster, pod: Pod, direction: str, other: Address, port: int, protocol: str, port_owner: Pod | None
+) -> Verdict:
     policies = cluster.isolating(pod, direction)
     if not policies:
         return Verdict(True, f"{pod.key} is not isolated for {direction.lower()}", direction)
     for p in policies:
         for i, rule in enumerate(p.rules(direction)):
             if rule_matches(cluster, p, rule, other, port, protocol, port_owner):
-                return Verdict(True, f"{direction.lower()} of {pod.key} allowed by {p.key} rule {i}",
-                               direction, p.key, i)
+                return Verdict(
+                    True, f"{direction.lower()} of {pod.key} allowed by {p.key} rule {i}", direction, p.key, i
+                )
     names = tuple(p.key for p in policies)
-    return Verdict(False, f"{direction.lower()} of {pod.key} denied: isolated by {', '.join(names)} "
-                          "and no rule of them allows it", direction, isolating=names)
+    return Verdict(
+        False,
+        f"{direction.lower()} of {pod.key} denied: isolated by {', '.join(names)} and no rule of them allows it",
+        direction,
+        isolating=names,
+    )
 
 
 def verdict(cluster: Cluster, src: Address, dst: Address, port: int, protocol: str = "TCP") -> Verdict:

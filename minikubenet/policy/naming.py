@@ -46,6 +46,7 @@ def is_ours(chain: str) -> bool:
 
 # --------------------------------------------------------------------------- nftables
 
+
 def nft_policy_chain(policy_key: str, direction: str) -> str:
     return "policy-" + hash_and_truncate(f"{policy_key}/{direction.lower()}")
 

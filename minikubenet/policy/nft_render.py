@@ -52,7 +52,7 @@ class NftSet:
 
 @dataclass
 class NftRuleset:
-    chains: dict[str, list[str]]        # name -> rules (without the "add rule" prefix)
+    chains: dict[str, list[str]]  # name -> rules (without the "add rule" prefix)
     sets: dict[str, NftSet]
 
 
@@ -93,8 +93,13 @@ def ruleset(plan: NodePlan) -> NftRuleset:
                     if direction == "Ingress":
                         # (target pod . proto . port), from the rule's peers
                         npeers = sorted({a.peer for a in named if a.peer is not None})
-                        elems = sorted({f"{a.target} . {a.protocol.lower()} . {a.ports[0]}" for a in named
-                                        if a.target and a.protocol and a.ports})
+                        elems = sorted(
+                            {
+                                f"{a.target} . {a.protocol.lower()} . {a.ports[0]}"
+                                for a in named
+                                if a.target and a.protocol and a.ports
+                            }
+                        )
                         sets[nset] = NftSet("ipv4_addr . inet_proto . inet_service", False, tuple(elems))
                         if any(a.peer is None for a in named) or not npeers:
                             peer_m = ""
@@ -103,14 +108,22 @@ def ruleset(plan: NodePlan) -> NftRuleset:
                             peer_m = f"ip saddr @{pset}-n "
                         prules.append(f"{peer_m}ip daddr . meta l4proto . th dport @{nset} accept comment {comment}")
                     else:
-                        elems = sorted({f"{a.peer[:-3]} . {a.protocol.lower()} . {a.ports[0]}" for a in named
-                                        if a.peer and a.protocol and a.ports})
+                        elems = sorted(
+                            {
+                                f"{a.peer[:-3]} . {a.protocol.lower()} . {a.ports[0]}"
+                                for a in named
+                                if a.peer and a.protocol and a.ports
+                            }
+                        )
                         sets[nset] = NftSet("ipv4_addr . inet_proto . inet_service", False, tuple(elems))
                         prules.append(f"ip daddr . meta l4proto . th dport @{nset} accept comment {comment}")
             chains[pchain] = prules
         keys = sorted({k for ks in plan.isolated[direction].values() for k in ks})
-        rules.append(f"counter drop comment {_q(direction.lower() + ' isolated: no rule of ' + ','.join(keys)[:200])}"
-                     if keys else "counter drop")
+        rules.append(
+            f"counter drop comment {_q(direction.lower() + ' isolated: no rule of ' + ','.join(keys)[:200])}"
+            if keys
+            else "counter drop"
+        )
         chains[base] = rules
     return NftRuleset(chains, sets)
 
@@ -132,7 +145,7 @@ def _elements(s: NftSet) -> str:
 def render_full(rs: NftRuleset, table: str = TABLE) -> str:
     """The whole table, replacing whatever is there, in one transaction."""
     t = f"{FAMILY} {table}"
-    lines = [f"add table {t}", f"delete table {t}", f"add table {t} {{ comment \"minikubenet network policy\" ; }}"]
+    lines = [f"add table {t}", f"delete table {t}", f'add table {t} {{ comment "minikubenet network policy" ; }}']
     for name, s in sorted(rs.sets.items()):
         lines.append(f"add set {t} {name} {s.declaration()}")
         if s.elements:
@@ -158,7 +171,7 @@ def render_partial(old: NftRuleset, new: NftRuleset, table: str = TABLE) -> str:
             continue
         if was is None or was.type != s.type or was.interval != s.interval:
             if was is not None:
-                lines.append(f"delete set {t} {name}")   # (its referencing rules are rewritten below)
+                lines.append(f"delete set {t} {name}")  # (its referencing rules are rewritten below)
             lines.append(f"add set {t} {name} {s.declaration()}")
         else:
             lines.append(f"flush set {t} {name}")

@@ -29,17 +29,18 @@ DIRECTIONS = (INGRESS, EGRESS)
 
 @dataclass(frozen=True, order=True)
 class Atom:
-    peer: str | None = None        # CIDR of the other end (ingress: source; egress: destination); None = any
-    protocol: str | None = None    # None = any protocol, any port
+    peer: str | None = None  # CIDR of the other end (ingress: source; egress: destination); None = any
+    protocol: str | None = None  # None = any protocol, any port
     ports: tuple[int, int] | None = None
-    target: str | None = None      # ingress named port: only towards this local pod IP
-    named: bool = False            # made from a named port (the nftables rendering groups these)
+    target: str | None = None  # ingress named port: only towards this local pod IP
+    named: bool = False  # made from a named port (the nftables rendering groups these)
 
     def matches(self, other_ip: str, port: int, protocol: str, local_ip: str | None = None) -> bool:
         if self.peer is not None and ipaddress.IPv4Address(other_ip) not in ipaddress.IPv4Network(self.peer):
             return False
-        if self.protocol is not None and (protocol != self.protocol or
-                                          not (self.ports is None or self.ports[0] <= port <= self.ports[1])):
+        if self.protocol is not None and (
+            protocol != self.protocol or not (self.ports is None or self.ports[0] <= port <= self.ports[1])
+        ):
             return False
         return self.target is None or self.target == local_ip
 
@@ -54,7 +55,7 @@ class CompiledRule:
 class PolicyPlan:
     policy: Policy
     direction: str
-    targets: tuple[Pod, ...]               # local pods it selects
+    targets: tuple[Pod, ...]  # local pods it selects
     rules: tuple[CompiledRule, ...]
 
     @property
@@ -65,7 +66,7 @@ class PolicyPlan:
 @dataclass
 class NodePlan:
     node: str
-    isolated: dict[str, dict[Pod, list[str]]] = field(default_factory=dict)   # dir -> pod -> policy keys
+    isolated: dict[str, dict[Pod, list[str]]] = field(default_factory=dict)  # dir -> pod -> policy keys
     policies: list[PolicyPlan] = field(default_factory=list)
 
     def policy_plans(self, direction: str) -> list[PolicyPlan]:
@@ -84,8 +85,9 @@ def _peer_nets(cluster: Cluster, policy: Policy, rule: Rule) -> list[str | None]
     return sorted(nets, key=lambda n: ipaddress.IPv4Network(n))
 
 
-def compile_rule(cluster: Cluster, policy: Policy, direction: str, rule: Rule,
-                 targets: tuple[Pod, ...]) -> tuple[Atom, ...]:
+def compile_rule(
+    cluster: Cluster, policy: Policy, direction: str, rule: Rule, targets: tuple[Pod, ...]
+) -> tuple[Atom, ...]:
     nets = _peer_nets(cluster, policy, rule)
     if not rule.ports:
         return tuple(Atom(n) for n in nets)
@@ -99,18 +101,27 @@ def compile_rule(cluster: Cluster, policy: Policy, direction: str, rule: Rule,
                 port = t.named_port(spec.port, spec.protocol)
                 if port is not None:
                     atoms.update(Atom(n, spec.protocol, (port, port), t.ip, True) for n in nets)
-        else:                          # egress: each destination pod's own number for the name
+        else:  # egress: each destination pod's own number for the name
             for pod in cluster.pods:
                 port = pod.named_port(spec.port, spec.protocol) if pod.ip else None
                 if port is None:
                     continue
-                if rule.peers and not any(_peer_matches(cluster, peer, policy, Address(pod.ip or "", pod))
-                                          for peer in rule.peers):
+                if rule.peers and not any(
+                    _peer_matches(cluster, peer, policy, Address(pod.ip or "", pod)) for peer in rule.peers
+                ):
                     continue
                 atoms.add(Atom(f"{pod.ip}/32", spec.protocol, (port, port), None, True))
-    return tuple(sorted(atoms, key=lambda a: (a.protocol or "", a.ports or (0, 0), a.target or "",
-                                              ipaddress.IPv4Network(a.peer) if a.peer else
-                                              ipaddress.IPv4Network("0.0.0.0/0"))))
+    return tuple(
+        sorted(
+            atoms,
+            key=lambda a: (
+                a.protocol or "",
+                a.ports or (0, 0),
+                a.target or "",
+                ipaddress.IPv4Network(a.peer) if a.peer else ipaddress.IPv4Network("0.0.0.0/0"),
+            ),
+        )
+    )
 
 
 def plan_node(cluster: Cluster, node: str) -> NodePlan:
@@ -128,8 +139,10 @@ def plan_node(cluster: Cluster, node: str) -> NodePlan:
             targets = tuple(p for p in local if policy.selects(p))
             if not targets:
                 continue
-            rules = tuple(CompiledRule(i, compile_rule(cluster, policy, direction, r, targets))
-                          for i, r in enumerate(policy.rules(direction)))
+            rules = tuple(
+                CompiledRule(i, compile_rule(cluster, policy, direction, r, targets))
+                for i, r in enumerate(policy.rules(direction))
+            )
             plan.policies.append(PolicyPlan(policy, direction, targets, rules))
     return plan
 
@@ -140,7 +153,10 @@ def plan_allows(plan: NodePlan, local: Pod, direction: str, other_ip: str, port:
     if not keys:
         return True
     for pp in plan.policy_plans(direction):
-        if pp.key in keys and any(a.matches(other_ip, port, protocol, local.ip if direction == INGRESS else None)
-                                  for r in pp.rules for a in r.atoms):
+        if pp.key in keys and any(
+            a.matches(other_ip, port, protocol, local.ip if direction == INGRESS else None)
+            for r in pp.rules
+            for a in r.atoms
+        ):
             return True
     return False

@@ -17,8 +17,9 @@ own namespace", not "every namespace").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
@@ -40,12 +41,13 @@ class Requirement:
             return self.key not in labels or labels[self.key] not in self.values
         if self.operator == "Exists":
             return self.key in labels
-        return self.key not in labels                     # DoesNotExist
+        return self.key not in labels  # DoesNotExist
 
 
 @dataclass(frozen=True)
 class Selector:
     """The AND of its requirements; no requirement at all matches everything."""
+
     requirements: tuple[Requirement, ...] = ()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -58,8 +60,10 @@ class Selector:
     def canonical(self) -> str:
         """A stable text for the selector (two equal selectors, one text): used to name
         the nftables set of the pods it selects, so policies with one selector share it."""
-        return ",".join(f"{r.key} {r.operator} {'|'.join(sorted(r.values))}"
-                        for r in sorted(self.requirements, key=lambda r: (r.key, r.operator, sorted(r.values))))
+        return ",".join(
+            f"{r.key} {r.operator} {'|'.join(sorted(r.values))}"
+            for r in sorted(self.requirements, key=lambda r: (r.key, r.operator, sorted(r.values)))
+        )
 
 
 def parse_selector(doc: Any, path: str) -> Selector:
@@ -90,14 +94,17 @@ def parse_selector(doc: Any, path: str) -> Selector:
         if not isinstance(key, str) or not key:
             raise SelectorError(f"{where}.key: Required value")
         if op not in OPERATORS:
-            raise SelectorError(f"{where}.operator: Unsupported value: {op!r}: supported values: "
-                                + ", ".join(f'"{o}"' for o in OPERATORS))
+            raise SelectorError(
+                f"{where}.operator: Unsupported value: {op!r}: supported values: "
+                + ", ".join(f'"{o}"' for o in OPERATORS)
+            )
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise SelectorError(f"{where}.values: must be a list of strings")
         if op in ("In", "NotIn") and not values:
             raise SelectorError(f"{where}.values: Required value: must be specified when `operator` is 'In' or 'NotIn'")
         if op in ("Exists", "DoesNotExist") and values:
-            raise SelectorError(f"{where}.values: Forbidden: may not be specified when `operator` is "
-                                "'Exists' or 'DoesNotExist'")
+            raise SelectorError(
+                f"{where}.values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+            )
         reqs.append(Requirement(key, op, frozenset(values)))
     return Selector(tuple(reqs))

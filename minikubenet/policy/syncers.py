@@ -66,9 +66,9 @@ class IptablesPolicySyncer(PolicySyncer):
                 log.warning("cannot list the filter table (stale chains stay): %s", e)
                 dump = ""
             stale = tuple(sorted(c for c in chains_from_save(dump) if naming.is_ours(c) and c not in table))
-            has_jump = any(line.startswith("-A FORWARD ") and line.endswith(f"-j {naming.POLICY_CHAIN}")
-                           for line in dump.splitlines())
-            text = iptables_render.render(table, None, stale, jump=not has_jump)
+            forward = [line for line in dump.splitlines() if line.startswith("-A FORWARD ")]
+            ours = [i for i, line in enumerate(forward) if line.endswith(f"-j {naming.POLICY_CHAIN}")]
+            text = iptables_render.render(table, None, stale, jump=not ours, move_jump=bool(ours) and ours[0] != 0)
         else:
             assert self.applied is not None
             write = {c for c, rules in table.items() if self.applied.get(c) != rules}
@@ -81,9 +81,12 @@ class IptablesPolicySyncer(PolicySyncer):
                 self.applied = None
                 raise SyncError(str(e)) from None
         self.applied, self.last_plan = table, plan
-        return SyncResult(full=full, text_bytes=len(text),
-                          written_rules={"filter": sum(1 for x in text.splitlines() if x.startswith(("-A", "-I")))},
-                          total_rules={"filter": sum(len(r) for r in table.values())})
+        return SyncResult(
+            full=full,
+            text_bytes=len(text),
+            written_rules={"filter": sum(1 for x in text.splitlines() if x.startswith(("-A", "-I")))},
+            total_rules={"filter": sum(len(r) for r in table.values())},
+        )
 
     def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
         if change.family != "ip" or change.table != "filter":
@@ -93,10 +96,13 @@ class IptablesPolicySyncer(PolicySyncer):
         return naming.is_ours(change.name) or (change.deletes and change.name == "FORWARD")
 
     def intact(self) -> bool:
-        forward = iptables.list_chain("filter", "FORWARD", self.bin) or []
+        forward = [r for r in iptables.list_chain("filter", "FORWARD", self.bin) or [] if r.startswith("-A")]
         entry = iptables.list_chain("filter", naming.POLICY_CHAIN, self.bin) or []
-        if not any(f"-j {naming.POLICY_CHAIN}" in r for r in forward) or not any(x.startswith("-A") for x in entry):
-            log.warning("the FORWARD jump or %s is gone: rules were flushed", naming.POLICY_CHAIN)
+        if not forward or f"-j {naming.POLICY_CHAIN}" not in forward[0] or not any(x.startswith("-A") for x in entry):
+            log.warning(
+                "the FORWARD jump to %s is gone or no longer first: rules were flushed or someone inserted above it",
+                naming.POLICY_CHAIN,
+            )
             return False
         return True
 
@@ -139,8 +145,11 @@ class NftPolicySyncer(PolicySyncer):
         plan = self.plan(cluster)
         rs = nft_render.ruleset(plan)
         full = changed is None or self.applied is None
-        text = (nft_render.render_full(rs, self.table) if full or self.applied is None
-                else nft_render.render_partial(self.applied, rs, self.table))
+        text = (
+            nft_render.render_full(rs, self.table)
+            if full or self.applied is None
+            else nft_render.render_partial(self.applied, rs, self.table)
+        )
         if text:
             try:
                 nft.apply(text)
@@ -148,10 +157,12 @@ class NftPolicySyncer(PolicySyncer):
                 self.applied = None
                 raise SyncError(str(e)) from None
         self.applied, self.last_plan = rs, plan
-        return SyncResult(full=full, text_bytes=len(text),
-                          written_rules={"nftables": sum(1 for x in text.splitlines()
-                                                         if x.startswith(("add rule", "add element")))},
-                          total_rules={"nftables": sum(len(r) for r in rs.chains.values())})
+        return SyncResult(
+            full=full,
+            text_bytes=len(text),
+            written_rules={"nftables": sum(1 for x in text.splitlines() if x.startswith(("add rule", "add element")))},
+            total_rules={"nftables": sum(len(r) for r in rs.chains.values())},
+        )
 
     def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
         return change.family == nft_render.FAMILY and change.table == self.table

@@ -41,10 +41,11 @@ def parse_key(keys: ServiceKeys, key: str) -> tuple[str, str] | None:
     for kind in POLICY_KINDS:
         p = keys.prefix(kind)
         if key.startswith(p):
-            rest = key[len(p):]
+            rest = key[len(p) :]
             parts = rest.split("/")
-            if (kind == "namespaces" and len(parts) == 1 and parts[0]) or \
-                    (kind != "namespaces" and len(parts) == 2 and all(parts)):
+            if (kind == "namespaces" and len(parts) == 1 and parts[0]) or (
+                kind != "namespaces" and len(parts) == 2 and all(parts)
+            ):
                 return kind, rest
     return None
 
@@ -65,7 +66,7 @@ class PolicyWatch(ListWatch):
     def snapshot(self) -> PolicySnapshot:
         snap, revision = PolicySnapshot(), None
         for kind in POLICY_KINDS:
-            kwargs = {"revision": revision} if revision else {}
+            kwargs: dict[str, int] = {"revision": revision} if revision else {}
             response = self.store.client.get_prefix_response(self.keys.prefix(kind), **kwargs)
             revision = revision or response.header.revision
             for kv in response.kvs:

@@ -26,11 +26,15 @@ from tests.conftest import make_lab
 
 pytestmark = pytest.mark.lab
 
-ONLY_SLOT2 = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-              "metadata": {"name": "only-from-p2", "namespace": "default"},
-              "spec": {"podSelector": {"matchLabels": {"node": "n1", "slot": "p1"}},
-                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"slot": "p2"}}}],
-                                    "ports": [{"port": "http"}]}]}}
+ONLY_SLOT2 = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "only-from-p2", "namespace": "default"},
+    "spec": {
+        "podSelector": {"matchLabels": {"node": "n1", "slot": "p1"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"slot": "p2"}}}], "ports": [{"port": "http"}]}],
+    },
+}
 KEY = "/minikubenet/networkpolicies/default/only-from-p2"
 
 
@@ -59,9 +63,26 @@ def reaches(lab, src: str, dst: str) -> bool:
 
 
 def policy_cli(lab, node, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-m", "minikubenet.policy.daemon",
-                           "--etcd-endpoints", lab.topo.etcd_endpoints, *lab.etcd_tls("policy").argv(),
-                           "--node-name", node.name, *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            node.netns,
+            sys.executable,
+            "-m",
+            "minikubenet.policy.daemon",
+            "--etcd-endpoints",
+            lab.topo.etcd_endpoints,
+            *lab.etcd_tls("policy").argv(),
+            "--node-name",
+            node.name,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
@@ -69,10 +90,10 @@ def test_policy_enforced_repaired_and_explained(lab, mode):
     if mode != "iptables":
         S.restart_proxies(lab, mode)
     S.wait_policy_applied(lab, put(lab, KEY, ONLY_SLOT2))
-    assert reaches(lab, "n2-p2", "n1-p1")         # across nodes, allowed (slot p2)
-    assert reaches(lab, "n1-p2", "n1-p1")         # same node, across the bridge, allowed
-    assert not reaches(lab, "n2-p1", "n1-p1")     # slot p1: blocked
-    assert reaches(lab, "n2-p1", "n1-p2")         # n1-p2 is not selected
+    assert reaches(lab, "n2-p2", "n1-p1")  # across nodes, allowed (slot p2)
+    assert reaches(lab, "n1-p2", "n1-p1")  # same node, across the bridge, allowed
+    assert not reaches(lab, "n2-p1", "n1-p1")  # slot p1: blocked
+    assert reaches(lab, "n2-p1", "n1-p2")  # n1-p2 is not selected
     node1 = lab.topo.nodes[0]
     assert probes.connect_error(node1.netns, lab.pods()["n1-p1"]["ip"], POD_PORT, timeout=1.0) is None
 
@@ -87,10 +108,12 @@ def test_policy_enforced_repaired_and_explained(lab, mode):
     if mode == "iptables":
         subprocess.run(["ip", "netns", "exec", node1.netns, "iptables", "-F", "FORWARD"], check=True)
     else:
-        subprocess.run(["ip", "netns", "exec", node1.netns, "nft", "delete", "table", "ip", "minikubenet-policy"],
-                       check=True)
-    assert wait_until(lambda: not reaches(lab, "n2-p1", "n1-p1"), 15.0), \
+        subprocess.run(
+            ["ip", "netns", "exec", node1.netns, "nft", "delete", "table", "ip", "minikubenet-policy"], check=True
+        )
+    assert wait_until(lambda: not reaches(lab, "n2-p1", "n1-p1"), 15.0), (
         "the flushed policy was not repaired; log:\n" + tail(os.path.join(lab.dir, "logs", "policy-n1.log"))
+    )
 
     S.wait_policy_applied(lab, put(lab, KEY, None))
     assert reaches(lab, "n2-p1", "n1-p1")

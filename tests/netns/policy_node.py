@@ -86,8 +86,16 @@ class PolicyNode:
         sh(*n, "addr", "add", "10.244.1.1/24", "dev", "cni0")
         sh(*n, "addr", "add", "10.244.2.1/24", "dev", "cni0")
         sh(*n, "link", "set", "cni0", "up")
-        sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1",
-           "net.bridge.bridge-nf-call-iptables=1")
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            self.node,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.bridge.bridge-nf-call-iptables=1",
+        )
         i = 0
         for ns in ("x", "y", "z"):
             for name in ("a", "b", "c"):
@@ -104,13 +112,26 @@ class PolicyNode:
                 sh(*p, "addr", "add", f"{ip}/24", "dev", "eth0")
                 sh(*p, "link", "set", "eth0", "up")
                 sh(*p, "route", "add", "default", "via", f"10.244.{subnet}.1")
-                pod = Pod(ns, name, ip, "n1", {"pod": name},
-                          (NamedPort("serve-80-tcp", 80), NamedPort("serve-81-tcp", 81),
-                           NamedPort("serve-80-udp", 80, "UDP"), NamedPort("serve-81-udp", 81, "UDP")))
+                pod = Pod(
+                    ns,
+                    name,
+                    ip,
+                    "n1",
+                    {"pod": name},
+                    (
+                        NamedPort("serve-80-tcp", 80),
+                        NamedPort("serve-81-tcp", 81),
+                        NamedPort("serve-80-udp", 80, "UDP"),
+                        NamedPort("serve-81-udp", 81, "UDP"),
+                    ),
+                )
                 self.pods.append(pod)
                 self.netns[pod.key] = pns
-                srv = subprocess.Popen(["ip", "netns", "exec", pns, sys.executable, "-I", "-S", "-c", SERVER],
-                                       stdout=subprocess.PIPE, text=True)
+                srv = subprocess.Popen(
+                    ["ip", "netns", "exec", pns, sys.executable, "-I", "-S", "-c", SERVER],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 self.servers.append(srv)
         for srv in self.servers:
             assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
@@ -118,17 +139,33 @@ class PolicyNode:
 
     def cluster(self, policies=()) -> Cluster:
         from minikubenet.policy.model import namespace_labels
-        return Cluster(list(policies), self.pods,
-                       {ns: namespace_labels({"metadata": {"name": ns, "labels": {"ns": ns}}}) for ns in ("x", "y", "z")})
+
+        return Cluster(
+            list(policies),
+            self.pods,
+            {ns: namespace_labels({"metadata": {"name": ns, "labels": {"ns": ns}}}) for ns in ("x", "y", "z")},
+        )
 
     def probe(self, src: Pod, dsts: list[Pod], ports=PORTS, timeout: float = 0.6) -> dict[tuple[str, int, str], bool]:
         targets = [(d.ip, port, proto) for d in dsts for port, proto in ports]
-        out = sh("ip", "netns", "exec", self.netns[src.key], sys.executable, "-I", "-S", "-c", PROBE,
-                 json.dumps(targets), str(timeout))
+        out = sh(
+            "ip",
+            "netns",
+            "exec",
+            self.netns[src.key],
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            PROBE,
+            json.dumps(targets),
+            str(timeout),
+        )
         got = json.loads(out)
         by_ip = {d.ip: d.key for d in dsts}
-        return {(by_ip[k.split(":")[0]], int(k.split(":")[1].split("/")[0]), k.split("/")[1]): v
-                for k, v in got.items()}
+        return {
+            (by_ip[k.split(":")[0]], int(k.split(":")[1].split("/")[0]), k.split("/")[1]): v for k, v in got.items()
+        }
 
     def exec_node(self, *argv: str, input: str | None = None) -> str:
         return sh("ip", "netns", "exec", self.node, *argv, input=input)

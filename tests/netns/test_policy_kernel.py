@@ -36,10 +36,15 @@ def load(node: PolicyNode, mode: str, cluster) -> None:
     plan = plan_node(cluster, "n1")
     node.exec_node("nft", "-f", "-", input=nft_render.render_cleanup())
     node.exec_node("iptables", "-F", "FORWARD")
-    node.exec_node("iptables-restore", "--noflush",
-                   input=iptables_render.render_cleanup(set(iptables_render.chains(plan)) | {"MKN-POLICY"}))
+    node.exec_node(
+        "iptables-restore",
+        "--noflush",
+        input=iptables_render.render_cleanup(set(iptables_render.chains(plan)) | {"MKN-POLICY"}),
+    )
     if mode == "iptables":
-        node.exec_node("iptables-restore", "--noflush", input=iptables_render.render(iptables_render.chains(plan), jump=True))
+        node.exec_node(
+            "iptables-restore", "--noflush", input=iptables_render.render(iptables_render.chains(plan), jump=True)
+        )
     else:
         node.exec_node("nft", "-f", "-", input=nft_render.render_full(nft_render.ruleset(plan)))
 
@@ -55,17 +60,34 @@ def check(node: PolicyNode, cluster, pairs) -> None:
             d = next(p for p in dsts if p.key == dkey)
             want = verdict(cluster, Address(s.ip, s), Address(d.ip, d), port, proto)
             if passed != want.allowed:
-                wrong.append(f"{s.key} -> {dkey}:{port}/{proto}: kernel {'passes' if passed else 'drops'}, "
-                             f"model: {want.reason}")
+                wrong.append(
+                    f"{s.key} -> {dkey}:{port}/{proto}: kernel {'passes' if passed else 'drops'}, model: {want.reason}"
+                )
     assert not wrong, "\n".join(wrong)
 
 
 CASE = [
-    netpol("allow-b-http", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
-        {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}, "namespaceSelector": {}}],
-         "ports": [{"port": "serve-80-tcp"}, {"port": 81, "protocol": "UDP"}]}]}),
-    netpol("y-egress", {"podSelector": {"matchLabels": {"pod": "c"}}, "policyTypes": ["Egress"], "egress": [
-        {"to": [{"ipBlock": {"cidr": "10.244.1.0/24", "except": ["10.244.1.12/32"]}}]}]}, namespace="y"),
+    netpol(
+        "allow-b-http",
+        {
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {"pod": "b"}}, "namespaceSelector": {}}],
+                    "ports": [{"port": "serve-80-tcp"}, {"port": 81, "protocol": "UDP"}],
+                }
+            ],
+        },
+    ),
+    netpol(
+        "y-egress",
+        {
+            "podSelector": {"matchLabels": {"pod": "c"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.244.1.0/24", "except": ["10.244.1.12/32"]}}]}],
+        },
+        namespace="y",
+    ),
 ]
 
 
@@ -75,14 +97,14 @@ def test_blocked_and_allowed_connections(node, mode):
     load(node, mode, cluster)
     pods = {p.key: p for p in node.pods}
     got = node.probe(pods["y/b"], [pods["x/a"]])
-    assert got[("x/a", 80, "TCP")] and got[("x/a", 81, "UDP")]           # allowed by rule 0
-    assert not got[("x/a", 81, "TCP")] and not got[("x/a", 80, "UDP")]   # isolated, no rule
+    assert got[("x/a", 80, "TCP")] and got[("x/a", 81, "UDP")]  # allowed by rule 0
+    assert not got[("x/a", 81, "TCP")] and not got[("x/a", 80, "UDP")]  # isolated, no rule
     got = node.probe(pods["y/a"], [pods["x/a"]])
-    assert not any(got.values())                                          # not a "b" pod
+    assert not any(got.values())  # not a "b" pod
     got = node.probe(pods["y/c"], [pods["x/b"], pods["x/c"], pods["z/a"]])
     assert got[("x/c", 80, "TCP")] and not got[("x/b", 80, "TCP")] and not got[("z/a", 80, "TCP")]
     # the node itself always reaches its pods (kubelet probes)
-    node.exec_node("python3", "-c", "import socket; socket.create_connection(('%s', 81), timeout=1)" % pods["x/a"].ip)
+    node.exec_node("python3", "-c", f"import socket; socket.create_connection(('{pods['x/a'].ip}', 81), timeout=1)")
     check(node, cluster, [(s, d) for s in node.pods for d in node.pods if s != d])
 
 

@@ -6,16 +6,26 @@ from minikubenet.policy.model import Cluster, NamedPort, Pod, namespace_labels, 
 
 
 def netpol(name: str, spec: dict, namespace: str = "x") -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
 
 
 def ns_doc(name: str, **labels: str) -> dict:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
-def pod(ns: str, name: str, ip: str, node: str = "n1", ports=(("serve-80-tcp", 80, "TCP"),
-                                                             ("serve-81-tcp", 81, "TCP")), **labels: str) -> Pod:
+def pod(
+    ns: str,
+    name: str,
+    ip: str,
+    node: str = "n1",
+    ports=(("serve-80-tcp", 80, "TCP"), ("serve-81-tcp", 81, "TCP")),
+    **labels: str,
+) -> Pod:
     return Pod(ns, name, ip, node, {"pod": name, **labels}, tuple(NamedPort(*p) for p in ports))
 
 
