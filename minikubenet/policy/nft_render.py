@@ -57,7 +57,9 @@ class NftRuleset:
 
 
 def _q(text: str) -> str:
-    return '"' + text.replace('"', "'") + '"'
+    """A quoted comment; nftables keeps at most 128 bytes of a rule's comment."""
+    text = text.replace('"', "'")
+    return '"' + (text if len(text) <= 127 else text[:124] + "...") + '"'
 
 
 def ruleset(plan: NodePlan) -> NftRuleset:
@@ -120,7 +122,7 @@ def ruleset(plan: NodePlan) -> NftRuleset:
             chains[pchain] = prules
         keys = sorted({k for ks in plan.isolated[direction].values() for k in ks})
         rules.append(
-            f"counter drop comment {_q(direction.lower() + ' isolated: no rule of ' + ','.join(keys)[:200])}"
+            f"counter drop comment {_q(direction.lower() + ' isolated: no rule of ' + ','.join(keys))}"
             if keys
             else "counter drop"
         )
