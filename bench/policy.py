@@ -59,20 +59,37 @@ def sh(*argv: str, input: str | None = None) -> str:
 def cluster(n_policies: int) -> Cluster:
     """N policies, policy i selecting local pod i (the server is the last), each allowing
     ingress on TCP 80 from the client."""
-    pods = [Pod("bench", "client", "10.244.1.2", "n1", {"role": "client"}),
-            Pod("bench", "zz-server", "10.244.1.3", "n1", {"id": str(n_policies - 1)})]
+    pods = [
+        Pod("bench", "client", "10.244.1.2", "n1", {"role": "client"}),
+        Pod("bench", "zz-server", "10.244.1.3", "n1", {"id": str(n_policies - 1)}),
+    ]
     for i in range(n_policies - 1):
         pods.append(Pod("bench", f"p{i:05d}", f"10.244.{2 + i // 250}.{1 + i % 250}", "n1", {"id": str(i)}))
-    policies = [policy_from_k8s({"metadata": {"namespace": "bench", "name": f"np{i:05d}"},
-                                 "spec": {"podSelector": {"matchLabels": {"id": str(i)}},
-                                          "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}},
-                                                                {"ipBlock": {"cidr": f"192.168.{i % 250}.0/24"}}],
-                                                       "ports": [{"port": 80}]}]}})
-                for i in range(n_policies)]
+    policies = [
+        policy_from_k8s(
+            {
+                "metadata": {"namespace": "bench", "name": f"np{i:05d}"},
+                "spec": {
+                    "podSelector": {"matchLabels": {"id": str(i)}},
+                    "ingress": [
+                        {
+                            "from": [
+                                {"podSelector": {"matchLabels": {"role": "client"}}},
+                                {"ipBlock": {"cidr": f"192.168.{i % 250}.0/24"}},
+                            ],
+                            "ports": [{"port": 80}],
+                        }
+                    ],
+                },
+            }
+        )
+        for i in range(n_policies)
+    ]
     return Cluster(policies, pods, {"bench": {"kubernetes.io/metadata.name": "bench"}})
 
 
 # --------------------------------------------------------------------------- latency
+
 
 def build_pods() -> tuple[str, str, str, subprocess.Popen]:
     node, client, server = f"{TAG}-node", f"{TAG}-c", f"{TAG}-s"
@@ -84,23 +101,41 @@ def build_pods() -> tuple[str, str, str, subprocess.Popen]:
     sh("ip", "-n", node, "link", "set", "cni0", "up")
     sh("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
     for i, (ns, ip) in enumerate(((client, "10.244.1.2"), (server, "10.244.1.3"))):
-        sh("ip", "-n", node, "link", "add", f"pb{os.getpid() % 10000}{i}", "type", "veth", "peer", "name", "eth0",
-           "netns", ns)
+        sh(
+            "ip",
+            "-n",
+            node,
+            "link",
+            "add",
+            f"pb{os.getpid() % 10000}{i}",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
+        )
         sh("ip", "-n", node, "link", "set", f"pb{os.getpid() % 10000}{i}", "master", "cni0", "up")
         sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
-    srv = subprocess.Popen(["ip", "netns", "exec", server, sys.executable, "-I", "-S", "-c", SERVER],
-                           stdout=subprocess.PIPE, text=True)
+    srv = subprocess.Popen(
+        ["ip", "netns", "exec", server, sys.executable, "-I", "-S", "-c", SERVER], stdout=subprocess.PIPE, text=True
+    )
     assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
     return node, client, server, srv
 
 
 def load(node: str, setup: str, texts: dict[str, str]) -> None:
     from minikubenet.policy import iptables_render, nft_render
+
     sh("ip", "netns", "exec", node, "nft", "-f", "-", input=nft_render.render_cleanup())
     sh("ip", "netns", "exec", node, "iptables", "-F", "FORWARD")
-    present = {line[1:].split()[0] for line in sh("ip", "netns", "exec", node, "iptables-save", "-t", "filter").splitlines()
-               if line.startswith(":")}
+    present = {
+        line[1:].split()[0]
+        for line in sh("ip", "netns", "exec", node, "iptables-save", "-t", "filter").splitlines()
+        if line.startswith(":")
+    }
     cleanup = iptables_render.render_cleanup(present)
     if cleanup:
         sh("ip", "netns", "exec", node, "iptables-restore", "--noflush", input=cleanup)
@@ -113,9 +148,12 @@ def load(node: str, setup: str, texts: dict[str, str]) -> None:
 def latency(args) -> dict:
     from minikubenet.policy import iptables_render, nft_render
     from minikubenet.policy.plan import plan_node
+
     plan = plan_node(cluster(args.policies), "n1")
-    texts = {"iptables": iptables_render.render(iptables_render.chains(plan), jump=True),
-             "nftables": nft_render.render_full(nft_render.ruleset(plan))}
+    texts = {
+        "iptables": iptables_render.render(iptables_render.chains(plan), jump=True),
+        "nftables": nft_render.render_full(nft_render.ruleset(plan)),
+    }
     node, client, _server, srv = build_pods()
     p50s: dict[str, list[float]] = {"none": [], "nftables": [], "iptables": []}
     try:
@@ -123,26 +161,44 @@ def latency(args) -> dict:
             order = list(p50s) if r % 2 == 0 else list(reversed(p50s))
             for setup in order:
                 load(node, setup, texts)
-                out = json.loads(sh("ip", "netns", "exec", client, sys.executable, "-I", "-S", "-c", CLIENT,
-                                    "10.244.1.3", str(args.connections)))
+                out = json.loads(
+                    sh(
+                        "ip",
+                        "netns",
+                        "exec",
+                        client,
+                        sys.executable,
+                        "-I",
+                        "-S",
+                        "-c",
+                        CLIENT,
+                        "10.244.1.3",
+                        str(args.connections),
+                    )
+                )
                 p50s[setup].append(statistics.median(out) * 1e6)
     finally:
         srv.kill()
         srv.wait()
     ratios = {m: statistics.median(a / b for a, b in zip(p50s[m], p50s["none"])) for m in ("nftables", "iptables")}
-    return {"p50_us": {k: statistics.median(v) for k, v in p50s.items()},
-            "spread_us": {k: (min(v), max(v)) for k, v in p50s.items()}, "ratio": ratios,
-            "policies": args.policies, "rules": {"iptables": texts["iptables"].count("\n-A "),
-                                                 "nftables": texts["nftables"].count("\nadd rule")}}
+    return {
+        "p50_us": {k: statistics.median(v) for k, v in p50s.items()},
+        "spread_us": {k: (min(v), max(v)) for k, v in p50s.items()},
+        "ratio": ratios,
+        "policies": args.policies,
+        "rules": {"iptables": texts["iptables"].count("\n-A "), "nftables": texts["nftables"].count("\nadd rule")},
+    }
 
 
 # --------------------------------------------------------------------------- full sync
+
 
 def worker(mode: str, size: int, what: str, text_file: str) -> float:
     """Inside a fresh namespace: time one full sync by the daemon's syncer (what=daemon,
     the text it applied is written to text_file) or the bare apply of that text."""
     from minikubenet.linux import iptables, nft
     from minikubenet.policy.syncers import make_syncer
+
     c = cluster(size)
     if what == "daemon":
         syncer = make_syncer(mode, "n1")
@@ -152,12 +208,13 @@ def worker(mode: str, size: int, what: str, text_file: str) -> float:
         def capture(text, *a, **kw):
             captured.append(text)
             return real(text, *a, **kw)
+
         if mode == "iptables":
-            iptables.restore = capture      # type: ignore[assignment]
+            iptables.restore = capture  # type: ignore[assignment]
         else:
-            nft.apply = capture             # type: ignore[assignment]
+            nft.apply = capture  # type: ignore[assignment]
         t = time.perf_counter()
-        syncer.sync(c)                      # type: ignore[attr-defined]
+        syncer.sync(c)  # type: ignore[attr-defined]
         elapsed = time.perf_counter() - t
         with open(text_file, "w") as f:
             f.write(captured[0])
@@ -176,8 +233,20 @@ def in_fresh_ns(mode: str, size: int, what: str, text_file: str) -> float:
     ns = f"{TAG}-w"
     sh("ip", "netns", "add", ns)
     try:
-        out = sh("ip", "netns", "exec", ns, sys.executable, "-m", "bench.policy", "--worker", mode, str(size), what,
-                 text_file)
+        out = sh(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            "bench.policy",
+            "--worker",
+            mode,
+            str(size),
+            what,
+            text_file,
+        )
         return float(out.strip().splitlines()[-1])
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -190,15 +259,21 @@ def full_sync(args) -> list[dict]:
         for size in args.sizes:
             for mode in ("iptables", "nftables"):
                 daemon, bare = [], []
-                in_fresh_ns(mode, size, "daemon", text_file)          # warm up, and the text for "bare"
+                in_fresh_ns(mode, size, "daemon", text_file)  # warm up, and the text for "bare"
                 for r in range(args.repeat):
                     order = ("daemon", "bare") if r % 2 == 0 else ("bare", "daemon")
                     for what in order:
                         (daemon if what == "daemon" else bare).append(in_fresh_ns(mode, size, what, text_file))
-                rows.append({"mode": mode, "policies": size, "daemon_ms": statistics.median(daemon) * 1000,
-                             "bare_ms": statistics.median(bare) * 1000,
-                             "ratio": statistics.median(daemon) / statistics.median(bare),
-                             "daemon_spread_ms": (min(daemon) * 1000, max(daemon) * 1000)})
+                rows.append(
+                    {
+                        "mode": mode,
+                        "policies": size,
+                        "daemon_ms": statistics.median(daemon) * 1000,
+                        "bare_ms": statistics.median(bare) * 1000,
+                        "ratio": statistics.median(daemon) / statistics.median(bare),
+                        "daemon_spread_ms": (min(daemon) * 1000, max(daemon) * 1000),
+                    }
+                )
     finally:
         if os.path.exists(text_file):
             os.unlink(text_file)
@@ -230,16 +305,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         lat = latency(args)
-        print(f"connect latency p50, {lat['policies']} policies selecting {lat['policies']} pods "
-              f"(iptables {lat['rules']['iptables']} rules, nftables {lat['rules']['nftables']} rules):")
+        print(
+            f"connect latency p50, {lat['policies']} policies selecting {lat['policies']} pods "
+            f"(iptables {lat['rules']['iptables']} rules, nftables {lat['rules']['nftables']} rules):"
+        )
         for k, v in lat["p50_us"].items():
             lo, hi = lat["spread_us"][k]
             ratio = f"  x{lat['ratio'][k]:.2f} vs no policy" if k in lat["ratio"] else ""
             print(f"  {k:9s} {v:7.1f} us  (rounds {lo:.1f}-{hi:.1f}){ratio}")
         print("full sync (daemon's syncer) vs bare restore of the same text:")
         for row in full_sync(args):
-            print(f"  {row['mode']:9s} {row['policies']:5d} policies: daemon {row['daemon_ms']:7.1f} ms, "
-                  f"bare {row['bare_ms']:7.1f} ms, x{row['ratio']:.2f}")
+            print(
+                f"  {row['mode']:9s} {row['policies']:5d} policies: daemon {row['daemon_ms']:7.1f} ms, "
+                f"bare {row['bare_ms']:7.1f} ms, x{row['ratio']:.2f}"
+            )
     finally:
         cleanup_namespaces()
     return 0

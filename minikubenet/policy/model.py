@@ -160,6 +160,11 @@ class Policy:
     def rules(self, direction: str) -> tuple[Rule, ...]:
         return self.ingress if direction == INGRESS else self.egress
 
+    def selected(self, cluster: Cluster, among: set[str]) -> list[Pod]:
+        """The pods of ``cluster`` this policy selects whose key is in ``among`` (found
+        through the cluster's label index)."""
+        return [p for p in cluster.candidates(self.pod_selector) if p.key in among and self.selects(p)]
+
     def selects(self, pod: Pod) -> bool:
         return pod.namespace == self.namespace and self.pod_selector.matches(pod.labels)
 
@@ -359,7 +364,27 @@ class Cluster:
 
     def peer_pods(self, peer: Peer, policy: Policy) -> list[Pod]:
         """The pods (with an IP) a pod/namespace selector peer stands for."""
-        return [p for p in self.pods if p.ip and self.peer_matches_pod(peer, policy, p)]
+        candidates = self.candidates(peer.pod_selector) if peer.pod_selector is not None else self.pods
+        return [p for p in candidates if p.ip and self.peer_matches_pod(peer, policy, p)]
+
+    def candidates(self, selector: Selector) -> Sequence[Pod]:
+        """The pods that may match ``selector``: narrowed through an index of labels
+        ("key=value" -> pods) by its In requirements (matchLabels are In), every pod when
+        it has none. Without it a node's plan costs policies x pods selector checks
+        (2 million, over a second, at 1 000 x 1 000); the caller still checks each one."""
+        if getattr(self, "_indexed", None) is not self.pods:
+            index: dict[tuple[str, str], list[Pod]] = {}
+            for p in self.pods:
+                for kv in p.labels.items():
+                    index.setdefault(kv, []).append(p)
+            self._index, self._indexed = index, self.pods
+        best: Sequence[Pod] | None = None
+        for r in selector.requirements:
+            if r.operator == "In":
+                found = [p for v in sorted(r.values) for p in self._index.get((r.key, v), ())]
+                if best is None or len(found) < len(best):
+                    best = found
+        return self.pods if best is None else best
 
     def pod_by_ip(self, ip: str) -> Pod | None:
         for p in self.pods:

@@ -51,10 +51,10 @@ def nft_policy_chain(policy_key: str, direction: str) -> str:
     return "policy-" + hash_and_truncate(f"{policy_key}/{direction.lower()}")
 
 
-def nft_targets_set(namespace: str, selector: str) -> str:
-    """Pods selected by one selector in one namespace: policies with the same selector
-    share the set (its name hashes the canonical selector text)."""
-    return "targets-" + hash_and_truncate(f"{namespace}/{selector}")[:8] + "-" + namespace
+def nft_group_chain(direction: str, policy_keys) -> str:
+    """The chain of one combination of policies isolating some pods (pods isolated by
+    the same policies share it): ``ingress-pods-HASH16``, the hash of the policy names."""
+    return f"{direction.lower()}-pods-" + _hash16(",".join(policy_keys))
 
 
 def nft_peers_set(policy_key: str, direction: str, rule: int) -> str:

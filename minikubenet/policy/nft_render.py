@@ -1,35 +1,40 @@
-"""A node's policy plan as ``nft -f`` text: one table of our own, sets instead of rules.
+"""A node's policy plan as ``nft -f`` text: one table of our own, sets and verdict maps.
 
     table ip minikubenet-policy
       set egress-isolated, ingress-isolated     local pods isolated in that direction
-      set targets-<h>-<ns>                      local pods one selector picks (shared by
-                                                every policy with that selector)
-      set peers-<h>-<ns/name/dir/rule>          the rule's peer networks (interval set)
+      map egress-pods, ingress-pods             pod IP -> jump <dir>-pods-<hash>: the chain
+                                                of the policies isolating that pod
+      set peers-<h>-<ns/name/dir/rule>          a rule's peer networks (interval set)
       set named-<h>-...                         ip . proto . port for named ports
       chain egress   hook forward priority -6   \\ two base chains: "accept" ends only its
       chain ingress  hook forward priority -5   /  own chain, so egress then ingress decide
           ct state established,related accept
           ip daddr != @ingress-isolated accept
-          ip daddr @targets-... jump policy-<h>-ns/name/ingress     one per policy
-          drop
+          ip daddr vmap @ingress-pods          one hash lookup, whatever the number of pods
+          counter drop                         no policy of the pod allowed it
+      chain ingress-pods-<hash>                pods isolated by the same policies share it
+          jump policy-<h>-ns/a/ingress
+          jump policy-<h>-ns/b/ingress
       chain policy-<h>-ns/name/ingress
           ip saddr @peers-... meta l4proto tcp th dport 80-81 accept comment "ns/name ingress rule 0"
 
-So the ruleset's size grows with policies, rules and peers; a pod selected by many
-policies is one set element per distinct selector, not one jump per policy. The hook
-runs after the nat prerouting DNAT (forward comes after prerouting), so traffic through
-a Service is judged on its real endpoint; the node's own traffic to a pod uses output
-and never meets these chains. Priority -5/-6 places them before iptables' filter table
-(0); a drop here is final, an accept only ends our chain.
+So the ruleset's size grows with policies, rules, peers and pods (one map element
+each), not with pods x policies: pods isolated by the same policies (the common case:
+a policy selecting a whole namespace) share one chain of jumps. The hook runs after
+nat prerouting's DNAT (forward comes after prerouting), so traffic through a Service is
+judged on its real endpoint; the node's own traffic to a pod uses output and never
+meets these chains. Priority -5/-6 places them before iptables' filter table (0); a
+drop here is final, an accept only ends our chain.
 
 Full sync: the table is deleted and re-added in the same transaction (atomic; stale
-chains and sets go with it; conntrack is untouched). Partial sync: only the chains and
-sets whose content changed are flushed and refilled, removed ones deleted.
-nft 1.0.6 needs ``;`` before a closing ``}`` on one line: written everywhere.
+chains and sets go with it; conntrack is untouched). Partial sync: only the chains,
+sets and maps whose content changed are flushed and refilled, removed ones deleted.
+nft 1.0.6 needs ``;`` before a closing ``}`` on one line: written where it is needed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from minikubenet.policy import naming
@@ -38,6 +43,7 @@ from minikubenet.policy.plan import Atom, NodePlan
 FAMILY, TABLE = "ip", "minikubenet-policy"
 BASE = {"Egress": ("egress", -6), "Ingress": ("ingress", -5)}
 ISOLATED = {"Egress": "egress-isolated", "Ingress": "ingress-isolated"}
+MAPS = {"Egress": "egress-pods", "Ingress": "ingress-pods"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class NftSet:
     type: str
     interval: bool
     elements: tuple[str, ...]
+    kind: str = "set"  # or "map" (a verdict map)
 
     def declaration(self) -> str:
         return f"{{ type {self.type} ;{' flags interval ;' if self.interval else ''} }}"
@@ -70,19 +77,26 @@ def ruleset(plan: NodePlan) -> NftRuleset:
         other = "daddr" if direction == "Egress" else "saddr"
         iso = ISOLATED[direction]
         sets[iso] = NftSet("ipv4_addr", False, tuple(sorted(p.ip for p in plan.isolated[direction] if p.ip)))
-        rules = ["ct state established,related accept", f"ip {addr} != @{iso} accept"]
+        # One verdict-map lookup per packet: pod -> the chain of ITS policies. Pods that the
+        # same policies isolate share that chain, so a policy selecting every pod is one jump.
+        groups: dict[tuple[str, ...], str] = {}
+        elements = []
+        for pod, keys in sorted(plan.isolated[direction].items(), key=lambda kv: kv[0].key):
+            chain = groups.setdefault(tuple(keys), naming.nft_group_chain(direction, keys))
+            elements.append(f"{pod.ip} : jump {chain}")
+        vmap = MAPS[direction]
+        sets[vmap] = NftSet("ipv4_addr : verdict", False, tuple(elements), "map")
+        for keys, chain in groups.items():
+            chains[chain] = [f"jump {naming.nft_policy_chain(k, direction)}" for k in keys]
+        rules = ["ct state established,related accept", f"ip {addr} != @{iso} accept", f"ip {addr} vmap @{vmap}"]
         for pp in plan.policy_plans(direction):
-            sel = pp.policy.pod_selector
-            tset = naming.nft_targets_set(pp.policy.namespace, sel.canonical())
-            sets[tset] = NftSet("ipv4_addr", False, tuple(sorted(p.ip for p in pp.targets if p.ip)))
             pchain = naming.nft_policy_chain(pp.key, direction)
-            rules.append(f"ip {addr} @{tset} jump {pchain}")
             prules = []
             for rule in pp.rules:
                 comment = _q(f"{pp.key} {direction.lower()} rule {rule.index}")
                 plain = [a for a in rule.atoms if not a.named]
                 named = [a for a in rule.atoms if a not in plain]
-                peers = sorted({a.peer for a in plain if a.peer is not None})
+                peers = _collapsed(a.peer for a in plain if a.peer is not None)
                 pset = naming.nft_peers_set(pp.key, direction, rule.index)
                 if peers:
                     sets[pset] = NftSet("ipv4_addr", True, tuple(peers))
@@ -94,7 +108,7 @@ def ruleset(plan: NodePlan) -> NftRuleset:
                     nset = naming.nft_named_set(pp.key, direction, rule.index)
                     if direction == "Ingress":
                         # (target pod . proto . port), from the rule's peers
-                        npeers = sorted({a.peer for a in named if a.peer is not None})
+                        npeers = _collapsed(a.peer for a in named if a.peer is not None)
                         elems = sorted(
                             {
                                 f"{a.target} . {a.protocol.lower()} . {a.ports[0]}"
@@ -130,6 +144,12 @@ def ruleset(plan: NodePlan) -> NftRuleset:
     return NftRuleset(chains, sets)
 
 
+def _collapsed(nets) -> list[str]:
+    """An interval set refuses overlapping elements ("conflicting intervals"): a pod IP
+    inside an ipBlock of the same rule is merged into it."""
+    return [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(x) for x in set(nets))]
+
+
 def _port_match(a: Atom) -> str:
     if a.protocol is None:
         return ""
@@ -149,15 +169,16 @@ def render_full(rs: NftRuleset, table: str = TABLE) -> str:
     t = f"{FAMILY} {table}"
     lines = [f"add table {t}", f"delete table {t}", f'add table {t} {{ comment "minikubenet network policy" ; }}']
     for name, s in sorted(rs.sets.items()):
-        lines.append(f"add set {t} {name} {s.declaration()}")
-        if s.elements:
-            lines.append(f"add element {t} {name} {{ {_elements(s)} }}")
+        lines.append(f"add {s.kind} {t} {name} {s.declaration()}")
     for name in rs.chains:
         if name in ("egress", "ingress"):
             prio = dict(BASE.values())[name]
             lines.append(f"add chain {t} {name} {{ type filter hook forward priority {prio} ; policy accept ; }}")
         else:
             lines.append(f"add chain {t} {name}")
+    for name, s in sorted(rs.sets.items()):  # (map elements name chains: after them)
+        if s.elements:
+            lines.append(f"add element {t} {name} {{ {_elements(s)} }}")
     for name, rules in rs.chains.items():
         lines += [f"add rule {t} {name} {r}" for r in rules]
     return "\n".join(lines) + "\n"
@@ -166,30 +187,26 @@ def render_full(rs: NftRuleset, table: str = TABLE) -> str:
 def render_partial(old: NftRuleset, new: NftRuleset, table: str = TABLE) -> str:
     """Only what changed: flush and refill changed chains and sets, delete removed ones."""
     t = f"{FAMILY} {table}"
-    lines = []
+    changed = [n for n, r in new.chains.items() if old.chains.get(n) != r]
+    lines = [f"add chain {t} {n}" for n in changed if n not in old.chains]  # before elements name them
     for name, s in sorted(new.sets.items()):
         was = old.sets.get(name)
         if was == s:
             continue
-        if was is None or was.type != s.type or was.interval != s.interval:
+        if was is None or (was.type, was.interval, was.kind) != (s.type, s.interval, s.kind):
             if was is not None:
-                lines.append(f"delete set {t} {name}")  # (its referencing rules are rewritten below)
-            lines.append(f"add set {t} {name} {s.declaration()}")
+                lines.append(f"delete {was.kind} {t} {name}")  # (its referencing rules are rewritten below)
+            lines.append(f"add {s.kind} {t} {name} {s.declaration()}")
         else:
-            lines.append(f"flush set {t} {name}")
+            lines.append(f"flush {s.kind} {t} {name}")
         if s.elements:
             lines.append(f"add element {t} {name} {{ {_elements(s)} }}")
-    changed = [n for n, r in new.chains.items() if old.chains.get(n) != r]
-    for name in changed:
-        if name not in old.chains:
-            lines.append(f"add chain {t} {name}")
-        else:
-            lines.append(f"flush chain {t} {name}")
+    lines += [f"flush chain {t} {n}" for n in changed if n in old.chains]
     for name in changed:
         lines += [f"add rule {t} {name} {r}" for r in new.chains[name]]
-    lines += [f"flush chain {t} {n}" for n in old.chains if n not in new.chains and n not in changed]
+    lines += [f"flush chain {t} {n}" for n in old.chains if n not in new.chains]
     lines += [f"delete chain {t} {n}" for n in old.chains if n not in new.chains]
-    lines += [f"delete set {t} {n}" for n in sorted(old.sets) if n not in new.sets]
+    lines += [f"delete {old.sets[n].kind} {t} {n}" for n in sorted(old.sets) if n not in new.sets]
     return "\n".join(lines) + "\n" if lines else ""
 
 

@@ -128,17 +128,17 @@ def plan_node(cluster: Cluster, node: str) -> NodePlan:
     """The plan for the pods of ``node`` (pods with an IP only)."""
     local = sorted((p for p in cluster.pods if p.node == node and p.ip), key=lambda p: p.key)
     plan = NodePlan(node, {d: {} for d in DIRECTIONS})
+    active = cluster.active_policies()  # sorted by ns/name once, not per pod
+    local_keys = {p.key for p in local}
     for direction in DIRECTIONS:
-        for pod in local:
-            keys = [p.key for p in cluster.isolating(pod, direction)]
-            if keys:
-                plan.isolated[direction][pod] = keys
-        for policy in cluster.active_policies():
+        for policy in active:
             if direction not in policy.types:
                 continue
-            targets = tuple(p for p in local if policy.selects(p))
+            targets = tuple(sorted((p for p in policy.selected(cluster, local_keys) if p.ip), key=lambda p: p.key))
             if not targets:
                 continue
+            for pod in targets:
+                plan.isolated[direction].setdefault(pod, []).append(policy.key)
             rules = tuple(
                 CompiledRule(i, compile_rule(cluster, policy, direction, r, targets))
                 for i, r in enumerate(policy.rules(direction))

@@ -79,9 +79,14 @@ def test_nft_uses_sets_not_pods_times_policies():
         [netpol(f"p{i}", {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}) for i in range(20)]
     )
     rs = nft_render.ruleset(plan_node(c, "n1"))
-    # 20 policies with one selector: one targets set, one jump per policy, one rule each
-    assert len([s for s in rs.sets if s.startswith("targets-")]) == 1
-    assert len(rs.chains["ingress"]) == 2 + 20 + 1
+    # 20 policies selecting every pod: one map element per pod, ONE shared chain of 20 jumps
+    assert len(rs.sets["ingress-pods"].elements) == 2 and rs.sets["ingress-pods"].kind == "map"
+    groups = [c for c in rs.chains if c.startswith("ingress-pods-")]
+    assert len(groups) == 1 and len(rs.chains[groups[0]]) == 20
+    assert rs.chains["ingress"][2:] == [
+        "ip daddr vmap @ingress-pods",
+        "counter drop comment " + rs.chains["ingress"][-1].split("comment ", 1)[1],
+    ]
     assert all(len(rs.chains[naming.nft_policy_chain(f"x/p{i}", "Ingress")]) == 1 for i in range(20))
     text = nft_render.render_full(rs)
     assert text.startswith("add table ip minikubenet-policy\ndelete table ip minikubenet-policy\n")
