@@ -28,7 +28,16 @@ PREFIXES = (POD_INGRESS_PREFIX, POD_EGRESS_PREFIX, POLICY_PREFIX)
 
 
 def _hash16(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+    # the first 10 bytes are the first 16 base32 characters (5 bytes -> 8 characters):
+    # the same name as encoding the whole digest and cutting, at a fraction of the cost
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
+
+
+def _hashed(name: str) -> str:
+    """``HASH8-name``: proxy/naming.py hash_and_truncate, without its full-digest encoding."""
+    if len(name) > 200:
+        return hash_and_truncate(name)
+    return base64.b32encode(hashlib.sha256(name.encode()).digest()[:5]).decode() + "-" + name
 
 
 def pod_chain(pod_key: str, direction: str) -> str:
@@ -48,7 +57,7 @@ def is_ours(chain: str) -> bool:
 
 
 def nft_policy_chain(policy_key: str, direction: str) -> str:
-    return "policy-" + hash_and_truncate(f"{policy_key}/{direction.lower()}")
+    return "policy-" + _hashed(f"{policy_key}/{direction.lower()}")
 
 
 def nft_group_chain(direction: str, policy_keys) -> str:
@@ -58,8 +67,8 @@ def nft_group_chain(direction: str, policy_keys) -> str:
 
 
 def nft_peers_set(policy_key: str, direction: str, rule: int) -> str:
-    return "peers-" + hash_and_truncate(f"{policy_key}/{direction.lower()}/{rule}")
+    return "peers-" + _hashed(f"{policy_key}/{direction.lower()}/{rule}")
 
 
 def nft_named_set(policy_key: str, direction: str, rule: int) -> str:
-    return "named-" + hash_and_truncate(f"{policy_key}/{direction.lower()}/{rule}")
+    return "named-" + _hashed(f"{policy_key}/{direction.lower()}/{rule}")

@@ -132,3 +132,16 @@ def test_tracer_over_the_iptables_rendering_equals_the_model(pols):
             for port, proto in ((80, "TCP"), (81, "UDP")):
                 want = verdict(c, Address(s.ip, s), Address(d.ip, d), port, proto).allowed
                 assert _traced(c, s, d, port, proto) == want, (s.key, d.key, port, proto)
+
+
+def test_tracer_names_the_policy_that_drops():
+    c = xyz_cluster([POLICY])
+    src = next(p for p in c.pods if p.key == "y/a")
+    dst = next(p for p in c.pods if p.key == "x/a")
+    text = iptables_render.render(iptables_render.chains(plan_node(c, dst.node)), jump=True)
+    trace = trace_packet(text, src.ip, dst.ip, 80, "tcp", jumps=())
+    assert trace.output == "DROP"
+    assert trace.dropped_by() == ["x/a ingress isolated by x/web: drop"]
+    xb = next(p for p in c.pods if p.key == "x/b")
+    trace = trace_packet(text, xb.ip, dst.ip, 1005, "tcp", jumps=())
+    assert trace.output == "ACCEPT" and any("x/web ingress rule 0" in r for o in trace.outcomes for r in o.rules)
