@@ -148,7 +148,7 @@ def _collapsed(nets) -> list[str]:
     """An interval set refuses overlapping elements ("conflicting intervals"): a pod IP
     inside an ipBlock of the same rule is merged into it."""
     nets = set(nets)
-    if len(nets) <= 1 or all(x.endswith("/32") for x in nets):      # distinct addresses never overlap
+    if len(nets) <= 1 or all(x.endswith("/32") for x in nets):  # distinct addresses never overlap
         return sorted(nets, key=lambda x: ipaddress.IPv4Address(x[:-3]))
     return [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(x) for x in nets)]
 
