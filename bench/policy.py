@@ -210,9 +210,9 @@ def worker(mode: str, size: int, what: str, text_file: str) -> float:
             return real(text, *a, **kw)
 
         if mode == "iptables":
-            iptables.restore = capture  # type: ignore[assignment]
+            iptables.restore = capture
         else:
-            nft.apply = capture  # type: ignore[assignment]
+            nft.apply = capture
         t = time.perf_counter()
         syncer.sync(c)  # type: ignore[attr-defined]
         elapsed = time.perf_counter() - t
@@ -258,7 +258,8 @@ def full_sync(args) -> list[dict]:
     try:
         for size in args.sizes:
             for mode in ("iptables", "nftables"):
-                daemon, bare = [], []
+                daemon: list[float] = []
+                bare: list[float] = []
                 in_fresh_ns(mode, size, "daemon", text_file)  # warm up, and the text for "bare"
                 for r in range(args.repeat):
                     order = ("daemon", "bare") if r % 2 == 0 else ("bare", "daemon")

@@ -86,8 +86,8 @@ def ruleset(plan: NodePlan) -> NftRuleset:
             elements.append(f"{pod.ip} : jump {chain}")
         vmap = MAPS[direction]
         sets[vmap] = NftSet("ipv4_addr : verdict", False, tuple(elements), "map")
-        for keys, chain in groups.items():
-            chains[chain] = [f"jump {naming.nft_policy_chain(k, direction)}" for k in keys]
+        for policy_keys, chain in groups.items():
+            chains[chain] = [f"jump {naming.nft_policy_chain(k, direction)}" for k in policy_keys]
         rules = ["ct state established,related accept", f"ip {addr} != @{iso} accept", f"ip {addr} vmap @{vmap}"]
         for pp in plan.policy_plans(direction):
             pchain = naming.nft_policy_chain(pp.key, direction)
