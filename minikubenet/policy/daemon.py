@@ -284,7 +284,7 @@ def run(args) -> int:
     metrics, health = ProxyMetrics(prefix="minikubenet_policy_"), Health(timeout=2 * args.sync_period)
     health.mode = args.mode
     state = PolicyState()
-    metrics.malformed, metrics.malformed_seen = state.bad.metrics()  # type: ignore[attr-defined]
+    metrics.malformed, metrics.malformed_seen = state.bad.metrics()
     loop = SyncLoop(
         state,  # type: ignore[arg-type]  # the same interface as ProxyState (take, give_back, dirty...)
         syncer,  # type: ignore[arg-type]  # and the same interface as the proxy's Syncer
