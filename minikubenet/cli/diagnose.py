@@ -69,7 +69,7 @@ def cmd_trace(args) -> int:
         if args.flows:
             print(f"  conntrack on {src.node}: {len(flows)} flow(s) to {dst.ip}"
                   + "".join(f"\n    {f}" for f in flows[:5]))
-    return 0 if result.delivered else EXIT_ERROR
+    return EXIT_ERROR if result.dropped else 0
 
 
 def _etcd_health(args) -> doctor_checks.EtcdHealth:

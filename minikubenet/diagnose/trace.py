@@ -65,6 +65,7 @@ class Path:
     hops: list[Hop] = field(default_factory=list)
     result: str = ""                  # "delivered to ns/pod" or "dropped by ... on node"
     delivered: bool = False
+    uninspected: bool = False         # it left the nodes we could read (a real node sees only itself)
     probability: float = 1.0
     endpoint: str | None = None       # "ip:port" after the service's DNAT
 
@@ -82,6 +83,11 @@ class TraceResult:
     @property
     def delivered(self) -> bool:
         return all(p.delivered for p in self.paths)
+
+    @property
+    def dropped(self) -> bool:
+        """Some path ends in a drop (not merely beyond the nodes we could read)."""
+        return any(not p.delivered and not p.uninspected for p in self.paths)
 
     def as_dict(self) -> dict:
         return {"src": self.src.label, "dst": self.dst.label, "delivered": self.delivered,
@@ -301,8 +307,12 @@ def _walk(view: ClusterView, src: Endpoint, ip: ipaddress.IPv4Address, port: int
           node: str, depth: int = 0) -> None:
     """Route ``ip`` from ``node``, following the overlay to the node that delivers it."""
     snap = view.snapshots.get(node)
+    if snap is None and node not in view.unreadable:
+        path.hops.append(Hop(node, "node", "not inspected from here"))
+        path.result, path.uninspected = f"leaves for {node}: run `minikubenet trace` there to follow it further", True
+        return
     if snap is None:
-        _drop(path, node, "node", f"cannot be read: {view.unreadable.get(node, 'not inspected')}", "the node itself")
+        _drop(path, node, "node", f"cannot be read: {view.unreadable[node]}", "the node itself")
         return
     if depth > 4:
         _drop(path, node, "route", "routing loop between nodes", "the routes")
@@ -367,6 +377,11 @@ def _vxlan_hop(view: ClusterView, snap: NodeSnapshot, ip, port, route: RouteEntr
         _drop(path, node, "underlay", f"{fdb.dst} is no node of this cluster", f"fdb {fdb.mac} dst {fdb.dst}")
         return
     rsnap = view.snapshots.get(remote.name)
+    if rsnap is None and remote.name not in view.unreadable:
+        path.hops.append(Hop(remote.name, "node", "not inspected from here"))
+        path.result, path.uninspected = (f"leaves for {remote.name} (VXLAN): run `minikubenet trace` there to "
+                                         "follow it further"), True
+        return
     if rsnap is None:
         _drop(path, remote.name, "node", f"cannot be read: {view.unreadable.get(remote.name, 'not inspected')}",
               "the node itself")

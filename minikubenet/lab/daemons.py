@@ -144,6 +144,20 @@ def agent_argv(etcd_endpoint: str, public_ip: str, run_dir: str, node_name: str,
             "--public-ip", public_ip, "--run-dir", run_dir, "--node-name", node_name, *extra]
 
 
+POLICY_HEALTHZ_PORT = 10257     # minikubenet-policy's /healthz, loopback of the node namespace
+POLICY_METRICS_PORT = 10258
+
+
+def policy_argv(etcd_endpoint: str, node_name: str, mode: str, tls: TLSFiles | None = None) -> list[str]:
+    """The node's NetworkPolicy controller (policy/daemon.py), in the proxy's mode; it
+    syncs as fast as the lab's proxies (at most every 0.1 s, a flush check every 5 s)."""
+    return [sys.executable, "-m", "minikubenet.policy.daemon", "--etcd-endpoints", etcd_endpoint,
+            *(tls.argv() if tls else []), "--node-name", node_name, "--mode", mode,
+            "--min-sync-period", "0.1", "--sync-period", "5",
+            "--healthz-bind-address", f"127.0.0.1:{POLICY_HEALTHZ_PORT}",
+            "--metrics-bind-address", f"127.0.0.1:{POLICY_METRICS_PORT}"]
+
+
 def agent_ready(socket_path: str) -> bool:
     """True when the agent at ``socket_path`` answers STATUS with "ready" (it holds a
     lease and etcd answers). A stale socket file from a killed agent refuses connections."""

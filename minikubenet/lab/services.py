@@ -195,12 +195,41 @@ def start_proxies(lab, mode: str, nodes=None, extra=()) -> None:
     for node in nodes or lab.topo.nodes:
         log = os.path.join(lab.dir, "logs", f"proxy-{node.name}.log")
         lab._start(node.netns, proxy_argv(lab, node, mode, extra), log, f"proxy {node.name}")
+    start_policy_controllers(lab, mode, nodes)
     wait_applied(lab, 0, nodes)
+    wait_policy_applied(lab, 0, nodes)
+
+
+def start_policy_controllers(lab, mode: str, nodes=None) -> None:
+    """One NetworkPolicy controller per node (policy/daemon.py), in the proxy's mode."""
+    from minikubenet.lab.daemons import policy_argv
+    for node in nodes or lab.topo.nodes:
+        log = os.path.join(lab.dir, "logs", f"policy-{node.name}.log")
+        lab._start(node.netns, policy_argv(lab.topo.etcd_endpoints, node.name, mode,
+                                           lab.etcd_tls(etcd_rbac.POLICY)), log, f"policy {node.name}")
+
+
+def wait_policy_applied(lab, revision: int, nodes=None, timeout: float = 30.0) -> None:
+    """Until every node's policy controller has applied etcd ``revision`` (0: any sync)."""
+    from minikubenet.lab.daemons import POLICY_HEALTHZ_PORT
+    deadline = time.monotonic() + timeout
+    for node in nodes or lab.topo.nodes:
+        def applied(node=node) -> bool:
+            try:
+                h = json.loads(probes.http_get(node.netns, "127.0.0.1", POLICY_HEALTHZ_PORT, "/healthz"))
+            except (probes.ProbeFailed, OSError, ValueError):
+                return False
+            return bool(h["lastUpdated"]) and h["appliedRevision"] >= revision
+
+        if not wait_until(applied, max(0.0, deadline - time.monotonic())):
+            from minikubenet.lab.processes import tail
+            raise ServiceCheckFailed(f"the policy controller on {node.name} has not applied revision {revision}; "
+                                     f"its log ends with:\n{tail(os.path.join(lab.dir, 'logs', f'policy-{node.name}.log'))}")
 
 
 def proxy_records(lab, nodes=None):
     from minikubenet.lab.processes import ProcessRecord
-    names = {f"proxy {n.name}" for n in nodes or lab.topo.nodes}
+    names = {f"{what} {n.name}" for n in nodes or lab.topo.nodes for what in ("proxy", "policy")}
     out = []
     for r in lab._load_state().get("processes", []):
         rec = ProcessRecord(**r)

@@ -110,6 +110,10 @@ def parse_restore(text: str) -> Ruleset:
             rs.rules[table].setdefault(line[1:].split()[0], [])
         elif line.startswith("-X "):
             rs.deleted.setdefault(table, []).append(line.split()[1])
+        elif line.startswith("-I "):
+            # "-I CHAIN 1 rule...": how the policy controller writes its FORWARD jump
+            _, chain, _pos, rest = line.split(" ", 3)
+            rs.rules[table].setdefault(chain, []).insert(0, parse_rule(table, f"-A {chain} {rest}"))
         else:
             rule = parse_rule(table, line)
             rs.rules[table].setdefault(rule.chain, []).append(rule)
@@ -148,7 +152,7 @@ def parse_rule(table: str, line: str) -> Rule:
 _MATCH_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "-s": ("src", ipaddress.IPv4Network), "--source": ("src", ipaddress.IPv4Network),
     "-d": ("dst", ipaddress.IPv4Network), "--destination": ("dst", ipaddress.IPv4Network),
-    "-p": ("proto", str.lower), "--dport": ("dport", int),
+    "-p": ("proto", str.lower), "--dport": ("dport", lambda v: tuple(int(x) for x in (v.split(":") * 2)[:2])),
     "--src-type": ("src-type", str), "--dst-type": ("dst-type", str),
     "--mark": ("mark", lambda v: tuple(int(x, 0) for x in (v.split("/") + [hex(0xffffffff)])[:2])),
     "--ctstate": ("ctstate", lambda v: frozenset(v.split(","))),
@@ -222,7 +226,8 @@ def _match(m: Match, p: _Packet, ctx: _Context) -> bool:
     elif m.kind == "proto":
         hit = p.proto == m.value
     elif m.kind == "dport":
-        hit = p.dport == m.value
+        lo, hi = m.value
+        hit = lo <= p.dport <= hi
     elif m.kind in ("src-type", "dst-type"):
         ip = p.src if m.kind == "src-type" else p.dst
         hit = ("LOCAL" if ctx.is_local(ip) else "UNICAST") == m.value
@@ -336,6 +341,17 @@ class Trace:
         out: dict[str, float] = {}
         for o in self.outcomes:
             out[o.summary] = out.get(o.summary, 0.0) + o.probability
+        return out
+
+    def dropped_by(self) -> list[str]:
+        """For outcomes that were dropped or rejected: the comment of the rule that did it
+        (the policy controller's DROP rules name the pod and the policies isolating it,
+        policy/iptables_render.py), else the rule itself."""
+        out = []
+        for o in self.outcomes:
+            if o.verdict in ("DROP", "REJECT") and o.rules:
+                words = shlex.split(o.rules[-1].split(": ", 1)[1])
+                out.append(words[words.index("--comment") + 1] if "--comment" in words else o.rules[-1])
         return out
 
     def explain(self) -> str:

@@ -18,6 +18,7 @@ What each daemon really does (store/etcd.py, store/services.py, store/keys.py):
                             read   <project>/services/, endpoints/, pods/   list + watch
     endpoints-controller    read   <project>/services/, pods/               list + watch
                             rw     <project>/endpoints/      it writes Endpoints (compare-and-swap)
+    policy                  read   <project>/networkpolicies/, namespaces/, pods/   list + watch
     root                    everything: the CLI (`network init`, `svc create`), the lab
 
 Lease grant and keep-alive need no key permission in etcd 3.4 (any authenticated user);
@@ -46,7 +47,8 @@ from minikubenet.store.keys import KeyLayout
 
 ROOT_USER = "root"
 AGENT, PROXY, ENDPOINTS_CONTROLLER = "agent", "proxy", "endpoints-controller"
-USERS = (AGENT, PROXY, ENDPOINTS_CONTROLLER)
+POLICY = "policy"               # the NetworkPolicy controller (policy/daemon.py)
+USERS = (AGENT, PROXY, ENDPOINTS_CONTROLLER, POLICY)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ def grants(layout: KeyLayout | None = None) -> dict[str, list[Grant]]:
         # readwrite services: the load-balancer controller it hosts writes their status
         ENDPOINTS_CONTROLLER: [Grant("readwrite", kind("services"), True), Grant("read", kind("pods"), True),
                                Grant("readwrite", kind("endpoints"), True)],
+        POLICY: [Grant("read", kind("networkpolicies"), True), Grant("read", kind("namespaces"), True),
+                 Grant("read", kind("pods"), True)],
     }
 
 

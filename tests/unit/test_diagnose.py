@@ -239,3 +239,11 @@ LIVE_NFT = """table ip minikubenet-proxy {
 \t}
 }
 """
+
+
+def test_a_node_not_inspected_ends_the_walk_without_a_drop(view):
+    # on a real node, trace reads only the host it runs on
+    del view.snapshots["n2"]
+    r = trace(view, resolve(view, "a", False), resolve(view, "b", True))
+    assert not r.dropped and not r.delivered
+    assert r.paths[0].result.startswith("leaves for n2 (VXLAN)")

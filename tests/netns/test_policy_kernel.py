@@ -1,0 +1,119 @@
+"""NetworkPolicy in a real kernel: one node with the 9 pods of the x/y/z layout
+(tests/netns/policy_node.py), both renderings loaded into the node's namespace, and the
+connections that pass equal to what the pure model says (a fixed case, then random
+policies with hypothesis on a sample of pairs). Needs root."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from minikubenet.policy import iptables_render, nft_render
+from minikubenet.policy.model import Address, policy_from_k8s, verdict
+from minikubenet.policy.plan import plan_node
+from tests.unit.policy_cases import netpol
+from tests.unit.policy_strategies import policies
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
+
+from tests.netns.policy_node import PolicyNode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def node():
+    n = PolicyNode()
+    try:
+        yield n.up()
+    finally:
+        n.down()
+
+
+def load(node: PolicyNode, mode: str, cluster) -> None:
+    """Replace whatever policy rules the node has with this cluster's (as a full sync does)."""
+    plan = plan_node(cluster, "n1")
+    node.exec_node("nft", "-f", "-", input=nft_render.render_cleanup())
+    node.exec_node("iptables", "-F", "FORWARD")
+    node.exec_node(
+        "iptables-restore",
+        "--noflush",
+        input=iptables_render.render_cleanup(set(iptables_render.chains(plan)) | {"MKN-POLICY"}),
+    )
+    if mode == "iptables":
+        node.exec_node(
+            "iptables-restore", "--noflush", input=iptables_render.render(iptables_render.chains(plan), jump=True)
+        )
+    else:
+        node.exec_node("nft", "-f", "-", input=nft_render.render_full(nft_render.ruleset(plan)))
+
+
+def check(node: PolicyNode, cluster, pairs) -> None:
+    by_src: dict = {}
+    for s, d in pairs:
+        by_src.setdefault(s, []).append(d)
+    wrong = []
+    for s, dsts in by_src.items():
+        got = node.probe(s, dsts)
+        for (dkey, port, proto), passed in got.items():
+            d = next(p for p in dsts if p.key == dkey)
+            want = verdict(cluster, Address(s.ip, s), Address(d.ip, d), port, proto)
+            if passed != want.allowed:
+                wrong.append(
+                    f"{s.key} -> {dkey}:{port}/{proto}: kernel {'passes' if passed else 'drops'}, model: {want.reason}"
+                )
+    assert not wrong, "\n".join(wrong)
+
+
+CASE = [
+    netpol(
+        "allow-b-http",
+        {
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {"pod": "b"}}, "namespaceSelector": {}}],
+                    "ports": [{"port": "serve-80-tcp"}, {"port": 81, "protocol": "UDP"}],
+                }
+            ],
+        },
+    ),
+    netpol(
+        "y-egress",
+        {
+            "podSelector": {"matchLabels": {"pod": "c"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.244.1.0/24", "except": ["10.244.1.12/32"]}}]}],
+        },
+        namespace="y",
+    ),
+]
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_blocked_and_allowed_connections(node, mode):
+    cluster = node.cluster([policy_from_k8s(p) for p in CASE])
+    load(node, mode, cluster)
+    pods = {p.key: p for p in node.pods}
+    got = node.probe(pods["y/b"], [pods["x/a"]])
+    assert got[("x/a", 80, "TCP")] and got[("x/a", 81, "UDP")]  # allowed by rule 0
+    assert not got[("x/a", 81, "TCP")] and not got[("x/a", 80, "UDP")]  # isolated, no rule
+    got = node.probe(pods["y/a"], [pods["x/a"]])
+    assert not any(got.values())  # not a "b" pod
+    got = node.probe(pods["y/c"], [pods["x/b"], pods["x/c"], pods["z/a"]])
+    assert got[("x/c", 80, "TCP")] and not got[("x/b", 80, "TCP")] and not got[("z/a", 80, "TCP")]
+    # the node itself always reaches its pods (kubelet probes)
+    node.exec_node("python3", "-c", f"import socket; socket.create_connection(('{pods['x/a'].ip}', 81), timeout=1)")
+    check(node, cluster, [(s, d) for s in node.pods for d in node.pods if s != d])
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pols=policies)
+def test_random_policies_kernel_equals_model(node, mode, pols):
+    cluster = node.cluster([policy_from_k8s(netpol(f"p{i}", s, ns)) for i, (ns, s) in enumerate(pols)])
+    load(node, mode, cluster)
+    rnd = random.Random(str(pols))
+    pairs = [(s, d) for s in node.pods for d in node.pods if s != d]
+    check(node, cluster, rnd.sample(pairs, 16))
