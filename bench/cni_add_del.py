@@ -70,6 +70,7 @@ def say(*a) -> None:
 
 # -- statistics ----------------------------------------------------------------------------------
 
+
 def pct(values: list[float], q: float) -> float:
     """Percentile with linear interpolation (numpy's default), ``q`` in 0..100."""
     if not values:
@@ -83,8 +84,14 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(seconds: list[float]) -> dict:
     ms = [x * 1e3 for x in seconds]
-    return {"n": len(ms), "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95), "min_ms": min(ms) if ms else None,
-            "max_ms": max(ms) if ms else None, "mean_ms": sum(ms) / len(ms) if ms else None}
+    return {
+        "n": len(ms),
+        "p50_ms": pct(ms, 50),
+        "p95_ms": pct(ms, 95),
+        "min_ms": min(ms) if ms else None,
+        "max_ms": max(ms) if ms else None,
+        "mean_ms": sum(ms) / len(ms) if ms else None,
+    }
 
 
 def ratio(a: float, b: float) -> float:
@@ -92,6 +99,7 @@ def ratio(a: float, b: float) -> float:
 
 
 # -- the machine -----------------------------------------------------------------------------------
+
 
 def _first_line(argv: list[str]) -> str:
     try:
@@ -113,15 +121,21 @@ def machine_info(shim_python: str) -> dict:
         pass
     try:
         import pyroute2
+
         pyroute2_version = getattr(pyroute2, "__version__", "?")
     except ImportError:
         pyroute2_version = "?"
     return {
-        "nproc": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)), "cpu": cpu,
-        "kernel": platform.release(), "os": _first_line(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
-        "python": platform.python_version(), "shim_python": shim_python,
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "os": _first_line(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "shim_python": shim_python,
         "shim_python_version": _first_line([shim_python, "-V"]),
-        "pyroute2": pyroute2_version, "etcd": _first_line(["etcd", "--version"]),
+        "pyroute2": pyroute2_version,
+        "etcd": _first_line(["etcd", "--version"]),
         "reference_plugins": _first_line(["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"]),
         "loadavg_start": os.getloadavg(),
     }
@@ -129,9 +143,11 @@ def machine_info(shim_python: str) -> dict:
 
 # -- the lab's pieces --------------------------------------------------------------------------------
 
+
 def lab_pid(lab, what: str) -> int:
     """The PID the lab recorded for ``what`` ("agent n1", "etcd"), if that process still lives."""
     from minikubenet.lab.processes import start_time_of
+
     state = lab._load_state()
     for rec in state.get("processes", []):
         if rec.get("what") == what and start_time_of(rec["pid"]) == rec["start_time"]:
@@ -146,7 +162,7 @@ def proc_status(pid: int) -> dict:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "VmHWM", "VmSize", "Threads"):
                 v = value.split()
-                out[key] = int(v[0]) if v else None   # kB for the Vm* lines
+                out[key] = int(v[0]) if v else None  # kB for the Vm* lines
     return out
 
 
@@ -187,18 +203,33 @@ class CpuMeter:
 def make_pod_netns(lab, tag: str, count: int) -> list[str]:
     """``count`` fresh namespaces ``<lab>-<tag><i>`` (so ``lab.down()`` removes them); their paths."""
     from minikubenet.linux import named_netns
+
     names = [f"{lab.topo.name}-{tag}{i}" for i in range(count)]
-    lab._record(netns=names)   # recorded before they exist, as the lab does for its own
+    lab._record(netns=names)  # recorded before they exist, as the lab does for its own
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(named_netns.add, names))
     return [f"/run/netns/{n}" for n in names]
 
 
 def ref_conflist(lab) -> dict:
-    return {"cniVersion": "1.0.0", "name": "ref",
-            "plugins": [{"type": "bridge", "bridge": REF_BRIDGE, "isGateway": True, "ipMasq": False, "mtu": 1450,
-                         "ipam": {"type": "host-local", "ranges": [[{"subnet": str(REF_SUBNET)}]],
-                                  "dataDir": os.path.join(lab.dir, "ref-ipam")}}]}
+    return {
+        "cniVersion": "1.0.0",
+        "name": "ref",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": REF_BRIDGE,
+                "isGateway": True,
+                "ipMasq": False,
+                "mtu": 1450,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": str(REF_SUBNET)}]],
+                    "dataDir": os.path.join(lab.dir, "ref-ipam"),
+                },
+            }
+        ],
+    }
 
 
 def cni_args(pod: str) -> dict:
@@ -232,6 +263,7 @@ class Plugin:
 
 # -- checks ------------------------------------------------------------------------------------------
 
+
 def check_ips(plugin: Plugin, ips: list[str], expected: int, what: str) -> None:
     if len(ips) != expected:
         raise BenchError(f"{plugin.label} {what}: {len(ips)} results for {expected} ADDs")
@@ -244,17 +276,21 @@ def check_ips(plugin: Plugin, ips: list[str], expected: int, what: str) -> None:
 
 
 def check_pod_has(netns_path: str, ip: str) -> None:
-    out = subprocess.run(["ip", "-n", os.path.basename(netns_path), "-4", "-o", "addr", "show", "dev", "eth0"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", os.path.basename(netns_path), "-4", "-o", "addr", "show", "dev", "eth0"],
+        capture_output=True,
+        text=True,
+    ).stdout
     if f" {ip}/" not in out:
         raise BenchError(f"{netns_path}: eth0 does not carry {ip} after ADD ({out.strip() or 'no eth0'})")
 
 
 def leftover_veths(node_netns: str) -> list[str]:
-    out = subprocess.run(["ip", "-n", node_netns, "-o", "link", "show", "type", "veth"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", node_netns, "-o", "link", "show", "type", "veth"], capture_output=True, text=True
+    ).stdout
     names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
-    return [n for n in names if n != "eth0"]   # eth0 is the node's own underlay port
+    return [n for n in names if n != "eth0"]  # eth0 is the node's own underlay port
 
 
 def check_clean(lab, node_netns: str, what: str) -> None:
@@ -272,6 +308,7 @@ def check_clean(lab, node_netns: str, what: str) -> None:
 
 # -- phase 1: start-up cost --------------------------------------------------------------------------
 
+
 def measure_startup(node_netns: str, ours_bin: str, shim_python: str, reps: int) -> dict:
     env = {"CNI_COMMAND": "VERSION", "PATH": PATH_ENV}
     conf = json.dumps({"cniVersion": "1.0.0", "name": "v"}).encode()
@@ -285,13 +322,15 @@ def measure_startup(node_netns: str, ours_bin: str, shim_python: str, reps: int)
         ("bridge VERSION (bare exec)", [os.path.join(REFERENCE_PLUGIN_DIR, "bridge")]),
         ("host-local VERSION (bare exec)", [os.path.join(REFERENCE_PLUGIN_DIR, "host-local")]),
         ("ours VERSION via ip netns exec", ["ip", "netns", "exec", node_netns, ours_bin]),
-        ("bridge VERSION via ip netns exec",
-         ["ip", "netns", "exec", node_netns, os.path.join(REFERENCE_PLUGIN_DIR, "bridge")]),
+        (
+            "bridge VERSION via ip netns exec",
+            ["ip", "netns", "exec", node_netns, os.path.join(REFERENCE_PLUGIN_DIR, "bridge")],
+        ),
     ]
     times: dict[str, list[float]] = {label: [] for label, _ in items}
-    for argv in (a for _, a in items):   # one untimed run each: page cache
+    for argv in (a for _, a in items):  # one untimed run each: page cache
         subprocess.run(argv, input=conf, env=env, capture_output=True)
-    for _ in range(reps):                # interleaved, so drift hits every item alike
+    for _ in range(reps):  # interleaved, so drift hits every item alike
         for label, argv in items:
             t = time.perf_counter()
             p = subprocess.run(argv, input=conf, env=env, capture_output=True)
@@ -303,6 +342,7 @@ def measure_startup(node_netns: str, ours_bin: str, shim_python: str, reps: int)
 
 # -- phase 2: sequential ADD then DEL -------------------------------------------------------------------
 
+
 def sequential(lab, plugins: list[Plugin], n: int, warmup: int, order: str, meter: CpuMeter) -> dict:
     pods = {p.key: make_pod_netns(lab, f"{p.key[0]}s", n) for p in plugins}
     warm = {p.key: make_pod_netns(lab, f"{p.key[0]}w", warmup) for p in plugins}
@@ -311,9 +351,11 @@ def sequential(lab, plugins: list[Plugin], n: int, warmup: int, order: str, mete
             p.add("w", i, warm[p.key][i])
             p.delete("w", i, warm[p.key][i])
     wall: dict[tuple[str, str], list[float]] = {(p.key, v): [] for p in plugins for v in ("ADD", "DEL")}
-    cpu: dict[tuple[str, str], list[float]] = {(p.key, v): [] for p in plugins for v in ("ADD", "DEL")}   # the plugin processes' own CPU
+    cpu: dict[tuple[str, str], list[float]] = {
+        (p.key, v): [] for p in plugins for v in ("ADD", "DEL")
+    }  # the plugin processes' own CPU
     ips: dict[str, list] = {p.key: [] for p in plugins}
-    daemons: dict = {}   # verb -> CPU of agent and etcd over the phase (only ours uses them)
+    daemons: dict = {}  # verb -> CPU of agent and etcd over the phase (only ours uses them)
 
     def one(p: Plugin, verb: str, i: int) -> None:
         c = children_cpu()
@@ -328,7 +370,7 @@ def sequential(lab, plugins: list[Plugin], n: int, warmup: int, order: str, mete
     def phase(group: list[Plugin], verb: str) -> None:
         before = meter.snapshot()
         for i in range(n):
-            for p in (group if i % 2 == 0 else group[::-1]):   # alternate who goes first
+            for p in group if i % 2 == 0 else group[::-1]:  # alternate who goes first
                 one(p, verb, i)
         d = CpuMeter.delta(before, meter.snapshot())
         for k, v in d.items():
@@ -361,6 +403,7 @@ def sequential(lab, plugins: list[Plugin], n: int, warmup: int, order: str, mete
 
 
 # -- phase 3: concurrent ADDs ------------------------------------------------------------------------
+
 
 def concurrent(lab, plugins: list[Plugin], c: int, meter: CpuMeter) -> dict:
     out: dict = {}
@@ -398,8 +441,11 @@ def concurrent(lab, plugins: list[Plugin], c: int, meter: CpuMeter) -> dict:
             if verb == "ADD":
                 check_ips(p, ips, c, f"{c} concurrent ADDs")
             out.setdefault(p.key, {})[verb] = {
-                "wall_s": wall, "per_call": summary(lat), "distinct_ips": len(set(ips)) if verb == "ADD" else None,
-                "cpu_s": {k: v for k, v in used.items() if p.key == "ours" or k == "plugins"}}
+                "wall_s": wall,
+                "per_call": summary(lat),
+                "distinct_ips": len(set(ips)) if verb == "ADD" else None,
+                "cpu_s": {k: v for k, v in used.items() if p.key == "ours" or k == "plugins"},
+            }
             say(f"  concurrent {verb} x{c} {p.label}: {wall:.2f} s wall")
     return out
 
@@ -408,6 +454,7 @@ def socket_burst(sock: str, conf: dict, k: int) -> dict:
     """``k`` clients connect to the agent's socket at the same instant (STATUS requests), as
     ``k`` shims started together would. Counts the connections the agent refused."""
     from minikubenet.cni import shim
+
     errors: list[str] = []
     lock = threading.Lock()
     go = threading.Barrier(k)
@@ -430,15 +477,23 @@ def socket_burst(sock: str, conf: dict, k: int) -> dict:
 
 # -- phase 5: where our time goes -----------------------------------------------------------------------
 
+
 def ask_agent(sock: str, request: dict) -> dict:
     from minikubenet.cni import shim
+
     return shim.ask_agent(sock, request)
 
 
 def shim_request(conf: dict, command: str, cid: str, netns: str, pod: str) -> dict:
     """Exactly what the shim forwards for one invocation."""
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": "eth0",
-           "CNI_PATH": "unused", "CNI_ARGS": ";".join(f"{k}={v}" for k, v in cni_args(pod).items())}
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "unused",
+        "CNI_ARGS": ";".join(f"{k}={v}" for k, v in cni_args(pod).items()),
+    }
     return {"command": command, "config": conf, "env": env}
 
 
@@ -466,15 +521,20 @@ def direct_socket(lab, ours_conf: dict, n: int, reps: int) -> dict:
         dele.append(time.perf_counter() - t)
         if "error" in answer:
             raise BenchError(f"direct DEL failed: {answer['error']}")
-    return {"noop_round_trip": rt["NOP"], "status_round_trip": rt["STATUS"],
-            "ADD": summary(add), "DEL": summary(dele)}
+    return {"noop_round_trip": rt["NOP"], "status_round_trip": rt["STATUS"], "ADD": summary(add), "DEL": summary(dele)}
 
 
 def run_harness(lab, node, ours_conf: dict, n: int, results_dir: str | None, stamp: str) -> dict:
     pods = make_pod_netns(lab, "h", n)
-    spec = {"etcd": lab.topo.etcd_endpoint, "tls": dataclasses.asdict(lab.etcd_tls("agent")), "node": node.name,
-            "subnet_env": os.path.join(lab.run_dir(node.name), "subnet.env"), "conf": ours_conf, "pods": pods,
-            "profile_prefix": os.path.join(results_dir, f"cni_add_del-{stamp}") if results_dir else None}
+    spec = {
+        "etcd": lab.topo.etcd_endpoint,
+        "tls": dataclasses.asdict(lab.etcd_tls("agent")),
+        "node": node.name,
+        "subnet_env": os.path.join(lab.run_dir(node.name), "subnet.env"),
+        "conf": ours_conf,
+        "pods": pods,
+        "profile_prefix": os.path.join(results_dir, f"cni_add_del-{stamp}") if results_dir else None,
+    }
     spec_path = os.path.join(lab.dir, "harness.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
@@ -487,6 +547,7 @@ def run_harness(lab, node, ours_conf: dict, n: int, results_dir: str | None, sta
 
 class _Timed:
     """Wraps an object; calls of the methods in ``LABELS`` add their time to ``acc``."""
+
     LABELS: dict[str, str] = {}
 
     def __init__(self, real, acc: dict[str, float]):
@@ -504,26 +565,35 @@ class _Timed:
                 return attr(*a, **kw)
             finally:
                 self._acc[label] += time.perf_counter() - t
+
         return timed
 
 
 class TimedPlumbing(_Timed):
     """The handler's pod plumbing (linux/pod_plumbing.py), timed call by call."""
-    LABELS = {"open_pod": "netlink pod: open raw socket in netns (thread + setns)",
-              "survey": "netlink pod: link dump (ownership survey)",
-              "create_pair": "netlink host: create_pair (bridge lookup + veth batch)",
-              "configure_pod": "netlink pod: configure_pod (2 batches)",
-              "detach": "netlink: detach (lookup, get, del)",
-              "inspect": "netlink: inspect", "pod_mac": "netlink pod: pod_mac"}
+
+    LABELS = {
+        "open_pod": "netlink pod: open raw socket in netns (thread + setns)",
+        "survey": "netlink pod: link dump (ownership survey)",
+        "create_pair": "netlink host: create_pair (bridge lookup + veth batch)",
+        "configure_pod": "netlink pod: configure_pod (2 batches)",
+        "detach": "netlink: detach (lookup, get, del)",
+        "inspect": "netlink: inspect",
+        "pod_mac": "netlink pod: pod_mac",
+    }
 
 
 class TimedStore(_Timed):
     """The allocator's EtcdStore, timed call by call. ADD claims the IP in etcd on a worker
     thread while the veth pair is created, and the record is marked complete after the
     answer: those overlap other work and are marked "~" (a cross-check, not added up)."""
-    LABELS = {"create_pod_ip": "~ etcd: create_pod_ip (overlaps create_pair)",
-              "complete_pod_ip": "~ etcd: complete_pod_ip (after the answer)",
-              "list_pod_ips": "etcd: list_pod_ips", "delete_pod_ip": "etcd: delete_pod_ip"}
+
+    LABELS = {
+        "create_pod_ip": "~ etcd: create_pod_ip (overlaps create_pair)",
+        "complete_pod_ip": "~ etcd: complete_pod_ip (after the answer)",
+        "list_pod_ips": "etcd: list_pod_ips",
+        "delete_pod_ip": "etcd: delete_pod_ip",
+    }
 
 
 def harness(spec_path: str) -> int:
@@ -551,9 +621,14 @@ def harness(spec_path: str) -> int:
     store = EtcdStore([spec["etcd"]], tls=TLSFiles(**spec["tls"]))
 
     def node_state(etcd) -> NodeState:
-        return NodeState(node_name=spec["node"], subnet=env.subnet, mtu=env.mtu,
-                         allocator=PodIPAllocator(etcd, env.subnet), lease_healthy=lambda: True,
-                         store_ping=etcd.ping)
+        return NodeState(
+            node_name=spec["node"],
+            subnet=env.subnet,
+            mtu=env.mtu,
+            allocator=PodIPAllocator(etcd, env.subnet),
+            lease_healthy=lambda: True,
+            store_ping=etcd.ping,
+        )
 
     handler = CniHandler(node_state(store))
     pods = spec["pods"]
@@ -595,7 +670,7 @@ def harness(spec_path: str) -> int:
     # linux/pod_plumbing.py), nothing patched
     acc: dict[str, float] = collections.defaultdict(float)
     timed_handler = CniHandler(node_state(TimedStore(store, acc)), TimedPlumbing(NetlinkPodPlumbing(), acc))
-    call("ADD", 0, timed_handler)           # its own first sockets
+    call("ADD", 0, timed_handler)  # its own first sockets
     call("DEL", 0, timed_handler)
 
     per: dict = {}
@@ -611,10 +686,14 @@ def harness(spec_path: str) -> int:
         mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) * 1e3 for k in labels}
         total_mean = sum(r["total"] for r in rows) / len(rows) * 1e3
         counted = sum(v for k, v in mean.items() if not k.startswith("~"))
-        per[command] = {"total": summary([r["total"] for r in rows]), "mean_total_ms": total_mean,
-                        "mean_ms": mean, "other_python_ms": total_mean - counted,
-                        "etcd_ms": sum(v for k, v in mean.items() if k.startswith("etcd")),
-                        "netlink_ms": sum(v for k, v in mean.items() if k.startswith("netlink"))}
+        per[command] = {
+            "total": summary([r["total"] for r in rows]),
+            "mean_total_ms": total_mean,
+            "mean_ms": mean,
+            "other_python_ms": total_mean - counted,
+            "etcd_ms": sum(v for k, v in mean.items() if k.startswith("etcd")),
+            "netlink_ms": sum(v for k, v in mean.items() if k.startswith("netlink")),
+        }
     out["timed"] = per
     timed_handler.close()
     store.close()
@@ -623,6 +702,7 @@ def harness(spec_path: str) -> int:
 
 
 # -- the report -----------------------------------------------------------------------------------------
+
 
 def fmt_ms(v) -> str:
     return "-" if v is None else f"{v:8.1f}"
@@ -633,56 +713,78 @@ def report(res: dict) -> str:
     lines: list[str] = []
     w = lines.append
     w(f"CNI ADD/DEL benchmark, {res['started']}, lab {res['lab']}")
-    w(f"machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['os']}; bench Python {m['python']}, "
-      f"shim {m['shim_python_version']} ({m['shim_python']} -IS); pyroute2 {m['pyroute2']}; {m['etcd']}; "
-      f"reference plugins {m['reference_plugins']}; load average {m['loadavg_start'][0]:.2f} at start, "
-      f"{m['loadavg_end'][0]:.2f} at end")
+    w(
+        f"machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['os']}; bench Python {m['python']}, "
+        f"shim {m['shim_python_version']} ({m['shim_python']} -IS); pyroute2 {m['pyroute2']}; {m['etcd']}; "
+        f"reference plugins {m['reference_plugins']}; load average {m['loadavg_start'][0]:.2f} at start, "
+        f"{m['loadavg_end'][0]:.2f} at end"
+    )
     w("")
     seq = res["sequential"]
     n = seq["ours"]["ADD"]["n"]
-    w(f"Sequential, n={n} each ({res['params']['order']}; {res['params']['warmup']} warm-up pods each not counted); "
-      f"both via CniRuntime inside the node namespace (ip netns exec)")
-    w(f"{'':10}{'ours p50':>10}{'ours p95':>10}{'ref p50':>10}{'ref p95':>10}{'p50 ratio':>11}{'p95 ratio':>11}"
-      f"   target: ours p50 <= ref p50")
+    w(
+        f"Sequential, n={n} each ({res['params']['order']}; {res['params']['warmup']} warm-up pods each not counted); "
+        f"both via CniRuntime inside the node namespace (ip netns exec)"
+    )
+    w(
+        f"{'':10}{'ours p50':>10}{'ours p95':>10}{'ref p50':>10}{'ref p95':>10}{'p50 ratio':>11}{'p95 ratio':>11}"
+        f"   target: ours p50 <= ref p50"
+    )
     for verb in ("ADD", "DEL"):
         o, r = seq["ours"][verb], seq["ref"][verb]
         ok = "met" if o["p50_ms"] <= r["p50_ms"] else "NOT met"
-        w(f"{verb + ' ms':10}{fmt_ms(o['p50_ms']):>10}{fmt_ms(o['p95_ms']):>10}{fmt_ms(r['p50_ms']):>10}"
-          f"{fmt_ms(r['p95_ms']):>10}{ratio(o['p50_ms'], r['p50_ms']):>10.2f}x{ratio(o['p95_ms'], r['p95_ms']):>10.2f}x"
-          f"   {ok} (the issue measured ~{DESIGN_REF_MS[verb]:.0f} ms for the reference)")
+        w(
+            f"{verb + ' ms':10}{fmt_ms(o['p50_ms']):>10}{fmt_ms(o['p95_ms']):>10}{fmt_ms(r['p50_ms']):>10}"
+            f"{fmt_ms(r['p95_ms']):>10}{ratio(o['p50_ms'], r['p50_ms']):>10.2f}x{ratio(o['p95_ms'], r['p95_ms']):>10.2f}x"
+            f"   {ok} (the issue measured ~{DESIGN_REF_MS[verb]:.0f} ms for the reference)"
+        )
     w("CPU per call, mean ms (plugin processes: shim / bridge + host-local; daemons: only ours has them)")
     for verb in ("ADD", "DEL"):
         o, r = seq["ours"][verb], seq["ref"][verb]
-        w(f"  {verb}: ours shim {o['plugin_cpu_ms_mean']:.1f} + agent {o.get('agent_cpu_ms_mean', float('nan')):.1f}"
-          f" + etcd {o.get('etcd_cpu_ms_mean', float('nan')):.1f}; ref plugins {r['plugin_cpu_ms_mean']:.1f}")
+        w(
+            f"  {verb}: ours shim {o['plugin_cpu_ms_mean']:.1f} + agent {o.get('agent_cpu_ms_mean', float('nan')):.1f}"
+            f" + etcd {o.get('etcd_cpu_ms_mean', float('nan')):.1f}; ref plugins {r['plugin_cpu_ms_mean']:.1f}"
+        )
     if "concurrent" in res:
         c = res["concurrent"]
         k = res["params"]["concurrency"]
         w("")
-        w(f"Concurrent, {k} at once on one node (wall time; distinct IPs: "
-          f"ours {c['ours']['ADD']['distinct_ips']}/{k}, ref {c['ref']['ADD']['distinct_ips']}/{k})")
-        w(f"{'':10}{'ours s':>8}{'ref s':>8}{'ratio':>9}{'ours p95/call':>15}{'ref p95/call':>14}"
-          f"   CPU s: ours shims + agent + etcd / ref plugins")
+        w(
+            f"Concurrent, {k} at once on one node (wall time; distinct IPs: "
+            f"ours {c['ours']['ADD']['distinct_ips']}/{k}, ref {c['ref']['ADD']['distinct_ips']}/{k})"
+        )
+        w(
+            f"{'':10}{'ours s':>8}{'ref s':>8}{'ratio':>9}{'ours p95/call':>15}{'ref p95/call':>14}"
+            f"   CPU s: ours shims + agent + etcd / ref plugins"
+        )
         for verb in ("ADD", "DEL"):
             o, r = c["ours"][verb], c["ref"][verb]
             oc, rc = o["cpu_s"], r["cpu_s"]
-            w(f"{verb:10}{o['wall_s']:>8.2f}{r['wall_s']:>8.2f}{ratio(o['wall_s'], r['wall_s']):>8.2f}x"
-              f"{o['per_call']['p95_ms']:>12.0f} ms{r['per_call']['p95_ms']:>11.0f} ms"
-              f"   {oc['plugins']:.2f} + {oc['agent']:.2f} + {oc['etcd']:.2f} / {rc['plugins']:.2f}")
+            w(
+                f"{verb:10}{o['wall_s']:>8.2f}{r['wall_s']:>8.2f}{ratio(o['wall_s'], r['wall_s']):>8.2f}x"
+                f"{o['per_call']['p95_ms']:>12.0f} ms{r['per_call']['p95_ms']:>11.0f} ms"
+                f"   {oc['plugins']:.2f} + {oc['agent']:.2f} + {oc['etcd']:.2f} / {rc['plugins']:.2f}"
+            )
         b = c.get("socket_burst")
         if b:
-            w(f"Agent socket burst: {b['clients']} clients connecting at the same instant: {b['refused']} refused"
-              + (f" ({b['example']})" if b["refused"] else ""))
+            w(
+                f"Agent socket burst: {b['clients']} clients connecting at the same instant: {b['refused']} refused"
+                + (f" ({b['example']})" if b["refused"] else "")
+            )
     w("")
     mem = res["agent_memory"]
     a0, a1 = mem["before"], mem.get("after_profile", mem["after"])
-    w(f"Agent memory (PID {mem['pid']}): VmRSS {a0['VmRSS'] / 1024:.1f} MiB after start -> "
-      f"{mem['after']['VmRSS'] / 1024:.1f} MiB after the runs -> {a1['VmRSS'] / 1024:.1f} MiB at the end "
-      f"(peak VmHWM {a1['VmHWM'] / 1024:.1f} MiB, {a1['Threads']} threads); the reference keeps no resident process")
+    w(
+        f"Agent memory (PID {mem['pid']}): VmRSS {a0['VmRSS'] / 1024:.1f} MiB after start -> "
+        f"{mem['after']['VmRSS'] / 1024:.1f} MiB after the runs -> {a1['VmRSS'] / 1024:.1f} MiB at the end "
+        f"(peak VmHWM {a1['VmHWM'] / 1024:.1f} MiB, {a1['Threads']} threads); the reference keeps no resident process"
+    )
     w("")
     st = res["startup"]
-    w(f"Start-up cost of the executables alone (CNI_COMMAND=VERSION; {res['params']['startup_reps']} runs each, "
-      f"interleaved)")
+    w(
+        f"Start-up cost of the executables alone (CNI_COMMAND=VERSION; {res['params']['startup_reps']} runs each, "
+        f"interleaved)"
+    )
     w(f"{'':44}{'p50 ms':>8}{'p95 ms':>8}")
     for label, s in st.items():
         w(f"  {label:42}{s['p50_ms']:>8.1f}{s['p95_ms']:>8.1f}")
@@ -702,11 +804,15 @@ def breakdown(res: dict) -> str:
     wrapper = st["ip netns exec <node> /bin/true"]["p50_ms"] - st["spawn floor: /bin/true"]["p50_ms"]
     shim = st["ours VERSION (bare exec)"]["p50_ms"]
     w("Where our time goes (p50 of each piece, measured separately: they add up only roughly)")
-    w(f"  socket round trip of a no-op request (connect, agent thread, JSON both ways): "
-      f"{d['noop_round_trip']['p50_ms']:.2f} ms; STATUS (+ one etcd call): {d['status_round_trip']['p50_ms']:.2f} ms")
-    w(f"  shim start: interpreter alone {st['python -I -S -c pass']['p50_ms']:.1f} ms, + json/re/socket imports "
-      f"{st['python -I -S + shim imports']['p50_ms']:.1f} ms, + C modules only (_json, _socket) "
-      f"{st['python -I -S + C modules only']['p50_ms']:.1f} ms")
+    w(
+        f"  socket round trip of a no-op request (connect, agent thread, JSON both ways): "
+        f"{d['noop_round_trip']['p50_ms']:.2f} ms; STATUS (+ one etcd call): {d['status_round_trip']['p50_ms']:.2f} ms"
+    )
+    w(
+        f"  shim start: interpreter alone {st['python -I -S -c pass']['p50_ms']:.1f} ms, + json/re/socket imports "
+        f"{st['python -I -S + shim imports']['p50_ms']:.1f} ms, + C modules only (_json, _socket) "
+        f"{st['python -I -S + C modules only']['p50_ms']:.1f} ms"
+    )
     for verb in ("ADD", "DEL"):
         e2e = seq["ours"][verb]["p50_ms"]
         ref = seq["ref"][verb]["p50_ms"]
@@ -715,14 +821,18 @@ def breakdown(res: dict) -> str:
         w("")
         w(f"  {verb}: end to end {e2e:.1f} ms (reference {ref:.1f} ms)")
         w(f"    ip netns exec, beyond a bare spawn            {wrapper:6.1f} ms   (paid by both)")
-        w(f"    shim process, start to exit (VERSION, bare)   {shim:6.1f} ms   "
-          f"(bridge {st['bridge VERSION (bare exec)']['p50_ms']:.1f} ms, "
-          f"host-local {st['host-local VERSION (bare exec)']['p50_ms']:.1f} ms)")
+        w(
+            f"    shim process, start to exit (VERSION, bare)   {shim:6.1f} ms   "
+            f"(bridge {st['bridge VERSION (bare exec)']['p50_ms']:.1f} ms, "
+            f"host-local {st['host-local VERSION (bare exec)']['p50_ms']:.1f} ms)"
+        )
         w(f"    agent, request sent straight to the socket    {agent:6.1f} ms")
         w(f"    remainder (stdin, JSON, connect; and noise)   {e2e - wrapper - shim - agent:6.1f} ms")
-        w(f"    inside the agent (its CniHandler in-process, mean of {pr['harness']['n']}): "
-          f"{h['mean_total_ms']:.2f} ms = etcd {h['etcd_ms']:.2f} + netlink {h['netlink_ms']:.2f} "
-          f"+ other Python {h['other_python_ms']:.2f}")
+        w(
+            f"    inside the agent (its CniHandler in-process, mean of {pr['harness']['n']}): "
+            f"{h['mean_total_ms']:.2f} ms = etcd {h['etcd_ms']:.2f} + netlink {h['netlink_ms']:.2f} "
+            f"+ other Python {h['other_python_ms']:.2f}"
+        )
         for k, v in sorted(h["mean_ms"].items(), key=lambda kv: -kv[1]):
             w(f"      {k:54}{v:7.2f} ms")
     return "\n".join(lines)
@@ -730,14 +840,19 @@ def breakdown(res: dict) -> str:
 
 # -- main ------------------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.cni_add_del", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=50, help="sequential ADDs (then DELs) per plugin (default 50)")
     p.add_argument("--concurrency", type=int, default=50, help="concurrent ADDs per plugin (default 50; 0 skips)")
     p.add_argument("--warmup", type=int, default=2, help="uncounted ADD+DEL pairs per plugin first (default 2)")
     p.add_argument("--startup-reps", type=int, default=30, help="runs of each start-up measurement (default 30)")
-    p.add_argument("--order", choices=("interleaved", "blocks"), default="interleaved",
-                   help="sequential phase: alternate ours/ref pod by pod (default) or all ours then all ref")
+    p.add_argument(
+        "--order",
+        choices=("interleaved", "blocks"),
+        default="interleaved",
+        help="sequential phase: alternate ours/ref pod by pod (default) or all ours then all ref",
+    )
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the where-the-time-goes phase")
     p.add_argument("--name", help="lab name (default bk + random hex)")
     p.add_argument("--root", help="lab root directory (default: a fresh temporary directory)")
@@ -751,7 +866,7 @@ def run(lab, args) -> dict:
     from minikubenet import subnet_env
 
     node = lab.topo.nodes[0]
-    ours_rt = lab.runtime(node.name)   # exactly the runtime the lab uses for its own pods
+    ours_rt = lab.runtime(node.name)  # exactly the runtime the lab uses for its own pods
     ours_conf = ours_rt._plugin_conf(ours_rt.conflist["plugins"][0], None)
     ours_bin = ours_rt._find("minikubenet")
     with open(ours_bin) as f:
@@ -759,15 +874,26 @@ def run(lab, args) -> dict:
     env = subnet_env.read(os.path.join(lab.run_dir(node.name), "subnet.env"))
     assert env is not None, "the agent wrote no subnet.env"
     ref_rt = CniRuntime(ref_conflist(lab), list(ours_rt.bin_dirs), node_netns=node.netns)
-    plugins = [Plugin("ours", "minikubenet", ours_rt, env.subnet),
-               Plugin("ref", "bridge+host-local", ref_rt, REF_SUBNET)]
+    plugins = [
+        Plugin("ours", "minikubenet", ours_rt, env.subnet),
+        Plugin("ref", "bridge+host-local", ref_rt, REF_SUBNET),
+    ]
     pid = lab_pid(lab, f"agent {node.name}")
     meter = CpuMeter({"agent": pid, "etcd": lab_pid(lab, "etcd")})
-    res: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "lab": lab.topo.name,
-                 "params": {"n": args.n, "concurrency": args.concurrency, "warmup": args.warmup,
-                            "order": args.order, "startup_reps": args.startup_reps},
-                 "machine": machine_info(shim_python), "node_subnet": str(env.subnet),
-                 "reference_conflist": ref_conflist(lab)}
+    res: dict = {
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "lab": lab.topo.name,
+        "params": {
+            "n": args.n,
+            "concurrency": args.concurrency,
+            "warmup": args.warmup,
+            "order": args.order,
+            "startup_reps": args.startup_reps,
+        },
+        "machine": machine_info(shim_python),
+        "node_subnet": str(env.subnet),
+        "reference_conflist": ref_conflist(lab),
+    }
     mem_before = proc_status(pid)
 
     say(f"start-up cost ({args.startup_reps} runs each) ...")
@@ -792,9 +918,10 @@ def run(lab, args) -> dict:
         results_dir = args.results_dir if args.save else None
         if results_dir:
             os.makedirs(results_dir, exist_ok=True)
-        res["profile"] = {"direct": direct_socket(lab, ours_conf, args.n, args.startup_reps),
-                          "harness": run_harness(lab, node, ours_conf, args.n, results_dir,
-                                                 res["started"].replace(":", ""))}
+        res["profile"] = {
+            "direct": direct_socket(lab, ours_conf, args.n, args.startup_reps),
+            "harness": run_harness(lab, node, ours_conf, args.n, results_dir, res["started"].replace(":", "")),
+        }
         check_clean(lab, node.netns, "the profile phase")
         res["agent_memory"]["after_profile"] = proc_status(pid)
     res["machine"]["loadavg_end"] = os.getloadavg()
@@ -809,8 +936,10 @@ def main(argv: list[str] | None = None) -> int:
         print("this benchmark needs root (network namespaces)", file=sys.stderr)
         return 2
     if not (1 <= args.n <= 200) or not (0 <= args.concurrency <= 200) or args.warmup < 0 or args.startup_reps < 1:
-        print("--n must be 1..200, --concurrency 0..200 (one /24 per side), --warmup >= 0, --startup-reps >= 1",
-              file=sys.stderr)
+        print(
+            "--n must be 1..200, --concurrency 0..200 (one /24 per side), --warmup >= 0, --startup-reps >= 1",
+            file=sys.stderr,
+        )
         return 2
 
     from minikubenet.lab.cluster import Lab
@@ -820,10 +949,11 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or "bk" + secrets.token_hex(3)
     root = args.root or tempfile.mkdtemp(prefix="minikubenet-bench-")
     lab = Lab(build_topology(name, nodes=1, pods_per_node=0), root=root, say=say)
-    lab.proxy_mode = None   # no Service proxies: they would only add noise to the timings
+    lab.proxy_mode = None  # no Service proxies: they would only add noise to the timings
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, on_term)
 
     res = None

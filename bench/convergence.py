@@ -59,17 +59,22 @@ def reached_by_all(lab: Lab, target_ip: str, sources: list, deadline: float) -> 
 
 def entries_gone(lab: Lab, node_netns: str, subnet: str, public_ip: str) -> bool:
     routes = subprocess.run(["ip", "-n", node_netns, "route", "show", subnet], capture_output=True, text=True).stdout
-    fdb = subprocess.run(["bridge", "-n", node_netns, "fdb", "show", "dev", "flannel.1"],
-                         capture_output=True, text=True).stdout
-    neigh = subprocess.run(["ip", "-n", node_netns, "neigh", "show", subnet.split("/")[0], "dev", "flannel.1"],
-                           capture_output=True, text=True).stdout
+    fdb = subprocess.run(
+        ["bridge", "-n", node_netns, "fdb", "show", "dev", "flannel.1"], capture_output=True, text=True
+    ).stdout
+    neigh = subprocess.run(
+        ["ip", "-n", node_netns, "neigh", "show", subnet.split("/")[0], "dev", "flannel.1"],
+        capture_output=True,
+        text=True,
+    ).stdout
     return not routes.strip() and f"dst {public_ip} " not in fdb and not neigh.strip()
 
 
 def measure(nodes: int, repeat: int, root: str) -> dict:
-    lab = Lab(build_topology(f"bc{os.getpid() % 100000}", nodes=nodes - 1, pods_per_node=1),
-              root=root, say=lambda *a: None)
-    lab.proxy_mode = None   # no Service proxies: they would only add noise here
+    lab = Lab(
+        build_topology(f"bc{os.getpid() % 100000}", nodes=nodes - 1, pods_per_node=1), root=root, say=lambda *a: None
+    )
+    lab.proxy_mode = None  # no Service proxies: they would only add noise here
     joins, leaves, agent_ready = [], [], []
     try:
         lab.up()
@@ -113,9 +118,11 @@ def main() -> int:
         r = measure(args.nodes, args.repeat, root)
     print(f"machine: {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}")
     print(f"convergence on a {args.nodes}-node lab, {args.repeat} rounds (median, max), target <= 1.00 s")
-    for key, label in (("join", "new node: agent start -> reached from every node"),
-                       ("agent_ready", "  of which: agent start -> ready"),
-                       ("leave", "lease deleted -> entries gone on every node")):
+    for key, label in (
+        ("join", "new node: agent start -> reached from every node"),
+        ("agent_ready", "  of which: agent start -> ready"),
+        ("leave", "lease deleted -> entries gone on every node"),
+    ):
         v = r[key]
         print(f"  {label:<52} {statistics.median(v):6.3f} s  {max(v):6.3f} s")
     print(json.dumps(r))

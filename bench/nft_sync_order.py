@@ -32,6 +32,7 @@ from bench.services import CLUSTER_CIDR, SERVICE_NET, cluster
 
 def render(n: int) -> str:
     from minikubenet.proxy.nft_render import render_nft
+
     services, endpoints = cluster(n)
     flat = {pk: eps for by_port in endpoints.values() for pk, eps in by_port.items()}
     return render_nft(services.values(), flat, (), CLUSTER_CIDR, service_cidr=str(SERVICE_NET))
@@ -144,10 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in (int(x) for x in args.sizes.split(",")):
             text = render(n)
-            variants = {"as-is": [text], "no-anon": [no_anonymous_maps(text)], "named": [named_maps(text)]} \
-                if args.quick else {"as-is": [text], "elem-last": [elements_last(text)], "grouped": [grouped(text)],
-                        "two-tx": list(two_transactions(text)), "no-flush": [no_new_chain_flush(text)],
-                        "no-anon": [no_anonymous_maps(text)], "named": [named_maps(text)]}
+            variants = (
+                {"as-is": [text], "no-anon": [no_anonymous_maps(text)], "named": [named_maps(text)]}
+                if args.quick
+                else {
+                    "as-is": [text],
+                    "elem-last": [elements_last(text)],
+                    "grouped": [grouped(text)],
+                    "two-tx": list(two_transactions(text)),
+                    "no-flush": [no_new_chain_flush(text)],
+                    "no-anon": [no_anonymous_maps(text)],
+                    "named": [named_maps(text)],
+                }
+            )
             times: dict[str, list[float]] = {k: [] for k in variants}
             sizes = {}
             for r in range(args.repeat):
@@ -159,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
             base = statistics.median(times["as-is"])
             for name, ts in times.items():
                 med = statistics.median(ts)
-                print(f"N={n:<6} {name:8} median {med * 1000:8.0f} ms  (spread {min(ts) * 1000:.0f}-"
-                      f"{max(ts) * 1000:.0f}; {med / base:.2f}x as-is; listing {sizes[name]} lines; "
-                      f"nft user {statistics.median(CPU[f'{n} {name} user']) * 1000:.0f} ms, "
-                      f"sys {statistics.median(CPU[f'{n} {name} sys']) * 1000:.0f} ms)", flush=True)
+                print(
+                    f"N={n:<6} {name:8} median {med * 1000:8.0f} ms  (spread {min(ts) * 1000:.0f}-"
+                    f"{max(ts) * 1000:.0f}; {med / base:.2f}x as-is; listing {sizes[name]} lines; "
+                    f"nft user {statistics.median(CPU[f'{n} {name} user']) * 1000:.0f} ms, "
+                    f"sys {statistics.median(CPU[f'{n} {name} sys']) * 1000:.0f} ms)",
+                    flush=True,
+                )
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     return 0

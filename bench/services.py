@@ -56,7 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
 SERVICE_NET = ipaddress.IPv4Network("10.96.0.0/12")
 CLUSTER_CIDR = "10.244.0.0/16"
-LOCAL_ENDPOINTS = ("10.244.255.1", "10.244.255.2")     # the last service's, on the veth
+LOCAL_ENDPOINTS = ("10.244.255.1", "10.244.255.2")  # the last service's, on the veth
 TARGETS = {"full_ratio": 1.3, "partial_ms": 100.0, "nft_latency_growth": 1.15}
 
 
@@ -80,31 +80,46 @@ def cluster(n: int, shape: str = "clusterip"):
     import dataclasses
 
     from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+
     services, endpoints = {}, {}
     base_ep = int(ipaddress.IPv4Address("10.244.0.0"))
     lb_base = int(ipaddress.IPv4Address("172.20.0.1"))
     for i in range(n):
-        svc = Service("bench", f"s{i:05d}", SERVICE_NET.network_address + 1 + i, (ServicePort("http", "TCP", 80, 8080),))
+        svc = Service(
+            "bench", f"s{i:05d}", SERVICE_NET.network_address + 1 + i, (ServicePort("http", "TCP", 80, 8080),)
+        )
         if shape != "clusterip":
             # A NodePort range holds 2 768 ports: beyond that, LoadBalancers without
             # NodePorts (allocateLoadBalancerNodePorts: false), as a large cluster must.
             node_port = 30000 + i if i < 2000 else None
-            svc = dataclasses.replace(svc, type="LoadBalancer", ports=(ServicePort("http", "TCP", 80, 8080, node_port),),
-                                      load_balancer_ips=(ipaddress.IPv4Address(lb_base + i),),
-                                      allocate_load_balancer_node_ports=node_port is not None)
+            svc = dataclasses.replace(
+                svc,
+                type="LoadBalancer",
+                ports=(ServicePort("http", "TCP", 80, 8080, node_port),),
+                load_balancer_ips=(ipaddress.IPv4Address(lb_base + i),),
+                allocate_load_balancer_node_ports=node_port is not None,
+            )
         if shape == "local":
-            svc = dataclasses.replace(svc, external_traffic_policy="Local",
-                                      health_check_node_port=32100 + i if i < 600 else None)
-        ips = LOCAL_ENDPOINTS if i == n - 1 else (ipaddress.IPv4Address(base_ep + 2 * i + 1),
-                                                  ipaddress.IPv4Address(base_ep + 2 * i + 2))
+            svc = dataclasses.replace(
+                svc, external_traffic_policy="Local", health_check_node_port=32100 + i if i < 600 else None
+            )
+        ips = (
+            LOCAL_ENDPOINTS
+            if i == n - 1
+            else (ipaddress.IPv4Address(base_ep + 2 * i + 1), ipaddress.IPv4Address(base_ep + 2 * i + 2))
+        )
         services[svc.key] = svc
-        endpoints[svc.key] = {svc.port_key(svc.ports[0]): [
-            Endpoint(ipaddress.IPv4Address(ip), 8080, node_name=BENCH_NODE if j == 0 else "other")
-            for j, ip in enumerate(ips)]}
+        endpoints[svc.key] = {
+            svc.port_key(svc.ports[0]): [
+                Endpoint(ipaddress.IPv4Address(ip), 8080, node_name=BENCH_NODE if j == 0 else "other")
+                for j, ip in enumerate(ips)
+            ]
+        }
     return services, endpoints
 
 
 # --------------------------------------------------------------------------- worker (in a netns)
+
 
 class Recorder:
     """Wraps the syncer's one kernel call to keep its text and its duration."""
@@ -119,15 +134,21 @@ class Recorder:
                 return fn(text, *a, **kw)
             finally:
                 self.seconds, self.text = time.perf_counter() - t, text
+
         return timed
 
 
 def make_syncer(mode: str, iptables_binary: str):
     from minikubenet.proxy import syncers
     from minikubenet.proxy.model import RenderOptions
-    config = syncers.SyncConfig(cluster_cidr=CLUSTER_CIDR, service_cidr=str(SERVICE_NET),
-                                iptables=iptables_binary, conntrack_cleanup=False,
-                                options=RenderOptions(node_name=BENCH_NODE))
+
+    config = syncers.SyncConfig(
+        cluster_cidr=CLUSTER_CIDR,
+        service_cidr=str(SERVICE_NET),
+        iptables=iptables_binary,
+        conntrack_cleanup=False,
+        options=RenderOptions(node_name=BENCH_NODE),
+    )
     rec = Recorder()
     if mode == "iptables":
         syncers.iptables.restore = rec.wrap(syncers.iptables.restore)
@@ -159,7 +180,7 @@ def worker_full(spec: dict) -> dict | None:
     if spec.get("partial"):
         out["partial"] = partials(mode, syncer, rec, services, endpoints, spec)
     if spec.get("latency"):
-        print(json.dumps(out), flush=True)          # the sync figures first, then serve
+        print(json.dumps(out), flush=True)  # the sync figures first, then serve
         serve_latency(services)
         return None
     return out
@@ -168,6 +189,7 @@ def worker_full(spec: dict) -> dict | None:
 def partials(mode, syncer, rec, services, endpoints, spec) -> dict:
     """One service's endpoints change (2 -> 1 -> 2 ...), then one new service appears."""
     from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+
     keys = sorted(services)
     key = keys[len(keys) // 2]
     full_eps = endpoints[key]
@@ -180,14 +202,23 @@ def partials(mode, syncer, rec, services, endpoints, spec) -> dict:
         times.append(time.perf_counter() - t)
         sizes.append(len(rec.text))
         applies.append(rec.seconds * 1000)
-    out = {"endpoint_change_ms": [x * 1000 for x in times], "endpoint_change_bytes": sizes[0],
-           "endpoint_change_apply_ms": applies}
+    out = {
+        "endpoint_change_ms": [x * 1000 for x in times],
+        "endpoint_change_bytes": sizes[0],
+        "endpoint_change_apply_ms": applies,
+    }
     new_times = []
     for i in range(spec["partial_repeat"]):
-        svc = Service("bench", f"new{i}", SERVICE_NET.broadcast_address - 1 - i, (ServicePort("http", "TCP", 80, 8080),))
+        svc = Service(
+            "bench", f"new{i}", SERVICE_NET.broadcast_address - 1 - i, (ServicePort("http", "TCP", 80, 8080),)
+        )
         services[svc.key] = svc
-        endpoints[svc.key] = {svc.port_key(svc.ports[0]): [Endpoint(ipaddress.IPv4Address(f"10.245.0.{2 * i + 1}"), 8080),
-                                                            Endpoint(ipaddress.IPv4Address(f"10.245.0.{2 * i + 2}"), 8080)]}
+        endpoints[svc.key] = {
+            svc.port_key(svc.ports[0]): [
+                Endpoint(ipaddress.IPv4Address(f"10.245.0.{2 * i + 1}"), 8080),
+                Endpoint(ipaddress.IPv4Address(f"10.245.0.{2 * i + 2}"), 8080),
+            ]
+        }
         t = time.perf_counter()
         syncer.sync(services, endpoints, {svc.key})
         new_times.append(time.perf_counter() - t)
@@ -201,8 +232,9 @@ def partials(mode, syncer, rec, services, endpoints, spec) -> dict:
         plan = syncer.plan(services, endpoints, {key})
         text = plan.render_partial(previous)
         out["kube_proxy_style_bytes"] = len(text)
-        out["kube_proxy_style_bare_ms"] = [bare_apply(mode, text, spec["iptables"]) * 1000
-                                           for _ in range(min(3, spec["partial_repeat"]))]
+        out["kube_proxy_style_bare_ms"] = [
+            bare_apply(mode, text, spec["iptables"]) * 1000 for _ in range(min(3, spec["partial_repeat"]))
+        ]
         syncer.state = plan.state
     return out
 
@@ -220,11 +252,14 @@ while True:
 def plumb() -> None:
     """A veth (this kernel may have no dummy driver) carrying the local endpoints, and a
     route for the service network, so a connect() to a ClusterIP leaves through OUTPUT."""
-    for argv in (["ip", "link", "set", "lo", "up"],
-                 ["ip", "link", "add", "mkb0", "type", "veth", "peer", "name", "mkb1"],
-                 ["ip", "link", "set", "mkb1", "up"], ["ip", "link", "set", "mkb0", "up"],
-                 *[["ip", "addr", "add", f"{ip}/32", "dev", "mkb0"] for ip in LOCAL_ENDPOINTS],
-                 ["ip", "route", "add", str(SERVICE_NET), "dev", "mkb0", "src", LOCAL_ENDPOINTS[0]]):
+    for argv in (
+        ["ip", "link", "set", "lo", "up"],
+        ["ip", "link", "add", "mkb0", "type", "veth", "peer", "name", "mkb1"],
+        ["ip", "link", "set", "mkb1", "up"],
+        ["ip", "link", "set", "mkb0", "up"],
+        *[["ip", "addr", "add", f"{ip}/32", "dev", "mkb0"] for ip in LOCAL_ENDPOINTS],
+        ["ip", "route", "add", str(SERVICE_NET), "dev", "mkb0", "src", LOCAL_ENDPOINTS[0]],
+    ):
         subprocess.run(argv, check=True, capture_output=True)
 
 
@@ -239,7 +274,7 @@ class LatencyProbe:
         self.server.stdout.readline()
 
     def measure(self, connections: int) -> list[float]:
-        linger = struct.pack("ii", 1, 0)            # close with RST: no TIME_WAIT pile-up
+        linger = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT pile-up
         samples = []
         for _ in range(connections):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -263,7 +298,7 @@ def serve_latency(services) -> None:
     between the sizes this way, so a slow moment of the machine hits all of them."""
     probe = LatencyProbe(services)
     try:
-        probe.measure(200)                          # the first ones warm caches
+        probe.measure(200)  # the first ones warm caches
         print("ready", flush=True)
         for line in sys.stdin:
             if line.startswith("measure "):
@@ -288,6 +323,7 @@ def worker(spec_path: str) -> int:
 
 # --------------------------------------------------------------------------- orchestration
 
+
 class Namespaces:
     """Throwaway namespaces ``<prefix>-<k>``; every one is deleted by ``close``, at the
     end: the kernel tears a deleted namespace's tables down in the background, which
@@ -311,14 +347,18 @@ class Namespaces:
     def close(self) -> list[str]:
         for name in self.made:
             self.drop(name)
-        return [n for n in os.listdir("/run/netns") if n.startswith(self.prefix + "-")] \
-            if os.path.isdir("/run/netns") else []
+        return (
+            [n for n in os.listdir("/run/netns") if n.startswith(self.prefix + "-")]
+            if os.path.isdir("/run/netns")
+            else []
+        )
 
 
 def run_worker(ns: str, spec: dict, tmp: str) -> dict:
     argv = worker_argv(ns, spec, tmp)
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=3600,
-                       env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)})
+    p = subprocess.run(
+        argv, capture_output=True, text=True, timeout=3600, env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)}
+    )
     if p.returncode != 0:
         raise RuntimeError(f"worker {spec['task']} {spec['mode']} N={spec['n']} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout)
@@ -336,9 +376,14 @@ class LatencyWorker:
 
     def __init__(self, ns: str, spec: dict, tmp: str):
         self.what = f"{spec['mode']} N={spec['n']}"
-        self.proc = subprocess.Popen(worker_argv(ns, spec, tmp), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)})
+        self.proc = subprocess.Popen(
+            worker_argv(ns, spec, tmp),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.path.dirname(HERE)},
+        )
         self.sync = json.loads(self._line())
         if self._line() != "ready":
             raise RuntimeError(f"latency worker {self.what} did not get ready")
@@ -386,16 +431,21 @@ def interleaved_latency(workers: dict[int, LatencyWorker], connections: int) -> 
     samples: dict[int, list[float]] = {n: [] for n in sizes}
     round_p50: dict[int, list[float]] = {n: [] for n in sizes}
     for r in range(LATENCY_ROUNDS):
-        for n in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
+        for n in sizes[r % len(sizes) :] + sizes[: r % len(sizes)]:
             got = workers[n].measure(per_round)
             samples[n] += got
             round_p50[n].append(statistics.median(got))
     out = {}
     for n in sizes:
         xs = sorted(samples[n])
-        out[n] = {"p50_us": xs[len(xs) // 2], "p99_us": xs[int(len(xs) * 0.99)], "mean_us": statistics.fmean(xs),
-                  "n": len(xs), "round_p50_us": round_p50[n],
-                  "growth": statistics.median(a / b for a, b in zip(round_p50[n], round_p50[sizes[0]]))}
+        out[n] = {
+            "p50_us": xs[len(xs) // 2],
+            "p99_us": xs[int(len(xs) * 0.99)],
+            "mean_us": statistics.fmean(xs),
+            "n": len(xs),
+            "round_p50_us": round_p50[n],
+            "growth": statistics.median(a / b for a, b in zip(round_p50[n], round_p50[sizes[0]])),
+        }
     return out
 
 
@@ -407,8 +457,10 @@ def measure(args, nss: Namespaces, tmp: str) -> dict:
         try:
             measure_mode(args, nss, tmp, res, mode, latency_workers)
             if latency_workers:
-                say(f"  {mode:8} connect latency: {LATENCY_ROUNDS} rounds alternating N="
-                    f"{', '.join(str(n) for n in sorted(latency_workers))} ...")
+                say(
+                    f"  {mode:8} connect latency: {LATENCY_ROUNDS} rounds alternating N="
+                    f"{', '.join(str(n) for n in sorted(latency_workers))} ..."
+                )
                 res["latency"][mode] = interleaved_latency(latency_workers, args.connections)
         finally:
             for w in latency_workers.values():
@@ -425,10 +477,18 @@ def measure_mode(args, nss: Namespaces, tmp: str, res: dict, mode: str, latency_
         repeat = args.repeat if n in args.sizes else 1
         for r in range(repeat):
             text_file = os.path.join(tmp, f"text-{mode}-{n}.txt")
-            spec = {"task": "full", "mode": mode, "n": n, "iptables": args.iptables, "text_file": text_file,
-                    "shape": args.shape,
-                    "partial": n == biggest and r == 0, "partial_repeat": args.partial_repeat,
-                    "latency": n in args.latency_sizes and r == 0, "connections": args.connections}
+            spec = {
+                "task": "full",
+                "mode": mode,
+                "n": n,
+                "iptables": args.iptables,
+                "text_file": text_file,
+                "shape": args.shape,
+                "partial": n == biggest and r == 0,
+                "partial_repeat": args.partial_repeat,
+                "latency": n in args.latency_sizes and r == 0,
+                "connections": args.connections,
+            }
             order = ["full", "bare"] if r % 2 == 0 else ["bare", "full"]
             got: dict = {}
             if order[0] == "bare" and not os.path.exists(text_file):
@@ -441,8 +501,10 @@ def measure_mode(args, nss: Namespaces, tmp: str, res: dict, mode: str, latency_
                 else:
                     got.update(run_worker(ns, dict(spec, task=task), tmp))
             rounds.append(got)
-            say(f"  {mode:8} N={n:<6} round {r + 1}: sync {got['full_s'] * 1000:8.1f} ms "
-                f"(kernel call {got['apply_s'] * 1000:.1f}), bare {got['bare_s'] * 1000:8.1f} ms")
+            say(
+                f"  {mode:8} N={n:<6} round {r + 1}: sync {got['full_s'] * 1000:8.1f} ms "
+                f"(kernel call {got['apply_s'] * 1000:.1f}), bare {got['bare_s'] * 1000:8.1f} ms"
+            )
             if "partial" in got:
                 res["partial"][mode] = got["partial"]
         if n in args.sizes:
@@ -450,28 +512,37 @@ def measure_mode(args, nss: Namespaces, tmp: str, res: dict, mode: str, latency_
                 "sync_s": statistics.median(g["full_s"] for g in rounds),
                 "apply_s": statistics.median(g["apply_s"] for g in rounds),
                 "bare_s": statistics.median(g["bare_s"] for g in rounds),
-                "text_bytes": rounds[0]["text_bytes"], "rules": rounds[0]["rules"], "rounds": rounds}
+                "text_bytes": rounds[0]["text_bytes"],
+                "rules": rounds[0]["rules"],
+                "rounds": rounds,
+            }
 
 
 # --------------------------------------------------------------------------- report
+
 
 def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
 def report(res: dict, args) -> str:
-    lines = [f"minikubenet-proxy sync and connection benchmark ({args.shape} services), {res['started']}",
-             f"machine: {res['machine']['cpu']} x{res['machine']['cores']}, kernel {res['machine']['kernel']}, "
-             f"load {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f}; "
-             f"iptables binary `{args.iptables}` ({res['machine']['iptables']}), {res['machine']['nft']}",
-             "", "FULL SYNC (median of rounds; daemon = plan + render + one restore + jumps; bare = the same text alone)",
-             f"{'mode':9} {'services':>8} {'rules':>8} {'daemon':>10} {'bare':>10} {'ratio':>6}  target <= {TARGETS['full_ratio']}"]
+    lines = [
+        f"minikubenet-proxy sync and connection benchmark ({args.shape} services), {res['started']}",
+        f"machine: {res['machine']['cpu']} x{res['machine']['cores']}, kernel {res['machine']['kernel']}, "
+        f"load {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f}; "
+        f"iptables binary `{args.iptables}` ({res['machine']['iptables']}), {res['machine']['nft']}",
+        "",
+        "FULL SYNC (median of rounds; daemon = plan + render + one restore + jumps; bare = the same text alone)",
+        f"{'mode':9} {'services':>8} {'rules':>8} {'daemon':>10} {'bare':>10} {'ratio':>6}  target <= {TARGETS['full_ratio']}",
+    ]
     for mode, by_n in res["full"].items():
         for n, r in sorted(by_n.items(), key=lambda kv: int(kv[0])):
             ratio = r["sync_s"] / r["bare_s"]
             rules = sum(r["rules"].values())
-            lines.append(f"{mode:9} {int(n):>8} {rules:>8} {r['sync_s'] * 1000:>8.0f}ms {r['bare_s'] * 1000:>8.0f}ms "
-                         f"{ratio:>6.2f}  {verdict(ratio <= TARGETS['full_ratio'])}")
+            lines.append(
+                f"{mode:9} {int(n):>8} {rules:>8} {r['sync_s'] * 1000:>8.0f}ms {r['bare_s'] * 1000:>8.0f}ms "
+                f"{ratio:>6.2f}  {verdict(ratio <= TARGETS['full_ratio'])}"
+            )
     if {"iptables", "nftables"} <= set(res["full"]):
         lines += ["", "NFTABLES / IPTABLES full sync (daemon, median; issue 13 target <= 1.0)"]
         for n in sorted(set(res["full"]["iptables"]) & set(res["full"]["nftables"]), key=int):
@@ -480,32 +551,45 @@ def report(res: dict, args) -> str:
     lines += ["", f"PARTIAL SYNC at {max(args.sizes)} services (median; target <= {TARGETS['partial_ms']:.0f} ms)"]
     for mode, p in res["partial"].items():
         ec, ns = statistics.median(p["endpoint_change_ms"]), statistics.median(p["new_service_ms"])
-        lines.append(f"{mode:9} one service's endpoints change: {ec:7.1f} ms ({p['endpoint_change_bytes']} bytes; "
-                     f"of it the {'iptables-restore' if mode == 'iptables' else 'nft -f'} call "
-                     f"{statistics.median(p['endpoint_change_apply_ms']):.1f} ms)  {verdict(ec <= TARGETS['partial_ms'])}")
-        lines.append(f"{mode:9} one new service:                {ns:7.1f} ms ({p['new_service_bytes']} bytes)  "
-                     f"{verdict(ns <= TARGETS['partial_ms'])}")
+        lines.append(
+            f"{mode:9} one service's endpoints change: {ec:7.1f} ms ({p['endpoint_change_bytes']} bytes; "
+            f"of it the {'iptables-restore' if mode == 'iptables' else 'nft -f'} call "
+            f"{statistics.median(p['endpoint_change_apply_ms']):.1f} ms)  {verdict(ec <= TARGETS['partial_ms'])}"
+        )
+        lines.append(
+            f"{mode:9} one new service:                {ns:7.1f} ms ({p['new_service_bytes']} bytes)  "
+            f"{verdict(ns <= TARGETS['partial_ms'])}"
+        )
         if "kube_proxy_style_bare_ms" in p:
-            lines.append(f"{mode:9} (kube-proxy style, KUBE-SERVICES rewritten too: bare restore alone "
-                         f"{statistics.median(p['kube_proxy_style_bare_ms']):.1f} ms, {p['kube_proxy_style_bytes']} bytes)")
-    lines += ["", f"CONNECT LATENCY to the last service ({args.connections} connections per point in "
-                  f"{LATENCY_ROUNDS} alternating rounds, microseconds; 'vs 1' = median of the rounds' paired p50 ratios)",
-              f"{'mode':9} {'services':>8} {'p50':>8} {'p99':>8} {'p50 vs 1':>9}"]
+            lines.append(
+                f"{mode:9} (kube-proxy style, KUBE-SERVICES rewritten too: bare restore alone "
+                f"{statistics.median(p['kube_proxy_style_bare_ms']):.1f} ms, {p['kube_proxy_style_bytes']} bytes)"
+            )
+    lines += [
+        "",
+        f"CONNECT LATENCY to the last service ({args.connections} connections per point in "
+        f"{LATENCY_ROUNDS} alternating rounds, microseconds; 'vs 1' = median of the rounds' paired p50 ratios)",
+        f"{'mode':9} {'services':>8} {'p50':>8} {'p99':>8} {'p50 vs 1':>9}",
+    ]
     for mode, by_n in res["latency"].items():
         items = sorted(by_n.items(), key=lambda kv: int(kv[0]))
         for n, r in items:
             growth = r["growth"]
             note = ""
             if mode == "nftables" and int(n) == max(int(k) for k in by_n) and int(items[0][0]) == 1:
-                note = f"  target <= {TARGETS['nft_latency_growth']}: {verdict(growth <= TARGETS['nft_latency_growth'])}"
+                note = (
+                    f"  target <= {TARGETS['nft_latency_growth']}: {verdict(growth <= TARGETS['nft_latency_growth'])}"
+                )
             lines.append(f"{mode:9} {int(n):>8} {r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {growth:>8.2f}x{note}")
     return "\n".join(lines)
 
 
 def plot(res: dict, args, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax = axes[0]
     for mode, by_n in res["full"].items():
@@ -533,7 +617,7 @@ def plot(res: dict, args, path: str) -> None:
     ax = axes[2]
     for mode, by_n in res["latency"].items():
         ns = sorted(int(n) for n in by_n)
-        get = lambda n, k, by_n=by_n: by_n[n if n in by_n else str(n)][k]   # noqa: E731
+        get = lambda n, k, by_n=by_n: by_n[n if n in by_n else str(n)][k]  # noqa: E731
         ax.plot(ns, [get(n, "p50_us") for n in ns], "o-", label=f"{mode} p50")
         ax.plot(ns, [get(n, "p99_us") for n in ns], "x--", label=f"{mode} p99")
     ax.set(title="connect() to the last service", xlabel="services", ylabel="microseconds", yscale="log")
@@ -550,13 +634,19 @@ def machine() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    version = lambda argv: subprocess.run(argv, capture_output=True, text=True).stdout.strip()   # noqa: E731
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "loadavg_start": os.getloadavg(),
-            "iptables": version(["iptables", "--version"]), "nft": version(["nft", "--version"])}
+    version = lambda argv: subprocess.run(argv, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "loadavg_start": os.getloadavg(),
+        "iptables": version(["iptables", "--version"]),
+        "nft": version(["nft", "--version"]),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ints = lambda s: [int(x) for x in s.split(",") if x]   # noqa: E731
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--modes", type=lambda s: s.split(","), default=["iptables", "nftables"])
     p.add_argument("--sizes", type=ints, default=[1000, 5000, 10000], help="services for the full-sync table")
@@ -565,9 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-repeat", type=int, default=7)
     p.add_argument("--connections", type=int, default=2000)
     p.add_argument("--iptables", default="iptables", help="iptables, iptables-nft or iptables-legacy")
-    p.add_argument("--shape", choices=SHAPES, default="clusterip",
-                   help="services: ClusterIP, LoadBalancer with an ingress IP, or LoadBalancer with "
-                        "externalTrafficPolicy Local")
+    p.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default="clusterip",
+        help="services: ClusterIP, LoadBalancer with an ingress IP, or LoadBalancer with externalTrafficPolicy Local",
+    )
     p.add_argument("--results-dir", default=RESULTS_DIR)
     p.add_argument("--no-save", dest="save", action="store_false")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -584,10 +677,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, on_term)
 
-    res: dict = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-           "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
+    res: dict = {
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+    }
     nss = Namespaces()
     tmp = tempfile.mkdtemp(prefix="minikubenet-bench-svc-")
     code = 0

@@ -45,19 +45,45 @@ SERVER_CPUS = ["taskset", "-c", ",".join(str(c) for c in _CPUS[1:])] if len(_CPU
 
 def iperf(lab: Lab, server_ns: str, server_ip: str, client_ns: str, seconds: int) -> float:
     """One iperf3 TCP run; returns Gbit/s received."""
-    rec = lab._start(server_ns, [*SERVER_CPUS, "iperf3", "-s", "-p", str(PORT)],
-                     os.path.join(lab.dir, "logs", "iperf3-server.log"), "iperf3 server")
+    rec = lab._start(
+        server_ns,
+        [*SERVER_CPUS, "iperf3", "-s", "-p", str(PORT)],
+        os.path.join(lab.dir, "logs", "iperf3-server.log"),
+        "iperf3 server",
+    )
     try:
         # Wait for the listening socket without connecting to it: iperf3 would take a
         # probe connection for a client and reset the real one.
         deadline = time.monotonic() + 10
-        while f":{PORT} " not in subprocess.run(["ip", "netns", "exec", server_ns, "ss", "-Hltn"],
-                                                 capture_output=True, text=True).stdout:
+        while (
+            f":{PORT} "
+            not in subprocess.run(
+                ["ip", "netns", "exec", server_ns, "ss", "-Hltn"], capture_output=True, text=True
+            ).stdout
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"iperf3 does not listen in {server_ns}")
             time.sleep(0.05)
-        out = subprocess.run(["ip", "netns", "exec", client_ns, *CLIENT_CPU, "iperf3", "-c", server_ip, "-p", str(PORT),
-                              "-t", str(seconds), "-J"], capture_output=True, text=True, timeout=seconds + 30)
+        out = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                client_ns,
+                *CLIENT_CPU,
+                "iperf3",
+                "-c",
+                server_ip,
+                "-p",
+                str(PORT),
+                "-t",
+                str(seconds),
+                "-J",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        )
         doc = json.loads(out.stdout)
         if "error" in doc:
             raise RuntimeError(f"iperf3: {doc['error']}")
@@ -68,9 +94,12 @@ def iperf(lab: Lab, server_ns: str, server_ip: str, client_ns: str, seconds: int
 
 def measure_backend(backend: str, seconds: int, repeat: int, root: str, rps_cpus: str | None) -> dict:
     tag = "r" if rps_cpus else "k"
-    lab = Lab(build_topology(f"bt{backend[:1]}{tag}{os.getpid() % 10000}", nodes=2, pods_per_node=1,
-                             backend=backend), root=root, say=lambda *a: None)
-    lab.proxy_mode = None   # no Service proxies: they would only add noise here
+    lab = Lab(
+        build_topology(f"bt{backend[:1]}{tag}{os.getpid() % 10000}", nodes=2, pods_per_node=1, backend=backend),
+        root=root,
+        say=lambda *a: None,
+    )
+    lab.proxy_mode = None  # no Service proxies: they would only add noise here
     lab.rps_cpus = rps_cpus
     try:
         lab.up()
@@ -80,8 +109,12 @@ def measure_backend(backend: str, seconds: int, repeat: int, root: str, rps_cpus
         for _ in range(repeat):
             underlay.append(iperf(lab, n2.netns, str(n2.ip), n1.netns, seconds))
             pods.append(iperf(lab, n2.pods[0].netns, pod_ip, n1.pods[0].netns, seconds))
-        return {"underlay": statistics.median(underlay), "pods": statistics.median(pods),
-                "underlay_runs": underlay, "pod_runs": pods}
+        return {
+            "underlay": statistics.median(underlay),
+            "pods": statistics.median(pods),
+            "underlay_runs": underlay,
+            "pod_runs": pods,
+        }
     finally:
         lab.down()
 
@@ -92,8 +125,10 @@ CONFIGS = [("rps", "lab default: RPS on node devices"), ("kernel", "kernel defau
 
 def plot(results: dict, path: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, (config, title) in zip(axes, [c for c in CONFIGS if c[0] in results]):
@@ -134,8 +169,10 @@ def main() -> int:
             # Both labs of a config measure the same kind of underlay; their median is its 1.0.
             r["underlay"] = statistics.median([r["host-gw"]["underlay"], r["vxlan"]["underlay"]])
             results[config] = r
-    print(f"machine: {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}; "
-          f"iperf3 client on CPU {CLIENT_CPU[-1]}, server on {' '.join(SERVER_CPUS[2:]) or 'any CPU'}, RPS mask {rps_mask}")
+    print(
+        f"machine: {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}; "
+        f"iperf3 client on CPU {CLIENT_CPU[-1]}, server on {' '.join(SERVER_CPUS[2:]) or 'any CPU'}, RPS mask {rps_mask}"
+    )
     print(f"{'path':<28} {'config':<10} {'Gbit/s':>8} {'x underlay':>11}  target")
     for config, _title in CONFIGS:
         if config not in results:

@@ -32,7 +32,7 @@ import datetime
 import ipaddress
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -51,6 +51,7 @@ CA_VALIDITY = datetime.timedelta(days=3650)
 @dataclass(frozen=True)
 class CertFiles:
     """One certificate and its key on disk."""
+
     cert: str
     key: str
 
@@ -58,6 +59,7 @@ class CertFiles:
 @dataclass(frozen=True)
 class EtcdPki:
     """Where the files of one etcd PKI live (nothing is read or made by this class)."""
+
     dir: str
 
     def _pair(self, name: str) -> CertFiles:
@@ -86,9 +88,11 @@ class EtcdPki:
 
 # --------------------------------------------------------------------------- issuing
 
+
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "minikubenet"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "minikubenet"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -98,17 +102,32 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 def make_ca(common_name: str = "minikubenet etcd CA") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = _new_key()
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(_name(common_name)).issuer_name(_name(common_name))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
@@ -126,25 +145,42 @@ def subject_alt_names(addresses: list[str]) -> list[x509.GeneralName]:
     return out
 
 
-def issue(ca_key, ca_cert: x509.Certificate, common_name: str, *, server: bool, client: bool,
-          addresses: Sequence[str] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def issue(
+    ca_key, ca_cert: x509.Certificate, common_name: str, *, server: bool, client: bool, addresses: Sequence[str] = ()
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A leaf certificate signed by the CA. ``server``: for TLS servers (SANs from
     ``addresses``); ``client``: for TLS client authentication (its CN is the etcd user)."""
     key = _new_key()
     now = datetime.datetime.now(datetime.timezone.utc)
-    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
-             ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
-    b = (x509.CertificateBuilder()
-         .subject_name(_name(common_name)).issuer_name(ca_cert.subject)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                                      crl_sign=False, content_commitment=False, data_encipherment=False,
-                                      key_agreement=False, encipher_only=False, decipher_only=False),
-                        critical=True)
-         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    )
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
     if server:
         b = b.add_extension(x509.SubjectAlternativeName(subject_alt_names(list(addresses))), critical=False)
     return key, b.sign(ca_key, hashes.SHA256())
@@ -169,19 +205,20 @@ def issue_client(ca_key, ca_cert, user: str):
 
 # --------------------------------------------------------------------------- files
 
+
 def _write_private(path: str, data: bytes) -> None:
-    private_files.write_atomic(path, data)      # 0600 from the first byte
+    private_files.write_atomic(path, data)  # 0600 from the first byte
 
 
 def _save(files: CertFiles, key, cert: x509.Certificate) -> None:
-    _write_private(files.key, key.private_bytes(serialization.Encoding.PEM,
-                                                serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    _write_private(
+        files.key,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     _write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
-def create_pki(directory: str, member_addresses: list[str],
-               users: tuple[str, ...] = (ROOT_USER, *USERS)) -> EtcdPki:
+def create_pki(directory: str, member_addresses: list[str], users: tuple[str, ...] = (ROOT_USER, *USERS)) -> EtcdPki:
     """The whole set in ``directory`` (made 0700): CA, server and peer certificates for
     ``member_addresses``, one client certificate per user."""
     os.makedirs(directory, mode=0o700, exist_ok=True)

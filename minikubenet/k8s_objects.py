@@ -37,16 +37,17 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence, cast
+from typing import cast
 
 PROTOCOLS = ("TCP", "UDP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 AFFINITIES = ("None", "ClientIP")
-DEFAULT_AFFINITY_TIMEOUT = 10800   # 3 h: core/v1 DefaultClientIPServiceAffinitySeconds
-MAX_AFFINITY_TIMEOUT = 86400       # the API server's upper bound (1 day)
-DEFAULT_NODE_PORT_RANGE = (30000, 32767)   # kube-apiserver --service-node-port-range
+DEFAULT_AFFINITY_TIMEOUT = 10800  # 3 h: core/v1 DefaultClientIPServiceAffinitySeconds
+MAX_AFFINITY_TIMEOUT = 86400  # the API server's upper bound (1 day)
+DEFAULT_NODE_PORT_RANGE = (30000, 32767)  # kube-apiserver --service-node-port-range
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -69,6 +70,7 @@ def _total(kind: str):
     field checks below name the usual mistakes; a shape they do not expect (a string
     where an object belongs, ``{"metadata": "oops"}``) would otherwise surface as an
     AttributeError or TypeError from deep inside, and stop whoever called us."""
+
     def wrap(fn):
         @functools.wraps(fn)
         def parse(doc, *args, **kwargs):
@@ -78,18 +80,21 @@ def _total(kind: str):
                 raise
             except (AttributeError, TypeError, KeyError, ValueError, IndexError) as e:
                 raise ValidationError(kind, [f"malformed document ({type(e).__name__}: {e})"]) from None
+
         return parse
+
     return wrap
 
 
 # --------------------------------------------------------------------------- the model
 
+
 @dataclass(frozen=True)
 class ServicePort:
-    name: str                  # "" is allowed only when the service has a single port
-    protocol: str              # "TCP" | "UDP"
-    port: int                  # the port on the ClusterIP
-    target_port: int | str     # the pod's port: a number, or a named container port
+    name: str  # "" is allowed only when the service has a single port
+    protocol: str  # "TCP" | "UDP"
+    port: int  # the port on the ClusterIP
+    target_port: int | str  # the pod's port: a number, or a named container port
     node_port: int | None = None
 
 
@@ -97,7 +102,7 @@ class ServicePort:
 class Service:
     namespace: str
     name: str
-    cluster_ip: ipaddress.IPv4Address | None    # None: headless, not proxied
+    cluster_ip: ipaddress.IPv4Address | None  # None: headless, not proxied
     ports: tuple[ServicePort, ...]
     type: str = "ClusterIP"
     selector: Mapping[str, str] = field(default_factory=dict)
@@ -106,7 +111,7 @@ class Service:
     external_ips: tuple[ipaddress.IPv4Address, ...] = ()
     external_traffic_policy: str = "Cluster"
     internal_traffic_policy: str = "Cluster"
-    load_balancer_ips: tuple[ipaddress.IPv4Address, ...] = ()      # status.loadBalancer.ingress
+    load_balancer_ips: tuple[ipaddress.IPv4Address, ...] = ()  # status.loadBalancer.ingress
     load_balancer_source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
     health_check_node_port: int | None = None
     allocate_load_balancer_node_ports: bool = True
@@ -121,8 +126,7 @@ class Service:
     @property
     def externally_accessible(self) -> bool:
         """Reachable from outside the cluster: a NodePort, an LB IP or an external IP."""
-        return (any(p.node_port for p in self.ports) or bool(self.load_balancer_ips)
-                or bool(self.external_ips))
+        return any(p.node_port for p in self.ports) or bool(self.load_balancer_ips) or bool(self.external_ips)
 
     @property
     def external_policy_local(self) -> bool:
@@ -159,7 +163,7 @@ class Endpoint:
     pod_name: str = ""
     # EndpointSlice conditions (discovery/v1): ready implies serving; a pod being deleted
     # is terminating, not ready, and serving while its readiness probe still passes.
-    serving: bool | None = None        # None: same as ready (Endpoints objects lack it)
+    serving: bool | None = None  # None: same as ready (Endpoints objects lack it)
     terminating: bool = False
 
     @property
@@ -183,13 +187,13 @@ class ContainerPort:
 class Pod:
     namespace: str
     name: str
-    ip: ipaddress.IPv4Address | None        # None until the CNI plugin gave it one
+    ip: ipaddress.IPv4Address | None  # None until the CNI plugin gave it one
     node_name: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     ready: bool = True
     container_ports: tuple[ContainerPort, ...] = ()
-    serving: bool | None = None     # the Ready condition alone, deletion aside (None: = ready)
-    terminating: bool = False       # metadata.deletionTimestamp is set
+    serving: bool | None = None  # the Ready condition alone, deletion aside (None: = ready)
+    terminating: bool = False  # metadata.deletionTimestamp is set
 
 
 def service_port_name(namespace: str, name: str, port_name: str) -> str:
@@ -199,9 +203,13 @@ def service_port_name(namespace: str, name: str, port_name: str) -> str:
 
 # --------------------------------------------------------------------------- Service JSON
 
+
 @_total("Service")
-def service_from_k8s(doc: Mapping, service_cidr: str | ipaddress.IPv4Network | None = None,
-                     node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE) -> Service:
+def service_from_k8s(
+    doc: Mapping,
+    service_cidr: str | ipaddress.IPv4Network | None = None,
+    node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE,
+) -> Service:
     """Parse and validate a k8s-shaped Service. Raises ``ValidationError`` listing every
     problem. With ``service_cidr``, a ClusterIP outside it is an error (the API server
     allocates ClusterIPs from --service-cluster-ip-range; an IP outside it would be
@@ -220,8 +228,11 @@ def service_from_k8s(doc: Mapping, service_cidr: str | ipaddress.IPv4Network | N
     cluster_ip = _cluster_ip(spec.get("clusterIP"), service_cidr, errors)
     allocate = spec.get("allocateLoadBalancerNodePorts")
     if allocate is not None and (svc_type != "LoadBalancer" or not isinstance(allocate, bool)):
-        errors.append("spec.allocateLoadBalancerNodePorts: may only be used when `type` is 'LoadBalancer'"
-                      if svc_type != "LoadBalancer" else f"spec.allocateLoadBalancerNodePorts: {allocate!r} must be a boolean")
+        errors.append(
+            "spec.allocateLoadBalancerNodePorts: may only be used when `type` is 'LoadBalancer'"
+            if svc_type != "LoadBalancer"
+            else f"spec.allocateLoadBalancerNodePorts: {allocate!r} must be a boolean"
+        )
     allocate = allocate is not False
     ports = _ports(spec.get("ports"), svc_type, node_port_range, errors, allocate)
     selector = _selector(spec.get("selector", {}), errors)
@@ -232,12 +243,23 @@ def service_from_k8s(doc: Mapping, service_cidr: str | ipaddress.IPv4Network | N
     etp, itp, hc_port = _traffic_policies(spec, svc_type, bool(external_ips), node_port_range, errors)
     if errors:
         raise ValidationError(what, errors)
-    return Service(namespace=namespace, name=name, cluster_ip=cluster_ip, ports=tuple(ports),
-                   type=svc_type, selector=selector, session_affinity=affinity,
-                   affinity_timeout=timeout, external_ips=external_ips,
-                   external_traffic_policy=etp, internal_traffic_policy=itp,
-                   load_balancer_ips=lb_ips, load_balancer_source_ranges=ranges,
-                   health_check_node_port=hc_port, allocate_load_balancer_node_ports=allocate)
+    return Service(
+        namespace=namespace,
+        name=name,
+        cluster_ip=cluster_ip,
+        ports=tuple(ports),
+        type=svc_type,
+        selector=selector,
+        session_affinity=affinity,
+        affinity_timeout=timeout,
+        external_ips=external_ips,
+        external_traffic_policy=etp,
+        internal_traffic_policy=itp,
+        load_balancer_ips=lb_ips,
+        load_balancer_source_ranges=ranges,
+        health_check_node_port=hc_port,
+        allocate_load_balancer_node_ports=allocate,
+    )
 
 
 def service_to_k8s(svc: Service) -> dict:
@@ -249,9 +271,13 @@ def service_to_k8s(svc: Service) -> dict:
         if p.node_port is not None:
             d["nodePort"] = p.node_port
         ports.append(d)
-    spec: dict = {"type": svc.type, "clusterIP": str(svc.cluster_ip) if svc.cluster_ip else "None",
-                  "ports": ports, "selector": dict(svc.selector),
-                  "sessionAffinity": svc.session_affinity}
+    spec: dict = {
+        "type": svc.type,
+        "clusterIP": str(svc.cluster_ip) if svc.cluster_ip else "None",
+        "ports": ports,
+        "selector": dict(svc.selector),
+        "sessionAffinity": svc.session_affinity,
+    }
     if svc.session_affinity == "ClientIP":
         spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": svc.affinity_timeout}}
     if svc.external_ips:
@@ -265,8 +291,12 @@ def service_to_k8s(svc: Service) -> dict:
             spec["loadBalancerSourceRanges"] = [str(n) for n in svc.load_balancer_source_ranges]
     if svc.health_check_node_port:
         spec["healthCheckNodePort"] = svc.health_check_node_port
-    doc = {"apiVersion": "v1", "kind": "Service",
-           "metadata": {"namespace": svc.namespace, "name": svc.name}, "spec": spec}
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": svc.namespace, "name": svc.name},
+        "spec": spec,
+    }
     if svc.type == "LoadBalancer":
         doc["status"] = {"loadBalancer": {"ingress": [{"ip": str(ip)} for ip in svc.load_balancer_ips]}}
     return doc
@@ -281,8 +311,9 @@ def _section(doc: Mapping, key: str) -> Mapping:
     return value
 
 
-def _name(meta: Mapping, key: str, pattern: re.Pattern, what: str, errors: list[str],
-          default: str | None = None) -> str:
+def _name(
+    meta: Mapping, key: str, pattern: re.Pattern, what: str, errors: list[str], default: str | None = None
+) -> str:
     value = meta.get(key, default)
     if not isinstance(value, str) or not value:
         errors.append(f"metadata.{key}: required")
@@ -294,7 +325,7 @@ def _name(meta: Mapping, key: str, pattern: re.Pattern, what: str, errors: list[
 
 def _cluster_ip(value, service_cidr, errors: list[str]) -> ipaddress.IPv4Address | None:
     if value == "None":
-        return None   # headless: DNS hands out pod IPs directly, no proxying
+        return None  # headless: DNS hands out pod IPs directly, no proxying
     if not value:
         errors.append("spec.clusterIP: required (minikubenet does not allocate ClusterIPs)")
         return None
@@ -318,19 +349,29 @@ def _port_number(value, path: str, errors: list[str], lo: int = 1, hi: int = 655
     return value
 
 
-def _ports(raw, svc_type: str, node_port_range: tuple[int, int], errors: list[str],
-           allocate_lb_node_ports: bool = True) -> list[ServicePort]:
+def _ports(
+    raw, svc_type: str, node_port_range: tuple[int, int], errors: list[str], allocate_lb_node_ports: bool = True
+) -> list[ServicePort]:
     if not isinstance(raw, list) or not raw:
         errors.append("spec.ports: at least one port is required")
         return []
-    ports = [p for i, item in enumerate(raw)
-             if (p := _port(item, i, svc_type, node_port_range, errors, allocate_lb_node_ports))]
+    ports = [
+        p
+        for i, item in enumerate(raw)
+        if (p := _port(item, i, svc_type, node_port_range, errors, allocate_lb_node_ports))
+    ]
     _check_port_uniqueness(ports, len(raw), errors)
     return ports
 
 
-def _port(item, i: int, svc_type: str, node_port_range: tuple[int, int],
-          errors: list[str], allocate_lb_node_ports: bool = True) -> ServicePort | None:
+def _port(
+    item,
+    i: int,
+    svc_type: str,
+    node_port_range: tuple[int, int],
+    errors: list[str],
+    allocate_lb_node_ports: bool = True,
+) -> ServicePort | None:
     path = f"spec.ports[{i}]"
     if not isinstance(item, Mapping):
         errors.append(f"{path}: must be an object")
@@ -344,10 +385,10 @@ def _port(item, i: int, svc_type: str, node_port_range: tuple[int, int],
         errors.append(f"{path}.protocol: unknown protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
     port = _port_number(item.get("port"), f"{path}.port", errors)
     # An absent (or 0) targetPort means "the same as port", as in the API server.
-    target = _target_port(item.get("targetPort") or port, f"{path}.targetPort", errors) \
-        if port is not None else None
-    node_port = _node_port(item.get("nodePort"), svc_type, node_port_range, f"{path}.nodePort", errors,
-                           allocate_lb_node_ports)
+    target = _target_port(item.get("targetPort") or port, f"{path}.targetPort", errors) if port is not None else None
+    node_port = _node_port(
+        item.get("nodePort"), svc_type, node_port_range, f"{path}.nodePort", errors, allocate_lb_node_ports
+    )
     if len(errors) > n or port is None or target is None:
         return None
     return ServicePort(name=name, protocol=protocol, port=port, target_port=target, node_port=node_port)
@@ -356,8 +397,7 @@ def _port(item, i: int, svc_type: str, node_port_range: tuple[int, int],
 def _target_port(value, path: str, errors: list[str]) -> int | str | None:
     if isinstance(value, str) and not value.isdigit():
         # A named port: resolved per pod against its container ports (IANA_SVC_NAME syntax).
-        if len(value) > 15 or not _IANA_SVC_NAME.match(value) or "--" in value \
-                or not re.search("[a-z]", value):
+        if len(value) > 15 or not _IANA_SVC_NAME.match(value) or "--" in value or not re.search("[a-z]", value):
             errors.append(f"{path}: {value!r} is neither a port number nor a valid port name")
             return None
         return value
@@ -366,14 +406,20 @@ def _target_port(value, path: str, errors: list[str]) -> int | str | None:
     return _port_number(value, path, errors)
 
 
-def _node_port(value, svc_type: str, node_port_range: tuple[int, int], path: str,
-               errors: list[str], allocate_lb_node_ports: bool = True) -> int | None:
+def _node_port(
+    value,
+    svc_type: str,
+    node_port_range: tuple[int, int],
+    path: str,
+    errors: list[str],
+    allocate_lb_node_ports: bool = True,
+) -> int | None:
     if svc_type not in ("NodePort", "LoadBalancer"):
         if value:
             errors.append(f"{path}: may only be set when spec.type is NodePort or LoadBalancer")
         return None
     if value is None and svc_type == "LoadBalancer" and not allocate_lb_node_ports:
-        return None     # allocateLoadBalancerNodePorts: false, the LB reaches pods directly
+        return None  # allocateLoadBalancerNodePorts: false, the LB reaches pods directly
     if value is None:
         errors.append(f"{path}: required for type {svc_type} (the store allocates one on create)")
         return None
@@ -383,8 +429,7 @@ def _node_port(value, svc_type: str, node_port_range: tuple[int, int], path: str
 def _check_port_uniqueness(ports: list[ServicePort], total: int, errors: list[str]) -> None:
     names = [p.name for p in ports]
     for dup in sorted({n for n in names if names.count(n) > 1}):
-        errors.append(f"spec.ports: duplicate port name {dup!r}" if dup else
-                      "spec.ports: more than one unnamed port")
+        errors.append(f"spec.ports: duplicate port name {dup!r}" if dup else "spec.ports: more than one unnamed port")
     if total > 1 and "" in names:
         errors.append("spec.ports: every port must have a name when there is more than one")
     seen: set = set()
@@ -431,8 +476,9 @@ def _affinity(spec: Mapping, errors: list[str]) -> tuple[str, int]:
             errors.append("spec.sessionAffinityConfig: must not be set when sessionAffinity is None")
         return affinity, DEFAULT_AFFINITY_TIMEOUT
     timeout = ((config or {}).get("clientIP") or {}).get("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)
-    timeout = _port_number(timeout, "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
-                           errors, 1, MAX_AFFINITY_TIMEOUT)
+    timeout = _port_number(
+        timeout, "spec.sessionAffinityConfig.clientIP.timeoutSeconds", errors, 1, MAX_AFFINITY_TIMEOUT
+    )
     return affinity, timeout or DEFAULT_AFFINITY_TIMEOUT
 
 
@@ -461,8 +507,9 @@ def _load_balancer_ingress(status, svc_type: str, errors: list[str]) -> tuple[ip
     if not isinstance(ingress, list):
         errors.append("status.loadBalancer.ingress: must be a list")
         return ()
-    ips = _ip_list([i.get("ip") for i in ingress if isinstance(i, Mapping) and i.get("ip")],
-                   "status.loadBalancer.ingress", errors)
+    ips = _ip_list(
+        [i.get("ip") for i in ingress if isinstance(i, Mapping) and i.get("ip")], "status.loadBalancer.ingress", errors
+    )
     return ips if svc_type == "LoadBalancer" else ()
 
 
@@ -482,13 +529,16 @@ def _source_ranges(raw, svc_type: str, errors: list[str]) -> tuple[ipaddress.IPv
         try:
             out.append(ipaddress.IPv4Network(str(value).strip(), strict=False))
         except ValueError:
-            errors.append(f"spec.loadBalancerSourceRanges[{i}]: {value!r} must be a list of IP ranges. "
-                          "For example, 10.240.0.0/24,10.250.0.0/24")
+            errors.append(
+                f"spec.loadBalancerSourceRanges[{i}]: {value!r} must be a list of IP ranges. "
+                "For example, 10.240.0.0/24,10.250.0.0/24"
+            )
     return tuple(out)
 
 
-def _traffic_policies(spec: Mapping, svc_type: str, has_external_ips: bool,
-                      node_port_range: tuple[int, int], errors: list[str]) -> tuple[str, str, int | None]:
+def _traffic_policies(
+    spec: Mapping, svc_type: str, has_external_ips: bool, node_port_range: tuple[int, int], errors: list[str]
+) -> tuple[str, str, int | None]:
     """externalTrafficPolicy, internalTrafficPolicy and healthCheckNodePort, with the API
     server's rules (validateServiceExternalTrafficPolicy and friends)."""
     external = svc_type in ("NodePort", "LoadBalancer") or has_external_ips
@@ -503,8 +553,10 @@ def _traffic_policies(spec: Mapping, svc_type: str, has_external_ips: bool,
     hc = spec.get("healthCheckNodePort")
     if hc:
         if svc_type != "LoadBalancer" or etp != "Local":
-            errors.append("spec.healthCheckNodePort: may only be set when `type` is 'LoadBalancer' "
-                          "and `externalTrafficPolicy` is 'Local'")
+            errors.append(
+                "spec.healthCheckNodePort: may only be set when `type` is 'LoadBalancer' "
+                "and `externalTrafficPolicy` is 'Local'"
+            )
             hc = None
         else:
             hc = _port_number(hc, "spec.healthCheckNodePort", errors, *node_port_range)
@@ -512,6 +564,7 @@ def _traffic_policies(spec: Mapping, svc_type: str, has_external_ips: bool,
 
 
 # --------------------------------------------------------------------------- Endpoints JSON
+
 
 def endpoints_to_k8s(svc: Service, endpoints_by_port: Mapping[str, Sequence[Endpoint]]) -> dict:
     """A v1 Endpoints object: one subset per service port (valid k8s, if not the most
@@ -528,8 +581,12 @@ def endpoints_to_k8s(svc: Service, endpoints_by_port: Mapping[str, Sequence[Endp
             if addrs:
                 subset[key] = addrs
         subsets.append(subset)
-    return {"apiVersion": "v1", "kind": "Endpoints",
-            "metadata": {"namespace": svc.namespace, "name": svc.name}, "subsets": subsets}
+    return {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"namespace": svc.namespace, "name": svc.name},
+        "subsets": subsets,
+    }
 
 
 def _address_to_k8s(ep: Endpoint, namespace: str) -> dict:
@@ -567,8 +624,7 @@ def endpoints_from_k8s(doc: Mapping) -> dict[str, list[Endpoint]]:
     return out
 
 
-def _endpoint(addr: Mapping, port: int | None, ready: bool, path: str,
-              errors: list[str]) -> Endpoint | None:
+def _endpoint(addr: Mapping, port: int | None, ready: bool, path: str, errors: list[str]) -> Endpoint | None:
     try:
         ip = ipaddress.IPv4Address(addr.get("ip"))
     except (ipaddress.AddressValueError, ValueError):
@@ -578,13 +634,19 @@ def _endpoint(addr: Mapping, port: int | None, ready: bool, path: str,
         return None
     conditions = addr.get("conditions") or {}
     serving = conditions.get("serving")
-    return Endpoint(ip=ip, port=port, node_name=addr.get("nodeName", "") or "", ready=ready,
-                    pod_name=(addr.get("targetRef") or {}).get("name", ""),
-                    serving=serving if isinstance(serving, bool) else None,
-                    terminating=conditions.get("terminating") is True)
+    return Endpoint(
+        ip=ip,
+        port=port,
+        node_name=addr.get("nodeName", "") or "",
+        ready=ready,
+        pod_name=(addr.get("targetRef") or {}).get("name", ""),
+        serving=serving if isinstance(serving, bool) else None,
+        terminating=conditions.get("terminating") is True,
+    )
 
 
 # --------------------------------------------------------------------------- Pods
+
 
 @_total("Pod")
 def pod_from_k8s(doc: Mapping) -> Pod:
@@ -596,13 +658,22 @@ def pod_from_k8s(doc: Mapping) -> Pod:
     serving = conditions.get("Ready") == "True"
     terminating = bool(meta.get("deletionTimestamp"))
     ready = serving and not terminating
-    ports = tuple(ContainerPort(name=p.get("name", ""), port=p["containerPort"],
-                                protocol=p.get("protocol", "TCP"))
-                  for c in spec.get("containers") or [] for p in c.get("ports") or [])
-    return Pod(namespace=meta.get("namespace", "default"), name=meta.get("name", ""),
-               ip=ipaddress.IPv4Address(ip) if ip else None, node_name=spec.get("nodeName", ""),
-               labels=dict(meta.get("labels") or {}), ready=ready, container_ports=ports,
-               serving=None if serving == ready else serving, terminating=terminating)
+    ports = tuple(
+        ContainerPort(name=p.get("name", ""), port=p["containerPort"], protocol=p.get("protocol", "TCP"))
+        for c in spec.get("containers") or []
+        for p in c.get("ports") or []
+    )
+    return Pod(
+        namespace=meta.get("namespace", "default"),
+        name=meta.get("name", ""),
+        ip=ipaddress.IPv4Address(ip) if ip else None,
+        node_name=spec.get("nodeName", ""),
+        labels=dict(meta.get("labels") or {}),
+        ready=ready,
+        container_ports=ports,
+        serving=None if serving == ready else serving,
+        terminating=terminating,
+    )
 
 
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -627,25 +698,36 @@ def derive_endpoints(svc: Service, pods: Iterable[Pod]) -> dict[str, list[Endpoi
     endpoint per pod that matches the selector and has an IP. Pods that are not ready are
     kept with ``ready=False`` (the controller lists them as notReadyAddresses); the
     renderers use ready endpoints only."""
-    chosen = [p for p in pods if p.namespace == svc.namespace and p.ip is not None
-              and selector_matches(svc.selector, p.labels)]
+    chosen = [
+        p
+        for p in pods
+        if p.namespace == svc.namespace and p.ip is not None and selector_matches(svc.selector, p.labels)
+    ]
     out: dict[str, list[Endpoint]] = {}
     for port in svc.ports:
         eps = out.setdefault(svc.port_key(port), [])
         for pod in sorted(chosen, key=lambda p: p.name):
             number = resolve_target_port(port, pod)
             if number is not None and pod.ip is not None:
-                eps.append(Endpoint(ip=pod.ip, port=number, node_name=pod.node_name,
-                                    ready=pod.ready, pod_name=pod.name,
-                                    # None: "as ready", the common case, kept implicit
-                                    serving=None if pod.serving in (None, pod.ready) else pod.serving,
-                                    terminating=pod.terminating))
+                eps.append(
+                    Endpoint(
+                        ip=pod.ip,
+                        port=number,
+                        node_name=pod.node_name,
+                        ready=pod.ready,
+                        pod_name=pod.name,
+                        # None: "as ready", the common case, kept implicit
+                        serving=None if pod.serving in (None, pod.ready) else pod.serving,
+                        terminating=pod.terminating,
+                    )
+                )
     return out
 
 
 # --------------------------------------------------------------------------- render options
 
 # --------------------------------------------------------------------------- pod documents
+
 
 def validate_pod(doc: Mapping) -> Pod:
     """A k8s-shaped Pod with the fields the proxy uses; raises ValidationError."""
@@ -681,13 +763,28 @@ def validate_pod(doc: Mapping) -> Pod:
         raise ValidationError(what, [f"spec.containers: malformed ({e})"]) from None
 
 
-def pod_doc(namespace: str, name: str, ip: str | None, node_name: str, labels: Mapping[str, str],
-            ready: bool = True, ports: Iterable[tuple[str, int, str]] = ()) -> dict:
+def pod_doc(
+    namespace: str,
+    name: str,
+    ip: str | None,
+    node_name: str,
+    labels: Mapping[str, str],
+    ready: bool = True,
+    ports: Iterable[tuple[str, int, str]] = (),
+) -> dict:
     """Build a Pod document (what a kubelet would report), for the lab and the tests."""
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"namespace": namespace, "name": name, "labels": dict(labels)},
-            "spec": {"nodeName": node_name,
-                     "containers": [{"name": "app", "ports": [
-                         {"name": n, "containerPort": p, "protocol": proto} for n, p, proto in ports]}]},
-            "status": {**({"podIP": ip} if ip else {}),
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"namespace": namespace, "name": name, "labels": dict(labels)},
+        "spec": {
+            "nodeName": node_name,
+            "containers": [
+                {"name": "app", "ports": [{"name": n, "containerPort": p, "protocol": proto} for n, p, proto in ports]}
+            ],
+        },
+        "status": {
+            **({"podIP": ip} if ip else {}),
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }

@@ -31,14 +31,15 @@ class MalformedObjects:
     def __init__(self, log: logging.Logger, prefix: str = "minikubenet_"):
         self.log = log
         self.current = Gauge(prefix + "malformed_objects", "Objects in etcd skipped because they are malformed")
-        self.seen = Counter(prefix + "malformed_objects_seen_total",
-                            "Malformed object versions seen in etcd (each logged once)")
-        self._said: dict[tuple[str, str], str] = {}     # (kind, key) -> the error we logged
+        self.seen = Counter(
+            prefix + "malformed_objects_seen_total", "Malformed object versions seen in etcd (each logged once)"
+        )
+        self._said: dict[tuple[str, str], str] = {}  # (kind, key) -> the error we logged
         self._lock = threading.Lock()
 
     def skip(self, kind: str, key: str, error: object) -> None:
         """``kind``/``key`` could not be used because of ``error``: log (once) and count."""
-        message = " ".join(str(error).split())          # one line, whatever the error held
+        message = " ".join(str(error).split())  # one line, whatever the error held
         with self._lock:
             if self._said.get((kind, key)) == message:
                 return

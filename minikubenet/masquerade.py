@@ -19,15 +19,18 @@ import ipaddress
 
 POSTROUTING_CHAIN = "MINIKUBENET-POSTRTG"
 FORWARD_CHAIN = "MINIKUBENET-FWD"
-KUBE_MASQ_MARK = "0x4000/0x4000"   # kube-proxy's masquerade mark: it will NAT those itself
+KUBE_MASQ_MARK = "0x4000/0x4000"  # kube-proxy's masquerade mark: it will NAT those itself
 
 # (table, built-in chain, our chain): the jumps that hook our chains into the kernel's path.
-JUMPS = (("nat", "POSTROUTING", POSTROUTING_CHAIN, "minikubenet masq"),
-         ("filter", "FORWARD", FORWARD_CHAIN, "minikubenet forward"))
+JUMPS = (
+    ("nat", "POSTROUTING", POSTROUTING_CHAIN, "minikubenet masq"),
+    ("filter", "FORWARD", FORWARD_CHAIN, "minikubenet forward"),
+)
 
 
-def render_masquerade(cluster: ipaddress.IPv4Network, pod_subnet: ipaddress.IPv4Network,
-                      ipmasq: bool = True, random_fully: bool = True) -> str:
+def render_masquerade(
+    cluster: ipaddress.IPv4Network, pod_subnet: ipaddress.IPv4Network, ipmasq: bool = True, random_fully: bool = True
+) -> str:
     c = '-m comment --comment "minikubenet masq"'
     rf = " --random-fully" if random_fully else ""
     lines = ["*nat", f":{POSTROUTING_CHAIN} - [0:0]"]
@@ -45,8 +48,13 @@ def render_masquerade(cluster: ipaddress.IPv4Network, pod_subnet: ipaddress.IPv4
             # outside to some other node's pod, through us: NAT so the answer comes back here.
             f"-A {POSTROUTING_CHAIN} ! -s {cluster} -d {cluster} {c} -j MASQUERADE{rf}",
         ]
-    lines += ["COMMIT", "*filter", f":{FORWARD_CHAIN} - [0:0]",
-              f'-A {FORWARD_CHAIN} -s {cluster} -m comment --comment "minikubenet forward" -j ACCEPT',
-              f'-A {FORWARD_CHAIN} -d {cluster} -m comment --comment "minikubenet forward" -j ACCEPT',
-              "COMMIT", ""]
+    lines += [
+        "COMMIT",
+        "*filter",
+        f":{FORWARD_CHAIN} - [0:0]",
+        f'-A {FORWARD_CHAIN} -s {cluster} -m comment --comment "minikubenet forward" -j ACCEPT',
+        f'-A {FORWARD_CHAIN} -d {cluster} -m comment --comment "minikubenet forward" -j ACCEPT',
+        "COMMIT",
+        "",
+    ]
     return "\n".join(lines)

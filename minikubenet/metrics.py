@@ -18,7 +18,7 @@ import threading
 from typing import Callable
 
 # kube-proxy: metrics.ExponentialBuckets(0.001, 2, 15) -> 1 ms .. 16.4 s
-SYNC_BUCKETS = tuple(0.001 * 2 ** i for i in range(15))
+SYNC_BUCKETS = tuple(0.001 * 2**i for i in range(15))
 
 
 def _labels(labels: dict) -> str:
@@ -81,18 +81,20 @@ class Gauge(Counter):
 class ObservedCounter(Gauge):
     """A counter someone else keeps (the kernel's drop counters): we copy its value on
     each scrape, so it is a ``counter`` for Prometheus but set, not incremented, here."""
+
     type = "counter"
 
 
 class Histogram(_Metric):
     """Cumulative buckets, sum and count; one series per label set (``observe(v,
     command="ADD")``), or a single unlabelled one."""
+
     type = "histogram"
 
     def __init__(self, name: str, help_text: str, buckets=SYNC_BUCKETS):
         super().__init__(name, help_text)
         self.buckets = tuple(buckets)
-        self.series: dict[tuple, list] = {}     # label key -> [bucket counts, sum, count]
+        self.series: dict[tuple, list] = {}  # label key -> [bucket counts, sum, count]
 
     def _series(self, labels: dict) -> list:
         key = tuple(sorted(labels.items()))
@@ -130,10 +132,14 @@ class Histogram(_Metric):
         out: list[str] = []
         for key, (counts, total, n) in sorted((self.series or {(): [[0] * len(self.buckets), 0.0, 0]}).items()):
             labels = dict(key)
-            out += [f"{self.name}_bucket{_labels({**labels, 'le': f'{b:g}'})} {c}"
-                    for b, c in zip(self.buckets, counts)]
-            out += [f"{self.name}_bucket{_labels({**labels, 'le': '+Inf'})} {n}",
-                    f"{self.name}_sum{_labels(labels)} {_number(total)}", f"{self.name}_count{_labels(labels)} {n}"]
+            out += [
+                f"{self.name}_bucket{_labels({**labels, 'le': f'{b:g}'})} {c}" for b, c in zip(self.buckets, counts)
+            ]
+            out += [
+                f"{self.name}_bucket{_labels({**labels, 'le': '+Inf'})} {n}",
+                f"{self.name}_sum{_labels(labels)} {_number(total)}",
+                f"{self.name}_count{_labels(labels)} {n}",
+            ]
         return out
 
 

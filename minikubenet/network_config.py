@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 BACKENDS = ("vxlan", "host-gw", "bgp")
-DEFAULT_AS = 64512        # the bgp backend's AS (Calico's default)
+DEFAULT_AS = 64512  # the bgp backend's AS (Calico's default)
 DEFAULT_VNI = 1
 DEFAULT_VXLAN_PORT = 8472  # the Linux kernel's historical VXLAN port, flannel's default
 
@@ -45,8 +45,11 @@ class NetworkConfig:
         """All node subnets this network can lease, SubnetMin..SubnetMax."""
         lo = self.subnet_min or first_leasable(self.network, self.subnet_len)
         hi = self.subnet_max or list(self.network.subnets(new_prefix=self.subnet_len))[-1]
-        return [s for s in self.network.subnets(new_prefix=self.subnet_len)
-                if lo.network_address <= s.network_address <= hi.network_address]
+        return [
+            s
+            for s in self.network.subnets(new_prefix=self.subnet_len)
+            if lo.network_address <= s.network_address <= hi.network_address
+        ]
 
     def to_json(self) -> str:
         doc = {"Network": str(self.network), "SubnetLen": self.subnet_len}
@@ -66,14 +69,18 @@ def first_leasable(network: ipaddress.IPv4Network, subnet_len: int) -> ipaddress
     return next(subs)
 
 
-def make_config(network: str, subnet_len: int = 24, backend: str = "vxlan",
-                vni: int | None = None, port: int | None = None,
-                direct_routing: bool = False) -> NetworkConfig:
+def make_config(
+    network: str,
+    subnet_len: int = 24,
+    backend: str = "vxlan",
+    vni: int | None = None,
+    port: int | None = None,
+    direct_routing: bool = False,
+) -> NetworkConfig:
     """Build and validate a config from command-line style values."""
     options: dict = {}
     if backend == "vxlan":
-        options = {"VNI": DEFAULT_VNI if vni is None else vni,
-                   "Port": DEFAULT_VXLAN_PORT if port is None else port}
+        options = {"VNI": DEFAULT_VNI if vni is None else vni, "Port": DEFAULT_VXLAN_PORT if port is None else port}
         if direct_routing:
             options["DirectRouting"] = True
     elif backend == "bgp":
@@ -90,7 +97,7 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     if not isinstance(doc, dict):
         raise ConfigError("network config must be a JSON object")
     if not isinstance(doc.get("Network"), str):
-        raise ConfigError(f"Network {doc.get('Network')!r} must be a CIDR string such as \"10.244.0.0/16\"")
+        raise ConfigError(f'Network {doc.get("Network")!r} must be a CIDR string such as "10.244.0.0/16"')
     try:
         network = ipaddress.IPv4Network(doc["Network"], strict=True)
     except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as e:
@@ -103,10 +110,13 @@ def parse_config(text: str | bytes) -> NetworkConfig:
     if subnet_len <= network.prefixlen:
         raise ConfigError(
             f"Network {network} is too small for SubnetLen {subnet_len}: it must be larger than one subnet "
-            f"(at least /{subnet_len - 1})")
+            f"(at least /{subnet_len - 1})"
+        )
     if subnet_len - network.prefixlen > 16:
-        raise ConfigError(f"Network {network} with SubnetLen {subnet_len} gives more than 65536 subnets; "
-                          "use a longer network prefix or a shorter SubnetLen")
+        raise ConfigError(
+            f"Network {network} with SubnetLen {subnet_len} gives more than 65536 subnets; "
+            "use a longer network prefix or a shorter SubnetLen"
+        )
     bounds = {}
     for key in ("SubnetMin", "SubnetMax"):
         if key in doc:
@@ -117,12 +127,15 @@ def parse_config(text: str | bytes) -> NetworkConfig:
             if not sub.subnet_of(network):
                 raise ConfigError(f"{key} {sub} lies outside Network {network}")
             bounds[key] = sub
-    if "SubnetMin" in bounds and "SubnetMax" in bounds and \
-            bounds["SubnetMin"].network_address > bounds["SubnetMax"].network_address:
+    if (
+        "SubnetMin" in bounds
+        and "SubnetMax" in bounds
+        and bounds["SubnetMin"].network_address > bounds["SubnetMax"].network_address
+    ):
         raise ConfigError(f"SubnetMin {bounds['SubnetMin']} is above SubnetMax {bounds['SubnetMax']}")
     backend_doc = doc.get("Backend", {"Type": "vxlan"})
     if not isinstance(backend_doc, dict):
-        raise ConfigError("Backend must be an object like {\"Type\": \"vxlan\"}")
+        raise ConfigError('Backend must be an object like {"Type": "vxlan"}')
     backend = backend_doc.get("Type", "vxlan")
     if backend not in BACKENDS:
         raise ConfigError(f"unknown Backend.Type {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -138,8 +151,14 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         asn = options.get("AS", DEFAULT_AS)
         if not isinstance(asn, int) or isinstance(asn, bool) or not 1 <= asn <= 4294967294:
             raise ConfigError(f"Backend.AS {asn!r} is not an AS number (1..4294967294; private: 64512-65534)")
-    return NetworkConfig(network=network, subnet_len=subnet_len, subnet_min=bounds.get("SubnetMin"),
-                         subnet_max=bounds.get("SubnetMax"), backend=backend, backend_options=options)
+    return NetworkConfig(
+        network=network,
+        subnet_len=subnet_len,
+        subnet_min=bounds.get("SubnetMin"),
+        subnet_max=bounds.get("SubnetMax"),
+        backend=backend,
+        backend_options=options,
+    )
 
 
 def check_no_overlap(config: NetworkConfig, others: dict[str, ipaddress.IPv4Network]) -> None:

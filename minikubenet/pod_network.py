@@ -42,7 +42,7 @@ NODE_MARK_PREFIX = "minikubenet-node:"
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
-    """"veth" + 8 hex digits: fits IFNAMSIZ (15) and is stable for one attachment."""
+    """ "veth" + 8 hex digits: fits IFNAMSIZ (15) and is stable for one attachment."""
     return "veth" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:8]
 
 
@@ -53,8 +53,9 @@ def attachment_macs(container_id: str, ifname: str) -> tuple[str, str]:
     digest = hashlib.sha256(f"{container_id}/{ifname}".encode()).digest()
 
     def mac(tag: int) -> str:
-        octets = [0x0a | (tag << 4)] + list(digest[:5])   # 0x?a: bit 1 set (local), bit 0 clear (unicast)
+        octets = [0x0A | (tag << 4)] + list(digest[:5])  # 0x?a: bit 1 set (local), bit 0 clear (unicast)
         return ":".join(f"{o:02x}" for o in octets)
+
     return mac(0), mac(1)
 
 
@@ -80,9 +81,10 @@ def owns(mark: str, alias: str | None, mac: str | None, expected_mac: str) -> bo
 @dataclass(frozen=True)
 class LinkSeen:
     """One device of a namespace as a link dump shows it (rtnl_batch.dump_links)."""
+
     index: int
     name: str
-    kind: str = ""          # IFLA_INFO_KIND: "veth", "bridge", "vxlan", "" for a plain device
+    kind: str = ""  # IFLA_INFO_KIND: "veth", "bridge", "vxlan", "" for a plain device
     alias: str = ""
     mac: str = ""
 
@@ -108,9 +110,10 @@ def host_namespace_reason(links: list[LinkSeen]) -> str | None:
 class PodLink:
     """The veth pair between a pod and its node: everything but the IP, so the kernel
     can build it while etcd is still recording which IP the pod gets."""
+
     container_id: str
-    ifname: str                       # the interface inside the pod (CNI_IFNAME)
-    netns: str                        # CNI_NETNS (or the agent's /proc/self/fd/N of it)
+    ifname: str  # the interface inside the pod (CNI_IFNAME)
+    netns: str  # CNI_NETNS (or the agent's /proc/self/fd/N of it)
     mtu: int
     bridge: str = BRIDGE
 
@@ -127,9 +130,10 @@ class PodLink:
 class PodAttachment:
     link: PodLink
     address: ipaddress.IPv4Interface  # pod IP with the subnet's prefix
-    gateway: ipaddress.IPv4Address    # the bridge's address
+    gateway: ipaddress.IPv4Address  # the bridge's address
 
 
 def plan_attachment(link: PodLink, ip: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network) -> PodAttachment:
-    return PodAttachment(link=link, address=ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}"),
-                         gateway=subnet.network_address + 1)
+    return PodAttachment(
+        link=link, address=ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}"), gateway=subnet.network_address + 1
+    )

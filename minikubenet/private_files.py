@@ -58,7 +58,7 @@ def write_atomic(path: str, data: bytes | str, mode: int = FILE_MODE) -> None:
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def allocatable(service_cidr: ipaddress.IPv4Network) -> tuple[int, int]:
@@ -22,8 +22,11 @@ def allocatable(service_cidr: ipaddress.IPv4Network) -> tuple[int, int]:
     return first, last
 
 
-def pick_cluster_ip(service_cidr: ipaddress.IPv4Network, taken: Iterable[ipaddress.IPv4Address],
-                    rng: random.Random = random.SystemRandom()) -> ipaddress.IPv4Address | None:
+def pick_cluster_ip(
+    service_cidr: ipaddress.IPv4Network,
+    taken: Iterable[ipaddress.IPv4Address],
+    rng: random.Random = random.SystemRandom(),
+) -> ipaddress.IPv4Address | None:
     """A free address, starting the scan at a random offset (kube-apiserver picks at
     random too, so that two API servers rarely race for the same IP), or None when the
     range is full."""
@@ -38,8 +41,12 @@ def pick_cluster_ip(service_cidr: ipaddress.IPv4Network, taken: Iterable[ipaddre
     return None
 
 
-def pick_node_port(protocol: str, taken: set[tuple[str, int]], node_port_range: tuple[int, int],
-                   rng: random.Random = random.SystemRandom()) -> int | None:
+def pick_node_port(
+    protocol: str,
+    taken: set[tuple[str, int]],
+    node_port_range: tuple[int, int],
+    rng: random.Random = random.SystemRandom(),
+) -> int | None:
     lo, hi = node_port_range
     start = rng.randrange(hi - lo + 1)
     for i in range(hi - lo + 1):

@@ -32,10 +32,12 @@ class SubnetEnv:
 
     def render(self) -> str:
         gw = self.subnet.network_address + 1
-        return (f"FLANNEL_NETWORK={self.network}\n"
-                f"FLANNEL_SUBNET={gw}/{self.subnet.prefixlen}\n"
-                f"FLANNEL_MTU={self.mtu}\n"
-                f"FLANNEL_IPMASQ={'true' if self.ipmasq else 'false'}\n")
+        return (
+            f"FLANNEL_NETWORK={self.network}\n"
+            f"FLANNEL_SUBNET={gw}/{self.subnet.prefixlen}\n"
+            f"FLANNEL_MTU={self.mtu}\n"
+            f"FLANNEL_IPMASQ={'true' if self.ipmasq else 'false'}\n"
+        )
 
 
 def parse(text: str) -> SubnetEnv:
@@ -51,10 +53,12 @@ def parse(text: str) -> SubnetEnv:
     mtu = int(values["FLANNEL_MTU"])
     if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
         raise ValueError(f"FLANNEL_MTU={mtu} is outside {MTU_RANGE[0]}-{MTU_RANGE[1]}")
-    return SubnetEnv(network=ipaddress.IPv4Network(values["FLANNEL_NETWORK"]),
-                     subnet=ipaddress.IPv4Interface(values["FLANNEL_SUBNET"]).network,
-                     mtu=mtu,
-                     ipmasq=values["FLANNEL_IPMASQ"].lower() == "true")
+    return SubnetEnv(
+        network=ipaddress.IPv4Network(values["FLANNEL_NETWORK"]),
+        subnet=ipaddress.IPv4Interface(values["FLANNEL_SUBNET"]).network,
+        mtu=mtu,
+        ipmasq=values["FLANNEL_IPMASQ"].lower() == "true",
+    )
 
 
 def read(path: str) -> SubnetEnv | None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 24 * 3600
 RACE_RETRIES = 10
-RENEW_RETRY_S, MAX_RENEW_RETRY_S = 0.5, 10.0   # after a failed renewal
+RENEW_RETRY_S, MAX_RENEW_RETRY_S = 0.5, 10.0  # after a failed renewal
 
 
 class OutOfSubnets(Exception):
@@ -42,12 +42,17 @@ class OutOfSubnets(Exception):
 @dataclass(frozen=True)
 class Choice:
     subnet: ipaddress.IPv4Network
-    existing: SubnetLeaseRecord | None   # our own lease from before, to be rewritten
+    existing: SubnetLeaseRecord | None  # our own lease from before, to be rewritten
     reason: str
 
 
-def choose_subnet(config: NetworkConfig, leases: list[SubnetLeaseRecord], public_ip: str,
-                  previous: ipaddress.IPv4Network | None, rng: random.Random | None = None) -> Choice:
+def choose_subnet(
+    config: NetworkConfig,
+    leases: list[SubnetLeaseRecord],
+    public_ip: str,
+    previous: ipaddress.IPv4Network | None,
+    rng: random.Random | None = None,
+) -> Choice:
     """Decide which subnet this node should hold. Pure: no I/O."""
     usable = set(config.subnets())
     for rec in leases:
@@ -65,7 +70,8 @@ def choose_subnet(config: NetworkConfig, leases: list[SubnetLeaseRecord], public
     if not candidates:
         raise OutOfSubnets(
             f"network {config.network} is full: all {len(usable)} /{config.subnet_len} subnets are taken "
-            f"({len(taken & usable)} leases). Remove stale leases under the subnets prefix or use a larger Network.")
+            f"({len(taken & usable)} leases). Remove stale leases under the subnets prefix or use a larger Network."
+        )
     # Like flannel: pick among the first 100 free ones at random.
     return Choice((rng or random).choice(candidates[:100]), None, "a free subnet")
 
@@ -73,8 +79,15 @@ def choose_subnet(config: NetworkConfig, leases: list[SubnetLeaseRecord], public
 class SubnetLeaser:
     """Acquires this node's lease and keeps it renewed in a background thread."""
 
-    def __init__(self, store: EtcdStore, config: NetworkConfig, public_ip: str,
-                 backend_type: str, backend_data: dict, ttl: int = DEFAULT_TTL_S):
+    def __init__(
+        self,
+        store: EtcdStore,
+        config: NetworkConfig,
+        public_ip: str,
+        backend_type: str,
+        backend_data: dict,
+        ttl: int = DEFAULT_TTL_S,
+    ):
         self.store = store
         self.config = config
         self.public_ip = public_ip
@@ -87,9 +100,11 @@ class SubnetLeaser:
         self._thread: threading.Thread | None = None
         self.healthy = False
         # exported by the agent (agent/metrics.py)
-        self.renewals = Counter("minikubenet_agent_lease_renewals_total",
-                                "Renewals of this node's subnet lease: result=ok, failed (etcd unreachable; "
-                                "retried) or reclaimed (the lease had expired and the subnet was claimed again)")
+        self.renewals = Counter(
+            "minikubenet_agent_lease_renewals_total",
+            "Renewals of this node's subnet lease: result=ok, failed (etcd unreachable; "
+            "retried) or reclaimed (the lease had expired and the subnet was claimed again)",
+        )
 
     def acquire(self, previous: ipaddress.IPv4Network | None = None) -> SubnetLeaseRecord:
         for _ in range(RACE_RETRIES):
@@ -97,9 +112,16 @@ class SubnetLeaser:
             rec = SubnetLeaseRecord(choice.subnet, self.public_ip, self.backend_type, self.backend_data)
             lease = self.store.grant(self.ttl)
             if choice.existing is not None:
-                got = self.store.replace_lease(SubnetLeaseRecord(
-                    choice.existing.subnet, self.public_ip, self.backend_type, self.backend_data,
-                    raw=choice.existing.raw), lease)
+                got = self.store.replace_lease(
+                    SubnetLeaseRecord(
+                        choice.existing.subnet,
+                        self.public_ip,
+                        self.backend_type,
+                        self.backend_data,
+                        raw=choice.existing.raw,
+                    ),
+                    lease,
+                )
             else:
                 got = self.store.create_lease(rec, lease)
             if got:

@@ -21,20 +21,22 @@ from dataclasses import dataclass
 @dataclass
 class SubnetLeaseRecord:
     """A node's lease as stored under ``<prefix>/subnets/<net>-<len>``."""
+
     subnet: ipaddress.IPv4Network
     public_ip: str
     backend_type: str
     backend_data: dict
-    lease_id: int = 0        # the etcd lease holding the key (0 = no TTL: a reservation)
+    lease_id: int = 0  # the etcd lease holding the key (0 = no TTL: a reservation)
     raw: bytes = b""
-    problem: str = ""        # why the document is malformed ("" = well formed); its fields are then empty
+    problem: str = ""  # why the document is malformed ("" = well formed); its fields are then empty
 
     def attrs_json(self) -> str:
-        return json.dumps({"PublicIP": self.public_ip, "BackendType": self.backend_type,
-                           "BackendData": self.backend_data})
+        return json.dumps(
+            {"PublicIP": self.public_ip, "BackendType": self.backend_type, "BackendData": self.backend_data}
+        )
 
     @classmethod
-    def from_document(cls, subnet: ipaddress.IPv4Network, value: bytes, lease_id: int = 0) -> "SubnetLeaseRecord":
+    def from_document(cls, subnet: ipaddress.IPv4Network, value: bytes, lease_id: int = 0) -> SubnetLeaseRecord:
         """The record of ``subnet`` whose document is ``value``; a malformed document
         gives a record with ``problem`` set and empty fields."""
         try:
@@ -45,13 +47,31 @@ class SubnetLeaseRecord:
         if not isinstance(doc, dict):
             problem = "not a JSON object"
         else:
-            wrong = [f"{name} must be {what}" for name, kind, what in
-                     (("PublicIP", str, "a string"), ("BackendType", str, "a string"),
-                      ("BackendData", dict, "an object"))
-                     if doc.get(name) is not None and not isinstance(doc[name], kind)]
+            wrong = [
+                f"{name} must be {what}"
+                for name, kind, what in (
+                    ("PublicIP", str, "a string"),
+                    ("BackendType", str, "a string"),
+                    ("BackendData", dict, "an object"),
+                )
+                if doc.get(name) is not None and not isinstance(doc[name], kind)
+            ]
             problem = "; ".join(wrong)
         if problem:
-            return cls(subnet=subnet, public_ip="", backend_type="", backend_data={}, lease_id=lease_id,
-                       raw=value, problem=problem)
-        return cls(subnet=subnet, public_ip=doc.get("PublicIP", ""), backend_type=doc.get("BackendType", ""),
-                   backend_data=doc.get("BackendData") or {}, lease_id=lease_id, raw=value)
+            return cls(
+                subnet=subnet,
+                public_ip="",
+                backend_type="",
+                backend_data={},
+                lease_id=lease_id,
+                raw=value,
+                problem=problem,
+            )
+        return cls(
+            subnet=subnet,
+            public_ip=doc.get("PublicIP", ""),
+            backend_type=doc.get("BackendType", ""),
+            backend_data=doc.get("BackendData") or {},
+            lease_id=lease_id,
+            raw=value,
+        )

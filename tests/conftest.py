@@ -33,11 +33,11 @@ def pytest_collection_modifyitems(config, items):
             if not ROOT:
                 item.add_marker(skip)
         if tier in ("lab", "faults"):
-            item.add_marker(pytest.mark.lab)     # `pytest -m "not lab"` leaves the multi-node tiers out
+            item.add_marker(pytest.mark.lab)  # `pytest -m "not lab"` leaves the multi-node tiers out
 
 
 def unique_lab_name(prefix: str = "t") -> str:
-    return prefix + secrets.token_hex(3)[:7 - len(prefix) + 1]
+    return prefix + secrets.token_hex(3)[: 7 - len(prefix) + 1]
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,7 @@ def lab_root():
 def make_lab(lab_root, nodes, pods_per_node, backend="vxlan", **kw):
     from minikubenet.lab.cluster import Lab
     from minikubenet.lab.topology import build_topology
+
     topo = build_topology(unique_lab_name(), nodes=nodes, pods_per_node=pods_per_node, backend=backend, **kw)
     return Lab(topo, root=lab_root, say=lambda *a: None)
 

@@ -57,19 +57,33 @@ import ipaddress
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from minikubenet.cni import result as cni_result
-from minikubenet.cni.shim import (ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, ERR_INVALID_NETNS,
-                                  ERR_NOT_AVAILABLE, ERR_NOT_AVAILABLE_DEGRADED, ERR_TRY_AGAIN_LATER,
-                                  CniError)
+from minikubenet.cni.shim import (
+    ERR_INVALID_CONFIG,
+    ERR_INVALID_ENVIRONMENT,
+    ERR_INVALID_NETNS,
+    ERR_NOT_AVAILABLE,
+    ERR_NOT_AVAILABLE_DEGRADED,
+    ERR_TRY_AGAIN_LATER,
+    CniError,
+)
 from minikubenet.ipam.allocator import Allocation, Owner, PodIPAllocator, SubnetFull
 from minikubenet.linux import rps
 from minikubenet.linux.netns import NetnsNotFound
 from minikubenet.linux.pod_plumbing import NotOurs, PodPlumbing
-from minikubenet.pod_network import (BRIDGE, LinkSeen, PodLink, attachment_macs, host_namespace_reason,
-                                     host_veth_name, owns, plan_attachment)
+from minikubenet.pod_network import (
+    BRIDGE,
+    LinkSeen,
+    PodLink,
+    attachment_macs,
+    host_namespace_reason,
+    host_veth_name,
+    owns,
+    plan_attachment,
+)
 from minikubenet.store.etcd import StoreError
 
 if TYPE_CHECKING:
@@ -77,8 +91,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ERR_CHECK_FAILED = 100   # plugin-specific codes start at 100 (SPEC "Error")
-ERR_INTERNAL = 999       # libcni's code for an error without a spec code
+ERR_CHECK_FAILED = 100  # plugin-specific codes start at 100 (SPEC "Error")
+ERR_INTERNAL = 999  # libcni's code for an error without a spec code
 
 # libcni ≥ 1.2 sends both spellings: the spec said "cni.dev/attachments" until it was
 # renamed (containernetworking/cni#1101). An attachment listed under either is valid.
@@ -101,20 +115,29 @@ def parse_valid_attachments(config: dict) -> set[tuple[str, str]]:
     ``null`` is an empty list: Go's encoder writes a nil slice that way."""
     present = [k for k in VALID_ATTACHMENT_KEYS if k in config]
     if not present:
-        raise CniError(ERR_INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
-                       "the runtime must list the attachments that are still valid; "
-                       "without the list nothing is released")
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments",
+            "the runtime must list the attachments that are still valid; without the list nothing is released",
+        )
     keep = set()
     for key in present:
         entries = config[key] if config[key] is not None else []
         if not isinstance(entries, list):
             raise CniError(ERR_INVALID_CONFIG, f"{key} must be a list, got {type(entries).__name__}")
         for i, entry in enumerate(entries):
-            if not (isinstance(entry, dict) and isinstance(entry.get("containerID"), str)
-                    and entry["containerID"] and isinstance(entry.get("ifname"), str) and entry["ifname"]):
-                raise CniError(ERR_INVALID_CONFIG, f"{key}[{i}] is not an attachment",
-                               f'expected {{"containerID": ..., "ifname": ...}}, got {entry!r}; '
-                               "nothing was released")
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("containerID"), str)
+                and entry["containerID"]
+                and isinstance(entry.get("ifname"), str)
+                and entry["ifname"]
+            ):
+                raise CniError(
+                    ERR_INVALID_CONFIG,
+                    f"{key}[{i}] is not an attachment",
+                    f'expected {{"containerID": ..., "ifname": ...}}, got {entry!r}; nothing was released',
+                )
             keep.add((entry["containerID"], entry["ifname"]))
     return keep
 
@@ -125,33 +148,34 @@ def ipam_routes(ipam: dict, gateway: str) -> list[cni_result.Route]:
     routes = ipam.get("routes")
     if routes is None:
         return [cni_result.Route("0.0.0.0/0", gateway)]
-    if not isinstance(routes, list) or not all(isinstance(r, dict) and isinstance(r.get("dst"), str)
-                                               for r in routes):
-        raise CniError(ERR_INVALID_CONFIG, "ipam.routes must be a list of {\"dst\": ..., \"gw\": ...}")
+    if not isinstance(routes, list) or not all(isinstance(r, dict) and isinstance(r.get("dst"), str) for r in routes):
+        raise CniError(ERR_INVALID_CONFIG, 'ipam.routes must be a list of {"dst": ..., "gw": ...}')
     return [cni_result.Route(r["dst"], r.get("gw", "") or "") for r in routes]
 
 
 @dataclass
 class NodeState:
     """What the handler needs to know about its node; filled in by the agent at start."""
+
     node_name: str
     subnet: ipaddress.IPv4Network
     mtu: int
     allocator: PodIPAllocator
     lease_healthy: Callable[[], bool]
-    store_ping: Callable[[], None]       # raises StoreError
-    rps_cpus: str | None = None          # receive packet steering for pod veths (linux/rps.py)
-    conntrack: Callable[[], ConntrackTable | None] | None = None   # agent/upkeep.py
+    store_ping: Callable[[], None]  # raises StoreError
+    rps_cpus: str | None = None  # receive packet steering for pod veths (linux/rps.py)
+    conntrack: Callable[[], ConntrackTable | None] | None = None  # agent/upkeep.py
 
 
 @dataclass(frozen=True)
 class Call:
     """One request, unpacked: who, where, and which namespace path the kernel work uses."""
+
     command: str
-    mode: str               # "main" or "ipam"
+    mode: str  # "main" or "ipam"
     env: dict
     config: dict
-    kernel_netns: str | None   # /proc/self/fd/N when the shim passed the namespace, else CNI_NETNS
+    kernel_netns: str | None  # /proc/self/fd/N when the shim passed the namespace, else CNI_NETNS
 
     @property
     def pod_netns(self) -> str:
@@ -182,14 +206,16 @@ class CniHandler:
     """The verbs over ``node`` (etcd through its allocator) and ``plumbing``, the kernel
     (linux/pod_plumbing.py: the real netlink one unless a test or the benchmark gives
     another)."""
-    CLAIM_THREADS = 8          # ADDs whose IP claim runs beside their veth work (the allocator
-                               # itself does one etcd claim at a time; the others queue there)
+
+    CLAIM_THREADS = 8  # ADDs whose IP claim runs beside their veth work (the allocator
+    # itself does one etcd claim at a time; the others queue there)
     COMPLETE_THREADS = 2
 
     def __init__(self, node: NodeState, plumbing: PodPlumbing | None = None):
         self.node = node
         if plumbing is None:
-            from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing   # pyroute2 only when real
+            from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing  # pyroute2 only when real
+
             plumbing = NetlinkPodPlumbing()
         self.kernel: PodPlumbing = plumbing
         self._locks: dict[str, threading.Lock] = {}
@@ -197,8 +223,9 @@ class CniHandler:
         self._claims = concurrent.futures.ThreadPoolExecutor(self.CLAIM_THREADS, thread_name_prefix="ip-claim")
         # marking records complete after the answer: threads of their own, so a burst of
         # them never queues in front of the claims that ADDs wait for
-        self._completions = concurrent.futures.ThreadPoolExecutor(self.COMPLETE_THREADS,
-                                                                  thread_name_prefix="ip-complete")
+        self._completions = concurrent.futures.ThreadPoolExecutor(
+            self.COMPLETE_THREADS, thread_name_prefix="ip-complete"
+        )
 
     def close(self) -> None:
         """Stop the claim threads (the agent calls this on exit)."""
@@ -219,8 +246,13 @@ class CniHandler:
     def handle(self, request: dict, netns_fd: int | None = None) -> dict | None:
         env = request.get("env") or {}
         kernel_netns = f"/proc/self/fd/{netns_fd}" if netns_fd is not None else (env.get("CNI_NETNS") or None)
-        call = Call(command=str(request.get("command")), mode=request.get("mode") or "main", env=env,
-                    config=request.get("config") or {}, kernel_netns=kernel_netns)
+        call = Call(
+            command=str(request.get("command")),
+            mode=request.get("mode") or "main",
+            env=env,
+            config=request.get("config") or {},
+            kernel_netns=kernel_netns,
+        )
         try:
             if call.mode not in ("main", "ipam"):
                 raise CniError(ERR_INVALID_CONFIG, f"unknown plugin mode {call.mode!r}")
@@ -249,10 +281,16 @@ class CniHandler:
     def _owner(self, call: Call) -> Owner:
         """The record ADD writes; in main mode it names the pod interface's MAC."""
         args = parse_cni_args(call.env.get("CNI_ARGS", ""))
-        return Owner(container_id=call.container_id, ifname=call.ifname, node=self.node.node_name,
-                     network=call.network, netns=call.netns,
-                     pod_namespace=args.get("K8S_POD_NAMESPACE", ""), pod_name=args.get("K8S_POD_NAME", ""),
-                     mac=attachment_macs(call.container_id, call.ifname)[1] if call.mode == "main" else "")
+        return Owner(
+            container_id=call.container_id,
+            ifname=call.ifname,
+            node=self.node.node_name,
+            network=call.network,
+            netns=call.netns,
+            pod_namespace=args.get("K8S_POD_NAMESPACE", ""),
+            pod_name=args.get("K8S_POD_NAME", ""),
+            mac=attachment_macs(call.container_id, call.ifname)[1] if call.mode == "main" else "",
+        )
 
     def _find(self, call: Call) -> Allocation | None:
         """This attachment's IP on this network (a record of another network is not ours)."""
@@ -268,8 +306,11 @@ class CniHandler:
         except (OSError, TypeError):
             return
         if (pod.st_dev, pod.st_ino) == (own.st_dev, own.st_ino):
-            raise CniError(ERR_INVALID_NETNS, "CNI_NETNS is the node's own network namespace",
-                           f"{call.netns} is where the agent runs; a pod needs a namespace of its own")
+            raise CniError(
+                ERR_INVALID_NETNS,
+                "CNI_NETNS is the node's own network namespace",
+                f"{call.netns} is where the agent runs; a pod needs a namespace of its own",
+            )
 
     @staticmethod
     def _refuse_foreign(call: Call, link: PodLink, devices: list[LinkSeen]) -> None:
@@ -277,15 +318,22 @@ class CniHandler:
         CNI_IFNAME that exists there without this attachment's mark."""
         reason = host_namespace_reason(devices)
         if reason:
-            raise CniError(ERR_INVALID_NETNS, "CNI_NETNS is a node's network namespace, not a pod's",
-                           f"{call.netns}: {reason}; nothing was changed")
+            raise CniError(
+                ERR_INVALID_NETNS,
+                "CNI_NETNS is a node's network namespace, not a pod's",
+                f"{call.netns}: {reason}; nothing was changed",
+            )
         existing = next((d for d in devices if d.name == call.ifname), None)
-        if existing is not None and not owns(link.mark, existing.alias, existing.mac,
-                                             attachment_macs(call.container_id, call.ifname)[1]):
+        if existing is not None and not owns(
+            link.mark, existing.alias, existing.mac, attachment_macs(call.container_id, call.ifname)[1]
+        ):
             # the reference bridge plugin's words and code (plugins/main/bridge: setupVeth)
-            raise CniError(ERR_INTERNAL, f"container veth name provided ({call.ifname}) already exists",
-                           f"{call.ifname} in {call.netns} carries {existing.alias or 'no mark'!r}, not "
-                           f"{link.mark!r}: it belongs to another container; nothing was changed")
+            raise CniError(
+                ERR_INTERNAL,
+                f"container veth name provided ({call.ifname}) already exists",
+                f"{call.ifname} in {call.netns} carries {existing.alias or 'no mark'!r}, not "
+                f"{link.mark!r}: it belongs to another container; nothing was changed",
+            )
 
     def _allocate(self, call: Call) -> tuple[Allocation, bool]:
         """In main mode the record is claimed until the pod is plumbed; in IPAM mode the
@@ -324,7 +372,7 @@ class CniHandler:
             macs = self._plumb(call, kernel.create_pair, link)
             if self.node.rps_cpus:
                 self._steer(link.host_veth)
-            allocation, created = claiming.result()     # CniError (subnet full) or StoreError
+            allocation, created = claiming.result()  # CniError (subnet full) or StoreError
             plan = plan_attachment(link, allocation.ip, self.node.subnet)
             self._plumb(call, kernel.configure_pod, plan, pod)
             undo.pop_all()  # success: keep everything
@@ -335,23 +383,32 @@ class CniHandler:
         self._completions.submit(self._complete_quietly, allocation)
         log.info("ADD %s/%s -> %s%s", cid, ifname, allocation.ip, "" if created else " (existing allocation)")
         res = cni_result.Result(
-            interfaces=[cni_result.Interface(BRIDGE, macs.bridge),
-                        cni_result.Interface(link.host_veth, macs.host_veth),
-                        cni_result.Interface(ifname, macs.pod, sandbox=call.netns, mtu=self.node.mtu)],
+            interfaces=[
+                cni_result.Interface(BRIDGE, macs.bridge),
+                cni_result.Interface(link.host_veth, macs.host_veth),
+                cni_result.Interface(ifname, macs.pod, sandbox=call.netns, mtu=self.node.mtu),
+            ],
             ips=[cni_result.IPConfig(str(plan.address), str(plan.gateway), interface=2)],
             routes=[cni_result.Route("0.0.0.0/0", str(plan.gateway))],
-            dns=dns if isinstance(dns := call.config.get("dns"), dict) else {})
+            dns=dns if isinstance(dns := call.config.get("dns"), dict) else {},
+        )
         return self._with_prev_result(call, cni_result.encode(res, call.config["cniVersion"]))
 
     def _add_ipam(self, call: Call) -> dict:
         routes = ipam_routes(call.config["ipam"], str(self._gateway))
         with self._container_lock(call.container_id):
             allocation, created = self._allocate(call)
-        log.info("IPAM ADD %s/%s -> %s%s", call.container_id, call.ifname, allocation.ip,
-                 "" if created else " (existing allocation)")
+        log.info(
+            "IPAM ADD %s/%s -> %s%s",
+            call.container_id,
+            call.ifname,
+            allocation.ip,
+            "" if created else " (existing allocation)",
+        )
         res = cni_result.Result(
             ips=[cni_result.IPConfig(f"{allocation.ip}/{self.node.subnet.prefixlen}", str(self._gateway))],
-            routes=routes)
+            routes=routes,
+        )
         return cni_result.encode(res, call.config["cniVersion"])
 
     @staticmethod
@@ -368,8 +425,9 @@ class CniHandler:
         except NetnsNotFound:
             raise
         except NotOurs as e:
-            raise CniError(ERR_INTERNAL, str(e), "a device by that name belongs to someone else; "
-                           "it was left as it is") from None
+            raise CniError(
+                ERR_INTERNAL, str(e), "a device by that name belongs to someone else; it was left as it is"
+            ) from None
         except Exception as e:
             log.exception("ADD %s/%s: plumbing failed", call.container_id, call.ifname)
             raise CniError(ERR_INTERNAL, f"could not attach {call.ifname} in {call.netns}", str(e)) from None
@@ -396,8 +454,13 @@ class CniHandler:
         try:
             self.node.allocator.complete(allocation)
         except Exception as e:
-            log.warning("could not mark %s of %s/%s complete (the next start will): %s", allocation.ip,
-                        allocation.owner.container_id, allocation.owner.ifname, e)
+            log.warning(
+                "could not mark %s of %s/%s complete (the next start will): %s",
+                allocation.ip,
+                allocation.owner.container_id,
+                allocation.owner.ifname,
+                e,
+            )
 
     def _release_quietly(self, allocation) -> None:
         try:
@@ -426,8 +489,7 @@ class CniHandler:
             allocation = self._find(call)
             if allocation is not None:
                 self.node.allocator.release(allocation)
-                log.info("%sDEL %s/%s released %s", "IPAM " if call.mode == "ipam" else "", cid, ifname,
-                         allocation.ip)
+                log.info("%sDEL %s/%s released %s", "IPAM " if call.mode == "ipam" else "", cid, ifname, allocation.ip)
             else:
                 log.info("DEL %s/%s: nothing allocated (already deleted?)", cid, ifname)
         with self._locks_guard:
@@ -438,18 +500,25 @@ class CniHandler:
     def check(self, call: Call) -> None:
         prev = call.config.get("prevResult")
         if not isinstance(prev, dict):
-            raise CniError(ERR_INVALID_CONFIG, "required prevResult missing",
-                           "CHECK compares the node with the result of ADD; the runtime must pass it")
+            raise CniError(
+                ERR_INVALID_CONFIG,
+                "required prevResult missing",
+                "CHECK compares the node with the result of ADD; the runtime must pass it",
+            )
         cid, ifname = call.container_id, call.ifname
         with self._container_lock(cid):
             allocation = self._find(call)
             if allocation is None:
-                raise CniError(ERR_CHECK_FAILED, f"no IP allocated to {cid}/{ifname}",
-                               "the etcd record of this attachment is missing")
+                raise CniError(
+                    ERR_CHECK_FAILED,
+                    f"no IP allocated to {cid}/{ifname}",
+                    "the etcd record of this attachment is missing",
+                )
             problems = self._compare_with_prev(call, prev, allocation)
             if call.mode == "main" and not problems:
-                plan = plan_attachment(PodLink(cid, ifname, call.pod_netns, self.node.mtu), allocation.ip,
-                                       self.node.subnet)
+                plan = plan_attachment(
+                    PodLink(cid, ifname, call.pod_netns, self.node.mtu), allocation.ip, self.node.subnet
+                )
                 problems = self.kernel.inspect(plan)
                 problems += self._compare_mac(call, prev)
             if problems:
@@ -491,18 +560,27 @@ class CniHandler:
         with self._container_lock(o.container_id):
             if mode == "main":
                 # the spec lets GC assume the pod's namespace is gone: the host end is enough
-                left_alone = self.kernel.detach(o.container_id, o.ifname,
-                                                host_veth_name(o.container_id, o.ifname), None)
+                left_alone = self.kernel.detach(
+                    o.container_id, o.ifname, host_veth_name(o.container_id, o.ifname), None
+                )
                 for note in left_alone:
                     log.warning("GC %s/%s: left alone, not ours: %s", o.container_id, o.ifname, note)
             released = self.node.allocator.release(allocation)
-        log.info("GC %s %s of %s/%s", "released" if released else "found already released", allocation.ip,
-                 o.container_id, o.ifname)
+        log.info(
+            "GC %s %s of %s/%s",
+            "released" if released else "found already released",
+            allocation.ip,
+            o.container_id,
+            o.ifname,
+        )
 
     def status(self) -> None:
         if not self.node.lease_healthy():
-            raise CniError(ERR_NOT_AVAILABLE_DEGRADED, "the node has no valid subnet lease",
-                           "other nodes may drop their routes to this node's pods")
+            raise CniError(
+                ERR_NOT_AVAILABLE_DEGRADED,
+                "the node has no valid subnet lease",
+                "other nodes may drop their routes to this node's pods",
+            )
         try:
             self.node.store_ping()
         except StoreError as e:

@@ -46,26 +46,27 @@ from minikubenet.cni.shim import ERR_DECODE, ERR_TRY_AGAIN_LATER, MAX_REQUEST_BY
 
 log = logging.getLogger(__name__)
 
-MAX_FDS = 4                  # the shim sends one; more is a confused client
+MAX_FDS = 4  # the shim sends one; more is a confused client
 FD_SIZE = array.array("i").itemsize
-REQUEST_TIMEOUT_S = 10.0     # from connect to the client's half-close
-SEND_TIMEOUT_S = 30.0        # a client that never reads its answer does not pin a worker forever
-MAX_CONNECTIONS = 512        # open at once, reading or being served (well under RLIMIT_NOFILE's 1024)
-WORKERS = 64                 # requests served at once: an ADD mostly waits (etcd, netlink, up to
-                             # 5 s in an etcd outage), so many wait together; each costs a thread
+REQUEST_TIMEOUT_S = 10.0  # from connect to the client's half-close
+SEND_TIMEOUT_S = 30.0  # a client that never reads its answer does not pin a worker forever
+MAX_CONNECTIONS = 512  # open at once, reading or being served (well under RLIMIT_NOFILE's 1024)
+WORKERS = 64  # requests served at once: an ADD mostly waits (etcd, netlink, up to
+# 5 s in an etcd outage), so many wait together; each costs a thread
 KNOWN_COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
-LISTEN_BACKLOG = 256         # a node may start many pods at once
+LISTEN_BACKLOG = 256  # a node may start many pods at once
 
 
 @dataclass
 class _Incoming:
     """A connection whose request is still arriving."""
+
     sock: socket.socket
     deadline: float
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     fds: list[int] = field(default_factory=list)
-    refused: bool = False    # answered already (too large); the rest of its input is discarded
+    refused: bool = False  # answered already (too large); the rest of its input is discarded
 
     def close(self) -> None:
         for fd in self.fds:
@@ -83,15 +84,21 @@ def _received_fds(ancdata) -> list[int]:
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             got = array.array("i")
-            got.frombytes(payload[:len(payload) - len(payload) % FD_SIZE])
+            got.frombytes(payload[: len(payload) - len(payload) % FD_SIZE])
             fds.extend(got)
     return fds
 
 
 class CniServer:
-    def __init__(self, path: str, handler: CniHandler, workers: int = WORKERS,
-                 max_connections: int = MAX_CONNECTIONS, request_timeout: float = REQUEST_TIMEOUT_S,
-                 on_answer: Callable[[str, float, int | None], None] | None = None):
+    def __init__(
+        self,
+        path: str,
+        handler: CniHandler,
+        workers: int = WORKERS,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT_S,
+        on_answer: Callable[[str, float, int | None], None] | None = None,
+    ):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         os.chmod(os.path.dirname(path), 0o700)
         try:
@@ -113,8 +120,8 @@ class CniServer:
         # (command, seconds, error code or None) per answered request: the agent's metrics
         self.on_answer = on_answer
         self._workers = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cni")
-        self._incoming: dict[int, _Incoming] = {}     # fileno -> connection still reading
-        self._serving = 0                              # handed to the workers, not yet answered
+        self._incoming: dict[int, _Incoming] = {}  # fileno -> connection still reading
+        self._serving = 0  # handed to the workers, not yet answered
         self._serving_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -152,18 +159,24 @@ class CniServer:
             self._stopped.set()
 
     def _accept(self) -> None:
-        for _ in range(64):     # drain a burst, then let reads run
+        for _ in range(64):  # drain a burst, then let reads run
             try:
                 sock, _addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:    # EMFILE and friends: keep serving what is open
+            except OSError as e:  # EMFILE and friends: keep serving what is open
                 log.warning("CNI socket: accept failed: %s", e)
                 return
             sock.setblocking(False)
             if len(self._incoming) + self._serving >= self.max_connections and not self._evict_oldest():
-                self._answer_now(sock, CniError(ERR_TRY_AGAIN_LATER, "minikubenet agent busy",
-                                                f"{self.max_connections} requests are being served"))
+                self._answer_now(
+                    sock,
+                    CniError(
+                        ERR_TRY_AGAIN_LATER,
+                        "minikubenet agent busy",
+                        f"{self.max_connections} requests are being served",
+                    ),
+                )
                 sock.close()
                 continue
             conn = _Incoming(sock, time.monotonic() + self.request_timeout)
@@ -188,20 +201,26 @@ class CniServer:
                 self._drop(conn)
             return
         conn.fds.extend(fds)
-        if not data:    # the client half-closed: the request is complete
+        if not data:  # the client half-closed: the request is complete
             self._unregister(conn)
             with self._serving_lock:
                 self._serving += 1
             try:
                 self._workers.submit(self._serve, conn)
-            except RuntimeError:    # shutting down
+            except RuntimeError:  # shutting down
                 self._finished(conn)
             return
         conn.chunks.append(data)
         conn.size += len(data)
         if conn.size > MAX_REQUEST_BYTES:
-            self._refuse(conn, CniError(ERR_DECODE, "agent could not decode the request",
-                                        f"the request is larger than {MAX_REQUEST_BYTES} bytes"))
+            self._refuse(
+                conn,
+                CniError(
+                    ERR_DECODE,
+                    "agent could not decode the request",
+                    f"the request is larger than {MAX_REQUEST_BYTES} bytes",
+                ),
+            )
 
     def _refuse(self, conn: _Incoming, e: CniError) -> None:
         """Answer now and discard the rest of the input until the client closes (closing
@@ -228,11 +247,18 @@ class CniServer:
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._incoming.values() if c.deadline <= now]:
             if not conn.refused:
-                log.warning("CNI socket: no complete request within %.0fs; closing the connection",
-                            self.request_timeout)
-                self._answer_now(conn.sock, CniError(ERR_DECODE, "agent could not decode the request",
-                                                     f"no complete request within {self.request_timeout:.0f}s "
-                                                     "(a client sends its request, then shuts down writing)"))
+                log.warning(
+                    "CNI socket: no complete request within %.0fs; closing the connection", self.request_timeout
+                )
+                self._answer_now(
+                    conn.sock,
+                    CniError(
+                        ERR_DECODE,
+                        "agent could not decode the request",
+                        f"no complete request within {self.request_timeout:.0f}s "
+                        "(a client sends its request, then shuts down writing)",
+                    ),
+                )
             self._drop(conn)
 
     def _evict_oldest(self) -> bool:
@@ -241,8 +267,12 @@ class CniServer:
             return False
         oldest = min(self._incoming.values(), key=lambda c: c.deadline)
         log.warning("CNI socket: %d connections open; dropping the oldest unfinished one", self.max_connections)
-        self._answer_now(oldest.sock, CniError(ERR_TRY_AGAIN_LATER, "minikubenet agent busy",
-                                               "too many connections; this one sent no complete request"))
+        self._answer_now(
+            oldest.sock,
+            CniError(
+                ERR_TRY_AGAIN_LATER, "minikubenet agent busy", "too many connections; this one sent no complete request"
+            ),
+        )
         self._drop(oldest)
         return True
 
@@ -270,16 +300,22 @@ class CniServer:
                 answer: dict = {"result": self.cni_handler.handle(request, netns_fd=netns_fd)}
                 warnings = self.cni_handler.status_warnings() if request.get("command") == "STATUS" else []
                 if warnings:
-                    answer["warnings"] = warnings      # the shim prints them on stderr
+                    answer["warnings"] = warnings  # the shim prints them on stderr
             except CniError as e:
                 env = env if isinstance(env := request.get("env"), dict) else {}
-                log.warning("%s %s: %s (%s)", request.get("command", "?"), env.get("CNI_CONTAINERID", ""),
-                            e.msg, e.details)
+                log.warning(
+                    "%s %s: %s (%s)", request.get("command", "?"), env.get("CNI_CONTAINERID", ""), e.msg, e.details
+                )
                 answer = {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
             except Exception as e:  # never let a bug end the connection without an answer
                 log.exception("unexpected error serving a CNI request")
-                answer = {"error": {"code": ERR_INTERNAL, "msg": "internal error in minikubenet-agent",
-                                    "details": f"{type(e).__name__}: {e}"}}
+                answer = {
+                    "error": {
+                        "code": ERR_INTERNAL,
+                        "msg": "internal error in minikubenet-agent",
+                        "details": f"{type(e).__name__}: {e}",
+                    }
+                }
             try:
                 data = json.dumps(answer).encode()
             except (TypeError, ValueError) as e:

@@ -36,28 +36,29 @@ import threading
 
 from minikubenet import subnet_env
 from minikubenet.agent import backends
-from minikubenet.agent.metrics import AgentMetrics
-from minikubenet.agent.upkeep import DEFAULT_SYNC_PERIOD_S, ConntrackPressure, MasqueradeRules, Upkeep
 from minikubenet.agent.cni_handler import CniHandler, NodeState
 from minikubenet.agent.cni_server import CniServer
+from minikubenet.agent.metrics import AgentMetrics
 from minikubenet.agent.reconcile import reconcile
+from minikubenet.agent.upkeep import DEFAULT_SYNC_PERIOD_S, ConntrackPressure, MasqueradeRules, Upkeep
 from minikubenet.ipam.allocator import PodIPAllocator
 from minikubenet.linux import iptables, rps, sysctl
-from minikubenet.linux.netns import node_iproute
-from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing
-from minikubenet.metrics import MetricsServer, metrics_routes, parse_bind, serve
 from minikubenet.linux.addresses import UnderlayNotFound, find_underlay
 from minikubenet.linux.bridge import BridgeError, ensure_bridge
+from minikubenet.linux.netlink_pod_plumbing import NetlinkPodPlumbing
+from minikubenet.linux.netns import node_iproute
 from minikubenet.masquerade import render_masquerade
+from minikubenet.metrics import MetricsServer, metrics_routes, parse_bind, serve
 from minikubenet.network_config import ConfigError
 from minikubenet.overlay.controller import OverlayController
 from minikubenet.pod_network import BRIDGE
-from minikubenet.waiting import wait_until
 from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
 from minikubenet.store.keys import KeyLayout
 from minikubenet.subnet_lease import DEFAULT_TTL_S, OutOfSubnets, SubnetLeaser
+from minikubenet.waiting import wait_until
 
 log = logging.getLogger("minikubenet.agent")
+
 
 class AgentError(Exception):
     """A start-up failure with a message a person can act on."""
@@ -65,31 +66,47 @@ class AgentError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minikubenet-agent", description=__doc__.split("\n\n")[0])
-    p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
-                   help="comma-separated etcd client URLs")
+    p.add_argument(
+        "--etcd-endpoints",
+        default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+        help="comma-separated etcd client URLs",
+    )
     add_etcd_tls_options(p)
     p.add_argument("--etcd-prefix", default="/coreos.com/network", help="flannel's key prefix")
     p.add_argument("--project-prefix", default="/minikubenet", help="prefix of pod IP records")
     p.add_argument("--node-name", default=socket.gethostname())
-    p.add_argument("--public-ip", help="this node's address on the underlay (default: from --iface or the default route)")
+    p.add_argument(
+        "--public-ip", help="this node's address on the underlay (default: from --iface or the default route)"
+    )
     p.add_argument("--iface", help="the underlay interface")
     p.add_argument("--run-dir", default="/run/minikubenet", help="socket and subnet.env live here")
     p.add_argument("--subnet-file", help="default: RUN_DIR/subnet.env")
     p.add_argument("--socket", help="CNI socket path (default: RUN_DIR/agent.sock)")
     p.add_argument("--subnet-lease-ttl", type=int, default=DEFAULT_TTL_S, help="seconds (default 24 h)")
     p.add_argument("--no-ip-masq", dest="ip_masq", action="store_false", help="do not masquerade pod traffic")
-    p.add_argument("--startup-timeout", type=float, default=60.0,
-                   help="how long to wait for etcd and the network config")
-    p.add_argument("--rps-cpus", default="",
-                   help="receive packet steering for the devices the agent makes (cni0, flannel.<VNI>, each "
-                        "pod's host-side veth): a CPU mask as in /sys/class/net/*/queues/rx-*/rps_cpus, e.g. 2. "
-                        "'off' sets none (also on devices an earlier run steered). Default: leave the kernel's "
-                        "setting (none). The lab sets it: see linux/rps.py")
-    p.add_argument("--sync-period", type=float, default=DEFAULT_SYNC_PERIOD_S,
-                   help="seconds between checks that the masquerade/forward rules are intact (restored if not) "
-                        "and of the conntrack table's fill level")
-    p.add_argument("--metrics-bind-address", default="127.0.0.1:10261",
-                   help="host:port for Prometheus metrics on /metrics (conntrack, rule repairs); '' to disable")
+    p.add_argument(
+        "--startup-timeout", type=float, default=60.0, help="how long to wait for etcd and the network config"
+    )
+    p.add_argument(
+        "--rps-cpus",
+        default="",
+        help="receive packet steering for the devices the agent makes (cni0, flannel.<VNI>, each "
+        "pod's host-side veth): a CPU mask as in /sys/class/net/*/queues/rx-*/rps_cpus, e.g. 2. "
+        "'off' sets none (also on devices an earlier run steered). Default: leave the kernel's "
+        "setting (none). The lab sets it: see linux/rps.py",
+    )
+    p.add_argument(
+        "--sync-period",
+        type=float,
+        default=DEFAULT_SYNC_PERIOD_S,
+        help="seconds between checks that the masquerade/forward rules are intact (restored if not) "
+        "and of the conntrack table's fill level",
+    )
+    p.add_argument(
+        "--metrics-bind-address",
+        default="127.0.0.1:10261",
+        help="host:port for Prometheus metrics on /metrics (conntrack, rule repairs); '' to disable",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -108,8 +125,10 @@ def wait_for_config(store: EtcdStore, timeout: float):
         else:
             if found is not None:
                 return found
-            why[0] = (f"no network config at {store.layout.config}; "
-                      "write one with `minikubenet network init --network 10.244.0.0/16`")
+            why[0] = (
+                f"no network config at {store.layout.config}; "
+                "write one with `minikubenet network init --network 10.244.0.0/16`"
+            )
         log.info("waiting: %s", why[0])
         return None
 
@@ -132,7 +151,7 @@ class Agent:
         self.metrics_server: MetricsServer | None = None
         self.upkeep: Upkeep | None = None
         self._backend: backends.BackendBase | None = None
-        self._prepared: backends.Prepared | None = None   # a VXLAN device this start created, until the agent is up
+        self._prepared: backends.Prepared | None = None  # a VXLAN device this start created, until the agent is up
 
     def start(self) -> None:
         a = self.args
@@ -151,8 +170,7 @@ class Agent:
             raise AgentError(str(e)) from None
         try:
             layout = KeyLayout(a.etcd_prefix, a.project_prefix)
-            self.store = EtcdStore(a.etcd_endpoints.split(","), layout=layout,
-                                   tls=TLSFiles.from_args(a))
+            self.store = EtcdStore(a.etcd_endpoints.split(","), layout=layout, tls=TLSFiles.from_args(a))
         except (ValueError, OSError) as e:
             raise AgentError(f"bad etcd settings: {e}") from None
         config = wait_for_config(self.store, a.startup_timeout)
@@ -173,8 +191,9 @@ class Agent:
         log.info("underlay %s %s mtu %d -> pod mtu %d", underlay.ifname, underlay.ip, underlay.mtu, mtu)
 
         previous = subnet_env.read(self.subnet_file)
-        leaser = self.leaser = SubnetLeaser(self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data,
-                                   ttl=a.subnet_lease_ttl)
+        leaser = self.leaser = SubnetLeaser(
+            self.store, config, underlay.ip, prepared.backend_type, prepared.backend_data, ttl=a.subnet_lease_ttl
+        )
         try:
             lease = self.leaser.acquire(previous.subnet if previous else None)
         except OutOfSubnets as e:
@@ -209,13 +228,16 @@ class Agent:
         # Every remote node is programmed before we say "ready": a pod created now can
         # reach the whole cluster at once.
         overlay = self.overlay = self._backend.start(self.store, config, underlay, lease.subnet, prepared)
-        self._prepared = None   # from here on the device is in use: keep it on exit
-        self.metrics.attach(malformed=overlay.bad.current, malformed_seen=overlay.bad.seen,
-                            lease_renewals=leaser.renewals,
-                            overlay_entries=overlay.wanted_entries,
-                            overlay_programmed=overlay.programmed,
-                            overlay_withdrawn=overlay.withdrawn,
-                            overlay_corrected=overlay.corrected)
+        self._prepared = None  # from here on the device is in use: keep it on exit
+        self.metrics.attach(
+            malformed=overlay.bad.current,
+            malformed_seen=overlay.bad.seen,
+            lease_renewals=leaser.renewals,
+            overlay_entries=overlay.wanted_entries,
+            overlay_programmed=overlay.programmed,
+            overlay_withdrawn=overlay.withdrawn,
+            overlay_corrected=overlay.corrected,
+        )
         conntrack = ConntrackPressure()
         self.upkeep = Upkeep(rules, conntrack, self.metrics, a.sync_period).start()
 
@@ -224,12 +246,19 @@ class Agent:
         # before the socket opens: no ADD can run while half-made pods are removed
         plumbing = NetlinkPodPlumbing()
         reconcile(allocator, a.node_name, mtu, plumbing)
-        node = NodeState(node_name=a.node_name, subnet=lease.subnet, mtu=mtu,
-                         allocator=allocator,
-                         lease_healthy=lambda: leaser.healthy, store_ping=self.store.ping,
-                         rps_cpus=None if rps_cpus == "0" else rps_cpus, conntrack=conntrack.current)
-        self.server = CniServer(self.socket_path, CniHandler(node, plumbing),
-                                on_answer=self.metrics.observe_cni_request)
+        node = NodeState(
+            node_name=a.node_name,
+            subnet=lease.subnet,
+            mtu=mtu,
+            allocator=allocator,
+            lease_healthy=lambda: leaser.healthy,
+            store_ping=self.store.ping,
+            rps_cpus=None if rps_cpus == "0" else rps_cpus,
+            conntrack=conntrack.current,
+        )
+        self.server = CniServer(
+            self.socket_path, CniHandler(node, plumbing), on_answer=self.metrics.observe_cni_request
+        )
         subnet_env.write(self.subnet_file, subnet_env.SubnetEnv(config.network, lease.subnet, mtu, a.ip_masq))
         log.info("ready: subnet %s, CNI socket %s, %s", lease.subnet, self.socket_path, self.subnet_file)
 
@@ -254,7 +283,7 @@ class Agent:
             self.server.close()
             self.server.cni_handler.close()
         if self.store:
-            self.store.close()   # gRPC's channel threads would otherwise keep the process alive
+            self.store.close()  # gRPC's channel threads would otherwise keep the process alive
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     # 0600 files, 0700 directories, whoever started us with whatever umask.
     os.umask(0o077)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s",
+    )
     agent = Agent(args)
     try:
         agent.start()

@@ -49,21 +49,27 @@ CNI_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 class AgentMetrics(MetricSet):
     def __init__(self, read_conntrack=conntrack_table.read):
         p = "minikubenet_"
-        self.rule_repairs = Counter(p + "agent_rule_repairs_total",
-                                    "Times the agent restored its masquerade or forward rules after they "
-                                    "were flushed, deleted or changed")
+        self.rule_repairs = Counter(
+            p + "agent_rule_repairs_total",
+            "Times the agent restored its masquerade or forward rules after they were flushed, deleted or changed",
+        )
         self.conntrack_entries = Gauge(p + "conntrack_entries", "Entries in the conntrack table of this node")
         self.conntrack_limit = Gauge(p + "conntrack_entries_limit", "The conntrack table's size (nf_conntrack_max)")
-        self.conntrack_drop = ObservedCounter(p + "conntrack_drop_total",
-                                              "New connections dropped because the conntrack table was full")
-        self.conntrack_early_drop = ObservedCounter(p + "conntrack_early_drop_total",
-                                                    "Conntrack entries evicted early to make room for new ones")
-        self.conntrack_insert_failed = ObservedCounter(p + "conntrack_insert_failed_total",
-                                                       "Conntrack entries that could not be inserted")
-        self.cni_duration = Histogram(p + "agent_cni_request_duration_seconds",
-                                      "Time to serve one CNI request, by command", CNI_BUCKETS)
-        self.cni_errors = Counter(p + "agent_cni_errors_total",
-                                  "CNI requests answered with an error, by command and CNI error code")
+        self.conntrack_drop = ObservedCounter(
+            p + "conntrack_drop_total", "New connections dropped because the conntrack table was full"
+        )
+        self.conntrack_early_drop = ObservedCounter(
+            p + "conntrack_early_drop_total", "Conntrack entries evicted early to make room for new ones"
+        )
+        self.conntrack_insert_failed = ObservedCounter(
+            p + "conntrack_insert_failed_total", "Conntrack entries that could not be inserted"
+        )
+        self.cni_duration = Histogram(
+            p + "agent_cni_request_duration_seconds", "Time to serve one CNI request, by command", CNI_BUCKETS
+        )
+        self.cni_errors = Counter(
+            p + "agent_cni_errors_total", "CNI requests answered with an error, by command and CNI error code"
+        )
         self.ipam_in_use = Gauge(p + "agent_ipam_addresses_in_use", "Pod IP records in this node's subnet")
         self.ipam_capacity = Gauge(p + "agent_ipam_addresses_capacity", "Pod addresses in this node's subnet")
         self._read_conntrack = read_conntrack
@@ -90,7 +96,7 @@ class AgentMetrics(MetricSet):
             subnet = str(self._allocator.subnet)
             try:
                 self.ipam_in_use.set(self._allocator.in_use(), subnet=subnet)
-            except Exception as e:   # etcd unreachable on the first read: report the rest
+            except Exception as e:  # etcd unreachable on the first read: report the rest
                 log.debug("no IPAM numbers this scrape: %s", e)
             self.ipam_capacity.set(self._allocator.capacity(), subnet=subnet)
         try:

@@ -44,8 +44,14 @@ class Repairs:
     left_alone: list[str] = field(default_factory=list)
 
 
-def plan_repairs(records: list[Allocation], claimed: set, marked_veths: list[LinkSeen], pod_complete: dict,
-                 node_name: str, marks_elsewhere: frozenset[str] | None = frozenset()) -> Repairs:
+def plan_repairs(
+    records: list[Allocation],
+    claimed: set,
+    marked_veths: list[LinkSeen],
+    pod_complete: dict,
+    node_name: str,
+    marks_elsewhere: frozenset[str] | None = frozenset(),
+) -> Repairs:
     """``records``: every record of the node's subnet; ``claimed``: the IPs among them
     whose claim marker names that same record. ``pod_complete``: record IP -> True
     (complete), False (half-made) or None (cannot tell), for the claimed records whose
@@ -70,10 +76,12 @@ def plan_repairs(records: list[Allocation], claimed: set, marked_veths: list[Lin
             out.remove.append(veth)
             out.release.append(a)
         else:
-            out.left_alone.append(f"{a.ip} of {a.owner.container_id}/{a.owner.ifname}: its namespace "
-                                  f"{a.owner.netns or '(none)'} cannot be looked at; left claimed")
+            out.left_alone.append(
+                f"{a.ip} of {a.owner.container_id}/{a.owner.ifname}: its namespace "
+                f"{a.owner.netns or '(none)'} cannot be looked at; left claimed"
+            )
     if marks_elsewhere is not None:
-        out.remove.extend(by_mark.values())     # ours, but no record names them: half-made
+        out.remove.extend(by_mark.values())  # ours, but no record names them: half-made
     return out
 
 
@@ -88,14 +96,15 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int, kernel: PodPl
         return Repairs()
     try:
         here = {a.record for a in records}
-        elsewhere = frozenset(ownership_mark(o.container_id, o.ifname)
-                              for raw in allocator.store.list_all_pod_ips().values()
-                              if raw not in here and (o := Owner.from_record(raw)) is not None)
+        elsewhere = frozenset(
+            ownership_mark(o.container_id, o.ifname)
+            for raw in allocator.store.list_all_pod_ips().values()
+            if raw not in here and (o := Owner.from_record(raw)) is not None
+        )
     except StoreError as e:
         # e.g. etcd's RBAC lets this agent read only its own subnet's records: then a
         # marked veth without a record here may have one elsewhere, and is kept
-        log.warning("start-up repair: cannot read other subnets' records (%s); veths without a record "
-                    "are kept", e)
+        log.warning("start-up repair: cannot read other subnets' records (%s); veths without a record are kept", e)
         elsewhere = None
     veths = kernel.marked_host_veths()
     marks = {d.alias for d in veths}
@@ -113,12 +122,20 @@ def reconcile(allocator: PodIPAllocator, node_name: str, mtu: int, kernel: PodPl
     try:
         for a in repairs.release:
             if allocator.release(a):
-                log.info("start-up repair: released %s, claimed by %s/%s and never completed", a.ip,
-                         a.owner.container_id, a.owner.ifname)
+                log.info(
+                    "start-up repair: released %s, claimed by %s/%s and never completed",
+                    a.ip,
+                    a.owner.container_id,
+                    a.owner.ifname,
+                )
         for a in repairs.complete:
             allocator.complete(a)
-            log.info("start-up repair: %s of %s/%s is a complete pod; claim marked complete", a.ip,
-                     a.owner.container_id, a.owner.ifname)
+            log.info(
+                "start-up repair: %s of %s/%s is a complete pod; claim marked complete",
+                a.ip,
+                a.owner.container_id,
+                a.owner.ifname,
+            )
     except StoreError as e:
         # what is left stays claimed: the next start, a retry ADD, DEL or GC finishes it
         log.error("start-up repair: etcd failed midway (%s)", e)

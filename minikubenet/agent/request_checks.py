@@ -12,9 +12,20 @@ A request is ``{"command", "mode", "env", "config", "netnsFd"}`` (see cni/shim.p
 
 from __future__ import annotations
 
-from minikubenet.cni.shim import (ERR_DECODE, ERR_INVALID_CONFIG, ERR_INVALID_ENVIRONMENT, MAX_NESTING,
-                                  MAX_REQUEST_BYTES, REQUIRED_ENV, CniError, check_config, check_env,
-                                  check_mtu, check_version, json_loads)
+from minikubenet.cni.shim import (
+    ERR_DECODE,
+    ERR_INVALID_CONFIG,
+    ERR_INVALID_ENVIRONMENT,
+    MAX_NESTING,
+    MAX_REQUEST_BYTES,
+    REQUIRED_ENV,
+    CniError,
+    check_config,
+    check_env,
+    check_mtu,
+    check_version,
+    json_loads,
+)
 
 MODES = ("main", "ipam")
 
@@ -23,15 +34,17 @@ def decode_request(raw: bytes) -> dict:
     """The request as a dict; CniError (code 6) if it is too large, too deep, not JSON
     or not an object. The envelope adds one level above the config's own limit."""
     if len(raw) > MAX_REQUEST_BYTES:
-        raise CniError(ERR_DECODE, "agent could not decode the request",
-                       f"the request is larger than {MAX_REQUEST_BYTES} bytes")
+        raise CniError(
+            ERR_DECODE, "agent could not decode the request", f"the request is larger than {MAX_REQUEST_BYTES} bytes"
+        )
     try:
         request = json_loads(raw, MAX_NESTING + 1)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise CniError(ERR_DECODE, "agent could not decode the request", str(e)) from None
     if not isinstance(request, dict):
-        raise CniError(ERR_DECODE, "agent could not decode the request",
-                       f"expected a JSON object, got {type(request).__name__}")
+        raise CniError(
+            ERR_DECODE, "agent could not decode the request", f"expected a JSON object, got {type(request).__name__}"
+        )
     return request
 
 
@@ -41,8 +54,9 @@ def check_request(request: dict, node_mtu: int) -> None:
     command = request.get("command")
     # every verb but VERSION, which the shim answers itself
     if not isinstance(command, str) or command not in REQUIRED_ENV:
-        raise CniError(ERR_INVALID_ENVIRONMENT, f"unknown CNI_COMMAND: {command!r}",
-                       f"the agent serves {', '.join(REQUIRED_ENV)}")
+        raise CniError(
+            ERR_INVALID_ENVIRONMENT, f"unknown CNI_COMMAND: {command!r}", f"the agent serves {', '.join(REQUIRED_ENV)}"
+        )
     mode = request.get("mode") or "main"
     if not isinstance(mode, str) or mode not in MODES:
         raise CniError(ERR_INVALID_CONFIG, f"unknown plugin mode {mode!r}")
@@ -69,6 +83,9 @@ def check_node_mtu(config: dict, command: str, mode: str, node_mtu: int) -> None
     (`minikubenet lab mtu-pitfall`); smaller is not something this plugin does. In IPAM
     mode the ``mtu`` belongs to the main plugin, which makes the interfaces."""
     if mode == "main" and command in ("ADD", "CHECK") and "mtu" in config and config["mtu"] != node_mtu:
-        raise CniError(ERR_INVALID_CONFIG, f"mtu {config['mtu']} is not this node's pod MTU {node_mtu}",
-                       f"minikubenet gives pods the node's MTU (FLANNEL_MTU={node_mtu} in subnet.env); "
-                       f"remove mtu from the config or set it to {node_mtu}")
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            f"mtu {config['mtu']} is not this node's pod MTU {node_mtu}",
+            f"minikubenet gives pods the node's MTU (FLANNEL_MTU={node_mtu} in subnet.env); "
+            f"remove mtu from the config or set it to {node_mtu}",
+        )

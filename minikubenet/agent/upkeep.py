@@ -47,7 +47,7 @@ class MasqueradeRules:
 
     def __init__(self, text: str, jumps=JUMPS, binary: str = "iptables"):
         self.text = text
-        self.jumps = tuple(jumps)          # (table, built-in chain, our chain, comment)
+        self.jumps = tuple(jumps)  # (table, built-in chain, our chain, comment)
         self.binary = binary
         self.restore_bin = f"{binary}-restore"
         self.expected: dict[tuple[str, str], list[str] | None] = {}
@@ -60,8 +60,10 @@ class MasqueradeRules:
         self.expected = self._listing()
 
     def _listing(self) -> dict[tuple[str, str], list[str] | None]:
-        return {(table, target): iptables.list_chain(table, target, self.binary)
-                for table, _chain, target, _comment in self.jumps}
+        return {
+            (table, target): iptables.list_chain(table, target, self.binary)
+            for table, _chain, target, _comment in self.jumps
+        }
 
     def problems(self) -> list[tuple[str, str]]:
         """(table, what is wrong) for everything that is not as we installed it."""
@@ -70,9 +72,14 @@ class MasqueradeRules:
             if rules is None:
                 out.append((table, f"chain {chain} is gone"))
             elif rules != self.expected.get((table, chain)):
-                out.append((table, f"chain {chain} was flushed or changed "
-                                   f"({sum(r.startswith('-A') for r in rules)} rules, expected "
-                                   f"{sum(r.startswith('-A') for r in self.expected.get((table, chain)) or [])})"))
+                out.append(
+                    (
+                        table,
+                        f"chain {chain} was flushed or changed "
+                        f"({sum(r.startswith('-A') for r in rules)} rules, expected "
+                        f"{sum(r.startswith('-A') for r in self.expected.get((table, chain)) or [])})",
+                    )
+                )
         for table, chain, target, comment in self.jumps:
             rules = iptables.list_chain(table, chain, self.binary) or []
             if not any(r.startswith(f"-A {chain} ") and r.endswith(f"-j {target}") and comment in r for r in rules):
@@ -101,9 +108,13 @@ class MasqueradeRules:
 class ConntrackPressure:
     """Reads the conntrack table and says so in the log when it is above ``threshold``."""
 
-    def __init__(self, read: Callable[[], conntrack_table.ConntrackTable] = conntrack_table.read,
-                 threshold: float = conntrack_table.WARN_FRACTION, repeat_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        read: Callable[[], conntrack_table.ConntrackTable] = conntrack_table.read,
+        threshold: float = conntrack_table.WARN_FRACTION,
+        repeat_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.read = read
         self.threshold = threshold
         self.repeat_s = repeat_s
@@ -132,8 +143,9 @@ class ConntrackPressure:
                 log.warning("%s", warning)
                 self._warned_at = now
         elif self._warned_at is not None:
-            log.info("conntrack table back below %.0f%%: %d of %d entries", self.threshold * 100,
-                     table.count, table.max)
+            log.info(
+                "conntrack table back below %.0f%%: %d of %d entries", self.threshold * 100, table.count, table.max
+            )
             self._warned_at = None
         return table
 
@@ -143,8 +155,9 @@ class Upkeep:
     when a notification says our rules may have been touched (at most every
     ``min_interval``, so a burst of notifications costs one check)."""
 
-    def __init__(self, rules: MasqueradeRules, conntrack: ConntrackPressure, metrics, period: float,
-                 min_interval: float = 0.2):
+    def __init__(
+        self, rules: MasqueradeRules, conntrack: ConntrackPressure, metrics, period: float, min_interval: float = 0.2
+    ):
         self.rules, self.conntrack, self.metrics, self.period = rules, conntrack, metrics, period
         self.min_interval = min_interval
         self._stop = threading.Event()
@@ -152,7 +165,7 @@ class Upkeep:
         self._thread: threading.Thread | None = None
         self._monitor: nft_monitor.NftMonitor | None = None
 
-    def start(self, notifications: bool = True) -> "Upkeep":
+    def start(self, notifications: bool = True) -> Upkeep:
         if notifications:
             try:
                 self._monitor = nft_monitor.NftMonitor(self.on_transaction, self._wake.set).start()
@@ -197,8 +210,7 @@ class Upkeep:
             if wrong:
                 log.warning("restored the masquerade/forward rules: %s", "; ".join(f"{t}: {w}" for t, w in wrong))
         except (iptables.IptablesError, OSError) as e:
-            log.error("could not check or restore the masquerade/forward rules (next try in %.0fs): %s",
-                      self.period, e)
+            log.error("could not check or restore the masquerade/forward rules (next try in %.0fs): %s", self.period, e)
         try:
             self.conntrack.check()
         except Exception:  # a report must never stop the loop that repairs the rules

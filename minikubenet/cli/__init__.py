@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from minikubenet.store.etcd import StoreError
+
     try:
         return args.func(args)
     except (CliError, StoreError) as e:

@@ -13,8 +13,10 @@ import sys
 
 EXIT_ERROR = 1
 
-NAME_HELP = ("the lab's name, the prefix of every namespace it creates: 1-8 lowercase letters "
-             "or digits, starting with a letter (default mkn)")
+NAME_HELP = (
+    "the lab's name, the prefix of every namespace it creates: 1-8 lowercase letters "
+    "or digits, starting with a letter (default mkn)"
+)
 
 
 class CliError(Exception):
@@ -23,12 +25,16 @@ class CliError(Exception):
 
 def etcd_options(p) -> None:
     """--etcd-endpoints/--etcd-prefix/--project-prefix and the TLS files, on one subcommand."""
-    p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
-                   help="comma-separated etcd URLs (default $MINIKUBENET_ETCD_ENDPOINTS or http://127.0.0.1:2379); "
-                        "with TLS also --etcd-cafile, --etcd-certfile, --etcd-keyfile")
+    p.add_argument(
+        "--etcd-endpoints",
+        default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+        help="comma-separated etcd URLs (default $MINIKUBENET_ETCD_ENDPOINTS or http://127.0.0.1:2379); "
+        "with TLS also --etcd-cafile, --etcd-certfile, --etcd-keyfile",
+    )
     p.add_argument("--etcd-prefix", default="/coreos.com/network")
     p.add_argument("--project-prefix", default="/minikubenet")
     from minikubenet.store.etcd import add_etcd_tls_options
+
     add_etcd_tls_options(p)
 
 
@@ -36,9 +42,13 @@ def open_store(args):
     """The etcd store the options on ``args`` describe (see ``etcd_options``)."""
     from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.keys import KeyLayout
+
     try:
-        return EtcdStore(args.etcd_endpoints.split(","), layout=KeyLayout(args.etcd_prefix, args.project_prefix),
-                         tls=TLSFiles.from_args(args))
+        return EtcdStore(
+            args.etcd_endpoints.split(","),
+            layout=KeyLayout(args.etcd_prefix, args.project_prefix),
+            tls=TLSFiles.from_args(args),
+        )
     except (ValueError, OSError) as e:
         raise CliError(f"bad etcd settings: {e}") from None
 

@@ -29,6 +29,7 @@ from minikubenet.diagnose.trace import TraceError, resolve, trace
 
 def _lab(args):
     from minikubenet.lab.cluster import LAB_ROOT, Lab, LabError
+
     try:
         return Lab.existing(args.lab, root=args.lab_root or os.environ.get("MINIKUBENET_LAB_ROOT", LAB_ROOT))
     except LabError as e:
@@ -58,6 +59,7 @@ def cmd_trace(args) -> int:
         raise CliError(str(e)) from None
     if args.flows and src.node in view.snapshots:
         from minikubenet.linux.live_state import conntrack_flows
+
         flows = conntrack_flows(view.snapshots[src.node].netns, str(dst.ip), dst.port, dst.protocol)
     else:
         flows = []
@@ -67,8 +69,10 @@ def cmd_trace(args) -> int:
     else:
         print(result.render())
         if args.flows:
-            print(f"  conntrack on {src.node}: {len(flows)} flow(s) to {dst.ip}"
-                  + "".join(f"\n    {f}" for f in flows[:5]))
+            print(
+                f"  conntrack on {src.node}: {len(flows)} flow(s) to {dst.ip}"
+                + "".join(f"\n    {f}" for f in flows[:5])
+            )
     return EXIT_ERROR if result.dropped else 0
 
 
@@ -87,12 +91,13 @@ def _etcd_health(args) -> doctor_checks.EtcdHealth:
             open_store(args).ping()
             latency = time.monotonic() - started
             cert = args.etcd_certfile
-    except Exception as e:     # any failure to talk to etcd is the finding itself
+    except Exception as e:  # any failure to talk to etcd is the finding itself
         return doctor_checks.EtcdHealth(False, None, str(e).strip().splitlines()[-1][:300] if str(e) else repr(e))
     not_after = None
     if cert:
         try:
             from cryptography import x509
+
             with open(cert, "rb") as f:
                 not_after = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc
         except (OSError, ValueError):
@@ -105,7 +110,7 @@ def _duration(text: str) -> float:
     for unit, factor in (("ms", 1e-3), ("µs", 1e-6), ("us", 1e-6), ("ns", 1e-9), ("s", 1.0)):
         if text.endswith(unit):
             try:
-                return float(text[:-len(unit)]) * factor
+                return float(text[: -len(unit)]) * factor
             except ValueError:
                 return 0.0
     return 0.0
@@ -115,6 +120,7 @@ def _mtu_probes(view, nodes) -> list[doctor_checks.MtuProbe]:
     """Each node sends one full-size DF echo to the next node's bridge address (a ring:
     one probe per node, every node's underlay link crossed both ways)."""
     from minikubenet.linux.live_state import df_echo
+
     names = [n for n in sorted(view.snapshots) if view.nodes.get(n) and view.nodes[n].subnet]
     pairs = []
     for i, name in enumerate(names):
@@ -126,12 +132,13 @@ def _mtu_probes(view, nodes) -> list[doctor_checks.MtuProbe]:
         if underlay is None:
             continue
         size = doctor_checks.pod_mtu(view, snap, underlay.mtu)
-        target = view.nodes[other].subnet.network_address + 1     # its cni0
+        target = view.nodes[other].subnet.network_address + 1  # its cni0
         pairs.append((name, other, target, size, snap.netns))
 
     def one(p):
         name, other, target, size, netns = p
         return doctor_checks.MtuProbe(name, other, target, size, df_echo(netns, target, size))
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, pairs))
 
@@ -162,8 +169,10 @@ def cmd_doctor(args) -> int:
         nodes = [args.node_name]
         if view.nodes.get(args.node_name) is None:
             # a real node is known to etcd by its lease only: without it, say so plainly
-            raise CliError(f"node {args.node_name} holds no lease in etcd: is minikubenet-agent running here? "
-                           "(give --node-ip if the lease names this node by another address)")
+            raise CliError(
+                f"node {args.node_name} holds no lease in etcd: is minikubenet-agent running here? "
+                "(give --node-ip if the lease names this node by another address)"
+            )
     probes = [] if args.no_probe else _mtu_probes(view, nodes)
     findings = doctor_checks.check_all(view, etcd, probes, nodes, now=datetime.datetime.now(datetime.timezone.utc))
     return _print_findings(args, findings, view, nodes, probes, started)
@@ -172,9 +181,18 @@ def cmd_doctor(args) -> int:
 def _print_findings(args, findings, view, nodes, probes, started: float) -> int:
     elapsed = time.monotonic() - started
     if args.json:
-        print(json.dumps({"findings": [f.as_dict() for f in findings], "nodes": sorted(view.snapshots),
-                          "unreadable": view.unreadable, "probes": len(probes), "seconds": round(elapsed, 3)},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "findings": [f.as_dict() for f in findings],
+                    "nodes": sorted(view.snapshots),
+                    "unreadable": view.unreadable,
+                    "probes": len(probes),
+                    "seconds": round(elapsed, 3),
+                },
+                indent=2,
+            )
+        )
     else:
         print(doctor_checks.render(findings, view, nodes))
         print(f"({elapsed:.1f}s, {len(probes)} path-MTU probes)")
@@ -183,11 +201,20 @@ def _print_findings(args, findings, view, nodes, probes, started: float) -> int:
 
 def _where(p) -> None:
     p.add_argument("--lab", help="a lab's name: read its nodes' namespaces (default: this host, a real node)")
-    p.add_argument("--lab-root", help="where the lab's state lives (default $MINIKUBENET_LAB_ROOT or /run/minikubenet-lab)")
-    p.add_argument("--node-name", default=socket.gethostname(),
-                   help="on a real node: its name, as the agent's --node-name (default: the host name)")
-    p.add_argument("--node-ip", "--public-ip", dest="node_ip",
-                   help="on a real node: its underlay address, the lease's PublicIP (the agent's --public-ip)")
+    p.add_argument(
+        "--lab-root", help="where the lab's state lives (default $MINIKUBENET_LAB_ROOT or /run/minikubenet-lab)"
+    )
+    p.add_argument(
+        "--node-name",
+        default=socket.gethostname(),
+        help="on a real node: its name, as the agent's --node-name (default: the host name)",
+    )
+    p.add_argument(
+        "--node-ip",
+        "--public-ip",
+        dest="node_ip",
+        help="on a real node: its underlay address, the lease's PublicIP (the agent's --public-ip)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     etcd_options(p)
 
@@ -196,7 +223,9 @@ def register(sub) -> None:
     t = sub.add_parser("trace", help="follow one packet through the live cluster, hop by hop")
     t.add_argument("src", help="ns/pod, a node name or an IP")
     t.add_argument("dst", help="ns/pod, svc/ns/name, a node name or an IP, with :PORT[/PROTO]")
-    t.add_argument("--flows", action="store_true", help="also list the conntrack entries of the flow on the source node")
+    t.add_argument(
+        "--flows", action="store_true", help="also list the conntrack entries of the flow on the source node"
+    )
     _where(t)
     t.set_defaults(func=cmd_trace)
     d = sub.add_parser("doctor", help="check the cluster's network and say what to fix")

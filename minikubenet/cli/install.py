@@ -13,9 +13,21 @@ import sys
 from minikubenet.cli.common import CliError
 from minikubenet.cni import install as install_lib
 from minikubenet.cni import shim
-from minikubenet.cni.install import (CHAINABLE, DEFAULT_BIN_DIR, DEFAULT_CNI_VERSION, DEFAULT_CONF_DIR,
-                                     DEFAULT_CONF_NAME, DEFAULT_NETWORK, DEFAULT_STATE_DIR,
-                                     REFERENCE_PLUGIN_DIRS, InstallError, Options, Report, install, uninstall)
+from minikubenet.cni.install import (
+    CHAINABLE,
+    DEFAULT_BIN_DIR,
+    DEFAULT_CNI_VERSION,
+    DEFAULT_CONF_DIR,
+    DEFAULT_CONF_NAME,
+    DEFAULT_NETWORK,
+    DEFAULT_STATE_DIR,
+    REFERENCE_PLUGIN_DIRS,
+    InstallError,
+    Options,
+    Report,
+    install,
+    uninstall,
+)
 
 
 def _chain_list(values: list[str] | None) -> tuple[str, ...]:
@@ -36,11 +48,20 @@ def _sysctl_pairs(values: list[str] | None) -> tuple[tuple[str, str], ...]:
 
 
 def options_from_args(args) -> Options:
-    return Options(bin_dir=args.bin_dir, conf_dir=args.conf_dir, conf_name=args.conf_name,
-                   state_dir=args.state_dir, network=args.network, cni_version=args.cni_version,
-                   agent_socket=args.agent_socket, chain=_chain_list(args.chain), sysctls=_sysctl_pairs(args.sysctl),
-                   interpreter=args.python, invocation_log=args.log_invocations or "",
-                   plugin_dirs=tuple(args.plugin_dir or REFERENCE_PLUGIN_DIRS))
+    return Options(
+        bin_dir=args.bin_dir,
+        conf_dir=args.conf_dir,
+        conf_name=args.conf_name,
+        state_dir=args.state_dir,
+        network=args.network,
+        cni_version=args.cni_version,
+        agent_socket=args.agent_socket,
+        chain=_chain_list(args.chain),
+        sysctls=_sysctl_pairs(args.sysctl),
+        interpreter=args.python,
+        invocation_log=args.log_invocations or "",
+        plugin_dirs=tuple(args.plugin_dir or REFERENCE_PLUGIN_DIRS),
+    )
 
 
 def _print_report(report: Report) -> None:
@@ -69,25 +90,45 @@ def cmd_uninstall(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("install", help="put the CNI plugins and a conflist where runtimes look",
-                              description=install_lib.__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "install",
+        help="put the CNI plugins and a conflist where runtimes look",
+        description=install_lib.__doc__.split("\n\n")[0],
+    )
     p.add_argument("--bin-dir", default=DEFAULT_BIN_DIR, help=f"CNI bin dir (default {DEFAULT_BIN_DIR})")
     p.add_argument("--conf-dir", default=DEFAULT_CONF_DIR, help=f"CNI conf dir (default {DEFAULT_CONF_DIR})")
     p.add_argument("--conf-name", default=DEFAULT_CONF_NAME, help=f"(default {DEFAULT_CONF_NAME})")
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                   help=f"where the record of installed files lives (default {DEFAULT_STATE_DIR})")
+    p.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"where the record of installed files lives (default {DEFAULT_STATE_DIR})",
+    )
     p.add_argument("--network", default=DEFAULT_NETWORK, help="the conflist's network name")
     p.add_argument("--cni-version", default=DEFAULT_CNI_VERSION, choices=shim.SUPPORTED_VERSIONS)
-    p.add_argument("--agent-socket", default=shim.DEFAULT_AGENT_SOCKET,
-                   help="the node agent's socket, written into the conflist and the binaries")
-    p.add_argument("--chain", action="append", metavar="PLUGIN[,PLUGIN]",
-                   help=f"reference plugins to run after ours, in order: {', '.join(CHAINABLE)}")
+    p.add_argument(
+        "--agent-socket",
+        default=shim.DEFAULT_AGENT_SOCKET,
+        help="the node agent's socket, written into the conflist and the binaries",
+    )
+    p.add_argument(
+        "--chain",
+        action="append",
+        metavar="PLUGIN[,PLUGIN]",
+        help=f"reference plugins to run after ours, in order: {', '.join(CHAINABLE)}",
+    )
     p.add_argument("--sysctl", action="append", metavar="KEY=VALUE", help="for the tuning plugin")
-    p.add_argument("--python", help="interpreter for the #! line (default: /usr/bin/python3 if it is 3.9+, else the real one behind this venv)")
-    p.add_argument("--plugin-dir", action="append",
-                   help="where else to look for chained plugins (default /usr/lib/cni)")
-    p.add_argument("--log-invocations", metavar="FILE",
-                   help="debug aid: the plugins append one JSON line per call (what the runtime sent)")
+    p.add_argument(
+        "--python",
+        help="interpreter for the #! line (default: /usr/bin/python3 if it is 3.9+, else the real one behind this venv)",
+    )
+    p.add_argument(
+        "--plugin-dir", action="append", help="where else to look for chained plugins (default /usr/lib/cni)"
+    )
+    p.add_argument(
+        "--log-invocations",
+        metavar="FILE",
+        help="debug aid: the plugins append one JSON line per call (what the runtime sent)",
+    )
     p.add_argument("--force", action="store_true", help="replace foreign files (kept for uninstall)")
     p.add_argument("--dry-run", action="store_true", help="print what would be done")
     p.set_defaults(func=cmd_install)

@@ -21,14 +21,24 @@ from minikubenet.cli.lab_pods import print_lab_pods, register_lab
 def cmd_lab_up(args) -> int:
     from minikubenet.lab.cluster import Lab, LabError, LabExists
     from minikubenet.lab.topology import build_topology
+
     try:
-        topo = build_topology(args.name, args.nodes, args.pods_per_node, args.underlay, args.pod_network,
-                              args.backend, args.mtu, etcd_members=args.etcd_members)
+        topo = build_topology(
+            args.name,
+            args.nodes,
+            args.pods_per_node,
+            args.underlay,
+            args.pod_network,
+            args.backend,
+            args.mtu,
+            etcd_members=args.etcd_members,
+        )
     except ValueError as e:
         raise CliError(str(e)) from None
     lab = Lab(topo)
     if args.rps_cpus != "auto":
         from minikubenet.linux import rps
+
         try:
             mask = rps.check_mask(args.rps_cpus)
         except rps.RpsError as e:
@@ -38,7 +48,7 @@ def cmd_lab_up(args) -> int:
     try:
         lab.up()
     except LabExists as e:
-        raise CliError(str(e)) from None      # the running lab is not ours to remove
+        raise CliError(str(e)) from None  # the running lab is not ours to remove
     except (LabError, Exception) as e:
         # A half-built lab is removed again: up either completes or leaves nothing.
         print(f"minikubenet: lab up failed: {e}", file=sys.stderr)
@@ -52,15 +62,19 @@ def cmd_lab_up(args) -> int:
             same = lab.check_same_node()
             print(f"check: {len(same)} same-node paths ok (pod<->pod, pod->node, node->pod)")
             cross = lab.check_cross_node()
-            print(f"check: {len(cross)} cross-node checks ok (every pod -> every pod; per node pair "
-                  "1 MB over TCP and DF pings at the MTU), for example:")
+            print(
+                f"check: {len(cross)} cross-node checks ok (every pod -> every pod; per node pair "
+                "1 MB over TCP and DF pings at the MTU), for example:"
+            )
             for line in [c for c in cross if "1 MB" in c][:3]:
                 print(f"  {line}")
             services = lab.check_services()
             if services:
-                print(f"check: a ClusterIP service over pods on every node and a LoadBalancer reached from "
-                      f"outside the nodes, through minikubenet-proxy "
-                      f"({lab.proxy_mode} mode):")
+                print(
+                    f"check: a ClusterIP service over pods on every node and a LoadBalancer reached from "
+                    f"outside the nodes, through minikubenet-proxy "
+                    f"({lab.proxy_mode} mode):"
+                )
                 for line in services:
                     print(f"  {line}")
         except Exception as e:
@@ -72,15 +86,16 @@ def cmd_lab_up(args) -> int:
     print(lab.overlay_report())
     prog_name = prog()
     name = "" if topo.name == "mkn" else f" --name {topo.name}"
-    print(f"\nNext: `{prog_name} lab exec{name} n1-p1 -- ip route`, `{prog_name} lab status{name}`, "
-          f"`{prog_name} lab down{name}`")
+    print(
+        f"\nNext: `{prog_name} lab exec{name} n1-p1 -- ip route`, `{prog_name} lab status{name}`, "
+        f"`{prog_name} lab down{name}`"
+    )
     return 0
-
-
 
 
 def _existing_lab(name):
     from minikubenet.lab.cluster import LAB_ROOT, Lab, LabError
+
     try:
         # MINIKUBENET_LAB_ROOT: the tests' labs live in a temporary directory
         return Lab.existing(name, root=os.environ.get("MINIKUBENET_LAB_ROOT", LAB_ROOT))
@@ -92,7 +107,8 @@ def cmd_lab_status(args) -> int:
     lab = _existing_lab(args.name)
     print(lab.report())
     from minikubenet.lab.pods import list_pods
-    if list_pods(lab):                            # `lab pod add` pods
+
+    if list_pods(lab):  # `lab pod add` pods
         print()
         print_lab_pods(lab)
     print()
@@ -103,6 +119,7 @@ def cmd_lab_status(args) -> int:
 def cmd_lab_down(args) -> int:
     from minikubenet.lab.cluster import Lab, LabError
     from minikubenet.lab.topology import build_topology, validate_name
+
     try:
         validate_name(args.name)
         lab = Lab.existing(args.name)
@@ -117,6 +134,7 @@ def cmd_lab_down(args) -> int:
 
 def cmd_lab_mtu_pitfall(args) -> int:
     from minikubenet.lab import mtu_pitfall
+
     try:
         mtu_pitfall.run(_existing_lab(args.name))
     except ValueError as e:
@@ -127,9 +145,10 @@ def cmd_lab_mtu_pitfall(args) -> int:
 def cmd_lab_etcd_member(args) -> int:
     """Kill (-9, as a crash) or start again one etcd member of a lab."""
     from minikubenet.lab.cluster import LabError
+
     lab = _existing_lab(args.name)
     try:
-        lab.topo.etcd_member(args.member)        # KeyError naming the lab's members
+        lab.topo.etcd_member(args.member)  # KeyError naming the lab's members
         if args.action == "kill":
             lab.kill_etcd_member(args.member)
         else:
@@ -140,18 +159,20 @@ def cmd_lab_etcd_member(args) -> int:
     except (KeyError, LabError) as e:
         raise CliError(str(e).strip('"')) from None
     for m in lab.etcd_members_status():
-        print(f"{m['name']} {m['url']} {'healthy' if m['healthy'] else 'unhealthy'}{' (leader)' if m['leader'] else ''}")
+        print(
+            f"{m['name']} {m['url']} {'healthy' if m['healthy'] else 'unhealthy'}{' (leader)' if m['leader'] else ''}"
+        )
     return 0
 
 
 def cmd_lab_exec(args) -> int:
     # `lab exec n1 --name x -- cmd`: argparse leaves a --name after the target in the
     # command; take it out as long as it comes before the "--".
-    head = args.command[:args.command.index("--")] if "--" in args.command else []
+    head = args.command[: args.command.index("--")] if "--" in args.command else []
     if "--name" in head and head.index("--name") + 1 < len(head):
         i = args.command.index("--name")
         args.name = args.command[i + 1]
-        args.command = args.command[:i] + args.command[i + 2:]
+        args.command = args.command[:i] + args.command[i + 2 :]
     lab = _existing_lab(args.name)
     t = lab.topo
     targets = {"etcd": t.etcd_netns, "sw": t.switch_netns}
@@ -159,7 +180,8 @@ def cmd_lab_exec(args) -> int:
     targets.update({n.name: n.netns for n in t.nodes})
     targets.update({p.name: p.netns for p in t.pods()})
     from minikubenet.lab.pods import list_pods
-    targets.update({p.key: p.netns for p in list_pods(lab)})       # `lab pod add` pods: NS/NAME
+
+    targets.update({p.key: p.netns for p in list_pods(lab)})  # `lab pod add` pods: NS/NAME
     if args.target not in targets:
         raise CliError(f"no {args.target!r} in lab {t.name}; one of: {', '.join(targets)}")
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -174,29 +196,45 @@ def cmd_lab_exec(args) -> int:
 
 
 def register(sub) -> None:
-    lab = sub.add_parser("lab", help="a multi-node cluster in network namespaces").add_subparsers(dest="cmd", required=True)
+    lab = sub.add_parser("lab", help="a multi-node cluster in network namespaces").add_subparsers(
+        dest="cmd", required=True
+    )
     up = lab.add_parser("up", help="build the lab")
     up.add_argument("--name", default="mkn", help=NAME_HELP)
     up.add_argument("--nodes", type=int, default=3, help="number of node namespaces (default 3)")
     up.add_argument("--pods-per-node", type=int, default=2, help="pods created on each node (default 2)")
     up.add_argument("--backend", default="vxlan", choices=["vxlan", "host-gw", "bgp"])
-    up.add_argument("--underlay", default="172.31.0.0/24",
-                    help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)")
+    up.add_argument(
+        "--underlay",
+        default="172.31.0.0/24",
+        help="the nodes' network, inside the lab's namespaces only (default 172.31.0.0/24)",
+    )
     up.add_argument("--pod-network", default="10.244.0.0/16", help="the cluster network (default 10.244.0.0/16)")
     up.add_argument("--mtu", type=int, default=1500, help="underlay MTU")
-    up.add_argument("--etcd-members", type=int, default=1,
-                    help="etcd cluster size: each member in a namespace of its own (default 1; 3 survives "
-                         "the loss of one member)")
-    up.add_argument("--rps-cpus", default="auto",
-                    help="receive packet steering on the nodes' devices: a CPU mask, 'off', or 'auto' "
-                         "(every CPU but the first, so receiving runs apart from sending as between machines)")
+    up.add_argument(
+        "--etcd-members",
+        type=int,
+        default=1,
+        help="etcd cluster size: each member in a namespace of its own (default 1; 3 survives the loss of one member)",
+    )
+    up.add_argument(
+        "--rps-cpus",
+        default="auto",
+        help="receive packet steering on the nodes' devices: a CPU mask, 'off', or 'auto' "
+        "(every CPU but the first, so receiving runs apart from sending as between machines)",
+    )
     up.add_argument("--check", action="store_true", help="prove connectivity and print a report")
     up.add_argument("--keep-on-failure", action="store_true", help="leave a failed lab up for debugging")
     up.set_defaults(func=cmd_lab_up)
-    for name, func, text in (("status", cmd_lab_status, "print the report"),
-                             ("mtu-pitfall", cmd_lab_mtu_pitfall,
-                              "show pods at MTU 1500 on a 1450 overlay stalling, next to the correct setup"),
-                             ("down", cmd_lab_down, "remove everything the lab created")):
+    for name, func, text in (
+        ("status", cmd_lab_status, "print the report"),
+        (
+            "mtu-pitfall",
+            cmd_lab_mtu_pitfall,
+            "show pods at MTU 1500 on a 1450 overlay stalling, next to the correct setup",
+        ),
+        ("down", cmd_lab_down, "remove everything the lab created"),
+    ):
         c = lab.add_parser(name, help=text)
         c.add_argument("--name", default="mkn", help=NAME_HELP)
         c.set_defaults(func=func)
@@ -207,8 +245,9 @@ def register(sub) -> None:
     em.set_defaults(func=cmd_lab_etcd_member)
     ex = lab.add_parser("exec", help="run a command inside a node's or pod's namespace")
     ex.add_argument("--name", default="mkn", help=NAME_HELP)
-    ex.add_argument("target", help="n1, n1-p1, NS/POD (a `lab pod add` pod), etcd (etcd2, etcd3: further "
-                                   "etcd members) or sw")
+    ex.add_argument(
+        "target", help="n1, n1-p1, NS/POD (a `lab pod add` pod), etcd (etcd2, etcd3: further etcd members) or sw"
+    )
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_lab_exec)
     register_lab(lab)

@@ -14,9 +14,9 @@ from minikubenet.cli.common import CliError, etcd_options, open_store
 
 def cmd_network_init(args) -> int:
     from minikubenet.network_config import ConfigError, check_no_overlap, make_config
+
     try:
-        config = make_config(args.network, args.subnet_len, args.backend, args.vni, args.port,
-                             args.direct_routing)
+        config = make_config(args.network, args.subnet_len, args.backend, args.vni, args.port, args.direct_routing)
         others = {"service network": ipaddress.IPv4Network(args.service_network)}
         check_no_overlap(config, others)
     except (ConfigError, ValueError) as e:
@@ -25,6 +25,7 @@ def cmd_network_init(args) -> int:
     existing = store.get_config_raw()
     if existing is not None:
         from minikubenet.network_config import parse_config
+
         try:
             current = parse_config(existing)
         except ConfigError:
@@ -33,14 +34,21 @@ def cmd_network_init(args) -> int:
             print(f"{store.layout.config} already holds this config: {config.to_json()}")
             return 0
         leases = store.list_leases()
-        outside = [str(rec.subnet) for rec in leases if not rec.subnet.subnet_of(config.network)
-                   or rec.subnet.prefixlen != config.subnet_len]
+        outside = [
+            str(rec.subnet)
+            for rec in leases
+            if not rec.subnet.subnet_of(config.network) or rec.subnet.prefixlen != config.subnet_len
+        ]
         if outside:
-            raise CliError(f"nodes hold subnets that the new config would not contain ({', '.join(outside)}); "
-                           "stop their agents and remove their leases first")
+            raise CliError(
+                f"nodes hold subnets that the new config would not contain ({', '.join(outside)}); "
+                "stop their agents and remove their leases first"
+            )
         if not args.force:
-            raise CliError(f"{store.layout.config} already holds a different config ({existing.decode()}); "
-                           "pass --force to replace it")
+            raise CliError(
+                f"{store.layout.config} already holds a different config ({existing.decode()}); "
+                "pass --force to replace it"
+            )
     store.put_config(config)
     print(f"wrote {store.layout.config}: {config.to_json()}")
     return 0

@@ -27,12 +27,14 @@ from minikubenet.cli.common import CliError, etcd_options, open_store
 from minikubenet.k8s_objects import ValidationError, endpoints_from_k8s
 from minikubenet.store.services import DEFAULT_SERVICE_CIDR, NotFound, ServiceConflict, ServiceStore
 
-_PORT_SPEC = re.compile(r"^(?:(?P<name>[^=]+)=)?(?P<port>[^:/@]+)(?::(?P<target>[^/@]+))?"
-                        r"(?:/(?P<proto>[A-Za-z]+))?(?:@(?P<node_port>\d+))?$")
+_PORT_SPEC = re.compile(
+    r"^(?:(?P<name>[^=]+)=)?(?P<port>[^:/@]+)(?::(?P<target>[^/@]+))?"
+    r"(?:/(?P<proto>[A-Za-z]+))?(?:@(?P<node_port>\d+))?$"
+)
 
 
 def parse_port_spec(spec: str) -> dict:
-    """"http=80:8080/tcp@30080" -> a k8s ServicePort; the values are checked later,
+    """ "http=80:8080/tcp@30080" -> a k8s ServicePort; the values are checked later,
     together with everything else, by the Service validation."""
     m = _PORT_SPEC.match(spec)
     if not m:
@@ -73,15 +75,23 @@ def service_doc_from_args(args) -> dict:
         raise CliError("give a service NAME (or -f FILE)")
     if not args.port:
         raise CliError("give at least one --port")
-    spec: dict = {"type": args.type, "ports": [parse_port_spec(p) for p in args.port],
-                  "selector": parse_selector(args.selector or ""), "sessionAffinity": args.session_affinity}
+    spec: dict = {
+        "type": args.type,
+        "ports": [parse_port_spec(p) for p in args.port],
+        "selector": parse_selector(args.selector or ""),
+        "sessionAffinity": args.session_affinity,
+    }
     if args.cluster_ip:
         spec["clusterIP"] = args.cluster_ip
     if args.session_affinity == "ClientIP" and args.affinity_timeout:
         spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": args.affinity_timeout}}
     spec.update(_external_spec(args))
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": args.namespace, "name": args.name}, "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": args.namespace, "name": args.name},
+        "spec": spec,
+    }
 
 
 def _external_spec(args) -> dict:
@@ -95,8 +105,7 @@ def _external_spec(args) -> dict:
     if args.internal_traffic_policy:
         spec["internalTrafficPolicy"] = args.internal_traffic_policy
     if args.load_balancer_source_range:
-        spec["loadBalancerSourceRanges"] = [r for arg in args.load_balancer_source_range
-                                            for r in arg.split(",") if r]
+        spec["loadBalancerSourceRanges"] = [r for arg in args.load_balancer_source_range for r in arg.split(",") if r]
     if args.health_check_node_port:
         spec["healthCheckNodePort"] = args.health_check_node_port
     if args.no_allocate_load_balancer_node_ports:
@@ -117,7 +126,7 @@ def _external_ips(doc: dict) -> str:
 
 def _read_json(path: str):
     try:
-        with (sys.stdin if path == "-" else open(path)) as f:
+        with sys.stdin if path == "-" else open(path) as f:
             return json.load(f)
     except OSError as e:
         raise CliError(f"cannot read {path}: {e}") from None
@@ -138,14 +147,16 @@ def _refusal(e: Exception) -> CliError:
 
 # --------------------------------------------------------------------------- svc
 
+
 def cmd_svc_create(args) -> int:
     doc = service_doc_from_args(args)
     try:
         svc = _services(args).create_service(doc)
     except (ValidationError, ServiceConflict) as e:
         raise _refusal(e) from None
-    ports = ", ".join(f"{p.port}/{p.protocol}" + (f" (nodePort {p.node_port})" if p.node_port else "")
-                      for p in svc.ports)
+    ports = ", ".join(
+        f"{p.port}/{p.protocol}" + (f" (nodePort {p.node_port})" if p.node_port else "") for p in svc.ports
+    )
     print(f"service/{svc.name} created in {svc.namespace}: clusterIP {svc.cluster_ip}, {ports}")
     return 0
 
@@ -187,28 +198,52 @@ def cmd_svc_get(args) -> int:
     rows = [("NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "SELECTOR", "AFFINITY")]
     for key, doc in sorted(docs.items()):
         spec = doc.get("spec", {})
-        ports = ",".join(f"{p['port']}" + (f":{p['nodePort']}" if p.get("nodePort") else "") +
-                         f"/{p.get('protocol', 'TCP')}" for p in spec.get("ports", []))
+        ports = ",".join(
+            f"{p['port']}" + (f":{p['nodePort']}" if p.get("nodePort") else "") + f"/{p.get('protocol', 'TCP')}"
+            for p in spec.get("ports", [])
+        )
         sel = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items())) or "<none>"
-        rows.append((*key.split("/", 1), spec.get("type", ""), spec.get("clusterIP", ""), _external_ips(doc), ports, sel,
-                     spec.get("sessionAffinity", "None")))
+        rows.append(
+            (
+                *key.split("/", 1),
+                spec.get("type", ""),
+                spec.get("clusterIP", ""),
+                _external_ips(doc),
+                ports,
+                sel,
+                spec.get("sessionAffinity", "None"),
+            )
+        )
     _table(rows)
     return 0
 
 
 # --------------------------------------------------------------------------- get
 
-_POLICY_KINDS = {"netpol": "networkpolicies", "networkpolicy": "networkpolicies",
-                 "networkpolicies": "networkpolicies", "ns": "namespaces", "namespace": "namespaces",
-                 "namespaces": "namespaces"}
+_POLICY_KINDS = {
+    "netpol": "networkpolicies",
+    "networkpolicy": "networkpolicies",
+    "networkpolicies": "networkpolicies",
+    "ns": "namespaces",
+    "namespace": "namespaces",
+    "namespaces": "namespaces",
+}
 
 
 def cmd_get(args) -> int:
     if args.kind in _POLICY_KINDS:
         return cmd_get_policy_objects(args, _POLICY_KINDS[args.kind])
     store = _services(args)
-    kind = {"pods": "pods", "pod": "pods", "po": "pods", "endpoints": "endpoints", "ep": "endpoints",
-            "services": "services", "service": "services", "svc": "services"}[args.kind]
+    kind = {
+        "pods": "pods",
+        "pod": "pods",
+        "po": "pods",
+        "endpoints": "endpoints",
+        "ep": "endpoints",
+        "services": "services",
+        "service": "services",
+        "svc": "services",
+    }[args.kind]
     if kind == "services":
         args.name = None
         return cmd_svc_get(args)
@@ -224,8 +259,15 @@ def cmd_get(args) -> int:
             status = doc.get("status") or {}
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
             labels = ",".join(f"{k}={v}" for k, v in sorted(((doc.get("metadata") or {}).get("labels") or {}).items()))
-            rows.append((*key.split("/", 1), "1/1" if ready else "0/1", status.get("podIP", "<none>"),
-                         (doc.get("spec") or {}).get("nodeName", ""), labels or "<none>"))
+            rows.append(
+                (
+                    *key.split("/", 1),
+                    "1/1" if ready else "0/1",
+                    status.get("podIP", "<none>"),
+                    (doc.get("spec") or {}).get("nodeName", ""),
+                    labels or "<none>",
+                )
+            )
     else:
         rows = [("NAMESPACE", "NAME", "ENDPOINTS", "NOT READY")]
         for key, doc in sorted(docs.items()):
@@ -244,6 +286,7 @@ def cmd_get(args) -> int:
 def cmd_get_policy_objects(args, kind: str) -> int:
     """``get netpol`` and ``get ns``, as kubectl prints them (no AGE: we keep no timestamps)."""
     from minikubenet.store.policy_objects import PolicyObjectStore
+
     store = PolicyObjectStore(open_store(args))
     if kind == "namespaces":
         docs = store.list_namespaces()
@@ -276,8 +319,14 @@ def format_selector(selector) -> str:
     parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
     for req in selector.get("matchExpressions") or []:
         key, op, values = req.get("key"), req.get("operator"), ",".join(req.get("values") or [])
-        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
-                      "Exists": f"{key}", "DoesNotExist": f"!{key}"}.get(op, f"{key} {op} ({values})"))
+        parts.append(
+            {
+                "In": f"{key} in ({values})",
+                "NotIn": f"{key} notin ({values})",
+                "Exists": f"{key}",
+                "DoesNotExist": f"!{key}",
+            }.get(op, f"{key} {op} ({values})")
+        )
     return ",".join(parts) or "<none>"
 
 
@@ -297,11 +346,15 @@ def _table(rows) -> None:
 
 # --------------------------------------------------------------------------- parser
 
+
 def _common(p) -> None:
     etcd_options(p)
     p.add_argument("-n", "--namespace", default="default")
-    p.add_argument("--service-cidr", default=os.environ.get("MINIKUBENET_SERVICE_CIDR", DEFAULT_SERVICE_CIDR),
-                   help="the service network ClusterIPs are allocated from")
+    p.add_argument(
+        "--service-cidr",
+        default=os.environ.get("MINIKUBENET_SERVICE_CIDR", DEFAULT_SERVICE_CIDR),
+        help="the service network ClusterIPs are allocated from",
+    )
 
 
 def register(sub) -> None:
@@ -316,18 +369,38 @@ def register(sub) -> None:
     create.add_argument("--cluster-ip", help="ask for this ClusterIP (default: allocate one)")
     create.add_argument("--session-affinity", default="None", help="None or ClientIP")
     create.add_argument("--affinity-timeout", type=int, help="ClientIP affinity timeout in seconds (default 10800)")
-    create.add_argument("--external-ip", action="append", default=[], metavar="IP[,IP]",
-                        help="spec.externalIPs: also answer on these addresses")
-    create.add_argument("--external-traffic-policy", choices=["Cluster", "Local"],
-                        help="Local: NodePort/LB traffic only to this node's pods, client address kept")
-    create.add_argument("--internal-traffic-policy", choices=["Cluster", "Local"],
-                        help="Local: ClusterIP traffic only to the sending node's pods")
-    create.add_argument("--load-balancer-source-range", action="append", default=[], metavar="CIDR[,CIDR]",
-                        help="LoadBalancer: only these clients may use the ingress IP")
-    create.add_argument("--health-check-node-port", type=int,
-                        help="LoadBalancer with Local policy: this port (default: allocated)")
-    create.add_argument("--no-allocate-load-balancer-node-ports", action="store_true",
-                        help="LoadBalancer without NodePorts (allocateLoadBalancerNodePorts: false)")
+    create.add_argument(
+        "--external-ip",
+        action="append",
+        default=[],
+        metavar="IP[,IP]",
+        help="spec.externalIPs: also answer on these addresses",
+    )
+    create.add_argument(
+        "--external-traffic-policy",
+        choices=["Cluster", "Local"],
+        help="Local: NodePort/LB traffic only to this node's pods, client address kept",
+    )
+    create.add_argument(
+        "--internal-traffic-policy",
+        choices=["Cluster", "Local"],
+        help="Local: ClusterIP traffic only to the sending node's pods",
+    )
+    create.add_argument(
+        "--load-balancer-source-range",
+        action="append",
+        default=[],
+        metavar="CIDR[,CIDR]",
+        help="LoadBalancer: only these clients may use the ingress IP",
+    )
+    create.add_argument(
+        "--health-check-node-port", type=int, help="LoadBalancer with Local policy: this port (default: allocated)"
+    )
+    create.add_argument(
+        "--no-allocate-load-balancer-node-ports",
+        action="store_true",
+        help="LoadBalancer without NodePorts (allocateLoadBalancerNodePorts: false)",
+    )
     create.set_defaults(func=cmd_svc_create)
 
     delete = svc.add_parser("delete", help="delete a service, its endpoints, its ClusterIP")
@@ -349,8 +422,9 @@ def register(sub) -> None:
 
     g = sub.add_parser("get", help="list pods, endpoints, services, network policies or namespaces")
     _common(g)
-    g.add_argument("kind", choices=["pods", "pod", "po", "endpoints", "ep", "services", "service", "svc",
-                                    *_POLICY_KINDS])
+    g.add_argument(
+        "kind", choices=["pods", "pod", "po", "endpoints", "ep", "services", "service", "svc", *_POLICY_KINDS]
+    )
     g.add_argument("-A", "--all-namespaces", action="store_true")
     g.add_argument("-o", "--output", choices=["table", "json"], default="table")
     g.set_defaults(func=cmd_get)

@@ -68,9 +68,9 @@ DEFAULT_CONF_NAME = "10-minikubenet.conflist"
 DEFAULT_STATE_DIR = "/var/lib/minikubenet"
 DEFAULT_NETWORK = "minikubenet"
 DEFAULT_CNI_VERSION = "1.0.0"
-REFERENCE_PLUGIN_DIRS = ("/usr/lib/cni",)   # Debian's containernetworking-plugins
+REFERENCE_PLUGIN_DIRS = ("/usr/lib/cni",)  # Debian's containernetworking-plugins
 MANIFEST = "install.json"
-MAX_SHEBANG = 255                            # Linux reads at most 256 bytes of a #! line
+MAX_SHEBANG = 255  # Linux reads at most 256 bytes of a #! line
 
 # The chained reference plugins we know how to configure, with the capabilities a
 # runtime should fill in for them (CONVENTIONS.md "Well-known capabilities").
@@ -90,16 +90,17 @@ class InstallError(Exception):
 
 # -- what to write ---------------------------------------------------------------------------------
 
+
 def base_interpreter() -> str:
     """The real interpreter binary behind this (possibly virtual) environment."""
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-SHIM_MIN_PYTHON = (3, 9)      # what shim.py's syntax and modules need
+SHIM_MIN_PYTHON = (3, 9)  # what shim.py's syntax and modules need
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plugin_interpreter() -> str:
     """The interpreter the plugin's ``#!`` line names by default: the distribution's
     ``/usr/bin/python3`` when it is recent enough, else ``base_interpreter()``.
@@ -111,9 +112,12 @@ def plugin_interpreter() -> str:
     the interpreter binary; a pyenv or source build loads them as shared objects and
     starts about 1 ms slower (7.5 against 6.4 ms here, ``bench/cni_add_del.py``)."""
     try:
-        p = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c",
-                            "import sys, posix, _json, _socket; print(*sys.version_info[:2])"],
-                           capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            [SYSTEM_PYTHON, "-I", "-S", "-c", "import sys, posix, _json, _socket; print(*sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         version = tuple(int(x) for x in p.stdout.split())
     except (OSError, ValueError, subprocess.SubprocessError):
         version = ()
@@ -124,8 +128,7 @@ def plugin_interpreter() -> str:
     return base_interpreter()
 
 
-def baked_source(mode: str = "main", agent_socket: str = shim.DEFAULT_AGENT_SOCKET,
-                 invocation_log: str = "") -> str:
+def baked_source(mode: str = "main", agent_socket: str = shim.DEFAULT_AGENT_SOCKET, invocation_log: str = "") -> str:
     """shim.py without its ``#!`` line, with the ``BAKED`` constants set."""
     with open(shim.__file__) as f:
         body = f.read()
@@ -144,16 +147,19 @@ def baked_source(mode: str = "main", agent_socket: str = shim.DEFAULT_AGENT_SOCK
 # Run by the target interpreter: bytecode belongs to one Python minor version.
 # optimize=2 drops the docstrings (and asserts; the shim has none): nothing reads them at
 # run time, and every byte of the embedded bytecode is parsed again on every call.
-_COMPILE = ("import marshal, sys\nfrom importlib.util import MAGIC_NUMBER\n"
-            "code = compile(sys.stdin.read(), sys.argv[1], 'exec', optimize=2)\n"
-            "sys.stdout.buffer.write(MAGIC_NUMBER + marshal.dumps(code))\n")
+_COMPILE = (
+    "import marshal, sys\nfrom importlib.util import MAGIC_NUMBER\n"
+    "code = compile(sys.stdin.read(), sys.argv[1], 'exec', optimize=2)\n"
+    "sys.stdout.buffer.write(MAGIC_NUMBER + marshal.dumps(code))\n"
+)
 
 
 def compile_with(interpreter: str, source: str, filename: str) -> tuple[bytes, bytes]:
     """(magic number, marshalled code object) of ``source``, made by ``interpreter``."""
     try:
-        p = subprocess.run([interpreter, "-I", "-S", "-c", _COMPILE, filename], input=source.encode(),
-                           capture_output=True, timeout=60)
+        p = subprocess.run(
+            [interpreter, "-I", "-S", "-c", _COMPILE, filename], input=source.encode(), capture_output=True, timeout=60
+        )
     except OSError as e:
         raise InstallError(f"cannot run the interpreter {interpreter}: {e.strerror or e}") from None
     if p.returncode != 0 or len(p.stdout) < 5:
@@ -178,24 +184,32 @@ exec(marshal.loads(bytes.fromhex(_BYTECODE))
 """
 
 
-def render_plugin(interpreter: str | None = None, mode: str = "main",
-                  agent_socket: str = shim.DEFAULT_AGENT_SOCKET, invocation_log: str = "",
-                  filename: str = PLUGIN_NAME) -> str:
+def render_plugin(
+    interpreter: str | None = None,
+    mode: str = "main",
+    agent_socket: str = shim.DEFAULT_AGENT_SOCKET,
+    invocation_log: str = "",
+    filename: str = PLUGIN_NAME,
+) -> str:
     """The installed plugin: a ``#!`` line naming the real interpreter, then the baked
     shim as source and as that interpreter's bytecode."""
     interpreter = interpreter or plugin_interpreter()
     if len(interpreter) + 6 > MAX_SHEBANG or any(c.isspace() for c in interpreter):
-        raise InstallError(f"interpreter path {interpreter!r} cannot go on a #! line "
-                           "(too long, or it contains whitespace)")
+        raise InstallError(
+            f"interpreter path {interpreter!r} cannot go on a #! line (too long, or it contains whitespace)"
+        )
     source = baked_source(mode, agent_socket, invocation_log)
     magic, code = compile_with(interpreter, source, filename)
-    return PLUGIN_TEMPLATE.format(interpreter=interpreter, mode=mode, magic=magic, source=source,
-                                  code_hex=code.hex())
+    return PLUGIN_TEMPLATE.format(interpreter=interpreter, mode=mode, magic=magic, source=source, code_hex=code.hex())
 
 
-def render_conflist(network: str = DEFAULT_NETWORK, cni_version: str = DEFAULT_CNI_VERSION,
-                    agent_socket: str = shim.DEFAULT_AGENT_SOCKET, chain: tuple[str, ...] = (),
-                    sysctls: dict[str, str] | None = None) -> dict:
+def render_conflist(
+    network: str = DEFAULT_NETWORK,
+    cni_version: str = DEFAULT_CNI_VERSION,
+    agent_socket: str = shim.DEFAULT_AGENT_SOCKET,
+    chain: tuple[str, ...] = (),
+    sysctls: dict[str, str] | None = None,
+) -> dict:
     plugins = [{"type": PLUGIN_NAME, "agentSocket": agent_socket}]
     for name in chain:
         conf = json.loads(json.dumps(CHAINABLE[name]))
@@ -224,10 +238,15 @@ class Options:
         if self.cni_version not in shim.SUPPORTED_VERSIONS:
             raise InstallError(f"cniVersion {self.cni_version} is not one of {', '.join(shim.SUPPORTED_VERSIONS)}")
         if not shim.valid_name(self.network):
-            raise InstallError(f"network name {self.network!r}: a letter or digit first, then letters, "
-                               "digits, '_', '.' or '-'")
-        for path, what in ((self.agent_socket, "--agent-socket"), (self.bin_dir, "--bin-dir"),
-                           (self.conf_dir, "--conf-dir"), (self.state_dir, "--state-dir")):
+            raise InstallError(
+                f"network name {self.network!r}: a letter or digit first, then letters, digits, '_', '.' or '-'"
+            )
+        for path, what in (
+            (self.agent_socket, "--agent-socket"),
+            (self.bin_dir, "--bin-dir"),
+            (self.conf_dir, "--conf-dir"),
+            (self.state_dir, "--state-dir"),
+        ):
             if not os.path.isabs(path):
                 raise InstallError(f"{what} must be an absolute path, got {path!r}")
         if "/" in self.conf_name or not self.conf_name.endswith((".conflist", ".conf", ".json")):
@@ -243,6 +262,7 @@ class Options:
 class Planned:
     """One file to write. ``action``: create, update (ours, changed options), unchanged,
     foreign (someone else's: refused), or replace (someone else's, with --force)."""
+
     path: str
     content: bytes
     mode: int
@@ -286,11 +306,14 @@ def classify(path: str, content: bytes, manifest: dict, force: bool) -> str:
 
 def plan_install(opts: Options, manifest: dict, force: bool = False) -> list[Planned]:
     opts.validate()
-    return [Planned(path, content, mode, classify(path, content, manifest, force))
-            for path, content, mode in desired_files(opts)]
+    return [
+        Planned(path, content, mode, classify(path, content, manifest, force))
+        for path, content, mode in desired_files(opts)
+    ]
 
 
 # -- checks that look around ------------------------------------------------------------------------
+
 
 def find_plugin(name: str, dirs: tuple[str, ...]) -> str | None:
     for d in dirs:
@@ -302,8 +325,9 @@ def find_plugin(name: str, dirs: tuple[str, ...]) -> str | None:
 
 def plugin_versions(path: str) -> list[str]:
     """Ask a plugin which cniVersions it speaks (the VERSION verb, as libcni does)."""
-    p = subprocess.run([path], input=b'{"cniVersion": "0.4.0"}', env={"CNI_COMMAND": "VERSION"},
-                       capture_output=True, timeout=10)
+    p = subprocess.run(
+        [path], input=b'{"cniVersion": "0.4.0"}', env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=10
+    )
     try:
         return list(json.loads(p.stdout).get("supportedVersions", []))
     except (ValueError, AttributeError):
@@ -316,13 +340,17 @@ def chain_problems(opts: Options) -> tuple[list[str], list[str]]:
     for name in opts.chain:
         path = find_plugin(name, (opts.bin_dir,) + tuple(opts.plugin_dirs))
         if path is None:
-            warnings.append(f"chained plugin {name!r} is not in {opts.bin_dir} (or {', '.join(opts.plugin_dirs)}): "
-                            "install it before pods start")
+            warnings.append(
+                f"chained plugin {name!r} is not in {opts.bin_dir} (or {', '.join(opts.plugin_dirs)}): "
+                "install it before pods start"
+            )
             continue
         versions = plugin_versions(path)
         if opts.cni_version not in versions:
-            errors.append(f"{path} speaks cniVersion {', '.join(versions) or '?'}, not {opts.cni_version}: "
-                          "every plugin in a chain must accept the conflist's cniVersion")
+            errors.append(
+                f"{path} speaks cniVersion {', '.join(versions) or '?'}, not {opts.cni_version}: "
+                "every plugin in a chain must accept the conflist's cniVersion"
+            )
     return errors, warnings
 
 
@@ -336,6 +364,7 @@ def earlier_configs(opts: Options) -> list[str]:
 
 
 # -- the manifest ---------------------------------------------------------------------------------------
+
 
 def manifest_path(state_dir: str) -> str:
     return os.path.join(state_dir, MANIFEST)
@@ -355,7 +384,7 @@ def load_manifest(state_dir: str) -> dict:
 
 
 def _write_atomic(path: str, data: bytes, mode: int) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)   # /opt/cni/bin and friends: 0755, not private
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # /opt/cni/bin and friends: 0755, not private
     private_files.write_atomic(path, data, mode)
 
 
@@ -368,6 +397,7 @@ def _backup_path(state_dir: str, path: str) -> str:
 
 
 # -- install and uninstall ---------------------------------------------------------------------------
+
 
 @dataclass
 class Report:
@@ -383,13 +413,16 @@ def install(opts: Options, force: bool = False, dry_run: bool = False) -> Report
     report = Report(warnings=warnings)
     foreign = [p.path for p in plan if p.action == "foreign"]
     if foreign:
-        errors.append("not ours, left alone (pass --force to replace; the original is kept for uninstall): "
-                      + ", ".join(foreign))
+        errors.append(
+            "not ours, left alone (pass --force to replace; the original is kept for uninstall): " + ", ".join(foreign)
+        )
     if errors and not force:
         raise InstallError("; ".join(errors))
-    report.warnings += [f"{name} in {opts.conf_dir} sorts before {opts.conf_name}: runtimes that load only "
-                        "the first config (containerd, ctr) will use it, not minikubenet"
-                        for name in earlier_configs(opts)]
+    report.warnings += [
+        f"{name} in {opts.conf_dir} sorts before {opts.conf_name}: runtimes that load only "
+        "the first config (containerd, ctr) will use it, not minikubenet"
+        for name in earlier_configs(opts)
+    ]
     for p in plan:
         report.lines.append(f"{p.action:<9} {p.path}")
         if dry_run or p.action == "unchanged":
@@ -404,9 +437,14 @@ def install(opts: Options, force: bool = False, dry_run: bool = False) -> Report
         _write_atomic(p.path, p.content, p.mode)
         _remember(manifest, p)
     if not dry_run:
-        manifest["options"] = {"bin_dir": opts.bin_dir, "conf_dir": opts.conf_dir, "network": opts.network,
-                               "cni_version": opts.cni_version, "chain": list(opts.chain),
-                               "agent_socket": opts.agent_socket}
+        manifest["options"] = {
+            "bin_dir": opts.bin_dir,
+            "conf_dir": opts.conf_dir,
+            "network": opts.network,
+            "cni_version": opts.cni_version,
+            "chain": list(opts.chain),
+            "agent_socket": opts.agent_socket,
+        }
         save_manifest(opts.state_dir, manifest)
     return report
 

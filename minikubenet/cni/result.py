@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 class Interface:
     name: str
     mac: str = ""
-    sandbox: str = ""   # the netns path for interfaces inside the pod; empty on the host
+    sandbox: str = ""  # the netns path for interfaces inside the pod; empty on the host
     mtu: int = 0
 
 
 @dataclass
 class IPConfig:
-    address: str        # "10.244.1.5/24"
+    address: str  # "10.244.1.5/24"
     gateway: str = ""
     interface: int | None = None
 
@@ -94,11 +94,18 @@ def decode(doc: dict) -> Result:
     """Parse a result of any version we speak (a ``prevResult``, a cached result)."""
     res = Result()
     for i in doc.get("interfaces") or []:
-        res.interfaces.append(Interface(name=i.get("name", ""), mac=i.get("mac", ""),
-                                        sandbox=i.get("sandbox", ""), mtu=int(i.get("mtu", 0) or 0)))
+        res.interfaces.append(
+            Interface(
+                name=i.get("name", ""),
+                mac=i.get("mac", ""),
+                sandbox=i.get("sandbox", ""),
+                mtu=int(i.get("mtu", 0) or 0),
+            )
+        )
     for ip in doc.get("ips") or []:
-        res.ips.append(IPConfig(address=ip.get("address", ""), gateway=ip.get("gateway", ""),
-                                interface=ip.get("interface")))
+        res.ips.append(
+            IPConfig(address=ip.get("address", ""), gateway=ip.get("gateway", ""), interface=ip.get("interface"))
+        )
     for r in doc.get("routes") or []:
         res.routes.append(Route(dst=r.get("dst", ""), gw=r.get("gw", "")))
     res.dns = dict(doc.get("dns") or {})
@@ -106,6 +113,7 @@ def decode(doc: dict) -> Result:
 
 
 # -- reading and extending results of other plugins (prevResult) -----------------------------------
+
 
 def merge(prev: dict, ours: dict) -> dict:
     """``prevResult`` with our interfaces, IPs and routes appended (SPEC §5: a plugin that
@@ -136,9 +144,13 @@ def _interface_indexes(doc: dict, ifname: str | None, sandbox: str | None) -> se
     """Indexes of the interfaces named ``ifname`` (inside ``sandbox`` if given); None = any."""
     if ifname is None:
         return None
-    return {i for i, iface in enumerate(doc.get("interfaces") or [])
-            if isinstance(iface, dict) and iface.get("name") == ifname
-            and (sandbox is None or iface.get("sandbox") == sandbox)}
+    return {
+        i
+        for i, iface in enumerate(doc.get("interfaces") or [])
+        if isinstance(iface, dict)
+        and iface.get("name") == ifname
+        and (sandbox is None or iface.get("sandbox") == sandbox)
+    }
 
 
 def addresses_of(doc: dict, ifname: str | None = None, sandbox: str | None = None) -> set[str]:

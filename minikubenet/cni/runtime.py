@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 class CniCallError(Exception):
     def __init__(self, plugin: str, command: str, code: int, msg: str, details: str = "", raw: str = ""):
         super().__init__(f"{plugin} {command} failed with code {code}: {msg}" + (f" ({details})" if details else ""))
-        self.plugin, self.command, self.code, self.msg, self.details, self.raw = plugin, command, code, msg, details, raw
+        self.plugin, self.command, self.code, self.msg, self.details, self.raw = (
+            plugin,
+            command,
+            code,
+            msg,
+            details,
+            raw,
+        )
 
 
 @dataclass
@@ -34,10 +41,10 @@ class CniRuntime:
     conflist: dict
     bin_dirs: list[str]
     node_netns: str | None = None
-    results: dict = field(default_factory=dict)   # (container_id, ifname) -> final ADD result
+    results: dict = field(default_factory=dict)  # (container_id, ifname) -> final ADD result
 
     @classmethod
-    def from_file(cls, path: str, bin_dirs: list[str], node_netns: str | None = None) -> "CniRuntime":
+    def from_file(cls, path: str, bin_dirs: list[str], node_netns: str | None = None) -> CniRuntime:
         with open(path) as f:
             return cls(json.load(f), bin_dirs, node_netns)
 
@@ -48,26 +55,39 @@ class CniRuntime:
                 return p
         raise FileNotFoundError(f"CNI plugin {plugin_type!r} not found in {':'.join(self.bin_dirs)}")
 
-    def exec_plugin(self, plugin_conf: dict, command: str, container_id: str, netns: str, ifname: str,
-                    args: dict | None = None, timeout: float = 60.0) -> dict | None:
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
-               "CNI_IFNAME": ifname, "CNI_PATH": ":".join(self.bin_dirs),
-               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    def exec_plugin(
+        self,
+        plugin_conf: dict,
+        command: str,
+        container_id: str,
+        netns: str,
+        ifname: str,
+        args: dict | None = None,
+        timeout: float = 60.0,
+    ) -> dict | None:
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": ":".join(self.bin_dirs),
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        }
         if args:
             env["CNI_ARGS"] = ";".join(f"{k}={v}" for k, v in args.items())
         argv = [self._find(plugin_conf["type"])]
         if self.node_netns:
             argv = ["ip", "netns", "exec", self.node_netns] + argv
-        p = subprocess.run(argv, input=json.dumps(plugin_conf).encode(), env=env,
-                           capture_output=True, timeout=timeout)
+        p = subprocess.run(argv, input=json.dumps(plugin_conf).encode(), env=env, capture_output=True, timeout=timeout)
         out = p.stdout.decode(errors="replace").strip()
         if p.returncode != 0:
             try:
                 err = json.loads(out)
             except ValueError:
                 err = {"code": 999, "msg": out or p.stderr.decode(errors="replace").strip()}
-            raise CniCallError(plugin_conf["type"], command, err.get("code", 999), err.get("msg", ""),
-                               err.get("details", ""), out)
+            raise CniCallError(
+                plugin_conf["type"], command, err.get("code", 999), err.get("msg", ""), err.get("details", ""), out
+            )
         return json.loads(out) if out else None
 
     def _plugin_conf(self, plugin: dict, prev: dict | None) -> dict:

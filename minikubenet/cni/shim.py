@@ -51,18 +51,16 @@ uses ``posix`` (the C module under ``os``) for files and the environment: ``impo
 costs another 1.2 ms (it pulls in ``_collections_abc``, ``posixpath`` and ``stat``).
 """
 
+import _socket
 import posix
 import sys
 import time
 
-import _socket
-
-
 # Limits on what a caller may send (see the module docstring; the agent enforces them too).
-MAX_CONFIG_BYTES = 1 << 20        # 1 MiB of network config on stdin
-MAX_NESTING = 64                  # objects and arrays inside each other
-MAX_REQUEST_BYTES = 4 << 20       # one request on the agent's socket
-MTU_RANGE = (68, 65535)           # RFC 791's minimum IPv4 MTU .. the largest a veth/bridge takes
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB of network config on stdin
+MAX_NESTING = 64  # objects and arrays inside each other
+MAX_REQUEST_BYTES = 4 << 20  # one request on the agent's socket
+MTU_RANGE = (68, 65535)  # RFC 791's minimum IPv4 MTU .. the largest a veth/bridge takes
 
 
 # -- JSON with the C accelerator only (what json.loads/json.dumps do underneath) ---------------------
@@ -74,12 +72,13 @@ MTU_RANGE = (68, 65535)           # RFC 791's minimum IPv4 MTU .. the largest a 
 # MINIKUBENET_SHIM_JSON=stdlib in the environment, which the tests use) the shim uses
 # the json package itself: ~5 ms slower per call, never wrong. ``JSON_PATH`` says which.
 
-JSON_C_CHECKED = ((3, 9), (3, 14))     # oldest and newest minor version checked
+JSON_C_CHECKED = ((3, 9), (3, 14))  # oldest and newest minor version checked
 _SAMPLE = '{"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.5/24"}], "mtu": 1450, "x": null}'
 
 
 class _DecoderSettings:
     """The attributes _json.make_scanner reads from a json.JSONDecoder, at their defaults."""
+
     strict = True
     object_hook = None
     object_pairs_hook = None
@@ -95,20 +94,24 @@ def _unencodable(obj):
 def _c_json():
     """(scan, encode) over ``_json``, or None when this interpreter is not one the fast
     path was checked on or the accelerator does not behave as expected."""
-    if (sys.implementation.name != "cpython"
-            or not JSON_C_CHECKED[0] <= sys.version_info[:2] <= JSON_C_CHECKED[1]
-            or posix.environ.get(b"MINIKUBENET_SHIM_JSON") == b"stdlib"):
+    if (
+        sys.implementation.name != "cpython"
+        or not JSON_C_CHECKED[0] <= sys.version_info[:2] <= JSON_C_CHECKED[1]
+        or posix.environ.get(b"MINIKUBENET_SHIM_JSON") == b"stdlib"
+    ):
         return None
     try:
         import _json
+
         scan = _json.make_scanner(_DecoderSettings())
         # markers, default, string encoder, indent, key sep, item sep, sort_keys, skipkeys, allow_nan
-        encode = _json.make_encoder({}, _unencodable, _json.encode_basestring_ascii, None, ": ", ", ",
-                                    False, False, True)
+        encode = _json.make_encoder(
+            {}, _unencodable, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True
+        )
         value, end = scan(_SAMPLE, 0)
         if end != len(_SAMPLE) or "".join(encode(value, 0)) != _SAMPLE:
             return None
-    except Exception:   # a changed private API fails in any way; the fallback is always right
+    except Exception:  # a changed private API fails in any way; the fallback is always right
         return None
     return scan, encode
 
@@ -116,6 +119,7 @@ def _c_json():
 def _stdlib_json():
     """The same two calls over the json package (its pure-Python wrapper of _json)."""
     import json
+
     decoder = json.JSONDecoder()
     encoder = json.JSONEncoder()
 
@@ -124,6 +128,7 @@ def _stdlib_json():
 
     def encode(value, _level):
         return encoder.iterencode(value)
+
     return scan, encode
 
 
@@ -173,7 +178,8 @@ def json_loads(data, max_nesting=MAX_NESTING):
         pass
     if end != len(text):
         import json
-        value = json.loads(text)   # raises (the document is malformed), with the place
+
+        value = json.loads(text)  # raises (the document is malformed), with the place
     if measure and too_deep(value, max_nesting):
         raise TooDeep("JSON nests deeper than %d levels" % max_nesting)
     return value
@@ -183,6 +189,7 @@ def json_dumps(value):
     """json.dumps with its default settings: the same text, byte for byte."""
     return "".join(_encode(value, 0))
 
+
 SUPPORTED_VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION = "1.1.0"
 AGENT_TIMEOUT_S = 120.0
@@ -191,9 +198,9 @@ CONNECT_PATIENCE_S = 10.0
 # `minikubenet install` rewrites these three lines in the copy it installs
 # (install.py, ``BAKED``): a runtime calls plugins with a bare environment, so what
 # the installed binary must know is written into it.
-MODE = "main"                                       # "main" or "ipam"
+MODE = "main"  # "main" or "ipam"
 DEFAULT_AGENT_SOCKET = "/run/minikubenet/agent.sock"
-INVOCATION_LOG = ""                                 # a file: one JSON line per call (debug aid)
+INVOCATION_LOG = ""  # a file: one JSON line per call (debug aid)
 
 # Error codes, CNI SPEC.md "Error" section.
 ERR_INCOMPATIBLE_VERSION = 1
@@ -203,7 +210,7 @@ ERR_INVALID_ENVIRONMENT = 4
 ERR_IO = 5
 ERR_DECODE = 6
 ERR_INVALID_CONFIG = 7
-ERR_INVALID_NETNS = 8          # libcni's ErrInvalidNetNS (not in the spec's table)
+ERR_INVALID_NETNS = 8  # libcni's ErrInvalidNetNS (not in the spec's table)
 ERR_TRY_AGAIN_LATER = 11
 ERR_NOT_AVAILABLE = 50
 ERR_NOT_AVAILABLE_DEGRADED = 51
@@ -257,15 +264,24 @@ def check_version(config, command):
     version = config.get("cniVersion")
     if version is None:
         # skel treats a missing cniVersion as 0.1.0, which nobody supports any more.
-        raise CniError(ERR_INCOMPATIBLE_VERSION, "incompatible CNI versions",
-                       "config has no cniVersion; this plugin supports %s" % ", ".join(SUPPORTED_VERSIONS))
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            "incompatible CNI versions",
+            "config has no cniVersion; this plugin supports %s" % ", ".join(SUPPORTED_VERSIONS),
+        )
     if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
-        raise CniError(ERR_INCOMPATIBLE_VERSION, "incompatible CNI versions",
-                       "config version %r is not one of %s" % (version, ", ".join(SUPPORTED_VERSIONS)))
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            "incompatible CNI versions",
+            "config version %r is not one of %s" % (version, ", ".join(SUPPORTED_VERSIONS)),
+        )
     minimum = MIN_VERSION.get(command)
     if minimum and version_tuple(version) < version_tuple(minimum):
-        raise CniError(ERR_INCOMPATIBLE_VERSION, "config version does not allow %s" % command,
-                       "%s needs cniVersion >= %s, config has %s" % (command, minimum, version))
+        raise CniError(
+            ERR_INCOMPATIBLE_VERSION,
+            "config version does not allow %s" % command,
+            "%s needs cniVersion >= %s, config has %s" % (command, minimum, version),
+        )
     return version
 
 
@@ -275,12 +291,18 @@ def check_env(command, env):
         raise CniError(ERR_INVALID_ENVIRONMENT, "required env variables [%s] missing" % ",".join(missing))
     cid = env.get("CNI_CONTAINERID", "")
     if cid and not valid_name(cid):
-        raise CniError(ERR_INVALID_ENVIRONMENT, "invalid CNI_CONTAINERID %r" % cid,
-                       "it must start with a letter or digit, then letters, digits, '_', '.' or '-'")
+        raise CniError(
+            ERR_INVALID_ENVIRONMENT,
+            "invalid CNI_CONTAINERID %r" % cid,
+            "it must start with a letter or digit, then letters, digits, '_', '.' or '-'",
+        )
     ifname = env.get("CNI_IFNAME", "")
     if ifname and (len(ifname) > 15 or ifname in (".", "..") or any(c in ifname for c in "/: \t\n")):
-        raise CniError(ERR_INVALID_ENVIRONMENT, "invalid CNI_IFNAME %r" % ifname,
-                       "an interface name has at most 15 characters and no '/', ':' or whitespace")
+        raise CniError(
+            ERR_INVALID_ENVIRONMENT,
+            "invalid CNI_IFNAME %r" % ifname,
+            "an interface name has at most 15 characters and no '/', ':' or whitespace",
+        )
 
 
 def open_netns(command, env, keep=True):
@@ -293,9 +315,11 @@ def open_netns(command, env, keep=True):
         fd = posix.open(netns, posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError as e:
         if command in ("ADD", "CHECK"):
-            raise CniError(ERR_INVALID_ENVIRONMENT, "CNI_NETNS %s does not exist" % netns,
-                           "%s; the runtime must create the network namespace before calling the plugin"
-                           % (e.strerror or e)) from None
+            raise CniError(
+                ERR_INVALID_ENVIRONMENT,
+                "CNI_NETNS %s does not exist" % netns,
+                "%s; the runtime must create the network namespace before calling the plugin" % (e.strerror or e),
+            ) from None
         return None
     if keep:
         return fd
@@ -310,15 +334,18 @@ def read_config(stdin, limit=MAX_CONFIG_BYTES):
     except OSError as e:
         raise CniError(ERR_IO, "failed to read network config from stdin", str(e)) from None
     if len(raw) > limit:
-        raise CniError(ERR_DECODE, "failed to decode network config",
-                       "the network config is larger than %d bytes (this plugin's limit)" % limit)
+        raise CniError(
+            ERR_DECODE,
+            "failed to decode network config",
+            "the network config is larger than %d bytes (this plugin's limit)" % limit,
+        )
     return raw
 
 
 def parse_config(raw):
     try:
         config = json_loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:   # TooDeep is a ValueError
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # TooDeep is a ValueError
         raise CniError(ERR_DECODE, "failed to decode network config", str(e)) from None
     if not isinstance(config, dict):
         raise CniError(ERR_DECODE, "failed to decode network config", "expected a JSON object")
@@ -331,17 +358,26 @@ def check_config(config, mode):
     if not name:
         raise CniError(ERR_INVALID_CONFIG, "missing network name")
     if not valid_name(name):
-        raise CniError(ERR_INVALID_CONFIG, "invalid network name %r" % (name,),
-                       "it must start with a letter or digit, then letters, digits, '_', '.' or '-'")
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            "invalid network name %r" % (name,),
+            "it must start with a letter or digit, then letters, digits, '_', '.' or '-'",
+        )
     ipam = config.get("ipam")
     if mode == "main" and ipam:
         # A well-known field we cannot honour: the agent allocates pod IPs itself.
-        raise CniError(ERR_UNSUPPORTED_FIELD, "unsupported field ipam=%s" % json_dumps(ipam),
-                       "minikubenet allocates pod IPs itself and does not delegate to an IPAM plugin; "
-                       "remove the ipam section (other main plugins can use minikubenet-ipam)")
+        raise CniError(
+            ERR_UNSUPPORTED_FIELD,
+            "unsupported field ipam=%s" % json_dumps(ipam),
+            "minikubenet allocates pod IPs itself and does not delegate to an IPAM plugin; "
+            "remove the ipam section (other main plugins can use minikubenet-ipam)",
+        )
     if mode == "ipam" and not isinstance(ipam, dict):
-        raise CniError(ERR_INVALID_CONFIG, "missing ipam section",
-                       "minikubenet-ipam reads its settings from the main plugin's \"ipam\" object")
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            "missing ipam section",
+            'minikubenet-ipam reads its settings from the main plugin\'s "ipam" object',
+        )
     sock = (ipam or {}).get("agentSocket") if mode == "ipam" else None
     if sock is None:
         sock = config.get("agentSocket", DEFAULT_AGENT_SOCKET)
@@ -358,8 +394,11 @@ def check_mtu(config, command):
     mtu = config["mtu"]
     low, high = MTU_RANGE
     if type(mtu) is not int or not low <= mtu <= high:
-        raise CniError(ERR_INVALID_CONFIG, "invalid mtu %s" % json_dumps(mtu),
-                       "mtu must be an integer from %d (the smallest IPv4 MTU, RFC 791) to %d" % (low, high))
+        raise CniError(
+            ERR_INVALID_CONFIG,
+            "invalid mtu %s" % json_dumps(mtu),
+            "mtu must be an integer from %d (the smallest IPv4 MTU, RFC 791) to %d" % (low, high),
+        )
 
 
 def connect(s, sock_path, patience_s=CONNECT_PATIENCE_S):
@@ -380,9 +419,11 @@ def ask_agent(sock_path, request, netns_fd=None, unreachable_code=ERR_TRY_AGAIN_
     (for STATUS: 'not available', the spec's code for exactly that)."""
     data = json_dumps(request).encode()
     if len(data) > MAX_REQUEST_BYTES:
-        raise CniError(ERR_DECODE, "request too large for the agent",
-                       "%d bytes with the CNI_* environment; the agent reads at most %d"
-                       % (len(data), MAX_REQUEST_BYTES))
+        raise CniError(
+            ERR_DECODE,
+            "request too large for the agent",
+            "%d bytes with the CNI_* environment; the agent reads at most %d" % (len(data), MAX_REQUEST_BYTES),
+        )
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     s.settimeout(AGENT_TIMEOUT_S)
     chunks = []
@@ -391,9 +432,8 @@ def ask_agent(sock_path, request, netns_fd=None, unreachable_code=ERR_TRY_AGAIN_
             connect(s, sock_path)
             if netns_fd is None:
                 s.sendall(data)
-            else:   # the first byte carries the namespace fd (SCM_RIGHTS)
-                s.sendmsg([data[:1]], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                        netns_fd.to_bytes(4, sys.byteorder))])
+            else:  # the first byte carries the namespace fd (SCM_RIGHTS)
+                s.sendmsg([data[:1]], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, netns_fd.to_bytes(4, sys.byteorder))])
                 s.sendall(data[1:])
             s.shutdown(_socket.SHUT_WR)
             while True:
@@ -402,8 +442,11 @@ def ask_agent(sock_path, request, netns_fd=None, unreachable_code=ERR_TRY_AGAIN_
                     break
                 chunks.append(chunk)
         except OSError as e:
-            raise CniError(unreachable_code, "minikubenet agent unreachable",
-                           "%s: %s (is minikubenet-agent running on this node?)" % (sock_path, e.strerror or e)) from None
+            raise CniError(
+                unreachable_code,
+                "minikubenet agent unreachable",
+                "%s: %s (is minikubenet-agent running on this node?)" % (sock_path, e.strerror or e),
+            ) from None
     finally:
         s.close()
     try:
@@ -411,8 +454,9 @@ def ask_agent(sock_path, request, netns_fd=None, unreachable_code=ERR_TRY_AGAIN_
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        raise CniError(unreachable_code, "minikubenet agent gave no answer",
-                       "%s closed the connection without a reply" % sock_path)
+        raise CniError(
+            unreachable_code, "minikubenet agent gave no answer", "%s closed the connection without a reply" % sock_path
+        )
     return answer
 
 
@@ -420,12 +464,17 @@ def log_invocation(env, command, config, code, started):
     """Append one JSON line about this call to INVOCATION_LOG (what runtimes really send)."""
     if not INVOCATION_LOG:
         return
-    line = {"time": round(time.time(), 3), "ms": round((time.monotonic() - started) * 1000, 1),
-            "mode": MODE, "command": command, "exit": code,
-            "env": {k: v for k, v in env.items() if k.startswith("CNI_")},
-            "cniVersion": config.get("cniVersion") if isinstance(config, dict) else None,
-            "prevResult": isinstance(config, dict) and "prevResult" in config,
-            "runtimeConfig": config.get("runtimeConfig") if isinstance(config, dict) else None}
+    line = {
+        "time": round(time.time(), 3),
+        "ms": round((time.monotonic() - started) * 1000, 1),
+        "mode": MODE,
+        "command": command,
+        "exit": code,
+        "env": {k: v for k, v in env.items() if k.startswith("CNI_")},
+        "cniVersion": config.get("cniVersion") if isinstance(config, dict) else None,
+        "prevResult": isinstance(config, dict) and "prevResult" in config,
+        "runtimeConfig": config.get("runtimeConfig") if isinstance(config, dict) else None,
+    }
     try:
         fd = posix.open(INVOCATION_LOG, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
         try:
@@ -433,7 +482,7 @@ def log_invocation(env, command, config, code, started):
         finally:
             posix.close(fd)
     except OSError:
-        pass   # a debug aid must never fail a pod
+        pass  # a debug aid must never fail a pod
 
 
 def handle(env, stdin, stdout, command, seen):
@@ -446,8 +495,13 @@ def handle(env, stdin, stdout, command, seen):
     check_env(command, env)
     netns_fd = open_netns(command, env, keep=MODE == "main")
     try:
-        request = {"command": command, "mode": MODE, "config": config, "netnsFd": netns_fd is not None,
-                   "env": {k: v for k, v in env.items() if k.startswith("CNI_")}}
+        request = {
+            "command": command,
+            "mode": MODE,
+            "config": config,
+            "netnsFd": netns_fd is not None,
+            "env": {k: v for k, v in env.items() if k.startswith("CNI_")},
+        }
         unreachable = ERR_NOT_AVAILABLE if command == "STATUS" else ERR_TRY_AGAIN_LATER
         answer = ask_agent(sock_path, request, netns_fd, unreachable)
     finally:
@@ -457,7 +511,7 @@ def handle(env, stdin, stdout, command, seen):
         err = answer["error"] if isinstance(answer["error"], dict) else {"msg": str(answer["error"])}
         raise CniError(err.get("code", 999), err.get("msg", "agent error"), err.get("details", ""))
     for warning in answer.get("warnings") or ():
-        sys.stderr.write("minikubenet: warning: %s\n" % warning)   # STATUS: e.g. conntrack table 95 % full
+        sys.stderr.write("minikubenet: warning: %s\n" % warning)  # STATUS: e.g. conntrack table 95 % full
     if answer.get("result") is not None:
         stdout.write(json_dumps(answer["result"]))
     return cni_version
@@ -476,8 +530,7 @@ def run(env, stdin, stdout):
             raise CniError(ERR_INVALID_ENVIRONMENT, "unknown CNI_COMMAND: %s" % command)
         if command == "VERSION":
             # skel ignores stdin for VERSION and answers with its current version.
-            stdout.write(json_dumps({"cniVersion": CURRENT_VERSION,
-                                     "supportedVersions": list(SUPPORTED_VERSIONS)}))
+            stdout.write(json_dumps({"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}))
         else:
             handle(env, stdin, stdout, command, seen)
     except CniError as e:
@@ -493,8 +546,7 @@ def environment():
     """os.environ as a plain dict: posix.environ holds bytes, decoded here the way os
     does it (the file system encoding, undecodable bytes kept as surrogates)."""
     enc = sys.getfilesystemencoding()
-    return {k.decode(enc, "surrogateescape"): v.decode(enc, "surrogateescape")
-            for k, v in posix.environ.items()}
+    return {k.decode(enc, "surrogateescape"): v.decode(enc, "surrogateescape") for k, v in posix.environ.items()}
 
 
 def main(mode=None):

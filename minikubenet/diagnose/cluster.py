@@ -16,10 +16,10 @@ from minikubenet.linux.live_state import NodeSnapshot
 @dataclass(frozen=True)
 class NodeInfo:
     name: str
-    ip: ipaddress.IPv4Address              # the underlay address (the lease's PublicIP)
-    subnet: ipaddress.IPv4Network | None   # its pod subnet, from its lease (None: no lease)
-    vtep_mac: str | None = None            # the lease's BackendData.VtepMAC (vxlan)
-    agent_running: bool | None = None      # None: unknown (a real cluster's other nodes)
+    ip: ipaddress.IPv4Address  # the underlay address (the lease's PublicIP)
+    subnet: ipaddress.IPv4Network | None  # its pod subnet, from its lease (None: no lease)
+    vtep_mac: str | None = None  # the lease's BackendData.VtepMAC (vxlan)
+    agent_running: bool | None = None  # None: unknown (a real cluster's other nodes)
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ServiceInfo:
     namespace: str
     name: str
     cluster_ip: ipaddress.IPv4Address
-    ports: tuple[tuple[str, int, str], ...]      # (name, port, protocol)
+    ports: tuple[tuple[str, int, str], ...]  # (name, port, protocol)
 
     @property
     def key(self) -> str:
@@ -63,20 +63,20 @@ class IpRecord:
     container_id: str
     ifname: str
     node: str
-    pod: str                  # "ns/name" or the container ID
+    pod: str  # "ns/name" or the container ID
 
 
 @dataclass
 class ClusterView:
     pod_network: ipaddress.IPv4Network
-    backend: str                                   # vxlan, host-gw, bgp
+    backend: str  # vxlan, host-gw, bgp
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
-    pods: dict[str, PodInfo] = field(default_factory=dict)          # "ns/name"
+    pods: dict[str, PodInfo] = field(default_factory=dict)  # "ns/name"
     services: dict[str, ServiceInfo] = field(default_factory=dict)  # "ns/name"
     leases: list[Lease] = field(default_factory=list)
     ip_records: list[IpRecord] = field(default_factory=list)
     snapshots: dict[str, NodeSnapshot] = field(default_factory=dict)
-    unreadable: dict[str, str] = field(default_factory=dict)        # node -> why
+    unreadable: dict[str, str] = field(default_factory=dict)  # node -> why
     vxlan_device: str = "flannel.1"
     bridge: str = "cni0"
 

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from minikubenet.diagnose.cluster import ClusterView, NodeInfo
 from minikubenet.linux.live_state import NodeSnapshot
 from minikubenet.pod_network import MARK_PREFIX, ownership_mark
 
-VXLAN_OVERHEAD = 50                    # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 CONNTRACK_WARN = 0.9
 CERT_WARN_DAYS = 30
 ETCD_SLOW_S = 0.5
@@ -40,15 +40,14 @@ ETCD_SLOW_S = 0.5
 
 @dataclass(frozen=True)
 class Finding:
-    severity: str          # "error" or "warning"
-    check: str             # mtu, conntrack, ipam, leases, overlay, sysctl, etcd, node
+    severity: str  # "error" or "warning"
+    check: str  # mtu, conntrack, ipam, leases, overlay, sysctl, etcd, node
     node: str | None
     text: str
     fix: str
 
     def as_dict(self) -> dict:
-        return {"severity": self.severity, "check": self.check, "node": self.node, "text": self.text,
-                "fix": self.fix}
+        return {"severity": self.severity, "check": self.check, "node": self.node, "text": self.text, "fix": self.fix}
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class MtuProbe:
     src: str
     dst: str
     target: ipaddress.IPv4Address
-    size: int              # the whole IP packet: the pod MTU
+    size: int  # the whole IP packet: the pod MTU
     passed: bool
 
 
@@ -73,14 +72,26 @@ def pod_mtu(view: ClusterView, snap: NodeSnapshot, underlay_mtu: int) -> int:
     return underlay_mtu - VXLAN_OVERHEAD if view.backend == "vxlan" else underlay_mtu
 
 
-def check_all(view: ClusterView, etcd: EtcdHealth | None = None, probes: Sequence[MtuProbe] = (),
-              nodes: list[str] | None = None, now: datetime.datetime | None = None) -> list[Finding]:
+def check_all(
+    view: ClusterView,
+    etcd: EtcdHealth | None = None,
+    probes: Sequence[MtuProbe] = (),
+    nodes: list[str] | None = None,
+    now: datetime.datetime | None = None,
+) -> list[Finding]:
     wanted = set(nodes) if nodes else set(view.nodes) | set(view.snapshots) | set(view.unreadable)
     out: list[Finding] = []
     for name, why in sorted(view.unreadable.items()):
         if name in wanted:
-            out.append(Finding("error", "node", name, f"cannot read the node: {why}",
-                               "start the node (or check its network namespace); trace and doctor need its kernel"))
+            out.append(
+                Finding(
+                    "error",
+                    "node",
+                    name,
+                    f"cannot read the node: {why}",
+                    "start the node (or check its network namespace); trace and doctor need its kernel",
+                )
+            )
     if etcd is not None:
         out += check_etcd(etcd, now)
     out += check_leases(view, wanted)
@@ -91,38 +102,80 @@ def check_all(view: ClusterView, etcd: EtcdHealth | None = None, probes: Sequenc
         out += check_sysctls(snap)
         out += check_conntrack(snap)
         if node is None:
-            out.append(Finding("error", "leases", name, "this node holds no subnet lease",
-                               "start minikubenet-agent on it (it takes a lease at start)"))
+            out.append(
+                Finding(
+                    "error",
+                    "leases",
+                    name,
+                    "this node holds no subnet lease",
+                    "start minikubenet-agent on it (it takes a lease at start)",
+                )
+            )
             continue
         out += check_mtu(view, node, snap)
         out += check_ipam(view, node, snap)
         out += check_overlay(view, node, snap)
     for p in probes:
         if not p.passed and (p.src in wanted or p.dst in wanted):
-            out.append(Finding("error", "mtu", p.src, f"a {p.size}-byte packet with DF set does not reach {p.dst} "
-                               f"({p.target}) across the overlay: full-size pod packets are dropped on the way",
-                               "make the pod MTU (cni0, veths) the underlay MTU minus the overlay's overhead, and "
-                               "check the underlay's MTU between the nodes"))
+            out.append(
+                Finding(
+                    "error",
+                    "mtu",
+                    p.src,
+                    f"a {p.size}-byte packet with DF set does not reach {p.dst} "
+                    f"({p.target}) across the overlay: full-size pod packets are dropped on the way",
+                    "make the pod MTU (cni0, veths) the underlay MTU minus the overlay's overhead, and "
+                    "check the underlay's MTU between the nodes",
+                )
+            )
     return out
 
 
 def check_etcd(e: EtcdHealth, now: datetime.datetime | None = None) -> list[Finding]:
     out = []
     if not e.reachable:
-        out.append(Finding("error", "etcd", None, f"etcd does not answer: {e.error}",
-                           "start etcd or fix --etcd-endpoints; without it no pod gets an IP and no node a lease"))
+        out.append(
+            Finding(
+                "error",
+                "etcd",
+                None,
+                f"etcd does not answer: {e.error}",
+                "start etcd or fix --etcd-endpoints; without it no pod gets an IP and no node a lease",
+            )
+        )
     elif e.latency_s is not None and e.latency_s > ETCD_SLOW_S:
-        out.append(Finding("warning", "etcd", None, f"etcd answered a full read in {e.latency_s:.2f}s",
-                           "a slow etcd delays pod starts and lease renewals: check its disk (fsync) and load"))
+        out.append(
+            Finding(
+                "warning",
+                "etcd",
+                None,
+                f"etcd answered a full read in {e.latency_s:.2f}s",
+                "a slow etcd delays pod starts and lease renewals: check its disk (fsync) and load",
+            )
+        )
     if e.cert_not_after is not None:
         now = now or datetime.datetime.now(datetime.timezone.utc)
         left = e.cert_not_after - now
         if left.total_seconds() <= 0:
-            out.append(Finding("error", "etcd", None, f"the client certificate {e.cert_path} expired on "
-                               f"{e.cert_not_after:%Y-%m-%d}", "issue a new client certificate from the etcd CA"))
+            out.append(
+                Finding(
+                    "error",
+                    "etcd",
+                    None,
+                    f"the client certificate {e.cert_path} expired on {e.cert_not_after:%Y-%m-%d}",
+                    "issue a new client certificate from the etcd CA",
+                )
+            )
         elif left.days < CERT_WARN_DAYS:
-            out.append(Finding("warning", "etcd", None, f"the client certificate {e.cert_path} expires in "
-                               f"{left.days} days ({e.cert_not_after:%Y-%m-%d})", "renew it before it expires"))
+            out.append(
+                Finding(
+                    "warning",
+                    "etcd",
+                    None,
+                    f"the client certificate {e.cert_path} expires in {left.days} days ({e.cert_not_after:%Y-%m-%d})",
+                    "renew it before it expires",
+                )
+            )
     return out
 
 
@@ -133,29 +186,56 @@ def check_leases(view: ClusterView, wanted: set[str]) -> list[Finding]:
         if owner is None or owner.name not in wanted:
             continue
         if owner.agent_running is False:
-            out.append(Finding("error", "leases", owner.name,
-                               f"lease {lease.subnet} ({lease.public_ip}) belongs to {owner.name}, whose agent is not "
-                               "running: every other node still routes that subnet to it",
-                               f"start the agent on {owner.name}, or delete the lease if the node is gone "
-                               "(it also expires after its TTL)"))
+            out.append(
+                Finding(
+                    "error",
+                    "leases",
+                    owner.name,
+                    f"lease {lease.subnet} ({lease.public_ip}) belongs to {owner.name}, whose agent is not "
+                    "running: every other node still routes that subnet to it",
+                    f"start the agent on {owner.name}, or delete the lease if the node is gone "
+                    "(it also expires after its TTL)",
+                )
+            )
     return out
 
 
 def check_sysctls(snap: NodeSnapshot) -> list[Finding]:
     s, out = snap.sysctls, []
     if s.get("net.ipv4.ip_forward") not in (None, "1"):
-        out.append(Finding("error", "sysctl", snap.node, "net.ipv4.ip_forward is 0: the node does not forward "
-                           "between its pods and the other nodes", "sysctl -w net.ipv4.ip_forward=1 (the agent sets "
-                           "it at start; something reset it)"))
+        out.append(
+            Finding(
+                "error",
+                "sysctl",
+                snap.node,
+                "net.ipv4.ip_forward is 0: the node does not forward between its pods and the other nodes",
+                "sysctl -w net.ipv4.ip_forward=1 (the agent sets it at start; something reset it)",
+            )
+        )
     for key in ("net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{'flannel.1'}.rp_filter"):
         if s.get(key) == "1":
-            out.append(Finding("warning", "sysctl", snap.node, f"{key} is 1 (strict reverse-path filtering): a packet "
-                               "arriving on an interface other than the route back to its source is dropped",
-                               f"sysctl -w {key}=2 (loose), as Calico and Cilium set it"))
+            out.append(
+                Finding(
+                    "warning",
+                    "sysctl",
+                    snap.node,
+                    f"{key} is 1 (strict reverse-path filtering): a packet "
+                    "arriving on an interface other than the route back to its source is dropped",
+                    f"sysctl -w {key}=2 (loose), as Calico and Cilium set it",
+                )
+            )
     if s.get("net.bridge.bridge-nf-call-iptables") == "0":
-        out.append(Finding("warning", "sysctl", snap.node, "net.bridge.bridge-nf-call-iptables is 0: traffic between "
-                           "pods on the same bridge skips iptables (a Service from a pod to a pod on the same node "
-                           "is not translated back)", "sysctl -w net.bridge.bridge-nf-call-iptables=1"))
+        out.append(
+            Finding(
+                "warning",
+                "sysctl",
+                snap.node,
+                "net.bridge.bridge-nf-call-iptables is 0: traffic between "
+                "pods on the same bridge skips iptables (a Service from a pod to a pod on the same node "
+                "is not translated back)",
+                "sysctl -w net.bridge.bridge-nf-call-iptables=1",
+            )
+        )
     return out
 
 
@@ -165,67 +245,142 @@ def check_conntrack(snap: NodeSnapshot) -> list[Finding]:
         return []
     out = []
     if t.full:
-        out.append(Finding("error", "conntrack", snap.node, f"the conntrack table is full ({t.count} of {t.max}): "
-                           "new connections to and from this node's pods are dropped",
-                           "raise net.netfilter.nf_conntrack_max (memory: ~300 bytes per entry), shorten "
-                           "nf_conntrack_tcp_timeout_established, or find the pod that opens so many connections"))
+        out.append(
+            Finding(
+                "error",
+                "conntrack",
+                snap.node,
+                f"the conntrack table is full ({t.count} of {t.max}): "
+                "new connections to and from this node's pods are dropped",
+                "raise net.netfilter.nf_conntrack_max (memory: ~300 bytes per entry), shorten "
+                "nf_conntrack_tcp_timeout_established, or find the pod that opens so many connections",
+            )
+        )
     elif t.fill > CONNTRACK_WARN:
-        out.append(Finding("warning", "conntrack", snap.node, f"the conntrack table is {t.fill:.0%} full "
-                           f"({t.count} of {t.max})", "raise net.netfilter.nf_conntrack_max before it fills"))
+        out.append(
+            Finding(
+                "warning",
+                "conntrack",
+                snap.node,
+                f"the conntrack table is {t.fill:.0%} full ({t.count} of {t.max})",
+                "raise net.netfilter.nf_conntrack_max before it fills",
+            )
+        )
     drops = {k: t.stat(k) for k in ("drop", "early_drop", "insert_failed") if t.stat(k)}
     if drops:
-        out.append(Finding("warning", "conntrack", snap.node, "the kernel dropped connections for want of conntrack "
-                           "room: " + ", ".join(f"{k} {v}" for k, v in drops.items()),
-                           "see the conntrack finding above; the counters only grow, so compare over time"))
+        out.append(
+            Finding(
+                "warning",
+                "conntrack",
+                snap.node,
+                "the kernel dropped connections for want of conntrack "
+                "room: " + ", ".join(f"{k} {v}" for k, v in drops.items()),
+                "see the conntrack finding above; the counters only grow, so compare over time",
+            )
+        )
     return out
 
 
 def check_mtu(view: ClusterView, node: NodeInfo, snap: NodeSnapshot) -> list[Finding]:
     underlay = snap.link_with_ip(node.ip)
     if underlay is None:
-        return [Finding("error", "mtu", node.name, f"no interface holds the node's address {node.ip}",
-                        "the lease's PublicIP must be an address of the node (agent --public-ip)")]
+        return [
+            Finding(
+                "error",
+                "mtu",
+                node.name,
+                f"no interface holds the node's address {node.ip}",
+                "the lease's PublicIP must be an address of the node (agent --public-ip)",
+            )
+        ]
     want, out = pod_mtu(view, snap, underlay.mtu), []
     vx = snap.links.get(view.vxlan_device)
     if view.backend == "vxlan":
         if vx is None:
-            out.append(Finding("error", "overlay", node.name, f"there is no {view.vxlan_device}: the node cannot "
-                               "send to or receive from other nodes' pods", "restart minikubenet-agent (it creates it)"))
+            out.append(
+                Finding(
+                    "error",
+                    "overlay",
+                    node.name,
+                    f"there is no {view.vxlan_device}: the node cannot send to or receive from other nodes' pods",
+                    "restart minikubenet-agent (it creates it)",
+                )
+            )
         elif vx.mtu != want:
-            out.append(Finding("error", "mtu", node.name, f"{view.vxlan_device} has MTU {vx.mtu}, but the underlay "
-                               f"{underlay.name} has {underlay.mtu}: it must be {want} (VXLAN adds {VXLAN_OVERHEAD} "
-                               "bytes)", f"ip link set {view.vxlan_device} mtu {want}"))
+            out.append(
+                Finding(
+                    "error",
+                    "mtu",
+                    node.name,
+                    f"{view.vxlan_device} has MTU {vx.mtu}, but the underlay "
+                    f"{underlay.name} has {underlay.mtu}: it must be {want} (VXLAN adds {VXLAN_OVERHEAD} "
+                    "bytes)",
+                    f"ip link set {view.vxlan_device} mtu {want}",
+                )
+            )
     br = snap.links.get(view.bridge)
     if br is not None and br.mtu != want:
-        out.append(Finding("error", "mtu", node.name, f"{view.bridge} has MTU {br.mtu}, the pod MTU here is {want}",
-                           f"ip link set {view.bridge} mtu {want}"))
-    for link in sorted(snap.links.values(), key=lambda l: l.name):
+        out.append(
+            Finding(
+                "error",
+                "mtu",
+                node.name,
+                f"{view.bridge} has MTU {br.mtu}, the pod MTU here is {want}",
+                f"ip link set {view.bridge} mtu {want}",
+            )
+        )
+    for link in sorted(snap.links.values(), key=lambda dev: dev.name):
         if link.master == view.bridge and link.kind == "veth" and link.mtu != want:
-            out.append(Finding("error", "mtu", node.name, f"pod veth {link.name} ({link.alias or 'unmarked'}) has MTU "
-                               f"{link.mtu}, the pod MTU here is {want}: that pod's large packets are dropped "
-                               "or fragmented", f"recreate the pod (its MTU comes from the CNI result), or "
-                               f"ip link set {link.name} mtu {want} and the same inside the pod"))
+            out.append(
+                Finding(
+                    "error",
+                    "mtu",
+                    node.name,
+                    f"pod veth {link.name} ({link.alias or 'unmarked'}) has MTU "
+                    f"{link.mtu}, the pod MTU here is {want}: that pod's large packets are dropped "
+                    "or fragmented",
+                    f"recreate the pod (its MTU comes from the CNI result), or "
+                    f"ip link set {link.name} mtu {want} and the same inside the pod",
+                )
+            )
     return out
 
 
 def check_ipam(view: ClusterView, node: NodeInfo, snap: NodeSnapshot) -> list[Finding]:
     out = []
-    marks = {link.alias: link for link in snap.links.values()
-             if link.alias and link.alias.startswith(MARK_PREFIX) and link.kind == "veth"}
+    marks = {
+        link.alias: link
+        for link in snap.links.values()
+        if link.alias and link.alias.startswith(MARK_PREFIX) and link.kind == "veth"
+    }
     records = [r for r in view.ip_records if r.node == node.name or (node.subnet and r.ip in node.subnet)]
     wanted_marks = set()
     for r in records:
         mark = ownership_mark(r.container_id, r.ifname)
         wanted_marks.add(mark)
         if mark not in marks:
-            out.append(Finding("error", "ipam", node.name, f"IP record {r.ip} ({r.pod}, container {r.container_id}) "
-                               f"has no interface on {node.name}: the address is leaked",
-                               "let the runtime's CNI GC release it, or delete the pod (CNI DEL is safe to repeat)"))
+            out.append(
+                Finding(
+                    "error",
+                    "ipam",
+                    node.name,
+                    f"IP record {r.ip} ({r.pod}, container {r.container_id}) "
+                    f"has no interface on {node.name}: the address is leaked",
+                    "let the runtime's CNI GC release it, or delete the pod (CNI DEL is safe to repeat)",
+                )
+            )
     for mark, link in sorted(marks.items()):
         if mark not in wanted_marks:
-            out.append(Finding("error", "ipam", node.name, f"interface {link.name} ({mark}) has no IP record: a pod "
-                               "plumbed without an address in etcd (or its record was deleted)",
-                               "delete that pod (CNI DEL removes the veth), then create it again"))
+            out.append(
+                Finding(
+                    "error",
+                    "ipam",
+                    node.name,
+                    f"interface {link.name} ({mark}) has no IP record: a pod "
+                    "plumbed without an address in etcd (or its record was deleted)",
+                    "delete that pod (CNI DEL removes the veth), then create it again",
+                )
+            )
     return out
 
 
@@ -265,28 +420,42 @@ def check_overlay(view: ClusterView, node: NodeInfo, snap: NodeSnapshot) -> list
                 out.append(_missing(node, f"route {lease.subnet} via {lease.public_ip}", lease.subnet))
     overlay_devs = {dev} if view.backend == "vxlan" else {d for _, _, d in want_routes}
     for r in snap.routes:
-        if r.gateway is not None and r.dev in overlay_devs and r.dst.subnet_of(view.pod_network) \
-                and (r.dst, r.gateway, r.dev) not in want_routes:
+        if (
+            r.gateway is not None
+            and r.dev in overlay_devs
+            and r.dst.subnet_of(view.pod_network)
+            and (r.dst, r.gateway, r.dev) not in want_routes
+        ):
             out.append(_stray(node, f"route {r.dst} via {r.gateway} dev {r.dev}"))
     return out
 
 
 def _missing(node: NodeInfo, what: str, subnet) -> Finding:
-    return Finding("error", "overlay", node.name, f"missing {what}: {node.name}'s pods cannot reach {subnet}",
-                   "the agent puts it back within its resync period; if it does not, restart minikubenet-agent "
-                   f"on {node.name} and read its log")
+    return Finding(
+        "error",
+        "overlay",
+        node.name,
+        f"missing {what}: {node.name}'s pods cannot reach {subnet}",
+        "the agent puts it back within its resync period; if it does not, restart minikubenet-agent "
+        f"on {node.name} and read its log",
+    )
 
 
 def _stray(node: NodeInfo, what: str) -> Finding:
-    return Finding("error", "overlay", node.name, f"stray {what}: no lease calls for it, so traffic to it goes "
-                   "to a node that is gone", "the agent removes entries no lease calls for within its resync "
-                   "period; if it stays, delete it by hand")
+    return Finding(
+        "error",
+        "overlay",
+        node.name,
+        f"stray {what}: no lease calls for it, so traffic to it goes to a node that is gone",
+        "the agent removes entries no lease calls for within its resync period; if it stays, delete it by hand",
+    )
 
 
 def render(findings: list[Finding], view: ClusterView, nodes: list[str] | None = None) -> str:
     checked = sorted(set(nodes) if nodes else set(view.snapshots) | set(view.unreadable))
-    lines = [f"doctor: {len(checked)} node(s) ({', '.join(checked)}), backend {view.backend}, "
-             f"pod network {view.pod_network}"]
+    lines = [
+        f"doctor: {len(checked)} node(s) ({', '.join(checked)}), backend {view.backend}, pod network {view.pod_network}"
+    ]
     if not findings:
         lines.append("no problems found (mtu, conntrack, ipam, leases, overlay, sysctls, etcd)")
     for f in findings:

@@ -41,10 +41,11 @@ class TraceError(Exception):
 @dataclass(frozen=True)
 class Endpoint:
     """Where a trace starts or ends: a pod, a node, a service or a bare address."""
-    kind: str                         # pod, node, service, ip
+
+    kind: str  # pod, node, service, ip
     ip: ipaddress.IPv4Address
-    label: str                        # "default/web-1", "n1", "svc/default/web", "10.0.0.9"
-    node: str | None = None           # the node it lives on (pods, nodes)
+    label: str  # "default/web-1", "n1", "svc/default/web", "10.0.0.9"
+    node: str | None = None  # the node it lives on (pods, nodes)
     port: int | None = None
     protocol: str = "tcp"
 
@@ -52,9 +53,9 @@ class Endpoint:
 @dataclass
 class Hop:
     node: str | None
-    what: str                         # "source", "service", "route", "neighbour", ...
+    what: str  # "source", "service", "route", "neighbour", ...
     text: str
-    entry: str = ""                   # the kernel entry or rule that decided it
+    entry: str = ""  # the kernel entry or rule that decided it
 
     def as_dict(self) -> dict:
         return {"node": self.node, "what": self.what, "text": self.text, "entry": self.entry}
@@ -63,15 +64,20 @@ class Hop:
 @dataclass
 class Path:
     hops: list[Hop] = field(default_factory=list)
-    result: str = ""                  # "delivered to ns/pod" or "dropped by ... on node"
+    result: str = ""  # "delivered to ns/pod" or "dropped by ... on node"
     delivered: bool = False
-    uninspected: bool = False         # it left the nodes we could read (a real node sees only itself)
+    uninspected: bool = False  # it left the nodes we could read (a real node sees only itself)
     probability: float = 1.0
-    endpoint: str | None = None       # "ip:port" after the service's DNAT
+    endpoint: str | None = None  # "ip:port" after the service's DNAT
 
     def as_dict(self) -> dict:
-        return {"endpoint": self.endpoint, "probability": round(self.probability, 4), "delivered": self.delivered,
-                "result": self.result, "hops": [h.as_dict() for h in self.hops]}
+        return {
+            "endpoint": self.endpoint,
+            "probability": round(self.probability, 4),
+            "delivered": self.delivered,
+            "result": self.result,
+            "hops": [h.as_dict() for h in self.hops],
+        }
 
 
 @dataclass
@@ -90,12 +96,19 @@ class TraceResult:
         return any(not p.delivered and not p.uninspected for p in self.paths)
 
     def as_dict(self) -> dict:
-        return {"src": self.src.label, "dst": self.dst.label, "delivered": self.delivered,
-                "paths": [p.as_dict() for p in self.paths]}
+        return {
+            "src": self.src.label,
+            "dst": self.dst.label,
+            "delivered": self.delivered,
+            "paths": [p.as_dict() for p in self.paths],
+        }
 
     def render(self) -> str:
-        lines = [f"trace {self.src.label} ({self.src.ip}) -> {self.dst.label} ({self.dst.ip}"
-                 + (f":{self.dst.port}/{self.dst.protocol}" if self.dst.port else "") + ")"]
+        lines = [
+            f"trace {self.src.label} ({self.src.ip}) -> {self.dst.label} ({self.dst.ip}"
+            + (f":{self.dst.port}/{self.dst.protocol}" if self.dst.port else "")
+            + ")"
+        ]
         for path in self.paths:
             if len(self.paths) > 1 or path.endpoint:
                 lines.append(f"  path to {path.endpoint} (p={path.probability:.2f}):")
@@ -145,8 +158,10 @@ def resolve(view: ClusterView, text: str, is_destination: bool) -> Endpoint:
         key = name if "/" in name else f"default/{name}"
         pod = view.pods.get(key)
         if pod is None:
-            raise TraceError(f"no pod {key} and no node {name!r} (pods: {', '.join(sorted(view.pods)) or 'none'}; "
-                             f"nodes: {', '.join(sorted(view.nodes))})") from None
+            raise TraceError(
+                f"no pod {key} and no node {name!r} (pods: {', '.join(sorted(view.pods)) or 'none'}; "
+                f"nodes: {', '.join(sorted(view.nodes))})"
+            ) from None
         return Endpoint("pod", pod.ip, pod.key, pod.node, port, proto)
     pod, node, svc = view.pod_by_ip(ip), view.node_by_ip(ip), view.service_by_ip(ip)
     if pod:
@@ -157,14 +172,17 @@ def resolve(view: ClusterView, text: str, is_destination: bool) -> Endpoint:
         return Endpoint("service", ip, f"svc/{svc.key}", None, port or svc.ports[0][1], proto)
     owner = view.node_of_subnet_ip(ip)
     if owner is not None:
-        return Endpoint("ip", ip, str(ip), owner.name, port, proto)   # a pod address nobody holds (yet)
+        return Endpoint("ip", ip, str(ip), owner.name, port, proto)  # a pod address nobody holds (yet)
     if ip in view.pod_network:
         raise TraceError(f"{ip} is in the pod network {view.pod_network} but in no node's subnet")
-    raise TraceError(f"{ip} is in no network of this cluster (pods {view.pod_network}, "
-                     f"nodes {', '.join(str(n.ip) for n in view.nodes.values())})")
+    raise TraceError(
+        f"{ip} is in no network of this cluster (pods {view.pod_network}, "
+        f"nodes {', '.join(str(n.ip) for n in view.nodes.values())})"
+    )
 
 
 # --------------------------------------------------------------------------- the walk
+
 
 def longest_match(routes: list[RouteEntry], ip: ipaddress.IPv4Address) -> RouteEntry | None:
     candidates = [r for r in routes if ip in r.dst]
@@ -173,8 +191,11 @@ def longest_match(routes: list[RouteEntry], ip: ipaddress.IPv4Address) -> RouteE
 
 def route_text(r: RouteEntry) -> str:
     via = f" via {r.gateway}" if r.gateway else ""
-    return f"{'default' if r.dst.prefixlen == 0 else r.dst}{via} dev {r.dev}" + (" onlink" if r.onlink else "") \
+    return (
+        f"{'default' if r.dst.prefixlen == 0 else r.dst}{via} dev {r.dev}"
+        + (" onlink" if r.onlink else "")
         + ("" if r.protocol in ("boot", "kernel", "static") else f" proto {r.protocol}")
+    )
 
 
 def kube_rules_only(iptables_save: str) -> str:
@@ -199,7 +220,9 @@ def kube_rules_only(iptables_save: str) -> str:
 _NFT_SERVICE = r"{ip} \. {proto} \. {port} : goto \"?(?P<chain>[\w./-]+)\"?"
 
 
-def nft_endpoints(nft_text: str, ip: ipaddress.IPv4Address, port: int, proto: str) -> tuple[list[tuple[str, float]], str]:
+def nft_endpoints(
+    nft_text: str, ip: ipaddress.IPv4Address, port: int, proto: str
+) -> tuple[list[tuple[str, float]], str]:
     """(["ip:port", probability]..., the deciding map element) from the live nftables
     table: the service-ips element, the service chain's numgen vmap, the endpoint
     chains' ``dnat to``."""
@@ -229,8 +252,15 @@ def service_dnat(snap: NodeSnapshot, src: ipaddress.IPv4Address, dst: Endpoint) 
     port = dst.port or 0
     if snap.iptables_nat:
         try:
-            t = trace_packet(kube_rules_only(snap.iptables_nat), str(src), str(dst.ip), port, dst.protocol,
-                             local_ips=[str(ip) for ip in snap.local_ips()], jumps=())
+            t = trace_packet(
+                kube_rules_only(snap.iptables_nat),
+                str(src),
+                str(dst.ip),
+                port,
+                dst.protocol,
+                local_ips=[str(ip) for ip in snap.local_ips()],
+                jumps=(),
+            )
         except TracerError as e:
             raise TraceError(f"cannot follow the proxy's live iptables rules on {snap.node}: {e}") from None
         out = []
@@ -245,8 +275,10 @@ def service_dnat(snap: NodeSnapshot, src: ipaddress.IPv4Address, dst: Endpoint) 
     if snap.nft_proxy:
         eps, element = nft_endpoints(snap.nft_proxy, dst.ip, port, dst.protocol)
         return [(ep, p, element) for ep, p in eps]
-    raise TraceError(f"node {snap.node} has no service proxy rules (neither iptables KUBE-SERVICES "
-                     "nor the nftables table): is minikubenet-proxy running there?")
+    raise TraceError(
+        f"node {snap.node} has no service proxy rules (neither iptables KUBE-SERVICES "
+        "nor the nftables table): is minikubenet-proxy running there?"
+    )
 
 
 def trace(view: ClusterView, src: Endpoint, dst: Endpoint) -> TraceResult:
@@ -263,21 +295,40 @@ def trace(view: ClusterView, src: Endpoint, dst: Endpoint) -> TraceResult:
         return TraceResult(src, dst, [path])
     endpoints = service_dnat(start, src.ip, dst)
     if not endpoints:
-        p = Path(hops=base + [Hop(src.node, "service", f"{dst.label} {dst.ip}:{dst.port}/{dst.protocol}: "
-                                                       "no rule for this service port")])
+        p = Path(
+            hops=base
+            + [
+                Hop(
+                    src.node,
+                    "service",
+                    f"{dst.label} {dst.ip}:{dst.port}/{dst.protocol}: no rule for this service port",
+                )
+            ]
+        )
         p.result = f"dropped by the proxy (no rule for {dst.ip}:{dst.port}) on {src.node}"
         return TraceResult(src, dst, [p])
     paths = []
     for ep, probability, rule in sorted(endpoints):
         p = Path(hops=list(base), probability=probability, endpoint=ep or None)
         if not ep:
-            _drop(p, src.node, "service", f"{dst.label} {dst.ip}:{dst.port}/{dst.protocol}: rejected (no ready "
-                  "endpoint)", rule)
+            _drop(
+                p,
+                src.node,
+                "service",
+                f"{dst.label} {dst.ip}:{dst.port}/{dst.protocol}: rejected (no ready endpoint)",
+                rule,
+            )
             paths.append(p)
             continue
         ip_text, _, port_text = ep.partition(":")
-        p.hops.append(Hop(src.node, "service", f"{dst.label} {dst.ip}:{dst.port}/{dst.protocol} DNAT to {ep} "
-                                               f"(p={probability:.2f})", rule))
+        p.hops.append(
+            Hop(
+                src.node,
+                "service",
+                f"{dst.label} {dst.ip}:{dst.port}/{dst.protocol} DNAT to {ep} (p={probability:.2f})",
+                rule,
+            )
+        )
         _walk(view, src, ipaddress.IPv4Address(ip_text), int(port_text), p, src.node)
         paths.append(p)
     return TraceResult(src, dst, paths)
@@ -303,8 +354,9 @@ def _drop(path: Path, node: str | None, what: str, text: str, entry: str = "") -
     path.result = f"dropped by {entry or what} on {node}: {text}"
 
 
-def _walk(view: ClusterView, src: Endpoint, ip: ipaddress.IPv4Address, port: int | None, path: Path,
-          node: str, depth: int = 0) -> None:
+def _walk(
+    view: ClusterView, src: Endpoint, ip: ipaddress.IPv4Address, port: int | None, path: Path, node: str, depth: int = 0
+) -> None:
     """Route ``ip`` from ``node``, following the overlay to the node that delivers it."""
     snap = view.snapshots.get(node)
     if snap is None and node not in view.unreadable:
@@ -353,25 +405,43 @@ def _walk(view: ClusterView, src: Endpoint, ip: ipaddress.IPv4Address, port: int
         _walk(view, src, ip, port, path, nxt.name, depth + 1)
 
 
-def _vxlan_hop(view: ClusterView, snap: NodeSnapshot, ip, port, route: RouteEntry, path: Path, node: str,
-               depth: int, src: Endpoint) -> None:
+def _vxlan_hop(
+    view: ClusterView, snap: NodeSnapshot, ip, port, route: RouteEntry, path: Path, node: str, depth: int, src: Endpoint
+) -> None:
     gw = route.gateway
     neigh = next((n for n in snap.neighbours if n.dev == view.vxlan_device and n.ip == gw and n.mac), None)
     if neigh is None or neigh.mac is None:
-        _drop(path, node, "neighbour", f"no neighbour entry for {gw} on {view.vxlan_device}: the remote VTEP's "
-              "MAC is unknown, so the packet is never encapsulated (flannel programs it from the lease)",
-              f"neigh {gw} dev {view.vxlan_device}")
+        _drop(
+            path,
+            node,
+            "neighbour",
+            f"no neighbour entry for {gw} on {view.vxlan_device}: the remote VTEP's "
+            "MAC is unknown, so the packet is never encapsulated (flannel programs it from the lease)",
+            f"neigh {gw} dev {view.vxlan_device}",
+        )
         return
-    path.hops.append(Hop(node, "neighbour", f"{gw} is VTEP MAC {neigh.mac}",
-                         f"neigh {gw} lladdr {neigh.mac} dev {view.vxlan_device}"
-                         + (" PERMANENT" if neigh.permanent else "")))
+    path.hops.append(
+        Hop(
+            node,
+            "neighbour",
+            f"{gw} is VTEP MAC {neigh.mac}",
+            f"neigh {gw} lladdr {neigh.mac} dev {view.vxlan_device}" + (" PERMANENT" if neigh.permanent else ""),
+        )
+    )
     fdb = next((f for f in snap.fdb if f.dev == view.vxlan_device and f.mac == neigh.mac and f.dst), None)
     if fdb is None:
-        _drop(path, node, "fdb", f"no FDB entry for {neigh.mac} on {view.vxlan_device}: the kernel does not know "
-              "which underlay address to send the VXLAN packet to", f"fdb {neigh.mac} dev {view.vxlan_device}")
+        _drop(
+            path,
+            node,
+            "fdb",
+            f"no FDB entry for {neigh.mac} on {view.vxlan_device}: the kernel does not know "
+            "which underlay address to send the VXLAN packet to",
+            f"fdb {neigh.mac} dev {view.vxlan_device}",
+        )
         return
-    path.hops.append(Hop(node, "fdb", f"VXLAN (UDP 8472) to {fdb.dst}",
-                         f"fdb {fdb.mac} dev {view.vxlan_device} dst {fdb.dst}"))
+    path.hops.append(
+        Hop(node, "fdb", f"VXLAN (UDP 8472) to {fdb.dst}", f"fdb {fdb.mac} dev {view.vxlan_device} dst {fdb.dst}")
+    )
     remote = view.node_by_ip(fdb.dst) if fdb.dst is not None else None
     if remote is None:
         _drop(path, node, "underlay", f"{fdb.dst} is no node of this cluster", f"fdb {fdb.mac} dst {fdb.dst}")
@@ -379,18 +449,31 @@ def _vxlan_hop(view: ClusterView, snap: NodeSnapshot, ip, port, route: RouteEntr
     rsnap = view.snapshots.get(remote.name)
     if rsnap is None and remote.name not in view.unreadable:
         path.hops.append(Hop(remote.name, "node", "not inspected from here"))
-        path.result, path.uninspected = (f"leaves for {remote.name} (VXLAN): run `minikubenet trace` there to "
-                                         "follow it further"), True
+        path.result, path.uninspected = (
+            (f"leaves for {remote.name} (VXLAN): run `minikubenet trace` there to follow it further"),
+            True,
+        )
         return
     if rsnap is None:
-        _drop(path, remote.name, "node", f"cannot be read: {view.unreadable.get(remote.name, 'not inspected')}",
-              "the node itself")
+        _drop(
+            path,
+            remote.name,
+            "node",
+            f"cannot be read: {view.unreadable.get(remote.name, 'not inspected')}",
+            "the node itself",
+        )
         return
     dev = rsnap.links.get(view.vxlan_device)
     if dev is None or (dev.mac or "").lower() != neigh.mac.lower():
         have = f"has MAC {dev.mac}" if dev else "has no such device"
-        _drop(path, remote.name, "vxlan", f"{view.vxlan_device} {have}, but {node} sends to VTEP MAC {neigh.mac}: "
-              "the decapsulated frame is not for it (a stale lease or neighbour)", f"{view.vxlan_device} on {remote.name}")
+        _drop(
+            path,
+            remote.name,
+            "vxlan",
+            f"{view.vxlan_device} {have}, but {node} sends to VTEP MAC {neigh.mac}: "
+            "the decapsulated frame is not for it (a stale lease or neighbour)",
+            f"{view.vxlan_device} on {remote.name}",
+        )
         return
     path.hops.append(Hop(remote.name, "vxlan", f"decapsulated on {view.vxlan_device} (VNI {dev.vxlan_vni})"))
     _walk(view, src, ip, port, path, remote.name, depth + 1)
@@ -402,14 +485,24 @@ def _deliver_local(view: ClusterView, snap: NodeSnapshot, ip, path: Path, node: 
         _drop(path, node, "bridge", f"no pod holds {ip} (no IP record)", f"{view.bridge} on {node}")
         return
     if pod.node != node:
-        _drop(path, node, "bridge", f"{ip} belongs to {pod.key} on {pod.node}, but {node} routes it to its own "
-              f"{view.bridge}", f"{view.bridge} on {node}")
+        _drop(
+            path,
+            node,
+            "bridge",
+            f"{ip} belongs to {pod.key} on {pod.node}, but {node} routes it to its own {view.bridge}",
+            f"{view.bridge} on {node}",
+        )
         return
     veth = _pod_veth(snap, pod)
     link = snap.links.get(veth) if veth else None
     if link is None or veth is None:
-        _drop(path, node, "veth", f"pod {pod.key}'s veth is missing on {node} (its IP record has no interface)",
-              f"a device aliased {ownership_mark(pod.container_id, pod.ifname)}")
+        _drop(
+            path,
+            node,
+            "veth",
+            f"pod {pod.key}'s veth is missing on {node} (its IP record has no interface)",
+            f"a device aliased {ownership_mark(pod.container_id, pod.ifname)}",
+        )
         return
     if link.master != view.bridge or not link.up:
         _drop(path, node, "veth", f"{veth} is {'down' if not link.up else 'not on ' + view.bridge}", veth)

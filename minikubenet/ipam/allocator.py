@@ -39,6 +39,7 @@ class SubnetFull(Exception):
 @dataclass(frozen=True)
 class Owner:
     """Who holds a pod IP. (container_id, ifname) is the identity; the rest is for people."""
+
     container_id: str
     ifname: str
     node: str = ""
@@ -46,11 +47,16 @@ class Owner:
     netns: str = ""
     pod_namespace: str = ""
     pod_name: str = ""
-    mac: str = ""           # the pod interface's MAC (main mode; in IPAM mode the caller makes it)
+    mac: str = ""  # the pod interface's MAC (main mode; in IPAM mode the caller makes it)
 
     def to_record(self) -> bytes:
-        doc = {"containerID": self.container_id, "ifname": self.ifname, "node": self.node,
-               "network": self.network, "netns": self.netns}
+        doc = {
+            "containerID": self.container_id,
+            "ifname": self.ifname,
+            "node": self.node,
+            "network": self.network,
+            "netns": self.netns,
+        }
         if self.mac:
             doc["mac"] = self.mac
         if self.pod_namespace:
@@ -60,13 +66,19 @@ class Owner:
         return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
-    def from_record(cls, raw: bytes) -> "Owner | None":
+    def from_record(cls, raw: bytes) -> Owner | None:
         try:
             doc = json.loads(raw)
-            return cls(container_id=doc["containerID"], ifname=doc["ifname"], node=doc.get("node", ""),
-                       network=doc.get("network", ""), netns=doc.get("netns", ""),
-                       pod_namespace=doc.get("podNamespace", ""), pod_name=doc.get("podName", ""),
-                       mac=doc.get("mac", ""))
+            return cls(
+                container_id=doc["containerID"],
+                ifname=doc["ifname"],
+                node=doc.get("node", ""),
+                network=doc.get("network", ""),
+                netns=doc.get("netns", ""),
+                pod_namespace=doc.get("podNamespace", ""),
+                pod_name=doc.get("podName", ""),
+                mac=doc.get("mac", ""),
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -75,7 +87,7 @@ class Owner:
 class Allocation:
     ip: ipaddress.IPv4Address
     owner: Owner
-    record: bytes   # exactly what is stored, for the compare-and-delete
+    record: bytes  # exactly what is stored, for the compare-and-delete
 
 
 class PodIPAllocator:
@@ -123,7 +135,7 @@ class PodIPAllocator:
     def find(self, container_id: str, ifname: str) -> Allocation | None:
         with self._lock:
             found = self._held_by(self._records(), container_id, ifname)
-            if found is None:     # a miss may be a stale copy: ask etcd before saying "none"
+            if found is None:  # a miss may be a stale copy: ask etcd before saying "none"
                 found = self._held_by(self._reload(), container_id, ifname)
             return found
 
@@ -146,8 +158,9 @@ class PodIPAllocator:
                     return Allocation(ip, owner, record), True
                 log.debug("%s was taken meanwhile; re-reading the subnet's records", ip)
                 self._reload()
-            raise SubnetFull(f"no free pod IP in {self.subnet}: all {ranges.pod_capacity(self.subnet)} "
-                             f"addresses are taken")
+            raise SubnetFull(
+                f"no free pod IP in {self.subnet}: all {ranges.pod_capacity(self.subnet)} addresses are taken"
+            )
 
     def in_use(self) -> int:
         """How many of the subnet's addresses have a record, from the in-memory copy

@@ -12,7 +12,7 @@ plugin, plugins/ipam/host-local/backend/allocator/range.go):
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def gateway(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
@@ -31,8 +31,9 @@ def pod_capacity(subnet: ipaddress.IPv4Network) -> int:
     return int(last) - int(first) + 1
 
 
-def candidates(subnet: ipaddress.IPv4Network,
-               after: ipaddress.IPv4Address | None = None) -> Iterator[ipaddress.IPv4Address]:
+def candidates(
+    subnet: ipaddress.IPv4Network, after: ipaddress.IPv4Address | None = None
+) -> Iterator[ipaddress.IPv4Address]:
     """Every assignable address once, starting after ``after`` and wrapping around."""
     first, last = pod_range(subnet)
     size = int(last) - int(first) + 1

@@ -31,7 +31,7 @@ class Capture:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{ifname}", daemon=True)
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         self._thread.start()
         return self
 
@@ -51,6 +51,7 @@ class Capture:
 
     def decoded(self):
         from scapy.layers.l2 import Ether
+
         return [Ether(f) for f in self.frames]
 
 
@@ -59,11 +60,12 @@ def vxlan_packets(frames, port: int = 8472):
     from scapy.layers.inet import IP, UDP
     from scapy.layers.vxlan import VXLAN
     from scapy.packet import bind_layers
-    bind_layers(UDP, VXLAN, dport=port)   # scapy knows 4789; flannel uses the kernel's old 8472
+
+    bind_layers(UDP, VXLAN, dport=port)  # scapy knows 4789; flannel uses the kernel's old 8472
     out = []
     for pkt in frames:
         if UDP in pkt and pkt[UDP].dport == port:
-            pkt = pkt.__class__(bytes(pkt))   # re-dissect with the binding in place
+            pkt = pkt.__class__(bytes(pkt))  # re-dissect with the binding in place
             if VXLAN in pkt and IP in pkt[VXLAN]:
                 out.append((pkt[IP], pkt[UDP], pkt[VXLAN], pkt[VXLAN][IP]))
     return out

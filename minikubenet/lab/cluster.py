@@ -130,12 +130,20 @@ class Lab:
 
     def params(self) -> dict:
         t = self.topo
-        return {"name": t.name, "nodes": len(t.nodes), "pods_per_node": len(t.nodes[0].pods) if t.nodes else 0,
-                "backend": t.backend, "underlay": str(t.underlay), "pod_network": str(t.pod_network),
-                "mtu": t.mtu, "subnet_len": t.subnet_len, "etcd_members": t.etcd_members}
+        return {
+            "name": t.name,
+            "nodes": len(t.nodes),
+            "pods_per_node": len(t.nodes[0].pods) if t.nodes else 0,
+            "backend": t.backend,
+            "underlay": str(t.underlay),
+            "pod_network": str(t.pod_network),
+            "mtu": t.mtu,
+            "subnet_len": t.subnet_len,
+            "etcd_members": t.etcd_members,
+        }
 
     @classmethod
-    def existing(cls, name: str, root: str = LAB_ROOT, say=print) -> "Lab":
+    def existing(cls, name: str, root: str = LAB_ROOT, say=print) -> Lab:
         """The lab as recorded on disk (for status, exec and down)."""
         path = os.path.join(root, name, "state.json")
         try:
@@ -159,8 +167,10 @@ class Lab:
     def up(self) -> None:
         t = self.topo
         if os.path.exists(self.state_file) or named_netns.list_names(f"{t.name}-"):
-            raise LabExists(f"lab {t.name!r} already exists (or left pieces behind): "
-                           f"run `minikubenet lab down --name {t.name}` first")
+            raise LabExists(
+                f"lab {t.name!r} already exists (or left pieces behind): "
+                f"run `minikubenet lab down --name {t.name}` first"
+            )
         for tool in ("ip", "iptables", "etcd", "etcdctl", "ping") + (("bird", "birdc") if t.backend == "bgp" else ()):
             if not shutil.which(tool):
                 raise LabError(f"`{tool}` is not installed: run ./setup.sh (it installs the lab's packages)")
@@ -168,8 +178,9 @@ class Lab:
         self._record()
         private_files.make_dir(self.bin_dir)
         os.chmod(install_plugin_binary(self.bin_dir), 0o700)
-        self.say(f"lab {t.name}: {len(t.nodes)} nodes, backend {t.backend}, underlay {t.underlay}, "
-                 f"pods {t.pod_network}")
+        self.say(
+            f"lab {t.name}: {len(t.nodes)} nodes, backend {t.backend}, underlay {t.underlay}, pods {t.pod_network}"
+        )
         self._build_underlay()
         etcd_tls.create_pki(self.pki.dir, [str(m.ip) for m in t.etcd_member_specs()])
         self._start_etcd()
@@ -184,8 +195,10 @@ class Lab:
         if t.backend == "bgp":
             t0 = time.monotonic()
             self.wait_bgp_converged()
-            self.say(f"  BGP converged: every node has a route to every other node's subnet "
-                     f"({time.monotonic() - t0:.1f}s after the pods)")
+            self.say(
+                f"  BGP converged: every node has a route to every other node's subnet "
+                f"({time.monotonic() - t0:.1f}s after the pods)"
+            )
         if self.proxy_mode:
             lab_services.start(self, self.proxy_mode)
 
@@ -203,8 +216,27 @@ class Lab:
         """A veth from the switch (end ``port`` on br0) to ``netns`` (end eth0, with ``ip``)."""
         t = self.topo
         sw = t.switch_netns
-        run(["ip", "-n", sw, "link", "add", port, "mtu", str(t.mtu), "type", "veth",
-             "peer", "name", "eth0", "mtu", str(t.mtu), "netns", netns])
+        run(
+            [
+                "ip",
+                "-n",
+                sw,
+                "link",
+                "add",
+                port,
+                "mtu",
+                str(t.mtu),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "mtu",
+                str(t.mtu),
+                "netns",
+                netns,
+            ]
+        )
         run(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
         run(["ip", "-n", netns, "addr", "add", f"{ip}/{t.underlay.prefixlen}", "dev", "eth0"])
         run(["ip", "-n", netns, "link", "set", "eth0", "up"])
@@ -221,9 +253,14 @@ class Lab:
         m = t.etcd_member(member)
         log = os.path.join(self.dir, "logs", f"etcd-{m.name}.log")
         os.makedirs(os.path.dirname(log), exist_ok=True)
-        argv = daemons.etcd_member_argv(m.name, os.path.join(self.dir, "etcd", m.name), str(m.ip),
-                                        {o.name: str(o.ip) for o in t.etcd_member_specs()}, state,
-                                        pki=self.pki)
+        argv = daemons.etcd_member_argv(
+            m.name,
+            os.path.join(self.dir, "etcd", m.name),
+            str(m.ip),
+            {o.name: str(o.ip) for o in t.etcd_member_specs()},
+            state,
+            pki=self.pki,
+        )
         # start_etcd_member records nothing itself: record its PID as soon as we have it
         rec = daemons.start_etcd_member(m.netns, argv, str(m.ip), log, self._etcd_what(m.name))
         self._record(processes=[asdict(rec)])
@@ -242,8 +279,10 @@ class Lab:
         t = self.topo
         specs = [t.etcd_member(n) for n in members] if members else t.etcd_member_specs()
         if not wait_until(lambda: all(daemons.etcd_healthy(m.netns, str(m.ip)) for m in specs), timeout):
-            raise LabError(f"etcd is not healthy after {timeout:.0f}s: "
-                           f"{', '.join(m.name for m in specs if not daemons.etcd_healthy(m.netns, str(m.ip)))}")
+            raise LabError(
+                f"etcd is not healthy after {timeout:.0f}s: "
+                f"{', '.join(m.name for m in specs if not daemons.etcd_healthy(m.netns, str(m.ip)))}"
+            )
 
     def etcd_member_record(self, member: str) -> ProcessRecord | None:
         """The running process of one member, or None."""
@@ -263,14 +302,18 @@ class Lab:
 
     def _close_etcd(self) -> None:
         """One etcd user per daemon kind with only its key prefixes, then ``auth enable``."""
+
         def run(args):
             return daemons.etcdctl_run(self.topo.etcd_netns, self.topo.etcd_endpoints, args, self.etcd_tls())
+
         try:
             etcd_rbac.apply(run)
         except etcd_rbac.RbacError as e:
             raise LabError(f"etcd access control: {e}") from None
-        self.say(f"  etcd closed: TLS with client certificates ({self.pki.dir}), users "
-                 f"{', '.join(etcd_rbac.USERS)} and {etcd_rbac.ROOT_USER}, auth enabled")
+        self.say(
+            f"  etcd closed: TLS with client certificates ({self.pki.dir}), users "
+            f"{', '.join(etcd_rbac.USERS)} and {etcd_rbac.ROOT_USER}, auth enabled"
+        )
 
     def restart_etcd(self) -> None:
         """Stop every member and start them again on the same data: agents must ride it out."""
@@ -286,9 +329,21 @@ class Lab:
         leader_ids, member_ids = set(), {}
         for m in t.etcd_member_specs():
             try:
-                doc = json.loads(daemons.etcdctl(m.netns, m.client_url, "endpoint", "status", "-w", "json",
-                                                 "--dial-timeout", "500ms", "--command-timeout", "1s",
-                                                 tls=self.etcd_tls()))[0]["Status"]
+                doc = json.loads(
+                    daemons.etcdctl(
+                        m.netns,
+                        m.client_url,
+                        "endpoint",
+                        "status",
+                        "-w",
+                        "json",
+                        "--dial-timeout",
+                        "500ms",
+                        "--command-timeout",
+                        "1s",
+                        tls=self.etcd_tls(),
+                    )
+                )[0]["Status"]
                 member_ids[m.name] = doc["header"]["member_id"]
                 leader_ids.add(doc["leader"])
             except (daemons.DaemonFailed, ValueError, KeyError, IndexError):
@@ -296,9 +351,16 @@ class Lab:
         out = []
         for m in t.etcd_member_specs():
             rec = self.etcd_member_record(m.name)
-            out.append({"name": m.name, "url": m.client_url, "netns": m.netns, "pid": rec.pid if rec else None,
-                        "healthy": daemons.etcd_healthy(m.netns, str(m.ip)),
-                        "leader": m.name in member_ids and member_ids[m.name] in leader_ids})
+            out.append(
+                {
+                    "name": m.name,
+                    "url": m.client_url,
+                    "netns": m.netns,
+                    "pid": rec.pid if rec else None,
+                    "healthy": daemons.etcd_healthy(m.netns, str(m.ip)),
+                    "leader": m.name in member_ids and member_ids[m.name] in leader_ids,
+                }
+            )
         return out
 
     def etcd_leader(self) -> str | None:
@@ -306,9 +368,26 @@ class Lab:
 
     def _network_init(self) -> None:
         t = self.topo
-        argv = ["ip", "netns", "exec", t.etcd_netns, sys.executable, "-m", "minikubenet", "network", "init",
-                "--etcd-endpoints", t.etcd_endpoints, *self.etcd_tls().argv(), "--network", str(t.pod_network),
-                "--subnet-len", str(t.subnet_len), "--backend", t.backend]
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            t.etcd_netns,
+            sys.executable,
+            "-m",
+            "minikubenet",
+            "network",
+            "init",
+            "--etcd-endpoints",
+            t.etcd_endpoints,
+            *self.etcd_tls().argv(),
+            "--network",
+            str(t.pod_network),
+            "--subnet-len",
+            str(t.subnet_len),
+            "--backend",
+            t.backend,
+        ]
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
             raise LabError(f"network init failed: {p.stderr.strip() or p.stdout.strip()}")
@@ -325,8 +404,17 @@ class Lab:
         run(["ip", "-n", node.netns, "link", "set", "eth0", "alias", f"{NODE_MARK_PREFIX}{node.name}:underlay"])
         if self.rps_cpus:
             # sysfs shows the devices of the namespace it was mounted in: ip netns exec mounts the node's
-            run(["ip", "netns", "exec", node.netns, "sh", "-c",
-                 f"for q in /sys/class/net/eth0/queues/rx-*/rps_cpus; do echo {self.rps_cpus} > $q; done"])
+            run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    node.netns,
+                    "sh",
+                    "-c",
+                    f"for q in /sys/class/net/eth0/queues/rx-*/rps_cpus; do echo {self.rps_cpus} > $q; done",
+                ]
+            )
         private_files.make_dir(os.path.dirname(self.conf_file(node.name)))
         with private_files.open_file(self.conf_file(node.name), "w") as f:
             json.dump(self.conflist(node.name), f, indent=2)
@@ -362,8 +450,14 @@ class Lab:
             extra = ("--rps-cpus", self.rps_cpus, *extra)
         # metrics on the node's own address, so a scraper on the underlay reaches them
         extra = ("--metrics-bind-address", f"{node.ip}:{daemons.AGENT_METRICS_PORT}", "--sync-period", "5", *extra)
-        argv = daemons.agent_argv(self.topo.etcd_endpoints, str(node.ip), self.run_dir(node.name), node.name,
-                                  extra, tls=self.etcd_tls(etcd_rbac.AGENT))
+        argv = daemons.agent_argv(
+            self.topo.etcd_endpoints,
+            str(node.ip),
+            self.run_dir(node.name),
+            node.name,
+            extra,
+            tls=self.etcd_tls(etcd_rbac.AGENT),
+        )
         rec = self._start(node.netns, argv, log, f"agent {node.name}")
         sock = os.path.join(self.run_dir(node.name), "agent.sock")
         if not wait_until(lambda: daemons.agent_ready(sock) or not rec.alive(), 60):
@@ -385,23 +479,32 @@ class Lab:
             processes.stop([rec.pid])
 
     def conflist(self, node: str) -> dict:
-        return {"cniVersion": "1.0.0", "name": "minikubenet",
-                "plugins": [{"type": "minikubenet", "agentSocket": os.path.join(self.run_dir(node), "agent.sock")}]}
+        return {
+            "cniVersion": "1.0.0",
+            "name": "minikubenet",
+            "plugins": [{"type": "minikubenet", "agentSocket": os.path.join(self.run_dir(node), "agent.sock")}],
+        }
 
     def runtime(self, node: str) -> CniRuntime:
-        return CniRuntime.from_file(self.conf_file(node), [self.bin_dir, REFERENCE_PLUGIN_DIR],
-                                    node_netns=self.topo.node(node).netns)
+        return CniRuntime.from_file(
+            self.conf_file(node), [self.bin_dir, REFERENCE_PLUGIN_DIR], node_netns=self.topo.node(node).netns
+        )
 
     def _start_pod(self, pod: PodSpec) -> None:
         self._netns(pod.netns)
-        result = self.runtime(pod.node).add(pod.container_id, f"/run/netns/{pod.netns}", "eth0",
-                                            {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": pod.name})
+        result = self.runtime(pod.node).add(
+            pod.container_id,
+            f"/run/netns/{pod.netns}",
+            "eth0",
+            {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": pod.name},
+        )
         ip = result["ips"][0]["address"].split("/")[0]
         self.pod_ips[pod.name] = ip
         log = os.path.join(self.dir, "logs", f"pod-{pod.name}.log")
         # stdlib-only server: the real interpreter with -I -S, no virtualenv needed
-        self._start(pod.netns, [sys.executable, "-I", "-S", podserver.__file__, pod.name, str(POD_PORT)],
-                    log, f"pod {pod.name}")
+        self._start(
+            pod.netns, [sys.executable, "-I", "-S", podserver.__file__, pod.name, str(POD_PORT)], log, f"pod {pod.name}"
+        )
         probes.wait_listening(pod.netns, "127.0.0.1", POD_PORT)
 
     # -- looking at it ------------------------------------------------------------------------------
@@ -409,9 +512,11 @@ class Lab:
     def etcd_dump(self, prefix: str = "/") -> list[tuple[str, str]]:
         out = self.etcdctl("get", "--prefix", prefix, "-w", "json")
         import base64
+
         doc = json.loads(out)
-        return [(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv["value"]).decode())
-                for kv in doc.get("kvs", [])]
+        return [
+            (base64.b64decode(kv["key"]).decode(), base64.b64decode(kv["value"]).decode()) for kv in doc.get("kvs", [])
+        ]
 
     def leases(self) -> dict[str, dict]:
         """node name -> {"subnet", "public_ip", ...} from etcd."""
@@ -435,8 +540,11 @@ class Lab:
         """What the first node's underlay port really has (the kernel's word, not ours)."""
         if not self.topo.nodes:
             return "-"
-        p = subprocess.run(["ip", "netns", "exec", self.topo.nodes[0].netns, "cat",
-                            "/sys/class/net/eth0/queues/rx-0/rps_cpus"], capture_output=True, text=True)
+        p = subprocess.run(
+            ["ip", "netns", "exec", self.topo.nodes[0].netns, "cat", "/sys/class/net/eth0/queues/rx-0/rps_cpus"],
+            capture_output=True,
+            text=True,
+        )
         mask = p.stdout.strip().replace(",", "")
         if p.returncode != 0 or not mask:
             return "unknown"
@@ -445,9 +553,12 @@ class Lab:
     def report(self) -> str:
         t = self.topo
         leases, pods = self.leases(), self.pods()
-        lines = [f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoints}",
-                 f"receive packet steering on the nodes' devices: {self._rps_in_use()}",
-                 "", "ETCD   CLIENT URL               PID      HEALTH     NAMESPACE"]
+        lines = [
+            f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoints}",
+            f"receive packet steering on the nodes' devices: {self._rps_in_use()}",
+            "",
+            "ETCD   CLIENT URL               PID      HEALTH     NAMESPACE",
+        ]
         for m in self.etcd_members_status():
             health = ("healthy" if m["healthy"] else "unhealthy") + (" *" if m["leader"] else "")
             lines.append(f"{m['name']:<6} {m['url']:<24} {m['pid'] or 'down':<8} {health:<10} {m['netns']}")
@@ -508,17 +619,20 @@ class Lab:
         with ThreadPoolExecutor(max_workers=16) as pool:
             done += list(pool.map(probe, [(a, b) for a in pods for b in pods]))
         pod_mtu = t.mtu - 50 if t.backend == "vxlan" else t.mtu
-        biggest = pod_mtu - 28        # 20 bytes IPv4 header + 8 bytes ICMP header
+        biggest = pod_mtu - 28  # 20 bytes IPv4 header + 8 bytes ICMP header
         firsts = [n.pods[0] for n in t.nodes if n.pods]
         for a, b in self._node_pairs(firsts):
             for src, dst in ((a, b), (b, a)):
                 probes.transfer(src.netns, ips[dst.name], POD_PORT, 1 << 20)
                 if not probes.ping(src.netns, ips[dst.name], size=biggest, dont_fragment=True):
-                    raise LabError(f"{src.name} -> {dst.name}: a DF ping of {biggest} bytes "
-                                   f"(= MTU {pod_mtu}) does not get through")
+                    raise LabError(
+                        f"{src.name} -> {dst.name}: a DF ping of {biggest} bytes (= MTU {pod_mtu}) does not get through"
+                    )
                 if not probes.too_big_for_path(src.netns, ips[dst.name], biggest + 1):
-                    raise LabError(f"{src.name} -> {dst.name}: {biggest + 1} bytes with DF set were sent "
-                                   f"although the pod MTU is {pod_mtu}")
+                    raise LabError(
+                        f"{src.name} -> {dst.name}: {biggest + 1} bytes with DF set were sent "
+                        f"although the pod MTU is {pod_mtu}"
+                    )
                 done.append(f"{src.name} -> {dst.name}: 1 MB over TCP, DF ping {biggest} ok, {biggest + 1} refused")
         return done
 
@@ -527,6 +641,7 @@ class Lab:
         if not self.proxy_mode:
             return []
         from minikubenet.lab.loadbalancer import check_load_balancer
+
         return lab_services.check_service(self) + check_load_balancer(self)
 
     @staticmethod
@@ -534,7 +649,7 @@ class Lab:
         """All pairs for a few nodes; for many, a star from the first plus a ring, which
         still crosses every node in both directions without n² pings."""
         if len(items) <= 5:
-            return [(a, b) for i, a in enumerate(items) for b in items[i + 1:]]
+            return [(a, b) for i, a in enumerate(items) for b in items[i + 1 :]]
         pairs = {(items[0], b) for b in items[1:]}
         pairs |= {(items[i], items[i + 1]) for i in range(1, len(items) - 1)}
         return sorted(pairs, key=lambda p: (p[0].name, p[1].name))
@@ -547,14 +662,17 @@ class Lab:
             dev = _ip_json(ns, "-d", "link", "show", "type", "vxlan")
             for d in dev:
                 info = d.get("linkinfo", {}).get("info_data", {})
-                lines.append(f"{n.name}: {d['ifname']} vni {info.get('id')} port {info.get('port')} "
-                             f"mtu {d.get('mtu')} local {info.get('local')} learning {info.get('learning')}")
+                lines.append(
+                    f"{n.name}: {d['ifname']} vni {info.get('id')} port {info.get('port')} "
+                    f"mtu {d.get('mtu')} local {info.get('local')} learning {info.get('learning')}"
+                )
                 for r in _ip_json(ns, "route", "show", "dev", d["ifname"]):
                     lines.append(f"    route {r['dst']} via {r.get('gateway', '-')} {' '.join(r.get('flags', []))}")
                 for e in _ip_json(ns, "neigh", "show", "dev", d["ifname"]):
                     lines.append(f"    neigh {e['dst']} lladdr {e.get('lladdr')} {' '.join(e.get('state', []))}")
-                fdb = subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", d["ifname"]],
-                                     capture_output=True, text=True).stdout
+                fdb = subprocess.run(
+                    ["bridge", "-n", ns, "-j", "fdb", "show", "dev", d["ifname"]], capture_output=True, text=True
+                ).stdout
                 for e in json.loads(fdb or "[]"):
                     if e.get("dst"):
                         lines.append(f"    fdb   {e['mac']} dst {e['dst']} {e.get('state', '')}")
@@ -567,6 +685,7 @@ class Lab:
 
     def wait_bgp_converged(self, timeout: float = 30.0) -> None:
         """Until every node has a BIRD route to every other node's subnet."""
+
         def converged() -> bool:
             subnets = {n: lease["subnet"] for n, lease in self.leases().items()}
             for n in self.topo.nodes:
@@ -574,14 +693,18 @@ class Lab:
                 if any(subnets.get(o.name) not in have for o in self.topo.nodes if o.name != n.name):
                     return False
             return True
+
         if not wait_until(converged, timeout, interval=0.1):
             raise LabError(f"BGP did not converge in {timeout:.0f}s: see `lab status` and the nodes' bird.log")
 
     def _bgp_report(self, node: NodeSpec) -> list[str]:
         """BIRD's sessions on a node (state, peer, since) and the routes it installed."""
         sock = os.path.join(self.run_dir(node.name), "bird", "bird.ctl")
-        p = subprocess.run(["ip", "netns", "exec", node.netns, "birdc", "-s", sock, "show", "protocols"],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            ["ip", "netns", "exec", node.netns, "birdc", "-s", sock, "show", "protocols"],
+            capture_output=True,
+            text=True,
+        )
         lines = [f"{node.name}: BGP sessions (BIRD)"]
         for row in p.stdout.splitlines():
             cols = row.split()
@@ -599,8 +722,7 @@ class Lab:
         """Remove everything this lab made, and nothing else. Safe to run twice."""
         state = self._load_state()
         names = sorted(set(state.get("netns", [])) | set(named_netns.list_names(f"{self.topo.name}-")))
-        pids = [r["pid"] for r in state.get("processes", [])
-                if processes.start_time_of(r["pid"]) == r["start_time"]]
+        pids = [r["pid"] for r in state.get("processes", []) if processes.start_time_of(r["pid"]) == r["start_time"]]
         pids += named_netns.pids_in(names)
         processes.stop(sorted(set(pids)))
         # pods first, the switch last (reverse creation order)

@@ -176,8 +176,10 @@ def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
     if other is not None:
         lat = connect_latency(other.netns, {"ingress": lb_ip, "cluster": doc["spec"]["clusterIP"]}, 80)
         if len(lat) == 2:
-            lines.append(f"connect latency from {other.name}: ingress {lat['ingress']:.0f} us, ClusterIP "
-                         f"{lat['cluster']:.0f} us (ratio {lat['ingress'] / lat['cluster']:.2f}, median of 40 each)")
+            lines.append(
+                f"connect latency from {other.name}: ingress {lat['ingress']:.0f} us, ClusterIP "
+                f"{lat['cluster']:.0f} us (ratio {lat['ingress'] / lat['cluster']:.2f}, median of 40 each)"
+            )
     for node in t.nodes:
         node_ip, want = str(node.ip), 200 if node is first else 503
 

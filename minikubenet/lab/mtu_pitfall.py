@@ -27,8 +27,18 @@ from minikubenet.lab.topology import POD_PORT
 from minikubenet.linux.named_netns import run as sh
 from minikubenet.pod_network import host_veth_name
 
-DROP_RULE = ["-p", "icmp", "--icmp-type", "fragmentation-needed", "-m", "comment", "--comment",
-             "minikubenet mtu pitfall: a firewall dropping PMTUD messages", "-j", "DROP"]
+DROP_RULE = [
+    "-p",
+    "icmp",
+    "--icmp-type",
+    "fragmentation-needed",
+    "-m",
+    "comment",
+    "--comment",
+    "minikubenet mtu pitfall: a firewall dropping PMTUD messages",
+    "-j",
+    "DROP",
+]
 
 
 @dataclass
@@ -43,7 +53,7 @@ def _set_pod_mtu(lab, pod, mtu: int) -> None:
     node = lab.topo.node(pod.node)
     sh(["ip", "-n", pod.netns, "link", "set", "eth0", "mtu", str(mtu)])
     sh(["ip", "-n", node.netns, "link", "set", host_veth_name(pod.container_id, "eth0"), "mtu", str(mtu)])
-    sh(["ip", "-n", pod.netns, "route", "flush", "cache"])   # forget any learned path MTU
+    sh(["ip", "-n", pod.netns, "route", "flush", "cache"])  # forget any learned path MTU
 
 
 def _icmp_filter(lab, add: bool) -> None:
@@ -78,8 +88,9 @@ def run(lab, say=print) -> list[Outcome]:
         for pod in (src, dst):
             _set_pod_mtu(lab, pod, lab.topo.mtu)
         _icmp_filter(lab, add=True)
-        outcomes.append(_measure(lab, f"pods at MTU {lab.topo.mtu}, ICMP frag-needed dropped", src, dst, dst_ip,
-                                 lab.topo.mtu))
+        outcomes.append(
+            _measure(lab, f"pods at MTU {lab.topo.mtu}, ICMP frag-needed dropped", src, dst, dst_ip, lab.topo.mtu)
+        )
     finally:
         _icmp_filter(lab, add=False)
         for pod in (src, dst):

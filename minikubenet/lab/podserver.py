@@ -28,12 +28,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(n))
             self.end_headers()
             while n > 0:
-                piece = CHUNK[:min(n, len(CHUNK))]
+                piece = CHUNK[: min(n, len(CHUNK))]
                 self.wfile.write(piece)
                 n -= len(piece)
             return
-        body = json.dumps({"pod": self.server.pod_name, "ip": self.connection.getsockname()[0],
-                           "client": self.client_address[0]}).encode()
+        body = json.dumps(
+            {"pod": self.server.pod_name, "ip": self.connection.getsockname()[0], "client": self.client_address[0]}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

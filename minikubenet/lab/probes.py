@@ -60,16 +60,14 @@ def transfer(netns: str, ip: str, port: int, nbytes: int, timeout: float = 10.0)
     return time.perf_counter() - t0
 
 
-def ping(netns: str, ip: str, size: int = 56, dont_fragment: bool = False, count: int = 1,
-         timeout_s: int = 2) -> bool:
-    argv = ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s),
-            "-s", str(size)]
+def ping(netns: str, ip: str, size: int = 56, dont_fragment: bool = False, count: int = 1, timeout_s: int = 2) -> bool:
+    argv = ["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s), "-s", str(size)]
     if dont_fragment:
         argv += ["-M", "do"]
     return subprocess.run(argv + [ip], capture_output=True).returncode == 0
 
 
-IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2   # <linux/in.h>: always set DF, never fragment locally
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>: always set DF, never fragment locally
 
 
 def too_big_for_path(netns: str, ip: str, size: int) -> bool:
@@ -79,7 +77,7 @@ def too_big_for_path(netns: str, ip: str, size: int) -> bool:
     s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-        s.connect((ip, 9))   # discard port: nothing needs to answer
+        s.connect((ip, 9))  # discard port: nothing needs to answer
         s.send(b"x" * size)
         return False
     except OSError as e:

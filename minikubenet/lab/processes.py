@@ -51,8 +51,15 @@ def start_in_netns(netns: str, argv: list[str], log_path: str, what: str, env: d
     private_files.make_dir(os.path.dirname(log_path))
     with private_files.open_file(log_path, "ab") as log:
         # umask 077: what the daemon writes (etcd's data, the agent's files) is root's alone
-        p = subprocess.Popen(["ip", "netns", "exec", netns] + argv, stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True, env=env, umask=0o077)
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", netns] + argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            umask=0o077,
+        )
     st = None
     for _ in range(100):
         st = start_time_of(p.pid)

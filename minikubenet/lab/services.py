@@ -38,8 +38,8 @@ from minikubenet.waiting import wait_until
 
 HEALTHZ_PORT = 10256
 METRICS_PORT = 10249
-CONTROLLER_METRICS_PORT = 10262     # the endpoints controller's metrics, in the etcd namespace
-UDP_PORT = 5353                     # the pods' UDP echo server (udpecho.py)
+CONTROLLER_METRICS_PORT = 10262  # the endpoints controller's metrics, in the etcd namespace
+UDP_PORT = 5353  # the pods' UDP echo server (udpecho.py)
 CHECK_SERVICE = "web"
 NAMESPACE = "default"
 
@@ -50,6 +50,7 @@ class ServiceCheckFailed(Exception):
 
 # --------------------------------------------------------------------------- pods
 
+
 def pod_labels(pod: PodSpec) -> dict[str, str]:
     """app=web on every pod; node and slot (p1, p2...) to pick pods by place."""
     return {"app": "web", "node": pod.node, "slot": pod.name.rsplit("-", 1)[1]}
@@ -57,17 +58,37 @@ def pod_labels(pod: PodSpec) -> dict[str, str]:
 
 def pod_docs(lab) -> list[dict]:
     from minikubenet.k8s_objects import pod_doc
+
     ips = {name: rec["ip"] for name, rec in lab.pods().items()}
-    return [pod_doc(NAMESPACE, p.name, ips.get(p.name), p.node, pod_labels(p),
-                    ports=[("http", POD_PORT, "TCP"), ("echo", UDP_PORT, "UDP")]) for p in lab.topo.pods()]
+    return [
+        pod_doc(
+            NAMESPACE,
+            p.name,
+            ips.get(p.name),
+            p.node,
+            pod_labels(p),
+            ports=[("http", POD_PORT, "TCP"), ("echo", UDP_PORT, "UDP")],
+        )
+        for p in lab.topo.pods()
+    ]
 
 
 # --------------------------------------------------------------------------- store calls
 
+
 def store_call(lab, op: str, **kwargs):
     """Run one ServiceStore operation inside the etcd namespace; returns its JSON answer."""
-    argv = ["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet.lab.services",
-            op, json.dumps(kwargs)]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        lab.topo.etcd_netns,
+        sys.executable,
+        "-m",
+        "minikubenet.lab.services",
+        op,
+        json.dumps(kwargs),
+    ]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, **lab.admin_env()})
     if p.returncode != 0:
         raise ServiceCheckFailed(f"{op} failed: {p.stderr.strip()[-2000:]}")
@@ -79,10 +100,12 @@ def _op(op: str, kw: dict):
     from minikubenet.k8s_objects import endpoints_from_k8s
     from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.services import ServiceStore
+
     env = os.environ.get
-    etcd = EtcdStore(env("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(","),
-                     tls=TLSFiles(env("MINIKUBENET_ETCD_CAFILE"), env("MINIKUBENET_ETCD_CERTFILE"),
-                                  env("MINIKUBENET_ETCD_KEYFILE")))
+    etcd = EtcdStore(
+        env("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379").split(","),
+        tls=TLSFiles(env("MINIKUBENET_ETCD_CAFILE"), env("MINIKUBENET_ETCD_CERTFILE"), env("MINIKUBENET_ETCD_KEYFILE")),
+    )
     store = ServiceStore(etcd)
     try:
         if op == "put-pods":
@@ -96,10 +119,12 @@ def _op(op: str, kw: dict):
             # lab/pods.py: a pod's namespace exists as an object, for namespaceSelectors
             from minikubenet.netpol_validation import validate_namespace
             from minikubenet.store.policy_objects import PolicyObjectStore
+
             objects = PolicyObjectStore(etcd)
             if objects.get_namespace(kw["name"]) is None:
-                objects.put_namespace(validate_namespace({"apiVersion": "v1", "kind": "Namespace",
-                                                          "metadata": {"name": kw["name"]}}))
+                objects.put_namespace(
+                    validate_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": kw["name"]}})
+                )
             return {}
         if op == "create-service":
             svc = store.create_service(kw["doc"])
@@ -135,24 +160,45 @@ def _op(op: str, kw: dict):
 
 def _ready_pod_ips(store, namespace: str, name: str) -> list[str]:
     """The IPs of the ready pods the service selects, as the store has them now."""
-    from minikubenet.proxy.endpoints_controller import valid_pods
     from minikubenet.k8s_objects import selector_matches, service_from_k8s
+    from minikubenet.proxy.endpoints_controller import valid_pods
+
     svc = service_from_k8s(store.get_service(namespace, name))
-    pods = valid_pods(store.list_pods()).values()      # as the controller sees them: malformed ones skipped
-    return sorted(str(p.ip) for p in pods if p.namespace == namespace and p.ready and p.ip
-                  and selector_matches(svc.selector, p.labels))
+    pods = valid_pods(store.list_pods()).values()  # as the controller sees them: malformed ones skipped
+    return sorted(
+        str(p.ip)
+        for p in pods
+        if p.namespace == namespace and p.ready and p.ip and selector_matches(svc.selector, p.labels)
+    )
 
 
 # --------------------------------------------------------------------------- daemons
 
+
 def proxy_argv(lab, node, mode: str, extra=()) -> list[str]:
     """The lab's proxies sync faster than kube-proxy's defaults (at most every 0.1 s
     instead of 1 s; a flush check every 5 s instead of 30 s) so tests wait less."""
-    return [sys.executable, "-m", "minikubenet.proxy.daemon", "--etcd-endpoints", lab.topo.etcd_endpoints,
-            *lab.etcd_tls(etcd_rbac.PROXY).argv(),
-            "--node-name", node.name, "--mode", mode, "--min-sync-period", "0.1", "--sync-period", "5",
-            "--healthz-bind-address", f"0.0.0.0:{HEALTHZ_PORT}",
-            "--metrics-bind-address", f"127.0.0.1:{METRICS_PORT}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "minikubenet.proxy.daemon",
+        "--etcd-endpoints",
+        lab.topo.etcd_endpoints,
+        *lab.etcd_tls(etcd_rbac.PROXY).argv(),
+        "--node-name",
+        node.name,
+        "--mode",
+        mode,
+        "--min-sync-period",
+        "0.1",
+        "--sync-period",
+        "5",
+        "--healthz-bind-address",
+        f"0.0.0.0:{HEALTHZ_PORT}",
+        "--metrics-bind-address",
+        f"127.0.0.1:{METRICS_PORT}",
+        *extra,
+    ]
 
 
 def start(lab, mode: str = "iptables") -> None:
@@ -161,12 +207,22 @@ def start(lab, mode: str = "iptables") -> None:
     t = lab.topo
     store_call(lab, "put-pods", pods=pod_docs(lab))
     log = os.path.join(lab.dir, "logs", "endpoints-controller.log")
-    lab._start(t.etcd_netns, [sys.executable, "-m", "minikubenet.proxy.endpoints_controller",
-                              "--etcd-endpoints", t.etcd_endpoints,
-                              *lab.etcd_tls(etcd_rbac.ENDPOINTS_CONTROLLER).argv(),
-                              "--metrics-bind-address", f"127.0.0.1:{CONTROLLER_METRICS_PORT}",
-                              *_lb_pool_argv(t)],
-               log, "endpoints-controller")
+    lab._start(
+        t.etcd_netns,
+        [
+            sys.executable,
+            "-m",
+            "minikubenet.proxy.endpoints_controller",
+            "--etcd-endpoints",
+            t.etcd_endpoints,
+            *lab.etcd_tls(etcd_rbac.ENDPOINTS_CONTROLLER).argv(),
+            "--metrics-bind-address",
+            f"127.0.0.1:{CONTROLLER_METRICS_PORT}",
+            *_lb_pool_argv(t),
+        ],
+        log,
+        "endpoints-controller",
+    )
     for node in t.nodes:
         _service_route(lab, node)
     start_proxies(lab, mode)
@@ -178,6 +234,7 @@ def start(lab, mode: str = "iptables") -> None:
 def _lb_pool_argv(topo) -> list[str]:
     """LoadBalancer addresses for the controller: part of the underlay (lab/loadbalancer.py)."""
     from minikubenet.lab.topology import lb_pool_spec
+
     spec = lb_pool_spec(topo.underlay)
     return ["--lb-pool", spec] if spec else []
 
@@ -187,8 +244,9 @@ def _service_route(lab, node, service_cidr: str = "10.96.0.0/12") -> None:
     route provides: a process *on the node* connecting to a ClusterIP needs some route
     for the address before its OUTPUT chain may DNAT it. (Pods need nothing: their
     packets are DNATed in PREROUTING, before routing.)"""
-    subprocess.run(["ip", "-n", node.netns, "route", "replace", service_cidr, "dev", "eth0"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ip", "-n", node.netns, "route", "replace", service_cidr, "dev", "eth0"], check=True, capture_output=True
+    )
 
 
 def start_proxies(lab, mode: str, nodes=None, extra=()) -> None:
@@ -203,17 +261,24 @@ def start_proxies(lab, mode: str, nodes=None, extra=()) -> None:
 def start_policy_controllers(lab, mode: str, nodes=None) -> None:
     """One NetworkPolicy controller per node (policy/daemon.py), in the proxy's mode."""
     from minikubenet.lab.daemons import policy_argv
+
     for node in nodes or lab.topo.nodes:
         log = os.path.join(lab.dir, "logs", f"policy-{node.name}.log")
-        lab._start(node.netns, policy_argv(lab.topo.etcd_endpoints, node.name, mode,
-                                           lab.etcd_tls(etcd_rbac.POLICY)), log, f"policy {node.name}")
+        lab._start(
+            node.netns,
+            policy_argv(lab.topo.etcd_endpoints, node.name, mode, lab.etcd_tls(etcd_rbac.POLICY)),
+            log,
+            f"policy {node.name}",
+        )
 
 
 def wait_policy_applied(lab, revision: int, nodes=None, timeout: float = 30.0) -> None:
     """Until every node's policy controller has applied etcd ``revision`` (0: any sync)."""
     from minikubenet.lab.daemons import POLICY_HEALTHZ_PORT
+
     deadline = time.monotonic() + timeout
     for node in nodes or lab.topo.nodes:
+
         def applied(node=node) -> bool:
             try:
                 h = json.loads(probes.http_get(node.netns, "127.0.0.1", POLICY_HEALTHZ_PORT, "/healthz"))
@@ -223,12 +288,16 @@ def wait_policy_applied(lab, revision: int, nodes=None, timeout: float = 30.0) -
 
         if not wait_until(applied, max(0.0, deadline - time.monotonic())):
             from minikubenet.lab.processes import tail
-            raise ServiceCheckFailed(f"the policy controller on {node.name} has not applied revision {revision}; "
-                                     f"its log ends with:\n{tail(os.path.join(lab.dir, 'logs', f'policy-{node.name}.log'))}")
+
+            raise ServiceCheckFailed(
+                f"the policy controller on {node.name} has not applied revision {revision}; "
+                f"its log ends with:\n{tail(os.path.join(lab.dir, 'logs', f'policy-{node.name}.log'))}"
+            )
 
 
 def proxy_records(lab, nodes=None):
     from minikubenet.lab.processes import ProcessRecord
+
     names = {f"{what} {n.name}" for n in nodes or lab.topo.nodes for what in ("proxy", "policy")}
     out = []
     for r in lab._load_state().get("processes", []):
@@ -240,6 +309,7 @@ def proxy_records(lab, nodes=None):
 
 def stop_proxies(lab, nodes=None) -> None:
     from minikubenet.lab import processes
+
     processes.stop([r.pid for r in proxy_records(lab, nodes)])
 
 
@@ -252,9 +322,11 @@ def restart_proxies(lab, mode: str, extra=()) -> None:
 
 def start_udp_echo(lab, pod: PodSpec) -> None:
     from minikubenet.lab import udpecho
+
     log = os.path.join(lab.dir, "logs", f"udp-{pod.name}.log")
-    lab._start(pod.netns, [sys.executable, "-I", "-S", udpecho.__file__, pod.name, str(UDP_PORT)],
-               log, f"udp {pod.name}")
+    lab._start(
+        pod.netns, [sys.executable, "-I", "-S", udpecho.__file__, pod.name, str(UDP_PORT)], log, f"udp {pod.name}"
+    )
 
 
 def healthz(lab, node) -> dict:
@@ -267,7 +339,7 @@ def metrics(lab, node) -> str:
 
 def wait_applied(lab, revision: int, nodes=None, timeout: float = 30.0) -> None:
     """Until every proxy's rules reflect etcd ``revision`` (0: any successful sync)."""
-    deadline = time.monotonic() + timeout          # one deadline for all the nodes
+    deadline = time.monotonic() + timeout  # one deadline for all the nodes
     for node in nodes or lab.topo.nodes:
         state: list = [None]
 
@@ -281,18 +353,21 @@ def wait_applied(lab, revision: int, nodes=None, timeout: float = 30.0) -> None:
 
         if not wait_until(applied, max(0.0, deadline - time.monotonic())):
             from minikubenet.lab.processes import tail
-            raise ServiceCheckFailed(f"the proxy on {node.name} has not applied revision {revision} "
-                                     f"({state[0]}); its log ends with:\n"
-                                     f"{tail(os.path.join(lab.dir, 'logs', f'proxy-{node.name}.log'))}")
+
+            raise ServiceCheckFailed(
+                f"the proxy on {node.name} has not applied revision {revision} "
+                f"({state[0]}); its log ends with:\n"
+                f"{tail(os.path.join(lab.dir, 'logs', f'proxy-{node.name}.log'))}"
+            )
 
 
 # --------------------------------------------------------------------------- services
 
+
 def create_service(lab, name: str, selector: dict, ports: list[dict], **spec) -> dict:
     """Create a service and wait until its endpoints are written and every proxy has
     applied them. Returns {"clusterIP": ..., "ports": [nodePorts], "revision": ...}."""
-    doc = {"metadata": {"namespace": NAMESPACE, "name": name},
-           "spec": {"selector": selector, "ports": ports, **spec}}
+    doc = {"metadata": {"namespace": NAMESPACE, "name": name}, "spec": {"selector": selector, "ports": ports, **spec}}
     answer = store_call(lab, "create-service", doc=doc)
     answer["revision"] = wait_endpoints(lab, name)
     return answer
@@ -312,6 +387,7 @@ def hit(netns: str, ip: str, port: int, n: int, workers: int = 16, timeout: floa
     """``n`` separate TCP connections from ``netns`` to ip:port, each reading the pod
     server's whoami answer: how many reached which pod ("<error>" for failures). Each
     connection has its own source port, so the proxy balances each one anew."""
+
     def one(_):
         try:
             return probes.whoami(netns, ip, port, timeout)["pod"]
@@ -328,6 +404,7 @@ class UdpClient:
 
     def __init__(self, netns: str, ip: str, port: int):
         from minikubenet.linux.netns import path_of, socket_in
+
         self.sock = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.connect((ip, port))
 
@@ -351,13 +428,15 @@ def check_service(lab, connections_per_client: int = 12) -> list[str]:
     every endpoint. (An endpoint is not its own client: reaching yourself through your
     service also needs hairpin mode on the pod's bridge port, checked separately.)"""
     from minikubenet.lab.topology import POD_PORT as port
+
     t = lab.topo
     endpoints = [n.pods[0] for n in t.nodes if n.pods]
     if not endpoints:
         return ["service check skipped: the lab has no pods"]
     if store_call(lab, "get-service", name=CHECK_SERVICE) is None:
-        create_service(lab, CHECK_SERVICE, {"app": "web", "slot": "p1"},
-                       [{"name": "http", "port": 80, "targetPort": port}])
+        create_service(
+            lab, CHECK_SERVICE, {"app": "web", "slot": "p1"}, [{"name": "http", "port": 80, "targetPort": port}]
+        )
     ip = store_call(lab, "get-service", name=CHECK_SERVICE)["spec"]["clusterIP"]
     clients = [(p.name, p.netns) for n in t.nodes for p in n.pods[1:]] + [(n.name, n.netns) for n in t.nodes]
 
@@ -365,8 +444,10 @@ def check_service(lab, connections_per_client: int = 12) -> list[str]:
         name, netns = client
         got = hit(netns, ip, 80, connections_per_client, workers=4)
         if got["<error>"]:
-            raise ServiceCheckFailed(f"{name} -> service {CHECK_SERVICE} ({ip}:80): "
-                                     f"{got['<error>']} of {connections_per_client} connections failed ({dict(got)})")
+            raise ServiceCheckFailed(
+                f"{name} -> service {CHECK_SERVICE} ({ip}:80): "
+                f"{got['<error>']} of {connections_per_client} connections failed ({dict(got)})"
+            )
         return got
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -374,12 +455,18 @@ def check_service(lab, connections_per_client: int = 12) -> list[str]:
     reached = set().union(*answers.values())
     missing = {p.name for p in endpoints} - reached
     if missing:
-        raise ServiceCheckFailed(f"service {CHECK_SERVICE} ({ip}:80): {len(clients) * connections_per_client} "
-                                 f"connections never reached {', '.join(sorted(missing))}")
-    lines = [f"service {NAMESPACE}/{CHECK_SERVICE} {ip}:80 from {c}: {sum(got.values())} connections to "
-             f"{len(got)} pods" for c, got in answers.items()]
-    lines.append(f"service {NAMESPACE}/{CHECK_SERVICE} {ip}:80: {len(clients) * connections_per_client} connections "
-                 f"from {len(clients)} pods and nodes reached all {len(endpoints)} endpoints (one pod per node)")
+        raise ServiceCheckFailed(
+            f"service {CHECK_SERVICE} ({ip}:80): {len(clients) * connections_per_client} "
+            f"connections never reached {', '.join(sorted(missing))}"
+        )
+    lines = [
+        f"service {NAMESPACE}/{CHECK_SERVICE} {ip}:80 from {c}: {sum(got.values())} connections to {len(got)} pods"
+        for c, got in answers.items()
+    ]
+    lines.append(
+        f"service {NAMESPACE}/{CHECK_SERVICE} {ip}:80: {len(clients) * connections_per_client} connections "
+        f"from {len(clients)} pods and nodes reached all {len(endpoints)} endpoints (one pod per node)"
+    )
     return lines
 
 

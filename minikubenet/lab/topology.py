@@ -34,26 +34,26 @@ POD_PORT = 8080
 
 @dataclass(frozen=True)
 class NodeSpec:
-    name: str            # "n1"
-    netns: str           # "<lab>-n1"
-    switch_port: str     # the veth end in the switch namespace
+    name: str  # "n1"
+    netns: str  # "<lab>-n1"
+    switch_port: str  # the veth end in the switch namespace
     ip: ipaddress.IPv4Address
-    pods: tuple["PodSpec", ...] = ()
+    pods: tuple[PodSpec, ...] = ()
 
 
 @dataclass(frozen=True)
 class PodSpec:
-    name: str            # "n1-p1"
-    netns: str           # "<lab>-n1-p1"
+    name: str  # "n1-p1"
+    netns: str  # "<lab>-n1-p1"
     node: str
     container_id: str
 
 
 @dataclass(frozen=True)
 class EtcdMemberSpec:
-    name: str            # "m1"
-    netns: str           # "<lab>-etcd" for m1, "<lab>-etcd2" for m2 ...
-    switch_port: str     # "etcd", "etcd2" ...
+    name: str  # "m1"
+    netns: str  # "<lab>-etcd" for m1, "<lab>-etcd2" for m2 ...
+    switch_port: str  # "etcd", "etcd2" ...
     ip: ipaddress.IPv4Address
 
     @property
@@ -70,7 +70,7 @@ class Topology:
     backend: str = "vxlan"
     mtu: int = 1500
     subnet_len: int = 24
-    etcd_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")   # the first member's (build_topology sets it)
+    etcd_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")  # the first member's (build_topology sets it)
     etcd_members: int = 1
 
     @property
@@ -87,17 +87,25 @@ class Topology:
         certificate of the lab's CA, lab/cluster.py)."""
         return f"https://{self.etcd_ip}:2379"
 
-    def etcd_member_specs(self) -> list["EtcdMemberSpec"]:
-        return [EtcdMemberSpec(name=f"m{i}", netns=self.etcd_netns + ("" if i == 1 else str(i)),
-                               switch_port="etcd" + ("" if i == 1 else str(i)), ip=self.etcd_ip + i - 1)
-                for i in range(1, self.etcd_members + 1)]
+    def etcd_member_specs(self) -> list[EtcdMemberSpec]:
+        return [
+            EtcdMemberSpec(
+                name=f"m{i}",
+                netns=self.etcd_netns + ("" if i == 1 else str(i)),
+                switch_port="etcd" + ("" if i == 1 else str(i)),
+                ip=self.etcd_ip + i - 1,
+            )
+            for i in range(1, self.etcd_members + 1)
+        ]
 
-    def etcd_member(self, name: str) -> "EtcdMemberSpec":
+    def etcd_member(self, name: str) -> EtcdMemberSpec:
         for m in self.etcd_member_specs():
             if m.name == name:
                 return m
-        raise KeyError(f"no etcd member {name!r} in lab {self.name} "
-                       f"(members: {', '.join(m.name for m in self.etcd_member_specs())})")
+        raise KeyError(
+            f"no etcd member {name!r} in lab {self.name} "
+            f"(members: {', '.join(m.name for m in self.etcd_member_specs())})"
+        )
 
     @property
     def etcd_endpoints(self) -> str:
@@ -124,20 +132,31 @@ class Topology:
 
 def validate_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise ValueError(f"lab name {name!r} must be 1-8 lowercase letters/digits starting with a letter "
-                         "(it prefixes every namespace and must keep interface names under 15 characters)")
+        raise ValueError(
+            f"lab name {name!r} must be 1-8 lowercase letters/digits starting with a letter "
+            "(it prefixes every namespace and must keep interface names under 15 characters)"
+        )
     return name
 
 
-def build_topology(name: str = "mkn", nodes: int = 3, pods_per_node: int = 2,
-                   underlay: str = DEFAULT_UNDERLAY, pod_network: str = DEFAULT_POD_NETWORK,
-                   backend: str = "vxlan", mtu: int = 1500, subnet_len: int = 24,
-                   etcd_members: int = 1) -> Topology:
+def build_topology(
+    name: str = "mkn",
+    nodes: int = 3,
+    pods_per_node: int = 2,
+    underlay: str = DEFAULT_UNDERLAY,
+    pod_network: str = DEFAULT_POD_NETWORK,
+    backend: str = "vxlan",
+    mtu: int = 1500,
+    subnet_len: int = 24,
+    etcd_members: int = 1,
+) -> Topology:
     validate_name(name)
     net = ipaddress.IPv4Network(underlay)
     if not 1 <= etcd_members <= 7:
-        raise ValueError(f"etcd members must be between 1 and 7, got {etcd_members} "
-                         "(an odd number: 3 members survive the loss of one, 5 of two)")
+        raise ValueError(
+            f"etcd members must be between 1 and 7, got {etcd_members} "
+            "(an odd number: 3 members survive the loss of one, 5 of two)"
+        )
     if nodes < 1:
         raise ValueError("a lab needs at least one node")
     if nodes + 11 > net.num_addresses - 2:
@@ -149,20 +168,33 @@ def build_topology(name: str = "mkn", nodes: int = 3, pods_per_node: int = 2,
     node_specs = []
     for i in range(1, nodes + 1):
         node = f"n{i}"
-        pods = tuple(PodSpec(name=f"{node}-p{j}", netns=f"{name}-{node}-p{j}", node=node,
-                             container_id=f"{name}-{node}-p{j}") for j in range(1, pods_per_node + 1))
-        node_specs.append(NodeSpec(name=node, netns=f"{name}-{node}", switch_port=f"{node}",
-                                   ip=net.network_address + 10 + i, pods=pods))
-    return Topology(name=name, nodes=tuple(node_specs), underlay=net,
-                    pod_network=ipaddress.IPv4Network(pod_network), backend=backend, mtu=mtu,
-                    subnet_len=subnet_len, etcd_ip=net.network_address + 2, etcd_members=etcd_members)
+        pods = tuple(
+            PodSpec(name=f"{node}-p{j}", netns=f"{name}-{node}-p{j}", node=node, container_id=f"{name}-{node}-p{j}")
+            for j in range(1, pods_per_node + 1)
+        )
+        node_specs.append(
+            NodeSpec(
+                name=node, netns=f"{name}-{node}", switch_port=f"{node}", ip=net.network_address + 10 + i, pods=pods
+            )
+        )
+    return Topology(
+        name=name,
+        nodes=tuple(node_specs),
+        underlay=net,
+        pod_network=ipaddress.IPv4Network(pod_network),
+        backend=backend,
+        mtu=mtu,
+        subnet_len=subnet_len,
+        etcd_ip=net.network_address + 2,
+        etcd_members=etcd_members,
+    )
 
 
-LB_POOL_HOSTS = (240, 247)    # LoadBalancer addresses on the underlay (lab/loadbalancer.py)
+LB_POOL_HOSTS = (240, 247)  # LoadBalancer addresses on the underlay (lab/loadbalancer.py)
 
 
 def lb_pool_spec(underlay: ipaddress.IPv4Network) -> str:
-    """"first-last" on the underlay (MetalLB layer 2: the pool is part of the LAN);
+    """ "first-last" on the underlay (MetalLB layer 2: the pool is part of the LAN);
     "" when the underlay is smaller than a /24."""
     if underlay.num_addresses < 256:
         return ""

@@ -38,8 +38,10 @@ def find_underlay(ipr: IPRoute, public_ip: str | None = None, iface: str | None 
             if a.get("IFA_ADDRESS") == public_ip:
                 link = ipr.get_links(a["index"])[0]
                 return Underlay(link.get("IFLA_IFNAME"), a["index"], public_ip, link.get("IFLA_MTU"))
-        raise UnderlayNotFound(f"--public-ip {public_ip} is not an address of any interface on this node; "
-                               "give an address the node has, or --iface")
+        raise UnderlayNotFound(
+            f"--public-ip {public_ip} is not an address of any interface on this node; "
+            "give an address the node has, or --iface"
+        )
     for r in ipr.get_routes(family=2, dst_len=0, table=254):
         index = r.get("RTA_OIF")
         addrs = [a.get("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)]

@@ -97,8 +97,9 @@ class BirdDaemon:
     def _spawn(self) -> None:
         with self._lock:
             with private_files.open_file(self.log_file + ".stderr", "a") as err:
-                self._proc = subprocess.Popen(["bird", "-f", "-c", self.conf, "-s", self.sock],
-                                              stdout=subprocess.DEVNULL, stderr=err)
+                self._proc = subprocess.Popen(
+                    ["bird", "-f", "-c", self.conf, "-s", self.sock], stdout=subprocess.DEVNULL, stderr=err
+                )
         log.info("bird started (pid %d), config %s, socket %s", self._proc.pid, self.conf, self.sock)
 
     def _supervise(self) -> None:
@@ -109,8 +110,9 @@ class BirdDaemon:
             code = proc.wait()
             if self._stopping.is_set():
                 return
-            log.warning("bird (pid %d) exited with %s; the kernel keeps its routes (persist); restarting",
-                        proc.pid, code)
+            log.warning(
+                "bird (pid %d) exited with %s; the kernel keeps its routes (persist); restarting", proc.pid, code
+            )
             if self._stopping.wait(self.RESTART_DELAY_S):
                 return
             self.restarts += 1
@@ -139,7 +141,7 @@ class BirdDaemon:
 
     def show(self, what: str) -> str:
         """``birdc show <what>`` (protocols, route ...), for STATUS and the lab report."""
-        p = subprocess.run(["birdc", "-s", self.sock, "show", *what.split()], capture_output=True, text=True,
-                           timeout=10)
+        p = subprocess.run(
+            ["birdc", "-s", self.sock, "show", *what.split()], capture_output=True, text=True, timeout=10
+        )
         return p.stdout
-

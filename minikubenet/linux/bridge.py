@@ -39,8 +39,10 @@ def ensure_bridge(ipr: IPRoute, name: str, address: ipaddress.IPv4Interface, mtu
         created = False
     link = ipr.get_links(ifname=name)[0]
     if link_kind(link) != "bridge":
-        raise BridgeError(f"{name} exists but is a {link_kind(link) or 'plain'} device, not a bridge; "
-                          f"remove it (ip link del {name}) or choose another bridge name")
+        raise BridgeError(
+            f"{name} exists but is a {link_kind(link) or 'plain'} device, not a bridge; "
+            f"remove it (ip link del {name}) or choose another bridge name"
+        )
     index = link["index"]
     if created:
         # A bridge takes the lowest MAC of its ports unless its own MAC was set
@@ -52,8 +54,9 @@ def ensure_bridge(ipr: IPRoute, name: str, address: ipaddress.IPv4Interface, mtu
     want = (str(address.ip), address.network.prefixlen)
     for ip, plen in have:
         if (ip, plen) != want:
-            log.warning("removing stale address %s/%s from %s (the node's subnet is now %s)",
-                        ip, plen, name, address.network)
+            log.warning(
+                "removing stale address %s/%s from %s (the node's subnet is now %s)", ip, plen, name, address.network
+            )
             ipr.addr("del", index=index, address=ip, prefixlen=plen)
     if want not in have:
         ipr.addr("add", index=index, address=want[0], prefixlen=want[1])

@@ -40,6 +40,7 @@ class UdpFlowFilter:
     None: a NodePort) whose reply comes from ``endpoint_ip``; every endpoint when it
     is None (a service that just got its first endpoint: entries made while it had
     none were never DNATed, kube-proxy's NewlyActiveUDPServices)."""
+
     dst_port: int
     dst_ip: str | None = None
     endpoint_ip: str | None = None

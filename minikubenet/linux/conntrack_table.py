@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass, field
 
 PROC = "/proc"
-WARN_FRACTION = 0.90       # the agent warns above 90 % of the table
+WARN_FRACTION = 0.90  # the agent warns above 90 % of the table
 
 
 class ConntrackUnavailable(Exception):
@@ -42,7 +42,7 @@ class ConntrackUnavailable(Exception):
 class ConntrackTable:
     count: int
     max: int
-    stats: dict = field(default_factory=dict)    # column name -> sum over CPUs
+    stats: dict = field(default_factory=dict)  # column name -> sum over CPUs
 
     @property
     def fill(self) -> float:
@@ -61,11 +61,13 @@ class ConntrackTable:
         ``threshold``, else None."""
         if self.max <= 0 or self.fill <= threshold:
             return None
-        return (f"conntrack table {self.fill:.0%} full ({self.count} of {self.max} entries; "
-                f"drop {self.stat('drop')}, early_drop {self.stat('early_drop')}, "
-                f"insert_failed {self.stat('insert_failed')}): "
-                f"{'new connections are being dropped' if self.full else 'new connections will be dropped when it is full'}; "
-                "raise net.netfilter.nf_conntrack_max or find who opens so many connections")
+        return (
+            f"conntrack table {self.fill:.0%} full ({self.count} of {self.max} entries; "
+            f"drop {self.stat('drop')}, early_drop {self.stat('early_drop')}, "
+            f"insert_failed {self.stat('insert_failed')}): "
+            f"{'new connections are being dropped' if self.full else 'new connections will be dropped when it is full'}; "
+            "raise net.netfilter.nf_conntrack_max or find who opens so many connections"
+        )
 
 
 def parse_stat(text: str) -> dict[str, int]:
@@ -101,7 +103,9 @@ def read(proc: str = PROC) -> ConntrackTable:
         count = _read_int(os.path.join(base, "nf_conntrack_count"))
         limit = _read_int(os.path.join(base, "nf_conntrack_max"))
     except FileNotFoundError:
-        raise ConntrackUnavailable("nf_conntrack is not loaded (no /proc/sys/net/netfilter/nf_conntrack_count)") from None
+        raise ConntrackUnavailable(
+            "nf_conntrack is not loaded (no /proc/sys/net/netfilter/nf_conntrack_count)"
+        ) from None
     except (OSError, ValueError) as e:
         raise ConntrackUnavailable(f"cannot read the conntrack count: {e}") from None
     try:

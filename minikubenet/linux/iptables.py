@@ -30,8 +30,13 @@ def _context(text: str, stderr: str) -> str:
     return "\n".join(f"{'>' if i + 1 == n else ' '}{i + 1:5d}: {lines[i]}" for i in range(lo, hi))
 
 
-def restore(text: str, binary: str = "iptables-restore", noflush: bool = True,
-            wait: tuple[str, ...] = ("-w",), counters: bool = False) -> None:
+def restore(
+    text: str,
+    binary: str = "iptables-restore",
+    noflush: bool = True,
+    wait: tuple[str, ...] = ("-w",),
+    counters: bool = False,
+) -> None:
     """Apply ``text`` in one atomic ``iptables-restore``.
 
     wait      the xtables-lock flags; kube-proxy passes ``-w 5 -W 100000`` (wait up to 5 s,
@@ -39,7 +44,7 @@ def restore(text: str, binary: str = "iptables-restore", noflush: bool = True,
     counters  ``--counters``: keep the packet counters given in the text ([0:0] here)
     """
     args = [binary, *wait] + (["--noflush"] if noflush else []) + (["--counters"] if counters else [])
-    p = nft_monitor.run(args, text)      # its nf_tables notifications are known to be ours
+    p = nft_monitor.run(args, text)  # its nf_tables notifications are known to be ours
     if p.returncode != 0:
         ctx = _context(text, p.stderr)
         raise IptablesError(f"{binary} failed (exit {p.returncode}): {p.stderr.strip()}" + (f"\n{ctx}" if ctx else ""))

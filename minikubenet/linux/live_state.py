@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 
 from minikubenet.linux import conntrack_table
 
-PROXY_NFT_TABLE = ("ip", "minikubenet-proxy")     # proxy/nft_render.py TABLE
-SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter",
-           "net.bridge.bridge-nf-call-iptables", "net.netfilter.nf_conntrack_max",
-           "net.netfilter.nf_conntrack_count")
+PROXY_NFT_TABLE = ("ip", "minikubenet-proxy")  # proxy/nft_render.py TABLE
+SYSCTLS = (
+    "net.ipv4.ip_forward",
+    "net.ipv4.conf.all.rp_filter",
+    "net.ipv4.conf.default.rp_filter",
+    "net.bridge.bridge-nf-call-iptables",
+    "net.netfilter.nf_conntrack_max",
+    "net.netfilter.nf_conntrack_count",
+)
 
 
 class NodeUnreadable(Exception):
@@ -37,9 +42,9 @@ class Link:
     name: str
     index: int
     mtu: int
-    kind: str                 # "vxlan", "bridge", "veth", "" (a physical or unknown device)
-    master: str | None        # the bridge it is plugged into
-    alias: str | None         # our ownership mark lives here
+    kind: str  # "vxlan", "bridge", "veth", "" (a physical or unknown device)
+    master: str | None  # the bridge it is plugged into
+    alias: str | None  # our ownership mark lives here
     up: bool
     mac: str | None
     vxlan_vni: int | None = None
@@ -51,8 +56,8 @@ class RouteEntry:
     dev: str | None
     gateway: ipaddress.IPv4Address | None
     onlink: bool
-    protocol: str             # "kernel", "boot", "static", "bird", ...
-    kind: str = "unicast"     # "unicast", "blackhole", "unreachable", "prohibit", "local"
+    protocol: str  # "kernel", "boot", "static", "bird", ...
+    kind: str = "unicast"  # "unicast", "blackhole", "unreachable", "prohibit", "local"
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,8 @@ class NodeSnapshot:
     routes: list[RouteEntry] = field(default_factory=list)
     neighbours: list[NeighEntry] = field(default_factory=list)
     fdb: list[FdbEntry] = field(default_factory=list)
-    iptables_nat: str | None = None     # iptables-save -t nat
-    nft_proxy: str | None = None        # nft list table ip minikubenet-proxy
+    iptables_nat: str | None = None  # iptables-save -t nat
+    nft_proxy: str | None = None  # nft list table ip minikubenet-proxy
     sysctls: dict[str, str] = field(default_factory=dict)
     conntrack: conntrack_table.ConntrackTable | None = None
 
@@ -102,7 +107,7 @@ def _run(netns: str | None, argv: list[str], check: bool = True) -> str | None:
     try:
         p = subprocess.run(_in(netns, argv), capture_output=True, text=True, timeout=20)
     except FileNotFoundError:
-        return None                     # the tool is not installed: that part stays unknown
+        return None  # the tool is not installed: that part stays unknown
     except subprocess.TimeoutExpired:
         raise NodeUnreadable(f"{' '.join(argv)} did not answer in 20 s") from None
     if p.returncode != 0:
@@ -125,17 +130,28 @@ def read_links(netns: str | None) -> dict[str, Link]:
         info = d.get("linkinfo") or {}
         kind = info.get("info_kind", "")
         vni = (info.get("info_data") or {}).get("id") if kind == "vxlan" else None
-        links[d["ifname"]] = Link(name=d["ifname"], index=d["ifindex"], mtu=d.get("mtu", 0), kind=kind,
-                                  master=d.get("master"), alias=d.get("ifalias"),
-                                  up="UP" in (d.get("flags") or []), mac=d.get("address"), vxlan_vni=vni)
+        links[d["ifname"]] = Link(
+            name=d["ifname"],
+            index=d["ifindex"],
+            mtu=d.get("mtu", 0),
+            kind=kind,
+            master=d.get("master"),
+            alias=d.get("ifalias"),
+            up="UP" in (d.get("flags") or []),
+            mac=d.get("address"),
+            vxlan_vni=vni,
+        )
     return links
 
 
 def read_addresses(netns: str | None) -> dict[str, list[ipaddress.IPv4Interface]]:
     out: dict[str, list[ipaddress.IPv4Interface]] = {}
     for d in _ip_json(netns, "-4", "addr", "show"):
-        out[d["ifname"]] = [ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
-                            for a in d.get("addr_info", []) if a.get("family") == "inet"]
+        out[d["ifname"]] = [
+            ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+            for a in d.get("addr_info", [])
+            if a.get("family") == "inet"
+        ]
     return out
 
 
@@ -145,9 +161,16 @@ def read_routes(netns: str | None) -> list[RouteEntry]:
         dst = d.get("dst", "default")
         net = ipaddress.IPv4Network("0.0.0.0/0" if dst == "default" else dst if "/" in dst else f"{dst}/32")
         gw = d.get("gateway")
-        routes.append(RouteEntry(dst=net, dev=d.get("dev"), gateway=ipaddress.IPv4Address(gw) if gw else None,
-                                 onlink="onlink" in (d.get("flags") or []), protocol=str(d.get("protocol", "boot")),
-                                 kind=d.get("type", "unicast")))
+        routes.append(
+            RouteEntry(
+                dst=net,
+                dev=d.get("dev"),
+                gateway=ipaddress.IPv4Address(gw) if gw else None,
+                onlink="onlink" in (d.get("flags") or []),
+                protocol=str(d.get("protocol", "boot")),
+                kind=d.get("type", "unicast"),
+            )
+        )
     return routes
 
 
@@ -158,8 +181,11 @@ def read_neighbours(netns: str | None) -> list[NeighEntry]:
             ip = ipaddress.IPv4Address(d["dst"])
         except (KeyError, ValueError):
             continue
-        out.append(NeighEntry(dev=d.get("dev", ""), ip=ip, mac=d.get("lladdr"),
-                              permanent="PERMANENT" in (d.get("state") or [])))
+        out.append(
+            NeighEntry(
+                dev=d.get("dev", ""), ip=ip, mac=d.get("lladdr"), permanent="PERMANENT" in (d.get("state") or [])
+            )
+        )
     return out
 
 
@@ -198,9 +224,11 @@ def read_conntrack(netns: str | None, sysctls: dict[str, str]) -> conntrack_tabl
     if "net.netfilter.nf_conntrack_count" not in sysctls:
         return None
     stat = _run(netns, ["cat", "/proc/net/stat/nf_conntrack"], check=False) or ""
-    return conntrack_table.ConntrackTable(count=int(sysctls["net.netfilter.nf_conntrack_count"]),
-                                          max=int(sysctls.get("net.netfilter.nf_conntrack_max", "0")),
-                                          stats=conntrack_table.parse_stat(stat))
+    return conntrack_table.ConntrackTable(
+        count=int(sysctls["net.netfilter.nf_conntrack_count"]),
+        max=int(sysctls.get("net.netfilter.nf_conntrack_max", "0")),
+        stats=conntrack_table.parse_stat(stat),
+    )
 
 
 def read_proxy_rules(netns: str | None) -> tuple[str | None, str | None]:
@@ -220,7 +248,7 @@ def conntrack_flows(netns: str | None, dst: str, port: int | None, proto: str) -
 def read_node(node: str, netns: str | None) -> NodeSnapshot:
     """Everything trace and doctor read of one node."""
     if netns:
-        _run(None, ["ip", "netns", "exec", netns, "true"])     # NodeUnreadable when the node is gone
+        _run(None, ["ip", "netns", "exec", netns, "true"])  # NodeUnreadable when the node is gone
     snap = NodeSnapshot(node=node, netns=netns)
     snap.links = read_links(netns)
     snap.addresses = read_addresses(netns)
@@ -244,29 +272,38 @@ def df_echo(netns: str | None, dst: ipaddress.IPv4Address, size: int, timeout: f
     import socket
     import time
 
-    from scapy.layers.inet import ICMP, IP   # slow to import: only when probing
+    from scapy.layers.inet import ICMP, IP  # slow to import: only when probing
 
     from minikubenet.linux.netns import path_of, socket_in
+
     ident = os.getpid() & 0xFFFF
     # src 0.0.0.0: the kernel fills in the node's own address (raw(7), IP_HDRINCL); scapy would
     # otherwise pick one from the routes of the namespace it runs in, not the node's
     packet = IP(src="0.0.0.0", dst=str(dst), flags="DF", id=ident) / ICMP(type=8, id=ident, seq=size & 0xFFFF)
     packet = packet / (b"\x00" * (size - len(packet)))
-    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) if netns else \
-        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s = (
+        socket_in(path_of(netns), socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        if netns
+        else socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    )
     try:
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)    # our header, DF and all; the kernel fills src
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)  # our header, DF and all; the kernel fills src
         try:
             s.sendto(bytes(packet), (str(dst), 0))
         except OSError:
-            return False                                        # EMSGSIZE: bigger than the route's MTU
+            return False  # EMSGSIZE: bigger than the route's MTU
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             if not select.select([s], [], [], left)[0]:
                 break
             reply = IP(s.recv(65535))
-            if reply.src == str(dst) and ICMP in reply and reply[ICMP].type == 0 and reply[ICMP].id == ident \
-                    and reply[ICMP].seq == size & 0xFFFF:
+            if (
+                reply.src == str(dst)
+                and ICMP in reply
+                and reply[ICMP].type == 0
+                and reply[ICMP].id == ident
+                and reply[ICMP].seq == size & 0xFFFF
+            ):
                 return True
         return False
     finally:

@@ -60,7 +60,7 @@ def pids_in(names: list[str]) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            link = os.readlink(f"/proc/{entry}/ns/net")   # "net:[4026532177]"
+            link = os.readlink(f"/proc/{entry}/ns/net")  # "net:[4026532177]"
         except OSError:
             continue
         if int(link[5:-1]) in wanted:

@@ -18,7 +18,8 @@ from minikubenet.linux.pod_plumbing import AttachedMacs
 class NetlinkPodPlumbing:
     """The real kernel (pod_interface.py). Thread-safe: the CNI server runs one thread
     per request."""
-    IDLE_NETLINK_SOCKETS = 4   # kept open between requests; more are opened under load
+
+    IDLE_NETLINK_SOCKETS = 4  # kept open between requests; more are opened under load
 
     def __init__(self):
         self._pi = pod_interface

@@ -80,7 +80,7 @@ def run_in(netns_path: str, fn):
         try:
             _setns(netns_path)
             out["result"] = fn()
-        except BaseException as e:   # handed to the caller
+        except BaseException as e:  # handed to the caller
             out["err"] = e
 
     t = threading.Thread(target=enter_and_run, name="in-netns")
@@ -105,5 +105,3 @@ def iproute_in(netns_path: str) -> IPRoute:
 
 def path_of(name_or_path: str) -> str:
     return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
-
-

@@ -23,7 +23,7 @@ class NftError(Exception):
 def apply(text: str) -> None:
     """One ``nft -f -`` transaction."""
     try:
-        p = nft_monitor.run([NFT, "-f", "-"], text)     # its notifications are known to be ours
+        p = nft_monitor.run([NFT, "-f", "-"], text)  # its notifications are known to be ours
     except FileNotFoundError:
         raise NftError("the `nft` binary is not installed (Debian: apt install nftables)") from None
     if p.returncode != 0:

@@ -57,15 +57,32 @@ NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NFNL_SUBSYS_NFTABLES = 10
-NLMSG_MIN_TYPE = 0x10          # below: NOOP, ERROR, DONE, OVERRUN
+NLMSG_MIN_TYPE = 0x10  # below: NOOP, ERROR, DONE, OVERRUN
 
 # include/uapi/linux/netfilter/nf_tables.h, enum nf_tables_msg_types
 MSG_NAMES = {
-    0: "NEWTABLE", 2: "DELTABLE", 3: "NEWCHAIN", 5: "DELCHAIN", 6: "NEWRULE", 8: "DELRULE",
-    9: "NEWSET", 11: "DELSET", 12: "NEWSETELEM", 14: "DELSETELEM", 15: "NEWGEN",
-    18: "NEWOBJ", 20: "DELOBJ", 22: "NEWFLOWTABLE", 24: "DELFLOWTABLE",
-    26: "DESTROYTABLE", 27: "DESTROYCHAIN", 28: "DESTROYRULE", 29: "DESTROYSET",
-    30: "DESTROYSETELEM", 31: "DESTROYOBJ", 32: "DESTROYFLOWTABLE",
+    0: "NEWTABLE",
+    2: "DELTABLE",
+    3: "NEWCHAIN",
+    5: "DELCHAIN",
+    6: "NEWRULE",
+    8: "DELRULE",
+    9: "NEWSET",
+    11: "DELSET",
+    12: "NEWSETELEM",
+    14: "DELSETELEM",
+    15: "NEWGEN",
+    18: "NEWOBJ",
+    20: "DELOBJ",
+    22: "NEWFLOWTABLE",
+    24: "DELFLOWTABLE",
+    26: "DESTROYTABLE",
+    27: "DESTROYCHAIN",
+    28: "DESTROYRULE",
+    29: "DESTROYSET",
+    30: "DESTROYSETELEM",
+    31: "DESTROYOBJ",
+    32: "DESTROYFLOWTABLE",
 }
 NFT_MSG_NEWGEN = 15
 # Where the object's own name is, per message kind: every object message has the table
@@ -85,13 +102,14 @@ FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 @dataclass(frozen=True)
 class ObjectChange:
     """One object a transaction created or deleted: ``op`` is e.g. "DELRULE"."""
+
     op: str
     family: str
     table: str
-    name: str = ""              # chain (of a rule), chain, set or object name; "" for a table
+    name: str = ""  # chain (of a rule), chain, set or object name; "" for a table
 
     @property
-    def kind(self) -> str:      # "RULE", "CHAIN", "SET", "SETELEM", "TABLE"...
+    def kind(self) -> str:  # "RULE", "CHAIN", "SET", "SETELEM", "TABLE"...
         return self.op.removeprefix("NEW").removeprefix("DEL").removeprefix("DESTROY")
 
     @property
@@ -102,6 +120,7 @@ class ObjectChange:
 @dataclass(frozen=True)
 class Generation:
     """A NEWGEN: the end of one committed transaction, and who committed it."""
+
     gen_id: int
     pid: int
     proc_name: str
@@ -111,6 +130,7 @@ class Generation:
 class Transaction:
     """Everything one commit changed, and who committed it (pid 0: unknown, the
     message was lost)."""
+
     changes: list[ObjectChange] = field(default_factory=list)
     gen: Generation | None = None
 
@@ -121,7 +141,7 @@ def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
         length, kind = _NLATTR.unpack_from(data, offset)
         if length < _NLATTR.size:
             break
-        out[kind & 0x3FFF] = data[offset + _NLATTR.size:offset + length]   # without NESTED/BYTEORDER flags
+        out[kind & 0x3FFF] = data[offset + _NLATTR.size : offset + length]  # without NESTED/BYTEORDER flags
         offset += (length + 3) & ~3
     return out
 
@@ -145,20 +165,25 @@ def decode(data: bytes) -> list[ObjectChange | Generation]:
             msg = msg_type & 0xFF
             if msg == NFT_MSG_NEWGEN:
                 gen_id = struct.unpack(">I", attrs[NFTA_GEN_ID][:4])[0] if len(attrs.get(NFTA_GEN_ID, b"")) >= 4 else 0
-                pid = struct.unpack(">I", attrs[NFTA_GEN_PROC_PID][:4])[0] \
-                    if len(attrs.get(NFTA_GEN_PROC_PID, b"")) >= 4 else 0
+                pid = (
+                    struct.unpack(">I", attrs[NFTA_GEN_PROC_PID][:4])[0]
+                    if len(attrs.get(NFTA_GEN_PROC_PID, b"")) >= 4
+                    else 0
+                )
                 out.append(Generation(gen_id, pid, _string(attrs.get(NFTA_GEN_PROC_NAME))))
             elif msg in MSG_NAMES:
                 op = MSG_NAMES[msg]
                 change = ObjectChange(op, FAMILIES.get(family, str(family)), _string(attrs.get(1)))
                 name_attr = _NAME_ATTR.get(change.kind)
-                out.append(ObjectChange(op, change.family, change.table,
-                                        _string(attrs.get(name_attr)) if name_attr else ""))
+                out.append(
+                    ObjectChange(op, change.family, change.table, _string(attrs.get(name_attr)) if name_attr else "")
+                )
         offset += (length + 3) & ~3
     return out
 
 
 # --------------------------------------------------------------------------- own processes
+
 
 class OwnProcesses:
     """The pids of the children we started to change nf_tables, kept ``keep_s`` seconds."""
@@ -166,14 +191,14 @@ class OwnProcesses:
     def __init__(self, keep_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.keep_s = keep_s
         self.clock = clock
-        self._pids: dict[int, tuple[float, str]] = {}     # pid -> (started, comm)
+        self._pids: dict[int, tuple[float, str]] = {}  # pid -> (started, comm)
         self._lock = threading.Lock()
 
     def add(self, pid: int, argv0: str) -> None:
         now = self.clock()
         with self._lock:
             self._pids = {p: v for p, v in self._pids.items() if now - v[0] < self.keep_s}
-            self._pids[pid] = (now, os.path.basename(argv0)[:15])   # the kernel's comm is 15 bytes
+            self._pids[pid] = (now, os.path.basename(argv0)[:15])  # the kernel's comm is 15 bytes
 
     def made(self, gen: Generation) -> bool:
         """Was this transaction ours? (Our pid, or a child we started with its name.)"""
@@ -195,14 +220,14 @@ def run(argv: list[str], input_text: str | None = None) -> subprocess.CompletedP
     """``subprocess.run(argv, input=..., capture_output=True, text=True)``, with the
     child's pid recorded in ``OWN`` before it is given its input (so before it can
     commit a transaction)."""
-    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as p:
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
         OWN.add(p.pid, argv[0])
         out, err = p.communicate(input_text)
     return subprocess.CompletedProcess(argv, p.returncode, out, err)
 
 
 # --------------------------------------------------------------------------- the monitor
+
 
 class MonitorUnavailable(Exception):
     pass
@@ -215,8 +240,9 @@ class NftMonitor:
     The socket is opened in ``__init__`` (in the caller's network namespace: a netlink
     socket belongs to the namespace it was created in), so a failure is the caller's."""
 
-    def __init__(self, on_transaction: Callable[[Transaction], None], on_overflow: Callable[[], None],
-                 rcvbuf: int = 8 << 20):
+    def __init__(
+        self, on_transaction: Callable[[Transaction], None], on_overflow: Callable[[], None], rcvbuf: int = 8 << 20
+    ):
         self.on_transaction = on_transaction
         self.on_overflow = on_overflow
         try:
@@ -224,8 +250,8 @@ class NftMonitor:
         except OSError as e:
             raise MonitorUnavailable(f"cannot open a NETLINK_NETFILTER socket: {e}") from None
         try:
-            try:   # root may exceed net.core.rmem_max: fewer overflows during big syncs
-                self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)      # SO_RCVBUFFORCE
+            try:  # root may exceed net.core.rmem_max: fewer overflows during big syncs
+                self.sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
             except OSError:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self.sock.bind((0, 0))
@@ -233,13 +259,13 @@ class NftMonitor:
         except OSError as e:
             self.sock.close()
             raise MonitorUnavailable(f"cannot join the nf_tables notification group: {e}") from None
-        self.sock.settimeout(0.5)      # wake up to notice stop()
+        self.sock.settimeout(0.5)  # wake up to notice stop()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.transactions = 0
         self.overflows = 0
 
-    def start(self) -> "NftMonitor":
+    def start(self) -> NftMonitor:
         self._thread = threading.Thread(target=self._run, name="nft-monitor", daemon=True)
         self._thread.start()
         return self
@@ -262,7 +288,7 @@ class NftMonitor:
                     break
                 if e.errno == errno.ENOBUFS:
                     self.overflows += 1
-                    pending = Transaction()       # part of it is lost: the consumer checks the kernel
+                    pending = Transaction()  # part of it is lost: the consumer checks the kernel
                     self._call(self.on_overflow)
                     continue
                 log.error("nf_tables monitor stopped: %s", e)
@@ -280,5 +306,5 @@ class NftMonitor:
     def _call(fn, *args) -> None:
         try:
             fn(*args)
-        except Exception:   # a consumer's bug must not end the monitor
+        except Exception:  # a consumer's bug must not end the monitor
             log.exception("nf_tables monitor callback failed")

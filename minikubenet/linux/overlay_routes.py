@@ -31,7 +31,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from typing import Iterable
+from collections.abc import Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -75,16 +75,30 @@ class Devices:
 
 # -- one entry ------------------------------------------------------------------------------
 
+
 def add_entry(ipr: IPRoute, devs: Devices, e: Entry) -> None:
     index = devs.index(e.dev)
     if isinstance(e, Neigh):
         ipr.neigh("replace", ifindex=index, dst=str(e.ip), lladdr=e.mac, state=NUD_PERMANENT)
     elif isinstance(e, Fdb):
-        ipr.neigh("replace", family=socket.AF_BRIDGE, ifindex=index, lladdr=e.mac, dst=str(e.dst),
-                  state=NUD_PERMANENT, flags=NTF_SELF)
+        ipr.neigh(
+            "replace",
+            family=socket.AF_BRIDGE,
+            ifindex=index,
+            lladdr=e.mac,
+            dst=str(e.dst),
+            state=NUD_PERMANENT,
+            flags=NTF_SELF,
+        )
     else:
-        ipr.route("replace", dst=str(e.dst), gateway=str(e.gateway), oif=index, table=MAIN_TABLE,
-                  flags=RTNH_F_ONLINK if e.onlink else 0)
+        ipr.route(
+            "replace",
+            dst=str(e.dst),
+            gateway=str(e.gateway),
+            oif=index,
+            table=MAIN_TABLE,
+            flags=RTNH_F_ONLINK if e.onlink else 0,
+        )
 
 
 def delete_entry(ipr: IPRoute, devs: Devices, e: Entry) -> bool:
@@ -94,8 +108,7 @@ def delete_entry(ipr: IPRoute, devs: Devices, e: Entry) -> bool:
         if isinstance(e, Neigh):
             ipr.neigh("del", ifindex=index, dst=str(e.ip), lladdr=e.mac)
         elif isinstance(e, Fdb):
-            ipr.neigh("del", family=socket.AF_BRIDGE, ifindex=index, lladdr=e.mac, dst=str(e.dst),
-                      flags=NTF_SELF)
+            ipr.neigh("del", family=socket.AF_BRIDGE, ifindex=index, lladdr=e.mac, dst=str(e.dst), flags=NTF_SELF)
         else:
             ipr.route("del", dst=str(e.dst), gateway=str(e.gateway), oif=index, table=MAIN_TABLE)
     except OverlayRouteError:
@@ -108,6 +121,7 @@ def delete_entry(ipr: IPRoute, devs: Devices, e: Entry) -> bool:
 
 
 # -- batches and plans -------------------------------------------------------------------------
+
 
 def add_entries(ipr: IPRoute, entries: Iterable[Entry]) -> list[str]:
     """Add (replace) all of ``entries`` in the given order, going on past errors (one
@@ -158,14 +172,18 @@ def remove_plan(ipr: IPRoute, plan: PeerPlan) -> list[str]:
 
 # -- reading back -------------------------------------------------------------------------------
 
+
 def connected_networks(ipr: IPRoute, index: int) -> list[ipaddress.IPv4Network]:
     """The IPv4 subnets directly attached to an interface (its L2 segment)."""
-    return [ipaddress.IPv4Interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}").network
-            for a in ipr.get_addr(index=index, family=socket.AF_INET)]
+    return [
+        ipaddress.IPv4Interface(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}").network
+        for a in ipr.get_addr(index=index, family=socket.AF_INET)
+    ]
 
 
-def read_state(ipr: IPRoute, vxlan_dev: str | None, route_devs: Iterable[str],
-               network: ipaddress.IPv4Network) -> KernelState:
+def read_state(
+    ipr: IPRoute, vxlan_dev: str | None, route_devs: Iterable[str], network: ipaddress.IPv4Network
+) -> KernelState:
     """The overlay entries the kernel holds now.
 
     ``vxlan_dev``: neighbours and FDB entries are read from it (None for host-gw).
@@ -199,6 +217,7 @@ def read_state(ipr: IPRoute, vxlan_dev: str | None, route_devs: Iterable[str],
 
 # -- the overlay controller's kernel (overlay/controller.py) -------------------------------------
 
+
 class NetlinkKernel:
     """The real kernel behind the overlay loop's four calls, over one IPRoute socket
     (the tests' fake has the same calls over dicts: tests/unit/test_overlay_plan.py)."""
@@ -208,7 +227,7 @@ class NetlinkKernel:
         self.network = network
 
     @classmethod
-    def open(cls, network: ipaddress.IPv4Network) -> "NetlinkKernel":
+    def open(cls, network: ipaddress.IPv4Network) -> NetlinkKernel:
         """One on a new socket in the calling thread's namespace (the controller calls
         this on its worker thread)."""
         return cls(IPRoute(), network)

@@ -33,17 +33,16 @@ from __future__ import annotations
 import errno
 import os
 import socket
+
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from minikubenet.linux import rtnl_batch
 from minikubenet.linux.netns import NetnsNotFound, iproute_in, socket_in
 from minikubenet.linux.pod_plumbing import AttachedMacs, NotOurs
-from minikubenet.pod_network import (MARK_PREFIX, LinkSeen, PodAttachment, PodLink, attachment_macs,
-                                     ownership_mark, owns)
+from minikubenet.pod_network import MARK_PREFIX, LinkSeen, PodAttachment, PodLink, attachment_macs, ownership_mark, owns
 
-
-LOOPBACK_INDEX = 1   # "lo" is always the first device of a network namespace
+LOOPBACK_INDEX = 1  # "lo" is always the first device of a network namespace
 
 
 def _lookup(ipr: IPRoute, name: str) -> int | None:
@@ -102,8 +101,9 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
         # handles every message even after one failed, so the hairpin-and-mark request
         # below would change a device of that name that someone else made.
         try:
-            bridge, taken = rtnl_batch.send_batch(node, [rtnl_batch.get_link(link.bridge),
-                                                         rtnl_batch.get_link(link.host_veth, missing_ok=True)])
+            bridge, taken = rtnl_batch.send_batch(
+                node, [rtnl_batch.get_link(link.bridge), rtnl_batch.get_link(link.host_veth, missing_ok=True)]
+            )
         except NetlinkError as e:
             if e.code != errno.ENODEV:
                 raise
@@ -114,8 +114,9 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
             # a leftover of this attachment (a repeated ADD, or one cut short) is removed
             outcome, alias = _delete_owned(host, link.host_veth, link.mark, host_mac)
             if outcome == FOREIGN:
-                raise NotOurs(f"{link.host_veth} already exists on the node and is not this attachment's "
-                              f"(alias {alias!r})")
+                raise NotOurs(
+                    f"{link.host_veth} already exists on the node and is not this attachment's (alias {alias!r})"
+                )
         try:
             netns_fd = os.open(link.netns, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -126,9 +127,12 @@ def create_pair(host: IPRoute, link: PodLink) -> AttachedMacs:
             # (the reference bridge plugin's hairpinMode, which flannel turns on).
             # The mark rides in the same batch: the kernel handles the whole datagram
             # within one send, so a veth never exists unmarked once the agent goes on.
-            create = [rtnl_batch.create_veth(link.host_veth, link.ifname, netns_fd, link.mtu, host_mac,
-                                             pod_mac, bridge_index),
-                      rtnl_batch.set_hairpin(link.host_veth, alias=link.mark)]
+            create = [
+                rtnl_batch.create_veth(
+                    link.host_veth, link.ifname, netns_fd, link.mtu, host_mac, pod_mac, bridge_index
+                ),
+                rtnl_batch.set_hairpin(link.host_veth, alias=link.mark),
+            ]
             try:
                 rtnl_batch.send_batch(node, create)
             except NetlinkError as e:
@@ -160,13 +164,22 @@ def configure_pod(plan: PodAttachment, pod: socket.socket | None = None) -> None
     if pod is None:
         pod = open_pod_socket(link.netns)
     try:
-        _, _, peer = rtnl_batch.send_batch(pod, [rtnl_batch.set_up(LOOPBACK_INDEX, "lo"),
-                                                 rtnl_batch.set_up_by_name(link.ifname, alias=link.mark),
-                                                 rtnl_batch.get_link(link.ifname)])
+        _, _, peer = rtnl_batch.send_batch(
+            pod,
+            [
+                rtnl_batch.set_up(LOOPBACK_INDEX, "lo"),
+                rtnl_batch.set_up_by_name(link.ifname, alias=link.mark),
+                rtnl_batch.get_link(link.ifname),
+            ],
+        )
         pod_index = rtnl_batch.link_index(peer)
-        rtnl_batch.send_batch(pod, [
-            rtnl_batch.add_address(pod_index, str(plan.address.ip), plan.address.network.prefixlen, link.ifname),
-            rtnl_batch.replace_default_route(str(plan.gateway), pod_index)])
+        rtnl_batch.send_batch(
+            pod,
+            [
+                rtnl_batch.add_address(pod_index, str(plan.address.ip), plan.address.network.prefixlen, link.ifname),
+                rtnl_batch.replace_default_route(str(plan.gateway), pod_index),
+            ],
+        )
     finally:
         if own:
             pod.close()
@@ -211,8 +224,10 @@ def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
     else:
         host_link = host.get_links(host_index)[0]
         if not owns(want.mark, host_link.get("IFLA_IFALIAS"), host_link.get("IFLA_ADDRESS"), veth_macs(want)[0]):
-            problems.append(f"host veth {want.host_veth} is not this attachment's "
-                            f"(alias {host_link.get('IFLA_IFALIAS') or 'none'!r}, expected {want.mark!r})")
+            problems.append(
+                f"host veth {want.host_veth} is not this attachment's "
+                f"(alias {host_link.get('IFLA_IFALIAS') or 'none'!r}, expected {want.mark!r})"
+            )
         elif bridge_index is not None and host_link.get("IFLA_MASTER") != bridge_index:
             problems.append(f"host veth {want.host_veth} is not a port of {want.bridge}")
     try:
@@ -225,8 +240,10 @@ def inspect(host: IPRoute, plan: PodAttachment) -> list[str]:
             return problems + [f"interface {want.ifname} is missing in {want.netns}"]
         link = pod.get_links(pod_index)[0]
         if not owns(want.mark, link.get("IFLA_IFALIAS"), link.get("IFLA_ADDRESS"), veth_macs(want)[1]):
-            return problems + [f"{want.ifname} in {want.netns} is not this attachment's "
-                               f"(alias {link.get('IFLA_IFALIAS') or 'none'!r}, expected {want.mark!r})"]
+            return problems + [
+                f"{want.ifname} in {want.netns} is not this attachment's "
+                f"(alias {link.get('IFLA_IFALIAS') or 'none'!r}, expected {want.mark!r})"
+            ]
         if link.get("IFLA_MTU") != want.mtu:
             problems.append(f"{want.ifname} has MTU {link.get('IFLA_MTU')}, expected {want.mtu}")
         if link.get("IFLA_OPERSTATE") not in ("UP", "UNKNOWN") and not (link["flags"] & 1):
@@ -253,6 +270,7 @@ def pod_mac(netns: str, ifname: str) -> str | None:
 
 
 # -- for the agent's start (agent/reconcile.py) ------------------------------------------------
+
 
 def marked_host_veths() -> list[LinkSeen]:
     """The node's veths that carry an attachment mark: the pods this agent plumbed."""
@@ -288,7 +306,7 @@ def is_complete(plan: PodAttachment) -> bool | None:
         dev = pod.get_links(index)[0]
         if not owns(want.mark, dev.get("IFLA_IFALIAS"), dev.get("IFLA_ADDRESS"), veth_macs(want)[1]):
             return False
-        if not dev["flags"] & 1:     # IFF_UP
+        if not dev["flags"] & 1:  # IFF_UP
             return False
         addrs = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=index, family=2)}
         if (str(plan.address.ip), plan.address.network.prefixlen) not in addrs:

@@ -63,8 +63,10 @@ def check_mask(mask: str) -> str:
         return "0"
     hexdigits = set("0123456789abcdefABCDEF")
     if not all(g and len(g) <= 8 and set(g) <= hexdigits for g in mask.split(",")):
-        raise RpsError(f"bad RPS CPU mask {mask!r}: hex digits in comma-separated groups of at most 8, "
-                       "e.g. 2 (CPU 1) or fe (CPUs 1-7)")
+        raise RpsError(
+            f"bad RPS CPU mask {mask!r}: hex digits in comma-separated groups of at most 8, "
+            "e.g. 2 (CPU 1) or fe (CPUs 1-7)"
+        )
     return mask
 
 
@@ -74,8 +76,10 @@ def set_rps_cpus(ifname: str, mask: str, sysfs: str = SYSFS_NET) -> int:
     how many queues were set."""
     queues = sorted(glob.glob(os.path.join(sysfs, ifname, "queues", "rx-*", "rps_cpus")))
     if not queues:
-        raise RpsError(f"{ifname}: no receive queues under {sysfs}/{ifname}/queues "
-                       "(no such device in this namespace, or sysfs is another namespace's)")
+        raise RpsError(
+            f"{ifname}: no receive queues under {sysfs}/{ifname}/queues "
+            "(no such device in this namespace, or sysfs is another namespace's)"
+        )
     for path in queues:
         try:
             with open(path, "w") as f:

@@ -30,11 +30,19 @@ import itertools
 import os
 import socket
 import struct
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
-from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-                              NLMSG_DONE, NLMSG_ERROR)
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+)
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -43,16 +51,16 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from minikubenet.pod_network import LinkSeen
 
-NLMSGHDR = struct.Struct("=IHHII")          # len, type, flags, seq, pid (linux/netlink.h)
-NLMSGERR = struct.Struct("=i")              # struct nlmsgerr starts with the (negative) errno
-IFINFOMSG = struct.Struct("=BxHiII")        # family, type, index, flags, change (linux/rtnetlink.h)
-RTATTR = struct.Struct("=HH")               # len, type
+NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid (linux/netlink.h)
+NLMSGERR = struct.Struct("=i")  # struct nlmsgerr starts with the (negative) errno
+IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change (linux/rtnetlink.h)
+RTATTR = struct.Struct("=HH")  # len, type
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 18, 20
 IFLA_INFO_KIND = 1
-NLA_TYPE_MASK = 0x3FFF                      # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-REQUEST_ACK = NLM_F_REQUEST | NLM_F_ACK       # a change, or a GET of one object
+REQUEST_ACK = NLM_F_REQUEST | NLM_F_ACK  # a change, or a GET of one object
 REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
@@ -65,10 +73,11 @@ _sequence = itertools.count(1)
 @dataclass
 class Request:
     """One message; ``what`` it does names it in errors, ``kind`` in timings."""
-    kind: str                            # "getlink", "veth", "hairpin", "up", "address", "route"
+
+    kind: str  # "getlink", "veth", "hairpin", "up", "address", "route"
     what: str
-    message: Any                         # a pyroute2 nlmsg, header type and flags set
-    missing_ok: bool = False             # a GET whose object may be absent: answer None, not ENODEV
+    message: Any  # a pyroute2 nlmsg, header type and flags set
+    missing_ok: bool = False  # a GET whose object may be absent: answer None, not ENODEV
     _data: bytes | None = None
 
     def encode(self, seq: int) -> bytes:
@@ -78,7 +87,7 @@ class Request:
             self.message.encode()
             self._data = bytes(self.message.data)
         data = bytearray(self._data)
-        struct.pack_into("=I", data, 8, seq)       # nlmsghdr: len(4) type(2) flags(2) seq(4)
+        struct.pack_into("=I", data, 8, seq)  # nlmsghdr: len(4) type(2) flags(2) seq(4)
         return bytes(data)
 
 
@@ -90,6 +99,7 @@ def _request(kind: str, what: str, message, msg_type: int, flags: int) -> Reques
 
 # -- the messages a pod attachment needs -------------------------------------------------------
 
+
 def get_link(name: str, missing_ok: bool = False) -> Request:
     """RTM_GETLINK for one name: the answer is that device's RTM_NEWLINK (``link_index``,
     ``link_seen``); with ``missing_ok`` an absent device answers None instead of failing."""
@@ -100,20 +110,34 @@ def get_link(name: str, missing_ok: bool = False) -> Request:
     return r
 
 
-def create_veth(name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str, peer_mac: str,
-                master: int) -> Request:
+def create_veth(name: str, peer: str, peer_netns_fd: int, mtu: int, mac: str, peer_mac: str, master: int) -> Request:
     """A veth pair in one request: this end a port of bridge ``master`` and up, the
     peer created directly inside another namespace (IFLA_NET_NS_FD in the peer's own
     ifinfomsg, which VETH_INFO_PEER carries). The peer cannot be brought up here: the
     kernel configures it before the pair is linked and veth_open refuses (ENOTCONN)."""
     m = ifinfmsg()
     m["flags"] = m["change"] = IFF_UP
-    peer_attrs = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd), ("IFLA_MTU", mtu),
-                  ("IFLA_ADDRESS", peer_mac)]
-    m["attrs"] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", mac), ("IFLA_MASTER", master),
-                  ("IFLA_LINKINFO", {"attrs": [
-                      ("IFLA_INFO_KIND", "veth"),
-                      ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer_attrs})]})]})]
+    peer_attrs = [
+        ("IFLA_IFNAME", peer),
+        ("IFLA_NET_NS_FD", peer_netns_fd),
+        ("IFLA_MTU", mtu),
+        ("IFLA_ADDRESS", peer_mac),
+    ]
+    m["attrs"] = [
+        ("IFLA_IFNAME", name),
+        ("IFLA_MTU", mtu),
+        ("IFLA_ADDRESS", mac),
+        ("IFLA_MASTER", master),
+        (
+            "IFLA_LINKINFO",
+            {
+                "attrs": [
+                    ("IFLA_INFO_KIND", "veth"),
+                    ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer_attrs})]}),
+                ]
+            },
+        ),
+    ]
     return _request("veth", f"create veth {name} (peer {peer})", m, RTM_NEWLINK, CREATE)
 
 
@@ -124,10 +148,21 @@ def set_hairpin(name: str, alias: str | None = None) -> Request:
     (rtnl_create_link takes neither): both need this second request on the existing
     device, in the same batch."""
     m = ifinfmsg()
-    m["attrs"] = [("IFLA_IFNAME", name)] + ([("IFLA_IFALIAS", alias)] if alias else []) + [
-                  ("IFLA_LINKINFO", {"attrs": [
-                      ("IFLA_INFO_SLAVE_KIND", "bridge"),
-                      ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", IFLA_BRPORT_MODE_HAIRPIN)]})]})]
+    m["attrs"] = (
+        [("IFLA_IFNAME", name)]
+        + ([("IFLA_IFALIAS", alias)] if alias else [])
+        + [
+            (
+                "IFLA_LINKINFO",
+                {
+                    "attrs": [
+                        ("IFLA_INFO_SLAVE_KIND", "bridge"),
+                        ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", IFLA_BRPORT_MODE_HAIRPIN)]}),
+                    ]
+                },
+            )
+        ]
+    )
     return _request("hairpin", f"hairpin on {name}", m, RTM_NEWLINK, REQUEST_ACK)
 
 
@@ -172,6 +207,7 @@ def replace_default_route(gateway: str, oif: int) -> Request:
 
 # -- sending -----------------------------------------------------------------------------------
 
+
 def open_socket() -> socket.socket:
     """A NETLINK_ROUTE socket in this thread's namespace (or use ``netns.socket_in``)."""
     return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
@@ -193,9 +229,11 @@ def send_batch(sock: socket.socket, requests: list[Request]) -> list[bytes | Non
     while pending:
         try:
             data = sock.recv(65536)
-        except socket.timeout:                     # TimeoutError from 3.10 on
-            raise NetlinkError(errno.ETIMEDOUT, f"no answer from the kernel to: "
-                               f"{', '.join(requests[position[s]].what for s in sorted(pending))}") from None
+        except socket.timeout:  # TimeoutError from 3.10 on
+            raise NetlinkError(
+                errno.ETIMEDOUT,
+                f"no answer from the kernel to: {', '.join(requests[position[s]].what for s in sorted(pending))}",
+            ) from None
         offset = 0
         while offset + NLMSGHDR.size <= len(data):
             length, msg_type, _flags, seq, _pid = NLMSGHDR.unpack_from(data, offset)
@@ -208,8 +246,8 @@ def send_batch(sock: socket.socket, requests: list[Request]) -> list[bytes | Non
                         errors[position[seq]] = -code
                     pending.discard(seq)
                 else:
-                    answers[position[seq]] = data[offset:offset + length]
-            offset += (length + 3) & ~3          # NLMSG_ALIGN
+                    answers[position[seq]] = data[offset : offset + length]
+            offset += (length + 3) & ~3  # NLMSG_ALIGN
     if errors:
         first = min(errors)
         code = errors[first]
@@ -235,8 +273,8 @@ def link_mac(answer: bytes | None) -> str | None:
         if length < RTATTR.size:
             break
         if attr_type == IFLA_ADDRESS:
-            return answer[offset + RTATTR.size:offset + length].hex(":")
-        offset += (length + 3) & ~3              # RTA_ALIGN
+            return answer[offset + RTATTR.size : offset + length].hex(":")
+        offset += (length + 3) & ~3  # RTA_ALIGN
     return None
 
 
@@ -246,8 +284,8 @@ def _attrs(data: bytes, offset: int, end: int):
         length, attr_type = RTATTR.unpack_from(data, offset)
         if length < RTATTR.size:
             break
-        yield attr_type & NLA_TYPE_MASK, data[offset + RTATTR.size:offset + length]
-        offset += (length + 3) & ~3              # RTA_ALIGN
+        yield attr_type & NLA_TYPE_MASK, data[offset + RTATTR.size : offset + length]
+        offset += (length + 3) & ~3  # RTA_ALIGN
 
 
 def link_seen(msg: bytes) -> LinkSeen:
@@ -294,5 +332,5 @@ def dump_links(sock: socket.socket) -> list[LinkSeen]:
                     if code:
                         raise NetlinkError(-code, f"link dump: {os.strerror(-code)}")
                 elif msg_type == RTM_NEWLINK:
-                    links.append(link_seen(data[offset:offset + length]))
+                    links.append(link_seen(data[offset : offset + length]))
             offset += (length + 3) & ~3

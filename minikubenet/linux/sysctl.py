@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def path(key: str) -> str:
-    """"net.ipv4.ip_forward" -> /proc/sys/net/ipv4/ip_forward. Keys naming a device
+    """ "net.ipv4.ip_forward" -> /proc/sys/net/ipv4/ip_forward. Keys naming a device
     with a dot in its name (flannel.1) cannot be spelled this way: write the path."""
     return "/proc/sys/" + key.replace(".", "/")
 

@@ -60,10 +60,16 @@ def vxlan_attrs(link) -> dict:
     kind, data = _info(link)
     out = {"kind": kind, "mtu": link.get("IFLA_MTU"), "mac": link.get("IFLA_ADDRESS")}
     if kind == "vxlan" and data is not None:
-        out.update(vni=data.get("IFLA_VXLAN_ID"), link=data.get("IFLA_VXLAN_LINK"),
-                   local=data.get("IFLA_VXLAN_LOCAL"), port=data.get("IFLA_VXLAN_PORT"),
-                   group=data.get("IFLA_VXLAN_GROUP"), learning=bool(data.get("IFLA_VXLAN_LEARNING")),
-                   gbp=data.get("IFLA_VXLAN_GBP") is not None, l2miss=bool(data.get("IFLA_VXLAN_L2MISS")))
+        out.update(
+            vni=data.get("IFLA_VXLAN_ID"),
+            link=data.get("IFLA_VXLAN_LINK"),
+            local=data.get("IFLA_VXLAN_LOCAL"),
+            port=data.get("IFLA_VXLAN_PORT"),
+            group=data.get("IFLA_VXLAN_GROUP"),
+            learning=bool(data.get("IFLA_VXLAN_LEARNING")),
+            gbp=data.get("IFLA_VXLAN_GBP") is not None,
+            l2miss=bool(data.get("IFLA_VXLAN_L2MISS")),
+        )
     return out
 
 
@@ -77,26 +83,43 @@ def _same_vni_device(ipr: IPRoute, spec: VxlanSpec) -> str | None:
     only one, and says EEXIST ("A VXLAN device with the specified VNI already exists")."""
     for link in ipr.get_links():
         attrs = vxlan_attrs(link)
-        if (attrs["kind"] == "vxlan" and attrs.get("vni") == spec.vni and attrs.get("port") == spec.port
-                and link.get("IFLA_IFNAME") != spec.name):
+        if (
+            attrs["kind"] == "vxlan"
+            and attrs.get("vni") == spec.vni
+            and attrs.get("port") == spec.port
+            and link.get("IFLA_IFNAME") != spec.name
+        ):
             return link.get("IFLA_IFNAME")
     return None
 
 
 def _create(ipr: IPRoute, spec: VxlanSpec, mac: str) -> int:
     try:
-        ipr.link("add", ifname=spec.name, kind="vxlan", address=mac, mtu=spec.mtu,
-                 vxlan_id=spec.vni, vxlan_local=spec.local_ip, vxlan_link=spec.underlay_index,
-                 vxlan_port=spec.port, vxlan_learning=int(spec.learning))
+        ipr.link(
+            "add",
+            ifname=spec.name,
+            kind="vxlan",
+            address=mac,
+            mtu=spec.mtu,
+            vxlan_id=spec.vni,
+            vxlan_local=spec.local_ip,
+            vxlan_link=spec.underlay_index,
+            vxlan_port=spec.port,
+            vxlan_learning=int(spec.learning),
+        )
     except NetlinkError as e:
         # EEXIST with no device of our name means another device holds VNI+port+local.
         other = _same_vni_device(ipr, spec) if e.code == errno.EEXIST else None
         if other:
-            raise VxlanDeviceError(f"cannot create {spec.name}: device {other} already uses VNI {spec.vni} "
-                                   f"on UDP port {spec.port}; delete it (ip link del {other}) "
-                                   "or choose another VNI") from None
-        raise VxlanDeviceError(f"cannot create {spec.name} (vni {spec.vni}, local {spec.local_ip}, "
-                               f"underlay index {spec.underlay_index}, port {spec.port}): {e}") from None
+            raise VxlanDeviceError(
+                f"cannot create {spec.name}: device {other} already uses VNI {spec.vni} "
+                f"on UDP port {spec.port}; delete it (ip link del {other}) "
+                "or choose another VNI"
+            ) from None
+        raise VxlanDeviceError(
+            f"cannot create {spec.name} (vni {spec.vni}, local {spec.local_ip}, "
+            f"underlay index {spec.underlay_index}, port {spec.port}): {e}"
+        ) from None
     return ipr.link_lookup(ifname=spec.name)[0]
 
 
@@ -105,8 +128,9 @@ def _delete(ipr: IPRoute, index: int, name: str) -> None:
         ipr.link("del", index=index)
     except NetlinkError as e:
         if e.code != errno.ENODEV:
-            raise VxlanDeviceError(f"{name} must be replaced but cannot be deleted: {e}; "
-                                   f"delete it by hand (ip link del {name})") from None
+            raise VxlanDeviceError(
+                f"{name} must be replaced but cannot be deleted: {e}; delete it by hand (ip link del {name})"
+            ) from None
 
 
 def _write_proc_sys(relpath: str, value: str, netns: str | None) -> None:
@@ -156,9 +180,14 @@ def _configure(ipr: IPRoute, index: int, spec: VxlanSpec, netns: str | None, mac
     ipr.link("set", index=index, state="up")
 
 
-def ensure_vxlan_device(ipr: IPRoute, spec: VxlanSpec, netns: str | None = None, mac: str | None = None,
-                        subnet: ipaddress.IPv4Network | None = None,
-                        network: ipaddress.IPv4Network | None = None) -> tuple[int, str]:
+def ensure_vxlan_device(
+    ipr: IPRoute,
+    spec: VxlanSpec,
+    netns: str | None = None,
+    mac: str | None = None,
+    subnet: ipaddress.IPv4Network | None = None,
+    network: ipaddress.IPv4Network | None = None,
+) -> tuple[int, str]:
     """Make ``spec.name`` the VXLAN device ``spec`` describes, up. Returns (ifindex, MAC).
 
     - ``netns``: path of the namespace ``ipr`` talks to, when that is not our own (the
@@ -176,28 +205,33 @@ def ensure_vxlan_device(ipr: IPRoute, spec: VxlanSpec, netns: str | None = None,
     if link is not None:
         reason = incompatibility(vxlan_attrs(link), spec)
         if reason is not None:
-            log.warning("%s exists with an incompatible configuration (%s; wanted vs existing): recreating it",
-                        spec.name, reason)
+            log.warning(
+                "%s exists with an incompatible configuration (%s; wanted vs existing): recreating it",
+                spec.name,
+                reason,
+            )
             _delete(ipr, link["index"], spec.name)
             link = None
     created = link is None
     index = _create(ipr, spec, mac or random_vtep_mac()) if created else link["index"]
     if created:
-        log.info("created %s (vni %d, local %s, port %d, mtu %d)", spec.name, spec.vni, spec.local_ip,
-                 spec.port, spec.mtu)
+        log.info(
+            "created %s (vni %d, local %s, port %d, mtu %d)", spec.name, spec.vni, spec.local_ip, spec.port, spec.mtu
+        )
     try:
         _configure(ipr, index, spec, netns, mac)
         if subnet is not None:
             ensure_vxlan_address(ipr, index, vtep_address(subnet), network or subnet)
     except (NetlinkError, OSError) as e:
         if created:
-            _delete(ipr, index, spec.name)   # never leave a half-configured device to be reused
+            _delete(ipr, index, spec.name)  # never leave a half-configured device to be reused
         raise VxlanDeviceError(f"could not configure {spec.name}: {e}") from None
     return index, ipr.get_links(index)[0].get("IFLA_ADDRESS")
 
 
-def ensure_vxlan_address(ipr: IPRoute, index: int, address: ipaddress.IPv4Interface,
-                         network: ipaddress.IPv4Network) -> None:
+def ensure_vxlan_address(
+    ipr: IPRoute, index: int, address: ipaddress.IPv4Interface, network: ipaddress.IPv4Network
+) -> None:
     """Give the device ``address`` (the lease's network address /32) and remove every
     other IPv4 address inside the cluster ``network`` (a stale one from an earlier
     subnet would make this node answer for another node's gateway). Addresses outside

@@ -34,6 +34,7 @@ from typing import Union
 @dataclass(frozen=True)
 class Neigh:
     """A permanent neighbour (ARP) entry: ``ip neigh replace IP lladdr MAC dev DEV nud permanent``."""
+
     dev: str
     ip: ipaddress.IPv4Address
     mac: str
@@ -50,6 +51,7 @@ class Neigh:
 class Fdb:
     """A VXLAN forwarding entry: ``bridge fdb replace MAC dev DEV dst IP self permanent``.
     It tells the VXLAN device which underlay IP to send frames for MAC to."""
+
     dev: str
     mac: str
     dst: ipaddress.IPv4Address
@@ -65,6 +67,7 @@ class Fdb:
 @dataclass(frozen=True)
 class Route:
     """``ip route replace DST via GATEWAY dev DEV [onlink]`` in the main table."""
+
     dst: ipaddress.IPv4Network
     gateway: ipaddress.IPv4Address
     dev: str
@@ -90,6 +93,7 @@ class PeerPlan:
     that MAC's underlay address must already be known. host-gw and DirectRouting: a
     route only (``neigh`` and ``fdb`` are None).
     """
+
     subnet: ipaddress.IPv4Network
     public_ip: ipaddress.IPv4Address
     route: Route
@@ -111,6 +115,7 @@ class PeerPlan:
 @dataclass(frozen=True)
 class Skipped:
     """A lease we cannot or will not program, and why (logged once by the controller)."""
+
     subnet: ipaddress.IPv4Network
     reason: str
 
@@ -121,6 +126,7 @@ class Skipped:
 @dataclass(frozen=True)
 class KernelState:
     """The overlay entries the kernel holds now (read back by linux/overlay_routes.py)."""
+
     neighs: frozenset = field(default_factory=frozenset)
     fdbs: frozenset = field(default_factory=frozenset)
     routes: frozenset = field(default_factory=frozenset)

@@ -29,12 +29,12 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-DEFAULT_AS = 64512           # Calico's default AS number (a private 16-bit AS, RFC 6996)
+DEFAULT_AS = 64512  # Calico's default AS number (a private 16-bit AS, RFC 6996)
 
 
 @dataclass(frozen=True)
 class BgpPeer:
-    name: str                # BIRD protocol name: letters, digits, underscores
+    name: str  # BIRD protocol name: letters, digits, underscores
     ip: ipaddress.IPv4Address
     asn: int
 
@@ -45,8 +45,9 @@ def peer_name(ip: ipaddress.IPv4Address) -> str:
 
 def check_asn(asn: object) -> int:
     if not isinstance(asn, int) or isinstance(asn, bool) or not 1 <= asn <= 4294967294:
-        raise ValueError(f"AS number {asn!r} is invalid: 1..4294967294 (64512-65534 and "
-                         "4200000000-4294967294 are private)")
+        raise ValueError(
+            f"AS number {asn!r} is invalid: 1..4294967294 (64512-65534 and 4200000000-4294967294 are private)"
+        )
     return asn
 
 
@@ -55,8 +56,14 @@ def mesh_peers(own_ip: ipaddress.IPv4Address, peer_ips, asn: int) -> list[BgpPee
     return [BgpPeer(peer_name(ip), ip, asn) for ip in sorted(set(peer_ips)) if ip != own_ip]
 
 
-def render(router_id: ipaddress.IPv4Address, asn: int, own_subnet: ipaddress.IPv4Network,
-           peers: list[BgpPeer], log_file: str, hold_time: int = 9) -> str:
+def render(
+    router_id: ipaddress.IPv4Address,
+    asn: int,
+    own_subnet: ipaddress.IPv4Network,
+    peers: list[BgpPeer],
+    log_file: str,
+    hold_time: int = 9,
+) -> str:
     """bird.conf for one node. ``hold_time``: seconds without a keepalive before a peer
     counts as dead (BIRD's default is 240; a short one lets a crashed node's routes go
     within seconds; a node that stops cleanly closes its sessions and is withdrawn at once)."""

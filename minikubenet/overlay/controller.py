@@ -49,12 +49,18 @@ DEFAULT_RESYNC_S = 10.0
 
 # -- backends ---------------------------------------------------------------------------------
 
+
 class VxlanBackend:
     """flannel's vxlan: neighbour + FDB + onlink route per peer on ``flannel.<VNI>``."""
+
     name = "vxlan"
 
-    def __init__(self, vni: int = vxlan.DEFAULT_VNI, direct_routing: vxlan.DirectRouting | None = None,
-                 ensure_device: Callable[[object], object] | None = None):
+    def __init__(
+        self,
+        vni: int = vxlan.DEFAULT_VNI,
+        direct_routing: vxlan.DirectRouting | None = None,
+        ensure_device: Callable[[object], object] | None = None,
+    ):
         self.vni = vni
         self.direct = direct_routing
         self.ensure_device = ensure_device
@@ -80,6 +86,7 @@ class VxlanBackend:
 
 class HostGwBackend:
     """flannel's host-gw: one route via the peer's PublicIP on the underlay."""
+
     name = "host-gw"
 
     def __init__(self, underlay_dev: str, connected: list[ipaddress.IPv4Network]):
@@ -107,6 +114,7 @@ class Planner(Protocol):
     backend programs nothing per lease itself: bgp, where BIRD installs the routes),
     ``prepare`` the kernel before a resync, ``leases_changed`` with every remote lease
     after each change, ``close`` when the controller stops."""
+
     name: str
     vxlan_dev: str | None
     route_devs: list[str]
@@ -122,7 +130,7 @@ Backend = Planner
 
 # -- the controller -----------------------------------------------------------------------------
 
-WatchStarter = Callable[..., object]   # (store, deliver) -> an object with .stop()
+WatchStarter = Callable[..., object]  # (store, deliver) -> an object with .stop()
 
 
 class _Job:
@@ -137,7 +145,7 @@ class _Job:
     def run(self) -> None:
         try:
             self.result = self.fn()
-        except BaseException as e:   # handed to the waiting caller
+        except BaseException as e:  # handed to the waiting caller
             self.error = e
         finally:
             self.done.set()
@@ -161,9 +169,15 @@ class OverlayController:
     works on the thread that made it.
     """
 
-    def __init__(self, store, own_subnet: ipaddress.IPv4Network, backend: Backend,
-                 make_kernel: Callable[[], object], watch: WatchStarter = watch_leases,
-                 resync_interval: float = DEFAULT_RESYNC_S):
+    def __init__(
+        self,
+        store,
+        own_subnet: ipaddress.IPv4Network,
+        backend: Backend,
+        make_kernel: Callable[[], object],
+        watch: WatchStarter = watch_leases,
+        resync_interval: float = DEFAULT_RESYNC_S,
+    ):
         self.store = store
         self.backend = backend
         self.make_kernel = make_kernel
@@ -175,18 +189,25 @@ class OverlayController:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._watch_handle: Any = None
-        self._said: dict = {}          # subnet -> the Skipped reason we last logged
-        self.bad = MalformedObjects(log)   # leases skipped as malformed (logged once, counted)
+        self._said: dict = {}  # subnet -> the Skipped reason we last logged
+        self.bad = MalformedObjects(log)  # leases skipped as malformed (logged once, counted)
         # the agent exports these (agent/metrics.py); ``kind`` is neigh, fdb or route
-        self.programmed = Counter("minikubenet_agent_overlay_entries_programmed_total",
-                                  "Overlay entries installed for a remote lease (at start and on watch events)")
-        self.withdrawn = Counter("minikubenet_agent_overlay_entries_withdrawn_total",
-                                 "Overlay entries removed because their lease was deleted or expired")
-        self.corrected = Counter("minikubenet_agent_overlay_entries_corrected_total",
-                                 "Overlay entries the periodic resync found wrong in the kernel: action=restored "
-                                 "(missing or changed) or removed (nobody wants it)")
-        self.wanted_entries = Gauge("minikubenet_agent_overlay_entries",
-                                    "Overlay entries this node should hold, at the last resync")
+        self.programmed = Counter(
+            "minikubenet_agent_overlay_entries_programmed_total",
+            "Overlay entries installed for a remote lease (at start and on watch events)",
+        )
+        self.withdrawn = Counter(
+            "minikubenet_agent_overlay_entries_withdrawn_total",
+            "Overlay entries removed because their lease was deleted or expired",
+        )
+        self.corrected = Counter(
+            "minikubenet_agent_overlay_entries_corrected_total",
+            "Overlay entries the periodic resync found wrong in the kernel: action=restored "
+            "(missing or changed) or removed (nobody wants it)",
+        )
+        self.wanted_entries = Gauge(
+            "minikubenet_agent_overlay_entries", "Overlay entries this node should hold, at the last resync"
+        )
         self.last_resync = time.monotonic()
 
     @property
@@ -201,7 +222,7 @@ class OverlayController:
         """Program every remote lease (on the worker, waiting for it), then follow changes.
         Raises what the first listing or programming raised (e.g. StoreUnavailable)."""
         first = _Job(lambda: self.resync(self.store.list_leases()))
-        self._updates.put(first)       # queued before the worker runs: it is the first thing it does
+        self._updates.put(first)  # queued before the worker runs: it is the first thing it does
         self._worker = threading.Thread(target=self._run, name="overlay", daemon=True)
         self._worker.start()
         try:
@@ -249,7 +270,7 @@ class OverlayController:
                 log.exception("overlay update failed; retrying at the next resync")
                 self.last_resync = time.monotonic()
         if self._kernel is not None and hasattr(self._kernel, "close"):
-            self._kernel.close()   # on the thread that opened it
+            self._kernel.close()  # on the thread that opened it
 
     def handle(self, update) -> None:
         if isinstance(update, LeaseSnapshot):
@@ -298,7 +319,7 @@ class OverlayController:
     def apply_events(self, events: list[Event]) -> None:
         for ev in events:
             if isinstance(ev, Removed) and ev.lease.problem:
-                self.bad.ok("leases", str(ev.lease.subnet))   # a malformed lease was never programmed
+                self.bad.ok("leases", str(ev.lease.subnet))  # a malformed lease was never programmed
                 continue
             plan = self.plan(ev.lease)
             if isinstance(ev, Removed):
@@ -335,14 +356,16 @@ class OverlayController:
         self.wanted_entries.set(sum(len(p.entries()) for p in wanted))
         to_add, to_remove = reconcile(wanted, self.kernel.read(self.backend))
         if to_remove:
-            log.warning("resync: removing %d entries nobody wants: %s", len(to_remove),
-                        ", ".join(str(e) for e in to_remove))
+            log.warning(
+                "resync: removing %d entries nobody wants: %s", len(to_remove), ", ".join(str(e) for e in to_remove)
+            )
             for err in self.kernel.delete(to_remove):
                 log.warning("%s", err)
             _count(self.corrected, to_remove, action="removed")
         if to_add:
-            log.warning("resync: restoring %d missing or changed entries: %s", len(to_add),
-                        ", ".join(str(e) for e in to_add))
+            log.warning(
+                "resync: restoring %d missing or changed entries: %s", len(to_add), ", ".join(str(e) for e in to_add)
+            )
             for err in self.kernel.add(to_add):
                 log.warning("%s", err)
             _count(self.corrected, to_add, action="restored")

@@ -20,7 +20,8 @@ peers that happen to share our segment.
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, Union
+from collections.abc import Iterable
+from typing import Union
 
 from minikubenet.overlay import PeerPlan, Route, Skipped
 from minikubenet.subnet_lease_record import SubnetLeaseRecord
@@ -49,17 +50,21 @@ def check_public_ip(public_ip: str, interface_ips: Iterable[str]) -> None:
     (flannel refuses to start otherwise, hostgw.go)."""
     ips = list(interface_ips)
     if public_ip not in ips:
-        raise HostGwError(f"host-gw needs the public IP {public_ip} to be an address of the underlay "
-                          f"interface (it has {', '.join(ips) or 'none'}): host-gw does not work behind NAT")
+        raise HostGwError(
+            f"host-gw needs the public IP {public_ip} to be an address of the underlay "
+            f"interface (it has {', '.join(ips) or 'none'}): host-gw does not work behind NAT"
+        )
 
 
 def direct_route(lease: SubnetLeaseRecord, public_ip: ipaddress.IPv4Address, underlay_dev: str) -> PeerPlan:
-    return PeerPlan(subnet=lease.subnet, public_ip=public_ip,
-                    route=Route(dst=lease.subnet, gateway=public_ip, dev=underlay_dev))
+    return PeerPlan(
+        subnet=lease.subnet, public_ip=public_ip, route=Route(dst=lease.subnet, gateway=public_ip, dev=underlay_dev)
+    )
 
 
-def plan_peer(lease: SubnetLeaseRecord, underlay_dev: str,
-              connected: Iterable[ipaddress.IPv4Network]) -> Union[PeerPlan, Skipped]:
+def plan_peer(
+    lease: SubnetLeaseRecord, underlay_dev: str, connected: Iterable[ipaddress.IPv4Network]
+) -> Union[PeerPlan, Skipped]:
     """The route for one remote lease, or why there is none."""
     if lease.backend_type != BACKEND_TYPE:
         # flannel route_network.go: "Ignoring non-host-gw subnet"
@@ -70,7 +75,9 @@ def plan_peer(lease: SubnetLeaseRecord, underlay_dev: str,
     connected = list(connected)
     if not on_segment(public_ip, connected):
         nets = ", ".join(str(n) for n in connected) or "none"
-        return Skipped(lease.subnet,
-                       f"its node {public_ip} is not on our L2 segment ({underlay_dev} is connected to {nets}); "
-                       f"host-gw needs all nodes on one segment: use the vxlan backend")
+        return Skipped(
+            lease.subnet,
+            f"its node {public_ip} is not on our L2 segment ({underlay_dev} is connected to {nets}); "
+            f"host-gw needs all nodes on one segment: use the vxlan backend",
+        )
     return direct_route(lease, public_ip, underlay_dev)

@@ -36,7 +36,7 @@ class Added:
 
 @dataclass(frozen=True)
 class Removed:
-    lease: SubnetLeaseRecord     # the cached record: a delete event has no value
+    lease: SubnetLeaseRecord  # the cached record: a delete event has no value
 
 
 Event = Union[Added, Removed]
@@ -47,8 +47,9 @@ def same_attrs(a: SubnetLeaseRecord, b: SubnetLeaseRecord) -> bool:
     return (a.public_ip, a.backend_type, a.backend_data) == (b.public_ip, b.backend_type, b.backend_data)
 
 
-def diff(known: dict[Subnet, SubnetLeaseRecord], snapshot: list[SubnetLeaseRecord],
-         own_subnet: Subnet | None) -> list[Event]:
+def diff(
+    known: dict[Subnet, SubnetLeaseRecord], snapshot: list[SubnetLeaseRecord], own_subnet: Subnet | None
+) -> list[Event]:
     """Events that turn ``known`` into ``snapshot`` (a full listing of the leases).
 
     All ``Removed`` come before all ``Added``: if a node moved to a new subnet but kept
@@ -69,8 +70,7 @@ def diff(known: dict[Subnet, SubnetLeaseRecord], snapshot: list[SubnetLeaseRecor
     return removed + added
 
 
-def on_put(known: dict[Subnet, SubnetLeaseRecord], record: SubnetLeaseRecord,
-           own_subnet: Subnet | None) -> list[Event]:
+def on_put(known: dict[Subnet, SubnetLeaseRecord], record: SubnetLeaseRecord, own_subnet: Subnet | None) -> list[Event]:
     """A watch put: a new lease, a changed one, or a renewal that changes nothing."""
     if record.subnet == own_subnet:
         return []

@@ -39,9 +39,9 @@ from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 BACKEND_TYPE = "vxlan"
 DEFAULT_VNI = 1
-DEFAULT_PORT = 8472          # the kernel's historical VXLAN port; flannel's default (Port 0)
-VXLAN_OVERHEAD = 50          # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
-MIN_IPV4_MTU = 68            # RFC 791: every IPv4 link must carry 68 bytes
+DEFAULT_PORT = 8472  # the kernel's historical VXLAN port; flannel's default (Port 0)
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+MIN_IPV4_MTU = 68  # RFC 791: every IPv4 link must carry 68 bytes
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 
@@ -55,8 +55,10 @@ def overlay_mtu(underlay_mtu: int) -> int:
     """The VXLAN device's (and the pods') MTU: 1500 -> 1450, 9000 -> 8950."""
     mtu = underlay_mtu - VXLAN_OVERHEAD
     if mtu < MIN_IPV4_MTU:
-        raise ValueError(f"underlay MTU {underlay_mtu} leaves {mtu} bytes after the {VXLAN_OVERHEAD}-byte "
-                         f"VXLAN overhead; IPv4 needs at least {MIN_IPV4_MTU}")
+        raise ValueError(
+            f"underlay MTU {underlay_mtu} leaves {mtu} bytes after the {VXLAN_OVERHEAD}-byte "
+            f"VXLAN overhead; IPv4 needs at least {MIN_IPV4_MTU}"
+        )
     return mtu
 
 
@@ -64,6 +66,7 @@ def overlay_mtu(underlay_mtu: int) -> int:
 class VxlanSpec:
     """The VXLAN device we want (``ip link add flannel.1 type vxlan id 1 local <ip>
     dev <underlay> dstport 8472 nolearning``, then ``mtu 1450``)."""
+
     name: str
     vni: int
     port: int
@@ -74,10 +77,17 @@ class VxlanSpec:
     gbp: bool = False
 
 
-def device_spec(vni: int, local_ip: str, underlay_index: int, underlay_mtu: int,
-                port: int | None = DEFAULT_PORT) -> VxlanSpec:
-    return VxlanSpec(name=device_name(vni), vni=vni, port=port or DEFAULT_PORT, local_ip=local_ip,
-                     underlay_index=underlay_index, mtu=overlay_mtu(underlay_mtu))
+def device_spec(
+    vni: int, local_ip: str, underlay_index: int, underlay_mtu: int, port: int | None = DEFAULT_PORT
+) -> VxlanSpec:
+    return VxlanSpec(
+        name=device_name(vni),
+        vni=vni,
+        port=port or DEFAULT_PORT,
+        local_ip=local_ip,
+        underlay_index=underlay_index,
+        mtu=overlay_mtu(underlay_mtu),
+    )
 
 
 def incompatibility(existing: dict, wanted: VxlanSpec) -> str | None:
@@ -124,7 +134,7 @@ def random_vtep_mac(rng: random.Random | None = None) -> str:
     could change the MAC after we published it in our lease.
     """
     octets = [(rng or random).randrange(256) for _ in range(6)]
-    octets[0] = (octets[0] | 0x02) & 0xFE   # locally administered, not multicast
+    octets[0] = (octets[0] | 0x02) & 0xFE  # locally administered, not multicast
     return ":".join(f"{o:02x}" for o in octets)
 
 
@@ -138,12 +148,14 @@ def normalize_mac(text) -> str | None:
 @dataclass(frozen=True)
 class DirectRouting:
     """VXLAN's DirectRouting option: where the plain routes go and which peers qualify."""
+
     underlay_dev: str
     connected: tuple[ipaddress.IPv4Network, ...]
 
 
-def plan_peer(lease: SubnetLeaseRecord, vni: int = DEFAULT_VNI,
-              direct: DirectRouting | None = None) -> Union[PeerPlan, Skipped]:
+def plan_peer(
+    lease: SubnetLeaseRecord, vni: int = DEFAULT_VNI, direct: DirectRouting | None = None
+) -> Union[PeerPlan, Skipped]:
     """What one remote lease needs on our side, in install order, or why nothing."""
     if lease.backend_type != BACKEND_TYPE:
         # flannel vxlan_network.go: "ignoring non-vxlan subnet"
@@ -158,16 +170,16 @@ def plan_peer(lease: SubnetLeaseRecord, vni: int = DEFAULT_VNI,
         return Skipped(lease.subnet, f"its BackendData has no usable VtepMAC ({lease.backend_data!r})")
     their_vni = lease.backend_data.get("VNI", vni)
     if their_vni != vni:
-        return Skipped(lease.subnet, f"its VNI {their_vni} differs from ours ({vni}): "
-                                     "its node would drop our packets")
+        return Skipped(lease.subnet, f"its VNI {their_vni} differs from ours ({vni}): its node would drop our packets")
     dev = device_name(vni)
-    gateway = lease.subnet.network_address   # held as a /32 by the peer's flannel device
-    return PeerPlan(subnet=lease.subnet, public_ip=public_ip,
-                    neigh=Neigh(dev=dev, ip=gateway, mac=mac),
-                    fdb=Fdb(dev=dev, mac=mac, dst=public_ip),
-                    route=Route(dst=lease.subnet, gateway=gateway, dev=dev, onlink=True))
-
-
+    gateway = lease.subnet.network_address  # held as a /32 by the peer's flannel device
+    return PeerPlan(
+        subnet=lease.subnet,
+        public_ip=public_ip,
+        neigh=Neigh(dev=dev, ip=gateway, mac=mac),
+        fdb=Fdb(dev=dev, mac=mac, dst=public_ip),
+        route=Route(dst=lease.subnet, gateway=gateway, dev=dev, onlink=True),
+    )
 
 
 def vtep_address(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:

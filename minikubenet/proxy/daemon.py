@@ -40,18 +40,30 @@ import threading
 import time
 from typing import Callable
 
+from minikubenet.k8s_objects import (
+    DEFAULT_NODE_PORT_RANGE,
+    Endpoint,
+    Service,
+    ValidationError,
+    endpoints_from_k8s,
+    service_from_k8s,
+)
 from minikubenet.linux import nft_monitor
 from minikubenet.malformed import MalformedObjects
-from minikubenet.proxy.metrics import Health, ProxyMetrics, health_routes, metrics_routes, serve
 from minikubenet.proxy.healthcheck import ServiceHealthServer
-from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Endpoint, Service, ValidationError, endpoints_from_k8s, service_from_k8s
+from minikubenet.proxy.metrics import Health, ProxyMetrics, health_routes, metrics_routes, serve
 from minikubenet.proxy.model import RenderOptions
-from minikubenet.proxy.syncers import (SyncConfig, SyncError, Syncer, make_syncer,
-                                       other_mode_leftovers, parse_node_ips)
-from minikubenet.waiting import wait_until
+from minikubenet.proxy.syncers import SyncConfig, Syncer, SyncError, make_syncer, other_mode_leftovers, parse_node_ips
 from minikubenet.store.etcd import add_etcd_tls_options
-from minikubenet.store.services import (DEFAULT_SERVICE_CIDR, ObjectDelete, ObjectPut, ObjectWatch,
-                                        ServiceStore, Snapshot)
+from minikubenet.store.services import (
+    DEFAULT_SERVICE_CIDR,
+    ObjectDelete,
+    ObjectPut,
+    ObjectWatch,
+    ServiceStore,
+    Snapshot,
+)
+from minikubenet.waiting import wait_until
 
 log = logging.getLogger("minikubenet.proxy")
 
@@ -64,22 +76,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project-prefix", default="/minikubenet")
     p.add_argument("--node-name", default=os.uname().nodename)
     p.add_argument("--mode", default="iptables", choices=["iptables", "nftables"])
-    p.add_argument("--cluster-cidr", help="the pod network (default: from the network config in etcd); "
-                                          "ClusterIP traffic from outside it is masqueraded")
+    p.add_argument(
+        "--cluster-cidr",
+        help="the pod network (default: from the network config in etcd); "
+        "ClusterIP traffic from outside it is masqueraded",
+    )
     p.add_argument("--service-cidr", default=os.environ.get("MINIKUBENET_SERVICE_CIDR", DEFAULT_SERVICE_CIDR))
-    p.add_argument("--nodeport-addresses", nargs="*", default=[],
-                   help="node IPs that accept NodePort traffic (default: every local address)")
+    p.add_argument(
+        "--nodeport-addresses",
+        nargs="*",
+        default=[],
+        help="node IPs that accept NodePort traffic (default: every local address)",
+    )
     p.add_argument("--masquerade-all", action="store_true", help="SNAT all traffic to ClusterIPs")
-    p.add_argument("--iptables", default="iptables",
-                   help="iptables binary: iptables, iptables-nft or iptables-legacy (its -restore/-save are used)")
-    p.add_argument("--sync-period", type=float, default=30.0,
-                   help="seconds between checks that our rules are still in place (kube-proxy: 30 s)")
-    p.add_argument("--min-sync-period", type=float, default=1.0,
-                   help="at most one sync per this many seconds; changes in between are batched")
-    p.add_argument("--full-sync-period", type=float, default=3600.0,
-                   help="seconds between full syncs that rewrite everything (kube-proxy: 1 h)")
-    p.add_argument("--no-conntrack-cleanup", dest="conntrack_cleanup", action="store_false",
-                   help="do not delete stale UDP conntrack entries")
+    p.add_argument(
+        "--iptables",
+        default="iptables",
+        help="iptables binary: iptables, iptables-nft or iptables-legacy (its -restore/-save are used)",
+    )
+    p.add_argument(
+        "--sync-period",
+        type=float,
+        default=30.0,
+        help="seconds between checks that our rules are still in place (kube-proxy: 30 s)",
+    )
+    p.add_argument(
+        "--min-sync-period",
+        type=float,
+        default=1.0,
+        help="at most one sync per this many seconds; changes in between are batched",
+    )
+    p.add_argument(
+        "--full-sync-period",
+        type=float,
+        default=3600.0,
+        help="seconds between full syncs that rewrite everything (kube-proxy: 1 h)",
+    )
+    p.add_argument(
+        "--no-conntrack-cleanup",
+        dest="conntrack_cleanup",
+        action="store_false",
+        help="do not delete stale UDP conntrack entries",
+    )
     p.add_argument("--metrics-bind-address", default="127.0.0.1:10249", help="'' to disable")
     p.add_argument("--healthz-bind-address", default="0.0.0.0:10256", help="'' to disable")
     p.add_argument("--dry-run", action="store_true", help="print the full ruleset for the current state and exit")
@@ -91,16 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- state
 
+
 class ProxyState:
     """Services and endpoints as the watch delivers them, plus what changed."""
 
     def __init__(self, on_change=lambda: None, bad: MalformedObjects | None = None):
-        self.bad = bad or MalformedObjects(log)     # objects skipped as malformed
+        self.bad = bad or MalformedObjects(log)  # objects skipped as malformed
         self.services: dict[str, Service] = {}
-        self.endpoints: dict[str, dict[str, list[Endpoint]]] = {}   # "ns/name" -> {port key: eps}
+        self.endpoints: dict[str, dict[str, list[Endpoint]]] = {}  # "ns/name" -> {port key: eps}
         self.dirty: set[str] = set()
         self.revision = 0
-        self.synced = False                # a complete snapshot has arrived
+        self.synced = False  # a complete snapshot has arrived
         self.service_changes = 0
         self.endpoint_changes = 0
         self.lock = threading.Lock()
@@ -110,7 +149,7 @@ class ProxyState:
         changed = False
         with self.lock:
             if isinstance(update, Snapshot):
-                changed = self._replace(update) or not self.synced   # the first one always counts
+                changed = self._replace(update) or not self.synced  # the first one always counts
                 self.revision = max(self.revision, update.revision)
                 self.synced = True
             elif isinstance(update, (ObjectPut, ObjectDelete)) and update.kind in ("services", "endpoints"):
@@ -169,10 +208,19 @@ class ProxyState:
 
 # --------------------------------------------------------------------------- the loop
 
+
 class SyncLoop:
-    def __init__(self, state: ProxyState, syncer: Syncer, metrics: ProxyMetrics, health: Health,
-                 sync_period: float = 30.0, min_sync_period: float = 1.0, full_sync_period: float = 3600.0,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        state: ProxyState,
+        syncer: Syncer,
+        metrics: ProxyMetrics,
+        health: Health,
+        sync_period: float = 30.0,
+        min_sync_period: float = 1.0,
+        full_sync_period: float = 3600.0,
+        clock=time.monotonic,
+    ):
         self.state, self.syncer, self.metrics, self.health = state, syncer, metrics, health
         self.sync_period, self.min_sync_period, self.full_sync_period = sync_period, min_sync_period, full_sync_period
         self.clock = clock
@@ -180,14 +228,14 @@ class SyncLoop:
         self.stopped = threading.Event()
         self.need_full = True
         self.last_sync_end = float("-inf")
-        self.last_full = clock()          # the first sync is full anyway (need_full)
+        self.last_full = clock()  # the first sync is full anyway (need_full)
         self.next_check = clock() + sync_period
         self.retry_at: float | None = None
         self.backoff = 1.0
         self.syncs = 0
-        self.monitored = False            # nf_tables notifications arrive (else: deep periodic checks)
-        self._foreign = False             # someone else touched our rules (a notification said so)
-        self._check_deep = False          # notifications were lost: look at the kernel
+        self.monitored = False  # nf_tables notifications arrive (else: deep periodic checks)
+        self._foreign = False  # someone else touched our rules (a notification said so)
+        self._check_deep = False  # notifications were lost: look at the kernel
         # called with (services, endpoints) after each good sync
         self.after_sync: Callable[[dict, dict], object] | None = None
 
@@ -210,8 +258,9 @@ class SyncLoop:
         if not ours:
             return
         who = f"{tx.gen.proc_name or '?'} (pid {tx.gen.pid})" if tx.gen else "someone"
-        what = ", ".join(f"{c.op} {c.table} {c.name}".rstrip() for c in ours[:3]) + \
-            (f" and {len(ours) - 3} more" if len(ours) > 3 else "")
+        what = ", ".join(f"{c.op} {c.table} {c.name}".rstrip() for c in ours[:3]) + (
+            f" and {len(ours) - 3} more" if len(ours) > 3 else ""
+        )
         if all(c.deletes for c in ours):
             log.warning("%s deleted our rules (%s): rules were flushed or deleted by hand; full sync", who, what)
         else:
@@ -227,7 +276,7 @@ class SyncLoop:
     def _deadline(self, now: float) -> float:
         times = [self.next_check, self.last_full + self.full_sync_period]
         times += [t for t in (self.retry_at, self.syncer.pending_work_at()) if t is not None]
-        if (self._foreign or self._check_deep) and self.state.synced:   # (not synced: step() is not called)
+        if (self._foreign or self._check_deep) and self.state.synced:  # (not synced: step() is not called)
             times.append(self.last_sync_end + self.min_sync_period)
         if self.state.synced and self.retry_at is None and (self.state.dirty or self.need_full):
             times.append(self.last_sync_end + self.min_sync_period)
@@ -246,17 +295,20 @@ class SyncLoop:
         """Sync if anything calls for it; True if a sync ran (successfully or not)."""
         now = self.clock()
         if self._foreign and now - self.last_sync_end >= self.min_sync_period:
-            self._foreign = False             # (before the first sync: that one is full anyway)
+            self._foreign = False  # (before the first sync: that one is full anyway)
             if self.syncs and not self.need_full:
-                self.need_full = True         # a notification: someone touched our rules
+                self.need_full = True  # a notification: someone touched our rules
                 self.metrics.rule_repairs.inc(trigger="notification")
         deep = self._check_deep or not self.monitored
         if now >= self.next_check or self._check_deep:
             self.next_check = now + self.sync_period
             self._check_deep = False
-            if self.syncs and not self.need_full and not (self.syncer.intact() and
-                                                          (not deep or self.syncer.all_chains_intact())):
-                self.need_full = True         # someone flushed our rules: restore them now
+            if (
+                self.syncs
+                and not self.need_full
+                and not (self.syncer.intact() and (not deep or self.syncer.all_chains_intact()))
+            ):
+                self.need_full = True  # someone flushed our rules: restore them now
                 self.metrics.rule_repairs.inc(trigger="periodic check")
         if now - self.last_full >= self.full_sync_period:
             self.need_full = True
@@ -265,9 +317,9 @@ class SyncLoop:
         if not (self.need_full or self.state.dirty or retry_due or (pending is not None and now >= pending)):
             return False
         if self.retry_at is not None and not retry_due:
-            return False                      # failed recently: wait for the retry time
+            return False  # failed recently: wait for the retry time
         if now - self.last_sync_end < self.min_sync_period:
-            return False                      # too soon; the deadline brings us back
+            return False  # too soon; the deadline brings us back
         self.sync_now()
         return True
 
@@ -281,8 +333,11 @@ class SyncLoop:
             self.state.give_back(dirty)
             self.need_full = True
             self.retry_at = self.clock() + self.backoff
-            log.error("sync failed, the previous rules stay in place; retrying in %.0fs with a full sync:\n%s",
-                      self.backoff, e)
+            log.error(
+                "sync failed, the previous rules stay in place; retrying in %.0fs with a full sync:\n%s",
+                self.backoff,
+                e,
+            )
             self.backoff = min(self.backoff * 2, self.sync_period)
             m = self.metrics
             if self.syncer.mode == "iptables":
@@ -318,12 +373,18 @@ class SyncLoop:
         if result.conntrack_deleted:
             m.conntrack_deleted.inc(result.conntrack_deleted)
         self.health.updated(revision)
-        log.info("%s sync: %d services changed, %s rules written, %.1f ms (revision %d)",
-                 "full" if result.full else "partial", changed,
-                 "/".join(f"{t} {n}" for t, n in result.written_rules.items()), elapsed * 1000, revision)
+        log.info(
+            "%s sync: %d services changed, %s rules written, %.1f ms (revision %d)",
+            "full" if result.full else "partial",
+            changed,
+            "/".join(f"{t} {n}" for t, n in result.written_rules.items()),
+            elapsed * 1000,
+            revision,
+        )
 
 
 # --------------------------------------------------------------------------- main
+
 
 class ProxyError(Exception):
     pass
@@ -332,9 +393,13 @@ class ProxyError(Exception):
 def _connect(args):
     from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.keys import KeyLayout
+
     try:
-        etcd = EtcdStore(args.etcd_endpoints.split(","), layout=KeyLayout(args.etcd_prefix, args.project_prefix),
-                         tls=TLSFiles.from_args(args))
+        etcd = EtcdStore(
+            args.etcd_endpoints.split(","),
+            layout=KeyLayout(args.etcd_prefix, args.project_prefix),
+            tls=TLSFiles.from_args(args),
+        )
         return etcd, ServiceStore(etcd, args.service_cidr, DEFAULT_NODE_PORT_RANGE)
     except (ValueError, OSError) as e:
         raise ProxyError(f"bad settings: {e}") from None
@@ -344,6 +409,7 @@ def _cluster_cidr(args, etcd) -> str | None:
     """--cluster-cidr, else the pod network from etcd's network config (waiting for it)."""
     from minikubenet.network_config import ConfigError
     from minikubenet.store.etcd import StoreError
+
     if args.cluster_cidr:
         return args.cluster_cidr
     why = [""]
@@ -371,11 +437,16 @@ def sync_config(args, cluster_cidr: str | None) -> SyncConfig:
         node_ips = parse_node_ips(args.nodeport_addresses)
     except ValueError as e:
         raise ProxyError(f"--nodeport-addresses: {e}") from None
-    return SyncConfig(cluster_cidr=cluster_cidr, service_cidr=args.service_cidr, node_ips=node_ips,
-                      options=RenderOptions(masquerade_all=args.masquerade_all, node_name=args.node_name,
-                                            node_ip=node_ips[0] if node_ips else ""),
-                      iptables=args.iptables,
-                      conntrack_cleanup=args.conntrack_cleanup)
+    return SyncConfig(
+        cluster_cidr=cluster_cidr,
+        service_cidr=args.service_cidr,
+        node_ips=node_ips,
+        options=RenderOptions(
+            masquerade_all=args.masquerade_all, node_name=args.node_name, node_ip=node_ips[0] if node_ips else ""
+        ),
+        iptables=args.iptables,
+        conntrack_cleanup=args.conntrack_cleanup,
+    )
 
 
 def dry_run(args) -> int:
@@ -433,9 +504,14 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("%s mode, cluster network %s, service network %s; metrics %s, healthz %s",
-             args.mode, config.cluster_cidr, config.service_cidr, args.metrics_bind_address or "off",
-             args.healthz_bind_address or "off")
+    log.info(
+        "%s mode, cluster network %s, service network %s; metrics %s, healthz %s",
+        args.mode,
+        config.cluster_cidr,
+        config.service_cidr,
+        args.metrics_bind_address or "off",
+        args.healthz_bind_address or "off",
+    )
     loop.run()
     if monitor is not None:
         monitor.stop()
@@ -451,9 +527,13 @@ def _start_monitor(args, loop: SyncLoop):
     """Follow nf_tables notifications, unless the rules are iptables-legacy's (those send
     none: the periodic check then lists our chains, loop.monitored stays False)."""
     from minikubenet.linux import iptables
+
     if args.mode == "iptables" and iptables.is_legacy(args.iptables):
-        log.info("%s is iptables-legacy: no change notifications; checking every chain every %.0fs",
-                 args.iptables, args.sync_period)
+        log.info(
+            "%s is iptables-legacy: no change notifications; checking every chain every %.0fs",
+            args.iptables,
+            args.sync_period,
+        )
         return None
     try:
         monitor = nft_monitor.NftMonitor(loop.on_transaction, loop.on_overflow).start()
@@ -466,9 +546,13 @@ def _start_monitor(args, loop: SyncLoop):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s {args.node_name} %(name)s %(levelname)s %(message)s",
+    )
     from minikubenet.store.etcd import StoreError
+
     try:
         if args.cleanup:
             return cleanup(args)

@@ -36,20 +36,27 @@ import os
 import signal
 import sys
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
+from minikubenet.k8s_objects import (
+    Pod,
+    ValidationError,
+    derive_endpoints,
+    endpoints_to_k8s,
+    pod_from_k8s,
+    service_from_k8s,
+)
 from minikubenet.loadbalancer.controller import reconcile as lb_reconcile
 from minikubenet.loadbalancer.pool import PoolError, parse_pool
 from minikubenet.malformed import MalformedObjects
 from minikubenet.metrics import MetricSet, metrics_routes, serve
-from minikubenet.k8s_objects import Pod, ValidationError, derive_endpoints, endpoints_to_k8s, pod_from_k8s, service_from_k8s
-from minikubenet.store.services import (ObjectDelete, ObjectPut, ObjectWatch, ServiceStore,
-                                        Snapshot)
+from minikubenet.store.services import ObjectDelete, ObjectPut, ObjectWatch, ServiceStore, Snapshot
 
 log = logging.getLogger("minikubenet.endpoints")
 
 
 # --------------------------------------------------------------------------- pure
+
 
 def valid_pods(pods: Mapping[str, dict], bad: MalformedObjects | None = None) -> dict[str, Pod]:
     """The pods that parse, by "ns/name"; the others are skipped (and told to ``bad``)."""
@@ -65,9 +72,10 @@ def valid_pods(pods: Mapping[str, dict], bad: MalformedObjects | None = None) ->
     return out
 
 
-def desired_endpoints(services: Mapping[str, dict], pods: Mapping[str, dict],
-                      bad: MalformedObjects | None = None) -> dict[str, dict]:
-    """"ns/name" -> the Endpoints document for every service that has a selector.
+def desired_endpoints(
+    services: Mapping[str, dict], pods: Mapping[str, dict], bad: MalformedObjects | None = None
+) -> dict[str, dict]:
+    """ "ns/name" -> the Endpoints document for every service that has a selector.
     A malformed pod or service is skipped; every other one still gets its endpoints."""
     parsed_pods = list(valid_pods(pods, bad).values())
     out = {}
@@ -80,7 +88,7 @@ def desired_endpoints(services: Mapping[str, dict], pods: Mapping[str, dict],
         if bad:
             bad.ok("services", key)
         if not svc.selector:
-            continue                    # endpoints managed by hand
+            continue  # endpoints managed by hand
         out[key] = endpoints_to_k8s(svc, derive_endpoints(svc, parsed_pods))
     return out
 
@@ -92,8 +100,9 @@ def _skip(bad: MalformedObjects | None, kind: str, key: str, error: Exception) -
         bad.skip(kind, key, error)
 
 
-def plan_writes(services: Mapping[str, dict], desired: Mapping[str, dict],
-                current: Mapping[str, dict]) -> tuple[dict[str, dict], list[str]]:
+def plan_writes(
+    services: Mapping[str, dict], desired: Mapping[str, dict], current: Mapping[str, dict]
+) -> tuple[dict[str, dict], list[str]]:
     """(objects to put, keys to delete) to turn ``current`` into ``desired``. Only
     changed content is written; endpoints of a service that no longer exists are
     deleted; hand-written endpoints of selector-less services are kept."""
@@ -108,6 +117,7 @@ def _canonical(doc) -> str:
 
 # --------------------------------------------------------------------------- the loop
 
+
 class ControllerMetrics(MetricSet):
     def __init__(self, bad: MalformedObjects):
         self.malformed, self.malformed_seen = bad.metrics()
@@ -118,10 +128,10 @@ class EndpointsController:
 
     def __init__(self, store: ServiceStore, settle: float = 0.02, lb_pool=None):
         self.store = store
-        self.lb_pool = lb_pool          # LoadBalancer addresses (loadbalancer/controller.py), or None
+        self.lb_pool = lb_pool  # LoadBalancer addresses (loadbalancer/controller.py), or None
         self.bad = MalformedObjects(log)
         self.metrics = ControllerMetrics(self.bad)
-        self.settle = settle            # coalesce a burst of changes into one reconcile
+        self.settle = settle  # coalesce a burst of changes into one reconcile
         self.state = Snapshot()
         self._lock = threading.Lock()
         self._changed = threading.Event()
@@ -144,7 +154,7 @@ class EndpointsController:
             services, pods = dict(self.state.services), dict(self.state.pods)
             current = dict(self.state.endpoints)
         for kind, objects in (("pods", pods), ("services", services)):
-            self.bad.keep_only(kind, objects)      # deleted bad objects are no longer skipped
+            self.bad.keep_only(kind, objects)  # deleted bad objects are no longer skipped
         desired = desired_endpoints(services, pods, self.bad)
         # an endpoint must name a known pod (put_endpoints checks): only the valid ones count
         skipped = set(self.bad.skipped("pods"))
@@ -154,7 +164,7 @@ class EndpointsController:
             try:
                 self.store.put_endpoints(doc, pods=known_pods)
                 log.info("endpoints %s: %s", key, _summary(doc))
-            except ValidationError as e:        # the service was deleted meanwhile
+            except ValidationError as e:  # the service was deleted meanwhile
                 log.info("not writing endpoints %s: %s", key, e)
         for key in deletes:
             ns, name = key.split("/", 1)
@@ -173,7 +183,7 @@ class EndpointsController:
             self._changed.clear()
             try:
                 self.reconcile()
-            except Exception as e:     # etcd away: the watch re-lists and we try again
+            except Exception as e:  # etcd away: the watch re-lists and we try again
                 log.warning("reconcile failed (%s); retrying", e)
                 self._stop.wait(1.0)
                 self._changed.set()
@@ -199,23 +209,36 @@ def _summary(doc: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from minikubenet.store.etcd import EtcdStore, StoreError, TLSFiles, add_etcd_tls_options
     from minikubenet.store.keys import KeyLayout
+
     p = argparse.ArgumentParser(prog="minikubenet-endpoints-controller", description=__doc__.split("\n\n")[0])
     p.add_argument("--etcd-endpoints", default=os.environ.get("MINIKUBENET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
     p.add_argument("--etcd-prefix", default="/coreos.com/network")
     p.add_argument("--project-prefix", default="/minikubenet")
     add_etcd_tls_options(p)
-    p.add_argument("--metrics-bind-address", default="",
-                   help="host:port for Prometheus metrics (malformed objects skipped); default: off")
-    p.add_argument("--lb-pool", default="",
-                   help="addresses for LoadBalancer services (CIDR or first-last, comma-separated); "
-                        "default: none, LoadBalancer services stay pending")
+    p.add_argument(
+        "--metrics-bind-address",
+        default="",
+        help="host:port for Prometheus metrics (malformed objects skipped); default: off",
+    )
+    p.add_argument(
+        "--lb-pool",
+        default="",
+        help="addresses for LoadBalancer services (CIDR or first-last, comma-separated); "
+        "default: none, LoadBalancer services stay pending",
+    )
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s endpoints-controller %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s endpoints-controller %(levelname)s %(message)s",
+    )
     try:
-        etcd = EtcdStore(args.etcd_endpoints.split(","), layout=KeyLayout(args.etcd_prefix, args.project_prefix),
-                         tls=TLSFiles.from_args(args))
+        etcd = EtcdStore(
+            args.etcd_endpoints.split(","),
+            layout=KeyLayout(args.etcd_prefix, args.project_prefix),
+            tls=TLSFiles.from_args(args),
+        )
     except (ValueError, OSError, StoreError) as e:
         log.error("cannot start: %s", e)
         return 1

@@ -46,13 +46,19 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from minikubenet.k8s_objects import Endpoint, Service, ServicePort
 from minikubenet.proxy.model import RenderOptions, categorize_endpoints, is_large_cluster, proxied
-from minikubenet.proxy.naming import (endpoint_chain, external_chain, firewall_chain, is_service_chain,
-                                      local_chain, service_chain)
+from minikubenet.proxy.naming import (
+    endpoint_chain,
+    external_chain,
+    firewall_chain,
+    is_service_chain,
+    local_chain,
+    service_chain,
+)
 
 # Fixed chains (kube-proxy's const block).
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -61,11 +67,10 @@ KUBE_NODEPORTS = "KUBE-NODEPORTS"
 KUBE_POSTROUTING = "KUBE-POSTROUTING"
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_FORWARD = "KUBE-FORWARD"
-KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"   # loadBalancerSourceRanges: always empty here
-KUBE_FIREWALL = "KUBE-FIREWALL"               # kubelet's anti-martian rule, localhost NodePorts only
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"  # loadBalancerSourceRanges: always empty here
+KUBE_FIREWALL = "KUBE-FIREWALL"  # kubelet's anti-martian rule, localhost NodePorts only
 
-FILTER_CHAINS = (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS,
-                 KUBE_PROXY_FIREWALL)
+FILTER_CHAINS = (KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL)
 NAT_CHAINS = (KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ)
 
 NODEPORTS_COMMENT = "kubernetes service nodeports; NOTE: this must be the last rule in this chain"
@@ -75,9 +80,10 @@ NODEPORTS_COMMENT = "kubernetes service nodeports; NOTE: this must be the last r
 class JumpChain:
     """A jump from a built-in chain into ours, inserted at the top of the built-in chain
     so that an earlier ACCEPT or DROP from other software cannot shadow it."""
+
     table: str
-    src: str              # the built-in chain
-    dst: str              # our chain
+    src: str  # the built-in chain
+    dst: str  # our chain
     comment: str
     extra: tuple[str, ...] = ()
 
@@ -122,6 +128,7 @@ def jump_chains(options: RenderOptions = RenderOptions()) -> tuple[JumpChain, ..
 
 # --------------------------------------------------------------------------- rule text
 
+
 def _comment(text: str) -> str:
     # kube-proxy quotes exactly the comments that contain spaces ("ns1/svc1 cluster IP"
     # is quoted, the bare service name ns1/svc1 is not); iptables-restore needs the quotes.
@@ -139,10 +146,11 @@ def probability(n: int) -> str:
 class ServicePortRules:
     """Everything one service port contributes: rules in the shared fixed chains, and
     chains of its own (SVC, EXT, SEP...) that a partial sync may skip when unchanged."""
-    key: str                                                   # "ns/name:port"
-    filter: dict[str, list[str]] = field(default_factory=dict)       # REJECTs
-    nat_entry: dict[str, list[str]] = field(default_factory=dict)    # KUBE-SERVICES, KUBE-NODEPORTS
-    nat_chains: dict[str, list[str]] = field(default_factory=dict)   # its own chains
+
+    key: str  # "ns/name:port"
+    filter: dict[str, list[str]] = field(default_factory=dict)  # REJECTs
+    nat_entry: dict[str, list[str]] = field(default_factory=dict)  # KUBE-SERVICES, KUBE-NODEPORTS
+    nat_chains: dict[str, list[str]] = field(default_factory=dict)  # its own chains
 
     def add(self, part: dict[str, list[str]], chain: str, *words) -> None:
         part.setdefault(chain, []).append(" ".join(str(w) for w in words if w != ""))
@@ -162,9 +170,13 @@ class ServicePortRules:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _service_port_rules(svc: Service, port: ServicePort, endpoints: Sequence[Endpoint],
-                        cluster_cidr: ipaddress.IPv4Network | None,
-                        options: RenderOptions) -> ServicePortRules:
+def _service_port_rules(
+    svc: Service,
+    port: ServicePort,
+    endpoints: Sequence[Endpoint],
+    cluster_cidr: ipaddress.IPv4Network | None,
+    options: RenderOptions,
+) -> ServicePortRules:
     """kube-proxy's per-service-port block of syncProxyRules, decision for decision."""
     r = ServicePortRules(svc.port_key(port))
     proto, spn = port.protocol.lower(), r.key
@@ -194,50 +206,102 @@ def _service_port_rules(svc: Service, port: ServicePort, endpoints: Sequence[End
     match = ("-m", proto, "-p", proto)
 
     if has_internal:
-        r.add(r.nat_entry, KUBE_SERVICES, _comment(f"{spn} cluster IP"), *match,
-              "-d", svc.cluster_ip, "--dport", port.port, "-j", internal_chain)
+        r.add(
+            r.nat_entry,
+            KUBE_SERVICES,
+            _comment(f"{spn} cluster IP"),
+            *match,
+            "-d",
+            svc.cluster_ip,
+            "--dport",
+            port.port,
+            "-j",
+            internal_chain,
+        )
     else:
-        r.add(r.filter, KUBE_SERVICES, int_why, *match, "-d", svc.cluster_ip,
-              "--dport", port.port, "-j", int_target)
+        r.add(r.filter, KUBE_SERVICES, int_why, *match, "-d", svc.cluster_ip, "--dport", port.port, "-j", int_target)
     for ip in svc.external_ips:
         if has_endpoints:
-            r.add(r.nat_entry, KUBE_SERVICES, _comment(f"{spn} external IP"), *match,
-                  "-d", ip, "--dport", port.port, "-j", ext_chain)
+            r.add(
+                r.nat_entry,
+                KUBE_SERVICES,
+                _comment(f"{spn} external IP"),
+                *match,
+                "-d",
+                ip,
+                "--dport",
+                port.port,
+                "-j",
+                ext_chain,
+            )
         if not has_external:
-            r.add(r.filter, KUBE_EXTERNAL_SERVICES, ext_why, *match, "-d", ip,
-                  "--dport", port.port, "-j", ext_target)
+            r.add(r.filter, KUBE_EXTERNAL_SERVICES, ext_why, *match, "-d", ip, "--dport", port.port, "-j", ext_target)
     for ip in svc.load_balancer_ips:
         if has_endpoints:
-            r.add(r.nat_entry, KUBE_SERVICES, _comment(f"{spn} loadbalancer IP"), *match,
-                  "-d", ip, "--dport", port.port, "-j", lb_chain)
+            r.add(
+                r.nat_entry,
+                KUBE_SERVICES,
+                _comment(f"{spn} loadbalancer IP"),
+                *match,
+                "-d",
+                ip,
+                "--dport",
+                port.port,
+                "-j",
+                lb_chain,
+            )
         if uses_fw:
-            r.add(r.filter, KUBE_PROXY_FIREWALL, _comment(f"{spn} traffic not accepted by {fw_chain}"),
-                  *match, "-d", ip, "--dport", port.port, "-j", "DROP")
+            r.add(
+                r.filter,
+                KUBE_PROXY_FIREWALL,
+                _comment(f"{spn} traffic not accepted by {fw_chain}"),
+                *match,
+                "-d",
+                ip,
+                "--dport",
+                port.port,
+                "-j",
+                "DROP",
+            )
     if not has_external:
         for ip in svc.load_balancer_ips:
-            r.add(r.filter, KUBE_EXTERNAL_SERVICES, ext_why, *match, "-d", ip,
-                  "--dport", port.port, "-j", ext_target)
+            r.add(r.filter, KUBE_EXTERNAL_SERVICES, ext_why, *match, "-d", ip, "--dport", port.port, "-j", ext_target)
     if port.node_port:
         if has_endpoints:
             # NodePorts are not subject to loadBalancerSourceRanges (kube-proxy: "we
             # can't change that").
-            r.add(r.nat_entry, KUBE_NODEPORTS, _comment(spn), *match, "--dport", port.node_port,
-                  "-j", ext_chain)
+            r.add(r.nat_entry, KUBE_NODEPORTS, _comment(spn), *match, "--dport", port.node_port, "-j", ext_chain)
         if not has_external:
-            r.add(r.filter, KUBE_EXTERNAL_SERVICES, ext_why, "-m addrtype --dst-type LOCAL", *match,
-                  "--dport", port.node_port, "-j", ext_target)
+            r.add(
+                r.filter,
+                KUBE_EXTERNAL_SERVICES,
+                ext_why,
+                "-m addrtype --dst-type LOCAL",
+                *match,
+                "--dport",
+                port.node_port,
+                "-j",
+                ext_target,
+            )
     if svc.health_check_node_port:
         # Open whether or not this node has local endpoints: the load balancer must
         # be able to ask, and hear 503.
-        r.add(r.filter, KUBE_NODEPORTS, _comment(f"{spn} health check node port"),
-              "-m tcp -p tcp --dport", svc.health_check_node_port, "-j ACCEPT")
+        r.add(
+            r.filter,
+            KUBE_NODEPORTS,
+            _comment(f"{spn} health check node port"),
+            "-m tcp -p tcp --dport",
+            svc.health_check_node_port,
+            "-j ACCEPT",
+        )
 
     if has_internal:
         r.own_chain(internal_chain)
         _write_cluster_ip_masquerade(r, svc, port, internal_chain, cluster_cidr, options)
     if has_endpoints and svc.externally_accessible:
-        _write_external_chain(r, svc, spn, ext_chain, cluster_chain,
-                              external_policy_chain if has_external else None, cluster_cidr)
+        _write_external_chain(
+            r, svc, spn, ext_chain, cluster_chain, external_policy_chain if has_external else None, cluster_cidr
+        )
     if uses_fw:
         _write_firewall_chain(r, svc, spn, fw_chain, ext_chain, options)
     if cat.cluster and svc.uses_cluster_endpoints:
@@ -251,33 +315,57 @@ def _service_port_rules(svc: Service, port: ServicePort, endpoints: Sequence[End
     return r
 
 
-def _write_external_chain(r: ServicePortRules, svc: Service, spn: str, ext: str, cluster_chain: str,
-                          policy_chain: str | None, cluster_cidr: ipaddress.IPv4Network | None) -> None:
+def _write_external_chain(
+    r: ServicePortRules,
+    svc: Service,
+    spn: str,
+    ext: str,
+    cluster_chain: str,
+    policy_chain: str | None,
+    cluster_cidr: ipaddress.IPv4Network | None,
+) -> None:
     """KUBE-EXT: every external destination (NodePort, LB IP, external IP) enters here."""
     r.own_chain(ext)
     if not svc.external_policy_local:
         # Cluster policy: the endpoint may be on another node, and its reply must come
         # back through this one to be un-DNATed, so the client address is replaced by ours.
-        r.add(r.nat_chains, ext, _comment(f"masquerade traffic for {spn} external destinations"),
-              "-j", KUBE_MARK_MASQ)
+        r.add(r.nat_chains, ext, _comment(f"masquerade traffic for {spn} external destinations"), "-j", KUBE_MARK_MASQ)
     else:
         # Local policy: the client's address is kept. Pod traffic to an external
         # destination is exempt from the policy ("simulates going up-and-out to an
         # external load-balancer and coming back in"); the node's own traffic needs
         # SNAT, since the LB IP is local and would be its source.
         if cluster_cidr is not None:
-            r.add(r.nat_chains, ext, _comment(f"pod traffic for {spn} external destinations"),
-                  "-s", cluster_cidr, "-j", cluster_chain)
-        r.add(r.nat_chains, ext, _comment(f"masquerade LOCAL traffic for {spn} external destinations"),
-              "-m addrtype --src-type LOCAL -j", KUBE_MARK_MASQ)
-        r.add(r.nat_chains, ext, _comment(f"route LOCAL traffic for {spn} external destinations"),
-              "-m addrtype --src-type LOCAL -j", cluster_chain)
+            r.add(
+                r.nat_chains,
+                ext,
+                _comment(f"pod traffic for {spn} external destinations"),
+                "-s",
+                cluster_cidr,
+                "-j",
+                cluster_chain,
+            )
+        r.add(
+            r.nat_chains,
+            ext,
+            _comment(f"masquerade LOCAL traffic for {spn} external destinations"),
+            "-m addrtype --src-type LOCAL -j",
+            KUBE_MARK_MASQ,
+        )
+        r.add(
+            r.nat_chains,
+            ext,
+            _comment(f"route LOCAL traffic for {spn} external destinations"),
+            "-m addrtype --src-type LOCAL -j",
+            cluster_chain,
+        )
     if policy_chain:
         r.add(r.nat_chains, ext, "-j", policy_chain)
 
 
-def _write_firewall_chain(r: ServicePortRules, svc: Service, spn: str, fw: str, ext: str,
-                          options: RenderOptions) -> None:
+def _write_firewall_chain(
+    r: ServicePortRules, svc: Service, spn: str, fw: str, ext: str, options: RenderOptions
+) -> None:
     """KUBE-FW: loadBalancerSourceRanges. What falls off the end is not DNATed and meets
     the DROP in filter KUBE-PROXY-FIREWALL."""
     r.own_chain(fw)
@@ -293,11 +381,25 @@ def _write_firewall_chain(r: ServicePortRules, svc: Service, spn: str, fw: str, 
     r.add(r.nat_chains, fw, _comment(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
 
 
-def _write_cluster_ip_masquerade(r: ServicePortRules, svc: Service, port: ServicePort, svc_chain: str,
-                                 cluster_cidr: ipaddress.IPv4Network | None,
-                                 options: RenderOptions) -> None:
-    match = (_comment(f"{r.key} cluster IP"), "-m", port.protocol.lower(), "-p", port.protocol.lower(),
-             "-d", svc.cluster_ip, "--dport", port.port)
+def _write_cluster_ip_masquerade(
+    r: ServicePortRules,
+    svc: Service,
+    port: ServicePort,
+    svc_chain: str,
+    cluster_cidr: ipaddress.IPv4Network | None,
+    options: RenderOptions,
+) -> None:
+    match = (
+        _comment(f"{r.key} cluster IP"),
+        "-m",
+        port.protocol.lower(),
+        "-p",
+        port.protocol.lower(),
+        "-d",
+        svc.cluster_ip,
+        "--dport",
+        port.port,
+    )
     if options.masquerade_all:
         r.add(r.nat_chains, svc_chain, *match, "-j", KUBE_MARK_MASQ)
     elif cluster_cidr is not None:
@@ -312,17 +414,32 @@ def _endpoint_comment(text: str, options: RenderOptions) -> str:
     return "" if options.large_cluster else _comment(text)
 
 
-def _write_service_to_endpoints(r: ServicePortRules, svc: Service, spn: str, proto: str,
-                                svc_chain: str, endpoints: Sequence[Endpoint],
-                                options: RenderOptions = RenderOptions()) -> None:
+def _write_service_to_endpoints(
+    r: ServicePortRules,
+    svc: Service,
+    spn: str,
+    proto: str,
+    svc_chain: str,
+    endpoints: Sequence[Endpoint],
+    options: RenderOptions = RenderOptions(),
+) -> None:
     """kube-proxy's writeServiceToEndpointRules: affinity first, then the random cascade."""
     seps = [(ep, endpoint_chain(spn, proto, str(ep))) for ep in endpoints]
     if svc.session_affinity == "ClientIP":
         # A client seen recently (its source IP is in the SEP's "recent" list, written by
         # --set in the SEP chain) goes back to the same endpoint; --reap forgets old ones.
         for ep, sep in seps:
-            r.add(r.nat_chains, svc_chain, _endpoint_comment(f"{spn} -> {ep}", options),
-                  "-m recent --name", sep, "--rcheck --seconds", svc.affinity_timeout, "--reap -j", sep)
+            r.add(
+                r.nat_chains,
+                svc_chain,
+                _endpoint_comment(f"{spn} -> {ep}", options),
+                "-m recent --name",
+                sep,
+                "--rcheck --seconds",
+                svc.affinity_timeout,
+                "--reap -j",
+                sep,
+            )
     n = len(seps)
     for i, (ep, sep) in enumerate(seps):
         # Each rule is a probabilistic match; the final (or only) rule is a guaranteed match.
@@ -330,18 +447,19 @@ def _write_service_to_endpoints(r: ServicePortRules, svc: Service, spn: str, pro
         r.add(r.nat_chains, svc_chain, _endpoint_comment(f"{spn} -> {ep}", options), chance, "-j", sep)
 
 
-def _write_endpoint_chain(r: ServicePortRules, svc: Service, spn: str, proto: str, ep: Endpoint,
-                          options: RenderOptions = RenderOptions()) -> None:
+def _write_endpoint_chain(
+    r: ServicePortRules, svc: Service, spn: str, proto: str, ep: Endpoint, options: RenderOptions = RenderOptions()
+) -> None:
     sep = endpoint_chain(spn, proto, str(ep))
     r.own_chain(sep)
     why = _endpoint_comment(spn, options)
     r.add(r.nat_chains, sep, why, "-s", ep.ip, "-j", KUBE_MARK_MASQ)
     remember = f"-m recent --name {sep} --set" if svc.session_affinity == "ClientIP" else ""
-    r.add(r.nat_chains, sep, why, remember, "-m", proto, "-p", proto,
-          "-j DNAT --to-destination", ep)
+    r.add(r.nat_chains, sep, why, remember, "-m", proto, "-p", proto, "-j DNAT --to-destination", ep)
 
 
 # --------------------------------------------------------------------------- fixed chains
+
 
 def _filter_fixed(options: RenderOptions) -> dict[str, list[str]]:
     chains: dict[str, list[str]] = {c: [] for c in FILTER_CHAINS}
@@ -350,7 +468,8 @@ def _filter_fixed(options: RenderOptions) -> dict[str, list[str]]:
         # connections may use it (CVE-2020-8558, https://issues.k8s.io/90259).
         chains[KUBE_FIREWALL] = [
             '-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 '
-            "! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"]
+            "! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        ]
     mark = f"{options.masquerade_mark}/{options.masquerade_mark}"
     forward = chains[KUBE_FORWARD]
     if options.drop_invalid:
@@ -360,8 +479,10 @@ def _filter_fixed(options: RenderOptions) -> dict[str, list[str]]:
     # NodePort traffic forwarded to another node's pod is accepted even when the FORWARD
     # policy is DROP (as Docker sets it), and so are its replies.
     forward.append(f'-m comment --comment "kubernetes forwarding rules" -m mark --mark {mark} -j ACCEPT')
-    forward.append('-m comment --comment "kubernetes forwarding conntrack rule" '
-                   "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    forward.append(
+        '-m comment --comment "kubernetes forwarding conntrack rule" '
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    )
     return chains
 
 
@@ -369,7 +490,8 @@ def _nat_fixed(options: RenderOptions) -> dict[str, list[str]]:
     mark = options.masquerade_mark
     masquerade = '-m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
     return {
-        KUBE_SERVICES: [], KUBE_NODEPORTS: [],
+        KUBE_SERVICES: [],
+        KUBE_NODEPORTS: [],
         KUBE_POSTROUTING: [
             f"-m mark ! --mark {mark}/{mark} -j RETURN",
             # Clear the mark to avoid re-masquerading if the packet re-traverses the stack.
@@ -380,8 +502,7 @@ def _nat_fixed(options: RenderOptions) -> dict[str, list[str]]:
     }
 
 
-def _nodeports_jumps(node_ips: Sequence[ipaddress.IPv4Address],
-                     options: RenderOptions) -> list[str]:
+def _nodeports_jumps(node_ips: Sequence[ipaddress.IPv4Address], options: RenderOptions) -> list[str]:
     """The last rule of nat KUBE-SERVICES: anything addressed to this node goes on to
     KUBE-NODEPORTS. Last, so that a ClusterIP rule always wins."""
     c = _comment(NODEPORTS_COMMENT)
@@ -390,20 +511,21 @@ def _nodeports_jumps(node_ips: Sequence[ipaddress.IPv4Address],
         # NodePorts are on: otherwise such packets would be martians after DNAT.
         no_lo = "" if options.localhost_nodeports else " ! -d 127.0.0.0/8"
         return [f"{c} -m addrtype --dst-type LOCAL{no_lo} -j {KUBE_NODEPORTS}"]
-    return [f"{c} -d {ip} -j {KUBE_NODEPORTS}" for ip in node_ips
-            if options.localhost_nodeports or not ip.is_loopback]
+    return [f"{c} -d {ip} -j {KUBE_NODEPORTS}" for ip in node_ips if options.localhost_nodeports or not ip.is_loopback]
 
 
 # --------------------------------------------------------------------------- the plan
+
 
 @dataclass(frozen=True)
 class SyncState:
     """What a successful restore left in the nat table, per service port: the digest of
     its own chains and their names. Keep it after each successful apply; feed it to the
     next ``render_partial``. After a failed apply, drop it and do a full sync."""
+
     digests: Mapping[str, str] = field(default_factory=dict)
     chains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    fixed: Mapping[str, str] = field(default_factory=dict)   # "table/chain" -> digest of its rules
+    fixed: Mapping[str, str] = field(default_factory=dict)  # "table/chain" -> digest of its rules
     # Large clusters: stale chains whose deletion was put off (kube-proxy deletes them
     # at most once per sync period then); still in the kernel, referenced by nothing.
     pending_stale: tuple[str, ...] = ()
@@ -414,32 +536,39 @@ class SyncState:
 
 @dataclass(frozen=True)
 class IptablesPlan:
-    filter: Mapping[str, list[str]]        # every filter chain, complete
-    nat_fixed: Mapping[str, list[str]]     # KUBE-SERVICES, KUBE-NODEPORTS, POSTROUTING, MARK-MASQ
-    nodeports_tail: tuple[str, ...]        # the last rule(s) of nat KUBE-SERVICES
+    filter: Mapping[str, list[str]]  # every filter chain, complete
+    nat_fixed: Mapping[str, list[str]]  # KUBE-SERVICES, KUBE-NODEPORTS, POSTROUTING, MARK-MASQ
+    nodeports_tail: tuple[str, ...]  # the last rule(s) of nat KUBE-SERVICES
     service_ports: tuple[ServicePortRules, ...]
 
     @functools.cached_property
     def state(self) -> SyncState:
         filter_chains, nat = self._fixed
-        fixed = {f"{table}/{c}": _digest(rules) for table, chains in (("filter", filter_chains), ("nat", nat))
-                 for c, rules in chains.items()}
-        return SyncState(digests={p.key: p.digest for p in self.service_ports},
-                         chains={p.key: tuple(p.nat_chains) for p in self.service_ports}, fixed=fixed)
+        fixed = {
+            f"{table}/{c}": _digest(rules)
+            for table, chains in (("filter", filter_chains), ("nat", nat))
+            for c, rules in chains.items()
+        }
+        return SyncState(
+            digests={p.key: p.digest for p in self.service_ports},
+            chains={p.key: tuple(p.nat_chains) for p in self.service_ports},
+            fixed=fixed,
+        )
 
     def nat_service_chains(self) -> frozenset[str]:
         return frozenset(c for p in self.service_ports for c in p.nat_chains)
 
     def owned_chains(self) -> dict[str, frozenset[str]]:
         """Every chain this ruleset writes, per table (what ``cleanup`` would remove)."""
-        return {"filter": frozenset(self.filter),
-                "nat": frozenset(self.nat_fixed) | self.nat_service_chains()}
+        return {"filter": frozenset(self.filter), "nat": frozenset(self.nat_fixed) | self.nat_service_chains()}
 
     def rule_counts(self) -> dict[str, int]:
         """Rules this ruleset holds per table (kube-proxy's sync_proxy_rules_iptables_total)."""
         filter_chains, nat = self._fixed
-        return {"filter": sum(map(len, filter_chains.values())),
-                "nat": sum(map(len, nat.values())) + sum(p.nat_rule_total for p in self.service_ports)}
+        return {
+            "filter": sum(map(len, filter_chains.values())),
+            "nat": sum(map(len, nat.values())) + sum(p.nat_rule_total for p in self.service_ports),
+        }
 
     def render(self, existing_chains: Iterable[str] = ()) -> str:
         """The full restore text. ``existing_chains``: nat chain names currently in the
@@ -447,8 +576,9 @@ class IptablesPlan:
         stale = stale_chains(existing_chains, self.nat_service_chains())
         return self._render(self.service_ports, stale)
 
-    def render_partial(self, previous: SyncState, skip_unchanged_fixed: bool = False,
-                       stale: Sequence[str] | None = None) -> str:
+    def render_partial(
+        self, previous: SyncState, skip_unchanged_fixed: bool = False, stale: Sequence[str] | None = None
+    ) -> str:
         """Only the service ports whose own chains changed since ``previous``, plus all
         fixed chains, plus the deletion of chains that no longer exist. Apply with
         ``--noflush``: chains not named in the text keep their rules.
@@ -469,8 +599,13 @@ class IptablesPlan:
         whose deletion was put off and that this plan does not bring back."""
         # A chain's name hashes its service port, so it can only go stale within its port.
         now = {p.key: p.nat_chains for p in self.service_ports}
-        stale = {c for key, chains in previous.chains.items() if tuple(now.get(key, ())) != chains
-                 for c in chains if c not in now.get(key, ())}
+        stale = {
+            c
+            for key, chains in previous.chains.items()
+            if tuple(now.get(key, ())) != chains
+            for c in chains
+            if c not in now.get(key, ())
+        }
         active = self.nat_service_chains()
         return sorted(stale | {c for c in previous.pending_stale if c not in active})
 
@@ -492,13 +627,17 @@ class IptablesPlan:
         nat[KUBE_SERVICES].extend(self.nodeports_tail)
         return filter_chains, nat
 
-    def _render(self, written: Sequence[ServicePortRules], stale: Sequence[str],
-                unchanged_fixed: Mapping[str, str] | None = None) -> str:
-        filter_chains, nat = self._fixed_chains()     # every service's entry rules, always
+    def _render(
+        self,
+        written: Sequence[ServicePortRules],
+        stale: Sequence[str],
+        unchanged_fixed: Mapping[str, str] | None = None,
+    ) -> str:
+        filter_chains, nat = self._fixed_chains()  # every service's entry rules, always
         if unchanged_fixed:
             filter_chains = {c: r for c, r in filter_chains.items() if unchanged_fixed.get(f"filter/{c}") != _digest(r)}
             nat = {c: r for c, r in nat.items() if unchanged_fixed.get(f"nat/{c}") != _digest(r)}
-        for p in written:                     # own chains only where they changed
+        for p in written:  # own chains only where they changed
             nat.update({c: list(rules) for c, rules in p.nat_chains.items()})
         return "\n".join(_table("filter", filter_chains) + _table("nat", nat, stale)) + "\n"
 
@@ -533,10 +672,13 @@ def chains_from_save(save_text: str) -> set[str]:
     return {line[1:].split()[0] for line in save_text.splitlines() if line.startswith(":")}
 
 
-def plan_iptables(services: Iterable[Service], endpoints_by_service: Mapping[str, Sequence[Endpoint]],
-                  node_ips: Sequence[str | ipaddress.IPv4Address] = (),
-                  cluster_cidr: str | ipaddress.IPv4Network | None = None,
-                  options: RenderOptions = RenderOptions()) -> IptablesPlan:
+def plan_iptables(
+    services: Iterable[Service],
+    endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+    node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+    cluster_cidr: str | ipaddress.IPv4Network | None = None,
+    options: RenderOptions = RenderOptions(),
+) -> IptablesPlan:
     """Build the ruleset for this node.
 
     services              every Service (headless ones are skipped)
@@ -549,36 +691,49 @@ def plan_iptables(services: Iterable[Service], endpoints_by_service: Mapping[str
     services = proxied(services)
     if not options.large_cluster and is_large_cluster(services, endpoints_by_service):
         options = dataclasses.replace(options, large_cluster=True)
-    ports = [p for svc in services
-             for p in service_rules(svc, endpoints_by_service, cluster_cidr, options)]
+    ports = [p for svc in services for p in service_rules(svc, endpoints_by_service, cluster_cidr, options)]
     return plan_from_rules(ports, node_ips, options)
 
 
-def service_rules(svc: Service, endpoints_by_service: Mapping[str, Sequence[Endpoint]],
-                  cluster_cidr: str | ipaddress.IPv4Network | None = None,
-                  options: RenderOptions = RenderOptions()) -> list[ServicePortRules]:
+def service_rules(
+    svc: Service,
+    endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+    cluster_cidr: str | ipaddress.IPv4Network | None = None,
+    options: RenderOptions = RenderOptions(),
+) -> list[ServicePortRules]:
     """The rules of every port of one (proxied) service. A sync loop can keep these per
     service and rebuild only the services that changed (``plan_from_rules``), as
     kube-proxy's change trackers do, instead of re-planning 10 000 services per sync."""
     cidr = ipaddress.IPv4Network(cluster_cidr) if cluster_cidr is not None else None
-    return [_service_port_rules(svc, port, endpoints_by_service.get(svc.port_key(port), ()),
-                                cidr, options) for port in svc.ports]
+    return [
+        _service_port_rules(svc, port, endpoints_by_service.get(svc.port_key(port), ()), cidr, options)
+        for port in svc.ports
+    ]
 
 
-def plan_from_rules(service_ports: Sequence[ServicePortRules],
-                    node_ips: Sequence[str | ipaddress.IPv4Address] = (),
-                    options: RenderOptions = RenderOptions()) -> IptablesPlan:
+def plan_from_rules(
+    service_ports: Sequence[ServicePortRules],
+    node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+    options: RenderOptions = RenderOptions(),
+) -> IptablesPlan:
     """The plan for service port rules built by ``service_rules``, given in the order of
     ``model.proxied`` (services sorted by "ns/name")."""
     ips = [ipaddress.IPv4Address(ip) for ip in node_ips]
-    return IptablesPlan(filter=_filter_fixed(options), nat_fixed=_nat_fixed(options),
-                        nodeports_tail=tuple(_nodeports_jumps(ips, options)), service_ports=tuple(service_ports))
+    return IptablesPlan(
+        filter=_filter_fixed(options),
+        nat_fixed=_nat_fixed(options),
+        nodeports_tail=tuple(_nodeports_jumps(ips, options)),
+        service_ports=tuple(service_ports),
+    )
 
 
-def render_iptables(services: Iterable[Service], endpoints_by_service: Mapping[str, Sequence[Endpoint]],
-                    node_ips: Sequence[str | ipaddress.IPv4Address] = (),
-                    cluster_cidr: str | ipaddress.IPv4Network | None = None,
-                    options: RenderOptions = RenderOptions(),
-                    existing_chains: Iterable[str] = ()) -> str:
+def render_iptables(
+    services: Iterable[Service],
+    endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+    node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+    cluster_cidr: str | ipaddress.IPv4Network | None = None,
+    options: RenderOptions = RenderOptions(),
+    existing_chains: Iterable[str] = (),
+) -> str:
     """The full ``iptables-restore --noflush`` text for the filter and nat tables."""
     return plan_iptables(services, endpoints_by_service, node_ips, cluster_cidr, options).render(existing_chains)

@@ -35,48 +35,65 @@ import threading
 import time
 from typing import Callable
 
-from minikubenet.metrics import (SYNC_BUCKETS, Counter, Gauge, Histogram, MetricSet,  # noqa: F401 (re-exported)
-                                 metrics_routes, serve)
+from minikubenet.metrics import SYNC_BUCKETS, Counter, Gauge, Histogram, MetricSet, metrics_routes, serve  # noqa: F401 (re-exported)
 
 
 class ProxyMetrics(MetricSet):
     """Every metric the proxy exports, as attributes."""
-    malformed: Gauge          # attached by the daemon: its watch's malformed.MalformedObjects
+
+    malformed: Gauge  # attached by the daemon: its watch's malformed.MalformedObjects
     malformed_seen: Counter
 
     def __init__(self, prefix: str = "kubeproxy_"):
         p = prefix
         self.sync_duration = Histogram(p + "sync_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds")
-        self.sync_full_duration = Histogram(p + "sync_full_proxy_rules_duration_seconds",
-                                            "SyncProxyRules latency in seconds for full resyncs")
-        self.sync_partial_duration = Histogram(p + "sync_partial_proxy_rules_duration_seconds",
-                                               "SyncProxyRules latency in seconds for partial resyncs")
-        self.last_sync = Gauge(p + "sync_proxy_rules_last_timestamp_seconds",
-                               "The last time proxy rules were successfully synced")
-        self.last_queued = Gauge(p + "sync_proxy_rules_last_queued_timestamp_seconds",
-                                 "The last time a sync of proxy rules was queued")
-        self.iptables_total = Gauge(p + "sync_proxy_rules_iptables_total",
-                                    "Total number of iptables rules owned by kube-proxy")
-        self.iptables_last = Gauge(p + "sync_proxy_rules_iptables_last",
-                                   "Number of iptables rules written by kube-proxy in last sync")
-        self.nftables_total = Gauge(p + "sync_proxy_rules_nftables_total",
-                                    "Number of nftables rules and map elements owned by the proxy")
-        self.restore_failures = Counter(p + "sync_proxy_rules_iptables_restore_failures_total",
-                                        "Cumulative proxy iptables restore failures")
-        self.partial_restore_failures = Counter(p + "sync_proxy_rules_iptables_partial_restore_failures_total",
-                                                "Cumulative proxy iptables partial restore failures")
-        self.nft_failures = Counter(p + "sync_proxy_rules_nftables_sync_failures_total",
-                                    "Cumulative proxy nftables sync failures")
-        self.service_changes = Counter(p + "sync_proxy_rules_service_changes_total",
-                                       "Cumulative proxy rules Service changes")
-        self.endpoint_changes = Counter(p + "sync_proxy_rules_endpoint_changes_total",
-                                        "Cumulative proxy rules Endpoint changes")
-        self.conntrack_deleted = Counter(p + "conntrack_reconciler_deleted_entries_total",
-                                         "Cumulative conntrack flows deleted by conntrack reconciler")
+        self.sync_full_duration = Histogram(
+            p + "sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs"
+        )
+        self.sync_partial_duration = Histogram(
+            p + "sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs"
+        )
+        self.last_sync = Gauge(
+            p + "sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced"
+        )
+        self.last_queued = Gauge(
+            p + "sync_proxy_rules_last_queued_timestamp_seconds", "The last time a sync of proxy rules was queued"
+        )
+        self.iptables_total = Gauge(
+            p + "sync_proxy_rules_iptables_total", "Total number of iptables rules owned by kube-proxy"
+        )
+        self.iptables_last = Gauge(
+            p + "sync_proxy_rules_iptables_last", "Number of iptables rules written by kube-proxy in last sync"
+        )
+        self.nftables_total = Gauge(
+            p + "sync_proxy_rules_nftables_total", "Number of nftables rules and map elements owned by the proxy"
+        )
+        self.restore_failures = Counter(
+            p + "sync_proxy_rules_iptables_restore_failures_total", "Cumulative proxy iptables restore failures"
+        )
+        self.partial_restore_failures = Counter(
+            p + "sync_proxy_rules_iptables_partial_restore_failures_total",
+            "Cumulative proxy iptables partial restore failures",
+        )
+        self.nft_failures = Counter(
+            p + "sync_proxy_rules_nftables_sync_failures_total", "Cumulative proxy nftables sync failures"
+        )
+        self.service_changes = Counter(
+            p + "sync_proxy_rules_service_changes_total", "Cumulative proxy rules Service changes"
+        )
+        self.endpoint_changes = Counter(
+            p + "sync_proxy_rules_endpoint_changes_total", "Cumulative proxy rules Endpoint changes"
+        )
+        self.conntrack_deleted = Counter(
+            p + "conntrack_reconciler_deleted_entries_total",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+        )
         self.healthz = Counter(p + "proxy_healthz_total", "Cumulative proxy healthz HTTP status")
-        self.rule_repairs = Counter("minikubenet_proxy_rule_repairs_total",
-                                    "Full syncs forced because someone else changed or removed our rules "
-                                    "(trigger: notification or periodic check)")
+        self.rule_repairs = Counter(
+            "minikubenet_proxy_rule_repairs_total",
+            "Full syncs forced because someone else changed or removed our rules "
+            "(trigger: notification or periodic check)",
+        )
 
 
 class Health:
@@ -88,7 +105,7 @@ class Health:
         self.clock = clock
         self.last_updated: float = 0.0
         self.oldest_queued: float | None = None
-        self.applied_revision = 0          # etcd revision the rules in the kernel reflect
+        self.applied_revision = 0  # etcd revision the rules in the kernel reflect
         self.mode = ""
         self._lock = threading.Lock()
 
@@ -107,9 +124,14 @@ class Health:
         now = self.clock()
         with self._lock:
             healthy = self.oldest_queued is None or now - self.oldest_queued <= self.timeout
-            doc = {"lastUpdated": _iso(self.last_updated) if self.last_updated else "",
-                   "currentTime": _iso(now), "nodeEligible": True, "healthy": healthy,
-                   "mode": self.mode, "appliedRevision": self.applied_revision}
+            doc = {
+                "lastUpdated": _iso(self.last_updated) if self.last_updated else "",
+                "currentTime": _iso(now),
+                "nodeEligible": True,
+                "healthy": healthy,
+                "mode": self.mode,
+                "appliedRevision": self.applied_revision,
+            }
         return healthy, doc
 
 
@@ -124,4 +146,5 @@ def health_routes(health: Health, metrics: ProxyMetrics | None = None) -> dict:
         if metrics:
             metrics.healthz.inc(code=str(code))
         return code, "application/json", json.dumps(doc) + "\n"
+
     return {"/healthz": answer, "/livez": answer}

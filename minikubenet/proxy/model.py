@@ -5,8 +5,8 @@ writes services and endpoints, which the golden tests compare rule for rule.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from minikubenet.k8s_objects import Endpoint, Service
 
@@ -29,14 +29,15 @@ class RenderOptions:
     drop_invalid         drop conntrack-INVALID forwarded packets (kube-proxy skips the rule
                          when nf_conntrack_tcp_be_liberal=1; kubernetes#74839)
     """
+
     masquerade_all: bool = False
     masquerade_bit: int = 14
     localhost_nodeports: bool = False
     random_fully: bool = True
     drop_invalid: bool = True
-    node_name: str = ""            # endpoints with this nodeName are local [--hostname-override]
-    node_ip: str = ""              # the node's primary IP: allowFromNode in KUBE-FW chains
-    large_cluster: bool = False    # set by the planner from the endpoint count
+    node_name: str = ""  # endpoints with this nodeName are local [--hostname-override]
+    node_ip: str = ""  # the node's primary IP: allowFromNode in KUBE-FW chains
+    large_cluster: bool = False  # set by the planner from the endpoint count
 
     @property
     def masquerade_mark(self) -> str:
@@ -65,6 +66,7 @@ class Categorized:
     """kube-proxy's CategorizeEndpoints result (pkg/proxy/topology.go) for one service port:
     the endpoints for Cluster policy, for Local policy, the union (which gets endpoint
     chains) and whether any usable endpoint exists anywhere."""
+
     cluster: tuple[Endpoint, ...]
     local: tuple[Endpoint, ...]
     reachable: tuple[Endpoint, ...]
@@ -81,21 +83,22 @@ def categorize_endpoints(svc: Service, endpoints: Sequence[Endpoint], node_name:
     terminating ones instead, so that connections are not dropped while a rollout ends
     (KEP-1669). Cluster falls back when no ready endpoint exists anywhere; Local when no
     ready endpoint exists on this node. Topology hints are not modelled."""
+
     def terminating_serving(e: Endpoint) -> bool:
         return e.is_serving and e.terminating
 
     cluster: tuple[Endpoint, ...] = ()
     has_any = False
     if svc.uses_cluster_endpoints:
-        cluster = _sorted_unique(e for e in endpoints if e.ready) or \
-            _sorted_unique(e for e in endpoints if terminating_serving(e))
+        cluster = _sorted_unique(e for e in endpoints if e.ready) or _sorted_unique(
+            e for e in endpoints if terminating_serving(e)
+        )
         has_any = bool(cluster)
     if not svc.uses_local_endpoints:
         return Categorized(cluster, (), cluster, has_any)
     has_any = has_any or any(e.ready or terminating_serving(e) for e in endpoints)
     mine = [e for e in endpoints if node_name and e.node_name == node_name]
-    local = _sorted_unique(e for e in mine if e.ready) or \
-        _sorted_unique(e for e in mine if terminating_serving(e))
+    local = _sorted_unique(e for e in mine if e.ready) or _sorted_unique(e for e in mine if terminating_serving(e))
     if not svc.uses_cluster_endpoints:
         return Categorized((), local, local, has_any)
     return Categorized(cluster, local, _sorted_unique(cluster + local), has_any)

@@ -26,17 +26,17 @@ import base64
 import hashlib
 
 # iptables prefixes (kube-proxy's const block).
-SVC_PREFIX = "KUBE-SVC-"   # a service port's dispatcher: picks an endpoint (Cluster policy)
-SVL_PREFIX = "KUBE-SVL-"   # the same over this node's endpoints only (Local policy)
-EXT_PREFIX = "KUBE-EXT-"   # entry for "external" traffic (NodePort, LB, external IP)
-FW_PREFIX = "KUBE-FW-"     # loadBalancerSourceRanges: allowed sources go on to EXT
-SEP_PREFIX = "KUBE-SEP-"   # one endpoint: hairpin masquerade + DNAT
+SVC_PREFIX = "KUBE-SVC-"  # a service port's dispatcher: picks an endpoint (Cluster policy)
+SVL_PREFIX = "KUBE-SVL-"  # the same over this node's endpoints only (Local policy)
+EXT_PREFIX = "KUBE-EXT-"  # entry for "external" traffic (NodePort, LB, external IP)
+FW_PREFIX = "KUBE-FW-"  # loadBalancerSourceRanges: allowed sources go on to EXT
+SEP_PREFIX = "KUBE-SEP-"  # one endpoint: hairpin masquerade + DNAT
 SERVICE_CHAIN_PREFIXES = (SVC_PREFIX, SVL_PREFIX, EXT_PREFIX, FW_PREFIX, SEP_PREFIX)
 
 IPTABLES_CHAIN_MAX = 28
 NFT_NAME_MAX = 256
-_NFT_PREFIX_MAX = 16                                 # longest prefix, hyphen included
-_NFT_BASE_MAX = NFT_NAME_MAX - _NFT_PREFIX_MAX       # 240, kube-proxy's chainNameBaseLengthMax
+_NFT_PREFIX_MAX = 16  # longest prefix, hyphen included
+_NFT_BASE_MAX = NFT_NAME_MAX - _NFT_PREFIX_MAX  # 240, kube-proxy's chainNameBaseLengthMax
 
 
 def _b32sha256(text: str) -> str:
@@ -86,8 +86,8 @@ def is_service_chain(name: str) -> bool:
 NFT_SERVICE_PREFIX = "service-"
 NFT_EXTERNAL_PREFIX = "external-"
 NFT_ENDPOINT_PREFIX = "endpoint-"
-NFT_LOCAL_PREFIX = "local-"          # Local traffic policy: this node's endpoints only
-NFT_FIREWALL_PREFIX = "firewall-"    # loadBalancerSourceRanges
+NFT_LOCAL_PREFIX = "local-"  # Local traffic policy: this node's endpoints only
+NFT_FIREWALL_PREFIX = "firewall-"  # loadBalancerSourceRanges
 NFT_AFFINITY_PREFIX = "affinity-"
 
 
@@ -95,7 +95,7 @@ def hash_and_truncate(name: str) -> str:
     """``HASH8-name``, cut to fit nftables' limit with "..." (never happens for IPv4)."""
     name = _b32sha256(name)[:8] + "-" + name
     if len(name) > _NFT_BASE_MAX:
-        name = name[:_NFT_BASE_MAX - 3] + "..."
+        name = name[: _NFT_BASE_MAX - 3] + "..."
     return name
 
 
@@ -105,8 +105,7 @@ def nft_service_base(namespace: str, name: str, protocol: str, port_name: str) -
     return hash_and_truncate(f"{namespace}/{name}/{protocol.lower()}/{port_name}")
 
 
-def nft_endpoint_base(namespace: str, name: str, protocol: str, port_name: str,
-                      ip: str, port: int) -> str:
+def nft_endpoint_base(namespace: str, name: str, protocol: str, port_name: str, ip: str, port: int) -> str:
     """``HASH8-ns/svc/proto/port__IP/port`` (servicePortEndpointChainNameBase)."""
     return hash_and_truncate(f"{namespace}/{name}/{protocol.lower()}/{port_name}__{ip}/{port}")
 

@@ -50,16 +50,23 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from minikubenet.k8s_objects import Endpoint, Service, ServicePort
 from minikubenet.proxy.model import RenderOptions, categorize_endpoints, is_large_cluster, proxied
-from minikubenet.proxy.naming import (NFT_AFFINITY_PREFIX, NFT_ENDPOINT_PREFIX,
-                                      NFT_EXTERNAL_PREFIX, NFT_FIREWALL_PREFIX,
-                                      NFT_LOCAL_PREFIX, NFT_SERVICE_PREFIX,
-                                      nft_endpoint_base, nft_is_affinity_set,
-                                      nft_is_service_chain, nft_service_base)
+from minikubenet.proxy.naming import (
+    NFT_AFFINITY_PREFIX,
+    NFT_ENDPOINT_PREFIX,
+    NFT_EXTERNAL_PREFIX,
+    NFT_FIREWALL_PREFIX,
+    NFT_LOCAL_PREFIX,
+    NFT_SERVICE_PREFIX,
+    nft_endpoint_base,
+    nft_is_affinity_set,
+    nft_is_service_chain,
+    nft_service_base,
+)
 
 TABLE = "minikubenet-proxy"
 FAMILY = "ip"
@@ -84,8 +91,8 @@ BASE_CHAINS = (
     ("filter-input", "filter", "input", 0),
     ("filter-forward", "filter", "forward", 0),
     ("filter-output", "filter", "output", 0),
-    ("nat-prerouting", "nat", "prerouting", -100),   # dstnat
-    ("nat-output", "nat", "output", -100),           # dstnat
+    ("nat-prerouting", "nat", "prerouting", -100),  # dstnat
+    ("nat-output", "nat", "output", -100),  # dstnat
     ("nat-postrouting", "nat", "postrouting", 100),  # srcnat
 )
 
@@ -108,15 +115,31 @@ JUMPS = (
 # name, kind, type, comment
 CONTAINERS = (
     ("cluster-ips", "set", "ipv4_addr", "Active ClusterIPs"),
-    ("firewall-ips", "map", "ipv4_addr . inet_proto . inet_service : verdict",
-     "destinations that are subject to LoadBalancerSourceRanges"),
+    (
+        "firewall-ips",
+        "map",
+        "ipv4_addr . inet_proto . inet_service : verdict",
+        "destinations that are subject to LoadBalancerSourceRanges",
+    ),
     ("nodeport-ips", "set", "ipv4_addr", "IPs that accept NodePort traffic"),
-    ("no-endpoint-services", "map", "ipv4_addr . inet_proto . inet_service : verdict",
-     "vmap to drop or reject packets to services with no endpoints"),
-    ("no-endpoint-nodeports", "map", "inet_proto . inet_service : verdict",
-     "vmap to drop or reject packets to service nodeports with no endpoints"),
-    ("service-ips", "map", "ipv4_addr . inet_proto . inet_service : verdict",
-     "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+    (
+        "no-endpoint-services",
+        "map",
+        "ipv4_addr . inet_proto . inet_service : verdict",
+        "vmap to drop or reject packets to services with no endpoints",
+    ),
+    (
+        "no-endpoint-nodeports",
+        "map",
+        "inet_proto . inet_service : verdict",
+        "vmap to drop or reject packets to service nodeports with no endpoints",
+    ),
+    (
+        "service-ips",
+        "map",
+        "ipv4_addr . inet_proto . inet_service : verdict",
+        "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+    ),
     ("service-nodeports", "map", "inet_proto . inet_service : verdict", "NodePort traffic"),
 )
 
@@ -125,13 +148,15 @@ _DISPATCH = "meta l4proto . th dport"
 
 # --------------------------------------------------------------------------- per service port
 
+
 @dataclass
 class NftServicePort:
     """One service port's objects: its chains with their rules, affinity sets, and the
     elements it puts into the shared maps."""
+
     key: str
     chains: dict[str, list[str]] = field(default_factory=dict)
-    affinity_sets: dict[str, int] = field(default_factory=dict)    # name -> timeout seconds
+    affinity_sets: dict[str, int] = field(default_factory=dict)  # name -> timeout seconds
     elements: list[tuple[str, str]] = field(default_factory=list)  # (map or set, element)
 
     @functools.cached_property
@@ -146,8 +171,13 @@ class NftServicePort:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _service_port(svc: Service, port: ServicePort, endpoints: Sequence[Endpoint],
-                  cluster_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> NftServicePort:
+def _service_port(
+    svc: Service,
+    port: ServicePort,
+    endpoints: Sequence[Endpoint],
+    cluster_cidr: ipaddress.IPv4Network | None,
+    options: RenderOptions,
+) -> NftServicePort:
     """kube-proxy nftables syncProxyRules' per-service-port block, decision for decision
     the same as the iptables renderer's; where iptables needs a rule per destination,
     this mode adds a map element."""
@@ -196,21 +226,24 @@ def _service_port(svc: Service, port: ServicePort, endpoints: Sequence[Endpoint]
         if not has_external:
             r.elements.append(("no-endpoint-nodeports", f"{proto} . {port.node_port} {no_ep}"))
 
-    eps = {str(ep): nft_endpoint_base(svc.namespace, svc.name, proto, port.name, str(ep.ip), ep.port)
-           for ep in cat.reachable}
+    eps = {
+        str(ep): nft_endpoint_base(svc.namespace, svc.name, proto, port.name, str(ep.ip), ep.port)
+        for ep in cat.reachable
+    }
     if has_internal:
         r.chains.setdefault(internal_chain, []).extend(_internal_masquerade(svc, cluster_cidr, options))
     if has_endpoints and svc.externally_accessible:
-        r.chains[ext_chain] = _external_chain_rules(svc, cluster_chain, external_policy_chain if has_external else None,
-                                                    cluster_cidr)
+        r.chains[ext_chain] = _external_chain_rules(
+            svc, cluster_chain, external_policy_chain if has_external else None, cluster_cidr
+        )
     if uses_fw:
         r.chains[fw_chain] = [_firewall_rule(svc, options)]
     if cat.cluster and svc.uses_cluster_endpoints:
         r.chains.setdefault(cluster_chain, []).extend(
-            _service_chain_rules(svc, [(ep, eps[str(ep)]) for ep in cat.cluster]))
+            _service_chain_rules(svc, [(ep, eps[str(ep)]) for ep in cat.cluster])
+        )
     if cat.local and svc.uses_local_endpoints:
-        r.chains.setdefault(local_chain, []).extend(
-            _service_chain_rules(svc, [(ep, eps[str(ep)]) for ep in cat.local]))
+        r.chains.setdefault(local_chain, []).extend(_service_chain_rules(svc, [(ep, eps[str(ep)]) for ep in cat.local]))
     for ep in cat.reachable:
         ep_base = eps[str(ep)]
         r.chains[NFT_ENDPOINT_PREFIX + ep_base] = _endpoint_chain_rules(svc, proto, ep, ep_base)
@@ -219,8 +252,7 @@ def _service_port(svc: Service, port: ServicePort, endpoints: Sequence[Endpoint]
     return r
 
 
-def _internal_masquerade(svc: Service, cluster_cidr: ipaddress.IPv4Network | None,
-                         options: RenderOptions) -> list[str]:
+def _internal_masquerade(svc: Service, cluster_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> list[str]:
     if options.masquerade_all:
         return [f"ip daddr {svc.cluster_ip} jump {MARK_MASQ}"]
     if cluster_cidr is not None:
@@ -229,18 +261,24 @@ def _internal_masquerade(svc: Service, cluster_cidr: ipaddress.IPv4Network | Non
     return []
 
 
-def _external_chain_rules(svc: Service, cluster_chain: str, policy_chain: str | None,
-                          cluster_cidr: ipaddress.IPv4Network | None) -> list[str]:
+def _external_chain_rules(
+    svc: Service, cluster_chain: str, policy_chain: str | None, cluster_cidr: ipaddress.IPv4Network | None
+) -> list[str]:
     """NodePort, LB-IP and external-IP traffic: masquerade for the Cluster policy; for
     Local keep the client's address, except for pods and the node itself, which take
     the Cluster path (as if they had gone out to the load balancer and back)."""
     if not svc.external_policy_local:
         rules = [f"jump {MARK_MASQ}"]
     else:
-        rules = [f'ip saddr {cluster_cidr} goto {cluster_chain} comment "short-circuit pod traffic"'] \
-            if cluster_cidr is not None else []
-        rules += [f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"',
-                  f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"']
+        rules = (
+            [f'ip saddr {cluster_cidr} goto {cluster_chain} comment "short-circuit pod traffic"']
+            if cluster_cidr is not None
+            else []
+        )
+        rules += [
+            f'fib saddr type local jump {MARK_MASQ} comment "masquerade local traffic"',
+            f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"',
+        ]
     if policy_chain:
         rules.append(f"goto {policy_chain}")
     return rules
@@ -268,7 +306,7 @@ def _service_chain_rules(svc: Service, eps: Sequence[tuple[Endpoint, str]]) -> l
 
 
 def _endpoint_chain_rules(svc: Service, proto: str, ep: Endpoint, ep_base: str) -> list[str]:
-    rules = [f"ip saddr {ep.ip} jump {MARK_MASQ}"]          # hairpin: a pod reaching itself
+    rules = [f"ip saddr {ep.ip} jump {MARK_MASQ}"]  # hairpin: a pod reaching itself
     if svc.session_affinity == "ClientIP":
         rules.append(f"update @{NFT_AFFINITY_PREFIX}{ep_base} {{ ip saddr }}")
     rules.append(f"meta l4proto {proto} dnat to {ep}")
@@ -277,30 +315,35 @@ def _endpoint_chain_rules(svc: Service, proto: str, ep: Endpoint, ep_base: str) 
 
 # --------------------------------------------------------------------------- the plan
 
+
 @dataclass(frozen=True)
 class NftState:
     """What a successful transaction left in our table: per service port the digest
     of its chains and their names, every map/set element, affinity sets. Feed it to the
     next ``render_partial``; after a failed transaction drop it and render in full."""
-    digests: dict = field(default_factory=dict)       # port key -> digest
-    chains: dict = field(default_factory=dict)        # port key -> chain names
-    elements: frozenset = frozenset()                 # (container, element)
+
+    digests: dict = field(default_factory=dict)  # port key -> digest
+    chains: dict = field(default_factory=dict)  # port key -> chain names
+    elements: frozenset = frozenset()  # (container, element)
     affinity_sets: frozenset = frozenset()
-    static: tuple = ()                                # the table, maps and fixed chains as written
+    static: tuple = ()  # the table, maps and fixed chains as written
 
 
 @dataclass(frozen=True)
 class NftPlan:
     table: str
-    static: tuple[str, ...]                 # table, sets, maps, fixed chains and rules
+    static: tuple[str, ...]  # table, sets, maps, fixed chains and rules
     service_ports: tuple[NftServicePort, ...]
 
     @functools.cached_property
     def state(self) -> NftState:
-        return NftState(digests={p.key: p.digest for p in self.service_ports},
-                        chains={p.key: tuple(p.chains) for p in self.service_ports},
-                        elements=frozenset(e for p in self.service_ports for e in p.elements),
-                        affinity_sets=self.affinity_sets(), static=self.static)
+        return NftState(
+            digests={p.key: p.digest for p in self.service_ports},
+            chains={p.key: tuple(p.chains) for p in self.service_ports},
+            elements=frozenset(e for p in self.service_ports for e in p.elements),
+            affinity_sets=self.affinity_sets(),
+            static=self.static,
+        )
 
     def render_partial(self, previous: NftState) -> tuple[str, list[str]]:
         """Only what changed since ``previous``: the chains of changed service ports,
@@ -311,19 +354,29 @@ class NftPlan:
         delete in a later one (``render_nft_delete_chains``)."""
         t = f"{FAMILY} {self.table}"
         # The static part without its "flush map/set": the maps keep their elements.
-        lines = [] if previous.static == self.static else \
-            [line for line in self.static if not line.startswith(("flush map", "flush set"))]
+        lines = (
+            []
+            if previous.static == self.static
+            else [line for line in self.static if not line.startswith(("flush map", "flush set"))]
+        )
         new = self.state
         # Deleted first, then added: an element whose verdict changed (same key) is both.
-        lines += [f"delete element {t} {c} {{ {_element_key(e)} }}" for c, e in sorted(previous.elements - new.elements)]
+        lines += [
+            f"delete element {t} {c} {{ {_element_key(e)} }}" for c, e in sorted(previous.elements - new.elements)
+        ]
         for p in self.service_ports:
             if previous.digests.get(p.key) != p.digest:
                 lines += [""] + [line for line in _render_service_port(t, p) if not line.startswith("add element")]
         lines += [f"add element {t} {c} {{ {e} }}" for c, e in sorted(new.elements - previous.elements)]
         # A chain's name hashes its service port, so it can only go stale within its port.
         now = {p.key: p.chains for p in self.service_ports}
-        stale = sorted(c for key, chains in previous.chains.items() if tuple(now.get(key, ())) != chains
-                       for c in chains if c not in now.get(key, ()))
+        stale = sorted(
+            c
+            for key, chains in previous.chains.items()
+            if tuple(now.get(key, ())) != chains
+            for c in chains
+            if c not in now.get(key, ())
+        )
         stale_sets = sorted(previous.affinity_sets - self.affinity_sets())
         lines += [f"flush chain {t} {c}" for c in stale]
         lines += [f"delete set {t} {s}" for s in stale_sets]
@@ -331,8 +384,11 @@ class NftPlan:
 
     def rule_count(self, state: NftState | None = None) -> int:
         """Rules plus map/set elements: what one sync asks the kernel to hold."""
-        return sum(1 for line in self.static if line.startswith("add rule")) + \
-            sum(p.rule_total for p in self.service_ports) + len((state or self.state).elements)
+        return (
+            sum(1 for line in self.static if line.startswith("add rule"))
+            + sum(p.rule_total for p in self.service_ports)
+            + len((state or self.state).elements)
+        )
 
     def service_chains(self) -> frozenset[str]:
         return frozenset(c for p in self.service_ports for c in p.chains)
@@ -342,8 +398,7 @@ class NftPlan:
 
     def stale_chains(self, existing_chains: Iterable[str]) -> list[str]:
         active = self.service_chains()
-        return sorted(c for c in set(existing_chains) if nft_is_service_chain(c)
-                      and c not in active)
+        return sorted(c for c in set(existing_chains) if nft_is_service_chain(c) and c not in active)
 
     def render(self, existing_chains: Iterable[str] = (), existing_sets: Iterable[str] = ()) -> str:
         """The full transaction. ``existing_chains``/``existing_sets``: names in our table
@@ -355,8 +410,7 @@ class NftPlan:
             lines += [""] + _render_service_port(t, p)
         stale = self.stale_chains(existing_chains)
         affinity = self.affinity_sets()
-        stale_sets = sorted(s for s in set(existing_sets) if nft_is_affinity_set(s)
-                            and s not in affinity)
+        stale_sets = sorted(s for s in set(existing_sets) if nft_is_affinity_set(s) and s not in affinity)
         if stale or stale_sets:
             lines += ["", "# stale: flushed now, deleted by a later transaction"]
             lines += [f"flush chain {t} {c}" for c in stale]
@@ -369,38 +423,52 @@ def _render_service_port(t: str, p: NftServicePort) -> list[str]:
     lines = [f"# {p.key}"]
     for c in p.chains:
         lines += [f"add chain {t} {c}", f"flush chain {t} {c}"]
-    lines += [f"add set {t} {s} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {secs}s ; }}"
-              for s, secs in p.affinity_sets.items()]
+    lines += [
+        f"add set {t} {s} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {secs}s ; }}"
+        for s, secs in p.affinity_sets.items()
+    ]
     lines += [f"add rule {t} {c} {rule}" for c, rules in p.chains.items() for rule in rules]
     lines += [f"add element {t} {name} {{ {elem} }}" for name, elem in p.elements]
     return lines
 
 
-def _static(table: str, node_ips: Sequence[ipaddress.IPv4Address],
-            service_cidr: ipaddress.IPv4Network | None, options: RenderOptions) -> list[str]:
+def _static(
+    table: str,
+    node_ips: Sequence[ipaddress.IPv4Address],
+    service_cidr: ipaddress.IPv4Network | None,
+    options: RenderOptions,
+) -> list[str]:
     """kube-proxy's setupNFTables: the table, its sets and maps (flushed: every full sync
     refills them), its fixed chains and their rules."""
     t = f"{FAMILY} {table}"
-    lines = [f"add table {t} {{ comment \"rules for {table}\" ; }}"]
+    lines = [f'add table {t} {{ comment "rules for {table}" ; }}']
     for name, kind, type_, comment in CONTAINERS:
-        lines += [f"add {kind} {t} {name} {{ type {type_} ; comment \"{comment}\" ; }}",
-                  f"flush {kind} {t} {name}"]
-    for c in (SERVICES, MARK_MASQ, MASQUERADING, SERVICE_ENDPOINTS_CHECK,
-              NODEPORT_ENDPOINTS_CHECK, CLUSTER_IPS_CHECK, FIREWALL_CHECK):
+        lines += [f'add {kind} {t} {name} {{ type {type_} ; comment "{comment}" ; }}', f"flush {kind} {t} {name}"]
+    for c in (
+        SERVICES,
+        MARK_MASQ,
+        MASQUERADING,
+        SERVICE_ENDPOINTS_CHECK,
+        NODEPORT_ENDPOINTS_CHECK,
+        CLUSTER_IPS_CHECK,
+        FIREWALL_CHECK,
+    ):
         lines += [f"add chain {t} {c}", f"flush chain {t} {c}"]
-    lines += [f"add chain {t} {REJECT_CHAIN} {{ comment \"helper for @no-endpoint-services / "
-              f"@no-endpoint-nodeports\" ; }}", f"flush chain {t} {REJECT_CHAIN}"]
+    lines += [
+        f'add chain {t} {REJECT_CHAIN} {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}',
+        f"flush chain {t} {REJECT_CHAIN}",
+    ]
     for name, type_, hook, prio in BASE_CHAINS:
-        lines += [f"add chain {t} {name} {{ type {type_} hook {hook} priority {prio} ; }}",
-                  f"flush chain {t} {name}"]
+        lines += [f"add chain {t} {name} {{ type {type_} hook {hook} priority {prio} ; }}", f"flush chain {t} {name}"]
     lines += [f"add rule {t} {src} {(match + ' ') if match else ''}jump {dst}" for dst, src, match in JUMPS]
     lines += [f"add rule {t} {chain} {rule}" for chain, rule in _fixed_rules(node_ips, service_cidr, options)]
     lines += [f"add element {t} nodeport-ips {{ {ip} }}" for ip in node_ips]
     return lines
 
 
-def _fixed_rules(node_ips: Sequence[ipaddress.IPv4Address], service_cidr: ipaddress.IPv4Network | None,
-                 options: RenderOptions) -> list[tuple[str, str]]:
+def _fixed_rules(
+    node_ips: Sequence[ipaddress.IPv4Address], service_cidr: ipaddress.IPv4Network | None, options: RenderOptions
+) -> list[tuple[str, str]]:
     mark = options.masquerade_mark
     # NodePorts on every local address but 127.0.0.0/8 (nftables mode has no localhost
     # NodePorts), or only on the given node IPs.
@@ -412,12 +480,12 @@ def _fixed_rules(node_ips: Sequence[ipaddress.IPv4Address], service_cidr: ipaddr
         (MASQUERADING, f"mark set mark xor {mark}"),
         (MASQUERADING, "masquerade" + (" fully-random" if options.random_fully else "")),
         # After DNAT nothing should still go to a ClusterIP: a port the service lacks.
-        (CLUSTER_IPS_CHECK, "ip daddr @cluster-ips reject"
-                            ' comment "Reject traffic to invalid ports of ClusterIPs"'),
+        (CLUSTER_IPS_CHECK, 'ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"'),
     ]
     if service_cidr is not None:
-        rules.append((CLUSTER_IPS_CHECK, f"ip daddr {{ {service_cidr} }} drop"
-                                         ' comment "Drop traffic to unallocated ClusterIPs"'))
+        rules.append(
+            (CLUSTER_IPS_CHECK, f'ip daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"')
+        )
     rules += [
         (REJECT_CHAIN, "reject"),
         (FIREWALL_CHECK, f"ip daddr . {_DISPATCH} vmap @firewall-ips"),
@@ -429,47 +497,62 @@ def _fixed_rules(node_ips: Sequence[ipaddress.IPv4Address], service_cidr: ipaddr
     return rules
 
 
-def plan_nft(services: Iterable[Service], endpoints_by_service: Mapping[str, Sequence[Endpoint]],
-             node_ips: Sequence[str | ipaddress.IPv4Address] = (),
-             cluster_cidr: str | ipaddress.IPv4Network | None = None,
-             options: RenderOptions = RenderOptions(),
-             service_cidr: str | ipaddress.IPv4Network | None = None, table: str = TABLE) -> NftPlan:
+def plan_nft(
+    services: Iterable[Service],
+    endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+    node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+    cluster_cidr: str | ipaddress.IPv4Network | None = None,
+    options: RenderOptions = RenderOptions(),
+    service_cidr: str | ipaddress.IPv4Network | None = None,
+    table: str = TABLE,
+) -> NftPlan:
     """Arguments as ``iptables_render.plan_iptables``; ``service_cidr`` (optional) makes
     packets to unallocated ClusterIPs drop at once, as kube-proxy's nftables mode does."""
     services = proxied(services)
     if not options.large_cluster and is_large_cluster(services, endpoints_by_service):
         options = dataclasses.replace(options, large_cluster=True)
-    ports = [p for svc in services
-             for p in service_ports(svc, endpoints_by_service, cluster_cidr, options)]
+    ports = [p for svc in services for p in service_ports(svc, endpoints_by_service, cluster_cidr, options)]
     return plan_nft_from_ports(ports, node_ips, options, service_cidr, table)
 
 
-def service_ports(svc: Service, endpoints_by_service: Mapping[str, Sequence[Endpoint]],
-                  cluster_cidr: str | ipaddress.IPv4Network | None = None,
-                  options: RenderOptions = RenderOptions()) -> list[NftServicePort]:
+def service_ports(
+    svc: Service,
+    endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+    cluster_cidr: str | ipaddress.IPv4Network | None = None,
+    options: RenderOptions = RenderOptions(),
+) -> list[NftServicePort]:
     """The objects of every port of one (proxied) service; a sync loop keeps these per
     service and rebuilds only the changed ones (``plan_nft_from_ports``)."""
     cidr = ipaddress.IPv4Network(cluster_cidr) if cluster_cidr is not None else None
-    return [_service_port(svc, port, endpoints_by_service.get(svc.port_key(port), ()),
-                          cidr, options) for port in svc.ports]
+    return [
+        _service_port(svc, port, endpoints_by_service.get(svc.port_key(port), ()), cidr, options) for port in svc.ports
+    ]
 
 
-def plan_nft_from_ports(ports: Sequence[NftServicePort], node_ips: Sequence[str | ipaddress.IPv4Address] = (),
-                        options: RenderOptions = RenderOptions(),
-                        service_cidr: str | ipaddress.IPv4Network | None = None,
-                        table: str = TABLE) -> NftPlan:
+def plan_nft_from_ports(
+    ports: Sequence[NftServicePort],
+    node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+    options: RenderOptions = RenderOptions(),
+    service_cidr: str | ipaddress.IPv4Network | None = None,
+    table: str = TABLE,
+) -> NftPlan:
     scidr = ipaddress.IPv4Network(service_cidr) if service_cidr is not None else None
     ips = [ip for ip in (ipaddress.IPv4Address(x) for x in node_ips) if not ip.is_loopback]
     return NftPlan(table=table, static=tuple(_static(table, ips, scidr, options)), service_ports=tuple(ports))
 
 
-def render_nft(services: Iterable[Service], endpoints_by_service: Mapping[str, Sequence[Endpoint]],
-               node_ips: Sequence[str | ipaddress.IPv4Address] = (),
-               cluster_cidr: str | ipaddress.IPv4Network | None = None,
-               options: RenderOptions = RenderOptions(), *,
-               service_cidr: str | ipaddress.IPv4Network | None = None,
-               existing_chains: Iterable[str] = (), existing_sets: Iterable[str] = (),
-               table: str = TABLE) -> str:
+def render_nft(
+    services: Iterable[Service],
+    endpoints_by_service: Mapping[str, Sequence[Endpoint]],
+    node_ips: Sequence[str | ipaddress.IPv4Address] = (),
+    cluster_cidr: str | ipaddress.IPv4Network | None = None,
+    options: RenderOptions = RenderOptions(),
+    *,
+    service_cidr: str | ipaddress.IPv4Network | None = None,
+    existing_chains: Iterable[str] = (),
+    existing_sets: Iterable[str] = (),
+    table: str = TABLE,
+) -> str:
     """The full ``nft -f`` transaction for this node's services."""
     plan = plan_nft(services, endpoints_by_service, node_ips, cluster_cidr, options, service_cidr, table)
     return plan.render(existing_chains, existing_sets)

@@ -42,29 +42,39 @@ Noticing changes made by someone else, two ways:
 from __future__ import annotations
 
 import dataclasses
-
 import ipaddress
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
+from minikubenet.k8s_objects import Endpoint, Service
 from minikubenet.linux import conntrack, iptables, nft, nft_monitor
 from minikubenet.proxy import iptables_render, nft_render
-from minikubenet.proxy.iptables_render import (KUBE_MARK_MASQ, SyncState, chains_from_save,
-                                               jump_chains, plan_from_rules, service_rules)
-from minikubenet.k8s_objects import Endpoint, Service
+from minikubenet.proxy.iptables_render import (
+    KUBE_MARK_MASQ,
+    SyncState,
+    chains_from_save,
+    jump_chains,
+    plan_from_rules,
+    service_rules,
+)
 from minikubenet.proxy.model import RenderOptions, is_large_cluster, ready_endpoints
 from minikubenet.proxy.naming import is_service_chain
-from minikubenet.proxy.nft_render import (NftState, plan_nft_from_ports, render_nft_cleanup,
-                                          render_nft_delete_chains, service_ports)
+from minikubenet.proxy.nft_render import (
+    NftState,
+    plan_nft_from_ports,
+    render_nft_cleanup,
+    render_nft_delete_chains,
+    service_ports,
+)
 
 log = logging.getLogger(__name__)
 
-CANARY = "KUBE-PROXY-CANARY"      # kube-proxy's flush canary: an empty chain in each table
-RESTORE_WAIT = ("-w", "5", "-W", "100000")   # xtables lock: wait 5 s, retry every 100 ms
-NFT_DELETE_DELAY = 1.0            # flushed stale nft chains are deleted >= 1 s later
-STALE_CLEANUP_PERIOD = 30.0       # large clusters: stale iptables chains deleted at most this often
+CANARY = "KUBE-PROXY-CANARY"  # kube-proxy's flush canary: an empty chain in each table
+RESTORE_WAIT = ("-w", "5", "-W", "100000")  # xtables lock: wait 5 s, retry every 100 ms
+NFT_DELETE_DELAY = 1.0  # flushed stale nft chains are deleted >= 1 s later
+STALE_CLEANUP_PERIOD = 30.0  # large clusters: stale iptables chains deleted at most this often
 
 
 class SyncError(Exception):
@@ -74,11 +84,12 @@ class SyncError(Exception):
 @dataclass(frozen=True)
 class SyncConfig:
     """What does not change between syncs: the node's view of the cluster."""
-    cluster_cidr: str | None = None           # pod network: ClusterIP traffic from outside is SNATed
-    service_cidr: str | None = None           # nftables: drop traffic to unallocated ClusterIPs
-    node_ips: tuple[str, ...] = ()            # NodePort addresses; () = every local address
+
+    cluster_cidr: str | None = None  # pod network: ClusterIP traffic from outside is SNATed
+    service_cidr: str | None = None  # nftables: drop traffic to unallocated ClusterIPs
+    node_ips: tuple[str, ...] = ()  # NodePort addresses; () = every local address
     options: RenderOptions = RenderOptions()
-    iptables: str = "iptables"                # or iptables-legacy / iptables-nft
+    iptables: str = "iptables"  # or iptables-legacy / iptables-nft
     nft_table: str = nft_render.TABLE
     conntrack_cleanup: bool = True
 
@@ -86,17 +97,22 @@ class SyncConfig:
 @dataclass
 class SyncResult:
     full: bool
-    written_rules: dict[str, int] = field(default_factory=dict)   # per table, in this sync
-    total_rules: dict[str, int] = field(default_factory=dict)     # per table, owned now
+    written_rules: dict[str, int] = field(default_factory=dict)  # per table, in this sync
+    total_rules: dict[str, int] = field(default_factory=dict)  # per table, owned now
     text_bytes: int = 0
     conntrack_deleted: int = 0
 
 
 # --------------------------------------------------------------------------- conntrack
 
-def udp_flows_to_clear(before_services: Mapping[str, Service], before: Mapping[str, Sequence[Endpoint]],
-                       after_services: Mapping[str, Service], after: Mapping[str, Sequence[Endpoint]],
-                       keys: Iterable[str] | None = None) -> list[conntrack.UdpFlowFilter]:
+
+def udp_flows_to_clear(
+    before_services: Mapping[str, Service],
+    before: Mapping[str, Sequence[Endpoint]],
+    after_services: Mapping[str, Service],
+    after: Mapping[str, Sequence[Endpoint]],
+    keys: Iterable[str] | None = None,
+) -> list[conntrack.UdpFlowFilter]:
     """The conntrack entries that would keep UDP clients on an endpoint that is gone
     (pure: the filters, not the deletion). Arguments are "ns/name" -> Service and
     "ns/name:port" -> endpoints, before and after a sync.
@@ -141,24 +157,30 @@ def udp_flows_to_clear(before_services: Mapping[str, Service], before: Mapping[s
 
 # --------------------------------------------------------------------------- the base
 
+
 class Syncer:
     """Shared bookkeeping: the per-service plan cache and what was last applied."""
+
     mode = ""
 
     def __init__(self, config: SyncConfig):
         self.config = config
-        self.options = config.options          # with large_cluster as the endpoint count says
-        self._cache: dict[str, list] = {}             # "ns/name" -> its planned service ports
+        self.options = config.options  # with large_cluster as the endpoint count says
+        self._cache: dict[str, list] = {}  # "ns/name" -> its planned service ports
         self._applied_services: dict[str, Service] = {}
-        self._applied_endpoints: dict[str, Mapping[str, Sequence[Endpoint]]] = {}   # "ns/name" -> by port
+        self._applied_endpoints: dict[str, Mapping[str, Sequence[Endpoint]]] = {}  # "ns/name" -> by port
 
-    def _plan_services(self, services: Mapping[str, Service],
-                       endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
-                       changed: Iterable[str] | None) -> list:
+    def _plan_services(
+        self,
+        services: Mapping[str, Service],
+        endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+        changed: Iterable[str] | None,
+    ) -> list:
         """Re-plan the ``changed`` services (all when None); return every service's
         planned ports in kube-proxy's order (services sorted by "ns/name")."""
-        large = is_large_cluster(services.values(), {pk: eps for by_port in endpoints.values()
-                                                     for pk, eps in by_port.items()})
+        large = is_large_cluster(
+            services.values(), {pk: eps for by_port in endpoints.values() for pk, eps in by_port.items()}
+        )
         if large != self.options.large_cluster:
             # Every service's endpoint comments change with the mode: re-plan them all.
             self.options = dataclasses.replace(self.options, large_cluster=large)
@@ -177,9 +199,12 @@ class Syncer:
     def _plan_one(self, svc: Service, endpoints: Mapping[str, Sequence[Endpoint]]) -> list:
         raise NotImplementedError
 
-    def _clear_conntrack(self, services: Mapping[str, Service],
-                         endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
-                         changed: Iterable[str] | None) -> int:
+    def _clear_conntrack(
+        self,
+        services: Mapping[str, Service],
+        endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+        changed: Iterable[str] | None,
+    ) -> int:
         """Delete the UDP entries this sync made stale (looking only at the services
         that changed), then remember what is applied now."""
         keys = set(services) | set(self._applied_services) if changed is None else set(changed)
@@ -217,8 +242,12 @@ class Syncer:
     def render_full(self, services, endpoints) -> str:
         raise NotImplementedError
 
-    def sync(self, services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
-             changed: Iterable[str] | None = None) -> SyncResult:
+    def sync(
+        self,
+        services: Mapping[str, Service],
+        endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+        changed: Iterable[str] | None = None,
+    ) -> SyncResult:
         raise NotImplementedError
 
     def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
@@ -236,15 +265,17 @@ class Syncer:
 
 # --------------------------------------------------------------------------- iptables
 
+
 class IptablesSyncer(Syncer):
     """kube-proxy's iptables mode: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-*."""
+
     mode = "iptables"
 
     def __init__(self, config: SyncConfig):
         super().__init__(config)
         self.state: SyncState | None = None
-        self._plan = None                          # the last plan applied (for the deep check)
-        self._last_cleanup = 0.0                   # monotonic time of the last stale-chain deletion
+        self._plan = None  # the last plan applied (for the deep check)
+        self._last_cleanup = 0.0  # monotonic time of the last stale-chain deletion
         b = config.iptables
         self.restore_bin, self.save_bin = f"{b}-restore", f"{b}-save"
 
@@ -259,13 +290,21 @@ class IptablesSyncer(Syncer):
         """The text a full sync would apply (for --dry-run), with the jumps it would
         ensure, as comments."""
         plan = self.plan(services, endpoints)
-        jumps = [f"# -t {j.table} -I {j.src} 1 {' '.join(_quote(a) for a in j.rule_args())}"
-                 for j in jump_chains(self.config.options)]
-        return ("# jumps from the built-in chains; a full sync adds the missing ones to its restore,\n"
-                "# and a canary chain KUBE-PROXY-CANARY in each table:\n" + "\n".join(jumps) + "\n" + plan.render())
+        jumps = [
+            f"# -t {j.table} -I {j.src} 1 {' '.join(_quote(a) for a in j.rule_args())}"
+            for j in jump_chains(self.config.options)
+        ]
+        return (
+            "# jumps from the built-in chains; a full sync adds the missing ones to its restore,\n"
+            "# and a canary chain KUBE-PROXY-CANARY in each table:\n" + "\n".join(jumps) + "\n" + plan.render()
+        )
 
-    def sync(self, services: Mapping[str, Service], endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
-             changed: Iterable[str] | None = None) -> SyncResult:
+    def sync(
+        self,
+        services: Mapping[str, Service],
+        endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
+        changed: Iterable[str] | None = None,
+    ) -> SyncResult:
         """``changed`` None or no previous state: a full sync."""
         full = changed is None or self.state is None
         plan = self.plan(services, endpoints, None if full else changed)
@@ -279,8 +318,11 @@ class IptablesSyncer(Syncer):
                 # kube-proxy in large clusters: stale chains are deleted at most once per
                 # sync period (a partial restore stays small during endpoint churn);
                 # unreferenced, they do no harm meanwhile.
-                if stale and self.options.large_cluster and \
-                        time.monotonic() - self._last_cleanup < STALE_CLEANUP_PERIOD:
+                if (
+                    stale
+                    and self.options.large_cluster
+                    and time.monotonic() - self._last_cleanup < STALE_CLEANUP_PERIOD
+                ):
                     deferred, stale = stale, []
                 text = plan.render_partial(self.state, skip_unchanged_fixed=True, stale=stale)
             iptables.restore(text, binary=self.restore_bin, wait=RESTORE_WAIT)
@@ -362,8 +404,13 @@ class IptablesSyncer(Syncer):
                 continue
             for (t, chain), n in sorted(expected.items()):
                 if t == table and found.get(chain) != n:
-                    log.warning("chain %s in %s has %s rules, expected %d: it was changed by hand",
-                                chain, table, "no chain and no" if chain not in found else found[chain], n)
+                    log.warning(
+                        "chain %s in %s has %s rules, expected %d: it was changed by hand",
+                        chain,
+                        table,
+                        "no chain and no" if chain not in found else found[chain],
+                        n,
+                    )
                     return False
         return True
 
@@ -414,8 +461,10 @@ _FIXED_CHAINS = set(iptables_render.FILTER_CHAINS) | set(iptables_render.NAT_CHA
 def _has_jump(save_text: str, j) -> bool:
     """Is jump ``j`` in an ``iptables-save`` dump? (Its source chain, comment and target.)"""
     comment = f'--comment "{j.comment}"' if " " in j.comment else f"--comment {j.comment}"
-    return any(line.startswith(f"-A {j.src} ") and line.endswith(f"-j {j.dst}") and (not j.comment or comment in line)
-               for line in save_text.splitlines())
+    return any(
+        line.startswith(f"-A {j.src} ") and line.endswith(f"-j {j.dst}") and (not j.comment or comment in line)
+        for line in save_text.splitlines()
+    )
 
 
 def _rule_counts(save_text: str) -> dict[str, int]:
@@ -460,22 +509,25 @@ def _quote(arg: str) -> str:
 
 # --------------------------------------------------------------------------- nftables
 
+
 class NftSyncer(Syncer):
     """kube-proxy's nftables mode: one table of our own, verdict maps, numgen."""
+
     mode = "nftables"
 
     def __init__(self, config: SyncConfig):
         super().__init__(config)
         self.state: NftState | None = None
-        self._to_delete: list[tuple[float, str]] = []    # (flushed at, chain)
+        self._to_delete: list[tuple[float, str]] = []  # (flushed at, chain)
 
     def _plan_one(self, svc, endpoints):
         return service_ports(svc, endpoints, self.config.cluster_cidr, self.options)
 
     def plan(self, services, endpoints, changed=None):
         ports = self._plan_services(services, endpoints, changed)
-        return plan_nft_from_ports(ports, self.config.node_ips, self.config.options,
-                                   self.config.service_cidr, self.config.nft_table)
+        return plan_nft_from_ports(
+            ports, self.config.node_ips, self.config.options, self.config.service_cidr, self.config.nft_table
+        )
 
     def render_full(self, services, endpoints) -> str:
         return self.plan(services, endpoints).render()
@@ -504,10 +556,14 @@ class NftSyncer(Syncer):
         self._to_delete += [(now, c) for c in stale if c not in {x for _, x in self._to_delete}]
         self.state = state = plan.state
         total = plan.rule_count(state)
-        result = SyncResult(full=full, text_bytes=len(text),
-                            written_rules={"nftables": sum(1 for line in text.splitlines()
-                                                           if line.startswith(("add rule", "add element")))},
-                            total_rules={"nftables": total})
+        result = SyncResult(
+            full=full,
+            text_bytes=len(text),
+            written_rules={
+                "nftables": sum(1 for line in text.splitlines() if line.startswith(("add rule", "add element")))
+            },
+            total_rules={"nftables": total},
+        )
         result.conntrack_deleted = self._clear_conntrack(services, endpoints, None if full else changed)
         return result
 
@@ -517,7 +573,7 @@ class NftSyncer(Syncer):
     def _existing_names(self) -> tuple[set[str], set[str]]:
         listing = nft.list_table(nft_render.FAMILY, self.config.nft_table)
         if listing is None:
-            return set(), set()      # no table yet
+            return set(), set()  # no table yet
         return nft_render.names_from_listing(listing)
 
     def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
@@ -530,8 +586,9 @@ class NftSyncer(Syncer):
             chains, _sets = self._existing_names()
             missing = sorted({c for cs in self.state.chains.values() for c in cs} - chains)
             if missing:
-                log.warning("chains %s of table %s are gone: deleted by hand", ", ".join(missing[:5]),
-                            self.config.nft_table)
+                log.warning(
+                    "chains %s of table %s are gone: deleted by hand", ", ".join(missing[:5]), self.config.nft_table
+                )
                 return False
         return True
 

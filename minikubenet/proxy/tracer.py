@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable
 
 from minikubenet.proxy.iptables_render import JUMP_CHAINS, KUBE_FIREWALL, KUBELET_JUMP_CHAINS, JumpChain
 from minikubenet.proxy.naming import is_service_chain
 
-BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
-                  "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
+BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")}
 TERMINAL_TARGETS = ("ACCEPT", "DROP", "REJECT")
 BUILTIN_TARGETS = TERMINAL_TARGETS + ("RETURN", "DNAT", "SNAT", "MASQUERADE", "MARK", "LOG")
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
@@ -50,10 +50,11 @@ class TracerError(ValueError):
 
 # --------------------------------------------------------------------------- parsing
 
+
 @dataclass(frozen=True)
 class Match:
-    kind: str          # src dst proto dport src-type dst-type mark ctstate rcheck
-    value: Any           # a network, a protocol, a port, (value, mask), a set of states, a name
+    kind: str  # src dst proto dport src-type dst-type mark ctstate rcheck
+    value: Any  # a network, a protocol, a port, (value, mask), a set of states, a name
     negated: bool = False
 
 
@@ -61,11 +62,11 @@ class Match:
 class Rule:
     table: str
     chain: str
-    text: str                              # the "-A ..." line as written
+    text: str  # the "-A ..." line as written
     matches: tuple[Match, ...] = ()
-    probability: float | None = None       # -m statistic --mode random
-    remember: str | None = None            # -m recent --set: the list name
-    target: str = ""                       # "" when the rule has no -j (a counter)
+    probability: float | None = None  # -m statistic --mode random
+    remember: str | None = None  # -m recent --set: the list name
+    target: str = ""  # "" when the rule has no -j (a counter)
     target_args: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -73,6 +74,7 @@ class Rule:
 class Ruleset:
     """Parsed restore text: table -> chain -> rules, plus the chains each table declares
     and the ``-X`` deletions it asks for."""
+
     rules: dict[str, dict[str, list[Rule]]] = field(default_factory=dict)
     declared: dict[str, list[str]] = field(default_factory=dict)
     deleted: dict[str, list[str]] = field(default_factory=dict)
@@ -80,11 +82,14 @@ class Ruleset:
     def chain(self, table: str, chain: str) -> list[Rule]:
         return self.rules.get(table, {}).get(chain, [])
 
-    def with_jumps(self, jumps: Sequence[JumpChain]) -> "Ruleset":
+    def with_jumps(self, jumps: Sequence[JumpChain]) -> Ruleset:
         """A copy with the jumps from the built-in chains added, each prepended in
         order, as ``iptables -I`` would leave them (so the last one ends up first)."""
-        rs = Ruleset({t: {c: list(r) for c, r in chains.items()} for t, chains in self.rules.items()},
-                     {t: list(c) for t, c in self.declared.items()}, dict(self.deleted))
+        rs = Ruleset(
+            {t: {c: list(r) for c, r in chains.items()} for t, chains in self.rules.items()},
+            {t: list(c) for t, c in self.declared.items()},
+            dict(self.deleted),
+        )
         for jump in jumps:
             line = "-A " + jump.src + " " + shlex.join(jump.rule_args())
             chain = rs.rules.setdefault(jump.table, {}).setdefault(jump.src, [])
@@ -143,18 +148,29 @@ def parse_rule(table: str, line: str) -> Rule:
             fields["remember"] = name
         else:
             fields["matches"].append(Match("rcheck", name, negated))
-    return Rule(table=table, chain=words[1], text=line, matches=tuple(fields["matches"]),
-                probability=fields.get("probability"), remember=fields.get("remember"),
-                target=fields.get("target", ""), target_args=fields["target_args"])
+    return Rule(
+        table=table,
+        chain=words[1],
+        text=line,
+        matches=tuple(fields["matches"]),
+        probability=fields.get("probability"),
+        remember=fields.get("remember"),
+        target=fields.get("target", ""),
+        target_args=fields["target_args"],
+    )
 
 
 # option -> (match kind, how to parse its value); all of these take one argument.
 _MATCH_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "-s": ("src", ipaddress.IPv4Network), "--source": ("src", ipaddress.IPv4Network),
-    "-d": ("dst", ipaddress.IPv4Network), "--destination": ("dst", ipaddress.IPv4Network),
-    "-p": ("proto", str.lower), "--dport": ("dport", lambda v: tuple(int(x) for x in (v.split(":") * 2)[:2])),
-    "--src-type": ("src-type", str), "--dst-type": ("dst-type", str),
-    "--mark": ("mark", lambda v: tuple(int(x, 0) for x in (v.split("/") + [hex(0xffffffff)])[:2])),
+    "-s": ("src", ipaddress.IPv4Network),
+    "--source": ("src", ipaddress.IPv4Network),
+    "-d": ("dst", ipaddress.IPv4Network),
+    "--destination": ("dst", ipaddress.IPv4Network),
+    "-p": ("proto", str.lower),
+    "--dport": ("dport", lambda v: tuple(int(x) for x in (v.split(":") * 2)[:2])),
+    "--src-type": ("src-type", str),
+    "--dst-type": ("dst-type", str),
+    "--mark": ("mark", lambda v: tuple(int(x, 0) for x in (v.split("/") + [hex(0xFFFFFFFF)])[:2])),
     "--ctstate": ("ctstate", lambda v: frozenset(v.split(","))),
 }
 # iptables-save spells "--or-mark X" as "--set-xmark X/X" and "--xor-mark X" as "X/0x0".
@@ -193,6 +209,7 @@ def _parse_option(words: list[str], i: int, negate: bool, fields: dict, line: st
 
 
 # --------------------------------------------------------------------------- walking
+
 
 @dataclass(frozen=True)
 class _Packet:
@@ -255,8 +272,9 @@ def _run(ctx: _Context, table: str, chain: str, p: _Packet, start: int = 0) -> l
             return _take(ctx, rule, p, i)
         # A random match: the packet takes this rule with probability q, or goes on.
         q = rule.probability
-        return (_take(ctx, rule, replace(p, probability=p.probability * q), i)
-                + _run(ctx, table, chain, replace(p, probability=p.probability * (1 - q)), i + 1))
+        return _take(ctx, rule, replace(p, probability=p.probability * q), i) + _run(
+            ctx, table, chain, replace(p, probability=p.probability * (1 - q)), i + 1
+        )
     return [(p, None)]
 
 
@@ -266,12 +284,12 @@ def _take(ctx: _Context, rule: Rule, p: _Packet, i: int) -> list[tuple[_Packet, 
     if rule.remember:
         p = replace(p, remembered=p.remembered + (rule.remember,))
     target, args = rule.target, rule.target_args
-    if target in ("", "MARK"):       # no target (a counter) or a non-terminating MARK
+    if target in ("", "MARK"):  # no target (a counter) or a non-terminating MARK
         if "--or-mark" in args:
             p = replace(p, mark=p.mark | int(args["--or-mark"], 0))
         if "--xor-mark" in args:
             p = replace(p, mark=p.mark ^ int(args["--xor-mark"], 0))
-        if "--set-xmark" in args:     # zero the bits in mask, then xor in value
+        if "--set-xmark" in args:  # zero the bits in mask, then xor in value
             value, _, mask = args["--set-xmark"].partition("/")
             p = replace(p, mark=(p.mark & ~int(mask or "0xffffffff", 0)) ^ int(value, 0))
         return _run(ctx, rule.table, rule.chain, p, i + 1)
@@ -288,7 +306,7 @@ def _take(ctx: _Context, rule: Rule, p: _Packet, i: int) -> list[tuple[_Packet, 
     if target in BUILTIN_TARGETS:
         raise TracerError(f"the tracer does not model target {target}: {rule.text}")
     out: list[tuple[_Packet, str | None]] = []
-    for q, verdict in _run(ctx, rule.table, target, p):   # a jump to a user chain
+    for q, verdict in _run(ctx, rule.table, target, p):  # a jump to a user chain
         out += [(q, verdict)] if verdict else _run(ctx, rule.table, rule.chain, q, i + 1)
     return out
 
@@ -300,14 +318,15 @@ def _builtin(ctx: _Context, table: str, chain: str, p: _Packet) -> list[tuple[_P
 
 # --------------------------------------------------------------------------- results
 
+
 @dataclass(frozen=True)
 class Outcome:
-    verdict: str                 # ACCEPT, REJECT or DROP
-    destination: str             # "ip:port" the packet is addressed to in the end
+    verdict: str  # ACCEPT, REJECT or DROP
+    destination: str  # "ip:port" the packet is addressed to in the end
     dnat: bool
-    masquerade: bool             # SNATed to the node's address in POSTROUTING
+    masquerade: bool  # SNATed to the node's address in POSTROUTING
     probability: float
-    rules: tuple[str, ...]       # every rule that matched, in order
+    rules: tuple[str, ...]  # every rule that matched, in order
     remembered: tuple[str, ...]  # affinity lists the source IP was added to
 
     @property
@@ -362,9 +381,17 @@ class Trace:
         return "\n".join(parts)
 
 
-def trace_packet(rules: str | Ruleset, src: str, dst: str, dport: int, protocol: str = "tcp", *,
-                 local_ips: Iterable[str] = (), recent: Iterable[str] = (),
-                 jumps: Sequence[JumpChain] | None = None) -> Trace:
+def trace_packet(
+    rules: str | Ruleset,
+    src: str,
+    dst: str,
+    dport: int,
+    protocol: str = "tcp",
+    *,
+    local_ips: Iterable[str] = (),
+    recent: Iterable[str] = (),
+    jumps: Sequence[JumpChain] | None = None,
+) -> Trace:
     """Trace the first packet of a connection ``src -> dst:dport``.
 
     local_ips  the node's own addresses (127.0.0.0/8 always counts as local)
@@ -375,8 +402,7 @@ def trace_packet(rules: str | Ruleset, src: str, dst: str, dport: int, protocol:
     rs = parse_restore(rules) if isinstance(rules, str) else rules
     if jumps is None:
         jumps = JUMP_CHAINS + (KUBELET_JUMP_CHAINS if KUBE_FIREWALL in rs.declared.get("filter", []) else ())
-    ctx = _Context(rs.with_jumps(jumps), frozenset(ipaddress.IPv4Address(ip) for ip in local_ips),
-                   frozenset(recent))
+    ctx = _Context(rs.with_jumps(jumps), frozenset(ipaddress.IPv4Address(ip) for ip in local_ips), frozenset(recent))
     p = _Packet(ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst), dport, protocol.lower())
     from_node = ctx.is_local(p.src)
     outcomes = []
@@ -391,20 +417,22 @@ def _after_nat(ctx: _Context, p: _Packet, from_node: bool) -> list[Outcome]:
     if from_node:
         hooks = [("filter", "OUTPUT"), ("nat", "POSTROUTING")] + ([("filter", "INPUT")] if to_node else [])
     elif to_node:
-        hooks = [("filter", "INPUT")]       # delivered locally: no POSTROUTING
+        hooks = [("filter", "INPUT")]  # delivered locally: no POSTROUTING
     else:
         hooks = [("filter", "FORWARD"), ("nat", "POSTROUTING")]
     results = [(p, "ACCEPT")]
-    for table, chain in hooks:          # a packet dropped or rejected goes no further
+    for table, chain in hooks:  # a packet dropped or rejected goes no further
         after = []
         for q, verdict in results:
             after += _builtin(ctx, table, chain, q) if verdict == "ACCEPT" else [(q, verdict)]
         results = after
-    return [Outcome(v, f"{q.dst}:{q.dport}", q.dnat, q.masquerade, q.probability, q.path, q.remembered)
-            for q, v in results]
+    return [
+        Outcome(v, f"{q.dst}:{q.dport}", q.dnat, q.masquerade, q.probability, q.path, q.remembered) for q, v in results
+    ]
 
 
 # --------------------------------------------------------------------------- consistency
+
 
 def check_ruleset(text: str, jumps: Sequence[JumpChain] = JUMP_CHAINS + KUBELET_JUMP_CHAINS) -> list[str]:
     """Problems kube-proxy's checkIPTablesRuleJumps looks for, in a *full* ruleset: rules
@@ -425,8 +453,12 @@ def check_ruleset(text: str, jumps: Sequence[JumpChain] = JUMP_CHAINS + KUBELET_
         for chain in rs.declared.get(table, []):
             # Only per-service chains: a fixed one (KUBE-MARK-MASQ with no service yet)
             # may legitimately wait, empty of callers, for the next sync.
-            if is_service_chain(chain) and chain not in targets and (table, chain) not in entry \
-                    and chain not in rs.deleted.get(table, []):
+            if (
+                is_service_chain(chain)
+                and chain not in targets
+                and (table, chain) not in entry
+                and chain not in rs.deleted.get(table, [])
+            ):
                 problems.append(f"{table}: chain {chain} is never jumped to")
         for chain in rs.deleted.get(table, []):
             if chain in targets:

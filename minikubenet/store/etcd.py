@@ -56,11 +56,11 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pyetcd
 import pyetcd.exceptions
-from typing import Any
 
 from minikubenet.network_config import NetworkConfig, parse_config
 from minikubenet.store.keys import KeyLayout, subnet_from_key
@@ -74,13 +74,15 @@ DEFAULT_ENDPOINTS = ("http://127.0.0.1:2379",)
 # 500 ms (gRPC's defaults: 1 s growing to 120 s). min_reconnect_backoff_ms is gRPC's
 # minimum *connect timeout*: a connect attempt may take that long before it counts as
 # failed, which matters only for a member that accepts TCP but does not answer yet.
-CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 50),
-                   ("grpc.max_reconnect_backoff_ms", 500),
-                   ("grpc.min_reconnect_backoff_ms", 1000)]
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 1000),
+]
 # The budget: a CNI ADD must answer code 11 within 5 s when etcd cannot serve it.
-ATTEMPT_TIMEOUT_S = 1.5       # one request to one member (a write lost with a dead leader hangs)
-RETRY_FOR_S = 3.0             # since the first failure, over all members, before StoreUnavailable
-UNREACHABLE_GRACE_S = 1.0     # the same when no member even accepts a connection (etcd is down)
+ATTEMPT_TIMEOUT_S = 1.5  # one request to one member (a write lost with a dead leader hangs)
+RETRY_FOR_S = 3.0  # since the first failure, over all members, before StoreUnavailable
+UNREACHABLE_GRACE_S = 1.0  # the same when no member even accepts a connection (etcd is down)
 PAUSE_S, MAX_PAUSE_S = 0.05, 0.5
 
 
@@ -108,24 +110,32 @@ class TLSFiles:
     certificate and key (its Common Name is our etcd user, store/etcd_rbac.py). Taken
     on every command line as flannel's --etcd-cafile/--etcd-certfile/--etcd-keyfile,
     defaulting to $MINIKUBENET_ETCD_CAFILE/_CERTFILE/_KEYFILE."""
+
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
 
     @classmethod
-    def from_args(cls, args) -> "TLSFiles":
+    def from_args(cls, args) -> TLSFiles:
         return cls(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
 
     def argv(self) -> list[str]:
         """The flags that pass these files to a minikubenet command or daemon."""
-        return [a for flag, path in (("--etcd-cafile", self.ca), ("--etcd-certfile", self.cert),
-                                     ("--etcd-keyfile", self.key)) if path for a in (flag, path)]
+        return [
+            a
+            for flag, path in (("--etcd-cafile", self.ca), ("--etcd-certfile", self.cert), ("--etcd-keyfile", self.key))
+            if path
+            for a in (flag, path)
+        ]
 
     def env(self, endpoints: str) -> dict[str, str]:
         """Environment for etcdctl (ETCDCTL_*) and our CLI (MINIKUBENET_ETCD_*)."""
         out = {"ETCDCTL_API": "3", "ETCDCTL_ENDPOINTS": endpoints, "MINIKUBENET_ETCD_ENDPOINTS": endpoints}
-        for name, path, ours in (("CACERT", self.ca, "CAFILE"), ("CERT", self.cert, "CERTFILE"),
-                                 ("KEY", self.key, "KEYFILE")):
+        for name, path, ours in (
+            ("CACERT", self.ca, "CAFILE"),
+            ("CERT", self.cert, "CERTFILE"),
+            ("KEY", self.key, "KEYFILE"),
+        ):
             if path:
                 out[f"ETCDCTL_{name}"] = path
                 out[f"MINIKUBENET_ETCD_{ours}"] = path
@@ -134,12 +144,21 @@ class TLSFiles:
 
 def add_etcd_tls_options(parser) -> None:
     """--etcd-cafile, --etcd-certfile, --etcd-keyfile (flannel's names) on ``parser``."""
-    parser.add_argument("--etcd-cafile", default=os.environ.get("MINIKUBENET_ETCD_CAFILE") or None,
-                        help="CA of etcd's certificate (default $MINIKUBENET_ETCD_CAFILE)")
-    parser.add_argument("--etcd-certfile", default=os.environ.get("MINIKUBENET_ETCD_CERTFILE") or None,
-                        help="client certificate for etcd; its CN is the etcd user (default $MINIKUBENET_ETCD_CERTFILE)")
-    parser.add_argument("--etcd-keyfile", default=os.environ.get("MINIKUBENET_ETCD_KEYFILE") or None,
-                        help="key of the client certificate (default $MINIKUBENET_ETCD_KEYFILE)")
+    parser.add_argument(
+        "--etcd-cafile",
+        default=os.environ.get("MINIKUBENET_ETCD_CAFILE") or None,
+        help="CA of etcd's certificate (default $MINIKUBENET_ETCD_CAFILE)",
+    )
+    parser.add_argument(
+        "--etcd-certfile",
+        default=os.environ.get("MINIKUBENET_ETCD_CERTFILE") or None,
+        help="client certificate for etcd; its CN is the etcd user (default $MINIKUBENET_ETCD_CERTFILE)",
+    )
+    parser.add_argument(
+        "--etcd-keyfile",
+        default=os.environ.get("MINIKUBENET_ETCD_KEYFILE") or None,
+        help="key of the client certificate (default $MINIKUBENET_ETCD_KEYFILE)",
+    )
 
 
 def lease_from_kv(key: str, value: bytes, lease_id: int) -> SubnetLeaseRecord | None:
@@ -152,7 +171,7 @@ def lease_from_kv(key: str, value: bytes, lease_id: int) -> SubnetLeaseRecord | 
 
 
 def parse_endpoints(endpoints: list[str] | tuple[str, ...]) -> list[tuple[str, int, bool]]:
-    """"http://10.0.0.1:2379,https://h:2379" -> [(host, port, secure), ...]."""
+    """ "http://10.0.0.1:2379,https://h:2379" -> [(host, port, secure), ...]."""
     out = []
     for ep in endpoints:
         for part in ep.split(","):
@@ -170,7 +189,7 @@ def parse_endpoints(endpoints: list[str] | tuple[str, ...]) -> list[tuple[str, i
     return out
 
 
-def _grpc_error(e: BaseException | None) -> "grpc.RpcError | None":
+def _grpc_error(e: BaseException | None) -> grpc.RpcError | None:
     """The gRPC error behind ``e`` (pyetcd raises its own exception from it)."""
     while e is not None:
         if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
@@ -181,14 +200,20 @@ def _grpc_error(e: BaseException | None) -> "grpc.RpcError | None":
 
 # etcd's answers that mean "not done now, ask again" but come with code UNKNOWN (etcd
 # maps errors it has no gRPC code for to UNKNOWN: etcdserver/api/v3rpc/util.go)
-_NOT_NOW = ("raft proposal dropped", "context deadline exceeded", "leader changed", "no leader",
-            "request timed out")
+_NOT_NOW = ("raft proposal dropped", "context deadline exceeded", "leader changed", "no leader", "request timed out")
 
 
 def _retryable(e: BaseException) -> bool:
     """True for "this member cannot answer now"; False for an answer (a refused request)."""
-    if isinstance(e, (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
-                      pyetcd.exceptions.WatchTimedOut, pyetcd.exceptions.NoServerAvailableError)):
+    if isinstance(
+        e,
+        (
+            pyetcd.exceptions.ConnectionFailedError,
+            pyetcd.exceptions.ConnectionTimeoutError,
+            pyetcd.exceptions.WatchTimedOut,
+            pyetcd.exceptions.NoServerAvailableError,
+        ),
+    ):
         return True
     rpc = _grpc_error(e)
     if rpc is None:
@@ -215,7 +240,8 @@ def _describe(e: BaseException) -> str:
 @dataclass(frozen=True)
 class WatchHandle:
     """A watch lives on one member's channel: cancel it there."""
-    client: Any          # a pyetcd client
+
+    client: Any  # a pyetcd client
     watch_id: int
 
 
@@ -225,23 +251,41 @@ class FailoverClient:
     cannot answer."""
 
     # the pyetcd calls minikubenet makes; each is retried as described above
-    CALLS = frozenset({"get", "get_response", "get_prefix", "get_prefix_response", "put", "delete",
-                       "transaction", "lease", "revoke_lease", "refresh_lease", "get_lease_info",
-                       "status", "members"})
+    CALLS = frozenset(
+        {
+            "get",
+            "get_response",
+            "get_prefix",
+            "get_prefix_response",
+            "put",
+            "delete",
+            "transaction",
+            "lease",
+            "revoke_lease",
+            "refresh_lease",
+            "get_lease_info",
+            "status",
+            "members",
+        }
+    )
 
-    def __init__(self, members: list[tuple[str, "pyetcd.MultiEndpointEtcd3Client"]],
-                 retry_for: float = RETRY_FOR_S, unreachable_grace: float = UNREACHABLE_GRACE_S):
-        self._members = members                 # [(url, a pyetcd client of that member alone)]
+    def __init__(
+        self,
+        members: list[tuple[str, pyetcd.MultiEndpointEtcd3Client]],
+        retry_for: float = RETRY_FOR_S,
+        unreachable_grace: float = UNREACHABLE_GRACE_S,
+    ):
+        self._members = members  # [(url, a pyetcd client of that member alone)]
         self.retry_for = retry_for
         self.unreachable_grace = unreachable_grace
         self.transactions = members[0][1].transactions
         self._current = 0
-        self._failing_since: float | None = None   # when a round over all members first failed
+        self._failing_since: float | None = None  # when a round over all members first failed
         self._lock = threading.Lock()
 
     def _next_after(self, index: int) -> None:
         with self._lock:
-            if self._current == index:       # another thread may have moved on already
+            if self._current == index:  # another thread may have moved on already
                 self._current = (index + 1) % len(self._members)
 
     def call(self, name: str, *args, **kwargs):
@@ -261,7 +305,7 @@ class FailoverClient:
                 url, client = self._members[index]
                 try:
                     result = getattr(client, name)(*args, **kwargs)
-                    if name == "refresh_lease":          # a generator: its errors come when read
+                    if name == "refresh_lease":  # a generator: its errors come when read
                         result = list(result)
                 except Exception as e:
                     if not _retryable(e):
@@ -269,7 +313,7 @@ class FailoverClient:
                     failures.append((url, e))
                     self._next_after(index)
                     continue
-                if name == "lease":                       # refresh/revoke it through us, too
+                if name == "lease":  # refresh/revoke it through us, too
                     result.etcd_client = self
                 self._failing_since = None
                 return result
@@ -322,16 +366,24 @@ def _wrap_errors(fn):
             detail = detail() if callable(detail) else (str(e) or type(e).__name__)
             code = e.code() if isinstance(e, grpc.RpcError) and callable(getattr(e, "code", None)) else None
             if code in _REFUSED:
-                raise StoreForbidden(f"etcd at {self.endpoints_text} refused {fn.__name__}: {detail} "
-                                     "(the client certificate's etcd user has no role for these keys)") from None
+                raise StoreForbidden(
+                    f"etcd at {self.endpoints_text} refused {fn.__name__}: {detail} "
+                    "(the client certificate's etcd user has no role for these keys)"
+                ) from None
             raise StoreUnavailable(f"etcd at {self.endpoints_text} did not answer ({fn.__name__}): {detail}") from None
+
     return wrapper
 
 
 class EtcdStore:
-    def __init__(self, endpoints=DEFAULT_ENDPOINTS, layout: KeyLayout | None = None,
-                 tls: TLSFiles | None = None, timeout: float = ATTEMPT_TIMEOUT_S,
-                 retry_for: float = RETRY_FOR_S):
+    def __init__(
+        self,
+        endpoints=DEFAULT_ENDPOINTS,
+        layout: KeyLayout | None = None,
+        tls: TLSFiles | None = None,
+        timeout: float = ATTEMPT_TIMEOUT_S,
+        retry_for: float = RETRY_FOR_S,
+    ):
         self.layout = layout or KeyLayout()
         parsed = parse_endpoints(list(endpoints))
         self.endpoints_text = ",".join(f"{'https' if s else 'http'}://{h}:{p}" for h, p, s in parsed)
@@ -339,15 +391,20 @@ class EtcdStore:
         tls = tls or TLSFiles()
         if any(s for _, _, s in parsed) or tls.ca:
             creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert))
+                root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert)
+            )
         # Every member gets a client of its own; FailoverClient moves between them.
         # time_retry=0: pyetcd never refuses to use a member because it failed before;
         # when to try which member is FailoverClient's decision alone.
         members = []
         for h, p, _ in parsed:
             ep = pyetcd.Endpoint(h, p, secure=bool(creds), creds=creds, time_retry=0, opts=CHANNEL_OPTIONS)
-            members.append((f"{ep.protocol}://{ep.netloc}",
-                            pyetcd.MultiEndpointEtcd3Client(endpoints=[ep], timeout=timeout, failover=False)))
+            members.append(
+                (
+                    f"{ep.protocol}://{ep.netloc}",
+                    pyetcd.MultiEndpointEtcd3Client(endpoints=[ep], timeout=timeout, failover=False),
+                )
+            )
         self.client = FailoverClient(members, retry_for=retry_for)
 
     def close(self) -> None:
@@ -397,8 +454,9 @@ class EtcdStore:
         (on the same lease), this is our own write, applied by an earlier try that
         FailoverClient sent again because its answer was lost, and it counts as done."""
         t = self.client.transactions
-        ok, responses = self.client.transaction(compare=compare, success=[t.put(key, value, lease=lease)],
-                                                failure=[t.get(key)])
+        ok, responses = self.client.transaction(
+            compare=compare, success=[t.put(key, value, lease=lease)], failure=[t.get(key)]
+        )
         if ok:
             return True
         found = responses[0] if responses else []
@@ -440,7 +498,7 @@ class EtcdStore:
         out = {}
         for value, meta in self.client.get_prefix(prefix):
             try:
-                out[ipaddress.IPv4Address(meta.key.decode()[len(prefix):])] = value
+                out[ipaddress.IPv4Address(meta.key.decode()[len(prefix) :])] = value
             except ValueError:
                 log.warning("ignoring unexpected key %s", meta.key.decode())
         return out
@@ -465,8 +523,7 @@ class EtcdStore:
         key = self.layout.pod_ip(subnet, ip)
         t = self.client.transactions
         writes = [t.put(key, record)] + ([t.put(self.layout.pod_ip_claim(subnet, ip), record)] if claimed else [])
-        ok, responses = self.client.transaction(compare=[t.version(key) == 0], success=writes,
-                                                failure=[t.get(key)])
+        ok, responses = self.client.transaction(compare=[t.version(key) == 0], success=writes, failure=[t.get(key)])
         if ok:
             return True
         # the key holds exactly our record: our own write, applied by an earlier try that
@@ -489,9 +546,11 @@ class EtcdStore:
         with its claim marker if any (while the record exists, a marker is its own)."""
         key = self.layout.pod_ip(subnet, ip)
         t = self.client.transactions
-        ok, _ = self.client.transaction(compare=[t.value(key) == record],
-                                        success=[t.delete(key), t.delete(self.layout.pod_ip_claim(subnet, ip))],
-                                        failure=[])
+        ok, _ = self.client.transaction(
+            compare=[t.value(key) == record],
+            success=[t.delete(key), t.delete(self.layout.pod_ip_claim(subnet, ip))],
+            failure=[],
+        )
         return ok
 
     # -- generic, for the CLI and the lab report --------------------------------------------

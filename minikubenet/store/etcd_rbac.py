@@ -47,15 +47,15 @@ from minikubenet.store.keys import KeyLayout
 
 ROOT_USER = "root"
 AGENT, PROXY, ENDPOINTS_CONTROLLER = "agent", "proxy", "endpoints-controller"
-POLICY = "policy"               # the NetworkPolicy controller (policy/daemon.py)
+POLICY = "policy"  # the NetworkPolicy controller (policy/daemon.py)
 USERS = (AGENT, PROXY, ENDPOINTS_CONTROLLER, POLICY)
 
 
 @dataclass(frozen=True)
 class Grant:
-    permission: str      # "read" | "write" | "readwrite"
+    permission: str  # "read" | "write" | "readwrite"
     key: str
-    prefix: bool         # True: every key starting with ``key``
+    prefix: bool  # True: every key starting with ``key``
 
 
 def grants(layout: KeyLayout | None = None) -> dict[str, list[Grant]]:
@@ -63,20 +63,34 @@ def grants(layout: KeyLayout | None = None) -> dict[str, list[Grant]]:
     layout = layout or KeyLayout()
     project = layout.project_prefix
 
-    def kind(name: str) -> str:               # store/services.py ServiceKeys.prefix
+    def kind(name: str) -> str:  # store/services.py ServiceKeys.prefix
         return f"{project}/{name}/"
 
     config = Grant("read", layout.config, prefix=False)
     return {
-        AGENT: [config, Grant("readwrite", layout.subnets, True), Grant("readwrite", layout.ipam, True),
-                Grant("readwrite", layout.ipam_claims, True)],
-        PROXY: [config, Grant("read", kind("services"), True), Grant("read", kind("endpoints"), True),
-                Grant("read", kind("pods"), True)],
+        AGENT: [
+            config,
+            Grant("readwrite", layout.subnets, True),
+            Grant("readwrite", layout.ipam, True),
+            Grant("readwrite", layout.ipam_claims, True),
+        ],
+        PROXY: [
+            config,
+            Grant("read", kind("services"), True),
+            Grant("read", kind("endpoints"), True),
+            Grant("read", kind("pods"), True),
+        ],
         # readwrite services: the load-balancer controller it hosts writes their status
-        ENDPOINTS_CONTROLLER: [Grant("readwrite", kind("services"), True), Grant("read", kind("pods"), True),
-                               Grant("readwrite", kind("endpoints"), True)],
-        POLICY: [Grant("read", kind("networkpolicies"), True), Grant("read", kind("namespaces"), True),
-                 Grant("read", kind("pods"), True)],
+        ENDPOINTS_CONTROLLER: [
+            Grant("readwrite", kind("services"), True),
+            Grant("read", kind("pods"), True),
+            Grant("readwrite", kind("endpoints"), True),
+        ],
+        POLICY: [
+            Grant("read", kind("networkpolicies"), True),
+            Grant("read", kind("namespaces"), True),
+            Grant("read", kind("pods"), True),
+        ],
     }
 
 
@@ -86,7 +100,9 @@ def etcdctl_commands(layout: KeyLayout | None = None) -> list[list[str]]:
     for user, user_grants in grants(layout).items():
         cmds.append(["role", "add", user])
         for g in user_grants:
-            cmds.append(["role", "grant-permission", user, g.permission, g.key] + (["--prefix=true"] if g.prefix else []))
+            cmds.append(
+                ["role", "grant-permission", user, g.permission, g.key] + (["--prefix=true"] if g.prefix else [])
+            )
         cmds += [["user", "add", user, "--no-password"], ["user", "grant-role", user, user]]
     cmds.append(["auth", "enable"])
     return cmds
@@ -118,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(a: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(["etcdctl", *a], capture_output=True, text=True, env=env)
+
     try:
         changed = apply(run, KeyLayout(args.etcd_prefix, args.project_prefix))
     except (RbacError, ValueError, OSError) as e:

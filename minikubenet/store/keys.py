@@ -39,7 +39,7 @@ def subnet_from_key(key: str) -> ipaddress.IPv4Network | None:
         return None
     try:
         return ipaddress.IPv4Network(f"{m.group(1)}/{m.group(2)}")
-    except ValueError:      # "10.0.0.1-24", "999.0.0.0-24": not a subnet, not ours to parse
+    except ValueError:  # "10.0.0.1-24", "999.0.0.0-24": not a subnet, not ours to parse
         return None
 
 

@@ -26,6 +26,7 @@ from minikubenet.subnet_lease_record import SubnetLeaseRecord
 @dataclass(frozen=True)
 class LeaseSnapshot:
     """Every lease, as of store revision ``revision``."""
+
     records: list
     revision: int
 
@@ -78,6 +79,6 @@ class LeaseWatch(ListWatch):
 
 def watch_leases(store: EtcdStore, deliver: Callable[[LeaseUpdate], None], **kwargs) -> LeaseWatch:
     """Start following the leases; ``deliver`` gets a snapshot first, then changes."""
-    watch = LeaseWatch(store, deliver, **kwargs)   # type: ignore[arg-type]  # ListWatch delivers what _list/_to_update make
+    watch = LeaseWatch(store, deliver, **kwargs)  # type: ignore[arg-type]  # ListWatch delivers what _list/_to_update make
     watch.start()
     return watch

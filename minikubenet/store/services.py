@@ -35,12 +35,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 import pyetcd.events
 
-from minikubenet.k8s_objects import DEFAULT_NODE_PORT_RANGE, Pod, Service, ValidationError, endpoints_from_k8s, service_from_k8s, service_to_k8s, validate_pod
+from minikubenet.k8s_objects import (
+    DEFAULT_NODE_PORT_RANGE,
+    Pod,
+    Service,
+    ValidationError,
+    endpoints_from_k8s,
+    service_from_k8s,
+    service_to_k8s,
+    validate_pod,
+)
 from minikubenet.service_allocation import allocatable, pick_cluster_ip, pick_node_port
 from minikubenet.store.etcd import EtcdStore, StoreError, _wrap_errors
 from minikubenet.store.keys import KeyLayout
@@ -48,7 +57,7 @@ from minikubenet.store.watch import ListWatch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SERVICE_CIDR = "10.96.0.0/12"      # kube-apiserver --service-cluster-ip-range default
+DEFAULT_SERVICE_CIDR = "10.96.0.0/12"  # kube-apiserver --service-cluster-ip-range default
 KINDS = ("services", "endpoints", "pods")
 
 
@@ -64,6 +73,7 @@ class NotFound(StoreError):
 class ServiceWrite:
     """One Service's part of a transaction: its compares (etcd's "only if") and its
     writes. ``service`` is what will be stored (or deleted); ``created``: it is new."""
+
     service: Service
     compare: list
     success: list
@@ -72,9 +82,11 @@ class ServiceWrite:
 
 # --------------------------------------------------------------------------- keys
 
+
 @dataclass(frozen=True)
 class ServiceKeys:
     """The key layout of this module, next to store/keys.py's (same project prefix)."""
+
     layout: KeyLayout = field(default_factory=KeyLayout)
 
     def prefix(self, kind: str) -> str:
@@ -104,7 +116,7 @@ class ServiceKeys:
         for kind in KINDS:
             p = self.prefix(kind)
             if key.startswith(p):
-                ns, _, name = key[len(p):].partition("/")
+                ns, _, name = key[len(p) :].partition("/")
                 if ns and name and "/" not in name:
                     return kind, ns, name
         return None
@@ -116,10 +128,12 @@ def _dumps(doc: Mapping) -> bytes:
 
 # --------------------------------------------------------------------------- the store
 
+
 @dataclass
 class Snapshot:
     """Every service, endpoints object and pod, as raw documents keyed "ns/name", at
     store ``revision``."""
+
     services: dict[str, dict] = field(default_factory=dict)
     endpoints: dict[str, dict] = field(default_factory=dict)
     pods: dict[str, dict] = field(default_factory=dict)
@@ -133,8 +147,12 @@ class ServiceStore:
     """Services, Endpoints and Pods over an ``EtcdStore`` (whose ``client`` and
     ``layout`` it uses; all etcd errors become ``StoreUnavailable``)."""
 
-    def __init__(self, store: EtcdStore, service_cidr: str = DEFAULT_SERVICE_CIDR,
-                 node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE):
+    def __init__(
+        self,
+        store: EtcdStore,
+        service_cidr: str = DEFAULT_SERVICE_CIDR,
+        node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE,
+    ):
         self.store = store
         self.keys = ServiceKeys(store.layout)
         self.service_cidr = ipaddress.IPv4Network(service_cidr)
@@ -185,7 +203,7 @@ class ServiceStore:
     def create_service(self, doc: Mapping) -> Service:
         """Validate, allocate a ClusterIP (unless one is asked for) and NodePorts (unless
         given), and store the Service, all in one transaction. Returns what was stored."""
-        doc = json.loads(json.dumps(doc))           # a private copy we may fill in
+        doc = json.loads(json.dumps(doc))  # a private copy we may fill in
         if not isinstance(doc, dict):
             raise ValidationError("Service", [f"must be a JSON object, got {type(doc).__name__}"])
         spec = doc.setdefault("spec", {})
@@ -194,8 +212,9 @@ class ServiceStore:
         requested_ip = spec.get("clusterIP")
         # Validate everything else first, with a stand-in ClusterIP and NodePorts, so a
         # bad spec is refused before anything is allocated.
-        svc = service_from_k8s(_with_placeholders(doc, self.service_cidr, self.node_port_range),
-                               self.service_cidr, self.node_port_range)
+        svc = service_from_k8s(
+            _with_placeholders(doc, self.service_cidr, self.node_port_range), self.service_cidr, self.node_port_range
+        )
         if svc.cluster_ip is None:
             raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
         for _attempt in range(20):
@@ -206,7 +225,8 @@ class ServiceStore:
                 # The API server allocates it for LoadBalancer + externalTrafficPolicy
                 # Local, from the NodePort range (a TCP port every node listens on).
                 candidate["spec"]["healthCheckNodePort"] = self._free_node_port(
-                    "TCP", {("tcp", p["nodePort"]) for p in candidate["spec"]["ports"] if p.get("nodePort")})
+                    "TCP", {("tcp", p["nodePort"]) for p in candidate["spec"]["ports"] if p.get("nodePort")}
+                )
             final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
             if self._create_service_txn(final):
                 log.info("service %s created: clusterIP %s", final.key, final.cluster_ip)
@@ -225,7 +245,7 @@ class ServiceStore:
         keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.cluster_ips, keys_only=True)]
         for key in keys + [k for k in also_taken if k.startswith(self.keys.cluster_ips)]:
             try:
-                taken.append(ipaddress.IPv4Address(key[len(self.keys.cluster_ips):]))
+                taken.append(ipaddress.IPv4Address(key[len(self.keys.cluster_ips) :]))
             except ValueError:
                 pass
         ip = pick_cluster_ip(self.service_cidr, taken)
@@ -240,7 +260,7 @@ class ServiceStore:
         taken = set()
         keys = [meta.key.decode() for _, meta in self.client.get_prefix(self.keys.node_ports, keys_only=True)]
         for key in keys + [k for k in also_taken if k.startswith(self.keys.node_ports)]:
-            proto, _, number = key[len(self.keys.node_ports):].partition("/")
+            proto, _, number = key[len(self.keys.node_ports) :].partition("/")
             if number.isdigit():
                 taken.add((proto, int(number)))
         return taken
@@ -269,9 +289,11 @@ class ServiceStore:
     def _claims(self, svc: Service) -> list[str]:
         """The allocation keys a service holds: its ClusterIP, its NodePorts and its
         health-check NodePort."""
-        return [self.keys.cluster_ip(svc.cluster_ip)] + \
-            [self.keys.node_port(p.protocol, p.node_port) for p in svc.ports if p.node_port] + \
-            ([self.keys.node_port("TCP", svc.health_check_node_port)] if svc.health_check_node_port else [])
+        return (
+            [self.keys.cluster_ip(svc.cluster_ip)]
+            + [self.keys.node_port(p.protocol, p.node_port) for p in svc.ports if p.node_port]
+            + ([self.keys.node_port("TCP", svc.health_check_node_port)] if svc.health_check_node_port else [])
+        )
 
     @_wrap_errors
     def _create_service_txn(self, svc: Service) -> bool:
@@ -282,7 +304,8 @@ class ServiceStore:
         ok, _ = self.client.transaction(
             compare=[t.version(k) == 0 for k in keys],
             success=[t.put(key, _dumps(service_to_k8s(svc)))] + [t.put(k, owner) for k in keys[1:]],
-            failure=[])
+            failure=[],
+        )
         return ok
 
     def _why_not_created(self, svc: Service) -> str:
@@ -299,8 +322,7 @@ class ServiceStore:
         if svc.health_check_node_port:
             holder = self._get(self.keys.node_port("TCP", svc.health_check_node_port))
             if holder is not None:
-                return (f"healthCheckNodePort {svc.health_check_node_port} is already allocated "
-                        f"to {holder.decode()}")
+                return f"healthCheckNodePort {svc.health_check_node_port} is already allocated to {holder.decode()}"
         return "it changed while we wrote it; try again"
 
     def get_service(self, namespace: str, name: str) -> dict | None:
@@ -350,23 +372,33 @@ class ServiceStore:
         if old is not None:
             what = f"Service {old.key}"
             if spec.get("clusterIP") and spec["clusterIP"] != str(old.cluster_ip):
-                raise ValidationError(what, [f"spec.clusterIP: Invalid value: {json.dumps(spec['clusterIP'])}: "
-                                             "field is immutable"])
+                raise ValidationError(
+                    what, [f"spec.clusterIP: Invalid value: {json.dumps(spec['clusterIP'])}: field is immutable"]
+                )
             spec["clusterIP"] = str(old.cluster_ip)
             if spec.get("type") in ("NodePort", "LoadBalancer") and isinstance(spec.get("ports"), list):
                 kept = {(p.port, p.protocol): p.node_port for p in old.ports if p.node_port}
-                spec["ports"] = [dict(p, nodePort=kept.get((p.get("port"), p.get("protocol", "TCP"))))
-                                 if isinstance(p, dict) and not p.get("nodePort")
-                                 and kept.get((p.get("port"), p.get("protocol", "TCP"))) else p
-                                 for p in spec["ports"]]
-            if old.health_check_node_port and not spec.get("healthCheckNodePort") \
-                    and spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local":
+                spec["ports"] = [
+                    dict(p, nodePort=kept.get((p.get("port"), p.get("protocol", "TCP"))))
+                    if isinstance(p, dict)
+                    and not p.get("nodePort")
+                    and kept.get((p.get("port"), p.get("protocol", "TCP")))
+                    else p
+                    for p in spec["ports"]
+                ]
+            if (
+                old.health_check_node_port
+                and not spec.get("healthCheckNodePort")
+                and spec.get("type") == "LoadBalancer"
+                and spec.get("externalTrafficPolicy") == "Local"
+            ):
                 spec["healthCheckNodePort"] = old.health_check_node_port
             if old.load_balancer_ips and spec.get("type") == "LoadBalancer" and "status" not in doc:
                 # apply never writes status: the load-balancer controller's ingress IPs stay
                 doc["status"] = json.loads(raw).get("status")
-        svc = service_from_k8s(_with_placeholders(doc, self.service_cidr, self.node_port_range),
-                               self.service_cidr, self.node_port_range)
+        svc = service_from_k8s(
+            _with_placeholders(doc, self.service_cidr, self.node_port_range), self.service_cidr, self.node_port_range
+        )
         if svc.cluster_ip is None:
             raise ValidationError(f"Service {svc.key}", ["spec.clusterIP: headless services (None) are not supported"])
         ip = spec.get("clusterIP") or str(self._free_cluster_ip(reserved))
@@ -377,33 +409,46 @@ class ServiceStore:
             # health-check port from the NodePort range
             mine = {("tcp", p["nodePort"]) for p in candidate["spec"]["ports"] if p.get("nodePort")}
             candidate["spec"]["healthCheckNodePort"] = self._free_node_port(
-                "TCP", mine | self._taken_node_ports(reserved))
+                "TCP", mine | self._taken_node_ports(reserved)
+            )
         final = service_from_k8s(candidate, self.service_cidr, self.node_port_range)
         new_claims = self._claims(final)
         old_claims = self._claims(old) if old is not None else []
         for k in new_claims:
             if k in reserved and k not in old_claims:
-                raise ServiceConflict(f"cannot apply service {final.key}: {self._claim_text(k)} is taken by "
-                                      "another service in the same apply")
+                raise ServiceConflict(
+                    f"cannot apply service {final.key}: {self._claim_text(k)} is taken by "
+                    "another service in the same apply"
+                )
         t = self.client.transactions
         added = [k for k in new_claims if k not in old_claims]
-        compare = ([t.value(key) == raw] if old is not None else [t.version(key) == 0]) + \
-            [t.version(k) == 0 for k in added]
-        success = [t.put(key, _dumps(service_to_k8s(final)))] + [t.put(k, final.key.encode()) for k in added] + \
-            [t.delete(k) for k in old_claims if k not in new_claims]
+        compare = ([t.value(key) == raw] if old is not None else [t.version(key) == 0]) + [
+            t.version(k) == 0 for k in added
+        ]
+        success = (
+            [t.put(key, _dumps(service_to_k8s(final)))]
+            + [t.put(k, final.key.encode()) for k in added]
+            + [t.delete(k) for k in old_claims if k not in new_claims]
+        )
         reserved.update(new_claims)
         return ServiceWrite(final, compare, success, created=old is None)
 
     def _claim_text(self, key: str) -> str:
         if key.startswith(self.keys.cluster_ips):
-            return f"clusterIP {key[len(self.keys.cluster_ips):]}"
-        proto, _, number = key[len(self.keys.node_ports):].partition("/")
+            return f"clusterIP {key[len(self.keys.cluster_ips) :]}"
+        proto, _, number = key[len(self.keys.node_ports) :].partition("/")
         return f"nodePort {number}/{proto.upper()}"
 
     @staticmethod
     def _invalid_shape(doc) -> ServiceWrite:
-        raise ValidationError("Service", ["spec: must be an object" if isinstance(doc, dict)
-                                          else f"must be a JSON object, got {type(doc).__name__}"])
+        raise ValidationError(
+            "Service",
+            [
+                "spec: must be an object"
+                if isinstance(doc, dict)
+                else f"must be a JSON object, got {type(doc).__name__}"
+            ],
+        )
 
     @_wrap_errors
     def plan_delete(self, namespace: str, name: str) -> ServiceWrite | None:
@@ -415,9 +460,12 @@ class ServiceStore:
             return None
         svc = service_from_k8s(json.loads(raw))
         t = self.client.transactions
-        return ServiceWrite(svc, [t.value(key) == raw],
-                            [t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)]
-                             + self._claims(svc)], created=False)
+        return ServiceWrite(
+            svc,
+            [t.value(key) == raw],
+            [t.delete(k) for k in [key, self.keys.object("endpoints", namespace, name)] + self._claims(svc)],
+            created=False,
+        )
 
     def why_not_applied(self, write: ServiceWrite) -> str:
         """After a transaction with ``write`` in it failed: the likely reason, in words."""
@@ -426,8 +474,7 @@ class ServiceStore:
         return "it changed while we wrote it; try again"
 
     @_wrap_errors
-    def set_load_balancer_ingress(self, namespace: str, name: str, ips: list[str],
-                                  message: str = "") -> bool:
+    def set_load_balancer_ingress(self, namespace: str, name: str, ips: list[str], message: str = "") -> bool:
         """Write status.loadBalancer.ingress (and a status message, e.g. why it waits),
         only if the service is unchanged since we read it: the load-balancer controller's
         compare-and-swap. False when it changed or is gone (the caller looks again)."""
@@ -443,8 +490,7 @@ class ServiceStore:
             return True
         doc["status"] = status
         t = self.client.transactions
-        ok, _ = self.client.transaction(compare=[t.value(key) == raw],
-                                        success=[t.put(key, _dumps(doc))], failure=[])
+        ok, _ = self.client.transaction(compare=[t.value(key) == raw], success=[t.put(key, _dumps(doc))], failure=[])
         return ok
 
     # -- endpoints -------------------------------------------------------------------------
@@ -461,7 +507,7 @@ class ServiceStore:
         svc_doc = self.get_service(ns, name)
         if svc_doc is None:
             raise ValidationError(what, [f"no service {ns}/{name}: create the service first"])
-        endpoints_from_k8s(doc)                              # IPs and ports are well formed
+        endpoints_from_k8s(doc)  # IPs and ports are well formed
         pods = self._list("pods") if pods is None else pods
         errors = check_endpoint_pods(doc, pods)
         if errors:
@@ -547,30 +593,36 @@ def check_endpoint_pods(doc: Mapping, pods: Mapping[str, dict]) -> list[str]:
                     if pod is None:
                         errors.append(f"{path}.targetRef: pod {key} is unknown")
                     elif (pod.get("status") or {}).get("podIP") != ip:
-                        errors.append(f"{path}.ip: {ip} is not the IP of pod {key} "
-                                      f"({(pod.get('status') or {}).get('podIP')})")
+                        errors.append(
+                            f"{path}.ip: {ip} is not the IP of pod {key} ({(pod.get('status') or {}).get('podIP')})"
+                        )
                 elif ip not in by_ip:
                     errors.append(f"{path}.ip: {ip} is not the IP of any known pod")
     return errors
 
 
-def _with_placeholders(doc: dict, service_cidr: ipaddress.IPv4Network,
-                       node_port_range: tuple[int, int]) -> dict:
+def _with_placeholders(doc: dict, service_cidr: ipaddress.IPv4Network, node_port_range: tuple[int, int]) -> dict:
     """``doc`` with a stand-in clusterIP and nodePorts where they will be allocated, so
     that validation can run before allocation."""
     spec = dict(doc.get("spec") or {})
     if not spec.get("clusterIP"):
         spec["clusterIP"] = str(service_cidr.network_address + 1)
-    wants_node_ports = spec.get("type") == "NodePort" or \
-        (spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is not False)
+    wants_node_ports = spec.get("type") == "NodePort" or (
+        spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is not False
+    )
     if wants_node_ports and isinstance(spec.get("ports"), list):
         given = {p.get("nodePort") for p in spec["ports"] if isinstance(p, Mapping)}
         spare = iter(n for n in range(node_port_range[1], node_port_range[0] - 1, -1) if n not in given)
-        spec["ports"] = [dict(p, nodePort=p.get("nodePort") or next(spare, None))
-                         if isinstance(p, Mapping) else p for p in spec["ports"]]
-    if spec.get("type") == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local" \
-            and not spec.get("healthCheckNodePort"):
-        spec["healthCheckNodePort"] = node_port_range[0]      # allocated after validation
+        spec["ports"] = [
+            dict(p, nodePort=p.get("nodePort") or next(spare, None)) if isinstance(p, Mapping) else p
+            for p in spec["ports"]
+        ]
+    if (
+        spec.get("type") == "LoadBalancer"
+        and spec.get("externalTrafficPolicy") == "Local"
+        and not spec.get("healthCheckNodePort")
+    ):
+        spec["healthCheckNodePort"] = node_port_range[0]  # allocated after validation
     return dict(doc, spec=spec)
 
 
@@ -587,10 +639,11 @@ def _loads(raw: bytes, where: str) -> dict | None:
 
 # --------------------------------------------------------------------------- list and watch
 
+
 @dataclass(frozen=True)
 class ObjectPut:
-    kind: str        # "services" | "endpoints" | "pods"
-    key: str         # "ns/name"
+    kind: str  # "services" | "endpoints" | "pods"
+    key: str  # "ns/name"
     doc: dict
     revision: int
 

@@ -68,9 +68,14 @@ class ListWatch:
 
     name = "watch"
 
-    def __init__(self, store, deliver: Callable[[object], None],
-                 retry_interval: float = 0.05, max_retry_interval: float = 0.5,
-                 relist_interval: float = 300.0):
+    def __init__(
+        self,
+        store,
+        deliver: Callable[[object], None],
+        retry_interval: float = 0.05,
+        max_retry_interval: float = 0.5,
+        relist_interval: float = 300.0,
+    ):
         self.store = store
         self.deliver = deliver
         self.retry_interval = retry_interval
@@ -93,7 +98,7 @@ class ListWatch:
     def _to_update(self, event, header_revision: int):
         raise NotImplementedError
 
-    def start(self) -> "ListWatch":
+    def start(self) -> ListWatch:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         return self
@@ -109,9 +114,9 @@ class ListWatch:
             try:
                 snapshot = self._list()
                 self.deliver(snapshot)
-                delay = self.retry_interval      # etcd answered: the next break starts short again
+                delay = self.retry_interval  # etcd answered: the next break starts short again
                 self._follow(snapshot.revision + 1)
-                continue                         # time for the periodic re-list, or stopped
+                continue  # time for the periodic re-list, or stopped
             except RETRYABLE as e:
                 log.warning("%s interrupted (%s); listing again in %.2fs", self.name, _describe(e), delay)
             except Exception:  # a bug must not end the watch for good: log it and start over
@@ -138,7 +143,7 @@ class ListWatch:
             relist_at = time.monotonic() + self.relist_interval
             while not self._stop.is_set() and time.monotonic() < relist_at:
                 try:
-                    response = responses.get(timeout=0.5)   # wakes up to notice stop()
+                    response = responses.get(timeout=0.5)  # wakes up to notice stop()
                 except queue.Empty:
                     continue
                 if response is None:

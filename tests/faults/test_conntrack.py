@@ -33,22 +33,31 @@ def scrape(lab) -> dict[str, float]:
     """The agent's /metrics, scraped from inside the node's namespace on the node's address."""
     node = lab.topo.node("n1")
     text = probes.http_get(node.netns, str(node.ip), daemons.AGENT_METRICS_PORT, "/metrics").decode()
-    return {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    return {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def read_proc(netns: str, path: str) -> int:
     import subprocess
-    return int(subprocess.run(["ip", "netns", "exec", netns, "cat", path], capture_output=True,
-                              text=True, check=True).stdout)
+
+    return int(
+        subprocess.run(["ip", "netns", "exec", netns, "cat", path], capture_output=True, text=True, check=True).stdout
+    )
 
 
 def test_conntrack_metrics_are_exported_and_move_with_connections(lab):
     node = lab.topo.node("n1")
     m = scrape(lab)
-    for name in ("minikubenet_conntrack_entries", "minikubenet_conntrack_entries_limit",
-                 "minikubenet_conntrack_drop_total", "minikubenet_conntrack_early_drop_total",
-                 "minikubenet_conntrack_insert_failed_total"):
+    for name in (
+        "minikubenet_conntrack_entries",
+        "minikubenet_conntrack_entries_limit",
+        "minikubenet_conntrack_drop_total",
+        "minikubenet_conntrack_early_drop_total",
+        "minikubenet_conntrack_insert_failed_total",
+    ):
         assert name in m, name
     assert m["minikubenet_conntrack_entries_limit"] == read_proc(node.netns, "/proc/sys/net/netfilter/nf_conntrack_max")
     before = m["minikubenet_conntrack_entries"]
@@ -67,20 +76,29 @@ def test_conntrack_metrics_are_exported_and_move_with_connections(lab):
     finally:
         for s in sockets:
             s.close()
-    report("conntrack entries on the node (agent metric)",
-           f"{before:.0f} idle, {during:.0f} with {CONNECTIONS} pod connections open "
-           f"(kernel: {kernel}; limit {m['minikubenet_conntrack_entries_limit']:.0f})")
+    report(
+        "conntrack entries on the node (agent metric)",
+        f"{before:.0f} idle, {during:.0f} with {CONNECTIONS} pod connections open "
+        f"(kernel: {kernel}; limit {m['minikubenet_conntrack_entries_limit']:.0f})",
+    )
     assert during >= before + CONNECTIONS
-    assert abs(during - kernel) <= 5                          # the same table, read a moment apart
+    assert abs(during - kernel) <= 5  # the same table, read a moment apart
     assert scrape(lab)["minikubenet_conntrack_drop_total"] == 0
 
 
 def test_status_succeeds_and_the_log_is_quiet_with_a_nearly_empty_table(lab):
     from minikubenet.cni import shim
+
     node = lab.topo.node("n1")
-    answer = shim.ask_agent(f"{lab.run_dir(node.name)}/agent.sock",
-                            {"command": "STATUS", "mode": "main", "env": {"CNI_COMMAND": "STATUS"},
-                             "config": {"cniVersion": "1.1.0", "name": "mkn", "type": "minikubenet"},
-                             "netnsFd": False})
+    answer = shim.ask_agent(
+        f"{lab.run_dir(node.name)}/agent.sock",
+        {
+            "command": "STATUS",
+            "mode": "main",
+            "env": {"CNI_COMMAND": "STATUS"},
+            "config": {"cniVersion": "1.1.0", "name": "mkn", "type": "minikubenet"},
+            "netnsFd": False,
+        },
+    )
     assert "error" not in answer and not answer.get("warnings")
     assert "conntrack table" not in open(f"{lab.dir}/logs/agent-n1.log").read()

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,8 +39,10 @@ def lab(lab_root):
 
 def records(lab) -> dict[str, dict]:
     """container ID -> its record (with "ip")."""
-    return {doc["containerID"]: {**doc, "ip": key.rsplit("/", 1)[1]}
-            for key, doc in ((k, json.loads(v)) for k, v in lab.etcd_dump("/minikubenet/ipam/"))}
+    return {
+        doc["containerID"]: {**doc, "ip": key.rsplit("/", 1)[1]}
+        for key, doc in ((k, json.loads(v)) for k, v in lab.etcd_dump("/minikubenet/ipam/"))
+    }
 
 
 def pod_addresses(netns: str) -> list[str] | None:
@@ -53,10 +55,16 @@ def pod_addresses(netns: str) -> list[str] | None:
 
 def marked_veths(lab) -> dict[str, str]:
     """host veth name -> its alias, for the veths carrying an attachment mark."""
-    p = subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "-j", "-d", "link", "show", "type", "veth"],
-                       capture_output=True, text=True)
-    return {d["ifname"]: d.get("ifalias", "") for d in json.loads(p.stdout or "[]")
-            if d.get("ifalias", "").startswith(MARK_PREFIX)}
+    p = subprocess.run(
+        ["ip", "-n", lab.topo.node("n1").netns, "-j", "-d", "link", "show", "type", "veth"],
+        capture_output=True,
+        text=True,
+    )
+    return {
+        d["ifname"]: d.get("ifalias", "")
+        for d in json.loads(p.stdout or "[]")
+        if d.get("ifalias", "").startswith(MARK_PREFIX)
+    }
 
 
 def damage(lab, pods: dict[str, str]) -> dict[str, int]:
@@ -64,13 +72,21 @@ def damage(lab, pods: dict[str, str]) -> dict[str, int]:
     recs, veths = records(lab), marked_veths(lab)
     addresses = {cid: pod_addresses(ns) for cid, ns in pods.items()}
     leaked = sum(1 for cid, r in recs.items() if cid in pods and r["ip"] not in (addresses[cid] or []))
-    half = sum(1 for cid, addrs in addresses.items() if addrs is not None
-               and (cid not in recs or recs[cid]["ip"] not in addrs))
+    half = sum(
+        1 for cid, addrs in addresses.items() if addrs is not None and (cid not in recs or recs[cid]["ip"] not in addrs)
+    )
     half += sum(1 for cid in pods if host_veth_name(cid, "eth0") in veths and cid not in recs)
     seen = [ip for addrs in addresses.values() for ip in (addrs or [])]
-    return {"leaked records": leaked, "half-made pods": half, "duplicate IPs": len(seen) - len(set(seen)),
-            "claimed records": sum(1 for k, _ in lab.etcd_dump("/minikubenet/ipam-claims/")
-                                   if k.rsplit("/", 1)[1] in {r["ip"] for c, r in recs.items() if c in pods})}
+    return {
+        "leaked records": leaked,
+        "half-made pods": half,
+        "duplicate IPs": len(seen) - len(set(seen)),
+        "claimed records": sum(
+            1
+            for k, _ in lab.etcd_dump("/minikubenet/ipam-claims/")
+            if k.rsplit("/", 1)[1] in {r["ip"] for c, r in recs.items() if c in pods}
+        ),
+    }
 
 
 def storm(lab, round_: int) -> dict:
@@ -92,8 +108,9 @@ def storm(lab, round_: int) -> dict:
         except CniCallError as e:
             outcome[cid] = e
 
-    node = socket_in(f"/run/netns/{lab.topo.node('n1').netns}", socket.AF_NETLINK, socket.SOCK_RAW,
-                     socket.NETLINK_ROUTE)
+    node = socket_in(
+        f"/run/netns/{lab.topo.node('n1').netns}", socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE
+    )
     marked_before = sum(1 for d in rtnl_batch.dump_links(node) if d.alias.startswith(MARK_PREFIX))
     storm_pool = ThreadPoolExecutor(max_workers=PODS)
     started_at = time.monotonic()
@@ -101,15 +118,17 @@ def storm(lab, round_: int) -> dict:
     # Kill as soon as the first pod's veth appears (polled straight over netlink, not with
     # `ip`): that ADD and the ones behind it are mid-way.
     try:
-        while time.monotonic() < started_at + 60 and sum(
-                1 for d in rtnl_batch.dump_links(node) if d.alias.startswith(MARK_PREFIX)) <= marked_before:
+        while (
+            time.monotonic() < started_at + 60
+            and sum(1 for d in rtnl_batch.dump_links(node) if d.alias.startswith(MARK_PREFIX)) <= marked_before
+        ):
             time.sleep(0.001)
     finally:
         node.close()
     os.kill(agent.pid, signal.SIGKILL)
     killed_after = time.monotonic() - started_at
     try:
-        os.waitpid(agent.pid, 0)      # the lab started it: reap it
+        os.waitpid(agent.pid, 0)  # the lab started it: reap it
     except ChildProcessError:
         pass
     for f in futures:
@@ -148,8 +167,14 @@ def storm(lab, round_: int) -> dict:
         list(pool.map(lambda cid: rt.delete(cid, f"/run/netns/{pods[cid]}", "eth0"), pods))
     for name in pods.values():
         named_netns.delete(name)
-    return {"answered": len(answered), "failed": len(failed), "before": before, "after": after,
-            "restart_s": restart_s, "killed_after": killed_after}
+    return {
+        "answered": len(answered),
+        "failed": len(failed),
+        "before": before,
+        "after": after,
+        "restart_s": restart_s,
+        "killed_after": killed_after,
+    }
 
 
 def test_kill_9_during_fifty_adds_leaves_nothing_half_made_after_a_restart(lab):
@@ -163,11 +188,15 @@ def test_kill_9_during_fifty_adds_leaves_nothing_half_made_after_a_restart(lab):
             break
     r = rounds[-1]
     b, a = r["before"], r["after"]
-    report("kill -9 storm, 50 ADDs",
-           f"{r['answered']} answered before the kill ({r['killed_after']:.2f}s in), {r['failed']} failed; left by "
-           f"the crash: {b['claimed records']} claimed records, {b['leaked records']} records without a pod, "
-           f"{b['half-made pods']} half-made pods (round {len(rounds)})")
-    report("kill -9 storm, after restart",
-           f"{a['leaked records']} leaked records, {a['half-made pods']} half-made pods, "
-           f"{a['duplicate IPs']} duplicate IPs (restart to ready {r['restart_s']:.1f}s); "
-           f"{r['failed']} retry ADDs, all complete pods")
+    report(
+        "kill -9 storm, 50 ADDs",
+        f"{r['answered']} answered before the kill ({r['killed_after']:.2f}s in), {r['failed']} failed; left by "
+        f"the crash: {b['claimed records']} claimed records, {b['leaked records']} records without a pod, "
+        f"{b['half-made pods']} half-made pods (round {len(rounds)})",
+    )
+    report(
+        "kill -9 storm, after restart",
+        f"{a['leaked records']} leaked records, {a['half-made pods']} half-made pods, "
+        f"{a['duplicate IPs']} duplicate IPs (restart to ready {r['restart_s']:.1f}s); "
+        f"{r['failed']} retry ADDs, all complete pods",
+    )

@@ -30,8 +30,12 @@ def lab(lab_root):
 
 
 def cli(lab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "minikubenet", *args, "--lab", lab.topo.name, "--lab-root", os.path.dirname(lab.dir)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "minikubenet", *args, "--lab", lab.topo.name, "--lab-root", os.path.dirname(lab.dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def doctor(lab, *args: str) -> tuple[int, list[dict]]:
@@ -56,9 +60,11 @@ def test_trace_pod_to_service_to_pod_on_another_node(lab):
     kinds = [h["what"] for h in remote["hops"]]
     assert kinds[:2] == ["source", "service"] and "fdb" in kinds and kinds[-1] == "bridge"
     assert "-j DNAT" in remote["hops"][1]["entry"]
-    report("trace pod -> service -> pod (3-node lab)", f"{out['seconds']:.2f}s in the tool, {elapsed:.2f}s with "
-           "interpreter start (target <= 1 s)")
-    assert out["seconds"] <= 10.0        # generous: the figure is reported; CI machines are loaded
+    report(
+        "trace pod -> service -> pod (3-node lab)",
+        f"{out['seconds']:.2f}s in the tool, {elapsed:.2f}s with interpreter start (target <= 1 s)",
+    )
+    assert out["seconds"] <= 10.0  # generous: the figure is reported; CI machines are loaded
 
 
 def test_doctor_finds_nothing_on_a_healthy_lab(lab):
@@ -71,7 +77,7 @@ def test_doctor_finds_nothing_on_a_healthy_lab(lab):
 def test_a_deleted_fdb_entry_is_the_drop_point_and_a_doctor_finding(lab):
     n1, n3 = lab.topo.node("n1"), lab.topo.node("n3")
     agent = lab.agent_record("n1")
-    os.kill(agent.pid, signal.SIGSTOP)          # no healing while we look
+    os.kill(agent.pid, signal.SIGSTOP)  # no healing while we look
     try:
         mac = lab.leases()["n3"]["BackendData"]["VtepMAC"]
         sh(n1.netns, "bridge", "fdb", "del", mac, "dev", "flannel.1", "dst", str(n3.ip))
@@ -83,14 +89,19 @@ def test_a_deleted_fdb_entry_is_the_drop_point_and_a_doctor_finding(lab):
         assert any(f["check"] == "overlay" and f"missing FDB entry {mac} dst {n3.ip}" in f["text"] for f in findings)
     finally:
         os.kill(agent.pid, signal.SIGCONT)
-    assert wait_until(lambda: cli(lab, "trace", "n1-p1", "n3-p1:8080").returncode == 0, 30, interval=0.5), \
+    assert wait_until(lambda: cli(lab, "trace", "n1-p1", "n3-p1:8080").returncode == 0, 30, interval=0.5), (
         "the agent did not put the FDB entry back"
+    )
 
 
 def test_doctor_names_mtu_sysctl_and_ipam_breaks(lab):
     n2 = lab.topo.node("n2")
-    veth = next(line.split(":")[1].strip().split("@")[0] for line in subprocess.run(
-        ["ip", "-n", n2.netns, "-o", "link", "show", "master", "cni0"], capture_output=True, text=True).stdout.splitlines())
+    veth = next(
+        line.split(":")[1].strip().split("@")[0]
+        for line in subprocess.run(
+            ["ip", "-n", n2.netns, "-o", "link", "show", "master", "cni0"], capture_output=True, text=True
+        ).stdout.splitlines()
+    )
     subnet = lab.leases()["n2"]["subnet"]
     leaked = subnet.rsplit(".", 1)[0] + ".200"
     record = f"/minikubenet/ipam/{subnet.replace('/', '-')}/{leaked}"
@@ -103,8 +114,12 @@ def test_doctor_names_mtu_sysctl_and_ipam_breaks(lab):
         code, findings = doctor(lab, "--node", "n2", "--no-probe")
         texts = [f"{f['check']}: {f['text']}" for f in findings]
         assert code == 1
-        for expected in (f"mtu: pod veth {veth}", "sysctl: net.ipv4.ip_forward is 0",
-                         f"ipam: IP record {leaked} (leaked-c", "ipam: interface mknghost0 (minikubenet:ghost:eth0)"):
+        for expected in (
+            f"mtu: pod veth {veth}",
+            "sysctl: net.ipv4.ip_forward is 0",
+            f"ipam: IP record {leaked} (leaked-c",
+            "ipam: interface mknghost0 (minikubenet:ghost:eth0)",
+        ):
             assert any(t.startswith(expected) for t in texts), (expected, texts)
         assert all(f["fix"] for f in findings)
     finally:
@@ -118,21 +133,24 @@ def test_doctor_names_mtu_sysctl_and_ipam_breaks(lab):
 def test_the_path_mtu_probe_finds_a_smaller_underlay(lab):
     n3 = lab.topo.node("n3")
     port = n3.switch_port
-    sh(lab.topo.switch_netns, "ip", "link", "set", port, "mtu", "1400")   # the switch drops 1500-byte frames
+    sh(lab.topo.switch_netns, "ip", "link", "set", port, "mtu", "1400")  # the switch drops 1500-byte frames
     try:
         code, findings = doctor(lab)
         assert code == 1
-        assert any(f["check"] == "mtu" and "1450-byte packet with DF set does not reach n3" in f["text"]
-                   for f in findings), findings
+        assert any(
+            f["check"] == "mtu" and "1450-byte packet with DF set does not reach n3" in f["text"] for f in findings
+        ), findings
     finally:
         sh(lab.topo.switch_netns, "ip", "link", "set", port, "mtu", "1500")
 
 
 def test_bad_names_are_clear_errors(lab):
-    for args, message in ((("trace", "default/nope", "n1"), "no pod default/nope"),
-                          (("trace", "n1-p1", "svc/default/nope:80"), "no service default/nope"),
-                          (("trace", "n1-p1", "192.0.2.1:80"), "in no network of this cluster"),
-                          (("doctor", "--node", "n9"), "no node 'n9'")):
+    for args, message in (
+        (("trace", "default/nope", "n1"), "no pod default/nope"),
+        (("trace", "n1-p1", "svc/default/nope:80"), "no service default/nope"),
+        (("trace", "n1-p1", "192.0.2.1:80"), "in no network of this cluster"),
+        (("doctor", "--node", "n9"), "no node 'n9'"),
+    ):
         p = cli(lab, *args)
         assert p.returncode == 1 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
 
@@ -143,7 +161,7 @@ def test_etcd_down_is_named_and_the_local_checks_still_run(lab):
         p = cli(lab, "doctor", "--no-probe")
         assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
         assert "etcd does not answer" in p.stdout, p.stdout
-        assert "doctor: 3 node(s)" in p.stdout            # the nodes' own checks ran anyway
+        assert "doctor: 3 node(s)" in p.stdout  # the nodes' own checks ran anyway
     finally:
         lab.start_etcd_member("m1")
         lab.wait_etcd_healthy(["m1"])
@@ -151,8 +169,9 @@ def test_etcd_down_is_named_and_the_local_checks_still_run(lab):
 
 
 def test_a_lease_whose_agent_is_gone_is_named(lab):
-    lab.stop_agent("n3")        # stops cleanly but its lease lives until the TTL: every node still routes to it
+    lab.stop_agent("n3")  # stops cleanly but its lease lives until the TTL: every node still routes to it
     code, findings = doctor(lab, "--no-probe")
     assert code == 1
-    assert any(f["check"] == "leases" and f["node"] == "n3" and "whose agent is not running" in f["text"]
-               for f in findings), findings
+    assert any(
+        f["check"] == "leases" and f["node"] == "n3" and "whose agent is not running" in f["text"] for f in findings
+    ), findings

@@ -39,8 +39,13 @@ def from_pod(lab, *args: str) -> subprocess.CompletedProcess:
     pod = lab.topo.pods()[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCDCTL_", "MINIKUBENET_"))}
     env["ETCDCTL_API"] = "3"
-    return subprocess.run(["ip", "netns", "exec", pod.netns, "etcdctl", *TIMEOUTS, *args],
-                          capture_output=True, text=True, env=env, timeout=30)
+    return subprocess.run(
+        ["ip", "netns", "exec", pod.netns, "etcdctl", *TIMEOUTS, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
 
 
 def stolen(lab, user: str) -> list[str]:
@@ -101,8 +106,11 @@ def test_the_proxy_certificate_may_not_write_leases_or_ip_records(lab):
     subnet_key = "/coreos.com/network/subnets/10.244.250.0-24"
     attempts = {
         "put a subnet lease": ["put", "--lease", lease_id, subnet_key, '{"PublicIP":"6.6.6.6"}'],
-        "take over a node's lease": ["put", "/coreos.com/network/subnets/" + lab.leases()["n1"]["subnet"].replace("/", "-"),
-                                     '{"PublicIP":"6.6.6.6"}'],
+        "take over a node's lease": [
+            "put",
+            "/coreos.com/network/subnets/" + lab.leases()["n1"]["subnet"].replace("/", "-"),
+            '{"PublicIP":"6.6.6.6"}',
+        ],
         "put a pod IP record": ["put", "/minikubenet/ipam/10.244.250.0-24/10.244.250.5", "{}"],
         "put a service": ["put", "/minikubenet/services/default/evil", "{}"],
         "rewrite endpoints": ["put", "/minikubenet/endpoints/default/web", "{}"],
@@ -138,4 +146,5 @@ def test_the_daemons_still_work_with_their_own_certificates(lab):
 
 def _kvs(doc: str) -> list:
     import json
+
     return sorted((kv["key"], kv["value"]) for kv in json.loads(doc).get("kvs", []))

@@ -31,7 +31,6 @@ from minikubenet.cni.runtime import CniCallError
 from minikubenet.lab import daemons, probes
 from minikubenet.lab import services as lab_services
 from minikubenet.lab.topology import POD_PORT
-
 from tests.conftest import make_lab
 from tests.faults.conftest import report
 
@@ -66,12 +65,14 @@ def links(netns: str) -> set[str]:
 
 
 def routes(lab, node: str) -> set[str]:
-    out = subprocess.run(["ip", "-n", lab.topo.node(node).netns, "-j", "route", "show"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", lab.topo.node(node).netns, "-j", "route", "show"], capture_output=True, text=True
+    ).stdout
     return {r["dst"] for r in json.loads(out or "[]")}
 
 
 # --------------------------------------------------------------------------- (a)
+
 
 def test_a_node_rides_out_an_etcd_restart(lab_root):
     lab = make_lab(lab_root, nodes=2, pods_per_node=1)
@@ -106,7 +107,7 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
         assert wait_until(lambda: daemons.etcd_healthy(m1.netns, str(m1.ip), timeout=0.3), 20) is not None
         ready = time.monotonic()
         seen: dict[str, float] = {}
-        errors: list[str] = []        # what went wrong in the threads below
+        errors: list[str] = []  # what went wrong in the threads below
 
         def first_add():
             n = 0
@@ -124,10 +125,14 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
 
         def lease_watch():
             # a new node's lease, written now: the agent on n2 must route to it
-            value = json.dumps({"PublicIP": "172.31.0.99", "BackendType": "vxlan",
-                                "BackendData": {"VNI": 1, "VtepMAC": "02:00:00:00:00:99"}})
-            lab.etcdctl("put",
-                            "/coreos.com/network/subnets/" + FAKE_LEASE_SUBNET.replace("/", "-"), value)
+            value = json.dumps(
+                {
+                    "PublicIP": "172.31.0.99",
+                    "BackendType": "vxlan",
+                    "BackendData": {"VNI": 1, "VtepMAC": "02:00:00:00:00:99"},
+                }
+            )
+            lab.etcdctl("put", "/coreos.com/network/subnets/" + FAKE_LEASE_SUBNET.replace("/", "-"), value)
             written = time.monotonic()
             took = wait_until(lambda: FAKE_LEASE_SUBNET in routes(lab, "n2"), 20)
             if took is not None:
@@ -137,15 +142,17 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
         def service_watches():
             # a new service over the pod of n2: the controller writes its Endpoints, the
             # proxy of n1 programs it, and a pod of n1 reaches it
-            doc = {"metadata": {"namespace": "default", "name": "after"},
-                   "spec": {"selector": {"app": "web", "node": "n2"}, "ports": [{"port": 80, "targetPort": POD_PORT}]}}
+            doc = {
+                "metadata": {"namespace": "default", "name": "after"},
+                "spec": {"selector": {"app": "web", "node": "n2"}, "ports": [{"port": 80, "targetPort": POD_PORT}]},
+            }
             ip = lab_services.store_call(lab, "create-service", doc=doc)["clusterIP"]
             written = time.monotonic()
 
             def endpoints_written():
-                out = lab.etcdctl("get", "--print-value-only",
-                                      "/minikubenet/endpoints/default/after")
+                out = lab.etcdctl("get", "--print-value-only", "/minikubenet/endpoints/default/after")
                 return dst_ip in out
+
             if wait_until(endpoints_written, 20) is None:
                 return
             seen["endpoints controller watch"] = time.monotonic() - ready
@@ -157,6 +164,7 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
                     return probes.whoami(src.netns, ip, 80, timeout=0.5).get("pod") == dst.name
                 except (probes.ProbeFailed, OSError, ValueError):
                     return False
+
             if wait_until(reached, 20, interval=0.05) is not None:
                 seen["proxy watch"] = time.monotonic() - ready
                 seen["proxy watch after the Endpoints write"] = time.monotonic() - endpoints_at
@@ -165,8 +173,9 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
             def run():
                 try:
                     f()
-                except Exception as err:   # noqa: BLE001 (handed to the test's thread below)
+                except Exception as err:  # noqa: BLE001 (handed to the test's thread below)
                     errors.append(f"{f.__name__}: {err!r}")
+
             return run
 
         threads = [threading.Thread(target=recording(f)) for f in (first_add, lease_watch, service_watches)]
@@ -179,18 +188,24 @@ def test_a_node_rides_out_an_etcd_restart(lab_root):
         for what in ("ADD", "lease watch", "endpoints controller watch", "proxy watch"):
             assert what in seen, f"{what} never recovered: {seen}"
         report("etcd restart: first ADD succeeds after etcd is healthy", f"{seen['ADD']:.2f}s (target 1 s)")
-        report("etcd restart: lease watch (new lease in n2's routes) after etcd is healthy",
-               f"{seen['lease watch']:.2f}s ({seen['lease watch after its write']:.2f}s after the write)")
-        report("etcd restart: endpoints controller watch (Endpoints of a new service) after etcd is healthy",
-               f"{seen['endpoints controller watch']:.2f}s "
-               f"({seen['endpoints controller watch after its write']:.2f}s after the Service was written; "
-               "writing it starts a Python process)")
-        report("etcd restart: proxy watch (new ClusterIP answers from n1's pod) after etcd is healthy",
-               f"{seen['proxy watch']:.2f}s ({seen['proxy watch after the Endpoints write']:.2f}s after "
-               "the Endpoints were written)")
+        report(
+            "etcd restart: lease watch (new lease in n2's routes) after etcd is healthy",
+            f"{seen['lease watch']:.2f}s ({seen['lease watch after its write']:.2f}s after the write)",
+        )
+        report(
+            "etcd restart: endpoints controller watch (Endpoints of a new service) after etcd is healthy",
+            f"{seen['endpoints controller watch']:.2f}s "
+            f"({seen['endpoints controller watch after its write']:.2f}s after the Service was written; "
+            "writing it starts a Python process)",
+        )
+        report(
+            "etcd restart: proxy watch (new ClusterIP answers from n1's pod) after etcd is healthy",
+            f"{seen['proxy watch']:.2f}s ({seen['proxy watch after the Endpoints write']:.2f}s after "
+            "the Endpoints were written)",
+        )
         # generous limits for a shared 2-CPU machine; the figures above are the result
         assert seen["ADD"] < 3.0
-        assert seen["lease watch after its write"] < 2.0    # the old re-list backoff took 1 s, 2 s, 4 s...
+        assert seen["lease watch after its write"] < 2.0  # the old re-list backoff took 1 s, 2 s, 4 s...
         assert seen["endpoints controller watch after its write"] < 3.0
         assert seen["proxy watch after the Endpoints write"] < 3.0
         assert probes.whoami(src.netns, dst_ip, POD_PORT)["pod"] == dst.name
@@ -212,15 +227,18 @@ def _bytes_sent_to_members(lab) -> dict[tuple[str, str], tuple[str, int]]:
     by_ip = {str(m.ip): m.name for m in lab.topo.etcd_member_specs()}
     out = {}
     for n in lab.topo.nodes:
-        text = subprocess.run(["ip", "netns", "exec", n.netns, "ss", "-Htni", "state", "established",
-                               "( dport = :2379 )"], capture_output=True, text=True).stdout
+        text = subprocess.run(
+            ["ip", "netns", "exec", n.netns, "ss", "-Htni", "state", "established", "( dport = :2379 )"],
+            capture_output=True,
+            text=True,
+        ).stdout
         conn = member = None
         for line in text.splitlines():
-            if not line[:1].isspace():                  # "0 0 [::ffff:local]:port [::ffff:peer]:2379"
+            if not line[:1].isspace():  # "0 0 [::ffff:local]:port [::ffff:peer]:2379"
                 local, peer = line.split()[-2:]
                 member = by_ip.get(peer.rsplit(":", 1)[0].strip("[]").removeprefix("::ffff:"))
                 conn = (n.name, local) if member else None
-            elif conn and "bytes_sent:" in line:          # the info line under it
+            elif conn and "bytes_sent:" in line:  # the info line under it
                 out[conn] = (member, int(line.split("bytes_sent:")[1].split()[0]))
     return out
 
@@ -240,10 +258,16 @@ def move_leader(lab, to: str) -> None:
     """Make ``to`` the leader (etcdctl move-leader, sent to the current leader)."""
     leader = lab.topo.etcd_member(lab.etcd_leader())
     dst = lab.topo.etcd_member(to)
-    status = json.loads(daemons.etcdctl(dst.netns, dst.client_url, "endpoint", "status", "-w", "json",
-                                        tls=lab.etcd_tls()))
-    daemons.etcdctl(leader.netns, leader.client_url, "move-leader",
-                    format(status[0]["Status"]["header"]["member_id"], "x"), tls=lab.etcd_tls())
+    status = json.loads(
+        daemons.etcdctl(dst.netns, dst.client_url, "endpoint", "status", "-w", "json", tls=lab.etcd_tls())
+    )
+    daemons.etcdctl(
+        leader.netns,
+        leader.client_url,
+        "move-leader",
+        format(status[0]["Status"]["header"]["member_id"], "x"),
+        tls=lab.etcd_tls(),
+    )
     assert wait_until(lambda: lab.etcd_leader() == to, 10) is not None
 
 
@@ -274,7 +298,7 @@ def storm(lab, tag: str, kill_after: int, victim) -> tuple[list[str], list[str],
     ``victim()`` names the member to kill -9 (and what the agents sent to each member).
     Returns (IPs, failures, (killed member, bytes sent per member))."""
     nodes = [n.name for n in lab.topo.nodes]
-    short = "".join(w[0] for w in tag.split())           # "le" for "leader elsewhere"
+    short = "".join(w[0] for w in tag.split())  # "le" for "leader elsewhere"
     names = [pod_netns(lab, f"{short}{i}") for i in range(STORM)]
     ips, failures, done, slowest = [], [], [0], [0.0]
     lock = threading.Lock()
@@ -313,7 +337,7 @@ def storm(lab, tag: str, kill_after: int, victim) -> tuple[list[str], list[str],
 
 def test_a_member_killed_during_an_add_storm_costs_nothing(lab_root):
     lab = make_lab(lab_root, nodes=3, pods_per_node=0, etcd_members=3)
-    lab.proxy_mode = None   # the storm is about the agents; a proxy per node would only load the CPUs
+    lab.proxy_mode = None  # the storm is about the agents; a proxy per node would only load the CPUs
     try:
         lab.up()
         all_ips: list[str] = []
@@ -325,9 +349,11 @@ def test_a_member_killed_during_an_add_storm_costs_nothing(lab_root):
             took = time.monotonic() - started
             all_ips += ips
             duplicates = len(all_ips) - len(set(all_ips))
-            report(f"etcd member kill ({ROLES[role]}: {killed}) during {STORM} concurrent ADDs over 3 nodes",
-                   f"{len(failures)} failed ADDs, {duplicates} duplicate IPs ({took:.1f}s for the storm; "
-                   f"bytes the agents sent to each member in the 0.3 s before the kill: {used})")
+            report(
+                f"etcd member kill ({ROLES[role]}: {killed}) during {STORM} concurrent ADDs over 3 nodes",
+                f"{len(failures)} failed ADDs, {duplicates} duplicate IPs ({took:.1f}s for the storm; "
+                f"bytes the agents sent to each member in the 0.3 s before the kill: {used})",
+            )
             assert failures == [], failures[:5]
             assert duplicates == 0
             # every ADD's record is in etcd, once
@@ -341,12 +367,23 @@ def test_a_member_killed_during_an_add_storm_costs_nothing(lab_root):
             m = lab.topo.etcd_member(killed)
 
             def caught_up(m=m, all_ips=all_ips):
-                out = daemons.etcdctl(m.netns, m.client_url, "get", "--prefix", "--keys-only",
-                                      "--consistency=s", "/minikubenet/ipam/", tls=lab.etcd_tls())
+                out = daemons.etcdctl(
+                    m.netns,
+                    m.client_url,
+                    "get",
+                    "--prefix",
+                    "--keys-only",
+                    "--consistency=s",
+                    "/minikubenet/ipam/",
+                    tls=lab.etcd_tls(),
+                )
                 return len([line for line in out.splitlines() if line.strip()]) == len(all_ips)
+
             assert wait_until(caught_up, 30, interval=0.1) is not None
-            report(f"etcd member {killed} restarted: healthy and serving every record after",
-                   f"{time.monotonic() - rejoin_started:.2f}s")
+            report(
+                f"etcd member {killed} restarted: healthy and serving every record after",
+                f"{time.monotonic() - rejoin_started:.2f}s",
+            )
             status = {s["name"]: s for s in lab.etcd_members_status()}
             assert all(s["healthy"] for s in status.values()), status
 
@@ -360,8 +397,9 @@ def test_a_member_killed_during_an_add_storm_costs_nothing(lab_root):
         with pytest.raises(CniCallError) as e:
             add(lab, "n1", "cid-no-quorum", ns)
         failed_after = time.monotonic() - started
-        report("etcd without quorum (2 of 3 members killed): ADD answers code 11 after",
-               f"{failed_after:.2f}s (limit 5 s)")
+        report(
+            "etcd without quorum (2 of 3 members killed): ADD answers code 11 after", f"{failed_after:.2f}s (limit 5 s)"
+        )
         assert e.value.code == 11 and failed_after < 5.0
         for name in lost:
             lab.start_etcd_member(name)

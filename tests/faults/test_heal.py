@@ -21,8 +21,8 @@ import time
 import pytest
 
 from minikubenet.lab import daemons, probes
-from minikubenet.linux import iptables
 from minikubenet.lab import services as S
+from minikubenet.linux import iptables
 from minikubenet.linux.netns import path_of, socket_in
 from tests.conftest import make_lab
 from tests.faults.conftest import report
@@ -39,8 +39,9 @@ def lab(lab_root):
     lab = make_lab(lab_root, nodes=2, pods_per_node=2)
     try:
         lab.up()
-        lab.svc_ip = S.create_service(lab, SERVICE, {"app": "web", "slot": "p1"},
-                                      [{"name": "http", "port": 80, "targetPort": 8080}])["clusterIP"]
+        lab.svc_ip = S.create_service(
+            lab, SERVICE, {"app": "web", "slot": "p1"}, [{"name": "http", "port": 80, "targetPort": 8080}]
+        )["clusterIP"]
         yield lab
     finally:
         lab.down()
@@ -109,19 +110,27 @@ def test_a_flushed_nat_and_filter_table_is_repaired_within_one_sync_period(lab):
     t0 = time.monotonic()
     sh(node_ns(lab), "iptables", "-t", "nat", "-F")
     sh(node_ns(lab), "iptables", "-t", "filter", "-F")
-    took = until({"egress": lambda: egress_works(lab), "service": lambda: service_works(lab)},
-                 timeout=SYNC_PERIOD + MARGIN + 5, t0=t0)
-    report("repair after iptables -t nat -F and -t filter -F",
-           f"pod egress masquerade back in {took['egress']:.2f} s (agent sync period {SYNC_PERIOD:.0f} s), "
-           f"service rules in {took['service']:.2f} s (proxy sync period {SYNC_PERIOD:.0f} s)"
-           if None not in took.values() else f"not repaired: {took}")
+    took = until(
+        {"egress": lambda: egress_works(lab), "service": lambda: service_works(lab)},
+        timeout=SYNC_PERIOD + MARGIN + 5,
+        t0=t0,
+    )
+    report(
+        "repair after iptables -t nat -F and -t filter -F",
+        f"pod egress masquerade back in {took['egress']:.2f} s (agent sync period {SYNC_PERIOD:.0f} s), "
+        f"service rules in {took['service']:.2f} s (proxy sync period {SYNC_PERIOD:.0f} s)"
+        if None not in took.values()
+        else f"not repaired: {took}",
+    )
     assert took["egress"] is not None and took["egress"] <= SYNC_PERIOD + MARGIN
     assert took["service"] is not None and took["service"] <= SYNC_PERIOD + MARGIN
+
     # egress may come back before the filter table's repair (a node's FORWARD policy
     # accepts), so wait for the forward jump too. One restore writes both tables: when the
     # second flush lands while the first repair runs, one repair heals both (counted once).
     def forward_jump():
         return "-j MINIKUBENET-FWD" in sh(node_ns(lab), "iptables", "-t", "filter", "-S", "FORWARD")
+
     back = until({"forward": forward_jump}, timeout=SYNC_PERIOD + MARGIN, t0=time.monotonic())
     assert back["forward"] is not None, sh(node_ns(lab), "iptables", "-t", "filter", "-S", "FORWARD")
     assert agent_metric(lab, "minikubenet_agent_rule_repairs_total") >= repairs + 1
@@ -143,13 +152,19 @@ def test_a_deleted_kube_svc_chain_is_back_within_one_sync_period(lab):
     # what a person cleaning up by hand does: the jump to it, its rules, the chain; in one
     # transaction (the proxy may put the jump back between two separate commands)
     t0 = time.monotonic()
-    p = subprocess.run(["ip", "netns", "exec", node_ns(lab), "iptables-restore", "--noflush"], capture_output=True,
-                       text=True, input=f"*nat\n{jump.replace('-A KUBE-SERVICES', '-D KUBE-SERVICES', 1)}\n"
-                                        f":{chain} - [0:0]\n-X {chain}\nCOMMIT\n")
+    p = subprocess.run(
+        ["ip", "netns", "exec", node_ns(lab), "iptables-restore", "--noflush"],
+        capture_output=True,
+        text=True,
+        input=f"*nat\n{jump.replace('-A KUBE-SERVICES', '-D KUBE-SERVICES', 1)}\n"
+        f":{chain} - [0:0]\n-X {chain}\nCOMMIT\n",
+    )
     assert p.returncode == 0, p.stderr
     took = until({"service": lambda: service_works(lab)}, timeout=SYNC_PERIOD + MARGIN + 5, t0=t0)["service"]
-    report("repair of a deleted KUBE-SVC chain (iptables mode)",
-           f"{took:.2f} s (proxy sync period {SYNC_PERIOD:.0f} s)" if took is not None else "not repaired")
+    report(
+        "repair of a deleted KUBE-SVC chain (iptables mode)",
+        f"{took:.2f} s (proxy sync period {SYNC_PERIOD:.0f} s)" if took is not None else "not repaired",
+    )
     assert took is not None and took <= SYNC_PERIOD + MARGIN
     assert service_chain(lab)[0] == chain
     assert proxy_metric(lab, "minikubenet_proxy_rule_repairs_total") > repairs
@@ -160,16 +175,21 @@ def test_a_flushed_kube_sep_chain_is_refilled(lab):
     sep = re.search(r"-j (KUBE-SEP-\w+)", rules).group(1)
     t0 = time.monotonic()
     sh(node_ns(lab), "iptables", "-t", "nat", "-F", sep)
-    took = until({"refilled": lambda: len(sh(node_ns(lab), "iptables", "-t", "nat", "-S", sep).splitlines()) > 1},
-                 timeout=SYNC_PERIOD + MARGIN, t0=t0)["refilled"]
-    report("repair of a flushed KUBE-SEP chain (iptables mode)",
-           f"{took:.2f} s" if took is not None else "not repaired")
+    took = until(
+        {"refilled": lambda: len(sh(node_ns(lab), "iptables", "-t", "nat", "-S", sep).splitlines()) > 1},
+        timeout=SYNC_PERIOD + MARGIN,
+        t0=t0,
+    )["refilled"]
+    report(
+        "repair of a flushed KUBE-SEP chain (iptables mode)", f"{took:.2f} s" if took is not None else "not repaired"
+    )
     assert took is not None and took <= SYNC_PERIOD + MARGIN
 
 
 def nft(lab, text: str) -> None:
-    p = subprocess.run(["ip", "netns", "exec", node_ns(lab), "nft", "-f", "-"], input=text,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        ["ip", "netns", "exec", node_ns(lab), "nft", "-f", "-"], input=text, capture_output=True, text=True
+    )
     assert p.returncode == 0, p.stderr
 
 
@@ -202,10 +222,14 @@ def test_nftables_mode_deleted_map_elements_chains_and_sets_come_back(lab):
     nft(lab, f"flush set {t} cluster-ips\n")
     figures["flushed set cluster-ips"] = until(
         {"s": lambda: lab.svc_ip in sh(node_ns(lab), "nft", "list", "set", *t.split(), "cluster-ips")},
-        SYNC_PERIOD + MARGIN, t0)["s"]
+        SYNC_PERIOD + MARGIN,
+        t0,
+    )["s"]
 
-    report("repair in nftables mode", ", ".join(f"{k} {v:.2f} s" if v is not None else f"{k} NOT repaired"
-                                                for k, v in figures.items()))
+    report(
+        "repair in nftables mode",
+        ", ".join(f"{k} {v:.2f} s" if v is not None else f"{k} NOT repaired" for k, v in figures.items()),
+    )
     assert all(v is not None and v <= SYNC_PERIOD + MARGIN for v in figures.values()), figures
     log = open(f"{lab.dir}/logs/proxy-n1.log").read()
     assert "nft (pid" in log and "deleted our rules" in log
@@ -221,14 +245,19 @@ def test_iptables_legacy_sends_no_notifications_and_the_periodic_check_repairs(l
     assert until({"service": lambda: service_works(lab)}, timeout=10)["service"] is not None
     chain, jump = service_chain(lab, "iptables-legacy")
     t0 = time.monotonic()
-    p = subprocess.run(["ip", "netns", "exec", node_ns(lab), "iptables-legacy-restore", "--noflush"],
-                       capture_output=True, text=True,
-                       input=f"*nat\n{jump.replace('-A KUBE-SERVICES', '-D KUBE-SERVICES', 1)}\n"
-                             f":{chain} - [0:0]\n-X {chain}\nCOMMIT\n")
+    p = subprocess.run(
+        ["ip", "netns", "exec", node_ns(lab), "iptables-legacy-restore", "--noflush"],
+        capture_output=True,
+        text=True,
+        input=f"*nat\n{jump.replace('-A KUBE-SERVICES', '-D KUBE-SERVICES', 1)}\n"
+        f":{chain} - [0:0]\n-X {chain}\nCOMMIT\n",
+    )
     assert p.returncode == 0, p.stderr
     took = until({"service": lambda: service_works(lab)}, timeout=SYNC_PERIOD + MARGIN + 5, t0=t0)["service"]
-    report("repair of a deleted KUBE-SVC chain with iptables-legacy (periodic check only)",
-           f"{took:.2f} s (proxy sync period {SYNC_PERIOD:.0f} s)" if took is not None else "not repaired")
+    report(
+        "repair of a deleted KUBE-SVC chain with iptables-legacy (periodic check only)",
+        f"{took:.2f} s (proxy sync period {SYNC_PERIOD:.0f} s)" if took is not None else "not repaired",
+    )
     assert took is not None and took <= SYNC_PERIOD + MARGIN
     log = open(f"{lab.dir}/logs/proxy-n1.log").read()
     assert "no change notifications" in log and "changed by hand" in log

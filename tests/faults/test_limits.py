@@ -22,13 +22,13 @@ import pytest
 from minikubenet.agent import cni_server
 from minikubenet.cni import shim
 from minikubenet.linux import named_netns
-
 from tests.faults.conftest import report
 
 
 def node_veths(lab):
-    out = subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "-o", "link", "show", "type", "veth"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", lab.topo.node("n1").netns, "-o", "link", "show", "type", "veth"], capture_output=True, text=True
+    ).stdout
     return sorted(line.split(":")[1].strip().split("@")[0] for line in out.splitlines())
 
 
@@ -52,8 +52,14 @@ def node(one_node):
     name = f"{lab.topo.name}-lim"
     named_netns.add(name)
     plugin = lab.conflist("n1")["plugins"][0]
-    return {"lab": lab, "netns": name, "path": f"/run/netns/{name}", "socket": plugin["agentSocket"],
-            "binary": os.path.join(lab.bin_dir, "minikubenet"), "mtu": lab.topo.mtu - 50}
+    return {
+        "lab": lab,
+        "netns": name,
+        "path": f"/run/netns/{name}",
+        "socket": plugin["agentSocket"],
+        "binary": os.path.join(lab.bin_dir, "minikubenet"),
+        "mtu": lab.topo.mtu - 50,
+    }
 
 
 @pytest.fixture
@@ -67,23 +73,33 @@ def nothing_made(node):
 
 def run_plugin(node, stdin: bytes, command="ADD", cid="lim-cid"):
     """The installed binary inside the node's namespace, with a runtime's bare environment."""
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": node["path"], "CNI_IFNAME": "eth0",
-           "CNI_PATH": os.path.dirname(node["binary"]), "PATH": os.environ["PATH"]}
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": node["path"],
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": os.path.dirname(node["binary"]),
+        "PATH": os.environ["PATH"],
+    }
     started = time.monotonic()
-    p = subprocess.run(["ip", "netns", "exec", node["lab"].topo.node("n1").netns, node["binary"]],
-                       input=stdin, env=env, capture_output=True, timeout=60)
+    p = subprocess.run(
+        ["ip", "netns", "exec", node["lab"].topo.node("n1").netns, node["binary"]],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert b"Traceback" not in p.stderr, p.stderr.decode(errors="replace")[-2000:]
     return p, time.monotonic() - started
 
 
 def config(node, **extra) -> dict:
-    return {"cniVersion": "1.0.0", "name": "minikubenet", "type": "minikubenet", "agentSocket": node["socket"],
-            **extra}
+    return {"cniVersion": "1.0.0", "name": "minikubenet", "type": "minikubenet", "agentSocket": node["socket"], **extra}
 
 
 def error_of(p) -> dict:
     assert p.returncode != 0
-    err = json.loads(p.stdout)          # the spec's error JSON on stdout
+    err = json.loads(p.stdout)  # the spec's error JSON on stdout
     assert set(err) >= {"cniVersion", "code", "msg"}, err
     return err
 
@@ -101,7 +117,7 @@ def ask(node, payload: bytes, fds=(), timeout=30.0) -> dict:
             s.sendall(payload)
             s.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
-            pass    # the agent refused a too-large request before reading all of it
+            pass  # the agent refused a too-large request before reading all of it
         chunks = []
         while True:
             try:
@@ -118,8 +134,12 @@ def ask(node, payload: bytes, fds=(), timeout=30.0) -> dict:
 
 # -- through the CNI binary ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stdin", [b"[" * 200_000, b'{"a":' * 200_000, b"[" * 65 + b"]" * 65],
-                         ids=["200k-brackets", "200k-objects", "65-levels"])
+
+@pytest.mark.parametrize(
+    "stdin",
+    [b"[" * 200_000, b'{"a":' * 200_000, b"[" * 65 + b"]" * 65],
+    ids=["200k-brackets", "200k-objects", "65-levels"],
+)
 def test_deep_nesting_is_a_decoding_failure(node, nothing_made, stdin):
     p, took = run_plugin(node, stdin)
     err = error_of(p)
@@ -177,10 +197,17 @@ def test_del_is_not_refused_for_an_mtu(node):
 
 # -- straight to the agent's socket --------------------------------------------------------------------
 
+
 def add_request(node, config_doc: dict, cid="lim-direct") -> bytes:
-    return json.dumps({"command": "ADD", "mode": "main", "netnsFd": True, "config": config_doc,
-                       "env": {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": node["path"],
-                               "CNI_IFNAME": "eth0"}}).encode()
+    return json.dumps(
+        {
+            "command": "ADD",
+            "mode": "main",
+            "netnsFd": True,
+            "config": config_doc,
+            "env": {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": node["path"], "CNI_IFNAME": "eth0"},
+        }
+    ).encode()
 
 
 def test_request_without_cni_version_makes_nothing(node, nothing_made):
@@ -193,15 +220,27 @@ def test_request_without_cni_version_makes_nothing(node, nothing_made):
     assert answer["error"]["code"] == 1 and "cniVersion" in answer["error"]["details"], answer
 
 
-@pytest.mark.parametrize("payload,code", [
-    (b"[]", 6), (b"null", 6), (b'"x"', 6), (b"", 6), (b"{", 6), (b"\xff\xfe", 6),
-    (b"[" * 200_000, 6), (b"{}", 4), (b'{"command": "ADD"}', 6), (b'{"command": "VERSION"}', 4),
-    (b'{"command": "ADD", "env": [], "config": {}}', 6),
-    (b'{"command": "ADD", "env": {"CNI_NETNS": 1}, "config": {}}', 6),
-    (b'{"command": "ADD", "env": {}, "config": []}', 6),
-    (b'{"command": "ADD", "mode": "x", "env": {}, "config": {}}', 7),
-    (b'{"command": "ADD", "env": {}, "config": {"cniVersion": "1.0.0"}}', 7),
-], ids=lambda v: v[:40].decode(errors="replace") if isinstance(v, bytes) else str(v))
+@pytest.mark.parametrize(
+    "payload,code",
+    [
+        (b"[]", 6),
+        (b"null", 6),
+        (b'"x"', 6),
+        (b"", 6),
+        (b"{", 6),
+        (b"\xff\xfe", 6),
+        (b"[" * 200_000, 6),
+        (b"{}", 4),
+        (b'{"command": "ADD"}', 6),
+        (b'{"command": "VERSION"}', 4),
+        (b'{"command": "ADD", "env": [], "config": {}}', 6),
+        (b'{"command": "ADD", "env": {"CNI_NETNS": 1}, "config": {}}', 6),
+        (b'{"command": "ADD", "env": {}, "config": []}', 6),
+        (b'{"command": "ADD", "mode": "x", "env": {}, "config": {}}', 7),
+        (b'{"command": "ADD", "env": {}, "config": {"cniVersion": "1.0.0"}}', 7),
+    ],
+    ids=lambda v: v[:40].decode(errors="replace") if isinstance(v, bytes) else str(v),
+)
 def test_every_malformed_request_is_answered(node, nothing_made, payload, code):
     answer = ask(node, payload)
     assert answer["error"]["code"] == code, answer
@@ -233,7 +272,7 @@ def test_idle_connections_hold_no_thread_and_do_not_block_an_add(node):
         for _ in range(200):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(node["socket"])
-            s.sendall(b'{"command": ')      # half a request, then nothing
+            s.sendall(b'{"command": ')  # half a request, then nothing
             idle.append(s)
         time.sleep(0.5)
         held = agent_threads(lab)
@@ -242,8 +281,10 @@ def test_idle_connections_hold_no_thread_and_do_not_block_an_add(node):
         add_s = time.monotonic() - started
         assert result["ips"], result
         during = agent_threads(lab)
-        report("limits: agent threads with 200 idle connections",
-               f"{held} (before {baseline}; {during} during an ADD, served in {add_s * 1000:.0f} ms)")
+        report(
+            "limits: agent threads with 200 idle connections",
+            f"{held} (before {baseline}; {during} during an ADD, served in {add_s * 1000:.0f} ms)",
+        )
         assert held < baseline + 10 and during < baseline + cni_server.WORKERS + 10 < 200, (baseline, held, during)
         # each idle one is answered and closed once its time is up
         deadline = time.monotonic() + cni_server.REQUEST_TIMEOUT_S + 10
@@ -259,6 +300,7 @@ def test_idle_connections_hold_no_thread_and_do_not_block_an_add(node):
 
 
 # -- file modes ---------------------------------------------------------------------------------------
+
 
 def test_agent_and_lab_files_are_private(node):
     lab = node["lab"]

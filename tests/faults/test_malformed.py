@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from minikubenet.waiting import wait_until
 from minikubenet.lab import daemons, probes
 from minikubenet.lab import services as S
+from minikubenet.waiting import wait_until
 from tests.conftest import running_lab
 from tests.faults.conftest import report
 
@@ -60,16 +60,28 @@ def wait_for(check, timeout: float = 15.0) -> bool:
 
 
 def test_malformed_objects_are_skipped_once_counted_and_everything_else_served(lab):
-    before = S.create_service(lab, "before", {"app": "web", "slot": "p1"}, [{"name": "http", "port": 80, "targetPort": 8080}])
-    S.store_call(lab, "create-service", doc={"metadata": {"namespace": "default", "name": "manual"},
-                                             "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+    before = S.create_service(
+        lab, "before", {"app": "web", "slot": "p1"}, [{"name": "http", "port": 80, "targetPort": 8080}]
+    )
+    S.store_call(
+        lab,
+        "create-service",
+        doc={
+            "metadata": {"namespace": "default", "name": "manual"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        },
+    )
     for key, value in BAD.values():
         put(lab, key, value)
     # a service created after the bad documents still gets its endpoints and rules on every node
     t0 = time.monotonic()
-    after = S.create_service(lab, "after", {"app": "web", "slot": "p2"}, [{"name": "http", "port": 80, "targetPort": 8080}])
-    report("service created next to malformed objects", f"endpoints written and applied on every node in "
-                                                         f"{time.monotonic() - t0:.2f} s")
+    after = S.create_service(
+        lab, "after", {"app": "web", "slot": "p2"}, [{"name": "http", "port": 80, "targetPort": 8080}]
+    )
+    report(
+        "service created next to malformed objects",
+        f"endpoints written and applied on every node in {time.monotonic() - t0:.2f} s",
+    )
     # a pod change is still followed: n2-p1 not ready -> out of "before"'s endpoints
     S.store_call(lab, "set-pod-ready", name="n2-p1", ready=False)
     S.wait_endpoints(lab, "before", [lab.pod_ips["n1-p1"]])
@@ -85,16 +97,22 @@ def test_malformed_objects_are_skipped_once_counted_and_everything_else_served(l
         text = S.metrics(lab, node)
         assert metric(text, "minikubenet_malformed_objects", kind="services") == 1, node.name
         assert metric(text, "minikubenet_malformed_objects", kind="endpoints") == 1, node.name
-        assert wait_for(lambda node=node: metric(agent_metrics(lab, node), "minikubenet_malformed_objects",
-                                                 kind="leases") == 2)
+        assert wait_for(
+            lambda node=node: metric(agent_metrics(lab, node), "minikubenet_malformed_objects", kind="leases") == 2
+        )
 
-    time.sleep(2.5)   # more than enough passes of every loop: nothing is logged again
-    logs = {name: open(f"{lab.dir}/logs/{name}.log").read()
-            for name in ["endpoints-controller"] + [f"{d}-{n.name}" for n in lab.topo.nodes for d in ("proxy", "agent")]}
+    time.sleep(2.5)  # more than enough passes of every loop: nothing is logged again
+    logs = {
+        name: open(f"{lab.dir}/logs/{name}.log").read()
+        for name in ["endpoints-controller"] + [f"{d}-{n.name}" for n in lab.topo.nodes for d in ("proxy", "agent")]
+    }
     assert "reconcile failed" not in logs["endpoints-controller"]
     for what in ("default/oops", "default/bad-status", "default/broken"):
-        assert logs["endpoints-controller"].count(f"malformed pods {what}") + \
-            logs["endpoints-controller"].count(f"malformed services {what}") == 1, what
+        assert (
+            logs["endpoints-controller"].count(f"malformed pods {what}")
+            + logs["endpoints-controller"].count(f"malformed services {what}")
+            == 1
+        ), what
     for n in lab.topo.nodes:
         assert logs[f"proxy-{n.name}"].count("malformed services default/broken") == 1
         assert logs[f"proxy-{n.name}"].count("malformed endpoints default/manual") == 1

@@ -18,18 +18,18 @@ import subprocess
 
 import pytest
 
-from minikubenet.waiting import wait_until
 from minikubenet.cni.runtime import CniCallError
 from minikubenet.lab import probes
 from minikubenet.lab.topology import POD_PORT
 from minikubenet.pod_network import host_veth_name, ownership_mark
+from minikubenet.waiting import wait_until
 from tests.conftest import make_lab
 
 
 @pytest.fixture(scope="module")
 def lab(lab_root):
     lab = make_lab(lab_root, nodes=2, pods_per_node=1)
-    lab.proxy_mode = None       # no services needed: fewer daemons on a shared machine
+    lab.proxy_mode = None  # no services needed: fewer daemons on a shared machine
     try:
         lab.up()
         yield lab
@@ -46,8 +46,12 @@ def snapshot(netns: str, name: str) -> tuple:
     """What a user of the interface sees: it exists, its index, MAC, alias, addresses."""
     info = link(netns, name)
     assert info is not None, f"{name} is gone from {netns}"
-    return (info["ifindex"], info["address"], info.get("ifalias", ""),
-            sorted(a["local"] for a in info["addr_info"] if a["family"] == "inet"))
+    return (
+        info["ifindex"],
+        info["address"],
+        info.get("ifalias", ""),
+        sorted(a["local"] for a in info["addr_info"] if a["family"] == "inet"),
+    )
 
 
 def records(lab) -> dict[str, dict]:
@@ -62,8 +66,9 @@ def claims(lab) -> dict[str, str]:
 
 
 def node_veths(lab, node: str) -> set[str]:
-    out = subprocess.run(["ip", "-n", lab.topo.node(node).netns, "-o", "link", "show", "type", "veth"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", lab.topo.node(node).netns, "-o", "link", "show", "type", "veth"], capture_output=True, text=True
+    ).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
@@ -81,8 +86,9 @@ def test_add_of_a_new_container_into_a_running_pods_namespace_is_refused(lab):
     before, recs_before = snapshot(owner.netns, "eth0"), records(lab)
     mark = ownership_mark(owner.container_id, "eth0")
     assert before[2] == mark, "the owner's eth0 carries its mark"
-    assert snapshot(lab.topo.node("n1").netns, host_veth_name(owner.container_id, "eth0"))[2] == mark, \
+    assert snapshot(lab.topo.node("n1").netns, host_veth_name(owner.container_id, "eth0"))[2] == mark, (
         "so does its host end"
+    )
     [rec] = [r for r in recs_before.values() if r["containerID"] == owner.container_id]
     assert rec["mac"] == before[1] and rec["netns"] == path
     assert claims(lab) == {}, "every pod of the lab is complete: no claim marker is left"
@@ -107,7 +113,9 @@ def test_add_of_a_new_container_into_a_running_pods_namespace_is_refused(lab):
 def test_add_of_an_unmarked_foreign_interface_name_is_refused_too(lab):
     """An interface some other tool made (no mark) is not ours either."""
     owner = lab.topo.node("n1").pods[0]
-    subprocess.run(["ip", "-n", owner.netns, "link", "add", "net9", "type", "veth", "peer", "name", "net9p"], check=True)
+    subprocess.run(
+        ["ip", "-n", owner.netns, "link", "add", "net9", "type", "veth", "peer", "name", "net9p"], check=True
+    )
     try:
         before, recs_before = snapshot(owner.netns, "net9"), records(lab)
         with pytest.raises(CniCallError) as e:
@@ -164,8 +172,12 @@ def test_gc_and_del_leave_an_interface_by_our_name_with_another_mark(lab):
     name = f"{lab.topo.name}-gc"
     subprocess.run(["ip", "netns", "add", name], check=True)
     rt = lab.runtime("n1")
-    conf = {"cniVersion": "1.1.0", "name": "gcnet", "type": "minikubenet",
-            "agentSocket": lab.conflist("n1")["plugins"][0]["agentSocket"]}
+    conf = {
+        "cniVersion": "1.1.0",
+        "name": "gcnet",
+        "type": "minikubenet",
+        "agentSocket": lab.conflist("n1")["plugins"][0]["agentSocket"],
+    }
     veth = host_veth_name("gc-victim", "eth0")
     try:
         rt.exec_plugin(conf, "ADD", "gc-victim", f"/run/netns/{name}", "eth0")
@@ -186,8 +198,7 @@ def test_a_device_of_someone_else_by_our_host_veth_name_is_refused_and_left_unch
     veth = host_veth_name("collide", "eth0")
     name = f"{lab.topo.name}-co"
     subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["ip", "-n", n1.netns, "link", "add", veth, "type", "veth", "peer", "name", "wo-peer"],
-                   check=True)
+    subprocess.run(["ip", "-n", n1.netns, "link", "add", veth, "type", "veth", "peer", "name", "wo-peer"], check=True)
     try:
         before, recs_before = snapshot(n1.netns, veth), records(lab)
         with pytest.raises(CniCallError) as e:

@@ -26,8 +26,12 @@ def lab(lab_root):
 
 
 def bird_routes(lab, node: str) -> dict[str, str]:
-    out = subprocess.run(["ip", "-n", lab.topo.node(node).netns, "-j", "route", "show", "proto", "bird"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", lab.topo.node(node).netns, "-j", "route", "show", "proto", "bird"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {r["dst"]: r.get("gateway", "") for r in json.loads(out or "[]")}
 
 
@@ -61,8 +65,12 @@ def test_every_node_learns_every_other_subnet_as_a_plain_route(lab):
     ips = {name: info["ip"] for name, info in lab.pods().items()}
     assert probes.ping(pods["n1-p1"].netns, ips["n3-p1"], size=1500 - 28, dont_fragment=True)
     assert not probes.ping(pods["n1-p1"].netns, ips["n3-p1"], size=1500 - 27, dont_fragment=True)
-    assert not subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "link", "show", "flannel.1"],
-                              capture_output=True).returncode == 0
+    assert (
+        not subprocess.run(
+            ["ip", "-n", lab.topo.node("n1").netns, "link", "show", "flannel.1"], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_bird_killed_is_restarted_and_the_routes_stay_meanwhile(lab):
@@ -70,7 +78,7 @@ def test_bird_killed_is_restarted_and_the_routes_stay_meanwhile(lab):
     pid = bird_pid(lab, "n1")
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    assert bird_routes(lab, "n1") == before                 # kernel protocol "persist"
+    assert bird_routes(lab, "n1") == before  # kernel protocol "persist"
     pods = {p.name: p for p in lab.topo.pods()}
     ips = {name: info["ip"] for name, info in lab.pods().items()}
     assert probes.ping(pods["n1-p1"].netns, ips["n2-p1"])  # still routed while BIRD is down
@@ -81,6 +89,6 @@ def test_bird_killed_is_restarted_and_the_routes_stay_meanwhile(lab):
 def test_a_node_that_stops_is_withdrawn_everywhere(lab):
     gone = subnets(lab)["n3"]
     started = time.monotonic()
-    lab.stop_agent("n3")          # the agent stops BIRD, which closes its sessions
+    lab.stop_agent("n3")  # the agent stops BIRD, which closes its sessions
     assert wait_until(lambda: all(gone not in bird_routes(lab, n) for n in ("n1", "n2")), 10, interval=0.05)
     report("bgp: a node's agent stopped -> its route gone on every node", f"{time.monotonic() - started:.2f}s")

@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-from minikubenet.waiting import wait_until
 from minikubenet.lab.cluster import LabError
 from minikubenet.linux import named_netns
-
+from minikubenet.waiting import wait_until
 from tests.conftest import make_lab, unique_lab_name
 
 
@@ -32,16 +31,20 @@ def test_full_network_names_the_network_and_the_count(lab_root):
 
 def test_down_after_a_crashed_up_removes_everything(lab_root, tmp_path):
     name = unique_lab_name("k")
-    p = subprocess.Popen([sys.executable, "-m", "minikubenet", "lab", "up", "--name", name, "--nodes", "2"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "minikubenet", "lab", "up", "--name", name, "--nodes", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: len(named_netns.list_names(f"{name}-")) >= 3, 30)
-        os.kill(p.pid, signal.SIGKILL)   # a crash in the middle of `up`
+        os.kill(p.pid, signal.SIGKILL)  # a crash in the middle of `up`
         p.wait()
         assert named_netns.list_names(f"{name}-"), "the crash happened before anything was built"
     finally:
-        out = subprocess.run([sys.executable, "-m", "minikubenet", "lab", "down", "--name", name],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "minikubenet", "lab", "down", "--name", name], capture_output=True, text=True
+        )
     assert out.returncode == 0, out.stderr
     assert named_netns.list_names(f"{name}-") == []
     assert named_netns.pids_in([f"{name}-etcd", f"{name}-n1"]) == []
@@ -65,8 +68,9 @@ def test_a_second_up_refuses_and_leaves_the_running_lab_alone(lab_root):
     try:
         lab.up()
         before = named_netns.list_names(f"{lab.topo.name}-")
-        out = subprocess.run([sys.executable, "-m", "minikubenet", "lab", "up", "--name", lab.topo.name],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "minikubenet", "lab", "up", "--name", lab.topo.name], capture_output=True, text=True
+        )
         assert out.returncode == 1 and "already exists" in out.stderr
         assert "Traceback" not in out.stderr
         assert named_netns.list_names(f"{lab.topo.name}-") == before

@@ -51,7 +51,7 @@ def test_client_address_kept_and_health_check_in_both_modes(lab):
         (latency,) = [line for line in lines if line.startswith("connect latency")]
         ratio = float(latency.split("ratio ")[1].split(",")[0])
         report(f"LB ingress vs ClusterIP connect latency ({mode})", latency)
-        assert ratio <= 2.0, latency          # target 1.1; generous here: 2 shared cores
+        assert ratio <= 2.0, latency  # target 1.1; generous here: 2 shared cores
     S.restart_proxies(lab, "iptables")
 
 

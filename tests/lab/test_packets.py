@@ -11,7 +11,6 @@ from scapy.layers.inet import IP, UDP
 from minikubenet.lab import probes
 from minikubenet.lab.capture import Capture, vxlan_packets, wait_for
 from minikubenet.lab.topology import POD_PORT
-
 from tests.conftest import make_lab
 
 

@@ -47,9 +47,16 @@ def pod(lab, name):
 
 def binomial_bounds(n: int, p: float, alpha: float) -> tuple[int, int]:
     """(lo, hi) with P(X < lo) <= alpha/2 and P(X > hi) <= alpha/2 for X ~ Bin(n, p)."""
+
     def pmf(k):
-        return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-                        + k * math.log(p) + (n - k) * math.log(1 - p))
+        return math.exp(
+            math.lgamma(n + 1)
+            - math.lgamma(k + 1)
+            - math.lgamma(n - k + 1)
+            + k * math.log(p)
+            + (n - k) * math.log(1 - p)
+        )
+
     lo, tail = 0, 0.0
     while tail + pmf(lo) <= alpha / 2:
         tail += pmf(lo)
@@ -73,12 +80,13 @@ def test_three_endpoints_on_three_nodes_share_3000_connections(lab):
     assert all(lo <= n <= hi for n in got.values()), (got, lo, hi)
     # and the chi-square statistic of the same counts, for the record in a failure message
     chi2 = sum((n - 1000) ** 2 / 1000 for n in got.values())
-    assert chi2 < 45, (got, chi2)        # P(chi2_2 > 45) ~ 2e-10
+    assert chi2 < 45, (got, chi2)  # P(chi2_2 > 45) ~ 2e-10
 
 
 def test_a_node_port_answers_on_every_node_from_another_node(lab):
-    svc = S.create_service(lab, "nodeport", {"slot": "p1"}, [{"name": "http", "port": 80, "targetPort": 8080}],
-                           type="NodePort")
+    svc = S.create_service(
+        lab, "nodeport", {"slot": "p1"}, [{"name": "http", "port": 80, "targetPort": 8080}], type="NodePort"
+    )
     node_port = svc["ports"][0]
     for target in lab.topo.nodes:
         for source in lab.topo.nodes:
@@ -91,10 +99,16 @@ def test_a_node_port_answers_on_every_node_from_another_node(lab):
 
 
 def test_client_ip_affinity_pins_each_client(lab):
-    svc = S.create_service(lab, "sticky", {"slot": "p1"}, [{"name": "http", "port": 80, "targetPort": 8080}],
-                           sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}})
+    svc = S.create_service(
+        lab,
+        "sticky",
+        {"slot": "p1"},
+        [{"name": "http", "port": 80, "targetPort": 8080}],
+        sessionAffinity="ClientIP",
+        sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}},
+    )
     chosen = {}
-    for client in [p for p in lab.topo.pods() if p.name.endswith("-p2")]:      # not endpoints themselves
+    for client in [p for p in lab.topo.pods() if p.name.endswith("-p2")]:  # not endpoints themselves
         got = S.hit(client.netns, svc["clusterIP"], 80, 30, workers=1)
         assert len(got) == 1 and "<error>" not in got, (client.name, got)
         chosen[client.name] = next(iter(got))
@@ -105,8 +119,11 @@ def test_client_ip_affinity_pins_each_client(lab):
 
 
 def hairpin_on(lab) -> bool:
-    out = subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "-d", "-j", "link", "show", "master", "cni0"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", lab.topo.node("n1").netns, "-d", "-j", "link", "show", "master", "cni0"],
+        capture_output=True,
+        text=True,
+    ).stdout
     ports = json.loads(out or "[]")
     return bool(ports) and all(p.get("linkinfo", {}).get("info_slave_data", {}).get("hairpin") for p in ports)
 
@@ -116,8 +133,9 @@ def test_a_pod_reaches_itself_through_its_service(lab):
     bridge must also send the frame back out of the port it came in on: the bridge
     port's hairpin mode, which the bridge plugin sets with "hairpinMode": true."""
     assert hairpin_on(lab), "the agent sets hairpin mode on every pod's bridge port"
-    svc = S.create_service(lab, "self", {"node": "n1", "slot": "p1"},
-                           [{"name": "http", "port": 80, "targetPort": 8080}])
+    svc = S.create_service(
+        lab, "self", {"node": "n1", "slot": "p1"}, [{"name": "http", "port": 80, "targetPort": 8080}]
+    )
     got = S.hit(pod(lab, "n1-p1").netns, svc["clusterIP"], 80, 20, workers=1)
     assert got == {"n1-p1": 20}, got
 
@@ -141,12 +159,13 @@ def test_a_removed_endpoint_gets_no_new_connections_after_one_sync(lab):
 
 
 def test_a_udp_client_moves_after_its_endpoint_is_removed(lab):
-    svc = S.create_service(lab, "echo", {"slot": "p1"},
-                           [{"name": "echo", "port": 53, "protocol": "UDP", "targetPort": S.UDP_PORT}])
+    svc = S.create_service(
+        lab, "echo", {"slot": "p1"}, [{"name": "echo", "port": 53, "protocol": "UDP", "targetPort": S.UDP_PORT}]
+    )
     client = S.UdpClient(pod(lab, "n1-p2").netns, svc["clusterIP"], 53)
     try:
         first = {client.ask() for _ in range(5)}
-        assert len(first) == 1 and None not in first, first      # one flow, one endpoint
+        assert len(first) == 1 and None not in first, first  # one flow, one endpoint
         (endpoint,) = first
         S.store_call(lab, "set-pod-ready", name=endpoint, ready=False)
         rest = [p for p in ("n1-p1", "n2-p1", "n3-p1") if p != endpoint]
@@ -166,6 +185,9 @@ def test_every_node_reports_healthy_and_its_rules(lab):
         assert h["healthy"] and h["mode"] == lab.mode
         text = S.metrics(lab, node)
         assert "kubeproxy_sync_proxy_rules_last_timestamp_seconds" in text
-        key = ("kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"}" if lab.mode == "iptables"
-               else "kubeproxy_sync_proxy_rules_nftables_total")
+        key = (
+            'kubeproxy_sync_proxy_rules_iptables_total{table="nat"}'
+            if lab.mode == "iptables"
+            else "kubeproxy_sync_proxy_rules_nftables_total"
+        )
         assert float(next(line for line in text.splitlines() if line.startswith(key)).split()[-1]) > 10

@@ -80,7 +80,9 @@ def test_pod_traffic_leaving_the_cluster_is_masqueraded(three_nodes):
     only works because the node rewrites the source to its own address."""
     lab = three_nodes
     import socket
+
     from minikubenet.linux.netns import socket_in
+
     pod = lab.topo.node("n1").pods[0]
     s = socket_in(f"/run/netns/{pod.netns}", socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(3)
@@ -92,14 +94,15 @@ def test_pod_traffic_leaving_the_cluster_is_masqueraded(three_nodes):
 
 def test_subnet_lease_is_renewed_before_its_ttl_runs_out(three_nodes):
     import time
+
     lab = three_nodes
     lab.stop_agent("n1")
     lab.start_agent("n1", extra=("--subnet-lease-ttl", "3"))
     subnet = lab.leases()["n1"]["subnet"]
-    time.sleep(7)   # more than two TTLs: without renewal the key would be gone
+    time.sleep(7)  # more than two TTLs: without renewal the key would be gone
     assert lab.leases()["n1"]["subnet"] == subnet
     lab.stop_agent("n1")
-    lab.start_agent("n1")   # back to the default TTL for the tests after this one
+    lab.start_agent("n1")  # back to the default TTL for the tests after this one
 
 
 def test_every_device_a_node_receives_on_steers_receive_work_off_cpu_0(three_nodes):
@@ -109,11 +112,17 @@ def test_every_device_a_node_receives_on_steers_receive_work_off_cpu_0(three_nod
     if not mask:
         pytest.skip("one CPU: the lab steers nothing")
     node = three_nodes.topo.nodes[0]
-    veths = [host_veth_name(doc["containerID"], doc["ifname"])
-             for doc in three_nodes.pods().values() if doc["node"] == node.name]
+    veths = [
+        host_veth_name(doc["containerID"], doc["ifname"])
+        for doc in three_nodes.pods().values()
+        if doc["node"] == node.name
+    ]
     assert veths, "the node has pods, so it has host-side veths"
     for dev in ["eth0", "cni0", "flannel.1", *veths]:
-        got = subprocess.run(["ip", "netns", "exec", node.netns, "sh", "-c",
-                              f"cat /sys/class/net/{dev}/queues/rx-*/rps_cpus"],
-                             capture_output=True, text=True, check=True).stdout.split()
+        got = subprocess.run(
+            ["ip", "netns", "exec", node.netns, "sh", "-c", f"cat /sys/class/net/{dev}/queues/rx-*/rps_cpus"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         assert got and all(int(g.replace(",", ""), 16) == int(mask.replace(",", ""), 16) for g in got), (dev, got)

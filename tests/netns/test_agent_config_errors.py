@@ -23,8 +23,11 @@ def links(lab):
 
 
 def overlay_routes(lab):
-    out = subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "route", "show", "10.244.0.0/16", "root",
-                          "10.244.0.0/16"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", lab.topo.node("n1").netns, "route", "show", "10.244.0.0/16", "root", "10.244.0.0/16"],
+        capture_output=True,
+        text=True,
+    ).stdout
     return [line for line in out.splitlines() if "flannel" in line or "onlink" in line]
 
 
@@ -39,12 +42,15 @@ def stopped_node(one_node):
     lab.start_agent("n1")
 
 
-@pytest.mark.parametrize("doc, message", [
-    ({**GOOD, "Backend": {"Type": "udp"}}, "unknown Backend.Type 'udp'"),
-    ({**GOOD, "Backend": {"Type": "vxlan", "VNI": 1 << 24}}, "Backend.VNI 16777216 is out of range"),
-    ({**GOOD, "Backend": {"Type": "vxlan", "Port": 70000}}, "Backend.Port 70000 is out of range"),
-    ({**GOOD, "Network": "10.244.0.0/25"}, "too small for SubnetLen 24"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({**GOOD, "Backend": {"Type": "udp"}}, "unknown Backend.Type 'udp'"),
+        ({**GOOD, "Backend": {"Type": "vxlan", "VNI": 1 << 24}}, "Backend.VNI 16777216 is out of range"),
+        ({**GOOD, "Backend": {"Type": "vxlan", "Port": 70000}}, "Backend.Port 70000 is out of range"),
+        ({**GOOD, "Network": "10.244.0.0/25"}, "too small for SubnetLen 24"),
+    ],
+)
 def test_invalid_network_config_is_refused_and_leaves_nothing(stopped_node, doc, message):
     lab = stopped_node
     put_config(lab, doc)
@@ -68,8 +74,26 @@ def test_a_conflicting_vxlan_device_that_cannot_be_replaced(stopped_node):
     lab = stopped_node
     ns = lab.topo.node("n1").netns
     # another device already owns VNI 1 on port 8472: the kernel refuses a second one
-    subprocess.run(["ip", "-n", ns, "link", "add", "mknother1", "type", "vxlan", "id", "1", "dstport", "8472",
-                    "local", str(lab.topo.node("n1").ip), "nolearning"], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "-n",
+            ns,
+            "link",
+            "add",
+            "mknother1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "local",
+            str(lab.topo.node("n1").ip),
+            "nolearning",
+        ],
+        check=True,
+    )
     with pytest.raises(LabError) as e:
         lab.start_agent("n1")
     assert "mknother1" in str(e.value)
@@ -85,11 +109,14 @@ def test_a_bad_rps_mask_is_refused_before_anything_is_made(stopped_node):
     assert links(lab) == before and "flannel.1" not in links(lab)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--metrics-bind-address", "10261"), "--metrics-bind-address: '10261' is not host:port"),
-    (("--metrics-bind-address", "127.0.0.1:99999"), "is not host:port"),
-    (("--sync-period", "0"), "--sync-period must be a positive number of seconds, got 0.0"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--metrics-bind-address", "10261"), "--metrics-bind-address: '10261' is not host:port"),
+        (("--metrics-bind-address", "127.0.0.1:99999"), "is not host:port"),
+        (("--sync-period", "0"), "--sync-period must be a positive number of seconds, got 0.0"),
+    ],
+)
 def test_bad_metrics_address_or_sync_period_is_refused_before_anything_is_made(stopped_node, extra, message):
     lab = stopped_node
     before = links(lab)
@@ -101,7 +128,9 @@ def test_bad_metrics_address_or_sync_period_is_refused_before_anything_is_made(s
 
 def test_a_metrics_port_in_use_is_a_clear_error(stopped_node):
     import socket
+
     from minikubenet.linux.netns import path_of, socket_in
+
     lab = stopped_node
     node = lab.topo.node("n1")
     squatter = socket_in(path_of(node.netns), socket.AF_INET, socket.SOCK_STREAM)

@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from minikubenet.cni.runtime import CniCallError
 from minikubenet.lab import processes
 from minikubenet.linux import named_netns
-
 from tests.conftest import make_lab
 
 
 def veths(lab):
-    out = subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "-o", "link", "show", "type", "veth"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", lab.topo.node("n1").netns, "-o", "link", "show", "type", "veth"], capture_output=True, text=True
+    ).stdout
     return sorted(line.split(":")[1].strip() for line in out.splitlines())
 
 
@@ -81,27 +81,41 @@ def test_etcd_down_is_try_again_later_and_leaves_nothing(small_subnet_node):
 
 # -- property-based: malformed configs and environments ------------------------------------------
 
+
 def _configs(socket_path):
     good = {"cniVersion": "1.0.0", "name": "minikubenet", "type": "minikubenet", "agentSocket": socket_path}
-    broken_values = st.one_of(st.none(), st.integers(), st.text(max_size=12), st.lists(st.integers(), max_size=2),
-                              st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
-    mutated = st.builds(lambda key, value: {**good, key: value},
-                        st.sampled_from(["cniVersion", "name", "agentSocket"]), broken_values)
-    dropped = st.builds(lambda key: {k: v for k, v in good.items() if k != key},
-                        st.sampled_from(["cniVersion", "name"]))
-    garbage = st.one_of(st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
-                        st.just("{"), st.just("[]"), st.just("null"), st.just('"x"'))
+    broken_values = st.one_of(
+        st.none(),
+        st.integers(),
+        st.text(max_size=12),
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
+    mutated = st.builds(
+        lambda key, value: {**good, key: value}, st.sampled_from(["cniVersion", "name", "agentSocket"]), broken_values
+    )
+    dropped = st.builds(
+        lambda key: {k: v for k, v in good.items() if k != key}, st.sampled_from(["cniVersion", "name"])
+    )
+    garbage = st.one_of(
+        st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+        st.just("{"),
+        st.just("[]"),
+        st.just("null"),
+        st.just('"x"'),
+    )
     return st.one_of(mutated.map(json.dumps), dropped.map(json.dumps), garbage)
 
 
 def _envs(netns_path):
     base = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "prop-cid", "CNI_NETNS": netns_path, "CNI_IFNAME": "eth0"}
-    bad_values = {"CNI_COMMAND": st.sampled_from(["", "add", "BOGUS", "ADD "]),
-                  "CNI_CONTAINERID": st.sampled_from(["", "-x", "a/b", "x y"]),
-                  "CNI_NETNS": st.sampled_from(["", "/run/netns/nope-nope", "/proc/999999999/ns/net"]),
-                  "CNI_IFNAME": st.sampled_from(["", "a" * 16, "eth/0", "."])}
-    one_bad = st.sampled_from(sorted(bad_values)).flatmap(
-        lambda k: bad_values[k].map(lambda v: {**base, k: v}))
+    bad_values = {
+        "CNI_COMMAND": st.sampled_from(["", "add", "BOGUS", "ADD "]),
+        "CNI_CONTAINERID": st.sampled_from(["", "-x", "a/b", "x y"]),
+        "CNI_NETNS": st.sampled_from(["", "/run/netns/nope-nope", "/proc/999999999/ns/net"]),
+        "CNI_IFNAME": st.sampled_from(["", "a" * 16, "eth/0", "."]),
+    }
+    one_bad = st.sampled_from(sorted(bad_values)).flatmap(lambda k: bad_values[k].map(lambda v: {**base, k: v}))
     missing = st.sampled_from(sorted(base)).map(lambda k: {kk: vv for kk, vv in base.items() if kk != k})
     return st.one_of(one_bad, missing)
 
@@ -114,19 +128,24 @@ def test_malformed_input_gives_error_json_and_leaves_nothing(one_node_for_props)
     before = (veths(lab), records(lab))
 
     def call(env, stdin):
-        p = subprocess.run(["ip", "netns", "exec", lab.topo.node("n1").netns, binary], input=stdin.encode(),
-                           env={**env, "CNI_PATH": os.path.dirname(binary), "PATH": os.environ["PATH"]},
-                           capture_output=True, timeout=30)
+        p = subprocess.run(
+            ["ip", "netns", "exec", lab.topo.node("n1").netns, binary],
+            input=stdin.encode(),
+            env={**env, "CNI_PATH": os.path.dirname(binary), "PATH": os.environ["PATH"]},
+            capture_output=True,
+            timeout=30,
+        )
         assert p.returncode != 0, f"accepted env={env} stdin={stdin!r}"
-        err = json.loads(p.stdout)        # always the spec's error JSON on stdout, never a traceback
+        err = json.loads(p.stdout)  # always the spec's error JSON on stdout, never a traceback
         assert set(err) >= {"code", "msg"}, err
         assert err["code"] in EXPECTED_CODES, err
         assert b"Traceback" not in p.stderr
         assert (veths(lab), records(lab)) == before, f"left something behind for env={env} stdin={stdin!r}"
 
     good_env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "prop-cid", "CNI_NETNS": netns_path, "CNI_IFNAME": "eth0"}
-    good_config = json.dumps({"cniVersion": "1.0.0", "name": "minikubenet", "type": "minikubenet",
-                              "agentSocket": socket_path})
+    good_config = json.dumps(
+        {"cniVersion": "1.0.0", "name": "minikubenet", "type": "minikubenet", "agentSocket": socket_path}
+    )
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(config=_configs(socket_path))
@@ -135,9 +154,14 @@ def test_malformed_input_gives_error_json_and_leaves_nothing(one_node_for_props)
             doc = json.loads(config)
         except ValueError:
             doc = None
-        if isinstance(doc, dict) and doc.get("cniVersion") in ("0.3.1", "0.4.0", "1.0.0", "1.1.0") \
-                and doc.get("agentSocket") == socket_path and isinstance(doc.get("name"), str) \
-                and doc["name"][:1].isalnum() and all(c.isalnum() or c in "_.-" for c in doc["name"]):
+        if (
+            isinstance(doc, dict)
+            and doc.get("cniVersion") in ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+            and doc.get("agentSocket") == socket_path
+            and isinstance(doc.get("name"), str)
+            and doc["name"][:1].isalnum()
+            and all(c.isalnum() or c in "_.-" for c in doc["name"])
+        ):
             return  # hypothesis built a valid config: not this test's business
         call(good_env, config)
 

@@ -28,8 +28,13 @@ def netns():
 
 
 def conf(daemon, peers=()):
-    return bird_config.render(A("192.0.2.1"), 64512, N("10.244.1.0/24"),
-                              bird_config.mesh_peers(A("192.0.2.1"), [A(p) for p in peers], 64512), daemon.log_file)
+    return bird_config.render(
+        A("192.0.2.1"),
+        64512,
+        N("10.244.1.0/24"),
+        bird_config.mesh_peers(A("192.0.2.1"), [A(p) for p in peers], 64512),
+        daemon.log_file,
+    )
 
 
 def test_a_refused_config_keeps_the_last_good_one_and_names_the_line(tmp_path):
@@ -54,7 +59,7 @@ def test_a_running_bird_is_reconfigured_not_restarted(tmp_path, netns):
         assert d.running()
         assert d.apply(conf(d, ["192.0.2.2"]))
         assert wait_until(lambda: "node_192_0_2_2" in d.show("protocols"), 5)
-        assert d.pid == first                                   # the same process, reloaded
+        assert d.pid == first  # the same process, reloaded
     finally:
         d.stop()
     assert not d.running()

@@ -23,7 +23,7 @@ import pytest
 
 from minikubenet import subnet_env
 from minikubenet.cni.runtime import CniCallError, CniRuntime
-from minikubenet.lab import podserver, processes, probes
+from minikubenet.lab import podserver, probes, processes
 from minikubenet.linux import named_netns
 from minikubenet.pod_network import host_veth_name
 from tests.conftest import make_lab
@@ -34,6 +34,7 @@ V11 = "1.1.0"
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------------
+
 
 class Node:
     """A one-node lab plus the installed plugins, and ways to drive them."""
@@ -62,8 +63,9 @@ class Node:
     def call(self, conf: dict, command: str, cid: str = "", netns: str = "", ifname: str = "", plugin: str = ""):
         """One plugin invocation with exactly this config (no derivation)."""
         conf = dict(conf, type=plugin or conf.get("type", "minikubenet"))
-        return self.runtime({"cniVersion": conf["cniVersion"], "name": conf["name"], "plugins": [conf]}) \
-            .exec_plugin(conf, command, cid, netns, ifname)
+        return self.runtime({"cniVersion": conf["cniVersion"], "name": conf["name"], "plugins": [conf]}).exec_plugin(
+            conf, command, cid, netns, ifname
+        )
 
     def gc(self, network: str, **valid) -> None:
         conf = {"cniVersion": V11, "name": network, "type": "minikubenet", "agentSocket": self.sock, **valid}
@@ -82,8 +84,9 @@ class Node:
         return {r["containerID"] for r in self.records(network).values()}
 
     def veths(self) -> set[str]:
-        out = subprocess.run(["ip", "-n", self.netns, "-o", "link", "show", "type", "veth"],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ip", "-n", self.netns, "-o", "link", "show", "type", "veth"], capture_output=True, text=True
+        ).stdout
         return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
@@ -93,10 +96,24 @@ def node(lab_root):
     try:
         lab.up()
         bin_dir = os.path.join(lab.dir, "cni-bin")
-        subprocess.run([sys.executable, "-m", "minikubenet", "install", "--bin-dir", bin_dir,
-                        "--conf-dir", os.path.join(lab.dir, "cni-net.d"), "--state-dir", os.path.join(lab.dir, "cni-state"),
-                        "--agent-socket", lab.conflist("n1")["plugins"][0]["agentSocket"]],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "minikubenet",
+                "install",
+                "--bin-dir",
+                bin_dir,
+                "--conf-dir",
+                os.path.join(lab.dir, "cni-net.d"),
+                "--state-dir",
+                os.path.join(lab.dir, "cni-state"),
+                "--agent-socket",
+                lab.conflist("n1")["plugins"][0]["agentSocket"],
+            ],
+            check=True,
+            capture_output=True,
+        )
         yield Node(lab, bin_dir)
     finally:
         lab.down()
@@ -107,6 +124,7 @@ def ip_of(result: dict) -> str:
 
 
 # -- GC ------------------------------------------------------------------------------------------------
+
 
 def test_gc_releases_every_stale_attachment_of_its_network_and_nothing_else(node):
     rt, other = node.runtime(node.conflist("gca", V11)), node.runtime(node.conflist("gcb", V11))
@@ -128,13 +146,29 @@ def test_gc_honours_both_of_libcnis_spellings(node):
     rt = node.runtime(node.conflist("gcs", V11))
     for cid in ("gcs-1", "gcs-2", "gcs-3"):
         rt.add(cid, node.pod()[1])
-    with case("GC", "libcni-style", V11, "valid attachments under cni.dev/attachments (pre-#1101 spelling) "
-                                          "and both keys at once (libcni >= 1.2)"):
-        node.gc("gcs", **{"cni.dev/attachments": [{"containerID": "gcs-1", "ifname": "eth0"},
-                                                  {"containerID": "gcs-2", "ifname": "eth0"}]})
+    with case(
+        "GC",
+        "libcni-style",
+        V11,
+        "valid attachments under cni.dev/attachments (pre-#1101 spelling) and both keys at once (libcni >= 1.2)",
+    ):
+        node.gc(
+            "gcs",
+            **{
+                "cni.dev/attachments": [
+                    {"containerID": "gcs-1", "ifname": "eth0"},
+                    {"containerID": "gcs-2", "ifname": "eth0"},
+                ]
+            },
+        )
         assert node.owners("gcs") == {"gcs-1", "gcs-2"}
-        node.gc("gcs", **{"cni.dev/valid-attachments": [{"containerID": "gcs-1", "ifname": "eth0"}],
-                          "cni.dev/attachments": [{"containerID": "gcs-2", "ifname": "eth0"}]})
+        node.gc(
+            "gcs",
+            **{
+                "cni.dev/valid-attachments": [{"containerID": "gcs-1", "ifname": "eth0"}],
+                "cni.dev/attachments": [{"containerID": "gcs-2", "ifname": "eth0"}],
+            },
+        )
         assert node.owners("gcs") == {"gcs-1", "gcs-2"}, "an attachment listed under either key is valid"
     for cid in ("gcs-1", "gcs-2"):
         rt.delete(cid, "")
@@ -155,16 +189,20 @@ def test_gc_with_an_empty_list_releases_the_whole_network_only(node, empty):
     bystander.delete(f"keep-{network}", "")
 
 
-@pytest.mark.parametrize("valid", [
-    {"cni.dev/valid-attachments": "gcm-1"},
-    {"cni.dev/valid-attachments": {"containerID": "gcm-1", "ifname": "eth0"}},
-    {"cni.dev/valid-attachments": [["gcm-1", "eth0"]]},
-    {"cni.dev/valid-attachments": [{"containerID": "gcm-1"}]},
-    {"cni.dev/valid-attachments": [{"containerID": "", "ifname": "eth0"}]},
-    {"cni.dev/valid-attachments": [{"containerID": "gcm-1", "ifname": "eth0"}, 7]},
-    {"cni.dev/attachments": 42},
-    {},
-], ids=["string", "object", "pairs", "no-ifname", "empty-id", "one-bad-entry", "old-key-int", "missing"])
+@pytest.mark.parametrize(
+    "valid",
+    [
+        {"cni.dev/valid-attachments": "gcm-1"},
+        {"cni.dev/valid-attachments": {"containerID": "gcm-1", "ifname": "eth0"}},
+        {"cni.dev/valid-attachments": [["gcm-1", "eth0"]]},
+        {"cni.dev/valid-attachments": [{"containerID": "gcm-1"}]},
+        {"cni.dev/valid-attachments": [{"containerID": "", "ifname": "eth0"}]},
+        {"cni.dev/valid-attachments": [{"containerID": "gcm-1", "ifname": "eth0"}, 7]},
+        {"cni.dev/attachments": 42},
+        {},
+    ],
+    ids=["string", "object", "pairs", "no-ifname", "empty-id", "one-bad-entry", "old-key-int", "missing"],
+)
 def test_gc_with_a_malformed_or_missing_list_is_code_7_and_releases_nothing(node, valid):
     rt = node.runtime(node.conflist("gcm", V11))
     for cid in ("gcm-1", "gcm-2"):
@@ -185,10 +223,14 @@ def test_gc_and_status_need_a_1_1_config(node, verb, version):
     rt = node.runtime(node.conflist("old" + version.replace(".", ""), version))
     rt.add("old-" + version, node.pod()[1])
     before = node.records()
-    conf = {"cniVersion": version, "name": "old" + version.replace(".", ""), "type": "minikubenet",
-            "agentSocket": node.sock, "cni.dev/valid-attachments": []}
-    with case(verb, "libcni-style", version, f"{verb} with a {version} config: code 1, nothing released",
-              refusal=True):
+    conf = {
+        "cniVersion": version,
+        "name": "old" + version.replace(".", ""),
+        "type": "minikubenet",
+        "agentSocket": node.sock,
+        "cni.dev/valid-attachments": [],
+    }
+    with case(verb, "libcni-style", version, f"{verb} with a {version} config: code 1, nothing released", refusal=True):
         with pytest.raises(CniCallError) as e:
             node.call(conf, verb)
         assert e.value.code == 1 and verb in e.value.msg
@@ -198,13 +240,18 @@ def test_gc_and_status_need_a_1_1_config(node, verb, version):
 
 # -- STATUS ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("plugin", ["minikubenet", "minikubenet-ipam"])
 def test_status_is_ready_with_a_lease_and_etcd(node, plugin):
     conf = {"cniVersion": V11, "name": "st", "agentSocket": node.sock, "ipam": {"type": "minikubenet-ipam"}}
     if plugin == "minikubenet":
         del conf["ipam"]
-    with case("STATUS", "libcni-style" if plugin == "minikubenet" else "bridge+ipam", V11,
-              f"{plugin}: ready (exit 0, no output)"):
+    with case(
+        "STATUS",
+        "libcni-style" if plugin == "minikubenet" else "bridge+ipam",
+        V11,
+        f"{plugin}: ready (exit 0, no output)",
+    ):
         assert node.call(conf, "STATUS", plugin=plugin) is None
 
 
@@ -231,6 +278,7 @@ def test_status_reports_50_when_etcd_or_the_agent_is_down(lab_root):
 
 # -- ADD: versions, chaining, bad input ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", V11])
 def test_add_del_and_check_in_every_version(node, version):
     rt = node.runtime(node.conflist("ver" + version.replace(".", ""), version))
@@ -242,7 +290,7 @@ def test_add_del_and_check_in_every_version(node, version):
         eth0 = result["interfaces"][2]
         assert ("mtu" in eth0) == (version == V11) and eth0.get("mtu", node.env.mtu) == node.env.mtu
         assert all(len(i["mac"]) == 17 for i in result["interfaces"])
-    if version != "0.3.1":   # CHECK arrived in 0.4.0
+    if version != "0.3.1":  # CHECK arrived in 0.4.0
         with case("CHECK", "libcni-style", version, "CHECK with the cached result passes"):
             rt.check(cid, path)
     else:
@@ -261,8 +309,11 @@ def test_add_del_and_check_in_every_version(node, version):
 
 def test_add_after_another_plugin_carries_its_result(node):
     """Chained after the reference loopback, our result must contain loopback's (SPEC §5)."""
-    conflist = {"cniVersion": "1.0.0", "name": "afterlo",
-                "plugins": [{"type": "loopback"}, {"type": "minikubenet", "agentSocket": node.sock}]}
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": "afterlo",
+        "plugins": [{"type": "loopback"}, {"type": "minikubenet", "agentSocket": node.sock}],
+    }
     rt = node.runtime(conflist)
     _, path = node.pod()
     with case("ADD", "libcni-style", "1.0.0", "chained after loopback: prevResult kept, our indexes shifted"):
@@ -286,11 +337,15 @@ def test_unknown_fields_are_passed_over(node):
     rt.delete("unknown-1", path)
 
 
-@pytest.mark.parametrize("change, code", [
-    ({"ipam": {"type": "host-local", "subnet": "10.1.0.0/16"}}, 2),
-    ({"cniVersion": "2.0.0"}, 1),
-    ({"cniVersion": "0.2.0"}, 1),
-], ids=["ipam-section", "future-version", "old-version"])
+@pytest.mark.parametrize(
+    "change, code",
+    [
+        ({"ipam": {"type": "host-local", "subnet": "10.1.0.0/16"}}, 2),
+        ({"cniVersion": "2.0.0"}, 1),
+        ({"cniVersion": "0.2.0"}, 1),
+    ],
+    ids=["ipam-section", "future-version", "old-version"],
+)
 def test_config_we_cannot_honour_is_refused_and_leaves_nothing(node, change, code):
     conf = {"cniVersion": "1.0.0", "name": "refused", "type": "minikubenet", "agentSocket": node.sock, **change}
     _, path = node.pod()
@@ -310,12 +365,15 @@ def test_add_into_the_nodes_own_namespace_is_refused(node):
         with pytest.raises(CniCallError) as e:
             node.call(conf, "ADD", "ownns-1", f"/run/netns/{node.netns}", "eth0")
         assert e.value.code == 8
-        assert "UP" in subprocess.run(["ip", "-n", node.netns, "link", "show", "eth0"],
-                                      capture_output=True, text=True).stdout
+        assert (
+            "UP"
+            in subprocess.run(["ip", "-n", node.netns, "link", "show", "eth0"], capture_output=True, text=True).stdout
+        )
         assert "ownns-1" not in {r["containerID"] for r in node.records().values()}
 
 
 # -- CHECK and DEL with libcni's cached result ------------------------------------------------------------
+
 
 def test_check_compares_with_the_cached_result(node):
     rt = node.runtime(node.conflist("chk", "1.0.0"))
@@ -371,38 +429,62 @@ def test_del_of_another_network_releases_nothing(node):
     _, path = node.pod()
     rt.add("shared-id", path)
     with case("DEL", "libcni-style", "1.0.0", "DEL for another network name keeps this network's IP"):
-        node.call({"cniVersion": "1.0.0", "name": "theirs", "agentSocket": node.sock, "type": "minikubenet"},
-                  "DEL", "shared-id", path, "eth0")
+        node.call(
+            {"cniVersion": "1.0.0", "name": "theirs", "agentSocket": node.sock, "type": "minikubenet"},
+            "DEL",
+            "shared-id",
+            path,
+            "eth0",
+        )
         assert "shared-id" in node.owners("mine")
     rt.delete("shared-id", path)
 
 
 # -- chaining with the reference meta plugins ------------------------------------------------------------
 
+
 def test_chain_with_tuning_bandwidth_and_portmap(node):
     """Our plugin, then tuning (a sysctl), bandwidth (static rates) and portmap (a hostPort);
     the runtimeConfig libcni would inject for portmap is written into the conflist."""
     conflist = node.conflist(
-        "chain", "1.0.0",
+        "chain",
+        "1.0.0",
         {"type": "tuning", "sysctl": {"net.core.somaxconn": "321"}},
-        {"type": "bandwidth", "ingressRate": 8_000_000, "ingressBurst": 80_000,
-         "egressRate": 8_000_000, "egressBurst": 80_000},
-        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True,
-         "runtimeConfig": {"portMappings": [{"hostPort": 18081, "containerPort": 8080, "protocol": "tcp"}]}})
+        {
+            "type": "bandwidth",
+            "ingressRate": 8_000_000,
+            "ingressBurst": 80_000,
+            "egressRate": 8_000_000,
+            "egressBurst": 80_000,
+        },
+        {
+            "type": "portmap",
+            "capabilities": {"portMappings": True},
+            "snat": True,
+            "runtimeConfig": {"portMappings": [{"hostPort": 18081, "containerPort": 8080, "protocol": "tcp"}]},
+        },
+    )
     rt = node.runtime(conflist)
     name, path = node.pod()
-    server = processes.start_in_netns(name, [sys.executable, "-I", "-S", podserver.__file__,
-                                             "chain-1", "8080"], os.path.join(node.lab.dir, "logs", "chain-1.log"),
-                                      "pod chain-1")
+    server = processes.start_in_netns(
+        name,
+        [sys.executable, "-I", "-S", podserver.__file__, "chain-1", "8080"],
+        os.path.join(node.lab.dir, "logs", "chain-1.log"),
+        "pod chain-1",
+    )
     try:
         with case("ADD", "libcni-style", "1.0.0", "chain minikubenet → tuning → bandwidth → portmap"):
             rt.add("chain-1", path)
             probes.wait_listening(name, "127.0.0.1", 8080)
-            somaxconn = subprocess.run(["ip", "netns", "exec", name, "cat", "/proc/sys/net/core/somaxconn"],
-                                       capture_output=True, text=True).stdout.strip()
+            somaxconn = subprocess.run(
+                ["ip", "netns", "exec", name, "cat", "/proc/sys/net/core/somaxconn"], capture_output=True, text=True
+            ).stdout.strip()
             assert somaxconn == "321"
-            tc = subprocess.run(["ip", "netns", "exec", node.netns, "tc", "qdisc", "show", "dev",
-                                 host_veth_name("chain-1", "eth0")], capture_output=True, text=True).stdout
+            tc = subprocess.run(
+                ["ip", "netns", "exec", node.netns, "tc", "qdisc", "show", "dev", host_veth_name("chain-1", "eth0")],
+                capture_output=True,
+                text=True,
+            ).stdout
             assert "tbf" in tc
             node_ip = str(node.lab.topo.node("n1").ip)
             assert probes.whoami(node.netns, node_ip, 18081)["pod"] == "chain-1", "hostPort on the node"
@@ -414,8 +496,9 @@ def test_chain_with_tuning_bandwidth_and_portmap(node):
             without_portmap.check("chain-1", path)
         with case("DEL", "libcni-style", "1.0.0", "DEL through the chain removes the hostPort and the IP"):
             rt.delete("chain-1", path)
-            nat = subprocess.run(["ip", "netns", "exec", node.netns, "iptables", "-t", "nat", "-S"],
-                                 capture_output=True, text=True).stdout
+            nat = subprocess.run(
+                ["ip", "netns", "exec", node.netns, "iptables", "-t", "nat", "-S"], capture_output=True, text=True
+            ).stdout
             assert "18081" not in nat
             assert "chain-1" not in node.owners("chain")
     finally:
@@ -424,11 +507,14 @@ def test_chain_with_tuning_bandwidth_and_portmap(node):
 
 # -- minikubenet-ipam under the reference bridge ------------------------------------------------------
 
+
 def test_reference_bridge_with_minikubenet_ipam(node):
     ipam = {"type": "minikubenet-ipam", "agentSocket": node.sock}
-    conflist = {"cniVersion": "1.0.0", "name": "brnet",
-                "plugins": [{"type": "bridge", "bridge": "cni0", "isGateway": True, "mtu": node.env.mtu,
-                             "ipam": ipam}]}
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": "brnet",
+        "plugins": [{"type": "bridge", "bridge": "cni0", "isGateway": True, "mtu": node.env.mtu, "ipam": ipam}],
+    }
     rt = node.runtime(conflist)
     name, path = node.pod()
     ours = node.runtime(node.conflist("brmain", "1.0.0"))
@@ -439,8 +525,12 @@ def test_reference_bridge_with_minikubenet_ipam(node):
         ip = ip_of(result)
         assert node.records("brnet")[ip]["containerID"] == "br-1"
         assert result["ips"][0]["gateway"] == node.gateway and result["ips"][0]["interface"] == 2
-        assert subprocess.run(["ip", "netns", "exec", name, "ping", "-c1", "-W2", other_ip],
-                              capture_output=True).returncode == 0, "bridge pod -> minikubenet pod on cni0"
+        assert (
+            subprocess.run(
+                ["ip", "netns", "exec", name, "ping", "-c1", "-W2", other_ip], capture_output=True
+            ).returncode
+            == 0
+        ), "bridge pod -> minikubenet pod on cni0"
     with case("CHECK", "bridge+ipam", "1.0.0", "bridge delegates CHECK to minikubenet-ipam"):
         rt.check("br-1", path)
     with case("DEL", "bridge+ipam", "1.0.0", "bridge delegates DEL: IP released, twice is fine"):
@@ -452,8 +542,12 @@ def test_reference_bridge_with_minikubenet_ipam(node):
 
 def test_ipam_plugin_answers_with_the_abbreviated_result(node):
     _, path = node.pod()
-    conf = {"cniVersion": "1.0.0", "name": "ipamonly", "type": "bridge",
-            "ipam": {"type": "minikubenet-ipam", "agentSocket": node.sock}}
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "ipamonly",
+        "type": "bridge",
+        "ipam": {"type": "minikubenet-ipam", "agentSocket": node.sock},
+    }
     with case("ADD", "bridge+ipam", "1.0.0", "IPAM ADD: ips + gateway + default route, no interfaces"):
         out = node.call(conf, "ADD", "ipam-1", path, "eth0", plugin="minikubenet-ipam")
         assert "interfaces" not in out and "interface" not in out["ips"][0]
@@ -467,8 +561,11 @@ def test_ipam_plugin_answers_with_the_abbreviated_result(node):
         out2 = node.call(routed, "ADD", "ipam-2", path, "net1", plugin="minikubenet-ipam")
         assert out2["routes"] == [{"dst": "10.244.0.0/16"}]
     with case("GC", "bridge+ipam", V11, "IPAM GC releases what is not valid"):
-        node.call(dict(conf, cniVersion=V11, **{"cni.dev/valid-attachments": [
-            {"containerID": "ipam-1", "ifname": "eth0"}]}), "GC", plugin="minikubenet-ipam")
+        node.call(
+            dict(conf, cniVersion=V11, **{"cni.dev/valid-attachments": [{"containerID": "ipam-1", "ifname": "eth0"}]}),
+            "GC",
+            plugin="minikubenet-ipam",
+        )
         assert node.owners("ipamonly") == {"ipam-1"}
     with case("DEL", "bridge+ipam", "1.0.0", "IPAM DEL before ADD and twice succeed"):
         node.call(conf, "DEL", "ipam-never", "", "eth0", plugin="minikubenet-ipam")

@@ -30,8 +30,9 @@ def ip_of(result):
 
 
 def node_veths(lab):
-    out = subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "-o", "link", "show", "type", "veth"],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", lab.topo.node("n1").netns, "-o", "link", "show", "type", "veth"], capture_output=True, text=True
+    ).stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
@@ -64,16 +65,21 @@ def test_add_plumbs_the_pod_and_records_its_ip(one_node):
     assert f"{ip}" in [a["local"] for a in info["addr_info"] if a["family"] == "inet"]
     routes = subprocess.run(["ip", "-n", name, "route", "show", "default"], capture_output=True, text=True).stdout
     assert f"via {subnet.network_address + 1}" in routes
-    lo = json.loads(subprocess.run(["ip", "-n", name, "-j", "link", "show", "lo"],
-                                   capture_output=True, text=True).stdout)[0]
+    lo = json.loads(
+        subprocess.run(["ip", "-n", name, "-j", "link", "show", "lo"], capture_output=True, text=True).stdout
+    )[0]
     assert "UP" in lo["flags"]
 
     rec = next(v for k, v in records(lab).items() if k.endswith(f"/{ip}"))
     assert rec["containerID"] == "cid-add1" and rec["ifname"] == "eth0" and rec["node"] == "n1"
     assert rec["podNamespace"] == "shop" and rec["podName"] == "cart-1"
     # the pod really reaches its gateway on the node
-    assert subprocess.run(["ip", "netns", "exec", name, "ping", "-c1", "-W2", str(subnet.network_address + 1)],
-                          capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            ["ip", "netns", "exec", name, "ping", "-c1", "-W2", str(subnet.network_address + 1)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
@@ -122,7 +128,7 @@ def test_del_removes_everything_and_can_repeat(one_node):
     assert host_veth_name("cid-del", "eth0") not in node_veths(lab)
     assert not any(k.endswith(f"/{ip}") for k in records(lab))
     assert "eth0" not in subprocess.run(["ip", "-n", name, "link"], capture_output=True, text=True).stdout
-    rt.delete("cid-del", path)          # a second DEL succeeds (SPEC §2)
+    rt.delete("cid-del", path)  # a second DEL succeeds (SPEC §2)
 
 
 def test_del_after_the_netns_is_gone_releases_the_ip(one_node):
@@ -134,7 +140,7 @@ def test_del_after_the_netns_is_gone_releases_the_ip(one_node):
     rt.delete("cid-gone", path)
     assert not any(k.endswith(f"/{ip}") for k in records(lab))
     assert host_veth_name("cid-gone", "eth0") not in node_veths(lab)
-    rt.delete("cid-gone", "")           # ctr sends DEL with an empty CNI_NETNS
+    rt.delete("cid-gone", "")  # ctr sends DEL with an empty CNI_NETNS
 
 
 def test_del_before_add_succeeds(one_node):

@@ -14,11 +14,11 @@ import pytest
 from minikubenet.proxy.iptables_render import chains_from_save, jump_chains, plan_iptables
 from minikubenet.proxy.model import RenderOptions
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
 
 from tests.netns.node_in_one_ns import connect, plumb_node, run, start_server  # noqa: E402
 from tests.proxy_golden import load_cluster  # noqa: E402
+
 BACKENDS = ["nft", "legacy"]
 
 
@@ -45,14 +45,19 @@ def rules_per_chain(save_text):
 
 def expected_per_chain(plan, table):
     from minikubenet.proxy.tracer import parse_restore
+
     rs = parse_restore(plan.render())
     return {c: len(r) for c, r in rs.rules[table].items() if r}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("options", [RenderOptions(),
-                                     RenderOptions(localhost_nodeports=True, masquerade_all=True,
-                                                   random_fully=False, drop_invalid=False)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        RenderOptions(),
+        RenderOptions(localhost_nodeports=True, masquerade_all=True, random_fully=False, drop_invalid=False),
+    ],
+)
 def test_restore_test_accepts_the_full_render(netns, backend, options):
     services, endpoints, doc = load_cluster()
     plan = plan_iptables(services, endpoints, ["192.168.56.11"], doc["cluster_cidr"], options)
@@ -66,9 +71,9 @@ def test_full_then_partial_syncs_in_a_kernel(netns, backend):
     plan = plan_iptables(services, endpoints, (), doc["cluster_cidr"])
     restore(netns, backend, plan.render())
     ensure_jumps(netns, backend)
-    ensure_jumps(netns, backend)           # idempotent: -C finds them the second time
+    ensure_jumps(netns, backend)  # idempotent: -C finds them the second time
     nat = run(netns, f"iptables-{backend}-save", "-t", "nat")
-    assert nat.count("-j KUBE-SERVICES") == 2            # PREROUTING and OUTPUT, once each
+    assert nat.count("-j KUBE-SERVICES") == 2  # PREROUTING and OUTPUT, once each
     assert chains_from_save(nat) - {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"} == plan.owned_chains()["nat"]
     assert {c: n for c, n in rules_per_chain(nat).items() if c.startswith("KUBE-")} == expected_per_chain(plan, "nat")
 
@@ -83,8 +88,11 @@ def test_full_then_partial_syncs_in_a_kernel(netns, backend):
     # Everything gone: every service chain deleted, fixed chains stay.
     empty = plan_iptables([], {}, (), doc["cluster_cidr"])
     restore(netns, backend, empty.render_partial(after.state))
-    assert not [c for c in chains_from_save(run(netns, f"iptables-{backend}-save", "-t", "nat"))
-                if c.startswith(("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-"))]
+    assert not [
+        c
+        for c in chains_from_save(run(netns, f"iptables-{backend}-save", "-t", "nat"))
+        if c.startswith(("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-"))
+    ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -119,15 +127,21 @@ def test_the_tracer_reads_the_kernels_dump_as_it_reads_our_text(netns, backend):
     """iptables-save prints rules differently (-d 10.96.0.20/32, 11-decimal probabilities,
     --set-xmark for MARK, options reordered); the tracer must still find the same paths."""
     from minikubenet.proxy.tracer import trace_packet
+
     services, endpoints, doc = load_cluster()
     text = plan_iptables(services, endpoints, (), doc["cluster_cidr"]).render()
     restore(netns, backend, text)
     ensure_jumps(netns, backend)
     dump = run(netns, f"iptables-{backend}-save")
-    for src, dst, port, proto in [("10.244.9.9", "10.96.0.20", 80, "tcp"), ("203.0.113.7", "192.168.56.11", 30080, "tcp"),
-                                  ("10.244.1.11", "10.96.0.20", 80, "tcp"), ("10.244.9.9", "10.96.0.50", 80, "tcp"),
-                                  ("192.168.56.11", "192.168.56.11", 30050, "tcp"), ("10.244.9.9", "10.96.0.10", 53, "udp"),
-                                  ("10.244.9.9", "10.96.0.40", 443, "tcp")]:
+    for src, dst, port, proto in [
+        ("10.244.9.9", "10.96.0.20", 80, "tcp"),
+        ("203.0.113.7", "192.168.56.11", 30080, "tcp"),
+        ("10.244.1.11", "10.96.0.20", 80, "tcp"),
+        ("10.244.9.9", "10.96.0.50", 80, "tcp"),
+        ("192.168.56.11", "192.168.56.11", 30050, "tcp"),
+        ("10.244.9.9", "10.96.0.10", 53, "udp"),
+        ("10.244.9.9", "10.96.0.40", 443, "tcp"),
+    ]:
         ours = trace_packet(text, src, dst, port, proto, local_ips=["192.168.56.11"])
         kernels = trace_packet(dump, src, dst, port, proto, local_ips=["192.168.56.11"], jumps=())
         assert (kernels.output, kernels.masquerade_by_endpoint()) == (ours.output, ours.masquerade_by_endpoint())

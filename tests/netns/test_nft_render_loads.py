@@ -7,17 +7,21 @@ after each test; nothing is loaded into the host's namespace. Needs root.
 """
 
 import os
-from dataclasses import replace
 import time
+from dataclasses import replace
 
 import pytest
 
 from minikubenet.proxy.model import RenderOptions
-from minikubenet.proxy.nft_render import (TABLE, names_from_listing, plan_nft,
-                                          render_nft_cleanup, render_nft_delete_chains)
+from minikubenet.proxy.nft_render import (
+    TABLE,
+    names_from_listing,
+    plan_nft,
+    render_nft_cleanup,
+    render_nft_delete_chains,
+)
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
 
 from tests.netns.node_in_one_ns import connect, plumb_node, run, start_server  # noqa: E402
 from tests.proxy_golden import load_cluster  # noqa: E402
@@ -31,22 +35,25 @@ def listing(ns):
     return run(ns, "nft", "list", "table", "ip", TABLE)
 
 
-@pytest.mark.parametrize("node_ips, options, service_cidr", [
-    ((), RenderOptions(), "10.96.0.0/12"),
-    (("192.168.56.11",), RenderOptions(masquerade_all=True, random_fully=False), None),
-])
+@pytest.mark.parametrize(
+    "node_ips, options, service_cidr",
+    [
+        ((), RenderOptions(), "10.96.0.0/12"),
+        (("192.168.56.11",), RenderOptions(masquerade_all=True, random_fully=False), None),
+    ],
+)
 def test_check_mode_accepts_the_render(netns, node_ips, options, service_cidr):
     services, endpoints, doc = load_cluster()
     plan = plan_nft(services, endpoints, node_ips, doc["cluster_cidr"], options, service_cidr)
     nft(netns, plan.render(), check=True)
-    assert "table ip" not in run(netns, "nft", "list", "tables")    # check mode changed nothing
+    assert "table ip" not in run(netns, "nft", "list", "tables")  # check mode changed nothing
 
 
 def test_load_reload_stale_and_cleanup(netns):
     services, endpoints, doc = load_cluster()
     plan = plan_nft(services, endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"])
     nft(netns, plan.render())
-    nft(netns, plan.render())                       # the same transaction again: no error
+    nft(netns, plan.render())  # the same transaction again: no error
     chains, sets = names_from_listing(listing(netns))
     assert {c for c in chains if "/" in c} == plan.service_chains()
     assert {s for s in sets if s.startswith("affinity-")} == plan.affinity_sets()
@@ -60,13 +67,13 @@ def test_load_reload_stale_and_cleanup(netns):
     nft(netns, after.render(existing_chains=chains, existing_sets=sets))
     chains2, sets2 = names_from_listing(listing(netns))
     assert not {s for s in sets2 if s.startswith("affinity-")}
-    assert set(stale) <= chains2                    # flushed, still there...
-    time.sleep(1)                                   # (kube-proxy waits >= 1 s: kernels < 6.2)
-    nft(netns, render_nft_delete_chains(stale))     # ...deleted by the later transaction
+    assert set(stale) <= chains2  # flushed, still there...
+    time.sleep(1)  # (kube-proxy waits >= 1 s: kernels < 6.2)
+    nft(netns, render_nft_delete_chains(stale))  # ...deleted by the later transaction
     assert {c for c in names_from_listing(listing(netns))[0] if "/" in c} == after.service_chains()
 
     nft(netns, render_nft_cleanup())
-    nft(netns, render_nft_cleanup())                # cleaning up twice is fine
+    nft(netns, render_nft_cleanup())  # cleaning up twice is fine
     assert "minikubenet" not in run(netns, "nft", "list", "tables")
 
 
@@ -78,10 +85,10 @@ def test_connections_through_the_verdict_maps(netns):
     try:
         answers = connect(netns, "10.244.9.9", "10.96.0.20", 80, 60)
         assert {a.split()[0] for a in answers} == {"10.244.1.11", "10.244.2.12", "10.244.3.13"}, answers
-        assert {a.split()[1] for a in answers} == {"10.244.9.9"}             # not masqueraded
-        answers = connect(netns, "10.244.9.9", "192.168.56.11", 30080, 20)   # NodePort
+        assert {a.split()[1] for a in answers} == {"10.244.9.9"}  # not masqueraded
+        answers = connect(netns, "10.244.9.9", "192.168.56.11", 30080, 20)  # NodePort
         assert {a.split()[0] for a in answers} <= {"10.244.1.21", "10.244.2.22"}, answers
-        assert {a.split()[1] for a in answers} == {"192.168.56.11"}          # masqueraded
+        assert {a.split()[1] for a in answers} == {"192.168.56.11"}  # masqueraded
         # ClientIP affinity: the first connection picks an endpoint, all others follow it.
         answers = connect(netns, "10.244.9.9", "10.96.0.40", 443, 20)
         assert len({a.split()[0] for a in answers}) == 1, answers

@@ -19,10 +19,10 @@ import time
 
 import pytest
 
-from minikubenet.waiting import wait_until
+from minikubenet.k8s_objects import pod_doc
 from minikubenet.lab import probes
 from minikubenet.lab import services as S
-from minikubenet.k8s_objects import pod_doc
+from minikubenet.waiting import wait_until
 from tests.conftest import make_lab
 
 MODES = ["iptables", "nftables"]
@@ -37,8 +37,11 @@ def lab(request, lab_root):
     try:
         lab.up()
         client = next(p for p in lab.topo.pods() if p.name == "n1-p3")
-        S.store_call(lab, "put-pods", pods=[pod_doc("default", client.name, lab.pods()[client.name]["ip"], "n1",
-                                                    {"app": "client"})])
+        S.store_call(
+            lab,
+            "put-pods",
+            pods=[pod_doc("default", client.name, lab.pods()[client.name]["ip"], "n1", {"app": "client"})],
+        )
         if request.param != "iptables":
             S.restart_proxies(lab, request.param)
         lab.mode = request.param
@@ -116,8 +119,9 @@ def test_endpoint_changes_are_partial_syncs(lab):
 
 
 def udp_move(lab, name: str) -> tuple[str, list]:
-    svc = S.create_service(lab, name, {"app": "web"},
-                           [{"name": "echo", "port": 53, "protocol": "UDP", "targetPort": S.UDP_PORT}])
+    svc = S.create_service(
+        lab, name, {"app": "web"}, [{"name": "echo", "port": 53, "protocol": "UDP", "targetPort": S.UDP_PORT}]
+    )
     client = S.UdpClient(lab.client.netns, svc["clusterIP"], 53)
     try:
         first = {client.ask() for _ in range(3)}
@@ -177,26 +181,41 @@ def test_other_chains_stay_and_stale_chains_go(lab):
         node_sh(lab, "iptables", "-t", "nat", "-A", "FOREIGN", "-s", "192.0.2.1", "-j", "RETURN")
         node_sh(lab, "iptables", "-t", "nat", "-A", "PREROUTING", "-j", "FOREIGN")
         node_sh(lab, "iptables", "-t", "nat", "-N", "KUBE-SVC-STALESTALESTALE")
-        stale, foreign = "KUBE-SVC-STALESTALESTALE", ["-A FOREIGN -s 192.0.2.1/32 -j RETURN", "-A PREROUTING -j FOREIGN"]
+        stale, foreign = (
+            "KUBE-SVC-STALESTALESTALE",
+            ["-A FOREIGN -s 192.0.2.1/32 -j RETURN", "-A PREROUTING -j FOREIGN"],
+        )
     else:
-        node_sh(lab, "nft", "add table ip foreign; add chain ip foreign c { type nat hook prerouting priority 50 ; }; "
-                            "add rule ip foreign c ip saddr 192.0.2.1 return")
+        node_sh(
+            lab,
+            "nft",
+            "add table ip foreign; add chain ip foreign c { type nat hook prerouting priority 50 ; }; "
+            "add rule ip foreign c ip saddr 192.0.2.1 return",
+        )
         stale = "service-AAAAAAAA-default/gone/tcp/http"
         node_sh(lab, "nft", f"add chain ip minikubenet-proxy {stale}")
         foreign = ["ip saddr 192.0.2.1 return"]
-    S.restart_proxies(lab, lab.mode)                         # a full sync
+    S.restart_proxies(lab, lab.mode)  # a full sync
     svc = S.create_service(lab, "doomed", {"app": "web"}, HTTP)
-    doomed_chains = set(re.findall(r"-A (KUBE-(?:SVC|SEP)-\w+) .*default/doomed|((?:service|endpoint)-\w+-default/doomed/\S+)",
-                                   ruleset(lab)))
+    doomed_chains = set(
+        re.findall(
+            r"-A (KUBE-(?:SVC|SEP)-\w+) .*default/doomed|((?:service|endpoint)-\w+-default/doomed/\S+)", ruleset(lab)
+        )
+    )
     doomed_chains = {a or b for a, b in doomed_chains}
     assert doomed_chains
-    S.store_call(lab, "delete-service", name="doomed")        # a partial sync
-    assert wait_until(lambda: not any(c in ruleset(lab) for c in doomed_chains), 5, interval=0.2), \
+    S.store_call(lab, "delete-service", name="doomed")  # a partial sync
+    assert wait_until(lambda: not any(c in ruleset(lab) for c in doomed_chains), 5, interval=0.2), (
         f"chains of the deleted service are still there: {doomed_chains}"
+    )
     assert connect_error(lab.client.netns, svc["clusterIP"], 80, 0.5) is not None
     text = ruleset(lab)
     assert stale not in text
-    outside = node_sh(lab, "iptables-save", "-t", "nat") if lab.mode == "iptables" else node_sh(lab, "nft", "list", "table", "ip", "foreign")
+    outside = (
+        node_sh(lab, "iptables-save", "-t", "nat")
+        if lab.mode == "iptables"
+        else node_sh(lab, "nft", "list", "table", "ip", "foreign")
+    )
     assert all(rule in outside for rule in foreign), outside
 
 
@@ -210,8 +229,8 @@ def test_a_failing_restore_keeps_the_old_rules_and_is_retried(lab, tmp_path_fact
     os.makedirs(wrap, exist_ok=True)
     flag = os.path.join(wrap, "no-xt_recent")
     scripts = {
-        "iptables": "exec /usr/sbin/iptables \"$@\"\n",
-        "iptables-save": "exec /usr/sbin/iptables-save \"$@\"\n",
+        "iptables": 'exec /usr/sbin/iptables "$@"\n',
+        "iptables-save": 'exec /usr/sbin/iptables-save "$@"\n',
         "iptables-restore": f"""in=$(mktemp); cat > "$in"
 line=$(grep -n -m1 -- '-m recent' "$in" | cut -d: -f1)
 if [ -e {flag} ] && [ -n "$line" ]; then
@@ -232,18 +251,28 @@ fi
         old = S.create_service(lab, "before", {"app": "web"}, HTTP)
         open(flag, "w").close()
         failures = metric(lab, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total")
-        store = S.store_call(lab, "create-service", doc={"metadata": {"name": "needs-recent"}, "spec": {
-            "selector": {"app": "web"}, "ports": HTTP, "sessionAffinity": "ClientIP"}})
-        assert wait_until(lambda: metric(lab, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total")
-                          > failures, 10, interval=0.1), "the failing restore was not reported"
+        store = S.store_call(
+            lab,
+            "create-service",
+            doc={
+                "metadata": {"name": "needs-recent"},
+                "spec": {"selector": {"app": "web"}, "ports": HTTP, "sessionAffinity": "ClientIP"},
+            },
+        )
+        assert wait_until(
+            lambda: metric(lab, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total") > failures,
+            10,
+            interval=0.1,
+        ), "the failing restore was not reported"
         log = proxy_log(lab)
         assert "Couldn't load match `recent'" in log
         assert re.search(r">\s+\d+: -A KUBE-S\w+-\w+ .*-m recent", log), log[-2000:]
-        assert set(S.hit(lab.client.netns, old["clusterIP"], 80, 20)) == {"n1-p1", "n1-p2"}   # old rules work
+        assert set(S.hit(lab.client.netns, old["clusterIP"], 80, 20)) == {"n1-p1", "n1-p2"}  # old rules work
         assert S.hit(lab.client.netns, store["clusterIP"], 80, 1, timeout=0.5)["<error>"] == 1
-        os.unlink(flag)                                       # the module is back
-        assert wait_until(lambda: not S.hit(lab.client.netns, store["clusterIP"], 80, 1, timeout=0.5)["<error>"],
-                          10, interval=0), "not retried"
+        os.unlink(flag)  # the module is back
+        assert wait_until(
+            lambda: not S.hit(lab.client.netns, store["clusterIP"], 80, 1, timeout=0.5)["<error>"], 10, interval=0
+        ), "not retried"
         assert "retrying in" in log
     finally:
         S.restart_proxies(lab, "iptables")
@@ -261,10 +290,26 @@ def test_metrics_and_health(lab):
 def test_dry_run_prints_the_ruleset_and_changes_nothing(lab):
     S.create_service(lab, "printed", {"app": "web"}, HTTP)
     before = ruleset(lab)
-    p = subprocess.run(["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet.proxy.daemon",
-                        "--dry-run", "--mode", lab.mode, "--etcd-endpoints", lab.topo.etcd_endpoints,
-                        *lab.etcd_tls("proxy").argv()],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.topo.etcd_netns,
+            sys.executable,
+            "-m",
+            "minikubenet.proxy.daemon",
+            "--dry-run",
+            "--mode",
+            lab.mode,
+            "--etcd-endpoints",
+            lab.topo.etcd_endpoints,
+            *lab.etcd_tls("proxy").argv(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     if lab.mode == "iptables":
         assert p.stdout.count("*nat") == 1 and '"default/printed:http cluster IP"' in p.stdout
@@ -282,6 +327,7 @@ def test_a_periodic_full_sync_repairs_drift(lab):
 
         def full_syncs():
             return proxy_log(lab).rsplit("signal 15", 1)[-1].count("full sync")
+
         before = full_syncs()
         if lab.mode == "iptables":
             chain = re.search(r"-A (KUBE-SVC-\w+) .*default/drift:http", ruleset(lab)).group(1)
@@ -300,8 +346,12 @@ def test_a_periodic_full_sync_repairs_drift(lab):
 def test_cleanup_removes_our_rules_and_only_ours(lab):
     """``minikubenet-proxy --cleanup`` (last in this module: it leaves no rules)."""
     S.stop_proxies(lab)
-    p = subprocess.run(["ip", "netns", "exec", lab.node.netns, sys.executable, "-m", "minikubenet.proxy.daemon",
-                        "--cleanup"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["ip", "netns", "exec", lab.node.netns, sys.executable, "-m", "minikubenet.proxy.daemon", "--cleanup"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     dump = node_sh(lab, "iptables-save")
     assert not re.search(r"\bKUBE-", dump), dump

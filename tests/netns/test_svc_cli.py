@@ -12,18 +12,18 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 
-
 def mkn(lab, *args, stdin=None):
     """The CLI as a user runs it in etcd's namespace: `lab exec etcd -- minikubenet ...`
     (the root etcd user's certificate comes in the environment)."""
     argv = ["ip", "netns", "exec", lab.topo.etcd_netns, sys.executable, "-m", "minikubenet", *args]
-    return subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=60,
-                          env={**os.environ, **lab.admin_env()})
+    return subprocess.run(
+        argv, capture_output=True, text=True, input=stdin, timeout=60, env={**os.environ, **lab.admin_env()}
+    )
 
 
 def keys(lab, prefix="/minikubenet/"):
     out = lab.etcdctl("get", "--prefix", "--keys-only", prefix)
-    return sorted(k for k in out.splitlines() if k and "/ipam" not in k and "/pods/" not in k)   # ipam/, ipam-claims/
+    return sorted(k for k in out.splitlines() if k and "/ipam" not in k and "/pods/" not in k)  # ipam/, ipam-claims/
 
 
 def test_create_get_delete(one_node):
@@ -70,8 +70,9 @@ def test_a_taken_cluster_ip_is_refused(one_node):
 
 def test_concurrent_creates_get_distinct_ips(one_node):
     with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(pool.map(lambda i: mkn(one_node, "svc", "create", f"c{i}", "-n", "conc", "--port", "80"),
-                                range(10)))
+        results = list(
+            pool.map(lambda i: mkn(one_node, "svc", "create", f"c{i}", "-n", "conc", "--port", "80"), range(10))
+        )
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     ips = [r.stdout.split("clusterIP ")[1].split(",")[0] for r in results]
     assert len(set(ips)) == 10
@@ -81,9 +82,15 @@ def test_concurrent_creates_get_distinct_ips(one_node):
 
 def test_endpoints_on_an_unknown_pod_are_refused(one_node):
     assert mkn(one_node, "svc", "create", "manual", "--port", "http=80").returncode == 0
-    doc = {"metadata": {"name": "manual"},
-           "subsets": [{"addresses": [{"ip": "10.244.200.9", "targetRef": {"kind": "Pod", "name": "ghost"}}],
-                        "ports": [{"name": "http", "port": 8080}]}]}
+    doc = {
+        "metadata": {"name": "manual"},
+        "subsets": [
+            {
+                "addresses": [{"ip": "10.244.200.9", "targetRef": {"kind": "Pod", "name": "ghost"}}],
+                "ports": [{"name": "http", "port": 8080}],
+            }
+        ],
+    }
     p = mkn(one_node, "svc", "set-endpoints", "-f", "-", stdin=json.dumps(doc))
     assert p.returncode == 1 and "pod default/ghost is unknown" in p.stderr
     assert "/minikubenet/endpoints/default/manual" not in keys(one_node)

@@ -22,18 +22,17 @@ import uuid
 
 import pytest
 
-from minikubenet.waiting import wait_until
 from minikubenet.linux import overlay_routes, vxlan_device
 from minikubenet.linux.netns import iproute_in
-from minikubenet.linux.vxlan_device import (VxlanDeviceError, ensure_vxlan_address, ensure_vxlan_device,
-                                            vxlan_attrs)
-from minikubenet.overlay import KernelState, reconcile
 from minikubenet.linux.overlay_routes import NetlinkKernel
+from minikubenet.linux.vxlan_device import VxlanDeviceError, ensure_vxlan_address, ensure_vxlan_device, vxlan_attrs
+from minikubenet.overlay import KernelState, reconcile
 from minikubenet.overlay.controller import HostGwBackend, OverlayController, VxlanBackend
 from minikubenet.overlay.host_gw import plan_peer as host_gw_plan
 from minikubenet.overlay.vxlan import device_spec, plan_peer, vtep_address
-from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.store.lease_watch import LeaseDelete, LeasePut
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
+from minikubenet.waiting import wait_until
 
 pytestmark = [
     pytest.mark.root,
@@ -68,8 +67,7 @@ class Node:
     def build_vxlan(self) -> int:
         # as the agent does it: the device first (its MAC goes into the lease), then the address
         index, self.mac = ensure_vxlan_device(self.ipr, self.spec(), netns=self.path)
-        ensure_vxlan_device(self.ipr, self.spec(), netns=self.path, mac=self.mac,
-                            subnet=self.subnet, network=NETWORK)
+        ensure_vxlan_device(self.ipr, self.spec(), netns=self.path, mac=self.mac, subnet=self.subnet, network=NETWORK)
         return index
 
     def lease(self, backend_type: str = "vxlan") -> SubnetLeaseRecord:
@@ -106,8 +104,12 @@ def nodes():
             node.ipr.link("set", index=node.index("lo"), state="up")
             # the "pods": the node subnet's gateway address on a bridge, as the agent has it
             node.ipr.link("add", ifname="cni0", kind="bridge")
-            node.ipr.addr("add", index=node.index("cni0"), address=str(node.subnet.network_address + 1),
-                          prefixlen=node.subnet.prefixlen)
+            node.ipr.addr(
+                "add",
+                index=node.index("cni0"),
+                address=str(node.subnet.network_address + 1),
+                prefixlen=node.subnet.prefixlen,
+            )
             node.ipr.link("set", index=node.index("cni0"), state="up")
         yield a, b
     finally:
@@ -123,8 +125,22 @@ def program_each_other(a: Node, b: Node) -> None:
 
 
 def ping(src: Node, dst_ip: str, size: int) -> subprocess.CompletedProcess:
-    return sh(src.name, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(size),
-              "-I", str(src.subnet.network_address + 1), dst_ip, check=False)
+    return sh(
+        src.name,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        str(size),
+        "-I",
+        str(src.subnet.network_address + 1),
+        dst_ip,
+        check=False,
+    )
 
 
 def tx_packets(node: Node, ifname: str) -> int:
@@ -132,6 +148,7 @@ def tx_packets(node: Node, ifname: str) -> int:
 
 
 # -- the device -------------------------------------------------------------------------------
+
 
 def test_device_matches_flannel(nodes):
     a, _ = nodes
@@ -143,7 +160,7 @@ def test_device_matches_flannel(nodes):
     assert attrs["learning"] is False and not attrs["group"]
     assert link.get("IFLA_MTU") == 1450 and link.get("IFLA_OPERSTATE") in ("UNKNOWN", "UP")
     first_octet = int(a.mac.split(":")[0], 16)
-    assert first_octet & 0x02 and not first_octet & 0x01     # locally administered unicast
+    assert first_octet & 0x02 and not first_octet & 0x01  # locally administered unicast
     addrs = [(x.get("IFA_ADDRESS"), x["prefixlen"]) for x in a.ipr.get_addr(index=index, family=2)]
     assert addrs == [("10.244.1.0", 32)]
     assert sh(a.name, "cat", "/proc/sys/net/ipv6/conf/flannel.1/accept_ra").stdout.strip() == "0"
@@ -185,8 +202,15 @@ def test_other_kind_of_device_is_replaced(nodes, caplog):
 
 def test_vni_taken_by_another_device_is_a_clear_error(nodes):
     a, _ = nodes
-    a.ipr.link("add", ifname="vx-other", kind="vxlan", vxlan_id=1, vxlan_local=a.public_ip,
-               vxlan_link=a.index("eth0"), vxlan_port=8472)
+    a.ipr.link(
+        "add",
+        ifname="vx-other",
+        kind="vxlan",
+        vxlan_id=1,
+        vxlan_local=a.public_ip,
+        vxlan_link=a.index("eth0"),
+        vxlan_port=8472,
+    )
     with pytest.raises(VxlanDeviceError, match="vx-other already uses VNI 1"):
         ensure_vxlan_device(a.ipr, a.spec(), netns=a.path)
     assert not a.ipr.link_lookup(ifname="flannel.1")
@@ -214,14 +238,15 @@ def test_the_published_mac_is_put_back(nodes):
 def test_stale_address_inside_the_network_is_removed(nodes):
     a, _ = nodes
     index = a.build_vxlan()
-    a.ipr.addr("add", index=index, address="10.244.9.0", prefixlen=32)    # an earlier subnet
-    a.ipr.addr("add", index=index, address="172.31.0.1", prefixlen=32)    # not ours to judge
+    a.ipr.addr("add", index=index, address="10.244.9.0", prefixlen=32)  # an earlier subnet
+    a.ipr.addr("add", index=index, address="172.31.0.1", prefixlen=32)  # not ours to judge
     ensure_vxlan_address(a.ipr, index, vtep_address(a.subnet), NETWORK)
     addrs = {x.get("IFA_ADDRESS") for x in a.ipr.get_addr(index=index, family=2)}
     assert addrs == {"10.244.1.0", "172.31.0.1"}
 
 
 # -- peers --------------------------------------------------------------------------------------
+
 
 def test_ping_crosses_the_vxlan_at_full_mtu(nodes):
     a, b = nodes
@@ -231,9 +256,9 @@ def test_ping_crosses_the_vxlan_at_full_mtu(nodes):
     # 1422 bytes of ICMP payload + 8 ICMP + 20 IP = 1450: exactly the overlay MTU, DF set
     done = ping(a, "10.244.2.1", 1422)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert tx_packets(a, "flannel.1") > before            # it went through the tunnel
+    assert tx_packets(a, "flannel.1") > before  # it went through the tunnel
     too_big = ping(a, "10.244.2.1", 1423)
-    assert too_big.returncode != 0                         # one byte more does not fit
+    assert too_big.returncode != 0  # one byte more does not fit
 
 
 def test_peer_entries_are_exactly_the_plan(nodes):
@@ -243,7 +268,7 @@ def test_peer_entries_are_exactly_the_plan(nodes):
     overlay_routes.apply_plan(a.ipr, plan)
     assert a.state() == KernelState(frozenset({plan.neigh}), frozenset({plan.fdb}), frozenset({plan.route}))
     assert reconcile([plan], a.state()) == ([], [])
-    overlay_routes.apply_plan(a.ipr, plan)                 # replace: applying twice is fine
+    overlay_routes.apply_plan(a.ipr, plan)  # replace: applying twice is fine
     assert reconcile([plan], a.state()) == ([], [])
 
 
@@ -255,7 +280,7 @@ def test_removing_a_peer_removes_neigh_fdb_and_route(nodes):
     assert overlay_routes.remove_plan(a.ipr, plan) == []
     assert a.state() == KernelState()
     assert ping(a, "10.244.2.1", 56).returncode != 0
-    assert overlay_routes.remove_plan(a.ipr, plan) == []   # already gone is fine
+    assert overlay_routes.remove_plan(a.ipr, plan) == []  # already gone is fine
 
 
 def test_failed_step_is_undone(nodes):
@@ -280,6 +305,7 @@ class FakeStore:
 
 class CapturedWatch:
     """Stands in for store/lease_watch.py: the test delivers the updates itself."""
+
     last = None
 
     def __init__(self, store, deliver):
@@ -300,13 +326,19 @@ def kernel_in(node: Node):
 
 
 def vxlan_controller(a: Node, leases) -> OverlayController:
-    spec = a.spec()   # on this thread: a.ipr belongs to it
+    spec = a.spec()  # on this thread: a.ipr belongs to it
 
     def ensure_device(ipr):
         ensure_vxlan_device(ipr, spec, netns=a.path, mac=a.mac, subnet=a.subnet, network=NETWORK)
 
-    return OverlayController(FakeStore(leases), a.subnet, VxlanBackend(1, ensure_device=ensure_device),
-                             kernel_in(a), watch=CapturedWatch, resync_interval=3600)
+    return OverlayController(
+        FakeStore(leases),
+        a.subnet,
+        VxlanBackend(1, ensure_device=ensure_device),
+        kernel_in(a),
+        watch=CapturedWatch,
+        resync_interval=3600,
+    )
 
 
 def test_controller_follows_the_watch(nodes):
@@ -316,11 +348,11 @@ def test_controller_follows_the_watch(nodes):
     ctl = vxlan_controller(a, [a.lease(), b.lease()])
     ctl.start()
     try:
-        assert ping(a, "10.244.2.1", 1422).returncode == 0          # programmed before start() returned
+        assert ping(a, "10.244.2.1", 1422).returncode == 0  # programmed before start() returned
         watch = CapturedWatch.last
-        watch.deliver(LeaseDelete(b.subnet))                        # B's lease expired
+        watch.deliver(LeaseDelete(b.subnet))  # B's lease expired
         eventually(lambda: a.state() == KernelState())
-        watch.deliver(LeasePut(b.lease()))                          # B is back
+        watch.deliver(LeasePut(b.lease()))  # B is back
         eventually(lambda: reconcile([plan_peer(b.lease())], a.state()) == ([], []))
         assert ping(a, "10.244.2.1", 1422).returncode == 0
     finally:
@@ -355,14 +387,21 @@ def test_controller_resync_repairs_hand_made_changes(nodes):
 def test_host_gw_routes_via_the_peer(nodes):
     a, b = nodes
     for node, peer in ((a, b), (b, a)):
-        plan = host_gw_plan(peer.lease("host-gw"), "eth0", overlay_routes.connected_networks(
-            node.ipr, node.index("eth0")))
+        plan = host_gw_plan(
+            peer.lease("host-gw"), "eth0", overlay_routes.connected_networks(node.ipr, node.index("eth0"))
+        )
         overlay_routes.apply_plan(node.ipr, plan)
-    assert ping(a, "10.244.2.1", 1472).returncode == 0     # no encapsulation: the full 1500
+    assert ping(a, "10.244.2.1", 1472).returncode == 0  # no encapsulation: the full 1500
     state = overlay_routes.read_state(a.ipr, None, ["eth0"], NETWORK)
     assert [str(r) for r in state.routes] == ["route 10.244.2.0/24 via 192.168.77.2 dev eth0"]
-    ctl = OverlayController(FakeStore([b.lease("host-gw")]), a.subnet, HostGwBackend("eth0", [UNDERLAY]),
-                            kernel_in(a), watch=CapturedWatch, resync_interval=3600)
+    ctl = OverlayController(
+        FakeStore([b.lease("host-gw")]),
+        a.subnet,
+        HostGwBackend("eth0", [UNDERLAY]),
+        kernel_in(a),
+        watch=CapturedWatch,
+        resync_interval=3600,
+    )
     ctl.start()
     try:
         assert ctl.resync_now() == ([], [])

@@ -27,11 +27,11 @@ VERBS = ("VERSION", "ADD", "DEL", "CHECK", "GC", "STATUS")
 # What each runtime is, for the table's legend.
 RUNTIMES = {
     "containerd-cri": "containerd 1.6 CRI plugin (the kubelet path), driven over gRPC (RunPodSandbox, "
-                      "StopPodSandbox, RemovePodSandbox)",
+    "StopPodSandbox, RemovePodSandbox)",
     "ctr": "`ctr run --cni` (containerd 1.6's client; go-cni in the client process)",
     "podman": "podman 4.3, CNI backend",
     "libcni-style": "minikubenet.cni.runtime.CniRuntime: a libcni-style driver that sends every verb, "
-                    "GC and STATUS included (no runtime packaged for Debian 12 sends those)",
+    "GC and STATUS included (no runtime packaged for Debian 12 sends those)",
     "bridge+ipam": "the reference `bridge` plugin (Debian 1.1.1) delegating to `minikubenet-ipam`",
 }
 
@@ -40,14 +40,22 @@ def _log_path() -> str | None:
     return os.environ.get(LOG_ENV) or None
 
 
-def record(verb: str, runtime: str, cni_version: str, what: str, passed: bool, detail: str = "",
-           refusal: bool = False) -> None:
+def record(
+    verb: str, runtime: str, cni_version: str, what: str, passed: bool, detail: str = "", refusal: bool = False
+) -> None:
     path = _log_path()
     if not path:
         return
-    line = {"verb": verb, "runtime": runtime, "cniVersion": cni_version, "case": what, "passed": passed,
-            "refusal": refusal, "detail": detail[:300],
-            "time": datetime.datetime.now().isoformat(timespec="seconds")}
+    line = {
+        "verb": verb,
+        "runtime": runtime,
+        "cniVersion": cni_version,
+        "case": what,
+        "passed": passed,
+        "refusal": refusal,
+        "detail": detail[:300],
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -57,8 +65,12 @@ def measurement(what: str, text: str, figures: dict) -> None:
     path = _log_path()
     if not path:
         return
-    line = {"measurement": what, "text": text, "figures": figures,
-            "time": datetime.datetime.now().isoformat(timespec="seconds")}
+    line = {
+        "measurement": what,
+        "text": text,
+        "figures": figures,
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -77,6 +89,7 @@ def case(verb: str, runtime: str, cni_version: str, what: str, refusal: bool = F
 
 # -- rendering -------------------------------------------------------------------------------------------
 
+
 def load(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -89,21 +102,31 @@ def _version_key(v: str) -> tuple[int, ...]:
 def render(rows: list[dict]) -> str:
     measurements = [r for r in rows if "measurement" in r]
     rows = [r for r in rows if "verb" in r]
-    columns = sorted({(r["runtime"], r["cniVersion"]) for r in rows},
-                     key=lambda c: (list(RUNTIMES).index(c[0]) if c[0] in RUNTIMES else 99, _version_key(c[1])))
+    columns = sorted(
+        {(r["runtime"], r["cniVersion"]) for r in rows},
+        key=lambda c: (list(RUNTIMES).index(c[0]) if c[0] in RUNTIMES else 99, _version_key(c[1])),
+    )
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
         cells.setdefault((r["verb"], r["runtime"], r["cniVersion"]), []).append(r)
     when = max((r["time"] for r in rows + measurements), default="")
-    out = ["# CNI conformance: verb × runtime × cniVersion", "",
-           f"Generated from the test run of {when} by `tests/runtimes/conformance.py` (not written by hand). "
-           "Each cell counts the test cases that drove that verb through that runtime with that cniVersion "
-           "and passed; `—` means no case (the runtime does not send the verb, or the version was not run); "
-           "🚫 means the combination must be refused (the runtime's libcni predates that cniVersion, or the "
-           "verb is newer than the config's cniVersion) and the test checks that it fails cleanly, leaving nothing.",
-           "", "Regenerate:", "", "```",
-           f"{LOG_ENV}=/tmp/conf.jsonl .venv/bin/python -m pytest tests/netns/test_cni11.py tests/runtimes",
-           ".venv/bin/python -m tests.runtimes.conformance /tmp/conf.jsonl > docs/conformance.md", "```", ""]
+    out = [
+        "# CNI conformance: verb × runtime × cniVersion",
+        "",
+        f"Generated from the test run of {when} by `tests/runtimes/conformance.py` (not written by hand). "
+        "Each cell counts the test cases that drove that verb through that runtime with that cniVersion "
+        "and passed; `—` means no case (the runtime does not send the verb, or the version was not run); "
+        "🚫 means the combination must be refused (the runtime's libcni predates that cniVersion, or the "
+        "verb is newer than the config's cniVersion) and the test checks that it fails cleanly, leaving nothing.",
+        "",
+        "Regenerate:",
+        "",
+        "```",
+        f"{LOG_ENV}=/tmp/conf.jsonl .venv/bin/python -m pytest tests/netns/test_cni11.py tests/runtimes",
+        ".venv/bin/python -m tests.runtimes.conformance /tmp/conf.jsonl > docs/conformance.md",
+        "```",
+        "",
+    ]
     out.append("| verb | " + " | ".join(f"{rt}<br>{v}" for rt, v in columns) + " |")
     out.append("|---|" + "---|" * len(columns))
     for verb in VERBS:
@@ -126,8 +149,9 @@ def render(rows: list[dict]) -> str:
         out += ["", "## Measured in the same run", ""]
         out += [f"- {m['measurement']}: {m['text']}" for m in measurements]
     out += ["", "## Cases", ""]
-    for (verb, rt, v), got in sorted(cells.items(), key=lambda kv: (VERBS.index(kv[0][0]) if kv[0][0] in VERBS
-                                                                     else 99, kv[0][1], kv[0][2])):
+    for (verb, rt, v), got in sorted(
+        cells.items(), key=lambda kv: (VERBS.index(kv[0][0]) if kv[0][0] in VERBS else 99, kv[0][1], kv[0][2])
+    ):
         seen = set()
         for r in got:
             if (r["case"], r["passed"]) in seen:

@@ -38,16 +38,29 @@ def missing_base() -> str | None:
 
 
 # What the runtimes would write on a host; the tier must leave all of it as it found it.
-HOST_PATHS = ("/etc/cni/net.d", "/opt/cni", "/var/lib/cni", "/var/lib/containerd", "/var/lib/containers",
-              "/run/containerd", "/run/containers", "/run/libpod", "/run/runc", "/dev/shm/libpod_lock")
+HOST_PATHS = (
+    "/etc/cni/net.d",
+    "/opt/cni",
+    "/var/lib/cni",
+    "/var/lib/containerd",
+    "/var/lib/containers",
+    "/run/containerd",
+    "/run/containers",
+    "/run/libpod",
+    "/run/runc",
+    "/dev/shm/libpod_lock",
+)
 
 
 def host_snapshot() -> dict:
     out = {}
     for path in HOST_PATHS:
         out[path] = sorted(os.listdir(path)) if os.path.isdir(path) else os.path.exists(path)
-    out["/run/netns (runtime-made)"] = sorted(n for n in os.listdir("/run/netns")
-                                              if n.startswith(("cni-", "netns-"))) if os.path.isdir("/run/netns") else []
+    out["/run/netns (runtime-made)"] = (
+        sorted(n for n in os.listdir("/run/netns") if n.startswith(("cni-", "netns-")))
+        if os.path.isdir("/run/netns")
+        else []
+    )
     return out
 
 
@@ -79,31 +92,59 @@ def images(runtime_lab):
     d = os.path.join(runtime_lab.dir, "images")
     rootfs = oci_image.make_rootfs(os.path.join(d, "rootfs"))
     return {
-        "pause": oci_image.make_oci_tar(rootfs, os.path.join(d, "pause.tar"), "localhost/mknpause:latest",
-                                        ["/bin/sleep", "2147483647"]),
-        "busybox": oci_image.make_oci_tar(rootfs, os.path.join(d, "busybox.tar"), "localhost/mknbusybox:latest",
-                                          ["/bin/sh"]),
+        "pause": oci_image.make_oci_tar(
+            rootfs, os.path.join(d, "pause.tar"), "localhost/mknpause:latest", ["/bin/sleep", "2147483647"]
+        ),
+        "busybox": oci_image.make_oci_tar(
+            rootfs, os.path.join(d, "busybox.tar"), "localhost/mknbusybox:latest", ["/bin/sh"]
+        ),
         "rootfs_tar": oci_image.make_rootfs_tar(rootfs, os.path.join(d, "rootfs.tar")),
     }
 
 
 # -- helpers shared by the runtime tests --------------------------------------------------------------
 
+
 def agent_socket(lab, node: str = "n1") -> str:
     return lab.conflist(node)["plugins"][0]["agentSocket"]
 
 
-def install_plugins(lab, scratch: str, *, bin_dir: str | None = None, conf_dir: str | None = None,
-                    network: str = "minikubenet", cni_version: str = "1.0.0", chain: tuple[str, ...] = (),
-                    sysctls: tuple[str, ...] = (), log: bool = True, link_reference: bool = True) -> dict:
+def install_plugins(
+    lab,
+    scratch: str,
+    *,
+    bin_dir: str | None = None,
+    conf_dir: str | None = None,
+    network: str = "minikubenet",
+    cni_version: str = "1.0.0",
+    chain: tuple[str, ...] = (),
+    sysctls: tuple[str, ...] = (),
+    log: bool = True,
+    link_reference: bool = True,
+) -> dict:
     """``minikubenet install`` into scratch dirs, exactly as an operator runs it; then the
     reference plugins linked next to ours (the CRI wants one bin dir holding ``loopback``)."""
     bin_dir = bin_dir or os.path.join(scratch, "cni-bin")
     conf_dir = conf_dir or os.path.join(scratch, "net.d")
     log_file = os.path.join(scratch, "invocations.jsonl") if log else ""
-    argv = [sys.executable, "-m", "minikubenet", "install", "--bin-dir", bin_dir, "--conf-dir", conf_dir,
-            "--state-dir", os.path.join(scratch, "install-state"), "--agent-socket", agent_socket(lab),
-            "--network", network, "--cni-version", cni_version]
+    argv = [
+        sys.executable,
+        "-m",
+        "minikubenet",
+        "install",
+        "--bin-dir",
+        bin_dir,
+        "--conf-dir",
+        conf_dir,
+        "--state-dir",
+        os.path.join(scratch, "install-state"),
+        "--agent-socket",
+        agent_socket(lab),
+        "--network",
+        network,
+        "--cni-version",
+        cni_version,
+    ]
     for c in chain:
         argv += ["--chain", c]
     for s in sysctls:
@@ -139,16 +180,21 @@ def records(lab) -> dict[str, dict]:
 
 def has_overlay(lab) -> bool:
     """Cross-node pod traffic needs the VXLAN device on every node."""
-    return all(subprocess.run(["ip", "-n", n.netns, "link", "show", "flannel.1"], capture_output=True).returncode == 0
-               for n in lab.topo.nodes)
+    return all(
+        subprocess.run(["ip", "-n", n.netns, "link", "show", "flannel.1"], capture_output=True).returncode == 0
+        for n in lab.topo.nodes
+    )
 
 
 def skip_without_overlay(lab) -> None:
     if not has_overlay(lab):
-        pytest.skip("the lab's nodes have no flannel.1 (the agent does not build the VXLAN overlay yet): "
-                    "cross-node pod traffic cannot work")
+        pytest.skip(
+            "the lab's nodes have no flannel.1 (the agent does not build the VXLAN overlay yet): "
+            "cross-node pod traffic cannot work"
+        )
 
 
 def node_subnet(lab, node: str = "n1"):
     import ipaddress
+
     return ipaddress.IPv4Network(lab.leases()[node]["subnet"])

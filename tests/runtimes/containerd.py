@@ -36,9 +36,17 @@ def available() -> str | None:
 
 
 class Containerd:
-    def __init__(self, netns: str, scratch: str, cni_bin_dir: str = "", cni_conf_dir: str = "",
-                 cri: bool = True, sandbox_image: str = "localhost/mknpause:latest",
-                 ctr_cni_bin_dir: str = "", ctr_cni_conf_dir: str = ""):
+    def __init__(
+        self,
+        netns: str,
+        scratch: str,
+        cni_bin_dir: str = "",
+        cni_conf_dir: str = "",
+        cri: bool = True,
+        sandbox_image: str = "localhost/mknpause:latest",
+        ctr_cni_bin_dir: str = "",
+        ctr_cni_conf_dir: str = "",
+    ):
         self.netns, self.dir = netns, scratch
         self.cni_bin_dir, self.cni_conf_dir = cni_bin_dir, cni_conf_dir
         # `ctr run --cni` reads the hard-coded /etc/cni/net.d and /opt/cni/bin: inside the
@@ -63,7 +71,9 @@ state = "{d}/state"
 """
         if not self.cri:
             return text + f'disabled_plugins = ["{CRI_PLUGIN}"]\n'
-        return text + f"""[plugins."{CRI_PLUGIN}"]
+        return (
+            text
+            + f"""[plugins."{CRI_PLUGIN}"]
   sandbox_image = "{self.sandbox_image}"
   restrict_oom_score_adj = true
   disable_tcp_service = true
@@ -74,19 +84,24 @@ state = "{d}/state"
     conf_dir = "{self.cni_conf_dir}"
     max_conf_num = 1
 """
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         os.makedirs(self.dir, exist_ok=True)
         cfg = os.path.join(self.dir, "config.toml")
         with open(cfg, "w") as f:
             f.write(self.config())
-        binds = {"/var/lib/cni": os.path.join(self.dir, "cnicache"), "/run/netns": os.path.join(self.dir, "netns"),
-                 "/etc/cni/net.d": self.ctr_cni_conf_dir, "/opt/cni/bin": self.ctr_cni_bin_dir}
-        argv = scratch_ns.in_private_mounts(self.netns, self.dir, binds,
-                                            [shutil.which("containerd"), "--config", cfg])
+        binds = {
+            "/var/lib/cni": os.path.join(self.dir, "cnicache"),
+            "/run/netns": os.path.join(self.dir, "netns"),
+            "/etc/cni/net.d": self.ctr_cni_conf_dir,
+            "/opt/cni/bin": self.ctr_cni_bin_dir,
+        }
+        argv = scratch_ns.in_private_mounts(self.netns, self.dir, binds, [shutil.which("containerd"), "--config", cfg])
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.sock) or self.ctr("version", check=False).returncode != 0:
             if self.proc.poll() is not None:
@@ -103,8 +118,17 @@ state = "{d}/state"
     def ctr(self, *args: str, namespace: str = "k8s.io", check: bool = True, timeout: float = 60.0):
         """``ctr`` in the daemon's network and mount namespaces: its FIFOs, its libcni cache
         and its CNI dirs are the daemon's scratch ones, never the host's."""
-        argv = ["nsenter", f"--net=/run/netns/{self.netns}", f"--mount=/proc/{self.proc.pid}/ns/mnt",
-                "ctr", "--address", self.sock, "--namespace", namespace, *args]
+        argv = [
+            "nsenter",
+            f"--net=/run/netns/{self.netns}",
+            f"--mount=/proc/{self.proc.pid}/ns/mnt",
+            "ctr",
+            "--address",
+            self.sock,
+            "--namespace",
+            namespace,
+            *args,
+        ]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
             raise RuntimeFailed(f"ctr {' '.join(args)}: {p.stderr.strip() or p.stdout.strip()}")
@@ -116,8 +140,9 @@ state = "{d}/state"
     def exec_in(self, task: str, *cmd: str, namespace: str = "k8s.io", timeout: float = 30.0):
         """Run a command in a running task (a CRI sandbox's pause process, or a ctr container)."""
         exec_id = f"x{time.monotonic_ns()}"
-        return self.ctr("task", "exec", "--exec-id", exec_id, task, *cmd, namespace=namespace, check=False,
-                        timeout=timeout)
+        return self.ctr(
+            "task", "exec", "--exec-id", exec_id, task, *cmd, namespace=namespace, check=False, timeout=timeout
+        )
 
     def stop(self) -> None:
         """containerd, its shims and anything still running below them, by PID."""

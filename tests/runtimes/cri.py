@@ -22,9 +22,19 @@ PROTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri_subset.pro
 def compile_protos(out_dir: str):
     """(pb2, pb2_grpc) modules compiled from cri_subset.proto into ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    p = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{os.path.dirname(PROTO)}",
-                        f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", PROTO],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{os.path.dirname(PROTO)}",
+            f"--python_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            PROTO,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         raise RuntimeError(f"protoc failed: {p.stderr}")
     if out_dir not in sys.path:
@@ -35,6 +45,7 @@ def compile_protos(out_dir: str):
 class CriClient:
     def __init__(self, socket_path: str, pb, pbg, timeout: float = 60.0):
         import grpc
+
         self.pb, self.timeout = pb, timeout
         self.channel = grpc.insecure_channel(f"unix://{socket_path}")
         self.rs = pbg.RuntimeServiceStub(self.channel)
@@ -51,20 +62,22 @@ class CriClient:
         config = pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=name, namespace=namespace, uid=str(uuid.uuid4())),
             hostname=name,
-            port_mappings=[pb.PortMapping(protocol=pb.TCP, container_port=c, host_port=h)
-                           for c, h in port_mappings])
+            port_mappings=[pb.PortMapping(protocol=pb.TCP, container_port=c, host_port=h) for c, h in port_mappings],
+        )
         started = time.perf_counter()
         r = self.rs.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=self.timeout)
         return r.pod_sandbox_id, time.perf_counter() - started
 
     def pod_ip(self, sandbox_id: str) -> str:
-        st = self.rs.PodSandboxStatus(self.pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
-                                      timeout=self.timeout).status
+        st = self.rs.PodSandboxStatus(
+            self.pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id), timeout=self.timeout
+        ).status
         return st.network.ip
 
     def ready(self, sandbox_id: str) -> bool:
-        st = self.rs.PodSandboxStatus(self.pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
-                                      timeout=self.timeout).status
+        st = self.rs.PodSandboxStatus(
+            self.pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id), timeout=self.timeout
+        ).status
         return st.state == self.pb.SANDBOX_READY
 
     def stop_pod(self, sandbox_id: str) -> None:

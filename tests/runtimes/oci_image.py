@@ -22,7 +22,7 @@ BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "ip", "ping", "sleep", "cat", "wget", "nc", "httpd", "echo", "hostname", "ls", "mkdir", "true")
 
 
-WWW_TEXT = "hello-from-the-pod\n"     # /www/index.html, for `httpd -h /www` (a sandbox's root is read-only)
+WWW_TEXT = "hello-from-the-pod\n"  # /www/index.html, for `httpd -h /www` (a sandbox's root is read-only)
 
 
 def make_rootfs(path: str) -> str:
@@ -53,25 +53,51 @@ def _layer(rootfs: str) -> bytes:
 
 def make_oci_tar(rootfs: str, out: str, ref: str, cmd: list[str]) -> str:
     layer = _layer(rootfs)
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
-                         "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]}}).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _digest(config),
-                   "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _digest(layer),
-                    "size": len(layer)}]}).encode()
-    index = json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": _digest(manifest),
-        "size": len(manifest),
-        "annotations": {"io.containerd.image.name": ref,
-                        "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[-1]}}]}).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
+            "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": _digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _digest(layer), "size": len(layer)}
+            ],
+        }
+    ).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": _digest(manifest),
+                    "size": len(manifest),
+                    "annotations": {
+                        "io.containerd.image.name": ref,
+                        "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[-1],
+                    },
+                }
+            ],
+        }
+    ).encode()
     with tarfile.open(out, "w") as t:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             t.addfile(info, io.BytesIO(data))
+
         add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         add("index.json", index)
         for blob in (layer, config, manifest):

@@ -69,17 +69,29 @@ runroot = "/run/containers/storage"
 
     def start(self) -> None:
         self._write_configs()
-        binds = {"/var/lib/cni": os.path.join(self.dir, "cnicache"), "/run/netns": os.path.join(self.dir, "netns"),
-                 "/dev/shm": os.path.join(self.dir, "shm")}
+        binds = {
+            "/var/lib/cni": os.path.join(self.dir, "cnicache"),
+            "/run/netns": os.path.join(self.dir, "netns"),
+            "/dev/shm": os.path.join(self.dir, "shm"),
+        }
         self.mounts = scratch_ns.PersistentMounts(self.dir, binds)
 
     def run(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-               "CONTAINERS_CONF": os.path.join(self.dir, "containers.conf"),
-               "CONTAINERS_STORAGE_CONF": os.path.join(self.dir, "storage.conf"),
-               "TMPDIR": os.path.join(self.dir, "tmp"), "HOME": self.dir}
-        p = subprocess.run(self.mounts.argv(self.netns, ["podman", *args]), capture_output=True, text=True,
-                           env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CONTAINERS_CONF": os.path.join(self.dir, "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": os.path.join(self.dir, "storage.conf"),
+            "TMPDIR": os.path.join(self.dir, "tmp"),
+            "HOME": self.dir,
+        }
+        p = subprocess.run(
+            self.mounts.argv(self.netns, ["podman", *args]),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and p.returncode != 0:
             raise RuntimeError(f"podman {' '.join(args)}: {p.stderr.strip() or p.stdout.strip()}")
         return p

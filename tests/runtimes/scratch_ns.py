@@ -70,8 +70,11 @@ class PersistentMounts:
         subprocess.run(["mount", "--make-private", self.dir], check=True)
         open(self.pin, "w").close()
         script = mount_script(scratch, binds)
-        p = subprocess.run(["unshare", f"--mount={self.pin}", "--propagation", "private", "sh", "-ec", script],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            ["unshare", f"--mount={self.pin}", "--propagation", "private", "sh", "-ec", script],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
             self.close()
             raise RuntimeError(f"could not build the mount namespace: {p.stderr.strip()}")
@@ -92,6 +95,7 @@ class PersistentMounts:
 
 
 # -- processes -------------------------------------------------------------------------------------
+
 
 def ns_inode(pid: int, kind: str) -> int | None:
     try:
@@ -136,5 +140,5 @@ def with_descendants(roots: list[int]) -> list[int]:
 def stop_tree(roots: list[int]) -> None:
     """Stop ``roots`` and everything below them, children first, by PID."""
     pids = with_descendants([p for p in roots if p != os.getpid()])
-    processes.stop(sorted(set(pids) - set(roots)), timeout=2.0)   # a pod's PID 1 ignores SIGTERM
+    processes.stop(sorted(set(pids) - set(roots)), timeout=2.0)  # a pod's PID 1 ignores SIGTERM
     processes.stop(sorted(roots))

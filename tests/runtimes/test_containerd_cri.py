@@ -30,13 +30,20 @@ from minikubenet.pod_network import host_veth_name
 from tests.runtimes import containerd as ctd
 from tests.runtimes import cri
 from tests.runtimes.conformance import case, measurement
-from tests.runtimes.conftest import (has_overlay, install_plugins, invocations, missing_grpc_tools, node_subnet,
-                                     records, skip_without_overlay)
+from tests.runtimes.conftest import (
+    has_overlay,
+    install_plugins,
+    invocations,
+    missing_grpc_tools,
+    node_subnet,
+    records,
+    skip_without_overlay,
+)
 
 RUNTIME = "containerd-cri"
-VERSIONS = ["0.4.0", "1.0.0"]   # containerd 1.6 vendors libcni 1.1, which knows nothing newer than 1.0.0
+VERSIONS = ["0.4.0", "1.0.0"]  # containerd 1.6 vendors libcni 1.1, which knows nothing newer than 1.0.0
 BENCH_PODS = 20
-BENCH_TARGET = 1.1               # the issue's target: ours <= 1.1 x the reference (p50)
+BENCH_TARGET = 1.1  # the issue's target: ours <= 1.1 x the reference (p50)
 
 
 def setup_module():
@@ -120,6 +127,7 @@ def sandbox_http(o, sid, ip, port=POD_PORT) -> str:
 
 # -- pods through our plugin -----------------------------------------------------------------------------
 
+
 def test_pods_get_their_ip_and_etcd_records_the_kubernetes_pod(ours):
     lab, v = ours["lab"], ours["version"]
     with case("ADD", RUNTIME, v, "RunPodSandbox: IP from the node's subnet, K8S_POD_NAMESPACE/NAME in etcd"):
@@ -142,8 +150,12 @@ def test_pods_reach_each_other_and_the_pods_of_their_node(ours):
         assert '"pod": "n1-p1"' in sandbox_http(ours, a, lab.pod_ips["n1-p1"])
         node_ip = str(lab.topo.node("n1").ip)
         assert ours["daemon"].exec_in(a, "ping", "-c1", "-W2", node_ip).returncode == 0
-        assert subprocess.run(["ip", "netns", "exec", lab.topo.node("n1").netns, "ping", "-c1", "-W2", ip_a],
-                              capture_output=True).returncode == 0
+        assert (
+            subprocess.run(
+                ["ip", "netns", "exec", lab.topo.node("n1").netns, "ping", "-c1", "-W2", ip_a], capture_output=True
+            ).returncode
+            == 0
+        )
 
 
 def test_pods_reach_pods_on_other_nodes(ours):
@@ -170,17 +182,19 @@ def test_stop_and_remove_release_the_ip(ours):
 
 # -- chaining ---------------------------------------------------------------------------------------------------
 
+
 def test_chain_portmap_tuning_bandwidth(crit):
     lab = crit.lab
     scratch = os.path.join(crit.dir, "chain")
-    plugins = install_plugins(lab, scratch, chain=("tuning", "portmap", "bandwidth"),
-                              sysctls=("net.core.somaxconn=333",))
+    plugins = install_plugins(
+        lab, scratch, chain=("tuning", "portmap", "bandwidth"), sysctls=("net.core.somaxconn=333",)
+    )
     daemon, client = crit.start("ctd-chain", plugins["bin_dir"], plugins["conf_dir"])
     try:
         sid, _ = client.run_pod("web", "shop", port_mappings=[(80, 18080)])
         n1, n2 = lab.topo.node("n1"), lab.topo.node("n2")
         with case("ADD", RUNTIME, "1.0.0", "chained portmap: a hostPort on the node reaches the pod"):
-            p = daemon.exec_in(sid, "httpd", "-p", "80", "-h", "/www")   # busybox httpd daemonizes
+            p = daemon.exec_in(sid, "httpd", "-p", "80", "-h", "/www")  # busybox httpd daemonizes
             assert p.returncode == 0, p.stderr
             probes.wait_listening(n1.netns, str(n1.ip), 18080)
             assert probes.http_get(n1.netns, str(n1.ip), 18080).strip() == b"hello-from-the-pod"
@@ -191,8 +205,9 @@ def test_chain_portmap_tuning_bandwidth(crit):
         assert add[-1]["runtimeConfig"] is None, "our plugin declares no capability, so gets no runtimeConfig"
         with case("DEL", RUNTIME, "1.0.0", "StopPodSandbox through the chain: hostPort rules and IP gone"):
             client.stop_pod(sid)
-            nat = subprocess.run(["ip", "netns", "exec", n1.netns, "iptables", "-t", "nat", "-S"],
-                                 capture_output=True, text=True).stdout
+            nat = subprocess.run(
+                ["ip", "netns", "exec", n1.netns, "iptables", "-t", "nat", "-S"], capture_output=True, text=True
+            ).stdout
             assert "18080" not in nat
             assert sid not in records(lab)
             client.remove_pod(sid)
@@ -207,14 +222,18 @@ def test_chain_bandwidth_shapes_the_pod(crit):
     daemon, client = crit.start("ctd-bw", plugins["bin_dir"], plugins["conf_dir"])
     try:
         pb = crit.pb
-        config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="shaped", namespace="shop", uid="u-shaped"),
-                                     annotations={"kubernetes.io/ingress-bandwidth": "10M",
-                                                  "kubernetes.io/egress-bandwidth": "10M"})
+        config = pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name="shaped", namespace="shop", uid="u-shaped"),
+            annotations={"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "10M"},
+        )
         sid = client.rs.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
         n1 = lab.topo.node("n1")
         with case("ADD", RUNTIME, "1.0.0", "chained bandwidth: the pod's annotations become a TBF on its veth"):
-            tc = subprocess.run(["ip", "netns", "exec", n1.netns, "tc", "qdisc", "show", "dev",
-                                 host_veth_name(sid, "eth0")], capture_output=True, text=True).stdout
+            tc = subprocess.run(
+                ["ip", "netns", "exec", n1.netns, "tc", "qdisc", "show", "dev", host_veth_name(sid, "eth0")],
+                capture_output=True,
+                text=True,
+            ).stdout
             assert "tbf" in tc, "ingress: a token bucket on the pod's host veth"
             links = subprocess.run(["ip", "-n", n1.netns, "link"], capture_output=True, text=True).stdout
             assert "bwp" in links, "egress: the bandwidth plugin's ifb device"
@@ -234,13 +253,34 @@ def test_reference_bridge_with_minikubenet_ipam(crit):
     lab = crit.lab
     scratch = os.path.join(crit.dir, "bridge-ipam")
     plugins = install_plugins(lab, scratch, link_reference=True)
-    os.unlink(os.path.join(plugins["conf_dir"], "10-minikubenet.conflist"))   # another conflist instead:
-    mtu = int(subprocess.run(["ip", "-n", lab.topo.node("n1").netns, "-o", "link", "show", "cni0"],
-                             capture_output=True, text=True).stdout.split(" mtu ")[1].split()[0])
+    os.unlink(os.path.join(plugins["conf_dir"], "10-minikubenet.conflist"))  # another conflist instead:
+    mtu = int(
+        subprocess.run(
+            ["ip", "-n", lab.topo.node("n1").netns, "-o", "link", "show", "cni0"], capture_output=True, text=True
+        )
+        .stdout.split(" mtu ")[1]
+        .split()[0]
+    )
     with open(os.path.join(plugins["conf_dir"], "10-bridge.conflist"), "w") as f:
-        json.dump({"cniVersion": "1.0.0", "name": "mkn-bridge", "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "mtu": mtu,
-             "ipam": {"type": "minikubenet-ipam", "agentSocket": lab.conflist("n1")["plugins"][0]["agentSocket"]}}]}, f)
+        json.dump(
+            {
+                "cniVersion": "1.0.0",
+                "name": "mkn-bridge",
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": "cni0",
+                        "isGateway": True,
+                        "mtu": mtu,
+                        "ipam": {
+                            "type": "minikubenet-ipam",
+                            "agentSocket": lab.conflist("n1")["plugins"][0]["agentSocket"],
+                        },
+                    }
+                ],
+            },
+            f,
+        )
     daemon, client = crit.start("ctd-bridge", plugins["bin_dir"], plugins["conf_dir"])
     try:
         with case("ADD", "bridge+ipam", "1.0.0", "RunPodSandbox with the reference bridge: IP from etcd"):
@@ -264,12 +304,15 @@ def test_reference_bridge_with_minikubenet_ipam(crit):
 
 # -- pod start time: ours next to the reference ------------------------------------------------------------
 
+
 def cpu_idle_share(seconds: float) -> float:
     """The share of all CPUs' time spent idle over the next ``seconds`` (/proc/stat)."""
+
     def sample():
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
-        return fields[3] + fields[4], sum(fields)          # idle + iowait, total
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
     idle0, total0 = sample()
     time.sleep(seconds)
     idle1, total1 = sample()
@@ -297,10 +340,28 @@ def test_run_pod_sandbox_time_against_the_reference(crit, capsys):
     ref_conf = os.path.join(scratch, "ref", "net.d")
     os.makedirs(ref_conf)
     with open(os.path.join(ref_conf, "10-ref.conflist"), "w") as f:
-        json.dump({"cniVersion": "1.0.0", "name": "refnet", "plugins": [
-            {"type": "bridge", "bridge": "refbr0", "isGateway": True, "ipMasq": False, "mtu": 1450,
-             "ipam": {"type": "host-local", "dataDir": os.path.join(scratch, "ref", "host-local"),
-                      "ranges": [[{"subnet": "10.250.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}, f)
+        json.dump(
+            {
+                "cniVersion": "1.0.0",
+                "name": "refnet",
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": "refbr0",
+                        "isGateway": True,
+                        "ipMasq": False,
+                        "mtu": 1450,
+                        "ipam": {
+                            "type": "host-local",
+                            "dataDir": os.path.join(scratch, "ref", "host-local"),
+                            "ranges": [[{"subnet": "10.250.0.0/24"}]],
+                            "routes": [{"dst": "0.0.0.0/0"}],
+                        },
+                    }
+                ],
+            },
+            f,
+        )
     ours_d, ours_c = crit.start("bench-ours", ours_plugins["bin_dir"], ours_plugins["conf_dir"])
     ref_d, ref_c = crit.start("bench-ref", ours_plugins["bin_dir"], ref_conf)
     try:
@@ -316,20 +377,25 @@ def test_run_pod_sandbox_time_against_the_reference(crit, capsys):
             times[who].append(dt * 1000)
         p50 = {k: statistics.median(v) for k, v in times.items()}
         ratio = p50["ours"] / p50["ref"]
-        line = (f"containerd RunPodSandbox p50 over {BENCH_PODS} pods: minikubenet {p50['ours']:.1f} ms, "
-                f"reference bridge+host-local {p50['ref']:.1f} ms, ratio {ratio:.2f} (target <= {BENCH_TARGET}); "
-                f"p90 {sorted(times['ours'])[int(BENCH_PODS * .9) - 1]:.1f} / {sorted(times['ref'])[int(BENCH_PODS * .9) - 1]:.1f} ms; "
-                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; waited {waited:.1f} s for quiet CPUs")
+        line = (
+            f"containerd RunPodSandbox p50 over {BENCH_PODS} pods: minikubenet {p50['ours']:.1f} ms, "
+            f"reference bridge+host-local {p50['ref']:.1f} ms, ratio {ratio:.2f} (target <= {BENCH_TARGET}); "
+            f"p90 {sorted(times['ours'])[int(BENCH_PODS * 0.9) - 1]:.1f} / {sorted(times['ref'])[int(BENCH_PODS * 0.9) - 1]:.1f} ms; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; waited {waited:.1f} s for quiet CPUs"
+        )
         with capsys.disabled():
             print("\n" + line)
-        measurement("containerd RunPodSandbox, minikubenet vs reference bridge+host-local", line,
-                    {"p50_ms": p50, "ratio": ratio, "pods": BENCH_PODS})
+        measurement(
+            "containerd RunPodSandbox, minikubenet vs reference bridge+host-local",
+            line,
+            {"p50_ms": p50, "ratio": ratio, "pods": BENCH_PODS},
+        )
         out = os.environ.get("MINIKUBENET_RUNTIME_BENCH_OUT")
         if out:
             with open(out, "a") as f:
                 f.write(json.dumps({"p50_ms": p50, "ratio": ratio, "pods": BENCH_PODS, "times_ms": times}) + "\n")
         assert len(times["ours"]) == len(times["ref"]) == BENCH_PODS
-        assert ratio < 2.0, line   # a regression guard; the figure itself is what the README reports
+        assert ratio < 2.0, line  # a regression guard; the figure itself is what the README reports
     finally:
         crit.stop(ours_d)
         crit.stop(ref_d)
@@ -344,8 +410,9 @@ def test_a_version_the_runtime_does_not_know_fails_cleanly(crit):
     daemon, client = crit.start("ctd-v110", plugins["bin_dir"], plugins["conf_dir"])
     try:
         before = set(records(lab))
-        with case("ADD", RUNTIME, "1.1.0", "refused by the runtime (its libcni predates 1.1.0); nothing leaked",
-                  refusal=True):
+        with case(
+            "ADD", RUNTIME, "1.1.0", "refused by the runtime (its libcni predates 1.1.0); nothing leaked", refusal=True
+        ):
             with pytest.raises(Exception) as e:
                 client.run_pod("too-new", "shop")
             assert 'unsupported CNI result version "1.1.0"' in str(e.value)

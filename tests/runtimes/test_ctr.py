@@ -22,12 +22,12 @@ import pytest
 from minikubenet.cni.runtime import CniRuntime
 from tests.runtimes import containerd as ctd
 from tests.runtimes.conformance import case
-from tests.runtimes.conftest import (install_plugins, invocations, node_subnet, records, skip_without_overlay)
+from tests.runtimes.conftest import install_plugins, invocations, node_subnet, records, skip_without_overlay
 
 RUNTIME = "ctr"
 NETWORK = "mkn-ctr"
 IMAGE = "localhost/mknbusybox:latest"
-VERSIONS = ["0.4.0", "1.0.0"]   # ctr 1.6's libcni knows nothing newer than 1.0.0
+VERSIONS = ["0.4.0", "1.0.0"]  # ctr 1.6's libcni knows nothing newer than 1.0.0
 
 
 def setup_module():
@@ -53,9 +53,15 @@ def ctr(runtime_lab, images):
 @pytest.fixture(scope="module", params=VERSIONS)
 def version(request, ctr):
     """Our plugins and a conflist of this cniVersion, where ctr looks for them."""
-    plugins = install_plugins(ctr["lab"], ctr["scratch"], bin_dir=ctr["daemon"].ctr_cni_bin_dir,
-                              conf_dir=ctr["daemon"].ctr_cni_conf_dir, network=NETWORK,
-                              cni_version=request.param, link_reference=False)
+    plugins = install_plugins(
+        ctr["lab"],
+        ctr["scratch"],
+        bin_dir=ctr["daemon"].ctr_cni_bin_dir,
+        conf_dir=ctr["daemon"].ctr_cni_conf_dir,
+        network=NETWORK,
+        cni_version=request.param,
+        link_reference=False,
+    )
     ctr["log"] = plugins["log"]
     return request.param
 
@@ -93,12 +99,16 @@ def test_a_container_gets_an_ip_and_reaches_another(ctr, version):
         assert rec["ip"] == ip_a and rec["network"] == NETWORK
         assert ipaddress.IPv4Address(ip_a) in node_subnet(lab)
     with case("ADD", RUNTIME, version, "ctr run --rm --cni: the container reaches another and a lab pod"):
-        p = run(ctr, "--rm", IMAGE, b, "sh", "-c",
-                f"ping -c1 -W2 {ip_a} && wget -qO- http://{lab.pod_ips['n1-p1']}:8080/")
+        p = run(
+            ctr, "--rm", IMAGE, b, "sh", "-c", f"ping -c1 -W2 {ip_a} && wget -qO- http://{lab.pod_ips['n1-p1']}:8080/"
+        )
         assert "1 packets received" in p.stdout and '"pod": "n1-p1"' in p.stdout
     with case("DEL", RUNTIME, version, "DEL with an empty CNI_NETNS releases the IP"):
-        dels = [i for i in invocations(ctr["log"]) if i["command"] == "DEL"
-                and i["env"]["CNI_CONTAINERID"] == f"default-{b}"]
+        dels = [
+            i
+            for i in invocations(ctr["log"])
+            if i["command"] == "DEL" and i["env"]["CNI_CONTAINERID"] == f"default-{b}"
+        ]
         assert len(dels) == 1 and dels[0]["env"]["CNI_NETNS"] == "" and dels[0]["exit"] == 0
         assert f"default-{b}" not in records(lab)
     kill(ctr["daemon"], a)
@@ -108,8 +118,9 @@ def test_a_container_reaches_a_pod_on_another_node(ctr, version):
     lab = ctr["lab"]
     skip_without_overlay(lab)
     with case("ADD", RUNTIME, version, "a ctr container reaches a pod on another node"):
-        p = run(ctr, "--rm", IMAGE, f"x{version.replace('.', '')}", "wget", "-qO-",
-                f"http://{lab.pod_ips['n2-p1']}:8080/")
+        p = run(
+            ctr, "--rm", IMAGE, f"x{version.replace('.', '')}", "wget", "-qO-", f"http://{lab.pod_ips['n2-p1']}:8080/"
+        )
         assert '"pod": "n2-p1"' in p.stdout
 
 
@@ -121,12 +132,20 @@ def test_detached_containers_leak_until_gc(ctr, version):
     run(ctr, "-d", IMAGE, dead, "sleep", "600")
     kill(ctr["daemon"], dead)
     assert f"default-{dead}" in records(lab), "ctr sent no DEL: the IP is still taken"
-    conf = {"cniVersion": "1.1.0", "name": NETWORK, "type": "minikubenet",
-            "agentSocket": lab.conflist("n1")["plugins"][0]["agentSocket"],
-            "cni.dev/valid-attachments": [{"containerID": f"default-{c}", "ifname": "eth0"}
-                                          for c in ctr_containers(ctr["daemon"])]}
-    rt = CniRuntime({"cniVersion": "1.1.0", "name": NETWORK, "plugins": [conf]}, [ctr["daemon"].ctr_cni_bin_dir],
-                    node_netns=lab.topo.node("n1").netns)
+    conf = {
+        "cniVersion": "1.1.0",
+        "name": NETWORK,
+        "type": "minikubenet",
+        "agentSocket": lab.conflist("n1")["plugins"][0]["agentSocket"],
+        "cni.dev/valid-attachments": [
+            {"containerID": f"default-{c}", "ifname": "eth0"} for c in ctr_containers(ctr["daemon"])
+        ],
+    }
+    rt = CniRuntime(
+        {"cniVersion": "1.1.0", "name": NETWORK, "plugins": [conf]},
+        [ctr["daemon"].ctr_cni_bin_dir],
+        node_netns=lab.topo.node("n1").netns,
+    )
     with case("GC", "libcni-style", "1.1.0", "GC frees what `ctr run -d` leaked, keeps the live container"):
         rt.exec_plugin(conf, "GC", "", "", "")
         now = records(lab)

@@ -23,7 +23,7 @@ from tests.runtimes.conftest import install_plugins, invocations, node_subnet, r
 RUNTIME = "podman"
 NETWORK = "mkn-podman"
 IMAGE = "localhost/mknbusybox:latest"
-VERSIONS = ["0.4.0", "1.0.0"]   # podman 4.3's libcni knows nothing newer than 1.0.0
+VERSIONS = ["0.4.0", "1.0.0"]  # podman 4.3's libcni knows nothing newer than 1.0.0
 
 
 def setup_module():
@@ -36,8 +36,13 @@ def setup_module():
 def podman(runtime_lab, images):
     scratch = os.path.join(runtime_lab.dir, "podman")
     plugins = install_plugins(runtime_lab, scratch, network=NETWORK, link_reference=False)
-    p = pm.Podman(runtime_lab.topo.node("n1").netns, os.path.join(scratch, "podman"), NETWORK,
-                  plugins["conf_dir"], [plugins["bin_dir"], "/usr/lib/cni"])
+    p = pm.Podman(
+        runtime_lab.topo.node("n1").netns,
+        os.path.join(scratch, "podman"),
+        NETWORK,
+        plugins["conf_dir"],
+        [plugins["bin_dir"], "/usr/lib/cni"],
+    )
     try:
         p.start()
         p.run("import", "-q", "--change", 'CMD ["/bin/sh"]', images["rootfs_tar"], IMAGE)
@@ -48,8 +53,7 @@ def podman(runtime_lab, images):
 
 @pytest.fixture(scope="module", params=VERSIONS)
 def version(request, podman):
-    install_plugins(podman["lab"], podman["scratch"], network=NETWORK, cni_version=request.param,
-                    link_reference=False)
+    install_plugins(podman["lab"], podman["scratch"], network=NETWORK, cni_version=request.param, link_reference=False)
     return request.param
 
 
@@ -73,8 +77,9 @@ def test_a_container_gets_an_ip_and_reaches_another(podman, version):
         seen = [i["command"] for i in invocations(podman["log"])[before:]]
         assert seen[:2] == ["VERSION", "ADD"]
     with case("ADD", RUNTIME, version, "podman run --rm: reaches the other container and a lab pod"):
-        out = p.run("run", "--rm", IMAGE, "sh", "-c",
-                    f"ping -c1 -W2 {ip} && wget -qO- http://{lab.pod_ips['n1-p1']}:8080/").stdout
+        out = p.run(
+            "run", "--rm", IMAGE, "sh", "-c", f"ping -c1 -W2 {ip} && wget -qO- http://{lab.pod_ips['n1-p1']}:8080/"
+        ).stdout
         assert "1 packets received" in out and '"pod": "n1-p1"' in out
     with case("DEL", RUNTIME, version, "podman rm: DEL (with prevResult) releases the IP"):
         p.run("rm", "-f", "-t", "0", name)
@@ -98,5 +103,6 @@ def test_nothing_of_podman_reaches_the_host():
     assert not os.path.exists("/dev/shm/libpod_lock")
     leftovers = [n for n in os.listdir("/run/netns") if n.startswith("netns-")]
     assert leftovers == [], leftovers
-    assert subprocess.run(["ls", "/run/containers"], capture_output=True).returncode != 0 \
-        or not os.listdir("/run/containers")
+    assert subprocess.run(["ls", "/run/containers"], capture_output=True).returncode != 0 or not os.listdir(
+        "/run/containers"
+    )

@@ -66,8 +66,13 @@ class FakeEtcd:
         value = value.encode() if isinstance(value, str) else bytes(value)
         old = self.kv.get(key)
         self.revision += 1
-        self.kv[key] = _KV(key.encode(), value, self.revision, old.create_revision if old else self.revision,
-                           (old.version if old else 0) + 1)
+        self.kv[key] = _KV(
+            key.encode(),
+            value,
+            self.revision,
+            old.create_revision if old else self.revision,
+            (old.version if old else 0) + 1,
+        )
         self.history.append((self.revision, dict(self.kv)))
 
     def _delete(self, key: str) -> bool:
@@ -93,8 +98,11 @@ class FakeEtcd:
         return (kv.value, SimpleNamespace(key=kv.key, mod_revision=kv.mod_revision)) if kv else (None, None)
 
     def get_prefix(self, prefix, keys_only=False):
-        return [(None if keys_only else kv.value, SimpleNamespace(key=kv.key, mod_revision=kv.mod_revision))
-                for k, kv in sorted(self.kv.items()) if k.startswith(prefix)]
+        return [
+            (None if keys_only else kv.value, SimpleNamespace(key=kv.key, mod_revision=kv.mod_revision))
+            for k, kv in sorted(self.kv.items())
+            if k.startswith(prefix)
+        ]
 
     def get_prefix_response(self, prefix, revision=None):
         with self.lock:
@@ -104,15 +112,16 @@ class FakeEtcd:
                 for rev, snap in self.history:
                     if rev <= revision:
                         data = snap
-            kvs = [SimpleNamespace(key=kv.key, value=kv.value) for k, kv in sorted(data.items())
-                   if k.startswith(prefix)]
+            kvs = [
+                SimpleNamespace(key=kv.key, value=kv.value) for k, kv in sorted(data.items()) if k.startswith(prefix)
+            ]
             return SimpleNamespace(kvs=kvs, header=SimpleNamespace(revision=revision or self.revision))
 
     def transaction(self, compare, success, failure):
         with self.lock:
             self.transactions_run += 1
             ok = all(self._holds(c) for c in compare)
-            for op in (success if ok else failure):
+            for op in success if ok else failure:
                 if op[0] == "put":
                     self._put(op[1], op[2])
                 else:

@@ -25,12 +25,12 @@ class Device:
     alias: str = ""
     mac: str = ""
     up: bool = False
-    addresses: set = field(default_factory=set)      # {"10.244.7.2/24"}
-    gateway: str | None = None                       # the default route's
+    addresses: set = field(default_factory=set)  # {"10.244.7.2/24"}
+    gateway: str | None = None  # the default route's
 
 
 class FakePod:
-    def __init__(self, netns: str, plumbing: "FakePodPlumbing"):
+    def __init__(self, netns: str, plumbing: FakePodPlumbing):
         self.netns, self.plumbing, self.closed = netns, plumbing, False
 
     def close(self) -> None:
@@ -47,8 +47,8 @@ class FakePodPlumbing:
 
     def __init__(self, bridge: str = "cni0"):
         self.node: dict[str, Device] = {bridge: Device(bridge, "bridge", mac=BRIDGE_MAC)}
-        self.pods: dict[str, dict[str, Device]] = {}     # netns path -> name -> device
-        self.fail: dict[str, BaseException] = {}         # step -> what it raises
+        self.pods: dict[str, dict[str, Device]] = {}  # netns path -> name -> device
+        self.fail: dict[str, BaseException] = {}  # step -> what it raises
         self.calls: list[str] = []
         self.open_handles: set[FakePod] = set()
 
@@ -94,7 +94,7 @@ class FakePodPlumbing:
         if taken is not None:
             if not owns(link.mark, taken.alias, taken.mac, host_mac):
                 raise NotOurs(f"{link.host_veth} already exists on the node and is not this attachment's")
-            del self.node[link.host_veth]              # a leftover of this attachment: both ends go
+            del self.node[link.host_veth]  # a leftover of this attachment: both ends go
             if pod.get(link.ifname) is not None and pod[link.ifname].alias == link.mark:
                 del pod[link.ifname]
         there = pod.get(link.ifname)
@@ -122,7 +122,7 @@ class FakePodPlumbing:
         if dev is not None:
             if owns(mark, dev.alias, dev.mac, host_mac):
                 del self.node[host_veth]
-                for devs in self.pods.values():      # deleting one end of a veth deletes both
+                for devs in self.pods.values():  # deleting one end of a veth deletes both
                     if devs.get(ifname) is not None and devs[ifname].alias == mark:
                         del devs[ifname]
                 return left
@@ -152,8 +152,11 @@ class FakePodPlumbing:
         return dev.mac if dev else None
 
     def marked_host_veths(self) -> list[LinkSeen]:
-        return [LinkSeen(i, d.name, d.kind, d.alias, d.mac) for i, d in enumerate(self.node.values())
-                if d.kind == "veth" and d.alias.startswith(MARK_PREFIX)]
+        return [
+            LinkSeen(i, d.name, d.kind, d.alias, d.mac)
+            for i, d in enumerate(self.node.values())
+            if d.kind == "veth" and d.alias.startswith(MARK_PREFIX)
+        ]
 
     def delete_marked(self, device: LinkSeen) -> bool:
         dev = self.node.get(device.name)
@@ -169,8 +172,13 @@ class FakePodPlumbing:
         if want.netns not in self.pods:
             return None
         dev = self.pods[want.netns].get(want.ifname)
-        return bool(dev and dev.alias == want.mark and dev.up and str(plan.address) in dev.addresses
-                    and dev.gateway == str(plan.gateway))
+        return bool(
+            dev
+            and dev.alias == want.mark
+            and dev.up
+            and str(plan.address) in dev.addresses
+            and dev.gateway == str(plan.gateway)
+        )
 
     def close(self) -> None:
         pass

@@ -14,7 +14,8 @@ import ipaddress
 import json
 import threading
 import time
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network as N
 from typing import Protocol
 
 import pytest
@@ -46,7 +47,7 @@ class FakeStore:
         self._lock = threading.Lock()
         self.data: dict[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], bytes] = {}
         self.claims: dict[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], bytes] = {}
-        self.conflicts = 0      # compare-and-create transactions that lost (etcd round trips wasted)
+        self.conflicts = 0  # compare-and-create transactions that lost (etcd round trips wasted)
 
     def list_pod_ips(self, subnet: ipaddress.IPv4Network) -> dict[ipaddress.IPv4Address, bytes]:
         with self._lock:
@@ -125,6 +126,7 @@ def alloc(store):
 
 # -- basics --------------------------------------------------------------------------------
 
+
 def test_first_ip_is_dot_2_and_next_ones_are_distinct_and_in_order(alloc, store):
     got = [alloc.allocate(owner(i)) for i in range(5)]
     assert [a.ip for a, _ in got] == [A(f"10.244.1.{i}") for i in range(2, 7)]
@@ -166,7 +168,7 @@ def test_repeated_add_is_recognised_by_container_and_ifname_only(alloc):
 
 def test_a_second_agent_finds_an_existing_allocation(store):
     a, _ = PodIPAllocator(store, SUBNET).allocate(owner(1))
-    b, new = PodIPAllocator(store, SUBNET).allocate(owner(1))   # agent restarted
+    b, new = PodIPAllocator(store, SUBNET).allocate(owner(1))  # agent restarted
     assert (b.ip, new) == (a.ip, False)
 
 
@@ -184,7 +186,7 @@ def test_unparseable_records_are_treated_as_taken(alloc, store):
     store.create_pod_ip(SUBNET, A("10.244.1.3"), json.dumps({"node": "n1"}).encode())
     a, _ = alloc.allocate(owner(1))
     assert a.ip == A("10.244.1.4")
-    assert store.data[(SUBNET, A("10.244.1.2"))] == b"not json"      # left alone
+    assert store.data[(SUBNET, A("10.244.1.2"))] == b"not json"  # left alone
 
 
 def test_allocations_of_another_subnet_do_not_interfere(store):
@@ -196,29 +198,31 @@ def test_allocations_of_another_subnet_do_not_interfere(store):
 
 # -- round robin ---------------------------------------------------------------------------
 
+
 def test_round_robin_does_not_reuse_a_just_released_ip(alloc):
-    a, _ = alloc.allocate(owner(1))          # .2
-    b, _ = alloc.allocate(owner(2))          # .3
+    a, _ = alloc.allocate(owner(1))  # .2
+    b, _ = alloc.allocate(owner(2))  # .3
     assert alloc.release(a)
     c, _ = alloc.allocate(owner(3))
-    assert c.ip == A("10.244.1.4")           # not .2 again: a crash-looping pod gets a new IP
+    assert c.ip == A("10.244.1.4")  # not .2 again: a crash-looping pod gets a new IP
     assert alloc.release(c)
     d, _ = alloc.allocate(owner(4))
     assert d.ip == A("10.244.1.5")
 
 
 def test_round_robin_wraps_around_to_the_lowest_free(store):
-    alloc = PodIPAllocator(store, N("10.0.0.0/29"))   # .2 .. .6
+    alloc = PodIPAllocator(store, N("10.0.0.0/29"))  # .2 .. .6
     got = [alloc.allocate(owner(i))[0] for i in range(5)]
-    assert alloc.release(got[1])                        # free .3
-    assert alloc.release(got[3])                        # free .5
+    assert alloc.release(got[1])  # free .3
+    assert alloc.release(got[3])  # free .5
     nxt, _ = alloc.allocate(owner(10))
-    assert nxt.ip == A("10.0.0.3")                      # after .6 comes .2 (taken), then .3
+    assert nxt.ip == A("10.0.0.3")  # after .6 comes .2 (taken), then .3
     nxt2, _ = alloc.allocate(owner(11))
     assert nxt2.ip == A("10.0.0.5")
 
 
 # -- full ----------------------------------------------------------------------------------
+
 
 def test_full_subnet_raises_subnet_full_naming_subnet_and_size(store):
     alloc = PodIPAllocator(store, N("10.0.0.0/29"))
@@ -232,7 +236,7 @@ def test_full_subnet_raises_subnet_full_naming_subnet_and_size(store):
 
 
 def test_full_subnet_still_answers_a_repeated_add(store):
-    alloc = PodIPAllocator(store, N("10.0.0.0/30"))     # a single pod address
+    alloc = PodIPAllocator(store, N("10.0.0.0/30"))  # a single pod address
     a, _ = alloc.allocate(owner(1))
     with pytest.raises(SubnetFull):
         alloc.allocate(owner(2))
@@ -249,11 +253,12 @@ def test_a_full_253_pod_subnet(alloc):
 
 # -- release -------------------------------------------------------------------------------
 
+
 def test_release_frees_the_ip(alloc, store):
     a, _ = alloc.allocate(owner(1))
     assert alloc.release(a) is True
     assert store.data == {}
-    assert alloc.release(a) is False        # already gone: nothing to do
+    assert alloc.release(a) is False  # already gone: nothing to do
 
 
 def test_release_needs_the_exact_record(alloc, store):
@@ -264,27 +269,29 @@ def test_release_needs_the_exact_record(alloc, store):
 
 
 def test_stale_release_never_frees_the_next_owners_ip(store):
-    tiny = N("10.0.0.0/30")                              # only 10.0.0.2, so it is reused
+    tiny = N("10.0.0.0/30")  # only 10.0.0.2, so it is reused
     alloc = PodIPAllocator(store, tiny)
     old, _ = alloc.allocate(owner(1))
     assert alloc.release(old)
     new, _ = alloc.allocate(owner(2))
     assert new.ip == old.ip
-    assert alloc.release(old) is False                  # a late DEL of the old pod
-    assert store.data[(tiny, new.ip)] == new.record     # the new pod keeps its IP
+    assert alloc.release(old) is False  # a late DEL of the old pod
+    assert store.data[(tiny, new.ip)] == new.record  # the new pod keeps its IP
 
 
 # -- claimed, then complete (crash consistency) ----------------------------------------------
 
+
 def test_a_claim_is_written_with_its_record_and_completing_removes_only_the_marker(alloc, store):
     from dataclasses import replace
+
     a, created = alloc.allocate(replace(owner(1), mac="0a:11:22:33:44:55"), claimed=True)
     assert created and alloc.claims() == {a.ip: a.record}
     doc = json.loads(store.data[(SUBNET, a.ip)])
     assert doc["mac"] == "0a:11:22:33:44:55" and doc["netns"] == "/run/netns/p1"
     assert alloc.complete(a) is True
     assert alloc.claims() == {} and store.data[(SUBNET, a.ip)] == a.record, "the record itself is unchanged"
-    assert alloc.complete(a) is False                    # complete already
+    assert alloc.complete(a) is False  # complete already
 
 
 def test_an_ipam_mode_allocation_has_no_claim(alloc):
@@ -311,6 +318,7 @@ def test_completing_a_stale_copy_never_completes_the_next_owners_claim(store):
 
 
 # -- races ---------------------------------------------------------------------------------
+
 
 class RacingStore(FakeStore):
     """Another node grabs the first address the allocator tries, between its list and its create."""
@@ -360,7 +368,7 @@ def test_50_concurrent_allocations_get_50_distinct_ips(agents):
     ips = [r.ip for r in results]
     assert len(set(ips)) == 50
     assert len(store.data) == 50
-    for r in results:      # every stored record belongs to the thread that got the IP
+    for r in results:  # every stored record belongs to the thread that got the IP
         assert store.data[(SUBNET, r.ip)] == r.record
 
 
@@ -386,14 +394,23 @@ def test_one_agent_serialises_its_own_adds_so_no_transaction_is_wasted():
 
 # -- owner records -------------------------------------------------------------------------
 
+
 def test_owner_record_round_trip_and_shape():
-    o = Owner("3f9a1c0de", "eth0", node="n1", network="mkn", netns="/run/netns/p1",
-              pod_namespace="default", pod_name="web-0")
+    o = Owner(
+        "3f9a1c0de", "eth0", node="n1", network="mkn", netns="/run/netns/p1", pod_namespace="default", pod_name="web-0"
+    )
     doc = json.loads(o.to_record())
-    assert doc == {"containerID": "3f9a1c0de", "ifname": "eth0", "node": "n1", "network": "mkn",
-                   "netns": "/run/netns/p1", "podNamespace": "default", "podName": "web-0"}
+    assert doc == {
+        "containerID": "3f9a1c0de",
+        "ifname": "eth0",
+        "node": "n1",
+        "network": "mkn",
+        "netns": "/run/netns/p1",
+        "podNamespace": "default",
+        "podName": "web-0",
+    }
     assert Owner.from_record(o.to_record()) == o
-    assert o.to_record() == o.to_record()          # deterministic: compare-and-delete compares bytes
+    assert o.to_record() == o.to_record()  # deterministic: compare-and-delete compares bytes
 
 
 @pytest.mark.parametrize("raw", [b"", b"nope", b"[]", b"{}", b'{"containerID": "x"}', b"null"])

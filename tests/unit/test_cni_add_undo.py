@@ -39,16 +39,19 @@ def setup(error=None):
 
 
 def request(command, cid="c1", ifname="eth0", netns=NETNS, **conf):
-    return {"command": command, "mode": "main",
-            "env": {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": netns},
-            "config": {"cniVersion": "1.0.0", "name": "net", "type": "minikubenet", **conf}}
+    return {
+        "command": command,
+        "mode": "main",
+        "env": {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": netns},
+        "config": {"cniVersion": "1.0.0", "name": "net", "type": "minikubenet", **conf},
+    }
 
 
 def add(h, **kw):
     try:
         return h.handle(request("ADD", **kw))
     finally:
-        h._claims.submit(lambda: None).result()        # the claim thread is idle again
+        h._claims.submit(lambda: None).result()  # the claim thread is idle again
 
 
 def test_add_plumbs_and_records_and_del_removes_both():
@@ -60,21 +63,24 @@ def test_add_plumbs_and_records_and_del_removes_both():
     assert [o.container_id for o in alloc.held.values()] == ["c1"]
     assert not kernel.open_handles, "the pod's netlink handle is closed"
     assert add(h)["ips"] == out["ips"], "a repeated ADD returns the same IP"
-    for _ in range(2):                                  # DEL is repeatable
+    for _ in range(2):  # DEL is repeatable
         h.handle(request("DEL"))
         assert kernel.veths() == [] and alloc.held == {}
     h.close()
 
 
-@pytest.mark.parametrize("step, error", [
-    ("open_pod", Boom("no socket")),
-    ("open_pod", NetnsNotFound("gone")),
-    ("survey", Boom("dump failed")),
-    ("create_pair", Boom("EEXIST, then the kernel said no")),
-    ("create_pair", NotOurs("vethXXXX is someone else's")),
-    ("configure_pod", Boom("no such device")),
-    ("configure_pod", NetnsNotFound("the namespace went away")),
-])
+@pytest.mark.parametrize(
+    "step, error",
+    [
+        ("open_pod", Boom("no socket")),
+        ("open_pod", NetnsNotFound("gone")),
+        ("survey", Boom("dump failed")),
+        ("create_pair", Boom("EEXIST, then the kernel said no")),
+        ("create_pair", NotOurs("vethXXXX is someone else's")),
+        ("configure_pod", Boom("no such device")),
+        ("configure_pod", NetnsNotFound("the namespace went away")),
+    ],
+)
 def test_a_failure_at_any_kernel_step_of_add_leaves_nothing(step, error):
     h, kernel, alloc = setup()
     kernel.fail[step] = error
@@ -86,8 +92,9 @@ def test_a_failure_at_any_kernel_step_of_add_leaves_nothing(step, error):
     h.close()
 
 
-@pytest.mark.parametrize("error, code", [(SubnetFull("10.244.7.0/24 is full"), 11),
-                                         (StoreError("etcd did not answer"), 11)])
+@pytest.mark.parametrize(
+    "error, code", [(SubnetFull("10.244.7.0/24 is full"), 11), (StoreError("etcd did not answer"), 11)]
+)
 def test_a_failed_ip_claim_removes_the_veth_made_meanwhile(error, code):
     h, kernel, alloc = setup(error)
     with pytest.raises(CniError) as e:
@@ -112,10 +119,16 @@ def test_a_failed_repeat_add_keeps_the_record_it_did_not_create():
 
 # -- refusals: nothing is changed -----------------------------------------------------------------
 
+
 def test_another_containers_eth0_is_refused_and_left_intact():
     h, kernel, alloc = setup()
-    theirs = Device("eth0", alias=ownership_mark("other", "eth0"), mac=attachment_macs("other", "eth0")[1],
-                    up=True, addresses={"10.244.7.9/24"})
+    theirs = Device(
+        "eth0",
+        alias=ownership_mark("other", "eth0"),
+        mac=attachment_macs("other", "eth0")[1],
+        up=True,
+        addresses={"10.244.7.9/24"},
+    )
     kernel.add_pod(NETNS, theirs)
     with pytest.raises(CniError) as e:
         add(h)
@@ -123,7 +136,7 @@ def test_another_containers_eth0_is_refused_and_left_intact():
     assert kernel.pods[NETNS]["eth0"] is theirs and theirs.addresses == {"10.244.7.9/24"}
     assert "create_pair" not in kernel.calls, "refused before anything was changed"
     assert kernel.veths() == [f"{NETNS}:eth0"] and alloc.held == {}
-    h.handle(request("DEL"))                            # the runtime's DEL after the refusal
+    h.handle(request("DEL"))  # the runtime's DEL after the refusal
     assert kernel.pods[NETNS]["eth0"] is theirs
     h.close()
 
@@ -133,7 +146,7 @@ def test_a_nodes_namespace_is_refused():
     kernel.add_pod(NETNS, Device("cni0", "bridge"), Device("eth0", ""))
     with pytest.raises(CniError) as e:
         add(h)
-    assert e.value.code == 8      # skel's "invalid netns" (SPEC error codes: 4 is "invalid environment")
+    assert e.value.code == 8  # skel's "invalid netns" (SPEC error codes: 4 is "invalid environment")
     assert "create_pair" not in kernel.calls and alloc.held == {} and kernel.veths() == []
     h.close()
 
@@ -158,8 +171,12 @@ def test_gc_and_check_go_through_the_plumbing():
     with pytest.raises(CniError) as e:
         h.handle(request("CHECK", prevResult=out))
     assert e.value.code == 100
-    h.handle(dict(request("GC", **{"cni.dev/valid-attachments": []}),
-                  config={"cniVersion": "1.1.0", "name": "net", "cni.dev/valid-attachments": []}))
+    h.handle(
+        dict(
+            request("GC", **{"cni.dev/valid-attachments": []}),
+            config={"cniVersion": "1.1.0", "name": "net", "cni.dev/valid-attachments": []},
+        )
+    )
     assert kernel.veths() == [], "GC removed the stale veth (both ends go with the host end)"
     assert alloc.held == {}
     h.close()
@@ -179,7 +196,11 @@ def test_the_benchmarks_timing_wrapper_goes_through_the_seam():
     add(h)
     h.handle(request("DEL"))
     assert kernel.veths() == [] and alloc.held == {}
-    assert {k.split(" (")[0] for k in acc} >= {"netlink pod: open raw socket in netns", "netlink host: create_pair",
-                                               "netlink pod: configure_pod", "netlink: detach"}
+    assert {k.split(" (")[0] for k in acc} >= {
+        "netlink pod: open raw socket in netns",
+        "netlink host: create_pair",
+        "netlink pod: configure_pod",
+        "netlink: detach",
+    }
     assert TimedStore(alloc, acc).find("c1", "eth0") is None, "unlabelled calls pass straight through"
     h.close()

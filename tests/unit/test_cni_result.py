@@ -18,29 +18,31 @@ ALL_VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 def bridge_result() -> Result:
     """What ADD returns for a pod on a node with subnet 10.244.1.0/24 (reference A.4)."""
     return Result(
-        interfaces=[Interface("cni0", mac="aa:bb:cc:00:00:01", mtu=1450),
-                    Interface("veth1234abcd", mac="aa:bb:cc:00:00:02", mtu=1450),
-                    Interface("eth0", mac="aa:bb:cc:00:00:03", sandbox="/var/run/netns/blue", mtu=1450)],
+        interfaces=[
+            Interface("cni0", mac="aa:bb:cc:00:00:01", mtu=1450),
+            Interface("veth1234abcd", mac="aa:bb:cc:00:00:02", mtu=1450),
+            Interface("eth0", mac="aa:bb:cc:00:00:03", sandbox="/var/run/netns/blue", mtu=1450),
+        ],
         ips=[IPConfig("10.244.1.5/24", gateway="10.244.1.1", interface=2)],
         routes=[Route("10.244.0.0/16"), Route("0.0.0.0/0", gw="10.244.1.1")],
         dns={"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]},
     )
 
 
-@pytest.mark.parametrize("version, has_ip_version", [
-    ("0.3.1", True), ("0.4.0", True), ("1.0.0", False), ("1.1.0", False)])
+@pytest.mark.parametrize(
+    "version, has_ip_version", [("0.3.1", True), ("0.4.0", True), ("1.0.0", False), ("1.1.0", False)]
+)
 def test_ips_version_field_only_before_1_0_0(version, has_ip_version):
     out = encode(bridge_result(), version)
     assert out["cniVersion"] == version
     (ip,) = out["ips"]
     if has_ip_version:
-        assert ip["version"] == "4"          # a string, as in the 0.4.0 Go type
+        assert ip["version"] == "4"  # a string, as in the 0.4.0 Go type
     else:
         assert "version" not in ip
 
 
-@pytest.mark.parametrize("version, has_mtu", [
-    ("0.3.1", False), ("0.4.0", False), ("1.0.0", False), ("1.1.0", True)])
+@pytest.mark.parametrize("version, has_mtu", [("0.3.1", False), ("0.4.0", False), ("1.0.0", False), ("1.1.0", True)])
 def test_interface_mtu_only_from_1_1_0(version, has_mtu):
     out = encode(bridge_result(), version)
     for iface in out["interfaces"]:
@@ -106,9 +108,9 @@ def test_ipam_style_result_without_interface_index(version):
 def test_empty_fields_are_omitted(version):
     r = Result(interfaces=[Interface("cni0")], ips=[IPConfig("10.244.1.5/24")], routes=[Route("0.0.0.0/0")])
     out = encode(r, version)
-    assert out["interfaces"] == [{"name": "cni0"}]            # no mac, sandbox, mtu
+    assert out["interfaces"] == [{"name": "cni0"}]  # no mac, sandbox, mtu
     assert "gateway" not in out["ips"][0]
-    assert out["routes"] == [{"dst": "0.0.0.0/0"}]             # no gw
+    assert out["routes"] == [{"dst": "0.0.0.0/0"}]  # no gw
     # Go's omitempty cannot drop a struct, so Go plugins print "dns": {}; either way nothing in it
     assert out.get("dns", {}) == {}
 
@@ -145,8 +147,11 @@ def test_decode_round_trips_older_versions_except_the_mtu_they_cannot_carry(vers
 
 
 def test_decode_ignores_the_old_ips_version_field_and_re_encodes_cleanly():
-    prev = {"cniVersion": "0.4.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}],
-            "ips": [{"version": "4", "interface": 0, "address": "10.244.1.9/24", "gateway": "10.244.1.1"}]}
+    prev = {
+        "cniVersion": "0.4.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}],
+        "ips": [{"version": "4", "interface": 0, "address": "10.244.1.9/24", "gateway": "10.244.1.1"}],
+    }
     r = decode(prev)
     assert r.ips == [IPConfig("10.244.1.9/24", gateway="10.244.1.1", interface=0)]
     assert encode(r, "1.0.0")["ips"] == [{"interface": 0, "address": "10.244.1.9/24", "gateway": "10.244.1.1"}]

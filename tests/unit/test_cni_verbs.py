@@ -62,20 +62,26 @@ def handler(lease_ok=True, etcd_ok=True) -> tuple[CniHandler, FakeAllocator]:
 
 
 def ipam_request(command, cid="c1", ifname="eth0", network="net", version="1.0.0", **conf):
-    return {"command": command, "mode": "ipam",
-            "env": {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": "/x"},
-            "config": {"cniVersion": version, "name": network, "ipam": {"type": "minikubenet-ipam"}, **conf}}
+    return {
+        "command": command,
+        "mode": "ipam",
+        "env": {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": "/x"},
+        "config": {"cniVersion": version, "name": network, "ipam": {"type": "minikubenet-ipam"}, **conf},
+    }
 
 
 # -- GC's valid list ------------------------------------------------------------------------------------
+
 
 def test_valid_attachments_under_either_key_are_kept():
     a = {"containerID": "a", "ifname": "eth0"}
     b = {"containerID": "b", "ifname": "net1"}
     assert parse_valid_attachments({"cni.dev/valid-attachments": [a]}) == {("a", "eth0")}
     assert parse_valid_attachments({"cni.dev/attachments": [b]}) == {("b", "net1")}
-    assert parse_valid_attachments({"cni.dev/valid-attachments": [a], "cni.dev/attachments": [b]}) == \
-        {("a", "eth0"), ("b", "net1")}
+    assert parse_valid_attachments({"cni.dev/valid-attachments": [a], "cni.dev/attachments": [b]}) == {
+        ("a", "eth0"),
+        ("b", "net1"),
+    }
 
 
 @pytest.mark.parametrize("value", [[], None])
@@ -83,13 +89,16 @@ def test_an_empty_or_null_list_keeps_nothing(value):
     assert parse_valid_attachments({"cni.dev/valid-attachments": value}) == set()
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"cni.dev/valid-attachments": "a"},
-    {"cni.dev/valid-attachments": [{"containerID": "a"}]},
-    {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": 3}]},
-    {"cni.dev/valid-attachments": [], "cni.dev/attachments": [None]},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"cni.dev/valid-attachments": "a"},
+        {"cni.dev/valid-attachments": [{"containerID": "a"}]},
+        {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": 3}]},
+        {"cni.dev/valid-attachments": [], "cni.dev/attachments": [None]},
+    ],
+)
 def test_a_missing_or_malformed_list_is_code_7(config):
     with pytest.raises(CniError) as e:
         parse_valid_attachments(config)
@@ -101,8 +110,11 @@ def test_ipam_gc_releases_only_stale_attachments_of_its_network():
     for cid in ("keep", "stale"):
         h.handle(ipam_request("ADD", cid))
     h.handle(ipam_request("ADD", "other", network="othernet"))
-    h.handle(ipam_request("GC", version="1.1.0", **{"cni.dev/valid-attachments": [
-        {"containerID": "keep", "ifname": "eth0"}]}))
+    h.handle(
+        ipam_request(
+            "GC", version="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+        )
+    )
     assert sorted(o.container_id for o in alloc.held.values()) == ["keep", "other"]
 
 
@@ -116,6 +128,7 @@ def test_ipam_gc_with_a_bad_list_releases_nothing():
 
 # -- STATUS -------------------------------------------------------------------------------------------------
 
+
 def test_status_ready():
     assert handler()[0].handle({"command": "STATUS", "config": {}}) is None
 
@@ -128,6 +141,7 @@ def test_status_codes(lease_ok, etcd_ok, code):
 
 
 # -- the IPAM mode ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
 def test_ipam_add_is_the_abbreviated_result(version):
@@ -190,15 +204,24 @@ def test_unknown_mode_is_refused():
 
 # -- results of other plugins ------------------------------------------------------------------------------
 
-LOOPBACK = {"cniVersion": "1.0.0",
-            "interfaces": [{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": "/run/netns/p"}],
-            "ips": [{"interface": 0, "address": "127.0.0.1/8"}],
-            "routes": [{"dst": "127.0.0.0/8", "mtu": 65536}], "dns": {}}
-OURS = {"cniVersion": "1.0.0",
-        "interfaces": [{"name": "cni0", "mac": "aa:00:00:00:00:01"}, {"name": "veth1", "mac": "aa:00:00:00:00:02"},
-                       {"name": "eth0", "mac": "AA:00:00:00:00:03", "sandbox": "/run/netns/p"}],
-        "ips": [{"interface": 2, "address": "10.244.7.5/24", "gateway": "10.244.7.1"}],
-        "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.7.1"}], "dns": {"nameservers": ["10.96.0.10"]}}
+LOOPBACK = {
+    "cniVersion": "1.0.0",
+    "interfaces": [{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": "/run/netns/p"}],
+    "ips": [{"interface": 0, "address": "127.0.0.1/8"}],
+    "routes": [{"dst": "127.0.0.0/8", "mtu": 65536}],
+    "dns": {},
+}
+OURS = {
+    "cniVersion": "1.0.0",
+    "interfaces": [
+        {"name": "cni0", "mac": "aa:00:00:00:00:01"},
+        {"name": "veth1", "mac": "aa:00:00:00:00:02"},
+        {"name": "eth0", "mac": "AA:00:00:00:00:03", "sandbox": "/run/netns/p"},
+    ],
+    "ips": [{"interface": 2, "address": "10.244.7.5/24", "gateway": "10.244.7.1"}],
+    "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.7.1"}],
+    "dns": {"nameservers": ["10.96.0.10"]},
+}
 
 
 def test_merge_appends_ours_and_shifts_our_interface_indexes():

@@ -65,7 +65,7 @@ def test_the_warning_starts_above_90_percent_and_says_what_to_do():
     w = CT.ConntrackTable(901, 1000, {"drop": 3}).warning()
     assert "90% full" in w and "901 of 1000" in w and "drop 3" in w and "nf_conntrack_max" in w
     assert "are being dropped" in CT.ConntrackTable(1000, 1000).warning() and CT.ConntrackTable(1000, 1000).full
-    assert CT.ConntrackTable(5, 0).warning() is None and not CT.ConntrackTable(5, 0).full   # no limit
+    assert CT.ConntrackTable(5, 0).warning() is None and not CT.ConntrackTable(5, 0).full  # no limit
 
 
 def test_the_log_warns_on_crossing_then_every_repeat_and_says_when_it_is_back(caplog):
@@ -100,15 +100,23 @@ def test_metrics_are_read_at_each_scrape():
 def test_status_fails_only_when_the_table_is_full_and_warns_above_90_percent():
     from minikubenet.agent.cni_handler import CniHandler, NodeState
     from minikubenet.cni.shim import ERR_NOT_AVAILABLE_DEGRADED, CniError
+
     table = [CT.ConntrackTable(10, 1000)]
-    node = NodeState(node_name="n1", subnet=None, mtu=1450, allocator=None, lease_healthy=lambda: True,
-                     store_ping=lambda: None, conntrack=lambda: table[0])
-    h = CniHandler.__new__(CniHandler)       # STATUS needs only the node state
+    node = NodeState(
+        node_name="n1",
+        subnet=None,
+        mtu=1450,
+        allocator=None,
+        lease_healthy=lambda: True,
+        store_ping=lambda: None,
+        conntrack=lambda: table[0],
+    )
+    h = CniHandler.__new__(CniHandler)  # STATUS needs only the node state
     h.node = node
     h.status()
     assert h.status_warnings() == []
     table[0] = CT.ConntrackTable(950, 1000)
-    h.status()                               # still ready: existing and new pods work
+    h.status()  # still ready: existing and new pods work
     assert "95% full" in h.status_warnings()[0]
     table[0] = CT.ConntrackTable(1000, 1000)
     with pytest.raises(CniError) as e:

@@ -22,15 +22,21 @@ MAC1, MAC2 = "aa:aa:aa:00:00:01", "aa:aa:aa:00:00:02"
 def node_snapshot(name, ip, subnet, other_subnet, other_gw_mac, other_ip, pods=(), mtu=1500):
     s = NodeSnapshot(node=name, netns=f"lab-{name}")
     own_mac = MAC1 if name == "n1" else MAC2
-    s.links = {"eth0": Link("eth0", 2, mtu, "", None, "minikubenet-node:x", True, "02:00:00:00:00:01"),
-               "flannel.1": Link("flannel.1", 3, mtu - 50, "vxlan", None, None, True, own_mac, 1),
-               "cni0": Link("cni0", 4, mtu - 50, "bridge", None, None, True, "02:00:00:00:00:09")}
-    s.addresses = {"eth0": [ipaddress.IPv4Interface(f"{ip}/24")],
-                   "cni0": [ipaddress.IPv4Interface(f"{subnet.network_address + 1}/24")],
-                   "flannel.1": [ipaddress.IPv4Interface(f"{subnet.network_address}/32")]}
-    s.routes = [RouteEntry(N("172.31.0.0/24"), "eth0", None, False, "kernel"),
-                RouteEntry(subnet, "cni0", None, False, "kernel"),
-                RouteEntry(other_subnet, "flannel.1", other_subnet.network_address, True, "static")]
+    s.links = {
+        "eth0": Link("eth0", 2, mtu, "", None, "minikubenet-node:x", True, "02:00:00:00:00:01"),
+        "flannel.1": Link("flannel.1", 3, mtu - 50, "vxlan", None, None, True, own_mac, 1),
+        "cni0": Link("cni0", 4, mtu - 50, "bridge", None, None, True, "02:00:00:00:00:09"),
+    }
+    s.addresses = {
+        "eth0": [ipaddress.IPv4Interface(f"{ip}/24")],
+        "cni0": [ipaddress.IPv4Interface(f"{subnet.network_address + 1}/24")],
+        "flannel.1": [ipaddress.IPv4Interface(f"{subnet.network_address}/32")],
+    }
+    s.routes = [
+        RouteEntry(N("172.31.0.0/24"), "eth0", None, False, "kernel"),
+        RouteEntry(subnet, "cni0", None, False, "kernel"),
+        RouteEntry(other_subnet, "flannel.1", other_subnet.network_address, True, "static"),
+    ]
     s.neighbours = [NeighEntry("flannel.1", other_subnet.network_address, other_gw_mac, True)]
     s.fdb = [FdbEntry("flannel.1", other_gw_mac, A(other_ip))]
     for i, (cid, _pod_ip) in enumerate(pods):
@@ -45,20 +51,29 @@ def node_snapshot(name, ip, subnet, other_subnet, other_gw_mac, other_ip, pods=(
 def view():
     s1, s2 = N("10.244.1.0/24"), N("10.244.2.0/24")
     v = ClusterView(pod_network=N("10.244.0.0/16"), backend="vxlan")
-    v.nodes = {"n1": NodeInfo("n1", A("172.31.0.11"), s1, MAC1, True),
-               "n2": NodeInfo("n2", A("172.31.0.12"), s2, MAC2, True)}
+    v.nodes = {
+        "n1": NodeInfo("n1", A("172.31.0.11"), s1, MAC1, True),
+        "n2": NodeInfo("n2", A("172.31.0.12"), s2, MAC2, True),
+    }
     v.leases = [Lease(s1, A("172.31.0.11"), "vxlan", MAC1), Lease(s2, A("172.31.0.12"), "vxlan", MAC2)]
-    v.pods = {"default/a": PodInfo("default", "a", A("10.244.1.2"), "n1", "cid-a"),
-              "default/b": PodInfo("default", "b", A("10.244.2.2"), "n2", "cid-b")}
-    v.ip_records = [IpRecord(A("10.244.1.2"), s1, "cid-a", "eth0", "n1", "default/a"),
-                    IpRecord(A("10.244.2.2"), s2, "cid-b", "eth0", "n2", "default/b")]
+    v.pods = {
+        "default/a": PodInfo("default", "a", A("10.244.1.2"), "n1", "cid-a"),
+        "default/b": PodInfo("default", "b", A("10.244.2.2"), "n2", "cid-b"),
+    }
+    v.ip_records = [
+        IpRecord(A("10.244.1.2"), s1, "cid-a", "eth0", "n1", "default/a"),
+        IpRecord(A("10.244.2.2"), s2, "cid-b", "eth0", "n2", "default/b"),
+    ]
     v.services = {"default/web": ServiceInfo("default", "web", A("10.96.0.10"), (("http", 80, "TCP"),))}
-    v.snapshots = {"n1": node_snapshot("n1", "172.31.0.11", s1, s2, MAC2, "172.31.0.12", [("cid-a", "10.244.1.2")]),
-                   "n2": node_snapshot("n2", "172.31.0.12", s2, s1, MAC1, "172.31.0.11", [("cid-b", "10.244.2.2")])}
+    v.snapshots = {
+        "n1": node_snapshot("n1", "172.31.0.11", s1, s2, MAC2, "172.31.0.12", [("cid-a", "10.244.1.2")]),
+        "n2": node_snapshot("n2", "172.31.0.12", s2, s1, MAC1, "172.31.0.11", [("cid-b", "10.244.2.2")]),
+    }
     return v
 
 
 # --------------------------------------------------------------------------- trace
+
 
 def test_pod_to_pod_across_vxlan_is_delivered_hop_by_hop(view):
     r = trace(view, resolve(view, "default/a", False), resolve(view, "b:8080", True))
@@ -109,12 +124,15 @@ def test_nftables_service_map_is_read_from_the_live_table():
     assert "goto service-ABC-default/web/tcp/http" in element
 
 
-@pytest.mark.parametrize("text, message", [
-    ("default/nope", "no pod default/nope"),
-    ("svc/default/nope", "no service default/nope"),
-    ("192.0.2.7", "in no network of this cluster"),
-    ("10.244.99.9", "in no node's subnet"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("default/nope", "no pod default/nope"),
+        ("svc/default/nope", "no service default/nope"),
+        ("192.0.2.7", "in no network of this cluster"),
+        ("10.244.99.9", "in no node's subnet"),
+    ],
+)
 def test_names_that_do_not_exist_are_refused_with_what_exists(view, text, message):
     with pytest.raises(TraceError, match=message):
         resolve(view, text, True)
@@ -129,6 +147,7 @@ def test_a_node_that_cannot_be_read_is_named(view):
 
 # --------------------------------------------------------------------------- doctor
 
+
 def checks(view, **kw):
     return {(f.check, f.node) for f in doctor.check_all(view, **kw)}, doctor.check_all(view, **kw)
 
@@ -139,10 +158,10 @@ def test_a_healthy_cluster_has_no_findings(view):
 
 def test_each_break_is_named(view):
     n1, n2 = view.snapshots["n1"], view.snapshots["n2"]
-    n1.links["cni0"] = Link("cni0", 4, 1500, "bridge", None, None, True, None)            # MTU
-    n1.fdb.clear()                                                                         # overlay
-    n2.sysctls["net.ipv4.ip_forward"] = "0"                                                # sysctl
-    n2.conntrack = ConntrackTable(1000, 1000, {"drop": 7})                                 # conntrack
+    n1.links["cni0"] = Link("cni0", 4, 1500, "bridge", None, None, True, None)  # MTU
+    n1.fdb.clear()  # overlay
+    n2.sysctls["net.ipv4.ip_forward"] = "0"  # sysctl
+    n2.conntrack = ConntrackTable(1000, 1000, {"drop": 7})  # conntrack
     view.ip_records.append(IpRecord(A("10.244.2.9"), N("10.244.2.0/24"), "leaked", "eth0", "n2", "leaked"))
     view.nodes["n2"] = NodeInfo("n2", A("172.31.0.12"), N("10.244.2.0/24"), MAC2, agent_running=False)
     found = doctor.check_all(view)
@@ -178,15 +197,23 @@ def test_etcd_certificate_expiry_and_a_failed_probe(view):
 
 
 def test_the_view_is_read_from_etcd_keys():
-    kvs = [("/coreos.com/network/config", '{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'),
-           ("/coreos.com/network/subnets/10.244.1.0-24",
-            '{"PublicIP": "172.31.0.11", "BackendType": "vxlan", "BackendData": {"VNI": 1, "VtepMAC": "aa:aa:aa:00:00:01"}}'),
-           ("/minikubenet/ipam/10.244.1.0-24/10.244.1.2",
-            '{"containerID": "c1", "ifname": "eth0", "node": "n1", "podName": "a", "podNamespace": "x"}'),
-           ("/minikubenet/services/default/web",
+    kvs = [
+        ("/coreos.com/network/config", '{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'),
+        (
+            "/coreos.com/network/subnets/10.244.1.0-24",
+            '{"PublicIP": "172.31.0.11", "BackendType": "vxlan", "BackendData": {"VNI": 1, "VtepMAC": "aa:aa:aa:00:00:01"}}',
+        ),
+        (
+            "/minikubenet/ipam/10.244.1.0-24/10.244.1.2",
+            '{"containerID": "c1", "ifname": "eth0", "node": "n1", "podName": "a", "podNamespace": "x"}',
+        ),
+        (
+            "/minikubenet/services/default/web",
             '{"metadata": {"namespace": "default", "name": "web"}, "spec": {"clusterIP": "10.96.0.10", '
-            '"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}'),
-           ("/minikubenet/services/default/broken", "{not json")]
+            '"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}',
+        ),
+        ("/minikubenet/services/default/broken", "{not json"),
+    ]
     v = view_from_etcd(kvs, node_names={A("172.31.0.11"): "n1"})
     assert v.nodes["n1"].subnet == N("10.244.1.0/24") and v.nodes["n1"].vtep_mac == "aa:aa:aa:00:00:01"
     assert v.pods["x/a"].container_id == "c1" and list(v.services) == ["default/web"]

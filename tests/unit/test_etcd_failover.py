@@ -27,8 +27,7 @@ class RpcError(grpc.RpcError):
         return self._details
 
 
-REFUSED = RpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: "
-                                                "Connection refused")
+REFUSED = RpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: Connection refused")
 NO_LEADER = RpcError(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
 TIMEOUT = RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
@@ -39,9 +38,10 @@ def as_pyetcd(rpc: RpcError) -> Exception:
         raise rpc
     except RpcError:
         try:
-            raise {grpc.StatusCode.UNAVAILABLE: pyetcd.exceptions.ConnectionFailedError,
-                   grpc.StatusCode.DEADLINE_EXCEEDED: pyetcd.exceptions.ConnectionTimeoutError}.get(
-                       rpc.code(), pyetcd.exceptions.Etcd3Exception)()
+            raise {
+                grpc.StatusCode.UNAVAILABLE: pyetcd.exceptions.ConnectionFailedError,
+                grpc.StatusCode.DEADLINE_EXCEEDED: pyetcd.exceptions.ConnectionTimeoutError,
+            }.get(rpc.code(), pyetcd.exceptions.Etcd3Exception)()
         except Exception as e:
             return e
 
@@ -76,9 +76,9 @@ def test_calls_stay_on_one_member_until_it_fails_then_move_on():
     a, b, c = Member("a"), Member("b"), Member("c")
     fc = client(a, b, c)
     assert fc.get("/k") == (b"/k@a", None)
-    a.down = REFUSED                               # a dies
-    assert fc.get("/k") == (b"/k@b", None)         # no error reaches the caller
-    assert fc.get("/k") == (b"/k@b", None)         # and b stays the one we talk to
+    a.down = REFUSED  # a dies
+    assert fc.get("/k") == (b"/k@b", None)  # no error reaches the caller
+    assert fc.get("/k") == (b"/k@b", None)  # and b stays the one we talk to
     assert (a.calls, b.calls, c.calls) == (2, 2, 0)
 
 
@@ -105,12 +105,12 @@ def test_when_no_member_accepts_connections_calls_fail_fast():
     with pytest.raises(StoreUnavailable, match="did not answer .get.*http://a:2379.*Connection refused"):
         fc.get("/k")
     first = time.monotonic() - started
-    assert 0.3 <= first < 2.0               # the grace, not the whole retry budget
+    assert 0.3 <= first < 2.0  # the grace, not the whole retry budget
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
-        fc.get("/k")                         # etcd is known to be down: no waiting again
+        fc.get("/k")  # etcd is known to be down: no waiting again
     assert time.monotonic() - started < 0.1
-    a.down = None                            # etcd is back: the next call simply works
+    a.down = None  # etcd is back: the next call simply works
     assert fc.get("/k")[0] == b"/k@a"
 
 
@@ -135,13 +135,18 @@ def test_unknown_calls_are_not_forwarded():
 
 # --------------------------------------------------------------------------- retried writes
 
+
 class TxnClient:
     """A transaction whose compare fails, with ``current`` as the key's value."""
 
     def __init__(self, current: bytes | None, lease_id: int = 0):
         self.current, self.lease_id = current, lease_id
-        self.transactions = SimpleNamespace(version=lambda key: _Cmp(), value=lambda key: _Cmp(),
-                                            put=lambda *a, **kw: ("put", a, kw), get=lambda key: ("get", key))
+        self.transactions = SimpleNamespace(
+            version=lambda key: _Cmp(),
+            value=lambda key: _Cmp(),
+            put=lambda *a, **kw: ("put", a, kw),
+            get=lambda key: ("get", key),
+        )
 
     def transaction(self, compare, success, failure):
         assert failure == [("get", failure[0][1])]
@@ -174,6 +179,7 @@ def test_a_create_that_finds_someone_elses_record_has_not():
 
 def test_a_subnet_lease_is_ours_only_on_our_etcd_lease():
     from minikubenet.subnet_lease_record import SubnetLeaseRecord
+
     rec = SubnetLeaseRecord(SUBNET, "172.31.0.11", "vxlan", {})
     mine = SimpleNamespace(id=42)
     assert store_with(TxnClient(rec.attrs_json().encode(), lease_id=42)).create_lease(rec, mine)
@@ -197,7 +203,7 @@ def test_etcds_own_not_now_answers_are_retried_and_other_unknown_errors_are_not(
 
 
 def test_once_the_budget_is_spent_each_call_fails_after_one_round():
-    fc = client(Member("a", down=NO_LEADER), retry_for=0.3)     # a member without quorum
+    fc = client(Member("a", down=NO_LEADER), retry_for=0.3)  # a member without quorum
     with pytest.raises(StoreUnavailable):
         fc.get("/k")
     started = time.monotonic()
@@ -207,6 +213,7 @@ def test_once_the_budget_is_spent_each_call_fails_after_one_round():
 
 
 # --------------------------------------------------------------------------- lease renewal
+
 
 def test_a_failed_lease_renewal_is_retried_soon_after_etcd_is_back(monkeypatch):
     from minikubenet import subnet_lease
@@ -223,8 +230,9 @@ def test_a_failed_lease_renewal_is_retried_soon_after_etcd_is_back(monkeypatch):
             return answer
 
     monkeypatch.setattr(subnet_lease, "RENEW_RETRY_S", 0.05)
-    leaser = subnet_lease.SubnetLeaser(Store(), config=None, public_ip="172.31.0.11", backend_type="vxlan",
-                                       backend_data={}, ttl=30)
+    leaser = subnet_lease.SubnetLeaser(
+        Store(), config=None, public_ip="172.31.0.11", backend_type="vxlan", backend_data={}, ttl=30
+    )
     leaser.record = SubnetLeaseRecord(SUBNET, "172.31.0.11", "vxlan", {})
     leaser.etcd_lease, leaser.healthy = SimpleNamespace(id=1), True
     monkeypatch.setattr(leaser, "renew_interval", lambda: 0.05)
@@ -235,4 +243,4 @@ def test_a_failed_lease_renewal_is_retried_soon_after_etcd_is_back(monkeypatch):
         seen.append(leaser.healthy)
         time.sleep(0.01)
     leaser.stop()
-    assert False in seen and seen[-1] is True      # unhealthy while etcd failed, healthy again right after
+    assert False in seen and seen[-1] is True  # unhealthy while etcd failed, healthy again right after

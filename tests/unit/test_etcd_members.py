@@ -51,10 +51,11 @@ def test_one_members_command_line(monkeypatch):
     assert flag(argv, "--listen-client-urls") == "http://172.31.0.3:2379,http://127.0.0.1:2379"
     assert flag(argv, "--advertise-client-urls") == "http://172.31.0.3:2379"
     assert flag(argv, "--initial-advertise-peer-urls") == "http://172.31.0.3:2380"
-    assert flag(argv, "--initial-cluster") == ("m1=http://172.31.0.2:2380,m2=http://172.31.0.3:2380,"
-                                               "m3=http://172.31.0.4:2380")
+    assert flag(argv, "--initial-cluster") == (
+        "m1=http://172.31.0.2:2380,m2=http://172.31.0.3:2380,m3=http://172.31.0.4:2380"
+    )
     assert flag(argv, "--initial-cluster-state") == "existing"
-    assert "--election-timeout" not in argv          # a cluster keeps etcd's defaults
+    assert "--election-timeout" not in argv  # a cluster keeps etcd's defaults
     single = daemons.etcd_member_argv("m1", "/d/m1", "172.31.0.2", {"m1": "172.31.0.2"}, "new")
     assert flag(single, "--initial-cluster-state") == "new"
     assert int(flag(single, "--election-timeout")) >= 5 * int(flag(single, "--heartbeat-interval"))

@@ -46,8 +46,9 @@ def test_every_file_is_private(pki):
 def test_the_server_certificate_names_every_member_and_loopback(pki):
     cert = load(pki.server.cert)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(san.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address(a) for a in
-                                                            ("172.31.0.2", "10.0.0.12", "127.0.0.1")}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address(a) for a in ("172.31.0.2", "10.0.0.12", "127.0.0.1")
+    }
     assert set(san.get_values_for_type(x509.DNSName)) == {"etcd-1", "localhost"}
     # client auth too: etcd's own gRPC gateway dials itself with it
     assert usages(cert) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
@@ -59,7 +60,7 @@ def test_one_client_certificate_per_user_signed_by_the_ca(pki):
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     for user in (etcd_rbac.ROOT_USER, *etcd_rbac.USERS):
         cert = load(pki.client(user).cert)
-        assert cn(cert) == user                      # etcd's user name under --client-cert-auth
+        assert cn(cert) == user  # etcd's user name under --client-cert-auth
         assert usages(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
         assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         cert.verify_directly_issued_by(ca)
@@ -77,8 +78,10 @@ def test_client_tls_flags_and_environment(pki):
 
 
 def _allowed(grants, permission: str, key: str) -> bool:
-    return any(g.permission in (permission, "readwrite") and (key.startswith(g.key) if g.prefix else key == g.key)
-               for g in grants)
+    return any(
+        g.permission in (permission, "readwrite") and (key.startswith(g.key) if g.prefix else key == g.key)
+        for g in grants
+    )
 
 
 @pytest.mark.parametrize("layout", [KeyLayout(), KeyLayout("/cluster2/network", "/cluster2/mkn")])
@@ -110,11 +113,13 @@ def test_the_plan_creates_users_then_enables_auth():
 
 def test_apply_changes_nothing_when_auth_is_on_already():
     import subprocess
+
     calls = []
 
     def etcdctl(args):
         calls.append(args)
         return subprocess.CompletedProcess(args, 0, "Authentication Status: true\nAuthRevision: 9\n", "")
+
     assert etcd_rbac.apply(etcdctl) is False
     assert calls == [["auth", "status"]]
 
@@ -126,6 +131,7 @@ def test_apply_stops_at_the_first_refusal():
         if args[:2] == ["auth", "status"]:
             return subprocess.CompletedProcess(args, 0, "Authentication Status: false\n", "")
         return subprocess.CompletedProcess(args, 1 if args[0] == "role" else 0, "", "Error: etcdserver: boom")
+
     with pytest.raises(etcd_rbac.RbacError, match="role add agent: Error: etcdserver: boom"):
         etcd_rbac.apply(etcdctl)
 
@@ -169,6 +175,7 @@ def test_every_command_takes_the_tls_options_from_flags_or_environment(monkeypat
     from minikubenet.agent.main import build_parser as agent_parser
     from minikubenet.cli import build_parser as cli_parser
     from minikubenet.proxy.daemon import build_parser as proxy_parser
+
     want = TLSFiles("/pki/ca.crt", "/pki/root.crt", "/pki/root.key")
     assert TLSFiles.from_args(cli_parser().parse_args(["get", "pods"])) == want
     assert TLSFiles.from_args(proxy_parser().parse_args([])) == want

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from minikubenet.agent import upkeep
-from minikubenet.linux import iptables, nft_monitor as M
+from minikubenet.linux import iptables
+from minikubenet.linux import nft_monitor as M
 from minikubenet.proxy.syncers import IptablesSyncer, NftSyncer, SyncConfig, _rule_counts
 from tests.unit.test_proxy_sync import TCP, make_loop, snapshot
 
@@ -24,13 +25,13 @@ def test_a_foreign_change_to_our_chains_brings_a_full_sync_at_once():
     clock.now += 0.5
     loop.on_transaction(tx(M.ObjectChange("DELRULE", "ip", "nat", "KUBE-SVC-ABC")))
     assert loop.wake.is_set()
-    assert not loop.step()                               # min-sync-period still holds
+    assert not loop.step()  # min-sync-period still holds
     assert loop._deadline(clock()) == pytest.approx(0.5)
     clock.now += 0.5
-    assert loop.step() and syncer.calls[-1] is None      # full
+    assert loop.step() and syncer.calls[-1] is None  # full
     assert loop.metrics.rule_repairs.get(trigger="notification") == 1
     clock.now += 5
-    assert not loop.step()                               # nothing more to do
+    assert not loop.step()  # nothing more to do
 
 
 def test_our_own_changes_and_other_tables_do_not_trigger_a_sync():
@@ -49,7 +50,7 @@ def test_without_notifications_the_periodic_check_looks_at_every_chain():
     loop, state, syncer, clock = make_loop(min_sync_period=0.0, sync_period=5)
     state.deliver(snapshot([TCP]))
     loop.step()
-    syncer.all_chains = False                            # a KUBE-SVC chain flushed by hand
+    syncer.all_chains = False  # a KUBE-SVC chain flushed by hand
     clock.now += 5
     assert loop.step() and syncer.calls[-1] is None
     assert loop.metrics.rule_repairs.get(trigger="periodic check") == 1
@@ -62,7 +63,7 @@ def test_with_notifications_only_an_overflow_makes_the_check_deep():
     loop.step()
     syncer.all_chains = False
     clock.now += 5
-    assert not loop.step()                               # the cheap check passes: notifications cover the rest
+    assert not loop.step()  # the cheap check passes: notifications cover the rest
     loop.on_overflow()
     assert loop.step() and syncer.calls[-1] is None
 
@@ -72,9 +73,9 @@ def test_which_changes_are_the_proxys():
     C = M.ObjectChange
     assert ipt.touches_ours(C("DELRULE", "ip", "nat", "KUBE-SEP-X"))
     assert ipt.touches_ours(C("DELCHAIN", "ip", "nat", "KUBE-SVC-X"))
-    assert ipt.touches_ours(C("DELRULE", "ip", "nat", "PREROUTING"))        # our jump may be gone
+    assert ipt.touches_ours(C("DELRULE", "ip", "nat", "PREROUTING"))  # our jump may be gone
     assert ipt.touches_ours(C("DELTABLE", "ip", "nat", ""))
-    assert not ipt.touches_ours(C("NEWRULE", "ip", "nat", "POSTROUTING"))   # someone else's rule
+    assert not ipt.touches_ours(C("NEWRULE", "ip", "nat", "POSTROUTING"))  # someone else's rule
     assert not ipt.touches_ours(C("DELRULE", "ip", "nat", "MINIKUBENET-POSTRTG"))
     assert not ipt.touches_ours(C("DELRULE", "ip6", "nat", "KUBE-SEP-X"))
     nft = NftSyncer(SyncConfig())
@@ -84,8 +85,10 @@ def test_which_changes_are_the_proxys():
 
 
 def test_rule_counts_from_a_save_dump():
-    dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-B - [0:0]\n" \
-           "-A PREROUTING -j KUBE-SERVICES\n-A KUBE-SVC-A -j KUBE-SEP-B\n-A KUBE-SVC-A -j RETURN\nCOMMIT\n"
+    dump = (
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-B - [0:0]\n"
+        "-A PREROUTING -j KUBE-SERVICES\n-A KUBE-SVC-A -j KUBE-SEP-B\n-A KUBE-SVC-A -j RETURN\nCOMMIT\n"
+    )
     assert _rule_counts(dump) == {"PREROUTING": 1, "KUBE-SVC-A": 2, "KUBE-SEP-B": 0}
 
 
@@ -128,29 +131,35 @@ def fake_iptables(monkeypatch):
 
 def test_the_agent_restores_its_rules_only_when_something_is_missing(fake_iptables):
     import ipaddress
+
     from minikubenet.masquerade import render_masquerade
-    rules = upkeep.MasqueradeRules(render_masquerade(ipaddress.IPv4Network("10.244.0.0/16"),
-                                                     ipaddress.IPv4Network("10.244.1.0/24")))
+
+    rules = upkeep.MasqueradeRules(
+        render_masquerade(ipaddress.IPv4Network("10.244.0.0/16"), ipaddress.IPv4Network("10.244.1.0/24"))
+    )
     rules.install()
     assert fake_iptables.restores == 1
-    assert rules.repair() == [] and fake_iptables.restores == 1          # intact: a check, no rewrite
-    fake_iptables.chains[("nat", "MINIKUBENET-POSTRTG")] = ["-N MINIKUBENET-POSTRTG"]   # iptables -t nat -F
+    assert rules.repair() == [] and fake_iptables.restores == 1  # intact: a check, no rewrite
+    fake_iptables.chains[("nat", "MINIKUBENET-POSTRTG")] = ["-N MINIKUBENET-POSTRTG"]  # iptables -t nat -F
     fake_iptables.chains[("nat", "POSTROUTING")] = ["-P POSTROUTING ACCEPT"]
     wrong = rules.repair()
     assert ("nat", "the jump POSTROUTING -> MINIKUBENET-POSTRTG is gone") in wrong
     assert any("MINIKUBENET-POSTRTG was flushed" in w for _, w in wrong) and fake_iptables.restores == 2
     assert rules.repair() == []
-    del fake_iptables.chains[("filter", "MINIKUBENET-FWD")]                  # iptables -X
+    del fake_iptables.chains[("filter", "MINIKUBENET-FWD")]  # iptables -X
     assert rules.repair() == [("filter", "chain MINIKUBENET-FWD is gone")]
 
 
 def test_the_upkeep_loop_counts_repairs_and_survives_errors(fake_iptables, caplog):
     import ipaddress
+
     from minikubenet.agent.metrics import AgentMetrics
     from minikubenet.linux.conntrack_table import ConntrackTable
     from minikubenet.masquerade import render_masquerade
-    rules = upkeep.MasqueradeRules(render_masquerade(ipaddress.IPv4Network("10.244.0.0/16"),
-                                                     ipaddress.IPv4Network("10.244.1.0/24")))
+
+    rules = upkeep.MasqueradeRules(
+        render_masquerade(ipaddress.IPv4Network("10.244.0.0/16"), ipaddress.IPv4Network("10.244.1.0/24"))
+    )
     rules.install()
     metrics = AgentMetrics(read_conntrack=lambda: ConntrackTable(1, 100))
     loop = upkeep.Upkeep(rules, upkeep.ConntrackPressure(read=lambda: ConntrackTable(1, 100)), metrics, 10)
@@ -160,9 +169,10 @@ def test_the_upkeep_loop_counts_repairs_and_survives_errors(fake_iptables, caplo
 
     def broken(*a, **k):
         raise iptables.IptablesError("iptables-restore failed: xtables lock")
+
     fake_iptables.chains[("nat", "POSTROUTING")] = ["-P POSTROUTING ACCEPT"]
     iptables.restore = broken
-    loop.once()                                         # logged, the loop carries on
+    loop.once()  # logged, the loop carries on
     assert "xtables lock" in caplog.text
 
 
@@ -170,25 +180,28 @@ def test_a_notification_before_the_first_snapshot_does_not_spin_the_loop():
     loop, state, syncer, clock = make_loop(min_sync_period=1.0, sync_period=30)
     loop.monitored = True
     loop.on_transaction(tx(M.ObjectChange("DELRULE", "ip", "nat", "KUBE-SVC-ABC")))
-    assert loop._deadline(clock()) > 1                 # waits for the snapshot, not a busy loop
+    assert loop._deadline(clock()) > 1  # waits for the snapshot, not a busy loop
     state.deliver(snapshot([TCP]))
-    assert loop.step() and syncer.calls == [None]      # the first sync is full anyway
+    assert loop.step() and syncer.calls == [None]  # the first sync is full anyway
     clock.now += 2
     assert not loop.step() and loop.metrics.rule_repairs.get(trigger="notification") == 0
 
 
 def test_the_agent_checks_at_once_when_its_chains_or_jumps_may_be_gone():
     import ipaddress
+
     from minikubenet.masquerade import render_masquerade
-    rules = upkeep.MasqueradeRules(render_masquerade(ipaddress.IPv4Network("10.244.0.0/16"),
-                                                     ipaddress.IPv4Network("10.244.1.0/24")))
+
+    rules = upkeep.MasqueradeRules(
+        render_masquerade(ipaddress.IPv4Network("10.244.0.0/16"), ipaddress.IPv4Network("10.244.1.0/24"))
+    )
     C = M.ObjectChange
-    assert rules.touched_by(C("DELRULE", "ip", "nat", "POSTROUTING"))          # iptables -t nat -F
+    assert rules.touched_by(C("DELRULE", "ip", "nat", "POSTROUTING"))  # iptables -t nat -F
     assert rules.touched_by(C("DELRULE", "ip", "filter", "FORWARD"))
     assert rules.touched_by(C("DELCHAIN", "ip", "nat", "MINIKUBENET-POSTRTG"))
     assert rules.touched_by(C("DELTABLE", "ip", "filter", ""))
-    assert not rules.touched_by(C("NEWRULE", "ip", "nat", "POSTROUTING"))      # someone adding theirs
-    assert not rules.touched_by(C("DELRULE", "ip", "nat", "KUBE-SVC-X"))       # the proxy's business
+    assert not rules.touched_by(C("NEWRULE", "ip", "nat", "POSTROUTING"))  # someone adding theirs
+    assert not rules.touched_by(C("DELRULE", "ip", "nat", "KUBE-SVC-X"))  # the proxy's business
     assert not rules.touched_by(C("DELRULE", "ip6", "nat", "POSTROUTING"))
     loop = upkeep.Upkeep(rules, None, None, period=10)
     loop.on_transaction(tx(C("DELRULE", "ip", "nat", "KUBE-SEP-X")))

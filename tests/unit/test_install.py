@@ -27,8 +27,7 @@ def dirs(tmp_path):
 
 
 def opts(dirs, **kw) -> install.Options:
-    return install.Options(bin_dir=dirs["bin"], conf_dir=dirs["net.d"], state_dir=dirs["state"],
-                           plugin_dirs=(), **kw)
+    return install.Options(bin_dir=dirs["bin"], conf_dir=dirs["net.d"], state_dir=dirs["state"], plugin_dirs=(), **kw)
 
 
 def conflist(dirs) -> dict:
@@ -56,14 +55,18 @@ def embedded(path: str, name: str):
 
 # -- what gets written ---------------------------------------------------------------------------------
 
+
 def test_install_writes_both_plugins_and_a_conflist(dirs):
     report = install.install(opts(dirs))
     assert [line.split()[0] for line in report.lines] == ["create"] * 3
     for name in ("minikubenet", "minikubenet-ipam"):
         mode = os.stat(os.path.join(dirs["bin"], name)).st_mode
         assert stat.S_IMODE(mode) == 0o755
-    assert conflist(dirs) == {"cniVersion": "1.0.0", "name": "minikubenet",
-                              "plugins": [{"type": "minikubenet", "agentSocket": "/run/minikubenet/agent.sock"}]}
+    assert conflist(dirs) == {
+        "cniVersion": "1.0.0",
+        "name": "minikubenet",
+        "plugins": [{"type": "minikubenet", "agentSocket": "/run/minikubenet/agent.sock"}],
+    }
 
 
 def test_the_binary_names_the_real_interpreter_and_bakes_its_settings(dirs):
@@ -82,10 +85,17 @@ def test_the_binary_names_the_real_interpreter_and_bakes_its_settings(dirs):
 def test_the_binary_carries_bytecode_and_falls_back_to_its_source(dirs, tmp_path):
     install.install(opts(dirs))
     path = os.path.join(dirs["bin"], "minikubenet")
-    magic = subprocess.run([install.plugin_interpreter(), "-I", "-c",
-                            "import importlib.util, sys; sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER)"],
-                           capture_output=True, check=True).stdout
-    assert embedded(path, "_MAGIC") == magic      # the bytecode of the interpreter the #! line names
+    magic = subprocess.run(
+        [
+            install.plugin_interpreter(),
+            "-I",
+            "-c",
+            "import importlib.util, sys; sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER)",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert embedded(path, "_MAGIC") == magic  # the bytecode of the interpreter the #! line names
     assert len(embedded(path, "_BYTECODE")) > 1000
     # an interpreter with another bytecode format compiles the source instead
     other = tmp_path / "other-magic"
@@ -109,15 +119,25 @@ def test_installed_binaries_work_with_an_empty_environment(dirs, tmp_path):
         conf = {"cniVersion": "1.0.0", "name": "n", "ipam": {"type": "minikubenet-ipam"}}
         if name == "minikubenet":
             del conf["ipam"]
-        p = run_plugin(path, {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/self/ns/net",
-                              "CNI_IFNAME": "eth0"}, json.dumps(conf).encode())
+        p = run_plugin(
+            path,
+            {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "eth0"},
+            json.dumps(conf).encode(),
+        )
         err = json.loads(p.stdout)
         assert err["code"] == 11 and sock in err["details"], err
 
 
 def test_chain_adds_the_reference_plugins_with_their_capabilities(dirs):
-    install.install(opts(dirs, chain=("portmap", "tuning", "bandwidth"), sysctls=(("net.core.somaxconn", "512"),),
-                         cni_version="0.4.0", network="pods"))
+    install.install(
+        opts(
+            dirs,
+            chain=("portmap", "tuning", "bandwidth"),
+            sysctls=(("net.core.somaxconn", "512"),),
+            cni_version="0.4.0",
+            network="pods",
+        )
+    )
     c = conflist(dirs)
     assert c["cniVersion"] == "0.4.0" and c["name"] == "pods"
     assert [p["type"] for p in c["plugins"]] == ["minikubenet", "portmap", "tuning", "bandwidth"]
@@ -126,14 +146,17 @@ def test_chain_adds_the_reference_plugins_with_their_capabilities(dirs):
     assert c["plugins"][3]["capabilities"] == {"bandwidth": True}
 
 
-@pytest.mark.parametrize("bad, named", [
-    ({"cni_version": "0.2.0"}, "0.2.0"),
-    ({"network": "-x"}, "-x"),
-    ({"agent_socket": "run/a.sock"}, "--agent-socket"),
-    ({"chain": ("flannel",)}, "flannel"),
-    ({"sysctls": (("a", "b"),)}, "tuning"),
-    ({"conf_name": "a/b.conflist"}, "a/b"),
-])
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        ({"cni_version": "0.2.0"}, "0.2.0"),
+        ({"network": "-x"}, "-x"),
+        ({"agent_socket": "run/a.sock"}, "--agent-socket"),
+        ({"chain": ("flannel",)}, "flannel"),
+        ({"sysctls": (("a", "b"),)}, "tuning"),
+        ({"conf_name": "a/b.conflist"}, "a/b"),
+    ],
+)
 def test_bad_options_are_refused_before_anything_is_written(dirs, bad, named):
     with pytest.raises(install.InstallError) as e:
         install.install(opts(dirs, **bad))
@@ -142,6 +165,7 @@ def test_bad_options_are_refused_before_anything_is_written(dirs, bad, named):
 
 
 # -- idempotence and ownership -------------------------------------------------------------------------------
+
 
 def test_a_second_install_changes_nothing(dirs):
     install.install(opts(dirs))
@@ -229,8 +253,9 @@ def test_warns_about_a_config_that_sorts_first(dirs):
 @pytest.mark.skipif(not os.path.exists("/usr/lib/cni/portmap"), reason="containernetworking-plugins not installed")
 def test_a_chained_plugin_that_cannot_speak_the_version_is_refused(dirs):
     # Debian's reference plugins (1.1.1) speak up to 1.0.0
-    o = install.Options(bin_dir=dirs["bin"], conf_dir=dirs["net.d"], state_dir=dirs["state"],
-                        chain=("portmap",), cni_version="1.1.0")
+    o = install.Options(
+        bin_dir=dirs["bin"], conf_dir=dirs["net.d"], state_dir=dirs["state"], chain=("portmap",), cni_version="1.1.0"
+    )
     with pytest.raises(install.InstallError) as e:
         install.install(o)
     assert "portmap" in str(e.value) and "1.1.0" in str(e.value)
@@ -239,10 +264,12 @@ def test_a_chained_plugin_that_cannot_speak_the_version_is_refused(dirs):
 
 def dict_replace(o: install.Options, **kw) -> install.Options:
     from dataclasses import replace
+
     return replace(o, **kw)
 
 
 # -- the command line ---------------------------------------------------------------------------------------------
+
 
 def test_cli_install_then_uninstall(dirs):
     args = ["--bin-dir", dirs["bin"], "--conf-dir", dirs["net.d"], "--state-dir", dirs["state"]]
@@ -291,8 +318,10 @@ def test_the_installed_binary_reports_malformed_json_as_code_6(dirs, stdin):
     """In its own process the shim has no json package loaded: the C scanner's errors
     must still come out as the spec's error JSON (a unit test in-process cannot see this)."""
     install.install(opts(dirs))
-    p = run_plugin(os.path.join(dirs["bin"], "minikubenet"),
-                   {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/proc/self/ns/net",
-                    "CNI_IFNAME": "eth0"}, stdin)
+    p = run_plugin(
+        os.path.join(dirs["bin"], "minikubenet"),
+        {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "eth0"},
+        stdin,
+    )
     assert p.returncode == 1 and b"Traceback" not in p.stderr, p.stderr
     assert json.loads(p.stdout)["code"] == 6

@@ -15,7 +15,7 @@ import pytest
 import minikubenet
 
 PACKAGE = os.path.dirname(os.path.abspath(minikubenet.__file__))
-EXEMPT = ("linux", "lab")          # top-level subpackages allowed to touch the kernel
+EXEMPT = ("linux", "lab")  # top-level subpackages allowed to touch the kernel
 NETLINK_CALLS = {"IPRoute", "NetNS", "IPDB", "NDB", "IW", "IPSet", "NFTSocket"}
 FIREWALL_BINARIES = ("nft", "iptables", "ip6tables", "xtables", "ebtables", "arptables")
 RUNNERS = {"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput", "system"}
@@ -83,32 +83,43 @@ def test_nothing_outside_linux_creates_a_netlink_socket_or_runs_nft_or_iptables(
 
 def test_the_scan_covers_the_agent_the_proxy_and_the_overlay():
     rel = {os.path.relpath(p, PACKAGE) for p in package_files()}
-    assert {"agent/cni_handler.py", "agent/main.py", "proxy/syncers.py", "proxy/daemon.py",
-            "overlay/controller.py"} <= rel
+    assert {
+        "agent/cni_handler.py",
+        "agent/main.py",
+        "proxy/syncers.py",
+        "proxy/daemon.py",
+        "overlay/controller.py",
+    } <= rel
     assert not any(r.startswith(("linux/", "lab/")) for r in rel)
 
 
-@pytest.mark.parametrize("sample", [
-    "from pyroute2 import IPRoute\n",
-    "import pyroute2.netlink\n",
-    "x = IPRoute()\n",
-    "ns = pyroute2.NetNS('p')\n",
-    "import socket\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\n",
-    "import subprocess\nsubprocess.run(['nft', 'list', 'ruleset'])\n",
-    "import subprocess\nsubprocess.run(['/usr/sbin/iptables-save', '-t', 'nat'])\n",
-    "import subprocess\nsubprocess.Popen([f'iptables-{x}', '-w'])\n",
-    "import os\nos.system('iptables -F')\n",
-    "from minikubenet.linux import nft_monitor\nnft_monitor.run(['nft', '-f', '-'], text)\n",
-])
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "from pyroute2 import IPRoute\n",
+        "import pyroute2.netlink\n",
+        "x = IPRoute()\n",
+        "ns = pyroute2.NetNS('p')\n",
+        "import socket\ns = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\n",
+        "import subprocess\nsubprocess.run(['nft', 'list', 'ruleset'])\n",
+        "import subprocess\nsubprocess.run(['/usr/sbin/iptables-save', '-t', 'nat'])\n",
+        "import subprocess\nsubprocess.Popen([f'iptables-{x}', '-w'])\n",
+        "import os\nos.system('iptables -F')\n",
+        "from minikubenet.linux import nft_monitor\nnft_monitor.run(['nft', '-f', '-'], text)\n",
+    ],
+)
 def test_the_scanner_catches_kernel_work(sample):
     assert violations(sample) != []
 
 
-@pytest.mark.parametrize("sample", [
-    "from minikubenet.linux import nft\nnft.apply(text)\n",
-    "import subprocess\nsubprocess.run(['ip', 'netns', 'exec', ns, 'true'])\n",
-    "import subprocess\nsubprocess.run(argv)\n",
-    "log.info('iptables mode')\n",
-])
+@pytest.mark.parametrize(
+    "sample",
+    [
+        "from minikubenet.linux import nft\nnft.apply(text)\n",
+        "import subprocess\nsubprocess.run(['ip', 'netns', 'exec', ns, 'true'])\n",
+        "import subprocess\nsubprocess.run(argv)\n",
+        "log.info('iptables mode')\n",
+    ],
+)
 def test_the_scanner_lets_the_rest_be(sample):
     assert violations(sample) == []

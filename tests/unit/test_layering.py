@@ -21,9 +21,17 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "minikubenet"
 HEAVY = ("grpc", "pyetcd", "pyroute2")
-PURE_PLANS = ("minikubenet.overlay.vxlan", "minikubenet.overlay.host_gw", "minikubenet.overlay.leases",
-              "minikubenet.subnet_lease_record", "minikubenet.masquerade", "minikubenet.pod_network",
-              "minikubenet.k8s_objects", "minikubenet.service_allocation", "minikubenet.proxy.model")
+PURE_PLANS = (
+    "minikubenet.overlay.vxlan",
+    "minikubenet.overlay.host_gw",
+    "minikubenet.overlay.leases",
+    "minikubenet.subnet_lease_record",
+    "minikubenet.masquerade",
+    "minikubenet.pod_network",
+    "minikubenet.k8s_objects",
+    "minikubenet.service_allocation",
+    "minikubenet.proxy.model",
+)
 
 
 @pytest.mark.parametrize("module", PURE_PLANS)
@@ -46,29 +54,34 @@ def imported_modules(path: pathlib.Path, package: str | None = None) -> set[str]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parent + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
 
 
-FORBIDDEN_FOR_STORE = ("minikubenet.overlay", "minikubenet.agent", "minikubenet.lab", "minikubenet.cli",
-                       "minikubenet.proxy")
+FORBIDDEN_FOR_STORE = (
+    "minikubenet.overlay",
+    "minikubenet.agent",
+    "minikubenet.lab",
+    "minikubenet.cli",
+    "minikubenet.proxy",
+)
 
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "store").glob("*.py")), ids=lambda p: p.name)
 def test_store_does_not_import_the_layers_above_it(path):
-    bad = sorted(n for n in imported_modules(path)
-                 if any(n == f or n.startswith(f + ".") for f in FORBIDDEN_FOR_STORE))
+    bad = sorted(n for n in imported_modules(path) if any(n == f or n.startswith(f + ".") for f in FORBIDDEN_FOR_STORE))
     assert not bad, f"store/{path.name} imports {bad}"
 
 
 def test_the_import_reader_sees_a_violation(tmp_path):
     # the rule above can fail: absolute and relative imports of the agent and the lab are seen
     sample = tmp_path / "sample.py"
-    sample.write_text("from minikubenet.agent import cni_handler\nimport minikubenet.lab.cluster\n"
-                      "from ..overlay import vxlan\n")
+    sample.write_text(
+        "from minikubenet.agent import cni_handler\nimport minikubenet.lab.cluster\nfrom ..overlay import vxlan\n"
+    )
     names = imported_modules(sample, package="minikubenet.store")
     assert {"minikubenet.agent.cni_handler", "minikubenet.lab.cluster", "minikubenet.overlay.vxlan"} <= names
 
@@ -134,14 +147,21 @@ def test_the_cycle_finder_sees_a_cycle():
 
 
 def test_only_the_entry_point_imports_the_cli():
-    users = sorted(m for m, deps in import_graph().items()
-                   if not m.startswith("minikubenet.cli") and m != "minikubenet.__main__"
-                   and any(d.startswith("minikubenet.cli") for d in deps))
+    users = sorted(
+        m
+        for m, deps in import_graph().items()
+        if not m.startswith("minikubenet.cli")
+        and m != "minikubenet.__main__"
+        and any(d.startswith("minikubenet.cli") for d in deps)
+    )
     assert users == [], f"{users} import the CLI; put what they share below it"
 
 
 def test_only_the_store_speaks_to_etcd():
-    speakers = sorted(m for m, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py"))
-                      if not m.startswith("minikubenet.store")
-                      and any(n.split(".")[0] in ("pyetcd", "grpc") for n in imported_modules(path)))
+    speakers = sorted(
+        m
+        for m, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py"))
+        if not m.startswith("minikubenet.store")
+        and any(n.split(".")[0] in ("pyetcd", "grpc") for n in imported_modules(path))
+    )
     assert speakers == [], f"{speakers} import the etcd client; go through minikubenet/store/"

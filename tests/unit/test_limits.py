@@ -34,6 +34,7 @@ def nested(depth: int) -> str:
 
 # -- nesting ------------------------------------------------------------------------------------------
 
+
 def test_depth_is_counted_in_containers():
     assert not shim.too_deep({}, 1) and shim.too_deep({"a": []}, 1)
     assert not shim.too_deep(json.loads(nested(64)), 64) and shim.too_deep(json.loads(nested(65)), 64)
@@ -45,10 +46,10 @@ def test_json_loads_refuses_past_the_limit_and_not_before():
     with pytest.raises(shim.TooDeep):
         shim.json_loads(nested(65))
     with pytest.raises(shim.TooDeep):
-        shim.json_loads("[" * 200_000)          # the C scanner's recursion guard, not a traceback
+        shim.json_loads("[" * 200_000)  # the C scanner's recursion guard, not a traceback
     with pytest.raises(shim.TooDeep):
         shim.json_loads("[" * 900 + "]" * 900)  # parses, then measured
-    assert shim.json_loads(json.dumps([[{"x": 1}]] * 1000)) == [[{"x": 1}]] * 1000   # many, not deep
+    assert shim.json_loads(json.dumps([[{"x": 1}]] * 1000)) == [[{"x": 1}]] * 1000  # many, not deep
     assert shim.json_loads('{"s": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]"}')
 
 
@@ -59,6 +60,7 @@ def test_deep_config_is_a_decoding_failure():
 
 
 # -- size ---------------------------------------------------------------------------------------------
+
 
 def test_config_size_limit():
     assert shim.read_config(io.BytesIO(b"x" * shim.MAX_CONFIG_BYTES)) == b"x" * shim.MAX_CONFIG_BYTES
@@ -75,6 +77,7 @@ def test_run_answers_a_ten_megabyte_config_with_error_json():
 
 
 # -- mtu ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mtu", [68, 1450, 9000, 65535])
 def test_mtu_in_range(mtu):
@@ -103,13 +106,18 @@ def test_subnet_env_with_an_impossible_mtu_is_invalid():
 
 # -- the agent's checks of a request -------------------------------------------------------------------
 
+
 def request(command="ADD", mode="main", **config):
     conf = {"cniVersion": "1.0.0", "name": "minikubenet", "type": "minikubenet", **config}
     if mode == "ipam":
         conf["ipam"] = {"type": "minikubenet-ipam"}
-    return {"command": command, "mode": mode, "netnsFd": True, "config": conf,
-            "env": {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x",
-                    "CNI_IFNAME": "eth0"}}
+    return {
+        "command": command,
+        "mode": mode,
+        "netnsFd": True,
+        "config": conf,
+        "env": {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0"},
+    }
 
 
 def refused(req, mtu=1450) -> int:
@@ -145,44 +153,63 @@ def test_request_without_cni_version_is_refused():
     assert refused(req) == 1
 
 
-@pytest.mark.parametrize("change,code", [
-    (lambda r: r.update(command="VERSION"), 4),
-    (lambda r: r.update(command=None), 4),
-    (lambda r: r.update(mode="other"), 7),
-    (lambda r: r.update(env=None), 6),
-    (lambda r: r["env"].update(CNI_IFNAME=5), 6),
-    (lambda r: r.update(config="x"), 6),
-    (lambda r: r.update(netnsFd="yes"), 6),
-    (lambda r: r["config"].pop("name"), 7),
-    (lambda r: r["config"].update(name="-bad"), 7),
-    (lambda r: r["config"].update(mtu=70000), 7),
-    (lambda r: r["config"].update(mtu=9000), 7),      # in range, but not the node's
-    (lambda r: r["config"].update(prevResult=[]), 7),
-    (lambda r: r["env"].pop("CNI_NETNS"), 4),
-    (lambda r: r["env"].update(CNI_CONTAINERID="a/b"), 4),
-])
+@pytest.mark.parametrize(
+    "change,code",
+    [
+        (lambda r: r.update(command="VERSION"), 4),
+        (lambda r: r.update(command=None), 4),
+        (lambda r: r.update(mode="other"), 7),
+        (lambda r: r.update(env=None), 6),
+        (lambda r: r["env"].update(CNI_IFNAME=5), 6),
+        (lambda r: r.update(config="x"), 6),
+        (lambda r: r.update(netnsFd="yes"), 6),
+        (lambda r: r["config"].pop("name"), 7),
+        (lambda r: r["config"].update(name="-bad"), 7),
+        (lambda r: r["config"].update(mtu=70000), 7),
+        (lambda r: r["config"].update(mtu=9000), 7),  # in range, but not the node's
+        (lambda r: r["config"].update(prevResult=[]), 7),
+        (lambda r: r["env"].pop("CNI_NETNS"), 4),
+        (lambda r: r["env"].update(CNI_CONTAINERID="a/b"), 4),
+    ],
+)
 def test_malformed_requests_are_refused_with_the_shims_code(change, code):
     req = request()
     change(req)
     assert refused(req) == code
 
 
-_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) |
-                            st.text(max_size=8), lambda inner: st.lists(inner, max_size=3) |
-                            st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=12)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(st.fixed_dictionaries({}, optional={
-    "command": st.sampled_from(["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION"]) | _json_values,
-    "mode": st.sampled_from(["main", "ipam"]) | _json_values,
-    "env": st.dictionaries(st.sampled_from(["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"]),
-                           st.text(max_size=6)) | _json_values,
-    "config": st.fixed_dictionaries({}, optional={
-        "cniVersion": st.sampled_from(["1.0.0", "1.1.0"]) | _json_values,
-        "name": st.just("minikubenet") | _json_values, "mtu": st.just(1450) | _json_values,
-        "ipam": _json_values, "prevResult": _json_values, "agentSocket": _json_values}) | _json_values,
-    "netnsFd": _json_values}))
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "command": st.sampled_from(["ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION"]) | _json_values,
+            "mode": st.sampled_from(["main", "ipam"]) | _json_values,
+            "env": st.dictionaries(st.sampled_from(["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"]), st.text(max_size=6))
+            | _json_values,
+            "config": st.fixed_dictionaries(
+                {},
+                optional={
+                    "cniVersion": st.sampled_from(["1.0.0", "1.1.0"]) | _json_values,
+                    "name": st.just("minikubenet") | _json_values,
+                    "mtu": st.just(1450) | _json_values,
+                    "ipam": _json_values,
+                    "prevResult": _json_values,
+                    "agentSocket": _json_values,
+                },
+            )
+            | _json_values,
+            "netnsFd": _json_values,
+        },
+    )
+)
 def test_any_request_is_accepted_or_refused_with_a_cni_error(req):
     try:
         check_request(req, 1450)
@@ -196,6 +223,7 @@ def test_ipam_mode_leaves_the_mtu_to_the_main_plugin_but_not_nonsense():
 
 
 # -- private files ------------------------------------------------------------------------------------
+
 
 def test_private_dirs_and_files_whatever_the_umask(tmp_path):
     old = os.umask(0)
@@ -218,8 +246,9 @@ def test_private_dirs_and_files_whatever_the_umask(tmp_path):
 
 def test_subnet_env_is_written_0600(tmp_path):
     path = str(tmp_path / "run" / "subnet.env")
-    env = subnet_env.parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
-                           "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    env = subnet_env.parse(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
     old = os.umask(0)
     try:
         subnet_env.write(path, env)
@@ -230,6 +259,7 @@ def test_subnet_env_is_written_0600(tmp_path):
 
 
 # -- the socket server, with a fake handler ------------------------------------------------------------
+
 
 class FakeHandler:
     node = types.SimpleNamespace(mtu=1450)
@@ -245,8 +275,9 @@ class FakeHandler:
 @pytest.fixture
 def server():
     d = tempfile.mkdtemp(prefix="mknlim-", dir="/tmp")
-    srv = cni_server.CniServer(os.path.join(d, "run", "a.sock"), FakeHandler(), workers=4,
-                               max_connections=20, request_timeout=1.0)
+    srv = cni_server.CniServer(
+        os.path.join(d, "run", "a.sock"), FakeHandler(), workers=4, max_connections=20, request_timeout=1.0
+    )
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     t.start()
     yield srv

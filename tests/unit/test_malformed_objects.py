@@ -11,24 +11,60 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minikubenet.k8s_objects import ValidationError, endpoints_from_k8s, pod_from_k8s, service_from_k8s
 from minikubenet.malformed import MalformedObjects
 from minikubenet.overlay.controller import OverlayController, VxlanBackend
 from minikubenet.proxy.daemon import ProxyState
 from minikubenet.proxy.endpoints_controller import EndpointsController
-from minikubenet.k8s_objects import ValidationError, endpoints_from_k8s, pod_from_k8s, service_from_k8s
 from minikubenet.store.etcd import lease_from_kv
 from minikubenet.store.services import ObjectPut, Snapshot
 from tests.unit.test_proxy_endpoints import pod, ready_ips, store, svc_doc  # noqa: F401 (fixture)
 
-BAD = [{"metadata": "oops"}, {"spec": "x"}, {"status": {"podIP": "x"}}, {"subsets": [1]},
-       {"subsets": "x"}, {"metadata": {"name": 5}}, [], "s", 7, None, {"spec": {"ports": [1]}}]
+BAD = [
+    {"metadata": "oops"},
+    {"spec": "x"},
+    {"status": {"podIP": "x"}},
+    {"subsets": [1]},
+    {"subsets": "x"},
+    {"metadata": {"name": 5}},
+    [],
+    "s",
+    7,
+    None,
+    {"spec": {"ports": [1]}},
+]
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-                               st.sampled_from(["metadata", "spec", "status", "subsets", "ports", "name",
-                                                "namespace", "ip", "port", "podIP", "labels", "containers",
-                                                "conditions", "addresses", "clusterIP", "selector"]),
-                               inner, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "metadata",
+                    "spec",
+                    "status",
+                    "subsets",
+                    "ports",
+                    "name",
+                    "namespace",
+                    "ip",
+                    "port",
+                    "podIP",
+                    "labels",
+                    "containers",
+                    "conditions",
+                    "addresses",
+                    "clusterIP",
+                    "selector",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -46,12 +82,12 @@ def test_the_tracker_logs_each_bad_version_once_and_counts_it(caplog):
     with caplog.at_level(logging.INFO, logger="t"):
         for _ in range(5):
             bad.skip("pods", "demo/x", ValueError("metadata: must be an object"))
-        bad.skip("pods", "demo/x", ValueError("spec: must be an object"))     # a new bad version
+        bad.skip("pods", "demo/x", ValueError("spec: must be an object"))  # a new bad version
         bad.skip("services", "demo/y", ValueError("nope"))
     assert sum("demo/x" in r.message for r in caplog.records) == 2
     assert 'minikubenet_malformed_objects{kind="pods"} 1' in "\n".join(bad.current.lines())
     assert bad.seen.get(kind="pods") == 2 and bad.seen.get(kind="services") == 1
-    bad.keep_only("pods", [])                                                # deleted
+    bad.keep_only("pods", [])  # deleted
     assert bad.skipped() == [("services", "demo/y")]
     assert 'minikubenet_malformed_objects{kind="pods"} 0' in "\n".join(bad.current.lines())
 
@@ -86,16 +122,30 @@ def test_a_malformed_service_is_skipped_and_the_others_keep_their_endpoints(stor
 
 
 def test_the_proxy_skips_malformed_services_and_endpoints_once(caplog):
-    svc = {"metadata": {"namespace": "ns", "name": "web"},
-           "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
-    eps = {"metadata": {"namespace": "ns", "name": "web"},
-           "subsets": [{"addresses": [{"ip": "10.244.1.2"}], "ports": [{"name": "http", "port": 8080}]}]}
+    svc = {
+        "metadata": {"namespace": "ns", "name": "web"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }
+    eps = {
+        "metadata": {"namespace": "ns", "name": "web"},
+        "subsets": [{"addresses": [{"ip": "10.244.1.2"}], "ports": [{"name": "http", "port": 8080}]}],
+    }
     state = ProxyState()
     with caplog.at_level(logging.WARNING, logger="minikubenet.proxy"):
-        state.deliver(Snapshot(services={"ns/web": svc, "ns/bad": {"metadata": "oops"}},
-                               endpoints={"ns/web": eps, "ns/bad": {"subsets": [1]}}, revision=5))
-        state.deliver(Snapshot(services={"ns/web": svc, "ns/bad": {"metadata": "oops"}},
-                               endpoints={"ns/web": eps, "ns/bad": {"subsets": [1]}}, revision=6))
+        state.deliver(
+            Snapshot(
+                services={"ns/web": svc, "ns/bad": {"metadata": "oops"}},
+                endpoints={"ns/web": eps, "ns/bad": {"subsets": [1]}},
+                revision=5,
+            )
+        )
+        state.deliver(
+            Snapshot(
+                services={"ns/web": svc, "ns/bad": {"metadata": "oops"}},
+                endpoints={"ns/web": eps, "ns/bad": {"subsets": [1]}},
+                revision=6,
+            )
+        )
         state.deliver(ObjectPut("services", "ns/bad2", {"spec": "x"}, 7))
     assert set(state.services) == {"ns/web"} and set(state.endpoints) == {"ns/web"}
     said = [r.message for r in caplog.records if "malformed" in r.message]
@@ -125,11 +175,23 @@ class FakeKernel:
 
 def test_the_overlay_programs_every_good_lease_and_skips_a_malformed_one_once(caplog):
     kernel = FakeKernel()
-    c = OverlayController(store=None, own_subnet=ipaddress.IPv4Network("10.244.9.0/24"), backend=VxlanBackend(),
-                          make_kernel=lambda: kernel)
-    good = {"PublicIP": "172.31.0.12", "BackendType": "vxlan", "BackendData": {"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"}}
-    records = [lease("10.244.1.0/24", b"{not json"), lease("10.244.2.0/24", good),
-               lease("10.244.3.0/24", dict(good, BackendData=["x"])), lease("10.244.4.0/24", dict(good, PublicIP="172.31.0.14"))]
+    c = OverlayController(
+        store=None,
+        own_subnet=ipaddress.IPv4Network("10.244.9.0/24"),
+        backend=VxlanBackend(),
+        make_kernel=lambda: kernel,
+    )
+    good = {
+        "PublicIP": "172.31.0.12",
+        "BackendType": "vxlan",
+        "BackendData": {"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"},
+    }
+    records = [
+        lease("10.244.1.0/24", b"{not json"),
+        lease("10.244.2.0/24", good),
+        lease("10.244.3.0/24", dict(good, BackendData=["x"])),
+        lease("10.244.4.0/24", dict(good, PublicIP="172.31.0.14")),
+    ]
     with caplog.at_level(logging.WARNING, logger="minikubenet.overlay.controller"):
         c.apply_events(c.cache.resync(records))
         assert sorted(str(p.subnet) for p in c.wanted()) == ["10.244.2.0/24", "10.244.4.0/24"]
@@ -138,5 +200,5 @@ def test_the_overlay_programs_every_good_lease_and_skips_a_malformed_one_once(ca
     said = [r.message for r in caplog.records if "malformed" in r.message]
     assert len(said) == 2 and any("10.244.1.0/24" in m for m in said)
     assert c.bad.seen.get(kind="leases") == 2
-    c.apply_events(c.cache.resync(records[1:2] + records[3:]))              # the bad ones deleted
+    c.apply_events(c.cache.resync(records[1:2] + records[3:]))  # the bad ones deleted
     assert c.bad.skipped() == []

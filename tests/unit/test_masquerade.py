@@ -76,7 +76,7 @@ def rule_spec(tokens: list[str]) -> dict:
             i += 1
             continue
         if t == "-m":
-            i += 2            # the match module is implied by its options below
+            i += 2  # the match module is implied by its options below
             continue
         if t == "--random-fully":
             spec["--random-fully"] = True
@@ -105,15 +105,20 @@ def flannel_masq(cluster, pod, comment="minikubenet masq", random_fully=True):
 
 
 def flannel_fwd(cluster, comment="minikubenet forward"):
-    return [{"-s": str(cluster), "-j": "ACCEPT", "--comment": comment},
-            {"-d": str(cluster), "-j": "ACCEPT", "--comment": comment}]
+    return [
+        {"-s": str(cluster), "-j": "ACCEPT", "--comment": comment},
+        {"-d": str(cluster), "-j": "ACCEPT", "--comment": comment},
+    ]
 
 
-@pytest.mark.parametrize("cluster, pod", [
-    (CLUSTER, POD),
-    (N("10.244.0.0/16"), N("10.244.255.0/24")),
-    (N("172.16.0.0/12"), N("172.16.64.0/20")),
-])
+@pytest.mark.parametrize(
+    "cluster, pod",
+    [
+        (CLUSTER, POD),
+        (N("10.244.0.0/16"), N("10.244.255.0/24")),
+        (N("172.16.0.0/12"), N("172.16.64.0/20")),
+    ],
+)
 def test_nat_rules_are_flannels_in_flannels_order(cluster, pod):
     t = parse_restore(render_masquerade(cluster, pod))
     rules = t["nat"]["rules"]
@@ -136,7 +141,7 @@ def test_without_random_fully():
 
 def test_ipmasq_off_empties_our_nat_chain_but_keeps_forwarding():
     t = parse_restore(render_masquerade(CLUSTER, POD, ipmasq=False))
-    assert t["nat"]["chains"] == [POSTROUTING_CHAIN]   # still declared: --noflush then flushes it
+    assert t["nat"]["chains"] == [POSTROUTING_CHAIN]  # still declared: --noflush then flushes it
     assert t["nat"]["rules"] == []
     assert [rule_spec(tok) for _, tok in t["filter"]["rules"]] == flannel_fwd(CLUSTER)
     assert "MASQUERADE" not in render_masquerade(CLUSTER, POD, ipmasq=False)
@@ -161,7 +166,7 @@ def test_only_our_chains_are_declared_and_written_to(kw):
     for table in t.values():
         for chain in table["chains"]:
             assert chain.startswith("MINIKUBENET-")
-            assert chain not in BUILTIN      # declaring a built-in chain in --noflush mode would flush it
+            assert chain not in BUILTIN  # declaring a built-in chain in --noflush mode would flush it
         for chain, _ in table["rules"]:
             # a jump appended to a built-in chain would be added again on every resync
             assert chain not in BUILTIN

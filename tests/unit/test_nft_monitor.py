@@ -13,10 +13,11 @@ CAPTURED_DELRULE = bytes.fromhex(
     "9c000000080a0000020000005f70000002000004080001006e617400110002004b5542452d5356432d414243"
     "000000000c0003000000000000000002600004002c0001000c000100636f756e746572001c0002000c0001"
     "0000000000000000000c0002000000000000000000300001000e000100696d6d6564696174650000001c00"
-    "02000800010000000000100002000c00020008000100fffffffb")
+    "02000800010000000000100002000c00020008000100fffffffb"
+)
 CAPTURED_NEWGEN = bytes.fromhex(
-    "340000000f0a0000020000005f700000000000040800010000000004080002000000705f0d000300697074"
-    "61626c657300000000")
+    "340000000f0a0000020000005f700000000000040800010000000004080002000000705f0d00030069707461626c657300000000"
+)
 
 
 def attr(kind: int, value: bytes) -> bytes:
@@ -38,25 +39,30 @@ def test_a_captured_newgen_names_the_process_that_committed():
 
 
 def test_several_messages_in_one_datagram_come_out_in_order():
-    data = (message(9, 2, attr(1, b"minikubenet-proxy\0"), attr(2, b"service-ips\0"))
-            + message(14, 2, attr(1, b"minikubenet-proxy\0"), attr(2, b"service-ips\0"))
-            + message(5, 2, attr(1, b"minikubenet-proxy\0"), attr(2, b"\0\0\0\0\0\0\0\x07"), attr(3, b"svc-x\0"))
-            + message(2, 2, attr(1, b"t\0"))
-            + message(15, 0, attr(1, struct.pack(">I", 9)), attr(2, struct.pack(">I", 42)), attr(3, b"nft\0")))
+    data = (
+        message(9, 2, attr(1, b"minikubenet-proxy\0"), attr(2, b"service-ips\0"))
+        + message(14, 2, attr(1, b"minikubenet-proxy\0"), attr(2, b"service-ips\0"))
+        + message(5, 2, attr(1, b"minikubenet-proxy\0"), attr(2, b"\0\0\0\0\0\0\0\x07"), attr(3, b"svc-x\0"))
+        + message(2, 2, attr(1, b"t\0"))
+        + message(15, 0, attr(1, struct.pack(">I", 9)), attr(2, struct.pack(">I", 42)), attr(3, b"nft\0"))
+    )
     changes = M.decode(data)
     assert [(c.op, c.table, c.name) for c in changes[:4]] == [
-        ("NEWSET", "minikubenet-proxy", "service-ips"), ("DELSETELEM", "minikubenet-proxy", "service-ips"),
-        ("DELCHAIN", "minikubenet-proxy", "svc-x"), ("DELTABLE", "t", "")]
+        ("NEWSET", "minikubenet-proxy", "service-ips"),
+        ("DELSETELEM", "minikubenet-proxy", "service-ips"),
+        ("DELCHAIN", "minikubenet-proxy", "svc-x"),
+        ("DELTABLE", "t", ""),
+    ]
     assert changes[2].kind == "CHAIN" and changes[2].deletes and not changes[0].deletes
     assert changes[4] == M.Generation(9, 42, "nft")
 
 
 def test_other_subsystems_errors_and_truncated_data_are_skipped():
-    other = message(0, 2, attr(1, b"x\0"), subsys=1)               # ctnetlink, not nf_tables
-    error = struct.pack("=IHHII", 20, 2, 0, 0, 0) + b"\0" * 4       # NLMSG_ERROR
+    other = message(0, 2, attr(1, b"x\0"), subsys=1)  # ctnetlink, not nf_tables
+    error = struct.pack("=IHHII", 20, 2, 0, 0, 0) + b"\0" * 4  # NLMSG_ERROR
     good = message(8, 2, attr(1, b"filter\0"), attr(2, b"KUBE-FORWARD\0"))
     assert M.decode(other + error + good) == [M.ObjectChange("DELRULE", "ip", "filter", "KUBE-FORWARD")]
-    assert M.decode(good[:-3]) == []                                  # cut short: nothing made up
+    assert M.decode(good[:-3]) == []  # cut short: nothing made up
     assert M.decode(b"") == [] and M.decode(b"\x01\x00") == []
 
 
@@ -64,10 +70,10 @@ def test_own_processes_are_known_by_pid_and_name_and_forgotten_after_a_while():
     now = [100.0]
     own = M.OwnProcesses(keep_s=60, clock=lambda: now[0])
     own.add(4242, "/usr/sbin/iptables-restore")
-    assert own.made(M.Generation(1, 4242, "iptables-restor"))        # the kernel's comm: 15 bytes
-    assert not own.made(M.Generation(1, 4242, "bash"))               # a recycled pid
+    assert own.made(M.Generation(1, 4242, "iptables-restor"))  # the kernel's comm: 15 bytes
+    assert not own.made(M.Generation(1, 4242, "bash"))  # a recycled pid
     assert not own.made(M.Generation(1, 4243, "iptables-restor"))
     now[0] += 61
-    own.add(5000, "nft")                                              # adding prunes the old ones
+    own.add(5000, "nft")  # adding prunes the old ones
     assert not own.made(M.Generation(1, 4242, "iptables-restor"))
     assert own.made(M.Generation(1, 5000, "nft"))

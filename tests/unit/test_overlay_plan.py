@@ -10,12 +10,23 @@ from types import SimpleNamespace
 import pyetcd.events
 import pytest
 
-from minikubenet.overlay import Fdb, KernelState, Neigh, PeerPlan, Route, Skipped, reconcile, removable
-from minikubenet.overlay import host_gw, leases, vxlan
+from minikubenet.overlay import (
+    Fdb,
+    KernelState,
+    Neigh,
+    PeerPlan,
+    Route,
+    Skipped,
+    host_gw,
+    leases,
+    reconcile,
+    removable,
+    vxlan,
+)
 from minikubenet.overlay.controller import HostGwBackend, OverlayController, VxlanBackend
 from minikubenet.overlay.leases import Added, LeaseCache, Removed
-from minikubenet.subnet_lease_record import SubnetLeaseRecord
 from minikubenet.store.lease_watch import LeaseDelete, LeasePut, LeaseSnapshot, to_update
+from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 net = ipaddress.IPv4Network
 ip = ipaddress.IPv4Address
@@ -25,8 +36,9 @@ MAC_B = "aa:bb:cc:00:00:01"
 MAC_C = "aa:bb:cc:00:00:02"
 
 
-def lease(subnet: str, public_ip: str, mac: str | None = MAC_B, backend: str = "vxlan",
-          vni: int = 1, lease_id: int = 0) -> SubnetLeaseRecord:
+def lease(
+    subnet: str, public_ip: str, mac: str | None = MAC_B, backend: str = "vxlan", vni: int = 1, lease_id: int = 0
+) -> SubnetLeaseRecord:
     data = {"VNI": vni, "VtepMAC": mac} if backend == "vxlan" else {}
     return SubnetLeaseRecord(net(subnet), public_ip, backend, data, lease_id=lease_id)
 
@@ -37,6 +49,7 @@ ME = lease(str(OWN), "192.168.1.10", "aa:bb:cc:00:00:99")
 
 
 # -- MTU and the device spec --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("underlay,overlay", [(1500, 1450), (9000, 8950), (1400, 1350), (9001, 8951)])
 def test_overlay_mtu_is_underlay_minus_50(underlay, overlay):
@@ -50,17 +63,34 @@ def test_overlay_mtu_too_small_is_refused():
 
 def test_device_spec_defaults_follow_flannel():
     spec = vxlan.device_spec(1, "192.168.1.10", 2, 1500)
-    assert spec == vxlan.VxlanSpec(name="flannel.1", vni=1, port=8472, local_ip="192.168.1.10",
-                                   underlay_index=2, mtu=1450, learning=False, gbp=False)
-    assert vxlan.device_spec(42, "192.168.1.10", 2, 1500, port=0).port == 8472    # flannel: 0 = default
+    assert spec == vxlan.VxlanSpec(
+        name="flannel.1",
+        vni=1,
+        port=8472,
+        local_ip="192.168.1.10",
+        underlay_index=2,
+        mtu=1450,
+        learning=False,
+        gbp=False,
+    )
+    assert vxlan.device_spec(42, "192.168.1.10", 2, 1500, port=0).port == 8472  # flannel: 0 = default
     assert vxlan.device_spec(42, "192.168.1.10", 2, 1500).name == "flannel.42"
 
 
 # -- incompatibility ---------------------------------------------------------------------------
 
 SPEC = vxlan.device_spec(1, "192.168.1.10", 2, 1500)
-GOOD = {"kind": "vxlan", "vni": 1, "link": 2, "local": "192.168.1.10", "port": 8472, "group": None,
-        "learning": False, "gbp": False, "l2miss": False}
+GOOD = {
+    "kind": "vxlan",
+    "vni": 1,
+    "link": 2,
+    "local": "192.168.1.10",
+    "port": 8472,
+    "group": None,
+    "learning": False,
+    "gbp": False,
+    "l2miss": False,
+}
 
 
 def test_compatible_device_has_no_reason():
@@ -72,17 +102,20 @@ def test_unset_link_local_and_port_do_not_count():
     assert vxlan.incompatibility({**GOOD, "link": None, "local": None, "port": 0}, SPEC) is None
 
 
-@pytest.mark.parametrize("change,reason", [
-    ({"kind": "bridge"}, "link type: vxlan vs bridge"),
-    ({"vni": 2}, "vni: 1 vs 2"),
-    ({"link": 7}, "vtep (external) interface: 2 vs 7"),
-    ({"local": "10.0.0.9"}, "vtep (external) IP: 192.168.1.10 vs 10.0.0.9"),
-    ({"group": "239.1.1.1"}, "group address: none vs 239.1.1.1"),
-    ({"l2miss": True}, "l2miss: False vs True"),
-    ({"port": 4789}, "port: 8472 vs 4789"),
-    ({"gbp": True}, "gbp: False vs True"),
-    ({"learning": True}, "learning: False vs True"),
-])
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"kind": "bridge"}, "link type: vxlan vs bridge"),
+        ({"vni": 2}, "vni: 1 vs 2"),
+        ({"link": 7}, "vtep (external) interface: 2 vs 7"),
+        ({"local": "10.0.0.9"}, "vtep (external) IP: 192.168.1.10 vs 10.0.0.9"),
+        ({"group": "239.1.1.1"}, "group address: none vs 239.1.1.1"),
+        ({"l2miss": True}, "l2miss: False vs True"),
+        ({"port": 4789}, "port: 8472 vs 4789"),
+        ({"gbp": True}, "gbp: False vs True"),
+        ({"learning": True}, "learning: False vs True"),
+    ],
+)
 def test_incompatibility_reasons(change, reason):
     assert vxlan.incompatibility({**GOOD, **change}, SPEC) == reason
 
@@ -101,6 +134,7 @@ def test_random_vtep_mac_is_locally_administered_unicast():
 
 # -- VXLAN peer plans -----------------------------------------------------------------------------
 
+
 def test_vxlan_plan_is_neigh_then_fdb_then_route():
     plan = vxlan.plan_peer(B)
     assert plan.entries() == [
@@ -109,9 +143,11 @@ def test_vxlan_plan_is_neigh_then_fdb_then_route():
         Route(dst=net("10.244.1.0/24"), gateway=ip("10.244.1.0"), dev="flannel.1", onlink=True),
     ]
     assert [type(e) for e in plan.removal_order()] == [Route, Fdb, Neigh]
-    assert str(plan) == ("neigh 10.244.1.0 lladdr aa:bb:cc:00:00:01 dev flannel.1 permanent; "
-                         "fdb aa:bb:cc:00:00:01 dev flannel.1 dst 192.168.1.11 self permanent; "
-                         "route 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink")
+    assert str(plan) == (
+        "neigh 10.244.1.0 lladdr aa:bb:cc:00:00:01 dev flannel.1 permanent; "
+        "fdb aa:bb:cc:00:00:01 dev flannel.1 dst 192.168.1.11 self permanent; "
+        "route 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink"
+    )
 
 
 def test_vxlan_plan_uses_our_vni_device_and_normalises_the_mac():
@@ -120,13 +156,16 @@ def test_vxlan_plan_uses_our_vni_device_and_normalises_the_mac():
     assert plan.neigh.mac == MAC_B
 
 
-@pytest.mark.parametrize("record,why", [
-    (lease("10.244.1.0/24", "192.168.1.11", backend="host-gw"), "BackendType is 'host-gw'"),
-    (lease("10.244.1.0/24", "192.168.1.11", mac=None), "no usable VtepMAC"),
-    (lease("10.244.1.0/24", "192.168.1.11", mac="not-a-mac"), "no usable VtepMAC"),
-    (lease("10.244.1.0/24", "not-an-ip"), "is not an IPv4 address"),
-    (lease("10.244.1.0/24", "192.168.1.11", vni=2), "VNI 2 differs from ours (1)"),
-])
+@pytest.mark.parametrize(
+    "record,why",
+    [
+        (lease("10.244.1.0/24", "192.168.1.11", backend="host-gw"), "BackendType is 'host-gw'"),
+        (lease("10.244.1.0/24", "192.168.1.11", mac=None), "no usable VtepMAC"),
+        (lease("10.244.1.0/24", "192.168.1.11", mac="not-a-mac"), "no usable VtepMAC"),
+        (lease("10.244.1.0/24", "not-an-ip"), "is not an IPv4 address"),
+        (lease("10.244.1.0/24", "192.168.1.11", vni=2), "VNI 2 differs from ours (1)"),
+    ],
+)
 def test_unusable_leases_are_skipped_with_a_reason(record, why):
     plan = vxlan.plan_peer(record)
     assert isinstance(plan, Skipped) and why in plan.reason
@@ -146,15 +185,14 @@ def test_vtep_address_is_the_network_address_slash_32():
 
 # -- host-gw ---------------------------------------------------------------------------------------
 
+
 def test_host_gw_plan_is_one_route_via_the_public_ip():
-    plan = host_gw.plan_peer(lease("10.244.1.0/24", "192.168.1.11", backend="host-gw"), "eth0",
-                             [net("192.168.1.0/24")])
+    plan = host_gw.plan_peer(lease("10.244.1.0/24", "192.168.1.11", backend="host-gw"), "eth0", [net("192.168.1.0/24")])
     assert plan.entries() == [Route(net("10.244.1.0/24"), ip("192.168.1.11"), "eth0", onlink=False)]
 
 
 def test_host_gw_peer_off_our_segment_is_a_clear_error():
-    plan = host_gw.plan_peer(lease("10.244.1.0/24", "10.9.0.7", backend="host-gw"), "eth0",
-                             [net("192.168.1.0/24")])
+    plan = host_gw.plan_peer(lease("10.244.1.0/24", "10.9.0.7", backend="host-gw"), "eth0", [net("192.168.1.0/24")])
     assert isinstance(plan, Skipped)
     assert "10.9.0.7 is not on our L2 segment" in plan.reason and "192.168.1.0/24" in plan.reason
     assert "use the vxlan backend" in str(plan)
@@ -172,6 +210,7 @@ def test_host_gw_refuses_a_public_ip_behind_nat():
 
 
 # -- the lease state machine -------------------------------------------------------------------------
+
 
 def test_diff_from_nothing_adds_every_remote_lease_but_not_ours():
     assert leases.diff({}, [ME, C, B], OWN) == [Added(B), Added(C)]
@@ -225,13 +264,15 @@ def test_lease_cache_follows_snapshots_and_events():
 
 # -- etcd watch events -> updates -------------------------------------------------------------------
 
+
 def _etcd_event(cls, key: str, value: bytes = b"", lease_id: int = 0):
     return cls(SimpleNamespace(kv=SimpleNamespace(key=key.encode(), value=value, lease=lease_id)))
 
 
 def test_watch_events_become_updates():
-    put = to_update(_etcd_event(pyetcd.events.PutEvent, "/coreos.com/network/subnets/10.244.1.0-24",
-                                B.attrs_json().encode(), 7))
+    put = to_update(
+        _etcd_event(pyetcd.events.PutEvent, "/coreos.com/network/subnets/10.244.1.0-24", B.attrs_json().encode(), 7)
+    )
     assert isinstance(put, LeasePut) and put.record.subnet == B.subnet and put.record.lease_id == 7
     assert put.record.backend_data == B.backend_data
     gone = to_update(_etcd_event(pyetcd.events.DeleteEvent, "/coreos.com/network/subnets/10.244.1.0-24"))
@@ -241,10 +282,13 @@ def test_watch_events_become_updates():
 
 # -- reconcile -------------------------------------------------------------------------------------------
 
+
 def state(*entries) -> KernelState:
-    return KernelState(frozenset(e for e in entries if isinstance(e, Neigh)),
-                       frozenset(e for e in entries if isinstance(e, Fdb)),
-                       frozenset(e for e in entries if isinstance(e, Route)))
+    return KernelState(
+        frozenset(e for e in entries if isinstance(e, Neigh)),
+        frozenset(e for e in entries if isinstance(e, Fdb)),
+        frozenset(e for e in entries if isinstance(e, Route)),
+    )
 
 
 def test_reconcile_in_sync():
@@ -271,17 +315,18 @@ def test_reconcile_replaces_a_changed_mac_without_deleting_the_key_first():
     old = vxlan.plan_peer(B)
     new = vxlan.plan_peer(lease("10.244.1.0/24", "192.168.1.11", "aa:bb:cc:00:00:77"))
     to_add, to_remove = reconcile([new], state(*old.entries()))
-    assert to_add == [new.neigh, new.fdb]              # replace rewrites the neighbour's MAC
-    assert to_remove == [old.fdb]                      # the FDB is keyed by MAC: the old one goes
+    assert to_add == [new.neigh, new.fdb]  # replace rewrites the neighbour's MAC
+    assert to_remove == [old.fdb]  # the FDB is keyed by MAC: the old one goes
 
 
 def test_removable_keeps_entries_another_peer_still_needs():
-    moved = lease("10.244.5.0/24", "192.168.1.11", MAC_B)   # node B, new subnet, same VtepMAC
+    moved = lease("10.244.5.0/24", "192.168.1.11", MAC_B)  # node B, new subnet, same VtepMAC
     entries = removable(vxlan.plan_peer(B), [vxlan.plan_peer(moved)])
-    assert [type(e) for e in entries] == [Route, Neigh]    # not the shared FDB entry
+    assert [type(e) for e in entries] == [Route, Neigh]  # not the shared FDB entry
 
 
 # -- the controller, with a fake kernel ------------------------------------------------------------------
+
 
 class FakeKernel:
     def __init__(self):
@@ -330,8 +375,9 @@ class FakeWatch:
 
 def controller(records, backend=None):
     kernel = FakeKernel()
-    ctl = OverlayController(FakeStore(records), OWN, backend or VxlanBackend(1), lambda: kernel,
-                            watch=FakeWatch, resync_interval=3600)
+    ctl = OverlayController(
+        FakeStore(records), OWN, backend or VxlanBackend(1), lambda: kernel, watch=FakeWatch, resync_interval=3600
+    )
     return ctl, kernel
 
 
@@ -342,7 +388,7 @@ def test_controller_programs_every_remote_lease_on_start():
         assert kernel.calls == [("plan", "10.244.1.0/24"), ("plan", "10.244.2.0/24")]
         assert reconcile([vxlan.plan_peer(B), vxlan.plan_peer(C)], kernel.read(None)) == ([], [])
         FakeWatch.started[-1].deliver(LeaseDelete(C.subnet))
-        assert ctl.resync_now() == ([], [])          # the delete was handled before this job
+        assert ctl.resync_now() == ([], [])  # the delete was handled before this job
         assert set(kernel.entries.values()) == set(vxlan.plan_peer(B).entries())
     finally:
         ctl.stop()
@@ -365,7 +411,7 @@ def test_controller_follows_puts_and_deletes():
     ctl.resync(ctl.store.list_leases())
     ctl.handle(LeasePut(C))
     assert vxlan.plan_peer(C).route in kernel.entries.values()
-    ctl.handle(LeaseDelete(B.subnet))          # no value: the cache supplies VtepMAC and PublicIP
+    ctl.handle(LeaseDelete(B.subnet))  # no value: the cache supplies VtepMAC and PublicIP
     assert set(kernel.entries.values()) == set(vxlan.plan_peer(C).entries())
 
 
@@ -380,9 +426,9 @@ def test_controller_resync_repairs_hand_made_changes():
     ctl, kernel = controller([B])
     ctl.resync(ctl.store.list_leases())
     plan = vxlan.plan_peer(B)
-    del kernel.entries[plan.fdb.key()]                            # deleted by hand
+    del kernel.entries[plan.fdb.key()]  # deleted by hand
     stray = vxlan.plan_peer(C).route
-    kernel.entries[stray.key()] = stray                           # added by hand
+    kernel.entries[stray.key()] = stray  # added by hand
     to_add, to_remove = ctl.reconcile_kernel()
     assert to_add == [plan.fdb] and to_remove == [stray]
     assert set(kernel.entries.values()) == set(plan.entries())

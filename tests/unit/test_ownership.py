@@ -19,8 +19,15 @@ from minikubenet.agent.reconcile import plan_repairs
 from minikubenet.cni.shim import CniError
 from minikubenet.ipam.allocator import Allocation, Owner
 from minikubenet.linux import rtnl_batch
-from minikubenet.pod_network import (IFALIAS_MAX, LinkSeen, PodLink, attachment_macs, host_namespace_reason,
-                                     ownership_mark, owns)
+from minikubenet.pod_network import (
+    IFALIAS_MAX,
+    LinkSeen,
+    PodLink,
+    attachment_macs,
+    host_namespace_reason,
+    ownership_mark,
+    owns,
+)
 
 IP = ipaddress.IPv4Address
 
@@ -44,28 +51,37 @@ def test_an_alias_decides_and_an_unmarked_device_needs_our_mac():
     mark = ownership_mark("c1", "eth0")
     _, pod_mac = attachment_macs("c1", "eth0")
     assert owns(mark, mark, "aa:aa:aa:aa:aa:aa", pod_mac)
-    assert not owns(mark, ownership_mark("c2", "eth0"), pod_mac, pod_mac)   # another's mark, our MAC
-    assert owns(mark, "", pod_mac.upper(), pod_mac)                         # an agent from before the mark
+    assert not owns(mark, ownership_mark("c2", "eth0"), pod_mac, pod_mac)  # another's mark, our MAC
+    assert owns(mark, "", pod_mac.upper(), pod_mac)  # an agent from before the mark
     assert not owns(mark, "", "aa:bb:cc:dd:ee:ff", pod_mac)
     assert not owns(mark, None, None, pod_mac)
 
 
-@pytest.mark.parametrize("devices, node", [
-    ([LinkSeen(1, "lo"), LinkSeen(2, "eth0", "veth", "minikubenet:c1:eth0")], False),
-    ([LinkSeen(1, "lo"), LinkSeen(2, "cni0", "bridge")], True),
-    ([LinkSeen(1, "lo"), LinkSeen(5, "flannel.1", "vxlan")], True),
-    ([LinkSeen(1, "lo"), LinkSeen(2, "eth0", "veth", "minikubenet-node:n2:underlay")], True),
-    ([LinkSeen(1, "lo"), LinkSeen(2, "eth0", "veth", "someone's")], False),
-])
+@pytest.mark.parametrize(
+    "devices, node",
+    [
+        ([LinkSeen(1, "lo"), LinkSeen(2, "eth0", "veth", "minikubenet:c1:eth0")], False),
+        ([LinkSeen(1, "lo"), LinkSeen(2, "cni0", "bridge")], True),
+        ([LinkSeen(1, "lo"), LinkSeen(5, "flannel.1", "vxlan")], True),
+        ([LinkSeen(1, "lo"), LinkSeen(2, "eth0", "veth", "minikubenet-node:n2:underlay")], True),
+        ([LinkSeen(1, "lo"), LinkSeen(2, "eth0", "veth", "someone's")], False),
+    ],
+)
 def test_a_node_namespace_is_recognised_by_its_devices(devices, node):
     assert (host_namespace_reason(devices) is not None) == node
 
 
 # -- ADD's refusal, before anything is changed ----------------------------------------------------
 
+
 def call(cid="new", ifname="eth0"):
-    return Call("ADD", "main", {"CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": "/run/netns/p"},
-                {"cniVersion": "1.0.0", "name": "net"}, "/run/netns/p")
+    return Call(
+        "ADD",
+        "main",
+        {"CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": "/run/netns/p"},
+        {"cniVersion": "1.0.0", "name": "net"},
+        "/run/netns/p",
+    )
 
 
 def refusal(devices, cid="new"):
@@ -93,12 +109,18 @@ def test_this_attachments_own_leftover_is_not_refused():
 
 
 def test_a_node_namespace_is_refused_even_for_a_free_ifname():
-    e = refusal([LinkSeen(1, "lo"), LinkSeen(2, "eth0", "veth", "minikubenet-node:n2:underlay"),
-                 LinkSeen(3, "flannel.1", "vxlan")])
+    e = refusal(
+        [
+            LinkSeen(1, "lo"),
+            LinkSeen(2, "eth0", "veth", "minikubenet-node:n2:underlay"),
+            LinkSeen(3, "flannel.1", "vxlan"),
+        ]
+    )
     assert e.code == 8 and "node" in e.msg
 
 
 # -- the dump parser ------------------------------------------------------------------------------
+
 
 def rtattr(t, payload):
     data = struct.pack("=HH", 4 + len(payload), t) + payload
@@ -107,8 +129,13 @@ def rtattr(t, payload):
 
 def test_a_link_dump_message_gives_name_kind_alias_and_mac():
     info = rtattr(rtnl_batch.IFLA_INFO_KIND, b"veth\0")
-    body = (struct.pack("=BxHiII", 0, 1, 7, 0, 0) + rtattr(3, b"eth0\0") + rtattr(1, bytes.fromhex("0a1122334455"))
-            + rtattr(20, b"minikubenet:c1:eth0\0") + rtattr(18 | 0x8000, info))
+    body = (
+        struct.pack("=BxHiII", 0, 1, 7, 0, 0)
+        + rtattr(3, b"eth0\0")
+        + rtattr(1, bytes.fromhex("0a1122334455"))
+        + rtattr(20, b"minikubenet:c1:eth0\0")
+        + rtattr(18 | 0x8000, info)
+    )
     msg = struct.pack("=IHHII", 16 + len(body), 16, 2, 1, 0) + body
     assert rtnl_batch.link_seen(msg) == LinkSeen(7, "eth0", "veth", "minikubenet:c1:eth0", "0a:11:22:33:44:55")
 

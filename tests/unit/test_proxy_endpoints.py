@@ -9,17 +9,17 @@ import pytest
 
 from minikubenet.cli import CliError, build_parser
 from minikubenet.cli.services import parse_port_spec, parse_selector, service_doc_from_args
-from minikubenet.proxy.endpoints_controller import (EndpointsController, desired_endpoints, plan_writes,
-                                                    reconcile_once)
-from minikubenet.k8s_objects import endpoints_from_k8s
-from minikubenet.k8s_objects import pod_doc
+from minikubenet.k8s_objects import endpoints_from_k8s, pod_doc
+from minikubenet.proxy.endpoints_controller import EndpointsController, desired_endpoints, plan_writes, reconcile_once
 from minikubenet.store.services import ObjectPut, ServiceStore
 from tests.unit.fake_etcd import fake_etcd_store
 
 
 def svc_doc(name, selector, ports=None):
-    return {"metadata": {"namespace": "demo", "name": name},
-            "spec": {"selector": selector, "ports": ports or [{"name": "http", "port": 80, "targetPort": "web"}]}}
+    return {
+        "metadata": {"namespace": "demo", "name": name},
+        "spec": {"selector": selector, "ports": ports or [{"name": "http", "port": 80, "targetPort": "web"}]},
+    }
 
 
 def pod(name, ip, labels, ready=True, node="n1"):
@@ -45,7 +45,7 @@ def test_endpoints_are_the_ready_pods_matching_the_selector(store):
     doc = desired["demo/web"]
     assert ready_ips(doc) == ["10.244.1.1", "10.244.1.2"]
     assert [a["ip"] for a in doc["subsets"][0]["notReadyAddresses"]] == ["10.244.1.3"]
-    assert doc["subsets"][0]["ports"] == [{"port": 8080, "protocol": "TCP", "name": "http"}]   # named targetPort
+    assert doc["subsets"][0]["ports"] == [{"port": 8080, "protocol": "TCP", "name": "http"}]  # named targetPort
 
 
 def test_reconcile_writes_only_what_changed_and_the_store_accepts_it(store):
@@ -60,11 +60,16 @@ def test_reconcile_writes_only_what_changed_and_the_store_accepts_it(store):
 
 def test_selectorless_services_keep_hand_written_endpoints_and_orphans_go(store):
     store.create_service(svc_doc("manual", {}))
-    store.put_endpoints({"metadata": {"namespace": "demo", "name": "manual"},
-                         "subsets": [{"addresses": [{"ip": "10.244.2.1"}], "ports": [{"name": "http", "port": 5432}]}]})
+    store.put_endpoints(
+        {
+            "metadata": {"namespace": "demo", "name": "manual"},
+            "subsets": [{"addresses": [{"ip": "10.244.2.1"}], "ports": [{"name": "http", "port": 5432}]}],
+        }
+    )
     current = dict(store.list_endpoints(), **{"demo/gone": {"metadata": {"namespace": "demo", "name": "gone"}}})
-    puts, deletes = plan_writes(store.list_services(), desired_endpoints(store.list_services(), store.list_pods()),
-                                current)
+    puts, deletes = plan_writes(
+        store.list_services(), desired_endpoints(store.list_services(), store.list_pods()), current
+    )
     assert set(puts) == {"demo/web"} and deletes == ["demo/gone"]
 
 
@@ -81,13 +86,17 @@ def test_the_controller_follows_the_watch(store):
 
 # --------------------------------------------------------------------------- command line
 
-@pytest.mark.parametrize("spec, port", [
-    ("80", {"port": 80, "protocol": "TCP"}),
-    ("http=80:8080", {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}),
-    ("dns=53/udp", {"name": "dns", "port": 53, "protocol": "UDP"}),
-    ("web=80:web@30080", {"name": "web", "port": 80, "targetPort": "web", "protocol": "TCP", "nodePort": 30080}),
-    ("x=99999", {"name": "x", "port": 99999, "protocol": "TCP"}),       # range checked by validation
-])
+
+@pytest.mark.parametrize(
+    "spec, port",
+    [
+        ("80", {"port": 80, "protocol": "TCP"}),
+        ("http=80:8080", {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}),
+        ("dns=53/udp", {"name": "dns", "port": 53, "protocol": "UDP"}),
+        ("web=80:web@30080", {"name": "web", "port": 80, "targetPort": "web", "protocol": "TCP", "nodePort": 30080}),
+        ("x=99999", {"name": "x", "port": 99999, "protocol": "TCP"}),  # range checked by validation
+    ],
+)
 def test_port_specs(spec, port):
     assert parse_port_spec(spec) == port
 
@@ -101,9 +110,25 @@ def test_bad_port_spec_and_selector():
 
 
 def test_svc_create_arguments_build_a_kubernetes_service():
-    args = build_parser().parse_args(["svc", "create", "web", "-n", "demo", "--port", "http=80:8080",
-                                      "--selector", "app=web", "--session-affinity", "ClientIP",
-                                      "--affinity-timeout", "60", "--type", "NodePort"])
+    args = build_parser().parse_args(
+        [
+            "svc",
+            "create",
+            "web",
+            "-n",
+            "demo",
+            "--port",
+            "http=80:8080",
+            "--selector",
+            "app=web",
+            "--session-affinity",
+            "ClientIP",
+            "--affinity-timeout",
+            "60",
+            "--type",
+            "NodePort",
+        ]
+    )
     doc = service_doc_from_args(args)
     assert doc["metadata"] == {"namespace": "demo", "name": "web"}
     assert doc["spec"]["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 60}}

@@ -11,13 +11,19 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minikubenet.proxy.iptables_render import (JUMP_CHAINS, SyncState, chains_from_save,
-                                               plan_iptables, probability, render_iptables)
 from minikubenet.k8s_objects import Endpoint, Service, ServicePort
+from minikubenet.proxy.iptables_render import (
+    JUMP_CHAINS,
+    SyncState,
+    chains_from_save,
+    plan_iptables,
+    probability,
+    render_iptables,
+)
 from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.tracer import check_ruleset, parse_restore
-
 from tests.proxy_golden import GOLDEN, load_cluster  # noqa: E402
+
 IP = ipaddress.IPv4Address
 
 
@@ -35,6 +41,7 @@ def render(*names, **kw):
 
 # --------------------------------------------------------------------------- goldens
 
+
 def test_golden_clusterip_three_endpoints():
     assert_golden("iptables_basic.txt", render("web"))
 
@@ -50,13 +57,13 @@ def test_golden_client_ip_affinity():
 def test_golden_no_endpoints():
     text = render("empty")
     assert_golden("iptables_no_endpoints.txt", text)
-    assert "KUBE-SVC-" not in text and "KUBE-SEP-" not in text   # filter REJECTs only
+    assert "KUBE-SVC-" not in text and "KUBE-SEP-" not in text  # filter REJECTs only
 
 
 def test_golden_udp_and_tcp_on_one_port():
     text = render("kube-dns")
     assert_golden("iptables_udp.txt", text)
-    assert "-j KUBE-SVC-TCOU7JCQXEZGVUNU" in text    # the kube-dns chain of every cluster
+    assert "-j KUBE-SVC-TCOU7JCQXEZGVUNU" in text  # the kube-dns chain of every cluster
 
 
 def test_golden_everything():
@@ -118,7 +125,7 @@ COMMIT
 
 def test_byte_for_byte_kube_proxy_three_endpoints():
     svc = Service("ns1", "svc1", IP("172.30.1.1"), (ServicePort("", "TCP", 80, 80),))
-    eps = {"ns1/svc1": [Endpoint(IP(f"10.0.1.{i}"), 80) for i in (3, 1, 2)]}   # any order in
+    eps = {"ns1/svc1": [Endpoint(IP(f"10.0.1.{i}"), 80) for i in (3, 1, 2)]}  # any order in
     options = RenderOptions(localhost_nodeports=True, random_fully=False)
     assert render_iptables([svc], eps, (), "10.0.0.0/8", options) == KUBE_PROXY_3_ENDPOINTS
 
@@ -128,14 +135,17 @@ def kube_proxy_overall_services():
     (ClientIP affinity; a LoadBalancer there, a NodePort here: the same SVC/SEP/EXT
     chains) and ns6/svc6 (no endpoints)."""
     p80 = lambda node_port=None: (ServicePort("p80", "TCP", 80, 80, node_port),)  # noqa: E731
-    services = [Service("ns1", "svc1", IP("172.30.0.41"), p80()),
-                Service("ns3", "svc3", IP("172.30.0.43"), p80(3003), type="NodePort"),
-                Service("ns5", "svc5", IP("172.30.0.45"), p80(3002), type="NodePort",
-                        session_affinity="ClientIP"),
-                Service("ns6", "svc6", IP("172.30.0.46"), p80())]
-    eps = {"ns1/svc1:p80": [Endpoint(IP("10.180.0.1"), 80)],
-           "ns3/svc3:p80": [Endpoint(IP("10.180.0.3"), 80)],
-           "ns5/svc5:p80": [Endpoint(IP("10.180.0.3"), 80)]}
+    services = [
+        Service("ns1", "svc1", IP("172.30.0.41"), p80()),
+        Service("ns3", "svc3", IP("172.30.0.43"), p80(3003), type="NodePort"),
+        Service("ns5", "svc5", IP("172.30.0.45"), p80(3002), type="NodePort", session_affinity="ClientIP"),
+        Service("ns6", "svc6", IP("172.30.0.46"), p80()),
+    ]
+    eps = {
+        "ns1/svc1:p80": [Endpoint(IP("10.180.0.1"), 80)],
+        "ns3/svc3:p80": [Endpoint(IP("10.180.0.3"), 80)],
+        "ns5/svc5:p80": [Endpoint(IP("10.180.0.3"), 80)],
+    }
     return render_iptables(services, eps, (), "10.0.0.0/8", RenderOptions(random_fully=False))
 
 
@@ -162,24 +172,30 @@ def test_rules_as_in_kube_proxy_overall_test():
 
 
 def test_probabilities_are_1_over_n_minus_i_with_ten_decimals():
-    assert [probability(n) for n in (5, 4, 3, 2)] == \
-        ["0.2000000000", "0.2500000000", "0.3333333333", "0.5000000000"]
+    assert [probability(n) for n in (5, 4, 3, 2)] == ["0.2000000000", "0.2500000000", "0.3333333333", "0.5000000000"]
     svc = Service("a", "b", IP("10.96.0.1"), (ServicePort("", "TCP", 80, 80),))
     eps = {"a/b": [Endpoint(IP(f"10.244.0.{i}"), 80) for i in range(1, 6)]}
     rules = [line for line in render_iptables([svc], eps).splitlines() if " -> " in line]
-    assert [r.split("--probability ")[1].split()[0] for r in rules[:-1]] == \
-        ["0.2000000000", "0.2500000000", "0.3333333333", "0.5000000000"]
-    assert "statistic" not in rules[-1]          # the last endpoint is unconditional
+    assert [r.split("--probability ")[1].split()[0] for r in rules[:-1]] == [
+        "0.2000000000",
+        "0.2500000000",
+        "0.3333333333",
+        "0.5000000000",
+    ]
+    assert "statistic" not in rules[-1]  # the last endpoint is unconditional
 
 
 # --------------------------------------------------------------------------- options
+
 
 def test_node_ips_restrict_nodeports_and_localhost_is_excluded_by_default():
     services, endpoints, doc = load_cluster("shop")
     text = render_iptables(services, endpoints, ["192.168.56.11", "127.0.0.1"], doc["cluster_cidr"])
     tail = [line for line in text.splitlines() if "-j KUBE-NODEPORTS" in line]
-    assert tail == ['-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be '
-                    'the last rule in this chain" -d 192.168.56.11 -j KUBE-NODEPORTS']
+    assert tail == [
+        '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be '
+        'the last rule in this chain" -d 192.168.56.11 -j KUBE-NODEPORTS'
+    ]
     default = render("shop")
     assert "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS" in default
     assert "KUBE-FIREWALL" not in default
@@ -188,9 +204,9 @@ def test_node_ips_restrict_nodeports_and_localhost_is_excluded_by_default():
 def test_masquerade_all_and_no_cluster_cidr():
     services, endpoints, _ = load_cluster("web")
     masq_all = render_iptables(services, endpoints, (), None, RenderOptions(masquerade_all=True))
-    assert '--dport 80 -j KUBE-MARK-MASQ' in masq_all and "! -s" not in masq_all
+    assert "--dport 80 -j KUBE-MARK-MASQ" in masq_all and "! -s" not in masq_all
     none = render_iptables(services, endpoints, (), None)
-    assert "cluster IP\" -m tcp -p tcp -d 10.96.0.20 --dport 80 -j KUBE-MARK-MASQ" not in none
+    assert 'cluster IP" -m tcp -p tcp -d 10.96.0.20 --dport 80 -j KUBE-MARK-MASQ' not in none
     assert "! -s" not in none
 
 
@@ -207,8 +223,14 @@ def test_headless_services_get_no_rules():
 
 def test_jump_chains_are_kube_proxys():
     args = {(j.table, j.src, j.dst): j.rule_args() for j in JUMP_CHAINS}
-    assert args[("nat", "PREROUTING", "KUBE-SERVICES")] == \
-        ["-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"]
+    assert args[("nat", "PREROUTING", "KUBE-SERVICES")] == [
+        "-m",
+        "comment",
+        "--comment",
+        "kubernetes service portals",
+        "-j",
+        "KUBE-SERVICES",
+    ]
     assert args[("filter", "FORWARD", "KUBE-SERVICES")][:4] == ["-m", "conntrack", "--ctstate", "NEW"]
     assert len(JUMP_CHAINS) == 12
 
@@ -222,10 +244,17 @@ def test_only_our_chains_are_named():
 
 # --------------------------------------------------------------------------- stale chains and partial syncs
 
+
 def test_full_render_deletes_only_our_stale_chains():
     services, endpoints, doc = load_cluster("web")
-    existing = {"KUBE-SVC-OLDOLDOLDOLDOLD1", "KUBE-SEP-OLDOLDOLDOLDOLD2", "KUBE-SERVICES",
-                "DOCKER", "MINIKUBENET-POSTRTG", "KUBE-MARK-MASQ"}
+    existing = {
+        "KUBE-SVC-OLDOLDOLDOLDOLD1",
+        "KUBE-SEP-OLDOLDOLDOLDOLD2",
+        "KUBE-SERVICES",
+        "DOCKER",
+        "MINIKUBENET-POSTRTG",
+        "KUBE-MARK-MASQ",
+    }
     text = render_iptables(services, endpoints, (), doc["cluster_cidr"], existing_chains=existing)
     assert text.splitlines()[-3:] == ["-X KUBE-SEP-OLDOLDOLDOLDOLD2", "-X KUBE-SVC-OLDOLDOLDOLDOLD1", "COMMIT"]
     assert ":KUBE-SVC-OLDOLDOLDOLDOLD1 - [0:0]" in text
@@ -239,7 +268,7 @@ def test_chains_from_save():
 
 
 def nat_chain_lines(text):
-    nat = text[text.index("*nat"):]
+    nat = text[text.index("*nat") :]
     return [line[1:].split()[0] for line in nat.splitlines() if line.startswith(":")]
 
 
@@ -252,23 +281,23 @@ def test_partial_with_nothing_changed_writes_only_fixed_chains():
     full = plan.render()
     services_rules = [line for line in full.splitlines() if line.startswith("-A KUBE-SERVICES")]
     assert all(line in partial.splitlines() for line in services_rules)
-    assert partial[:partial.index("*nat")] == full[:full.index("*nat")]
+    assert partial[: partial.index("*nat")] == full[: full.index("*nat")]
 
 
 def test_partial_rewrites_the_changed_service_and_deletes_what_is_gone():
     services, endpoints, doc = load_cluster()
     before = plan_iptables(services, endpoints, (), doc["cluster_cidr"])
     endpoints = dict(endpoints)
-    endpoints["demo/web:http"] = endpoints["demo/web:http"][:2]          # one web pod gone
-    services = [s for s in services if s.name != "shop"]                # shop deleted
+    endpoints["demo/web:http"] = endpoints["demo/web:http"][:2]  # one web pod gone
+    services = [s for s in services if s.name != "shop"]  # shop deleted
     after = plan_iptables(services, endpoints, (), doc["cluster_cidr"])
     partial = after.render_partial(before.state)
     assert_golden("iptables_partial.txt", partial)
     declared = set(nat_chain_lines(partial))
     web = next(p for p in after.service_ports if p.key == "demo/web:http")
-    assert set(web.nat_chains) <= declared                              # web rewritten
+    assert set(web.nat_chains) <= declared  # web rewritten
     cart = next(p for p in after.service_ports if p.key == "demo/cart")
-    assert not set(cart.nat_chains) & declared                          # cart untouched
+    assert not set(cart.nat_chains) & declared  # cart untouched
     deleted = {line.split()[1] for line in partial.splitlines() if line.startswith("-X ")}
     shop = next(p for p in before.service_ports if p.key == "demo/shop:http")
     web_before = next(p for p in before.service_ports if p.key == "demo/web:http")
@@ -285,10 +314,16 @@ def test_partial_from_nothing_is_a_full_render():
 def test_owned_chains():
     services, endpoints, doc = load_cluster("web")
     owned = plan_iptables(services, endpoints, (), doc["cluster_cidr"]).owned_chains()
-    assert owned["filter"] == {"KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD",
-                               "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL"}
-    assert {"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ",
-            "KUBE-SVC-"} <= {c if not c.startswith("KUBE-SVC-") else "KUBE-SVC-" for c in owned["nat"]}
+    assert owned["filter"] == {
+        "KUBE-SERVICES",
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-FORWARD",
+        "KUBE-NODEPORTS",
+        "KUBE-PROXY-FIREWALL",
+    }
+    assert {"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-SVC-"} <= {
+        c if not c.startswith("KUBE-SVC-") else "KUBE-SVC-" for c in owned["nat"]
+    }
     assert len([c for c in owned["nat"] if c.startswith("KUBE-SEP-")]) == 3
 
 
@@ -306,14 +341,25 @@ def apply_noflush(kernel: dict, text: str) -> dict:
     return kernel
 
 
-SERVICE_POOL = [Service("ns", f"s{i}", IP(f"10.96.0.{i + 1}"),
-                        (ServicePort("p", "UDP" if i % 2 else "TCP", 80 + i, 8080, 30000 + i if i < 3 else None),),
-                        type="NodePort" if i < 3 else "ClusterIP",
-                        session_affinity="ClientIP" if i == 1 else "None")
-                for i in range(5)]
-states = st.lists(st.tuples(st.sets(st.integers(0, 4)),                      # which services exist
-                            st.dictionaries(st.integers(0, 4), st.sets(st.integers(1, 4)))),  # their pods
-                  min_size=1, max_size=6)
+SERVICE_POOL = [
+    Service(
+        "ns",
+        f"s{i}",
+        IP(f"10.96.0.{i + 1}"),
+        (ServicePort("p", "UDP" if i % 2 else "TCP", 80 + i, 8080, 30000 + i if i < 3 else None),),
+        type="NodePort" if i < 3 else "ClusterIP",
+        session_affinity="ClientIP" if i == 1 else "None",
+    )
+    for i in range(5)
+]
+states = st.lists(
+    st.tuples(
+        st.sets(st.integers(0, 4)),  # which services exist
+        st.dictionaries(st.integers(0, 4), st.sets(st.integers(1, 4))),
+    ),  # their pods
+    min_size=1,
+    max_size=6,
+)
 
 
 @settings(max_examples=60, deadline=None)

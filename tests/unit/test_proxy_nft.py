@@ -7,17 +7,21 @@ import re
 
 from minikubenet.k8s_objects import Endpoint, Service, ServicePort
 from minikubenet.proxy.model import RenderOptions
-from minikubenet.proxy.nft_render import (names_from_listing, plan_nft, render_nft,
-                                          render_nft_cleanup, render_nft_delete_chains)
-
+from minikubenet.proxy.nft_render import (
+    names_from_listing,
+    plan_nft,
+    render_nft,
+    render_nft_cleanup,
+    render_nft_delete_chains,
+)
 from tests.proxy_golden import GOLDEN, load_cluster  # noqa: E402
+
 IP = ipaddress.IPv4Address
 
 
 def render_cluster(**kw):
     services, endpoints, doc = load_cluster()
-    return render_nft(services, endpoints, doc["node_ips"], doc["cluster_cidr"],
-                      service_cidr=doc["service_cidr"], **kw)
+    return render_nft(services, endpoints, doc["node_ips"], doc["cluster_cidr"], service_cidr=doc["service_cidr"], **kw)
 
 
 def test_golden():
@@ -31,13 +35,16 @@ def test_golden():
 def nft_problems(text: str) -> list[str]:
     """Jumps/gotos to chains never added, sets/maps used but never added, and one-line
     blocks without the "; }" that nft 1.0.6 needs."""
-    unquoted = re.sub(r'"[^"]*"', '""', text)      # comments may mention @maps
+    unquoted = re.sub(r'"[^"]*"', '""', text)  # comments may mention @maps
     added = set(re.findall(r"^add chain \S+ \S+ (\S+)", text, re.M))
     containers = set(re.findall(r"^add (?:set|map) \S+ \S+ (\S+)", text, re.M))
     problems = [f"undefined chain {c}" for c in re.findall(r"(?:jump|goto) (\S+)", unquoted) if c not in added]
     problems += [f"undefined set/map {s}" for s in re.findall(r"@([^\s,}]+)", unquoted) if s not in containers]
-    problems += [f"no ';' before '}}': {line}" for line in text.splitlines()
-                 if re.search(r"\{ (type|comment)", line) and not line.endswith("; }")]
+    problems += [
+        f"no ';' before '}}': {line}"
+        for line in text.splitlines()
+        if re.search(r"\{ (type|comment)", line) and not line.endswith("; }")
+    ]
     return problems
 
 
@@ -48,8 +55,11 @@ def test_consistent():
 
 def test_one_numgen_rule_per_service_instead_of_a_cascade():
     text = render_cluster()
-    web = [line.split(" ", 5)[5] for line in text.splitlines()
-           if line.startswith("add rule ip minikubenet-proxy service-") and "-demo/web/tcp/http " in line]
+    web = [
+        line.split(" ", 5)[5]
+        for line in text.splitlines()
+        if line.startswith("add rule ip minikubenet-proxy service-") and "-demo/web/tcp/http " in line
+    ]
     assert len(web) == 2 and web[0].startswith("ip daddr 10.96.0.20 ip saddr != 10.244.0.0/16 ")
     assert web[1].startswith("numgen random mod 3 vmap { 0 : goto endpoint-")
     assert "statistic" not in text and "probability" not in text
@@ -59,14 +69,17 @@ def kube_proxy_overall_services():
     """The subset of kube-proxy's TestOverallNFTablesRules our model expresses
     (ns5/svc5 is a LoadBalancer there, a NodePort here: same service/endpoint chains)."""
     p80 = lambda node_port=None: (ServicePort("p80", "TCP", 80, 80, node_port),)  # noqa: E731
-    services = [Service("ns1", "svc1", IP("172.30.0.41"), p80()),
-                Service("ns3", "svc3", IP("172.30.0.43"), p80(3003), type="NodePort"),
-                Service("ns5", "svc5", IP("172.30.0.45"), p80(3002), type="NodePort",
-                        session_affinity="ClientIP"),
-                Service("ns6", "svc6", IP("172.30.0.46"), p80())]
-    eps = {"ns1/svc1:p80": [Endpoint(IP("10.180.0.1"), 80)],
-           "ns3/svc3:p80": [Endpoint(IP("10.180.0.3"), 80)],
-           "ns5/svc5:p80": [Endpoint(IP("10.180.0.3"), 80)]}
+    services = [
+        Service("ns1", "svc1", IP("172.30.0.41"), p80()),
+        Service("ns3", "svc3", IP("172.30.0.43"), p80(3003), type="NodePort"),
+        Service("ns5", "svc5", IP("172.30.0.45"), p80(3002), type="NodePort", session_affinity="ClientIP"),
+        Service("ns6", "svc6", IP("172.30.0.46"), p80()),
+    ]
+    eps = {
+        "ns1/svc1:p80": [Endpoint(IP("10.180.0.1"), 80)],
+        "ns3/svc3:p80": [Endpoint(IP("10.180.0.3"), 80)],
+        "ns5/svc5:p80": [Endpoint(IP("10.180.0.3"), 80)],
+    }
     return render_nft(services, eps, (), "10.0.0.0/8", service_cidr="172.30.0.0/16", table="kube-proxy")
 
 
@@ -119,7 +132,7 @@ def test_node_ips_fill_the_nodeport_set():
     services, endpoints, doc = load_cluster()
     text = render_nft(services, endpoints, ["192.168.56.11", "127.0.0.1"], doc["cluster_cidr"])
     assert "add element ip minikubenet-proxy nodeport-ips { 192.168.56.11 }" in text
-    assert "127.0.0.1 }" not in text                       # never NodePorts on localhost
+    assert "127.0.0.1 }" not in text  # never NodePorts on localhost
     assert "services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports" in text
     assert "fib daddr type local" not in text
 
@@ -129,12 +142,16 @@ def test_stale_chains_are_flushed_and_stale_affinity_sets_deleted():
     plan = plan_nft(services, endpoints, (), doc["cluster_cidr"])
     gone_chain, gone_set = "service-AAAAAAAA-demo/old/tcp/http", "affinity-BBBBBBBB-demo/old/tcp/__10.244.9.9/80"
     live = sorted(plan.service_chains())[0]
-    text = plan.render(existing_chains=[gone_chain, live, "services", "mark-for-masquerade"],
-                       existing_sets=[gone_set, "cluster-ips", sorted(plan.affinity_sets())[0]])
+    text = plan.render(
+        existing_chains=[gone_chain, live, "services", "mark-for-masquerade"],
+        existing_sets=[gone_set, "cluster-ips", sorted(plan.affinity_sets())[0]],
+    )
     tail = text.splitlines()[-3:]
-    assert tail == ["# stale: flushed now, deleted by a later transaction",
-                    f"flush chain ip minikubenet-proxy {gone_chain}",
-                    f"delete set ip minikubenet-proxy {gone_set}"]
+    assert tail == [
+        "# stale: flushed now, deleted by a later transaction",
+        f"flush chain ip minikubenet-proxy {gone_chain}",
+        f"delete set ip minikubenet-proxy {gone_set}",
+    ]
     assert render_nft_delete_chains([gone_chain]) == f"delete chain ip minikubenet-proxy {gone_chain}\n"
 
 
@@ -144,12 +161,16 @@ def test_affinity_sets_are_never_flushed():
 
 
 def test_names_from_listing():
-    listing = ("table ip minikubenet-proxy {\n\tset cluster-ips {\n\t\ttype ipv4_addr\n\t}\n"
-               "\tset affinity-X-a/b/tcp/__1.2.3.4/80 {\n\t}\n\tmap service-ips {\n\t}\n"
-               "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n"
-               "\tchain service-X-a/b/tcp/ {\n\t}\n}\n")
-    assert names_from_listing(listing) == ({"services", "service-X-a/b/tcp/"},
-                                           {"cluster-ips", "affinity-X-a/b/tcp/__1.2.3.4/80"})
+    listing = (
+        "table ip minikubenet-proxy {\n\tset cluster-ips {\n\t\ttype ipv4_addr\n\t}\n"
+        "\tset affinity-X-a/b/tcp/__1.2.3.4/80 {\n\t}\n\tmap service-ips {\n\t}\n"
+        "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n"
+        "\tchain service-X-a/b/tcp/ {\n\t}\n}\n"
+    )
+    assert names_from_listing(listing) == (
+        {"services", "service-X-a/b/tcp/"},
+        {"cluster-ips", "affinity-X-a/b/tcp/__1.2.3.4/80"},
+    )
 
 
 def test_cleanup():

@@ -11,14 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from minikubenet.k8s_objects import ValidationError
-from minikubenet.k8s_objects import pod_doc
+from minikubenet.k8s_objects import ValidationError, pod_doc
 from minikubenet.service_allocation import allocatable, pick_cluster_ip
 from minikubenet.store.services import NotFound, ServiceConflict, ServiceKeys, ServiceStore
 from tests.unit.fake_etcd import fake_etcd_store
 
-WEB = {"metadata": {"namespace": "demo", "name": "web"},
-       "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+WEB = {
+    "metadata": {"namespace": "demo", "name": "web"},
+    "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+}
 
 
 def web(name="web", **spec):
@@ -38,6 +39,7 @@ def keys_of(store):
 
 
 # --------------------------------------------------------------------------- allocation
+
 
 def test_a_created_service_gets_a_cluster_ip_from_the_service_network(store):
     svc = store.create_service(web())
@@ -62,15 +64,18 @@ def test_a_cluster_ip_outside_the_service_network_is_refused_and_nothing_stored(
     assert keys_of(store) == {}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"clusterIP": "10.96.0.300"}, "spec.clusterIP: '10.96.0.300' is not a valid IPv4 address"),
-    ({"ports": [{"name": "http", "port": 70000}]}, "spec.ports[0].port: 70000 is out of range"),
-    ({"ports": [{"name": "http", "port": 80, "protocol": "SCTP"}]}, "unknown protocol 'SCTP'"),
-    ({"selector": {"bad key!": "web"}}, "spec.selector: 'bad key!' is not a valid label key"),
-    ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}, "duplicate port name 'a'"),
-    ({"type": "NodePort", "ports": [{"name": "a", "port": 80, "nodePort": 80}]}, "nodePort: 80 is out of range"),
-    ({"clusterIP": "None"}, "headless services (None) are not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"clusterIP": "10.96.0.300"}, "spec.clusterIP: '10.96.0.300' is not a valid IPv4 address"),
+        ({"ports": [{"name": "http", "port": 70000}]}, "spec.ports[0].port: 70000 is out of range"),
+        ({"ports": [{"name": "http", "port": 80, "protocol": "SCTP"}]}, "unknown protocol 'SCTP'"),
+        ({"selector": {"bad key!": "web"}}, "spec.selector: 'bad key!' is not a valid label key"),
+        ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}, "duplicate port name 'a'"),
+        ({"type": "NodePort", "ports": [{"name": "a", "port": 80, "nodePort": 80}]}, "nodePort: 80 is out of range"),
+        ({"clusterIP": "None"}, "headless services (None) are not supported"),
+    ],
+)
 def test_bad_specs_are_refused_with_the_field_and_nothing_is_stored(store, change, message):
     with pytest.raises(ValidationError) as e:
         store.create_service(web(**change))
@@ -81,8 +86,9 @@ def test_bad_specs_are_refused_with_the_field_and_nothing_is_stored(store, chang
 
 def test_every_problem_is_listed_at_once(store):
     with pytest.raises(ValidationError) as e:
-        store.create_service(web(clusterIP="x", ports=[{"name": "a", "port": -1, "protocol": "ICMP"}],
-                                 selector={"app": "-bad"}))
+        store.create_service(
+            web(clusterIP="x", ports=[{"name": "a", "port": -1, "protocol": "ICMP"}], selector={"app": "-bad"})
+        )
     assert len(e.value.errors) == 4, e.value.errors
 
 
@@ -99,13 +105,16 @@ def test_concurrent_creates_never_share_an_ip(store):
         services = list(pool.map(lambda i: store.create_service(web(f"s{i}")), range(120)))
     ips = [s.cluster_ip for s in services]
     assert len(set(ips)) == 120
-    held = {kv.key.decode().rsplit("/", 1)[1]: kv.value.decode() for kv in store.client.kv.values()
-            if kv.key.startswith(b"/minikubenet/serviceips/")}
+    held = {
+        kv.key.decode().rsplit("/", 1)[1]: kv.value.decode()
+        for kv in store.client.kv.values()
+        if kv.key.startswith(b"/minikubenet/serviceips/")
+    }
     assert held == {str(s.cluster_ip): f"demo/{s.name}" for s in services}
 
 
 def test_a_full_service_network_says_so():
-    store = ServiceStore(fake_etcd_store(), service_cidr="10.96.0.0/29")    # 6 usable addresses
+    store = ServiceStore(fake_etcd_store(), service_cidr="10.96.0.0/29")  # 6 usable addresses
     for i in range(6):
         store.create_service(web(f"s{i}"))
     with pytest.raises(ServiceConflict, match="10.96.0.0/29 is full"):
@@ -149,8 +158,9 @@ def test_node_ports_are_allocated_and_never_shared(store):
         store.create_service(web("c", type="NodePort", ports=[{"name": "http", "port": 80, "nodePort": 30080}]))
     assert keys_of(store) == before
     # the same number over UDP is a different port
-    store.create_service(web("d", type="NodePort", ports=[{"name": "dns", "port": 53, "protocol": "UDP",
-                                                            "nodePort": 30080}]))
+    store.create_service(
+        web("d", type="NodePort", ports=[{"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30080}])
+    )
 
 
 def test_delete_releases_the_ip_the_node_ports_and_the_endpoints(store):
@@ -167,27 +177,33 @@ def test_delete_releases_the_ip_the_node_ports_and_the_endpoints(store):
 
 # --------------------------------------------------------------------------- endpoints and pods
 
+
 def endpoints(name, ip, pod=None, namespace="demo"):
     addr = {"ip": ip, **({"targetRef": {"kind": "Pod", "namespace": namespace, "name": pod}} if pod else {})}
-    return {"metadata": {"namespace": namespace, "name": name},
-            "subsets": [{"addresses": [addr], "ports": [{"name": "http", "port": 8080}]}]}
+    return {
+        "metadata": {"namespace": namespace, "name": name},
+        "subsets": [{"addresses": [addr], "ports": [{"name": "http", "port": 8080}]}],
+    }
 
 
 def test_endpoints_on_a_known_pod_are_stored(store):
     store.create_service(web(selector={}))
     store.put_pod(pod_doc("demo", "web-1", "10.244.1.5", "n1", {"app": "web"}))
     store.put_endpoints(endpoints("web", "10.244.1.5", "web-1"))
-    store.put_endpoints(endpoints("web", "10.244.1.5"))              # by IP alone
+    store.put_endpoints(endpoints("web", "10.244.1.5"))  # by IP alone
     assert store.get_endpoints("demo", "web")["subsets"][0]["addresses"] == [{"ip": "10.244.1.5"}]
 
 
-@pytest.mark.parametrize("doc, message", [
-    (endpoints("web", "10.244.1.9", "web-9"), "targetRef: pod demo/web-9 is unknown"),
-    (endpoints("web", "10.244.1.9"), "10.244.1.9 is not the IP of any known pod"),
-    (endpoints("web", "10.244.1.6", "web-1"), "10.244.1.6 is not the IP of pod demo/web-1 (10.244.1.5)"),
-    (endpoints("nosuch", "10.244.1.5", "web-1"), "no service demo/nosuch"),
-    (endpoints("web", "10.244.1.300", "web-1"), "is not a valid IPv4 address"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        (endpoints("web", "10.244.1.9", "web-9"), "targetRef: pod demo/web-9 is unknown"),
+        (endpoints("web", "10.244.1.9"), "10.244.1.9 is not the IP of any known pod"),
+        (endpoints("web", "10.244.1.6", "web-1"), "10.244.1.6 is not the IP of pod demo/web-1 (10.244.1.5)"),
+        (endpoints("nosuch", "10.244.1.5", "web-1"), "no service demo/nosuch"),
+        (endpoints("web", "10.244.1.300", "web-1"), "is not a valid IPv4 address"),
+    ],
+)
 def test_endpoints_on_unknown_pods_are_refused_and_nothing_stored(store, doc, message):
     store.create_service(web(selector={}))
     store.put_pod(pod_doc("demo", "web-1", "10.244.1.5", "n1", {"app": "web"}))

@@ -9,14 +9,13 @@ import ipaddress
 import pytest
 from hypothesis import given, settings
 
+from minikubenet.k8s_objects import Endpoint, Service, ServicePort, endpoints_to_k8s, service_to_k8s
 from minikubenet.linux.conntrack import UdpFlowFilter
 from minikubenet.proxy.daemon import ProxyState, SyncLoop
 from minikubenet.proxy.iptables_render import plan_iptables
 from minikubenet.proxy.metrics import Health, ProxyMetrics
-from minikubenet.k8s_objects import Endpoint, Service, ServicePort, service_to_k8s, endpoints_to_k8s
 from minikubenet.proxy.nft_render import plan_nft, render_nft_delete_chains
-from minikubenet.proxy.syncers import (IptablesSyncer, NftSyncer, SyncConfig, SyncError, SyncResult,
-                                       udp_flows_to_clear)
+from minikubenet.proxy.syncers import IptablesSyncer, NftSyncer, SyncConfig, SyncError, SyncResult, udp_flows_to_clear
 from minikubenet.store.services import ObjectDelete, ObjectPut, Snapshot
 from tests.unit.test_proxy_iptables import SERVICE_POOL, apply_noflush, states
 
@@ -42,6 +41,7 @@ def by_service(services, endpoints):
 
 # --------------------------------------------------------------------------- iptables
 
+
 @settings(max_examples=60, deadline=None)
 @given(states)
 def test_minimal_partial_syncs_always_equal_a_full_sync(history):
@@ -65,8 +65,15 @@ def test_incremental_planning_equals_planning_everything(history):
     for step in history:
         services, endpoints = cluster(step)
         svc, eps = by_service(services, endpoints)
-        changed = None if previous is None else {k for k in set(svc) | set(previous[0]) | set(eps) | set(previous[1])
-                                                 if svc.get(k) != previous[0].get(k) or eps.get(k) != previous[1].get(k)}
+        changed = (
+            None
+            if previous is None
+            else {
+                k
+                for k in set(svc) | set(previous[0]) | set(eps) | set(previous[1])
+                if svc.get(k) != previous[0].get(k) or eps.get(k) != previous[1].get(k)
+            }
+        )
         incremental = syncer.plan(svc, eps, changed)
         assert incremental.render() == plan_iptables(services, endpoints, (), CIDR).render()
         previous = (svc, eps)
@@ -74,8 +81,10 @@ def test_incremental_planning_equals_planning_everything(history):
 
 def test_an_endpoint_change_rewrites_only_that_services_chains():
     services = SERVICE_POOL[3:5]
-    endpoints = {"ns/s3:p": [Endpoint(IP("10.244.3.1"), 8080), Endpoint(IP("10.244.3.2"), 8080)],
-                 "ns/s4:p": [Endpoint(IP("10.244.4.1"), 8080)]}
+    endpoints = {
+        "ns/s3:p": [Endpoint(IP("10.244.3.1"), 8080), Endpoint(IP("10.244.3.2"), 8080)],
+        "ns/s4:p": [Endpoint(IP("10.244.4.1"), 8080)],
+    }
     before = plan_iptables(services, endpoints, (), CIDR)
     after = plan_iptables(services, dict(endpoints, **{"ns/s3:p": endpoints["ns/s3:p"][:1]}), (), CIDR)
     text = after.render_partial(before.state, skip_unchanged_fixed=True)
@@ -87,6 +96,7 @@ def test_an_endpoint_change_rewrites_only_that_services_chains():
 
 # --------------------------------------------------------------------------- nftables
 
+
 class NftModel:
     """What an nft transaction of add/flush/delete commands does to one table."""
 
@@ -94,12 +104,12 @@ class NftModel:
         self.chains: dict[str, list[str]] = {}
         self.containers: dict[str, dict[str, str]] = {}
 
-    def apply(self, text: str) -> "NftModel":
+    def apply(self, text: str) -> NftModel:
         for line in text.splitlines():
             if not line or line.startswith("#"):
                 continue
             verb, kind, *rest = line.split(" ", 2)
-            rest = rest[0].split(" ", 2)[2] if rest else ""   # drop "ip <table>"
+            rest = rest[0].split(" ", 2)[2] if rest else ""  # drop "ip <table>"
             name, _, body = rest.partition(" ")
             if kind == "table":
                 continue
@@ -154,8 +164,10 @@ def test_nft_partial_syncs_always_equal_a_full_sync(history):
 
 def test_nft_partial_of_one_changed_endpoint_is_small():
     services = SERVICE_POOL[3:5]
-    endpoints = {"ns/s3:p": [Endpoint(IP("10.244.3.1"), 8080), Endpoint(IP("10.244.3.2"), 8080)],
-                 "ns/s4:p": [Endpoint(IP("10.244.4.1"), 8080)]}
+    endpoints = {
+        "ns/s3:p": [Endpoint(IP("10.244.3.1"), 8080), Endpoint(IP("10.244.3.2"), 8080)],
+        "ns/s4:p": [Endpoint(IP("10.244.4.1"), 8080)],
+    }
     before = plan_nft(services, endpoints, (), CIDR)
     after = plan_nft(services, dict(endpoints, **{"ns/s3:p": endpoints["ns/s3:p"][:1]}), (), CIDR)
     text, stale = after.render_partial(before.state)
@@ -176,8 +188,18 @@ def test_removed_udp_endpoints_are_cleared_by_cluster_ip_and_node_port():
     after = {"ns/dns:dns": [EP[1]], "ns/web:http": []}
     flows = udp_flows_to_clear({"ns/dns": UDP, "ns/web": TCP}, before, {"ns/dns": UDP, "ns/web": TCP}, after)
     assert flows == [UdpFlowFilter(53, "10.96.0.10", "10.244.1.2"), UdpFlowFilter(30053, None, "10.244.1.2")]
-    assert flows[0].argv() == ["conntrack", "-D", "-p", "udp", "--orig-dst", "10.96.0.10",
-                               "--orig-port-dst", "53", "--reply-src", "10.244.1.2"]
+    assert flows[0].argv() == [
+        "conntrack",
+        "-D",
+        "-p",
+        "udp",
+        "--orig-dst",
+        "10.96.0.10",
+        "--orig-port-dst",
+        "53",
+        "--reply-src",
+        "10.244.1.2",
+    ]
 
 
 def test_the_last_endpoint_going_away_is_cleared_too():
@@ -195,18 +217,25 @@ def test_a_udp_service_that_gets_its_first_endpoint_is_cleared_whole():
 
 def test_unready_counts_as_removed_and_unchanged_means_nothing():
     unready = Endpoint(EP[2].ip, 5353, ready=False)
-    assert udp_flows_to_clear({"ns/dns": UDP}, {"ns/dns:dns": [EP[1], EP[2]]},
-                              {"ns/dns": UDP}, {"ns/dns:dns": [EP[1], unready]})[0].endpoint_ip == "10.244.1.2"
+    assert (
+        udp_flows_to_clear(
+            {"ns/dns": UDP}, {"ns/dns:dns": [EP[1], EP[2]]}, {"ns/dns": UDP}, {"ns/dns:dns": [EP[1], unready]}
+        )[0].endpoint_ip
+        == "10.244.1.2"
+    )
     same = {"ns/dns:dns": [EP[1]]}
     assert udp_flows_to_clear({"ns/dns": UDP}, same, {"ns/dns": UDP}, same) == []
 
 
 # --------------------------------------------------------------------------- state and loop
 
+
 def snapshot(services=(), endpoints=(), revision=10):
-    return Snapshot(services={s.key: service_to_k8s(s) for s in services},
-                    endpoints={e["metadata"]["namespace"] + "/" + e["metadata"]["name"]: e for e in endpoints},
-                    revision=revision)
+    return Snapshot(
+        services={s.key: service_to_k8s(s) for s in services},
+        endpoints={e["metadata"]["namespace"] + "/" + e["metadata"]["name"]: e for e in endpoints},
+        revision=revision,
+    )
 
 
 def test_state_tracks_what_changed():
@@ -215,14 +244,14 @@ def test_state_tracks_what_changed():
     state.deliver(snapshot([TCP], [endpoints_to_k8s(TCP, {"ns/web:http": [EP[1]]})]))
     services, eps, dirty, rev = state.take()
     assert dirty == {"ns/web"} and rev == 10 and eps["ns/web"]["ns/web:http"][0].ip == EP[1].ip
-    state.deliver(ObjectPut("services", "ns/web", service_to_k8s(TCP), 11))       # no change
+    state.deliver(ObjectPut("services", "ns/web", service_to_k8s(TCP), 11))  # no change
     assert state.take()[2] == set() and len(calls) == 1
-    state.deliver(ObjectPut("pods", "ns/p", {}, 12))                              # not ours
-    state.deliver(ObjectPut("services", "ns/bad", {"spec": {}}, 13))              # invalid: ignored
+    state.deliver(ObjectPut("pods", "ns/p", {}, 12))  # not ours
+    state.deliver(ObjectPut("services", "ns/bad", {"spec": {}}, 13))  # invalid: ignored
     assert state.take()[2] == set()
     state.deliver(ObjectDelete("endpoints", "ns/web", 14))
     assert state.take()[2] == {"ns/web"} and state.revision == 14
-    state.deliver(snapshot([], [], 15))                                            # a re-list
+    state.deliver(snapshot([], [], 15))  # a re-list
     services, eps, dirty, rev = state.take()
     assert services == {} and dirty == {"ns/web"}
 
@@ -278,15 +307,15 @@ def make_loop(**kw):
 
 def test_no_rules_before_the_first_snapshot_then_a_full_sync_then_partial_ones():
     loop, state, syncer, clock = make_loop(min_sync_period=1.0)
-    assert loop._deadline(clock()) > 0          # nothing to do yet: waits
+    assert loop._deadline(clock()) > 0  # nothing to do yet: waits
     state.deliver(snapshot([TCP]))
     assert loop.step() and syncer.calls == [None]
     state.deliver(ObjectPut("endpoints", "ns/web", endpoints_to_k8s(TCP, {"ns/web:http": [EP[1]]}), 11))
-    assert not loop.step()                      # within min-sync-period: batched
+    assert not loop.step()  # within min-sync-period: batched
     clock.now += 1.0
     assert loop.step() and syncer.calls[-1] == {"ns/web"}
     assert loop.health.status()[1]["appliedRevision"] == 11
-    assert "kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"} 9" in loop.metrics.render()
+    assert 'kubeproxy_sync_proxy_rules_iptables_total{table="nat"} 9' in loop.metrics.render()
 
 
 def test_a_failed_sync_keeps_its_changes_and_retries_in_full_with_backoff():
@@ -296,11 +325,11 @@ def test_a_failed_sync_keeps_its_changes_and_retries_in_full_with_backoff():
     syncer.fail = 2
     state.deliver(ObjectPut("services", "ns/dns", service_to_k8s(UDP), 12))
     assert loop.step() and loop.metrics.restore_failures.get() == 1 and loop.metrics.partial_restore_failures.get() == 1
-    assert not loop.step()                      # waits for the retry time (1 s)
+    assert not loop.step()  # waits for the retry time (1 s)
     clock.now += 1.0
-    assert loop.step() and syncer.calls[-1] is None      # the retry is a full sync
+    assert loop.step() and syncer.calls[-1] is None  # the retry is a full sync
     clock.now += 1.5
-    assert not loop.step()                      # backoff doubled to 2 s
+    assert not loop.step()  # backoff doubled to 2 s
     clock.now += 0.5
     assert loop.step() and loop.metrics.restore_failures.get() == 2
     assert loop.health.status()[1]["appliedRevision"] == 12

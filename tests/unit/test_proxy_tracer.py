@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from minikubenet.proxy.iptables_render import plan_iptables, render_iptables
 from minikubenet.k8s_objects import Endpoint, Service, ServicePort, endpoints_from_k8s, service_from_k8s
+from minikubenet.proxy.iptables_render import plan_iptables, render_iptables
 from minikubenet.proxy.model import RenderOptions
 from minikubenet.proxy.naming import endpoint_chain
 from minikubenet.proxy.tracer import TracerError, check_ruleset, parse_restore, trace_packet
 
 GOLDEN = Path(__file__).parent / "golden"
 NODE_IP = "192.168.56.11"
-POD = "10.244.5.5"               # a pod that backs no service
-EXTERNAL = "203.0.113.7"         # a client outside the cluster
+POD = "10.244.5.5"  # a pod that backs no service
+EXTERNAL = "203.0.113.7"  # a client outside the cluster
 WEB = "10.244.1.11:8080, 10.244.2.12:8080, 10.244.3.13:8080"
 SHOP = "10.244.1.21:8080, 10.244.2.22:8080"
 
@@ -42,25 +42,28 @@ def cluster_rules(options=RenderOptions(), node_ips=()):
 RULES = cluster_rules()
 
 
-@pytest.mark.parametrize("name, src, dst, port, proto, output, masq", [
-    ("pod to cluster IP", POD, "10.96.0.20", 80, "tcp", WEB, False),
-    ("pod to cluster IP, wrong port", POD, "10.96.0.20", 81, "tcp", "ACCEPT", False),
-    ("external to cluster IP (a static route to the service range)", EXTERNAL, "10.96.0.20", 80, "tcp", WEB, True),
-    ("node to cluster IP", NODE_IP, "10.96.0.20", 80, "tcp", WEB, True),
-    ("external to NodePort", EXTERNAL, NODE_IP, 30080, "tcp", SHOP, True),
-    ("pod to NodePort", POD, NODE_IP, 30080, "tcp", SHOP, True),
-    ("node to its own NodePort", NODE_IP, NODE_IP, 30080, "tcp", SHOP, True),
-    ("pod to cluster IP of a NodePort service", POD, "10.96.0.30", 80, "tcp", SHOP, False),
-    ("NodePorts are not on localhost", NODE_IP, "127.0.0.1", 30080, "tcp", "ACCEPT", False),
-    ("pod to cluster IP with no endpoints", POD, "10.96.0.50", 80, "tcp", "REJECT", False),
-    ("node to cluster IP with no endpoints", NODE_IP, "10.96.0.50", 80, "tcp", "REJECT", False),
-    ("external to NodePort with no endpoints", EXTERNAL, NODE_IP, 30050, "tcp", "REJECT", False),
-    ("node to its own NodePort with no endpoints", NODE_IP, NODE_IP, 30050, "tcp", "REJECT", False),
-    ("DNS over UDP", POD, "10.96.0.10", 53, "udp", "10.244.1.2:53, 10.244.2.2:53", False),
-    ("DNS over TCP", POD, "10.96.0.10", 53, "tcp", "10.244.1.2:53, 10.244.2.2:53", False),
-    ("UDP to a TCP-only port is not a service", POD, "10.96.0.20", 80, "udp", "ACCEPT", False),
-    ("pod to pod, no service", POD, "10.244.1.11", 8080, "tcp", "ACCEPT", False),
-])
+@pytest.mark.parametrize(
+    "name, src, dst, port, proto, output, masq",
+    [
+        ("pod to cluster IP", POD, "10.96.0.20", 80, "tcp", WEB, False),
+        ("pod to cluster IP, wrong port", POD, "10.96.0.20", 81, "tcp", "ACCEPT", False),
+        ("external to cluster IP (a static route to the service range)", EXTERNAL, "10.96.0.20", 80, "tcp", WEB, True),
+        ("node to cluster IP", NODE_IP, "10.96.0.20", 80, "tcp", WEB, True),
+        ("external to NodePort", EXTERNAL, NODE_IP, 30080, "tcp", SHOP, True),
+        ("pod to NodePort", POD, NODE_IP, 30080, "tcp", SHOP, True),
+        ("node to its own NodePort", NODE_IP, NODE_IP, 30080, "tcp", SHOP, True),
+        ("pod to cluster IP of a NodePort service", POD, "10.96.0.30", 80, "tcp", SHOP, False),
+        ("NodePorts are not on localhost", NODE_IP, "127.0.0.1", 30080, "tcp", "ACCEPT", False),
+        ("pod to cluster IP with no endpoints", POD, "10.96.0.50", 80, "tcp", "REJECT", False),
+        ("node to cluster IP with no endpoints", NODE_IP, "10.96.0.50", 80, "tcp", "REJECT", False),
+        ("external to NodePort with no endpoints", EXTERNAL, NODE_IP, 30050, "tcp", "REJECT", False),
+        ("node to its own NodePort with no endpoints", NODE_IP, NODE_IP, 30050, "tcp", "REJECT", False),
+        ("DNS over UDP", POD, "10.96.0.10", 53, "udp", "10.244.1.2:53, 10.244.2.2:53", False),
+        ("DNS over TCP", POD, "10.96.0.10", 53, "tcp", "10.244.1.2:53, 10.244.2.2:53", False),
+        ("UDP to a TCP-only port is not a service", POD, "10.96.0.20", 80, "udp", "ACCEPT", False),
+        ("pod to pod, no service", POD, "10.244.1.11", 8080, "tcp", "ACCEPT", False),
+    ],
+)
 def test_packet_flows(name, src, dst, port, proto, output, masq):
     trace = trace_packet(RULES, src, dst, port, proto, local_ips=[NODE_IP])
     assert (trace.output, trace.masquerade) == (output, masq), f"{name}:\n{trace.explain()}"
@@ -68,8 +71,11 @@ def test_packet_flows(name, src, dst, port, proto, output, masq):
 
 def test_hairpin_is_masqueraded_only_when_the_pod_reaches_itself():
     trace = trace_packet(RULES, "10.244.2.12", "10.96.0.20", 80, local_ips=[NODE_IP])
-    assert trace.masquerade_by_endpoint() == {"10.244.1.11:8080": False, "10.244.2.12:8080": True,
-                                              "10.244.3.13:8080": False}
+    assert trace.masquerade_by_endpoint() == {
+        "10.244.1.11:8080": False,
+        "10.244.2.12:8080": True,
+        "10.244.3.13:8080": False,
+    }
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
@@ -93,8 +99,7 @@ def test_client_ip_affinity():
     again = trace_packet(RULES, POD, "10.96.0.40", 443, local_ips=[NODE_IP], recent=[sep])
     assert again.output == "10.244.2.32:8443" and again.probabilities() == {"10.244.2.32:8443": 1.0}
     # Affinity also holds through the NodePort.
-    assert trace_packet(RULES, EXTERNAL, NODE_IP, 30443, local_ips=[NODE_IP], recent=[sep]).output == \
-        "10.244.2.32:8443"
+    assert trace_packet(RULES, EXTERNAL, NODE_IP, 30443, local_ips=[NODE_IP], recent=[sep]).output == "10.244.2.32:8443"
 
 
 def test_nodeports_on_given_node_ips_only():
@@ -121,7 +126,7 @@ def test_marked_nodeport_traffic_is_forwarded_even_if_forward_policy_drops():
     """KUBE-FORWARD accepts packets carrying the masquerade mark: the tracer shows the
     ACCEPT comes from there, before any DROP another tool might append to FORWARD."""
     trace = trace_packet(RULES, EXTERNAL, NODE_IP, 30080, local_ips=[NODE_IP])
-    assert all(any("kubernetes forwarding rules\" -m mark" in r for r in o.rules) for o in trace.outcomes)
+    assert all(any('kubernetes forwarding rules" -m mark' in r for r in o.rules) for o in trace.outcomes)
 
 
 def test_explain_names_every_rule_taken():
@@ -146,11 +151,13 @@ def test_unknown_options_are_errors_not_guesses():
 
 
 def test_consistency_check_finds_broken_rulesets():
-    broken = ("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n:KUBE-SVC-DDDDDDDDDDDDDDDD - [0:0]\n"
-              "-A KUBE-SERVICES -j KUBE-SVC-BBBBBBBBBBBBBBBB\n"
-              "-A KUBE-SERVICES -j KUBE-SVC-DDDDDDDDDDDDDDDD\n"
-              "-A KUBE-SEP-CCCCCCCCCCCCCCCC -j DNAT --to-destination 1.2.3.4:5\n"
-              "-X KUBE-SVC-DDDDDDDDDDDDDDDD\nCOMMIT\n")
+    broken = (
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n:KUBE-SVC-DDDDDDDDDDDDDDDD - [0:0]\n"
+        "-A KUBE-SERVICES -j KUBE-SVC-BBBBBBBBBBBBBBBB\n"
+        "-A KUBE-SERVICES -j KUBE-SVC-DDDDDDDDDDDDDDDD\n"
+        "-A KUBE-SEP-CCCCCCCCCCCCCCCC -j DNAT --to-destination 1.2.3.4:5\n"
+        "-X KUBE-SVC-DDDDDDDDDDDDDDDD\nCOMMIT\n"
+    )
     assert check_ruleset(broken) == [
         "nat: jump to undefined chain KUBE-SVC-BBBBBBBBBBBBBBBB: -A KUBE-SERVICES -j KUBE-SVC-BBBBBBBBBBBBBBBB",
         "nat: rules in undeclared chain KUBE-SEP-CCCCCCCCCCCCCCCC",

@@ -7,9 +7,18 @@ import pytest
 from minikubenet.linux import rps
 
 
-@pytest.mark.parametrize("cpus, mask", [([], "0"), ([0], "1"), ([1], "2"), (range(1, 8), "fe"),
-                                        (range(1, 32), "fffffffe"), (range(0, 36), "f,ffffffff"),
-                                        ([32], "1,00000000")])
+@pytest.mark.parametrize(
+    "cpus, mask",
+    [
+        ([], "0"),
+        ([0], "1"),
+        ([1], "2"),
+        (range(1, 8), "fe"),
+        (range(1, 32), "fffffffe"),
+        (range(0, 36), "f,ffffffff"),
+        ([32], "1,00000000"),
+    ],
+)
 def test_cpu_masks_are_written_as_the_kernel_parses_them(cpus, mask):
     assert rps.cpu_mask(cpus) == mask
 
@@ -17,7 +26,7 @@ def test_cpu_masks_are_written_as_the_kernel_parses_them(cpus, mask):
 def test_the_lab_mask_leaves_cpu_0_to_the_sender():
     assert rps.all_but_first_cpu([0, 1]) == "2"
     assert rps.all_but_first_cpu([3, 0, 1, 2]) == "e"
-    assert rps.all_but_first_cpu([2, 5]) == "20"      # a cpuset: the first usable CPU sends
+    assert rps.all_but_first_cpu([2, 5]) == "20"  # a cpuset: the first usable CPU sends
     assert rps.all_but_first_cpu([0]) is None
 
 

@@ -18,14 +18,19 @@ def header(data: bytes) -> tuple:
 def test_a_resent_request_is_the_same_message_with_a_new_sequence_number():
     req = rtnl_batch.create_veth("mkn0", "eth0", 3, 1450, "0a:00:00:00:00:01", "1a:00:00:00:00:01", 5)
     first, again = req.encode(7), req.encode(8)
-    assert len(first) == len(again) == header(first)[0]          # nlmsg_len covers exactly the message
+    assert len(first) == len(again) == header(first)[0]  # nlmsg_len covers exactly the message
     assert header(first)[3] == 7 and header(again)[3] == 8
     assert first[12:] == again[12:]
 
 
 def test_each_request_asks_for_an_acknowledgement():
-    for req in (rtnl_batch.get_link("cni0"), rtnl_batch.set_up(1), rtnl_batch.set_hairpin("v"),
-                rtnl_batch.add_address(2, "10.244.1.5", 24), rtnl_batch.replace_default_route("10.244.1.1", 2)):
+    for req in (
+        rtnl_batch.get_link("cni0"),
+        rtnl_batch.set_up(1),
+        rtnl_batch.set_hairpin("v"),
+        rtnl_batch.add_address(2, "10.244.1.5", 24),
+        rtnl_batch.replace_default_route("10.244.1.1", 2),
+    ):
         _len, _type, flags, _seq, _pid = header(req.encode(1))
         assert flags & rtnl_batch.NLM_F_ACK, req.what
 

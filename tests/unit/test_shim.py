@@ -29,6 +29,7 @@ SUPPORTED = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
 # -- helpers -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def short_dir():
     """A short temp dir: a unix socket path must fit in 108 bytes, pytest's tmp_path may not."""
@@ -80,7 +81,7 @@ class FakeAgent:
                 chunks = []
                 while True:
                     chunk = conn.recv(65536)
-                    if not chunk:   # the shim half-closes after its request
+                    if not chunk:  # the shim half-closes after its request
                         break
                     chunks.append(chunk)
                 raw = b"".join(chunks)
@@ -90,7 +91,7 @@ class FakeAgent:
 
     def close(self):
         self._stop.set()
-        try:                                        # wake the accept() now
+        try:  # wake the accept() now
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.connect(self.path)
         except OSError:
@@ -118,8 +119,13 @@ def conf(sock: str, version: str = "1.0.0", **extra) -> dict:
 
 
 def pod_env(command: str, netns: str, **extra) -> dict:
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "3f9a1c0de", "CNI_NETNS": netns,
-           "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+    env = {
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": "3f9a1c0de",
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/opt/cni/bin",
+    }
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}
 
@@ -138,7 +144,7 @@ def invoke_error(env: dict, stdin) -> dict:
     """Run, expect a CNI error: exit non-zero and exactly one error object on stdout."""
     code, out = invoke(env, stdin)
     assert code != 0, out
-    err = json.loads(out)          # stdout carries nothing but the error JSON
+    err = json.loads(out)  # stdout carries nothing but the error JSON
     assert isinstance(err["code"], int)
     assert isinstance(err["msg"], str) and err["msg"]
     return err
@@ -160,6 +166,7 @@ class BrokenStdin:
 
 # -- VERSION -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stdin", [b'{"cniVersion": "0.3.1"}', b"", b"not json at all", b"[]"])
 def test_version_answers_supported_versions_whatever_stdin_says(stdin):
     code, out = invoke({"CNI_COMMAND": "VERSION"}, stdin)
@@ -175,20 +182,26 @@ def test_version_does_not_read_stdin():
 
 # -- errors the shim finds on its own ------------------------------------------------------
 
-@pytest.mark.parametrize("env, stdin, code, named", [
-    ({}, "{}", 4, "CNI_COMMAND"),
-    ({"CNI_COMMAND": ""}, "{}", 4, "CNI_COMMAND"),
-    ({"CNI_COMMAND": "FROB"}, "{}", 4, "FROB"),
-    ({"CNI_COMMAND": "add"}, "{}", 4, "add"),        # verbs are upper case
-], ids=["no-command", "empty-command", "unknown-command", "lower-case-command"])
+
+@pytest.mark.parametrize(
+    "env, stdin, code, named",
+    [
+        ({}, "{}", 4, "CNI_COMMAND"),
+        ({"CNI_COMMAND": ""}, "{}", 4, "CNI_COMMAND"),
+        ({"CNI_COMMAND": "FROB"}, "{}", 4, "FROB"),
+        ({"CNI_COMMAND": "add"}, "{}", 4, "add"),  # verbs are upper case
+    ],
+    ids=["no-command", "empty-command", "unknown-command", "lower-case-command"],
+)
 def test_bad_command_is_code_4(env, stdin, code, named):
     err = invoke_error(env, stdin)
     assert err["code"] == code
     assert named in text_of(err)
 
 
-@pytest.mark.parametrize("stdin", ["{nope", "", "   ", '{"cniVersion": "1.0.0",}'],
-                         ids=["truncated", "empty", "blank", "trailing-comma"])
+@pytest.mark.parametrize(
+    "stdin", ["{nope", "", "   ", '{"cniVersion": "1.0.0",}'], ids=["truncated", "empty", "blank", "trailing-comma"]
+)
 def test_malformed_json_is_code_6(stdin, netns_path):
     err = invoke_error(pod_env("ADD", netns_path), stdin)
     assert err["code"] == 6
@@ -221,8 +234,7 @@ def test_missing_cni_version_is_code_1(command, netns_path, missing_socket):
     assert "cniVersion" in text_of(err)
 
 
-@pytest.mark.parametrize("version", ["0.1.0", "0.2.0", "0.3.0", "1.0", "1.2.0", "2.0.0", "", 1.0, None],
-                         ids=repr)
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0", "0.3.0", "1.0", "1.2.0", "2.0.0", "", 1.0, None], ids=repr)
 def test_unknown_cni_version_is_code_1(version, netns_path, missing_socket):
     c = conf(missing_socket)
     c["cniVersion"] = version
@@ -230,11 +242,18 @@ def test_unknown_cni_version_is_code_1(version, netns_path, missing_socket):
     assert err["code"] == 1
 
 
-@pytest.mark.parametrize("command, version", [
-    ("CHECK", "0.3.1"),
-    ("GC", "0.3.1"), ("GC", "0.4.0"), ("GC", "1.0.0"),
-    ("STATUS", "0.3.1"), ("STATUS", "0.4.0"), ("STATUS", "1.0.0"),
-])
+@pytest.mark.parametrize(
+    "command, version",
+    [
+        ("CHECK", "0.3.1"),
+        ("GC", "0.3.1"),
+        ("GC", "0.4.0"),
+        ("GC", "1.0.0"),
+        ("STATUS", "0.3.1"),
+        ("STATUS", "0.4.0"),
+        ("STATUS", "1.0.0"),
+    ],
+)
 def test_verb_newer_than_the_config_version_is_code_1(command, version, netns_path, missing_socket):
     err = invoke_error(pod_env(command, netns_path), conf(missing_socket, version))
     assert err["code"] == 1
@@ -242,27 +261,41 @@ def test_verb_newer_than_the_config_version_is_code_1(command, version, netns_pa
     assert err["cniVersion"] == version
 
 
-@pytest.mark.parametrize("command, version", [("CHECK", "0.4.0"), ("CHECK", "1.0.0"), ("GC", "1.1.0"),
-                                              ("STATUS", "1.1.0"), ("ADD", "0.3.1"), ("DEL", "0.3.1")])
-def test_verb_allowed_by_the_config_version_gets_past_version_checks(command, version, netns_path,
-                                                                     missing_socket):
+@pytest.mark.parametrize(
+    "command, version",
+    [("CHECK", "0.4.0"), ("CHECK", "1.0.0"), ("GC", "1.1.0"), ("STATUS", "1.1.0"), ("ADD", "0.3.1"), ("DEL", "0.3.1")],
+)
+def test_verb_allowed_by_the_config_version_gets_past_version_checks(command, version, netns_path, missing_socket):
     # it reaches the (absent) agent: code 11, not 1
     err = invoke_error(pod_env(command, netns_path), conf(missing_socket, version))
-    assert err["code"] == (50 if command == "STATUS" else 11)   # STATUS: "not available"
+    assert err["code"] == (50 if command == "STATUS" else 11)  # STATUS: "not available"
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"name": None}, "name"),
-    ({"name": ""}, "name"),
-    ({"name": 7}, "7"),
-    ({"name": "-mkn"}, "'-mkn'"),
-    ({"name": "mkn/../etc"}, "'mkn/../etc'"),
-    ({"name": "mkn net"}, "'mkn net'"),
-    ({"agentSocket": "run/minikubenet/agent.sock"}, "'run/minikubenet/agent.sock'"),
-    ({"agentSocket": ""}, "''"),
-    ({"agentSocket": 5}, "5"),
-], ids=["no-name", "empty-name", "int-name", "dash-name", "path-name", "space-name",
-        "relative-socket", "empty-socket", "int-socket"])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"name": None}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": 7}, "7"),
+        ({"name": "-mkn"}, "'-mkn'"),
+        ({"name": "mkn/../etc"}, "'mkn/../etc'"),
+        ({"name": "mkn net"}, "'mkn net'"),
+        ({"agentSocket": "run/minikubenet/agent.sock"}, "'run/minikubenet/agent.sock'"),
+        ({"agentSocket": ""}, "''"),
+        ({"agentSocket": 5}, "5"),
+    ],
+    ids=[
+        "no-name",
+        "empty-name",
+        "int-name",
+        "dash-name",
+        "path-name",
+        "space-name",
+        "relative-socket",
+        "empty-socket",
+        "int-socket",
+    ],
+)
 def test_invalid_network_config_is_code_7(change, named, netns_path, missing_socket):
     c = conf(missing_socket)
     for k, v in change.items():
@@ -275,15 +308,23 @@ def test_invalid_network_config_is_code_7(change, named, netns_path, missing_soc
     assert named in text_of(err)
 
 
-@pytest.mark.parametrize("command, drop", [
-    ("ADD", ["CNI_CONTAINERID"]), ("ADD", ["CNI_NETNS"]), ("ADD", ["CNI_IFNAME"]),
-    ("ADD", ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"]),
-    ("CHECK", ["CNI_CONTAINERID"]), ("CHECK", ["CNI_NETNS"]), ("CHECK", ["CNI_IFNAME"]),
-    ("DEL", ["CNI_CONTAINERID"]), ("DEL", ["CNI_IFNAME"]), ("DEL", ["CNI_CONTAINERID", "CNI_IFNAME"]),
-])
+@pytest.mark.parametrize(
+    "command, drop",
+    [
+        ("ADD", ["CNI_CONTAINERID"]),
+        ("ADD", ["CNI_NETNS"]),
+        ("ADD", ["CNI_IFNAME"]),
+        ("ADD", ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"]),
+        ("CHECK", ["CNI_CONTAINERID"]),
+        ("CHECK", ["CNI_NETNS"]),
+        ("CHECK", ["CNI_IFNAME"]),
+        ("DEL", ["CNI_CONTAINERID"]),
+        ("DEL", ["CNI_IFNAME"]),
+        ("DEL", ["CNI_CONTAINERID", "CNI_IFNAME"]),
+    ],
+)
 @pytest.mark.parametrize("how", ["absent", "empty"])
-def test_missing_required_env_is_code_4_and_names_each_variable(command, drop, how, netns_path,
-                                                                 missing_socket):
+def test_missing_required_env_is_code_4_and_names_each_variable(command, drop, how, netns_path, missing_socket):
     env = pod_env(command, netns_path)
     for k in drop:
         if how == "absent":
@@ -346,14 +387,15 @@ def test_bad_ifname_is_code_4(ifname, command, netns_path, missing_socket):
     assert "CNI_IFNAME" in err["msg"]
 
 
-@pytest.mark.parametrize("ifname", ["eth0", "net1", "eth012345678901"])   # 15 characters is the limit
+@pytest.mark.parametrize("ifname", ["eth0", "net1", "eth012345678901"])  # 15 characters is the limit
 def test_good_ifnames_pass(ifname, netns_path, missing_socket):
     err = invoke_error(pod_env("ADD", netns_path, CNI_IFNAME=ifname), conf(missing_socket))
     assert err["code"] == 11
 
 
-@pytest.mark.parametrize("change", [{"env": {"CNI_CONTAINERID": "abc\n"}}, {"conf": {"name": "mkn\n"}}],
-                         ids=["container-id", "network-name"])
+@pytest.mark.parametrize(
+    "change", [{"env": {"CNI_CONTAINERID": "abc\n"}}, {"conf": {"name": "mkn\n"}}], ids=["container-id", "network-name"]
+)
 def test_trailing_newline_is_not_a_valid_id_or_name(change, netns_path, missing_socket):
     env = pod_env("ADD", netns_path, **change.get("env", {}))
     err = invoke_error(env, conf(missing_socket, **change.get("conf", {})))
@@ -371,13 +413,13 @@ def test_netns_that_does_not_exist_is_code_4_for_add_and_check(command, short_di
 @pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "GC", "STATUS"])
 def test_agent_not_running_is_code_11_try_again_later(command, netns_path, missing_socket):
     err = invoke_error(pod_env(command, netns_path), conf(missing_socket, "1.1.0"))
-    assert err["code"] == (50 if command == "STATUS" else 11)   # spec: "try again later"; STATUS: 50
+    assert err["code"] == (50 if command == "STATUS" else 11)  # spec: "try again later"; STATUS: 50
     assert missing_socket in text_of(err)
     assert err["cniVersion"] == "1.1.0"
 
 
 def test_socket_path_that_is_not_a_socket_is_code_11(netns_path):
-    err = invoke_error(pod_env("ADD", netns_path), conf(netns_path))   # a regular file
+    err = invoke_error(pod_env("ADD", netns_path), conf(netns_path))  # a regular file
     assert err["code"] == 11
 
 
@@ -410,9 +452,11 @@ def test_errors_before_the_config_is_read_carry_the_current_version():
 
 CANNED_RESULT = {
     "cniVersion": "1.0.0",
-    "interfaces": [{"name": "cni0", "mac": "aa:bb:cc:00:00:01"},
-                   {"name": "veth1234abcd", "mac": "aa:bb:cc:00:00:02"},
-                   {"name": "eth0", "mac": "aa:bb:cc:00:00:03", "sandbox": "/run/netns/p"}],
+    "interfaces": [
+        {"name": "cni0", "mac": "aa:bb:cc:00:00:01"},
+        {"name": "veth1234abcd", "mac": "aa:bb:cc:00:00:02"},
+        {"name": "eth0", "mac": "aa:bb:cc:00:00:03", "sandbox": "/run/netns/p"},
+    ],
     "ips": [{"interface": 2, "address": "10.244.1.5/24", "gateway": "10.244.1.1"}],
     "routes": [{"dst": "10.244.0.0/16"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.1"}],
     "dns": {},
@@ -421,17 +465,22 @@ CANNED_RESULT = {
 
 def test_add_forwards_env_and_config_and_prints_the_result_verbatim(agent, netns_path):
     agent.reply({"result": CANNED_RESULT})
-    env = pod_env("ADD", netns_path, CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=web-0",
-                  HOME="/root", PATH="/usr/bin", NOT_CNI_SECRET="hunter2")
-    c = conf(agent.path, ipMasq=False, someFutureKey={"nested": [1, 2]},
-             prevResult={"cniVersion": "1.0.0", "ips": []})
+    env = pod_env(
+        "ADD",
+        netns_path,
+        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAME=web-0",
+        HOME="/root",
+        PATH="/usr/bin",
+        NOT_CNI_SECRET="hunter2",
+    )
+    c = conf(agent.path, ipMasq=False, someFutureKey={"nested": [1, 2]}, prevResult={"cniVersion": "1.0.0", "ips": []})
     code, out = invoke(env, c)
     assert code == 0
     assert json.loads(out) == CANNED_RESULT
-    assert out == json.dumps(CANNED_RESULT)          # nothing added, dropped or reordered
+    assert out == json.dumps(CANNED_RESULT)  # nothing added, dropped or reordered
     (req,) = agent.requests
     assert req["command"] == "ADD"
-    assert req["config"] == c                        # the config as given, unknown keys included
+    assert req["config"] == c  # the config as given, unknown keys included
     assert req["env"] == {k: v for k, v in env.items() if k.startswith("CNI_")}
     assert "NOT_CNI_SECRET" not in req["env"] and "PATH" not in req["env"]
 
@@ -452,12 +501,15 @@ def test_check_success_prints_nothing(agent, netns_path):
     assert (code, out) == (0, "")
 
 
-@pytest.mark.parametrize("error", [
-    {"code": 3, "msg": "container unknown", "details": "no attachment 3f9a1c0de/eth0"},
-    {"code": 50, "msg": "plugin not available", "details": "no subnet lease yet"},
-    {"code": 100, "msg": "check failed: eth0 has no address 10.244.1.5/24"},
-    {"code": 11, "msg": "etcd unavailable", "details": "etcd at http://127.0.0.1:2379 did not answer"},
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        {"code": 3, "msg": "container unknown", "details": "no attachment 3f9a1c0de/eth0"},
+        {"code": 50, "msg": "plugin not available", "details": "no subnet lease yet"},
+        {"code": 100, "msg": "check failed: eth0 has no address 10.244.1.5/24"},
+        {"code": 11, "msg": "etcd unavailable", "details": "etcd at http://127.0.0.1:2379 did not answer"},
+    ],
+)
 def test_agent_errors_are_passed_through(error, agent, netns_path):
     agent.reply({"error": error})
     err = invoke_error(pod_env("ADD", netns_path), conf(agent.path, "0.4.0"))
@@ -471,11 +523,12 @@ def test_one_connection_per_invocation(agent, netns_path):
     agent.reply({"result": CANNED_RESULT})
     for _ in range(3):
         assert invoke(pod_env("ADD", netns_path), conf(agent.path))[0] == 0
-    assert len(agent.raw_requests) == 3     # each one request, one complete JSON object
+    assert len(agent.raw_requests) == 3  # each one request, one complete JSON object
     assert [json.loads(r)["command"] for r in agent.raw_requests] == ["ADD"] * 3
 
 
 # -- as a real process ---------------------------------------------------------------------
+
 
 def _exec_plugin(env: dict, stdin: bytes) -> subprocess.CompletedProcess:
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -503,7 +556,12 @@ def test_plugin_binary_runs_as_a_runtime_calls_it(agent, netns_path, missing_soc
 
 def test_shim_module_stays_stdlib_only():
     # run as a script, with no site-packages: importing pyroute2/grpc/etcd here would fail
-    p = subprocess.run([sys.executable, "-I", "-S", str(PLUGIN)], input=b"",
-                       env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-I", "-S", str(PLUGIN)],
+        input=b"",
+        env={"CNI_COMMAND": "VERSION"},
+        capture_output=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["supportedVersions"] == SUPPORTED

@@ -17,10 +17,12 @@ import pytest
 from minikubenet.cni import shim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DOCS = ['{"cniVersion": "1.0.0", "name": "mkn", "type": "minikubenet", "mtu": 1450}',
-        '{"a": [1, 2.5, -3e-7, null, true, false, "\\u00e9\\n", {"b": {}}], "c": []}',
-        '  [ {"x": "y"} ]\n']
-MALFORMED = ['{"a": }', '{"a": 1} trailing', '{"a": 1', '']
+DOCS = [
+    '{"cniVersion": "1.0.0", "name": "mkn", "type": "minikubenet", "mtu": 1450}',
+    '{"a": [1, 2.5, -3e-7, null, true, false, "\\u00e9\\n", {"b": {}}], "c": []}',
+    '  [ {"x": "y"} ]\n',
+]
+MALFORMED = ['{"a": }', '{"a": 1} trailing', '{"a": 1', ""]
 
 PROBE = """
 import json, sys
@@ -49,8 +51,14 @@ def run_shim_json(interpreter: str, force_stdlib: bool) -> dict:
     if force_stdlib:
         env["MINIKUBENET_SHIM_JSON"] = "stdlib"
     # -S as the installed plugin runs (no site-packages); not -I, which would drop the env var
-    p = subprocess.run([interpreter, "-S", "-c", PROBE, ROOT, json.dumps(DOCS), json.dumps(MALFORMED)],
-                       capture_output=True, text=True, env=env, timeout=60, check=True)
+    p = subprocess.run(
+        [interpreter, "-S", "-c", PROBE, ROOT, json.dumps(DOCS), json.dumps(MALFORMED)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
     return json.loads(p.stdout)
 
 
@@ -77,15 +85,21 @@ def test_a_changed_private_api_takes_the_fallback(monkeypatch):
     # e.g. a future make_encoder with another argument list: TypeError at construction
     def changed(*args):
         raise TypeError("make_encoder() takes exactly 10 arguments")
-    fake = types.SimpleNamespace(make_scanner=lambda ctx: None, make_encoder=changed,
-                                 encode_basestring_ascii=json.encoder.encode_basestring_ascii)
+
+    fake = types.SimpleNamespace(
+        make_scanner=lambda ctx: None,
+        make_encoder=changed,
+        encode_basestring_ascii=json.encoder.encode_basestring_ascii,
+    )
     monkeypatch.setitem(sys.modules, "_json", fake)
     assert shim._c_json() is None
 
 
 def test_an_accelerator_that_answers_wrongly_takes_the_fallback(monkeypatch):
-    fake = types.SimpleNamespace(make_scanner=lambda ctx: (lambda s, i: ({}, len(s))),
-                                 make_encoder=lambda *a: (lambda v, level: iter(["{}"])),
-                                 encode_basestring_ascii=json.encoder.encode_basestring_ascii)
+    fake = types.SimpleNamespace(
+        make_scanner=lambda ctx: lambda s, i: ({}, len(s)),
+        make_encoder=lambda *a: lambda v, level: iter(["{}"]),
+        encode_basestring_ascii=json.encoder.encode_basestring_ascii,
+    )
     monkeypatch.setitem(sys.modules, "_json", fake)
     assert shim._c_json() is None

@@ -5,7 +5,8 @@ and a person can tell exactly what belongs to a lab; names stay short enough for
 interface names; addresses come from the underlay: etcd .2, node i at .10+i.
 """
 
-from ipaddress import IPv4Address as A, IPv4Network as N
+from ipaddress import IPv4Address as A
+from ipaddress import IPv4Network as N
 
 import pytest
 
@@ -18,8 +19,9 @@ def test_valid_lab_names(name):
     assert build_topology(name).name == name
 
 
-@pytest.mark.parametrize("name", ["", "Mkn", "MKN", "1lab", "abcdefghi", "my-lab", "my_lab", "my lab",
-                                  "lab.1", "lab/1", "läb", "-", " mkn"])
+@pytest.mark.parametrize(
+    "name", ["", "Mkn", "MKN", "1lab", "abcdefghi", "my-lab", "my_lab", "my lab", "lab.1", "lab/1", "läb", "-", " mkn"]
+)
 def test_invalid_lab_names_are_refused_naming_them(name):
     with pytest.raises(ValueError) as e:
         validate_name(name)
@@ -45,10 +47,19 @@ def test_every_namespace_and_container_id_starts_with_the_lab_name(name, nodes, 
 
 def test_namespaces_are_distinct_and_in_creation_order():
     t = build_topology("mkn", nodes=3, pods_per_node=2)
-    assert t.all_netns() == ["mkn-sw", "mkn-etcd",
-                             "mkn-n1", "mkn-n1-p1", "mkn-n1-p2",
-                             "mkn-n2", "mkn-n2-p1", "mkn-n2-p2",
-                             "mkn-n3", "mkn-n3-p1", "mkn-n3-p2"]
+    assert t.all_netns() == [
+        "mkn-sw",
+        "mkn-etcd",
+        "mkn-n1",
+        "mkn-n1-p1",
+        "mkn-n1-p2",
+        "mkn-n2",
+        "mkn-n2-p1",
+        "mkn-n2-p2",
+        "mkn-n3",
+        "mkn-n3-p1",
+        "mkn-n3-p2",
+    ]
     assert len(set(t.all_netns())) == len(t.all_netns())
 
 
@@ -100,17 +111,20 @@ def test_unknown_node_names_lab_and_nodes():
     assert "n9" in str(e.value) and "mkn" in str(e.value) and "n1, n2" in str(e.value)
 
 
-@pytest.mark.parametrize("kw, named", [
-    ({"nodes": 0}, "node"),
-    ({"nodes": -1}, "node"),
-    ({"nodes": 4, "underlay": "192.168.50.0/28"}, "192.168.50.0/28"),
-    ({"pods_per_node": -1}, "pods"),
-    ({"pods_per_node": 251}, "pods"),
-    ({"mtu": 1279}, "1279"),
-    ({"mtu": 9001}, "9001"),
-    ({"underlay": "172.31.0.1/24"}, "172.31.0.1/24"),      # host bits set
-    ({"underlay": "banana"}, "banana"),
-])
+@pytest.mark.parametrize(
+    "kw, named",
+    [
+        ({"nodes": 0}, "node"),
+        ({"nodes": -1}, "node"),
+        ({"nodes": 4, "underlay": "192.168.50.0/28"}, "192.168.50.0/28"),
+        ({"pods_per_node": -1}, "pods"),
+        ({"pods_per_node": 251}, "pods"),
+        ({"mtu": 1279}, "1279"),
+        ({"mtu": 9001}, "9001"),
+        ({"underlay": "172.31.0.1/24"}, "172.31.0.1/24"),  # host bits set
+        ({"underlay": "banana"}, "banana"),
+    ],
+)
 def test_bad_shapes_are_refused(kw, named):
     with pytest.raises(ValueError) as e:
         build_topology("mkn", **kw)

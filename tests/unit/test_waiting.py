@@ -25,7 +25,7 @@ def test_asks_once_more_at_the_deadline():
 
     def check():
         calls.append(time.monotonic())
-        return len(calls) >= 2       # true on the second call, which is at the deadline
+        return len(calls) >= 2  # true on the second call, which is at the deadline
 
     assert wait_until(check, timeout=0.1, interval=10) is True
 
@@ -38,17 +38,20 @@ def test_names_what_it_waited_for():
 def test_errors_of_the_check_propagate():
     def check():
         raise ValueError("broken")
+
     with pytest.raises(ValueError):
         wait_until(check, timeout=1)
 
 
 # -- the one atomic writer (minikubenet/private_files.py) ------------------------------------------
 
+
 def test_write_atomic_replaces_with_the_mode_and_leaves_no_temp_file(tmp_path):
     import os
     import stat
 
     from minikubenet.private_files import write_atomic
+
     path = tmp_path / "state.json"
     path.write_text("old")
     os.chmod(path, 0o644)
@@ -64,9 +67,10 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     import os
 
     from minikubenet.private_files import write_atomic
+
     path = tmp_path / "state.json"
     path.write_text("old")
     with pytest.raises(TypeError):
-        write_atomic(str(path), 12345)          # not bytes: fails before the rename
+        write_atomic(str(path), 12345)  # not bytes: fails before the rename
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["state.json"]

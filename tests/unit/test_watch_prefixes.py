@@ -70,6 +70,7 @@ def test_events_of_every_prefix_arrive_in_one_thread_from_one_revision():
         got.append((update, threading.current_thread().name))
         if len(got) == 2:
             seen.set()
+
     watch = TwoPrefixes(SimpleNamespace(client=client), deliver=deliver)
     t = threading.Thread(target=watch._follow, args=(42,), name="follower")
     t.start()

@@ -75,8 +75,10 @@ def clean_crashed_runs() -> None:
 @pytest.fixture(scope="session")
 def sigterm_tears_down():
     """SIGTERM (a CI time-out) becomes KeyboardInterrupt, so fixtures' teardown still runs."""
+
     def on_term(signum, frame):
         raise KeyboardInterrupt("SIGTERM")
+
     old = signal.signal(signal.SIGTERM, on_term)
     yield
     signal.signal(signal.SIGTERM, old)
@@ -114,7 +116,7 @@ class VmCluster:
         return pods
 
 
-@pytest.fixture(scope="session")      # one cluster for every VM module: a bring-up costs minutes under TCG
+@pytest.fixture(scope="session")  # one cluster for every VM module: a bring-up costs minutes under TCG
 def vm_cluster(sigterm_tears_down):
     skip_unless_vm_tier()
     clean_crashed_runs()
@@ -133,16 +135,20 @@ def vm_cluster(sigterm_tears_down):
 
         def make_pods(node):
             cluster.put(node, GUEST_PODS_PATH, src, mode="0755")
-            k = node[len("node"):]
+            k = node[len("node") :]
             return vc.add_pods(node, [f"n{k}p1", f"n{k}p2"])
+
         with ThreadPoolExecutor(max_workers=3) as pool:
             list(pool.map(make_pods, cluster.nodes))
         pods_s = time.monotonic() - t1
         t = cluster.timings
-        report("VM tier bring-up", f"{up_s:.0f}s ({'KVM' if cluster.driver == 'kvm' else 'TCG'}): "
-               f"box {t.get('box', 0):.0f}s (cached unless its inputs changed), "
-               f"libvirtd + box add {t.get('host', 0):.0f}s, vagrant up of 3 VMs {t.get('vagrant_up', 0):.0f}s; "
-               f"6 pods through the CNI plugin {pods_s:.0f}s")
+        report(
+            "VM tier bring-up",
+            f"{up_s:.0f}s ({'KVM' if cluster.driver == 'kvm' else 'TCG'}): "
+            f"box {t.get('box', 0):.0f}s (cached unless its inputs changed), "
+            f"libvirtd + box add {t.get('host', 0):.0f}s, vagrant up of 3 VMs {t.get('vagrant_up', 0):.0f}s; "
+            f"6 pods through the CNI plugin {pods_s:.0f}s",
+        )
         vc.checks_started = time.monotonic()
         yield vc
         report("VM tier checks", f"{time.monotonic() - vc.checks_started:.0f}s")
@@ -150,5 +156,7 @@ def vm_cluster(sigterm_tears_down):
         t2 = time.monotonic()
         removed = cluster.down()
         left = mkvm.leftovers(cluster.name)
-        report("VM tier teardown", f"{time.monotonic() - t2:.0f}s ({', '.join(removed)})"
-               + (f"; LEFT BEHIND: {left}" if left else ""))
+        report(
+            "VM tier teardown",
+            f"{time.monotonic() - t2:.0f}s ({', '.join(removed)})" + (f"; LEFT BEHIND: {left}" if left else ""),
+        )

@@ -57,19 +57,34 @@ def wait_listening(ip: str, port: int, timeout: float = 60.0) -> None:
 def add(names: list[str]) -> dict:
     from minikubenet.cni.runtime import CniRuntime
     from minikubenet.lab import podserver
+
     rt = CniRuntime.from_file(CONFLIST, BIN_DIRS)
     out = {}
     for name in names:
         if not os.path.exists(f"/run/netns/{name}"):
             run("ip", "netns", "add", name)
-        result = rt.add(f"cid-{name}", f"/run/netns/{name}", "eth0",
-                        {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": name})
+        result = rt.add(
+            f"cid-{name}", f"/run/netns/{name}", "eth0", {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": name}
+        )
         ip = result["ips"][0]["address"].split("/")[0]
         mtu = int(run("ip", "netns", "exec", name, "cat", "/sys/class/net/eth0/mtu"))
         subprocess.run(["systemctl", "stop", f"pod-{name}"], capture_output=True)
         subprocess.run(["systemctl", "reset-failed", f"pod-{name}"], capture_output=True)
-        run("systemd-run", "--quiet", f"--unit=pod-{name}", "ip", "netns", "exec", name,
-            "/usr/bin/python3", "-I", "-S", podserver.__file__, name, str(PORT))
+        run(
+            "systemd-run",
+            "--quiet",
+            f"--unit=pod-{name}",
+            "ip",
+            "netns",
+            "exec",
+            name,
+            "/usr/bin/python3",
+            "-I",
+            "-S",
+            podserver.__file__,
+            name,
+            str(PORT),
+        )
         out[name] = {"ip": ip, "mtu": mtu}
     for info in out.values():
         wait_listening(info["ip"], PORT)
@@ -78,6 +93,7 @@ def add(names: list[str]) -> dict:
 
 def delete(names: list[str]) -> dict:
     from minikubenet.cni.runtime import CniRuntime
+
     rt = CniRuntime.from_file(CONFLIST, BIN_DIRS)
     for name in names:
         subprocess.run(["systemctl", "stop", f"pod-{name}"], capture_output=True)
@@ -87,17 +103,17 @@ def delete(names: list[str]) -> dict:
 
 
 def register(pods: list[dict]) -> dict:
-    from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.k8s_objects import pod_doc
+    from minikubenet.store.etcd import EtcdStore, TLSFiles
     from minikubenet.store.services import ServiceStore
+
     # as the root etcd user: the caller sources /etc/minikubenet/etcd-admin.env
     env = os.environ.get
     endpoints = env("MINIKUBENET_ETCD_ENDPOINTS", "https://127.0.0.1:2379")
     tls = TLSFiles(env("MINIKUBENET_ETCD_CAFILE"), env("MINIKUBENET_ETCD_CERTFILE"), env("MINIKUBENET_ETCD_KEYFILE"))
     store = ServiceStore(EtcdStore(endpoints.split(","), tls=tls))
     for p in pods:
-        store.put_pod(pod_doc("default", p["name"], p["ip"], p["node"], {"app": "web"},
-                              ports=[("http", PORT, "TCP")]))
+        store.put_pod(pod_doc("default", p["name"], p["ip"], p["node"], {"app": "web"}, ports=[("http", PORT, "TCP")]))
     return {"registered": [p["name"] for p in pods]}
 
 
@@ -112,8 +128,16 @@ def agent_status(path: str = "/run/minikubenet/agent.sock") -> dict:
     try:
         s.connect(path)
         # a complete request: the agent checks cniVersion and name before anything else
-        s.sendall(json.dumps({"command": "STATUS", "mode": "main", "env": {},
-                              "config": {"cniVersion": "1.1.0", "name": "minikubenet"}}).encode())
+        s.sendall(
+            json.dumps(
+                {
+                    "command": "STATUS",
+                    "mode": "main",
+                    "env": {},
+                    "config": {"cniVersion": "1.1.0", "name": "minikubenet"},
+                }
+            ).encode()
+        )
         s.shutdown(socket.SHUT_WR)
         return json.loads(s.makefile("rb").read() or b"{}")
     except (OSError, ValueError) as e:
@@ -126,7 +150,7 @@ def sink(port: int) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port))
-    s.listen(4096)             # capped by net.core.somaxconn (4096 on 6.1)
+    s.listen(4096)  # capped by net.core.somaxconn (4096 on 6.1)
     while True:
         time.sleep(3600)
 

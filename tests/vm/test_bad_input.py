@@ -26,11 +26,17 @@ def fake_path(tmp_path, tools):
     return str(d)
 
 
-@pytest.mark.parametrize("present, expected", [
-    ([], "no libvirt: libvirtd/virtlogd/virsh are not installed"),
-    (["libvirtd", "virtlogd", "virsh"], "no qemu: qemu-system-x86_64/qemu-img are not installed, so neither KVM nor TCG"),
-    (["libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img"], "no vagrant"),
-])
+@pytest.mark.parametrize(
+    "present, expected",
+    [
+        ([], "no libvirt: libvirtd/virtlogd/virsh are not installed"),
+        (
+            ["libvirtd", "virtlogd", "virsh"],
+            "no qemu: qemu-system-x86_64/qemu-img are not installed, so neither KVM nor TCG",
+        ),
+        (["libvirtd", "virtlogd", "virsh", "qemu-system-x86_64", "qemu-img"], "no vagrant"),
+    ],
+)
 def test_a_missing_tool_is_named(tmp_path, present, expected):
     with pytest.raises(mkvm.VmError) as e:
         mkvm.preflight(path=fake_path(tmp_path, present))
@@ -55,12 +61,12 @@ def test_an_underlay_that_is_already_in_use_is_refused_before_anything_is_made()
 
 def test_a_name_already_in_use_is_refused_and_left_alone():
     name = mkvm.Host.new_name()
-    subprocess.run(["ip", "netns", "add", name], check=True)   # someone else's namespace
+    subprocess.run(["ip", "netns", "add", name], check=True)  # someone else's namespace
     try:
         with pytest.raises(mkvm.VmError) as e:
             mkvm.Host(name).up()
         assert f"{name} is already in use" in str(e.value)
-        assert os.path.exists(f"/run/netns/{name}")            # not ours: not removed
+        assert os.path.exists(f"/run/netns/{name}")  # not ours: not removed
         assert not os.path.exists(os.path.join(mkvm.STATE_ROOT, name))
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
@@ -104,9 +110,14 @@ def test_down_after_a_killed_up_removes_everything():
     import signal
     import sys
     import time
+
     name = mkvm.Host.new_name()
-    p = subprocess.Popen([sys.executable, os.path.join(mkvm.HERE, "mkvm.py"), "up", "--nodes", "1", "--name", name],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, os.path.join(mkvm.HERE, "mkvm.py"), "up", "--nodes", "1", "--name", name],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     host = mkvm.Host(name)
     try:
         deadline = time.monotonic() + 300
@@ -116,11 +127,15 @@ def test_down_after_a_killed_up_removes_everything():
             if host.state().get("daemons") and host.virsh("list", "--name", "--state-running", check=False).split():
                 break
             time.sleep(1)
-        os.killpg(p.pid, signal.SIGKILL)   # vagrant, started in a session of its own, keeps running
+        os.killpg(p.pid, signal.SIGKILL)  # vagrant, started in a session of its own, keeps running
         p.wait()
         st = host.state()
-        out = subprocess.run([sys.executable, os.path.join(mkvm.HERE, "mkvm.py"), "down", name],
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, os.path.join(mkvm.HERE, "mkvm.py"), "down", name],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
     finally:
         if p.poll() is None:

@@ -43,8 +43,9 @@ def test_each_vm_leases_its_own_subnet_with_its_underlay_address(vm_cluster):
         env = vc.ssh(node, "cat /run/minikubenet/subnet.env").stdout
         assert "FLANNEL_MTU=1450" in env, (node, env)
     for pod, info in vc.pods.items():
-        node_subnet = next(ipaddress.IPv4Network(s) for ip, (s, _) in leases.items()
-                           if ip == vc.c.node_ip(info["node"]))
+        node_subnet = next(
+            ipaddress.IPv4Network(s) for ip, (s, _) in leases.items() if ip == vc.c.node_ip(info["node"])
+        )
         assert ipaddress.IPv4Address(info["ip"]) in node_subnet, (pod, info)
 
 
@@ -71,24 +72,33 @@ def test_pods_on_different_vms_reach_each_other_over_vxlan_with_mtu_1450(vm_clus
     assert too_big.returncode != 0 and "mtu=1450" in too_big.stdout + too_big.stderr, too_big.stdout + too_big.stderr
     # bulk TCP (full-size segments both ways) arrives whole
     n = 4_000_000
-    got = vc.in_pod("n2p2", f"timeout 20 busybox wget -q -O - 'http://{vc.pods['n1p2']['ip']}:{POD_PORT}/bytes?n={n}' | wc -c")
+    got = vc.in_pod(
+        "n2p2", f"timeout 20 busybox wget -q -O - 'http://{vc.pods['n1p2']['ip']}:{POD_PORT}/bytes?n={n}' | wc -c"
+    )
     assert int(got.stdout.strip()) == n
 
 
 def test_capture_on_a_vms_underlay_shows_vxlan_vni_1_on_port_8472(vm_cluster, tmp_path):
     from scapy.all import IP, UDP, rdpcap
     from scapy.layers.vxlan import VXLAN
+
     vc = vm_cluster
     src, dst = vc.pods["n1p1"], vc.pods["n2p1"]
-    vc.ssh("node2", "systemctl stop mkvm-capture 2>/dev/null; systemctl reset-failed mkvm-capture 2>/dev/null; "
-                    "rm -f /tmp/underlay.pcap; "
-                    "systemd-run --quiet --unit=mkvm-capture timeout 120 "
-                    "tcpdump -i eth1 -nn -U -c 6 -w /tmp/underlay.pcap 'udp port 8472'; "
-                    "for i in $(seq 150); do journalctl -u mkvm-capture -o cat | grep -q listening && exit 0; "
-                    "sleep 0.2; done; exit 1")
+    vc.ssh(
+        "node2",
+        "systemctl stop mkvm-capture 2>/dev/null; systemctl reset-failed mkvm-capture 2>/dev/null; "
+        "rm -f /tmp/underlay.pcap; "
+        "systemd-run --quiet --unit=mkvm-capture timeout 120 "
+        "tcpdump -i eth1 -nn -U -c 6 -w /tmp/underlay.pcap 'udp port 8472'; "
+        "for i in $(seq 150); do journalctl -u mkvm-capture -o cat | grep -q listening && exit 0; "
+        "sleep 0.2; done; exit 1",
+    )
     vc.in_pod("n1p1", f"ping -n -c 3 -i 0.3 -W 3 {dst['ip']}")
-    pcap = vc.ssh("node2", "for i in $(seq 100); do systemctl is-active -q mkvm-capture || break; sleep 0.2; done; "
-                           "base64 -w0 /tmp/underlay.pcap").stdout
+    pcap = vc.ssh(
+        "node2",
+        "for i in $(seq 100); do systemctl is-active -q mkvm-capture || break; sleep 0.2; done; "
+        "base64 -w0 /tmp/underlay.pcap",
+    ).stdout
     path = tmp_path / "underlay.pcap"
     path.write_bytes(base64.b64decode(pcap))
     packets = rdpcap(str(path))
@@ -96,37 +106,53 @@ def test_capture_on_a_vms_underlay_shows_vxlan_vni_1_on_port_8472(vm_cluster, tm
     node1, node2 = vc.c.node_ip("node1"), vc.c.node_ip("node2")
     for p in packets:
         assert p[UDP].dport == 8472 and p.haslayer(VXLAN) and p[VXLAN].vni == 1, p.summary()
-        assert {p[IP].src, p[IP].dst} == {node1, node2}, p.summary()   # outer: the underlay
+        assert {p[IP].src, p[IP].dst} == {node1, node2}, p.summary()  # outer: the underlay
         inner = p[VXLAN].payload[IP]
-        assert {inner.src, inner.dst} == {src["ip"], dst["ip"]}, p.summary()   # inner: the pods
+        assert {inner.src, inner.dst} == {src["ip"], dst["ip"]}, p.summary()  # inner: the pods
 
 
 def proxy_installed() -> bool:
     """The wheel the VMs get is built from this checkout, installed in this venv."""
-    return os.path.exists(os.path.join(os.path.dirname(sys.executable), "minikubenet-proxy")) or \
-        shutil.which("minikubenet-proxy") is not None
+    return (
+        os.path.exists(os.path.join(os.path.dirname(sys.executable), "minikubenet-proxy"))
+        or shutil.which("minikubenet-proxy") is not None
+    )
 
 
-@pytest.mark.skipif(not proxy_installed(), reason="minikubenet-proxy is not in the venv yet (the service proxy's "
-                    "issue): the VMs run it when the package has it")
+@pytest.mark.skipif(
+    not proxy_installed(),
+    reason="minikubenet-proxy is not in the venv yet (the service proxy's "
+    "issue): the VMs run it when the package has it",
+)
 def test_a_service_spreads_connections_over_pods_on_all_three_vms(vm_cluster):
     vc = vm_cluster
     proxy = vc.ssh("node1", "systemctl is-active minikubenet-proxy", check=False).stdout.strip()
     assert proxy == "active", "the package has minikubenet-proxy but provisioning did not start it"
-    etcd = ""        # endpoints and certificate from the ADMIN environment
+    etcd = ""  # endpoints and certificate from the ADMIN environment
     # the pods, as a kubelet reports them (Endpoints may only name known pods)
     records = [{"name": p, "ip": info["ip"], "node": info["node"]} for p, info in vc.pods.items()]
     vc.ssh("node1", f"{ADMIN}{GUEST_PYTHON} {GUEST_PODS_PATH} register {shlex.quote(json.dumps(records))}")
-    vc.ssh("node1", f"{ADMIN}minikubenet svc delete web {etcd} >/dev/null 2>&1; "
-                    f"minikubenet svc create web {etcd} --port http=80:{POD_PORT}")
+    vc.ssh(
+        "node1",
+        f"{ADMIN}minikubenet svc delete web {etcd} >/dev/null 2>&1; "
+        f"minikubenet svc create web {etcd} --port http=80:{POD_PORT}",
+    )
     svc = json.loads(vc.ssh("node1", f"{ADMIN}minikubenet svc get web {etcd} -o json").stdout)
     svc = svc[0] if isinstance(svc, list) else svc.get("items", [svc])[0] if "items" in svc else svc
     cluster_ip = svc["spec"]["clusterIP"]
     backends = ("n1p1", "n2p1", "n3p1")
     # hand-written Endpoints (a service without a selector): one pod on each VM
-    eps = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"namespace": "default", "name": "web"},
-           "subsets": [{"addresses": [{"ip": vc.pods[p]["ip"], "nodeName": vc.pods[p]["node"]} for p in backends],
-                        "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}]}]}
+    eps = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"namespace": "default", "name": "web"},
+        "subsets": [
+            {
+                "addresses": [{"ip": vc.pods[p]["ip"], "nodeName": vc.pods[p]["node"]} for p in backends],
+                "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}],
+            }
+        ],
+    }
     vc.c.put("node1", "/tmp/web-endpoints.json", json.dumps(eps))
     vc.ssh("node1", f"{ADMIN}minikubenet svc set-endpoints {etcd} -f /tmp/web-endpoints.json")
     # from a pod on node1 (not a backend): wait until the rules are in, then 30 connections
@@ -134,8 +160,9 @@ def test_a_service_spreads_connections_over_pods_on_all_three_vms(vm_cluster):
     while vc.in_pod("n1p2", f"timeout 5 busybox wget -q -O - http://{cluster_ip}:80/", check=False).returncode != 0:
         assert time.monotonic() < deadline, f"the ClusterIP {cluster_ip} does not answer after 120s"
         time.sleep(2)
-    out = vc.in_pod("n1p2", f"sh -c 'for i in $(seq 30); do timeout 20 busybox wget -q -O - http://{cluster_ip}:80/; "
-                            f"echo; done'").stdout
+    out = vc.in_pod(
+        "n1p2", f"sh -c 'for i in $(seq 30); do timeout 20 busybox wget -q -O - http://{cluster_ip}:80/; echo; done'"
+    ).stdout
     answers = [json.loads(line)["pod"] for line in out.splitlines() if line.strip()]
     assert len(answers) == 30
     by_node = {vc.pods[p]["node"] for p in answers}
@@ -154,11 +181,15 @@ def test_a_pod_can_neither_read_nor_write_etcd(vm_cluster):
             p = vc.in_pod("n2p1", f"{etcdctl} --endpoints {endpoint} {extra} {args}", check=False)
             assert p.returncode != 0 and "/coreos.com" not in p.stdout, (endpoint, args, p.stdout)
     proxy = f"--cacert {PKI}/ca.crt --cert {PKI}/proxy.crt --key {PKI}/proxy.key"
-    p = vc.in_pod("n2p1", f"{etcdctl} --endpoints {https} {proxy} put /coreos.com/network/subnets/10.244.250.0-24 x",
-                  check=False)
+    p = vc.in_pod(
+        "n2p1", f"{etcdctl} --endpoints {https} {proxy} put /coreos.com/network/subnets/10.244.250.0-24 x", check=False
+    )
     assert p.returncode != 0 and "permission denied" in p.stderr, p.stderr
-    written = vc.ssh("node1", f"{ADMIN}etcdctl get --prefix --keys-only /x; "
-                              "etcdctl get --prefix --keys-only /coreos.com/network/subnets/10.244.250").stdout
+    written = vc.ssh(
+        "node1",
+        f"{ADMIN}etcdctl get --prefix --keys-only /x; "
+        "etcdctl get --prefix --keys-only /coreos.com/network/subnets/10.244.250",
+    ).stdout
     assert written.strip() == ""
 
 
@@ -199,7 +230,9 @@ def test_throughput_pod_to_pod_across_vms_beside_node_to_node(vm_cluster):
     node = iperf3(vc, "node2", None, vc.c.node_ip("node2"), "node1", None)
     pod = iperf3(vc, "node2", "n2p1", vc.pods["n2p1"]["ip"], "node1", "n1p1")
     accel = "KVM" if vc.c.driver == "kvm" else "TCG"
-    report("VM throughput (iperf3, 1 TCP stream, 5s, node1 -> node2)",
-           f"pod-to-pod over VXLAN {pod:.0f} Mbit/s, node-to-node underlay {node:.0f} Mbit/s, "
-           f"ratio {pod / node:.2f} ({accel}: absolute figures are emulation-bound, the ratio is the figure)")
+    report(
+        "VM throughput (iperf3, 1 TCP stream, 5s, node1 -> node2)",
+        f"pod-to-pod over VXLAN {pod:.0f} Mbit/s, node-to-node underlay {node:.0f} Mbit/s, "
+        f"ratio {pod / node:.2f} ({accel}: absolute figures are emulation-bound, the ratio is the figure)",
+    )
     assert pod > 0 and node > 0

@@ -12,8 +12,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VAGRANT_DIR = os.path.join(REPO, "vagrant")
 
-pytestmark = pytest.mark.skipif(shutil.which("vagrant") is None,
-                                reason="vagrant is not installed (./setup.sh installs it: vagrant/setup-host.sh)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("vagrant") is None, reason="vagrant is not installed (./setup.sh installs it: vagrant/setup-host.sh)"
+)
 
 
 def vagrant(tmp_path, *args, **env):
@@ -21,9 +22,18 @@ def vagrant(tmp_path, *args, **env):
     MINIKUBENET_VM_DIST (where the project's wheel is) must exist for the file provisioner."""
     (tmp_path / "dist").mkdir(exist_ok=True)
     e = {k: v for k, v in os.environ.items() if not k.startswith("MINIKUBENET_VM_")}
-    e.update({"MINIKUBENET_VM_DIST": str(tmp_path / "dist"), "VAGRANT_HOME": str(tmp_path / "home"), "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"),
-              "VAGRANT_CWD": VAGRANT_DIR, "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_NO_COLOR": "1",
-              "VAGRANT_DEFAULT_PROVIDER": "libvirt"}, **env)
+    e.update(
+        {
+            "MINIKUBENET_VM_DIST": str(tmp_path / "dist"),
+            "VAGRANT_HOME": str(tmp_path / "home"),
+            "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"),
+            "VAGRANT_CWD": VAGRANT_DIR,
+            "VAGRANT_CHECKPOINT_DISABLE": "1",
+            "VAGRANT_NO_COLOR": "1",
+            "VAGRANT_DEFAULT_PROVIDER": "libvirt",
+        },
+        **env,
+    )
     return subprocess.run(["vagrant", *args], env=e, capture_output=True, text=True, timeout=120)
 
 
@@ -35,8 +45,13 @@ def libvirt_plugin(tmp_path_factory):
 
 @pytest.mark.parametrize("driver", ["kvm", "qemu"])
 def test_validate_libvirt(tmp_path, driver, libvirt_plugin):
-    p = vagrant(tmp_path, "validate", MINIKUBENET_VM_DRIVER=driver, MINIKUBENET_VM_ISOLATED="1",
-                MINIKUBENET_VM_CONSOLE_DIR=str(tmp_path))
+    p = vagrant(
+        tmp_path,
+        "validate",
+        MINIKUBENET_VM_DRIVER=driver,
+        MINIKUBENET_VM_ISOLATED="1",
+        MINIKUBENET_VM_CONSOLE_DIR=str(tmp_path),
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Vagrantfile validated successfully" in p.stdout
 
@@ -50,8 +65,9 @@ def test_validate_virtualbox(tmp_path):
 def test_three_nodes_by_default_and_the_count_is_a_setting(tmp_path):
     p = vagrant(tmp_path, "status")
     assert p.returncode == 0, p.stdout + p.stderr
-    assert [f"node{i}" for i in (1, 2, 3)] == [line.split()[0] for line in p.stdout.splitlines()
-                                               if line.startswith("node")]
+    assert [f"node{i}" for i in (1, 2, 3)] == [
+        line.split()[0] for line in p.stdout.splitlines() if line.startswith("node")
+    ]
     p = vagrant(tmp_path, "status", MINIKUBENET_VM_NODES="2")
     assert "node3" not in p.stdout and "node2" in p.stdout
 
@@ -76,5 +92,5 @@ def test_each_node_is_given_only_its_own_etcd_certificates(tmp_path):
     for f in node1:
         assert (pki / "node1" / f).stat().st_mode & 0o077 == 0, f
     ca_before = (pki / "all" / "ca.crt").read_bytes()
-    vagrant(tmp_path, "status", MINIKUBENET_VM_PKI=str(pki))      # made once, then kept
+    vagrant(tmp_path, "status", MINIKUBENET_VM_PKI=str(pki))  # made once, then kept
     assert (pki / "all" / "ca.crt").read_bytes() == ca_before

@@ -39,11 +39,11 @@ class BackendError(Exception):
 @dataclass
 class Prepared:
     backend_type: str
-    backend_data: dict                  # the lease's BackendData
+    backend_data: dict  # the lease's BackendData
     pod_mtu: int
-    connected: list = field(default_factory=list)   # the underlay's directly attached networks
+    connected: list = field(default_factory=list)  # the underlay's directly attached networks
     devices: list[str] = field(default_factory=list)  # devices the backend uses (RPS is set on them)
-    state: Any = None                   # the backend's own (e.g. the VXLAN device spec and MAC)
+    state: Any = None  # the backend's own (e.g. the VXLAN device spec and MAC)
 
 
 class BackendBase:
@@ -62,8 +62,12 @@ class BackendBase:
 
     def start(self, store, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> OverlayController:
         self.before_start(config, underlay, subnet, prepared)
-        controller = OverlayController(store, subnet, self.peers(config, underlay, subnet, prepared),
-                                       make_kernel=lambda: NetlinkKernel.open(config.network))
+        controller = OverlayController(
+            store,
+            subnet,
+            self.peers(config, underlay, subnet, prepared),
+            make_kernel=lambda: NetlinkKernel.open(config.network),
+        )
         controller.start()
         return controller
 

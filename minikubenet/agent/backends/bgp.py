@@ -31,12 +31,12 @@ log = logging.getLogger(__name__)
 
 class BgpPeers:
     """The overlay controller's planner for bgp: BIRD's config follows the leases."""
+
     name = "bgp"
     vxlan_dev = None
-    route_devs: list[str] = []          # the controller reads and corrects no route: BIRD owns them
+    route_devs: list[str] = []  # the controller reads and corrects no route: BIRD owns them
 
-    def __init__(self, daemon: bird.BirdDaemon, own_ip: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network,
-                 asn: int):
+    def __init__(self, daemon: bird.BirdDaemon, own_ip: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network, asn: int):
         self.daemon, self.own_ip, self.subnet, self.asn = daemon, own_ip, subnet, asn
 
     def config(self, leases: list[SubnetLeaseRecord]) -> str:
@@ -45,7 +45,7 @@ class BgpPeers:
             try:
                 ips.append(ipaddress.IPv4Address(lease.public_ip))
             except ValueError:
-                continue                    # a malformed lease: the controller reports it
+                continue  # a malformed lease: the controller reports it
         peers = bird_config.mesh_peers(self.own_ip, ips, self.asn)
         return bird_config.render(self.own_ip, self.asn, self.subnet, peers, self.daemon.log_file)
 
@@ -75,8 +75,13 @@ class BgpBackend(BackendBase):
             raise BackendError(f"Backend.AS: {e}") from None
         with node_iproute() as ipr:
             connected = connected_networks(ipr, underlay.index)
-        return Prepared("bgp", {"AS": asn}, underlay.mtu, connected=connected,
-                        state={"asn": asn, "daemon": bird.BirdDaemon(os.path.join(run_dir, "bird"))})
+        return Prepared(
+            "bgp",
+            {"AS": asn},
+            underlay.mtu,
+            connected=connected,
+            state={"asn": asn, "daemon": bird.BirdDaemon(os.path.join(run_dir, "bird"))},
+        )
 
     def peers(self, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> BgpPeers:
         daemon = prepared.state["daemon"]

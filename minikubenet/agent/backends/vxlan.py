@@ -17,8 +17,12 @@ from minikubenet.agent.backends.base import BackendBase, BackendError, Prepared
 from minikubenet.linux.addresses import Underlay
 from minikubenet.linux.netns import node_iproute
 from minikubenet.linux.overlay_routes import connected_networks
-from minikubenet.linux.vxlan_device import (VxlanDeviceError, delete_vxlan_device, ensure_vxlan_device,
-                                            vxlan_device_exists)
+from minikubenet.linux.vxlan_device import (
+    VxlanDeviceError,
+    delete_vxlan_device,
+    ensure_vxlan_device,
+    vxlan_device_exists,
+)
 from minikubenet.network_config import NetworkConfig
 from minikubenet.overlay import vxlan
 from minikubenet.overlay.controller import VxlanBackend as VxlanPeers
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 class VxlanState:
     spec: vxlan.VxlanSpec
     mac: str
-    created_device: bool          # made by this start (undo removes it), not found
+    created_device: bool  # made by this start (undo removes it), not found
 
 
 class VxlanBackend(BackendBase):
@@ -44,12 +48,27 @@ class VxlanBackend(BackendBase):
             try:
                 _, mac = ensure_vxlan_device(ipr, spec)
             except VxlanDeviceError as e:
-                raise BackendError(f"{e}; remove the conflicting device (ip link del {spec.name}) or change "
-                                   "Backend.VNI/Port in the network config") from None
-        log.info("%s: vni %d, port %d, local %s, mtu %d, VtepMAC %s", spec.name, spec.vni, spec.port,
-                 spec.local_ip, spec.mtu, mac)
-        return Prepared("vxlan", {"VNI": config.vni, "VtepMAC": mac}, vxlan.overlay_mtu(underlay.mtu),
-                        connected=connected, devices=[spec.name], state=VxlanState(spec, mac, not existed))
+                raise BackendError(
+                    f"{e}; remove the conflicting device (ip link del {spec.name}) or change "
+                    "Backend.VNI/Port in the network config"
+                ) from None
+        log.info(
+            "%s: vni %d, port %d, local %s, mtu %d, VtepMAC %s",
+            spec.name,
+            spec.vni,
+            spec.port,
+            spec.local_ip,
+            spec.mtu,
+            mac,
+        )
+        return Prepared(
+            "vxlan",
+            {"VNI": config.vni, "VtepMAC": mac},
+            vxlan.overlay_mtu(underlay.mtu),
+            connected=connected,
+            devices=[spec.name],
+            state=VxlanState(spec, mac, not existed),
+        )
 
     def before_start(self, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> None:
         s: VxlanState = prepared.state
@@ -61,8 +80,13 @@ class VxlanBackend(BackendBase):
         direct = None
         if config.backend_options.get("DirectRouting"):
             direct = vxlan.DirectRouting(underlay.ifname, tuple(prepared.connected))
-        return VxlanPeers(config.vni, direct_routing=direct, ensure_device=lambda ipr: ensure_vxlan_device(
-            ipr, s.spec, mac=s.mac, subnet=subnet, network=config.network))
+        return VxlanPeers(
+            config.vni,
+            direct_routing=direct,
+            ensure_device=lambda ipr: ensure_vxlan_device(
+                ipr, s.spec, mac=s.mac, subnet=subnet, network=config.network
+            ),
+        )
 
     def undo(self, prepared: Prepared) -> None:
         s: VxlanState = prepared.state
