@@ -43,7 +43,12 @@ PROC = "/proc/sys/net/netfilter"
 # doctor on node2 as on any real node, with the agent's own etcd settings and node flags
 # (/etc/default/minikubenet-agent): it must exit non-zero naming conntrack, also when the
 # full table drops its connection to etcd
-DOCTOR_HOOK = "set -a; . /etc/default/minikubenet-agent; set +a; minikubenet doctor --no-probe $MINIKUBENET_AGENT_ARGS"
+# (the file is systemd's EnvironmentFile syntax, unquoted values with spaces: read it line
+# by line rather than sourcing it with sh)
+DOCTOR_HOOK = (
+    'while IFS= read -r line; do [ -n "$line" ] && export "$line"; done < /etc/default/minikubenet-agent; '
+    "minikubenet doctor --no-probe $MINIKUBENET_AGENT_ARGS"
+)
 
 
 def metrics(vc, node: str, timeout: int = 10) -> dict[str, float] | None:
