@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -36,16 +37,29 @@ VM_CLI = "/opt/minikubenet/bin/minikubenet"
 PKI = "/etc/minikubenet/pki"
 
 
+# What podman writes on the host whatever --root/--runroot say: removed again if the
+# build made it (the runtimes tier checks the host is as it found it).
+PODMAN_HOST_PATHS = ("/dev/shm/libpod_lock", "/run/libpod", "/run/containers")
+
+
 def build_image(tmp: str) -> str:
     archive = os.path.join(tmp, "minikubenet.tar")
     opts = f"--root {tmp}/storage --runroot {tmp}/run --storage-driver vfs"
-    p = subprocess.run(
-        [os.path.join(REPO, "deploy", "build-image.sh"), "--oci-archive", archive],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PODMAN_OPTS": opts},
-        timeout=900,
-    )
+    existed = {p for p in PODMAN_HOST_PATHS if os.path.exists(p)}
+    try:
+        p = subprocess.run(
+            [os.path.join(REPO, "deploy", "build-image.sh"), "--oci-archive", archive],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PODMAN_OPTS": opts},
+            timeout=900,
+        )
+    finally:
+        for path in set(PODMAN_HOST_PATHS) - existed:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.unlink(path)
     assert p.returncode == 0, p.stderr[-3000:]
     return archive
 
