@@ -55,12 +55,18 @@ def make_lab(lab_root, nodes, pods_per_node, backend="vxlan", **kw):
 
 
 @contextlib.contextmanager
-def running_lab(lab_root, nodes, pods_per_node, proxy: bool = True, **kw):
+def running_lab(lab_root, nodes, pods_per_node, proxy: bool = True, rps: str = "off", **kw):
     """A lab that is up for the ``with`` block and removed after it, also when the block
-    fails (``proxy=False``: no service proxy, for tests of the agent alone)."""
+    fails (``proxy=False``: no service proxy, for tests of the agent alone; ``rps``: as
+    ``lab up --rps``, off by default)."""
     lab = make_lab(lab_root, nodes=nodes, pods_per_node=pods_per_node, **kw)
     if not proxy:
         lab.proxy_mode = None
+    if rps == "on":
+        from minikubenet.linux import rps as linux_rps
+
+        lab.rps_cpus = linux_rps.all_but_first_cpu()
+    lab.rps_auto = rps == "auto"
     try:
         lab.up()
         yield lab
@@ -78,6 +84,7 @@ def one_node(lab_root):
 
 @pytest.fixture(scope="module")
 def three_nodes(lab_root):
-    """Name: three_nodes. Scope: module. A 3-node lab with 2 pods per node."""
-    with running_lab(lab_root, nodes=3, pods_per_node=2) as lab:
+    """Name: three_nodes. Scope: module. A 3-node lab with 2 pods per node, receive
+    packet steering on (so the agent's --rps-cpus wiring is tested)."""
+    with running_lab(lab_root, nodes=3, pods_per_node=2, rps="on") as lab:
         yield lab

@@ -36,14 +36,18 @@ def cmd_lab_up(args) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     lab = Lab(topo)
-    if args.rps_cpus != "auto":
-        from minikubenet.linux import rps
+    from minikubenet.linux import rps
 
+    if args.rps_cpus is not None:  # an explicit mask wins over --rps
         try:
             mask = rps.check_mask(args.rps_cpus)
         except rps.RpsError as e:
             raise CliError(str(e)) from None
         lab.rps_cpus = None if mask == "0" else mask
+    elif args.rps == "on":
+        lab.rps_cpus = rps.all_but_first_cpu()
+    elif args.rps == "auto":
+        lab.rps_auto = True  # lab/rps_probe.py, once the pods are up
     started = time.monotonic()
     try:
         lab.up()
@@ -218,11 +222,14 @@ def register(sub) -> None:
         help="etcd cluster size: each member in a namespace of its own (default 1; 3 survives the loss of one member)",
     )
     up.add_argument(
-        "--rps-cpus",
-        default="auto",
-        help="receive packet steering on the nodes' devices: a CPU mask, 'off', or 'auto' "
-        "(every CPU but the first, so receiving runs apart from sending as between machines)",
+        "--rps",
+        default="off",
+        choices=["off", "on", "auto"],
+        help="receive packet steering on the nodes' devices: off (the kernel's default; the default), "
+        "on (every CPU but the first receives, apart from the sending CPU, as between machines), or "
+        "auto (a short pod -> pod probe once the pods are up keeps whichever is faster on this machine)",
     )
+    up.add_argument("--rps-cpus", default=None, help="an explicit RPS CPU mask (e.g. 2) or 'off', instead of --rps")
     up.add_argument("--check", action="store_true", help="prove connectivity and print a report")
     up.add_argument("--keep-on-failure", action="store_true", help="leave a failed lab up for debugging")
     up.set_defaults(func=cmd_lab_up)

@@ -46,7 +46,7 @@ from minikubenet.lab import daemons, podserver, probes, processes
 from minikubenet.lab import services as lab_services
 from minikubenet.lab.processes import ProcessRecord
 from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, build_topology
-from minikubenet.linux import named_netns, rps
+from minikubenet.linux import named_netns
 from minikubenet.linux.named_netns import run
 from minikubenet.pod_network import NODE_MARK_PREFIX
 from minikubenet.store import etcd_rbac
@@ -70,8 +70,13 @@ class Lab:
     # None: no proxies, no endpoints controller, no service check.
     proxy_mode: str | None = "iptables"
     # Receive packet steering on every device a node receives on (linux/rps.py): the
-    # sending CPU sends, another receives, as between two machines. None: kernel default.
-    rps_cpus: str | None = rps.all_but_first_cpu()
+    # sending CPU sends, another receives, as between two machines. None: kernel default,
+    # the lab's default too: whether RPS helps depends on the machine (lab/rps_probe.py).
+    rps_cpus: str | None = None
+    # "auto": once the pods are up, a short probe measures pod -> pod with RPS off and on
+    # and keeps the faster (lab/rps_probe.py); up() then sets rps_cpus and rps_note.
+    rps_auto: bool = False
+    rps_note: str = ""
 
     def __init__(self, topo: Topology, root: str = LAB_ROOT, say=print):
         self.topo = topo
@@ -199,6 +204,11 @@ class Lab:
                 f"  BGP converged: every node has a route to every other node's subnet "
                 f"({time.monotonic() - t0:.1f}s after the pods)"
             )
+        if self.rps_auto:
+            from minikubenet.lab import rps_probe
+
+            self.rps_cpus, self.rps_note = rps_probe.probe(self)
+            self.say(f"  receive packet steering probe: {self.rps_note}")
         if self.proxy_mode:
             lab_services.start(self, self.proxy_mode)
 
@@ -555,7 +565,8 @@ class Lab:
         leases, pods = self.leases(), self.pods()
         lines = [
             f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoints}",
-            f"receive packet steering on the nodes' devices: {self._rps_in_use()}",
+            f"receive packet steering on the nodes' devices: {self._rps_in_use()}"
+            + (f" (lab up's probe: {self.rps_note})" if self.rps_note else ""),
             "",
             "ETCD   CLIENT URL               PID      HEALTH     NAMESPACE",
         ]
