@@ -25,7 +25,7 @@ def test_ratios_are_paired_by_round_so_a_slow_round_cancels_out():
     s = backends.summarise(rounds, paths, ["off"])["off"]["bgp"]
     assert abs(s["throughput_ratio"]["min"] - 0.98) < 1e-9 and abs(s["throughput_ratio"]["max"] - 0.98) < 1e-9
     assert abs(s["latency_ratio"]["median"] - 1.04) < 1e-9
-    assert s["gbps"] == {"median": 14.7, "min": 9.8, "max": 19.6, "n": 2}
+    assert (s["gbps"]["min"], s["gbps"]["max"], s["gbps"]["n"]) == (9.8, 19.6, 2)
 
 
 def _summary(t_min, t_med, t_max, l_min, l_med, l_max):
