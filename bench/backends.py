@@ -207,8 +207,8 @@ def verdict(spec: PathSpec, s: dict) -> str:
     return f"{measured}; seed: {agrees}"
 
 
-def fmt(m: dict, digits: int = 2) -> str:
-    return f"{m['median']:.{digits}f} ({m['min']:.{digits}f}-{m['max']:.{digits}f})"
+def fmt(m: dict, digits: int = 2, dash: str = "-") -> str:
+    return f"{m['median']:.{digits}f} ({m['min']:.{digits}f}{dash}{m['max']:.{digits}f})"
 
 
 def table(summary: dict, paths: list[PathSpec]) -> str:
@@ -235,6 +235,36 @@ def table(summary: dict, paths: list[PathSpec]) -> str:
                 f"{fmt(s['cpu_s_per_gbit'], 3):<22} {verdict(spec, s)}"
             )
         lines.append("")
+    return "\n".join(lines)
+
+
+def markdown(summary: dict, paths: list[PathSpec]) -> str:
+    """The seed's table for a README: one row per mechanism and RPS setting."""
+    lines = [
+        "| mechanism | seed says | RPS | Gbit/s | throughput × underlay | RTT p50 × | RTT p99 × "
+        "| 20 calls × | kernel CPU s/Gbit (× underlay) | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for spec in paths:
+        for setting, by_path in summary.items():
+            s = by_path[spec.name]
+            if spec.name == "underlay":
+                lines.append(
+                    f"| underlay (node → node) | metal | {setting} | {fmt(s['gbps'], 1, '–')} | 1 "
+                    f"| {s['rr_p50_us']['median']:.0f} µs | {s['rr_p99_us']['median']:.0f} µs "
+                    f"| {s['calls_ms']['median']:.1f} ms | {s['cpu_s_per_gbit']['median']:.3f} | |"
+                )
+                continue
+            label = "bgp lab, node → node" if spec.name == "bgp-nodes" else spec.name
+
+            def f(m, digits=2):
+                return fmt(m, digits, "–")
+
+            lines.append(
+                f"| {label} | {spec.seed} | {setting} | {f(s['gbps'], 1)} | {f(s['throughput_ratio'])} "
+                f"| {f(s['latency_ratio'])} | {f(s['latency_p99_ratio'])} | {f(s['calls_ratio'])} "
+                f"| {s['cpu_s_per_gbit']['median']:.3f} ({s['cpu_ratio']['median']:.2f}) | {verdict(spec, s)} |"
+            )
     return "\n".join(lines)
 
 
@@ -369,9 +399,13 @@ def main(argv=None) -> int:
     print(header)
     print("figures: median (min-max) over the rounds; ratios to the underlay taken per round")
     print(table(summary, paths))
+    md = markdown(summary, paths)
+    print(md)
     if not args.no_save:
         os.makedirs(args.out, exist_ok=True)
         base = os.path.join(args.out, f"backends-{stamp}")
+        with open(base + ".md", "w") as f:
+            f.write(f"{header}\n\n{md}\n")
         with open(base + ".json", "w") as f:
             json.dump({"args": vars(args), "machine": info, "rounds": rounds, "summary": summary}, f, indent=1)
         print(f"json: {base}.json")

@@ -8,8 +8,8 @@ nodes and between the two nodes themselves (the underlay, the 1.0 of each lab's 
 then the lab is removed. The figure printed is the median of ``--repeat`` runs.
 Targets (issue "Cross-node pod network"): host-gw >= 0.95 x underlay, vxlan >= 0.75 x.
 
-Each backend is measured twice, in separate labs: as the lab runs by default, with
-receive packet steering on the nodes' devices (``--rps-cpus`` auto, linux/rps.py: the
+Each backend is measured twice, in separate labs: with receive packet steering on the
+nodes' devices (``lab up --rps on``, linux/rps.py: the
 sending CPU sends, another receives, as between two machines), and with the kernel's
 default (no RPS: every hop of the pod path runs on the sending CPU). The underlay gets
 the same treatment as the pod path in each lab. The iperf3 client runs on the first
@@ -120,7 +120,7 @@ def measure_backend(backend: str, seconds: int, repeat: int, root: str, rps_cpus
 
 
 TARGETS = {"host-gw": 0.95, "vxlan": 0.75}
-CONFIGS = [("rps", "lab default: RPS on node devices"), ("kernel", "kernel default: no RPS")]
+CONFIGS = [("rps", "RPS on node devices (lab up --rps on)"), ("kernel", "kernel default: no RPS (lab's default)")]
 
 
 def plot(results: dict, path: str) -> None:
