@@ -153,10 +153,14 @@ class Lab:
         path = os.path.join(root, name, "state.json")
         try:
             with open(path) as f:
-                params = json.load(f)["params"]
+                state = json.load(f)
+            params = state["params"]
         except (OSError, ValueError, KeyError):
             raise LabError(f"no lab named {name!r} is up (nothing at {path})") from None
-        return cls(build_topology(**params), root, say)
+        lab = cls(build_topology(**params), root, say)
+        if "rps_cpus" in state:  # what `lab up --rps auto` chose (rps_probe.py)
+            lab.rps_cpus = state["rps_cpus"]
+        return lab
 
     def _netns(self, name: str) -> None:
         self._record(netns=[name])
@@ -209,6 +213,10 @@ class Lab:
 
             self.rps_cpus, self.rps_note = rps_probe.probe(self)
             self.say(f"  receive packet steering probe: {self.rps_note}")
+            with self._state_lock:  # for Lab.existing: `lab pod add` applies it to new pods
+                state = self._load_state()
+                state["rps_cpus"] = self.rps_cpus
+                private_files.write_atomic(self.state_file, json.dumps(state, indent=1))
         if self.proxy_mode:
             lab_services.start(self, self.proxy_mode)
 

@@ -194,6 +194,12 @@ def add_pod(lab, namespace: str, name: str, node: str, labels: dict[str, str], p
             pod.container_id, f"/run/netns/{netns}", "eth0", {"K8S_POD_NAMESPACE": namespace, "K8S_POD_NAME": name}
         )
         pod.ip = result["ips"][0]["address"].split("/")[0]
+        if lab.rps_cpus:
+            # `lab up --rps auto` may have chosen RPS after the agent started without it:
+            # the new host-side veth gets the lab's setting like every other node device
+            from minikubenet.lab import rps_probe
+
+            rps_probe.apply_to_netns(lab.topo.node(node).netns, lab.rps_cpus)
         log = os.path.join(lab.dir, "logs", f"pod-{namespace}.{name}.log")
         rec = lab._start(
             netns,

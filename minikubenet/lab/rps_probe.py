@@ -13,8 +13,10 @@ whichever carried more.
 
 The setting is written live to every receive queue of every device in every node's
 namespace (underlay port, cni0, flannel.1, the pods' host-side veths): the same devices
-the agent's ``--rps-cpus`` covers. Agents started later (``Lab.start_agent``) get the
-chosen mask as their flag, so pods they add get it too.
+the agent's ``--rps-cpus`` covers. The running agents keep the flag they started with,
+so the choice is recorded in the lab's state: ``lab pod add`` applies it to the node's
+devices after each ADD, and agents started again (``Lab.start_agent``) get it as
+their ``--rps-cpus``.
 """
 
 from __future__ import annotations

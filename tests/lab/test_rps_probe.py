@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from minikubenet.lab.cluster import Lab
 from minikubenet.linux import rps
 from tests.conftest import running_lab
 
@@ -42,3 +43,5 @@ def test_auto_measures_both_settings_and_leaves_the_faster_one_on_every_node_dev
             # eth0, cni0, the pod's host-side veth (host-gw or vxlan: flannel.1 too)
             assert len(masks) >= 3 and set(masks) == {expected}, (node.name, masks)
         assert "lab up's probe: RPS" in lab.report()
+        # recorded: `lab pod add` and later agent starts use the probe's choice
+        assert Lab.existing(lab.topo.name, root=lab_root).rps_cpus == lab.rps_cpus
