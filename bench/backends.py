@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -70,6 +72,12 @@ class PathSpec:
     what: str
     seed: str  # the seed's claim
     node_to_node: bool = False  # between the nodes' namespaces, not pods
+    racks: int = 1  # > 1: client and servers on different racks (lab up --racks)
+    reference: str = "underlay"  # the path whose figures are this one's 1.0
+
+    @property
+    def is_reference(self) -> bool:
+        return self.name == self.reference
 
 
 PATHS = (
@@ -82,6 +90,24 @@ PATHS = (
     # so conntrack sees every packet), not by the pods' extra veth and bridge hops.
     PathSpec("b", "bgp-nodes", "bgp", "node -> node in the bgp lab (agent's rules, conntrack)", "-", True),
 )
+# Across racks (``lab up --racks 2``: two L2 segments joined by a router namespace), in
+# 4-node labs so that two servers sit on the other rack. Their 1.0 is node -> node across
+# the racks inside the bgp lab: through the router, as the pods' packets go.
+RACK_PATHS = (
+    PathSpec("x", "underlay-racks", "bgp", "node -> node across racks", "(metal)", True, 2, "underlay-racks"),
+    PathSpec("x", "bgp-racks", "bgp", "pod -> pod across racks, routed", "near metal", False, 2, "underlay-racks"),
+    PathSpec("y", "vxlan-racks", "vxlan", "pod -> pod across racks, VXLAN", "medium", False, 2, "underlay-racks"),
+)
+LABELS = {
+    "underlay": "underlay (node → node)",
+    "bgp-nodes": "bgp lab, node → node",
+    "underlay-racks": "underlay across racks (node → node via the router)",
+}
+
+
+def racks_supported() -> bool:
+    """Whether this tree's lab can place nodes on racks (``lab up --racks``)."""
+    return "racks" in inspect.signature(build_topology).parameters
 
 
 @dataclass
@@ -97,8 +123,15 @@ def lab_name(key: str) -> str:
     return f"bb{key}{os.getpid() % 10000}"
 
 
-def build_lab(key: str, backend: str | None, root: str) -> Lab:
-    topo = build_topology(lab_name(key), nodes=3, pods_per_node=0 if backend is None else 1, backend=backend or "vxlan")
+def build_lab(key: str, backend: str | None, racks: int, root: str) -> Lab:
+    kw: dict[str, Any] = {"racks": racks} if racks > 1 else {}
+    topo = build_topology(
+        lab_name(key),
+        nodes=4 if racks > 1 else 3,
+        pods_per_node=0 if backend is None else 1,
+        backend=backend or "vxlan",
+        **kw,
+    )
     lab = Lab(topo, root=root, say=lambda *a: None)
     lab.proxy_mode = None  # no Service proxy: only the pod network is measured
     lab.rps_cpus = None  # the bench sets RPS itself, live, per round
@@ -116,7 +149,13 @@ def build_lab(key: str, backend: str | None, root: str) -> Lab:
 
 def endpoints(spec: PathSpec, lab: Lab) -> Endpoints:
     """The path's client and servers in ``lab``, with an echo server started on each server."""
-    n1, n2, n3 = lab.topo.nodes
+    n1, *others = lab.topo.nodes
+    if spec.racks > 1:
+        # the nodes n1 reaches through a gateway are on another rack (whatever the lab's placement)
+        others = [n for n in others if "gateway" in _route_get(n1.netns, str(n.ip))]
+        if len(others) < 2:
+            raise RuntimeError(f"{lab.topo.name}: fewer than two nodes on another rack than n1")
+    n2, n3 = others[:2]
     if spec.node_to_node:
         ep = Endpoints(lab, n1.netns, [(n.netns, str(n.ip)) for n in (n2, n3)])
     else:
@@ -128,6 +167,11 @@ def endpoints(spec: PathSpec, lab: Lab) -> Endpoints:
         lab._start(netns, argv, os.path.join(lab.dir, "logs", f"tcpecho-{netns}.log"), "tcpecho")
         probes.wait_listening(netns, ip, ECHO_PORT)
     return ep
+
+
+def _route_get(netns: str, ip: str) -> dict:
+    out = subprocess.run(["ip", "-n", netns, "-j", "route", "get", ip], capture_output=True, text=True).stdout
+    return (json.loads(out or "[{}]") or [{}])[0]
 
 
 def echo_client(ep: Endpoints, *args: str) -> list[float]:
@@ -174,7 +218,7 @@ def summarise(rounds: list[dict], paths: list[PathSpec], settings: list[str]) ->
         out[setting] = {}
         for spec in paths:
             rows = [r["paths"][spec.name] for r in rounds if r["rps"] == setting]
-            under = [r["paths"]["underlay"] for r in rounds if r["rps"] == setting]
+            under = [r["paths"][spec.reference] for r in rounds if r["rps"] == setting]
             s = {k: med_spread([row[k] for row in rows]) for k in rows[0] if isinstance(rows[0][k], (int, float))}
             s["throughput_ratio"] = med_spread([a["gbps"] / u["gbps"] for a, u in zip(rows, under)])
             s["latency_ratio"] = med_spread([a["rr_p50_us"] / u["rr_p50_us"] for a, u in zip(rows, under)])
@@ -189,7 +233,7 @@ def verdict(spec: PathSpec, s: dict) -> str:
     """Near metal (the issue's bar) or not, and whether the seed's claim agrees. When the
     rounds' spread crosses the bar the answer is "undecided": the noise is larger than the
     difference."""
-    if spec.name == "underlay":
+    if spec.is_reference:
         return ""
     t, lat = s["throughput_ratio"], s["latency_ratio"]
     near = t["median"] >= NEAR_METAL_THROUGHPUT and lat["median"] <= NEAR_METAL_LATENCY
@@ -214,7 +258,7 @@ def fmt(m: dict, digits: int = 2, dash: str = "-") -> str:
 def table(summary: dict, paths: list[PathSpec]) -> str:
     lines = []
     for setting, by_path in summary.items():
-        u = by_path["underlay"]
+        u = by_path.get("underlay") or by_path[next(iter(by_path))]
         lines.append(
             f"RPS {setting}: underlay {fmt(u['gbps'], 1)} Gbit/s, RTT p50 {fmt(u['rr_p50_us'], 0)} us, "
             f"p99 {fmt(u['rr_p99_us'], 0)} us, 20 calls {fmt(u['calls_ms'], 1)} ms, "
@@ -226,9 +270,11 @@ def table(summary: dict, paths: list[PathSpec]) -> str:
             f"{NEAR_METAL_THROUGHPUT} x throughput, <= {NEAR_METAL_LATENCY} x latency)"
         )
         for spec in paths:
-            if spec.name == "underlay":
-                continue
             s = by_path[spec.name]
+            if spec.is_reference:
+                if spec.name != "underlay":
+                    lines.append(f"  {spec.name:<10} reference of the rows below it: {fmt(s['gbps'], 1)} Gbit/s")
+                continue
             lines.append(
                 f"  {spec.name:<10} {spec.seed:<18} {fmt(s['gbps'], 1):<18} {fmt(s['throughput_ratio']):<18} "
                 f"{fmt(s['latency_ratio']):<18} {fmt(s['latency_p99_ratio']):<18} {fmt(s['calls_ratio']):<18} "
@@ -248,14 +294,14 @@ def markdown(summary: dict, paths: list[PathSpec]) -> str:
     for spec in paths:
         for setting, by_path in summary.items():
             s = by_path[spec.name]
-            if spec.name == "underlay":
+            if spec.is_reference:
                 lines.append(
-                    f"| underlay (node → node) | metal | {setting} | {fmt(s['gbps'], 1, '–')} | 1 "
+                    f"| {LABELS[spec.name]} | metal | {setting} | {fmt(s['gbps'], 1, '–')} | 1 "
                     f"| {s['rr_p50_us']['median']:.0f} µs | {s['rr_p99_us']['median']:.0f} µs "
                     f"| {s['calls_ms']['median']:.1f} ms | {s['cpu_s_per_gbit']['median']:.3f} | |"
                 )
                 continue
-            label = "bgp lab, node → node" if spec.name == "bgp-nodes" else spec.name
+            label = LABELS.get(spec.name, spec.name)
 
             def f(m, digits=2):
                 return fmt(m, digits, "–")
@@ -327,7 +373,10 @@ def parse_args(argv=None):
     p.add_argument("--hops", type=int, default=20, help="calls per user request (the seed's 20)")
     p.add_argument("--rps", choices=["both", "off", "on"], default="both", help="RPS settings to measure")
     p.add_argument(
-        "--paths", default="underlay,host-gw,bgp,vxlan,bgp-nodes", help="comma-separated subset (underlay always)"
+        "--paths",
+        default=None,
+        help="comma-separated subset of " + ",".join(p.name for p in PATHS + RACK_PATHS) + " (default: all; "
+        "the rack paths when this tree's lab has --racks; a path's reference is always added)",
     )
     p.add_argument("--quick", action="store_true", help="2 short rounds (1 s, 200 round trips, 3 user requests)")
     p.add_argument("--out", default=RESULTS, help="directory for the JSON and PNG (default bench/results)")
@@ -340,12 +389,22 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    wanted = set(args.paths.split(",")) | {"underlay"}
-    unknown = wanted - {p.name for p in PATHS}
+    known = PATHS + RACK_PATHS
+    if args.paths is None:
+        wanted = {p.name for p in (known if racks_supported() else PATHS)}
+    else:
+        wanted = set(args.paths.split(","))
+    unknown = wanted - {p.name for p in known}
     if unknown:
-        print(f"unknown path(s): {', '.join(sorted(unknown))}; known: {', '.join(p.name for p in PATHS)}")
+        print(f"unknown path(s): {', '.join(sorted(unknown))}; known: {', '.join(p.name for p in known)}")
         return 2
-    paths = [p for p in PATHS if p.name in wanted]
+    if any(p.racks > 1 and p.name in wanted for p in known) and not racks_supported():
+        print("the rack paths need `lab up --racks`, which this tree's lab does not have yet")
+        return 2
+    wanted |= {p.reference for p in known if p.name in wanted}
+    paths = [p for p in known if p.name in wanted]
+    if not racks_supported():
+        print("across racks: not measured (this tree's lab has no --racks yet)")
     mask = rps.all_but_first_cpu()
     settings = ["off", "on"] if args.rps == "both" else [args.rps]
     if mask is None and "on" in settings:
@@ -359,16 +418,16 @@ def main(argv=None) -> int:
     labs: dict[str, Lab] = {}
     eps: dict[str, Endpoints] = {}
     with tempfile.TemporaryDirectory(prefix="mkn-bench-") as root:
-        wanted_labs = {spec.key: spec.backend for spec in paths}
+        wanted_labs = {spec.key: (spec.backend, spec.racks) for spec in paths}
         try:
             with ThreadPoolExecutor(max_workers=len(wanted_labs)) as pool:
-                futures = {key: pool.submit(build_lab, key, backend, root) for key, backend in wanted_labs.items()}
+                futures = {key: pool.submit(build_lab, key, *what, root) for key, what in wanted_labs.items()}
                 errors = []
                 for key, fut in futures.items():
                     try:
                         labs[key] = fut.result()
                     except Exception as e:  # every lab that was built is still removed below
-                        errors.append(f"{wanted_labs[key] or 'underlay'}: {e}")
+                        errors.append(f"{wanted_labs[key][0] or 'underlay'}: {e}")
                 if errors:
                     raise RuntimeError("building the labs failed: " + "; ".join(errors))
             eps = {spec.name: endpoints(spec, labs[spec.key]) for spec in paths}
