@@ -165,6 +165,7 @@ class NodeState:
     store_ping: Callable[[], None]  # raises StoreError
     rps_cpus: str | None = None  # receive packet steering for pod veths (linux/rps.py)
     conntrack: Callable[[], ConntrackTable | None] | None = None  # agent/upkeep.py
+    backend_warnings: Callable[[], list[str]] | None = None  # bgp: unreachable peers (agent/backends/bgp.py)
 
 
 @dataclass(frozen=True)
@@ -590,7 +591,10 @@ class CniHandler:
             raise CniError(ERR_NOT_AVAILABLE_DEGRADED, "the conntrack table is full", table.warning())
 
     def status_warnings(self) -> list[str]:
-        """Sentences for a successful STATUS answer: the conntrack table above 90 %."""
+        """Sentences for a successful STATUS answer: the conntrack table above 90 %, and
+        the backend's own (bgp: each peer whose session is not Established - the node
+        works, but it cannot reach that peer's pods)."""
         table = self.node.conntrack() if self.node.conntrack else None
         warning = table.warning() if table is not None else None
-        return [warning] if warning else []
+        backend = self.node.backend_warnings() if self.node.backend_warnings else []
+        return ([warning] if warning else []) + backend

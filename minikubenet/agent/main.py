@@ -238,6 +238,10 @@ class Agent:
             overlay_withdrawn=overlay.withdrawn,
             overlay_corrected=overlay.corrected,
         )
+        # the bgp planner reads its sessions from BIRD; other backends have no peers to report
+        backend_warnings = getattr(overlay.backend, "health_warnings", None)
+        if hasattr(overlay.backend, "peer_counts"):
+            self.metrics.watch_bgp(overlay.backend.peer_counts)
         conntrack = ConntrackPressure()
         self.upkeep = Upkeep(rules, conntrack, self.metrics, a.sync_period).start()
 
@@ -255,6 +259,7 @@ class Agent:
             store_ping=self.store.ping,
             rps_cpus=None if rps_cpus == "0" else rps_cpus,
             conntrack=conntrack.current,
+            backend_warnings=backend_warnings,
         )
         self.server = CniServer(
             self.socket_path, CniHandler(node, plumbing), on_answer=self.metrics.observe_cni_request

@@ -22,6 +22,8 @@ The types and the HTTP server are minikubenet/metrics.py's, the same the proxy u
     minikubenet_agent_overlay_entries{}              entries this node should hold (last resync)
     minikubenet_agent_overlay_entries_programmed_total{kind}  installed for a lease (neigh, fdb, route)
     minikubenet_agent_overlay_entries_withdrawn_total{kind}   removed with their lease
+    minikubenet_agent_bgp_peers{state}               bgp: configured BGP peers, established or
+                                                     not_established (read from BIRD at each scrape)
     minikubenet_agent_overlay_entries_corrected_total{kind,action}  repaired by the resync:
                                                      restored (missing, changed) or removed (stray)
 
@@ -72,6 +74,8 @@ class AgentMetrics(MetricSet):
         )
         self.ipam_in_use = Gauge(p + "agent_ipam_addresses_in_use", "Pod IP records in this node's subnet")
         self.ipam_capacity = Gauge(p + "agent_ipam_addresses_capacity", "Pod addresses in this node's subnet")
+        self.bgp_peers = Gauge(p + "agent_bgp_peers", "Configured BGP peers by session state (bgp backend)")
+        self._bgp_counts = None
         self._read_conntrack = read_conntrack
         self._unavailable_said = False
         self._allocator = None
@@ -91,7 +95,14 @@ class AgentMetrics(MetricSet):
         """Report the use of ``allocator``'s subnet (ipam/allocator.py) at each scrape."""
         self._allocator = allocator
 
+    def watch_bgp(self, counts) -> None:
+        """Report the BGP peers at each scrape: ``counts()`` -> {state: number}."""
+        self._bgp_counts = counts
+
     def collect(self) -> None:
+        if self._bgp_counts is not None:
+            for state, n in self._bgp_counts().items():
+                self.bgp_peers.set(n, state=state)
         if self._allocator is not None:
             subnet = str(self._allocator.subnet)
             try:

@@ -48,6 +48,7 @@ from minikubenet.lab.processes import ProcessRecord
 from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, build_topology
 from minikubenet.linux import named_netns
 from minikubenet.linux.named_netns import run
+from minikubenet.overlay import bgp_sessions
 from minikubenet.pod_network import NODE_MARK_PREFIX
 from minikubenet.store import etcd_rbac
 from minikubenet.store.etcd import TLSFiles
@@ -725,10 +726,10 @@ class Lab:
             text=True,
         )
         lines = [f"{node.name}: BGP sessions (BIRD)"]
-        for row in p.stdout.splitlines():
-            cols = row.split()
-            if len(cols) >= 6 and cols[1] == "BGP":
-                lines.append(f"    {cols[0]:22} {cols[3]:5} since {cols[4]}  {' '.join(cols[5:])}")
+        for s in bgp_sessions.parse_protocols(p.stdout):
+            # a session not Established is flagged: its peer's pods are unreachable from here
+            flag = "" if s.established else "   <- NOT ESTABLISHED: peer unreachable?"
+            lines.append(f"    {s.name:22} {s.state:5} since {s.since}  {s.info}{flag}")
         if p.returncode != 0:
             lines.append(f"    (birdc: {(p.stderr or p.stdout).strip()[:120]})")
         for r in _ip_json(node.netns, "route", "show", "proto", "bird"):

@@ -1,10 +1,12 @@
 """The bgp backend on one L2 segment: BIRD on every node, a full iBGP mesh, plain routes.
 
-One 3-node lab for the module, run in order; the last test stops a node's agent.
+One 3-node lab for the module, run in order: a silent peer flagged, a lease deleted and
+one expired (each put back after), and last n3's agent stopped.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -13,7 +15,8 @@ import time
 
 import pytest
 
-from minikubenet.lab import probes
+from minikubenet.cni import shim
+from minikubenet.lab import daemons, probes
 from minikubenet.waiting import wait_until
 from tests.conftest import running_lab
 from tests.faults.conftest import report
@@ -84,6 +87,97 @@ def test_bird_killed_is_restarted_and_the_routes_stay_meanwhile(lab):
     assert probes.ping(pods["n1-p1"].netns, ips["n2-p1"])  # still routed while BIRD is down
     assert wait_until(lambda: (bird_pid(lab, "n1") or pid) != pid, 10), "the agent did not restart BIRD"
     assert wait_until(lambda: bird_routes(lab, "n1") == before, 15)
+
+
+def status_answer(lab, node: str) -> dict:
+    """The agent's answer to a CNI STATUS (what the runtime's shim would print)."""
+    return shim.ask_agent(
+        f"{lab.run_dir(node)}/agent.sock",
+        {
+            "command": "STATUS",
+            "mode": "main",
+            "env": {"CNI_COMMAND": "STATUS"},
+            "config": {"cniVersion": "1.1.0", "name": "mkn", "type": "minikubenet"},
+            "netnsFd": False,
+        },
+    )
+
+
+def bgp_peer_metric(lab, node: str, state: str) -> float:
+    n = lab.topo.node(node)
+    text = probes.http_get(n.netns, str(n.ip), daemons.AGENT_METRICS_PORT, "/metrics").decode()
+    want = f'minikubenet_agent_bgp_peers{{state="{state}"}} '
+    return float(next(line for line in text.splitlines() if line.startswith(want)).rsplit(" ", 1)[1])
+
+
+def lease_key(subnet: str) -> str:
+    return "/coreos.com/network/subnets/" + subnet.replace("/", "-")
+
+
+def test_a_peer_that_cannot_be_reached_is_flagged_in_status_metrics_and_lab_status(lab):
+    # a lease whose PublicIP is on the underlay but answers nobody
+    silent = str(ipaddress.IPv4Network(str(lab.topo.underlay)).network_address + 200)
+    taken = {lease["subnet"] for lease in lab.leases().values()}
+    config = json.loads(dict(lab.etcd_dump("/coreos.com/network/config"))["/coreos.com/network/config"])
+    subnet = next(
+        str(s)
+        for s in ipaddress.IPv4Network(config["Network"]).subnets(new_prefix=config.get("SubnetLen", 24))
+        if str(s) not in taken
+    )
+    key = lease_key(subnet)
+    lab.etcdctl("put", key, json.dumps({"PublicIP": silent, "BackendType": "bgp", "BackendData": {"AS": 64512}}))
+    try:
+        name = "node_" + silent.replace(".", "_")
+
+        def flagged() -> bool:
+            return any(name in w for w in status_answer(lab, "n1").get("warnings", []))
+
+        assert wait_until(flagged, 20, interval=0.5), status_answer(lab, "n1")
+        answer = status_answer(lab, "n1")
+        assert "error" not in answer  # the node itself works: a warning, not a failure
+        assert bgp_peer_metric(lab, "n1", "not_established") == 1
+        assert bgp_peer_metric(lab, "n1", "established") == 2
+        report_lines = lab.overlay_report().splitlines()
+        assert any(name in line and "NOT ESTABLISHED" in line for line in report_lines), report_lines
+        assert not any("NOT ESTABLISHED" in line for line in report_lines if name not in line)
+    finally:
+        lab.etcdctl("del", key)
+    # the lease gone, the peer is gone from BIRD's config and from STATUS
+    assert wait_until(lambda: not status_answer(lab, "n1").get("warnings"), 10, interval=0.2)
+    assert "NOT ESTABLISHED" not in lab.overlay_report()
+
+
+def test_a_lease_deleted_is_withdrawn_everywhere(lab):
+    """n3's agent and BIRD keep running and announcing; the others drop it as a peer."""
+    gone = subnets(lab)["n3"]
+    key = lease_key(gone)
+    value = dict(lab.etcd_dump(key))[key]
+    assert all(gone in bird_routes(lab, n) for n in ("n1", "n2"))
+    started = time.monotonic()
+    lab.etcdctl("del", key)
+    assert wait_until(lambda: all(gone not in bird_routes(lab, n) for n in ("n1", "n2")), 10, interval=0.05)
+    report("bgp: a lease deleted -> its route gone on every node", f"{time.monotonic() - started:.2f}s")
+    lab.etcdctl("put", key, value)
+    lab.wait_bgp_converged(timeout=20)
+
+
+def test_a_lease_that_expires_is_withdrawn_everywhere(lab):
+    """n2's agent and BIRD keep running; only its lease's TTL runs out (its key is moved
+    onto a 1 s etcd lease, as if the renewals had stopped)."""
+    gone = subnets(lab)["n2"]
+    key = lease_key(gone)
+    value = dict(lab.etcd_dump(key))[key]
+    granted = lab.etcdctl("lease", "grant", "1")  # "lease 694d... granted with TTL(1s)"
+    lease_id = granted.split()[1]
+    lab.etcdctl("put", key, value, f"--lease={lease_id}")
+    started = time.monotonic()
+    assert wait_until(lambda: all(gone not in bird_routes(lab, n) for n in ("n1", "n3")), 15, interval=0.05)
+    report(
+        "bgp: a lease expired (TTL 1 s) -> its route gone on every node",
+        f"{time.monotonic() - started:.2f}s after the put",
+    )
+    lab.etcdctl("put", key, value)  # back, for the next test: the mesh takes n2 in again
+    lab.wait_bgp_converged(timeout=20)
 
 
 def test_a_node_that_stops_is_withdrawn_everywhere(lab):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import subprocess
+import time
 
 from minikubenet.agent.backends.base import BackendBase, BackendError, Prepared
 from minikubenet.linux import bird
@@ -23,7 +25,7 @@ from minikubenet.linux.addresses import Underlay
 from minikubenet.linux.netns import node_iproute
 from minikubenet.linux.overlay_routes import connected_networks
 from minikubenet.network_config import NetworkConfig
-from minikubenet.overlay import bird_config
+from minikubenet.overlay import bgp_sessions, bird_config
 from minikubenet.subnet_lease_record import SubnetLeaseRecord
 
 log = logging.getLogger(__name__)
@@ -38,15 +40,49 @@ class BgpPeers:
 
     def __init__(self, daemon: bird.BirdDaemon, own_ip: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network, asn: int):
         self.daemon, self.own_ip, self.subnet, self.asn = daemon, own_ip, subnet, asn
+        # BIRD protocol name -> when its peer first appeared (monotonic): the grace
+        # period of bgp_sessions.unreachable counts from here
+        self.configured_at: dict[str, float] = {}
 
-    def config(self, leases: list[SubnetLeaseRecord]) -> str:
+    def peer_names(self, leases: list[SubnetLeaseRecord]) -> list[str]:
+        return [p.name for p in bird_config.mesh_peers(self.own_ip, self._ips(leases), self.asn)]
+
+    @staticmethod
+    def _ips(leases: list[SubnetLeaseRecord]) -> list[ipaddress.IPv4Address]:
         ips = []
         for lease in leases:
             try:
                 ips.append(ipaddress.IPv4Address(lease.public_ip))
             except ValueError:
                 continue  # a malformed lease: the controller reports it
-        peers = bird_config.mesh_peers(self.own_ip, ips, self.asn)
+        return ips
+
+    def sessions(self) -> list[bgp_sessions.Session]:
+        return bgp_sessions.parse_protocols(self.daemon.show("protocols"))
+
+    def health_warnings(self) -> list[str]:
+        """One sentence per peer that is still not Established after the grace period
+        (for STATUS and the log); BIRD not answering is one too."""
+        try:
+            sessions = self.sessions()
+        except (OSError, subprocess.SubprocessError) as e:
+            return [f"BIRD does not answer on its control socket: {e}"]
+        if not sessions and self.configured_at and not self.daemon.running():
+            return ["BIRD is not running (the agent restarts it)"]
+        down = bgp_sessions.unreachable(sessions, self.configured_at, time.monotonic())
+        return [s.describe() for s in down]
+
+    def peer_counts(self) -> dict[str, int]:
+        """For the metric: configured peers by state (established, not_established)."""
+        try:
+            sessions = self.sessions()
+        except (OSError, subprocess.SubprocessError):
+            sessions = []
+        up = sum(1 for s in sessions if s.established and s.name in self.configured_at)
+        return {"established": up, "not_established": len(self.configured_at) - up}
+
+    def config(self, leases: list[SubnetLeaseRecord]) -> str:
+        peers = bird_config.mesh_peers(self.own_ip, self._ips(leases), self.asn)
         return bird_config.render(self.own_ip, self.asn, self.subnet, peers, self.daemon.log_file)
 
     def plan(self, lease: SubnetLeaseRecord) -> None:
@@ -57,6 +93,8 @@ class BgpPeers:
 
     def leases_changed(self, leases: list[SubnetLeaseRecord]) -> None:
         self.daemon.apply(self.config(leases))
+        now = time.monotonic()
+        self.configured_at = {name: self.configured_at.get(name, now) for name in self.peer_names(leases)}
 
     def close(self) -> None:
         self.daemon.stop()
