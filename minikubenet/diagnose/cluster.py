@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from minikubenet.linux.live_state import NodeSnapshot
+from minikubenet.policy.model import Cluster as PolicyCluster
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class ClusterView:
     snapshots: dict[str, NodeSnapshot] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)  # node -> why
     vxlan_device: str = "flannel.1"
+    # NetworkPolicies, Namespaces and Pods as the policy controller sees them (policy/model.py);
+    # trace asks it "which policy and which rule" drops a packet. None: not read.
+    policy: PolicyCluster | None = None
     bridge: str = "cni0"
 
     def pod_by_ip(self, ip: ipaddress.IPv4Address) -> PodInfo | None:

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from minikubenet.diagnose.cluster import ClusterView, IpRecord, Lease, NodeInfo, PodInfo, ServiceInfo
 from minikubenet.linux import live_state
 from minikubenet.network_config import ConfigError, parse_config
+from minikubenet.policy.model import Cluster as PolicyCluster
+from minikubenet.policy.model import PolicyError, namespace_labels, pod_from_k8s, policy_from_k8s
 from minikubenet.store.keys import KeyLayout, subnet_from_key
 
 
@@ -35,6 +37,7 @@ def view_from_etcd(
     records: list[IpRecord] = []
     services: dict[str, ServiceInfo] = {}
     pod_docs: dict[str, dict] = {}
+    policies, namespaces = [], {}
     for key, raw in kvs:
         value = raw.decode() if isinstance(raw, bytes) else raw
         try:
@@ -85,7 +88,12 @@ def view_from_etcd(
                 doc = json.loads(value)
                 meta = doc.get("metadata") or {}
                 pod_docs[f"{meta.get('namespace', 'default')}/{meta.get('name')}"] = doc
-        except (ValueError, KeyError, TypeError, ConfigError):
+            elif key.startswith(f"{layout.project_prefix}/networkpolicies/"):
+                policies.append(policy_from_k8s(json.loads(value)))
+            elif key.startswith(f"{layout.project_prefix}/namespaces/"):
+                doc = json.loads(value)
+                namespaces[(doc.get("metadata") or {}).get("name", "")] = namespace_labels(doc)
+        except (ValueError, KeyError, TypeError, ConfigError, PolicyError):
             continue  # a malformed object: doctor's other checks and the daemons report those
     if config is None:
         raise LookupError(f"no network config at {layout.config}: is this the cluster's etcd?")
@@ -107,6 +115,13 @@ def view_from_etcd(
         node = (doc.get("spec") or {}).get("nodeName") or (rec.node if rec else "")
         ns, _, name = key.partition("/")
         view.pods[key] = PodInfo(ns, name, ip, node, rec.container_id if rec else "", rec.ifname if rec else "eth0")
+    policy_pods = []
+    for doc in pod_docs.values():
+        try:
+            policy_pods.append(pod_from_k8s(doc))
+        except (PolicyError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # a malformed Pod: the policy daemon skips (and counts) it too
+    view.policy = PolicyCluster(policies, policy_pods, namespaces)
     known = {p.ip for p in view.pods.values()}
     for rec in records:  # then every IP record without a Pod object
         if rec.ip in known:
@@ -175,6 +190,8 @@ def from_host(store, node_name: str, node_ip: ipaddress.IPv4Address | None) -> C
         store.layout.ipam,
         f"{store.layout.project_prefix}/services/",
         f"{store.layout.project_prefix}/pods/",
+        f"{store.layout.project_prefix}/networkpolicies/",
+        f"{store.layout.project_prefix}/namespaces/",
     ):
         try:
             kvs += [(key, value) for key, value, _lease in store.dump(prefix)]

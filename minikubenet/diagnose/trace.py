@@ -15,7 +15,10 @@ and at every hop it names the entry that decided it, read from the nodes right n
     host-gw / BGP   a route via the remote node's underlay address (BGP: proto bird;
                     the same hop, learned instead of programmed)
     delivery        the destination node's route to its cni0 and the pod's veth on it
-    policy          NetworkPolicy verdicts plug in at ``POLICY_HOOK`` (none yet)
+    policy          NetworkPolicy (policy/model.py's verdict, the semantics both renderings
+                    are tested against): an egress denial drops at the source node, an
+                    ingress denial at the destination's, naming the isolating policies;
+                    an allowed connection names the policy and rule that allowed it
 
 It ends with "delivered to ns/pod" or "dropped by <entry> on <node>" and the reason.
 Everything here is pure: tests give it hand-made snapshots.
@@ -26,11 +29,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Callable
 
 from minikubenet.diagnose.cluster import ClusterView, PodInfo
 from minikubenet.linux.live_state import NodeSnapshot, RouteEntry
 from minikubenet.pod_network import ownership_mark
+from minikubenet.policy.model import EGRESS, Address, Verdict, verdict
 from minikubenet.proxy.tracer import TracerError, trace_packet
 
 
@@ -69,6 +72,7 @@ class Path:
     uninspected: bool = False  # it left the nodes we could read (a real node sees only itself)
     probability: float = 1.0
     endpoint: str | None = None  # "ip:port" after the service's DNAT
+    policy: Verdict | None = None  # NetworkPolicy's verdict on this path's connection
 
     def as_dict(self) -> dict:
         return {
@@ -119,9 +123,25 @@ class TraceResult:
         return "\n".join(lines)
 
 
-# NetworkPolicy: a function (view, src_ip, dst_ip, port, proto) -> (allowed, "policy/rule")
-# or None when no policy applies. None until the policy controller exists.
-POLICY_HOOK: Callable | None = None
+def policy_verdict(view: ClusterView, src: Endpoint, ip: ipaddress.IPv4Address, port: int | None) -> Verdict | None:
+    """What NetworkPolicy says about ``src`` opening a connection to ``ip``:``port`` (after
+    a service's DNAT: Kubernetes judges the real endpoint). None: no policies were read,
+    or no port to judge (a policy's rules name ports, so a portless trace cannot be judged)."""
+    if view.policy is None or port is None or not view.policy.policies:
+        return None
+    cluster = view.policy
+    src_pod = cluster.pod_by_ip(str(src.ip))
+    source = Address(str(src.ip), src_pod, src.node if src.kind == "node" else None)
+    target = Address(str(ip), cluster.pod_by_ip(str(ip)))
+    return verdict(cluster, source, target, port, src.protocol.upper())
+
+
+def _policy_entry(v: Verdict) -> str:
+    if v.policy is not None:
+        return f"NetworkPolicy {v.policy} rule {v.rule} ({(v.direction or '').lower()})"
+    if v.isolating:
+        return f"NetworkPolicy {', '.join(v.isolating)} ({(v.direction or '').lower()}: no rule allows it)"
+    return "no NetworkPolicy selects either end"
 
 
 # --------------------------------------------------------------------------- resolving names
@@ -369,10 +389,10 @@ def _walk(
     if depth > 4:
         _drop(path, node, "route", "routing loop between nodes", "the routes")
         return
-    if POLICY_HOOK is not None:
-        verdict = POLICY_HOOK(view, src.ip, ip, port, src.protocol)
-        if verdict is not None and not verdict[0]:
-            _drop(path, node, "policy", f"NetworkPolicy denies {src.ip} -> {ip}", verdict[1])
+    if depth == 0:
+        path.policy = policy_verdict(view, src, ip, port)
+        if path.policy is not None and not path.policy.allowed and path.policy.direction == EGRESS:
+            _drop(path, node, "policy", path.policy.reason, _policy_entry(path.policy))
             return
     if ip in snap.local_ips():
         path.hops.append(Hop(node, "local", f"{ip} is an address of {node}"))
@@ -507,5 +527,11 @@ def _deliver_local(view: ClusterView, snap: NodeSnapshot, ip, path: Path, node: 
     if link.master != view.bridge or not link.up:
         _drop(path, node, "veth", f"{veth} is {'down' if not link.up else 'not on ' + view.bridge}", veth)
         return
+    decision = path.policy
+    if decision is not None and not decision.allowed:  # ingress: judged on the pod's own node
+        _drop(path, node, "policy", decision.reason, _policy_entry(decision))
+        return
+    if decision is not None and decision.policy is not None:
+        path.hops.append(Hop(node, "policy", decision.reason, _policy_entry(decision)))
     path.hops.append(Hop(node, "bridge", f"{view.bridge} -> {veth} -> pod {pod.key}", f"{veth} master {view.bridge}"))
     path.result, path.delivered = f"delivered to {pod.key}", True

@@ -274,3 +274,94 @@ def test_a_node_not_inspected_ends_the_walk_without_a_drop(view):
     r = trace(view, resolve(view, "a", False), resolve(view, "b", True))
     assert not r.dropped and not r.delivered
     assert r.paths[0].result.startswith("leaves for n2 (VXLAN)")
+
+
+# --------------------------------------------------------------------------- trace: NetworkPolicy
+
+
+def policy_cluster(*policies):
+    from minikubenet.policy.model import Cluster, Pod, policy_from_k8s
+
+    pods = [
+        Pod("default", "a", "10.244.1.2", "n1", {"app": "a"}),
+        Pod("default", "b", "10.244.2.2", "n2", {"app": "b"}),
+    ]
+    return Cluster([policy_from_k8s(p) for p in policies], pods, {"default": {}})
+
+
+def netpol_doc(name, spec):
+    return {"metadata": {"namespace": "default", "name": name}, "spec": spec}
+
+
+DENY_B = netpol_doc("deny-b", {"podSelector": {"matchLabels": {"app": "b"}}})
+ALLOW_A_80 = netpol_doc(
+    "allow-a-80",
+    {
+        "podSelector": {"matchLabels": {"app": "b"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": 80}]}],
+    },
+)
+A_NO_EGRESS = netpol_doc("a-no-egress", {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Egress"]})
+
+
+def test_an_ingress_denial_is_named_on_the_destination_node(view):
+    view.policy = policy_cluster(DENY_B)
+    (path,) = trace(view, resolve(view, "default/a", False), resolve(view, "b:8080", True)).paths
+    assert not path.delivered
+    assert path.hops[-1].what == "policy" and path.hops[-1].node == "n2"  # crossed the overlay first
+    assert "default/deny-b" in path.hops[-1].entry and "ingress" in path.hops[-1].entry
+    assert path.result.startswith("dropped by NetworkPolicy default/deny-b")
+
+
+def test_an_egress_denial_drops_at_the_source_node(view):
+    view.policy = policy_cluster(A_NO_EGRESS)
+    (path,) = trace(view, resolve(view, "default/a", False), resolve(view, "b:8080", True)).paths
+    assert not path.delivered and [h.what for h in path.hops] == ["source", "policy"]
+    assert path.hops[-1].node == "n1" and "default/a-no-egress" in path.hops[-1].entry
+
+
+def test_the_allowing_rule_is_named_and_other_ports_stay_denied(view):
+    view.policy = policy_cluster(DENY_B, ALLOW_A_80)
+    (path,) = trace(view, resolve(view, "default/a", False), resolve(view, "b:80", True)).paths
+    assert path.delivered
+    assert any(h.what == "policy" and h.entry == "NetworkPolicy default/allow-a-80 rule 0 (ingress)" for h in path.hops)
+    (path,) = trace(view, resolve(view, "default/a", False), resolve(view, "b:81", True)).paths
+    assert not path.delivered and "default/allow-a-80" in path.hops[-1].entry
+
+
+def test_a_service_is_judged_on_its_endpoint_after_dnat(view):
+    view.snapshots["n1"].iptables_nat = LIVE_IPTABLES
+    view.policy = policy_cluster(DENY_B, ALLOW_A_80)
+    r = trace(view, resolve(view, "default/a", False), resolve(view, "svc/default/web", True))
+    paths = {p.endpoint: p for p in r.paths}
+    assert paths["10.244.1.2:8080"].delivered  # a itself: not isolated
+    to_b = paths["10.244.2.2:8080"]  # b allows a on 80, the service's port, not 8080, the endpoint's
+    assert not to_b.delivered and to_b.hops[-1].what == "policy" and "default/allow-a-80" in to_b.hops[-1].entry
+
+
+def test_the_nodes_own_pods_are_always_reachable_from_it(view):
+    view.policy = policy_cluster(DENY_B)
+    (path,) = trace(view, resolve(view, "n2", False), resolve(view, "b:8080", True)).paths
+    assert path.delivered
+
+
+def test_policies_namespaces_and_pods_are_read_from_etcd_for_trace():
+    kvs = [
+        ("/coreos.com/network/config", '{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'),
+        (
+            "/minikubenet/networkpolicies/x/deny",
+            '{"metadata": {"namespace": "x", "name": "deny"}, "spec": {"podSelector": {}}}',
+        ),
+        ("/minikubenet/networkpolicies/x/broken", '{"metadata": {"namespace": "x", "name": "broken"}, "spec": 7}'),
+        ("/minikubenet/namespaces/x", '{"metadata": {"name": "x", "labels": {"team": "t"}}}'),
+        (
+            "/minikubenet/pods/x/a",
+            '{"metadata": {"namespace": "x", "name": "a", "labels": {"app": "a"}}, '
+            '"spec": {"nodeName": "n1"}, "status": {"podIP": "10.244.1.2"}}',
+        ),
+    ]
+    v = view_from_etcd(kvs)
+    assert v.policy is not None
+    assert [p.key for p in v.policy.policies] == ["x/deny"]  # the malformed one skipped
+    assert v.policy.namespaces["x"]["team"] == "t"
+    assert v.policy.pod_by_ip("10.244.1.2").labels == {"app": "a"}
