@@ -88,7 +88,8 @@ def measure(nodes: int, window: float, root: str, mode: str) -> dict:
     lab.proxy_mode = None
     try:
         lab.up()  # waits for every node to have every other node's route
-        agents = {n.name: lab.agent_record(n.name).pid for n in lab.topo.nodes}
+        records = {n.name: lab.agent_record(n.name) for n in lab.topo.nodes}
+        agents = {n: rec.pid for n, rec in records.items() if rec is not None}
         birds = {n: bird_child(pid) for n, pid in agents.items()}
         before = {n: (cpu_ticks(agents[n]), cpu_ticks(birds[n])) for n in agents}
         t0 = time.monotonic()
