@@ -33,3 +33,47 @@ def test_a_peer_is_reported_only_after_the_grace_period_and_only_if_we_configure
         "node_10_99_0_200",
         "node_10_99_0_3",
     ]
+
+
+class FakeBird:
+    """BirdDaemon's surface that BgpPeers uses, with a fixed protocol table."""
+
+    log_file = "/run/x/bird.log"
+
+    def __init__(self, table: str):
+        self.table, self.applied = table, []
+
+    def apply(self, text: str) -> bool:
+        self.applied.append(text)
+        return True
+
+    def show(self, what: str) -> str:
+        return self.table
+
+    def running(self) -> bool:
+        return True
+
+
+def test_the_bgp_planner_reports_the_silent_peer_once_its_grace_is_over(monkeypatch):
+    import ipaddress
+
+    from minikubenet.agent.backends import bgp
+    from minikubenet.subnet_lease_record import SubnetLeaseRecord
+
+    clock = [100.0]
+    monkeypatch.setattr(bgp.time, "monotonic", lambda: clock[0])
+    peers = bgp.BgpPeers(
+        FakeBird(TABLE), ipaddress.IPv4Address("10.99.0.1"), ipaddress.IPv4Network("10.244.1.0/24"), 64512
+    )
+    leases = [
+        SubnetLeaseRecord(ipaddress.IPv4Network(f"10.244.{i}.0/24"), f"10.99.0.{ip}", "bgp", {})
+        for i, ip in ((2, 2), (3, 200))
+    ]
+    peers.leases_changed(leases)
+    assert peers.health_warnings() == []  # just configured: still coming up
+    clock[0] += bgp_sessions.GRACE_S
+    (warning,) = peers.health_warnings()
+    assert "node_10_99_0_200" in warning and "No route to host" in warning
+    assert peers.peer_counts() == {"established": 1, "not_established": 1}
+    peers.leases_changed(leases[:1])  # its lease gone: no longer ours to report
+    assert peers.health_warnings() == [] and peers.peer_counts() == {"established": 1, "not_established": 0}

@@ -1,0 +1,151 @@
+"""What the bgp backend costs per node as the cluster grows: BIRD's memory and the agent's CPU.
+
+    .venv/bin/python bench/bgp_scale.py [--nodes 20] [--window 10] [--modes mesh]
+
+One lab of ``--nodes`` nodes (no pods: only the control plane is measured). Once BGP has
+converged, for every node:
+
+- BIRD's resident memory (VmRSS of the ``bird`` process, /proc/<pid>/status) and BIRD's
+  own account of it (``birdc show memory``, "Total");
+- the agent's CPU over ``--window`` seconds of steady state: utime+stime from
+  /proc/<pid>/stat, before and after, in % of one core; BIRD's the same way.
+
+In a full mesh every node has nodes-1 sessions and learns nodes-1 routes, so BIRD's
+memory grows with the cluster on every node. ``--modes mesh,rr`` adds the route-reflector
+layout once the lab has a ``--bgp-mode`` (the racks work); until then only ``mesh``.
+Prints median and [min - max] over the nodes; saves bench/results/bgp_scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from minikubenet.lab.cluster import Lab  # noqa: E402
+from minikubenet.lab.topology import build_topology  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime (proc(5): fields 14 and 15)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def bird_child(agent_pid: int) -> int:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if comm == "bird" and ppid == agent_pid:
+            return int(pid)
+    raise RuntimeError(f"no bird process under agent {agent_pid}")
+
+
+def bird_memory_total(lab: Lab, node: str) -> str:
+    """The "Total" line of ``birdc show memory`` (effective and overhead, BIRD's units)."""
+    sock = os.path.join(lab.run_dir(node), "bird", "bird.ctl")
+    out = subprocess.run(
+        ["ip", "netns", "exec", lab.topo.node(node).netns, "birdc", "-s", sock, "show", "memory"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("Total:"):
+            return " ".join(line.split()[1:])
+    return "?"
+
+
+def measure(nodes: int, window: float, root: str, mode: str) -> dict:
+    lab = Lab(
+        build_topology(f"bs{os.getpid() % 10000}", nodes=nodes, pods_per_node=0, backend="bgp"),
+        root=root,
+        say=lambda *a: None,
+    )
+    lab.proxy_mode = None
+    try:
+        lab.up()  # waits for every node to have every other node's route
+        records = {n.name: lab.agent_record(n.name) for n in lab.topo.nodes}
+        agents = {n: rec.pid for n, rec in records.items() if rec is not None}
+        birds = {n: bird_child(pid) for n, pid in agents.items()}
+        before = {n: (cpu_ticks(agents[n]), cpu_ticks(birds[n])) for n in agents}
+        t0 = time.monotonic()
+        time.sleep(window)
+        elapsed = time.monotonic() - t0
+        after = {n: (cpu_ticks(agents[n]), cpu_ticks(birds[n])) for n in agents}
+        per_node = {
+            n: {
+                "bird_rss_kib": rss_kib(birds[n]),
+                "bird_memory_total": bird_memory_total(lab, n),
+                "agent_cpu_pct": 100.0 * (after[n][0] - before[n][0]) / TICK / elapsed,
+                "bird_cpu_pct": 100.0 * (after[n][1] - before[n][1]) / TICK / elapsed,
+                "agent_rss_kib": rss_kib(agents[n]),
+            }
+            for n in agents
+        }
+    finally:
+        lab.down()
+    return {"mode": mode, "nodes": nodes, "window_s": window, "per_node": per_node}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=int, default=20)
+    p.add_argument("--window", type=float, default=10.0, help="seconds of steady state for the CPU figures")
+    p.add_argument("--modes", default="mesh", help="mesh (rr once the lab has --bgp-mode)")
+    p.add_argument("--json", default=os.path.join(RESULTS, "bgp_scale.json"))
+    args = p.parse_args()
+    runs = []
+    for mode in args.modes.split(","):
+        if mode != "mesh":
+            raise SystemExit(f"--modes {mode}: the lab has no --bgp-mode yet (only mesh)")
+        with tempfile.TemporaryDirectory(prefix="mkn-bench-") as root:
+            runs.append(measure(args.nodes, args.window, root, mode))
+    machine = f"{os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}"
+    print(f"machine: {machine}")
+    for run in runs:
+        print(
+            f"bgp {run['mode']}, {run['nodes']} nodes, CPU over {run['window_s']:.0f} s idle: median [min - max] per node"
+        )
+        for key, label in (
+            ("bird_rss_kib", "BIRD RSS (KiB)"),
+            ("agent_rss_kib", "agent RSS (KiB)"),
+            ("agent_cpu_pct", "agent CPU (% of a core)"),
+            ("bird_cpu_pct", "BIRD CPU (% of a core)"),
+        ):
+            v = [x[key] for x in run["per_node"].values()]
+            print(f"  {label:<26} {statistics.median(v):9.1f} [{min(v):.1f} - {max(v):.1f}]")
+        totals = sorted({x["bird_memory_total"] for x in run["per_node"].values()})
+        print(f"  birdc show memory, Total: {', '.join(totals[:3])}{' ...' if len(totals) > 3 else ''}")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"machine": machine, "runs": runs}, f, indent=1)
+    print(f"saved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
