@@ -20,8 +20,10 @@ Applying is two steps, so that a bad document anywhere in a file stores nothing:
 Applying an object that exists replaces it ("configured"; "unchanged" when it is the
 same), as ``kubectl apply`` does for a whole object; a Service keeps its ClusterIP and
 NodePorts. ``delete`` removes the objects a file names, and says which did not exist.
-Policies in a deleted Namespace stay (Kubernetes' namespace controller would remove
-them); a policy may name a namespace that does not exist yet, as in Kubernetes.
+Deleting a Namespace also deletes what is stored in it - its NetworkPolicies and its
+Services (with their Endpoints and ClusterIP/NodePort claims) - as Kubernetes' namespace
+controller does; Pods are the runtime's (lab pods: ``lab pod delete``) and stay. A
+policy may name a namespace that does not exist yet, as in Kubernetes.
 """
 
 from __future__ import annotations
@@ -275,9 +277,40 @@ def delete(manifests: list[Manifest], objects, services) -> tuple[list[str], lis
         else:
             where = f' in namespace "{m.namespace}"' if m.namespace else ""
             missing.append(f'{PLURALS[resource]} "{m.name}" not found{where}')
-    result = objects.commit(writes, service_writes)
+    gone = [m.name for m in manifests if m.kind == "Namespace" and m.identity in existing]
+    contents, content_services = _namespace_contents(gone, {m.identity for m in manifests}, objects, services)
+    # the Namespaces last: etcd's transactions are split at 128 operations (policy_objects
+    # commit), and a crash between two leaves the Namespace there, so running the same
+    # delete again finishes the job instead of leaving orphans in a namespace that is gone
+    namespace_keys = {objects.namespace_key(n) for n in gone}
+    writes = (
+        [w for w in writes if w.key not in namespace_keys] + contents + [w for w in writes if w.key in namespace_keys]
+    )
+    result = objects.commit(writes, service_writes + content_services)
     if result is not True:
         raise ManifestError(
             [f"service {result.service.key} changed while we deleted it; nothing was deleted, try again"]
         )
     return lines, missing
+
+
+def _namespace_contents(namespaces: list[str], named: set[tuple[str, str, str]], objects, services):
+    """What deleting ``namespaces`` also deletes (Kubernetes' namespace controller): their
+    NetworkPolicies (ObjectWrites) and Services (ServiceWrites), minus what the file names
+    itself (``named``: identities already being deleted)."""
+    from minikubenet.store.policy_objects import ObjectWrite
+
+    writes, service_writes = [], []
+    for ns in namespaces:
+        for key in sorted(objects.list_network_policies(ns)):
+            name = key.partition("/")[2]
+            if ("NetworkPolicy", ns, name) not in named:
+                writes.append(ObjectWrite(objects.policy_key(ns, name), None))
+    if namespaces:
+        for key in sorted(services.list_services()):
+            ns, _, name = key.partition("/")
+            if ns in namespaces and ("Service", ns, name) not in named:
+                w = services.plan_delete(ns, name)
+                if w is not None:
+                    service_writes.append(w)
+    return writes, service_writes

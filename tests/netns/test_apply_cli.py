@@ -84,6 +84,12 @@ def test_apply_get_delete(one_node):
     p = mkn(one_node, "delete", "-f", "-", stdin=MANIFESTS)
     assert p.returncode == 1 and 'Error from server (NotFound): namespaces "x" not found' in p.stderr
 
+    # deleting only the Namespace takes what is stored in it along (the namespace controller)
+    assert mkn(one_node, "apply", "-f", "-", stdin=MANIFESTS).returncode == 0
+    p = mkn(one_node, "delete", "-f", "-", stdin=MANIFESTS.split("---")[0])
+    assert p.returncode == 0 and p.stdout.strip() == 'namespace "x" deleted', p.stdout + p.stderr
+    assert keys(one_node, "/minikubenet/networkpolicies/") == [] and keys(one_node, "/minikubenet/services/") == []
+
 
 def test_a_bad_file_is_refused_with_field_paths_and_nothing_stored(one_node):
     before = keys(one_node)

@@ -316,3 +316,59 @@ def test_a_load_balancer_keeps_its_ports_and_its_ingress_ip_when_applied_again(s
     assert again["spec"]["ports"][0]["nodePort"] == node_port and again["spec"]["healthCheckNodePort"] == hc_port
     assert again["status"] == first["status"] and again["spec"]["ports"][0]["targetPort"] == 9090
     assert {k for k in objects.client.kv if "/nodeports/" in k} == claims
+
+
+NAMESPACE_X = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+"""
+
+IN_X_AND_Y = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p1, namespace: x}
+spec: {podSelector: {}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p2, namespace: x}
+spec: {podSelector: {}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p1, namespace: y}
+spec: {podSelector: {}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: y}
+spec: {ports: [{port: 80}]}
+"""
+
+
+def test_deleting_a_namespace_deletes_what_is_stored_in_it(stores):
+    objects, services = stores
+    run_apply(stores, NAMESPACE_X + "---\n" + IN_X_AND_Y)
+    x_ip = services.get_service("x", "web")["spec"]["clusterIP"]
+    docs = manifests.parse_manifests(manifests.load_documents(NAMESPACE_X), full=False)
+    deleted, missing = manifests.delete(docs, *stores)
+    assert deleted == ['namespace "x" deleted'] and missing == []  # as kubectl says it
+    assert objects.get_namespace("x") is None
+    assert sorted(objects.list_network_policies()) == ["y/p1"]  # the other namespace's stays
+    assert services.get_service("x", "web") is None and services.get_service("y", "web") is not None
+    assert not any(x_ip in k for k in objects.client.kv)  # its ClusterIP claim freed too
+
+
+def test_a_namespace_that_does_not_exist_deletes_nothing(stores):
+    objects, _ = stores
+    run_apply(stores, IN_X_AND_Y)  # policies in x, but no Namespace x was ever applied
+    docs = manifests.parse_manifests(manifests.load_documents(NAMESPACE_X), full=False)
+    deleted, missing = manifests.delete(docs, *stores)
+    assert deleted == [] and missing == ['namespaces "x" not found']
+    assert sorted(objects.list_network_policies()) == ["x/p1", "x/p2", "y/p1"]
