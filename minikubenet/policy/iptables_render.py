@@ -1,6 +1,7 @@
 """A node's policy plan as ``iptables-restore`` text (filter table).
 
     FORWARD -> MKN-POLICY                              (inserted at the top, commented)
+    INPUT   -> MKN-POLICY                              (likewise: a pod's egress to its own node)
       ctstate RELATED,ESTABLISHED  -> RETURN           replies and the rest of allowed connections
       -s <pod>  -> MKN-PE-<hash>   one per local pod isolated for egress
       -d <pod>  -> MKN-PI-<hash>   one per local pod isolated for ingress
@@ -15,7 +16,10 @@ The chains only RETURN or DROP, never ACCEPT, so whatever else FORWARD holds (th
 proxy's KUBE-FORWARD, a host firewall) still decides about allowed traffic. Packets are
 judged in FORWARD, i.e. after the proxy's DNAT in PREROUTING: a connection to a
 ClusterIP is judged on the real endpoint. Traffic from the node itself (kubelet probes)
-leaves through OUTPUT, never FORWARD, so it always passes. Pods of one node talk across
+leaves through OUTPUT, never FORWARD, so it always passes. A pod's packets to its own
+node's addresses go to INPUT, not FORWARD; the same chain is jumped to from INPUT so a
+pod's egress policy judges them too, as Calico applies workload egress policy before
+the host's (its ingress part matches pod addresses, which INPUT never sees). Pods of one node talk across
 the bridge cni0; the kernel's br_netfilter (``net.bridge.bridge-nf-call-iptables=1``)
 hands those bridged packets to FORWARD too (the daemon makes sure it is on).
 
@@ -31,6 +35,7 @@ from minikubenet.policy.plan import DIRECTIONS, Atom, NodePlan
 ALLOW_MARK = "0x10000"
 JUMP_COMMENT = "minikubenet network policy"
 JUMP_ARGS = ["-m", "comment", "--comment", JUMP_COMMENT, "-j", naming.POLICY_CHAIN]
+HOOKS = ("FORWARD", "INPUT")  # the built-in chains that jump to ours, each at its top
 
 
 def _q(text: str) -> str:
@@ -92,12 +97,13 @@ def render(
     table: dict[str, list[str]],
     write: set[str] | None = None,
     delete: tuple[str, ...] = (),
-    jump: bool = False,
-    move_jump: bool = False,
+    jump: bool | tuple[str, ...] = False,
+    move_jump: bool | tuple[str, ...] = False,
 ) -> str:
     """``iptables-restore --noflush`` text writing the chains ``write`` (all when None),
-    deleting ``delete`` and, with ``jump``, inserting the FORWARD jump at the top
-    (``move_jump``: it exists lower down and is deleted there first).
+    deleting ``delete`` and, with ``jump``, inserting the jumps from FORWARD and INPUT at
+    their top (``move_jump``: they exist lower down and are deleted there first). Either
+    may name the hooks it means (a tuple of HOOKS); True means all of them.
 
     Why at the top: the agent's MINIKUBENET-FWD (masquerade.py) and the proxy's
     KUBE-FORWARD ACCEPT pod traffic in FORWARD; a rule above ours that accepts would
@@ -108,10 +114,13 @@ def render(
     for c in names:
         lines += table[c]
     spec = " ".join(_q(a) if " " in a else a for a in JUMP_ARGS)
-    if move_jump:
-        lines.append("-D FORWARD " + spec)
-    if jump or move_jump:
-        lines.append("-I FORWARD 1 " + spec)
+    moved = HOOKS if move_jump is True else move_jump or ()
+    inserted = HOOKS if jump is True else jump or ()
+    for hook in HOOKS:
+        if hook in moved:
+            lines.append(f"-D {hook} " + spec)
+        if hook in inserted or hook in moved:
+            lines.append(f"-I {hook} 1 " + spec)
     lines += [f"-X {c}" for c in delete]
     return "\n".join(lines + ["COMMIT"]) + "\n"
 

@@ -8,6 +8,8 @@
       set named-<h>-...                         ip . proto . port for named ports
       chain egress   hook forward priority -6   \\ two base chains: "accept" ends only its
       chain ingress  hook forward priority -5   /  own chain, so egress then ingress decide
+      chain egress-input  hook input priority -6   egress's rules again, for a pod's
+                                                   packets to its own node (INPUT)
           ct state established,related accept
           ip daddr != @ingress-isolated accept
           ip daddr vmap @ingress-pods          one hash lookup, whatever the number of pods
@@ -23,7 +25,9 @@ each), not with pods x policies: pods isolated by the same policies (the common 
 a policy selecting a whole namespace) share one chain of jumps. The hook runs after
 nat prerouting's DNAT (forward comes after prerouting), so traffic through a Service is
 judged on its real endpoint; the node's own traffic to a pod uses output and never
-meets these chains. Priority -5/-6 places them before iptables' filter table (0); a
+meets these chains. A pod's packets to its own node's addresses take the input hook,
+not forward: ``egress-input`` judges them by the same egress rules (Calico applies
+workload egress policy before the host, too). Priority -5/-6 places them before iptables' filter table (0); a
 drop here is final, an accept only ends our chain.
 
 Full sync: the table is deleted and re-added in the same transaction (atomic; stale
@@ -42,6 +46,9 @@ from minikubenet.policy.plan import Atom, NodePlan
 
 FAMILY, TABLE = "ip", "minikubenet-policy"
 BASE = {"Egress": ("egress", -6), "Ingress": ("ingress", -5)}
+EGRESS_INPUT = "egress-input"
+# base chain -> its declaration (hook, priority)
+BASE_CHAINS = {"egress": ("forward", -6), "ingress": ("forward", -5), EGRESS_INPUT: ("input", -6)}
 ISOLATED = {"Egress": "egress-isolated", "Ingress": "ingress-isolated"}
 MAPS = {"Egress": "egress-pods", "Ingress": "ingress-pods"}
 
@@ -141,7 +148,16 @@ def ruleset(plan: NodePlan) -> NftRuleset:
             else "counter drop"
         )
         chains[base] = rules
+        if direction == "Egress":
+            chains[EGRESS_INPUT] = list(rules)
     return NftRuleset(chains, sets)
+
+
+def _add_chain(t: str, name: str) -> str:
+    if name in BASE_CHAINS:
+        hook, prio = BASE_CHAINS[name]
+        return f"add chain {t} {name} {{ type filter hook {hook} priority {prio} ; policy accept ; }}"
+    return f"add chain {t} {name}"
 
 
 def _collapsed(nets) -> list[str]:
@@ -173,12 +189,7 @@ def render_full(rs: NftRuleset, table: str = TABLE) -> str:
     lines = [f"add table {t}", f"delete table {t}", f'add table {t} {{ comment "minikubenet network policy" ; }}']
     for name, s in sorted(rs.sets.items()):
         lines.append(f"add {s.kind} {t} {name} {s.declaration()}")
-    for name in rs.chains:
-        if name in ("egress", "ingress"):
-            prio = dict(BASE.values())[name]
-            lines.append(f"add chain {t} {name} {{ type filter hook forward priority {prio} ; policy accept ; }}")
-        else:
-            lines.append(f"add chain {t} {name}")
+    lines += [_add_chain(t, name) for name in rs.chains]
     for name, s in sorted(rs.sets.items()):  # (map elements name chains: after them)
         if s.elements:
             lines.append(f"add element {t} {name} {{ {_elements(s)} }}")
@@ -191,7 +202,7 @@ def render_partial(old: NftRuleset, new: NftRuleset, table: str = TABLE) -> str:
     """Only what changed: flush and refill changed chains and sets, delete removed ones."""
     t = f"{FAMILY} {table}"
     changed = [n for n, r in new.chains.items() if old.chains.get(n) != r]
-    lines = [f"add chain {t} {n}" for n in changed if n not in old.chains]  # before elements name them
+    lines = [_add_chain(t, n) for n in changed if n not in old.chains]  # before elements name them
     for name, s in sorted(new.sets.items()):
         was = old.sets.get(name)
         if was == s:

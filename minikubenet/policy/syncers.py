@@ -66,9 +66,13 @@ class IptablesPolicySyncer(PolicySyncer):
                 log.warning("cannot list the filter table (stale chains stay): %s", e)
                 dump = ""
             stale = tuple(sorted(c for c in chains_from_save(dump) if naming.is_ours(c) and c not in table))
-            forward = [line for line in dump.splitlines() if line.startswith("-A FORWARD ")]
-            ours = [i for i, line in enumerate(forward) if line.endswith(f"-j {naming.POLICY_CHAIN}")]
-            text = iptables_render.render(table, None, stale, jump=not ours, move_jump=bool(ours) and ours[0] != 0)
+            missing: list[str] = []
+            lower: list[str] = []
+            for hook in iptables_render.HOOKS:
+                rules = [line for line in dump.splitlines() if line.startswith(f"-A {hook} ")]
+                ours = [i for i, line in enumerate(rules) if line.endswith(f"-j {naming.POLICY_CHAIN}")]
+                (lower if ours and ours[0] != 0 else missing if not ours else []).append(hook)
+            text = iptables_render.render(table, None, stale, jump=tuple(missing), move_jump=tuple(lower))
         else:
             assert self.applied is not None
             write = {c for c, rules in table.items() if self.applied.get(c) != rules}
@@ -93,17 +97,19 @@ class IptablesPolicySyncer(PolicySyncer):
             return False
         if change.kind == "TABLE":
             return change.deletes
-        return naming.is_ours(change.name) or (change.deletes and change.name == "FORWARD")
+        return naming.is_ours(change.name) or (change.deletes and change.name in iptables_render.HOOKS)
 
     def intact(self) -> bool:
-        forward = [r for r in iptables.list_chain("filter", "FORWARD", self.bin) or [] if r.startswith("-A")]
         entry = iptables.list_chain("filter", naming.POLICY_CHAIN, self.bin) or []
-        if not forward or f"-j {naming.POLICY_CHAIN}" not in forward[0] or not any(x.startswith("-A") for x in entry):
-            log.warning(
-                "the FORWARD jump to %s is gone or no longer first: rules were flushed or someone inserted above it",
-                naming.POLICY_CHAIN,
-            )
-            return False
+        for hook in iptables_render.HOOKS:
+            rules = [r for r in iptables.list_chain("filter", hook, self.bin) or [] if r.startswith("-A")]
+            if not rules or f"-j {naming.POLICY_CHAIN}" not in rules[0] or not any(x.startswith("-A") for x in entry):
+                log.warning(
+                    "the %s jump to %s is gone or no longer first: rules were flushed or someone inserted above it",
+                    hook,
+                    naming.POLICY_CHAIN,
+                )
+                return False
         return True
 
     def all_chains_intact(self) -> bool:
@@ -120,7 +126,8 @@ class IptablesPolicySyncer(PolicySyncer):
         return True
 
     def cleanup(self) -> None:
-        iptables.delete_rule("filter", "FORWARD", iptables_render.JUMP_ARGS, self.bin)
+        for hook in iptables_render.HOOKS:
+            iptables.delete_rule("filter", hook, iptables_render.JUMP_ARGS, self.bin)
         try:
             text = iptables_render.render_cleanup(chains_from_save(iptables.save("filter", f"{self.bin}-save")))
         except (iptables.IptablesError, FileNotFoundError):
@@ -168,10 +175,11 @@ class NftPolicySyncer(PolicySyncer):
         return change.family == nft_render.FAMILY and change.table == self.table
 
     def intact(self) -> bool:
-        listing = nft.list_chain(nft_render.FAMILY, self.table, "ingress")
-        if listing is None or "hook forward" not in listing:
-            log.warning("table %s or its ingress chain is gone: rules were flushed", self.table)
-            return False
+        for chain, hook in (("ingress", "hook forward"), (nft_render.EGRESS_INPUT, "hook input")):
+            listing = nft.list_chain(nft_render.FAMILY, self.table, chain)
+            if listing is None or hook not in listing:
+                log.warning("table %s or its %s chain is gone: rules were flushed", self.table, chain)
+                return False
         return True
 
     def all_chains_intact(self) -> bool:

@@ -37,6 +37,7 @@ def load(node: PolicyNode, mode: str, cluster) -> None:
     plan = plan_node(cluster, "n1")
     node.exec_node("nft", "-f", "-", input=nft_render.render_cleanup())
     node.exec_node("iptables", "-F", "FORWARD")
+    node.exec_node("iptables", "-F", "INPUT")
     # clean up the chains that ARE there (as the syncer's cleanup does), not the ones this
     # plan would write: a chain of the previous example that still jumps to one of ours would
     # keep it referenced, and its -X would fail (EBUSY)
@@ -120,3 +121,35 @@ def test_random_policies_kernel_equals_model(node, mode, pols):
     rnd = random.Random(str(pols))
     pairs = [(s, d) for s in node.pods for d in node.pods if s != d]
     check(node, cluster, rnd.sample(pairs, 16))
+
+
+EGRESS_DENY_XA = netpol("xa-no-egress", {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]})
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_egress_policy_also_judges_a_pods_traffic_to_its_own_node(node, mode):
+    """A pod's packets to its node's own address take INPUT, not FORWARD: the egress
+    policy must judge them there too (as Calico does), while other pods still reach it."""
+    import subprocess
+    import sys
+
+    from minikubenet.policy.model import Pod
+    from tests.netns.policy_node import SERVER
+
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", node.node, sys.executable, "-I", "-S", "-c", SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        cluster = node.cluster([policy_from_k8s(EGRESS_DENY_XA)])
+        load(node, mode, cluster)
+        pods = {p.key: p for p in node.pods}
+        the_node = Pod("node", "n1", "10.244.1.1")  # the node's address on cni0
+        for src in (pods["x/a"], pods["x/b"]):
+            want = verdict(cluster, Address(src.ip, src), Address(the_node.ip, node="n1"), 80, "TCP").allowed
+            got = node.probe(src, [the_node], ports=[(80, "TCP"), (81, "UDP")])
+            assert got[("node/n1", 80, "TCP")] == want and got[("node/n1", 81, "UDP")] == want, (src.key, got)
+            assert want == (src.key != "x/a")
+    finally:
+        server.kill()
+        server.wait()

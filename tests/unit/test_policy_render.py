@@ -145,3 +145,17 @@ def test_tracer_names_the_policy_that_drops():
     xb = next(p for p in c.pods if p.key == "x/b")
     trace = trace_packet(text, xb.ip, dst.ip, 1005, "tcp", jumps=())
     assert trace.output == "ACCEPT" and any("x/web ingress rule 0" in r for o in trace.outcomes for r in o.rules)
+
+
+def test_a_pods_egress_to_its_own_node_is_judged_from_input_too():
+    plan = plan_node(xyz_cluster([POLICY]), "n1")
+    text = iptables_render.render(iptables_render.chains(plan), jump=True)
+    assert [x.split(" -m ")[0] for x in text.splitlines() if x.startswith("-I ")] == ["-I FORWARD 1", "-I INPUT 1"]
+    moved = iptables_render.render(iptables_render.chains(plan), move_jump=("INPUT",))
+    assert "-D INPUT " in moved and "-D FORWARD" not in moved and "-I FORWARD" not in moved
+    rs = nft_render.ruleset(plan)
+    assert rs.chains[nft_render.EGRESS_INPUT] == rs.chains["egress"]
+    full = nft_render.render_full(rs)
+    assert (
+        "add chain ip minikubenet-policy egress-input { type filter hook input priority -6 ; policy accept ; }" in full
+    )
