@@ -16,6 +16,7 @@ mode: ``HASH8-`` then the name itself (proxy/naming.py hash_and_truncate).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 
 from minikubenet.proxy.naming import hash_and_truncate
@@ -27,12 +28,14 @@ POLICY_PREFIX = "MKN-NP-"
 PREFIXES = (POD_INGRESS_PREFIX, POD_EGRESS_PREFIX, POLICY_PREFIX)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a sync names every chain again: mostly the same names
 def _hash16(text: str) -> str:
     # the first 10 bytes are the first 16 base32 characters (5 bytes -> 8 characters):
     # the same name as encoding the whole digest and cutting, at a fraction of the cost
     return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _hashed(name: str) -> str:
     """``HASH8-name``: proxy/naming.py hash_and_truncate, without its full-digest encoding."""
     if len(name) > 200:

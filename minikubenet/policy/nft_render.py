@@ -38,11 +38,12 @@ nft 1.0.6 needs ``;`` before a closing ``}`` on one line: written where it is ne
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
 from minikubenet.policy import naming
-from minikubenet.policy.plan import Atom, NodePlan
+from minikubenet.policy.plan import Atom, NodePlan, net_order
 
 FAMILY, TABLE = "ip", "minikubenet-policy"
 BASE = {"Egress": ("egress", -6), "Ingress": ("ingress", -5)}
@@ -163,10 +164,15 @@ def _add_chain(t: str, name: str) -> str:
 def _collapsed(nets) -> list[str]:
     """An interval set refuses overlapping elements ("conflicting intervals"): a pod IP
     inside an ipBlock of the same rule is merged into it."""
-    nets = set(nets)
+    return list(_collapsed_set(frozenset(nets)))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _collapsed_set(nets: frozenset[str]) -> tuple[str, ...]:
+    # cached: rules naming the same peers (a namespace's pods, say) are common
     if len(nets) <= 1 or all(x.endswith("/32") for x in nets):  # distinct addresses never overlap
-        return sorted(nets, key=lambda x: ipaddress.IPv4Address(x[:-3]))
-    return [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(x) for x in nets)]
+        return tuple(sorted(nets, key=net_order))
+    return tuple(str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(x) for x in nets))
 
 
 def _port_match(a: Atom) -> str:
