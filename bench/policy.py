@@ -131,6 +131,7 @@ def load(node: str, setup: str, texts: dict[str, str]) -> None:
 
     sh("ip", "netns", "exec", node, "nft", "-f", "-", input=nft_render.render_cleanup())
     sh("ip", "netns", "exec", node, "iptables", "-F", "FORWARD")
+    sh("ip", "netns", "exec", node, "iptables", "-F", "INPUT")  # (both jump to MKN-POLICY)
     present = {
         line[1:].split()[0]
         for line in sh("ip", "netns", "exec", node, "iptables-save", "-t", "filter").splitlines()
