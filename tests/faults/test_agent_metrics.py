@@ -14,6 +14,7 @@ import pytest
 
 from minikubenet.cni.runtime import CniCallError
 from minikubenet.lab import daemons, probes
+from minikubenet.waiting import wait_until
 from tests.conftest import running_lab
 from tests.faults.conftest import report
 
@@ -80,8 +81,12 @@ def test_a_refused_request_is_counted_by_its_cni_code(lab):
 
 
 def test_overlay_entries_are_counted_and_a_hand_made_break_is_corrected(lab):
-    m = scrape(lab)
-    assert m["minikubenet_agent_overlay_entries"] == 3  # neigh + fdb + route for n2
+    def settled():  # the gauge is set by the periodic resync: on a young lab it may not have run
+        m = scrape(lab)
+        return m if m.get("minikubenet_agent_overlay_entries") == 3 else None  # neigh + fdb + route for n2
+
+    m = wait_until(settled, 30, 0.5)
+    assert m is not None, scrape(lab)
     assert m['minikubenet_agent_overlay_entries_programmed_total{kind="route"}'] >= 1
     assert "minikubenet_agent_lease_renewals_total" in "".join(m)  # exported (renewals: 24 h TTL / 3)
     key = 'minikubenet_agent_overlay_entries_corrected_total{action="restored",kind="route"}'

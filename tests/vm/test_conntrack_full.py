@@ -153,8 +153,17 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
         doctor = ""
         if DOCTOR_HOOK:  # while full: its etcd connection is dropped too, the table must still be named
             p = vc.ssh(n2, f"timeout 180 sh -c '{DOCTOR_HOOK}'", check=False, timeout=240)
-            doctor = next((line.strip() for line in p.stdout.splitlines() if "conntrack table is full" in line), "")
-            assert p.returncode not in (0, 124) and "conntrack table is full" in doctor, p.stdout + p.stderr
+            # full, or (an entry expired between the probes and doctor's read: TCG timing) the
+            # drops the full table caused - either way doctor names the conntrack table
+            doctor = next(
+                (
+                    line.strip()
+                    for line in p.stdout.splitlines()
+                    if "conntrack table is full" in line or "dropped connections for want of conntrack room" in line
+                ),
+                "",
+            )
+            assert p.returncode not in (0, 124) and doctor, p.stdout + p.stderr
 
         # a little room (50 entries, still far below the original): the noisy pod stops
         # pushing (it keeps its flows), and the scrape gets through
