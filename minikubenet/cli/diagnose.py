@@ -151,7 +151,18 @@ def cmd_doctor(args) -> int:
         if args.node not in known:
             raise CliError(f"no node {args.node!r} in lab {args.lab}; one of: {', '.join(sorted(known))}")
     etcd = _etcd_health(args)
-    if not etcd.reachable:
+    view = None
+    if etcd.reachable:
+        try:
+            view = _view(args, None)
+        except CliError as e:
+            if args.lab:
+                raise
+            # etcd answered the health read but not the reads that followed (every one of
+            # them failed, so not even the network config came back): as unreachable - a
+            # full conntrack table, for one, drops some of the connection's packets
+            etcd = doctor_checks.EtcdHealth(False, None, f"it answered a health read, then not the reads: {e}")
+    if view is None:
         # Without etcd only the node-local checks can run; they may name the cause (a full
         # conntrack table drops the connection to etcd too).
         findings = doctor_checks.check_etcd(etcd)
@@ -164,7 +175,6 @@ def cmd_doctor(args) -> int:
         for snap in local.snapshots.values():
             findings += doctor_checks.check_conntrack(snap) + doctor_checks.check_sysctls(snap)
         return _print_findings(args, findings, local, list(netns_of), [], started)
-    view = _view(args, None)
     if not args.lab:
         nodes = [args.node_name]
         if view.nodes.get(args.node_name) is None:
