@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minikubenet.lab import processes  # noqa: E402
 from minikubenet.lab.cluster import Lab  # noqa: E402
 from minikubenet.lab.topology import build_topology  # noqa: E402
+from minikubenet.waiting import wait_until  # noqa: E402
 
 PORT = 5201
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -51,16 +52,17 @@ def stream(lab: Lab, seconds: int, rate: str, restart_at: float | None) -> dict:
     )
     restarted: dict[str, float] = {}
     try:
-        deadline = time.monotonic() + 10
-        while (
-            f":{PORT} "
-            not in subprocess.run(
-                ["ip", "netns", "exec", server_ns, "ss", "-Hltn"], capture_output=True, text=True
-            ).stdout
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError("iperf3 does not listen")
-            time.sleep(0.05)
+        # the listening socket, read with ss (a probe connection would be taken for a client)
+        wait_until(
+            lambda: (
+                f":{PORT} "
+                in subprocess.run(
+                    ["ip", "netns", "exec", server_ns, "ss", "-Hltn"], capture_output=True, text=True
+                ).stdout
+            ),
+            10,
+            what="iperf3 listening",
+        )
 
         def restart() -> None:
             time.sleep(restart_at or 0)
