@@ -41,6 +41,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from minikubenet.label_validation import annotations_errors, labels_errors
+
 PROTOCOLS = ("TCP", "UDP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 TRAFFIC_POLICIES = ("Cluster", "Local")
@@ -115,6 +117,10 @@ class Service:
     load_balancer_source_ranges: tuple[ipaddress.IPv4Network, ...] = ()
     health_check_node_port: int | None = None
     allocate_load_balancer_node_ports: bool = True
+    # metadata the proxy does not read but `apply` must keep and `get` show back, as the
+    # API server stores them
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -241,6 +247,8 @@ def service_from_k8s(
     lb_ips = _load_balancer_ingress(doc.get("status"), svc_type, errors)
     ranges = _source_ranges(spec.get("loadBalancerSourceRanges"), svc_type, errors)
     etp, itp, hc_port = _traffic_policies(spec, svc_type, bool(external_ips), node_port_range, errors)
+    errors += labels_errors(meta.get("labels"), "metadata.labels")
+    errors += annotations_errors(meta.get("annotations"), "metadata.annotations")
     if errors:
         raise ValidationError(what, errors)
     return Service(
@@ -259,6 +267,8 @@ def service_from_k8s(
         load_balancer_source_ranges=ranges,
         health_check_node_port=hc_port,
         allocate_load_balancer_node_ports=allocate,
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(meta.get("annotations") or {}),
     )
 
 
@@ -291,12 +301,12 @@ def service_to_k8s(svc: Service) -> dict:
             spec["loadBalancerSourceRanges"] = [str(n) for n in svc.load_balancer_source_ranges]
     if svc.health_check_node_port:
         spec["healthCheckNodePort"] = svc.health_check_node_port
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"namespace": svc.namespace, "name": svc.name},
-        "spec": spec,
-    }
+    metadata: dict = {"namespace": svc.namespace, "name": svc.name}
+    if svc.labels:
+        metadata["labels"] = dict(svc.labels)
+    if svc.annotations:
+        metadata["annotations"] = dict(svc.annotations)
+    doc = {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
     if svc.type == "LoadBalancer":
         doc["status"] = {"loadBalancer": {"ingress": [{"ip": str(ip)} for ip in svc.load_balancer_ips]}}
     return doc

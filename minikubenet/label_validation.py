@@ -170,6 +170,28 @@ def labels_errors(labels: Any, path: str) -> list[str]:
     return out
 
 
+# apimachinery's TotalAnnotationSizeLimitB: keys and values of one object together.
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+
+
+def annotations_errors(annotations: Any, path: str) -> list[str]:
+    """ValidateAnnotations: qualified-name keys, string values, 256 KiB in all."""
+    if annotations is None:
+        return []
+    if not isinstance(annotations, Mapping):
+        return [wrong_type(path, annotations, "a map of strings")]
+    out, size = [], 0
+    for k, v in annotations.items():
+        out += [invalid(path, k, m) for m in label_key_errors(k)]
+        if not isinstance(v, str):
+            out.append(wrong_type(f"{path}[{k}]", v, "a string"))
+        else:
+            size += len(str(k).encode()) + len(v.encode())
+    if size > ANNOTATIONS_MAX_BYTES:
+        out.append(f"{path}: Too long: must have at most {ANNOTATIONS_MAX_BYTES} bytes")
+    return out
+
+
 # --------------------------------------------------------------------------- selectors
 
 

@@ -32,11 +32,11 @@ from typing import Any
 
 from minikubenet.k8s_objects import ValidationError
 from minikubenet.label_validation import (
+    annotations_errors,
     dns1123_label_errors,
     dns1123_subdomain_errors,
     forbidden,
     invalid,
-    label_key_errors,
     labels_errors,
     not_supported,
     required,
@@ -78,15 +78,7 @@ def _meta_errors(meta: Any, namespaced: bool, name_rule) -> list[str]:
     elif ns:
         out.append(forbidden("metadata.namespace", "not allowed on this type"))
     out += labels_errors(meta.get("labels"), "metadata.labels")
-    annotations = meta.get("annotations")
-    if annotations is not None:
-        if not isinstance(annotations, Mapping):
-            out.append(wrong_type("metadata.annotations", annotations, "a map of strings"))
-        else:
-            for k, v in annotations.items():
-                out += [invalid("metadata.annotations", k, m) for m in label_key_errors(k)]
-                if not isinstance(v, str):
-                    out.append(wrong_type(f"metadata.annotations[{k}]", v, "a string"))
+    out += annotations_errors(meta.get("annotations"), "metadata.annotations")
     return out
 
 

@@ -169,6 +169,14 @@ def test_two_new_services_in_one_file_get_different_cluster_ips(stores):
             "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 70000}]}\n",
             "spec.ports[0].port: 70000 is out of range",
         ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, annotations: {a: 1}}\nspec: {ports: [{port: 80}]}\n",
+            "metadata.annotations[a]: Invalid value: 1: must be a string",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, labels: {'-x': y}}\nspec: {ports: [{port: 80}]}\n",
+            'metadata.labels: Invalid value: "-x"',
+        ),
         ("just a string\n", "document 5 (?):\n  must be an object with apiVersion and kind, got str"),
     ],
 )
@@ -372,3 +380,21 @@ def test_a_namespace_that_does_not_exist_deletes_nothing(stores):
     deleted, missing = manifests.delete(docs, *stores)
     assert deleted == [] and missing == ['namespaces "x" not found']
     assert sorted(objects.list_network_policies()) == ["x/p1", "x/p2", "y/p1"]
+
+
+def test_a_service_keeps_its_labels_and_annotations(stores):
+    """The API server stores a Service's metadata as given; get shows it back, and a
+    change to it alone is an update ("configured"), not "unchanged"."""
+    objects, services = stores
+    text = (
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  labels: {app: web, tier: front}\n"
+        "  annotations: {example.com/owner: team-a, note: free text with spaces}\n"
+        "spec: {selector: {app: web}, ports: [{port: 80}]}\n"
+    )
+    assert run_apply(stores, text) == ["service/web created"]
+    meta = services.get_service("default", "web")["metadata"]
+    assert meta["labels"] == {"app": "web", "tier": "front"}
+    assert meta["annotations"] == {"example.com/owner": "team-a", "note": "free text with spaces"}
+    assert run_apply(stores, text) == ["service/web unchanged"]
+    assert run_apply(stores, text.replace("tier: front", "tier: back")) == ["service/web configured"]
+    assert services.get_service("default", "web")["metadata"]["labels"]["tier"] == "back"
