@@ -59,7 +59,7 @@ from minikubenet.proxy.iptables_render import (
     plan_from_rules,
     service_rules,
 )
-from minikubenet.proxy.model import RenderOptions, is_large_cluster, ready_endpoints
+from minikubenet.proxy.model import RenderOptions, is_large_cluster
 from minikubenet.proxy.naming import is_service_chain
 from minikubenet.proxy.nft_render import (
     NftState,
@@ -117,12 +117,20 @@ def udp_flows_to_clear(
     (pure: the filters, not the deletion). Arguments are "ns/name" -> Service and
     "ns/name:port" -> endpoints, before and after a sync.
 
-    - an endpoint no longer ready for a UDP service port: its entries, by the old
-      ClusterIP:port and NodePort (kube-proxy ClearEntriesForNAT / ForPort), also when
-      the service has no endpoints left at all (kubernetes#139628);
-    - a UDP service port that had no endpoints and now has some: every entry to it,
-      because those were made while the rules REJECTed and were never DNATed
-      (kube-proxy's NewlyActiveUDPServices).
+    kube-proxy's event-based cleanup (pkg/proxy endpoints.go detectStaleConntrackEntries,
+    conntrack/cleanup.go deleteStaleEndpointConntrackEntries / deleteStaleService...):
+
+    - an endpoint that was *serving* and is no longer (gone, or no longer serving): its
+      entries, by every frontend of the old service port - ClusterIP:port, each external
+      IP and LB ingress IP with the port (ClearEntriesForNAT) and the NodePort
+      (ClearEntriesForPortNAT) -, also when the service has no endpoints left
+      (kubernetes#139628). Serving, not ready: an endpoint that turns terminating but
+      still serves keeps its flows, because the rules may still send traffic to it (the
+      fallback to serving-terminating endpoints when no endpoint is ready), and one that
+      was never serving got no traffic to clear;
+    - a UDP service port that had no serving endpoint and now has one: every entry to
+      its frontends, because those were made while the rules REJECTed and were never
+      DNATed (kube-proxy's NewlyActiveUDPServices).
 
     ``keys``: only these services ("ns/name") changed; None: look at all of them."""
     out: list[conntrack.UdpFlowFilter] = []
@@ -135,24 +143,37 @@ def udp_flows_to_clear(
             if port.protocol != "UDP" or svc.cluster_ip is None:
                 continue
             pk = svc.port_key(port)
-            old = {str(e.ip) for e in ready_endpoints(before.get(pk, ()))}
             new_svc = after_services.get(key)
             same_port = new_svc is not None and new_svc.cluster_ip == svc.cluster_ip and port in new_svc.ports
-            new = {str(e.ip) for e in ready_endpoints(after.get(pk, ()))} if same_port else set()
-            for ip in sorted(old - new):
-                out.append(conntrack.UdpFlowFilter(port.port, str(svc.cluster_ip), ip))
+            still = _serving(after.get(pk, ())) if same_port else {}
+            old = _serving(before.get(pk, ()))
+            for ip in sorted({ip for name, ip in old.items() if name not in still}, key=ipaddress.ip_address):
+                out += [conntrack.UdpFlowFilter(port.port, dst, ip) for dst in _frontends(svc)]
                 if port.node_port:
                     out.append(conntrack.UdpFlowFilter(port.node_port, None, ip))
-    for _key, svc in sorted(after_services.items()):
+    for key, svc in sorted(after_services.items()):
         for port in svc.ports:
             if port.protocol != "UDP" or svc.cluster_ip is None:
                 continue
             pk = svc.port_key(port)
-            if ready_endpoints(after.get(pk, ())) and not ready_endpoints(before.get(pk, ())):
-                out.append(conntrack.UdpFlowFilter(port.port, str(svc.cluster_ip)))
+            old_svc = before_services.get(key)
+            had = bool(_serving(before.get(pk, ()))) and old_svc is not None and port in old_svc.ports
+            if _serving(after.get(pk, ())) and not had:
+                out += [conntrack.UdpFlowFilter(port.port, dst) for dst in _frontends(svc)]
                 if port.node_port:
                     out.append(conntrack.UdpFlowFilter(port.node_port))
     return out
+
+
+def _serving(endpoints: Sequence[Endpoint]) -> dict[str, str]:
+    """The serving endpoints' IPs by kube-proxy's endpoint string ("IP:port")."""
+    return {str(e): str(e.ip) for e in endpoints if e.is_serving}
+
+
+def _frontends(svc: Service) -> list[str]:
+    """The addresses a client reaches the service port at (besides the NodePort)."""
+    assert svc.cluster_ip is not None
+    return [str(svc.cluster_ip), *(str(ip) for ip in svc.external_ips), *(str(ip) for ip in svc.load_balancer_ips)]
 
 
 # --------------------------------------------------------------------------- the base

@@ -227,6 +227,55 @@ def test_unready_counts_as_removed_and_unchanged_means_nothing():
     assert udp_flows_to_clear({"ns/dns": UDP}, same, {"ns/dns": UDP}, same) == []
 
 
+def test_an_endpoint_that_turns_terminating_but_still_serves_keeps_its_flows():
+    """detectStaleConntrackEntries compares serving, not ready: with no ready endpoint
+    left the rules fall back to the serving-terminating one, so its flows must live."""
+    terminating = Endpoint(EP[1].ip, 5353, ready=False, serving=True, terminating=True)
+    before, after = {"ns/dns:dns": [EP[1]]}, {"ns/dns:dns": [terminating]}
+    assert udp_flows_to_clear({"ns/dns": UDP}, before, {"ns/dns": UDP}, after) == []
+
+
+def test_a_terminating_endpoint_that_stops_serving_is_cleared():
+    """ "including if it went from serving to not serving" (pkg/proxy endpoints.go)."""
+    serving = Endpoint(EP[1].ip, 5353, ready=False, serving=True, terminating=True)
+    gone = Endpoint(EP[1].ip, 5353, ready=False, serving=False, terminating=True)
+    flows = udp_flows_to_clear({"ns/dns": UDP}, {"ns/dns:dns": [serving]}, {"ns/dns": UDP}, {"ns/dns:dns": [gone]})
+    assert flows == [UdpFlowFilter(53, "10.96.0.10", "10.244.1.1"), UdpFlowFilter(30053, None, "10.244.1.1")]
+
+
+def test_an_endpoint_that_never_served_has_nothing_to_clear_and_its_first_serving_one_makes_the_port_active():
+    """An old endpoint that was not serving got no traffic; a port whose only endpoint
+    becomes serving-terminating had none serving before: NewlyActiveUDPServices."""
+    unready = Endpoint(EP[1].ip, 5353, ready=False, serving=False)
+    assert udp_flows_to_clear({"ns/dns": UDP}, {"ns/dns:dns": [unready]}, {"ns/dns": UDP}, {"ns/dns:dns": []}) == []
+    fallback = Endpoint(EP[2].ip, 5353, ready=False, serving=True, terminating=True)
+    flows = udp_flows_to_clear({"ns/dns": UDP}, {"ns/dns:dns": [unready]}, {"ns/dns": UDP}, {"ns/dns:dns": [fallback]})
+    assert flows == [UdpFlowFilter(53, "10.96.0.10"), UdpFlowFilter(30053)]
+
+
+def test_external_and_load_balancer_ips_are_cleared_like_the_cluster_ip():
+    """deleteStaleEndpointConntrackEntries: ClearEntriesForNAT for the ClusterIP, every
+    external IP and every LB ingress IP, ClearEntriesForPortNAT for the NodePort."""
+    lb = Service(
+        "ns",
+        "dns",
+        IP("10.96.0.10"),
+        (ServicePort("dns", "UDP", 53, 5353, 30053),),
+        type="LoadBalancer",
+        external_ips=(IP("192.0.2.7"),),
+        load_balancer_ips=(IP("198.51.100.5"),),
+    )
+    flows = udp_flows_to_clear({"ns/dns": lb}, {"ns/dns:dns": [EP[1], EP[2]]}, {"ns/dns": lb}, {"ns/dns:dns": [EP[1]]})
+    assert flows == [
+        UdpFlowFilter(53, "10.96.0.10", "10.244.1.2"),
+        UdpFlowFilter(53, "192.0.2.7", "10.244.1.2"),
+        UdpFlowFilter(53, "198.51.100.5", "10.244.1.2"),
+        UdpFlowFilter(30053, None, "10.244.1.2"),
+    ]
+    first = udp_flows_to_clear({"ns/dns": lb}, {}, {"ns/dns": lb}, {"ns/dns:dns": [EP[3]]})
+    assert [f.dst_ip for f in first] == ["10.96.0.10", "192.0.2.7", "198.51.100.5", None]
+
+
 # --------------------------------------------------------------------------- state and loop
 
 
