@@ -29,7 +29,7 @@ from minikubenet import private_files
 from minikubenet.label_validation import dns1123_label_errors, label_key_errors, label_value_errors
 from minikubenet.netpol_validation import port_name_errors
 
-PROTOCOLS = ("TCP", "UDP")  # what portserver.py serves (SCTP: not in the lab)
+PROTOCOLS = ("TCP", "UDP", "SCTP")  # what portserver.py serves (SCTP where the kernel has it)
 
 
 class PodSpecError(ValueError):
@@ -171,7 +171,7 @@ def _save(lab, pod: LabPod | None, remove: str | None = None) -> None:
 def add_pod(lab, namespace: str, name: str, node: str, labels: dict[str, str], ports: list[PodPort]) -> LabPod:
     """Create the pod (see the module text); returns it with its IP. Raises PodSpecError
     for bad input (nothing made) and LabError when the lab fails at it."""
-    from minikubenet.lab import portserver, probes
+    from minikubenet.lab import portserver, probes, reachability
     from minikubenet.lab import services as lab_services
     from minikubenet.lab.cluster import LabError
 
@@ -185,6 +185,10 @@ def add_pod(lab, namespace: str, name: str, node: str, labels: dict[str, str], p
         raise PodSpecError(f"pod {namespace}/{name} exists already in lab {lab.topo.name}")
     if not ports:
         raise PodSpecError("give at least one port (--ports 80/TCP,...)")
+    if any(p.protocol == "SCTP" for p in ports):
+        missing = reachability.sctp_missing()
+        if missing:
+            raise PodSpecError(f"--ports: {missing}")
     netns = f"{lab.topo.name}-pod-{namespace}.{name}"
     pod = LabPod(namespace, name, node, netns, container_id=netns, labels=labels, ports=ports)
     _save(lab, pod)  # recorded before anything is made
@@ -210,8 +214,8 @@ def add_pod(lab, namespace: str, name: str, node: str, labels: dict[str, str], p
         pod.pid, pod.start_time = rec.pid, rec.start_time
         _save(lab, pod)
         for p in ports:
-            if p.protocol == "TCP":
-                probes.wait_listening(netns, "127.0.0.1", p.port)
+            if p.protocol != "UDP":
+                probes.wait_listening(netns, "127.0.0.1", p.port, protocol=p.protocol)
         lab_services.store_call(lab, "ensure-namespace", name=namespace)
         lab_services.store_call(lab, "put-pods", pods=[pod.doc()])
     except Exception as e:

@@ -4,6 +4,8 @@
 
     TCP: accept, send {"pod": NAME, "port": P, "client": "<ip>"} and close
     UDP: answer every datagram with the same JSON, to its sender
+    SCTP: as TCP, over a one-to-one SCTP socket (RFC 6458 section 4; only where the
+          kernel has SCTP: `lab pod add` checks before it makes the pod)
 
 This is what the upstream network-policy e2e tests run in their pods (agnhost serving
 every port of the model), so ``lab probe`` can ask "does x/a reach y/b on 81/TCP?" for
@@ -24,8 +26,9 @@ def main(argv):
     sel = selectors.DefaultSelector()
     for spec in specs:
         port, _, proto = spec.partition("/")
-        kind = socket.SOCK_STREAM if proto.upper() == "TCP" else socket.SOCK_DGRAM
-        s = socket.socket(socket.AF_INET, kind)
+        kind = socket.SOCK_DGRAM if proto.upper() == "UDP" else socket.SOCK_STREAM
+        ipproto = socket.IPPROTO_SCTP if proto.upper() == "SCTP" else 0
+        s = socket.socket(socket.AF_INET, kind, ipproto)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", int(port)))
         if kind == socket.SOCK_STREAM:

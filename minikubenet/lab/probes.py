@@ -88,9 +88,9 @@ def too_big_for_path(netns: str, ip: str, size: int) -> bool:
         s.close()
 
 
-def connect_error(netns: str, ip: str, port: int, timeout: float = 0.5) -> OSError | None:
-    """Try one TCP connection from ``netns``: None if it was accepted, else the error."""
-    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM)
+def connect_error(netns: str, ip: str, port: int, timeout: float = 0.5, protocol: str = "TCP") -> OSError | None:
+    """Try one TCP (or SCTP) connection from ``netns``: None if it was accepted, else the error."""
+    s = socket_in(path_of(netns), socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP if protocol == "SCTP" else 0)
     s.settimeout(timeout)
     try:
         s.connect((ip, port))
@@ -101,13 +101,13 @@ def connect_error(netns: str, ip: str, port: int, timeout: float = 0.5) -> OSErr
         s.close()
 
 
-def wait_listening(netns: str, ip: str, port: int, timeout: float = 10.0, alive=None) -> None:
-    """Until something accepts on ip:port in ``netns``. ``alive`` (optional) is asked
-    between tries: False means the process that should listen has died, stop waiting."""
+def wait_listening(netns: str, ip: str, port: int, timeout: float = 10.0, alive=None, protocol: str = "TCP") -> None:
+    """Until something accepts on ip:port (TCP or SCTP) in ``netns``. ``alive`` (optional)
+    is asked between tries: False means the process that should listen has died, stop waiting."""
     errors: list[OSError] = []
 
     def accepted() -> bool:
-        error = connect_error(netns, ip, port)
+        error = connect_error(netns, ip, port, protocol=protocol)
         if error is None:
             return True
         errors[:] = [error]

@@ -105,12 +105,12 @@ def compare(pods: Sequence[str], expected: Matrix, observed: Matrix) -> tuple[li
 
 
 def connect(netns: str, ip: str, port: int, protocol: str, timeout: float = 1.0) -> bool:
-    """One probe from inside ``netns``: TCP connects and reads the server's answer; UDP
-    sends a datagram and waits for the echo."""
+    """One probe from inside ``netns``: TCP (and SCTP) connects and reads the server's
+    answer; UDP sends a datagram and waits for the echo."""
     from minikubenet.linux.netns import path_of, socket_in
 
-    kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
-    s = socket_in(path_of(netns), socket.AF_INET, kind)
+    kind = socket.SOCK_DGRAM if protocol == "UDP" else socket.SOCK_STREAM
+    s = socket_in(path_of(netns), socket.AF_INET, kind, socket.IPPROTO_SCTP if protocol == "SCTP" else 0)
     s.settimeout(timeout)
     try:
         if kind == socket.SOCK_STREAM:
@@ -148,7 +148,20 @@ def parse_port_list(text: str) -> list[tuple[int, str]]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         number, _, proto = item.partition("/")
         proto = (proto or "TCP").upper()
-        if not number.isdigit() or not 1 <= int(number) <= 65535 or proto not in ("TCP", "UDP"):
-            raise ValueError(f"--ports {item!r}: expected PORT[/TCP|/UDP]")
+        if not number.isdigit() or not 1 <= int(number) <= 65535 or proto not in ("TCP", "UDP", "SCTP"):
+            raise ValueError(f"--ports {item!r}: expected PORT[/TCP|/UDP|/SCTP]")
+        if proto == "SCTP" and sctp_missing():
+            raise ValueError(f"--ports {item!r}: {sctp_missing()}")
         out.append((int(number), proto))
     return out
+
+
+def sctp_missing() -> str | None:
+    """Why this kernel cannot carry SCTP, or None. SCTP is a module (sctp.ko) that is
+    loaded for the whole host, not per namespace; opening a socket is the honest test
+    (it fails with EPROTONOSUPPORT when the module is absent or cannot be loaded)."""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+    except OSError as e:
+        return f"this kernel has no SCTP ({e.strerror}; load the sctp module on the host: modprobe sctp)"
+    return None

@@ -50,6 +50,11 @@ NODE_OF = {"a": "n1", "b": "n2", "c": "n3"}
 PODS = [f"{ns}/{p}" for ns in NAMESPACES for p in POD_NAMES]
 SETTLE_S = 20.0
 NAME_LABEL = "kubernetes.io/metadata.name"
+# Upstream's SCTP cases ([Feature:SCTPConnectivity]) run where the kernel has SCTP; the
+# model pods then serve 80 and 81 over SCTP too.
+NO_SCTP = reachability.sctp_missing()
+MODEL_PORTS = "80/TCP,81/TCP,80/UDP,81/UDP" + ("" if NO_SCTP else ",80/SCTP,81/SCTP")
+needs_sctp = pytest.mark.skipif(NO_SCTP is not None, reason=f"SCTP connectivity cases: {NO_SCTP}")
 
 
 # --------------------------------------------------------------------------- the lab
@@ -76,9 +81,7 @@ def lab(request, lab_root):
         LabDriver(lab).apply(*[namespace(ns) for ns in NAMESPACES])
         for ns in NAMESPACES:
             for name in POD_NAMES:
-                lab_pods.add_pod(
-                    lab, ns, name, NODE_OF[name], {"pod": name}, lab_pods.parse_ports("80/TCP,81/TCP,80/UDP,81/UDP")
-                )
+                lab_pods.add_pod(lab, ns, name, NODE_OF[name], {"pod": name}, lab_pods.parse_ports(MODEL_PORTS))
         start_policy(lab, request.param)
         lab.mode = request.param
         yield lab
@@ -612,3 +615,21 @@ def test_udp_only_from_a_pod_in_a_different_namespace(clean):
         ),
     )
     clean.check(80, "UDP", all_open().expect_all_ingress("x/a", False).expect("y/a", "x/a", True))
+
+
+# --------------------------------------------------------------------------- SCTP cases
+
+
+@needs_sctp
+def test_sctp_default_deny_ingress(clean):
+    clean.apply(policy("deny-all", ingress=[]))
+    clean.check(80, "SCTP", all_open().expect_peer(False, to_ns="x"))
+
+
+@needs_sctp
+def test_sctp_ports(clean):
+    """ "should enforce policy based on Ports": 81/SCTP allowed from y into x/a, 80/SCTP not."""
+    rule = {"from": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": 81, "protocol": "SCTP"}]}
+    clean.apply(policy("allow-ingress-on-port-81-ns-x", pods={"pod": "a"}, ingress=[rule]))
+    clean.check(81, "SCTP", from_y_only_into_xa())
+    clean.check(80, "SCTP", all_open().expect_all_ingress("x/a", False))

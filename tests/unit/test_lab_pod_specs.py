@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from minikubenet.lab import reachability
 from minikubenet.lab.pods import LabPod, PodPort, PodSpecError, parse_labels, parse_ports, parse_ref
 from minikubenet.lab.reachability import Reachability, compare, marks, parse_port_list, pretty
 
@@ -25,7 +26,7 @@ def test_ports_are_named_as_the_upstream_tests_name_theirs():
 @pytest.mark.parametrize(
     "spec, expected",
     [
-        ("80/SCTP", "protocol SCTP is not served in the lab"),
+        ("80/ICMP", "protocol ICMP is not served in the lab (one of TCP, UDP, SCTP)"),
         ("0/TCP", "PORT 1-65535"),
         ("http/TCP", "expected [NAME=]PORT[/PROTO]"),
         ("a-very-long-port-name=80/TCP", "must be no more than 15 characters"),
@@ -95,7 +96,16 @@ def test_the_matrix_prints_as_upstream_and_the_diagonal_is_not_judged():
     assert "comparison (1 wrong):\n-    x/a  x/b\nx/a  -    X\nx/b  .    -" in text
 
 
-def test_probe_port_lists():
+def test_probe_port_lists(monkeypatch):
     assert parse_port_list("80/TCP,81/udp,82") == [(80, "TCP"), (81, "UDP"), (82, "TCP")]
     with pytest.raises(ValueError):
+        parse_port_list("80/ICMP")
+    monkeypatch.setattr(reachability, "sctp_missing", lambda: None)
+    assert parse_port_list("80/sctp") == [(80, "SCTP")]
+    monkeypatch.setattr(reachability, "sctp_missing", lambda: "this kernel has no SCTP (Protocol not supported; ...)")
+    with pytest.raises(ValueError, match="this kernel has no SCTP"):
         parse_port_list("80/SCTP")
+
+
+def test_sctp_ports_are_named_like_the_others():
+    assert parse_ports("80/SCTP,x=81/sctp") == [PodPort("serve-80-sctp", 80, "SCTP"), PodPort("x", 81, "SCTP")]
