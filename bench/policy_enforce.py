@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.policy_enforce", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--modes", default="iptables,nftables")
+    p.add_argument("--out", default=RESULTS, help=f"directory for the JSON (default {RESULTS})")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.policy_enforce needs root (network namespaces)", file=sys.stderr)
@@ -185,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {m:9s} {v:6s} {fig['median_ms']:6.0f} ms ({fig['min_ms']:.0f}-{fig['max_ms']:.0f})  target <= 1 s: {verdict}"
             )
-    os.makedirs(RESULTS, exist_ok=True)
-    out = os.path.join(RESULTS, f"policy_enforce-{time.strftime('%Y-%m-%dT%H%M%S')}.json")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, f"policy_enforce-{time.strftime('%Y-%m-%dT%H%M%S')}.json")
     with open(out, "w") as f:
         json.dump({"rounds": args.rounds, "cpus": os.cpu_count(), "summary": summary, "raw_s": got}, f, indent=1)
     print(f"saved {out}")
