@@ -4,7 +4,10 @@ proxy's tracer agreeing with the model on random policies."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minikubenet.policy import iptables_render, naming, nft_render
 from minikubenet.policy.model import Address, verdict
@@ -159,3 +162,23 @@ def test_a_pods_egress_to_its_own_node_is_judged_from_input_too():
     assert (
         "add chain ip minikubenet-policy egress-input { type filter hook input priority -6 ; policy accept ; }" in full
     )
+
+
+@given(
+    st.sets(
+        st.tuples(
+            st.sampled_from([10 << 24, (10 << 24) + (1 << 16), (192 << 24) + (168 << 16)]),
+            st.integers(0, 1 << 17),
+            st.sampled_from([8, 16, 23, 24, 25, 26, 30, 31, 32, 32]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_peer_sets_are_collapsed_exactly_as_ipaddress_does(raw):
+    """The integer merge of a rule's peer networks (no element inside another: an
+    interval set refuses overlaps) gives collapse_addresses' answer, element for element."""
+    nets = {str(ipaddress.IPv4Network((base + offset, length), strict=False)) for base, offset, length in raw}
+    want = tuple(str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(x) for x in nets))
+    assert nft_render._collapsed_set(frozenset(nets)) == want
