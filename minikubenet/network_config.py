@@ -76,6 +76,8 @@ def make_config(
     vni: int | None = None,
     port: int | None = None,
     direct_routing: bool = False,
+    bgp_peers: list[dict] | None = None,
+    node_mesh: bool = True,
 ) -> NetworkConfig:
     """Build and validate a config from command-line style values."""
     options: dict = {}
@@ -85,6 +87,10 @@ def make_config(
             options["DirectRouting"] = True
     elif backend == "bgp":
         options = {"AS": DEFAULT_AS}
+        if bgp_peers:
+            options["Peers"] = bgp_peers
+        if not node_mesh:
+            options["NodeToNodeMesh"] = False
     doc = {"Network": network, "SubnetLen": subnet_len, "Backend": {"Type": backend, **options}}
     return parse_config(json.dumps(doc))
 
@@ -151,6 +157,7 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         asn = options.get("AS", DEFAULT_AS)
         if not isinstance(asn, int) or isinstance(asn, bool) or not 1 <= asn <= 4294967294:
             raise ConfigError(f"Backend.AS {asn!r} is not an AS number (1..4294967294; private: 64512-65534)")
+        _check_bgp_peering(options)
     return NetworkConfig(
         network=network,
         subnet_len=subnet_len,
@@ -159,6 +166,58 @@ def parse_config(text: str | bytes) -> NetworkConfig:
         backend=backend,
         backend_options=options,
     )
+
+
+BGP_PEER_KEYS = ("PeerIP", "AS", "NodeSubnet", "Nodes")
+
+
+def _check_bgp_peering(options: dict) -> None:
+    """Backend.NodeToNodeMesh and Backend.Peers (Calico's nodeToNodeMeshEnabled and
+    BGPPeer; overlay/bird_config.py renders them)."""
+    mesh = options.get("NodeToNodeMesh", True)
+    if not isinstance(mesh, bool):
+        raise ConfigError(f"Backend.NodeToNodeMesh {mesh!r} must be true or false")
+    peers = options.get("Peers", [])
+    if not isinstance(peers, list):
+        raise ConfigError('Backend.Peers must be a list like [{"PeerIP": "10.0.0.1", "AS": 64512}]')
+    seen: set[str] = set()
+    for i, peer in enumerate(peers):
+        path = f"Backend.Peers[{i}]"
+        if not isinstance(peer, dict):
+            raise ConfigError(f'{path} must be an object like {{"PeerIP": "10.0.0.1", "AS": 64512}}')
+        unknown = sorted(set(peer) - set(BGP_PEER_KEYS))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(BGP_PEER_KEYS)})")
+        try:
+            if not isinstance(peer.get("PeerIP"), str):
+                raise ValueError
+            ip = ipaddress.IPv4Address(peer["PeerIP"])
+        except ValueError:
+            raise ConfigError(f"{path}.PeerIP {peer.get('PeerIP')!r} is not an IPv4 address") from None
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip == ipaddress.IPv4Address("255.255.255.255"):
+            raise ConfigError(f"{path}.PeerIP {ip} cannot be a BGP neighbour")
+        if str(ip) in seen:
+            raise ConfigError(f"{path}.PeerIP {ip} is given twice")
+        seen.add(str(ip))
+        asn = peer.get("AS", options.get("AS", DEFAULT_AS))
+        if not isinstance(asn, int) or isinstance(asn, bool) or not 1 <= asn <= 4294967294:
+            raise ConfigError(f"{path}.AS {asn!r} is not an AS number (1..4294967294; private: 64512-65534)")
+        if "NodeSubnet" in peer and "Nodes" in peer:
+            raise ConfigError(f"{path}: give NodeSubnet or Nodes, not both")
+        if "NodeSubnet" in peer:
+            try:
+                ipaddress.IPv4Network(peer["NodeSubnet"])
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{path}.NodeSubnet {peer['NodeSubnet']!r} is not a network: {e}") from None
+        if "Nodes" in peer:
+            nodes = peer["Nodes"]
+            if not isinstance(nodes, list) or not nodes:
+                raise ConfigError(f"{path}.Nodes must be a non-empty list of node addresses")
+            for j, node in enumerate(nodes):
+                try:
+                    ipaddress.IPv4Address(node)
+                except ValueError:
+                    raise ConfigError(f"{path}.Nodes[{j}] {node!r} is not an IPv4 address") from None
 
 
 def check_no_overlap(config: NetworkConfig, others: dict[str, ipaddress.IPv4Network]) -> None:

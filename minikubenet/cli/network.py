@@ -12,11 +12,35 @@ import ipaddress
 from minikubenet.cli.common import CliError, etcd_options, open_store
 
 
+def _bgp_peer(text: str) -> dict:
+    """ "10.0.0.1" or "10.0.0.1/65001" -> a Backend.Peers entry (validated by make_config)."""
+    from minikubenet.network_config import ConfigError
+
+    ip, slash, asn = text.partition("/")
+    peer: dict = {"PeerIP": ip}
+    if slash:
+        if not asn.isdigit():
+            raise ConfigError(f"--bgp-peer {text!r}: expected PEER-IP or PEER-IP/AS")
+        peer["AS"] = int(asn)
+    return peer
+
+
 def cmd_network_init(args) -> int:
     from minikubenet.network_config import ConfigError, check_no_overlap, make_config
 
     try:
-        config = make_config(args.network, args.subnet_len, args.backend, args.vni, args.port, args.direct_routing)
+        if (args.bgp_peer or args.no_node_mesh) and args.backend != "bgp":
+            raise ConfigError("--bgp-peer and --no-node-mesh are options of --backend bgp")
+        config = make_config(
+            args.network,
+            args.subnet_len,
+            args.backend,
+            args.vni,
+            args.port,
+            args.direct_routing,
+            bgp_peers=[_bgp_peer(text) for text in args.bgp_peer],
+            node_mesh=not args.no_node_mesh,
+        )
         others = {"service network": ipaddress.IPv4Network(args.service_network)}
         check_no_overlap(config, others)
     except (ConfigError, ValueError) as e:
@@ -75,6 +99,14 @@ def register(sub) -> None:
     init.add_argument("--vni", type=int)
     init.add_argument("--port", type=int)
     init.add_argument("--direct-routing", action="store_true", help="vxlan: plain routes to same-segment peers")
+    init.add_argument(
+        "--bgp-peer",
+        action="append",
+        default=[],
+        metavar="IP[/AS]",
+        help="bgp: a BGP speaker every node peers with besides the other nodes (a router; repeatable)",
+    )
+    init.add_argument("--no-node-mesh", action="store_true", help="bgp: no node-to-node mesh (peers only)")
     init.add_argument("--service-network", default="10.96.0.0/12", help="must not overlap the pod network")
     init.add_argument("--force", action="store_true", help="replace a different existing config")
     init.set_defaults(func=cmd_network_init)

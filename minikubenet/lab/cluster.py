@@ -45,7 +45,7 @@ from minikubenet.cni.runtime import CniRuntime
 from minikubenet.lab import daemons, podserver, probes, processes
 from minikubenet.lab import services as lab_services
 from minikubenet.lab.processes import ProcessRecord
-from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, build_topology
+from minikubenet.lab.topology import POD_PORT, NodeSpec, PodSpec, Topology, build_topology, lb_pool_spec
 from minikubenet.linux import named_netns
 from minikubenet.linux.named_netns import run
 from minikubenet.overlay import bgp_sessions
@@ -192,6 +192,8 @@ class Lab:
             f"lab {t.name}: {len(t.nodes)} nodes, backend {t.backend}, underlay {t.underlay}, pods {t.pod_network}"
         )
         self._build_underlay()
+        if self._bgp_client_ip():
+            self._start_bgp_client()
         etcd_tls.create_pki(self.pki.dir, [str(m.ip) for m in t.etcd_member_specs()])
         self._start_etcd()
         self._close_etcd()
@@ -407,9 +409,44 @@ class Lab:
             "--backend",
             t.backend,
         ]
+        client_ip = self._bgp_client_ip()
+        if client_ip:
+            argv += ["--bgp-peer", client_ip]  # every node peers with the client network too
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
             raise LabError(f"network init failed: {p.stderr.strip() or p.stdout.strip()}")
+
+    def _bgp_client_ip(self) -> str | None:
+        """With bgp, the client namespace of the LoadBalancer check is a BGP speaker
+        (lab/bgp_client.py); None without bgp or on an underlay too small for it."""
+        from minikubenet.lab import loadbalancer
+
+        t = self.topo
+        if t.backend != "bgp" or not lb_pool_spec(t.underlay):
+            return None
+        return str(t.underlay[loadbalancer.CLIENT_HOST])
+
+    def _start_bgp_client(self) -> None:
+        from minikubenet.lab import loadbalancer
+
+        ns, _ip = loadbalancer.ensure_client(self)
+        conf, sock, log = self._configure_bgp_client(reload=False)
+        self._start(ns, ["bird", "-f", "-c", conf, "-s", sock], log + ".out", "client BIRD")
+
+    def _configure_bgp_client(self, reload: bool) -> tuple[str, str, str]:
+        """Write the client network's bird.conf for the lab's nodes; ``reload``: tell the
+        running BIRD (``birdc configure``: the sessions it has stay up)."""
+        from minikubenet.lab import bgp_client, loadbalancer
+
+        ip = self._bgp_client_ip()
+        assert ip is not None
+        conf, sock, log = bgp_client.files(self.dir)
+        private_files.make_dir(os.path.dirname(conf))
+        text = bgp_client.render(ipaddress.IPv4Address(ip), [n.ip for n in self.topo.nodes], log)
+        private_files.write_atomic(conf, text)
+        if reload:
+            run(["ip", "netns", "exec", loadbalancer.client_netns(self), "birdc", "-s", sock, "configure"])
+        return conf, sock, log
 
     def _start_node(self, node: NodeSpec) -> None:
         self._prepare_node(node)
@@ -450,6 +487,8 @@ class Lab:
                 json.dump(state, f, indent=1)
         node = self.topo.nodes[-1]
         self._prepare_node(node)
+        if self._bgp_client_ip():
+            self._configure_bgp_client(reload=True)  # the client network peers with the new node too
         if start_agent:
             self.start_agent(node.name)
             for pod in node.pods:
@@ -701,6 +740,8 @@ class Lab:
             elif not dev:
                 for r in _ip_json(ns, "route", "show", "proto", "static"):
                     lines.append(f"{n.name}: route {r['dst']} via {r.get('gateway', '-')} dev {r.get('dev')}")
+        if self.topo.backend == "bgp":
+            lines += self._bgp_client_report()
         return "\n".join(lines)
 
     def wait_bgp_converged(self, timeout: float = 30.0) -> None:
@@ -733,6 +774,18 @@ class Lab:
         if p.returncode != 0:
             lines.append(f"    (birdc: {(p.stderr or p.stdout).strip()[:120]})")
         for r in _ip_json(node.netns, "route", "show", "proto", "bird"):
+            lines.append(f"    learned {r['dst']} via {r.get('gateway', '-')} dev {r.get('dev')}")
+        return lines
+
+    def _bgp_client_report(self) -> list[str]:
+        """What the client network learned from the nodes (pod subnets, LB /32s)."""
+        from minikubenet.lab import loadbalancer
+
+        ns = loadbalancer.client_netns(self)
+        if not self._bgp_client_ip() or not os.path.exists(f"/run/netns/{ns}"):
+            return []
+        lines = [f"client network {ns} ({self._bgp_client_ip()}, BIRD): learned over BGP"]
+        for r in _ip_json(ns, "route", "show", "proto", "bird"):
             lines.append(f"    learned {r['dst']} via {r.get('gateway', '-')} dev {r.get('dev')}")
         return lines
 

@@ -67,9 +67,15 @@ def http_status(netns: str, ip: str, port: int, timeout: float = 3.0) -> tuple[i
     return int(head.split()[1]), body
 
 
+def announce_mode(lab) -> str:
+    """How the lab's nodes announce LB IPs: over BGP to the client network with the bgp
+    backend (lab/bgp_client.py), else by answering ARP."""
+    return "bgp" if lab._bgp_client_ip() else "arp"
+
+
 def run_speakers(lab, nodes=None) -> None:
-    """One pass of the layer-2 speaker on every node taking part (default: all; the
-    proxy user's certificate: it only reads services and endpoints)."""
+    """One pass of the speaker on every node taking part (default: all; the proxy
+    user's certificate: it only reads services and endpoints)."""
     t = lab.topo
     members = list(nodes or t.nodes)
     names = ",".join(n.name for n in members)
@@ -89,6 +95,8 @@ def run_speakers(lab, nodes=None) -> None:
             names,
             "--iface",
             "eth0",
+            "--announce",
+            announce_mode(lab),
             "--etcd-endpoints",
             t.etcd_endpoints,
             *lab.etcd_tls(etcd_rbac.PROXY).argv(),
@@ -146,6 +154,23 @@ def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
     lb_ip = doc["status"]["loadBalancer"]["ingress"][0]["ip"]
     hc_port = doc["spec"]["healthCheckNodePort"]
     run_speakers(lab)
+    learned = ""
+    if announce_mode(lab) == "bgp":
+        route: dict = {}
+
+        def client_learned() -> bool:
+            found = [r for r in _routes(client, "proto", "bird") if r.get("dst") == lb_ip]
+            route.update(found[0] if found else {})
+            return bool(found)
+
+        if not wait_until(client_learned, timeout):
+            raise ServiceCheckFailed(f"the client network learned no BGP route to {lb_ip} (see `lab status`)")
+        if route.get("gateway") != str(first.ip):
+            raise ServiceCheckFailed(
+                f"the client's BGP route to {lb_ip} goes via {route.get('gateway')}; want {first.ip} ({first.name}, "
+                "the only node with a local endpoint: externalTrafficPolicy Local)"
+            )
+        learned = f"; announced over BGP by {first.name} alone, the client learned {lb_ip}/32 via {first.ip}"
 
     answer: dict = {}
 
@@ -168,7 +193,7 @@ def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
     lines = [
         f"service {NAMESPACE}/{LB_SERVICE} (LoadBalancer, externalTrafficPolicy Local) ingress {lb_ip}:80 "
         f"from {client} ({client_ip}, not a node): pod {pod.name} saw the client's own address "
-        f"(reachable after {elapsed:.1f}s)"
+        f"(reachable after {elapsed:.1f}s){learned}"
     ]
     # Through the ingress IP vs the ClusterIP of the same service, from a pod on another
     # node (its own node's rules DNAT both; issue 13: ingress <= 1.1 x ClusterIP).
@@ -195,3 +220,8 @@ def check_load_balancer(lab, timeout: float = 20.0) -> list[str]:
         body = json.loads(http_status(client, node_ip, hc_port)[1])
         lines.append(f"health check {node.name} {node_ip}:{hc_port}: {want}, localEndpoints {body['localEndpoints']}")
     return lines
+
+
+def _routes(netns: str, *selector: str) -> list[dict]:
+    p = subprocess.run(["ip", "-n", netns, "-j", "route", "show", *selector], capture_output=True, text=True)
+    return json.loads(p.stdout or "[]")

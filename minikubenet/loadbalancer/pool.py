@@ -17,6 +17,10 @@ This is MetalLB's role in a bare-metal cluster (controller + speaker, layer-2 mo
   hashes the same way to spread IPs over nodes). With externalTrafficPolicy Local only
   nodes with a ready local endpoint are eligible, else the traffic would be dropped
   there. When the chosen node leaves, another wins and announces with gratuitous ARP.
+- **Announcement over BGP** (MetalLB speaker, BGP mode; with the bgp backend): no
+  election - every eligible node announces the IP to its BGP peers, and the routers
+  spread the traffic over them (ECMP). Eligible as above: every node, or with
+  externalTrafficPolicy Local only those with a ready local endpoint.
 """
 
 from __future__ import annotations
@@ -98,15 +102,22 @@ def _rank(node: str, ip: ipaddress.IPv4Address) -> bytes:
     return hashlib.sha256(f"{node}#{ip}".encode()).digest()
 
 
+def eligible_nodes(svc: Service, nodes: Iterable[str], endpoints: Mapping[str, Sequence[Endpoint]]) -> list[str]:
+    """The nodes that may announce the service's IPs: all, or with eTP=Local those with
+    a ready local endpoint (elsewhere the traffic would be dropped)."""
+    eligible = sorted(set(nodes))
+    if svc.external_policy_local:
+        with_local = {e.node_name for eps in endpoints.values() for e in eps if e.ready}
+        eligible = [n for n in eligible if n in with_local]
+    return eligible
+
+
 def announcer(
     ip: ipaddress.IPv4Address, svc: Service, nodes: Iterable[str], endpoints: Mapping[str, Sequence[Endpoint]]
 ) -> str | None:
     """The node that answers ARP for ``ip``; None when no node is eligible (eTP=Local
     and no ready endpoint anywhere: announcing would only attract dropped traffic)."""
-    eligible = sorted(set(nodes))
-    if svc.external_policy_local:
-        with_local = {e.node_name for eps in endpoints.values() for e in eps if e.ready}
-        eligible = [n for n in eligible if n in with_local]
+    eligible = eligible_nodes(svc, nodes, endpoints)
     if not eligible:
         return None
     return min(eligible, key=lambda n: _rank(n, ip))

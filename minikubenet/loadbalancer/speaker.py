@@ -1,8 +1,13 @@
-"""The layer-2 speaker: on each node, make this node answer ARP for exactly the LB IPs
-that ``pool.announcer`` gives it, and stop answering for the others.
+"""The speaker: on each node, announce exactly the LB IPs this node is responsible for,
+and stop announcing the others. Two ways, as MetalLB's speaker has:
+
+- ``--announce arp`` (layer 2, the default): answer ARP for the IPs ``pool.announcer``
+  elects this node for (linux/lb_announce.py, gratuitous ARP on taking one over);
+- ``--announce bgp`` (with the bgp backend): every eligible node announces every IP
+  over BGP (``pool.eligible_nodes``), through its BIRD (linux/lb_routes.py).
 
     python -m minikubenet.loadbalancer.speaker --node-name n1 --nodes n1,n2,n3 \\
-        --iface eth0 --etcd-endpoints ... [--once]
+        --iface eth0 --etcd-endpoints ... [--announce arp|bgp] [--once]
 
 Every node runs the same pure choice over the same services, endpoints and node list,
 so they agree without talking to each other (MetalLB's speakers use memberlist for the
@@ -22,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from minikubenet.k8s_objects import Endpoint, Service, ValidationError, endpoints_from_k8s, service_from_k8s
-from minikubenet.loadbalancer.pool import announcer
+from minikubenet.loadbalancer.pool import announcer, eligible_nodes
 
 log = logging.getLogger("minikubenet.speaker")
 
@@ -32,8 +37,17 @@ def my_ips(
     endpoints: Mapping[str, Mapping[str, Sequence[Endpoint]]],
     nodes: Sequence[str],
     me: str,
+    announce: str = "arp",
 ) -> set[ipaddress.IPv4Address]:
-    """The LB IPs this node should answer for."""
+    """The LB IPs this node should answer for (arp: the elected node only) or announce
+    over BGP (bgp: every eligible node)."""
+    if announce == "bgp":
+        return {
+            ip
+            for key, svc in services.items()
+            if svc.type == "LoadBalancer" and me in eligible_nodes(svc, nodes, endpoints.get(key, {}))
+            for ip in svc.load_balancer_ips
+        }
     return {
         ip
         for key, svc in services.items()
@@ -59,16 +73,22 @@ def _snapshot(store) -> tuple[dict, dict]:
     return services, endpoints
 
 
-def sync(store, node: str, nodes: Sequence[str], iface: str) -> tuple[list[str], list[str]]:
+def sync(store, node: str, nodes: Sequence[str], iface: str, announce: str = "arp") -> tuple[list[str], list[str]]:
     """One pass: (added, withdrawn) IPs."""
-    from minikubenet.linux import lb_announce
+    from minikubenet.linux import lb_announce, lb_routes
 
     services, endpoints = _snapshot(store)
-    added, removed = lb_announce.reconcile(iface, my_ips(services, endpoints, nodes, node))
+    want = my_ips(services, endpoints, nodes, node, announce)
+    if announce == "bgp":
+        added, removed = lb_routes.reconcile(want)
+        how, stop = "announcing over BGP", "no longer announcing"
+    else:
+        added, removed = lb_announce.reconcile(iface, want)
+        how, stop = "answering ARP for", "no longer answering for"
     for ip in added:
-        log.info("%s: answering ARP for %s (gratuitous ARP sent)", node, ip)
+        log.info("%s: %s %s", node, how, ip + (" (gratuitous ARP sent)" if announce == "arp" else ""))
     for ip in removed:
-        log.info("%s: no longer answering for %s", node, ip)
+        log.info("%s: %s %s", node, stop, ip)
     return added, removed
 
 
@@ -82,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-name", required=True)
     p.add_argument("--nodes", required=True, help="the nodes taking part, comma-separated")
     p.add_argument("--iface", default="eth0", help="the underlay interface to answer ARP on")
+    p.add_argument(
+        "--announce",
+        choices=("arp", "bgp"),
+        default="arp",
+        help="layer 2 (answer ARP, one node per IP) or BGP (through the node's BIRD: the bgp backend)",
+    )
     p.add_argument("--period", type=float, default=2.0)
     p.add_argument("--once", action="store_true")
     args = p.parse_args(argv)
@@ -99,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             try:
-                sync(store, args.node_name, nodes, args.iface)
+                sync(store, args.node_name, nodes, args.iface, args.announce)
             except Exception as e:  # etcd away or the interface gone: try again
                 if args.once:
                     log.error("%s", e)

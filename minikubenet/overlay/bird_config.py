@@ -19,6 +19,20 @@ node a neighbour of every other: the other leases' PublicIPs). Choices that matt
   (``connect delay time 0``; BIRD waits 5 s by default);
 - ``learn off``: BIRD never takes over routes the kernel or the agent made.
 
+Besides the nodes, ``Backend.Peers`` names BGP speakers that are not nodes (Calico's
+BGPPeer: a ToR router, the LB's clients' router), each for every node or only for the
+nodes whose address lies in ``NodeSubnet`` or is listed in ``Nodes``; ``NodeToNodeMesh:
+false`` turns the node-to-node mesh off (then only those peers carry the routes). They
+get the same announcements as a node does.
+
+LoadBalancer IPs (``lb_table``): the speaker (loadbalancer/speaker.py) does not touch
+this file. It puts a /32 route per LB IP this node announces into a routing table of
+its own that no rule consults (linux/lb_routes.py); a second kernel protocol ``learn``s
+that table into BIRD's table ``lb_ips``, a pipe copies it into the main one, and the
+peers' export filter lets it out beside the pod subnet. So the speaker and the agent
+never share a config file or a control socket, and a withdrawn route is withdrawn
+from BGP as soon as BIRD's netlink listener sees it go.
+
 Changes go to BIRD with ``birdc configure`` (a reload keeps sessions that did not change),
 never a restart: linux/bird.py.
 """
@@ -56,6 +70,22 @@ def mesh_peers(own_ip: ipaddress.IPv4Address, peer_ips, asn: int) -> list[BgpPee
     return [BgpPeer(peer_name(ip), ip, asn) for ip in sorted(set(peer_ips)) if ip != own_ip]
 
 
+def configured_peers(own_ip: ipaddress.IPv4Address, peers: list[dict], asn: int) -> list[BgpPeer]:
+    """The ``Backend.Peers`` (validated by network_config.py) that apply to this node:
+    every one without a selector, those whose NodeSubnet holds ``own_ip``, those whose
+    Nodes list names it. Named ``peer_<ip>``: a node and a peer never share a name."""
+    out = []
+    for peer in peers:
+        if "NodeSubnet" in peer and own_ip not in ipaddress.IPv4Network(peer["NodeSubnet"]):
+            continue
+        if "Nodes" in peer and str(own_ip) not in peer["Nodes"]:
+            continue
+        ip = ipaddress.IPv4Address(peer["PeerIP"])
+        if ip != own_ip:
+            out.append(BgpPeer("peer_" + str(ip).replace(".", "_"), ip, peer.get("AS", asn)))
+    return out
+
+
 def render(
     router_id: ipaddress.IPv4Address,
     asn: int,
@@ -63,10 +93,12 @@ def render(
     peers: list[BgpPeer],
     log_file: str,
     hold_time: int = 9,
+    lb_table: int | None = None,
 ) -> str:
     """bird.conf for one node. ``hold_time``: seconds without a keepalive before a peer
     counts as dead (BIRD's default is 240; a short one lets a crashed node's routes go
-    within seconds; a node that stops cleanly closes its sessions and is withdrawn at once)."""
+    within seconds; a node that stops cleanly closes its sessions and is withdrawn at once).
+    ``lb_table``: the kernel table the LB speaker puts its /32 routes in (see above)."""
     check_asn(asn)
     for p in peers:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p.name):
@@ -98,6 +130,7 @@ def render(
         "  scan time 10;",
         "}",
         "",
+        *(_lb_ips(lb_table) if lb_table else []),
         "template bgp node_peer {",
         f"  local {router_id} as {asn};",
         f"  hold time {hold_time};",
@@ -109,7 +142,7 @@ def render(
         "  graceful restart on;",
         "  ipv4 {",
         "    import all;",
-        '    export where proto = "pod_subnet";',
+        f"    export where {_EXPORTED if lb_table else _POD_SUBNET};",
         "    next hop self;",
         "  };",
         "}",
@@ -117,3 +150,35 @@ def render(
     for p in peers:
         lines += ["", f"protocol bgp {p.name} from node_peer {{", f"  neighbor {p.ip} as {p.asn};", "}"]
     return "\n".join(lines) + "\n"
+
+
+_POD_SUBNET = 'proto = "pod_subnet"'
+_EXPORTED = _POD_SUBNET + ' || proto = "lb_ips_kernel"'
+
+
+def _lb_ips(table: int) -> list[str]:
+    """The LB speaker's /32s: learned from its kernel table, piped into master4."""
+    if not 1 <= table <= 0xFFFFFFFE or table in (253, 254, 255):
+        raise ValueError(f"kernel table {table} cannot hold the LB routes (1..2^32-2, not default/main/local)")
+    return [
+        f"# LoadBalancer IPs this node announces: the speaker's routes in kernel table {table} (linux/lb_routes.py).",
+        "ipv4 table lb_ips;",
+        "protocol kernel lb_ips_kernel {",
+        "  ipv4 {",
+        "    table lb_ips;",
+        "    import all;",
+        "    export none;",
+        "  };",
+        f"  kernel table {table};",
+        "  learn;                  # the routes are the speaker's, not BIRD's",
+        "  scan time 10;",
+        "}",
+        "",
+        "protocol pipe lb_ips_pipe {",
+        "  table master4;",
+        "  peer table lb_ips;",
+        "  import all;             # lb_ips -> master4",
+        "  export none;",
+        "}",
+        "",
+    ]

@@ -115,8 +115,9 @@ def lease_key(subnet: str) -> str:
 
 
 def test_a_peer_that_cannot_be_reached_is_flagged_in_status_metrics_and_lab_status(lab):
-    # a lease whose PublicIP is on the underlay but answers nobody
-    silent = str(ipaddress.IPv4Network(str(lab.topo.underlay)).network_address + 200)
+    # a lease whose PublicIP is on the underlay but answers nobody (.200 is the client
+    # network's BIRD, lab/bgp_client.py)
+    silent = str(ipaddress.IPv4Network(str(lab.topo.underlay)).network_address + 199)
     taken = {lease["subnet"] for lease in lab.leases().values()}
     config = json.loads(dict(lab.etcd_dump("/coreos.com/network/config"))["/coreos.com/network/config"])
     subnet = next(
@@ -136,7 +137,7 @@ def test_a_peer_that_cannot_be_reached_is_flagged_in_status_metrics_and_lab_stat
         answer = status_answer(lab, "n1")
         assert "error" not in answer  # the node itself works: a warning, not a failure
         assert bgp_peer_metric(lab, "n1", "not_established") == 1
-        assert bgp_peer_metric(lab, "n1", "established") == 2
+        assert bgp_peer_metric(lab, "n1", "established") == 3  # n2, n3 and the client network
         report_lines = lab.overlay_report().splitlines()
         assert any(name in line and "NOT ESTABLISHED" in line for line in report_lines), report_lines
         assert not any("NOT ESTABLISHED" in line for line in report_lines if name not in line)

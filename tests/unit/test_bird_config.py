@@ -62,3 +62,92 @@ def test_without_bird_the_backend_refuses_before_making_anything(monkeypatch):
         BackendError, match=r"the bgp backend runs BIRD: `bird` is not installed \(Debian: apt install bird2\)"
     ):
         for_config("bgp").prepare(make_config("10.244.0.0/16", backend="bgp"), underlay=None, run_dir="/nonexistent")
+
+
+# --------------------------------------------------------------------------- peers that are not nodes
+
+
+def bgp_config(**backend) -> str:
+    import json
+
+    return json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": "bgp", **backend}})
+
+
+def test_configured_peers_apply_by_node_subnet_or_node_list():
+    peers = [
+        {"PeerIP": "172.31.0.200"},  # every node
+        {"PeerIP": "172.31.1.1", "AS": 65001, "NodeSubnet": "172.31.1.0/24"},  # rack 1's router only
+        {"PeerIP": "172.31.0.1", "Nodes": ["172.31.0.12"]},  # one node only
+    ]
+    mine = bird_config.configured_peers(A("172.31.0.11"), peers, 64512)
+    assert [(p.name, str(p.ip), p.asn) for p in mine] == [("peer_172_31_0_200", "172.31.0.200", 64512)]
+    theirs = bird_config.configured_peers(A("172.31.0.12"), peers, 64512)
+    assert [p.name for p in theirs] == ["peer_172_31_0_200", "peer_172_31_0_1"]
+    rack1 = bird_config.configured_peers(A("172.31.1.5"), peers, 64512)
+    assert [(p.name, p.asn) for p in rack1] == [("peer_172_31_0_200", 64512), ("peer_172_31_1_1", 65001)]
+
+
+@pytest.mark.parametrize(
+    "backend, message",
+    [
+        ({"Peers": {"PeerIP": "10.0.0.1"}}, "Backend.Peers must be a list"),
+        ({"Peers": ["10.0.0.1"]}, "Backend.Peers[0] must be an object"),
+        ({"Peers": [{"PeerIP": "10.0.0.300"}]}, "Backend.Peers[0].PeerIP '10.0.0.300' is not an IPv4 address"),
+        ({"Peers": [{"PeerIP": 167772161}]}, "Backend.Peers[0].PeerIP 167772161 is not an IPv4 address"),
+        ({"Peers": [{"PeerIP": "127.0.0.1"}]}, "Backend.Peers[0].PeerIP 127.0.0.1 cannot be a BGP neighbour"),
+        (
+            {"Peers": [{"PeerIP": "10.0.0.1"}, {"PeerIP": "10.0.0.1"}]},
+            "Backend.Peers[1].PeerIP 10.0.0.1 is given twice",
+        ),
+        ({"Peers": [{"PeerIP": "10.0.0.1", "AS": 0}]}, "Backend.Peers[0].AS 0 is not an AS number"),
+        ({"Peers": [{"PeerIP": "10.0.0.1", "Asn": 1}]}, "Backend.Peers[0]: unknown key 'Asn'"),
+        (
+            {"Peers": [{"PeerIP": "10.0.0.1", "NodeSubnet": "10.0.0.0/24", "Nodes": ["10.0.0.2"]}]},
+            "give NodeSubnet or Nodes, not both",
+        ),
+        ({"Peers": [{"PeerIP": "10.0.0.1", "NodeSubnet": "10.0.0.0/33"}]}, "Backend.Peers[0].NodeSubnet"),
+        ({"Peers": [{"PeerIP": "10.0.0.1", "Nodes": []}]}, "Backend.Peers[0].Nodes must be a non-empty list"),
+        ({"NodeToNodeMesh": "no"}, "Backend.NodeToNodeMesh 'no' must be true or false"),
+    ],
+)
+def test_bad_peering_is_refused_with_the_key(backend, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(bgp_config(**backend))
+    assert message in str(e.value), str(e.value)
+
+
+def test_network_init_style_peers_and_no_mesh():
+    config = make_config("10.244.0.0/16", backend="bgp", bgp_peers=[{"PeerIP": "172.31.0.200"}], node_mesh=False)
+    assert config.backend_options == {"AS": 64512, "Peers": [{"PeerIP": "172.31.0.200"}], "NodeToNodeMesh": False}
+
+
+def test_lb_routes_are_learned_from_the_speakers_table_and_announced_beside_the_subnet():
+    text = bird_config.render(A("172.31.0.11"), 64512, N("10.244.1.0/24"), [], "/run/x/bird.log", lb_table=2410)
+    assert "kernel table 2410;" in text and "learn;" in text and "peer table lb_ips;" in text
+    assert 'export where proto = "pod_subnet" || proto = "lb_ips_kernel";' in text
+    # the main kernel protocol still installs only BGP-learned routes, never the speaker's
+    assert "export where source = RTS_BGP;" in text
+    with pytest.raises(ValueError, match="kernel table 254"):
+        bird_config.render(A("172.31.0.11"), 64512, N("10.244.1.0/24"), [], "/x", lb_table=254)
+
+
+def test_a_peer_off_every_connected_network_is_not_peered_but_reported():
+    from minikubenet.agent.backends.bgp import BgpPeers
+
+    class Daemon:
+        log_file = "/x"
+
+    planner = BgpPeers(
+        Daemon(),  # type: ignore[arg-type]
+        A("172.31.0.11"),
+        N("10.244.1.0/24"),
+        64512,
+        {"Peers": [{"PeerIP": "172.31.0.200"}, {"PeerIP": "192.168.7.1"}]},
+        [N("172.31.0.0/24")],
+    )
+    assert planner.peer_names([]) == ["peer_172_31_0_200"]
+    assert planner.off_link == [
+        "Backend.Peers 192.168.7.1: outside every network this node is on (172.31.0.0/24): "
+        "not peered (BGP sessions here are direct)"
+    ]
+    assert "neighbor 192.168.7.1" not in planner.config([])

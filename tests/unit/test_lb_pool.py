@@ -91,6 +91,21 @@ def test_local_policy_announces_only_from_nodes_with_a_ready_local_endpoint():
     assert announcer(ip, svc, ["n1", "n3"], eps) is None
 
 
+def test_over_bgp_every_eligible_node_announces_every_ip():
+    """MetalLB's BGP mode: no election; with eTP=Local only the nodes with a ready local
+    endpoint announce (the routers spread over them), with Cluster every node."""
+    from minikubenet.loadbalancer.speaker import my_ips
+
+    services = {"demo/a": lb("a", "192.168.56.240"), "demo/b": lb("b", "192.168.56.241", etp="Local")}
+    eps = {"demo/b": {"demo/b:http": [Endpoint(IP("10.244.2.5"), 8080, "n2")]}}
+    nodes = ["n1", "n2", "n3"]
+    assert my_ips(services, eps, nodes, "n1", "bgp") == {IP("192.168.56.240")}
+    assert my_ips(services, eps, nodes, "n2", "bgp") == {IP("192.168.56.240"), IP("192.168.56.241")}
+    # layer 2: one node per IP, the same election as before
+    arp = [my_ips(services, eps, nodes, n) for n in nodes]
+    assert sorted(str(ip) for ips in arp for ip in ips) == ["192.168.56.240", "192.168.56.241"]
+
+
 # --------------------------------------------------------------------------- the controller, on the in-memory etcd
 
 

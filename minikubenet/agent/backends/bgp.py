@@ -20,7 +20,7 @@ import subprocess
 import time
 
 from minikubenet.agent.backends.base import BackendBase, BackendError, Prepared
-from minikubenet.linux import bird
+from minikubenet.linux import bird, lb_routes
 from minikubenet.linux.addresses import Underlay
 from minikubenet.linux.netns import node_iproute
 from minikubenet.linux.overlay_routes import connected_networks
@@ -38,14 +38,39 @@ class BgpPeers:
     vxlan_dev = None
     route_devs: list[str] = []  # the controller reads and corrects no route: BIRD owns them
 
-    def __init__(self, daemon: bird.BirdDaemon, own_ip: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network, asn: int):
+    def __init__(
+        self,
+        daemon: bird.BirdDaemon,
+        own_ip: ipaddress.IPv4Address,
+        subnet: ipaddress.IPv4Network,
+        asn: int,
+        options: dict | None = None,
+        connected: list[ipaddress.IPv4Network] | None = None,
+    ):
         self.daemon, self.own_ip, self.subnet, self.asn = daemon, own_ip, subnet, asn
+        options = options or {}
+        self.mesh = options.get("NodeToNodeMesh", True)
+        # Backend.Peers that apply to this node; one outside every network the node is
+        # on is not peered (the sessions are direct: multihop is not supported) but said
+        configured = bird_config.configured_peers(own_ip, options.get("Peers", []), asn)
+        on_link = [p for p in configured if connected is None or any(p.ip in n for n in connected)]
+        self.extra = on_link
+        self.off_link = [
+            f"Backend.Peers {p.ip}: outside every network this node is on "
+            f"({', '.join(str(n) for n in connected or [])}): not peered (BGP sessions here are direct)"
+            for p in configured
+            if p not in on_link
+        ]
         # BIRD protocol name -> when its peer first appeared (monotonic): the grace
         # period of bgp_sessions.unreachable counts from here
         self.configured_at: dict[str, float] = {}
 
     def peer_names(self, leases: list[SubnetLeaseRecord]) -> list[str]:
-        return [p.name for p in bird_config.mesh_peers(self.own_ip, self._ips(leases), self.asn)]
+        return [p.name for p in self._peers(leases)]
+
+    def _peers(self, leases: list[SubnetLeaseRecord]) -> list[bird_config.BgpPeer]:
+        nodes = bird_config.mesh_peers(self.own_ip, self._ips(leases), self.asn) if self.mesh else []
+        return nodes + self.extra
 
     @staticmethod
     def _ips(leases: list[SubnetLeaseRecord]) -> list[ipaddress.IPv4Address]:
@@ -70,7 +95,7 @@ class BgpPeers:
         if not sessions and self.configured_at and not self.daemon.running():
             return ["BIRD is not running (the agent restarts it)"]
         down = bgp_sessions.unreachable(sessions, self.configured_at, time.monotonic())
-        return [s.describe() for s in down]
+        return self.off_link + [s.describe() for s in down]
 
     def peer_counts(self) -> dict[str, int]:
         """For the metric: configured peers by state (established, not_established)."""
@@ -82,8 +107,9 @@ class BgpPeers:
         return {"established": up, "not_established": len(self.configured_at) - up}
 
     def config(self, leases: list[SubnetLeaseRecord]) -> str:
-        peers = bird_config.mesh_peers(self.own_ip, self._ips(leases), self.asn)
-        return bird_config.render(self.own_ip, self.asn, self.subnet, peers, self.daemon.log_file)
+        return bird_config.render(
+            self.own_ip, self.asn, self.subnet, self._peers(leases), self.daemon.log_file, lb_table=lb_routes.LB_TABLE
+        )
 
     def plan(self, lease: SubnetLeaseRecord) -> None:
         return None
@@ -122,12 +148,22 @@ class BgpBackend(BackendBase):
         )
 
     def peers(self, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> BgpPeers:
-        daemon = prepared.state["daemon"]
-        return BgpPeers(daemon, ipaddress.IPv4Address(underlay.ip), subnet, prepared.state["asn"])
+        return self._planner(config, underlay, subnet, prepared)
+
+    @staticmethod
+    def _planner(config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> BgpPeers:
+        return BgpPeers(
+            prepared.state["daemon"],
+            ipaddress.IPv4Address(underlay.ip),
+            subnet,
+            prepared.state["asn"],
+            config.backend_options,
+            prepared.connected,
+        )
 
     def before_start(self, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> None:
         daemon = prepared.state["daemon"]
-        first = BgpPeers(daemon, ipaddress.IPv4Address(underlay.ip), subnet, prepared.state["asn"]).config([])
+        first = self._planner(config, underlay, subnet, prepared).config([])
         try:
             daemon.start(first)
         except (bird.BirdError, OSError) as e:
