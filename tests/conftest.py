@@ -55,11 +55,21 @@ def make_lab(lab_root, nodes, pods_per_node, backend="vxlan", **kw):
 
 
 @contextlib.contextmanager
-def running_lab(lab_root, nodes, pods_per_node, proxy: bool = True, rps: str = "off", **kw):
+def running_lab(
+    lab_root,
+    nodes,
+    pods_per_node,
+    proxy: bool = True,
+    rps: str = "off",
+    bgp_mode: str = "mesh",
+    direct_routing: bool = False,
+    **kw,
+):
     """A lab that is up for the ``with`` block and removed after it, also when the block
     fails (``proxy=False``: no service proxy, for tests of the agent alone; ``rps``: as
-    ``lab up --rps``, off by default)."""
+    ``lab up --rps``, off by default; ``bgp_mode``, ``direct_routing``: as ``lab up``'s)."""
     lab = make_lab(lab_root, nodes=nodes, pods_per_node=pods_per_node, **kw)
+    lab.bgp_mode, lab.direct_routing = bgp_mode, direct_routing
     if not proxy:
         lab.proxy_mode = None
     if rps == "on":

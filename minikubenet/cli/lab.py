@@ -32,10 +32,19 @@ def cmd_lab_up(args) -> int:
             args.backend,
             args.mtu,
             etcd_members=args.etcd_members,
+            racks=args.racks,
         )
+        if args.bgp_mode is not None and args.backend != "bgp":
+            raise ValueError("--bgp-mode is an option of --backend bgp")
+        if args.bgp_mode not in (None, "mesh") and args.racks < 2:
+            raise ValueError(f"--bgp-mode {args.bgp_mode} needs --racks 2 or more (the router it peers with)")
+        if args.direct_routing and args.backend != "vxlan":
+            raise ValueError("--direct-routing is an option of --backend vxlan")
     except ValueError as e:
         raise CliError(str(e)) from None
     lab = Lab(topo)
+    lab.bgp_mode = args.bgp_mode or "mesh"
+    lab.direct_routing = args.direct_routing
     from minikubenet.linux import rps
 
     if args.rps_cpus is not None:  # an explicit mask wins over --rps
@@ -230,6 +239,24 @@ def register(sub) -> None:
         "auto (a short pod -> pod probe once the pods are up keeps whichever is faster on this machine)",
     )
     up.add_argument("--rps-cpus", default=None, help="an explicit RPS CPU mask (e.g. 2) or 'off', instead of --rps")
+    up.add_argument(
+        "--racks",
+        type=int,
+        default=1,
+        help="L2 segments joined by a router namespace (default 1: one segment; host-gw needs 1)",
+    )
+    up.add_argument(
+        "--bgp-mode",
+        choices=["mesh", "tor"],
+        default=None,
+        help="bgp across racks: mesh (node mesh inside a rack, the router reflects between racks; the default) "
+        "or tor (every node peers with its rack's router only)",
+    )
+    up.add_argument(
+        "--direct-routing",
+        action="store_true",
+        help="vxlan: plain routes inside a rack, encapsulation only between racks (Calico's CrossSubnet)",
+    )
     up.add_argument("--check", action="store_true", help="prove connectivity and print a report")
     up.add_argument("--keep-on-failure", action="store_true", help="leave a failed lab up for debugging")
     up.set_defaults(func=cmd_lab_up)

@@ -13,15 +13,19 @@ from minikubenet.cli.common import CliError, etcd_options, open_store
 
 
 def _bgp_peer(text: str) -> dict:
-    """ "10.0.0.1" or "10.0.0.1/65001" -> a Backend.Peers entry (validated by make_config)."""
+    """ "10.0.0.1", "10.0.0.1/65001", "10.0.1.1@10.0.1.0/24" (only for the nodes in that
+    subnet: a rack's router) -> a Backend.Peers entry (validated by make_config)."""
     from minikubenet.network_config import ConfigError
 
-    ip, slash, asn = text.partition("/")
+    address, at, node_subnet = text.partition("@")
+    ip, slash, asn = address.partition("/")
     peer: dict = {"PeerIP": ip}
     if slash:
         if not asn.isdigit():
-            raise ConfigError(f"--bgp-peer {text!r}: expected PEER-IP or PEER-IP/AS")
+            raise ConfigError(f"--bgp-peer {text!r}: expected PEER-IP[/AS][@NODE-SUBNET]")
         peer["AS"] = int(asn)
+    if at:
+        peer["NodeSubnet"] = node_subnet
     return peer
 
 
@@ -103,8 +107,9 @@ def register(sub) -> None:
         "--bgp-peer",
         action="append",
         default=[],
-        metavar="IP[/AS]",
-        help="bgp: a BGP speaker every node peers with besides the other nodes (a router; repeatable)",
+        metavar="IP[/AS][@NODE-SUBNET]",
+        help="bgp: a BGP speaker the nodes peer with besides each other (a router; with @NODE-SUBNET only "
+        "the nodes in that subnet: a rack's ToR; repeatable)",
     )
     init.add_argument("--no-node-mesh", action="store_true", help="bgp: no node-to-node mesh (peers only)")
     init.add_argument("--service-network", default="10.96.0.0/12", help="must not overlap the pod network")

@@ -78,6 +78,11 @@ class Lab:
     # and keeps the faster (lab/rps_probe.py); up() then sets rps_cpus and rps_note.
     rps_auto: bool = False
     rps_note: str = ""
+    # With --racks and the bgp backend: how the nodes peer (lab/router.py BGP_MODES).
+    bgp_mode: str = "mesh"
+    # vxlan: plain routes to the nodes of the same segment, VXLAN only to the others
+    # (flannel's DirectRouting, Calico's CrossSubnet).
+    direct_routing: bool = False
 
     def __init__(self, topo: Topology, root: str = LAB_ROOT, say=print):
         self.topo = topo
@@ -146,6 +151,7 @@ class Lab:
             "mtu": t.mtu,
             "subnet_len": t.subnet_len,
             "etcd_members": t.etcd_members,
+            "racks": t.racks,
         }
 
     @classmethod
@@ -227,14 +233,42 @@ class Lab:
         t = self.topo
         self._netns(t.switch_netns)
         sw = t.switch_netns
-        run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
-        run(["ip", "-n", sw, "link", "set", "br0", "up"])
+        for rack in range(t.racks):  # one L2 segment per rack (topology.py)
+            run(["ip", "-n", sw, "link", "add", t.bridge(rack), "type", "bridge"])
+            run(["ip", "-n", sw, "link", "set", t.bridge(rack), "up"])
+        if t.racks > 1:
+            self._build_router()
         for m in t.etcd_member_specs():
             self._netns(m.netns)
             self._plug(m.netns, m.switch_port, m.ip)
 
-    def _plug(self, netns: str, port: str, ip: ipaddress.IPv4Address) -> None:
-        """A veth from the switch (end ``port`` on br0) to ``netns`` (end eth0, with ``ip``)."""
+    def _build_router(self) -> None:
+        """The router namespace: .1 on every rack's segment, forwarding between them
+        (lab/router.py). ip_forward is set in its own namespace only."""
+        t = self.topo
+        self._netns(t.router_netns)
+        for rack in range(t.racks):
+            self._plug(t.router_netns, f"rt{rack}", t.router_ip(rack), rack, ifname=f"eth{rack}", routes=False)
+        run(["ip", "netns", "exec", t.router_netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if t.backend == "bgp":
+            from minikubenet.lab import router
+
+            conf, sock, log = router.files(self.dir)
+            private_files.make_dir(os.path.dirname(conf))
+            private_files.write_atomic(conf, router.render(t.router_ip(0), [n.ip for n in t.nodes], log))
+            self._start(t.router_netns, ["bird", "-f", "-c", conf, "-s", sock], log + ".out", "router BIRD")
+
+    def _plug(
+        self,
+        netns: str,
+        port: str,
+        ip: ipaddress.IPv4Address,
+        rack: int = 0,
+        ifname: str = "eth0",
+        routes: bool = True,
+    ) -> None:
+        """A veth from the switch (end ``port`` on the rack's bridge) to ``netns`` (end
+        ``ifname``, with ``ip``); with racks, ``routes``: the other racks via the router."""
         t = self.topo
         sw = t.switch_netns
         run(
@@ -251,16 +285,19 @@ class Lab:
                 "veth",
                 "peer",
                 "name",
-                "eth0",
+                ifname,
                 "mtu",
                 str(t.mtu),
                 "netns",
                 netns,
             ]
         )
-        run(["ip", "-n", sw, "link", "set", port, "master", "br0", "up"])
-        run(["ip", "-n", netns, "addr", "add", f"{ip}/{t.underlay.prefixlen}", "dev", "eth0"])
-        run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+        run(["ip", "-n", sw, "link", "set", port, "master", t.bridge(rack), "up"])
+        run(["ip", "-n", netns, "addr", "add", f"{ip}/{t.rack_net(rack).prefixlen}", "dev", ifname])
+        run(["ip", "-n", netns, "link", "set", ifname, "up"])
+        if routes:
+            for other in t.other_racks(rack):
+                run(["ip", "-n", netns, "route", "add", str(other), "via", str(t.router_ip(rack)), "dev", ifname])
 
     # -- etcd ---------------------------------------------------------------------------------------
 
@@ -411,7 +448,16 @@ class Lab:
         ]
         client_ip = self._bgp_client_ip()
         if client_ip:
-            argv += ["--bgp-peer", client_ip]  # every node peers with the client network too
+            # every node of the client's segment peers with the client network too
+            argv += ["--bgp-peer", f"{client_ip}@{t.rack_net(0)}" if t.racks > 1 else client_ip]
+        if t.backend == "bgp" and t.racks > 1:
+            # every node peers with its rack's router (lab/router.py), which reflects
+            for rack in range(t.racks):
+                argv += ["--bgp-peer", f"{t.router_ip(rack)}@{t.rack_net(rack)}"]
+            if self.bgp_mode == "tor":
+                argv.append("--no-node-mesh")
+        if t.backend == "vxlan" and self.direct_routing:
+            argv.append("--direct-routing")
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
             raise LabError(f"network init failed: {p.stderr.strip() or p.stdout.strip()}")
@@ -442,7 +488,8 @@ class Lab:
         assert ip is not None
         conf, sock, log = bgp_client.files(self.dir)
         private_files.make_dir(os.path.dirname(conf))
-        text = bgp_client.render(ipaddress.IPv4Address(ip), [n.ip for n in self.topo.nodes], log)
+        on_segment = [n.ip for n in self.topo.nodes if n.rack == 0]  # sessions are direct
+        text = bgp_client.render(ipaddress.IPv4Address(ip), on_segment, log)
         private_files.write_atomic(conf, text)
         if reload:
             run(["ip", "netns", "exec", loadbalancer.client_netns(self), "birdc", "-s", sock, "configure"])
@@ -455,7 +502,7 @@ class Lab:
     def _prepare_node(self, node: NodeSpec) -> None:
         """The node's namespace, its underlay port and its CNI config; no agent yet."""
         self._netns(node.netns)
-        self._plug(node.netns, node.switch_port, node.ip)
+        self._plug(node.netns, node.switch_port, node.ip, node.rack)
         # the node mark: a CNI ADD aimed at this namespace is refused (pod_network.py)
         run(["ip", "-n", node.netns, "link", "set", "eth0", "alias", f"{NODE_MARK_PREFIX}{node.name}:underlay"])
         if self.rps_cpus:
@@ -612,7 +659,14 @@ class Lab:
         t = self.topo
         leases, pods = self.leases(), self.pods()
         lines = [
-            f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoints}",
+            f"lab {t.name}: backend {t.backend}, underlay {t.underlay} (MTU {t.mtu}), etcd {t.etcd_endpoints}"
+            + (
+                f"; {t.racks} racks: "
+                + ", ".join(str(t.rack_net(r)) for r in range(t.racks))
+                + f" via {t.router_netns}"
+                if t.racks > 1
+                else ""
+            ),
             f"receive packet steering on the nodes' devices: {self._rps_in_use()}"
             + (f" (lab up's probe: {self.rps_note})" if self.rps_note else ""),
             "",
@@ -742,16 +796,48 @@ class Lab:
                     lines.append(f"{n.name}: route {r['dst']} via {r.get('gateway', '-')} dev {r.get('dev')}")
         if self.topo.backend == "bgp":
             lines += self._bgp_client_report()
+        if self.topo.racks > 1:
+            lines += self._router_report()
         return "\n".join(lines)
 
+    def _router_report(self) -> list[str]:
+        """The router between racks: its BGP sessions (bgp) and its routing table."""
+        t = self.topo
+        racks = ", ".join(f"rack {r} {t.rack_net(r)} (.1 = {t.router_ip(r)})" for r in range(t.racks))
+        lines = [f"router {t.router_netns}: {racks}"]
+        if t.backend == "bgp":
+            from minikubenet.lab import router
+
+            _conf, sock, _log = router.files(self.dir)
+            p = subprocess.run(
+                ["ip", "netns", "exec", t.router_netns, "birdc", "-s", sock, "show", "protocols"],
+                capture_output=True,
+                text=True,
+            )
+            for s in bgp_sessions.parse_protocols(p.stdout):
+                flag = "" if s.established else "   <- NOT ESTABLISHED"
+                lines.append(f"    {s.name:22} {s.state:5} since {s.since}  {s.info}{flag}")
+        for r in _ip_json(t.router_netns, "route", "show"):
+            how = f"via {r['gateway']}" if r.get("gateway") else "connected"
+            lines.append(f"    route {r['dst']} {how} dev {r.get('dev')} proto {r.get('protocol', '-')}")
+        return lines
+
     def wait_bgp_converged(self, timeout: float = 30.0) -> None:
-        """Until every node has a BIRD route to every other node's subnet."""
+        """Until every node has a BIRD route to every other node's subnet, through the
+        gateway it should end up with: the node itself on the same segment (with racks
+        in tor mode: the router), the rack's router across racks (lab/router.py)."""
+        t = self.topo
+
+        def gateway(node: NodeSpec, other: NodeSpec) -> str:
+            if t.racks > 1 and (other.rack != node.rack or self.bgp_mode == "tor"):
+                return str(t.router_ip(node.rack))
+            return str(other.ip)
 
         def converged() -> bool:
             subnets = {n: lease["subnet"] for n, lease in self.leases().items()}
-            for n in self.topo.nodes:
-                have = {r["dst"] for r in _ip_json(n.netns, "route", "show", "proto", "bird")}
-                if any(subnets.get(o.name) not in have for o in self.topo.nodes if o.name != n.name):
+            for n in t.nodes:
+                have = {r["dst"]: r.get("gateway") for r in _ip_json(n.netns, "route", "show", "proto", "bird")}
+                if any(have.get(subnets.get(o.name, "")) != gateway(n, o) for o in t.nodes if o.name != n.name):
                     return False
             return True
 

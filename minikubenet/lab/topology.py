@@ -13,6 +13,18 @@ With ``etcd_members`` > 1 (``lab up --etcd-members 3``) every further member is 
 namespace of its own on the switch: ``<lab>-etcd2`` at .3 (port etcd2),
 ``<lab>-etcd3`` at .4, and so on; the first member stays ``<lab>-etcd`` at .2.
 
+With ``racks`` > 1 (``lab up --racks R``) the underlay is routed: every rack is an L2
+segment of its own (bridge ``br<r>`` in the switch namespace; rack 0 keeps br0 and the
+underlay, rack r the r-th /24 after it), and the router namespace ``<lab>-rt`` joins
+them with address .1 in each (its leg ``eth<r>``, switch port ``rt<r>``) - the spine or
+ToR of an L3 fabric. Nodes fill the racks in blocks (n1..nk in rack 0, ...); etcd and
+the client network stay in rack 0. Every namespace on a rack gets a route to the other
+racks' subnets via its rack's router address.
+
+    rack 0: 172.31.0.0/24 (br0)  etcd .2, n1 .11, n2 .12 ─┐
+                                                          <lab>-rt .1 / .1  (forwarding)
+    rack 1: 172.31.1.0/24 (br1)  n3 .13, n4 .14 ─────────┘
+
 Every name starts with the lab's name, so ``lab down`` (and a person) can tell exactly
 what belongs to it. Interfaces are created directly inside the lab's namespaces: the
 host's own namespace never gets an address, route or link from the lab.
@@ -39,6 +51,7 @@ class NodeSpec:
     switch_port: str  # the veth end in the switch namespace
     ip: ipaddress.IPv4Address
     pods: tuple[PodSpec, ...] = ()
+    rack: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,10 +85,30 @@ class Topology:
     subnet_len: int = 24
     etcd_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("0.0.0.0")  # the first member's (build_topology sets it)
     etcd_members: int = 1
+    racks: int = 1
 
     @property
     def switch_netns(self) -> str:
         return f"{self.name}-sw"
+
+    @property
+    def router_netns(self) -> str:
+        return f"{self.name}-rt"
+
+    def rack_net(self, rack: int) -> ipaddress.IPv4Network:
+        """Rack 0 is the underlay; rack r the r-th /24 after it."""
+        if rack == 0:
+            return self.underlay
+        return ipaddress.IPv4Network((int(self.underlay.network_address) + rack * 256, 24))
+
+    def bridge(self, rack: int) -> str:
+        return f"br{rack}"
+
+    def router_ip(self, rack: int) -> ipaddress.IPv4Address:
+        return self.rack_net(rack).network_address + 1
+
+    def other_racks(self, rack: int) -> list[ipaddress.IPv4Network]:
+        return [self.rack_net(r) for r in range(self.racks) if r != rack]
 
     @property
     def etcd_netns(self) -> str:
@@ -114,7 +147,8 @@ class Topology:
 
     def all_netns(self) -> list[str]:
         """Every namespace of the lab, in creation order."""
-        out = [self.switch_netns] + [m.netns for m in self.etcd_member_specs()]
+        out = [self.switch_netns] + ([self.router_netns] if self.racks > 1 else [])
+        out += [m.netns for m in self.etcd_member_specs()]
         for n in self.nodes:
             out.append(n.netns)
             out += [p.netns for p in n.pods]
@@ -149,9 +183,24 @@ def build_topology(
     mtu: int = 1500,
     subnet_len: int = 24,
     etcd_members: int = 1,
+    racks: int = 1,
 ) -> Topology:
     validate_name(name)
     net = ipaddress.IPv4Network(underlay)
+    if racks < 1:
+        raise ValueError(f"--racks {racks}: a lab has at least one rack")
+    if racks > nodes:
+        raise ValueError(f"--racks {racks} is more than the {nodes} nodes: every rack needs a node")
+    if racks > 1 and backend == "host-gw":
+        raise ValueError(
+            "host-gw cannot cross racks: its routes point at the other nodes' addresses as next hops "
+            "on one L2 segment (flannel's host-gw); use vxlan (with --direct-routing: encapsulation only "
+            "between racks) or bgp"
+        )
+    if racks > 1 and net.prefixlen != 24:
+        raise ValueError(f"--racks needs a /24 underlay (rack r is the r-th /24 after it), got {net}")
+    if racks > 1 and racks > 16:
+        raise ValueError(f"--racks {racks}: at most 16")
     if not 1 <= etcd_members <= 7:
         raise ValueError(
             f"etcd members must be between 1 and 7, got {etcd_members} "
@@ -168,16 +217,23 @@ def build_topology(
     node_specs = []
     for i in range(1, nodes + 1):
         node = f"n{i}"
+        rack = (i - 1) * racks // nodes  # in blocks: the first nodes in rack 0
+        rack_net = net if rack == 0 else ipaddress.IPv4Network((int(net.network_address) + rack * 256, 24))
         pods = tuple(
             PodSpec(name=f"{node}-p{j}", netns=f"{name}-{node}-p{j}", node=node, container_id=f"{name}-{node}-p{j}")
             for j in range(1, pods_per_node + 1)
         )
         node_specs.append(
             NodeSpec(
-                name=node, netns=f"{name}-{node}", switch_port=f"{node}", ip=net.network_address + 10 + i, pods=pods
+                name=node,
+                netns=f"{name}-{node}",
+                switch_port=f"{node}",
+                ip=rack_net.network_address + 10 + i,
+                pods=pods,
+                rack=rack,
             )
         )
-    return Topology(
+    topo = Topology(
         name=name,
         nodes=tuple(node_specs),
         underlay=net,
@@ -187,7 +243,13 @@ def build_topology(
         subnet_len=subnet_len,
         etcd_ip=net.network_address + 2,
         etcd_members=etcd_members,
+        racks=racks,
     )
+    if racks > 1:
+        for r in range(1, racks):
+            if topo.rack_net(r).overlaps(topo.pod_network):
+                raise ValueError(f"rack {r}'s underlay {topo.rack_net(r)} overlaps the pod network {pod_network}")
+    return topo
 
 
 LB_POOL_HOSTS = (240, 247)  # LoadBalancer addresses on the underlay (lab/loadbalancer.py)

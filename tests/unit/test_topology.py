@@ -5,6 +5,7 @@ and a person can tell exactly what belongs to a lab; names stay short enough for
 interface names; addresses come from the underlay: etcd .2, node i at .10+i.
 """
 
+import re
 from ipaddress import IPv4Address as A
 from ipaddress import IPv4Network as N
 
@@ -139,3 +140,52 @@ def test_a_lab_name_that_prefixes_another_does_not_claim_its_namespaces():
     # `lab down` finds a lab's pieces by "<name>-"; a lab "mk" must not match lab "mkn"
     mkn = build_topology("mkn", nodes=2, pods_per_node=2)
     assert not [n for n in mkn.all_netns() if n.startswith("mk-")]
+
+
+# --------------------------------------------------------------------------- racks (a routed underlay)
+
+
+def test_racks_fill_in_blocks_each_on_its_own_segment_behind_the_router():
+    t = build_topology("r", nodes=5, racks=2, backend="bgp")
+    assert [(n.name, n.rack, str(n.ip)) for n in t.nodes] == [
+        ("n1", 0, "172.31.0.11"),
+        ("n2", 0, "172.31.0.12"),
+        ("n3", 0, "172.31.0.13"),
+        ("n4", 1, "172.31.1.14"),
+        ("n5", 1, "172.31.1.15"),
+    ]
+    assert [str(t.rack_net(r)) for r in range(2)] == ["172.31.0.0/24", "172.31.1.0/24"]
+    assert [str(t.router_ip(r)) for r in range(2)] == ["172.31.0.1", "172.31.1.1"]
+    assert t.other_racks(1) == [t.rack_net(0)] and [t.bridge(r) for r in range(2)] == ["br0", "br1"]
+    assert t.all_netns()[:2] == ["r-sw", "r-rt"]
+    assert "r-rt" not in build_topology("r", nodes=2).all_netns()  # one segment: no router
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"racks": 0}, "at least one rack"),
+        ({"racks": 4, "nodes": 3}, "--racks 4 is more than the 3 nodes"),
+        ({"racks": 2, "backend": "host-gw"}, "host-gw cannot cross racks"),
+        ({"racks": 2, "underlay": "172.31.0.0/23"}, "--racks needs a /24 underlay"),
+        ({"racks": 2, "underlay": "10.243.255.0/24", "pod_network": "10.244.0.0/16"}, "rack 1's underlay"),
+    ],
+)
+def test_bad_racks_are_refused_before_anything_is_made(kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_topology("r", **{"nodes": 3, **kw})
+
+
+def test_the_router_reflects_every_node_and_sets_itself_as_next_hop():
+    from minikubenet.lab import router
+
+    text = router.render(A("172.31.0.1"), [A("172.31.1.13"), A("172.31.0.11")], "/x/bird.log")
+    assert "rr client;" in text and "next hop self;" in text and "export where source = RTS_BGP;" in text
+    assert text.index("neighbor 172.31.0.11 as 64512") < text.index("neighbor 172.31.1.13 as 64512")
+
+
+def test_network_init_peer_syntax():
+    from minikubenet.cli.network import _bgp_peer
+
+    assert _bgp_peer("172.31.1.1@172.31.1.0/24") == {"PeerIP": "172.31.1.1", "NodeSubnet": "172.31.1.0/24"}
+    assert _bgp_peer("10.0.0.1/65001") == {"PeerIP": "10.0.0.1", "AS": 65001}

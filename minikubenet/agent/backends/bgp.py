@@ -50,6 +50,7 @@ class BgpPeers:
         self.daemon, self.own_ip, self.subnet, self.asn = daemon, own_ip, subnet, asn
         options = options or {}
         self.mesh = options.get("NodeToNodeMesh", True)
+        self.connected = connected
         # Backend.Peers that apply to this node; one outside every network the node is
         # on is not peered (the sessions are direct: multihop is not supported) but said
         configured = bird_config.configured_peers(own_ip, options.get("Peers", []), asn)
@@ -69,7 +70,12 @@ class BgpPeers:
         return [p.name for p in self._peers(leases)]
 
     def _peers(self, leases: list[SubnetLeaseRecord]) -> list[bird_config.BgpPeer]:
+        """The node mesh - only the nodes on this node's own segment when the underlay is
+        routed (racks: the others' subnets come reflected by the router, a Backend.Peers
+        entry) - and the configured peers."""
         nodes = bird_config.mesh_peers(self.own_ip, self._ips(leases), self.asn) if self.mesh else []
+        if self.connected is not None and self.extra:
+            nodes = [p for p in nodes if any(p.ip in n for n in self.connected)]
         return nodes + self.extra
 
     @staticmethod
