@@ -12,7 +12,8 @@ converged, for every node:
 
 In a full mesh every node has nodes-1 sessions and learns nodes-1 routes, so BIRD's
 memory grows with the cluster on every node. ``--modes mesh,rr`` adds the route-reflector
-layout once the lab has a ``--bgp-mode`` (the racks work); until then only ``mesh``.
+layout: the same nodes on 2 racks with ``--bgp-mode tor`` (lab/router.py), every node
+peering with one route reflector (the router) only; the router's BIRD is measured too.
 Prints median and [min - max] over the nodes; saves bench/results/bgp_scale.json.
 """
 
@@ -79,13 +80,24 @@ def bird_memory_total(lab: Lab, node: str) -> str:
     return "?"
 
 
+def router_bird(lab: Lab) -> int | None:
+    """The router's BIRD (a process the lab recorded as "router BIRD")."""
+    with open(lab.state_file) as f:
+        state = json.load(f)
+    return next((r["pid"] for r in state.get("processes", []) if r.get("what") == "router BIRD"), None)
+
+
 def measure(nodes: int, window: float, root: str, mode: str) -> dict:
     lab = Lab(
-        build_topology(f"bs{os.getpid() % 10000}", nodes=nodes, pods_per_node=0, backend="bgp"),
+        build_topology(
+            f"bs{os.getpid() % 10000}", nodes=nodes, pods_per_node=0, backend="bgp", racks=2 if mode == "rr" else 1
+        ),
         root=root,
         say=lambda *a: None,
     )
     lab.proxy_mode = None
+    lab.bgp_mode = "tor" if mode == "rr" else "mesh"
+    reflector: dict = {}
     try:
         lab.up()  # waits for every node to have every other node's route
         records = {n.name: lab.agent_record(n.name) for n in lab.topo.nodes}
@@ -106,22 +118,25 @@ def measure(nodes: int, window: float, root: str, mode: str) -> dict:
             }
             for n in agents
         }
+        rr = router_bird(lab) if mode == "rr" else None
+        if rr is not None:
+            reflector = {"bird_rss_kib": rss_kib(rr)}
     finally:
         lab.down()
-    return {"mode": mode, "nodes": nodes, "window_s": window, "per_node": per_node}
+    return {"mode": mode, "nodes": nodes, "window_s": window, "per_node": per_node, "route_reflector": reflector}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=20)
     p.add_argument("--window", type=float, default=10.0, help="seconds of steady state for the CPU figures")
-    p.add_argument("--modes", default="mesh", help="mesh (rr once the lab has --bgp-mode)")
+    p.add_argument("--modes", default="mesh,rr", help="mesh, rr (one route reflector: 2 racks, --bgp-mode tor)")
     p.add_argument("--json", default=os.path.join(RESULTS, "bgp_scale.json"))
     args = p.parse_args()
     runs = []
     for mode in args.modes.split(","):
-        if mode != "mesh":
-            raise SystemExit(f"--modes {mode}: the lab has no --bgp-mode yet (only mesh)")
+        if mode not in ("mesh", "rr"):
+            raise SystemExit(f"--modes {mode}: mesh or rr")
         with tempfile.TemporaryDirectory(prefix="mkn-bench-") as root:
             runs.append(measure(args.nodes, args.window, root, mode))
     machine = f"{os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}"
@@ -138,6 +153,8 @@ def main() -> int:
         ):
             v = [x[key] for x in run["per_node"].values()]
             print(f"  {label:<26} {statistics.median(v):9.1f} [{min(v):.1f} - {max(v):.1f}]")
+        if run["route_reflector"]:
+            print(f"  the route reflector's BIRD RSS (KiB) {run['route_reflector']['bird_rss_kib']:9.1f}")
         totals = sorted({x["bird_memory_total"] for x in run["per_node"].values()})
         print(f"  birdc show memory, Total: {', '.join(totals[:3])}{' ...' if len(totals) > 3 else ''}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)

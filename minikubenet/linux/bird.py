@@ -125,19 +125,32 @@ class BirdDaemon:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def stop(self) -> None:
-        """Stop BIRD (by its PID): it closes its sessions, so the peers withdraw our
-        subnet at once; with ``persist`` the routes it installed stay in this kernel."""
+    def stop(self, graceful: bool = False) -> None:
+        """Stop BIRD. Plainly (SIGTERM to its PID): it closes its sessions with a Cease,
+        so the peers withdraw our subnet at once. ``graceful``: ``birdc graceful
+        restart`` - BIRD exits without closing them properly, and the peers keep our
+        routes as stale for the restart time we advertised (RFC 4724 section 4.2;
+        overlay/bird_config.py GRACEFUL_RESTART_S), so an agent that comes back within
+        it loses nothing; one that does not is withdrawn when the time runs out. Either
+        way ``persist`` keeps the routes BIRD installed in this kernel."""
         self._stopping.set()
         with self._lock:
             proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
+        if proc is None or proc.poll() is not None:
+            return
+        if graceful:
             try:
+                subprocess.run(["birdc", "-s", self.sock, "graceful", "restart"], capture_output=True, timeout=10)
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                return
+            except (OSError, subprocess.SubprocessError) as e:
+                log.warning("BIRD did not stop for a graceful restart (%s): stopping it plainly", e)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def show(self, what: str) -> str:
         """``birdc show <what>`` (protocols, route ...), for STATUS and the lab report."""

@@ -12,7 +12,9 @@ node a neighbour of every other: the other leases' PublicIPs). Choices that matt
 - the subnet is announced from a ``static`` blackhole route that the kernel protocol never
   exports: the kernel keeps its own ``<subnet> dev cni0`` route; BIRD only advertises;
 - ``kernel { persist; graceful restart; }``: learned routes stay in the kernel while BIRD
-  or the agent restarts, and peers keep ours (BGP graceful restart, RFC 4724);
+  or the agent restarts, and peers keep ours (BGP graceful restart, RFC 4724): the agent
+  stops BIRD with ``birdc graceful restart``, so a peer keeps our routes for
+  GRACEFUL_RESTART_S and a restart inside that window loses nothing;
 - the sessions are ``direct`` (the peer is on our L2 segment) with ``next hop self``: the
   learned route's gateway is the peer's address, no recursive lookup (iBGP's default,
   which would leave the route unreachable without an IGP); and they start at once
@@ -44,6 +46,11 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_AS = 64512  # Calico's default AS number (a private 16-bit AS, RFC 6996)
+# How long the peers keep our routes after our BIRD went away gracefully (the agent
+# stopping: linux/bird.py BirdDaemon.stop): a restart within it loses no packet, a node
+# that does not come back is withdrawn after it. BIRD's default is 120 s; a lab node's
+# agent restarts in about a second.
+GRACEFUL_RESTART_S = 10
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ def render(
         "  connect retry time 1;",
         "  error wait time 1, 10;",
         "  graceful restart on;",
+        f"  graceful restart time {GRACEFUL_RESTART_S};",
         "  ipv4 {",
         "    import all;",
         f"    export where {_EXPORTED if lb_table else _POD_SUBNET};",

@@ -129,7 +129,9 @@ class BgpPeers:
         self.configured_at = {name: self.configured_at.get(name, now) for name in self.peer_names(leases)}
 
     def close(self) -> None:
-        self.daemon.stop()
+        # the agent stops (a restart, most of the time): BGP graceful restart keeps our
+        # routes at the peers for GRACEFUL_RESTART_S; a node that leaves deletes its lease
+        self.daemon.stop(graceful=True)
 
 
 class BgpBackend(BackendBase):
