@@ -99,6 +99,7 @@ def main() -> int:
     p.add_argument("--backends", default="vxlan,bgp")
     p.add_argument("--seconds", type=int, default=6)
     p.add_argument("--rate", default="500M", help="iperf3 -b")
+    p.add_argument("--racks", type=int, default=1, help="2: the two nodes on different racks (lab up --racks)")
     p.add_argument("--json", default=os.path.join(RESULTS, "agent_restart.json"))
     args = p.parse_args()
     backends = args.backends.split(",")
@@ -108,7 +109,9 @@ def main() -> int:
         try:
             for i, b in enumerate(backends):
                 lab = Lab(
-                    build_topology(f"ar{os.getpid() % 10000}{i}", nodes=2, pods_per_node=1, backend=b),
+                    build_topology(
+                        f"ar{os.getpid() % 10000}{i}", nodes=2, pods_per_node=1, backend=b, racks=args.racks
+                    ),
                     root=root,
                     say=lambda *a: None,
                 )

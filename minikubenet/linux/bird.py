@@ -97,8 +97,13 @@ class BirdDaemon:
     def _spawn(self) -> None:
         with self._lock:
             with private_files.open_file(self.log_file + ".stderr", "a") as err:
+                # -R: start in graceful-restart recovery. The kernel keeps the routes the
+                # previous BIRD installed (persist); without -R the new kernel protocol
+                # would prune them at its first scan, before any session is back. With it,
+                # BIRD waits for its peers' End-of-RIB (bounded by `graceful restart wait`
+                # in bird.conf) and the peers keep our routes too (the restart bit).
                 self._proc = subprocess.Popen(
-                    ["bird", "-f", "-c", self.conf, "-s", self.sock], stdout=subprocess.DEVNULL, stderr=err
+                    ["bird", "-f", "-R", "-c", self.conf, "-s", self.sock], stdout=subprocess.DEVNULL, stderr=err
                 )
         log.info("bird started (pid %d), config %s, socket %s", self._proc.pid, self.conf, self.sock)
 

@@ -169,9 +169,19 @@ class BgpBackend(BackendBase):
             prepared.connected,
         )
 
+    def start(self, store, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared):
+        # BIRD's first config already names the peers the leases give: a restarted agent's
+        # BIRD then reconnects at once, and its graceful-restart recovery ends with the
+        # routes in place instead of after a second config (linux/bird.py: -R)
+        try:
+            prepared.state["initial_leases"] = [lease for lease in store.list_leases() if lease.subnet != subnet]
+        except Exception:  # etcd away: the controller's own first listing reports it
+            prepared.state["initial_leases"] = []
+        return super().start(store, config, underlay, subnet, prepared)
+
     def before_start(self, config: NetworkConfig, underlay: Underlay, subnet, prepared: Prepared) -> None:
         daemon = prepared.state["daemon"]
-        first = self._planner(config, underlay, subnet, prepared).config([])
+        first = self._planner(config, underlay, subnet, prepared).config(prepared.state.get("initial_leases", []))
         try:
             daemon.start(first)
         except (bird.BirdError, OSError) as e:
