@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import threading
 
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 
 class BirdError(Exception):
     pass
+
+
+RTPROT_BIRD = 12  # the routing protocol number BIRD marks its kernel routes with
+
+
+def routes_left() -> bool:
+    """Did a previous BIRD leave routes in this (the node's) kernel (``persist``)? Then
+    this start is a restart, and the new BIRD must recover them instead of pruning them."""
+    from minikubenet.linux.netns import node_iproute
+
+    with node_iproute() as ipr:
+        return any(r["proto"] == RTPROT_BIRD for r in ipr.get_routes(family=socket.AF_INET))
 
 
 def installed() -> str | None:
@@ -86,25 +99,27 @@ class BirdDaemon:
 
     # -- the process
 
-    def start(self, text: str) -> None:
+    def start(self, text: str, recover: bool = False) -> None:
+        """Start BIRD with ``text``. ``recover``: a previous BIRD left routes in the
+        kernel (an agent restart): start in graceful-restart recovery (see _spawn)."""
         private_files.make_dir(self.dir)
         self.check(text)
         private_files.write_atomic(self.conf, text)
-        self._spawn()
+        self._spawn(recover)
         self._supervisor = threading.Thread(target=self._supervise, name="bird-supervisor", daemon=True)
         self._supervisor.start()
 
-    def _spawn(self) -> None:
+    def _spawn(self, recover: bool) -> None:
         with self._lock:
             with private_files.open_file(self.log_file + ".stderr", "a") as err:
                 # -R: start in graceful-restart recovery. The kernel keeps the routes the
                 # previous BIRD installed (persist); without -R the new kernel protocol
                 # would prune them at its first scan, before any session is back. With it,
                 # BIRD waits for its peers' End-of-RIB (bounded by `graceful restart wait`
-                # in bird.conf) and the peers keep our routes too (the restart bit).
-                self._proc = subprocess.Popen(
-                    ["bird", "-f", "-R", "-c", self.conf, "-s", self.sock], stdout=subprocess.DEVNULL, stderr=err
-                )
+                # in bird.conf) and the peers keep our routes too (the restart bit). A
+                # first start has nothing to keep and does not wait.
+                argv = ["bird", "-f", *(["-R"] if recover else []), "-c", self.conf, "-s", self.sock]
+                self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
         log.info("bird started (pid %d), config %s, socket %s", self._proc.pid, self.conf, self.sock)
 
     def _supervise(self) -> None:
@@ -121,7 +136,7 @@ class BirdDaemon:
             if self._stopping.wait(self.RESTART_DELAY_S):
                 return
             self.restarts += 1
-            self._spawn()
+            self._spawn(recover=True)  # its routes are still in the kernel (persist)
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

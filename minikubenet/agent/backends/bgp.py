@@ -183,7 +183,7 @@ class BgpBackend(BackendBase):
         daemon = prepared.state["daemon"]
         first = self._planner(config, underlay, subnet, prepared).config(prepared.state.get("initial_leases", []))
         try:
-            daemon.start(first)
+            daemon.start(first, recover=bird.routes_left())
         except (bird.BirdError, OSError) as e:
             raise BackendError(f"cannot start BIRD: {e}") from None
 
