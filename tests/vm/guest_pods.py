@@ -16,7 +16,8 @@ the node's installed interpreter: ``/opt/minikubenet/bin/python guest_pods.py ad
                   into the backlog, so each client holds an established flow (stdlib only)
     hold IP PORT N FILE   open up to N TCP connections to IP:PORT (2 s each) and keep them;
                   after 3 failures in a row writes "opened K failed F" to FILE, then
-                  keeps trying (every 50 ms) and keeps whatever gets through, until
+                  keeps trying (64 connects in flight) and keeps whatever gets through,
+                  writing "HELD SECONDS-SINCE-THE-LAST-NEW-ONE" to FILE.held, until
                   FILE.stop exists
 
 Only the project's own pieces are used: the CNI runtime (minikubenet.cni.runtime) executes
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -174,16 +176,43 @@ def hold(ip: str, port: int, n: int, path: str) -> None:
         f.write(f"opened {len(held)} failed {failed}\n")
     os.replace(path + ".tmp", path)
     # and keeps pushing, as a noisy client does: whatever entry expires or is evicted,
-    # the next attempt takes its place; until FILE.stop exists (then it only holds)
+    # the next attempt takes its place; until FILE.stop exists (then it only holds).
+    # Many connects in flight at once (non-blocking, each given up after 0.5 s, before its
+    # SYN's first retransmission): a slot that frees on the node is taken by one of these
+    # within milliseconds, not by a probe's SYN, which retransmits after 1, 3, 7 s. FILE.held
+    # says how many flows it holds and when it last got one (the test waits until no new
+    # one got through for a while: the table is full and stays full).
+    pending: dict[socket.socket, float] = {}
+    last_gain = last_write = time.monotonic()
     while not os.path.exists(path + ".stop"):
-        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        c.settimeout(1.0)
-        try:
-            c.connect((ip, port))
-            held.append(c)
-        except OSError:
-            c.close()
-        time.sleep(0.05)
+        while len(pending) < 64:
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.setblocking(False)
+            c.connect_ex((ip, port))
+            pending[c] = time.monotonic()
+        _, writable, _ = select.select([], list(pending), [], 0.02)
+        now = time.monotonic()
+        gained = False
+        for c in writable:
+            del pending[c]
+            if c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                held.append(c)
+                gained = True
+            else:
+                c.close()
+        for c, started in list(pending.items()):
+            if now - started > 0.5:
+                del pending[c]
+                c.close()
+        if gained:
+            last_gain = now
+        if gained or now - last_write > 0.25:
+            last_write = now
+            with open(path + ".held.tmp", "w") as f:
+                f.write(f"{len(held)} {now - last_gain:.1f}\n")
+            os.replace(path + ".held.tmp", path + ".held")
+    for c in pending:
+        c.close()
     while True:
         time.sleep(3600)
 

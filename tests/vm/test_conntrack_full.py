@@ -101,7 +101,7 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
         t0 = time.monotonic()
         vc.ssh(
             n2,
-            f"rm -f /tmp/noisy.out /tmp/noisy.out.stop; systemd-run --quiet --unit=mkvm-noisy ip netns exec n2p1 "
+            f"rm -f /tmp/noisy.out /tmp/noisy.out.stop /tmp/noisy.out.held; systemd-run --quiet --unit=mkvm-noisy ip netns exec n2p1 "
             f"python3 -I -S {GUEST_PODS_PATH} hold {sink_ip} {SINK_PORT} {limit + 100} /tmp/noisy.out",
         )
         out = vc.ssh(
@@ -110,6 +110,20 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
         opened, failed = (int(x) for x in re.findall(r"\d+", out))
         fill_s = time.monotonic() - t0
         assert failed >= 3 and opened < limit + 100, out  # it ran into the limit
+        # full and staying full: the noisy pod got no new flow for 3 s while the table is at
+        # its limit (entries that were not yet assured when the limit was reached - the
+        # VXLAN UDP of earlier probes - are evicted by the kernel's early drop and refilled
+        # by the noisy pod first; probing before that measures the refill, not the limit)
+        settled = vc.ssh(
+            n2,
+            "for i in $(seq 120); do [ -f /tmp/noisy.out.held ] && read held quiet < /tmp/noisy.out.held; "
+            f"n=$(cat {PROC}/nf_conntrack_count); "
+            f'[ "$n" -ge {limit - 1} ] && [ "${{quiet%.*}}" -ge 3 ] && echo "$held $quiet $n" && exit 0; '
+            'sleep 0.5; done; echo "$held $quiet $n"; exit 1',
+            check=False,
+        )
+        assert settled.returncode == 0, f"node2's table did not stay full: held, quiet s, count = {settled.stdout}"
+        held_flows, quiet_s, _ = settled.stdout.split()
 
         # three tries per path (each a SYN and its retransmissions for 6 s): a slot that
         # frees for a moment may let one through; the noisy pod takes it back at once
@@ -189,7 +203,7 @@ def test_a_full_table_on_one_vm_stops_its_pods_new_connections_and_the_agent_say
     report(
         "conntrack full on node2 (VM tier)",
         f"nf_conntrack_max {original} -> {limit} (idle count {count}); the noisy pod opened {opened} flows to {sink_pod} in "
-        f"{fill_s:.0f}s, then {failed} connects failed; successful tries of 3 while full: {full}; agent STATUS: {said[:120]!r}; metrics: "
+        f"{fill_s:.0f}s, then {failed} connects failed; it held {held_flows} with no new one for {quiet_s}s when probed; successful tries of 3 while full: {full}; agent STATUS: {said[:120]!r}; metrics: "
         f"{m['minikubenet_conntrack_entries']:.0f} entries of {limit}, drop_total "
         f"{m['minikubenet_conntrack_drop_total']:.0f} (+"
         f"{m['minikubenet_conntrack_drop_total'] - before['minikubenet_conntrack_drop_total']:.0f}); a scrape while "
