@@ -11,9 +11,11 @@ converged, for every node:
   /proc/<pid>/stat, before and after, in % of one core; BIRD's the same way.
 
 In a full mesh every node has nodes-1 sessions and learns nodes-1 routes, so BIRD's
-memory grows with the cluster on every node. ``--modes mesh,rr`` adds the route-reflector
-layout: the same nodes on 2 racks with ``--bgp-mode tor`` (lab/router.py), every node
-peering with one route reflector (the router) only; the router's BIRD is measured too.
+memory grows with the cluster on every node. ``--modes mesh,rr,tor`` adds the route-reflector
+layouts: ``rr``, Calico's in-cluster reflector (``--bgp-mode rr`` on one segment: n1
+reflects, every other node peers with it only; n1 is reported apart), and ``tor``, the
+same nodes on 2 racks with ``--bgp-mode tor`` (lab/router.py), every node peering with
+the router only; the reflector's BIRD is measured too.
 Prints median and [min - max] over the nodes; saves bench/results/bgp_scale.json.
 """
 
@@ -90,13 +92,13 @@ def router_bird(lab: Lab) -> int | None:
 def measure(nodes: int, window: float, root: str, mode: str) -> dict:
     lab = Lab(
         build_topology(
-            f"bs{os.getpid() % 10000}", nodes=nodes, pods_per_node=0, backend="bgp", racks=2 if mode == "rr" else 1
+            f"bs{os.getpid() % 10000}", nodes=nodes, pods_per_node=0, backend="bgp", racks=2 if mode == "tor" else 1
         ),
         root=root,
         say=lambda *a: None,
     )
     lab.proxy_mode = None
-    lab.bgp_mode = "tor" if mode == "rr" else "mesh"
+    lab.bgp_mode = mode
     reflector: dict = {}
     try:
         lab.up()  # waits for every node to have every other node's route
@@ -118,7 +120,9 @@ def measure(nodes: int, window: float, root: str, mode: str) -> dict:
             }
             for n in agents
         }
-        rr = router_bird(lab) if mode == "rr" else None
+        if mode == "rr":  # the reflector is a node: reported apart from its clients
+            reflector = per_node.pop(lab.route_reflectors()[0].name)
+        rr = router_bird(lab) if mode == "tor" else None
         if rr is not None:
             reflector = {"bird_rss_kib": rss_kib(rr)}
     finally:
@@ -130,13 +134,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=20)
     p.add_argument("--window", type=float, default=10.0, help="seconds of steady state for the CPU figures")
-    p.add_argument("--modes", default="mesh,rr", help="mesh, rr (one route reflector: 2 racks, --bgp-mode tor)")
+    p.add_argument(
+        "--modes", default="mesh,rr", help="mesh, rr (one node reflects), tor (the router reflects: 2 racks)"
+    )
     p.add_argument("--json", default=os.path.join(RESULTS, "bgp_scale.json"))
     args = p.parse_args()
     runs = []
     for mode in args.modes.split(","):
-        if mode not in ("mesh", "rr"):
-            raise SystemExit(f"--modes {mode}: mesh or rr")
+        if mode not in ("mesh", "rr", "tor"):
+            raise SystemExit(f"--modes {mode}: mesh, rr or tor")
         with tempfile.TemporaryDirectory(prefix="mkn-bench-") as root:
             runs.append(measure(args.nodes, args.window, root, mode))
     machine = f"{os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}"
@@ -153,8 +159,14 @@ def main() -> int:
         ):
             v = [x[key] for x in run["per_node"].values()]
             print(f"  {label:<26} {statistics.median(v):9.1f} [{min(v):.1f} - {max(v):.1f}]")
-        if run["route_reflector"]:
-            print(f"  the route reflector's BIRD RSS (KiB) {run['route_reflector']['bird_rss_kib']:9.1f}")
+        rr = run["route_reflector"]
+        if rr:
+            print(f"  the route reflector's BIRD RSS (KiB) {rr['bird_rss_kib']:9.1f}")
+        if "agent_cpu_pct" in rr:
+            print(
+                f"  the route reflector's agent CPU (% of a core) {rr['agent_cpu_pct']:.1f}, BIRD CPU {rr['bird_cpu_pct']:.1f}"
+            )
+            print(f"  the route reflector's birdc show memory, Total: {rr['bird_memory_total']}")
         totals = sorted({x["bird_memory_total"] for x in run["per_node"].values()})
         print(f"  birdc show memory, Total: {', '.join(totals[:3])}{' ...' if len(totals) > 3 else ''}")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)

@@ -78,6 +78,7 @@ def make_config(
     direct_routing: bool = False,
     bgp_peers: list[dict] | None = None,
     node_mesh: bool = True,
+    route_reflectors: list[str] | None = None,
 ) -> NetworkConfig:
     """Build and validate a config from command-line style values."""
     options: dict = {}
@@ -91,6 +92,8 @@ def make_config(
             options["Peers"] = bgp_peers
         if not node_mesh:
             options["NodeToNodeMesh"] = False
+        if route_reflectors:
+            options["RouteReflectors"] = route_reflectors
     doc = {"Network": network, "SubnetLen": subnet_len, "Backend": {"Type": backend, **options}}
     return parse_config(json.dumps(doc))
 
@@ -177,6 +180,7 @@ def _check_bgp_peering(options: dict) -> None:
     mesh = options.get("NodeToNodeMesh", True)
     if not isinstance(mesh, bool):
         raise ConfigError(f"Backend.NodeToNodeMesh {mesh!r} must be true or false")
+    _check_route_reflectors(options)
     peers = options.get("Peers", [])
     if not isinstance(peers, list):
         raise ConfigError('Backend.Peers must be a list like [{"PeerIP": "10.0.0.1", "AS": 64512}]')
@@ -218,6 +222,30 @@ def _check_bgp_peering(options: dict) -> None:
                     ipaddress.IPv4Address(node)
                 except ValueError:
                     raise ConfigError(f"{path}.Nodes[{j}] {node!r} is not an IPv4 address") from None
+
+
+def _check_route_reflectors(options: dict) -> None:
+    """Backend.RouteReflectors: node addresses (Calico's nodes with a
+    routeReflectorClusterID). They replace the node-to-node mesh, as in Calico, where
+    the mesh is turned off when route reflectors are used."""
+    if "RouteReflectors" not in options:
+        return
+    rrs = options["RouteReflectors"]
+    if not isinstance(rrs, list) or not rrs:
+        raise ConfigError('Backend.RouteReflectors must be a non-empty list of node addresses like ["10.0.0.11"]')
+    for i, node in enumerate(rrs):
+        try:
+            if not isinstance(node, str):
+                raise ValueError
+            ipaddress.IPv4Address(node)
+        except ValueError:
+            raise ConfigError(f"Backend.RouteReflectors[{i}] {node!r} is not an IPv4 address") from None
+    if len(set(rrs)) != len(rrs):
+        raise ConfigError("Backend.RouteReflectors names a node twice")
+    if options.get("NodeToNodeMesh") is True:
+        raise ConfigError(
+            "Backend.RouteReflectors replace the node-to-node mesh: leave NodeToNodeMesh out (or false) with them"
+        )
 
 
 def check_no_overlap(config: NetworkConfig, others: dict[str, ipaddress.IPv4Network]) -> None:

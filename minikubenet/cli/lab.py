@@ -36,7 +36,7 @@ def cmd_lab_up(args) -> int:
         )
         if args.bgp_mode is not None and args.backend != "bgp":
             raise ValueError("--bgp-mode is an option of --backend bgp")
-        if args.bgp_mode not in (None, "mesh") and args.racks < 2:
+        if args.bgp_mode == "tor" and args.racks < 2:
             raise ValueError(f"--bgp-mode {args.bgp_mode} needs --racks 2 or more (the router it peers with)")
         if args.direct_routing and args.backend != "vxlan":
             raise ValueError("--direct-routing is an option of --backend vxlan")
@@ -247,10 +247,11 @@ def register(sub) -> None:
     )
     up.add_argument(
         "--bgp-mode",
-        choices=["mesh", "tor"],
+        choices=["mesh", "tor", "rr"],
         default=None,
-        help="bgp across racks: mesh (node mesh inside a rack, the router reflects between racks; the default) "
-        "or tor (every node peers with its rack's router only)",
+        help="bgp peering: mesh (node-to-node mesh, inside a rack with racks; the default), tor (every node "
+        "peers with its rack's router only) or rr (the first node of each rack is a route reflector for the "
+        "others; with racks the reflectors peer with the router)",
     )
     up.add_argument(
         "--direct-routing",

@@ -33,8 +33,8 @@ def cmd_network_init(args) -> int:
     from minikubenet.network_config import ConfigError, check_no_overlap, make_config
 
     try:
-        if (args.bgp_peer or args.no_node_mesh) and args.backend != "bgp":
-            raise ConfigError("--bgp-peer and --no-node-mesh are options of --backend bgp")
+        if (args.bgp_peer or args.no_node_mesh or args.route_reflector) and args.backend != "bgp":
+            raise ConfigError("--bgp-peer, --no-node-mesh and --route-reflector are options of --backend bgp")
         config = make_config(
             args.network,
             args.subnet_len,
@@ -44,6 +44,7 @@ def cmd_network_init(args) -> int:
             args.direct_routing,
             bgp_peers=[_bgp_peer(text) for text in args.bgp_peer],
             node_mesh=not args.no_node_mesh,
+            route_reflectors=args.route_reflector,
         )
         others = {"service network": ipaddress.IPv4Network(args.service_network)}
         check_no_overlap(config, others)
@@ -112,6 +113,14 @@ def register(sub) -> None:
         "the nodes in that subnet: a rack's ToR; repeatable)",
     )
     init.add_argument("--no-node-mesh", action="store_true", help="bgp: no node-to-node mesh (peers only)")
+    init.add_argument(
+        "--route-reflector",
+        action="append",
+        default=[],
+        metavar="NODE-IP",
+        help="bgp: this node is a route reflector; the others of its segment peer with it instead of "
+        "with each other (Calico's in-cluster route reflectors; repeatable)",
+    )
     init.add_argument("--service-network", default="10.96.0.0/12", help="must not overlap the pod network")
     init.add_argument("--force", action="store_true", help="replace a different existing config")
     init.set_defaults(func=cmd_network_init)

@@ -134,6 +134,7 @@ class Lab:
         with self._state_lock:
             state = self._load_state()
             state.setdefault("params", self.params())
+            state.setdefault("bgp_mode", self.bgp_mode)
             for kind, items in kinds.items():
                 state.setdefault(kind, []).extend(items)
             private_files.make_dir(self.dir)
@@ -165,6 +166,7 @@ class Lab:
         except (OSError, ValueError, KeyError):
             raise LabError(f"no lab named {name!r} is up (nothing at {path})") from None
         lab = cls(build_topology(**params), root, say)
+        lab.bgp_mode = state.get("bgp_mode", "mesh")
         if "rps_cpus" in state:  # what `lab up --rps auto` chose (rps_probe.py)
             lab.rps_cpus = state["rps_cpus"]
         return lab
@@ -255,7 +257,9 @@ class Lab:
 
             conf, sock, log = router.files(self.dir)
             private_files.make_dir(os.path.dirname(conf))
-            private_files.write_atomic(conf, router.render(t.router_ip(0), [n.ip for n in t.nodes], log))
+            # in rr mode the router peers with each rack's route reflector only
+            peers = self.route_reflectors() if self.bgp_mode == "rr" else t.nodes
+            private_files.write_atomic(conf, router.render(t.router_ip(0), [n.ip for n in peers], log))
             self._start(t.router_netns, ["bird", "-f", "-c", conf, "-s", sock], log + ".out", "router BIRD")
 
     def _plug(
@@ -450,10 +454,19 @@ class Lab:
         if client_ip:
             # every node of the client's segment peers with the client network too
             argv += ["--bgp-peer", f"{client_ip}@{t.rack_net(0)}" if t.racks > 1 else client_ip]
+        if t.backend == "bgp" and self.bgp_mode == "rr":
+            # Calico's in-cluster route reflectors: the first node of each rack
+            for rr in self.route_reflectors():
+                argv += ["--route-reflector", str(rr.ip)]
         if t.backend == "bgp" and t.racks > 1:
-            # every node peers with its rack's router (lab/router.py), which reflects
+            # every node (rr mode: every route reflector) peers with its rack's router
+            # (lab/router.py), which reflects between racks
             for rack in range(t.racks):
-                argv += ["--bgp-peer", f"{t.router_ip(rack)}@{t.rack_net(rack)}"]
+                if self.bgp_mode == "rr":
+                    rr_ip = next(n.ip for n in self.route_reflectors() if n.rack == rack)
+                    argv += ["--bgp-peer", f"{t.router_ip(rack)}@{rr_ip}/32"]
+                else:
+                    argv += ["--bgp-peer", f"{t.router_ip(rack)}@{t.rack_net(rack)}"]
             if self.bgp_mode == "tor":
                 argv.append("--no-node-mesh")
         if t.backend == "vxlan" and self.direct_routing:
@@ -461,6 +474,22 @@ class Lab:
         p = subprocess.run(argv, capture_output=True, text=True)
         if p.returncode != 0:
             raise LabError(f"network init failed: {p.stderr.strip() or p.stdout.strip()}")
+
+    def _bgp_peering(self) -> str:
+        racks = self.topo.racks > 1
+        if self.bgp_mode == "rr":
+            rrs = ", ".join(n.name for n in self.route_reflectors())
+            return f"route reflectors {rrs} (rr)" + (", which peer with the router" if racks else "")
+        if self.bgp_mode == "tor":
+            return "every node with its rack's router (tor)"
+        return "node-to-node mesh" + (" inside each rack, the router between racks" if racks else "") + " (mesh)"
+
+    def route_reflectors(self) -> list[NodeSpec]:
+        """``--bgp-mode rr``: the first node of each rack is its route reflector."""
+        firsts: dict[int, NodeSpec] = {}
+        for n in self.topo.nodes:
+            firsts.setdefault(n.rack, n)
+        return list(firsts.values())
 
     def _bgp_client_ip(self) -> str | None:
         """With bgp, the client namespace of the LoadBalancer check is a BGP speaker
@@ -669,6 +698,7 @@ class Lab:
             ),
             f"receive packet steering on the nodes' devices: {self._rps_in_use()}"
             + (f" (lab up's probe: {self.rps_note})" if self.rps_note else ""),
+            *([f"BGP peering: {self._bgp_peering()}"] if t.backend == "bgp" else []),
             "",
             "ETCD   CLIENT URL               PID      HEALTH     NAMESPACE",
         ]

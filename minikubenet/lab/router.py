@@ -23,6 +23,9 @@ route into its own kernel). ``--bgp-mode``:
   carries a CLUSTER_LIST and loses the tie, RFC 4456 section 9).
 - ``tor``: no node-to-node mesh; every node peers with its router only, and even
   traffic inside a rack goes through it.
+- ``rr``: Calico's in-cluster route reflectors (``Backend.RouteReflectors``): the first
+  node of each rack reflects for the others of its rack (next hop unchanged: traffic
+  inside a rack goes node to node) and is the only one that peers with the router.
 
 ``render`` is pure; the lab starts ``bird -f`` in the router namespace as one of its
 processes (stopped by PID at ``lab down``).
@@ -35,7 +38,7 @@ import os
 
 from minikubenet.overlay.bird_config import DEFAULT_AS, check_asn
 
-BGP_MODES = ("mesh", "tor")
+BGP_MODES = ("mesh", "tor", "rr")
 
 
 def render(

@@ -58,6 +58,7 @@ class BgpPeer:
     name: str  # BIRD protocol name: letters, digits, underscores
     ip: ipaddress.IPv4Address
     asn: int
+    rr_client: bool = False  # we reflect routes to it (we are a route reflector, it is not)
 
 
 def peer_name(ip: ipaddress.IPv4Address) -> str:
@@ -75,6 +76,19 @@ def check_asn(asn: object) -> int:
 def mesh_peers(own_ip: ipaddress.IPv4Address, peer_ips, asn: int) -> list[BgpPeer]:
     """Calico's full mesh: every other node, in the same AS."""
     return [BgpPeer(peer_name(ip), ip, asn) for ip in sorted(set(peer_ips)) if ip != own_ip]
+
+
+def reflector_peers(
+    own_ip: ipaddress.IPv4Address, peer_ips, reflectors: list[ipaddress.IPv4Address], asn: int
+) -> list[BgpPeer]:
+    """Calico's in-cluster route reflectors (``Backend.RouteReflectors``) instead of the
+    mesh: a node that is not a reflector peers with the reflectors only; a reflector
+    peers with every node, the non-reflectors as its clients (RFC 4456: what a client
+    announces goes to every peer, what a non-client announces goes to the clients only)."""
+    rrs = set(reflectors)
+    if own_ip not in rrs:
+        return [BgpPeer(peer_name(ip), ip, asn) for ip in sorted(set(peer_ips) & rrs) if ip != own_ip]
+    return [BgpPeer(peer_name(ip), ip, asn, ip not in rrs) for ip in sorted(set(peer_ips)) if ip != own_ip]
 
 
 def configured_peers(own_ip: ipaddress.IPv4Address, peers: list[dict], asn: int) -> list[BgpPeer]:
@@ -101,11 +115,15 @@ def render(
     log_file: str,
     hold_time: int = 9,
     lb_table: int | None = None,
+    reflector: bool = False,
 ) -> str:
     """bird.conf for one node. ``hold_time``: seconds without a keepalive before a peer
     counts as dead (BIRD's default is 240; a short one lets a crashed node's routes go
     within seconds; a node that stops cleanly closes its sessions and is withdrawn at once).
-    ``lb_table``: the kernel table the LB speaker puts its /32 routes in (see above)."""
+    ``lb_table``: the kernel table the LB speaker puts its /32 routes in (see above).
+    ``reflector``: this node is a route reflector (see reflector_peers): it passes on the
+    routes it learned as well as its own, with their next hop unchanged (the announcing
+    node, on the same segment: traffic does not go through the reflector)."""
     check_asn(asn)
     for p in peers:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p.name):
@@ -153,18 +171,27 @@ def render(
         f"  graceful restart time {GRACEFUL_RESTART_S};",
         "  ipv4 {",
         "    import all;",
-        f"    export where {_EXPORTED if lb_table else _POD_SUBNET};",
-        "    next hop self;",
+        f"    export where {_REFLECTED if reflector else _EXPORTED if lb_table else _POD_SUBNET};",
+        *([] if reflector else ["    next hop self;"]),
         "  };",
         "}",
     ]
     for p in peers:
-        lines += ["", f"protocol bgp {p.name} from node_peer {{", f"  neighbor {p.ip} as {p.asn};", "}"]
+        lines += [
+            "",
+            f"protocol bgp {p.name} from node_peer {{",
+            f"  neighbor {p.ip} as {p.asn};",
+            *(["  rr client;"] if p.rr_client else []),
+            "}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 _POD_SUBNET = 'proto = "pod_subnet"'
 _EXPORTED = _POD_SUBNET + ' || proto = "lb_ips_kernel"'
+# a reflector's: its own and what it learned over BGP (BIRD applies RFC 4456's rules on
+# top: nothing goes back to the peer it came from, non-client routes reach clients only)
+_REFLECTED = _EXPORTED + " || source = RTS_BGP"
 
 
 def _lb_ips(table: int) -> list[str]:

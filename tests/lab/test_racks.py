@@ -7,6 +7,10 @@ nodes of a rack learn each other directly, the other rack's subnets from the rou
 pod across racks with DF pings at the full 1472 bytes; a capture on the router's leg
 into rack 1 shows plain IP packets with the pods' own addresses and no UDP 8472.
 
+bgp with in-cluster route reflectors (module lab 3: 6 nodes, --bgp-mode rr): n1 and n4,
+the first node of each rack, reflect for their rack and alone peer with the router; a
+client's subnet reaches the other clients of its rack with the client as next hop.
+
 vxlan with DirectRouting (module lab 2): plain routes inside a rack, VXLAN between
 racks; the same capture shows the pods' packets inside UDP 8472 between the nodes.
 """
@@ -14,6 +18,7 @@ racks; the same capture shows the pods' packets inside UDP 8472 between the node
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -104,3 +109,47 @@ def test_vxlan_direct_routing_routes_inside_a_rack_and_encapsulates_between_rack
     outer, _udp, _vx, inner = packets[0]
     assert (outer.src, outer.dst) == (str(n1.ip), str(n3.ip))
     assert (inner.src, inner.dst) == (pod_ip(vxlan_lab, src), pod_ip(vxlan_lab, dst))
+
+
+def bgp_sessions(lab, node) -> list[str]:
+    """The names of the node's BGP protocols that are Established (birdc show protocols)."""
+    sock = os.path.join(lab.run_dir(node.name), "bird", "bird.ctl")
+    p = subprocess.run(
+        ["ip", "netns", "exec", node.netns, "birdc", "-s", sock, "show", "protocols"], capture_output=True, text=True
+    )
+    return sorted(line.split()[0] for line in p.stdout.splitlines() if "BGP" in line and "Established" in line)
+
+
+@pytest.fixture(scope="module")
+def rr_lab(lab_root):
+    """Name: rr_lab. Scope: module. 6 bgp nodes on 2 racks, route reflectors n1 and n4."""
+    with running_lab(lab_root, nodes=6, pods_per_node=1, proxy=False, backend="bgp", racks=2, bgp_mode="rr") as lab:
+        yield lab
+
+
+def test_rr_clients_peer_with_their_racks_reflector_only_and_reach_each_other_directly(rr_lab):
+    t = rr_lab.topo
+    rr = {n.rack: n for n in rr_lab.route_reflectors()}
+    assert [n.name for n in rr.values()] == ["n1", "n4"]
+    subnets = {n: lease["subnet"] for n, lease in rr_lab.leases().items()}
+    client = "peer_" + str(rr_lab._bgp_client_ip()).replace(".", "_")  # the LB check's client network
+    for node in t.nodes:
+        name = "node_" + str(rr[node.rack].ip).replace(".", "_")
+        sessions = [s for s in bgp_sessions(rr_lab, node) if s != client]
+        if node is rr[node.rack]:
+            clients = ["node_" + str(n.ip).replace(".", "_") for n in t.nodes if n.rack == node.rack and n is not node]
+            router = "peer_" + str(t.router_ip(node.rack)).replace(".", "_")
+            assert sessions == sorted(clients + [router]), (node.name, sessions)
+        else:
+            assert sessions == [name], (node.name, sessions)  # no mesh: one session
+        learned = {r["dst"]: r.get("gateway") for r in routes(node.netns, "proto", "bird")}
+        for other in t.nodes:
+            if other is not node:
+                # reflected with the next hop unchanged inside a rack; across racks the router's
+                want = str(other.ip) if other.rack == node.rack else str(t.router_ip(node.rack))
+                assert learned.get(subnets[other.name]) == want, (node.name, other.name, learned)
+    pods = [n.pods[0] for n in t.nodes]
+    for src in pods:
+        for dst in pods:
+            if src is not dst:
+                assert ping(rr_lab, src, pod_ip(rr_lab, dst), size=1472, count=1), (src.name, dst.name)

@@ -151,3 +151,70 @@ def test_a_peer_off_every_connected_network_is_not_peered_but_reported():
         "not peered (BGP sessions here are direct)"
     ]
     assert "neighbor 192.168.7.1" not in planner.config([])
+
+
+def test_route_reflectors_replace_the_mesh_a_client_peers_with_the_reflectors_only():
+    rrs = [A("172.31.0.11"), A("172.31.0.12")]
+    nodes = [A(f"172.31.0.{i}") for i in (11, 12, 13, 14)]
+    client = bird_config.reflector_peers(A("172.31.0.13"), nodes, rrs, 64512)
+    assert [(p.name, p.rr_client) for p in client] == [("node_172_31_0_11", False), ("node_172_31_0_12", False)]
+    rr = bird_config.reflector_peers(A("172.31.0.11"), nodes, rrs, 64512)
+    # the other reflector is a plain iBGP peer; the non-reflectors are its clients
+    assert [(p.name, p.rr_client) for p in rr] == [
+        ("node_172_31_0_12", False),
+        ("node_172_31_0_13", True),
+        ("node_172_31_0_14", True),
+    ]
+
+
+def test_a_reflector_passes_on_what_it_learned_with_the_next_hop_unchanged():
+    peers = bird_config.reflector_peers(A("172.31.0.11"), [A("172.31.0.12")], [A("172.31.0.11")], 64512)
+    text = bird_config.render(A("172.31.0.11"), 64512, N("10.244.1.0/24"), peers, "/x", reflector=True)
+    assert "protocol bgp node_172_31_0_12 from node_peer {\n  neighbor 172.31.0.12 as 64512;\n  rr client;\n}" in text
+    assert 'export where proto = "pod_subnet" || proto = "lb_ips_kernel" || source = RTS_BGP;' in text
+    # no next hop self: a client's subnet reaches the other clients via the client itself
+    assert "next hop self" not in text
+    plain = bird_config.render(A("172.31.0.12"), 64512, N("10.244.2.0/24"), [], "/x")
+    assert "next hop self;" in plain and "rr client" not in plain and "RTS_BGP;\n    next hop" not in plain
+
+
+@pytest.mark.parametrize(
+    "backend, message",
+    [
+        ({"RouteReflectors": "10.0.0.1"}, "Backend.RouteReflectors must be a non-empty list"),
+        ({"RouteReflectors": []}, "Backend.RouteReflectors must be a non-empty list"),
+        ({"RouteReflectors": ["10.0.0.x"]}, "Backend.RouteReflectors[0] '10.0.0.x' is not an IPv4 address"),
+        ({"RouteReflectors": ["10.0.0.1", "10.0.0.1"]}, "names a node twice"),
+        ({"RouteReflectors": ["10.0.0.1"], "NodeToNodeMesh": True}, "replace the node-to-node mesh"),
+    ],
+)
+def test_bad_route_reflectors_are_refused(backend, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(bgp_config(**backend))
+    assert message in str(e.value), str(e.value)
+
+
+def test_the_planner_with_route_reflectors_peers_on_its_segment_and_says_when_none_is_there():
+    from minikubenet.agent.backends.bgp import BgpPeers
+    from minikubenet.subnet_lease_record import SubnetLeaseRecord
+
+    class Daemon:
+        log_file = "/x"
+
+    leases = [
+        SubnetLeaseRecord(N(f"10.244.{i}.0/24"), ip, "bgp", {})
+        for i, ip in enumerate(["172.31.0.11", "172.31.0.12", "172.31.1.13", "172.31.1.14"])
+    ]
+    options = {"RouteReflectors": ["172.31.0.11", "172.31.1.13"]}
+    client = BgpPeers(Daemon(), A("172.31.1.14"), N("10.244.3.0/24"), 64512, options, [N("172.31.1.0/24")])  # type: ignore[arg-type]
+    assert client.peer_names(leases) == ["node_172_31_1_13"]  # its rack's reflector, not rack 0's
+    assert client.off_link == [] and "rr client" not in client.config(leases)
+    rr = BgpPeers(Daemon(), A("172.31.0.11"), N("10.244.0.0/24"), 64512, options, [N("172.31.0.0/24")])  # type: ignore[arg-type]
+    assert rr.peer_names(leases) == ["node_172_31_0_12"] and "rr client;" in rr.config(leases)
+    alone = BgpPeers(Daemon(), A("172.31.2.5"), N("10.244.9.0/24"), 64512, options, [N("172.31.2.0/24")])  # type: ignore[arg-type]
+    assert alone.peer_names(leases) == [] and "none is on this node's networks" in alone.off_link[0]
+
+
+def test_network_init_style_route_reflectors():
+    config = make_config("10.244.0.0/16", backend="bgp", route_reflectors=["172.31.0.11"])
+    assert config.backend_options == {"AS": 64512, "RouteReflectors": ["172.31.0.11"]}

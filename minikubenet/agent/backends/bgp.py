@@ -50,6 +50,8 @@ class BgpPeers:
         self.daemon, self.own_ip, self.subnet, self.asn = daemon, own_ip, subnet, asn
         options = options or {}
         self.mesh = options.get("NodeToNodeMesh", True)
+        # Backend.RouteReflectors (validated by network_config.py): they replace the mesh
+        self.reflectors = [ipaddress.IPv4Address(ip) for ip in options.get("RouteReflectors", [])]
         self.connected = connected
         # Backend.Peers that apply to this node; one outside every network the node is
         # on is not peered (the sessions are direct: multihop is not supported) but said
@@ -62,6 +64,12 @@ class BgpPeers:
             for p in configured
             if p not in on_link
         ]
+        if self.reflectors and own_ip not in self.reflectors and connected is not None:
+            if not any(ip in n for ip in self.reflectors for n in connected):
+                self.off_link.append(
+                    f"Backend.RouteReflectors {', '.join(map(str, self.reflectors))}: none is on this node's "
+                    "networks: this node has no node to peer with (BGP sessions here are direct)"
+                )
         # BIRD protocol name -> when its peer first appeared (monotonic): the grace
         # period of bgp_sessions.unreachable counts from here
         self.configured_at: dict[str, float] = {}
@@ -70,11 +78,18 @@ class BgpPeers:
         return [p.name for p in self._peers(leases)]
 
     def _peers(self, leases: list[SubnetLeaseRecord]) -> list[bird_config.BgpPeer]:
-        """The node mesh - only the nodes on this node's own segment when the underlay is
-        routed (racks: the others' subnets come reflected by the router, a Backend.Peers
-        entry) - and the configured peers."""
-        nodes = bird_config.mesh_peers(self.own_ip, self._ips(leases), self.asn) if self.mesh else []
-        if self.connected is not None and self.extra:
+        """The node mesh or, with Backend.RouteReflectors, the reflectors (a reflector: every
+        node) - only the nodes on this node's own segment when the underlay is routed
+        (racks: the others' subnets come reflected by the router, a Backend.Peers entry) -
+        and the configured peers."""
+        ips = self._ips(leases)
+        if self.reflectors:
+            nodes = bird_config.reflector_peers(self.own_ip, ips, self.reflectors, self.asn)
+        elif self.mesh:
+            nodes = bird_config.mesh_peers(self.own_ip, ips, self.asn)
+        else:
+            nodes = []
+        if self.connected is not None and (self.extra or self.reflectors):
             nodes = [p for p in nodes if any(p.ip in n for n in self.connected)]
         return nodes + self.extra
 
@@ -114,7 +129,13 @@ class BgpPeers:
 
     def config(self, leases: list[SubnetLeaseRecord]) -> str:
         return bird_config.render(
-            self.own_ip, self.asn, self.subnet, self._peers(leases), self.daemon.log_file, lb_table=lb_routes.LB_TABLE
+            self.own_ip,
+            self.asn,
+            self.subnet,
+            self._peers(leases),
+            self.daemon.log_file,
+            lb_table=lb_routes.LB_TABLE,
+            reflector=self.own_ip in self.reflectors,
         )
 
     def plan(self, lease: SubnetLeaseRecord) -> None:
