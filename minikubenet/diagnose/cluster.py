@@ -83,12 +83,19 @@ class ClusterView:
     # trace asks it "which policy and which rule" drops a packet. None: not read.
     policy: PolicyCluster | None = None
     bridge: str = "cni0"
+    # routers of a routed underlay whose kernel can be read (the lab's ``<lab>-rt``
+    # between racks): name -> snapshot. A gateway that is neither a node nor one of
+    # these is a router trace cannot look into.
+    routers: dict[str, NodeSnapshot] = field(default_factory=dict)
 
     def pod_by_ip(self, ip: ipaddress.IPv4Address) -> PodInfo | None:
         return next((p for p in self.pods.values() if p.ip == ip), None)
 
     def node_by_ip(self, ip: ipaddress.IPv4Address) -> NodeInfo | None:
         return next((n for n in self.nodes.values() if n.ip == ip), None)
+
+    def router_by_ip(self, ip: ipaddress.IPv4Address) -> tuple[str, NodeSnapshot] | None:
+        return next(((name, snap) for name, snap in self.routers.items() if ip in snap.local_ips()), None)
 
     def node_of_subnet_ip(self, ip: ipaddress.IPv4Address) -> NodeInfo | None:
         return next((n for n in self.nodes.values() if n.subnet is not None and ip in n.subnet), None)

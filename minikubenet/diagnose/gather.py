@@ -174,6 +174,11 @@ def from_lab(lab, nodes: Iterable[str] | None = None) -> ClusterView:
             view.nodes[n.name] = NodeInfo(info.name, info.ip, info.subnet, info.vtep_mac, alive)
     wanted = set(nodes) if nodes else {n.name for n in t.nodes}
     read_nodes(view, {n.name: n.netns for n in t.nodes if n.name in wanted})
+    if t.racks > 1:  # the router between the racks: trace follows its routes
+        try:
+            view.routers[t.router_netns] = live_state.read_node(t.router_netns, t.router_netns)
+        except live_state.NodeUnreadable:
+            pass  # the walk then stops at the router ("leaves for")
     return view
 
 

@@ -14,6 +14,9 @@ and at every hop it names the entry that decided it, read from the nodes right n
                     own that MAC
     host-gw / BGP   a route via the remote node's underlay address (BGP: proto bird;
                     the same hop, learned instead of programmed)
+    router          across racks, a route via a router that is not a node: the lab's
+                    router is read too, and its own route names the node it forwards
+                    to; a router that cannot be read ends the walk ("leaves for")
     delivery        the destination node's route to its cni0 and the pod's veth on it
     policy          NetworkPolicy (policy/model.py's verdict, the semantics both renderings
                     are tested against): an egress denial drops at the source node, an
@@ -410,7 +413,7 @@ def _walk(
     elif route.gateway is not None:
         nxt = view.node_by_ip(route.gateway)
         if nxt is None:
-            _drop(path, node, "route", f"gateway {route.gateway} is no node of this cluster", route_text(route))
+            _router_hop(view, src, ip, port, route, path, node, depth)
             return
         kind = "bgp" if route.protocol == "bird" else "host-gw"
         path.hops.append(Hop(node, kind, f"to {nxt.name} ({nxt.ip}) on the underlay, unencapsulated"))
@@ -423,6 +426,52 @@ def _walk(
             return
         path.hops.append(Hop(node, "underlay", f"to {nxt.name} on {route.dev}"))
         _walk(view, src, ip, port, path, nxt.name, depth + 1)
+
+
+def _router_hop(
+    view: ClusterView,
+    src: Endpoint,
+    ip: ipaddress.IPv4Address,
+    port: int | None,
+    route: RouteEntry,
+    path: Path,
+    node: str,
+    depth: int,
+) -> None:
+    """The gateway is not a node: a router of a routed underlay (racks). If its kernel
+    can be read (the lab's), its own route decides the next hop; if not, the walk stops
+    there, naming the node that holds the destination - not a drop, the packet left."""
+    gw = route.gateway
+    assert gw is not None
+    how = "bgp" if route.protocol == "bird" else "route"
+    found = view.router_by_ip(gw)
+    if found is None:
+        owner = view.node_of_subnet_ip(ip) or view.node_by_ip(ip)
+        if owner is None:
+            _drop(path, node, "route", f"gateway {gw} is no node of this cluster", route_text(route))
+            return
+        path.hops.append(
+            Hop(node, how, f"to {gw}, a router (no node of this cluster) on the underlay", route_text(route))
+        )
+        path.result, path.uninspected = (
+            f"leaves for router {gw}, which cannot be read from here; {ip} is on {owner.name}: "
+            f"run `minikubenet trace` there to follow it further",
+            True,
+        )
+        return
+    name, rsnap = found
+    path.hops.append(Hop(node, how, f"to router {name} ({gw}) on the underlay, unencapsulated"))
+    rroute = longest_match(rsnap.routes, ip)
+    if rroute is None or rroute.kind in ("blackhole", "unreachable", "prohibit"):
+        _drop(path, name, "route", f"the router has no route to {ip}", route_text(rroute) if rroute else "its table")
+        return
+    path.hops.append(Hop(name, "route", f"to {ip}", route_text(rroute)))
+    nxt = view.node_by_ip(rroute.gateway if rroute.gateway is not None else ip)
+    if nxt is None:
+        _drop(path, name, "route", f"{rroute.gateway or ip} is no node of this cluster", route_text(rroute))
+        return
+    path.hops.append(Hop(name, "router", f"to {nxt.name} ({nxt.ip}) on {rroute.dev}"))
+    _walk(view, src, ip, port, path, nxt.name, depth + 1)
 
 
 def _vxlan_hop(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -85,6 +86,22 @@ def test_bgp_between_racks_is_plain_ip_with_the_pods_addresses(bgp_lab):
     plain = [f for f in frames if IP in f and ICMP in f and f[IP].src == pod_ip(bgp_lab, src)]
     assert plain and all(f[IP].dst == pod_ip(bgp_lab, dst) for f in plain), [f.summary() for f in frames]
     assert not [f for f in frames if UDP in f and 8472 in (f[UDP].sport, f[UDP].dport)]
+
+
+def test_trace_follows_a_bgp_route_through_the_router(bgp_lab):
+    src, dst = bgp_lab.topo.nodes[0].pods[0], bgp_lab.topo.nodes[2].pods[0]  # rack 0 -> rack 1
+    p = subprocess.run(
+        [sys.executable, "-m", "minikubenet", "trace", f"default/{src.name}", f"default/{dst.name}:8080", "--json"]
+        + ["--lab", bgp_lab.topo.name, "--lab-root", os.path.dirname(bgp_lab.dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    (path,) = json.loads(p.stdout)["paths"]
+    assert path["result"] == f"delivered to default/{dst.name}", path
+    router = bgp_lab.topo.router_netns
+    assert [h["node"] for h in path["hops"] if h["what"] == "router"] == [router], path["hops"]
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,58 @@ def test_a_node_that_cannot_be_read_is_named(view):
     assert "is the node down?" in path.result and not path.delivered
 
 
+def across_a_router(view, readable: bool):
+    """n2 moved to another rack (172.31.1.0/24) behind a router at .1 of each; bgp routes."""
+    view.backend = "bgp"
+    view.nodes["n2"] = NodeInfo("n2", A("172.31.1.12"), N("10.244.2.0/24"), None, True)
+    n1 = view.snapshots["n1"]
+    n1.routes = [
+        RouteEntry(N("172.31.0.0/24"), "eth0", None, False, "kernel"),
+        RouteEntry(N("172.31.1.0/24"), "eth0", A("172.31.0.1"), False, "static"),
+        RouteEntry(N("10.244.1.0/24"), "cni0", None, False, "kernel"),
+        RouteEntry(N("10.244.2.0/24"), "eth0", A("172.31.0.1"), False, "bird"),
+    ]
+    n2 = view.snapshots["n2"]
+    n2.addresses["eth0"] = [ipaddress.IPv4Interface("172.31.1.12/24")]
+    if readable:
+        rt = NodeSnapshot(node="lab-rt", netns="lab-rt")
+        rt.addresses = {
+            "eth0": [ipaddress.IPv4Interface("172.31.0.1/24")],
+            "eth1": [ipaddress.IPv4Interface("172.31.1.1/24")],
+        }
+        rt.routes = [
+            RouteEntry(N("172.31.0.0/24"), "eth0", None, False, "kernel"),
+            RouteEntry(N("172.31.1.0/24"), "eth1", None, False, "kernel"),
+            RouteEntry(N("10.244.2.0/24"), "eth1", A("172.31.1.12"), False, "bird"),
+        ]
+        view.routers["lab-rt"] = rt
+    return view
+
+
+def test_a_bgp_route_via_a_router_is_followed_through_the_routers_table(view):
+    across_a_router(view, readable=True)
+    (path,) = trace(view, resolve(view, "a", False), resolve(view, "b", True)).paths
+    assert path.delivered and path.result == "delivered to default/b"
+    assert [(h.node, h.what) for h in path.hops][1:5] == [
+        ("n1", "route"),
+        ("n1", "bgp"),
+        ("lab-rt", "route"),
+        ("lab-rt", "router"),
+    ]
+    assert "10.244.2.0/24 via 172.31.1.12 dev eth1 proto bird" in path.hops[3].entry
+    # the router without a route there: the drop is the router's
+    view.routers["lab-rt"].routes.pop()
+    (path,) = trace(view, resolve(view, "a", False), resolve(view, "b", True)).paths
+    assert "on lab-rt: the router has no route to 10.244.2.2" in path.result
+
+
+def test_a_router_that_cannot_be_read_ends_the_walk_without_a_drop(view):
+    across_a_router(view, readable=False)
+    (path,) = trace(view, resolve(view, "a", False), resolve(view, "b", True)).paths
+    assert path.uninspected and not path.delivered and not path.result.startswith("dropped")
+    assert "leaves for router 172.31.0.1" in path.result and "is on n2" in path.result
+
+
 # --------------------------------------------------------------------------- doctor
 
 
