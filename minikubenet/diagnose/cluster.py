@@ -83,6 +83,8 @@ class ClusterView:
     # trace asks it "which policy and which rule" drops a packet. None: not read.
     policy: PolicyCluster | None = None
     bridge: str = "cni0"
+    # vxlan's DirectRouting: leases on the node's own segment get a plain route instead
+    direct_routing: bool = False
     # routers of a routed underlay whose kernel can be read (the lab's ``<lab>-rt``
     # between racks): name -> snapshot. A gateway that is neither a node nor one of
     # these is a router trace cannot look into.

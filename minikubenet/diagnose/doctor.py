@@ -389,17 +389,24 @@ def check_overlay(view: ClusterView, node: NodeInfo, snap: NodeSnapshot) -> list
     others = [lease for lease in view.leases if lease.public_ip != node.ip]
     out = []
     dev = view.vxlan_device
+    underlay = snap.link_with_ip(node.ip)
+    # the networks the node's underlay device is on: a lease there is on our segment
+    segment = [a.network for a in snap.addresses.get(underlay.name, [])] if underlay else []
     routes: set[tuple] = {(r.dst, r.gateway, r.dev) for r in snap.routes}
-    want_routes: set[tuple]
+    want_routes: set[tuple] = set()
+    plain = [lease for lease in others if view.backend != "vxlan" or _direct(view, lease, segment)]
     if view.backend == "vxlan":
         neigh = {(n.ip, (n.mac or "").lower()) for n in snap.neighbours if n.dev == dev and n.permanent}
         fdb = {(f.mac.lower(), f.dst) for f in snap.fdb if f.dev == dev and f.dst is not None}
         want_neigh, want_fdb = set(), set()
         for lease in others:
+            if lease in plain:
+                continue  # DirectRouting: a plain route, checked below
             gw = lease.subnet.network_address
             mac = (lease.vtep_mac or "").lower()
             want_neigh.add((gw, mac))
             want_fdb.add((mac, lease.public_ip))
+            want_routes.add((lease.subnet, gw, dev))
             if (lease.subnet, gw, dev) not in routes:
                 out.append(_missing(node, f"route {lease.subnet} via {gw} dev {dev} onlink", lease.subnet))
             if (gw, mac) not in neigh:
@@ -410,15 +417,20 @@ def check_overlay(view: ClusterView, node: NodeInfo, snap: NodeSnapshot) -> list
             out.append(_stray(node, f"neighbour {ip} lladdr {mac} on {dev}"))
         for mac, dst in sorted(fdb - want_fdb, key=str):
             out.append(_stray(node, f"FDB entry {mac} dst {dst} on {dev}"))
-        want_routes = {(lease.subnet, lease.subnet.network_address, dev) for lease in others}
-    else:
-        underlay = snap.link_with_ip(node.ip)
-        want_routes = {(lease.subnet, lease.public_ip, underlay.name if underlay else None) for lease in others}
-        for lease in others:
-            r = next((r for r in snap.routes if r.dst == lease.subnet), None)
-            if r is None or r.gateway != lease.public_ip:
-                out.append(_missing(node, f"route {lease.subnet} via {lease.public_ip}", lease.subnet))
-    overlay_devs = {dev} if view.backend == "vxlan" else {d for _, _, d in want_routes}
+    # host-gw, bgp, vxlan's DirectRouting: a plain route via the lease's node. With bgp a
+    # route via a router (an address that is no node: a routed underlay's ToR, which BGP
+    # chose as next hop) is right too; where it goes from there is the router's business
+    # (`minikubenet trace` follows it where the router can be read).
+    for lease in plain:
+        r = next((r for r in snap.routes if r.dst == lease.subnet), None)
+        if r is not None and r.gateway is not None and _via_router(view, r.gateway):
+            want_routes.add((r.dst, r.gateway, r.dev))
+            continue
+        want_routes.add((lease.subnet, lease.public_ip, underlay.name if underlay else None))
+        if r is None or r.gateway != lease.public_ip:
+            out.append(_missing(node, f"route {lease.subnet} via {lease.public_ip}", lease.subnet))
+    overlay_devs = {dev} if view.backend == "vxlan" else set()
+    overlay_devs |= {d for _, _, d in want_routes if d is not None}
     for r in snap.routes:
         if (
             r.gateway is not None
@@ -428,6 +440,15 @@ def check_overlay(view: ClusterView, node: NodeInfo, snap: NodeSnapshot) -> list
         ):
             out.append(_stray(node, f"route {r.dst} via {r.gateway} dev {r.dev}"))
     return out
+
+
+def _direct(view: ClusterView, lease, segment: list) -> bool:
+    """vxlan with DirectRouting: a lease on our own segment gets a plain route, no tunnel."""
+    return view.direct_routing and any(lease.public_ip in net for net in segment)
+
+
+def _via_router(view: ClusterView, gateway) -> bool:
+    return view.backend == "bgp" and view.node_by_ip(gateway) is None
 
 
 def _missing(node: NodeInfo, what: str, subnet) -> Finding:

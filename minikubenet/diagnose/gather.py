@@ -98,7 +98,12 @@ def view_from_etcd(
     if config is None:
         raise LookupError(f"no network config at {layout.config}: is this the cluster's etcd?")
     view = ClusterView(
-        pod_network=config.network, backend=config.backend, leases=leases, ip_records=records, services=services
+        pod_network=config.network,
+        backend=config.backend,
+        leases=leases,
+        ip_records=records,
+        services=services,
+        direct_routing=config.backend == "vxlan" and config.backend_options.get("DirectRouting") is True,
     )
     for lease in leases:
         name = node_names.get(lease.public_ip, str(lease.public_ip))

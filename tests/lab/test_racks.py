@@ -88,20 +88,33 @@ def test_bgp_between_racks_is_plain_ip_with_the_pods_addresses(bgp_lab):
     assert not [f for f in frames if UDP in f and 8472 in (f[UDP].sport, f[UDP].dport)]
 
 
-def test_trace_follows_a_bgp_route_through_the_router(bgp_lab):
-    src, dst = bgp_lab.topo.nodes[0].pods[0], bgp_lab.topo.nodes[2].pods[0]  # rack 0 -> rack 1
-    p = subprocess.run(
-        [sys.executable, "-m", "minikubenet", "trace", f"default/{src.name}", f"default/{dst.name}:8080", "--json"]
-        + ["--lab", bgp_lab.topo.name, "--lab-root", os.path.dirname(bgp_lab.dir)],
+def cli(lab, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "minikubenet", *args, "--lab", lab.topo.name, "--lab-root", os.path.dirname(lab.dir)],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def doctor_overlay_findings(lab) -> list[str]:
+    p = cli(lab, "doctor", "--json", "--no-probe")
+    assert "Traceback" not in p.stderr and p.stdout.strip().startswith("{"), p.stdout + p.stderr
+    return [f["text"] for f in json.loads(p.stdout)["findings"] if f["check"] == "overlay"]
+
+
+def test_trace_follows_a_bgp_route_through_the_router(bgp_lab):
+    src, dst = bgp_lab.topo.nodes[0].pods[0], bgp_lab.topo.nodes[2].pods[0]  # rack 0 -> rack 1
+    p = cli(bgp_lab, "trace", f"default/{src.name}", f"default/{dst.name}:8080", "--json")
     assert p.returncode == 0, p.stdout + p.stderr
     (path,) = json.loads(p.stdout)["paths"]
     assert path["result"] == f"delivered to default/{dst.name}", path
     router = bgp_lab.topo.router_netns
     assert [h["node"] for h in path["hops"] if h["what"] == "router"] == [router], path["hops"]
+
+
+def test_doctor_takes_the_routes_via_the_router_as_right(bgp_lab):
+    assert doctor_overlay_findings(bgp_lab) == []
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +139,8 @@ def test_vxlan_direct_routing_routes_inside_a_rack_and_encapsulates_between_rack
     outer, _udp, _vx, inner = packets[0]
     assert (outer.src, outer.dst) == (str(n1.ip), str(n3.ip))
     assert (inner.src, inner.dst) == (pod_ip(vxlan_lab, src), pod_ip(vxlan_lab, dst))
+    # doctor knows DirectRouting: the plain routes inside a rack are what it wants there
+    assert doctor_overlay_findings(vxlan_lab) == []
 
 
 def bgp_sessions(lab, node) -> list[str]:

@@ -228,6 +228,34 @@ def test_each_break_is_named(view):
     assert all(f.fix for f in found)
 
 
+def overlay_findings(view, node="n1"):
+    return [f.text for f in doctor.check_overlay(view, view.nodes[node], view.snapshots[node])]
+
+
+def test_vxlan_direct_routing_wants_a_plain_route_for_a_lease_on_the_segment(view):
+    n1 = view.snapshots["n1"]
+    n1.routes[2] = RouteEntry(N("10.244.2.0/24"), "eth0", A("172.31.0.12"), False, "static")
+    n1.neighbours.clear()
+    n1.fdb.clear()
+    assert len(overlay_findings(view)) == 3  # without DirectRouting: the tunnel route, neighbour, FDB entry
+    view.direct_routing = True
+    assert overlay_findings(view) == []
+    n1.routes.pop(2)
+    assert overlay_findings(view) == [
+        "missing route 10.244.2.0/24 via 172.31.0.12: n1's pods cannot reach 10.244.2.0/24"
+    ]
+
+
+def test_bgp_across_racks_accepts_the_route_via_the_router_and_names_a_stray_one(view):
+    across_a_router(view, readable=False)
+    view.leases[1] = Lease(N("10.244.2.0/24"), A("172.31.1.12"), "bgp", None)
+    assert overlay_findings(view) == []
+    view.snapshots["n1"].routes.append(RouteEntry(N("10.244.9.0/24"), "eth0", A("172.31.0.1"), False, "bird"))
+    assert overlay_findings(view) == [
+        "stray route 10.244.9.0/24 via 172.31.0.1 dev eth0: no lease calls for it, so traffic to it goes to a node that is gone"
+    ]
+
+
 def test_stray_entries_and_unrecorded_veths_are_named(view):
     n1 = view.snapshots["n1"]
     n1.neighbours.append(NeighEntry("flannel.1", A("10.244.7.0"), "de:ad:00:00:00:07", True))
