@@ -6,6 +6,9 @@ to ``nft -f`` in different shapes, in a throwaway namespace, alternating rounds.
     elem-last   the same commands, all elements after all chains and rules
     grouped     elements last, one ``add element <map> { e1, e2, ... }`` per map
     two-tx      chains and rules in one transaction, all elements in a second one
+    staged      what the syncer applies above 1 000 service ports: NftPlan.render_staged's
+                transactions (the table's objects; 500 ports' chains per transaction; the
+                fixed part, every element and the stale chains)
     no-flush    as-is without ``flush chain`` for the (new) per-service chains
     no-anon     (for the evidence only, not a valid ruleset) numgen vmaps replaced by a goto
     named       each numgen vmap a named map (same semantics, not kube-proxy's layout)
@@ -30,12 +33,21 @@ import time
 from bench.services import CLUSTER_CIDR, SERVICE_NET, cluster
 
 
-def render(n: int) -> str:
-    from minikubenet.proxy.nft_render import render_nft
+def _plan(n: int):
+    from minikubenet.proxy.nft_render import plan_nft
 
     services, endpoints = cluster(n)
     flat = {pk: eps for by_port in endpoints.values() for pk, eps in by_port.items()}
-    return render_nft(services.values(), flat, (), CLUSTER_CIDR, service_cidr=str(SERVICE_NET))
+    return plan_nft(services.values(), flat, (), CLUSTER_CIDR, service_cidr=str(SERVICE_NET))
+
+
+def render(n: int) -> str:
+    return _plan(n).render()
+
+
+def staged(n: int) -> list[str]:
+    """What the syncer applies for a large full sync: NftPlan.render_staged's transactions."""
+    return _plan(n).render_staged()
 
 
 _ELEMENT = re.compile(r"^add element (\S+ \S+) (\S+) \{ (.*) \}$")
@@ -139,17 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="2000,4000")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="only as-is, no-anon and named")
+    p.add_argument("--quick", action="store_true", help="only as-is, staged, no-anon and named")
     args = p.parse_args(argv)
     ns = f"mknnftorder{os.getpid()}"
     try:
         for n in (int(x) for x in args.sizes.split(",")):
             text = render(n)
             variants = (
-                {"as-is": [text], "no-anon": [no_anonymous_maps(text)], "named": [named_maps(text)]}
+                {
+                    "as-is": [text],
+                    "staged": staged(n),
+                    "no-anon": [no_anonymous_maps(text)],
+                    "named": [named_maps(text)],
+                }
                 if args.quick
                 else {
                     "as-is": [text],
+                    "staged": staged(n),
                     "elem-last": [elements_last(text)],
                     "grouped": [grouped(text)],
                     "two-tx": list(two_transactions(text)),

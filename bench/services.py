@@ -121,11 +121,26 @@ def cluster(n: int, shape: str = "clusterip"):
 # --------------------------------------------------------------------------- worker (in a netns)
 
 
+# Between the transactions of one sync in a saved text (nftables mode, a large full sync:
+# NftPlan.render_staged); the bare apply applies them in the same order.
+TX_SEPARATOR = "\n# ---- next transaction ----\n"
+
+
 class Recorder:
-    """Wraps the syncer's one kernel call to keep its text and its duration."""
+    """Wraps the syncer's kernel calls to keep the texts and durations of its last sync
+    (one call; several for a large nftables full sync)."""
 
     def __init__(self):
-        self.text, self.seconds = "", 0.0
+        self.texts: list[str] = []
+        self.times: list[float] = []
+
+    @property
+    def text(self) -> str:
+        return TX_SEPARATOR.join(self.texts)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.times)
 
     def wrap(self, fn):
         def timed(text, *a, **kw):
@@ -133,9 +148,17 @@ class Recorder:
             try:
                 return fn(text, *a, **kw)
             finally:
-                self.seconds, self.text = time.perf_counter() - t, text
+                self.times.append(time.perf_counter() - t)
+                self.texts.append(text)
 
         return timed
+
+    def wrap_sync(self, sync):
+        def one_sync(*a, **kw):
+            self.texts, self.times = [], []
+            return sync(*a, **kw)
+
+        return one_sync
 
 
 def make_syncer(mode: str, iptables_binary: str):
@@ -154,21 +177,30 @@ def make_syncer(mode: str, iptables_binary: str):
         syncers.iptables.restore = rec.wrap(syncers.iptables.restore)
     else:
         syncers.nft_apply = rec.wrap(syncers.nft_apply)
-    return syncers.make_syncer(mode, config), rec
+    syncer = syncers.make_syncer(mode, config)
+    syncer.sync = rec.wrap_sync(syncer.sync)  # type: ignore[method-assign]
+    return syncer, rec
 
 
 def bare_apply(mode: str, text: str, iptables_binary: str) -> float:
+    """The restore of the text alone (its transactions in order, if it has several)."""
     argv = [f"{iptables_binary}-restore", "-w", "--noflush"] if mode == "iptables" else ["nft", "-f", "-"]
-    t = time.perf_counter()
-    p = subprocess.run(argv, input=text, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {p.stderr[:2000]}")
+    elapsed = 0.0
+    for part in text.split(TX_SEPARATOR):
+        t = time.perf_counter()
+        p = subprocess.run(argv, input=part, capture_output=True, text=True)
+        elapsed += time.perf_counter() - t
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {p.stderr[:2000]}")
     return elapsed
 
 
 def worker_full(spec: dict) -> dict | None:
     mode, n = spec["mode"], spec["n"]
+    if spec.get("nft_stage_above") is not None:
+        from minikubenet.proxy import nft_render
+
+        nft_render.STAGE_ABOVE = spec["nft_stage_above"]
     services, endpoints = cluster(n, spec.get("shape", "clusterip"))
     syncer, rec = make_syncer(mode, spec["iptables"])
     t = time.perf_counter()
@@ -488,6 +520,7 @@ def measure_mode(args, nss: Namespaces, tmp: str, res: dict, mode: str, latency_
                 "partial_repeat": args.partial_repeat,
                 "latency": n in args.latency_sizes and r == 0,
                 "connections": args.connections,
+                "nft_stage_above": args.nft_stage_above,
             }
             order = ["full", "bare"] if r % 2 == 0 else ["bare", "full"]
             got: dict = {}
@@ -660,6 +693,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SHAPES,
         default="clusterip",
         help="services: ClusterIP, LoadBalancer with an ingress IP, or LoadBalancer with externalTrafficPolicy Local",
+    )
+    p.add_argument(
+        "--nft-stage-above",
+        type=int,
+        default=None,
+        help="nftables: stage full syncs above this many service ports (default the syncer's, "
+        "nft_render.STAGE_ABOVE; a huge number = one transaction, as kube-proxy)",
     )
     p.add_argument("--results-dir", default=RESULTS_DIR)
     p.add_argument("--no-save", dest="save", action="store_false")

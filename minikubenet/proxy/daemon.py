@@ -12,7 +12,8 @@
             │       every --full-sync-period, after any failure, and at start-up
             ▼
     Syncer          syncers.py: plan the changed services, render, apply in ONE
-                    iptables-restore --noflush (filter + nat) or ONE nft -f; then delete
+                    iptables-restore --noflush (filter + nat) or ONE nft -f (a large
+                    nftables full sync: a few, nft_render.render_staged); then delete
                     stale UDP conntrack entries
 
 No rules are written before the first complete snapshot of services and endpoints has

@@ -28,7 +28,10 @@ Everything lives in one table of our own (``ip minikubenet-proxy``, kube-proxy's
 and no global lock is shared. The text is a transaction of ``add``/``flush`` commands,
 as kube-proxy's knftables writes it: ``nft -f`` applies it atomically, and ``add`` of an
 existing object is not an error, so the same text can be applied again and again.
-Affinity sets are added but never flushed, so stickiness survives a resync.
+Affinity sets are added but never flushed, so stickiness survives a resync. A full sync
+of more than STAGE_ABOVE service ports is the same text cut into several transactions
+(``NftPlan.render_staged``: the kernel's cost of one big transaction grows with its
+square), ordered so that traffic only ever sees a complete service or the old one.
 
 Partial syncs (``NftPlan.render_partial(previous_state)``) write only the chains of
 service ports that changed and the map/set elements added or removed since the last
@@ -329,6 +332,12 @@ class NftState:
     static: tuple = ()  # the table, maps and fixed chains as written
 
 
+# A full sync of more service ports than STAGE_ABOVE goes to the kernel in stages of
+# STAGE_PORTS ports (NftPlan.render_staged; bench/nft_sync_order.py measured the sizes).
+STAGE_ABOVE = 1000
+STAGE_PORTS = 500
+
+
 @dataclass(frozen=True)
 class NftPlan:
     table: str
@@ -408,14 +417,68 @@ class NftPlan:
         lines = list(self.static)
         for p in self.service_ports:
             lines += [""] + _render_service_port(t, p)
+        lines += self._stale_lines(existing_chains, existing_sets)
+        return "\n".join(lines) + "\n"
+
+    def _stale_lines(self, existing_chains: Iterable[str], existing_sets: Iterable[str]) -> list[str]:
+        t = f"{FAMILY} {self.table}"
         stale = self.stale_chains(existing_chains)
         affinity = self.affinity_sets()
         stale_sets = sorted(s for s in set(existing_sets) if nft_is_affinity_set(s) and s not in affinity)
-        if stale or stale_sets:
-            lines += ["", "# stale: flushed now, deleted by a later transaction"]
-            lines += [f"flush chain {t} {c}" for c in stale]
-            lines += [f"delete set {t} {s}" for s in stale_sets]
-        return "\n".join(lines) + "\n"
+        if not stale and not stale_sets:
+            return []
+        return (
+            ["", "# stale: flushed now, deleted by a later transaction"]
+            + [f"flush chain {t} {c}" for c in stale]
+            + [f"delete set {t} {s}" for s in stale_sets]
+        )
+
+    def render_staged(
+        self,
+        existing_chains: Iterable[str] = (),
+        existing_sets: Iterable[str] = (),
+        stage_above: int | None = None,
+        stage_ports: int | None = None,
+    ) -> list[str]:
+        """The full sync as transactions to apply in order: ``[render()]`` up to
+        ``stage_above`` service ports (kube-proxy's one transaction), else
+
+        1. the table, its sets, maps and fixed chains created if missing (no flush, no
+           rule: on a table that exists this changes nothing);
+        2. the service ports' chains, ``stage_ports`` ports per transaction: each chain
+           flushed and refilled in the same transaction, each port's chains together;
+        3. the fixed part as in ``render`` (its maps and sets flushed), every map and set
+           element, and the stale chains: the switch to the new dispatch, in one.
+
+        Why: binding each port's anonymous ``numgen`` vmap to its rule makes the kernel
+        walk the whole pending transaction (``__nft_set_trans_bind``, a reverse walk of
+        the commit list with no early exit), so one transaction of n ports costs O(n^2)
+        there alone: 39 % of the kernel's time at 5 000 ports, 39.5 s against 9.4 s in
+        20 transactions at 10 000 (perf, docs/loadbalancer.md). What traffic sees stays
+        safe: a new chain is unreachable until step 3 adds its map element, a chain that
+        exists changes atomically with its own flush, and the maps switch in one
+        transaction as before. If a stage fails, the ones before it left services with
+        chains that are new (unused) or up to date; the syncer then starts over with a
+        full sync."""
+        stage_above = STAGE_ABOVE if stage_above is None else stage_above
+        stage_ports = STAGE_PORTS if stage_ports is None else stage_ports
+        if len(self.service_ports) <= stage_above:
+            return [self.render(existing_chains, existing_sets)]
+        t = f"{FAMILY} {self.table}"
+        create = [line for line in self.static if line.startswith(("add table", "add set", "add map", "add chain"))]
+        stages = ["\n".join(create) + "\n"]
+        ports = self.service_ports
+        for i in range(0, len(ports), stage_ports):
+            lines: list[str] = []
+            for p in ports[i : i + stage_ports]:
+                lines += [""] + [line for line in _render_service_port(t, p) if not line.startswith("add element")]
+            stages.append("\n".join(lines) + "\n")
+        final = list(self.static)
+        for p in ports:
+            final += [f"add element {t} {name} {{ {elem} }}" for name, elem in p.elements]
+        final += self._stale_lines(existing_chains, existing_sets)
+        stages.append("\n".join(final) + "\n")
+        return stages
 
 
 def _render_service_port(t: str, p: NftServicePort) -> list[str]:

@@ -561,18 +561,22 @@ class NftSyncer(Syncer):
         due = [c for t, c in self._to_delete if now - t >= NFT_DELETE_DELAY and c not in active]
         if full:
             chains, sets = self._existing_names()
-            text = plan.render(chains, sets)
+            # one transaction, or several for a large cluster (NftPlan.render_staged)
+            stages = plan.render_staged(chains, sets)
             stale = plan.stale_chains(chains)
         else:
             text, stale = plan.render_partial(self.state)
-        # Deleting chains flushed by an earlier sync rides along in this transaction.
-        text += render_nft_delete_chains([c for c in due if c not in stale], self.config.nft_table)
+            stages = [text]
+        # Deleting chains flushed by an earlier sync rides along in the (last) transaction.
+        stages[-1] += render_nft_delete_chains([c for c in due if c not in stale], self.config.nft_table)
         try:
-            nft_apply(text)
+            for stage in stages:
+                nft_apply(stage)
         except SyncError:
             self.state = None
             self.forget()
             raise
+        text = "".join(stages)
         self._to_delete = [(t, c) for t, c in self._to_delete if c not in due and c not in active]
         self._to_delete += [(now, c) for c in stale if c not in {x for _, x in self._to_delete}]
         self.state = state = plan.state

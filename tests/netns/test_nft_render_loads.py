@@ -77,10 +77,34 @@ def test_load_reload_stale_and_cleanup(netns):
     assert "minikubenet" not in run(netns, "nft", "list", "tables")
 
 
-def test_connections_through_the_verdict_maps(netns):
+def test_a_staged_full_sync_leaves_the_same_table_as_one_transaction(netns):
+    services, endpoints, doc = load_cluster()
+    plan = plan_nft(services, endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"])
+    nft(netns, plan.render())
+    whole = listing(netns)
+    run(netns, "nft", "delete", "table", "ip", TABLE)
+    for stage in plan.render_staged(stage_above=1, stage_ports=2):
+        nft(netns, stage)
+    assert listing(netns) == whole
+    # a staged resync over the table, shop deleted: its chains flushed in the last stage
+    chains, sets = names_from_listing(whole)
+    after = plan_nft(
+        [s for s in services if s.name != "shop"], endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"]
+    )
+    for stage in after.render_staged(chains, sets, stage_above=1, stage_ports=2):
+        nft(netns, stage)
+    fresh_chains, _ = names_from_listing(listing(netns))
+    assert {c for c in fresh_chains if "/" in c} == after.service_chains() | set(after.stale_chains(chains))
+    assert "demo/shop" not in run(netns, "nft", "list", "map", "ip", TABLE, "service-ips")
+
+
+@pytest.mark.parametrize("staged", [False, True], ids=["one-transaction", "staged"])
+def test_connections_through_the_verdict_maps(netns, staged):
     services, endpoints, doc = load_cluster()
     plumb_node(netns)
-    nft(netns, plan_nft(services, endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"]).render())
+    plan = plan_nft(services, endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"])
+    for text in plan.render_staged(stage_above=1, stage_ports=2) if staged else [plan.render()]:
+        nft(netns, text)
     servers = [start_server(netns, 8080), start_server(netns, 8443)]
     try:
         answers = connect(netns, "10.244.9.9", "10.96.0.20", 80, 60)

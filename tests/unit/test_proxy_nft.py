@@ -175,3 +175,42 @@ def test_names_from_listing():
 
 def test_cleanup():
     assert render_nft_cleanup() == "add table ip minikubenet-proxy\ndelete table ip minikubenet-proxy\n"
+
+
+def test_a_small_full_sync_is_one_transaction_as_kube_proxys():
+    services, endpoints, doc = load_cluster()
+    plan = plan_nft(services, endpoints, (), doc["cluster_cidr"])
+    assert plan.render_staged() == [plan.render()]
+
+
+def test_a_large_full_sync_is_staged_with_the_dispatch_switched_last():
+    services, endpoints, doc = load_cluster()
+    plan = plan_nft(services, endpoints, (), doc["cluster_cidr"])
+    gone = "service-AAAAAAAA-demo/old/tcp/http"
+    n = len(plan.service_ports)
+    stages = plan.render_staged([gone], (), stage_above=1, stage_ports=2)
+    create, *chunks, final = stages
+    assert len(chunks) == (n + 1) // 2
+    # 1: objects created, nothing flushed, no rule (a table that exists is left as it is)
+    assert create.strip() and all(
+        line.startswith(("add table", "add set", "add map", "add chain")) for line in create.splitlines()
+    )
+    assert "flush" not in create and "hook" in create
+    # 2: chains only - each flushed and refilled in the same transaction, no element
+    for chunk in chunks:
+        lines = chunk.splitlines()
+        assert not [line for line in lines if line.startswith("add element")]
+        flushed = {line.split()[-1] for line in lines if line.startswith("flush chain")}
+        filled = {line.split()[4] for line in lines if line.startswith("add rule")}
+        assert filled <= flushed, filled - flushed
+    # 3: the fixed part with its flushes, every element, the stale chain: the switch
+    assert final.startswith("\n".join(plan.static))
+    single = plan.render([gone])
+    elements = [line for line in single.splitlines() if line.startswith("add element")]
+    assert [line for line in final.splitlines() if line.startswith("add element")] == elements
+    assert final.rstrip().endswith(f"flush chain ip minikubenet-proxy {gone}")
+    # together: every line of the one-transaction form, in stages
+    assert {x for s in stages for x in s.splitlines() if x} == {x for x in single.splitlines() if x}
+    # and each stage consistent with what the stages before it made
+    for i in range(len(stages)):
+        assert nft_problems("".join(stages[: i + 1])) == [], i

@@ -162,6 +162,47 @@ def test_nft_partial_syncs_always_equal_a_full_sync(history):
         assert model.live() == NftModel().apply(plan.render()).live()
 
 
+@settings(max_examples=40, deadline=None)
+@given(states)
+def test_nft_staged_full_syncs_leave_what_one_transaction_leaves(history):
+    model = NftModel()
+    for step in history:
+        services, endpoints = cluster(step)
+        plan = plan_nft(services, endpoints, (), CIDR)
+        for stage in plan.render_staged(set(model.chains), set(model.containers), stage_above=0, stage_ports=1):
+            model.apply(stage)
+        assert model.live() == NftModel().apply(plan.render()).live()
+
+
+def test_the_nft_syncer_applies_a_large_full_sync_in_stages_and_starts_over_when_one_fails(monkeypatch):
+    from minikubenet.proxy import nft_render, syncers
+
+    monkeypatch.setattr(nft_render, "STAGE_ABOVE", 1)
+    monkeypatch.setattr(nft_render, "STAGE_PORTS", 1)
+    monkeypatch.setattr(NftSyncer, "_existing_names", lambda self: (set(), set()))
+    applied: list[str] = []
+    monkeypatch.setattr(syncers, "nft_apply", applied.append)
+    syncer = NftSyncer(SyncConfig(cluster_cidr=str(CIDR)))
+    services, endpoints = by_service(
+        SERVICE_POOL[3:5],
+        {"ns/s3:p": [Endpoint(IP("10.244.3.1"), 8080)], "ns/s4:p": [Endpoint(IP("10.244.4.1"), 8080)]},
+    )
+    result = syncer.sync(services, endpoints)
+    assert len(applied) == 4  # objects, one port, the other port, the switch
+    assert result.text_bytes == sum(len(t) for t in applied) and syncer.state is not None
+
+    def refuse_the_second(text):
+        applied.append(text)
+        if len(applied) == 2:
+            raise SyncError("nft -f failed")
+
+    applied.clear()
+    monkeypatch.setattr(syncers, "nft_apply", refuse_the_second)
+    with pytest.raises(SyncError):
+        syncer.sync(services, endpoints)
+    assert len(applied) == 2 and syncer.state is None  # stopped there; the next sync is a full one
+
+
 def test_nft_partial_of_one_changed_endpoint_is_small():
     services = SERVICE_POOL[3:5]
     endpoints = {
