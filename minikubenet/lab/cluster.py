@@ -819,6 +819,11 @@ class Lab:
                 for e in json.loads(fdb or "[]"):
                     if e.get("dst"):
                         lines.append(f"    fdb   {e['mac']} dst {e['dst']} {e.get('state', '')}")
+                # DirectRouting: the peers of the node's own segment get plain routes on eth0
+                for r in _ip_json(ns, "route", "show", "dev", "eth0"):
+                    dst, gw = r.get("dst", ""), r.get("gateway")
+                    if gw and "/" in dst and ipaddress.IPv4Network(dst).subnet_of(self.topo.pod_network):
+                        lines.append(f"    route {dst} via {gw} dev eth0 (DirectRouting: same segment, no tunnel)")
             if not dev and self.topo.backend == "bgp":
                 lines += self._bgp_report(n)
             elif not dev:

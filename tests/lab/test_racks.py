@@ -141,6 +141,8 @@ def test_vxlan_direct_routing_routes_inside_a_rack_and_encapsulates_between_rack
     assert (inner.src, inner.dst) == (pod_ip(vxlan_lab, src), pod_ip(vxlan_lab, dst))
     # doctor knows DirectRouting: the plain routes inside a rack are what it wants there
     assert doctor_overlay_findings(vxlan_lab) == []
+    report = vxlan_lab.overlay_report()
+    assert f"route {subnets[n2.name]} via {n2.ip} dev eth0 (DirectRouting: same segment, no tunnel)" in report, report
 
 
 def bgp_sessions(lab, node) -> list[str]:
