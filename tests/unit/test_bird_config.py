@@ -213,6 +213,12 @@ def test_the_planner_with_route_reflectors_peers_on_its_segment_and_says_when_no
     assert rr.peer_names(leases) == ["node_172_31_0_12"] and "rr client;" in rr.config(leases)
     alone = BgpPeers(Daemon(), A("172.31.2.5"), N("10.244.9.0/24"), 64512, options, [N("172.31.2.0/24")])  # type: ignore[arg-type]
     assert alone.peer_names(leases) == [] and "none is on this node's networks" in alone.off_link[0]
+    # the reflector of the segment has no lease (not started, or gone): said, not silent
+    lonely = BgpPeers(Daemon(), A("172.31.1.14"), N("10.244.3.0/24"), 64512, options, [N("172.31.1.0/24")])  # type: ignore[arg-type]
+    lonely.configured_at = {name: 0.0 for name in lonely.peer_names(leases[:2] + leases[3:])}
+    assert lonely.configured_at == {} and "none of them holds a lease" in lonely._no_reflector()[0]
+    lonely.configured_at = {name: 0.0 for name in lonely.peer_names(leases)}
+    assert lonely._no_reflector() == []
 
 
 def test_network_init_style_route_reflectors():

@@ -116,7 +116,19 @@ class BgpPeers:
         if not sessions and self.configured_at and not self.daemon.running():
             return ["BIRD is not running (the agent restarts it)"]
         down = bgp_sessions.unreachable(sessions, self.configured_at, time.monotonic())
-        return self.off_link + [s.describe() for s in down]
+        return self.off_link + self._no_reflector() + [s.describe() for s in down]
+
+    def _no_reflector(self) -> list[str]:
+        """A client whose reflectors are all missing (no lease: not started, or gone)
+        learns nothing from the cluster: say so rather than sit with no node session."""
+        if not self.reflectors or self.own_ip in self.reflectors or self.off_link:
+            return []
+        if any(name.startswith("node_") for name in self.configured_at):
+            return []
+        return [
+            f"Backend.RouteReflectors {', '.join(map(str, self.reflectors))}: none of them holds a lease on this "
+            "node's segment, so this node has no session to learn the other nodes' subnets from"
+        ]
 
     def peer_counts(self) -> dict[str, int]:
         """For the metric: configured peers by state (established, not_established)."""
