@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     from minikubenet.lab.cluster import Lab
     from minikubenet.lab.topology import build_topology
 
+    def on_term(signum, frame):  # SIGTERM as Ctrl-C: the finally below takes the lab down
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
     modes = args.modes.split(",")
     root = tempfile.mkdtemp(prefix="mkn-bench-enforce-")
     lab = Lab(build_topology(f"pe{os.getpid() % 100000}", nodes=3, pods_per_node=1), root=root, say=lambda *a: None)
