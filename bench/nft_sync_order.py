@@ -6,7 +6,7 @@ to ``nft -f`` in different shapes, in a throwaway namespace, alternating rounds.
     elem-last   the same commands, all elements after all chains and rules
     grouped     elements last, one ``add element <map> { e1, e2, ... }`` per map
     two-tx      chains and rules in one transaction, all elements in a second one
-    staged      what the syncer applies above 1 000 service ports: NftPlan.render_staged's
+    staged      what the syncer applies above 1 500 service ports: NftPlan.render_staged's
                 transactions (the table's objects; 500 ports' chains per transaction; the
                 fixed part, every element and the stale chains)
     no-flush    as-is without ``flush chain`` for the (new) per-service chains
@@ -182,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                 order = list(variants) if r % 2 == 0 else list(reversed(variants))
                 for name in order:
                     fresh(ns)
-                    times[name].append(sum(nft(ns, t, f"{n} {name}") for t in variants[name]))
+                    times[name].append(sum(nft(ns, t, f"{n} {name} tx") for t in variants[name]))
+                    # CPU per round (a staged variant is several nft processes)
+                    for kind in ("user", "sys"):
+                        per_tx = CPU.pop(f"{n} {name} tx {kind}")
+                        CPU.setdefault(f"{n} {name} {kind}", []).append(sum(per_tx))
                     sizes[name] = listing_size(ns)
             base = statistics.median(times["as-is"])
             for name, ts in times.items():

@@ -208,7 +208,7 @@ def worker_full(spec: dict) -> dict | None:
     full = time.perf_counter() - t
     with open(spec["text_file"], "w") as f:
         f.write(rec.text)
-    out = {"full_s": full, "apply_s": rec.seconds, "text_bytes": len(rec.text), "rules": result.total_rules}
+    out = {"full_s": full, "apply_s": rec.seconds, "text_bytes": sum(map(len, rec.texts)), "rules": result.total_rules}
     if spec.get("partial"):
         out["partial"] = partials(mode, syncer, rec, services, endpoints, spec)
     if spec.get("latency"):

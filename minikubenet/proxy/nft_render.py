@@ -31,7 +31,7 @@ existing object is not an error, so the same text can be applied again and again
 Affinity sets are added but never flushed, so stickiness survives a resync. A full sync
 of more than STAGE_ABOVE service ports is the same text cut into several transactions
 (``NftPlan.render_staged``: the kernel's cost of one big transaction grows with its
-square), ordered so that traffic only ever sees a complete service or the old one.
+square), ordered so that what traffic sees changes in the last one alone.
 
 Partial syncs (``NftPlan.render_partial(previous_state)``) write only the chains of
 service ports that changed and the map/set elements added or removed since the last
@@ -334,7 +334,9 @@ class NftState:
 
 # A full sync of more service ports than STAGE_ABOVE goes to the kernel in stages of
 # STAGE_PORTS ports (NftPlan.render_staged; bench/nft_sync_order.py measured the sizes).
-STAGE_ABOVE = 1000
+# One transaction is faster below about 1 700 ports (bench/nft_sync_order.py, one vs staged:
+# 1 500 ports 0.63 vs 0.73 s, 2 000 ports 1.03 vs 0.80 s).
+STAGE_ABOVE = 1500
 STAGE_PORTS = 500
 
 
@@ -437,6 +439,7 @@ class NftPlan:
         self,
         existing_chains: Iterable[str] = (),
         existing_sets: Iterable[str] = (),
+        previous: NftState | None = None,
         stage_above: int | None = None,
         stage_ports: int | None = None,
     ) -> list[str]:
@@ -445,36 +448,53 @@ class NftPlan:
 
         1. the table, its sets, maps and fixed chains created if missing (no flush, no
            rule: on a table that exists this changes nothing);
-        2. the service ports' chains, ``stage_ports`` ports per transaction: each chain
-           flushed and refilled in the same transaction, each port's chains together;
-        3. the fixed part as in ``render`` (its maps and sets flushed), every map and set
-           element, and the stale chains: the switch to the new dispatch, in one.
+        2. the chains of the service ports that traffic cannot reach yet or that do not
+           change: every chain new (not in ``existing_chains``), or the port's chains
+           written exactly as in ``previous`` (the state of the last sync: same digest),
+           ``stage_ports`` ports per transaction, each chain flushed and refilled in the
+           same transaction;
+        3. the fixed part as in ``render`` (its maps and sets flushed), the chains of every
+           other port (existing ones that change: they switch together with the map
+           elements that lead to them), every element, and the stale chains.
 
         Why: binding each port's anonymous ``numgen`` vmap to its rule makes the kernel
         walk the whole pending transaction (``__nft_set_trans_bind``, a reverse walk of
         the commit list with no early exit), so one transaction of n ports costs O(n^2)
-        there alone: 39 % of the kernel's time at 5 000 ports, 39.5 s against 9.4 s in
-        20 transactions at 10 000 (perf, docs/loadbalancer.md). What traffic sees stays
-        safe: a new chain is unreachable until step 3 adds its map element, a chain that
-        exists changes atomically with its own flush, and the maps switch in one
-        transaction as before. If a stage fails, the ones before it left services with
-        chains that are new (unused) or up to date; the syncer then starts over with a
-        full sync."""
+        there alone: 39 % of the kernel's time at 5 000 ports, 28 s against 10 s staged
+        at 10 000 (perf, docs/loadbalancer.md). What traffic sees stays that of one
+        transaction: a chain written early is either unreachable until step 3 adds its
+        map element or rewritten with what it already holds, and everything that changes
+        behaviour switches in step 3. If a stage fails, the ones before it changed no
+        behaviour; the syncer starts over with a full sync. (Without ``previous`` - a
+        restart onto an existing table - only new chains go early.)"""
         stage_above = STAGE_ABOVE if stage_above is None else stage_above
         stage_ports = STAGE_PORTS if stage_ports is None else stage_ports
         if len(self.service_ports) <= stage_above:
             return [self.render(existing_chains, existing_sets)]
         t = f"{FAMILY} {self.table}"
+        existing = set(existing_chains)
+
+        def early(p: NftServicePort) -> bool:
+            if not p.chains:
+                return False  # elements only: nothing to write ahead
+            if not any(c in existing for c in p.chains):
+                return True
+            return previous is not None and previous.digests.get(p.key) == p.digest
+
+        ahead = [p for p in self.service_ports if early(p)]
         create = [line for line in self.static if line.startswith(("add table", "add set", "add map", "add chain"))]
         stages = ["\n".join(create) + "\n"]
-        ports = self.service_ports
-        for i in range(0, len(ports), stage_ports):
+        for i in range(0, len(ahead), stage_ports):
             lines: list[str] = []
-            for p in ports[i : i + stage_ports]:
+            for p in ahead[i : i + stage_ports]:
                 lines += [""] + [line for line in _render_service_port(t, p) if not line.startswith("add element")]
             stages.append("\n".join(lines) + "\n")
         final = list(self.static)
-        for p in ports:
+        for p in self.service_ports:
+            if not early(p):
+                final += [""] + [line for line in _render_service_port(t, p) if not line.startswith("add element")]
+        final.append("")
+        for p in self.service_ports:
             final += [f"add element {t} {name} {{ {elem} }}" for name, elem in p.elements]
         final += self._stale_lines(existing_chains, existing_sets)
         stages.append("\n".join(final) + "\n")

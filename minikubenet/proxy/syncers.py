@@ -562,8 +562,12 @@ class NftSyncer(Syncer):
         if full:
             chains, sets = self._existing_names()
             # one transaction, or several for a large cluster (NftPlan.render_staged)
-            stages = plan.render_staged(chains, sets)
+            stages = plan.render_staged(chains, sets, self.state)
             stale = plan.stale_chains(chains)
+            # a chain waiting for deletion that is gone (the table was deleted or flushed
+            # by someone) is not deleted again: nft would refuse the whole transaction
+            self._to_delete = [(t, c) for t, c in self._to_delete if c in chains]
+            due = [c for c in due if c in chains]
         else:
             text, stale = plan.render_partial(self.state)
             stages = [text]

@@ -91,7 +91,7 @@ def test_a_staged_full_sync_leaves_the_same_table_as_one_transaction(netns):
     after = plan_nft(
         [s for s in services if s.name != "shop"], endpoints, (), doc["cluster_cidr"], service_cidr=doc["service_cidr"]
     )
-    for stage in after.render_staged(chains, sets, stage_above=1, stage_ports=2):
+    for stage in after.render_staged(chains, sets, plan.state, stage_above=1, stage_ports=2):
         nft(netns, stage)
     fresh_chains, _ = names_from_listing(listing(netns))
     assert {c for c in fresh_chains if "/" in c} == after.service_chains() | set(after.stale_chains(chains))

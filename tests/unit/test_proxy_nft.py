@@ -214,3 +214,22 @@ def test_a_large_full_sync_is_staged_with_the_dispatch_switched_last():
     # and each stage consistent with what the stages before it made
     for i in range(len(stages)):
         assert nft_problems("".join(stages[: i + 1])) == [], i
+
+
+def test_a_changed_port_whose_chains_exist_switches_with_the_maps_in_the_last_stage():
+    services, endpoints, doc = load_cluster()
+    before = plan_nft(services, endpoints, (), doc["cluster_cidr"])
+    key = before.service_ports[0].key
+    changed = {pk: eps[:1] if pk == key else eps for pk, eps in endpoints.items()}
+    after = plan_nft(services, changed, (), doc["cluster_cidr"])
+    port = next(p for p in after.service_ports if p.key == key)
+    assert port.digest != next(p for p in before.service_ports if p.key == key).digest
+    existing = before.service_chains()
+    flush = f"flush chain ip minikubenet-proxy {next(iter(port.chains))}"
+    # restarted onto the table (no previous state): only new chains go ahead of the switch
+    create, *chunks, final = after.render_staged(existing, (), None, stage_above=1, stage_ports=2)
+    assert flush in final.splitlines() and chunks == []  # every port's chains exist
+    # with the last sync's state: unchanged ports go ahead, the changed one only at the switch
+    create, *chunks, final = after.render_staged(existing, (), before.state, stage_above=1, stage_ports=2)
+    assert flush in final.splitlines() and not any(flush in c.splitlines() for c in chunks)
+    assert chunks and all("flush chain" in c for c in chunks)

@@ -165,12 +165,14 @@ def test_nft_partial_syncs_always_equal_a_full_sync(history):
 @settings(max_examples=40, deadline=None)
 @given(states)
 def test_nft_staged_full_syncs_leave_what_one_transaction_leaves(history):
-    model = NftModel()
+    model, previous = NftModel(), None
     for step in history:
         services, endpoints = cluster(step)
         plan = plan_nft(services, endpoints, (), CIDR)
-        for stage in plan.render_staged(set(model.chains), set(model.containers), stage_above=0, stage_ports=1):
+        chains, sets = set(model.chains), set(model.containers)
+        for stage in plan.render_staged(chains, sets, previous, stage_above=0, stage_ports=1):
             model.apply(stage)
+        previous = plan.state
         assert model.live() == NftModel().apply(plan.render()).live()
 
 
@@ -479,3 +481,16 @@ def test_dry_run_renders_the_full_ruleset(syncer_cls):
     svc, eps = by_service([TCP], {"ns/web:http": [EP[1]]})
     text = syncer.render_full(svc, eps)
     assert "10.244.1.1:5353" in text.replace(" dnat to ", " ").replace("--to-destination ", "")
+
+
+def test_a_full_sync_does_not_delete_a_waiting_chain_that_is_already_gone(monkeypatch):
+    from minikubenet.proxy import syncers
+
+    monkeypatch.setattr(NftSyncer, "_existing_names", lambda self: (set(), set()))  # the table was deleted
+    applied: list[str] = []
+    monkeypatch.setattr(syncers, "nft_apply", applied.append)
+    syncer = NftSyncer(SyncConfig(cluster_cidr=str(CIDR)))
+    syncer._to_delete = [(0.0, "endpoint-AAAAAAAA-ns/s3/tcp/p__10.244.3.9/8080")]  # flushed long ago
+    services, endpoints = by_service(SERVICE_POOL[3:4], {"ns/s3:p": [Endpoint(IP("10.244.3.1"), 8080)]})
+    syncer.sync(services, endpoints)
+    assert "delete chain" not in "".join(applied) and syncer._to_delete == []
