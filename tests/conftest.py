@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -52,6 +54,16 @@ def make_lab(lab_root, nodes, pods_per_node, backend="vxlan", **kw):
 
     topo = build_topology(unique_lab_name(), nodes=nodes, pods_per_node=pods_per_node, backend=backend, **kw)
     return Lab(topo, root=lab_root, say=lambda *a: None)
+
+
+def lab_cli(lab, *args: str) -> subprocess.CompletedProcess:
+    """``minikubenet ARGS --lab <its name>`` against a running lab, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "minikubenet", *args, "--lab", lab.topo.name, "--lab-root", os.path.dirname(lab.dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @contextlib.contextmanager

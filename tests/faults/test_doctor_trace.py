@@ -11,13 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from minikubenet.lab import services as lab_services
 from minikubenet.waiting import wait_until
+from tests.conftest import lab_cli as cli
 from tests.conftest import running_lab
 from tests.faults.conftest import report
 
@@ -27,15 +27,6 @@ def lab(lab_root):
     with running_lab(lab_root, nodes=3, pods_per_node=1) as lab:
         lab_services.create_service(lab, "web", {"app": "web"}, [{"name": "http", "port": 80, "targetPort": 8080}])
         yield lab
-
-
-def cli(lab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "minikubenet", *args, "--lab", lab.topo.name, "--lab-root", os.path.dirname(lab.dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def doctor(lab, *args: str) -> tuple[int, list[dict]]:

@@ -5,28 +5,15 @@ every lab it built removed."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.lab.bench_run import run_bench
+
 PATHS = ("underlay", "host-gw", "bgp", "vxlan", "bgp-nodes")
 
 
 def test_the_backends_bench_runs_end_to_end_and_leaves_nothing(tmp_path):
-    p = subprocess.Popen(
-        [sys.executable, "-m", "bench.backends", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        out, _ = p.communicate(timeout=240)
-    finally:
-        if p.poll() is None:
-            p.terminate()  # SIGTERM: the bench removes its labs
-            p.communicate(timeout=60)
+    p, out = run_bench("backends", "--quick", "--out", str(tmp_path), timeout=240)
     assert p.returncode == 0, out
     for name in ("host-gw", "bgp", "vxlan"):
         assert any(line.startswith(f"  {name} ") for line in out.splitlines()), out

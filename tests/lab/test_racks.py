@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from minikubenet.lab import capture
+from tests.conftest import lab_cli as cli
 from tests.conftest import running_lab
 
 
@@ -86,15 +86,6 @@ def test_bgp_between_racks_is_plain_ip_with_the_pods_addresses(bgp_lab):
     plain = [f for f in frames if IP in f and ICMP in f and f[IP].src == pod_ip(bgp_lab, src)]
     assert plain and all(f[IP].dst == pod_ip(bgp_lab, dst) for f in plain), [f.summary() for f in frames]
     assert not [f for f in frames if UDP in f and 8472 in (f[UDP].sport, f[UDP].dport)]
-
-
-def cli(lab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "minikubenet", *args, "--lab", lab.topo.name, "--lab-root", os.path.dirname(lab.dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def doctor_overlay_findings(lab) -> list[str]:
