@@ -70,11 +70,17 @@ def log(msg: str) -> None:
 
 REQUIREMENTS = [
     # (what, how to tell, message)
-    ("libvirt", ["libvirtd", "virtlogd", "virsh"],
-     "no libvirt: libvirtd/virtlogd/virsh are not installed (./setup.sh installs them: vagrant/setup-host.sh)"),
-    ("qemu", ["qemu-system-x86_64", "qemu-img"],
-     "no qemu: qemu-system-x86_64/qemu-img are not installed, so neither KVM nor TCG can run a VM "
-     "(./setup.sh installs them: vagrant/setup-host.sh)"),
+    (
+        "libvirt",
+        ["libvirtd", "virtlogd", "virsh"],
+        "no libvirt: libvirtd/virtlogd/virsh are not installed (./setup.sh installs them: vagrant/setup-host.sh)",
+    ),
+    (
+        "qemu",
+        ["qemu-system-x86_64", "qemu-img"],
+        "no qemu: qemu-system-x86_64/qemu-img are not installed, so neither KVM nor TCG can run a VM "
+        "(./setup.sh installs them: vagrant/setup-host.sh)",
+    ),
     ("vagrant", ["vagrant"], "no vagrant: `vagrant` is not installed (./setup.sh installs it: vagrant/setup-host.sh)"),
     ("namespaces", ["ip", "unshare", "nsenter"], "iproute2/util-linux (ip, unshare, nsenter) are missing"),
     ("ssh", ["ssh"], "no ssh client: install openssh-client"),
@@ -92,11 +98,13 @@ def preflight(path: str | None = None) -> None:
             raise VmError(f"{msg} (missing: {', '.join(missing)})")
     gems = "/usr/share/rubygems-integration/all/gems"
     if not (os.path.isdir(gems) and any(g.startswith("vagrant-libvirt-") for g in os.listdir(gems))):
-        raise VmError("no vagrant-libvirt: the libvirt provider for vagrant is not installed "
-                      "(./setup.sh installs it: vagrant/setup-host.sh)")
+        raise VmError(
+            "no vagrant-libvirt: the libvirt provider for vagrant is not installed "
+            "(./setup.sh installs it: vagrant/setup-host.sh)"
+        )
 
 
-MANAGEMENT_NETWORK = ipaddress.IPv4Network("192.168.121.0/24")   # vagrant-libvirt's default
+MANAGEMENT_NETWORK = ipaddress.IPv4Network("192.168.121.0/24")  # vagrant-libvirt's default
 
 
 def check_underlay(prefix: str) -> ipaddress.IPv4Network:
@@ -106,8 +114,10 @@ def check_underlay(prefix: str) -> ipaddress.IPv4Network:
     except ValueError:
         raise VmError(f"bad underlay {prefix!r}: want the first three octets of a /24, e.g. 192.168.56") from None
     if net.overlaps(MANAGEMENT_NETWORK):
-        raise VmError(f"the underlay {net} is already in use: it is Vagrant's management network "
-                      f"({MANAGEMENT_NETWORK}, the VMs' eth0); pick another MINIKUBENET_VM_UNDERLAY")
+        raise VmError(
+            f"the underlay {net} is already in use: it is Vagrant's management network "
+            f"({MANAGEMENT_NETWORK}, the VMs' eth0); pick another MINIKUBENET_VM_UNDERLAY"
+        )
     if net.overlaps(ipaddress.IPv4Network("10.244.0.0/16")) or net.overlaps(ipaddress.IPv4Network("10.96.0.0/12")):
         raise VmError(f"the underlay {net} overlaps the pod network 10.244.0.0/16 or the service network 10.96.0.0/12")
     return net
@@ -121,6 +131,7 @@ def which(tool: str) -> str:
 
 
 # -- the box and the wheel ---------------------------------------------------------------------
+
 
 def build_box(force: bool = False) -> str:
     """Path of the local box, built if its inputs changed (see build-box.sh)."""
@@ -141,10 +152,16 @@ def build_wheel(dist: str, python: str | None = None) -> str:
     for f in os.listdir(dist):
         if f.endswith(".whl"):
             os.unlink(os.path.join(dist, f))
-    python = python or (os.path.join(REPO, ".venv", "bin", "python")
-                        if os.path.exists(os.path.join(REPO, ".venv", "bin", "python")) else sys.executable)
-    p = subprocess.run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, REPO],
-                       capture_output=True, text=True)
+    python = python or (
+        os.path.join(REPO, ".venv", "bin", "python")
+        if os.path.exists(os.path.join(REPO, ".venv", "bin", "python"))
+        else sys.executable
+    )
+    p = subprocess.run(
+        [python, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist, REPO],
+        capture_output=True,
+        text=True,
+    )
     wheels = [f for f in os.listdir(dist) if f.endswith(".whl")]
     if p.returncode != 0 or not wheels:
         raise VmError(f"building the project's wheel failed: {p.stderr.strip()[-2000:]}")
@@ -152,6 +169,7 @@ def build_wheel(dist: str, python: str | None = None) -> str:
 
 
 # -- KVM or TCG --------------------------------------------------------------------------------
+
 
 def kvm_usable_device() -> bool:
     return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
@@ -164,14 +182,14 @@ def probe_kvm(kernel: str, timeout: float = 25.0) -> tuple[bool, str]:
     without any error, so only a boot that finishes counts."""
     if not kvm_usable_device():
         return False, "/dev/kvm is missing or not writable"
-    if not os.path.isfile(kernel):   # any kernel will do: the one of the last box built
+    if not os.path.isfile(kernel):  # any kernel will do: the one of the last box built
         built = sorted(glob.glob(os.path.join(CACHE, "boxes", "*", "vmlinuz")))
         if not built:
             return True, "/dev/kvm is usable (no kernel at hand to probe it with)"
         kernel = built[-1]
     with open("/proc/sys/kernel/random/boot_id") as f:
         boot_id = f.read().strip()
-    try:   # the kernel package the box was built with (build-box.sh writes it next to vmlinuz)
+    try:  # the kernel package the box was built with (build-box.sh writes it next to vmlinuz)
         with open(os.path.join(os.path.dirname(kernel), "kernel-package")) as f:
             kernel_id = f.read().strip()
     except OSError:
@@ -184,24 +202,41 @@ def probe_kvm(kernel: str, timeout: float = 25.0) -> tuple[bool, str]:
             return doc["ok"], doc["why"] + " (probed earlier this boot)"
     except (OSError, ValueError, KeyError):
         pass
-    argv = [which("qemu-system-x86_64"), "-accel", "kvm", "-m", "256", "-nodefaults", "-nographic",
-            "-no-reboot", "-serial", "none", "-monitor", "none", "-kernel", kernel,
-            "-append", "console=ttyS0 panic=-1"]
+    argv = [
+        which("qemu-system-x86_64"),
+        "-accel",
+        "kvm",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "none",
+        "-monitor",
+        "none",
+        "-kernel",
+        kernel,
+        "-append",
+        "console=ttyS0 panic=-1",
+    ]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         _, err = proc.communicate(timeout=timeout)
         ok = proc.returncode == 0
-        why = (f"a probe boot under -accel kvm finished in {time.monotonic() - t0:.1f}s" if ok
-               else f"qemu -accel kvm failed: {err.decode(errors='replace').strip()[-300:]}")
+        why = (
+            f"a probe boot under -accel kvm finished in {time.monotonic() - t0:.1f}s"
+            if ok
+            else f"qemu -accel kvm failed: {err.decode(errors='replace').strip()[-300:]}"
+        )
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         ok, why = False, f"a probe boot under -accel kvm hung for {timeout:.0f}s (this /dev/kvm cannot run the kernel)"
     os.makedirs(CACHE, exist_ok=True)
     with open(cache, "w") as f:
-        json.dump({"boot_id": boot_id, "kernel": kernel_id, "ok": ok,
-                   "why": why}, f)
+        json.dump({"boot_id": boot_id, "kernel": kernel_id, "ok": ok, "why": why}, f)
     return ok, why
 
 
@@ -218,6 +253,7 @@ def choose_driver(kernel: str | None) -> tuple[str, str]:
 
 
 # -- processes and namespaces ------------------------------------------------------------------
+
 
 def start_time_of(pid: int) -> int | None:
     try:
@@ -296,6 +332,7 @@ def ns_init(scratch: str) -> None:
     """Runs inside the new network namespace, in a fresh private mount namespace (see
     Host.up): overlays /etc and /var on the scratch dir, a fresh /run, libvirt's system
     users in the overlay, then virtlogd and libvirtd. Prints their PIDs as JSON."""
+
     def sh(*argv):
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
@@ -325,13 +362,15 @@ def ns_init(scratch: str) -> None:
     deadline = time.monotonic() + 30
     while not os.path.exists(sock):
         if time.monotonic() > deadline:
-            raise SystemExit(f"libvirtd did not create {sock} within 30s; see "
-                             f"{scratch}/var.upper/log/libvirt/libvirtd.log")
+            raise SystemExit(
+                f"libvirtd did not create {sock} within 30s; see {scratch}/var.upper/log/libvirt/libvirtd.log"
+            )
         time.sleep(0.1)
 
     def pid_of(path):
         with open(path) as f:
             return int(f.read().strip())
+
     print(json.dumps({"virtlogd": pid_of("/run/virtlogd.pid"), "libvirtd": pid_of("/run/libvirtd.pid")}))
 
 
@@ -368,28 +407,51 @@ class Host:
 
     def up(self) -> None:
         if netns_exists(self.name) or os.path.exists(self.state_file):
-            raise VmError(f"{self.name} is already in use (a namespace or a record of it exists): "
-                          f"`vagrant/mkvm.py down {self.name}` removes it")
+            raise VmError(
+                f"{self.name} is already in use (a namespace or a record of it exists): "
+                f"`vagrant/mkvm.py down {self.name}` removes it"
+            )
         t0 = time.monotonic()
         self._save(name=self.name, scratch=self.scratch, netns=self.name, created=time.time())
         os.makedirs(self.scratch, exist_ok=True)
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
         self._save(net_ino=os.stat(f"/run/netns/{self.name}").st_ino)
-        p = subprocess.run(["ip", "netns", "exec", self.name, "unshare", "--mount", "--propagation", "private",
-                            sys.executable, os.path.abspath(__file__), "_ns-init", self.scratch],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.name,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                sys.executable,
+                os.path.abspath(__file__),
+                "_ns-init",
+                self.scratch,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode != 0:
-            raise VmError(f"starting libvirtd in namespace {self.name} failed: {(p.stderr or p.stdout).strip()[-1500:]}")
+            raise VmError(
+                f"starting libvirtd in namespace {self.name} failed: {(p.stderr or p.stdout).strip()[-1500:]}"
+            )
         pids = json.loads(p.stdout.strip().splitlines()[-1])
         daemons = {k: {"pid": v, "start_time": start_time_of(v)} for k, v in pids.items()}
         self._save(daemons=daemons, mnt_ino=ns_inode(pids["libvirtd"], "mnt"))
         # the storage pool vagrant-libvirt uses by default, in the scratch dir (via the /var overlay)
-        for cmd in (["pool-define-as", "default", "dir", "--target", "/var/lib/libvirt/images"],
-                    ["pool-start", "default"]):
+        for cmd in (
+            ["pool-define-as", "default", "dir", "--target", "/var/lib/libvirt/images"],
+            ["pool-start", "default"],
+        ):
             self.virsh(*cmd)
-        log(f"libvirtd (pid {pids['libvirtd']}) up in namespace {self.name} in {time.monotonic() - t0:.1f}s; "
-            f"scratch {self.scratch}")
+        log(
+            f"libvirtd (pid {pids['libvirtd']}) up in namespace {self.name} in {time.monotonic() - t0:.1f}s; "
+            f"scratch {self.scratch}"
+        )
 
     @property
     def libvirtd_pid(self) -> int:
@@ -402,7 +464,9 @@ class Host:
         """``argv`` run inside the namespaces (where libvirt's socket and the VM networks are)."""
         return ["nsenter", "-t", str(self.libvirtd_pid), "-m", "-n", "--"] + argv
 
-    def run(self, argv: list[str], check: bool = True, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: list[str], check: bool = True, timeout: float | None = None, **kw
+    ) -> subprocess.CompletedProcess:
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         p = subprocess.run(self.argv(argv), timeout=timeout, **kw)
@@ -448,7 +512,7 @@ class Host:
             shutil.rmtree(self.scratch, ignore_errors=True)
             done.append(f"scratch {self.scratch}")
         shutil.rmtree(self.state_dir, ignore_errors=True)
-        for root in (SCRATCH_ROOT, STATE_ROOT):   # the parents go too once they are empty
+        for root in (SCRATCH_ROOT, STATE_ROOT):  # the parents go too once they are empty
             try:
                 os.rmdir(root)
             except OSError:
@@ -458,12 +522,20 @@ class Host:
 
 # -- the cluster -------------------------------------------------------------------------------
 
+
 class Cluster:
     """The Vagrant cluster of vagrant/Vagrantfile, inside a Host's namespaces."""
 
-    def __init__(self, name: str | None = None, nodes: int = 3, box: str | None = None,
-                 underlay: str = DEFAULT_UNDERLAY, memory: int = 768, boot_timeout: int = 600,
-                 owned: bool = False):
+    def __init__(
+        self,
+        name: str | None = None,
+        nodes: int = 3,
+        box: str | None = None,
+        underlay: str = DEFAULT_UNDERLAY,
+        memory: int = 768,
+        boot_timeout: int = 600,
+        owned: bool = False,
+    ):
         """``owned``: the cluster lives only as long as this process (tests): a later
         ``abandoned()`` check finds it once this process is gone."""
         self.owned = owned
@@ -487,28 +559,36 @@ class Cluster:
     def env(self) -> dict:
         s = self.scratch
         st = self.host.state()
-        return {**os.environ,
-                "VAGRANT_HOME": os.path.join(s, "vagrant.d"),
-                "VAGRANT_DOTFILE_PATH": os.path.join(s, "dot-vagrant"),
-                "VAGRANT_CWD": HERE,
-                "VAGRANT_CHECKPOINT_DISABLE": "1",
-                "VAGRANT_DEFAULT_PROVIDER": "libvirt",
-                "VAGRANT_NO_COLOR": "1",
-                "LIBVIRT_DEFAULT_URI": "qemu:///system",
-                "MINIKUBENET_VM_BOX": BOX_NAME,
-                "MINIKUBENET_VM_DRIVER": st.get("driver") or self.driver or "qemu",
-                "MINIKUBENET_VM_NODES": str(len(self.nodes)),
-                "MINIKUBENET_VM_UNDERLAY": self.underlay,
-                "MINIKUBENET_VM_MEMORY": str(self.memory),
-                "MINIKUBENET_VM_DIST": os.path.join(s, "dist"),
-                # the etcd certificates (the Vagrantfile makes them once): gone with the scratch dir
-                "MINIKUBENET_VM_PKI": os.path.join(s, "etcd-pki"),
-                "MINIKUBENET_VM_ISOLATED": "1",
-                "MINIKUBENET_VM_CONSOLE_DIR": os.path.join(s, "console"),
-                "MINIKUBENET_VM_BOOT_TIMEOUT": str(self.boot_timeout)}
+        return {
+            **os.environ,
+            "VAGRANT_HOME": os.path.join(s, "vagrant.d"),
+            "VAGRANT_DOTFILE_PATH": os.path.join(s, "dot-vagrant"),
+            "VAGRANT_CWD": HERE,
+            "VAGRANT_CHECKPOINT_DISABLE": "1",
+            "VAGRANT_DEFAULT_PROVIDER": "libvirt",
+            "VAGRANT_NO_COLOR": "1",
+            "LIBVIRT_DEFAULT_URI": "qemu:///system",
+            "MINIKUBENET_VM_BOX": BOX_NAME,
+            "MINIKUBENET_VM_DRIVER": st.get("driver") or self.driver or "qemu",
+            "MINIKUBENET_VM_NODES": str(len(self.nodes)),
+            "MINIKUBENET_VM_UNDERLAY": self.underlay,
+            "MINIKUBENET_VM_MEMORY": str(self.memory),
+            "MINIKUBENET_VM_DIST": os.path.join(s, "dist"),
+            # the etcd certificates (the Vagrantfile makes them once): gone with the scratch dir
+            "MINIKUBENET_VM_PKI": os.path.join(s, "etcd-pki"),
+            "MINIKUBENET_VM_ISOLATED": "1",
+            "MINIKUBENET_VM_CONSOLE_DIR": os.path.join(s, "console"),
+            "MINIKUBENET_VM_BOOT_TIMEOUT": str(self.boot_timeout),
+        }
 
-    def vagrant(self, *args: str, check: bool = True, timeout: float | None = None,
-                stream: bool = False, watch_boot: bool = False) -> subprocess.CompletedProcess:
+    def vagrant(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float | None = None,
+        stream: bool = False,
+        watch_boot: bool = False,
+    ) -> subprocess.CompletedProcess:
         """``vagrant ARGS`` inside the namespaces. ``stream``: show its output as it comes.
         ``watch_boot``: stop it as soon as a VM that was running powers off (a VM that
         fails to boot would otherwise keep vagrant waiting for its address for many minutes)."""
@@ -517,8 +597,14 @@ class Cluster:
             p = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=timeout)
         else:
             out: list[str] = []
-            proc = subprocess.Popen(argv, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                env=self.env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
             verdict: dict = {}
             stop = threading.Event()
 
@@ -553,7 +639,7 @@ class Cluster:
             try:
                 for line in proc.stdout:
                     out.append(line)
-                    if "Progress:" not in line:   # the box upload's progress bar
+                    if "Progress:" not in line:  # the box upload's progress bar
                         print(f"  | {time.monotonic() - t0:5.0f}s {line.rstrip()}", file=sys.stderr, flush=True)
                 proc.wait()
             finally:
@@ -602,8 +688,12 @@ class Cluster:
         log(f"accelerator: {'KVM' if self.driver == 'kvm' else 'TCG (qemu)'}: {why}")
         t1 = time.monotonic()
         self.host.up()
-        self.host._save(driver=self.driver, nodes=self.nodes, underlay=self.underlay,
-                        owner={"pid": os.getpid(), "start_time": start_time_of(os.getpid())} if self.owned else None)
+        self.host._save(
+            driver=self.driver,
+            nodes=self.nodes,
+            underlay=self.underlay,
+            owner={"pid": os.getpid(), "start_time": start_time_of(os.getpid())} if self.owned else None,
+        )
         os.makedirs(os.path.join(self.scratch, "console"), exist_ok=True)
         build_wheel(os.path.join(self.scratch, "dist"))
         self.vagrant("box", "add", "--force", "--name", BOX_NAME, box, timeout=600)
@@ -613,8 +703,10 @@ class Cluster:
         self.vagrant("up", "--provider", "libvirt", timeout=self.boot_timeout + 900, stream=True, watch_boot=True)
         self.timings["vagrant_up"] = time.monotonic() - t2
         self.write_ssh_config()
-        log(f"cluster {self.name} up: box {self.timings['box']:.0f}s, libvirtd+box add {self.timings['host']:.0f}s, "
-            f"vagrant up {self.timings['vagrant_up']:.0f}s")
+        log(
+            f"cluster {self.name} up: box {self.timings['box']:.0f}s, libvirtd+box add {self.timings['host']:.0f}s, "
+            f"vagrant up {self.timings['vagrant_up']:.0f}s"
+        )
 
     def write_ssh_config(self) -> str:
         cfg = self.vagrant("ssh-config", timeout=120).stdout
@@ -622,19 +714,21 @@ class Cluster:
         ctl = os.path.join(self.scratch, "ssh-%h")
         with open(path, "w") as f:
             f.write(cfg)
-            f.write(f"\nHost *\n  ControlMaster auto\n  ControlPath {ctl}\n  ControlPersist 600\n"
-                    "  ServerAliveInterval 10\n")
+            f.write(
+                f"\nHost *\n  ControlMaster auto\n  ControlPath {ctl}\n  ControlPersist 600\n  ServerAliveInterval 10\n"
+            )
         return path
 
     def ssh_argv(self, node: str, command: str) -> list[str]:
-        return self.host.argv(["ssh", "-F", os.path.join(self.scratch, "ssh_config"), node,
-                               "sudo sh -c " + shlex.quote(command)])
+        return self.host.argv(
+            ["ssh", "-F", os.path.join(self.scratch, "ssh_config"), node, "sudo sh -c " + shlex.quote(command)]
+        )
 
-    def ssh(self, node: str, command: str, check: bool = True, timeout: float = 300,
-            input: str | None = None) -> subprocess.CompletedProcess:
+    def ssh(
+        self, node: str, command: str, check: bool = True, timeout: float = 300, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         """Run ``command`` as root on ``node`` (through a persistent ssh connection)."""
-        p = subprocess.run(self.ssh_argv(node, command), capture_output=True, text=True, timeout=timeout,
-                           input=input)
+        p = subprocess.run(self.ssh_argv(node, command), capture_output=True, text=True, timeout=timeout, input=input)
         if check and p.returncode != 0:
             raise VmError(f"{node}: `{command}` failed ({p.returncode}):\n{(p.stdout + p.stderr).strip()[-2000:]}")
         return p
@@ -687,6 +781,7 @@ def leftovers(name: str) -> list[str]:
 
 # -- command line ------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_ns-init"]:
@@ -721,8 +816,10 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "list":
             for n in list_recorded():
                 st = Host(n).state()
-                print(f"{n}  {len(st.get('nodes', []))} nodes, {st.get('driver', '?')}, scratch {st.get('scratch')}"
-                      + ("  (abandoned: `down` removes it)" if abandoned(n) else ""))
+                print(
+                    f"{n}  {len(st.get('nodes', []))} nodes, {st.get('driver', '?')}, scratch {st.get('scratch')}"
+                    + ("  (abandoned: `down` removes it)" if abandoned(n) else "")
+                )
         elif a.cmd == "up":
             c = Cluster(a.name, nodes=a.nodes)
             try:
@@ -731,8 +828,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not a.keep_on_failure:
                     log("removing what was made: " + ", ".join(c.down()))
                 raise
-            print(f"cluster {c.name} is up. Next: vagrant/mkvm.py ssh {c.name} node1 -- minikubenet network show; "
-                  f"vagrant/mkvm.py down {c.name}")
+            print(
+                f"cluster {c.name} is up. Next: vagrant/mkvm.py ssh {c.name} node1 -- minikubenet network show; "
+                f"vagrant/mkvm.py down {c.name}"
+            )
         elif a.cmd == "down":
             names = list_recorded() if a.all else [a.name] if a.name else []
             if not names:

@@ -88,14 +88,15 @@ class MasqueradeRules:
 
     def touched_by(self, change: nft_monitor.ObjectChange) -> bool:
         """Could this nf_tables change have broken our rules? A change in one of our
-        chains, a rule deleted from a built-in chain we jump from, a table deleted."""
+        chains, one of our jumps deleted from a built-in chain, a table deleted."""
         if change.family != "ip" or change.table not in {t for t, *_ in self.jumps}:
             return False
         if change.kind == "TABLE":
             return change.deletes
-        if change.name in {target for _, _, target, _ in self.jumps}:
+        targets = {target for _, _, target, _ in self.jumps}
+        if change.name in targets:
             return True
-        return change.deletes and change.name in {chain for _, chain, _, _ in self.jumps}
+        return change.may_break_jump({chain for _, chain, _, _ in self.jumps}, targets.__contains__)
 
     def repair(self) -> list[tuple[str, str]]:
         """Check; restore if anything is wrong. Returns what was wrong (empty: nothing)."""

@@ -17,7 +17,9 @@ type = subsystem 10 (NFNL_SUBSYS_NFTABLES) << 8 | NFT_MSG_*), a ``struct nfgenms
 (family, version, resource id), and attributes (``struct nlattr``: length, type, value
 padded to 4 bytes). For our purpose only a few attributes matter: the table name (attr
 1 of every object message), the chain, set or object name, and NEWGEN's pid and name.
-That is small enough to decode here with ``struct``, over a plain ``socket.AF_NETLINK``
+A deleted rule also says where it jumped (below): a rule deleted from a built-in chain
+such as FORWARD matters to a controller only if it was that controller's jump. That is
+small enough to decode here with ``struct``, over a plain ``socket.AF_NETLINK``
 socket (stdlib): pyroute2's NFTSocket is built for requests and dumps, and its message
 classes for the NEWGEN attributes and for notifications of every object type would be
 more code to drive than the decoder below. ``decode`` is pure, and unit-tested on bytes
@@ -47,8 +49,8 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,14 @@ NFT_MSG_NEWGEN = 15
 # NFTA_SET_ELEM_LIST_SET (2), an object's / flowtable's name attribute 2.
 _NAME_ATTR = {"CHAIN": 3, "RULE": 2, "SET": 2, "SETELEM": 2, "OBJ": 2, "FLOWTABLE": 2}
 NFTA_GEN_ID, NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 1, 2, 3
+# A rule's expressions (NFTA_RULE_EXPRESSIONS, 4) are a list of NFTA_LIST_ELEM (1), each
+# {NFTA_EXPR_NAME (1), NFTA_EXPR_DATA (2)}. iptables-nft writes ``-j CHAIN`` as the
+# expression "immediate" whose data (NFTA_IMMEDIATE_DATA, 2) holds a verdict
+# (NFTA_DATA_VERDICT, 2): {NFTA_VERDICT_CODE (1): NFT_JUMP -3 or NFT_GOTO -4,
+# NFTA_VERDICT_CHAIN (2): the chain's name}. The kernel puts the expressions into every
+# NEWRULE and DELRULE notification (nf_tables_fill_rule_info).
+NFTA_RULE_EXPRESSIONS = 4
+NFT_JUMP, NFT_GOTO = -3, -4
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("=BBH")
@@ -107,6 +117,9 @@ class ObjectChange:
     family: str
     table: str
     name: str = ""  # chain (of a rule), chain, set or object name; "" for a table
+    # a rule's jump or goto target: "" for a rule without one, None when unknown (not a
+    # rule, or a message without the rule's expressions)
+    jumps_to: str | None = None
 
     @property
     def kind(self) -> str:  # "RULE", "CHAIN", "SET", "SETELEM", "TABLE"...
@@ -115,6 +128,15 @@ class ObjectChange:
     @property
     def deletes(self) -> bool:
         return self.op.startswith(("DEL", "DESTROY"))
+
+    def may_break_jump(self, sources: Collection[str], ours: Callable[[str], bool]) -> bool:
+        """Could this change have removed a jump of ours from one of the built-in chains
+        ``sources``? One of them deleted, or a rule deleted from one of them that jumped
+        to a chain ``ours`` accepts, or whose target the message did not say. Another
+        controller moving its own jump (a delete and an insert in FORWARD) is not ours."""
+        if not self.deletes or self.name not in sources:
+            return False
+        return self.kind != "RULE" or self.jumps_to is None or ours(self.jumps_to)
 
 
 @dataclass(frozen=True)
@@ -146,6 +168,31 @@ def _attrs(data: bytes, offset: int, end: int) -> dict[int, bytes]:
     return out
 
 
+def _attr_list(data: bytes) -> list[tuple[int, bytes]]:
+    """A nested attribute's children in order (a list may repeat a type)."""
+    out, offset = [], 0
+    while offset + _NLATTR.size <= len(data):
+        length, kind = _NLATTR.unpack_from(data, offset)
+        if length < _NLATTR.size or offset + length > len(data):
+            break
+        out.append((kind & 0x3FFF, data[offset + _NLATTR.size : offset + length]))
+        offset += (length + 3) & ~3
+    return out
+
+
+def _jump_target(expressions: bytes) -> str:
+    """The chain a rule jumps or goes to (its "immediate" verdict), or ""."""
+    for _, elem in _attr_list(expressions):
+        expr = dict(_attr_list(elem))
+        if _string(expr.get(1)) != "immediate":
+            continue
+        verdict = dict(_attr_list(dict(_attr_list(dict(_attr_list(expr.get(2, b""))).get(2, b""))).get(2, b"")))
+        code = verdict.get(1, b"")
+        if len(code) >= 4 and struct.unpack(">i", code[:4])[0] in (NFT_JUMP, NFT_GOTO):
+            return _string(verdict.get(2))
+    return ""
+
+
 def _string(value: bytes | None) -> str:
     return value.split(b"\0", 1)[0].decode(errors="replace") if value else ""
 
@@ -175,9 +222,11 @@ def decode(data: bytes) -> list[ObjectChange | Generation]:
                 op = MSG_NAMES[msg]
                 change = ObjectChange(op, FAMILIES.get(family, str(family)), _string(attrs.get(1)))
                 name_attr = _NAME_ATTR.get(change.kind)
-                out.append(
-                    ObjectChange(op, change.family, change.table, _string(attrs.get(name_attr)) if name_attr else "")
-                )
+                jumps_to = None
+                if change.kind == "RULE" and NFTA_RULE_EXPRESSIONS in attrs:
+                    jumps_to = _jump_target(attrs[NFTA_RULE_EXPRESSIONS])
+                name = _string(attrs.get(name_attr)) if name_attr else ""
+                out.append(ObjectChange(op, change.family, change.table, name, jumps_to))
         offset += (length + 3) & ~3
     return out
 

@@ -97,7 +97,7 @@ class IptablesPolicySyncer(PolicySyncer):
             return False
         if change.kind == "TABLE":
             return change.deletes
-        return naming.is_ours(change.name) or (change.deletes and change.name in iptables_render.HOOKS)
+        return naming.is_ours(change.name) or change.may_break_jump(iptables_render.HOOKS, naming.is_ours)
 
     def intact(self) -> bool:
         entry = iptables.list_chain("filter", naming.POLICY_CHAIN, self.bin) or []

@@ -389,15 +389,15 @@ class IptablesSyncer(Syncer):
 
     def touches_ours(self, change: nft_monitor.ObjectChange) -> bool:
         """Did this nf_tables change (an iptables-nft command) hit our rules? Any change
-        in a KUBE-* chain; a rule or chain deleted from a built-in chain we jump from;
-        the nat or filter table deleted."""
+        in a KUBE-* chain; one of our jumps deleted from a built-in chain (not another
+        controller's rule there); the nat or filter table deleted."""
         if change.family != "ip" or change.table not in ("nat", "filter"):
             return False
         if change.kind == "TABLE":
             return change.deletes
         if change.name.startswith("KUBE-"):
             return True
-        return change.deletes and change.name in self._jump_sources()
+        return change.may_break_jump(self._jump_sources(), lambda target: target.startswith("KUBE-"))
 
     def _jump_sources(self) -> frozenset[str]:
         return frozenset(j.src for j in jump_chains(self.config.options))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -112,10 +113,38 @@ def test_endpoint_changes_are_partial_syncs(lab):
         S.wait_endpoints(lab, "shrink", [lab.pods()["n1-p1"]["ip"]])
         got = S.hit(lab.client.netns, svc["clusterIP"], 80, 100)
         assert got == {"n1-p1": 100}, got
-        assert metric(lab, "kubeproxy_sync_full_proxy_rules_duration_seconds_count") == full
+        assert metric(lab, "kubeproxy_sync_full_proxy_rules_duration_seconds_count") == full, proxy_log(lab)
         assert metric(lab, "kubeproxy_sync_partial_proxy_rules_duration_seconds_count") > partial
     finally:
         S.store_call(lab, "set-pod-ready", name="n1-p2", ready=True)
+
+
+def test_another_controller_moving_its_jump_is_no_reason_for_a_full_sync(lab):
+    """The policy controller keeps its jump first in FORWARD: when the proxy's jumps went
+    in above it, it deletes its jump and inserts it again at the top. That deleted rule
+    in FORWARD is not the proxy's (the notification says where it jumped), so the proxy
+    does not resync; one of its own jumps deleted still brings a full sync at once."""
+    if lab.mode != "iptables":
+        pytest.skip("iptables-nft notifications for the built-in chains are the iptables mode's")
+    full_count = "kubeproxy_sync_full_proxy_rules_duration_seconds_count"
+    full = metric(lab, full_count)
+    node_sh(lab, "iptables", "-N", "TEST-MOVER")
+    try:
+        for _ in range(3):
+            node_sh(lab, "iptables", "-I", "FORWARD", "1", "-j", "TEST-MOVER")
+            node_sh(lab, "iptables", "-D", "FORWARD", "-j", "TEST-MOVER")
+        time.sleep(1.0)  # the proxy answers a notification within --min-sync-period (0.1 s here)
+        assert metric(lab, full_count) == full, proxy_log(lab)
+        ours = next(
+            line for line in node_sh(lab, "iptables", "-S", "FORWARD").splitlines() if "-j KUBE-FORWARD" in line
+        )
+        node_sh(lab, "iptables", "-D", *shlex.split(ours)[1:])
+        assert wait_until(lambda: metric(lab, full_count) > full, 3, interval=0.1), proxy_log(lab)
+        assert "deleted our rules (DELRULE filter FORWARD)" in proxy_log(lab)
+        assert wait_until(lambda: "-j KUBE-FORWARD" in node_sh(lab, "iptables", "-S", "FORWARD"), 3, interval=0.1)
+    finally:
+        node_sh(lab, "iptables", "-D", "FORWARD", "-j", "TEST-MOVER", check=False)
+        node_sh(lab, "iptables", "-X", "TEST-MOVER", check=False)
 
 
 def udp_move(lab, name: str) -> tuple[str, list]:

@@ -73,7 +73,13 @@ def test_which_changes_are_the_proxys():
     C = M.ObjectChange
     assert ipt.touches_ours(C("DELRULE", "ip", "nat", "KUBE-SEP-X"))
     assert ipt.touches_ours(C("DELCHAIN", "ip", "nat", "KUBE-SVC-X"))
-    assert ipt.touches_ours(C("DELRULE", "ip", "nat", "PREROUTING"))  # our jump may be gone
+    assert ipt.touches_ours(C("DELRULE", "ip", "nat", "PREROUTING"))  # our jump may be gone (target not said)
+    assert ipt.touches_ours(C("DELRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD"))  # our jump is gone
+    # the policy controller moving its jump back to the top, the agent repairing its own
+    assert not ipt.touches_ours(C("DELRULE", "ip", "filter", "FORWARD", "MKN-POLICY"))
+    assert not ipt.touches_ours(C("DELRULE", "ip", "filter", "FORWARD", "MINIKUBENET-FWD"))
+    assert not ipt.touches_ours(C("DELRULE", "ip", "filter", "FORWARD", ""))  # a plain ACCEPT rule
+    assert ipt.touches_ours(C("DELCHAIN", "ip", "filter", "FORWARD"))
     assert ipt.touches_ours(C("DELTABLE", "ip", "nat", ""))
     assert not ipt.touches_ours(C("NEWRULE", "ip", "nat", "POSTROUTING"))  # someone else's rule
     assert not ipt.touches_ours(C("DELRULE", "ip", "nat", "MINIKUBENET-POSTRTG"))
@@ -198,6 +204,9 @@ def test_the_agent_checks_at_once_when_its_chains_or_jumps_may_be_gone():
     C = M.ObjectChange
     assert rules.touched_by(C("DELRULE", "ip", "nat", "POSTROUTING"))  # iptables -t nat -F
     assert rules.touched_by(C("DELRULE", "ip", "filter", "FORWARD"))
+    assert rules.touched_by(C("DELRULE", "ip", "filter", "FORWARD", "MINIKUBENET-FWD"))
+    assert not rules.touched_by(C("DELRULE", "ip", "filter", "FORWARD", "MKN-POLICY"))  # another's jump
+    assert not rules.touched_by(C("DELRULE", "ip", "nat", "POSTROUTING", "KUBE-POSTROUTING"))
     assert rules.touched_by(C("DELCHAIN", "ip", "nat", "MINIKUBENET-POSTRTG"))
     assert rules.touched_by(C("DELTABLE", "ip", "filter", ""))
     assert not rules.touched_by(C("NEWRULE", "ip", "nat", "POSTROUTING"))  # someone adding theirs

@@ -30,8 +30,38 @@ def message(msg: int, family: int, *attrs: bytes, subsys: int = 10) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), subsys << 8 | msg, 0, 0, 0) + body
 
 
+# ``iptables -D FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD``
+# (iptables-nft 1.8.9, Linux 6.18): match "comment", counter, immediate jump KUBE-FORWARD.
+CAPTURED_DELETED_JUMP = bytes.fromhex(
+    "d8010000080a000002000000a3300000020000040b00010066696c74657200000c000200464f525741524400"
+    "0c0003000000000000000003a00104002c0101000a0001006d617463680000001c0102000c000100636f6d6d"
+    "656e74000800020000000000040103006b756265726e6574657320666f7277617264696e672072756c6573"
+    + "00"
+    * 229
+    + "2c0001000c000100636f756e746572001c0002000c00010000000000000000000c0002000000000000000000"
+    "440001000e000100696d6d656469617465000000300002000800010000000000240002002000020008000100"
+    "fffffffd110002004b5542452d464f525741524400000000"
+)
+
+
 def test_a_captured_delrule_names_its_table_and_chain():
-    assert M.decode(CAPTURED_DELRULE) == [M.ObjectChange("DELRULE", "ip", "nat", "KUBE-SVC-ABC")]
+    # its only "immediate" is a RETURN: a rule that jumps nowhere
+    assert M.decode(CAPTURED_DELRULE) == [M.ObjectChange("DELRULE", "ip", "nat", "KUBE-SVC-ABC", jumps_to="")]
+
+
+def test_a_captured_deleted_jump_says_where_it_jumped():
+    (change,) = M.decode(CAPTURED_DELETED_JUMP)
+    assert change == M.ObjectChange("DELRULE", "ip", "filter", "FORWARD", jumps_to="KUBE-FORWARD")
+    ours = lambda chain: chain.startswith("KUBE-")  # noqa: E731
+    assert change.may_break_jump({"FORWARD"}, ours)
+    assert not change.may_break_jump({"FORWARD"}, lambda chain: chain == "MKN-POLICY")
+    assert not change.may_break_jump({"INPUT"}, ours)
+
+
+def test_a_deleted_rule_without_its_expressions_might_have_been_a_jump():
+    change = M.ObjectChange("DELRULE", "ip", "filter", "FORWARD")  # jumps_to None: not said
+    assert change.may_break_jump({"FORWARD"}, lambda chain: False)
+    assert not M.ObjectChange("NEWRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD").may_break_jump({"FORWARD"}, bool)
 
 
 def test_a_captured_newgen_names_the_process_that_committed():
