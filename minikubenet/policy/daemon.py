@@ -8,7 +8,9 @@
             ▼
     SyncLoop        the proxy's loop (proxy/daemon.py), unchanged: at once after a change
             │       but at most every --min-sync-period; a check every --sync-period for
-            │       flushed rules; nf_tables notifications of foreign changes -> full sync
+            │       flushed rules; nf_tables notifications of foreign changes -> full sync,
+            │       of a rule added to FORWARD or INPUT -> that check at once (is our
+            │       jump still first?)
             ▼
     PolicySyncer    policy/syncers.py: plan this node's pods, render, ONE iptables-restore
                     or ONE nft -f; partial syncs write only what changed

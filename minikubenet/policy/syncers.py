@@ -43,6 +43,9 @@ class PolicySyncer:
     def pending_work_at(self) -> float | None:
         return None
 
+    def calls_for_check(self, change: nft_monitor.ObjectChange) -> bool:
+        return False
+
 
 class IptablesPolicySyncer(PolicySyncer):
     mode = "iptables"
@@ -98,6 +101,18 @@ class IptablesPolicySyncer(PolicySyncer):
         if change.kind == "TABLE":
             return change.deletes
         return naming.is_ours(change.name) or change.may_break_jump(iptables_render.HOOKS, naming.is_ours)
+
+    def calls_for_check(self, change: nft_monitor.ObjectChange) -> bool:
+        """A rule added to FORWARD or INPUT by someone else may sit above our jump (the
+        proxy inserts its jumps at the top when it starts; its KUBE-FORWARD accepts
+        marked and established traffic): check at once, not a sync period later, and
+        move our jump back to the top if it is no longer first."""
+        return (
+            change.op == "NEWRULE"
+            and change.family == "ip"
+            and change.table == "filter"
+            and (change.name in iptables_render.HOOKS)
+        )
 
     def intact(self) -> bool:
         entry = iptables.list_chain("filter", naming.POLICY_CHAIN, self.bin) or []

@@ -236,6 +236,7 @@ class SyncLoop:
         self.syncs = 0
         self.monitored = False  # nf_tables notifications arrive (else: deep periodic checks)
         self._foreign = False  # someone else touched our rules (a notification said so)
+        self._check_soon = False  # a foreign change calls for the cheap check at once
         self._check_deep = False  # notifications were lost: look at the kernel
         # called with (services, endpoints) after each good sync
         self.after_sync: Callable[[dict, dict], object] | None = None
@@ -257,6 +258,9 @@ class SyncLoop:
             return
         ours = [c for c in tx.changes if self.syncer.touches_ours(c)]
         if not ours:
+            if any(self.syncer.calls_for_check(c) for c in tx.changes):
+                self._check_soon = True  # not ours, but our rules may be bypassed now: look
+                self.wake.set()
             return
         who = f"{tx.gen.proc_name or '?'} (pid {tx.gen.pid})" if tx.gen else "someone"
         what = ", ".join(f"{c.op} {c.table} {c.name}".rstrip() for c in ours[:3]) + (
@@ -277,7 +281,9 @@ class SyncLoop:
     def _deadline(self, now: float) -> float:
         times = [self.next_check, self.last_full + self.full_sync_period]
         times += [t for t in (self.retry_at, self.syncer.pending_work_at()) if t is not None]
-        if (self._foreign or self._check_deep) and self.state.synced:  # (not synced: step() is not called)
+        if (
+            self._foreign or self._check_deep or self._check_soon
+        ) and self.state.synced:  # (not synced: step() is not called)
             times.append(self.last_sync_end + self.min_sync_period)
         if self.state.synced and self.retry_at is None and (self.state.dirty or self.need_full):
             times.append(self.last_sync_end + self.min_sync_period)
@@ -301,16 +307,19 @@ class SyncLoop:
                 self.need_full = True  # a notification: someone touched our rules
                 self.metrics.rule_repairs.inc(trigger="notification")
         deep = self._check_deep or not self.monitored
-        if now >= self.next_check or self._check_deep:
-            self.next_check = now + self.sync_period
-            self._check_deep = False
+        due = now >= self.next_check or self._check_deep
+        soon = self._check_soon and now - self.last_sync_end >= self.min_sync_period
+        if due or soon:
+            if due:
+                self.next_check = now + self.sync_period
+            self._check_deep = self._check_soon = False  # (one check answers both)
             if (
                 self.syncs
                 and not self.need_full
                 and not (self.syncer.intact() and (not deep or self.syncer.all_chains_intact()))
             ):
                 self.need_full = True  # someone flushed our rules: restore them now
-                self.metrics.rule_repairs.inc(trigger="periodic check")
+                self.metrics.rule_repairs.inc(trigger="periodic check" if due else "notification")
         if now - self.last_full >= self.full_sync_period:
             self.need_full = True
         pending = self.syncer.pending_work_at()

@@ -29,6 +29,9 @@ Noticing changes made by someone else, two ways:
   rules (a KUBE-* chain or rule, one of the built-in chains holding our jumps, our
   nftables table); if so the next sync is a full one, at once (within
   ``--min-sync-period``).
+  ``calls_for_check(change)``: a change that is not ours but may have made ``intact()``
+  false (the policy controller's: a rule inserted above its jump) runs that check at
+  once instead of at the next sync period.
 - ``intact()``, every sync period: kube-proxy watches a canary chain; we also look
   at our jumps in the built-in chains and at one rule of our own, so that ``iptables
   -F``, ``iptables -t nat -F PREROUTING`` and ``nft flush ruleset`` are all noticed.
@@ -257,6 +260,11 @@ class Syncer:
     def pending_work_at(self) -> float | None:
         """A monotonic time at which the syncer wants another sync (or None)."""
         return None
+
+    def calls_for_check(self, change: nft_monitor.ObjectChange) -> bool:
+        """Should this foreign change (not ours) run ``intact()`` at once? The proxy's
+        jumps only have to be there, wherever they are: no."""
+        return False
 
     # What each mode implements (IptablesSyncer, NftSyncer):
 

@@ -85,6 +85,37 @@ def policy_cli(lab, node, *args) -> subprocess.CompletedProcess:
     )
 
 
+def forward_rules(node) -> list[str]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", node.netns, "iptables", "-S", "FORWARD"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in out.splitlines() if line.startswith("-A ")]
+
+
+def test_a_rule_inserted_above_the_policy_jump_is_moved_below_it_at_once(lab):
+    """iptables mode (the lab's first): a rule someone inserts at the top of FORWARD is
+    judged before every policy (a proxy starting inserts its jumps there, and its
+    KUBE-FORWARD accepts established and masquerade-marked traffic). The controller hears
+    the insert and moves its jump back to the top within --min-sync-period (0.1 s here),
+    not at its next check (every 5 s here)."""
+    node1 = lab.topo.nodes[0]
+    S.wait_policy_applied(lab, put(lab, KEY, ONLY_SLOT2))
+    above = ["-m", "comment", "--comment", "test: a rule above the policy", "-j", "ACCEPT"]
+    log = os.path.join(lab.dir, "logs", "policy-n1.log")
+    try:
+        assert forward_rules(node1)[0].endswith("-j MKN-POLICY"), forward_rules(node1)
+        subprocess.run(["ip", "netns", "exec", node1.netns, "iptables", "-I", "FORWARD", "1", *above], check=True)
+        assert wait_until(lambda: forward_rules(node1)[0].endswith("-j MKN-POLICY"), 1.5, interval=0.05), (
+            f"{forward_rules(node1)}\n{tail(log)}"
+        )
+        assert any("test: a rule above the policy" in r for r in forward_rules(node1)[1:])  # moved below, kept
+        assert "no longer first" in tail(log)
+        assert not reaches(lab, "n2-p1", "n1-p1")
+    finally:
+        subprocess.run(["ip", "netns", "exec", node1.netns, "iptables", "-D", "FORWARD", *above], check=False)
+        S.wait_policy_applied(lab, put(lab, KEY, None))
+
+
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
 def test_policy_enforced_repaired_and_explained(lab, mode):
     if mode != "iptables":

@@ -46,6 +46,45 @@ def test_our_own_changes_and_other_tables_do_not_trigger_a_sync():
     assert not loop.step() and len(syncer.calls) == 1
 
 
+def test_a_rule_someone_else_inserts_runs_the_check_at_once():
+    """The policy controller's case: a rule inserted into FORWARD may sit above its jump.
+    The cheap check runs within --min-sync-period, not a sync period later; it resyncs
+    only if the check fails."""
+    loop, state, syncer, clock = make_loop(min_sync_period=1.0, sync_period=30)
+    loop.monitored = True
+    state.deliver(snapshot([TCP]))
+    assert loop.step() and syncer.calls == [None]
+    clock.now += 2
+    loop.on_transaction(tx(M.ObjectChange("NEWRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD")))
+    assert loop.wake.is_set() and loop._deadline(clock()) == 0
+    checks = syncer.checks
+    assert not loop.step() and syncer.checks == checks + 1  # still first: nothing to do
+    syncer.is_intact = False  # now it is not
+    loop.on_transaction(tx(M.ObjectChange("NEWRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD")))
+    assert loop.step() and syncer.calls[-1] is None  # full: moves the jump back up
+    assert loop.metrics.rule_repairs.get(trigger="notification") == 1
+    assert loop._deadline(clock()) == pytest.approx(28)  # the periodic check keeps its time (t0 + 30 s)
+    syncer.is_intact = True
+    loop.on_transaction(tx(M.ObjectChange("NEWRULE", "ip", "nat", "POSTROUTING")))  # not a reason
+    clock.now += 5
+    assert not loop.step() and syncer.checks == checks + 2
+
+
+def test_which_changes_are_the_policy_controllers():
+    from minikubenet.policy.syncers import IptablesPolicySyncer
+
+    ipt = IptablesPolicySyncer("n1")
+    C = M.ObjectChange
+    assert ipt.touches_ours(C("DELRULE", "ip", "filter", "FORWARD", "MKN-POLICY"))
+    assert ipt.touches_ours(C("DELRULE", "ip", "filter", "MKN-PI-ABC"))
+    assert not ipt.touches_ours(C("DELRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD"))  # the proxy's
+    assert ipt.calls_for_check(C("NEWRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD"))  # above ours?
+    assert ipt.calls_for_check(C("NEWRULE", "ip", "filter", "INPUT", "KUBE-NODEPORTS"))
+    assert not ipt.calls_for_check(C("NEWRULE", "ip", "nat", "PREROUTING", "KUBE-SERVICES"))
+    assert not ipt.calls_for_check(C("DELRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD"))
+    assert not IptablesSyncer(SyncConfig()).calls_for_check(C("NEWRULE", "ip", "filter", "FORWARD"))
+
+
 def test_without_notifications_the_periodic_check_looks_at_every_chain():
     loop, state, syncer, clock = make_loop(min_sync_period=0.0, sync_period=5)
     state.deliver(snapshot([TCP]))

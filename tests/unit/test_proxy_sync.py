@@ -360,6 +360,7 @@ class FakeSyncer:
 
     def __init__(self):
         self.calls, self.fail, self.is_intact, self.all_chains = [], 0, True, True
+        self.checks = 0
 
     def sync(self, services, endpoints, changed):
         self.calls.append(None if changed is None else set(changed))
@@ -369,6 +370,7 @@ class FakeSyncer:
         return SyncResult(full=changed is None, written_rules={"nat": 3}, total_rules={"nat": 9, "filter": 2})
 
     def intact(self):
+        self.checks += 1
         return self.is_intact
 
     def all_chains_intact(self):
@@ -376,6 +378,9 @@ class FakeSyncer:
 
     def touches_ours(self, change):
         return change.table == "nat" and change.name.startswith("KUBE-")
+
+    def calls_for_check(self, change):
+        return change.op == "NEWRULE" and change.name == "FORWARD"
 
     def pending_work_at(self):
         return None
