@@ -117,8 +117,8 @@ class ObjectChange:
     family: str
     table: str
     name: str = ""  # chain (of a rule), chain, set or object name; "" for a table
-    # a rule's jump or goto target: "" for a rule without one, None when unknown (not a
-    # rule, or a message without the rule's expressions)
+    # a deleted rule's jump or goto target: "" for a rule without one, None when unknown
+    # (not a DELRULE, or a message without the rule's expressions)
     jumps_to: str | None = None
 
     @property
@@ -223,7 +223,7 @@ def decode(data: bytes) -> list[ObjectChange | Generation]:
                 change = ObjectChange(op, FAMILIES.get(family, str(family)), _string(attrs.get(1)))
                 name_attr = _NAME_ATTR.get(change.kind)
                 jumps_to = None
-                if change.kind == "RULE" and NFTA_RULE_EXPRESSIONS in attrs:
+                if op == "DELRULE" and NFTA_RULE_EXPRESSIONS in attrs:  # (only deletes are asked)
                     jumps_to = _jump_target(attrs[NFTA_RULE_EXPRESSIONS])
                 name = _string(attrs.get(name_attr)) if name_attr else ""
                 out.append(ObjectChange(op, change.family, change.table, name, jumps_to))

@@ -55,12 +55,12 @@ def test_a_rule_someone_else_inserts_runs_the_check_at_once():
     state.deliver(snapshot([TCP]))
     assert loop.step() and syncer.calls == [None]
     clock.now += 2
-    loop.on_transaction(tx(M.ObjectChange("NEWRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD")))
+    loop.on_transaction(tx(M.ObjectChange("NEWRULE", "ip", "filter", "FORWARD")))
     assert loop.wake.is_set() and loop._deadline(clock()) == 0
     checks = syncer.checks
     assert not loop.step() and syncer.checks == checks + 1  # still first: nothing to do
     syncer.is_intact = False  # now it is not
-    loop.on_transaction(tx(M.ObjectChange("NEWRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD")))
+    loop.on_transaction(tx(M.ObjectChange("NEWRULE", "ip", "filter", "FORWARD")))
     assert loop.step() and syncer.calls[-1] is None  # full: moves the jump back up
     assert loop.metrics.rule_repairs.get(trigger="notification") == 1
     assert loop._deadline(clock()) == pytest.approx(28)  # the periodic check keeps its time (t0 + 30 s)
@@ -78,8 +78,8 @@ def test_which_changes_are_the_policy_controllers():
     assert ipt.touches_ours(C("DELRULE", "ip", "filter", "FORWARD", "MKN-POLICY"))
     assert ipt.touches_ours(C("DELRULE", "ip", "filter", "MKN-PI-ABC"))
     assert not ipt.touches_ours(C("DELRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD"))  # the proxy's
-    assert ipt.calls_for_check(C("NEWRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD"))  # above ours?
-    assert ipt.calls_for_check(C("NEWRULE", "ip", "filter", "INPUT", "KUBE-NODEPORTS"))
+    assert ipt.calls_for_check(C("NEWRULE", "ip", "filter", "FORWARD"))  # above ours?
+    assert ipt.calls_for_check(C("NEWRULE", "ip", "filter", "INPUT"))
     assert not ipt.calls_for_check(C("NEWRULE", "ip", "nat", "PREROUTING", "KUBE-SERVICES"))
     assert not ipt.calls_for_check(C("DELRULE", "ip", "filter", "FORWARD", "KUBE-FORWARD"))
     assert not IptablesSyncer(SyncConfig()).calls_for_check(C("NEWRULE", "ip", "filter", "FORWARD"))
