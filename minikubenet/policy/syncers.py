@@ -107,12 +107,8 @@ class IptablesPolicySyncer(PolicySyncer):
         proxy inserts its jumps at the top when it starts; its KUBE-FORWARD accepts
         marked and established traffic): check at once, not a sync period later, and
         move our jump back to the top if it is no longer first."""
-        return (
-            change.op == "NEWRULE"
-            and change.family == "ip"
-            and change.table == "filter"
-            and (change.name in iptables_render.HOOKS)
-        )
+        added = change.op == "NEWRULE" and change.family == "ip" and change.table == "filter"
+        return added and change.name in iptables_render.HOOKS
 
     def intact(self) -> bool:
         entry = iptables.list_chain("filter", naming.POLICY_CHAIN, self.bin) or []

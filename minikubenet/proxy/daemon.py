@@ -281,9 +281,8 @@ class SyncLoop:
     def _deadline(self, now: float) -> float:
         times = [self.next_check, self.last_full + self.full_sync_period]
         times += [t for t in (self.retry_at, self.syncer.pending_work_at()) if t is not None]
-        if (
-            self._foreign or self._check_deep or self._check_soon
-        ) and self.state.synced:  # (not synced: step() is not called)
+        looking = self._foreign or self._check_deep or self._check_soon
+        if looking and self.state.synced:  # (not synced: step() is not called)
             times.append(self.last_sync_end + self.min_sync_period)
         if self.state.synced and self.retry_at is None and (self.state.dirty or self.need_full):
             times.append(self.last_sync_end + self.min_sync_period)
