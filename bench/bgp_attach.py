@@ -31,8 +31,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
+from bench import record
 from minikubenet.lab import iperf
 from minikubenet.lab.cluster import Lab
 from minikubenet.lab.topology import build_topology
@@ -130,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:8s} {s['gbps_median']:.1f} Gbit/s: {t['median']:.2f}x underlay ({t['min']:.2f}-{t['max']:.2f}), "
             f"kernel CPU per Gbit {c['median']:.2f}x ({c['min']:.2f}-{c['max']:.2f})"
         )
-    os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, f"bgp_attach-{time.strftime('%Y-%m-%dT%H%M%S')}.json")
-    with open(out, "w") as f:
-        json.dump({"machine": f"{os.cpu_count()} cores, {os.uname().release}", "rounds": got, "summary": summary}, f)
-    print(f"saved {out}")
+    print(f"saved {record.save(args.out, 'bgp_attach', {'rounds': got, 'summary': summary})}")
     return 0
 
 

@@ -19,13 +19,13 @@ median p50s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
 import sys
 import tempfile
-import time
+
+from bench import record
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TARGET = 1.1
@@ -99,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {m:9s} ratio {s['ratio_median']:.2f} ({s['ratio_min']:.2f}-{s['ratio_max']:.2f}); ingress "
             f"{s['ingress_p50_us']:.0f} us, ClusterIP {s['cluster_p50_us']:.0f} us  target <= {TARGET}: {verdict}"
         )
-    os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, f"lb_latency-{time.strftime('%Y-%m-%dT%H%M%S')}.json")
-    with open(out, "w") as f:
-        json.dump({"machine": f"{os.cpu_count()} cores, {os.uname().release}", "rounds": got, "summary": summary}, f)
-    print(f"saved {out}")
+    print(f"saved {record.save(args.out, 'lb_latency', {'rounds': got, 'summary': summary})}")
     return 0
 
 

@@ -25,7 +25,6 @@ bound); "open" has the resolution of the 10 ms loop.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -33,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from bench import record
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TARGET_S = 1.0
@@ -191,11 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {m:9s} {v:6s} {fig['median_ms']:6.0f} ms ({fig['min_ms']:.0f}-{fig['max_ms']:.0f})  target <= 1 s: {verdict}"
             )
-    os.makedirs(args.out, exist_ok=True)
-    out = os.path.join(args.out, f"policy_enforce-{time.strftime('%Y-%m-%dT%H%M%S')}.json")
-    with open(out, "w") as f:
-        json.dump({"rounds": args.rounds, "cpus": os.cpu_count(), "summary": summary, "raw_s": got}, f, indent=1)
-    print(f"saved {out}")
+    doc = {"rounds": args.rounds, "summary": summary, "raw_s": got}
+    print(f"saved {record.save(args.out, 'policy_enforce', doc)}")
     return 0
 
 
